@@ -1,0 +1,456 @@
+//! The pure state-machine step: `apply(state, proposal) -> events | rejection`.
+//!
+//! Each command has one `apply_<command>` that reads the state, checks every rule, and returns the
+//! events to commit. Nothing here reads a clock, draws a random number or touches I/O: time,
+//! actor and request id come from the [`Proposal`]. Events are folded into the state by
+//! [`ClusterState::evolve`] only after every check passed, so a rejected command leaves the state
+//! exactly as it was.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, GuestPatch, Proposal};
+use crate::event::{Event, EventPayload};
+use crate::limits::*;
+use crate::model::{
+    Guest, GuestSpec, Host, HostSpec, HostState, Migration, MigrationId, MigrationKind, Phase, PhaseRecord, Revision,
+    RunState,
+};
+use crate::name::Name;
+use crate::rejection::Rejection;
+use crate::state::{ClusterState, RevisionRange};
+
+/// The answer to an accepted (or already applied) proposal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The revisions the request produced. For a migration request, `first` is the migration id.
+    pub revisions: RevisionRange,
+    /// True when this request id had already been applied: nothing new was committed and
+    /// `revisions` are those of the first application.
+    pub duplicate: bool,
+}
+
+/// What the replicated state machine answers for one proposal.
+pub type ApplyResult = Result<Applied, Rejection>;
+
+/// Applies one proposal: checks it against the state, and on success folds its events into the
+/// state and returns them. On rejection the state is unchanged.
+pub fn apply(state: &mut ClusterState, proposal: &Proposal) -> Result<(Applied, Vec<Event>), Rejection> {
+    if let Some(revisions) = state.applied_request(proposal.request_id) {
+        return Ok((Applied { revisions, duplicate: true }, Vec::new()));
+    }
+    let payloads = decide(state, proposal)?;
+    assert!(!payloads.is_empty(), "an accepted command yields at least one event");
+    let first = state.revision() + 1;
+    let mut events = Vec::with_capacity(payloads.len());
+    for (i, payload) in payloads.into_iter().enumerate() {
+        let event = Event {
+            revision: first + i as Revision,
+            time: proposal.time,
+            actor: proposal.actor.clone(),
+            request_id: proposal.request_id,
+            payload,
+        };
+        state.evolve(&event);
+        events.push(event);
+    }
+    let revisions = RevisionRange { first, last: state.revision() };
+    Ok((Applied { revisions, duplicate: false }, events))
+}
+
+/// Checks a proposal against the state and returns the events it would commit.
+pub fn decide(state: &ClusterState, p: &Proposal) -> Result<Vec<EventPayload>, Rejection> {
+    check_text("actor", &p.actor, ACTOR_LEN_MAX)?;
+    let next = state.revision() + 1;
+    match &p.command {
+        Command::RegisterHost(spec) => apply_register_host(state, spec, next),
+        Command::SetHostMaintenance { host, maintenance } => apply_set_host_maintenance(state, host, *maintenance),
+        Command::SetHostReachable { host, reachable } => apply_set_host_reachable(state, host, *reachable),
+        Command::CreateGuest { name, spec, owner, run_state } => {
+            apply_create_guest(state, name, spec, owner, *run_state, next)
+        }
+        Command::ModifyGuest { name, patch, expect_version } => {
+            apply_modify_guest(state, name, patch, *expect_version, next)
+        }
+        Command::RemoveGuest { name, expect_version } => apply_remove_guest(state, name, *expect_version),
+        Command::SetPackageSwitching { package, node, enabled, reason } => {
+            apply_set_package_switching(state, package, node.as_ref(), *enabled, reason)
+        }
+        Command::RequestMigration { guest, source, target, kind, reason } => {
+            apply_request_migration(state, p, guest, source, target, *kind, reason, next)
+        }
+        Command::AdvanceMigration { id, from, to, freeze_time_ms } => {
+            apply_advance_migration(state, *id, *from, *to, *freeze_time_ms)
+        }
+        Command::FailMigration { id, error } => {
+            check_text("error", error, TEXT_LEN_MAX)?;
+            apply_end_migration(state, *id, Phase::Failed, Some(error.clone()))
+        }
+        Command::AbortMigration { id, reason } => {
+            check_opt_text("reason", reason)?;
+            let why = Some(reason.clone().unwrap_or_else(|| "aborted by operator".into()));
+            apply_end_migration(state, *id, Phase::Aborted, why)
+        }
+    }
+}
+
+fn apply_register_host(state: &ClusterState, spec: &HostSpec, next: Revision) -> Result<Vec<EventPayload>, Rejection> {
+    check_text("address", &spec.address, ADDRESS_LEN_MAX)?;
+    check_token("profile.hardware_family", &spec.profile.hardware_family, PROFILE_FIELD_LEN_MAX)?;
+    check_token("profile.hypervisor_version", &spec.profile.hypervisor_version, PROFILE_FIELD_LEN_MAX)?;
+    check_range("capacity.vcpus", spec.capacity.vcpus as u64, 1, HOST_VCPUS_MAX as u64)?;
+    check_range("capacity.memory_mib", spec.capacity.memory_mib, 1, HOST_MEMORY_MIB_MAX)?;
+    if state.host(&spec.name).is_some() {
+        return Err(Rejection::HostExists { host: spec.name.clone() });
+    }
+    let host = Host { spec: spec.clone(), maintenance: false, reachable: true, version: next };
+    Ok(vec![EventPayload::HostRegistered { host }])
+}
+
+fn apply_set_host_maintenance(state: &ClusterState, host: &Name, maintenance: bool) -> Result<Vec<EventPayload>, Rejection> {
+    known_host(state, host)?;
+    Ok(vec![EventPayload::HostMaintenanceChanged { host: host.clone(), maintenance }])
+}
+
+fn apply_set_host_reachable(state: &ClusterState, host: &Name, reachable: bool) -> Result<Vec<EventPayload>, Rejection> {
+    known_host(state, host)?;
+    Ok(vec![EventPayload::HostReachabilityChanged { host: host.clone(), reachable }])
+}
+
+fn apply_create_guest(
+    state: &ClusterState,
+    name: &Name,
+    spec: &GuestSpec,
+    owner: &Name,
+    run_state: RunState,
+    next: Revision,
+) -> Result<Vec<EventPayload>, Rejection> {
+    check_guest_spec(spec)?;
+    if state.guest(name).is_some() {
+        return Err(Rejection::GuestExists { guest: name.clone() });
+    }
+    let host = known_host(state, owner)?;
+    if host.state() != HostState::Active {
+        return Err(Rejection::HostNotActive { host: owner.clone(), state: host.state() });
+    }
+    if let Some(p) = &spec.package {
+        if let Some(existing) = state.package(p) {
+            return Err(Rejection::PackageExists { package: p.clone(), guest: existing.guest.clone() });
+        }
+    }
+    check_capacity(state, host, spec.demand(), crate::model::Resources::default())?;
+    let guest = Guest { name: name.clone(), spec: spec.clone(), owner: owner.clone(), run_state, version: next };
+    Ok(vec![EventPayload::GuestCreated { guest }])
+}
+
+fn apply_modify_guest(
+    state: &ClusterState,
+    name: &Name,
+    patch: &GuestPatch,
+    expect_version: Option<Revision>,
+    next: Revision,
+) -> Result<Vec<EventPayload>, Rejection> {
+    if patch.is_empty() {
+        return Err(Rejection::invalid("patch", "nothing to change"));
+    }
+    let old = guest_at_version(state, name, expect_version)?;
+    no_migration_in_flight(state, name)?;
+    let spec = patch.applied_to(&old.spec);
+    check_guest_spec(&spec)?;
+    if let Some(p) = &spec.package {
+        if let Some(existing) = state.package(p) {
+            if existing.guest != *name {
+                return Err(Rejection::PackageExists { package: p.clone(), guest: existing.guest.clone() });
+            }
+        }
+    }
+    let host = known_host(state, &old.owner)?;
+    check_capacity(state, host, spec.demand(), old.spec.demand())?;
+    let guest = Guest {
+        name: name.clone(),
+        spec,
+        owner: old.owner.clone(),
+        run_state: patch.run_state.unwrap_or(old.run_state),
+        version: next,
+    };
+    Ok(vec![EventPayload::GuestModified { guest }])
+}
+
+fn apply_remove_guest(state: &ClusterState, name: &Name, expect_version: Option<Revision>) -> Result<Vec<EventPayload>, Rejection> {
+    guest_at_version(state, name, expect_version)?;
+    no_migration_in_flight(state, name)?;
+    Ok(vec![EventPayload::GuestRemoved { guest: name.clone() }])
+}
+
+fn apply_set_package_switching(
+    state: &ClusterState,
+    package: &Name,
+    node: Option<&Name>,
+    enabled: bool,
+    reason: &Option<String>,
+) -> Result<Vec<EventPayload>, Rejection> {
+    check_opt_text("reason", reason)?;
+    let pkg = state.package(package).ok_or_else(|| Rejection::UnknownPackage { package: package.clone() })?;
+    if let Some(n) = node {
+        known_host(state, n)?;
+    }
+    // While a migration runs it owns the package's switching; an operator change now would be
+    // overwritten by the migration's restore step.
+    no_migration_in_flight(state, &pkg.guest)?;
+    Ok(vec![EventPayload::PackageSwitchingChanged {
+        package: package.clone(),
+        guest: pkg.guest.clone(),
+        node: node.cloned(),
+        enabled,
+        reason: reason.clone(),
+        migration: None,
+    }])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_request_migration(
+    state: &ClusterState,
+    p: &Proposal,
+    guest_name: &Name,
+    source: &Name,
+    target: &Name,
+    kind: MigrationKind,
+    reason: &Option<String>,
+    next: Revision,
+) -> Result<Vec<EventPayload>, Rejection> {
+    check_opt_text("reason", reason)?;
+    let guest = known_guest(state, guest_name)?;
+    let source_host = known_host(state, source)?;
+    let target_host = known_host(state, target)?;
+    if guest.owner != *source {
+        return Err(Rejection::WrongSource { guest: guest_name.clone(), stated: source.clone(), actual: guest.owner.clone() });
+    }
+    if source == target {
+        return Err(Rejection::SameSourceAndTarget { guest: guest_name.clone(), host: source.clone() });
+    }
+    no_migration_in_flight(state, guest_name)?;
+    if target_host.state() != HostState::Active {
+        return Err(Rejection::HostNotActive { host: target.clone(), state: target_host.state() });
+    }
+    if kind == MigrationKind::Online {
+        if !guest.spec.online_migration {
+            return Err(Rejection::OnlineMigrationDisabled {
+                guest: guest_name.clone(),
+                fix: format!("switchyard guest modify {guest_name} -x online_migration=enabled"),
+            });
+        }
+        if guest.spec.cluster_node {
+            return Err(Rejection::GuestIsClusterNode {
+                guest: guest_name.clone(),
+                fix: format!("switchyard guest modify {guest_name} --cluster-node=false"),
+            });
+        }
+        if guest.run_state != RunState::Running {
+            return Err(Rejection::GuestNotRunning { guest: guest_name.clone() });
+        }
+        if source_host.spec.profile != target_host.spec.profile {
+            return Err(Rejection::IncompatibleProfiles {
+                source_host: source.clone(),
+                source_profile: source_host.spec.profile.to_string(),
+                target: target.clone(),
+                target_profile: target_host.spec.profile.to_string(),
+            });
+        }
+    }
+    check_capacity(state, target_host, guest.spec.demand(), crate::model::Resources::default())?;
+    let package = guest.spec.package.clone();
+    let switching_before = package.as_ref().and_then(|p| state.package(p)).map(|p| p.switching_enabled);
+    let migration = Migration {
+        id: MigrationId(next),
+        guest: guest_name.clone(),
+        source: source.clone(),
+        target: target.clone(),
+        kind,
+        requested_by: p.actor.clone(),
+        reason: reason.clone(),
+        package,
+        switching_before,
+        phase: Phase::Requested,
+        history: vec![PhaseRecord { phase: Phase::Requested, at: p.time, revision: next }],
+        freeze_time_ms: None,
+        error: None,
+    };
+    Ok(vec![EventPayload::MigrationRequested { migration }])
+}
+
+fn apply_advance_migration(
+    state: &ClusterState,
+    id: MigrationId,
+    from: Phase,
+    to: Phase,
+    freeze_time_ms: Option<u64>,
+) -> Result<Vec<EventPayload>, Rejection> {
+    let m = live_migration(state, id)?;
+    if m.phase != from {
+        return Err(Rejection::PhaseConflict { id, expected: from, actual: m.phase });
+    }
+    if from.next(m.has_package()) != Some(to) {
+        return Err(Rejection::InvalidTransition { id, from, to });
+    }
+    if let Some(ms) = freeze_time_ms {
+        if to != Phase::TargetRunning {
+            return Err(Rejection::invalid("freeze_time_ms", "only reported when the target runs the guest"));
+        }
+        check_range("freeze_time_ms", ms, 0, FREEZE_TIME_MS_MAX)?;
+    }
+    let mut events = Vec::with_capacity(2);
+    match to {
+        Phase::SwitchingDisabled => events.push(migration_switching(m, false, "disabled for")),
+        Phase::OwnerSwitched => events.push(EventPayload::GuestOwnerChanged {
+            guest: m.guest.clone(),
+            from: m.source.clone(),
+            to: m.target.clone(),
+            migration: id,
+        }),
+        Phase::SwitchingEnabled => {
+            events.push(migration_switching(m, m.switching_before.unwrap_or(true), "restored after"))
+        }
+        _ => {}
+    }
+    events.push(EventPayload::MigrationPhaseChanged { id, guest: m.guest.clone(), phase: to, freeze_time_ms, error: None });
+    Ok(events)
+}
+
+/// Fail or abort: roll back (restore switching if this migration changed it; the guest stays on
+/// its source), then enter the terminal phase, all in one atomic commit.
+fn apply_end_migration(
+    state: &ClusterState,
+    id: MigrationId,
+    phase: Phase,
+    error: Option<String>,
+) -> Result<Vec<EventPayload>, Rejection> {
+    let m = live_migration(state, id)?;
+    if !m.phase.can_roll_back() {
+        return Err(Rejection::PastOwnerSwitch { id, phase: m.phase });
+    }
+    let mut events = Vec::with_capacity(2);
+    if m.phase >= Phase::SwitchingDisabled && m.has_package() {
+        events.push(migration_switching(m, m.switching_before.unwrap_or(true), "restored by rollback of"));
+    }
+    events.push(EventPayload::MigrationPhaseChanged { id, guest: m.guest.clone(), phase, freeze_time_ms: None, error });
+    Ok(events)
+}
+
+fn migration_switching(m: &Migration, enabled: bool, what: &str) -> EventPayload {
+    let package = m.package.clone().expect("only called for migrations of packaged guests");
+    EventPayload::PackageSwitchingChanged {
+        package,
+        guest: m.guest.clone(),
+        node: None,
+        enabled,
+        reason: Some(format!("{what} migration {} to {}", m.id, m.target)),
+        migration: Some(m.id),
+    }
+}
+
+// ---- shared checks ----
+
+fn known_host<'a>(state: &'a ClusterState, name: &Name) -> Result<&'a Host, Rejection> {
+    state.host(name).ok_or_else(|| Rejection::UnknownHost { host: name.clone() })
+}
+
+fn known_guest<'a>(state: &'a ClusterState, name: &Name) -> Result<&'a Guest, Rejection> {
+    state.guest(name).ok_or_else(|| Rejection::UnknownGuest { guest: name.clone() })
+}
+
+fn guest_at_version<'a>(state: &'a ClusterState, name: &Name, expect: Option<Revision>) -> Result<&'a Guest, Rejection> {
+    let g = known_guest(state, name)?;
+    match expect {
+        Some(expected) if expected != g.version => {
+            Err(Rejection::VersionConflict { guest: name.clone(), expected, actual: g.version })
+        }
+        _ => Ok(g),
+    }
+}
+
+fn no_migration_in_flight(state: &ClusterState, guest: &Name) -> Result<(), Rejection> {
+    match state.in_flight(guest) {
+        Some(m) => Err(Rejection::MigrationInFlight { guest: guest.clone(), id: m.id }),
+        None => Ok(()),
+    }
+}
+
+/// An in-flight migration; a finished one is refused with its terminal phase.
+fn live_migration(state: &ClusterState, id: MigrationId) -> Result<&Migration, Rejection> {
+    let m = state.migration(id).ok_or(Rejection::UnknownMigration { id })?;
+    if m.phase.is_terminal() {
+        return Err(Rejection::MigrationFinished { id, phase: m.phase });
+    }
+    Ok(m)
+}
+
+/// Would `host` still fit everything if a demand of `old` were replaced by `new`?
+fn check_capacity(
+    state: &ClusterState,
+    host: &Host,
+    new: crate::model::Resources,
+    old: crate::model::Resources,
+) -> Result<(), Rejection> {
+    let committed = state.committed_resources(&host.spec.name).saturating_sub(old);
+    if committed.saturating_add(new).fits_in(host.spec.capacity) {
+        return Ok(());
+    }
+    Err(Rejection::InsufficientCapacity {
+        host: host.spec.name.clone(),
+        need: new,
+        free: host.spec.capacity.saturating_sub(committed),
+    })
+}
+
+fn check_guest_spec(spec: &GuestSpec) -> Result<(), Rejection> {
+    check_range("vcpus", spec.vcpus as u64, 1, GUEST_VCPUS_MAX as u64)?;
+    check_range("memory_mib", spec.memory_mib, 1, GUEST_MEMORY_MIB_MAX)?;
+    check_list("disks", &spec.disks, DISKS_MAX)?;
+    check_list("networks", &spec.networks, NETWORKS_MAX)?;
+    Ok(())
+}
+
+fn check_list(field: &str, items: &[String], max: usize) -> Result<(), Rejection> {
+    if items.len() > max {
+        return Err(Rejection::invalid(field, format!("{} entries; at most {max} are allowed", items.len())));
+    }
+    for (i, item) in items.iter().enumerate() {
+        check_token(&format!("{field}[{i}]"), item, ATTACHMENT_LEN_MAX)?;
+    }
+    Ok(())
+}
+
+fn check_range(field: &str, v: u64, min: u64, max: u64) -> Result<(), Rejection> {
+    if v < min || v > max {
+        return Err(Rejection::invalid(field, format!("{v} is outside {min}..={max}")));
+    }
+    Ok(())
+}
+
+/// Non-empty printable ASCII without spaces: attachment specs, profile fields.
+fn check_token(field: &str, s: &str, max: usize) -> Result<(), Rejection> {
+    if s.is_empty() {
+        return Err(Rejection::invalid(field, "must not be empty"));
+    }
+    if s.len() > max {
+        return Err(Rejection::invalid(field, format!("{} bytes; at most {max} are allowed", s.len())));
+    }
+    if let Some(c) = s.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(Rejection::invalid(field, format!("contains {c:?}; only printable ASCII without spaces is allowed")));
+    }
+    Ok(())
+}
+
+/// Free text: bounded, no control characters.
+fn check_text(field: &str, s: &str, max: usize) -> Result<(), Rejection> {
+    if s.len() > max {
+        return Err(Rejection::invalid(field, format!("{} bytes; at most {max} are allowed", s.len())));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(Rejection::invalid(field, format!("contains control character {c:?}")));
+    }
+    Ok(())
+}
+
+fn check_opt_text(field: &str, s: &Option<String>) -> Result<(), Rejection> {
+    s.as_deref().map_or(Ok(()), |s| check_text(field, s, TEXT_LEN_MAX))
+}

@@ -1,0 +1,110 @@
+//! Commands: what a client asks the cluster to do. A command travels inside a [`Proposal`] that
+//! carries everything apply must not read from its surroundings: the request id (idempotency),
+//! the actor, and the proposer's clock.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Actor, GuestSpec, HostSpec, MigrationId, MigrationKind, Phase, RequestId, Revision, RunState, Timestamp};
+use crate::name::Name;
+
+/// One replicated write: a command plus the context chosen by the proposer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub request_id: RequestId,
+    pub actor: Actor,
+    /// The proposer's wall clock; apply never reads a clock of its own.
+    pub time: Timestamp,
+    pub command: Command,
+}
+
+/// Every change the cluster accepts (SPEC §4–§5).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    RegisterHost(HostSpec),
+    /// Operator: put a host into maintenance (no new guests, no migration target) or take it out.
+    SetHostMaintenance { host: Name, maintenance: bool },
+    /// Leader's liveness tracking: a host became unreachable or reachable again.
+    SetHostReachable { host: Name, reachable: bool },
+    CreateGuest { name: Name, spec: GuestSpec, owner: Name, run_state: RunState },
+    ModifyGuest { name: Name, patch: GuestPatch, expect_version: Option<Revision> },
+    RemoveGuest { name: Name, expect_version: Option<Revision> },
+    /// `package enable|disable [--node HOST]`: global switching when `node` is `None`, otherwise
+    /// the per-node switch.
+    SetPackageSwitching { package: Name, node: Option<Name>, enabled: bool, reason: Option<String> },
+    /// Commit a migration's intent. `source` is where the proposer believes the guest runs; apply
+    /// refuses the request if that is no longer true.
+    RequestMigration { guest: Name, source: Name, target: Name, kind: MigrationKind, reason: Option<String> },
+    /// The driver moves a migration one phase forward. `from` makes the step idempotent and
+    /// fenced: a step proposed from a stale view is refused.
+    AdvanceMigration { id: MigrationId, from: Phase, to: Phase, freeze_time_ms: Option<u64> },
+    /// The driver gives up on a migration (agent error, phase timeout): roll back, then `failed`.
+    FailMigration { id: MigrationId, error: String },
+    /// An operator cancels a migration: roll back, then `aborted`.
+    AbortMigration { id: MigrationId, reason: Option<String> },
+}
+
+impl Command {
+    /// A short stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::RegisterHost(_) => "register_host",
+            Command::SetHostMaintenance { .. } => "set_host_maintenance",
+            Command::SetHostReachable { .. } => "set_host_reachable",
+            Command::CreateGuest { .. } => "create_guest",
+            Command::ModifyGuest { .. } => "modify_guest",
+            Command::RemoveGuest { .. } => "remove_guest",
+            Command::SetPackageSwitching { .. } => "set_package_switching",
+            Command::RequestMigration { .. } => "request_migration",
+            Command::AdvanceMigration { .. } => "advance_migration",
+            Command::FailMigration { .. } => "fail_migration",
+            Command::AbortMigration { .. } => "abort_migration",
+        }
+    }
+}
+
+/// A partial change of a guest's configuration; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestPatch {
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub disks: Option<Vec<String>>,
+    pub networks: Option<Vec<String>>,
+    pub online_migration: Option<bool>,
+    pub cluster_node: Option<bool>,
+    /// `Some(None)` removes the package, `Some(Some(p))` sets it.
+    pub package: Option<Option<Name>>,
+    pub run_state: Option<RunState>,
+}
+
+impl GuestPatch {
+    /// The spec after the patch.
+    pub fn applied_to(&self, spec: &GuestSpec) -> GuestSpec {
+        let mut s = spec.clone();
+        if let Some(v) = self.vcpus {
+            s.vcpus = v;
+        }
+        if let Some(v) = self.memory_mib {
+            s.memory_mib = v;
+        }
+        if let Some(v) = &self.disks {
+            s.disks = v.clone();
+        }
+        if let Some(v) = &self.networks {
+            s.networks = v.clone();
+        }
+        if let Some(v) = self.online_migration {
+            s.online_migration = v;
+        }
+        if let Some(v) = self.cluster_node {
+            s.cluster_node = v;
+        }
+        if let Some(v) = &self.package {
+            s.package = v.clone();
+        }
+        s
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == GuestPatch::default()
+    }
+}

@@ -1,0 +1,132 @@
+//! Events: what the log says happened. Each accepted command yields one or more events with
+//! consecutive revisions; the cluster state is the fold of all events (see `state.rs`), which is
+//! what lets recovery tooling rebuild state at any revision from the history alone.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Actor, Guest, Host, Migration, MigrationId, Phase, RequestId, Revision, Timestamp};
+use crate::name::Name;
+
+/// One entry of the cluster-wide event history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub revision: Revision,
+    /// The proposer's clock when the command was proposed.
+    pub time: Timestamp,
+    pub actor: Actor,
+    pub request_id: RequestId,
+    pub payload: EventPayload,
+}
+
+/// What changed. Guest and host events carry the whole new record, so a subscriber can apply
+/// any one of them without knowing the ones before it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventPayload {
+    HostRegistered { host: Host },
+    HostMaintenanceChanged { host: Name, maintenance: bool },
+    HostReachabilityChanged { host: Name, reachable: bool },
+    GuestCreated { guest: Guest },
+    /// The guest's new configuration (whole record).
+    GuestModified { guest: Guest },
+    GuestRemoved { guest: Name },
+    /// A package's global (`node: None`) or per-node switching changed.
+    PackageSwitchingChanged {
+        package: Name,
+        guest: Name,
+        node: Option<Name>,
+        enabled: bool,
+        reason: Option<String>,
+        migration: Option<MigrationId>,
+    },
+    MigrationRequested { migration: Migration },
+    MigrationPhaseChanged {
+        id: MigrationId,
+        guest: Name,
+        phase: Phase,
+        freeze_time_ms: Option<u64>,
+        error: Option<String>,
+    },
+    /// The guest now runs on `to`. Emitted with the `owner_switched` phase.
+    GuestOwnerChanged { guest: Name, from: Name, to: Name, migration: MigrationId },
+}
+
+/// The kind of an event, for subscription filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    Host,
+    Guest,
+    Package,
+    Migration,
+}
+
+impl EventPayload {
+    pub fn kind(&self) -> EventKind {
+        use EventPayload::*;
+        match self {
+            HostRegistered { .. } | HostMaintenanceChanged { .. } | HostReachabilityChanged { .. } => EventKind::Host,
+            GuestCreated { .. } | GuestModified { .. } | GuestRemoved { .. } | GuestOwnerChanged { .. } => {
+                EventKind::Guest
+            }
+            PackageSwitchingChanged { .. } => EventKind::Package,
+            MigrationRequested { .. } | MigrationPhaseChanged { .. } => EventKind::Migration,
+        }
+    }
+
+    /// The guest this event is about, if any (the "events by guest" index and filter).
+    pub fn guest(&self) -> Option<&Name> {
+        use EventPayload::*;
+        match self {
+            HostRegistered { .. } | HostMaintenanceChanged { .. } | HostReachabilityChanged { .. } => None,
+            GuestCreated { guest } | GuestModified { guest } => Some(&guest.name),
+            GuestRemoved { guest } => Some(guest),
+            PackageSwitchingChanged { guest, .. } => Some(guest),
+            MigrationRequested { migration } => Some(&migration.guest),
+            MigrationPhaseChanged { guest, .. } => Some(guest),
+            GuestOwnerChanged { guest, .. } => Some(guest),
+        }
+    }
+
+    /// The hosts this event names directly (the "events by host" filter).
+    pub fn hosts(&self) -> Vec<&Name> {
+        use EventPayload::*;
+        match self {
+            HostRegistered { host } => vec![&host.spec.name],
+            HostMaintenanceChanged { host, .. } | HostReachabilityChanged { host, .. } => vec![host],
+            GuestCreated { guest } | GuestModified { guest } => vec![&guest.owner],
+            GuestRemoved { .. } | MigrationPhaseChanged { .. } => vec![],
+            PackageSwitchingChanged { node, .. } => node.iter().collect(),
+            MigrationRequested { migration } => vec![&migration.source, &migration.target],
+            GuestOwnerChanged { from, to, .. } => vec![from, to],
+        }
+    }
+
+    /// The migration this event is about, if any.
+    pub fn migration(&self) -> Option<MigrationId> {
+        use EventPayload::*;
+        match self {
+            MigrationRequested { migration } => Some(migration.id),
+            MigrationPhaseChanged { id, .. } => Some(*id),
+            GuestOwnerChanged { migration, .. } => Some(*migration),
+            PackageSwitchingChanged { migration, .. } => *migration,
+            _ => None,
+        }
+    }
+}
+
+impl Migration {
+    /// Folds one event into a migration record. The same function serves the live state machine
+    /// and anything that rebuilds migration history from the event log.
+    pub fn evolve(&mut self, event: &Event) {
+        if let EventPayload::MigrationPhaseChanged { id, phase, freeze_time_ms, error, .. } = &event.payload {
+            debug_assert_eq!(*id, self.id);
+            self.phase = *phase;
+            self.history.push(crate::model::PhaseRecord { phase: *phase, at: event.time, revision: event.revision });
+            if freeze_time_ms.is_some() {
+                self.freeze_time_ms = *freeze_time_ms;
+            }
+            if error.is_some() {
+                self.error = error.clone();
+            }
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Size bounds on everything a client can put into the log. They are part of the replicated
+//! contract (apply checks them), so changing one is a protocol change.
+
+/// Longest host address.
+pub const ADDRESS_LEN_MAX: usize = 255;
+/// Longest disk or network attachment string.
+pub const ATTACHMENT_LEN_MAX: usize = 255;
+pub const DISKS_MAX: usize = 64;
+pub const NETWORKS_MAX: usize = 32;
+/// Longest compatibility-profile field.
+pub const PROFILE_FIELD_LEN_MAX: usize = 64;
+/// Longest operator reason or driver error message.
+pub const TEXT_LEN_MAX: usize = 1024;
+/// Longest actor name.
+pub const ACTOR_LEN_MAX: usize = 128;
+pub const GUEST_VCPUS_MAX: u32 = 4096;
+/// 64 TiB.
+pub const GUEST_MEMORY_MIB_MAX: u64 = 64 << 20;
+pub const HOST_VCPUS_MAX: u32 = 1 << 16;
+/// 1 PiB.
+pub const HOST_MEMORY_MIB_MAX: u64 = 1 << 30;
+/// Longest freeze time a source may report (one hour).
+pub const FREEZE_TIME_MS_MAX: u64 = 3_600_000;
+/// How many recent request ids the state machine remembers for de-duplication. A client retrying
+/// after more than this many later writes is no longer recognised as a retry.
+pub const REQUEST_IDS_RETAINED: usize = 100_000;
+/// How many finished migrations the in-memory state keeps (for `abort` answers and quick
+/// reads); the full history lives in the event store.
+pub const FINISHED_MIGRATIONS_RETAINED: usize = 1024;

@@ -1,0 +1,340 @@
+//! The domain: hosts, guests, packages and migrations (SPEC §4), and the small value types they
+//! are made of. Plain data, no behaviour beyond derived facts (`Phase::next`, `Host::state`).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::name::Name;
+
+/// Position in the cluster-wide event history: 1, 2, 3, … gap-free. 0 means "nothing yet".
+pub type Revision = u64;
+
+/// Milliseconds since the Unix epoch, read from the *proposer's* clock and carried in the log.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp(pub u64);
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0)
+    }
+}
+
+/// A client-chosen id that makes a write idempotent: the state machine applies a request id once.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub u128);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A migration's id: the revision of the event that recorded its request. Unique, ordered, and
+/// chosen deterministically by the state machine, so no replica needs randomness.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
+pub struct MigrationId(pub Revision);
+
+impl fmt::Display for MigrationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "m{}", self.0)
+    }
+}
+
+/// Who asked for a change: an operator's user name, `agent:<host>`, or `driver:<node>`.
+pub type Actor = String;
+
+/// vCPUs and memory: a host's capacity or a guest's demand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+impl Resources {
+    pub fn saturating_add(self, o: Resources) -> Resources {
+        Resources { vcpus: self.vcpus.saturating_add(o.vcpus), memory_mib: self.memory_mib.saturating_add(o.memory_mib) }
+    }
+    pub fn saturating_sub(self, o: Resources) -> Resources {
+        Resources { vcpus: self.vcpus.saturating_sub(o.vcpus), memory_mib: self.memory_mib.saturating_sub(o.memory_mib) }
+    }
+    /// Whether `self` fits inside `cap`.
+    pub fn fits_in(self, cap: Resources) -> bool {
+        self.vcpus <= cap.vcpus && self.memory_mib <= cap.memory_mib
+    }
+}
+
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} vCPU / {} MiB", self.vcpus, self.memory_mib)
+    }
+}
+
+/// What an online move needs the source and target to share. Two hosts are compatible for an
+/// online migration when both fields are equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompatProfile {
+    /// Hardware family, e.g. `ia64-rx8640` or `x86_64-v3`.
+    pub hardware_family: String,
+    /// Hypervisor version, e.g. `hpvm-6.1` or `qemu-8.2`.
+    pub hypervisor_version: String,
+}
+
+impl fmt::Display for CompatProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.hardware_family, self.hypervisor_version)
+    }
+}
+
+/// What an operator states when registering a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSpec {
+    pub name: Name,
+    /// How agents and operators reach the host (`host:port` or an IP); informational.
+    pub address: String,
+    pub capacity: Resources,
+    pub profile: CompatProfile,
+}
+
+/// A host's state as operators see it; derived from `maintenance` and `reachable`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostState {
+    Active,
+    Maintenance,
+    Unreachable,
+}
+
+impl fmt::Display for HostState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HostState::Active => "active",
+            HostState::Maintenance => "maintenance",
+            HostState::Unreachable => "unreachable",
+        })
+    }
+}
+
+/// A VM host, a node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub spec: HostSpec,
+    /// Set by the operator (`host maintenance`).
+    pub maintenance: bool,
+    /// Set by the leader's liveness tracking; only transitions are logged.
+    pub reachable: bool,
+    /// Revision of the host's last change.
+    pub version: Revision,
+}
+
+impl Host {
+    pub fn state(&self) -> HostState {
+        if !self.reachable {
+            HostState::Unreachable
+        } else if self.maintenance {
+            HostState::Maintenance
+        } else {
+            HostState::Active
+        }
+    }
+}
+
+/// Whether a guest is meant to be running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunState {
+    Running,
+    Stopped,
+}
+
+/// The operator-editable configuration of a distributed guest: what every host's copy of the
+/// guest's configuration file holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestSpec {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Disk attachments, as the hypervisor names them (e.g. `avio_stor:/dev/vg01/lvol1`).
+    pub disks: Vec<String>,
+    /// Network attachments (e.g. `avio_lan:vswitch0`).
+    pub networks: Vec<String>,
+    /// `online_migration=enabled|disabled`; disabled guests are never moved online.
+    pub online_migration: bool,
+    /// The guest itself runs cluster software: moving it online would get it evicted.
+    pub cluster_node: bool,
+    /// The failover package wrapping this guest, if any.
+    pub package: Option<Name>,
+}
+
+impl GuestSpec {
+    pub fn demand(&self) -> Resources {
+        Resources { vcpus: self.vcpus, memory_mib: self.memory_mib }
+    }
+}
+
+/// A distributed guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guest {
+    pub name: Name,
+    pub spec: GuestSpec,
+    /// The one host the guest runs on (or would run on, when stopped).
+    pub owner: Name,
+    pub run_state: RunState,
+    /// Revision of the guest's last change; what optimistic concurrency compares against.
+    pub version: Revision,
+}
+
+/// A failover package and its switching state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Package {
+    pub name: Name,
+    pub guest: Name,
+    /// Global switching: may the cluster fail this package over at all?
+    pub switching_enabled: bool,
+    /// Nodes excluded from failover for this package (per-node switching disabled).
+    pub disabled_nodes: BTreeSet<Name>,
+    /// When, by whom and why global switching last changed: the unprotected window's story.
+    pub switching_changed: SwitchingChange,
+}
+
+/// The record of the last global switching change of a package.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchingChange {
+    pub at: Timestamp,
+    pub revision: Revision,
+    pub actor: Actor,
+    pub reason: Option<String>,
+    /// Set when a migration changed it (disabled for the move, or restored afterwards).
+    pub migration: Option<MigrationId>,
+}
+
+/// Online (running guest, live transfer) or offline (guest moved while down).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrationKind {
+    Online,
+    Offline,
+}
+
+impl fmt::Display for MigrationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MigrationKind::Online => "online",
+            MigrationKind::Offline => "offline",
+        })
+    }
+}
+
+/// A migration's phase (SPEC §5). Each phase is entered by one committed event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    Requested,
+    SwitchingDisabled,
+    Transferring,
+    TargetRunning,
+    OwnerSwitched,
+    SwitchingEnabled,
+    Completed,
+    Failed,
+    Aborted,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 9] = [
+        Phase::Requested,
+        Phase::SwitchingDisabled,
+        Phase::Transferring,
+        Phase::TargetRunning,
+        Phase::OwnerSwitched,
+        Phase::SwitchingEnabled,
+        Phase::Completed,
+        Phase::Failed,
+        Phase::Aborted,
+    ];
+
+    /// The next phase on the success path; guests without a package skip the switching phases.
+    pub fn next(self, has_package: bool) -> Option<Phase> {
+        use Phase::*;
+        match self {
+            Requested if has_package => Some(SwitchingDisabled),
+            Requested => Some(Transferring),
+            SwitchingDisabled => Some(Transferring),
+            Transferring => Some(TargetRunning),
+            TargetRunning => Some(OwnerSwitched),
+            OwnerSwitched if has_package => Some(SwitchingEnabled),
+            OwnerSwitched => Some(Completed),
+            SwitchingEnabled => Some(Completed),
+            Completed | Failed | Aborted => None,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Completed | Phase::Failed | Phase::Aborted)
+    }
+
+    /// Before the owner switch a migration can still be rolled back; from it on it can only
+    /// complete.
+    pub fn can_roll_back(self) -> bool {
+        self < Phase::OwnerSwitched
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Requested => "requested",
+            Phase::SwitchingDisabled => "switching_disabled",
+            Phase::Transferring => "transferring",
+            Phase::TargetRunning => "target_running",
+            Phase::OwnerSwitched => "owner_switched",
+            Phase::SwitchingEnabled => "switching_enabled",
+            Phase::Completed => "completed",
+            Phase::Failed => "failed",
+            Phase::Aborted => "aborted",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When a migration entered one of its phases.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseRecord {
+    pub phase: Phase,
+    pub at: Timestamp,
+    pub revision: Revision,
+}
+
+/// A migration of one guest from its source host to a target host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    pub id: MigrationId,
+    pub guest: Name,
+    pub source: Name,
+    pub target: Name,
+    pub kind: MigrationKind,
+    pub requested_by: Actor,
+    pub reason: Option<String>,
+    /// The guest's package when the migration began, if it had one.
+    pub package: Option<Name>,
+    /// The package's global switching before the migration began: what a terminal phase restores.
+    pub switching_before: Option<bool>,
+    pub phase: Phase,
+    /// Every phase entered, in order, with its time and revision.
+    pub history: Vec<PhaseRecord>,
+    /// Freeze time the source reported for the final transfer step.
+    pub freeze_time_ms: Option<u64>,
+    /// Why it failed or was aborted.
+    pub error: Option<String>,
+}
+
+impl Migration {
+    pub fn has_package(&self) -> bool {
+        self.package.is_some()
+    }
+}

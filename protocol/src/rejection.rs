@@ -1,0 +1,91 @@
+//! Why the state machine refused a command. Every variant has a stable machine-readable code
+//! ([`Rejection::code`]) for the wire and a human message (its `Display`) that says what to do.
+//! A rejected command yields no event and changes nothing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{HostState, MigrationId, Phase, Resources, Revision};
+use crate::name::Name;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("host {host} is already registered")]
+    HostExists { host: Name },
+    #[error("unknown host {host}")]
+    UnknownHost { host: Name },
+    #[error("guest {guest} already exists")]
+    GuestExists { guest: Name },
+    #[error("unknown guest {guest}")]
+    UnknownGuest { guest: Name },
+    #[error("package {package} already wraps guest {guest}")]
+    PackageExists { package: Name, guest: Name },
+    #[error("unknown package {package}")]
+    UnknownPackage { package: Name },
+    #[error("unknown migration {id}")]
+    UnknownMigration { id: MigrationId },
+    #[error("guest {guest} is at version {actual}, not the expected {expected}; re-read it and retry")]
+    VersionConflict { guest: Name, expected: Revision, actual: Revision },
+    #[error("host {host} lacks capacity: needs {need}, has {free} free")]
+    InsufficientCapacity { host: Name, need: Resources, free: Resources },
+    #[error("host {host} is {state}; only an active host can take guests")]
+    HostNotActive { host: Name, state: HostState },
+    #[error("guest {guest} runs on {actual}, not on {stated}")]
+    WrongSource { guest: Name, stated: Name, actual: Name },
+    #[error("guest {guest} already runs on {host}; pick another target")]
+    SameSourceAndTarget { guest: Name, host: Name },
+    #[error("hosts {source_host} ({source_profile}) and {target} ({target_profile}) are not compatible for an online move; use --offline or pick a compatible target")]
+    IncompatibleProfiles { source_host: Name, source_profile: String, target: Name, target_profile: String },
+    #[error("guest {guest} has online_migration=disabled and cannot be moved online; to allow it run `{fix}`, or move it with --offline")]
+    OnlineMigrationDisabled { guest: Name, fix: String },
+    #[error("guest {guest} is a cluster node and would be evicted by an online move; move it with --offline, or if it no longer runs cluster software run `{fix}`")]
+    GuestIsClusterNode { guest: Name, fix: String },
+    #[error("guest {guest} is not running; an online move needs a running guest (use --offline)")]
+    GuestNotRunning { guest: Name },
+    #[error("guest {guest} has migration {id} in flight; wait for it or abort it first")]
+    MigrationInFlight { guest: Name, id: MigrationId },
+    #[error("migration {id} is at phase {actual}, not {expected}")]
+    PhaseConflict { id: MigrationId, expected: Phase, actual: Phase },
+    #[error("migration {id} cannot go from {from} to {to}")]
+    InvalidTransition { id: MigrationId, from: Phase, to: Phase },
+    #[error("migration {id} already finished as {phase}")]
+    MigrationFinished { id: MigrationId, phase: Phase },
+    #[error("migration {id} is past the owner switch (phase {phase}): it can only complete, not be rolled back")]
+    PastOwnerSwitch { id: MigrationId, phase: Phase },
+}
+
+impl Rejection {
+    /// The stable code clients match on. Never change a published code.
+    pub fn code(&self) -> &'static str {
+        use Rejection::*;
+        match self {
+            InvalidArgument { .. } => "invalid_argument",
+            HostExists { .. } => "host_exists",
+            UnknownHost { .. } => "unknown_host",
+            GuestExists { .. } => "guest_exists",
+            UnknownGuest { .. } => "unknown_guest",
+            PackageExists { .. } => "package_exists",
+            UnknownPackage { .. } => "unknown_package",
+            UnknownMigration { .. } => "unknown_migration",
+            VersionConflict { .. } => "version_conflict",
+            InsufficientCapacity { .. } => "insufficient_capacity",
+            HostNotActive { .. } => "host_not_active",
+            WrongSource { .. } => "wrong_source",
+            SameSourceAndTarget { .. } => "same_source_and_target",
+            IncompatibleProfiles { .. } => "incompatible_profiles",
+            OnlineMigrationDisabled { .. } => "online_migration_disabled",
+            GuestIsClusterNode { .. } => "guest_is_cluster_node",
+            GuestNotRunning { .. } => "guest_not_running",
+            MigrationInFlight { .. } => "migration_in_flight",
+            PhaseConflict { .. } => "phase_conflict",
+            InvalidTransition { .. } => "invalid_transition",
+            MigrationFinished { .. } => "migration_finished",
+            PastOwnerSwitch { .. } => "migration_past_owner_switch",
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Rejection::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+}

@@ -1,0 +1,342 @@
+//! The cluster state: the fold of every event so far.
+//!
+//! [`ClusterState::evolve`] is the only way state changes, and it is infallible: all checking
+//! happens before an event exists (in `apply.rs`). That split is what makes the history the
+//! source of truth: replaying the retained events from a snapshot rebuilds exactly this state.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventPayload};
+use crate::limits::{FINISHED_MIGRATIONS_RETAINED, REQUEST_IDS_RETAINED};
+use crate::model::{
+    Guest, Host, Migration, MigrationId, Package, RequestId, Resources, Revision, SwitchingChange,
+};
+use crate::name::Name;
+
+/// The revisions one request produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionRange {
+    pub first: Revision,
+    pub last: Revision,
+}
+
+/// Everything the replicated state machine knows, in memory on every coordinator.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    revision: Revision,
+    hosts: BTreeMap<Name, Host>,
+    guests: BTreeMap<Name, Guest>,
+    packages: BTreeMap<Name, Package>,
+    /// In-flight migrations and the most recent finished ones.
+    migrations: BTreeMap<MigrationId, Migration>,
+    /// Recent request ids in the order they were applied, with the revisions they produced.
+    requests: VecDeque<(RequestId, RevisionRange)>,
+    /// Indexes derived from the fields above; rebuilt after decoding, never serialised.
+    #[serde(skip)]
+    derived: Derived,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Derived {
+    requests: BTreeMap<RequestId, RevisionRange>,
+    in_flight: BTreeMap<Name, MigrationId>,
+    finished: BTreeSet<MigrationId>,
+    /// Resources of the guests each host owns.
+    used: BTreeMap<Name, Resources>,
+    /// Resources promised to in-flight migrations' targets.
+    reserved: BTreeMap<Name, Resources>,
+}
+
+impl ClusterState {
+    /// Revision of the last event folded in (0 for an empty cluster).
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+    pub fn host(&self, name: &Name) -> Option<&Host> {
+        self.hosts.get(name)
+    }
+    pub fn hosts(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.values()
+    }
+    pub fn guest(&self, name: &Name) -> Option<&Guest> {
+        self.guests.get(name)
+    }
+    pub fn guests(&self) -> impl Iterator<Item = &Guest> {
+        self.guests.values()
+    }
+    pub fn package(&self, name: &Name) -> Option<&Package> {
+        self.packages.get(name)
+    }
+    pub fn packages(&self) -> impl Iterator<Item = &Package> {
+        self.packages.values()
+    }
+    /// In-flight migrations and recently finished ones; older history is in the event store.
+    pub fn migration(&self, id: MigrationId) -> Option<&Migration> {
+        self.migrations.get(&id)
+    }
+    pub fn migrations(&self) -> impl Iterator<Item = &Migration> {
+        self.migrations.values()
+    }
+    /// The in-flight migration of a guest, if any.
+    pub fn in_flight(&self, guest: &Name) -> Option<&Migration> {
+        self.derived.in_flight.get(guest).and_then(|id| self.migrations.get(id))
+    }
+    pub fn in_flight_migrations(&self) -> impl Iterator<Item = &Migration> {
+        self.derived.in_flight.values().filter_map(|id| self.migrations.get(id))
+    }
+    /// The revisions an already-applied request produced, if it is still remembered.
+    pub fn applied_request(&self, id: RequestId) -> Option<RevisionRange> {
+        self.derived.requests.get(&id).copied()
+    }
+    /// Resources committed on a host: owned guests plus in-flight migrations heading there.
+    pub fn committed_resources(&self, host: &Name) -> Resources {
+        let used = self.derived.used.get(host).copied().unwrap_or_default();
+        let reserved = self.derived.reserved.get(host).copied().unwrap_or_default();
+        used.saturating_add(reserved)
+    }
+
+    /// Folds one event into the state. Events must come in revision order without gaps; that is
+    /// an internal invariant of the log, so a violation is a bug and panics.
+    pub fn evolve(&mut self, event: &Event) {
+        assert_eq!(
+            event.revision,
+            self.revision + 1,
+            "event revisions must be folded in order without gaps"
+        );
+        self.revision = event.revision;
+        self.remember_request(event.request_id, event.revision);
+        let rev = event.revision;
+        match &event.payload {
+            EventPayload::HostRegistered { host } => {
+                self.hosts.insert(host.spec.name.clone(), host.clone());
+            }
+            EventPayload::HostMaintenanceChanged { host, maintenance } => {
+                let h = self.hosts.get_mut(host).expect("event names a registered host");
+                h.maintenance = *maintenance;
+                h.version = rev;
+            }
+            EventPayload::HostReachabilityChanged { host, reachable } => {
+                let h = self.hosts.get_mut(host).expect("event names a registered host");
+                h.reachable = *reachable;
+                h.version = rev;
+            }
+            EventPayload::GuestCreated { guest } => {
+                self.add_guest(guest.clone(), event);
+            }
+            EventPayload::GuestModified { guest } => {
+                let old = self.remove_guest(&guest.name);
+                // A package that stays the same keeps its switching state; any other change
+                // drops the old package and creates the new one fresh.
+                let kept = match (&old.spec.package, &guest.spec.package) {
+                    (Some(a), Some(b)) if a == b => self.packages.remove(a),
+                    (Some(a), _) => {
+                        self.packages.remove(a);
+                        None
+                    }
+                    (None, _) => None,
+                };
+                self.add_guest(guest.clone(), event);
+                if let Some(p) = kept {
+                    self.packages.insert(p.name.clone(), p);
+                }
+            }
+            EventPayload::GuestRemoved { guest } => {
+                let old = self.remove_guest(guest);
+                if let Some(p) = &old.spec.package {
+                    self.packages.remove(p);
+                }
+            }
+            EventPayload::PackageSwitchingChanged { package, node, enabled, reason, migration, .. } => {
+                let p = self.packages.get_mut(package).expect("event names an existing package");
+                match node {
+                    Some(n) if *enabled => {
+                        p.disabled_nodes.remove(n);
+                    }
+                    Some(n) => {
+                        p.disabled_nodes.insert(n.clone());
+                    }
+                    None => {
+                        p.switching_enabled = *enabled;
+                        p.switching_changed = SwitchingChange {
+                            at: event.time,
+                            revision: rev,
+                            actor: event.actor.clone(),
+                            reason: reason.clone(),
+                            migration: *migration,
+                        };
+                    }
+                }
+            }
+            EventPayload::MigrationRequested { migration } => {
+                let demand = self.guests[&migration.guest].spec.demand();
+                add(&mut self.derived.reserved, &migration.target, demand);
+                self.derived.in_flight.insert(migration.guest.clone(), migration.id);
+                self.migrations.insert(migration.id, migration.clone());
+            }
+            EventPayload::MigrationPhaseChanged { id, phase, .. } => {
+                let m = self.migrations.get_mut(id).expect("event names a known migration");
+                m.evolve(event);
+                if phase.is_terminal() {
+                    let (guest, target) = (m.guest.clone(), m.target.clone());
+                    self.derived.in_flight.remove(&guest);
+                    // A migration that failed before the owner switch still holds its reservation.
+                    if let Some(g) = self.guests.get(&guest) {
+                        if g.owner != target {
+                            sub(&mut self.derived.reserved, &target, g.spec.demand());
+                        }
+                    }
+                    self.derived.finished.insert(*id);
+                    self.evict_finished();
+                }
+            }
+            EventPayload::GuestOwnerChanged { guest, from, to, .. } => {
+                let g = self.guests.get_mut(guest).expect("event names an existing guest");
+                let demand = g.spec.demand();
+                g.owner = to.clone();
+                g.version = rev;
+                sub(&mut self.derived.used, from, demand);
+                add(&mut self.derived.used, to, demand);
+                // The reservation becomes real use.
+                sub(&mut self.derived.reserved, to, demand);
+            }
+        }
+    }
+
+    fn add_guest(&mut self, guest: Guest, event: &Event) {
+        add(&mut self.derived.used, &guest.owner, guest.spec.demand());
+        if let Some(p) = &guest.spec.package {
+            self.packages.insert(
+                p.clone(),
+                Package {
+                    name: p.clone(),
+                    guest: guest.name.clone(),
+                    switching_enabled: true,
+                    disabled_nodes: BTreeSet::new(),
+                    switching_changed: SwitchingChange {
+                        at: event.time,
+                        revision: event.revision,
+                        actor: event.actor.clone(),
+                        reason: Some("package created".into()),
+                        migration: None,
+                    },
+                },
+            );
+        }
+        self.guests.insert(guest.name.clone(), guest);
+    }
+
+    fn remove_guest(&mut self, name: &Name) -> Guest {
+        let old = self.guests.remove(name).expect("event names an existing guest");
+        sub(&mut self.derived.used, &old.owner, old.spec.demand());
+        old
+    }
+
+    fn remember_request(&mut self, id: RequestId, rev: Revision) {
+        if let Some((last_id, range)) = self.requests.back_mut() {
+            if *last_id == id {
+                range.last = rev;
+                self.derived.requests.insert(id, *range);
+                return;
+            }
+        }
+        let range = RevisionRange { first: rev, last: rev };
+        self.requests.push_back((id, range));
+        self.derived.requests.insert(id, range);
+        while self.requests.len() > REQUEST_IDS_RETAINED {
+            let (old, _) = self.requests.pop_front().expect("non-empty");
+            self.derived.requests.remove(&old);
+        }
+    }
+
+    fn evict_finished(&mut self) {
+        while self.derived.finished.len() > FINISHED_MIGRATIONS_RETAINED {
+            let oldest = self.derived.finished.pop_first().expect("non-empty");
+            self.migrations.remove(&oldest);
+        }
+    }
+
+    /// Recomputes the derived indexes from the serialised fields. Called after decoding.
+    pub fn rebuild_indexes(&mut self) {
+        let mut d = Derived::default();
+        for (id, range) in &self.requests {
+            d.requests.insert(*id, *range);
+        }
+        for g in self.guests.values() {
+            add(&mut d.used, &g.owner, g.spec.demand());
+        }
+        for m in self.migrations.values() {
+            if m.phase.is_terminal() {
+                d.finished.insert(m.id);
+            } else {
+                d.in_flight.insert(m.guest.clone(), m.id);
+                if let Some(g) = self.guests.get(&m.guest) {
+                    if g.owner != m.target {
+                        add(&mut d.reserved, &m.target, g.spec.demand());
+                    }
+                }
+            }
+        }
+        self.derived = d;
+    }
+
+    /// Checks the invariants that must hold at every revision (SPEC §5) plus the consistency of
+    /// the derived indexes. Returns a description of every violation found.
+    pub fn check_invariants(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        let mut rebuilt = self.clone();
+        rebuilt.rebuild_indexes();
+        if rebuilt.derived != self.derived {
+            bad.push("derived indexes differ from a rebuild".to_string());
+        }
+        for g in self.guests.values() {
+            // 1. exactly one owner, and it is a registered host.
+            if !self.hosts.contains_key(&g.owner) {
+                bad.push(format!("guest {} owned by unknown host {}", g.name, g.owner));
+            }
+            if let Some(p) = &g.spec.package {
+                match self.packages.get(p) {
+                    Some(pkg) if pkg.guest == g.name => {}
+                    _ => bad.push(format!("guest {} names package {p} that does not wrap it", g.name)),
+                }
+            }
+        }
+        // 4. at most one in-flight migration per guest.
+        let mut seen = BTreeSet::new();
+        for m in self.migrations.values().filter(|m| !m.phase.is_terminal()) {
+            if !seen.insert(&m.guest) {
+                bad.push(format!("guest {} has more than one in-flight migration", m.guest));
+            }
+        }
+        // 3. no package left unprotected by a finished migration: a package whose switching was
+        //    last changed by a migration that is now finished must be back at its earlier state.
+        for p in self.packages.values() {
+            if let Some(mid) = p.switching_changed.migration {
+                if let Some(m) = self.migrations.get(&mid) {
+                    if m.phase.is_terminal() && Some(p.switching_enabled) != m.switching_before {
+                        bad.push(format!(
+                            "package {} switching is {} after migration {mid} ended, was {:?} before",
+                            p.name, p.switching_enabled, m.switching_before
+                        ));
+                    }
+                }
+            }
+        }
+        bad
+    }
+}
+
+fn add(map: &mut BTreeMap<Name, Resources>, host: &Name, r: Resources) {
+    let e = map.entry(host.clone()).or_default();
+    *e = e.saturating_add(r);
+}
+
+fn sub(map: &mut BTreeMap<Name, Resources>, host: &Name, r: Resources) {
+    if let Some(e) = map.get_mut(host) {
+        *e = e.saturating_sub(r);
+        if *e == Resources::default() {
+            map.remove(host);
+        }
+    }
+}

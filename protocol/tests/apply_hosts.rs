@@ -1,0 +1,74 @@
+//! Host registration, maintenance and reachability.
+mod common;
+use common::*;
+use switchyard_protocol::*;
+
+#[test]
+fn register_host_records_it_active() {
+    let mut w = World::empty();
+    let (applied, events) = w.ok(Command::RegisterHost(host_spec("h1", 8, 1024, "ia64")));
+    assert_eq!(applied.revisions, RevisionRange { first: 1, last: 1 });
+    assert_eq!(events.len(), 1);
+    let h = w.state.host(&n("h1")).unwrap();
+    assert_eq!(h.state(), HostState::Active);
+    assert_eq!(h.version, 1);
+}
+
+#[test]
+fn register_host_rejections() {
+    let mut w = World::standard();
+    let mut bad_addr = host_spec("h9", 8, 1024, "ia64");
+    bad_addr.address = "a\nb".into();
+    let mut long_addr = host_spec("h9", 8, 1024, "ia64");
+    long_addr.address = "a".repeat(300);
+    let mut empty_family = host_spec("h9", 8, 1024, "ia64");
+    empty_family.profile.hardware_family.clear();
+    let cases: Vec<(&str, HostSpec, &str)> = vec![
+        ("duplicate", host_spec("h1", 8, 1024, "ia64"), "host_exists"),
+        ("zero vcpus", host_spec("h9", 0, 1024, "ia64"), "invalid_argument"),
+        ("zero memory", host_spec("h9", 8, 0, "ia64"), "invalid_argument"),
+        ("absurd vcpus", host_spec("h9", u32::MAX, 1024, "ia64"), "invalid_argument"),
+        ("control char in address", bad_addr, "invalid_argument"),
+        ("oversize address", long_addr, "invalid_argument"),
+        ("empty profile", empty_family, "invalid_argument"),
+        ("space in profile", host_spec("h9", 8, 1024, "ia 64"), "invalid_argument"),
+    ];
+    for (what, spec, code) in cases {
+        assert_eq!(w.reject(Command::RegisterHost(spec)).code(), code, "{what}");
+    }
+}
+
+#[test]
+fn maintenance_and_reachability_change_state() {
+    let mut w = World::standard();
+    w.ok(Command::SetHostMaintenance { host: n("h2"), maintenance: true });
+    assert_eq!(w.state.host(&n("h2")).unwrap().state(), HostState::Maintenance);
+    w.ok(Command::SetHostReachable { host: n("h2"), reachable: false });
+    assert_eq!(w.state.host(&n("h2")).unwrap().state(), HostState::Unreachable);
+    w.ok(Command::SetHostReachable { host: n("h2"), reachable: true });
+    assert_eq!(w.state.host(&n("h2")).unwrap().state(), HostState::Maintenance);
+    w.ok(Command::SetHostMaintenance { host: n("h2"), maintenance: false });
+    assert_eq!(w.state.host(&n("h2")).unwrap().state(), HostState::Active);
+}
+
+#[test]
+fn unknown_host_is_refused_everywhere() {
+    let mut w = World::standard();
+    for cmd in [
+        Command::SetHostMaintenance { host: n("nope"), maintenance: true },
+        Command::SetHostReachable { host: n("nope"), reachable: false },
+        Command::CreateGuest { name: n("g9"), spec: guest_spec(1, 512, None), owner: n("nope"), run_state: RunState::Running },
+    ] {
+        assert_eq!(w.reject(cmd).code(), "unknown_host");
+    }
+}
+
+#[test]
+fn hostile_actor_is_refused() {
+    let mut w = World::standard();
+    let mut p = w.proposal(Command::SetHostMaintenance { host: n("h1"), maintenance: true });
+    p.actor = "x".repeat(500);
+    let before = switchyard_protocol::codec::encode(&w.state);
+    assert_eq!(apply(&mut w.state, &p).unwrap_err().code(), "invalid_argument");
+    assert_eq!(switchyard_protocol::codec::encode(&w.state), before);
+}

@@ -1,0 +1,226 @@
+//! Migrations: the request checks of SPEC §4 and the phase transitions of SPEC §5.
+mod common;
+use common::*;
+use switchyard_protocol::*;
+
+fn request(guest: &str, source: &str, target: &str, kind: MigrationKind) -> Command {
+    Command::RequestMigration { guest: n(guest), source: n(source), target: n(target), kind, reason: Some("rebalance".into()) }
+}
+
+#[test]
+fn packaged_guest_walks_every_phase_and_switching_comes_back() {
+    let mut w = World::standard();
+    let id = w.migrate("g1", "h2", MigrationKind::Online);
+    assert_eq!(id.0, w.state.revision(), "the id is the request's revision");
+    let m = w.state.migration(id).unwrap();
+    assert_eq!((m.phase, m.switching_before), (Phase::Requested, Some(true)));
+
+    assert_eq!(w.advance(id), Phase::SwitchingDisabled);
+    let p = w.package("p1");
+    assert!(!p.switching_enabled);
+    assert_eq!(p.switching_changed.migration, Some(id), "the unprotected window names its migration");
+    assert_eq!(w.advance(id), Phase::Transferring);
+    assert_eq!(w.advance(id), Phase::TargetRunning);
+    assert_eq!(w.guest("g1").owner, n("h1"), "owner moves only at the owner switch");
+    assert_eq!(w.advance(id), Phase::OwnerSwitched);
+    assert_eq!(w.guest("g1").owner, n("h2"));
+    assert_eq!(w.advance(id), Phase::SwitchingEnabled);
+    assert!(w.package("p1").switching_enabled);
+    assert_eq!(w.advance(id), Phase::Completed);
+
+    let m = w.state.migration(id).unwrap();
+    let phases: Vec<Phase> = m.history.iter().map(|r| r.phase).collect();
+    assert_eq!(
+        phases,
+        [Phase::Requested, Phase::SwitchingDisabled, Phase::Transferring, Phase::TargetRunning, Phase::OwnerSwitched, Phase::SwitchingEnabled, Phase::Completed]
+    );
+    assert_eq!(m.freeze_time_ms, Some(120));
+    assert!(w.state.in_flight(&n("g1")).is_none());
+    // Capacity moved with the guest.
+    assert_eq!(w.state.committed_resources(&n("h2")), Resources { vcpus: 4, memory_mib: 8192 });
+    assert_eq!(w.state.committed_resources(&n("h1")), Resources { vcpus: 2, memory_mib: 4096 });
+}
+
+#[test]
+fn guest_without_package_skips_switching_phases() {
+    let mut w = World::standard();
+    let id = w.migrate("g2", "h2", MigrationKind::Online);
+    let mut seen = vec![];
+    while !w.state.migration(id).unwrap().phase.is_terminal() {
+        seen.push(w.advance(id));
+    }
+    assert_eq!(seen, [Phase::Transferring, Phase::TargetRunning, Phase::OwnerSwitched, Phase::Completed]);
+}
+
+#[test]
+fn switching_disabled_before_stays_disabled_after() {
+    let mut w = World::standard();
+    w.ok(Command::SetPackageSwitching { package: n("p1"), node: None, enabled: false, reason: Some("operator".into()) });
+    let id = w.migrate("g1", "h2", MigrationKind::Online);
+    w.advance_to(id, Phase::Completed);
+    assert!(!w.package("p1").switching_enabled, "restored to the state before the migration");
+}
+
+#[test]
+fn request_rejections() {
+    let mut w = World::standard();
+    w.ok(Command::CreateGuest { name: n("stopped"), spec: guest_spec(1, 512, None), owner: n("h1"), run_state: RunState::Stopped });
+    let mut locked = guest_spec(1, 512, None);
+    locked.online_migration = false;
+    w.ok(Command::CreateGuest { name: n("locked"), spec: locked, owner: n("h1"), run_state: RunState::Running });
+    let mut node = guest_spec(1, 512, None);
+    node.cluster_node = true;
+    w.ok(Command::CreateGuest { name: n("cnode"), spec: node, owner: n("h1"), run_state: RunState::Running });
+    w.ok(Command::RegisterHost(host_spec("maint", 16, 65536, "ia64")));
+    w.ok(Command::SetHostMaintenance { host: n("maint"), maintenance: true });
+    w.ok(Command::RegisterHost(host_spec("gone", 16, 65536, "ia64")));
+    w.ok(Command::SetHostReachable { host: n("gone"), reachable: false });
+
+    use MigrationKind::*;
+    let cases: Vec<(&str, Command, &str)> = vec![
+        ("unknown guest", request("nope", "h1", "h2", Online), "unknown_guest"),
+        ("unknown source", request("g1", "h9", "h2", Online), "unknown_host"),
+        ("unknown target", request("g1", "h1", "h9", Online), "unknown_host"),
+        ("not on stated source", request("g1", "h2", "h1", Online), "wrong_source"),
+        ("target is source", request("g1", "h1", "h1", Online), "same_source_and_target"),
+        ("target in maintenance", request("g1", "h1", "maint", Online), "host_not_active"),
+        ("target unreachable", request("g1", "h1", "gone", Offline), "host_not_active"),
+        ("online_migration=disabled", request("locked", "h1", "h2", Online), "online_migration_disabled"),
+        ("cluster-node guest", request("cnode", "h1", "h2", Online), "guest_is_cluster_node"),
+        ("stopped guest online", request("stopped", "h1", "h2", Online), "guest_not_running"),
+        ("incompatible profiles", request("g1", "h1", "h3", Online), "incompatible_profiles"),
+        ("target lacks capacity", request("g1", "h1", "small", Offline), "insufficient_capacity"),
+        ("control char in reason", Command::RequestMigration { guest: n("g1"), source: n("h1"), target: n("h2"), kind: Online, reason: Some("\0".into()) }, "invalid_argument"),
+    ];
+    for (what, cmd, code) in cases {
+        assert_eq!(w.reject(cmd).code(), code, "{what}");
+    }
+}
+
+#[test]
+fn refusals_say_how_to_fix_them() {
+    let mut w = World::standard();
+    w.ok(Command::ModifyGuest { name: n("g2"), patch: GuestPatch { online_migration: Some(false), ..Default::default() }, expect_version: None });
+    let r = w.reject(request("g2", "h1", "h2", MigrationKind::Online));
+    assert!(r.to_string().contains("switchyard guest modify g2 -x online_migration=enabled"), "{r}");
+    w.ok(Command::ModifyGuest { name: n("g2"), patch: GuestPatch { online_migration: Some(true), cluster_node: Some(true), ..Default::default() }, expect_version: None });
+    let r = w.reject(request("g2", "h1", "h2", MigrationKind::Online));
+    assert!(r.to_string().contains("--offline"), "{r}");
+}
+
+#[test]
+fn offline_moves_skip_online_only_checks() {
+    let mut w = World::standard();
+    w.ok(Command::ModifyGuest { name: n("g2"), patch: GuestPatch { online_migration: Some(false), cluster_node: Some(true), run_state: Some(RunState::Stopped), ..Default::default() }, expect_version: None });
+    let id = w.migrate("g2", "h3", MigrationKind::Offline);
+    w.advance_to(id, Phase::Completed);
+    assert_eq!(w.guest("g2").owner, n("h3"));
+}
+
+#[test]
+fn one_migration_in_flight_per_guest_and_guest_is_frozen_meanwhile() {
+    let mut w = World::standard();
+    let id = w.migrate("g1", "h2", MigrationKind::Online);
+    assert_eq!(w.reject(request("g1", "h1", "h2", MigrationKind::Offline)), Rejection::MigrationInFlight { guest: n("g1"), id });
+    let modify = Command::ModifyGuest { name: n("g1"), patch: GuestPatch { vcpus: Some(1), ..Default::default() }, expect_version: None };
+    assert_eq!(w.reject(modify).code(), "migration_in_flight");
+    assert_eq!(w.reject(Command::RemoveGuest { name: n("g1"), expect_version: None }).code(), "migration_in_flight");
+    // Another guest may move at the same time.
+    w.migrate("g2", "h2", MigrationKind::Online);
+}
+
+#[test]
+fn in_flight_migration_reserves_target_capacity() {
+    let mut w = World::standard();
+    w.ok(Command::RegisterHost(host_spec("tight", 4, 8192, "ia64")));
+    w.migrate("g1", "tight", MigrationKind::Online);
+    // g2 (2 vCPU) would fit on its own, but g1's 4 vCPUs are already promised.
+    assert_eq!(w.reject(request("g2", "h1", "tight", MigrationKind::Online)).code(), "insufficient_capacity");
+    let create = Command::CreateGuest { name: n("g9"), spec: guest_spec(1, 512, None), owner: n("tight"), run_state: RunState::Running };
+    assert_eq!(w.reject(create).code(), "insufficient_capacity");
+}
+
+#[test]
+fn abort_before_owner_switch_rolls_back_at_every_phase() {
+    for stop_at in [Phase::Requested, Phase::SwitchingDisabled, Phase::Transferring, Phase::TargetRunning] {
+        let mut w = World::standard();
+        let id = w.migrate("g1", "h2", MigrationKind::Online);
+        w.advance_to(id, stop_at);
+        w.ok(Command::AbortMigration { id, reason: Some("change freeze".into()) });
+        let m = w.state.migration(id).unwrap();
+        assert_eq!(m.phase, Phase::Aborted, "abort at {stop_at}");
+        assert_eq!(m.error.as_deref(), Some("change freeze"));
+        assert_eq!(w.guest("g1").owner, n("h1"), "abort at {stop_at} leaves the guest on its source");
+        assert!(w.package("p1").switching_enabled, "abort at {stop_at} restores switching");
+        assert_eq!(w.state.committed_resources(&n("h2")), Resources::default(), "reservation released");
+        // A new migration may start.
+        w.migrate("g1", "h2", MigrationKind::Online);
+    }
+}
+
+#[test]
+fn fail_rolls_back_like_abort() {
+    let mut w = World::standard();
+    let id = w.migrate("g1", "h2", MigrationKind::Online);
+    w.advance_to(id, Phase::Transferring);
+    w.ok(Command::FailMigration { id, error: "source agent silent for 30s".into() });
+    let m = w.state.migration(id).unwrap();
+    assert_eq!(m.phase, Phase::Failed);
+    assert!(w.package("p1").switching_enabled);
+    assert_eq!(w.package("p1").switching_changed.migration, Some(id));
+}
+
+#[test]
+fn no_rollback_after_owner_switch() {
+    for phase in [Phase::OwnerSwitched, Phase::SwitchingEnabled] {
+        let mut w = World::standard();
+        let id = w.migrate("g1", "h2", MigrationKind::Online);
+        w.advance_to(id, phase);
+        assert_eq!(w.reject(Command::AbortMigration { id, reason: None }), Rejection::PastOwnerSwitch { id, phase });
+        assert_eq!(w.reject(Command::FailMigration { id, error: "x".into() }).code(), "migration_past_owner_switch");
+        w.advance_to(id, Phase::Completed);
+    }
+}
+
+#[test]
+fn finished_migrations_cannot_move() {
+    let mut w = World::standard();
+    let id = w.migrate("g2", "h2", MigrationKind::Online);
+    w.advance_to(id, Phase::Completed);
+    assert_eq!(w.reject(Command::AbortMigration { id, reason: None }), Rejection::MigrationFinished { id, phase: Phase::Completed });
+    let adv = Command::AdvanceMigration { id, from: Phase::Completed, to: Phase::Failed, freeze_time_ms: None };
+    assert_eq!(w.reject(adv).code(), "migration_finished");
+}
+
+#[test]
+fn advance_rejections() {
+    let mut w = World::standard();
+    let id = w.migrate("g1", "h2", MigrationKind::Online);
+    let adv = |from, to, freeze| Command::AdvanceMigration { id, from, to, freeze_time_ms: freeze };
+    let cases: Vec<(&str, Command, &str)> = vec![
+        ("unknown migration", Command::AdvanceMigration { id: MigrationId(999), from: Phase::Requested, to: Phase::SwitchingDisabled, freeze_time_ms: None }, "unknown_migration"),
+        ("stale from", adv(Phase::Transferring, Phase::TargetRunning, None), "phase_conflict"),
+        ("skips a phase", adv(Phase::Requested, Phase::Transferring, None), "invalid_transition"),
+        ("backwards", adv(Phase::Requested, Phase::Requested, None), "invalid_transition"),
+        ("to a failure phase", adv(Phase::Requested, Phase::Failed, None), "invalid_transition"),
+        ("freeze time on the wrong phase", adv(Phase::Requested, Phase::SwitchingDisabled, Some(10)), "invalid_argument"),
+        ("unknown abort", Command::AbortMigration { id: MigrationId(999), reason: None }, "unknown_migration"),
+        ("oversize error", Command::FailMigration { id, error: "e".repeat(5000) }, "invalid_argument"),
+    ];
+    for (what, cmd, code) in cases {
+        assert_eq!(w.reject(cmd).code(), code, "{what}");
+    }
+    w.advance_to(id, Phase::Transferring);
+    let absurd = Command::AdvanceMigration { id, from: Phase::Transferring, to: Phase::TargetRunning, freeze_time_ms: Some(u64::MAX) };
+    assert_eq!(w.reject(absurd).code(), "invalid_argument");
+}
+
+#[test]
+fn a_replayed_phase_step_is_refused_not_reapplied() {
+    // The driver of a new leader may propose a step the old leader already committed.
+    let mut w = World::standard();
+    let id = w.migrate("g1", "h2", MigrationKind::Online);
+    w.advance(id);
+    let again = Command::AdvanceMigration { id, from: Phase::Requested, to: Phase::SwitchingDisabled, freeze_time_ms: None };
+    assert_eq!(w.reject(again), Rejection::PhaseConflict { id, expected: Phase::Requested, actual: Phase::SwitchingDisabled });
+}
