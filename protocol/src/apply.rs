@@ -106,12 +106,20 @@ fn apply_register_host(state: &ClusterState, spec: &HostSpec, next: Revision) ->
     Ok(vec![EventPayload::HostRegistered { host }])
 }
 
-fn apply_set_host_maintenance(state: &ClusterState, host: &Name, maintenance: bool) -> Result<Vec<EventPayload>, Rejection> {
+fn apply_set_host_maintenance(
+    state: &ClusterState,
+    host: &Name,
+    maintenance: bool,
+) -> Result<Vec<EventPayload>, Rejection> {
     known_host(state, host)?;
     Ok(vec![EventPayload::HostMaintenanceChanged { host: host.clone(), maintenance }])
 }
 
-fn apply_set_host_reachable(state: &ClusterState, host: &Name, reachable: bool) -> Result<Vec<EventPayload>, Rejection> {
+fn apply_set_host_reachable(
+    state: &ClusterState,
+    host: &Name,
+    reachable: bool,
+) -> Result<Vec<EventPayload>, Rejection> {
     known_host(state, host)?;
     Ok(vec![EventPayload::HostReachabilityChanged { host: host.clone(), reachable }])
 }
@@ -175,7 +183,11 @@ fn apply_modify_guest(
     Ok(vec![EventPayload::GuestModified { guest }])
 }
 
-fn apply_remove_guest(state: &ClusterState, name: &Name, expect_version: Option<Revision>) -> Result<Vec<EventPayload>, Rejection> {
+fn apply_remove_guest(
+    state: &ClusterState,
+    name: &Name,
+    expect_version: Option<Revision>,
+) -> Result<Vec<EventPayload>, Rejection> {
     guest_at_version(state, name, expect_version)?;
     no_migration_in_flight(state, name)?;
     Ok(vec![EventPayload::GuestRemoved { guest: name.clone() }])
@@ -222,7 +234,11 @@ fn apply_request_migration(
     let source_host = known_host(state, source)?;
     let target_host = known_host(state, target)?;
     if guest.owner != *source {
-        return Err(Rejection::WrongSource { guest: guest_name.clone(), stated: source.clone(), actual: guest.owner.clone() });
+        return Err(Rejection::WrongSource {
+            guest: guest_name.clone(),
+            stated: source.clone(),
+            actual: guest.owner.clone(),
+        });
     }
     if source == target {
         return Err(Rejection::SameSourceAndTarget { guest: guest_name.clone(), host: source.clone() });
@@ -311,7 +327,13 @@ fn apply_advance_migration(
         }
         _ => {}
     }
-    events.push(EventPayload::MigrationPhaseChanged { id, guest: m.guest.clone(), phase: to, freeze_time_ms, error: None });
+    events.push(EventPayload::MigrationPhaseChanged {
+        id,
+        guest: m.guest.clone(),
+        phase: to,
+        freeze_time_ms,
+        error: None,
+    });
     Ok(events)
 }
 
@@ -357,7 +379,11 @@ fn known_guest<'a>(state: &'a ClusterState, name: &Name) -> Result<&'a Guest, Re
     state.guest(name).ok_or_else(|| Rejection::UnknownGuest { guest: name.clone() })
 }
 
-fn guest_at_version<'a>(state: &'a ClusterState, name: &Name, expect: Option<Revision>) -> Result<&'a Guest, Rejection> {
+fn guest_at_version<'a>(
+    state: &'a ClusterState,
+    name: &Name,
+    expect: Option<Revision>,
+) -> Result<&'a Guest, Rejection> {
     let g = known_guest(state, name)?;
     match expect {
         Some(expected) if expected != g.version => {
@@ -435,7 +461,10 @@ fn check_token(field: &str, s: &str, max: usize) -> Result<(), Rejection> {
         return Err(Rejection::invalid(field, format!("{} bytes; at most {max} are allowed", s.len())));
     }
     if let Some(c) = s.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(Rejection::invalid(field, format!("contains {c:?}; only printable ASCII without spaces is allowed")));
+        return Err(Rejection::invalid(
+            field,
+            format!("contains {c:?}; only printable ASCII without spaces is allowed"),
+        ));
     }
     Ok(())
 }

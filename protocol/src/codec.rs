@@ -42,9 +42,22 @@ pub enum RecordKind {
 impl RecordKind {
     fn from_u8(b: u8) -> Option<RecordKind> {
         use RecordKind::*;
-        [LogEntry, Vote, LogId, NodeId, AppliedState, Event, Migration, ClusterState, SnapshotHeader, SnapshotPointer, FormatVersion, Export]
-            .into_iter()
-            .find(|k| *k as u8 == b)
+        [
+            LogEntry,
+            Vote,
+            LogId,
+            NodeId,
+            AppliedState,
+            Event,
+            Migration,
+            ClusterState,
+            SnapshotHeader,
+            SnapshotPointer,
+            FormatVersion,
+            Export,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == b)
     }
 }
 
@@ -147,7 +160,10 @@ mod tests {
     #[test]
     fn wrong_kind_version_and_truncation_are_named() {
         let rec = seal(RecordKind::Vote, &1u64);
-        assert_eq!(open::<u64>(RecordKind::Event, &rec), Err(CodecError::WrongKind { expected: RecordKind::Event, found: 2 }));
+        assert_eq!(
+            open::<u64>(RecordKind::Event, &rec),
+            Err(CodecError::WrongKind { expected: RecordKind::Event, found: 2 })
+        );
         let mut v2 = rec.clone();
         v2[0] = 2;
         assert_eq!(open::<u64>(RecordKind::Vote, &v2), Err(CodecError::UnknownVersion { found: 2 }));

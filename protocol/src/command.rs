@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Actor, GuestSpec, HostSpec, MigrationId, MigrationKind, Phase, RequestId, Revision, RunState, Timestamp};
+use crate::model::{
+    Actor, GuestSpec, HostSpec, MigrationId, MigrationKind, Phase, RequestId, Revision, RunState, Timestamp,
+};
 use crate::name::Name;
 
 /// One replicated write: a command plus the context chosen by the proposer.
@@ -22,25 +24,65 @@ pub struct Proposal {
 pub enum Command {
     RegisterHost(HostSpec),
     /// Operator: put a host into maintenance (no new guests, no migration target) or take it out.
-    SetHostMaintenance { host: Name, maintenance: bool },
+    SetHostMaintenance {
+        host: Name,
+        maintenance: bool,
+    },
     /// Leader's liveness tracking: a host became unreachable or reachable again.
-    SetHostReachable { host: Name, reachable: bool },
-    CreateGuest { name: Name, spec: GuestSpec, owner: Name, run_state: RunState },
-    ModifyGuest { name: Name, patch: GuestPatch, expect_version: Option<Revision> },
-    RemoveGuest { name: Name, expect_version: Option<Revision> },
+    SetHostReachable {
+        host: Name,
+        reachable: bool,
+    },
+    CreateGuest {
+        name: Name,
+        spec: GuestSpec,
+        owner: Name,
+        run_state: RunState,
+    },
+    ModifyGuest {
+        name: Name,
+        patch: GuestPatch,
+        expect_version: Option<Revision>,
+    },
+    RemoveGuest {
+        name: Name,
+        expect_version: Option<Revision>,
+    },
     /// `package enable|disable [--node HOST]`: global switching when `node` is `None`, otherwise
     /// the per-node switch.
-    SetPackageSwitching { package: Name, node: Option<Name>, enabled: bool, reason: Option<String> },
+    SetPackageSwitching {
+        package: Name,
+        node: Option<Name>,
+        enabled: bool,
+        reason: Option<String>,
+    },
     /// Commit a migration's intent. `source` is where the proposer believes the guest runs; apply
     /// refuses the request if that is no longer true.
-    RequestMigration { guest: Name, source: Name, target: Name, kind: MigrationKind, reason: Option<String> },
+    RequestMigration {
+        guest: Name,
+        source: Name,
+        target: Name,
+        kind: MigrationKind,
+        reason: Option<String>,
+    },
     /// The driver moves a migration one phase forward. `from` makes the step idempotent and
     /// fenced: a step proposed from a stale view is refused.
-    AdvanceMigration { id: MigrationId, from: Phase, to: Phase, freeze_time_ms: Option<u64> },
+    AdvanceMigration {
+        id: MigrationId,
+        from: Phase,
+        to: Phase,
+        freeze_time_ms: Option<u64>,
+    },
     /// The driver gives up on a migration (agent error, phase timeout): roll back, then `failed`.
-    FailMigration { id: MigrationId, error: String },
+    FailMigration {
+        id: MigrationId,
+        error: String,
+    },
     /// An operator cancels a migration: roll back, then `aborted`.
-    AbortMigration { id: MigrationId, reason: Option<String> },
+    AbortMigration {
+        id: MigrationId,
+        reason: Option<String>,
+    },
 }
 
 impl Command {

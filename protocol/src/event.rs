@@ -22,13 +22,27 @@ pub struct Event {
 /// any one of them without knowing the ones before it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventPayload {
-    HostRegistered { host: Host },
-    HostMaintenanceChanged { host: Name, maintenance: bool },
-    HostReachabilityChanged { host: Name, reachable: bool },
-    GuestCreated { guest: Guest },
+    HostRegistered {
+        host: Host,
+    },
+    HostMaintenanceChanged {
+        host: Name,
+        maintenance: bool,
+    },
+    HostReachabilityChanged {
+        host: Name,
+        reachable: bool,
+    },
+    GuestCreated {
+        guest: Guest,
+    },
     /// The guest's new configuration (whole record).
-    GuestModified { guest: Guest },
-    GuestRemoved { guest: Name },
+    GuestModified {
+        guest: Guest,
+    },
+    GuestRemoved {
+        guest: Name,
+    },
     /// A package's global (`node: None`) or per-node switching changed.
     PackageSwitchingChanged {
         package: Name,
@@ -38,7 +52,9 @@ pub enum EventPayload {
         reason: Option<String>,
         migration: Option<MigrationId>,
     },
-    MigrationRequested { migration: Migration },
+    MigrationRequested {
+        migration: Migration,
+    },
     MigrationPhaseChanged {
         id: MigrationId,
         guest: Name,
@@ -47,7 +63,12 @@ pub enum EventPayload {
         error: Option<String>,
     },
     /// The guest now runs on `to`. Emitted with the `owner_switched` phase.
-    GuestOwnerChanged { guest: Name, from: Name, to: Name, migration: MigrationId },
+    GuestOwnerChanged {
+        guest: Name,
+        from: Name,
+        to: Name,
+        migration: MigrationId,
+    },
 }
 
 /// The kind of an event, for subscription filters.

@@ -60,10 +60,16 @@ pub struct Resources {
 
 impl Resources {
     pub fn saturating_add(self, o: Resources) -> Resources {
-        Resources { vcpus: self.vcpus.saturating_add(o.vcpus), memory_mib: self.memory_mib.saturating_add(o.memory_mib) }
+        Resources {
+            vcpus: self.vcpus.saturating_add(o.vcpus),
+            memory_mib: self.memory_mib.saturating_add(o.memory_mib),
+        }
     }
     pub fn saturating_sub(self, o: Resources) -> Resources {
-        Resources { vcpus: self.vcpus.saturating_sub(o.vcpus), memory_mib: self.memory_mib.saturating_sub(o.memory_mib) }
+        Resources {
+            vcpus: self.vcpus.saturating_sub(o.vcpus),
+            memory_mib: self.memory_mib.saturating_sub(o.memory_mib),
+        }
     }
     /// Whether `self` fits inside `cap`.
     pub fn fits_in(self, cap: Resources) -> bool {

@@ -131,10 +131,7 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(Name::new(*input).unwrap_err(), *want, "input {input:?}");
         }
-        assert_eq!(
-            Name::new("x".repeat(NAME_LEN_MAX + 1)).unwrap_err(),
-            NameError::TooLong { len: NAME_LEN_MAX + 1 }
-        );
+        assert_eq!(Name::new("x".repeat(NAME_LEN_MAX + 1)).unwrap_err(), NameError::TooLong { len: NAME_LEN_MAX + 1 });
     }
 
     #[test]

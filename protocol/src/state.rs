@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventPayload};
 use crate::limits::{FINISHED_MIGRATIONS_RETAINED, REQUEST_IDS_RETAINED};
-use crate::model::{
-    Guest, Host, Migration, MigrationId, Package, RequestId, Resources, Revision, SwitchingChange,
-};
+use crate::model::{Guest, Host, Migration, MigrationId, Package, RequestId, Resources, Revision, SwitchingChange};
 use crate::name::Name;
 
 /// The revisions one request produced.
@@ -42,7 +40,8 @@ pub struct ClusterState {
 struct Derived {
     requests: BTreeMap<RequestId, RevisionRange>,
     in_flight: BTreeMap<Name, MigrationId>,
-    finished: BTreeSet<MigrationId>,
+    /// Finished migrations by (revision they finished at, id): eviction goes oldest-finished first.
+    finished: BTreeSet<(Revision, MigrationId)>,
     /// Resources of the guests each host owns.
     used: BTreeMap<Name, Resources>,
     /// Resources promised to in-flight migrations' targets.
@@ -100,11 +99,7 @@ impl ClusterState {
     /// Folds one event into the state. Events must come in revision order without gaps; that is
     /// an internal invariant of the log, so a violation is a bug and panics.
     pub fn evolve(&mut self, event: &Event) {
-        assert_eq!(
-            event.revision,
-            self.revision + 1,
-            "event revisions must be folded in order without gaps"
-        );
+        assert_eq!(event.revision, self.revision + 1, "event revisions must be folded in order without gaps");
         self.revision = event.revision;
         self.remember_request(event.request_id, event.revision);
         let rev = event.revision;
@@ -187,7 +182,7 @@ impl ClusterState {
                             sub(&mut self.derived.reserved, &target, g.spec.demand());
                         }
                     }
-                    self.derived.finished.insert(*id);
+                    self.derived.finished.insert((rev, *id));
                     self.evict_finished();
                 }
             }
@@ -252,7 +247,7 @@ impl ClusterState {
 
     fn evict_finished(&mut self) {
         while self.derived.finished.len() > FINISHED_MIGRATIONS_RETAINED {
-            let oldest = self.derived.finished.pop_first().expect("non-empty");
+            let (_, oldest) = self.derived.finished.pop_first().expect("non-empty");
             self.migrations.remove(&oldest);
         }
     }
@@ -268,7 +263,8 @@ impl ClusterState {
         }
         for m in self.migrations.values() {
             if m.phase.is_terminal() {
-                d.finished.insert(m.id);
+                let finished_at = m.history.last().map_or(m.id.0, |r| r.revision);
+                d.finished.insert((finished_at, m.id));
             } else {
                 d.in_flight.insert(m.guest.clone(), m.id);
                 if let Some(g) = self.guests.get(&m.guest) {

@@ -66,7 +66,9 @@ fn resolve(op: &Op, state: &ClusterState) -> Command {
         (!v.is_empty()).then(|| v[k % v.len()].clone())
     };
     match op.clone() {
-        Op::Register(h, vcpus, mem, other) => Command::RegisterHost(host_spec(HOSTS[h], vcpus, mem, if other { "x86_64" } else { "ia64" })),
+        Op::Register(h, vcpus, mem, other) => {
+            Command::RegisterHost(host_spec(HOSTS[h], vcpus, mem, if other { "x86_64" } else { "ia64" }))
+        }
         Op::Maintenance(h, m) => Command::SetHostMaintenance { host: n(HOSTS[h]), maintenance: m },
         Op::Reachable(h, r) => Command::SetHostReachable { host: n(HOSTS[h]), reachable: r },
         Op::Create(g, h, vcpus, mem, pkg, running) => Command::CreateGuest {
@@ -87,7 +89,12 @@ fn resolve(op: &Op, state: &ClusterState) -> Command {
             expect_version: ver,
         },
         Op::Remove(g, ver) => Command::RemoveGuest { name: n(GUESTS[g]), expect_version: ver },
-        Op::Switching(p, node, en) => Command::SetPackageSwitching { package: n(PACKAGES[p]), node: node.map(|h| n(HOSTS[h])), enabled: en, reason: None },
+        Op::Switching(p, node, en) => Command::SetPackageSwitching {
+            package: n(PACKAGES[p]),
+            node: node.map(|h| n(HOSTS[h])),
+            enabled: en,
+            reason: None,
+        },
         Op::Migrate(g, s, t, online) => Command::RequestMigration {
             guest: n(GUESTS[g]),
             source: n(HOSTS[s]),
@@ -111,7 +118,12 @@ fn resolve(op: &Op, state: &ClusterState) -> Command {
                 Command::FailMigration { id, error: "injected".into() }
             }
         }
-        Op::RawAdvance(id, f, t) => Command::AdvanceMigration { id: MigrationId(id), from: Phase::ALL[f], to: Phase::ALL[t], freeze_time_ms: None },
+        Op::RawAdvance(id, f, t) => Command::AdvanceMigration {
+            id: MigrationId(id),
+            from: Phase::ALL[f],
+            to: Phase::ALL[t],
+            freeze_time_ms: None,
+        },
         Op::Retry(_) => unreachable!("handled by the runner"),
     }
 }

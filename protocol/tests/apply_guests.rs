@@ -52,7 +52,14 @@ fn capacity_counts_every_owned_guest() {
     w.ok(create("a", guest_spec(1, 2048, None), "small"));
     w.ok(create("b", guest_spec(1, 2048, None), "small"));
     let r = w.reject(create("c", guest_spec(1, 1, None), "small"));
-    assert_eq!(r, Rejection::InsufficientCapacity { host: n("small"), need: Resources { vcpus: 1, memory_mib: 1 }, free: Resources { vcpus: 0, memory_mib: 0 } });
+    assert_eq!(
+        r,
+        Rejection::InsufficientCapacity {
+            host: n("small"),
+            need: Resources { vcpus: 1, memory_mib: 1 },
+            free: Resources { vcpus: 0, memory_mib: 0 }
+        }
+    );
     // Freeing room makes it fit.
     w.ok(Command::RemoveGuest { name: n("b"), expect_version: None });
     w.ok(create("c", guest_spec(1, 1, None), "small"));
@@ -78,10 +85,18 @@ fn modify_applies_patch_and_bumps_version() {
 fn modify_package_replaces_it() {
     let mut w = World::standard();
     w.ok(Command::SetPackageSwitching { package: n("p1"), node: None, enabled: false, reason: None });
-    w.ok(Command::ModifyGuest { name: n("g1"), patch: GuestPatch { package: Some(Some(n("p1b"))), ..Default::default() }, expect_version: None });
+    w.ok(Command::ModifyGuest {
+        name: n("g1"),
+        patch: GuestPatch { package: Some(Some(n("p1b"))), ..Default::default() },
+        expect_version: None,
+    });
     assert!(w.state.package(&n("p1")).is_none());
     assert!(w.package("p1b").switching_enabled);
-    w.ok(Command::ModifyGuest { name: n("g1"), patch: GuestPatch { package: Some(None), ..Default::default() }, expect_version: None });
+    w.ok(Command::ModifyGuest {
+        name: n("g1"),
+        patch: GuestPatch { package: Some(None), ..Default::default() },
+        expect_version: None,
+    });
     assert!(w.state.package(&n("p1b")).is_none());
 }
 
@@ -91,12 +106,40 @@ fn modify_rejections() {
     let v = w.guest("g1").version;
     let patch = |p: GuestPatch| Command::ModifyGuest { name: n("g1"), patch: p, expect_version: None };
     let cases: Vec<(&str, Command, &str)> = vec![
-        ("unknown guest", Command::ModifyGuest { name: n("zz"), patch: GuestPatch { vcpus: Some(1), ..Default::default() }, expect_version: None }, "unknown_guest"),
-        ("stale version", Command::ModifyGuest { name: n("g1"), patch: GuestPatch { vcpus: Some(1), ..Default::default() }, expect_version: Some(v - 1) }, "version_conflict"),
+        (
+            "unknown guest",
+            Command::ModifyGuest {
+                name: n("zz"),
+                patch: GuestPatch { vcpus: Some(1), ..Default::default() },
+                expect_version: None,
+            },
+            "unknown_guest",
+        ),
+        (
+            "stale version",
+            Command::ModifyGuest {
+                name: n("g1"),
+                patch: GuestPatch { vcpus: Some(1), ..Default::default() },
+                expect_version: Some(v - 1),
+            },
+            "version_conflict",
+        ),
         ("empty patch", patch(GuestPatch::default()), "invalid_argument"),
         ("zero vcpus", patch(GuestPatch { vcpus: Some(0), ..Default::default() }), "invalid_argument"),
         ("grows past host", patch(GuestPatch { vcpus: Some(15), ..Default::default() }), "insufficient_capacity"),
-        ("package of another guest", { w.ok(Command::CreateGuest { name: n("g3"), spec: guest_spec(1, 512, Some("p3")), owner: n("h2"), run_state: RunState::Running }); patch(GuestPatch { package: Some(Some(n("p3"))), ..Default::default() }) }, "package_exists"),
+        (
+            "package of another guest",
+            {
+                w.ok(Command::CreateGuest {
+                    name: n("g3"),
+                    spec: guest_spec(1, 512, Some("p3")),
+                    owner: n("h2"),
+                    run_state: RunState::Running,
+                });
+                patch(GuestPatch { package: Some(Some(n("p3"))), ..Default::default() })
+            },
+            "package_exists",
+        ),
     ];
     for (what, cmd, code) in cases {
         assert_eq!(w.reject(cmd).code(), code, "{what}");
@@ -107,8 +150,16 @@ fn modify_rejections() {
 fn stale_version_is_refused_with_both_versions() {
     let mut w = World::standard();
     let v = w.guest("g1").version;
-    w.ok(Command::ModifyGuest { name: n("g1"), patch: GuestPatch { memory_mib: Some(4096), ..Default::default() }, expect_version: Some(v) });
-    let r = w.reject(Command::ModifyGuest { name: n("g1"), patch: GuestPatch { memory_mib: Some(2048), ..Default::default() }, expect_version: Some(v) });
+    w.ok(Command::ModifyGuest {
+        name: n("g1"),
+        patch: GuestPatch { memory_mib: Some(4096), ..Default::default() },
+        expect_version: Some(v),
+    });
+    let r = w.reject(Command::ModifyGuest {
+        name: n("g1"),
+        patch: GuestPatch { memory_mib: Some(2048), ..Default::default() },
+        expect_version: Some(v),
+    });
     assert_eq!(r, Rejection::VersionConflict { guest: n("g1"), expected: v, actual: w.guest("g1").version });
     let r = w.reject(Command::RemoveGuest { name: n("g1"), expect_version: Some(v) });
     assert_eq!(r.code(), "version_conflict");
@@ -126,7 +177,11 @@ fn remove_guest_drops_its_package() {
 #[test]
 fn retried_request_is_applied_once() {
     let mut w = World::standard();
-    let p = w.proposal(Command::ModifyGuest { name: n("g1"), patch: GuestPatch { vcpus: Some(6), ..Default::default() }, expect_version: None });
+    let p = w.proposal(Command::ModifyGuest {
+        name: n("g1"),
+        patch: GuestPatch { vcpus: Some(6), ..Default::default() },
+        expect_version: None,
+    });
     let (first, events) = apply(&mut w.state, &p).unwrap();
     assert!(!first.duplicate);
     assert_eq!(events.len(), 1);
@@ -141,7 +196,12 @@ fn retried_request_is_applied_once() {
 #[test]
 fn rejected_request_can_be_retried_after_the_cause_is_fixed() {
     let mut w = World::standard();
-    let p = w.proposal(Command::CreateGuest { name: n("late"), spec: guest_spec(1, 512, None), owner: n("h9"), run_state: RunState::Running });
+    let p = w.proposal(Command::CreateGuest {
+        name: n("late"),
+        spec: guest_spec(1, 512, None),
+        owner: n("h9"),
+        run_state: RunState::Running,
+    });
     assert_eq!(apply(&mut w.state, &p).unwrap_err().code(), "unknown_host");
     w.ok(Command::RegisterHost(host_spec("h9", 4, 4096, "ia64")));
     assert!(!apply(&mut w.state, &p).unwrap().0.duplicate);

@@ -57,7 +57,12 @@ fn unknown_host_is_refused_everywhere() {
     for cmd in [
         Command::SetHostMaintenance { host: n("nope"), maintenance: true },
         Command::SetHostReachable { host: n("nope"), reachable: false },
-        Command::CreateGuest { name: n("g9"), spec: guest_spec(1, 512, None), owner: n("nope"), run_state: RunState::Running },
+        Command::CreateGuest {
+            name: n("g9"),
+            spec: guest_spec(1, 512, None),
+            owner: n("nope"),
+            run_state: RunState::Running,
+        },
     ] {
         assert_eq!(w.reject(cmd).code(), "unknown_host");
     }

@@ -4,7 +4,13 @@ use common::*;
 use switchyard_protocol::*;
 
 fn request(guest: &str, source: &str, target: &str, kind: MigrationKind) -> Command {
-    Command::RequestMigration { guest: n(guest), source: n(source), target: n(target), kind, reason: Some("rebalance".into()) }
+    Command::RequestMigration {
+        guest: n(guest),
+        source: n(source),
+        target: n(target),
+        kind,
+        reason: Some("rebalance".into()),
+    }
 }
 
 #[test]
@@ -32,7 +38,15 @@ fn packaged_guest_walks_every_phase_and_switching_comes_back() {
     let phases: Vec<Phase> = m.history.iter().map(|r| r.phase).collect();
     assert_eq!(
         phases,
-        [Phase::Requested, Phase::SwitchingDisabled, Phase::Transferring, Phase::TargetRunning, Phase::OwnerSwitched, Phase::SwitchingEnabled, Phase::Completed]
+        [
+            Phase::Requested,
+            Phase::SwitchingDisabled,
+            Phase::Transferring,
+            Phase::TargetRunning,
+            Phase::OwnerSwitched,
+            Phase::SwitchingEnabled,
+            Phase::Completed
+        ]
     );
     assert_eq!(m.freeze_time_ms, Some(120));
     assert!(w.state.in_flight(&n("g1")).is_none());
@@ -55,7 +69,12 @@ fn guest_without_package_skips_switching_phases() {
 #[test]
 fn switching_disabled_before_stays_disabled_after() {
     let mut w = World::standard();
-    w.ok(Command::SetPackageSwitching { package: n("p1"), node: None, enabled: false, reason: Some("operator".into()) });
+    w.ok(Command::SetPackageSwitching {
+        package: n("p1"),
+        node: None,
+        enabled: false,
+        reason: Some("operator".into()),
+    });
     let id = w.migrate("g1", "h2", MigrationKind::Online);
     w.advance_to(id, Phase::Completed);
     assert!(!w.package("p1").switching_enabled, "restored to the state before the migration");
@@ -64,7 +83,12 @@ fn switching_disabled_before_stays_disabled_after() {
 #[test]
 fn request_rejections() {
     let mut w = World::standard();
-    w.ok(Command::CreateGuest { name: n("stopped"), spec: guest_spec(1, 512, None), owner: n("h1"), run_state: RunState::Stopped });
+    w.ok(Command::CreateGuest {
+        name: n("stopped"),
+        spec: guest_spec(1, 512, None),
+        owner: n("h1"),
+        run_state: RunState::Stopped,
+    });
     let mut locked = guest_spec(1, 512, None);
     locked.online_migration = false;
     w.ok(Command::CreateGuest { name: n("locked"), spec: locked, owner: n("h1"), run_state: RunState::Running });
@@ -90,7 +114,17 @@ fn request_rejections() {
         ("stopped guest online", request("stopped", "h1", "h2", Online), "guest_not_running"),
         ("incompatible profiles", request("g1", "h1", "h3", Online), "incompatible_profiles"),
         ("target lacks capacity", request("g1", "h1", "small", Offline), "insufficient_capacity"),
-        ("control char in reason", Command::RequestMigration { guest: n("g1"), source: n("h1"), target: n("h2"), kind: Online, reason: Some("\0".into()) }, "invalid_argument"),
+        (
+            "control char in reason",
+            Command::RequestMigration {
+                guest: n("g1"),
+                source: n("h1"),
+                target: n("h2"),
+                kind: Online,
+                reason: Some("\0".into()),
+            },
+            "invalid_argument",
+        ),
     ];
     for (what, cmd, code) in cases {
         assert_eq!(w.reject(cmd).code(), code, "{what}");
@@ -100,10 +134,18 @@ fn request_rejections() {
 #[test]
 fn refusals_say_how_to_fix_them() {
     let mut w = World::standard();
-    w.ok(Command::ModifyGuest { name: n("g2"), patch: GuestPatch { online_migration: Some(false), ..Default::default() }, expect_version: None });
+    w.ok(Command::ModifyGuest {
+        name: n("g2"),
+        patch: GuestPatch { online_migration: Some(false), ..Default::default() },
+        expect_version: None,
+    });
     let r = w.reject(request("g2", "h1", "h2", MigrationKind::Online));
     assert!(r.to_string().contains("switchyard guest modify g2 -x online_migration=enabled"), "{r}");
-    w.ok(Command::ModifyGuest { name: n("g2"), patch: GuestPatch { online_migration: Some(true), cluster_node: Some(true), ..Default::default() }, expect_version: None });
+    w.ok(Command::ModifyGuest {
+        name: n("g2"),
+        patch: GuestPatch { online_migration: Some(true), cluster_node: Some(true), ..Default::default() },
+        expect_version: None,
+    });
     let r = w.reject(request("g2", "h1", "h2", MigrationKind::Online));
     assert!(r.to_string().contains("--offline"), "{r}");
 }
@@ -111,7 +153,16 @@ fn refusals_say_how_to_fix_them() {
 #[test]
 fn offline_moves_skip_online_only_checks() {
     let mut w = World::standard();
-    w.ok(Command::ModifyGuest { name: n("g2"), patch: GuestPatch { online_migration: Some(false), cluster_node: Some(true), run_state: Some(RunState::Stopped), ..Default::default() }, expect_version: None });
+    w.ok(Command::ModifyGuest {
+        name: n("g2"),
+        patch: GuestPatch {
+            online_migration: Some(false),
+            cluster_node: Some(true),
+            run_state: Some(RunState::Stopped),
+            ..Default::default()
+        },
+        expect_version: None,
+    });
     let id = w.migrate("g2", "h3", MigrationKind::Offline);
     w.advance_to(id, Phase::Completed);
     assert_eq!(w.guest("g2").owner, n("h3"));
@@ -121,8 +172,15 @@ fn offline_moves_skip_online_only_checks() {
 fn one_migration_in_flight_per_guest_and_guest_is_frozen_meanwhile() {
     let mut w = World::standard();
     let id = w.migrate("g1", "h2", MigrationKind::Online);
-    assert_eq!(w.reject(request("g1", "h1", "h2", MigrationKind::Offline)), Rejection::MigrationInFlight { guest: n("g1"), id });
-    let modify = Command::ModifyGuest { name: n("g1"), patch: GuestPatch { vcpus: Some(1), ..Default::default() }, expect_version: None };
+    assert_eq!(
+        w.reject(request("g1", "h1", "h2", MigrationKind::Offline)),
+        Rejection::MigrationInFlight { guest: n("g1"), id }
+    );
+    let modify = Command::ModifyGuest {
+        name: n("g1"),
+        patch: GuestPatch { vcpus: Some(1), ..Default::default() },
+        expect_version: None,
+    };
     assert_eq!(w.reject(modify).code(), "migration_in_flight");
     assert_eq!(w.reject(Command::RemoveGuest { name: n("g1"), expect_version: None }).code(), "migration_in_flight");
     // Another guest may move at the same time.
@@ -136,7 +194,12 @@ fn in_flight_migration_reserves_target_capacity() {
     w.migrate("g1", "tight", MigrationKind::Online);
     // g2 (2 vCPU) would fit on its own, but g1's 4 vCPUs are already promised.
     assert_eq!(w.reject(request("g2", "h1", "tight", MigrationKind::Online)).code(), "insufficient_capacity");
-    let create = Command::CreateGuest { name: n("g9"), spec: guest_spec(1, 512, None), owner: n("tight"), run_state: RunState::Running };
+    let create = Command::CreateGuest {
+        name: n("g9"),
+        spec: guest_spec(1, 512, None),
+        owner: n("tight"),
+        run_state: RunState::Running,
+    };
     assert_eq!(w.reject(create).code(), "insufficient_capacity");
 }
 
@@ -187,7 +250,10 @@ fn finished_migrations_cannot_move() {
     let mut w = World::standard();
     let id = w.migrate("g2", "h2", MigrationKind::Online);
     w.advance_to(id, Phase::Completed);
-    assert_eq!(w.reject(Command::AbortMigration { id, reason: None }), Rejection::MigrationFinished { id, phase: Phase::Completed });
+    assert_eq!(
+        w.reject(Command::AbortMigration { id, reason: None }),
+        Rejection::MigrationFinished { id, phase: Phase::Completed }
+    );
     let adv = Command::AdvanceMigration { id, from: Phase::Completed, to: Phase::Failed, freeze_time_ms: None };
     assert_eq!(w.reject(adv).code(), "migration_finished");
 }
@@ -198,12 +264,25 @@ fn advance_rejections() {
     let id = w.migrate("g1", "h2", MigrationKind::Online);
     let adv = |from, to, freeze| Command::AdvanceMigration { id, from, to, freeze_time_ms: freeze };
     let cases: Vec<(&str, Command, &str)> = vec![
-        ("unknown migration", Command::AdvanceMigration { id: MigrationId(999), from: Phase::Requested, to: Phase::SwitchingDisabled, freeze_time_ms: None }, "unknown_migration"),
+        (
+            "unknown migration",
+            Command::AdvanceMigration {
+                id: MigrationId(999),
+                from: Phase::Requested,
+                to: Phase::SwitchingDisabled,
+                freeze_time_ms: None,
+            },
+            "unknown_migration",
+        ),
         ("stale from", adv(Phase::Transferring, Phase::TargetRunning, None), "phase_conflict"),
         ("skips a phase", adv(Phase::Requested, Phase::Transferring, None), "invalid_transition"),
         ("backwards", adv(Phase::Requested, Phase::Requested, None), "invalid_transition"),
         ("to a failure phase", adv(Phase::Requested, Phase::Failed, None), "invalid_transition"),
-        ("freeze time on the wrong phase", adv(Phase::Requested, Phase::SwitchingDisabled, Some(10)), "invalid_argument"),
+        (
+            "freeze time on the wrong phase",
+            adv(Phase::Requested, Phase::SwitchingDisabled, Some(10)),
+            "invalid_argument",
+        ),
         ("unknown abort", Command::AbortMigration { id: MigrationId(999), reason: None }, "unknown_migration"),
         ("oversize error", Command::FailMigration { id, error: "e".repeat(5000) }, "invalid_argument"),
     ];
@@ -211,7 +290,12 @@ fn advance_rejections() {
         assert_eq!(w.reject(cmd).code(), code, "{what}");
     }
     w.advance_to(id, Phase::Transferring);
-    let absurd = Command::AdvanceMigration { id, from: Phase::Transferring, to: Phase::TargetRunning, freeze_time_ms: Some(u64::MAX) };
+    let absurd = Command::AdvanceMigration {
+        id,
+        from: Phase::Transferring,
+        to: Phase::TargetRunning,
+        freeze_time_ms: Some(u64::MAX),
+    };
     assert_eq!(w.reject(absurd).code(), "invalid_argument");
 }
 
@@ -221,6 +305,10 @@ fn a_replayed_phase_step_is_refused_not_reapplied() {
     let mut w = World::standard();
     let id = w.migrate("g1", "h2", MigrationKind::Online);
     w.advance(id);
-    let again = Command::AdvanceMigration { id, from: Phase::Requested, to: Phase::SwitchingDisabled, freeze_time_ms: None };
-    assert_eq!(w.reject(again), Rejection::PhaseConflict { id, expected: Phase::Requested, actual: Phase::SwitchingDisabled });
+    let again =
+        Command::AdvanceMigration { id, from: Phase::Requested, to: Phase::SwitchingDisabled, freeze_time_ms: None };
+    assert_eq!(
+        w.reject(again),
+        Rejection::PhaseConflict { id, expected: Phase::Requested, actual: Phase::SwitchingDisabled }
+    );
 }

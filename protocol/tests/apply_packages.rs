@@ -6,7 +6,12 @@ use switchyard_protocol::*;
 #[test]
 fn global_switching_records_who_and_why() {
     let mut w = World::standard();
-    let (applied, _) = w.ok(Command::SetPackageSwitching { package: n("p1"), node: None, enabled: false, reason: Some("firmware update".into()) });
+    let (applied, _) = w.ok(Command::SetPackageSwitching {
+        package: n("p1"),
+        node: None,
+        enabled: false,
+        reason: Some("firmware update".into()),
+    });
     let p = w.package("p1");
     assert!(!p.switching_enabled);
     assert_eq!(p.switching_changed.revision, applied.revisions.first);
@@ -29,10 +34,36 @@ fn per_node_switching() {
 fn switching_rejections() {
     let mut w = World::standard();
     let cases: Vec<(&str, Command, &str)> = vec![
-        ("unknown package", Command::SetPackageSwitching { package: n("nope"), node: None, enabled: false, reason: None }, "unknown_package"),
-        ("unknown node", Command::SetPackageSwitching { package: n("p1"), node: Some(n("h9")), enabled: false, reason: None }, "unknown_host"),
-        ("reason with control chars", Command::SetPackageSwitching { package: n("p1"), node: None, enabled: false, reason: Some("a\u{7}".into()) }, "invalid_argument"),
-        ("oversize reason", Command::SetPackageSwitching { package: n("p1"), node: None, enabled: false, reason: Some("r".repeat(2000)) }, "invalid_argument"),
+        (
+            "unknown package",
+            Command::SetPackageSwitching { package: n("nope"), node: None, enabled: false, reason: None },
+            "unknown_package",
+        ),
+        (
+            "unknown node",
+            Command::SetPackageSwitching { package: n("p1"), node: Some(n("h9")), enabled: false, reason: None },
+            "unknown_host",
+        ),
+        (
+            "reason with control chars",
+            Command::SetPackageSwitching {
+                package: n("p1"),
+                node: None,
+                enabled: false,
+                reason: Some("a\u{7}".into()),
+            },
+            "invalid_argument",
+        ),
+        (
+            "oversize reason",
+            Command::SetPackageSwitching {
+                package: n("p1"),
+                node: None,
+                enabled: false,
+                reason: Some("r".repeat(2000)),
+            },
+            "invalid_argument",
+        ),
     ];
     for (what, cmd, code) in cases {
         assert_eq!(w.reject(cmd).code(), code, "{what}");

@@ -1,1 +1,38 @@
-//! placeholder
+//! # switchyard-storage
+//!
+//! Durable storage of one coordinator, all in one RocksDB instance per data directory:
+//!
+//! - [`LogStore`]: the Raft log, vote and purge/commit pointers (openraft `RaftLogStorage`);
+//! - [`StateMachineStore`]: the replicated state machine (openraft `RaftStateMachine`), which
+//!   keeps the cluster state in memory and the **event history** on disk;
+//! - [`History`]: read access to the retained events and the secondary indexes
+//!   (events by guest, migrations by id, guest and host);
+//! - [`snapshot`]: snapshot files, which carry the state *and* the history a follower lacks.
+//!
+//! See `storage/OVERVIEW.md` for the read and write paths and the durability argument.
+//!
+//! Architecture invariant: the Raft log is only a transport; the event history is the record.
+//! Purging the log never loses history, and the state is always rebuildable from a snapshot plus
+//! the events after it.
+
+pub mod db;
+pub mod error;
+pub mod history;
+pub mod log_store;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+pub use db::DataDir;
+pub use error::StoreError;
+pub use history::History;
+pub use log_store::LogStore;
+pub use state_machine::{AppliedMeta, StateMachineStore};
+pub use types::*;
+
+/// Opens a node's data directory and both halves of its Raft storage.
+pub fn open(path: &std::path::Path, node_id: NodeId) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let dir = DataDir::open(path, node_id)?;
+    let sm = StateMachineStore::open(dir.clone())?;
+    Ok((LogStore::new(dir), sm))
+}

@@ -1,1 +1,3 @@
-//! placeholder
+//! Shared fixtures for Switchyard's multi-process and fault tests.
+
+pub mod fixtures;

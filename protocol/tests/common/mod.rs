@@ -50,13 +50,28 @@ impl World {
         w.ok(Command::RegisterHost(host_spec("h2", 16, 65536, "ia64")));
         w.ok(Command::RegisterHost(host_spec("h3", 16, 65536, "x86_64")));
         w.ok(Command::RegisterHost(host_spec("small", 2, 4096, "ia64")));
-        w.ok(Command::CreateGuest { name: n("g1"), spec: guest_spec(4, 8192, Some("p1")), owner: n("h1"), run_state: RunState::Running });
-        w.ok(Command::CreateGuest { name: n("g2"), spec: guest_spec(2, 4096, None), owner: n("h1"), run_state: RunState::Running });
+        w.ok(Command::CreateGuest {
+            name: n("g1"),
+            spec: guest_spec(4, 8192, Some("p1")),
+            owner: n("h1"),
+            run_state: RunState::Running,
+        });
+        w.ok(Command::CreateGuest {
+            name: n("g2"),
+            spec: guest_spec(2, 4096, None),
+            owner: n("h1"),
+            run_state: RunState::Running,
+        });
         w
     }
 
     pub fn proposal(&mut self, command: Command) -> Proposal {
-        let p = Proposal { request_id: RequestId(self.next_request), actor: "tester".into(), time: Timestamp(self.time), command };
+        let p = Proposal {
+            request_id: RequestId(self.next_request),
+            actor: "tester".into(),
+            time: Timestamp(self.time),
+            command,
+        };
         self.next_request += 1;
         self.time += 1000;
         p
@@ -93,7 +108,8 @@ impl World {
 
     pub fn migrate(&mut self, guest: &str, to: &str, kind: MigrationKind) -> MigrationId {
         let source = self.guest(guest).owner.clone();
-        let (applied, _) = self.ok(Command::RequestMigration { guest: n(guest), source, target: n(to), kind, reason: None });
+        let (applied, _) =
+            self.ok(Command::RequestMigration { guest: n(guest), source, target: n(to), kind, reason: None });
         MigrationId(applied.revisions.first)
     }
 

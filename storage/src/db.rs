@@ -1,0 +1,199 @@
+//! Opening a data directory: the RocksDB instance, its column families, the on-disk format
+//! version and the node id the directory belongs to.
+//!
+//! Architecture invariant: a data directory is bound to one node id for life. Opening it as
+//! another node is refused (a wiped or copied directory must never rejoin under a wrong id,
+//! RAFT_STORAGE_RULES §9).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use switchyard_protocol::codec::{self, RecordKind};
+
+use crate::error::StoreError;
+
+/// Version of the on-disk layout (column families, keys, snapshot files). Bump on any change
+/// that an older build could misread.
+pub const DISK_FORMAT_VERSION: u32 = 1;
+
+/// Column families. Keys are big-endian integers or `name \0 big-endian integer`.
+pub mod cf {
+    /// Format version, node id, vote, committed and last-purged log ids.
+    pub const META: &str = "meta";
+    /// Raft log: index → entry.
+    pub const LOG: &str = "log";
+    /// State-machine bookkeeping: last applied log id, membership, revision, snapshot pointer.
+    pub const SM: &str = "sm";
+    /// The retained event history: revision → event.
+    pub const EVENTS: &str = "events";
+    /// guest name \0 revision → (): events about a guest.
+    pub const GUEST_EVENTS: &str = "guest_events";
+    /// migration id → latest migration record.
+    pub const MIGRATIONS: &str = "migrations";
+    /// guest name \0 migration id → ().
+    pub const MIGRATIONS_BY_GUEST: &str = "migrations_by_guest";
+    /// host name \0 migration id → (); the host is the source or the target.
+    pub const MIGRATIONS_BY_HOST: &str = "migrations_by_host";
+
+    pub const ALL: [&str; 8] =
+        [META, LOG, SM, EVENTS, GUEST_EVENTS, MIGRATIONS, MIGRATIONS_BY_GUEST, MIGRATIONS_BY_HOST];
+}
+
+pub(crate) mod key {
+    pub const FORMAT_VERSION: &[u8] = b"format_version";
+    pub const NODE_ID: &[u8] = b"node_id";
+    pub const VOTE: &[u8] = b"vote";
+    pub const COMMITTED: &[u8] = b"committed";
+    pub const LAST_PURGED: &[u8] = b"last_purged";
+    pub const APPLIED: &[u8] = b"applied";
+    pub const SNAPSHOT: &[u8] = b"snapshot";
+
+    pub fn u64(i: u64) -> [u8; 8] {
+        i.to_be_bytes()
+    }
+
+    pub fn parse_u64(k: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(k.try_into().ok()?))
+    }
+
+    /// `name \0 big-endian n`: names never contain NUL, so prefixes never collide.
+    pub fn named(name: &str, n: u64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(name.len() + 9);
+        k.extend_from_slice(name.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&n.to_be_bytes());
+        k
+    }
+
+    pub fn name_prefix(name: &str) -> Vec<u8> {
+        let mut k = name.as_bytes().to_vec();
+        k.push(0);
+        k
+    }
+}
+
+/// An open data directory.
+#[derive(Clone)]
+pub struct DataDir {
+    pub(crate) db: Arc<DB>,
+    /// Kept for its statistics (WAL syncs and other RocksDB counters).
+    opts: Arc<Options>,
+    path: PathBuf,
+    node_id: u64,
+}
+
+impl std::fmt::Debug for DataDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataDir").field("path", &self.path).field("node_id", &self.node_id).finish()
+    }
+}
+
+impl DataDir {
+    /// Opens (creating if needed) the data directory of node `node_id`.
+    pub fn open(path: &Path, node_id: u64) -> Result<DataDir, StoreError> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| StoreError::io(format!("create data directory {}", path.display()), e))?;
+        std::fs::create_dir_all(path.join("snapshots"))
+            .map_err(|e| StoreError::io(format!("create snapshot directory in {}", path.display()), e))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_paranoid_checks(true);
+        opts.enable_statistics();
+        let cfs = cf::ALL.iter().map(|name| {
+            let mut o = Options::default();
+            if *name == cf::EVENTS || *name == cf::MIGRATIONS {
+                o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&opts, path.join("db"), cfs)
+            .map_err(|e| StoreError::rocks(format!("open rocksdb in {}", path.display()), e))?;
+        let dir = DataDir { db: Arc::new(db), opts: Arc::new(opts), path: path.to_path_buf(), node_id };
+        dir.check_identity()?;
+        Ok(dir)
+    }
+
+    /// Refuses a directory written by another format version or another node; stamps a new one.
+    fn check_identity(&self) -> Result<(), StoreError> {
+        let version: Option<u32> =
+            self.get(cf::META, key::FORMAT_VERSION, RecordKind::FormatVersion, "format_version")?;
+        let node: Option<u64> = self.get(cf::META, key::NODE_ID, RecordKind::NodeId, "node_id")?;
+        match version {
+            Some(v) if v != DISK_FORMAT_VERSION => {
+                return Err(StoreError::UnsupportedFormat {
+                    path: self.path.clone(),
+                    found: v,
+                    supported: DISK_FORMAT_VERSION,
+                })
+            }
+            _ => {}
+        }
+        match node {
+            Some(n) if n != self.node_id => {
+                Err(StoreError::NodeIdMismatch { path: self.path.clone(), found: n, expected: self.node_id })
+            }
+            Some(_) => Ok(()),
+            None => {
+                let mut b = WriteBatch::default();
+                b.put_cf(
+                    self.cf(cf::META),
+                    key::FORMAT_VERSION,
+                    codec::seal(RecordKind::FormatVersion, &DISK_FORMAT_VERSION),
+                );
+                b.put_cf(self.cf(cf::META), key::NODE_ID, codec::seal(RecordKind::NodeId, &self.node_id));
+                self.write(b, true, "stamp data directory identity")
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// How many times RocksDB has fsynced its write-ahead log since open: a metric, and the way
+    /// tests check that every Raft durability point really syncs.
+    pub fn wal_syncs(&self) -> u64 {
+        self.opts.get_ticker_count(rocksdb::statistics::Ticker::WalFileSynced)
+    }
+
+    pub(crate) fn snapshot_dir(&self) -> PathBuf {
+        self.path.join("snapshots")
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // Every family in cf::ALL is created at open; a missing one is a programming error.
+        self.db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} is opened with the database"))
+    }
+
+    /// Reads and opens one sealed record. `what` names the key in error messages.
+    pub(crate) fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        family: &'static str,
+        k: &[u8],
+        kind: RecordKind,
+        what: impl Into<String>,
+    ) -> Result<Option<T>, StoreError> {
+        let what = what.into();
+        let Some(bytes) = self
+            .db
+            .get_pinned_cf(self.cf(family), k)
+            .map_err(|e| StoreError::rocks(format!("read {what} from {family}"), e))?
+        else {
+            return Ok(None);
+        };
+        codec::open(kind, &bytes).map(Some).map_err(|source| StoreError::Corrupt { cf: family, key: what, source })
+    }
+
+    /// Writes a batch; `sync` makes it durable (fsync of the WAL) before returning.
+    pub(crate) fn write(&self, batch: WriteBatch, sync: bool, what: &str) -> Result<(), StoreError> {
+        let mut o = WriteOptions::default();
+        o.set_sync(sync);
+        self.db.write_opt(batch, &o).map_err(|e| StoreError::rocks(what.to_string(), e))
+    }
+}

@@ -1,0 +1,154 @@
+//! The retained event history and its secondary indexes: how events are written (one home for
+//! "which rows an event produces", used by apply and by snapshot install alike) and how history
+//! is read back (by revision range, by guest, migrations by id, guest and host).
+//!
+//! Architecture invariant: a revision's event is written once and never changes; rewriting the
+//! same revision always writes identical bytes (apply is deterministic).
+
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use switchyard_protocol::codec::{self, RecordKind};
+use switchyard_protocol::{Event, EventPayload, Migration, MigrationId, Name, Revision};
+
+use crate::db::{cf, key, DataDir};
+use crate::error::StoreError;
+
+/// Adds to `batch` every row one event produces. `migration` is the migration record after the
+/// event, when the event concerns a migration.
+pub(crate) fn write_event(dir: &DataDir, batch: &mut WriteBatch, event: &Event, migration: Option<&Migration>) {
+    batch.put_cf(dir.cf(cf::EVENTS), key::u64(event.revision), codec::seal(RecordKind::Event, event));
+    if let Some(g) = event.payload.guest() {
+        batch.put_cf(dir.cf(cf::GUEST_EVENTS), key::named(g.as_str(), event.revision), []);
+    }
+    if let Some(m) = migration {
+        batch.put_cf(dir.cf(cf::MIGRATIONS), key::u64(m.id.0), codec::seal(RecordKind::Migration, m));
+    }
+    if let EventPayload::MigrationRequested { migration: m } = &event.payload {
+        batch.put_cf(dir.cf(cf::MIGRATIONS_BY_GUEST), key::named(m.guest.as_str(), m.id.0), []);
+        batch.put_cf(dir.cf(cf::MIGRATIONS_BY_HOST), key::named(m.source.as_str(), m.id.0), []);
+        batch.put_cf(dir.cf(cf::MIGRATIONS_BY_HOST), key::named(m.target.as_str(), m.id.0), []);
+    }
+}
+
+/// Replays migration events into their records, for writers that have no live state to read
+/// the records from (snapshot install, recovery). Keeps only in-flight records in memory.
+#[derive(Default)]
+pub(crate) struct MigrationReplay {
+    live: std::collections::BTreeMap<MigrationId, Migration>,
+}
+
+impl MigrationReplay {
+    /// Folds `event` and returns the record to store with it, if it concerns a migration.
+    pub(crate) fn fold(&mut self, dir: &DataDir, event: &Event) -> Result<Option<Migration>, StoreError> {
+        match &event.payload {
+            EventPayload::MigrationRequested { migration } => {
+                self.live.insert(migration.id, migration.clone());
+                Ok(Some(migration.clone()))
+            }
+            EventPayload::MigrationPhaseChanged { id, phase, .. } => {
+                let mut m = match self.live.remove(id) {
+                    Some(m) => m,
+                    None => History::new(dir.clone()).migration(*id)?.ok_or_else(|| {
+                        StoreError::Inconsistent(format!("event {} changes unknown migration {id}", event.revision))
+                    })?,
+                };
+                m.evolve(event);
+                if !phase.is_terminal() {
+                    self.live.insert(*id, m.clone());
+                }
+                Ok(Some(m))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Read access to the retained history.
+#[derive(Clone, Debug)]
+pub struct History {
+    dir: DataDir,
+}
+
+impl History {
+    pub fn new(dir: DataDir) -> History {
+        History { dir }
+    }
+
+    fn decode_event(rev: u64, bytes: &[u8]) -> Result<Event, StoreError> {
+        codec::open(RecordKind::Event, bytes).map_err(|source| StoreError::Corrupt {
+            cf: cf::EVENTS,
+            key: format!("revision {rev}"),
+            source,
+        })
+    }
+
+    /// The event at `revision`, if retained.
+    pub fn event(&self, revision: Revision) -> Result<Option<Event>, StoreError> {
+        self.dir.get(cf::EVENTS, &key::u64(revision), RecordKind::Event, format!("revision {revision}"))
+    }
+
+    /// Up to `limit` events from revision `from` on, in order.
+    pub fn events_from(&self, from: Revision, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let start = key::u64(from);
+        let mut out = Vec::new();
+        for item in self.dir.db.iterator_cf(self.dir.cf(cf::EVENTS), IteratorMode::From(&start, Direction::Forward)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| StoreError::rocks("iterate events", e))?;
+            let rev = key::parse_u64(&k).unwrap_or(0);
+            out.push(Self::decode_event(rev, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The oldest and newest retained revisions, if any event is stored.
+    pub fn bounds(&self) -> Result<Option<(Revision, Revision)>, StoreError> {
+        let events = self.dir.cf(cf::EVENTS);
+        let first = self.dir.db.iterator_cf(events, IteratorMode::Start).next();
+        let last = self.dir.db.iterator_cf(events, IteratorMode::End).next();
+        match (first, last) {
+            (Some(f), Some(l)) => {
+                let (fk, _) = f.map_err(|e| StoreError::rocks("read first event", e))?;
+                let (lk, _) = l.map_err(|e| StoreError::rocks("read last event", e))?;
+                Ok(Some((key::parse_u64(&fk).unwrap_or(0), key::parse_u64(&lk).unwrap_or(0))))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Revisions of the events about `guest`, from `from` on, at most `limit`.
+    pub fn guest_revisions(&self, guest: &Name, from: Revision, limit: usize) -> Result<Vec<Revision>, StoreError> {
+        self.scan_named(cf::GUEST_EVENTS, guest, from, limit)
+    }
+
+    /// The latest record of a migration, from the retained history.
+    pub fn migration(&self, id: MigrationId) -> Result<Option<Migration>, StoreError> {
+        self.dir.get(cf::MIGRATIONS, &key::u64(id.0), RecordKind::Migration, format!("migration {id}"))
+    }
+
+    /// Ids of the migrations of `guest`, oldest first.
+    pub fn migrations_of_guest(&self, guest: &Name, limit: usize) -> Result<Vec<MigrationId>, StoreError> {
+        Ok(self.scan_named(cf::MIGRATIONS_BY_GUEST, guest, 0, limit)?.into_iter().map(MigrationId).collect())
+    }
+
+    /// Ids of the migrations from or to `host`, oldest first.
+    pub fn migrations_of_host(&self, host: &Name, limit: usize) -> Result<Vec<MigrationId>, StoreError> {
+        Ok(self.scan_named(cf::MIGRATIONS_BY_HOST, host, 0, limit)?.into_iter().map(MigrationId).collect())
+    }
+
+    fn scan_named(&self, family: &'static str, name: &Name, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        let prefix = key::name_prefix(name.as_str());
+        let start = key::named(name.as_str(), from);
+        let mut out = Vec::new();
+        for item in self.dir.db.iterator_cf(self.dir.cf(family), IteratorMode::From(&start, Direction::Forward)) {
+            let (k, _) = item.map_err(|e| StoreError::rocks(format!("iterate {family}"), e))?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let n = key::parse_u64(&k[prefix.len()..])
+                .ok_or_else(|| StoreError::Inconsistent(format!("malformed key in {family}: {k:?}")))?;
+            out.push(n);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,178 @@
+//! The Raft log on RocksDB (openraft `RaftLogStorage`, storage v2).
+//!
+//! Durability points (RAFT_STORAGE_RULES.md): `save_vote`, `append`, `truncate` and `purge` each
+//! write one batch with `sync = true`, so they are on disk before they return (and, for append,
+//! before the flush callback tells openraft the entries count towards a quorum). The last purged
+//! log id is written in the same batch as the purge. openraft awaits each call before making the
+//! next, so writes land in the order they were issued.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use switchyard_protocol::codec::{self, RecordKind};
+
+use crate::db::{cf, key, DataDir};
+use crate::error::StoreError;
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// The Raft log of one node. Cheap to clone: clones share the database.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    dir: DataDir,
+}
+
+impl LogStore {
+    pub fn new(dir: DataDir) -> LogStore {
+        LogStore { dir }
+    }
+
+    pub fn data_dir(&self) -> &DataDir {
+        &self.dir
+    }
+
+    fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
+        codec::open(RecordKind::LogEntry, bytes).map_err(|source| StoreError::Corrupt {
+            cf: cf::LOG,
+            key: format!("index {index}"),
+            source,
+        })
+    }
+
+    /// Reads the entries in `range`, in order. A corrupt entry is an error naming its index.
+    pub fn read_range(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StoreError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let from = key::u64(start);
+        let mut out = Vec::new();
+        for item in self.dir.db.iterator_cf(self.dir.cf(cf::LOG), IteratorMode::From(&from, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| StoreError::rocks("iterate raft log", e))?;
+            let index = key::parse_u64(&k)
+                .ok_or_else(|| StoreError::Inconsistent(format!("raft log key {k:?} is not 8 bytes")))?;
+            if !range.contains(&index) {
+                break;
+            }
+            out.push(Self::decode_entry(index, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, StoreError> {
+        let mut it = self.dir.db.iterator_cf(self.dir.cf(cf::LOG), IteratorMode::End);
+        match it.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item.map_err(|e| StoreError::rocks("read last raft log entry", e))?;
+                let index = key::parse_u64(&k).unwrap_or(0);
+                Ok(Some(*Self::decode_entry(index, &v)?.get_log_id()))
+            }
+        }
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StoreError> {
+        self.dir.get(cf::META, key::LAST_PURGED, RecordKind::LogId, "last_purged")
+    }
+
+    /// Writes a batch durably on the blocking pool, so an fsync never stalls the async workers.
+    async fn write_synced(&self, batch: WriteBatch, what: &'static str) -> Result<(), StoreError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || dir.write(batch, true, what))
+            .await
+            .map_err(|e| StoreError::Inconsistent(format!("{what}: writer task failed: {e}")))?
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_range(range).map_err(|e| e.into_raft(ErrorSubject::Logs, ErrorVerb::Read))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let purged = self.last_purged().map_err(|e| e.into_raft(ErrorSubject::Logs, ErrorVerb::Read))?;
+        let last = self.last_entry_id().map_err(|e| e.into_raft(ErrorSubject::Logs, ErrorVerb::Read))?;
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last.or(purged) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.dir.cf(cf::META), key::VOTE, codec::seal(RecordKind::Vote, vote));
+        self.write_synced(b, "save vote").await.map_err(|e| e.into_raft(ErrorSubject::Vote, ErrorVerb::Write))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.dir
+            .get(cf::META, key::VOTE, RecordKind::Vote, "vote")
+            .map_err(|e| e.into_raft(ErrorSubject::Vote, ErrorVerb::Read))
+    }
+
+    /// The committed id is a hint for re-applying after restart; it need not be synced (a stale
+    /// value only means re-learning the commit index from the leader).
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.dir.cf(cf::META), key::COMMITTED, codec::seal(RecordKind::LogId, &committed));
+        self.dir.write(b, false, "save committed").map_err(|e| e.into_raft(ErrorSubject::Store, ErrorVerb::Write))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let c: Option<Option<LogId>> = self
+            .dir
+            .get(cf::META, key::COMMITTED, RecordKind::LogId, "committed")
+            .map_err(|e| e.into_raft(ErrorSubject::Store, ErrorVerb::Read))?;
+        Ok(c.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut b = WriteBatch::default();
+        let log = self.dir.cf(cf::LOG);
+        for e in entries {
+            b.put_cf(log, key::u64(e.get_log_id().index), codec::seal(RecordKind::LogEntry, &e));
+        }
+        match self.write_synced(b, "append raft log entries").await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e.into_raft(ErrorSubject::Logs, ErrorVerb::Write))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut b = WriteBatch::default();
+        // Keys are 8 bytes; a 9-byte 0xff key sorts after all of them.
+        b.delete_range_cf(self.dir.cf(cf::LOG), &key::u64(log_id.index)[..], &[0xffu8; 9][..]);
+        self.write_synced(b, "truncate raft log").await.map_err(|e| e.into_raft(ErrorSubject::Logs, ErrorVerb::Delete))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.dir.cf(cf::META), key::LAST_PURGED, codec::seal(RecordKind::LogId, &log_id));
+        b.delete_range_cf(self.dir.cf(cf::LOG), key::u64(0), key::u64(log_id.index.saturating_add(1)));
+        if log_id.index == u64::MAX {
+            b.delete_cf(self.dir.cf(cf::LOG), key::u64(u64::MAX));
+        }
+        self.write_synced(b, "purge raft log").await.map_err(|e| e.into_raft(ErrorSubject::Logs, ErrorVerb::Delete))
+    }
+}

@@ -1,0 +1,414 @@
+//! The replicated state machine on RocksDB (openraft `RaftStateMachine`).
+//!
+//! The cluster state lives in memory; what is durable is the event history. Each `apply` call
+//! runs the pure `switchyard_protocol::apply` on every entry, then writes the resulting events,
+//! their index rows and the new last-applied log id in **one** atomic batch. On restart the state
+//! is the last snapshot's state plus the events after it, replayed from the history (no log
+//! replay needed, so log purges never lose state). The apply batch is not fsynced on its own: if
+//! it is lost in a crash, openraft re-applies the committed entries from the (synced) log and the
+//! deterministic apply writes identical events again.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+use rocksdb::{IteratorMode, WriteBatch};
+use serde::{Deserialize, Serialize};
+use switchyard_protocol::codec::{self, RecordKind};
+use switchyard_protocol::{ClusterState, Event, Revision};
+use tokio::io::AsyncSeekExt;
+use tokio::sync::watch;
+
+use crate::db::{cf, key, DataDir};
+use crate::error::StoreError;
+use crate::history::{write_event, History, MigrationReplay};
+use crate::snapshot::{self, SnapshotHeader, SnapshotReader};
+use crate::types::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// Events written per batch while installing a snapshot.
+const INSTALL_BATCH_EVENTS: usize = 4096;
+
+/// What the state machine has applied, persisted atomically with the events it produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedMeta {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    /// Revision of the last event produced (equals the state's revision).
+    pub revision: Revision,
+}
+
+/// Which snapshot file is current.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SnapshotPointer {
+    meta: SnapshotMeta,
+    file: String,
+}
+
+struct Applied {
+    meta: AppliedMeta,
+    cluster: ClusterState,
+}
+
+struct Inner {
+    dir: DataDir,
+    applied: RwLock<Applied>,
+    /// Serialises snapshot builds and installs with each other.
+    snapshot_lock: tokio::sync::Mutex<()>,
+    revision_tx: watch::Sender<Revision>,
+    file_seq: AtomicU64,
+}
+
+/// The state machine of one node. Cheap to clone: clones share everything.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine, rebuilding the in-memory state from the current snapshot plus
+    /// the retained events after it.
+    pub fn open(dir: DataDir) -> Result<StateMachineStore, StoreError> {
+        let mut meta: AppliedMeta =
+            dir.get(cf::SM, key::APPLIED, RecordKind::AppliedState, "applied")?.unwrap_or_default();
+        let pointer: Option<SnapshotPointer> =
+            dir.get(cf::SM, key::SNAPSHOT, RecordKind::SnapshotPointer, "snapshot")?;
+        let mut cluster = ClusterState::default();
+        if let Some(p) = pointer {
+            let path = dir.snapshot_dir().join(&p.file);
+            if p.meta.last_log_id > meta.last_applied {
+                // A crash interrupted an install after the file was kept: finish it.
+                let (c, m) = install_from_file(&dir, &path, &p.meta)?;
+                cluster = c;
+                meta = m;
+            } else {
+                cluster = SnapshotReader::open(&path)?.state()?;
+            }
+        }
+        if cluster.revision() > meta.revision {
+            return Err(StoreError::Inconsistent(format!(
+                "snapshot state is at revision {}, beyond the applied revision {}",
+                cluster.revision(),
+                meta.revision
+            )));
+        }
+        replay_events(&dir, &mut cluster, meta.revision)?;
+        let (revision_tx, _) = watch::channel(meta.revision);
+        tracing::info!(node = dir.node_id(), revision = meta.revision, last_applied = ?meta.last_applied, "state machine restored");
+        Ok(StateMachineStore {
+            inner: Arc::new(Inner {
+                dir,
+                applied: RwLock::new(Applied { meta, cluster }),
+                snapshot_lock: tokio::sync::Mutex::new(()),
+                revision_tx,
+                file_seq: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Runs `f` on the current cluster state (a consistent view; applies wait meanwhile).
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(&self.inner.applied.read().expect("state lock poisoned").cluster)
+    }
+
+    /// What has been applied so far.
+    pub fn applied_meta(&self) -> AppliedMeta {
+        self.inner.applied.read().expect("state lock poisoned").meta.clone()
+    }
+
+    /// Follows the applied revision (for subscriptions and linearizable-read waits).
+    pub fn watch_revision(&self) -> watch::Receiver<Revision> {
+        self.inner.revision_tx.subscribe()
+    }
+
+    /// Read access to the retained event history.
+    pub fn history(&self) -> History {
+        History::new(self.inner.dir.clone())
+    }
+
+    fn sm_err(e: StoreError, verb: ErrorVerb) -> StorageError {
+        e.into_raft(ErrorSubject::StateMachine, verb)
+    }
+
+    fn next_file_name(&self, prefix: &str, meta_last: Option<LogId>, ext: &str) -> String {
+        let seq = self.inner.file_seq.fetch_add(1, Ordering::Relaxed);
+        let (term, index) = meta_last.map_or((0, 0), |l| (l.leader_id.term, l.index));
+        format!("{prefix}-{term}-{index}-{seq}.{ext}")
+    }
+
+    /// Makes `file` the current snapshot and removes every other snapshot file.
+    fn set_current(&self, meta: &SnapshotMeta, file: &str) -> Result<(), StoreError> {
+        let dir = &self.inner.dir;
+        let mut b = WriteBatch::default();
+        b.put_cf(
+            dir.cf(cf::SM),
+            key::SNAPSHOT,
+            codec::seal(RecordKind::SnapshotPointer, &SnapshotPointer { meta: meta.clone(), file: file.to_string() }),
+        );
+        dir.write(b, true, "record current snapshot")?;
+        if let Ok(entries) = std::fs::read_dir(dir.snapshot_dir()) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if name.to_str() != Some(file) {
+                    // Best effort: a leftover file is only wasted space, found again next time.
+                    if let Err(err) = std::fs::remove_file(e.path()) {
+                        tracing::warn!(path = %e.path().display(), %err, "could not remove old snapshot file");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn current_pointer(&self) -> Result<Option<SnapshotPointer>, StoreError> {
+        self.inner.dir.get(cf::SM, key::SNAPSHOT, RecordKind::SnapshotPointer, "snapshot")
+    }
+}
+
+/// Folds the stored events after `cluster.revision()` up to `up_to` into `cluster`.
+fn replay_events(dir: &DataDir, cluster: &mut ClusterState, up_to: Revision) -> Result<(), StoreError> {
+    let history = History::new(dir.clone());
+    while cluster.revision() < up_to {
+        let from = cluster.revision() + 1;
+        let batch = history.events_from(from, 4096)?;
+        if batch.is_empty() {
+            return Err(StoreError::MissingEvent { revision: from, up_to });
+        }
+        for e in batch {
+            if e.revision > up_to {
+                return Ok(());
+            }
+            if e.revision != cluster.revision() + 1 {
+                return Err(StoreError::MissingEvent { revision: cluster.revision() + 1, up_to });
+            }
+            cluster.evolve(&e);
+        }
+    }
+    Ok(())
+}
+
+/// Installs a snapshot file into the database: its events and their index rows, then (synced)
+/// the applied meta. Returns the state it carries.
+fn install_from_file(
+    dir: &DataDir,
+    path: &std::path::Path,
+    meta: &SnapshotMeta,
+) -> Result<(ClusterState, AppliedMeta), StoreError> {
+    let mut r = SnapshotReader::open(path)?;
+    if r.header.meta.last_log_id != meta.last_log_id || r.header.meta.last_membership != meta.last_membership {
+        return Err(StoreError::CorruptSnapshot {
+            path: path.to_path_buf(),
+            offset: 8,
+            reason: format!("file is for {:?}, expected {:?}", r.header.meta.last_log_id, meta.last_log_id),
+        });
+    }
+    let cluster = r.state()?;
+    let mut replay = MigrationReplay::default();
+    let mut batch = WriteBatch::default();
+    let mut in_batch = 0;
+    while let Some(event) = r.next_event()? {
+        let record = replay.fold(dir, &event)?;
+        write_event(dir, &mut batch, &event, record.as_ref());
+        in_batch += 1;
+        if in_batch == INSTALL_BATCH_EVENTS {
+            dir.write(std::mem::take(&mut batch), false, "install snapshot events")?;
+            in_batch = 0;
+        }
+    }
+    let applied = AppliedMeta {
+        last_applied: meta.last_log_id,
+        membership: meta.last_membership.clone(),
+        revision: cluster.revision(),
+    };
+    batch.put_cf(dir.cf(cf::SM), key::APPLIED, codec::seal(RecordKind::AppliedState, &applied));
+    dir.write(batch, true, "install snapshot")?;
+    Ok((cluster, applied))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let m = self.applied_meta();
+        Ok((m.last_applied, m.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let dir = &self.inner.dir;
+        let mut responses = Vec::new();
+        let mut batch = WriteBatch::default();
+        let revision = {
+            let mut guard = self.inner.applied.write().expect("state lock poisoned");
+            let applied = &mut *guard;
+            for entry in entries {
+                let result = match &entry.payload {
+                    EntryPayload::Blank => None,
+                    EntryPayload::Normal(proposal) => {
+                        let _span = tracing::debug_span!(
+                            "apply",
+                            index = entry.log_id.index,
+                            command = proposal.command.kind()
+                        )
+                        .entered();
+                        let outcome = switchyard_protocol::apply(&mut applied.cluster, proposal);
+                        Some(outcome.map(|(answer, events)| {
+                            for event in &events {
+                                let record = event.payload.migration().and_then(|id| applied.cluster.migration(id));
+                                write_event(dir, &mut batch, event, record);
+                            }
+                            answer
+                        }))
+                    }
+                    EntryPayload::Membership(m) => {
+                        applied.meta.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        None
+                    }
+                };
+                applied.meta.last_applied = Some(entry.log_id);
+                responses.push(Response { result });
+            }
+            applied.meta.revision = applied.cluster.revision();
+            batch.put_cf(dir.cf(cf::SM), key::APPLIED, codec::seal(RecordKind::AppliedState, &applied.meta));
+            dir.write(batch, false, "apply entries").map_err(|e| Self::sm_err(e, ErrorVerb::Write))?;
+            applied.meta.revision
+        };
+        self.inner.revision_tx.send_replace(revision);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let g = self.inner.applied.read().expect("state lock poisoned");
+        SnapshotBuilder { sm: self.clone(), meta: g.meta.clone(), cluster: g.cluster.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.inner.dir.snapshot_dir().join(self.next_file_name("incoming", None, "part"));
+        let file =
+            tokio::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .await
+                .map_err(|e| Self::sm_err(StoreError::io(format!("create {}", path.display()), e), ErrorVerb::Write))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let err = |e: StoreError| e.into_raft(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write);
+        let _lock = self.inner.snapshot_lock.lock().await;
+        // Keep our own durable copy: the handle may point at a temporary or at a peer's file.
+        let name = self.next_file_name("snap", meta.last_log_id, "bin");
+        let path: PathBuf = self.inner.dir.snapshot_dir().join(&name);
+        let tmp = path.with_extension("tmp");
+        let copy = async {
+            snapshot.seek(std::io::SeekFrom::Start(0)).await?;
+            let mut out = tokio::fs::File::create(&tmp).await?;
+            tokio::io::copy(&mut snapshot, &mut out).await?;
+            out.sync_all().await?;
+            tokio::fs::rename(&tmp, &path).await
+        };
+        copy.await.map_err(|e| err(StoreError::io(format!("store received snapshot as {}", path.display()), e)))?;
+        let dir = self.inner.dir.clone();
+        let (m, p) = (meta.clone(), path.clone());
+        let (cluster, applied) = tokio::task::spawn_blocking(move || {
+            snapshot::sync_dir(&dir.snapshot_dir())?;
+            install_from_file(&dir, &p, &m)
+        })
+        .await
+        .map_err(|e| err(StoreError::Inconsistent(format!("snapshot install task failed: {e}"))))?
+        .map_err(err)?;
+        let revision = applied.revision;
+        {
+            let mut g = self.inner.applied.write().expect("state lock poisoned");
+            *g = Applied { meta: applied, cluster };
+        }
+        self.set_current(meta, &name).map_err(err)?;
+        self.inner.revision_tx.send_replace(revision);
+        tracing::info!(revision, last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let err = |e: StoreError| e.into_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read);
+        let Some(p) = self.current_pointer().map_err(err)? else {
+            return Ok(None);
+        };
+        let path = self.inner.dir.snapshot_dir().join(&p.file);
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| err(StoreError::io(format!("open snapshot {}", path.display()), e)))?;
+        Ok(Some(Snapshot { meta: p.meta, snapshot: Box::new(file) }))
+    }
+}
+
+/// Builds a snapshot from a view of the state taken between two applies.
+pub struct SnapshotBuilder {
+    sm: StateMachineStore,
+    meta: AppliedMeta,
+    cluster: ClusterState,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let err = |e: StoreError| e.into_raft(ErrorSubject::Snapshot(None), ErrorVerb::Write);
+        let _lock = self.sm.inner.snapshot_lock.lock().await;
+        let name = self.sm.next_file_name("snap", self.meta.last_applied, "bin");
+        let meta = SnapshotMeta {
+            last_log_id: self.meta.last_applied,
+            last_membership: self.meta.membership.clone(),
+            snapshot_id: name.trim_end_matches(".bin").to_string(),
+        };
+        let revision = self.meta.revision;
+        let dir = self.sm.inner.dir.clone();
+        let first_event =
+            History::new(dir.clone()).bounds().map_err(err)?.map_or(1, |(first, _)| first).min(revision + 1);
+        let header =
+            SnapshotHeader { meta: meta.clone(), revision, first_event, event_count: revision + 1 - first_event };
+        let path = dir.snapshot_dir().join(&name);
+        let cluster = std::mem::take(&mut self.cluster);
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let events = dir
+                .db
+                .iterator_cf(
+                    dir.cf(cf::EVENTS),
+                    IteratorMode::From(&key::u64(first_event), rocksdb::Direction::Forward),
+                )
+                .map(|item| -> Result<Event, StoreError> {
+                    let (k, v) = item.map_err(|e| StoreError::rocks("read events for snapshot", e))?;
+                    let rev = key::parse_u64(&k).unwrap_or(0);
+                    codec::open(RecordKind::Event, &v).map_err(|source| StoreError::Corrupt {
+                        cf: cf::EVENTS,
+                        key: format!("revision {rev}"),
+                        source,
+                    })
+                })
+                .take_while(|e| e.as_ref().map_or(true, |e| e.revision <= revision));
+            snapshot::write_file(&p, &header, &cluster, events)
+        })
+        .await
+        .map_err(|e| err(StoreError::Inconsistent(format!("snapshot build task failed: {e}"))))?
+        .map_err(err)?;
+        // Never move the pointer backwards: a newer snapshot may have been installed meanwhile.
+        let current = self.sm.current_pointer().map_err(err)?;
+        if current.as_ref().is_none_or(|c| c.meta.last_log_id <= meta.last_log_id) {
+            self.sm.set_current(&meta, &name).map_err(err)?;
+        }
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| err(StoreError::io(format!("open snapshot {}", path.display()), e)))?;
+        tracing::info!(revision, last_log_id = ?meta.last_log_id, "built snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}

@@ -1,0 +1,96 @@
+//! A small workload for the storage tests: hosts, packaged guests, and migrations driven through
+//! their phases, as log entries.
+#![allow(dead_code)]
+
+use openraft::{CommittedLeaderId, EntryPayload};
+use switchyard_protocol::*;
+use switchyard_storage::{Entry, LogId};
+
+pub fn n(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn host(name: &str) -> Command {
+    Command::RegisterHost(HostSpec {
+        name: n(name),
+        address: format!("{name}:7100"),
+        capacity: Resources { vcpus: 1024, memory_mib: 1 << 24 },
+        profile: CompatProfile { hardware_family: "ia64".into(), hypervisor_version: "hpvm-6.1".into() },
+    })
+}
+
+/// Commands that create `guests` packaged guests and move each from h1 to h2 to completion.
+pub fn workload(guests: usize) -> Vec<Command> {
+    let mut cmds = vec![host("h1"), host("h2")];
+    for g in 0..guests {
+        cmds.push(Command::CreateGuest {
+            name: n(&format!("g{g}")),
+            spec: GuestSpec {
+                vcpus: 2,
+                memory_mib: 1024,
+                disks: vec!["avio_stor:/dev/vg/lv".into()],
+                networks: vec![],
+                online_migration: true,
+                cluster_node: false,
+                package: Some(n(&format!("p{g}"))),
+            },
+            owner: n("h1"),
+            run_state: RunState::Running,
+        });
+    }
+    cmds
+}
+
+/// Turns commands into log entries (term 1) starting at `first_index`; ids and times derive
+/// from the index.
+pub fn entries(first_index: u64, cmds: Vec<Command>) -> Vec<Entry> {
+    cmds.into_iter()
+        .enumerate()
+        .map(|(i, command)| {
+            let index = first_index + i as u64;
+            Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(Proposal {
+                    request_id: RequestId(index as u128),
+                    actor: "storage-test".into(),
+                    time: Timestamp(index * 1000),
+                    command,
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The commands that migrate guest `g` (packaged, on h1) to h2 through every phase, given the
+/// revision its request will get.
+pub fn full_migration(g: &str, request_revision: u64) -> Vec<Command> {
+    let id = MigrationId(request_revision);
+    let mut cmds = vec![Command::RequestMigration {
+        guest: n(g),
+        source: n("h1"),
+        target: n("h2"),
+        kind: MigrationKind::Online,
+        reason: None,
+    }];
+    let mut phase = Phase::Requested;
+    while let Some(next) = phase.next(true) {
+        let freeze = (next == Phase::TargetRunning).then_some(80);
+        cmds.push(Command::AdvanceMigration { id, from: phase, to: next, freeze_time_ms: freeze });
+        phase = next;
+    }
+    cmds
+}
+
+/// Applies entries to a pure state, the reference for what storage must hold.
+pub fn reference(entries: &[Entry]) -> (ClusterState, Vec<Event>) {
+    let mut s = ClusterState::default();
+    let mut evs = Vec::new();
+    for e in entries {
+        if let EntryPayload::Normal(p) = &e.payload {
+            if let Ok((_, es)) = apply(&mut s, p) {
+                evs.extend(es);
+            }
+        }
+    }
+    (s, evs)
+}

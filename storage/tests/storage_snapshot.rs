@@ -1,0 +1,111 @@
+//! Restart, snapshot build and install, and the identity of a data directory.
+mod common;
+use common::*;
+
+use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::RaftLogReader;
+use switchyard_protocol::codec;
+use switchyard_storage::{DataDir, StoreError};
+
+async fn filled(path: &std::path::Path) -> Vec<switchyard_storage::Entry> {
+    let (mut log, mut sm) = switchyard_storage::open(path, 1).unwrap();
+    let mut all = entries(1, workload(5));
+    let next = all.len() as u64 + 1;
+    // The request will be the event after the 2 hosts and 5 guests: revision 8.
+    all.extend(entries(next, full_migration("g0", 8)));
+    use openraft::storage::RaftLogStorageExt;
+    log.blocking_append(all.clone()).await.unwrap();
+    sm.apply(all.clone()).await.unwrap();
+    all
+}
+
+#[tokio::test]
+async fn restart_restores_state_from_snapshot_plus_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut all = filled(tmp.path()).await;
+    {
+        let (mut log, mut sm) = switchyard_storage::open(tmp.path(), 1).unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        // More history after the snapshot.
+        let more = entries(all.len() as u64 + 1, full_migration("g1", 18));
+        use openraft::storage::RaftLogStorageExt;
+        log.blocking_append(more.clone()).await.unwrap();
+        sm.apply(more.clone()).await.unwrap();
+        all.extend(more);
+        // The log can be purged up to the snapshot without losing anything.
+        log.purge(all[all.len() - 8].log_id).await.unwrap();
+    }
+    let (mut log, sm) = switchyard_storage::open(tmp.path(), 1).unwrap();
+    let (want_state, want_events) = reference(&all);
+    assert_eq!(sm.read(codec::encode), codec::encode(&want_state));
+    assert_eq!(sm.history().events_from(1, usize::MAX).unwrap(), want_events);
+    assert_eq!(sm.applied_meta().last_applied, Some(all.last().unwrap().log_id));
+    assert_eq!(log.try_get_log_entries(0..).await.unwrap().len(), 7, "purged entries stay purged");
+    // Migration history is indexed and survives.
+    let ids = sm.history().migrations_of_guest(&n("g1"), 10).unwrap();
+    assert_eq!(ids.len(), 1);
+    let m = sm.history().migration(ids[0]).unwrap().unwrap();
+    assert_eq!(m.phase, switchyard_protocol::Phase::Completed);
+    assert_eq!(m.history.len(), 7);
+    assert_eq!(sm.history().migrations_of_host(&n("h2"), 10).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn installed_snapshot_gives_a_follower_state_and_history() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let all = filled(leader_dir.path()).await;
+    let (_, mut leader) = switchyard_storage::open(leader_dir.path(), 1).unwrap();
+    let snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+    let (_, mut follower) = switchyard_storage::open(follower_dir.path(), 2).unwrap();
+    let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
+    let mut src = snap.snapshot;
+    tokio::io::copy(&mut *src, &mut *incoming).await.unwrap();
+    follower.install_snapshot(&snap.meta, incoming).await.unwrap();
+
+    let (want_state, want_events) = reference(&all);
+    assert_eq!(follower.read(codec::encode), codec::encode(&want_state));
+    assert_eq!(follower.history().events_from(1, usize::MAX).unwrap(), want_events);
+    assert_eq!(follower.history().migrations_of_guest(&n("g0"), 10).unwrap().len(), 1);
+    let current = follower.get_current_snapshot().await.unwrap().expect("kept");
+    assert_eq!(current.meta, snap.meta);
+    drop(follower);
+
+    // And it survives a restart of the follower.
+    let (_, follower) = switchyard_storage::open(follower_dir.path(), 2).unwrap();
+    assert_eq!(follower.read(codec::encode), codec::encode(&want_state));
+    assert_eq!(follower.applied_meta().last_applied, snap.meta.last_log_id);
+    // Only the current snapshot file is kept.
+    let files: Vec<_> = std::fs::read_dir(follower_dir.path().join("snapshots")).unwrap().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+}
+
+#[test]
+fn data_directory_is_bound_to_its_node_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(DataDir::open(tmp.path(), 1).unwrap());
+    let err = DataDir::open(tmp.path(), 2).unwrap_err();
+    assert!(matches!(err, StoreError::NodeIdMismatch { found: 1, expected: 2, .. }), "{err}");
+    assert!(err.to_string().contains("belongs to node 1, not node 2"), "{err}");
+    DataDir::open(tmp.path(), 1).expect("the owner may reopen it");
+}
+
+#[test]
+fn unknown_format_version_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(DataDir::open(tmp.path(), 1).unwrap());
+    {
+        let db = raw_db(tmp.path());
+        let meta = db.cf_handle("meta").unwrap();
+        db.put_cf(meta, b"format_version", codec::seal(codec::RecordKind::FormatVersion, &99u32)).unwrap();
+    }
+    let err = DataDir::open(tmp.path(), 1).unwrap_err();
+    assert!(matches!(err, StoreError::UnsupportedFormat { found: 99, supported: 1, .. }), "{err}");
+}
+
+pub fn raw_db(path: &std::path::Path) -> rocksdb::DB {
+    let opts = rocksdb::Options::default();
+    let cfs = rocksdb::DB::list_cf(&opts, path.join("db")).unwrap();
+    rocksdb::DB::open_cf(&opts, path.join("db"), cfs).unwrap()
+}
