@@ -1,6 +1,18 @@
 //! # switchyard-coordinator
 //!
-//! Home of the coordinator daemon (`switchyard-coordinator`: Raft node, networking, operator
-//! API, migration driver) and of the operator/recovery CLI (`switchyard`). Nothing is built here
-//! yet: the foundation (protocol and storage) came first, and the daemon, its network layer and
-//! the CLI are the next piece of work (see ARCHITECTURE.md, "Status").
+//! The coordinator daemon (`switchyard-coordinator`): a Raft node ([`node`]) with its peer RPC
+//! ([`network`], [`raft_server`]) and the operator HTTP/JSON API ([`api`]); and the
+//! operator CLI (`switchyard`, [`cli`]) with its HTTP client ([`client`]).
+//!
+//! Architecture invariant: only the API turns requests into proposals, and it never changes
+//! state itself: every change goes through Raft and the pure state machine.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod network;
+pub mod node;
+pub mod raft_server;

@@ -11,6 +11,7 @@
 //! Architecture invariant: this crate never reads a clock, a random source, a file or a socket.
 //! Replicas stay identical because `apply` is a function of (state, proposal) alone.
 
+pub mod api;
 pub mod apply;
 pub mod codec;
 pub mod command;

@@ -111,6 +111,7 @@ pub struct HostSpec {
 
 /// A host's state as operators see it; derived from `maintenance` and `reachable`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HostState {
     Active,
     Maintenance,
@@ -153,6 +154,7 @@ impl Host {
 
 /// Whether a guest is meant to be running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RunState {
     Running,
     Stopped,
@@ -220,6 +222,7 @@ pub struct SwitchingChange {
 
 /// Online (running guest, live transfer) or offline (guest moved while down).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MigrationKind {
     Online,
     Offline,
@@ -236,6 +239,7 @@ impl fmt::Display for MigrationKind {
 
 /// A migration's phase (SPEC §5). Each phase is entered by one committed event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Phase {
     Requested,
     SwitchingDisabled,

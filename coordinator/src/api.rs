@@ -1,0 +1,504 @@
+//! The operator HTTP/JSON API.
+//!
+//! Every request passes the [`edge`] first: bearer-token authentication, the role check for the
+//! route, the body size limit, and — when a handler answers `not_leader` — forwarding to the
+//! leader (once; a forwarded request is never forwarded again). Writes become proposals with a
+//! request id (the client's, or a fresh one), so a client may retry any write safely. Reads are
+//! linearizable (leadership confirmed by a quorum, then read once applied) unless `?stale=true`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use openraft::{ChangeMembers, Raft, ServerState};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use switchyard_protocol::api::*;
+use switchyard_protocol::*;
+use switchyard_storage::{NodeId, NodeInfo, StateMachineStore, TypeConfig};
+
+use crate::config::{Config, Role};
+use crate::error::{ApiError, LeaderHint};
+
+/// Marks a request a follower already forwarded, so it is not forwarded again.
+pub const FORWARDED_HEADER: &str = "x-switchyard-forwarded";
+
+/// The OpenAPI description served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Who is calling, from the bearer token.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub role: Role,
+    pub host: Option<Name>,
+    pub actor: String,
+}
+
+pub struct ApiState {
+    pub id: NodeId,
+    pub raft: Raft<TypeConfig>,
+    pub sm: StateMachineStore,
+    pub config: Arc<Config>,
+    tokens: HashMap<String, Caller>,
+    client: reqwest::Client,
+}
+
+impl ApiState {
+    pub fn new(id: NodeId, raft: Raft<TypeConfig>, sm: StateMachineStore, config: Arc<Config>) -> Arc<ApiState> {
+        let tokens = config
+            .tokens
+            .iter()
+            .map(|t| {
+                let actor = t.name.clone().unwrap_or_else(|| match (&t.role, &t.host) {
+                    (Role::Agent, Some(h)) => format!("agent:{h}"),
+                    (role, _) => format!("{role:?}").to_lowercase(),
+                });
+                (t.token.clone(), Caller { role: t.role, host: t.host.clone(), actor })
+            })
+            .collect();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.api.peer_timeout_ms))
+            .build()
+            .expect("an HTTP client without TLS always builds");
+        Arc::new(ApiState { id, raft, sm, config, tokens, client })
+    }
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/v1/node/status", get(node_status))
+        .route("/v1/cluster/status", get(cluster_status))
+        .route("/v1/cluster/init", post(cluster_init))
+        .route("/v1/cluster/nodes", post(add_node))
+        .route("/v1/cluster/nodes/{id}", delete(remove_node))
+        .route("/v1/hosts", get(list_hosts).post(register_host))
+        .route("/v1/hosts/{name}", get(show_host))
+        .route("/v1/hosts/{name}/maintenance", post(set_maintenance))
+        .route("/v1/guests", get(list_guests).post(create_guest))
+        .route("/v1/guests/{name}", get(show_guest).patch(modify_guest).delete(remove_guest))
+        .route("/v1/packages", get(list_packages))
+        .route("/v1/packages/{name}/switching", post(set_switching))
+        .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
+        .layer(from_fn_with_state(state.clone(), edge))
+        .with_state(state)
+}
+
+/// Which roles may call a route: reads for everyone authenticated (agents only the desired
+/// configuration), cluster membership and every write for admins.
+fn allowed(role: Role, method: &Method, path: &str) -> bool {
+    let read = method == Method::GET;
+    match role {
+        Role::Admin => true,
+        Role::Operator => read,
+        Role::Agent => {
+            read && (path == "/openapi.json"
+                || ["/v1/hosts", "/v1/guests", "/v1/packages"]
+                    .iter()
+                    .any(|p| path == *p || path.starts_with(&format!("{p}/"))))
+        }
+    }
+}
+
+async fn edge(State(s): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let token =
+        req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let Some(caller) = token.and_then(|t| s.tokens.get(t)).cloned() else {
+        return ApiError::Unauthenticated.into_response();
+    };
+    if !allowed(caller.role, req.method(), req.uri().path()) {
+        let msg = format!("role {:?} may not {} {}", caller.role, req.method(), req.uri().path()).to_lowercase();
+        return ApiError::Forbidden(msg).into_response();
+    }
+    let limit = s.config.api.request_body_bytes_max;
+    let (mut parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return ApiError::PayloadTooLarge(limit).into_response();
+    };
+    parts.extensions.insert(caller);
+    let forwarded = parts.headers.contains_key(FORWARDED_HEADER);
+    let (method, uri, headers) = (parts.method.clone(), parts.uri.clone(), parts.headers.clone());
+    let resp = next.run(Request::from_parts(parts, Body::from(bytes.clone()))).await;
+    let Some(LeaderHint(leader)) = resp.extensions().get::<LeaderHint>().cloned() else {
+        return resp;
+    };
+    if forwarded {
+        return resp;
+    }
+    // Forward once to the leader, with the caller's own credentials.
+    let url = format!("http://{leader}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let mut fwd = s.client.request(method, &url).header(FORWARDED_HEADER, s.id.to_string()).body(bytes);
+    for name in ["authorization", "content-type"] {
+        if let Some(v) = headers.get(name) {
+            fwd = fwd.header(name, v);
+        }
+    }
+    match fwd.send().await {
+        Ok(r) => {
+            let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let ctype = r.headers().get("content-type").cloned();
+            let body = r.bytes().await.unwrap_or_default();
+            let mut out = (status, body).into_response();
+            if let Some(c) = ctype.and_then(|c| HeaderValue::from_bytes(c.as_bytes()).ok()) {
+                out.headers_mut().insert("content-type", c);
+            }
+            out
+        }
+        Err(e) => ApiError::Unavailable(format!("forwarding to the leader at {leader} failed: {e}")).into_response(),
+    }
+}
+
+/// Parses a JSON body, refusing unknown fields and malformed values with a clear message.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+}
+
+fn name(s: &str) -> Result<Name, ApiError> {
+    Name::new(s).map_err(|e| ApiError::BadRequest(format!("invalid name {s:?}: {e}")))
+}
+
+fn request_id(s: Option<&str>) -> Result<RequestId, ApiError> {
+    match s {
+        None => Ok(RequestId(rand::random())),
+        Some(h) if !h.is_empty() && h.len() <= 32 => u128::from_str_radix(h, 16)
+            .map(RequestId)
+            .map_err(|_| ApiError::BadRequest(format!("request_id {h:?} is not 1 to 32 hex digits"))),
+        Some(h) => Err(ApiError::BadRequest(format!("request_id {h:?} is not 1 to 32 hex digits"))),
+    }
+}
+
+fn now() -> Timestamp {
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    Timestamp(ms)
+}
+
+/// Proposes a command through Raft and waits for its apply result.
+async fn propose(
+    s: &ApiState,
+    caller: &Caller,
+    rid: Option<&str>,
+    command: Command,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let request_id = request_id(rid)?;
+    let proposal = Proposal { request_id, actor: caller.actor.clone(), time: now(), command };
+    let resp = s.raft.client_write(proposal).await?;
+    match resp.data.result {
+        Some(Ok(a)) => Ok(Json(WriteResponse {
+            request_id: request_id.to_string(),
+            first_revision: a.revisions.first,
+            last_revision: a.revisions.last,
+            duplicate: a.duplicate,
+        })),
+        Some(Err(r)) => Err(ApiError::Rejected(r)),
+        None => Err(ApiError::Internal("the state machine gave no answer for a proposal".into())),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReadParams {
+    #[serde(default)]
+    stale: bool,
+}
+
+/// Waits until this node may answer a linearizable read (or not at all for a stale read).
+async fn read_barrier(s: &ApiState, params: &ReadParams) -> Result<(), ApiError> {
+    if !params.stale {
+        s.raft.ensure_linearizable().await?;
+    }
+    Ok(())
+}
+
+fn query<T: DeserializeOwned + Default>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))
+}
+
+async fn openapi() -> Response {
+    ([("content-type", "application/json")], OPENAPI).into_response()
+}
+
+// ---- cluster ----
+
+fn node_status_of(s: &ApiState) -> NodeStatus {
+    let m = s.raft.metrics().borrow().clone();
+    let role = match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    };
+    NodeStatus {
+        id: s.id,
+        role: role.into(),
+        term: m.current_term,
+        leader: m.current_leader,
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied.map(|l| l.index),
+        revision: s.sm.applied_meta().revision,
+    }
+}
+
+async fn node_status(State(s): State<Arc<ApiState>>) -> Json<NodeStatus> {
+    Json(node_status_of(&s))
+}
+
+async fn cluster_status(State(s): State<Arc<ApiState>>, req: Request) -> Result<Json<ClusterStatus>, ApiError> {
+    let auth = req.headers().get("authorization").cloned();
+    let membership = s.raft.metrics().borrow().membership_config.clone();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let nodes: Vec<(NodeId, NodeInfo)> = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+    let mut statuses = BTreeMap::new();
+    for (id, node) in &nodes {
+        let st = if *id == s.id {
+            Some(node_status_of(&s))
+        } else {
+            let mut r = s.client.get(format!("http://{}/v1/node/status", node.api_addr));
+            if let Some(a) = &auth {
+                r = r.header("authorization", a);
+            }
+            match r.send().await {
+                Ok(resp) if resp.status().is_success() => resp.json::<NodeStatus>().await.ok(),
+                _ => None,
+            }
+        };
+        statuses.insert(*id, st);
+    }
+    let leader = statuses.values().flatten().find(|st| st.role == "leader").map(|st| st.id);
+    let leader_last = leader.and_then(|l| statuses.get(&l).cloned().flatten()).and_then(|st| st.last_log_index);
+    let members = nodes
+        .into_iter()
+        .map(|(id, node)| {
+            let status = statuses.remove(&id).flatten();
+            let lag = match (leader_last, status.as_ref().and_then(|st| st.applied_index)) {
+                (Some(l), Some(a)) => Some(l.saturating_sub(a)),
+                _ => None,
+            };
+            MemberStatus {
+                id,
+                raft_addr: node.raft_addr,
+                api_addr: node.api_addr,
+                voter: voters.contains(&id),
+                status,
+                lag,
+            }
+        })
+        .collect();
+    Ok(Json(ClusterStatus { leader, members }))
+}
+
+fn node_info(m: &MemberSpec) -> NodeInfo {
+    NodeInfo { raft_addr: m.raft_addr.clone(), api_addr: m.api_addr.clone() }
+}
+
+async fn cluster_init(State(s): State<Arc<ApiState>>, raw: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: InitRequest = if raw.is_empty() { InitRequest::default() } else { body(&raw)? };
+    let members: BTreeMap<NodeId, NodeInfo> = if req.members.is_empty() {
+        BTreeMap::from([(s.id, NodeInfo { raft_addr: s.config.raft_advertise(), api_addr: s.config.api_advertise() })])
+    } else {
+        req.members.iter().map(|m| (m.id, node_info(m))).collect()
+    };
+    s.raft.initialize(members.clone()).await?;
+    Ok(Json(serde_json::json!({ "initialized": members.keys().collect::<Vec<_>>() })))
+}
+
+async fn add_node(State(s): State<Arc<ApiState>>, raw: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+    let m: MemberSpec = body(&raw)?;
+    if m.id == 0 {
+        return Err(ApiError::BadRequest("node id must be at least 1".into()));
+    }
+    // Learner first: it catches up without counting towards the quorum, then becomes a voter.
+    s.raft.add_learner(m.id, node_info(&m), true).await?;
+    s.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([m.id])), false).await?;
+    Ok(Json(serde_json::json!({ "added": m.id })))
+}
+
+async fn remove_node(
+    State(s): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id: NodeId = id.parse().map_err(|_| ApiError::BadRequest(format!("node id {id:?} is not a number")))?;
+    let known = s.raft.metrics().borrow().membership_config.nodes().any(|(n, _)| *n == id);
+    if !known {
+        return Err(ApiError::NotFound(format!("node {id} is not a member")));
+    }
+    s.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await?;
+    Ok(Json(serde_json::json!({ "removed": id })))
+}
+
+// ---- hosts ----
+
+fn host_view(h: &Host) -> HostView {
+    HostView { host: h.clone(), state: h.state() }
+}
+
+async fn list_hosts(
+    State(s): State<Arc<ApiState>>,
+    q: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Read<Vec<HostView>>>, ApiError> {
+    read_barrier(&s, &query(q)?).await?;
+    Ok(Json(s.sm.read(|st| Read { revision: st.revision(), items: st.hosts().map(host_view).collect() })))
+}
+
+async fn show_host(
+    State(s): State<Arc<ApiState>>,
+    Path(n): Path<String>,
+    q: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Read<HostView>>, ApiError> {
+    let n = name(&n)?;
+    read_barrier(&s, &query(q)?).await?;
+    s.sm.read(|st| st.host(&n).map(|h| Read { revision: st.revision(), items: host_view(h) }))
+        .map(Json)
+        .ok_or(ApiError::Rejected(Rejection::UnknownHost { host: n }))
+}
+
+async fn register_host(
+    State(s): State<Arc<ApiState>>,
+    Extension(c): Extension<Caller>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let r: RegisterHostRequest = body(&raw)?;
+    let spec = HostSpec {
+        name: r.name,
+        address: r.address,
+        capacity: Resources { vcpus: r.vcpus, memory_mib: r.memory_mib },
+        profile: CompatProfile { hardware_family: r.hardware_family, hypervisor_version: r.hypervisor_version },
+    };
+    propose(&s, &c, r.request_id.as_deref(), Command::RegisterHost(spec)).await
+}
+
+async fn set_maintenance(
+    State(s): State<Arc<ApiState>>,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let host = name(&n)?;
+    let r: MaintenanceRequest = body(&raw)?;
+    propose(&s, &c, r.request_id.as_deref(), Command::SetHostMaintenance { host, maintenance: r.maintenance }).await
+}
+
+// ---- guests ----
+
+fn guest_view(st: &ClusterState, g: &Guest) -> GuestView {
+    GuestView {
+        guest: g.clone(),
+        package: g.spec.package.as_ref().and_then(|p| st.package(p)).cloned(),
+        migration: st.in_flight(&g.name).cloned(),
+    }
+}
+
+async fn list_guests(
+    State(s): State<Arc<ApiState>>,
+    q: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Read<Vec<GuestView>>>, ApiError> {
+    read_barrier(&s, &query(q)?).await?;
+    Ok(Json(s.sm.read(|st| Read { revision: st.revision(), items: st.guests().map(|g| guest_view(st, g)).collect() })))
+}
+
+async fn show_guest(
+    State(s): State<Arc<ApiState>>,
+    Path(n): Path<String>,
+    q: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Read<GuestView>>, ApiError> {
+    let n = name(&n)?;
+    read_barrier(&s, &query(q)?).await?;
+    s.sm.read(|st| st.guest(&n).map(|g| Read { revision: st.revision(), items: guest_view(st, g) }))
+        .map(Json)
+        .ok_or(ApiError::Rejected(Rejection::UnknownGuest { guest: n }))
+}
+
+async fn create_guest(
+    State(s): State<Arc<ApiState>>,
+    Extension(c): Extension<Caller>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let r: CreateGuestRequest = body(&raw)?;
+    let spec = GuestSpec {
+        vcpus: r.vcpus,
+        memory_mib: r.memory_mib,
+        disks: r.disks,
+        networks: r.networks,
+        online_migration: r.online_migration,
+        cluster_node: r.cluster_node,
+        package: r.package,
+    };
+    let cmd = Command::CreateGuest { name: r.name, spec, owner: r.owner, run_state: r.run_state };
+    propose(&s, &c, r.request_id.as_deref(), cmd).await
+}
+
+async fn modify_guest(
+    State(s): State<Arc<ApiState>>,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let guest = name(&n)?;
+    let r: ModifyGuestRequest = body(&raw)?;
+    if r.remove_package && r.package.is_some() {
+        return Err(ApiError::BadRequest("package and remove_package exclude each other".into()));
+    }
+    let patch = GuestPatch {
+        vcpus: r.vcpus,
+        memory_mib: r.memory_mib,
+        disks: r.disks,
+        networks: r.networks,
+        online_migration: r.online_migration,
+        cluster_node: r.cluster_node,
+        package: if r.remove_package { Some(None) } else { r.package.map(Some) },
+        run_state: r.run_state,
+    };
+    let cmd = Command::ModifyGuest { name: guest, patch, expect_version: r.expect_version };
+    propose(&s, &c, r.request_id.as_deref(), cmd).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RemoveParams {
+    expect_version: Option<Revision>,
+    request_id: Option<String>,
+}
+
+async fn remove_guest(
+    State(s): State<Arc<ApiState>>,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    q: Result<Query<RemoveParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let guest = name(&n)?;
+    let p = query(q)?;
+    propose(&s, &c, p.request_id.as_deref(), Command::RemoveGuest { name: guest, expect_version: p.expect_version })
+        .await
+}
+
+// ---- packages ----
+
+async fn list_packages(
+    State(s): State<Arc<ApiState>>,
+    q: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Read<Vec<Package>>>, ApiError> {
+    read_barrier(&s, &query(q)?).await?;
+    Ok(Json(s.sm.read(|st| Read { revision: st.revision(), items: st.packages().cloned().collect() })))
+}
+
+async fn set_switching(
+    State(s): State<Arc<ApiState>>,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let package = name(&n)?;
+    let r: SwitchingRequest = body(&raw)?;
+    let cmd = Command::SetPackageSwitching { package, node: r.node, enabled: r.enabled, reason: r.reason };
+    propose(&s, &c, r.request_id.as_deref(), cmd).await
+}

@@ -1,0 +1,589 @@
+//! The `switchyard` operator CLI (in the spirit of etcdctl): every verb is one API call, printed
+//! as a table by default or as the API's JSON with `-o json`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use switchyard_protocol::api::*;
+use switchyard_protocol::{Package, RunState};
+
+use crate::client::{Client, ClientError};
+
+#[derive(Parser, Debug)]
+#[command(name = "switchyard", version, about = "Operate a Switchyard cluster")]
+pub struct Cli {
+    /// Coordinator API endpoints (host:port), comma separated; tried in order.
+    #[arg(long, env = "SWITCHYARD_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7201", global = true)]
+    endpoints: Vec<String>,
+    /// Bearer token.
+    #[arg(long, env = "SWITCHYARD_TOKEN", default_value = "", hide_env_values = true, global = true)]
+    token: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
+    output: Output,
+    /// Serve reads from the contacted node without confirming leadership (may be stale).
+    #[arg(long, global = true)]
+    stale: bool,
+    /// Request timeout in seconds.
+    #[arg(long, default_value_t = 30, global = true)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Verb {
+    /// Cluster membership and health.
+    #[command(subcommand)]
+    Cluster(ClusterVerb),
+    /// VM hosts.
+    #[command(subcommand)]
+    Host(HostVerb),
+    /// Distributed guests.
+    #[command(subcommand)]
+    Guest(GuestVerb),
+    /// Failover package switching.
+    #[command(subcommand)]
+    Package(PackageVerb),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterVerb {
+    /// Every member: role, term, last log index, applied index, lag.
+    Status,
+    /// Bootstrap a new cluster on the contacted node (alone, or with --member entries).
+    Init {
+        /// ID=RAFT_ADDR,API_ADDR; repeat for each initial member.
+        #[arg(long = "member")]
+        members: Vec<String>,
+    },
+    /// Add a coordinator: it joins as a learner, catches up, then becomes a voter.
+    AddNode {
+        id: u64,
+        #[arg(long)]
+        raft_addr: String,
+        #[arg(long)]
+        api_addr: String,
+    },
+    /// Remove a coordinator from the cluster.
+    RemoveNode { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+enum HostVerb {
+    Register {
+        name: String,
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        vcpus: u32,
+        #[arg(long)]
+        memory_mib: u64,
+        #[arg(long)]
+        hardware_family: String,
+        #[arg(long)]
+        hypervisor_version: String,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Put a host into maintenance (`on`) or take it out (`off`).
+    Maintenance {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+}
+
+#[derive(Args, Debug)]
+struct WriteOpts {
+    /// Idempotency key (hex); retrying with the same id never applies a change twice.
+    #[arg(long)]
+    request_id: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum GuestVerb {
+    Create {
+        name: String,
+        /// The host the guest runs on.
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        vcpus: u32,
+        #[arg(long)]
+        memory_mib: u64,
+        #[arg(long = "disk")]
+        disks: Vec<String>,
+        #[arg(long = "network")]
+        networks: Vec<String>,
+        #[arg(long)]
+        package: Option<String>,
+        /// The guest runs cluster software (never moved online).
+        #[arg(long)]
+        cluster_node: bool,
+        /// Create the guest stopped.
+        #[arg(long)]
+        stopped: bool,
+        /// Attribute, as the hypervisor's tool takes it: online_migration=enabled|disabled.
+        #[arg(short = 'x')]
+        attrs: Vec<String>,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+    Modify {
+        name: String,
+        #[arg(long)]
+        vcpus: Option<u32>,
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// Replace the disk list (repeat for several).
+        #[arg(long = "disk")]
+        disks: Vec<String>,
+        /// Replace the network list (repeat for several).
+        #[arg(long = "network")]
+        networks: Vec<String>,
+        #[arg(long, conflicts_with = "no_package")]
+        package: Option<String>,
+        #[arg(long)]
+        no_package: bool,
+        #[arg(long)]
+        cluster_node: Option<bool>,
+        #[arg(long, value_parser = ["running", "stopped"])]
+        run_state: Option<String>,
+        /// online_migration=enabled|disabled
+        #[arg(short = 'x')]
+        attrs: Vec<String>,
+        /// Refuse unless the guest is still at this version.
+        #[arg(long)]
+        expect_version: Option<u64>,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+    Show {
+        name: String,
+    },
+    List,
+    Remove {
+        name: String,
+        #[arg(long)]
+        expect_version: Option<u64>,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PackageVerb {
+    Enable(SwitchArgs),
+    Disable(SwitchArgs),
+    List,
+}
+
+#[derive(Args, Debug)]
+struct SwitchArgs {
+    package: String,
+    /// Change only this node's switch.
+    #[arg(long)]
+    node: Option<String>,
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    write: WriteOpts,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(CliError::Usage(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Client(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Debug)]
+enum CliError {
+    Usage(String),
+    Client(ClientError),
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        CliError::Client(e)
+    }
+}
+
+/// Parses `-x key=value` attributes; only `online_migration` is known.
+fn online_migration_attr(attrs: &[String]) -> Result<Option<bool>, CliError> {
+    let mut out = None;
+    for a in attrs {
+        match a.split_once('=') {
+            Some(("online_migration", "enabled" | "true")) => out = Some(true),
+            Some(("online_migration", "disabled" | "false")) => out = Some(false),
+            Some(("online_migration", v)) => {
+                return Err(CliError::Usage(format!("online_migration takes enabled or disabled, not {v:?}")))
+            }
+            _ => {
+                return Err(CliError::Usage(format!(
+                    "unknown attribute {a:?}; known: online_migration=enabled|disabled"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn name_path(s: &str) -> Result<String, CliError> {
+    switchyard_protocol::Name::new(s)
+        .map(|n| n.to_string())
+        .map_err(|e| CliError::Usage(format!("invalid name {s:?}: {e}")))
+}
+
+/// Runs one verb and returns what to print.
+async fn run(cli: Cli) -> Result<String, CliError> {
+    let c = Client::new(cli.endpoints.clone(), cli.token.clone(), Duration::from_secs(cli.timeout));
+    let json = cli.output == Output::Json;
+    let q = if cli.stale { "?stale=true" } else { "" };
+    match cli.command {
+        Verb::Cluster(v) => match v {
+            ClusterVerb::Status => {
+                let s: ClusterStatus = c.get("/v1/cluster/status").await?;
+                Ok(if json { to_json(&s) } else { cluster_table(&s) })
+            }
+            ClusterVerb::Init { members } => {
+                let members = members.iter().map(|m| parse_member(m)).collect::<Result<Vec<_>, _>>()?;
+                let r: serde_json::Value = c.post("/v1/cluster/init", &InitRequest { members }).await?;
+                Ok(if json { to_json(&r) } else { "cluster initialized\n".into() })
+            }
+            ClusterVerb::AddNode { id, raft_addr, api_addr } => {
+                let r: serde_json::Value = c.post("/v1/cluster/nodes", &MemberSpec { id, raft_addr, api_addr }).await?;
+                Ok(if json { to_json(&r) } else { format!("node {id} added as a voter\n") })
+            }
+            ClusterVerb::RemoveNode { id } => {
+                let r: serde_json::Value = c.delete(&format!("/v1/cluster/nodes/{id}")).await?;
+                Ok(if json { to_json(&r) } else { format!("node {id} removed\n") })
+            }
+        },
+        Verb::Host(v) => match v {
+            HostVerb::Register { name, address, vcpus, memory_mib, hardware_family, hypervisor_version, write } => {
+                let name = switchyard_protocol::Name::new(&name)
+                    .map_err(|e| CliError::Usage(format!("invalid name {name:?}: {e}")))?;
+                let req = RegisterHostRequest {
+                    name,
+                    address,
+                    vcpus,
+                    memory_mib,
+                    hardware_family,
+                    hypervisor_version,
+                    request_id: write.request_id,
+                };
+                written(json, c.post("/v1/hosts", &req).await?)
+            }
+            HostVerb::List => {
+                let r: Read<Vec<HostView>> = c.get(&format!("/v1/hosts{q}")).await?;
+                Ok(if json { to_json(&r) } else { hosts_table(&r.items) })
+            }
+            HostVerb::Show { name } => {
+                let r: Read<HostView> = c.get(&format!("/v1/hosts/{}{q}", name_path(&name)?)).await?;
+                Ok(if json { to_json(&r) } else { hosts_table(std::slice::from_ref(&r.items)) })
+            }
+            HostVerb::Maintenance { name, state, write } => {
+                let req = MaintenanceRequest { maintenance: state == "on", request_id: write.request_id };
+                written(json, c.post(&format!("/v1/hosts/{}/maintenance", name_path(&name)?), &req).await?)
+            }
+        },
+        Verb::Guest(v) => match v {
+            GuestVerb::Create {
+                name,
+                owner,
+                vcpus,
+                memory_mib,
+                disks,
+                networks,
+                package,
+                cluster_node,
+                stopped,
+                attrs,
+                write,
+            } => {
+                let parse = |s: &str| {
+                    switchyard_protocol::Name::new(s).map_err(|e| CliError::Usage(format!("invalid name {s:?}: {e}")))
+                };
+                let req = CreateGuestRequest {
+                    name: parse(&name)?,
+                    owner: parse(&owner)?,
+                    vcpus,
+                    memory_mib,
+                    disks,
+                    networks,
+                    online_migration: online_migration_attr(&attrs)?.unwrap_or(true),
+                    cluster_node,
+                    package: package.as_deref().map(parse).transpose()?,
+                    run_state: if stopped { RunState::Stopped } else { RunState::Running },
+                    request_id: write.request_id,
+                };
+                written(json, c.post("/v1/guests", &req).await?)
+            }
+            GuestVerb::Modify {
+                name,
+                vcpus,
+                memory_mib,
+                disks,
+                networks,
+                package,
+                no_package,
+                cluster_node,
+                run_state,
+                attrs,
+                expect_version,
+                write,
+            } => {
+                let package = package
+                    .as_deref()
+                    .map(|p| {
+                        switchyard_protocol::Name::new(p)
+                            .map_err(|e| CliError::Usage(format!("invalid name {p:?}: {e}")))
+                    })
+                    .transpose()?;
+                let req = ModifyGuestRequest {
+                    vcpus,
+                    memory_mib,
+                    disks: (!disks.is_empty()).then_some(disks),
+                    networks: (!networks.is_empty()).then_some(networks),
+                    online_migration: online_migration_attr(&attrs)?,
+                    cluster_node,
+                    package,
+                    remove_package: no_package,
+                    run_state: run_state.map(|s| if s == "running" { RunState::Running } else { RunState::Stopped }),
+                    expect_version,
+                    request_id: write.request_id,
+                };
+                written(json, c.patch(&format!("/v1/guests/{}", name_path(&name)?), &req).await?)
+            }
+            GuestVerb::Show { name } => {
+                let r: Read<GuestView> = c.get(&format!("/v1/guests/{}{q}", name_path(&name)?)).await?;
+                Ok(if json { to_json(&r) } else { guests_table(std::slice::from_ref(&r.items)) })
+            }
+            GuestVerb::List => {
+                let r: Read<Vec<GuestView>> = c.get(&format!("/v1/guests{q}")).await?;
+                Ok(if json { to_json(&r) } else { guests_table(&r.items) })
+            }
+            GuestVerb::Remove { name, expect_version, write } => {
+                let mut params = Vec::new();
+                if let Some(v) = expect_version {
+                    params.push(format!("expect_version={v}"));
+                }
+                if let Some(r) = &write.request_id {
+                    params.push(format!("request_id={r}"));
+                }
+                let qs = if params.is_empty() { String::new() } else { format!("?{}", params.join("&")) };
+                written(json, c.delete(&format!("/v1/guests/{}{qs}", name_path(&name)?)).await?)
+            }
+        },
+        Verb::Package(v) => match v {
+            PackageVerb::List => {
+                let r: Read<Vec<Package>> = c.get(&format!("/v1/packages{q}")).await?;
+                Ok(if json { to_json(&r) } else { packages_table(&r.items) })
+            }
+            PackageVerb::Enable(a) => switching(&c, json, a, true).await,
+            PackageVerb::Disable(a) => switching(&c, json, a, false).await,
+        },
+    }
+}
+
+async fn switching(c: &Client, json: bool, a: SwitchArgs, enabled: bool) -> Result<String, CliError> {
+    let node = a
+        .node
+        .as_deref()
+        .map(|n| switchyard_protocol::Name::new(n).map_err(|e| CliError::Usage(format!("invalid name {n:?}: {e}"))))
+        .transpose()?;
+    let req = SwitchingRequest { enabled, node, reason: a.reason, request_id: a.write.request_id };
+    written(json, c.post(&format!("/v1/packages/{}/switching", name_path(&a.package)?), &req).await?)
+}
+
+fn parse_member(s: &str) -> Result<MemberSpec, CliError> {
+    let bad = || CliError::Usage(format!("--member {s:?}: expected ID=RAFT_ADDR,API_ADDR"));
+    let (id, addrs) = s.split_once('=').ok_or_else(bad)?;
+    let (raft, api) = addrs.split_once(',').ok_or_else(bad)?;
+    Ok(MemberSpec { id: id.parse().map_err(|_| bad())?, raft_addr: raft.into(), api_addr: api.into() })
+}
+
+fn written(json: bool, r: WriteResponse) -> Result<String, CliError> {
+    Ok(if json {
+        to_json(&r)
+    } else if r.duplicate {
+        format!("already applied at revision {} (request {})\n", r.first_revision, r.request_id)
+    } else if r.first_revision == r.last_revision {
+        format!("ok, revision {}\n", r.first_revision)
+    } else {
+        format!("ok, revisions {}-{}\n", r.first_revision, r.last_revision)
+    })
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    let mut s = serde_json::to_string_pretty(v).expect("API types serialise to JSON");
+    s.push('\n');
+    s
+}
+
+/// Renders rows as aligned columns.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, cell) in r.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s =
+            cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ");
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+fn cluster_table(s: &ClusterStatus) -> String {
+    let rows = s
+        .members
+        .iter()
+        .map(|m| {
+            let st = m.status.as_ref();
+            vec![
+                m.id.to_string(),
+                st.map_or("unreachable".into(), |s| s.role.clone()),
+                if m.voter { "voter".into() } else { "learner".into() },
+                opt(st.map(|s| s.term)),
+                opt(st.and_then(|s| s.last_log_index)),
+                opt(st.and_then(|s| s.applied_index)),
+                opt(m.lag),
+                m.api_addr.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "ROLE", "MEMBER", "TERM", "LAST LOG", "APPLIED", "LAG", "API"], rows)
+}
+
+fn hosts_table(hosts: &[HostView]) -> String {
+    let rows = hosts
+        .iter()
+        .map(|h| {
+            let s = &h.host.spec;
+            vec![
+                s.name.to_string(),
+                h.state.to_string(),
+                s.capacity.vcpus.to_string(),
+                s.capacity.memory_mib.to_string(),
+                s.profile.to_string(),
+                s.address.clone(),
+                h.host.version.to_string(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "STATE", "VCPUS", "MEMORY MIB", "PROFILE", "ADDRESS", "VERSION"], rows)
+}
+
+fn guests_table(guests: &[GuestView]) -> String {
+    let rows = guests
+        .iter()
+        .map(|g| {
+            let s = &g.guest.spec;
+            let switching = g.package.as_ref().map_or("-".to_string(), |p| {
+                if p.switching_enabled {
+                    "enabled".into()
+                } else {
+                    "DISABLED".into()
+                }
+            });
+            vec![
+                g.guest.name.to_string(),
+                g.guest.owner.to_string(),
+                format!("{:?}", g.guest.run_state).to_lowercase(),
+                s.vcpus.to_string(),
+                s.memory_mib.to_string(),
+                if s.online_migration { "enabled".into() } else { "disabled".into() },
+                s.cluster_node.to_string(),
+                opt(s.package.as_ref()),
+                switching,
+                g.migration.as_ref().map_or("-".into(), |m| format!("{} {}", m.id, m.phase)),
+                g.guest.version.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "OWNER",
+            "RUN",
+            "VCPUS",
+            "MEMORY MIB",
+            "ONLINE MIGRATION",
+            "CLUSTER NODE",
+            "PACKAGE",
+            "SWITCHING",
+            "MIGRATION",
+            "VERSION",
+        ],
+        rows,
+    )
+}
+
+fn packages_table(pkgs: &[Package]) -> String {
+    let rows = pkgs
+        .iter()
+        .map(|p| {
+            let c = &p.switching_changed;
+            vec![
+                p.name.to_string(),
+                p.guest.to_string(),
+                if p.switching_enabled { "enabled".into() } else { "DISABLED".into() },
+                if p.disabled_nodes.is_empty() {
+                    "-".into()
+                } else {
+                    p.disabled_nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+                },
+                format!("rev {} by {}", c.revision, c.actor),
+                opt(c.reason.as_ref()),
+            ]
+        })
+        .collect();
+    table(&["PACKAGE", "GUEST", "SWITCHING", "NODES DISABLED", "CHANGED", "REASON"], rows)
+}

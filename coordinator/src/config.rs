@@ -1,0 +1,270 @@
+//! Coordinator configuration: a TOML file plus command-line overrides, validated at start with
+//! messages that say what to change.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use switchyard_protocol::Name;
+
+/// What a bearer token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Read-only.
+    Operator,
+    /// A VM-host agent, bound to one host.
+    Agent,
+}
+
+/// One accepted bearer token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The secret clients send as `Authorization: Bearer <token>`; at least 16 characters.
+    pub token: String,
+    pub role: Role,
+    /// For `agent` tokens: the one host this agent may report for.
+    #[serde(default)]
+    pub host: Option<Name>,
+    /// A name for logs and for the `actor` recorded with every change (defaults to the role).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Raft timing and log-compaction settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time in [min, max) starts an election.
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Log entries kept behind the last snapshot (lagging followers catch up from the log,
+    /// not a snapshot, while they are within this window).
+    pub max_in_snapshot_log_to_keep: u64,
+    /// Largest snapshot chunk sent in one RPC.
+    pub snapshot_chunk_bytes_max: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_interval_ms: 100,
+            election_timeout_ms_min: 400,
+            election_timeout_ms_max: 800,
+            snapshot_logs_since_last: 5000,
+            max_in_snapshot_log_to_keep: 1000,
+            snapshot_chunk_bytes_max: 4 << 20,
+        }
+    }
+}
+
+/// Operator API limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Largest accepted request body.
+    pub request_body_bytes_max: usize,
+    /// Timeout of a request forwarded to the leader or sent to a peer for status.
+    pub peer_timeout_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { request_body_bytes_max: 64 * 1024, peer_timeout_ms: 5000 }
+    }
+}
+
+/// The whole coordinator configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This coordinator's Raft node id (> 0), unique in the cluster and bound to `data_dir`.
+    pub node_id: u64,
+    /// Where the log, event history and snapshots live.
+    pub data_dir: PathBuf,
+    /// Listen address of the Raft RPC server.
+    pub raft_listen: SocketAddr,
+    /// Listen address of the operator API.
+    pub api_listen: SocketAddr,
+    /// Address peers use to reach the Raft server (default: `raft_listen`).
+    #[serde(default)]
+    pub raft_advertise: Option<String>,
+    /// Address clients and peers use to reach the API (default: `api_listen`).
+    #[serde(default)]
+    pub api_advertise: Option<String>,
+    /// Secret shared by all coordinators; authenticates Raft RPC. At least 16 characters.
+    pub cluster_secret: String,
+    pub tokens: Vec<TokenConfig>,
+    #[serde(default)]
+    pub raft: RaftConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// What is wrong with a configuration, phrased as what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("read {}: {e}", path.display())))?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn raft_advertise(&self) -> String {
+        self.raft_advertise.clone().unwrap_or_else(|| self.raft_listen.to_string())
+    }
+
+    pub fn api_advertise(&self) -> String {
+        self.api_advertise.clone().unwrap_or_else(|| self.api_listen.to_string())
+    }
+
+    /// Checks every rule and says how to fix the first one broken.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.node_id == 0 {
+            return err("node_id must be at least 1".into());
+        }
+        if self.cluster_secret.len() < 16 {
+            return err(
+                "cluster_secret must be at least 16 characters (share the same value on every coordinator)".into()
+            );
+        }
+        if self.tokens.is_empty() {
+            return err("tokens is empty: add at least one [[tokens]] entry with role = \"admin\"".into());
+        }
+        let mut seen = HashSet::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            if t.token.len() < 16 {
+                return err(format!("tokens[{i}].token must be at least 16 characters"));
+            }
+            if t.token == self.cluster_secret {
+                return err(format!("tokens[{i}].token must differ from cluster_secret"));
+            }
+            if !seen.insert(&t.token) {
+                return err(format!("tokens[{i}].token is listed twice; every token must be unique"));
+            }
+            match (t.role, &t.host) {
+                (Role::Agent, None) => {
+                    return err(format!("tokens[{i}] has role agent but no host: set host = \"<host name>\""))
+                }
+                (Role::Admin | Role::Operator, Some(_)) => {
+                    return err(format!("tokens[{i}] sets host, which only agent tokens take"))
+                }
+                _ => {}
+            }
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 {
+            return err("raft.heartbeat_interval_ms must be at least 1".into());
+        }
+        if r.election_timeout_ms_min <= r.heartbeat_interval_ms * 2 {
+            return err(format!(
+                "raft.election_timeout_ms_min ({}) must be more than twice raft.heartbeat_interval_ms ({})",
+                r.election_timeout_ms_min, r.heartbeat_interval_ms
+            ));
+        }
+        if r.election_timeout_ms_max <= r.election_timeout_ms_min {
+            return err("raft.election_timeout_ms_max must be greater than raft.election_timeout_ms_min".into());
+        }
+        if r.snapshot_logs_since_last == 0 {
+            return err("raft.snapshot_logs_since_last must be at least 1".into());
+        }
+        if r.snapshot_chunk_bytes_max < 1024 {
+            return err("raft.snapshot_chunk_bytes_max must be at least 1024".into());
+        }
+        if self.api.request_body_bytes_max < 1024 {
+            return err("api.request_body_bytes_max must be at least 1024".into());
+        }
+        if self.api.peer_timeout_ms == 0 {
+            return err("api.peer_timeout_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The openraft configuration derived from this one.
+    pub fn openraft(&self) -> Result<openraft::Config, ConfigError> {
+        let c = openraft::Config {
+            cluster_name: "switchyard".into(),
+            heartbeat_interval: self.raft.heartbeat_interval_ms,
+            election_timeout_min: self.raft.election_timeout_ms_min,
+            election_timeout_max: self.raft.election_timeout_ms_max,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.raft.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.raft.max_in_snapshot_log_to_keep,
+            snapshot_max_chunk_size: self.raft.snapshot_chunk_bytes_max,
+            ..Default::default()
+        };
+        c.validate().map_err(|e| ConfigError(format!("raft: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Config {
+        toml::from_str(
+            r#"
+            node_id = 1
+            data_dir = "data/n1"
+            raft_listen = "127.0.0.1:7101"
+            api_listen = "127.0.0.1:7201"
+            cluster_secret = "0123456789abcdef-secret"
+            [[tokens]]
+            token = "admin-token-0123456789"
+            role = "admin"
+            [[tokens]]
+            token = "agent-token-0123456789"
+            role = "agent"
+            host = "h1"
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sample_is_valid() {
+        sample().validate().unwrap();
+        sample().openraft().unwrap();
+    }
+
+    #[test]
+    fn every_rule_names_the_setting() {
+        let cases: Vec<(Box<dyn Fn(&mut Config)>, &str)> = vec![
+            (Box::new(|c| c.node_id = 0), "node_id"),
+            (Box::new(|c| c.cluster_secret = "short".into()), "cluster_secret"),
+            (Box::new(|c| c.tokens.clear()), "tokens is empty"),
+            (Box::new(|c| c.tokens[0].token = "short".into()), "tokens[0].token"),
+            (Box::new(|c| c.tokens[1].host = None), "no host"),
+            (Box::new(|c| c.tokens[0].host = Some(Name::new("h1").unwrap())), "only agent tokens"),
+            (Box::new(|c| c.tokens[1].token = c.tokens[0].token.clone()), "listed twice"),
+            (Box::new(|c| c.raft.election_timeout_ms_min = 150), "more than twice"),
+            (Box::new(|c| c.raft.election_timeout_ms_max = 100), "election_timeout_ms_max"),
+            (Box::new(|c| c.api.request_body_bytes_max = 10), "request_body_bytes_max"),
+        ];
+        for (mutate, want) in cases {
+            let mut c = sample();
+            mutate(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{e} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn unknown_settings_are_refused() {
+        let e = toml::from_str::<Config>("node_id = 1\nnode_idd = 2").unwrap_err().to_string();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+}

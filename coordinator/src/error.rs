@@ -1,0 +1,131 @@
+//! API errors: each maps to an HTTP status and a JSON body with a stable code.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError};
+use switchyard_protocol::api::ErrorBody;
+use switchyard_protocol::Rejection;
+use switchyard_storage::{NodeId, NodeInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Rejected(Rejection),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or unknown bearer token; send `Authorization: Bearer <token>`")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("this node is not the leader{}", .leader.as_ref().map(|l| format!("; the leader is at {l}")).unwrap_or_else(|| " and no leader is known yet; retry shortly".into()))]
+    NotLeader { leader: Option<String> },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Marks a response that a follower may forward to the leader.
+#[derive(Clone, Debug)]
+pub struct LeaderHint(pub String);
+
+impl ApiError {
+    pub fn code(&self) -> &str {
+        match self {
+            ApiError::Rejected(r) => r.code(),
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::NotLeader { .. } => "not_leader",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Rejected(r) => match r.code() {
+                c if c.starts_with("unknown_") => StatusCode::NOT_FOUND,
+                "invalid_argument" => StatusCode::BAD_REQUEST,
+                _ => StatusCode::CONFLICT,
+            },
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotLeader { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn forward(f: &ForwardToLeader<NodeId, NodeInfo>) -> ApiError {
+        ApiError::NotLeader { leader: f.leader_node.as_ref().map(|n| n.api_addr.clone()) }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let leader = match &self {
+            ApiError::NotLeader { leader } => leader.clone(),
+            _ => None,
+        };
+        let body = ErrorBody { code: self.code().to_string(), message: self.to_string(), leader: leader.clone() };
+        let mut resp = (self.status(), Json(body)).into_response();
+        if let Some(l) = leader {
+            resp.extensions_mut().insert(LeaderHint(l));
+        }
+        resp
+    }
+}
+
+impl From<RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>> for ApiError {
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Self {
+        match &e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ApiError::forward(f),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => ApiError::Conflict(c.to_string()),
+            RaftError::Fatal(f) => ApiError::Unavailable(format!("raft stopped: {f}")),
+        }
+    }
+}
+
+impl From<RaftError<NodeId, CheckIsLeaderError<NodeId, NodeInfo>>> for ApiError {
+    fn from(e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeInfo>>) -> Self {
+        match &e {
+            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => ApiError::forward(f),
+            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
+                ApiError::Unavailable(format!("leadership not confirmed by a quorum: {q}"))
+            }
+            RaftError::Fatal(f) => ApiError::Unavailable(format!("raft stopped: {f}")),
+        }
+    }
+}
+
+impl From<RaftError<NodeId, InitializeError<NodeId, NodeInfo>>> for ApiError {
+    fn from(e: RaftError<NodeId, InitializeError<NodeId, NodeInfo>>) -> Self {
+        match &e {
+            RaftError::APIError(InitializeError::NotAllowed(n)) => {
+                ApiError::Conflict(format!("cluster is already initialized: {n}"))
+            }
+            RaftError::APIError(InitializeError::NotInMembers(n)) => ApiError::BadRequest(n.to_string()),
+            RaftError::Fatal(f) => ApiError::Unavailable(format!("raft stopped: {f}")),
+        }
+    }
+}
+
+impl From<switchyard_storage::StoreError> for ApiError {
+    fn from(e: switchyard_storage::StoreError) -> Self {
+        ApiError::Internal(format!("storage: {e}"))
+    }
+}

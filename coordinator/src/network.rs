@@ -1,0 +1,121 @@
+//! Raft RPC between coordinators: bincode over HTTP (`POST /raft/{append,vote,snapshot}` on the
+//! peer's Raft address).
+//!
+//! Every request carries the cluster secret and the node id it is meant for; the receiver refuses
+//! a request addressed to another id, so a stale or wrong address can never make a node answer
+//! in another's name (RAFT_STORAGE_RULES §10). A peer that cannot be reached is reported to
+//! openraft as `Unreachable`, which makes it back off instead of retrying in a tight loop.
+
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use switchyard_protocol::codec;
+use switchyard_storage::{NodeId, NodeInfo, TypeConfig};
+
+/// Header naming the node id a Raft RPC is addressed to.
+pub const TARGET_HEADER: &str = "x-switchyard-target";
+
+/// Creates one [`Peer`] per remote node.
+#[derive(Clone)]
+pub struct Network {
+    client: reqwest::Client,
+    secret: String,
+}
+
+impl Network {
+    pub fn new(secret: String) -> Network {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client without TLS always builds");
+        Network { client, secret }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
+        Peer { target, node: node.clone(), client: self.client.clone(), secret: self.secret.clone() }
+    }
+}
+
+/// The connection to one remote coordinator.
+pub struct Peer {
+    target: NodeId,
+    node: NodeInfo,
+    client: reqwest::Client,
+    secret: String,
+}
+
+impl Peer {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let url = format!("http://{}/raft/{path}", self.node.raft_addr);
+        let resp = self
+            .client
+            .post(&url)
+            .bearer_auth(&self.secret)
+            .header(TARGET_HEADER, self.target.to_string())
+            .timeout(option.hard_ttl())
+            .body(codec::encode(req))
+            .send()
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            let e = std::io::Error::other(format!("{url}: {status}: {text}"));
+            // A refusal (wrong node id, wrong secret) means this address is not the peer we want.
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
+        let bytes = resp.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let answer: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.call("append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call("snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.call("vote", &rpc, &option).await
+    }
+}

@@ -1,0 +1,70 @@
+//! Starting and stopping one coordinator: storage, the Raft node, the Raft RPC server and the
+//! operator API server.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+
+use anyhow::Context;
+use openraft::Raft;
+use switchyard_storage::{StateMachineStore, TypeConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::network::Network;
+use crate::raft_server;
+
+/// A running coordinator.
+pub struct Coordinator {
+    pub raft: Raft<TypeConfig>,
+    pub sm: StateMachineStore,
+    pub config: Arc<Config>,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Coordinator {
+    /// Opens storage, starts Raft and binds both listeners.
+    pub async fn start(config: Config) -> anyhow::Result<Coordinator> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let raft_config = Arc::new(config.openraft()?);
+        let (log, sm) = switchyard_storage::open(&config.data_dir, config.node_id)
+            .with_context(|| format!("open data directory {}", config.data_dir.display()))?;
+        let network = Network::new(config.cluster_secret.clone());
+        let raft = Raft::new(config.node_id, raft_config, network, log, sm.clone()).await.context("start raft")?;
+
+        let raft_listener = tokio::net::TcpListener::bind(config.raft_listen)
+            .await
+            .with_context(|| format!("bind raft address {}", config.raft_listen))?;
+        let api_listener = tokio::net::TcpListener::bind(config.api_listen)
+            .await
+            .with_context(|| format!("bind api address {}", config.api_listen))?;
+        let (stop, stopped) = watch::channel(false);
+        let wait = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let raft_app = raft_server::router(config.node_id, config.cluster_secret.clone(), raft.clone());
+        let api_app = api::router(ApiState::new(config.node_id, raft.clone(), sm.clone(), config.clone()));
+        let servers = vec![
+            tokio::spawn(
+                axum::serve(raft_listener, raft_app).with_graceful_shutdown(wait(stopped.clone())).into_future(),
+            ),
+            tokio::spawn(axum::serve(api_listener, api_app).with_graceful_shutdown(wait(stopped)).into_future()),
+        ];
+        tracing::info!(node = config.node_id, raft = %config.raft_listen, api = %config.api_listen, "coordinator started");
+        Ok(Coordinator { raft, sm, config, stop, servers })
+    }
+
+    /// Stops serving, then stops Raft.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for s in self.servers {
+            s.await.context("join server task")?.context("serve")?;
+        }
+        self.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+        tracing::info!(node = self.config.node_id, "coordinator stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,204 @@
+//! Messages of the operator HTTP/JSON API, shared by the coordinator (server) and the CLI and
+//! tools (clients). Requests refuse unknown fields, so a typo is an error instead of a silently
+//! ignored setting. Names are validated while decoding (see [`Name`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Guest, Host, HostState, Migration, Package, Revision, RunState};
+use crate::name::Name;
+use crate::rejection::Rejection;
+
+/// The body of every error answer: a stable code to match on and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    /// For `not_leader`: the leader's API address, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+}
+
+impl From<&Rejection> for ErrorBody {
+    fn from(r: &Rejection) -> Self {
+        ErrorBody { code: r.code().to_string(), message: r.to_string(), leader: None }
+    }
+}
+
+/// Answer to every accepted write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResponse {
+    pub request_id: String,
+    pub first_revision: Revision,
+    pub last_revision: Revision,
+    /// True when the request id had been applied before: nothing new was committed.
+    pub duplicate: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterHostRequest {
+    pub name: Name,
+    pub address: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub hardware_family: String,
+    pub hypervisor_version: String,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    pub maintenance: bool,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn running() -> RunState {
+    RunState::Running
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGuestRequest {
+    pub name: Name,
+    /// The host the guest runs on.
+    pub owner: Name,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub disks: Vec<String>,
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default = "yes")]
+    pub online_migration: bool,
+    #[serde(default)]
+    pub cluster_node: bool,
+    #[serde(default)]
+    pub package: Option<Name>,
+    #[serde(default = "running")]
+    pub run_state: RunState,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModifyGuestRequest {
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    #[serde(default)]
+    pub disks: Option<Vec<String>>,
+    #[serde(default)]
+    pub networks: Option<Vec<String>>,
+    #[serde(default)]
+    pub online_migration: Option<bool>,
+    #[serde(default)]
+    pub cluster_node: Option<bool>,
+    /// Wrap the guest in this package (replacing any other).
+    #[serde(default)]
+    pub package: Option<Name>,
+    /// Remove the guest's package.
+    #[serde(default)]
+    pub remove_package: bool,
+    #[serde(default)]
+    pub run_state: Option<RunState>,
+    /// Refuse the change unless the guest is still at this version.
+    #[serde(default)]
+    pub expect_version: Option<Revision>,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchingRequest {
+    pub enabled: bool,
+    /// Per-node switching of this host instead of the package's global switch.
+    #[serde(default)]
+    pub node: Option<Name>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// A host with its derived state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    #[serde(flatten)]
+    pub host: Host,
+    pub state: HostState,
+}
+
+/// A guest with its package, and the in-flight migration if any.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestView {
+    #[serde(flatten)]
+    pub guest: Guest,
+    pub package: Option<Package>,
+    pub migration: Option<Migration>,
+}
+
+/// A read answer: the value and the revision it was read at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Read<T> {
+    pub revision: Revision,
+    pub items: T,
+}
+
+/// One coordinator in `cluster init` / `cluster add-node`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSpec {
+    pub id: u64,
+    pub raft_addr: String,
+    pub api_addr: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    /// The initial members; empty means "this node alone".
+    #[serde(default)]
+    pub members: Vec<MemberSpec>,
+}
+
+/// What one coordinator says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    /// leader, follower, candidate or learner.
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub revision: Revision,
+}
+
+/// One member as `cluster status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub voter: bool,
+    /// `None` when the member did not answer.
+    pub status: Option<NodeStatus>,
+    /// How many log entries the member's applied index is behind the leader's last log index.
+    pub lag: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub leader: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}

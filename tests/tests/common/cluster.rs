@@ -1,0 +1,264 @@
+//! A process-level test cluster: real `switchyard-coordinator` processes on free loopback ports,
+//! one data directory each, that tests can kill (SIGKILL), restart and query. Every wait polls a
+//! condition until a deadline; nothing sleeps for a fixed time and hopes.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchyard_coordinator::client::Client;
+use switchyard_protocol::api::{MemberSpec, NodeStatus};
+
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0001";
+pub const OPERATOR_TOKEN: &str = "operator-token-for-tests-01";
+pub const AGENT_TOKEN: &str = "agent-h1-token-for-tests-01";
+const SECRET: &str = "cluster-secret-for-tests-0001";
+
+/// Settings a test may change.
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    pub snapshot_logs_since_last: u64,
+    pub max_in_snapshot_log_to_keep: u64,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        ClusterOpts { snapshot_logs_since_last: 5000, max_in_snapshot_log_to_keep: 1000 }
+    }
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub dir: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct TestCluster {
+    pub nodes: Vec<NodeProc>,
+    opts: ClusterOpts,
+    _tmp: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("addr").port()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl TestCluster {
+    /// Starts `n` coordinators, bootstraps the cluster on node 1 and adds the others as voters.
+    pub async fn start(n: usize, opts: ClusterOpts) -> TestCluster {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut c = TestCluster { nodes: Vec::new(), opts, _tmp: tmp };
+        for id in 1..=n as u64 {
+            c.spawn_new_node(id);
+        }
+        let admin = c.client_for(&[1], ADMIN_TOKEN);
+        eventually("node 1 to answer", Duration::from_secs(20), || async {
+            admin.get::<NodeStatus>("/v1/node/status").await.ok()
+        })
+        .await;
+        admin.post::<_, serde_json::Value>("/v1/cluster/init", &serde_json::json!({})).await.expect("init");
+        c.wait_leader(&[1]).await;
+        for id in 2..=n as u64 {
+            c.add_voter(id).await;
+        }
+        c
+    }
+
+    /// Creates the directory and config of a new node and starts it (not yet a member).
+    pub fn spawn_new_node(&mut self, id: u64) -> &NodeProc {
+        let dir = self._tmp.path().join(format!("node{id}"));
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let (raft_port, api_port) = (free_port(), free_port());
+        let config = dir.join("coordinator.toml");
+        let text = format!(
+            r#"node_id = {id}
+data_dir = "{data}"
+raft_listen = "127.0.0.1:{raft_port}"
+api_listen = "127.0.0.1:{api_port}"
+cluster_secret = "{SECRET}"
+
+[[tokens]]
+token = "{ADMIN_TOKEN}"
+role = "admin"
+name = "test-admin"
+
+[[tokens]]
+token = "{OPERATOR_TOKEN}"
+role = "operator"
+
+[[tokens]]
+token = "{AGENT_TOKEN}"
+role = "agent"
+host = "h1"
+
+[raft]
+heartbeat_interval_ms = 100
+election_timeout_ms_min = 500
+election_timeout_ms_max = 1000
+snapshot_logs_since_last = {snap}
+max_in_snapshot_log_to_keep = {keep}
+"#,
+            data = dir.join("data").display(),
+            snap = self.opts.snapshot_logs_since_last,
+            keep = self.opts.max_in_snapshot_log_to_keep,
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut node = NodeProc {
+            id,
+            raft_addr: format!("127.0.0.1:{raft_port}"),
+            api_addr: format!("127.0.0.1:{api_port}"),
+            dir,
+            config,
+            child: None,
+        };
+        node.child = Some(spawn(&node));
+        self.nodes.push(node);
+        self.nodes.last().expect("just pushed")
+    }
+
+    pub async fn add_voter(&self, id: u64) {
+        let n = self.node(id);
+        let spec = MemberSpec { id, raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() };
+        let admin = self.client(&self.alive_ids());
+        eventually(&format!("node {id} to join"), Duration::from_secs(30), || async {
+            match admin.post::<_, serde_json::Value>("/v1/cluster/nodes", &spec).await {
+                Ok(_) => Some(()),
+                Err(e) => {
+                    eprintln!("add node {id}: {e}");
+                    None
+                }
+            }
+        })
+        .await;
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    pub fn alive_ids(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+    }
+
+    /// An admin client over the API endpoints of `ids`.
+    pub fn client(&self, ids: &[u64]) -> Client {
+        self.client_for(ids, ADMIN_TOKEN)
+    }
+
+    pub fn client_for(&self, ids: &[u64], token: &str) -> Client {
+        let eps = ids.iter().map(|id| self.node(*id).api_addr.clone()).collect();
+        Client::new(eps, token.to_string(), Duration::from_secs(10))
+    }
+
+    /// Kills a node with SIGKILL.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.node_mut(id).child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts a killed node on the same ports and data directory.
+    pub fn restart(&mut self, id: u64) {
+        let n = self.node_mut(id);
+        assert!(n.child.is_none(), "node {id} is running");
+        n.child = Some(spawn(n));
+    }
+
+    pub async fn status(&self, id: u64) -> Option<NodeStatus> {
+        self.client(&[id]).get::<NodeStatus>("/v1/node/status").await.ok()
+    }
+
+    /// Waits until the given nodes all answer and agree on one leader among them.
+    pub async fn wait_leader(&self, among: &[u64]) -> u64 {
+        eventually(&format!("a leader among {among:?}"), Duration::from_secs(30), || async {
+            let mut leader = None;
+            for id in among {
+                let st = self.status(*id).await?;
+                let l = st.leader?;
+                if !among.contains(&l) || leader.is_some_and(|x| x != l) {
+                    return None;
+                }
+                leader = Some(l);
+            }
+            let l = leader?;
+            (self.status(l).await?.role == "leader").then_some(l)
+        })
+        .await
+    }
+
+    /// Waits until node `id` has applied at least `revision`.
+    pub async fn wait_revision(&self, id: u64, revision: u64) -> NodeStatus {
+        eventually(&format!("node {id} to reach revision {revision}"), Duration::from_secs(60), || async {
+            self.status(id).await.filter(|s| s.revision >= revision)
+        })
+        .await
+    }
+
+    /// Runs the CLI against the given nodes with a token; returns (exit code, stdout, stderr).
+    pub fn cli(&self, ids: &[u64], token: &str, args: &[&str]) -> (i32, String, String) {
+        let eps: Vec<String> = ids.iter().map(|id| self.node(*id).api_addr.clone()).collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_cli_proc"))
+            .args(args)
+            .env("SWITCHYARD_ENDPOINTS", eps.join(","))
+            .env("SWITCHYARD_TOKEN", token)
+            .output()
+            .expect("run cli");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    /// Stops every node (SIGKILL) so their data directories can be inspected.
+    pub fn kill_all(&mut self) {
+        for id in self.alive_ids() {
+            self.kill(id);
+        }
+    }
+}
+
+fn spawn(n: &NodeProc) -> Child {
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(n.dir.join("coordinator.log")).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_coordinator_proc"))
+        .arg("--config")
+        .arg(&n.config)
+        .env("RUST_LOG", "info,openraft=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn coordinator")
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}

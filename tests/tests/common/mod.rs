@@ -1,0 +1,3 @@
+//! Shared harness of the process-level tests.
+#![allow(dead_code)]
+pub mod cluster;
