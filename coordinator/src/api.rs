@@ -245,6 +245,8 @@ fn node_status_of(s: &ApiState) -> NodeStatus {
         leader: m.current_leader,
         last_log_index: m.last_log_index,
         applied_index: m.last_applied.map(|l| l.index),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
         revision: s.sm.applied_meta().revision,
     }
 }

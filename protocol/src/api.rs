@@ -181,6 +181,12 @@ pub struct NodeStatus {
     pub leader: Option<u64>,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// Last log index covered by this node's current snapshot.
+    #[serde(default)]
+    pub snapshot_index: Option<u64>,
+    /// Last log index this node has purged from its log.
+    #[serde(default)]
+    pub purged_index: Option<u64>,
     pub revision: Revision,
 }
 
