@@ -319,8 +319,36 @@ async fn add_node(State(s): State<Arc<ApiState>>, raw: Bytes) -> Result<Json<ser
     if m.id == 0 {
         return Err(ApiError::BadRequest("node id must be at least 1".into()));
     }
-    // Learner first: it catches up without counting towards the quorum, then becomes a voter.
-    s.raft.add_learner(m.id, node_info(&m), true).await?;
+    // Learner first: it catches up without counting towards the quorum. Only a learner that has
+    // caught up is promoted: promoting an unreachable node could cost the cluster its quorum.
+    s.raft.add_learner(m.id, node_info(&m), false).await?;
+    let wait = Duration::from_millis(s.config.api.join_timeout_ms);
+    let mut metrics = s.raft.metrics();
+    let target = metrics.borrow().last_log_index.unwrap_or(0);
+    let id = m.id;
+    let matched = |m: &openraft::RaftMetrics<NodeId, NodeInfo>| -> Option<u64> {
+        m.replication.as_ref()?.get(&id)?.as_ref().map(|l| l.index)
+    };
+    let caught_up = async {
+        loop {
+            if matched(&metrics.borrow()).is_some_and(|i| i >= target) {
+                return Ok(());
+            }
+            if metrics.changed().await.is_err() {
+                return Err(ApiError::Unavailable("raft stopped".into()));
+            }
+        }
+    };
+    match tokio::time::timeout(wait, caught_up).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ApiError::Unavailable(format!(
+                "node {id} was added as a learner but did not catch up within {wait:?}; check that it runs and \
+                 is reachable at {}, then retry (or remove it)",
+                m.raft_addr
+            )))
+        }
+    }
     s.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([m.id])), false).await?;
     Ok(Json(serde_json::json!({ "added": m.id })))
 }
@@ -330,11 +358,16 @@ async fn remove_node(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id: NodeId = id.parse().map_err(|_| ApiError::BadRequest(format!("node id {id:?} is not a number")))?;
-    let known = s.raft.metrics().borrow().membership_config.nodes().any(|(n, _)| *n == id);
-    if !known {
+    let membership = s.raft.metrics().borrow().membership_config.clone();
+    if !membership.nodes().any(|(n, _)| *n == id) {
         return Err(ApiError::NotFound(format!("node {id} is not a member")));
     }
-    s.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await?;
+    let change = if membership.voter_ids().any(|v| v == id) {
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    };
+    s.raft.change_membership(change, false).await?;
     Ok(Json(serde_json::json!({ "removed": id })))
 }
 

@@ -74,11 +74,14 @@ pub struct ApiConfig {
     pub request_body_bytes_max: usize,
     /// Timeout of a request forwarded to the leader or sent to a peer for status.
     pub peer_timeout_ms: u64,
+    /// How long `cluster add-node` waits for the new node to catch up as a learner before it
+    /// gives up (the node stays a learner; retry once it is reachable).
+    pub join_timeout_ms: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { request_body_bytes_max: 64 * 1024, peer_timeout_ms: 5000 }
+        ApiConfig { request_body_bytes_max: 64 * 1024, peer_timeout_ms: 5000, join_timeout_ms: 60_000 }
     }
 }
 
@@ -190,6 +193,9 @@ impl Config {
         }
         if self.api.peer_timeout_ms == 0 {
             return err("api.peer_timeout_ms must be at least 1".into());
+        }
+        if self.api.join_timeout_ms == 0 {
+            return err("api.join_timeout_ms must be at least 1".into());
         }
         Ok(())
     }

@@ -118,6 +118,9 @@ election_timeout_ms_min = 500
 election_timeout_ms_max = 1000
 snapshot_logs_since_last = {snap}
 max_in_snapshot_log_to_keep = {keep}
+
+[api]
+join_timeout_ms = 5000
 "#,
             data = dir.join("data").display(),
             snap = self.opts.snapshot_logs_since_last,
