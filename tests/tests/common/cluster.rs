@@ -67,8 +67,7 @@ where
 impl TestCluster {
     /// Starts `n` coordinators, bootstraps the cluster on node 1 and adds the others as voters.
     pub async fn start(n: usize, opts: ClusterOpts) -> TestCluster {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let mut c = TestCluster { nodes: Vec::new(), opts, _tmp: tmp };
+        let mut c = TestCluster::empty(opts);
         for id in 1..=n as u64 {
             c.spawn_new_node(id);
         }
@@ -83,6 +82,11 @@ impl TestCluster {
             c.add_voter(id).await;
         }
         c
+    }
+
+    /// A cluster with no node yet; add nodes with [`TestCluster::spawn_new_node`].
+    pub fn empty(opts: ClusterOpts) -> TestCluster {
+        TestCluster { nodes: Vec::new(), opts, _tmp: tempfile::tempdir().expect("temp dir") }
     }
 
     /// Creates the directory and config of a new node and starts it (not yet a member).
