@@ -248,7 +248,8 @@ mod tests {
 
     #[test]
     fn every_rule_names_the_setting() {
-        let cases: Vec<(Box<dyn Fn(&mut Config)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|c| c.node_id = 0), "node_id"),
             (Box::new(|c| c.cluster_secret = "short".into()), "cluster_secret"),
             (Box::new(|c| c.tokens.clear()), "tokens is empty"),

@@ -33,36 +33,36 @@ pub fn router(id: NodeId, secret: String, raft: Raft<TypeConfig>) -> Router {
 }
 
 /// Checks the secret and that the request is addressed to this node; decodes the body.
-fn admit<T: DeserializeOwned>(s: &RaftState, headers: &HeaderMap, body: &[u8]) -> Result<T, Response> {
+fn admit<T: DeserializeOwned>(s: &RaftState, headers: &HeaderMap, body: &[u8]) -> Result<T, (StatusCode, String)> {
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
     if auth.strip_prefix("Bearer ") != Some(s.secret.as_str()) {
-        return Err((StatusCode::UNAUTHORIZED, "raft rpc: wrong or missing cluster secret").into_response());
+        return Err((StatusCode::UNAUTHORIZED, "raft rpc: wrong or missing cluster secret".into()));
     }
     let target = headers.get(TARGET_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if target != Some(s.id) {
         let msg = format!("raft rpc addressed to node {target:?}, but this is node {}", s.id);
-        return Err((StatusCode::MISDIRECTED_REQUEST, msg).into_response());
+        return Err((StatusCode::MISDIRECTED_REQUEST, msg));
     }
-    codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("raft rpc: {e}")).into_response())
+    codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("raft rpc: {e}")))
 }
 
 async fn append(State(s): State<RaftState>, headers: HeaderMap, body: Bytes) -> Response {
     match admit(&s, &headers, &body) {
         Ok(req) => codec::encode(&s.raft.append_entries(req).await).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 async fn vote(State(s): State<RaftState>, headers: HeaderMap, body: Bytes) -> Response {
     match admit(&s, &headers, &body) {
         Ok(req) => codec::encode(&s.raft.vote(req).await).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 async fn snapshot(State(s): State<RaftState>, headers: HeaderMap, body: Bytes) -> Response {
     match admit(&s, &headers, &body) {
         Ok(req) => codec::encode(&s.raft.install_snapshot(req).await).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
