@@ -53,6 +53,15 @@ enum Verb {
     /// Failover package switching.
     #[command(subcommand)]
     Package(PackageVerb),
+    /// Start a complete local cluster (3 coordinators) with data in a local folder.
+    Dev {
+        /// Where the cluster keeps its data, tokens and ports.
+        #[arg(long, default_value = "switchyard-dev")]
+        dir: std::path::PathBuf,
+        /// Raft ports are BASE+1..3, API ports BASE+101..103; 0 picks free ports.
+        #[arg(long, default_value_t = 7100)]
+        base_port: u16,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -207,6 +216,20 @@ struct SwitchArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Verb::Dev { dir, base_port } = cli.command {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .with_writer(std::io::stderr)
+            .init();
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start runtime");
+        return match rt.block_on(crate::dev::run(dir, base_port)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -274,6 +297,7 @@ async fn run(cli: Cli) -> Result<String, CliError> {
     let json = cli.output == Output::Json;
     let q = if cli.stale { "?stale=true" } else { "" };
     match cli.command {
+        Verb::Dev { .. } => unreachable!("handled in main"),
         Verb::Cluster(v) => match v {
             ClusterVerb::Status => {
                 let s: ClusterStatus = c.get("/v1/cluster/status").await?;

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dev;
 pub mod error;
 pub mod network;
 pub mod node;
