@@ -217,6 +217,18 @@ async fn read_barrier(s: &ApiState, params: &ReadParams) -> Result<(), ApiError>
     Ok(())
 }
 
+type ReadQuery = Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>;
+
+/// A read of the state: linearizable unless `?stale=true`, answered with the revision it saw.
+async fn read_state<T>(
+    s: &ApiState,
+    q: ReadQuery,
+    f: impl FnOnce(&ClusterState) -> Result<T, ApiError>,
+) -> Result<Json<Read<T>>, ApiError> {
+    read_barrier(s, &query(q)?).await?;
+    s.sm.read(|st| f(st).map(|items| Json(Read { revision: st.revision(), items })))
+}
+
 fn query<T: DeserializeOwned + Default>(
     q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, ApiError> {
@@ -377,24 +389,20 @@ fn host_view(h: &Host) -> HostView {
     HostView { host: h.clone(), state: h.state() }
 }
 
-async fn list_hosts(
-    State(s): State<Arc<ApiState>>,
-    q: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Read<Vec<HostView>>>, ApiError> {
-    read_barrier(&s, &query(q)?).await?;
-    Ok(Json(s.sm.read(|st| Read { revision: st.revision(), items: st.hosts().map(host_view).collect() })))
+async fn list_hosts(State(s): State<Arc<ApiState>>, q: ReadQuery) -> Result<Json<Read<Vec<HostView>>>, ApiError> {
+    read_state(&s, q, |st| Ok(st.hosts().map(host_view).collect())).await
 }
 
 async fn show_host(
     State(s): State<Arc<ApiState>>,
     Path(n): Path<String>,
-    q: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
+    q: ReadQuery,
 ) -> Result<Json<Read<HostView>>, ApiError> {
     let n = name(&n)?;
-    read_barrier(&s, &query(q)?).await?;
-    s.sm.read(|st| st.host(&n).map(|h| Read { revision: st.revision(), items: host_view(h) }))
-        .map(Json)
-        .ok_or(ApiError::Rejected(Rejection::UnknownHost { host: n }))
+    read_state(&s, q, |st| {
+        st.host(&n).map(host_view).ok_or(ApiError::Rejected(Rejection::UnknownHost { host: n.clone() }))
+    })
+    .await
 }
 
 async fn register_host(
@@ -433,24 +441,20 @@ fn guest_view(st: &ClusterState, g: &Guest) -> GuestView {
     }
 }
 
-async fn list_guests(
-    State(s): State<Arc<ApiState>>,
-    q: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Read<Vec<GuestView>>>, ApiError> {
-    read_barrier(&s, &query(q)?).await?;
-    Ok(Json(s.sm.read(|st| Read { revision: st.revision(), items: st.guests().map(|g| guest_view(st, g)).collect() })))
+async fn list_guests(State(s): State<Arc<ApiState>>, q: ReadQuery) -> Result<Json<Read<Vec<GuestView>>>, ApiError> {
+    read_state(&s, q, |st| Ok(st.guests().map(|g| guest_view(st, g)).collect())).await
 }
 
 async fn show_guest(
     State(s): State<Arc<ApiState>>,
     Path(n): Path<String>,
-    q: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
+    q: ReadQuery,
 ) -> Result<Json<Read<GuestView>>, ApiError> {
     let n = name(&n)?;
-    read_barrier(&s, &query(q)?).await?;
-    s.sm.read(|st| st.guest(&n).map(|g| Read { revision: st.revision(), items: guest_view(st, g) }))
-        .map(Json)
-        .ok_or(ApiError::Rejected(Rejection::UnknownGuest { guest: n }))
+    read_state(&s, q, |st| {
+        st.guest(&n).map(|g| guest_view(st, g)).ok_or(ApiError::Rejected(Rejection::UnknownGuest { guest: n.clone() }))
+    })
+    .await
 }
 
 async fn create_guest(
@@ -518,12 +522,8 @@ async fn remove_guest(
 
 // ---- packages ----
 
-async fn list_packages(
-    State(s): State<Arc<ApiState>>,
-    q: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Read<Vec<Package>>>, ApiError> {
-    read_barrier(&s, &query(q)?).await?;
-    Ok(Json(s.sm.read(|st| Read { revision: st.revision(), items: st.packages().cloned().collect() })))
+async fn list_packages(State(s): State<Arc<ApiState>>, q: ReadQuery) -> Result<Json<Read<Vec<Package>>>, ApiError> {
+    read_state(&s, q, |st| Ok(st.packages().cloned().collect())).await
 }
 
 async fn set_switching(

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::cluster::*;
 use serde_json::json;
@@ -18,17 +18,7 @@ const WRITES: u64 = 60;
 async fn write_with_retries(c: &Client, i: u64) -> WriteResponse {
     let body = json!({"name": format!("g{i}"), "owner": "h1", "vcpus": 1, "memory_mib": 256,
                       "request_id": format!("{:x}", 0x5000 + i)});
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match c.post::<_, WriteResponse>("/v1/guests", &body).await {
-            Ok(r) => return r,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("write {i}: {e}; retrying with the same request id");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("write {i} never succeeded: {e}"),
-        }
-    }
+    write_until_acked(c, "/v1/guests", &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

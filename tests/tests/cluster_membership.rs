@@ -26,15 +26,7 @@ async fn add_and_remove_nodes_while_writes_flow() {
             for i in 0..60 {
                 let body = json!({"name": format!("g{i}"), "owner": "h1", "vcpus": 1, "memory_mib": 128,
                                   "request_id": format!("{:x}", 0x9000 + i)});
-                let r = loop {
-                    match c.post::<_, WriteResponse>("/v1/guests", &body).await {
-                        Ok(r) => break r,
-                        Err(e) => {
-                            eprintln!("write {i}: {e}; retrying");
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        }
-                    }
-                };
+                let r = write_until_acked(&c, "/v1/guests", &body).await;
                 last = r.last_revision;
             }
             last

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use switchyard_coordinator::client::Client;
-use switchyard_protocol::api::{MemberSpec, NodeStatus};
+use switchyard_protocol::api::{MemberSpec, NodeStatus, WriteResponse};
 
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0001";
 pub const OPERATOR_TOKEN: &str = "operator-token-for-tests-01";
@@ -267,5 +267,27 @@ fn spawn(n: &NodeProc) -> Child {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.kill_all();
+    }
+}
+
+/// A host with room for any test workload.
+pub fn big_host(name: &str) -> serde_json::Value {
+    serde_json::json!({"name": name, "address": format!("{name}:7100"), "vcpus": 4096, "memory_mib": 1_048_576,
+                       "hardware_family": "ia64", "hypervisor_version": "hpvm-6.1"})
+}
+
+/// Sends a write until it is acknowledged, always with the same body (and so the same request
+/// id, if the body carries one): the way a careful client rides out a leader change.
+pub async fn write_until_acked(c: &Client, path: &str, body: &serde_json::Value) -> WriteResponse {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match c.post::<_, WriteResponse>(path, body).await {
+            Ok(r) => return r,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{path}: {e}; retrying with the same request");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{path} never succeeded: {e}"),
+        }
     }
 }
