@@ -61,3 +61,18 @@ async fn stale_expected_version_is_refused_and_changes_nothing() {
     let after: Read<GuestView> = c.get("/v1/guests/g1").await.unwrap();
     assert_eq!(after, before, "a refused write changed something");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_node_cleanly_and_it_rejoins() {
+    let mut cluster = TestCluster::start(3, ClusterOpts::default()).await;
+    let c = cluster.client(&[1, 2, 3]);
+    let _: WriteResponse = c.post("/v1/hosts", &host("h1")).await.unwrap();
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let status = cluster.terminate(leader);
+    assert!(status.success(), "graceful shutdown exited with {status}");
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    cluster.wait_leader(&others).await;
+    let w: WriteResponse = cluster.client(&others).post("/v1/guests", &guest("g1", "h1")).await.unwrap();
+    cluster.restart(leader);
+    cluster.wait_revision(leader, w.last_revision).await;
+}

@@ -190,6 +190,14 @@ join_timeout_ms = 5000
         }
     }
 
+    /// Stops a node gracefully with SIGTERM and returns its exit status.
+    pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        let mut c = self.node_mut(id).child.take().expect("node is running");
+        let sent = Command::new("kill").args(["-TERM", &c.id().to_string()]).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        c.wait().expect("wait for coordinator")
+    }
+
     /// Restarts a killed node on the same ports and data directory.
     pub fn restart(&mut self, id: u64) {
         let n = self.node_mut(id);
