@@ -24,6 +24,7 @@ use switchyard_protocol::api::*;
 use switchyard_protocol::*;
 use switchyard_storage::{NodeId, NodeInfo, StateMachineStore, TypeConfig};
 
+use crate::clock::Clock;
 use crate::config::{Config, Role};
 use crate::error::{ApiError, LeaderHint};
 
@@ -48,10 +49,17 @@ pub struct ApiState {
     pub config: Arc<Config>,
     tokens: HashMap<String, Caller>,
     client: reqwest::Client,
+    clock: Arc<dyn Clock>,
 }
 
 impl ApiState {
-    pub fn new(id: NodeId, raft: Raft<TypeConfig>, sm: StateMachineStore, config: Arc<Config>) -> Arc<ApiState> {
+    pub fn new(
+        id: NodeId,
+        raft: Raft<TypeConfig>,
+        sm: StateMachineStore,
+        config: Arc<Config>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<ApiState> {
         let tokens = config
             .tokens
             .iter()
@@ -67,7 +75,7 @@ impl ApiState {
             .timeout(Duration::from_millis(config.api.peer_timeout_ms))
             .build()
             .expect("an HTTP client without TLS always builds");
-        Arc::new(ApiState { id, raft, sm, config, tokens, client })
+        Arc::new(ApiState { id, raft, sm, config, tokens, client, clock })
     }
 }
 
@@ -164,20 +172,14 @@ fn name(s: &str) -> Result<Name, ApiError> {
     Name::new(s).map_err(|e| ApiError::BadRequest(format!("invalid name {s:?}: {e}")))
 }
 
-fn request_id(s: Option<&str>) -> Result<RequestId, ApiError> {
+fn request_id(clock: &dyn Clock, s: Option<&str>) -> Result<RequestId, ApiError> {
     match s {
-        None => Ok(RequestId(rand::random())),
+        None => Ok(clock.request_id()),
         Some(h) if !h.is_empty() && h.len() <= 32 => u128::from_str_radix(h, 16)
             .map(RequestId)
             .map_err(|_| ApiError::BadRequest(format!("request_id {h:?} is not 1 to 32 hex digits"))),
         Some(h) => Err(ApiError::BadRequest(format!("request_id {h:?} is not 1 to 32 hex digits"))),
     }
-}
-
-fn now() -> Timestamp {
-    let ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    Timestamp(ms)
 }
 
 /// Proposes a command through Raft and waits for its apply result.
@@ -187,8 +189,8 @@ async fn propose(
     rid: Option<&str>,
     command: Command,
 ) -> Result<Json<WriteResponse>, ApiError> {
-    let request_id = request_id(rid)?;
-    let proposal = Proposal { request_id, actor: caller.actor.clone(), time: now(), command };
+    let request_id = request_id(&*s.clock, rid)?;
+    let proposal = Proposal { request_id, actor: caller.actor.clone(), time: s.clock.now(), command };
     let resp = s.raft.client_write(proposal).await?;
     match resp.data.result {
         Some(Ok(a)) => Ok(Json(WriteResponse {

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState};
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::network::Network;
 use crate::raft_server;
@@ -25,8 +26,13 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Opens storage, starts Raft and binds both listeners.
+    /// Opens storage, starts Raft and binds both listeners, with the system clock.
     pub async fn start(config: Config) -> anyhow::Result<Coordinator> {
+        Self::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`Coordinator::start`], with the proposer's time and randomness from `clock`.
+    pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Coordinator> {
         config.validate()?;
         let config = Arc::new(config);
         let raft_config = Arc::new(config.openraft()?);
@@ -46,7 +52,7 @@ impl Coordinator {
             let _ = rx.wait_for(|s| *s).await;
         };
         let raft_app = raft_server::router(config.node_id, config.cluster_secret.clone(), raft.clone());
-        let api_app = api::router(ApiState::new(config.node_id, raft.clone(), sm.clone(), config.clone()));
+        let api_app = api::router(ApiState::new(config.node_id, raft.clone(), sm.clone(), config.clone(), clock));
         let servers = vec![
             tokio::spawn(
                 axum::serve(raft_listener, raft_app).with_graceful_shutdown(wait(stopped.clone())).into_future(),
