@@ -93,6 +93,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/guests", get(list_guests).post(create_guest))
         .route("/v1/guests/{name}", get(show_guest).patch(modify_guest).delete(remove_guest))
         .route("/v1/packages", get(list_packages))
+        .route("/v1/events", get(crate::events::subscribe))
         .route("/v1/packages/{name}/switching", post(set_switching))
         .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
         .layer(from_fn_with_state(state.clone(), edge))
@@ -108,7 +109,7 @@ fn allowed(role: Role, method: &Method, path: &str) -> bool {
         Role::Operator => read,
         Role::Agent => {
             read && (path == "/openapi.json"
-                || ["/v1/hosts", "/v1/guests", "/v1/packages"]
+                || ["/v1/hosts", "/v1/guests", "/v1/packages", "/v1/events"]
                     .iter()
                     .any(|p| path == *p || path.starts_with(&format!("{p}/"))))
         }

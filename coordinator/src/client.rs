@@ -1,12 +1,13 @@
 //! HTTP client of the operator API, used by the CLI and by tests: tries each endpoint in turn
 //! until one answers, and turns error answers into [`ClientError::Api`] with the server's code.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use switchyard_protocol::api::ErrorBody;
+use switchyard_protocol::api::{ErrorBody, StreamItem};
+use switchyard_protocol::Revision;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -33,7 +34,23 @@ pub struct Client {
     endpoints: Vec<String>,
     token: String,
     http: reqwest::Client,
+    /// Without a total timeout: a followed event stream stays open indefinitely.
+    streaming: reqwest::Client,
 }
+
+/// What to subscribe to (see `GET /v1/events`).
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    pub from: Revision,
+    pub guest: Option<String>,
+    pub host: Option<String>,
+    /// Comma-separated kinds.
+    pub kind: Option<String>,
+    pub follow: bool,
+}
+
+/// How long a followed subscription keeps trying when no endpoint answers.
+const RECONNECT_GIVE_UP: Duration = Duration::from_secs(60);
 
 impl Client {
     /// `endpoints` are `host:port` of coordinators' APIs (an `http://` prefix is accepted).
@@ -45,7 +62,83 @@ impl Client {
             .connect_timeout(Duration::from_secs(2))
             .build()
             .expect("an HTTP client without TLS always builds");
-        Client { endpoints, token, http }
+        let streaming = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .expect("an HTTP client without TLS always builds");
+        Client { endpoints, token, http, streaming }
+    }
+
+    /// Subscribes to events, calling `on_item` for every item until it returns `false`, or (not
+    /// following) until the stream ends. When following, a broken stream is resumed on the next
+    /// endpoint from the last revision seen, so the items delivered stay gap-free and
+    /// duplicate-free across a coordinator loss. A `Compacted` answer is delivered and ends the
+    /// subscription: the caller must re-read full state.
+    pub async fn events(
+        &self,
+        q: &EventQuery,
+        mut on_item: impl FnMut(&StreamItem) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut next = q.from.max(1);
+        let mut attempt = 0usize;
+        let mut down_since: Option<Instant> = None;
+        loop {
+            let ep = &self.endpoints[attempt % self.endpoints.len().max(1)];
+            attempt += 1;
+            let mut url = format!("http://{ep}/v1/events?from={next}&follow={}&progress_ms=1000", q.follow);
+            for (k, v) in [("guest", &q.guest), ("host", &q.host), ("kind", &q.kind)] {
+                if let Some(v) = v {
+                    url.push_str(&format!("&{k}={v}"));
+                }
+            }
+            let resp = match self.streaming.get(&url).bearer_auth(&self.token).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let since = *down_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > RECONNECT_GIVE_UP || (!q.follow && attempt >= self.endpoints.len()) {
+                        return Err(ClientError::Unreachable(format!("{ep}: {e}")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if !resp.status().is_success() {
+                let status = resp.status().as_u16();
+                let bytes = resp.bytes().await.unwrap_or_default();
+                return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                    Ok(e) => ClientError::Api { status, code: e.code, message: e.message },
+                    Err(_) => ClientError::Protocol { endpoint: ep.clone(), reason: format!("{status}") },
+                });
+            }
+            down_since = None;
+            let mut resp = resp;
+            let mut buf: Vec<u8> = Vec::new();
+            loop {
+                let chunk = match resp.chunk().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) if !q.follow => return Ok(()),
+                    Ok(None) | Err(_) => break, // stream broken: resume elsewhere
+                };
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let item: StreamItem = serde_json::from_slice(&line[..line.len() - 1])
+                        .map_err(|e| ClientError::Protocol { endpoint: ep.clone(), reason: e.to_string() })?;
+                    match &item {
+                        StreamItem::Event(e) => next = e.revision + 1,
+                        StreamItem::Progress { revision } => next = next.max(revision + 1),
+                        StreamItem::Compacted { .. } => {
+                            on_item(&item);
+                            return Ok(());
+                        }
+                    }
+                    if !on_item(&item) {
+                        return Ok(());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {

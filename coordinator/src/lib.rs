@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod dev;
 pub mod error;
+pub mod events;
 pub mod network;
 pub mod node;
 pub mod raft_server;

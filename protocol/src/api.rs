@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::Event;
 use crate::model::{Guest, Host, HostState, Migration, Package, Revision, RunState};
 use crate::name::Name;
 use crate::rejection::Rejection;
@@ -207,4 +208,20 @@ pub struct MemberStatus {
 pub struct ClusterStatus {
     pub leader: Option<u64>,
     pub members: Vec<MemberStatus>,
+}
+
+/// One item of an event subscription (`GET /v1/events`). The same type travels as JSON lines
+/// (`format=jsonl`, for tools and `curl`) or as length-prefixed binary frames (`format=binary`,
+/// for agents): a big-endian `u32` length, then the item encoded by `codec::encode`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamItem {
+    /// The next matching event. Revisions strictly increase within a stream.
+    Event(Event),
+    /// Every matching event up to `revision` has been sent: an idle subscriber may advance its
+    /// cursor to here and resume from `revision + 1`.
+    Progress { revision: Revision },
+    /// The requested start is older than the retained history. Re-read full state (at
+    /// `snapshot_revision` or later) and resume from `first_retained`.
+    Compacted { first_retained: Revision, snapshot_revision: Revision },
 }
