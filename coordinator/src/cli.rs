@@ -9,7 +9,11 @@ use serde::Serialize;
 use switchyard_protocol::api::*;
 use switchyard_protocol::{Package, RunState};
 
-use crate::client::{Client, ClientError};
+use std::io::Write;
+
+use switchyard_protocol::EventPayload;
+
+use crate::client::{Client, ClientError, EventQuery};
 
 #[derive(Parser, Debug)]
 #[command(name = "switchyard", version, about = "Operate a Switchyard cluster")]
@@ -53,6 +57,22 @@ enum Verb {
     /// Failover package switching.
     #[command(subcommand)]
     Package(PackageVerb),
+    /// Print the event history from a revision, and follow new events with --follow.
+    Events {
+        /// First revision to print.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Keep following live events (resuming on another coordinator if one is lost).
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        guest: Option<String>,
+        #[arg(long)]
+        host: Option<String>,
+        /// Comma-separated kinds: host, guest, package, migration.
+        #[arg(long)]
+        kind: Option<String>,
+    },
     /// Start a complete local cluster (3 coordinators) with data in a local folder.
     Dev {
         /// Where the cluster keeps its data, tokens and ports.
@@ -298,6 +318,31 @@ async fn run(cli: Cli) -> Result<String, CliError> {
     let q = if cli.stale { "?stale=true" } else { "" };
     match cli.command {
         Verb::Dev { .. } => unreachable!("handled in main"),
+        Verb::Events { from, follow, guest, host, kind } => {
+            for n in [&guest, &host].into_iter().flatten() {
+                name_path(n)?;
+            }
+            let query = EventQuery { from, follow, guest, host, kind };
+            let mut out = std::io::stdout();
+            if !json {
+                let _ = writeln!(out, "REV  TIME  ACTOR  EVENT");
+            }
+            c.events(&query, |item| {
+                let line = match item {
+                    StreamItem::Event(_) if json => serde_json::to_string(item).expect("JSON"),
+                    StreamItem::Event(e) => format!("{}  {}  {}  {}", e.revision, e.time.0, e.actor, describe(&e.payload)),
+                    StreamItem::Compacted { first_retained, snapshot_revision } => format!(
+                        "history before revision {first_retained} is compacted; re-read state (at revision {snapshot_revision}) and resume from there"
+                    ),
+                    StreamItem::Progress { .. } if json => serde_json::to_string(item).expect("JSON"),
+                    StreamItem::Progress { .. } => return true,
+                };
+                // A closed stdout (e.g. `| head`) ends the subscription.
+                writeln!(out, "{line}").is_ok()
+            })
+            .await?;
+            Ok(String::new())
+        }
         Verb::Cluster(v) => match v {
             ClusterVerb::Status => {
                 let s: ClusterStatus = c.get("/v1/cluster/status").await?;
@@ -610,4 +655,32 @@ fn packages_table(pkgs: &[Package]) -> String {
         })
         .collect();
     table(&["PACKAGE", "GUEST", "SWITCHING", "NODES DISABLED", "CHANGED", "REASON"], rows)
+}
+
+/// One line about an event, for the table output of `events`.
+fn describe(p: &EventPayload) -> String {
+    match p {
+        EventPayload::HostRegistered { host } => format!("host {} registered", host.spec.name),
+        EventPayload::HostMaintenanceChanged { host, maintenance } => {
+            format!("host {host} maintenance {}", if *maintenance { "on" } else { "off" })
+        }
+        EventPayload::HostReachabilityChanged { host, reachable } => {
+            format!("host {host} {}", if *reachable { "reachable" } else { "unreachable" })
+        }
+        EventPayload::GuestCreated { guest } => format!("guest {} created on {}", guest.name, guest.owner),
+        EventPayload::GuestModified { guest } => format!("guest {} modified (version {})", guest.name, guest.version),
+        EventPayload::GuestRemoved { guest } => format!("guest {guest} removed"),
+        EventPayload::PackageSwitchingChanged { package, node, enabled, .. } => format!(
+            "package {package} switching {}{}",
+            if *enabled { "enabled" } else { "disabled" },
+            node.as_ref().map(|n| format!(" on node {n}")).unwrap_or_default()
+        ),
+        EventPayload::MigrationRequested { migration: m } => {
+            format!("migration {} of {} requested: {} -> {} ({})", m.id, m.guest, m.source, m.target, m.kind)
+        }
+        EventPayload::MigrationPhaseChanged { id, guest, phase, .. } => format!("migration {id} of {guest}: {phase}"),
+        EventPayload::GuestOwnerChanged { guest, from, to, .. } => {
+            format!("guest {guest} now owned by {to} (was {from})")
+        }
+    }
 }

@@ -211,4 +211,23 @@ async fn host_guest_and_package_verbs() {
         .map(|o| (o.status.code().unwrap_or(-1), (), String::from_utf8_lossy(&o.stderr).to_string()))
         .unwrap();
     assert_eq!(code, 0, "the CLI should move past a dead endpoint: {err}");
+
+    // The event history.
+    let table = ok(&c, &all, &["events"]);
+    assert!(table.starts_with("REV  TIME  ACTOR  EVENT"), "{table}");
+    assert!(
+        table.contains("1  ") && table.contains("host h1 registered") && table.contains("guest vm2 removed"),
+        "{table}"
+    );
+    let lines = ok(&c, &all, &["events", "--guest", "vm1", "-o", "json"]);
+    let items: Vec<serde_json::Value> = lines.lines().map(json).collect();
+    assert!(items.len() >= 4, "{lines}");
+    for it in &items[..items.len() - 1] {
+        let payload = it["event"]["payload"].as_object().unwrap();
+        assert!(payload.values().any(|v| v.to_string().contains("vm1")), "not about vm1: {it}");
+    }
+    assert!(items.last().unwrap()["progress"]["revision"].is_u64(), "ends with a progress mark");
+    let pk = ok(&c, &all, &["events", "--kind", "package", "--from", "3"]);
+    assert_eq!(pk.lines().count(), 1 + 3, "header + three switching changes: {pk}");
+    fails(&c, &all, ADMIN_TOKEN, &["events", "--guest", "../x"], "invalid name");
 }

@@ -139,3 +139,32 @@ async fn bad_subscription_requests_are_refused() {
         cluster.client_for(&[1], "no-such-token-xxxxxxxxx").events(&EventQuery::default(), |_| true).await.unwrap_err();
     assert_eq!(err.code(), Some("unauthenticated"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_stream_carries_the_same_items() {
+    let cluster = TestCluster::start(1, ClusterOpts::default()).await;
+    let c = cluster.client(&[1]);
+    let _: WriteResponse = c.post("/v1/hosts", &big_host("h1")).await.unwrap();
+    let _: WriteResponse =
+        c.post("/v1/guests", &json!({"name": "g1", "owner": "h1", "vcpus": 1, "memory_mib": 64})).await.unwrap();
+    let url = format!("http://{}/v1/events?from=1&format=binary", cluster.node(1).api_addr);
+    let resp = reqwest::Client::new().get(url).bearer_auth(AGENT_TOKEN).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/octet-stream");
+    let bytes = resp.bytes().await.unwrap();
+    let mut items = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        items.push(switchyard_protocol::codec::decode::<StreamItem>(&rest[4..4 + len]).unwrap());
+        rest = &rest[4 + len..];
+    }
+    let revs: Vec<u64> = items
+        .iter()
+        .map(|i| match i {
+            StreamItem::Event(e) => e.revision,
+            StreamItem::Progress { revision } => 1000 + revision,
+            StreamItem::Compacted { .. } => panic!("not compacted"),
+        })
+        .collect();
+    assert_eq!(revs, [1, 2, 1002], "two events then a progress mark at revision 2");
+}
