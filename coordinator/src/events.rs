@@ -166,7 +166,7 @@ async fn stream(
                     return;
                 }
                 next += 1;
-                if filter.matches(&e) && tx.send(frame(format, &StreamItem::Event(e))).await.is_err() {
+                if filter.matches(&e) && tx.send(frame(format, &StreamItem::Event(Box::new(e)))).await.is_err() {
                     return;
                 }
             }

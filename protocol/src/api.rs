@@ -217,7 +217,7 @@ pub struct ClusterStatus {
 #[serde(rename_all = "snake_case")]
 pub enum StreamItem {
     /// The next matching event. Revisions strictly increase within a stream.
-    Event(Event),
+    Event(Box<Event>),
     /// Every matching event up to `revision` has been sent: an idle subscriber may advance its
     /// cursor to here and resume from `revision + 1`.
     Progress { revision: Revision },

@@ -21,7 +21,7 @@ async fn subscriber(c: Client, q: EventQuery, target: Arc<AtomicU64>) -> Vec<Eve
         match item {
             StreamItem::Event(e) => {
                 seen = e.revision;
-                got.push(e.clone());
+                got.push((**e).clone());
             }
             StreamItem::Progress { revision } => seen = seen.max(*revision),
             StreamItem::Compacted { .. } => panic!("nothing is compacted in this test"),
@@ -101,7 +101,7 @@ async fn subscribers_get_every_revision_once_in_order_across_failures() {
             .client(&[new_leader])
             .events(&q, |i| {
                 if let StreamItem::Event(e) = i {
-                    h.push(e.clone());
+                    h.push((**e).clone());
                 }
                 true
             })
