@@ -94,6 +94,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/guests/{name}", get(show_guest).patch(modify_guest).delete(remove_guest))
         .route("/v1/packages", get(list_packages))
         .route("/v1/events", get(crate::events::subscribe))
+        .route("/v1/state", get(full_state))
         .route("/v1/packages/{name}/switching", post(set_switching))
         .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
         .layer(from_fn_with_state(state.clone(), edge))
@@ -109,7 +110,7 @@ fn allowed(role: Role, method: &Method, path: &str) -> bool {
         Role::Operator => read,
         Role::Agent => {
             read && (path == "/openapi.json"
-                || ["/v1/hosts", "/v1/guests", "/v1/packages", "/v1/events"]
+                || ["/v1/hosts", "/v1/guests", "/v1/packages", "/v1/events", "/v1/state"]
                     .iter()
                     .any(|p| path == *p || path.starts_with(&format!("{p}/"))))
         }
@@ -539,4 +540,16 @@ async fn set_switching(
     let r: SwitchingRequest = body(&raw)?;
     let cmd = Command::SetPackageSwitching { package, node: r.node, enabled: r.enabled, reason: r.reason };
     propose(&s, &c, r.request_id.as_deref(), cmd).await
+}
+
+async fn full_state(State(s): State<Arc<ApiState>>, q: ReadQuery) -> Result<Json<Read<FullState>>, ApiError> {
+    read_state(&s, q, |st| {
+        Ok(FullState {
+            hosts: st.hosts().cloned().collect(),
+            guests: st.guests().cloned().collect(),
+            packages: st.packages().cloned().collect(),
+            migrations: st.in_flight_migrations().cloned().collect(),
+        })
+    })
+    .await
 }

@@ -66,6 +66,16 @@ impl Default for RaftConfig {
     }
 }
 
+/// How much event history to keep.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Keep at least this many latest revisions of event history (0, the default: keep
+    /// everything). History after the latest snapshot is always kept. Subscribers asking for
+    /// older revisions get a `compacted` answer and re-read full state.
+    pub retain_revisions: u64,
+}
+
 /// Operator API limits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -110,6 +120,8 @@ pub struct Config {
     pub raft: RaftConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub history: HistoryConfig,
 }
 
 /// What is wrong with a configuration, phrased as what to change.

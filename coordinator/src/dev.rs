@@ -82,6 +82,7 @@ pub async fn run(dir: PathBuf, base_port: u16) -> anyhow::Result<()> {
             ],
             raft: RaftConfig::default(),
             api: ApiConfig::default(),
+            history: Default::default(),
         };
         nodes.push(Coordinator::start(config).await.with_context(|| format!("start coordinator {id}"))?);
     }

@@ -38,6 +38,7 @@ impl Coordinator {
         let raft_config = Arc::new(config.openraft()?);
         let (log, sm) = switchyard_storage::open(&config.data_dir, config.node_id)
             .with_context(|| format!("open data directory {}", config.data_dir.display()))?;
+        sm.set_retention(config.history.retain_revisions);
         let network = Network::new(config.cluster_secret.clone());
         let raft = Raft::new(config.node_id, raft_config, network, log, sm.clone()).await.context("start raft")?;
 

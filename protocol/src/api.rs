@@ -225,3 +225,14 @@ pub enum StreamItem {
     /// `snapshot_revision` or later) and resume from `first_retained`.
     Compacted { first_retained: Revision, snapshot_revision: Revision },
 }
+
+/// The whole desired configuration at one revision (`GET /v1/state`): what a subscriber re-reads
+/// after a `compacted` answer before resuming from `revision + 1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullState {
+    pub hosts: Vec<Host>,
+    pub guests: Vec<Guest>,
+    pub packages: Vec<Package>,
+    /// Migrations in flight.
+    pub migrations: Vec<Migration>,
+}

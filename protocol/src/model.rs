@@ -347,4 +347,22 @@ impl Migration {
     pub fn has_package(&self) -> bool {
         self.package.is_some()
     }
+
+    /// The record as it was at `revision`: phases entered later are dropped (with the freeze time
+    /// and error they brought). `None` if the migration was requested after `revision`.
+    pub fn at_revision(&self, revision: Revision) -> Option<Migration> {
+        if self.id.0 > revision {
+            return None;
+        }
+        let mut m = self.clone();
+        m.history.retain(|r| r.revision <= revision);
+        m.phase = m.history.last().map_or(Phase::Requested, |r| r.phase);
+        if m.phase < Phase::TargetRunning {
+            m.freeze_time_ms = None;
+        }
+        if !m.phase.is_terminal() {
+            m.error = None;
+        }
+        Some(m)
+    }
 }

@@ -312,3 +312,19 @@ fn a_replayed_phase_step_is_refused_not_reapplied() {
         Rejection::PhaseConflict { id, expected: Phase::Requested, actual: Phase::SwitchingDisabled }
     );
 }
+
+#[test]
+fn a_record_rewound_to_a_revision_equals_the_record_then() {
+    let mut w = World::standard();
+    let id = w.migrate("g1", "h2", MigrationKind::Online);
+    let mut snapshots = vec![(w.state.revision(), w.state.migration(id).unwrap().clone())];
+    w.advance_to(id, Phase::TargetRunning);
+    snapshots.push((w.state.revision(), w.state.migration(id).unwrap().clone()));
+    w.ok(Command::AbortMigration { id, reason: Some("stop".into()) });
+    let last = w.state.migration(id).unwrap().clone();
+    for (rev, then) in snapshots {
+        assert_eq!(last.at_revision(rev).as_ref(), Some(&then), "at revision {rev}");
+    }
+    assert_eq!(last.at_revision(id.0 - 1), None, "not yet requested");
+    assert_eq!(last.at_revision(w.state.revision()), Some(last.clone()));
+}

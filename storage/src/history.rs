@@ -7,59 +7,45 @@
 
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use switchyard_protocol::codec::{self, RecordKind};
-use switchyard_protocol::{Event, EventPayload, Migration, MigrationId, Name, Revision};
+use switchyard_protocol::{Event, Migration, MigrationId, Name, Revision};
 
 use crate::db::{cf, key, DataDir};
 use crate::error::StoreError;
 
-/// Adds to `batch` every row one event produces. `migration` is the migration record after the
-/// event, when the event concerns a migration.
+/// Adds to `batch` the rows one event produces: the event and its guest index row, and, when
+/// the event concerns a migration, the migration's record after it (`migration`).
 pub(crate) fn write_event(dir: &DataDir, batch: &mut WriteBatch, event: &Event, migration: Option<&Migration>) {
     batch.put_cf(dir.cf(cf::EVENTS), key::u64(event.revision), codec::seal(RecordKind::Event, event));
     if let Some(g) = event.payload.guest() {
         batch.put_cf(dir.cf(cf::GUEST_EVENTS), key::named(g.as_str(), event.revision), []);
     }
     if let Some(m) = migration {
-        batch.put_cf(dir.cf(cf::MIGRATIONS), key::u64(m.id.0), codec::seal(RecordKind::Migration, m));
-    }
-    if let EventPayload::MigrationRequested { migration: m } = &event.payload {
-        batch.put_cf(dir.cf(cf::MIGRATIONS_BY_GUEST), key::named(m.guest.as_str(), m.id.0), []);
-        batch.put_cf(dir.cf(cf::MIGRATIONS_BY_HOST), key::named(m.source.as_str(), m.id.0), []);
-        batch.put_cf(dir.cf(cf::MIGRATIONS_BY_HOST), key::named(m.target.as_str(), m.id.0), []);
+        write_migration(dir, batch, m);
     }
 }
 
-/// Replays migration events into their records, for writers that have no live state to read
-/// the records from (snapshot install, recovery). Keeps only in-flight records in memory.
-#[derive(Default)]
-pub(crate) struct MigrationReplay {
-    live: std::collections::BTreeMap<MigrationId, Migration>,
+/// Adds a migration record and its guest and host index rows to `batch`.
+pub(crate) fn write_migration(dir: &DataDir, batch: &mut WriteBatch, m: &Migration) {
+    batch.put_cf(dir.cf(cf::MIGRATIONS), key::u64(m.id.0), codec::seal(RecordKind::Migration, m));
+    batch.put_cf(dir.cf(cf::MIGRATIONS_BY_GUEST), key::named(m.guest.as_str(), m.id.0), []);
+    batch.put_cf(dir.cf(cf::MIGRATIONS_BY_HOST), key::named(m.source.as_str(), m.id.0), []);
+    batch.put_cf(dir.cf(cf::MIGRATIONS_BY_HOST), key::named(m.target.as_str(), m.id.0), []);
 }
 
-impl MigrationReplay {
-    /// Folds `event` and returns the record to store with it, if it concerns a migration.
-    pub(crate) fn fold(&mut self, dir: &DataDir, event: &Event) -> Result<Option<Migration>, StoreError> {
-        match &event.payload {
-            EventPayload::MigrationRequested { migration } => {
-                self.live.insert(migration.id, migration.clone());
-                Ok(Some(migration.clone()))
-            }
-            EventPayload::MigrationPhaseChanged { id, phase, .. } => {
-                let mut m = match self.live.remove(id) {
-                    Some(m) => m,
-                    None => History::new(dir.clone()).migration(*id)?.ok_or_else(|| {
-                        StoreError::Inconsistent(format!("event {} changes unknown migration {id}", event.revision))
-                    })?,
-                };
-                m.evolve(event);
-                if !phase.is_terminal() {
-                    self.live.insert(*id, m.clone());
-                }
-                Ok(Some(m))
-            }
-            _ => Ok(None),
-        }
+/// Every stored migration record as it was at `revision` (see `Migration::at_revision`).
+pub(crate) fn migrations_at(dir: &DataDir, revision: Revision) -> Result<Vec<Migration>, StoreError> {
+    let mut out = Vec::new();
+    for item in dir.db.iterator_cf(dir.cf(cf::MIGRATIONS), IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| StoreError::rocks("iterate migrations", e))?;
+        let id = key::parse_u64(&k).unwrap_or(0);
+        let m: Migration = codec::open(RecordKind::Migration, &v).map_err(|source| StoreError::Corrupt {
+            cf: cf::MIGRATIONS,
+            key: format!("migration {}", MigrationId(id)),
+            source,
+        })?;
+        out.extend(m.at_revision(revision));
     }
+    Ok(out)
 }
 
 /// Read access to the retained history.

@@ -5,7 +5,9 @@
 //! installing a snapshot never leaves a hole in a follower's history.
 //!
 //! Layout: the magic `SWYDSNAP`, then frames of `[u32 big-endian length][sealed record]`:
-//! a header, the state, then exactly `header.event_count` events in revision order. Every frame
+//! a header, the state, exactly `header.migration_count` migration records (as they were at the
+//! snapshot's revision: the history of migrations whose events were compacted away), then
+//! exactly `header.event_count` events in revision order. Every frame
 //! is checksummed; a short or corrupt file is an error naming the byte offset.
 
 use std::fs::File;
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use switchyard_protocol::codec::{self, RecordKind, DECODE_LIMIT_BYTES};
-use switchyard_protocol::{ClusterState, Event, Revision};
+use switchyard_protocol::{ClusterState, Event, Migration, Revision};
 
 use crate::error::StoreError;
 use crate::types::SnapshotMeta;
@@ -30,6 +32,7 @@ pub struct SnapshotHeader {
     /// First revision of the history carried (1 unless older events were compacted).
     pub first_event: Revision,
     pub event_count: u64,
+    pub migration_count: u64,
 }
 
 /// Writes a snapshot file at `path` (via a temporary file, fsync, rename, fsync of the directory).
@@ -37,8 +40,10 @@ pub fn write_file(
     path: &Path,
     header: &SnapshotHeader,
     state: &ClusterState,
+    migrations: &[Migration],
     events: impl Iterator<Item = Result<Event, StoreError>>,
 ) -> Result<(), StoreError> {
+    assert_eq!(migrations.len() as u64, header.migration_count, "header counts the migrations written");
     let tmp = path.with_extension("tmp");
     let ctx = |what: &str| format!("{what} snapshot file {}", tmp.display());
     let file = File::create(&tmp).map_err(|e| StoreError::io(ctx("create"), e))?;
@@ -47,6 +52,9 @@ pub fn write_file(
     write_frame(&mut w, &codec::seal(RecordKind::SnapshotHeader, header))
         .map_err(|e| StoreError::io(ctx("write"), e))?;
     write_frame(&mut w, &codec::seal(RecordKind::ClusterState, state)).map_err(|e| StoreError::io(ctx("write"), e))?;
+    for m in migrations {
+        write_frame(&mut w, &codec::seal(RecordKind::Migration, m)).map_err(|e| StoreError::io(ctx("write"), e))?;
+    }
     let mut written = 0u64;
     for event in events {
         let event = event?;
@@ -85,6 +93,7 @@ pub struct SnapshotReader {
     r: BufReader<File>,
     offset: u64,
     pub header: SnapshotHeader,
+    migrations_read: u64,
     events_read: u64,
 }
 
@@ -110,8 +119,14 @@ impl SnapshotReader {
                 reason: "not a Switchyard snapshot (bad magic)".into(),
             });
         }
-        let placeholder = SnapshotHeader { meta: Default::default(), revision: 0, first_event: 0, event_count: 0 };
-        let mut s = SnapshotReader { path, r, offset: 8, header: placeholder, events_read: 0 };
+        let placeholder = SnapshotHeader {
+            meta: Default::default(),
+            revision: 0,
+            first_event: 0,
+            event_count: 0,
+            migration_count: 0,
+        };
+        let mut s = SnapshotReader { path, r, offset: 8, header: placeholder, migrations_read: 0, events_read: 0 };
         s.header = s.frame(RecordKind::SnapshotHeader)?;
         Ok(s)
     }
@@ -147,8 +162,19 @@ impl SnapshotReader {
         Ok(s)
     }
 
-    /// Reads the next event; `None` after the last one (and checks nothing follows it).
+    /// Reads the next migration record (after the state); `None` after the last one.
+    pub fn next_migration(&mut self) -> Result<Option<Migration>, StoreError> {
+        if self.migrations_read == self.header.migration_count {
+            return Ok(None);
+        }
+        self.migrations_read += 1;
+        self.frame(RecordKind::Migration).map(Some)
+    }
+
+    /// Reads the next event (after the migrations); `None` after the last one (and checks
+    /// nothing follows it).
     pub fn next_event(&mut self) -> Result<Option<Event>, StoreError> {
+        assert_eq!(self.migrations_read, self.header.migration_count, "read the migrations before the events");
         if self.events_read == self.header.event_count {
             let mut probe = [0u8; 1];
             return match self.r.read(&mut probe) {

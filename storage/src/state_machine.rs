@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::db::{cf, key, DataDir};
 use crate::error::StoreError;
-use crate::history::{write_event, History, MigrationReplay};
+use crate::history::{migrations_at, write_event, write_migration, History};
 use crate::snapshot::{self, SnapshotHeader, SnapshotReader};
 use crate::types::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -44,6 +44,8 @@ pub struct AppliedMeta {
 struct SnapshotPointer {
     meta: SnapshotMeta,
     file: String,
+    /// Revision of the state in the snapshot: history before it may be compacted.
+    revision: Revision,
 }
 
 struct Applied {
@@ -58,6 +60,8 @@ struct Inner {
     snapshot_lock: tokio::sync::Mutex<()>,
     revision_tx: watch::Sender<Revision>,
     file_seq: AtomicU64,
+    /// Keep at least this many latest revisions of history (0: keep everything).
+    retain_revisions: AtomicU64,
 }
 
 /// The state machine of one node. Cheap to clone: clones share everything.
@@ -103,6 +107,7 @@ impl StateMachineStore {
                 snapshot_lock: tokio::sync::Mutex::new(()),
                 revision_tx,
                 file_seq: AtomicU64::new(0),
+                retain_revisions: AtomicU64::new(0),
             }),
         })
     }
@@ -122,6 +127,36 @@ impl StateMachineStore {
         self.inner.revision_tx.subscribe()
     }
 
+    /// Sets how much history to retain: at least the latest `revisions` revisions, and always
+    /// everything after the current snapshot (the state is rebuilt from it). 0 keeps everything.
+    /// Compaction runs after each snapshot.
+    pub fn set_retention(&self, revisions: u64) {
+        self.inner.retain_revisions.store(revisions, Ordering::Relaxed);
+    }
+
+    /// Drops history the retention setting no longer asks for. Returns the first retained
+    /// revision.
+    pub fn compact_history(&self) -> Result<Revision, StoreError> {
+        let history = self.history();
+        let Some((first, _)) = history.bounds()? else { return Ok(1) };
+        let retain = self.inner.retain_revisions.load(Ordering::Relaxed);
+        let Some(pointer) = self.current_pointer()? else { return Ok(first) };
+        if retain == 0 {
+            return Ok(first);
+        }
+        let applied = self.applied_meta().revision;
+        let floor = (applied.saturating_sub(retain) + 1).min(pointer.revision + 1);
+        if floor <= first {
+            return Ok(first);
+        }
+        let dir = &self.inner.dir;
+        let mut b = WriteBatch::default();
+        b.delete_range_cf(dir.cf(cf::EVENTS), &key::u64(0)[..], &key::u64(floor)[..]);
+        dir.write(b, false, "compact event history")?;
+        tracing::info!(first_retained = floor, "compacted event history");
+        Ok(floor)
+    }
+
     /// Read access to the retained event history.
     pub fn history(&self) -> History {
         History::new(self.inner.dir.clone())
@@ -138,14 +173,11 @@ impl StateMachineStore {
     }
 
     /// Makes `file` the current snapshot and removes every other snapshot file.
-    fn set_current(&self, meta: &SnapshotMeta, file: &str) -> Result<(), StoreError> {
+    fn set_current(&self, meta: &SnapshotMeta, file: &str, revision: Revision) -> Result<(), StoreError> {
         let dir = &self.inner.dir;
         let mut b = WriteBatch::default();
-        b.put_cf(
-            dir.cf(cf::SM),
-            key::SNAPSHOT,
-            codec::seal(RecordKind::SnapshotPointer, &SnapshotPointer { meta: meta.clone(), file: file.to_string() }),
-        );
+        let pointer = SnapshotPointer { meta: meta.clone(), file: file.to_string(), revision };
+        b.put_cf(dir.cf(cf::SM), key::SNAPSHOT, codec::seal(RecordKind::SnapshotPointer, &pointer));
         dir.write(b, true, "record current snapshot")?;
         if let Ok(entries) = std::fs::read_dir(dir.snapshot_dir()) {
             for e in entries.flatten() {
@@ -204,12 +236,18 @@ fn install_from_file(
         });
     }
     let cluster = r.state()?;
-    let mut replay = MigrationReplay::default();
     let mut batch = WriteBatch::default();
     let mut in_batch = 0;
+    while let Some(m) = r.next_migration()? {
+        write_migration(dir, &mut batch, &m);
+        in_batch += 1;
+        if in_batch == INSTALL_BATCH_EVENTS {
+            dir.write(std::mem::take(&mut batch), false, "install snapshot migrations")?;
+            in_batch = 0;
+        }
+    }
     while let Some(event) = r.next_event()? {
-        let record = replay.fold(dir, &event)?;
-        write_event(dir, &mut batch, &event, record.as_ref());
+        write_event(dir, &mut batch, &event, None);
         in_batch += 1;
         if in_batch == INSTALL_BATCH_EVENTS {
             dir.write(std::mem::take(&mut batch), false, "install snapshot events")?;
@@ -333,7 +371,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut g = self.inner.applied.write().expect("state lock poisoned");
             *g = Applied { meta: applied, cluster };
         }
-        self.set_current(meta, &name).map_err(err)?;
+        self.set_current(meta, &name, revision).map_err(err)?;
         self.inner.revision_tx.send_replace(revision);
         tracing::info!(revision, last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
@@ -373,12 +411,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let dir = self.sm.inner.dir.clone();
         let first_event =
             History::new(dir.clone()).bounds().map_err(err)?.map_or(1, |(first, _)| first).min(revision + 1);
-        let header =
-            SnapshotHeader { meta: meta.clone(), revision, first_event, event_count: revision + 1 - first_event };
         let path = dir.snapshot_dir().join(&name);
         let cluster = std::mem::take(&mut self.cluster);
         let p = path.clone();
+        let header_meta = meta.clone();
         tokio::task::spawn_blocking(move || {
+            let migrations = migrations_at(&dir, revision)?;
+            let header = SnapshotHeader {
+                meta: header_meta,
+                revision,
+                first_event,
+                event_count: revision + 1 - first_event,
+                migration_count: migrations.len() as u64,
+            };
             let events = dir
                 .db
                 .iterator_cf(
@@ -395,7 +440,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     })
                 })
                 .take_while(|e| e.as_ref().map_or(true, |e| e.revision <= revision));
-            snapshot::write_file(&p, &header, &cluster, events)
+            snapshot::write_file(&p, &header, &cluster, &migrations, events)
         })
         .await
         .map_err(|e| err(StoreError::Inconsistent(format!("snapshot build task failed: {e}"))))?
@@ -403,7 +448,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // Never move the pointer backwards: a newer snapshot may have been installed meanwhile.
         let current = self.sm.current_pointer().map_err(err)?;
         if current.as_ref().is_none_or(|c| c.meta.last_log_id <= meta.last_log_id) {
-            self.sm.set_current(&meta, &name).map_err(err)?;
+            self.sm.set_current(&meta, &name, revision).map_err(err)?;
+            self.sm.compact_history().map_err(err)?;
         }
         let file = tokio::fs::File::open(&path)
             .await

@@ -109,3 +109,35 @@ pub fn raw_db(path: &std::path::Path) -> rocksdb::DB {
     let cfs = rocksdb::DB::list_cf(&opts, path.join("db")).unwrap();
     rocksdb::DB::open_cf(&opts, path.join("db"), cfs).unwrap()
 }
+
+#[tokio::test]
+async fn compacted_history_still_restarts_and_installs_with_migration_history() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let all = filled(leader_dir.path()).await;
+    let (want_state, want_events) = reference(&all);
+    let last = want_events.last().unwrap().revision;
+    {
+        let (_, mut leader) = switchyard_storage::open(leader_dir.path(), 1).unwrap();
+        leader.set_retention(3);
+        leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert_eq!(leader.history().bounds().unwrap(), Some((last - 2, last)), "only the last 3 revisions kept");
+    }
+    // Restart from snapshot + the retained tail.
+    let (_, mut leader) = switchyard_storage::open(leader_dir.path(), 1).unwrap();
+    assert_eq!(leader.read(codec::encode), codec::encode(&want_state));
+    // A snapshot built now carries the compacted history plus the migration records.
+    let snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let (_, mut follower) = switchyard_storage::open(follower_dir.path(), 2).unwrap();
+    let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
+    let mut src = snap.snapshot;
+    tokio::io::copy(&mut *src, &mut *incoming).await.unwrap();
+    follower.install_snapshot(&snap.meta, incoming).await.unwrap();
+    assert_eq!(follower.read(codec::encode), codec::encode(&want_state));
+    assert_eq!(follower.history().events_from(1, usize::MAX).unwrap(), want_events[want_events.len() - 3..].to_vec());
+    let ids = follower.history().migrations_of_guest(&n("g0"), 10).unwrap();
+    assert_eq!(ids.len(), 1, "the migration requested before the retained history is still known");
+    let m = follower.history().migration(ids[0]).unwrap().unwrap();
+    assert_eq!((m.phase, m.history.len()), (switchyard_protocol::Phase::Completed, 7));
+    assert_eq!(follower.history().migrations_of_host(&n("h1"), 10).unwrap(), ids);
+}

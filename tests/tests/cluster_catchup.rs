@@ -8,7 +8,7 @@ use switchyard_protocol::api::{GuestView, Read, WriteResponse};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_catches_up_through_a_snapshot_after_log_purge() {
-    let opts = ClusterOpts { snapshot_logs_since_last: 20, max_in_snapshot_log_to_keep: 5 };
+    let opts = ClusterOpts { snapshot_logs_since_last: 20, max_in_snapshot_log_to_keep: 5, ..Default::default() };
     let mut cluster = TestCluster::start(3, opts).await;
     let leader = cluster.wait_leader(&[1, 2, 3]).await;
     let lagging = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();

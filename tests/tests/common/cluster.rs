@@ -19,11 +19,13 @@ const SECRET: &str = "cluster-secret-for-tests-0001";
 pub struct ClusterOpts {
     pub snapshot_logs_since_last: u64,
     pub max_in_snapshot_log_to_keep: u64,
+    /// `history.retain_revisions` (0 keeps everything).
+    pub retain_revisions: u64,
 }
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts { snapshot_logs_since_last: 5000, max_in_snapshot_log_to_keep: 1000 }
+        ClusterOpts { snapshot_logs_since_last: 5000, max_in_snapshot_log_to_keep: 1000, retain_revisions: 0 }
     }
 }
 
@@ -125,10 +127,14 @@ max_in_snapshot_log_to_keep = {keep}
 
 [api]
 join_timeout_ms = 5000
+
+[history]
+retain_revisions = {retain}
 "#,
             data = dir.join("data").display(),
             snap = self.opts.snapshot_logs_since_last,
             keep = self.opts.max_in_snapshot_log_to_keep,
+            retain = self.opts.retain_revisions,
         );
         std::fs::write(&config, text).expect("write config");
         let mut node = NodeProc {
