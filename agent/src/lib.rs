@@ -1,5 +1,12 @@
 //! # switchyard-agent
 //!
-//! Home of the VM-host agent daemon (`switchyard-agent`) and its hypervisor drivers. Nothing is
-//! built here yet: agents need the coordinator's subscription API first (see ARCHITECTURE.md,
-//! "Status").
+//! The VM-host agent: it follows the coordinators' event history and keeps this host's copy of
+//! every guest's configuration identical to the cluster's.
+//!
+//! Built so far: [`store`], the durable applied state (atomic per-guest files and the cursor),
+//! using `switchyard_protocol::hostconfig` for what each event changes and for the digest the
+//! coordinators compare. Still to come (see ARCHITECTURE.md, "Status"): the daemon loop
+//! (subscribe from the cursor, re-sync after a `compacted` answer), heartbeats and reports, and
+//! the hypervisor drivers.
+
+pub mod store;

@@ -203,6 +203,19 @@ proptest! {
     }
 
     #[test]
+    fn host_config_folded_from_events_equals_the_state(ops in proptest::collection::vec(op(), 1..120)) {
+        use switchyard_protocol::hostconfig::HostConfig;
+        let (live, _, events) = run(&ops);
+        let mut folded = HostConfig::default();
+        for e in &events {
+            folded.apply(e);
+        }
+        let want = HostConfig::from_state(&live);
+        prop_assert_eq!(folded.digest(), want.digest());
+        prop_assert_eq!(folded, want);
+    }
+
+    #[test]
     fn state_survives_encoding(ops in proptest::collection::vec(op(), 1..80)) {
         let (live, _, _) = run(&ops);
         let mut decoded: ClusterState = codec::decode(&codec::encode(&live)).unwrap();
