@@ -27,6 +27,7 @@ use switchyard_storage::{NodeId, NodeInfo, StateMachineStore, TypeConfig};
 use crate::clock::Clock;
 use crate::config::{Config, Role};
 use crate::error::{ApiError, LeaderHint};
+use crate::liveness::Liveness;
 
 /// Marks a request a follower already forwarded, so it is not forwarded again.
 pub const FORWARDED_HEADER: &str = "x-switchyard-forwarded";
@@ -50,6 +51,8 @@ pub struct ApiState {
     tokens: HashMap<String, Caller>,
     client: reqwest::Client,
     clock: Arc<dyn Clock>,
+    /// Agent reports (meaningful on the leader).
+    pub liveness: Arc<Liveness>,
 }
 
 impl ApiState {
@@ -75,7 +78,24 @@ impl ApiState {
             .timeout(Duration::from_millis(config.api.peer_timeout_ms))
             .build()
             .expect("an HTTP client without TLS always builds");
-        Arc::new(ApiState { id, raft, sm, config, tokens, client, clock })
+        Arc::new(ApiState { id, raft, sm, config, tokens, client, clock, liveness: Arc::new(Liveness::default()) })
+    }
+}
+
+impl ApiState {
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    fn leader_api(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let addr = m.membership_config.nodes().find(|(id, _)| **id == leader).map(|(_, n)| n.api_addr.clone());
+        addr
     }
 }
 
@@ -90,6 +110,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/hosts", get(list_hosts).post(register_host))
         .route("/v1/hosts/{name}", get(show_host))
         .route("/v1/hosts/{name}/maintenance", post(set_maintenance))
+        .route("/v1/hosts/{name}/report", post(report))
         .route("/v1/guests", get(list_guests).post(create_guest))
         .route("/v1/guests/{name}", get(show_guest).patch(modify_guest).delete(remove_guest))
         .route("/v1/packages", get(list_packages))
@@ -109,10 +130,12 @@ fn allowed(role: Role, method: &Method, path: &str) -> bool {
         Role::Admin => true,
         Role::Operator => read,
         Role::Agent => {
-            read && (path == "/openapi.json"
-                || ["/v1/hosts", "/v1/guests", "/v1/packages", "/v1/events", "/v1/state"]
-                    .iter()
-                    .any(|p| path == *p || path.starts_with(&format!("{p}/"))))
+            (method == Method::POST && path.starts_with("/v1/hosts/") && path.ends_with("/report"))
+                || read
+                    && (path == "/openapi.json"
+                        || ["/v1/hosts", "/v1/guests", "/v1/packages", "/v1/events", "/v1/state"]
+                            .iter()
+                            .any(|p| path == *p || path.starts_with(&format!("{p}/"))))
         }
     }
 }
@@ -389,12 +412,46 @@ async fn remove_node(
 
 // ---- hosts ----
 
-fn host_view(h: &Host) -> HostView {
-    HostView { host: h.clone(), state: h.state() }
+/// Host views with their sync status (known on the leader only).
+fn host_views<'a>(s: &ApiState, st: &ClusterState, hosts: impl Iterator<Item = &'a Host>) -> Vec<HostView> {
+    let leader = s.is_leader();
+    let digest = leader.then(|| crate::liveness::expected_digest(st));
+    let timeout = Duration::from_millis(s.config.api.host_report_timeout_ms);
+    hosts
+        .map(|h| HostView {
+            host: h.clone(),
+            state: h.state(),
+            sync: digest.map(|d| s.liveness.sync(h, st, d, timeout)),
+        })
+        .collect()
+}
+
+/// An agent reports what it has applied. Only for its own host, and only to the leader (a
+/// follower forwards it).
+async fn report(
+    State(s): State<Arc<ApiState>>,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let host = name(&n)?;
+    if c.role != Role::Agent || c.host.as_ref() != Some(&host) {
+        let bound = c.host.as_ref().map_or("no host".to_string(), |h| format!("host {h}"));
+        return Err(ApiError::Forbidden(format!("this token is bound to {bound} and may not report for host {host}")));
+    }
+    let r: HostReport = body(&raw)?;
+    if s.sm.read(|st| st.host(&host).is_none()) {
+        return Err(ApiError::Rejected(Rejection::UnknownHost { host }));
+    }
+    if !s.is_leader() {
+        return Err(ApiError::NotLeader { leader: s.leader_api() });
+    }
+    s.liveness.record(&host, &r);
+    Ok(Json(serde_json::json!({ "recorded": host })))
 }
 
 async fn list_hosts(State(s): State<Arc<ApiState>>, q: ReadQuery) -> Result<Json<Read<Vec<HostView>>>, ApiError> {
-    read_state(&s, q, |st| Ok(st.hosts().map(host_view).collect())).await
+    read_state(&s, q, |st| Ok(host_views(&s, st, st.hosts()))).await
 }
 
 async fn show_host(
@@ -404,7 +461,8 @@ async fn show_host(
 ) -> Result<Json<Read<HostView>>, ApiError> {
     let n = name(&n)?;
     read_state(&s, q, |st| {
-        st.host(&n).map(host_view).ok_or(ApiError::Rejected(Rejection::UnknownHost { host: n.clone() }))
+        let h = st.host(&n).ok_or(ApiError::Rejected(Rejection::UnknownHost { host: n.clone() }))?;
+        Ok(host_views(&s, st, std::iter::once(h)).remove(0))
     })
     .await
 }

@@ -584,10 +584,17 @@ fn hosts_table(hosts: &[HostView]) -> String {
                 s.profile.to_string(),
                 s.address.clone(),
                 h.host.version.to_string(),
+                h.sync.as_ref().map_or("-".into(), |y| match &y.status {
+                    SyncStatus::InSync => "in sync".into(),
+                    SyncStatus::Lagging { behind } => format!("lagging by {behind}"),
+                    SyncStatus::Diverged => "DIVERGED".into(),
+                    SyncStatus::Silent => "silent".into(),
+                    SyncStatus::Unknown => "no report".into(),
+                }),
             ]
         })
         .collect();
-    table(&["NAME", "STATE", "VCPUS", "MEMORY MIB", "PROFILE", "ADDRESS", "VERSION"], rows)
+    table(&["NAME", "STATE", "VCPUS", "MEMORY MIB", "PROFILE", "ADDRESS", "VERSION", "SYNC"], rows)
 }
 
 fn guests_table(guests: &[GuestView]) -> String {

@@ -87,11 +87,19 @@ pub struct ApiConfig {
     /// How long `cluster add-node` waits for the new node to catch up as a learner before it
     /// gives up (the node stays a learner; retry once it is reachable).
     pub join_timeout_ms: u64,
+    /// An agent that has not reported for this long makes its host `unreachable` (logged once,
+    /// by the leader); its next report makes it reachable again.
+    pub host_report_timeout_ms: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { request_body_bytes_max: 64 * 1024, peer_timeout_ms: 5000, join_timeout_ms: 60_000 }
+        ApiConfig {
+            request_body_bytes_max: 64 * 1024,
+            peer_timeout_ms: 5000,
+            join_timeout_ms: 60_000,
+            host_report_timeout_ms: 5000,
+        }
     }
 }
 
@@ -205,6 +213,9 @@ impl Config {
         }
         if self.api.peer_timeout_ms == 0 {
             return err("api.peer_timeout_ms must be at least 1".into());
+        }
+        if self.api.host_report_timeout_ms < 100 {
+            return err("api.host_report_timeout_ms must be at least 100".into());
         }
         if self.api.join_timeout_ms == 0 {
             return err("api.join_timeout_ms must be at least 1".into());

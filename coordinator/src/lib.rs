@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod dev;
 pub mod error;
 pub mod events;
+pub mod liveness;
 pub mod network;
 pub mod node;
 pub mod raft_server;

@@ -23,6 +23,7 @@ pub struct Coordinator {
     pub config: Arc<Config>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
+    liveness: JoinHandle<()>,
 }
 
 impl Coordinator {
@@ -53,7 +54,9 @@ impl Coordinator {
             let _ = rx.wait_for(|s| *s).await;
         };
         let raft_app = raft_server::router(config.node_id, config.cluster_secret.clone(), raft.clone());
-        let api_app = api::router(ApiState::new(config.node_id, raft.clone(), sm.clone(), config.clone(), clock));
+        let api_state = ApiState::new(config.node_id, raft.clone(), sm.clone(), config.clone(), clock);
+        let liveness = tokio::spawn(crate::liveness::run(api_state.clone(), api_state.liveness.clone()));
+        let api_app = api::router(api_state);
         let servers = vec![
             tokio::spawn(
                 axum::serve(raft_listener, raft_app).with_graceful_shutdown(wait(stopped.clone())).into_future(),
@@ -61,12 +64,13 @@ impl Coordinator {
             tokio::spawn(axum::serve(api_listener, api_app).with_graceful_shutdown(wait(stopped)).into_future()),
         ];
         tracing::info!(node = config.node_id, raft = %config.raft_listen, api = %config.api_listen, "coordinator started");
-        Ok(Coordinator { raft, sm, config, stop, servers })
+        Ok(Coordinator { raft, sm, config, stop, servers, liveness })
     }
 
     /// Stops serving, then stops Raft.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
+        self.liveness.abort();
         for s in self.servers {
             s.await.context("join server task")?.context("serve")?;
         }

@@ -137,6 +137,43 @@ pub struct HostView {
     #[serde(flatten)]
     pub host: Host,
     pub state: HostState,
+    /// How the host's applied configuration compares with the cluster's, from its agent's last
+    /// report to the leader. `None` when this node is not the leader (reports live there).
+    #[serde(default)]
+    pub sync: Option<HostSync>,
+}
+
+/// An agent's report: what it has applied (`POST /v1/hosts/{name}/report`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostReport {
+    pub applied_revision: Revision,
+    /// `HostConfig::digest` of the applied configuration.
+    pub digest: u64,
+}
+
+/// Sync status of one host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncStatus {
+    /// Same revision, same digest.
+    InSync,
+    /// Behind by `behind` revisions.
+    Lagging { behind: Revision },
+    /// Same revision, different digest: the host's files differ from the cluster's.
+    Diverged,
+    /// No report for longer than the report timeout.
+    Silent,
+    /// No report since this leader took over.
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSync {
+    pub status: SyncStatus,
+    pub applied_revision: Option<Revision>,
+    /// Milliseconds since the last report, if any.
+    pub last_report_ms_ago: Option<u64>,
 }
 
 /// A guest with its package, and the in-flight migration if any.

@@ -127,6 +127,7 @@ async fn openapi_describes_every_endpoint() {
         "/v1/hosts",
         "/v1/hosts/{name}",
         "/v1/hosts/{name}/maintenance",
+        "/v1/hosts/{name}/report",
         "/v1/guests",
         "/v1/guests/{name}",
         "/v1/packages",

@@ -171,7 +171,12 @@ async fn binary_stream_carries_the_same_items() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compacted_history_gets_a_distinct_answer_and_a_state_to_resume_from() {
-    let opts = ClusterOpts { snapshot_logs_since_last: 20, max_in_snapshot_log_to_keep: 5, retain_revisions: 10 };
+    let opts = ClusterOpts {
+        snapshot_logs_since_last: 20,
+        max_in_snapshot_log_to_keep: 5,
+        retain_revisions: 10,
+        ..Default::default()
+    };
     let cluster = TestCluster::start(3, opts).await;
     let c = cluster.client(&[1, 2, 3]);
     let _: WriteResponse = c.post("/v1/hosts", &big_host("h1")).await.unwrap();

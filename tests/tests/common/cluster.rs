@@ -21,11 +21,18 @@ pub struct ClusterOpts {
     pub max_in_snapshot_log_to_keep: u64,
     /// `history.retain_revisions` (0 keeps everything).
     pub retain_revisions: u64,
+    /// `api.host_report_timeout_ms`.
+    pub host_report_timeout_ms: u64,
 }
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts { snapshot_logs_since_last: 5000, max_in_snapshot_log_to_keep: 1000, retain_revisions: 0 }
+        ClusterOpts {
+            snapshot_logs_since_last: 5000,
+            max_in_snapshot_log_to_keep: 1000,
+            retain_revisions: 0,
+            host_report_timeout_ms: 5000,
+        }
     }
 }
 
@@ -127,6 +134,7 @@ max_in_snapshot_log_to_keep = {keep}
 
 [api]
 join_timeout_ms = 5000
+host_report_timeout_ms = {report}
 
 [history]
 retain_revisions = {retain}
@@ -135,6 +143,7 @@ retain_revisions = {retain}
             snap = self.opts.snapshot_logs_since_last,
             keep = self.opts.max_in_snapshot_log_to_keep,
             retain = self.opts.retain_revisions,
+            report = self.opts.host_report_timeout_ms,
         );
         std::fs::write(&config, text).expect("write config");
         let mut node = NodeProc {
