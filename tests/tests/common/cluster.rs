@@ -314,3 +314,75 @@ pub async fn write_until_acked(c: &Client, path: &str, body: &serde_json::Value)
         }
     }
 }
+
+/// An agent process for one host.
+pub struct AgentProc {
+    pub host: String,
+    pub dir: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl AgentProc {
+    /// Writes the agent's config (endpoints of `ids`) and starts it.
+    pub fn start(cluster: &TestCluster, host: &str, token: &str, ids: &[u64]) -> AgentProc {
+        let dir = cluster._tmp.path().join(format!("agent-{host}"));
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        let eps: Vec<String> = ids.iter().map(|id| format!("\"{}\"", cluster.node(*id).api_addr)).collect();
+        let config = dir.join("agent.toml");
+        let text = format!(
+            "host = \"{host}\"\nendpoints = [{}]\ntoken = \"{token}\"\ndata_dir = \"{}\"\nreport_interval_ms = 200\n",
+            eps.join(", "),
+            dir.join("data").display()
+        );
+        std::fs::write(&config, text).expect("write agent config");
+        let mut a = AgentProc { host: host.into(), dir, config, child: None };
+        a.restart();
+        a
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "agent {} is running", self.host);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("log");
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_agent_proc"))
+                .arg("--config")
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn agent"),
+        );
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The guests this agent has applied, read from its files, with its cursor.
+    pub fn applied(&self) -> (u64, Vec<switchyard_protocol::Guest>) {
+        let data = self.dir.join("data");
+        let cursor = std::fs::read_to_string(data.join("cursor")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let mut guests = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(data.join("guests")) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "json") {
+                    let bytes = std::fs::read(e.path()).expect("read guest file");
+                    guests.push(serde_json::from_slice(&bytes).expect("guest file is a guest"));
+                }
+            }
+        }
+        guests.sort_by(|a: &switchyard_protocol::Guest, b| a.name.cmp(&b.name));
+        (cursor, guests)
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

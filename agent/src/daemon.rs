@@ -1,0 +1,154 @@
+//! The `switchyard-agent` daemon: follow the event history from the durable cursor, apply each
+//! event to this host's guest configuration files, re-sync from full state after a `compacted`
+//! answer, and report (applied revision, digest) to the leader.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Deserialize;
+use switchyard_coordinator::client::{Client, EventQuery};
+use switchyard_protocol::api::{FullState, Read, StreamItem};
+use switchyard_protocol::hostconfig::HostConfig;
+use switchyard_protocol::{Name, Revision};
+use tokio::sync::watch;
+
+use crate::store::AgentStore;
+
+/// Agent configuration (TOML).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The host this agent runs on; its token must be bound to it.
+    pub host: Name,
+    /// Coordinator API endpoints, tried in turn.
+    pub endpoints: Vec<String>,
+    /// An `agent` token bound to `host`.
+    pub token: String,
+    /// Where the applied guest configurations and the cursor live.
+    pub data_dir: PathBuf,
+    /// How often to report to the leader.
+    #[serde(default = "default_report_ms")]
+    pub report_interval_ms: u64,
+}
+
+fn default_report_ms() -> u64 {
+    1000
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "switchyard-agent", version, about = "Switchyard VM-host agent")]
+struct Args {
+    #[arg(long, short = 'c', env = "SWITCHYARD_AGENT_CONFIG")]
+    config: PathBuf,
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match std::fs::read_to_string(&args.config)
+        .with_context(|| format!("read {}", args.config.display()))
+        .and_then(|t| toml::from_str::<AgentConfig>(&t).with_context(|| format!("parse {}", args.config.display())))
+    {
+        Ok(c) if c.endpoints.is_empty() => {
+            eprintln!("switchyard-agent: invalid configuration: endpoints is empty");
+            return ExitCode::from(2);
+        }
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchyard-agent: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    match rt.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs until the process is stopped.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let store = Arc::new(AgentStore::open(&config.data_dir)?);
+    let mut applied = store.load()?;
+    let mut cursor = store.cursor()?;
+    let client = Client::new(config.endpoints.clone(), config.token.clone(), Duration::from_secs(10));
+    let (progress_tx, progress_rx) = watch::channel((cursor, applied.digest()));
+    tokio::spawn(report_loop(client.clone(), config.host.clone(), progress_rx, config.report_interval_ms));
+    tracing::info!(host = %config.host, cursor, "agent started");
+    loop {
+        let mut failure: Option<anyhow::Error> = None;
+        let mut compacted = false;
+        let q = EventQuery { from: cursor + 1, follow: true, ..Default::default() };
+        let result = client
+            .events(&q, |item| {
+                let mut step = || -> anyhow::Result<bool> {
+                    match item {
+                        StreamItem::Event(e) if e.revision <= cursor => {}
+                        StreamItem::Event(e) => {
+                            if let Some(change) = applied.change_for(e) {
+                                store.write(&change)?;
+                                applied.record(change);
+                            }
+                            store.set_cursor(e.revision)?;
+                            cursor = e.revision;
+                        }
+                        StreamItem::Progress { revision } if *revision > cursor => {
+                            store.set_cursor(*revision)?;
+                            cursor = *revision;
+                        }
+                        StreamItem::Progress { .. } => return Ok(true),
+                        StreamItem::Compacted { .. } => {
+                            compacted = true;
+                            return Ok(false);
+                        }
+                    }
+                    let _ = progress_tx.send((cursor, applied.digest()));
+                    Ok(true)
+                };
+                step().unwrap_or_else(|e| {
+                    failure = Some(e);
+                    false
+                })
+            })
+            .await;
+        if let Some(e) = failure {
+            return Err(e.context("apply an event"));
+        }
+        if compacted {
+            let state: Read<FullState> = client.get("/v1/state").await.context("read full state after compaction")?;
+            let config = HostConfig::from_guests(state.items.guests);
+            store.replace_all(&config)?;
+            store.set_cursor(state.revision)?;
+            (applied, cursor) = (config, state.revision);
+            let _ = progress_tx.send((cursor, applied.digest()));
+            tracing::info!(revision = state.revision, "re-synced from full state");
+            continue;
+        }
+        if let Err(e) = result {
+            tracing::warn!(%e, "subscription ended; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+async fn report_loop(client: Client, host: Name, progress: watch::Receiver<(Revision, u64)>, interval_ms: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+    loop {
+        tick.tick().await;
+        let (revision, digest) = *progress.borrow();
+        let body = serde_json::json!({ "applied_revision": revision, "digest": digest });
+        if let Err(e) = client.post::<_, serde_json::Value>(&format!("/v1/hosts/{host}/report"), &body).await {
+            tracing::warn!(%e, "report failed");
+        }
+    }
+}

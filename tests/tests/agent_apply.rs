@@ -1,0 +1,87 @@
+//! An agent applies every guest change to its files, survives SIGKILL mid-stream and a leader
+//! kill, and ends identical to the cluster's configuration, reported in sync.
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use serde_json::json;
+use switchyard_protocol::api::{FullState, HostView, Read, SyncStatus, WriteResponse};
+
+async fn converged(cluster: &TestCluster, agent: &AgentProc, ids: &[u64]) {
+    let c = cluster.client(ids);
+    eventually(&format!("agent {} to converge", agent.host), Duration::from_secs(60), || async {
+        let state: Read<FullState> = c.get("/v1/state").await.ok()?;
+        let (cursor, guests) = agent.applied();
+        let h: Read<HostView> = c.get(&format!("/v1/hosts/{}", agent.host)).await.ok()?;
+        let in_sync = h.items.sync.map(|s| s.status) == Some(SyncStatus::InSync);
+        (cursor == state.revision && guests == state.items.guests && in_sync).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_converges_through_kills() {
+    let mut cluster = TestCluster::start(3, ClusterOpts::default()).await;
+    let c = cluster.client(&[1, 2, 3]);
+    let _: WriteResponse = c.post("/v1/hosts", &big_host("h1")).await.unwrap();
+    let mut agent = AgentProc::start(&cluster, "h1", AGENT_TOKEN, &[1, 2, 3]);
+    for i in 0..10 {
+        let _: WriteResponse = c
+            .post("/v1/guests", &json!({"name": format!("g{i}"), "owner": "h1", "vcpus": 1, "memory_mib": 64, "package": format!("p{i}")}))
+            .await
+            .unwrap();
+    }
+    converged(&cluster, &agent, &[1, 2, 3]).await;
+
+    // Kill the agent while changes keep coming, and the leader too.
+    let writer = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for i in 0..30u64 {
+                let body = if i % 3 == 0 {
+                    json!({"name": format!("n{i}"), "owner": "h1", "vcpus": 1, "memory_mib": 64, "request_id": format!("{:x}", 0xa000 + i)})
+                } else {
+                    json!({"name": format!("n{}", i - i % 3), "owner": "h1", "vcpus": 2, "memory_mib": 64, "request_id": format!("{:x}", 0xa000 + i)})
+                };
+                if i % 3 == 0 {
+                    write_until_acked(&c, "/v1/guests", &body).await;
+                } else {
+                    // A modification: PATCH, retried with the same request id.
+                    let name = format!("n{}", i - i % 3);
+                    let patch = json!({"vcpus": (i % 3) + 1, "request_id": format!("{:x}", 0xa000 + i)});
+                    loop {
+                        match c.patch::<_, WriteResponse>(&format!("/v1/guests/{name}"), &patch).await {
+                            Ok(_) => break,
+                            Err(e) => {
+                                eprintln!("patch {name}: {e}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                }
+            }
+            let _: WriteResponse = loop {
+                match c.delete("/v1/guests/g3?request_id=beef").await {
+                    Ok(r) => break r,
+                    Err(e) => {
+                        eprintln!("remove g3: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+        })
+    };
+    agent.kill();
+    agent.restart();
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    cluster.kill(leader);
+    agent.kill();
+    agent.restart();
+    writer.await.unwrap();
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    converged(&cluster, &agent, &survivors).await;
+    let (_, guests) = agent.applied();
+    assert!(guests.iter().all(|g| g.name.as_str() != "g3"), "removed guest's file is gone");
+    assert_eq!(guests.len(), 10 - 1 + 10);
+}
