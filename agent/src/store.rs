@@ -71,11 +71,7 @@ impl AgentStore {
     /// Makes one change durable on disk.
     pub fn write(&self, change: &ConfigChange) -> Result<(), StoreError> {
         match change {
-            ConfigChange::Put(g) => {
-                let mut bytes = serde_json::to_vec_pretty(g).expect("a guest serialises to JSON");
-                bytes.push(b'\n');
-                atomic_write(&self.guest_path(&g.name), &bytes)
-            }
+            ConfigChange::Put(g) => atomic_write(&self.guest_path(&g.name), &HostConfig::render(g)),
             ConfigChange::Remove(n) => {
                 let path = self.guest_path(n);
                 match fs::remove_file(&path) {

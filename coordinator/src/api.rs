@@ -500,7 +500,25 @@ fn guest_view(st: &ClusterState, g: &Guest) -> GuestView {
         guest: g.clone(),
         package: g.spec.package.as_ref().and_then(|p| st.package(p)).cloned(),
         migration: st.in_flight(&g.name).cloned(),
+        hosts: Vec::new(),
     }
+}
+
+/// Per host: does it hold `g`'s current configuration? (Leader only; empty elsewhere.)
+fn guest_on_hosts(s: &ApiState, st: &ClusterState, g: &Guest) -> Vec<GuestOnHost> {
+    host_views(s, st, st.hosts())
+        .into_iter()
+        .filter_map(|h| {
+            let sync = h.sync?;
+            let status = match sync.status {
+                SyncStatus::Lagging { .. } if sync.applied_revision.is_some_and(|r| r >= g.version) => {
+                    SyncStatus::InSync
+                }
+                other => other,
+            };
+            Some(GuestOnHost { host: h.host.spec.name, status })
+        })
+        .collect()
 }
 
 async fn list_guests(State(s): State<Arc<ApiState>>, q: ReadQuery) -> Result<Json<Read<Vec<GuestView>>>, ApiError> {
@@ -514,7 +532,8 @@ async fn show_guest(
 ) -> Result<Json<Read<GuestView>>, ApiError> {
     let n = name(&n)?;
     read_state(&s, q, |st| {
-        st.guest(&n).map(|g| guest_view(st, g)).ok_or(ApiError::Rejected(Rejection::UnknownGuest { guest: n.clone() }))
+        let g = st.guest(&n).ok_or(ApiError::Rejected(Rejection::UnknownGuest { guest: n.clone() }))?;
+        Ok(GuestView { hosts: guest_on_hosts(&s, st, g), ..guest_view(st, g) })
     })
     .await
 }

@@ -183,6 +183,16 @@ pub struct GuestView {
     pub guest: Guest,
     pub package: Option<Package>,
     pub migration: Option<Migration>,
+    /// `guest show` on the leader: whether each host holds this guest's current configuration
+    /// (`in_sync` once the host applied the guest's version, even if it lags on other guests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<GuestOnHost>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestOnHost {
+    pub host: Name,
+    pub status: SyncStatus,
 }
 
 /// A read answer: the value and the revision it was read at.

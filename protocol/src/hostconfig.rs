@@ -80,6 +80,15 @@ impl HostConfig {
         }
     }
 
+    /// The bytes of a guest's configuration file on a host: pretty JSON of the whole record and a
+    /// newline. The one definition of the file format, used by agents to write and by tests to
+    /// compare.
+    pub fn render(guest: &Guest) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(guest).expect("a guest serialises to JSON");
+        bytes.push(b'\n');
+        bytes
+    }
+
     /// A 64-bit digest of the whole configuration (FNV-1a over the canonical encoding of every
     /// guest, in name order). Equal configurations have equal digests on every host.
     pub fn digest(&self) -> u64 {

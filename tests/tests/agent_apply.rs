@@ -33,6 +33,9 @@ async fn agent_converges_through_kills() {
             .unwrap();
     }
     converged(&cluster, &agent, &[1, 2, 3]).await;
+    let g: Read<switchyard_protocol::api::GuestView> = c.get("/v1/guests/g0").await.unwrap();
+    assert_eq!(g.items.hosts.len(), 1, "{:?}", g.items.hosts);
+    assert_eq!((g.items.hosts[0].host.as_str(), &g.items.hosts[0].status), ("h1", &SyncStatus::InSync));
 
     // Kill the agent while changes keep coming, and the leader too.
     let writer = {

@@ -12,6 +12,11 @@ use switchyard_protocol::api::{MemberSpec, NodeStatus, WriteResponse};
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0001";
 pub const OPERATOR_TOKEN: &str = "operator-token-for-tests-01";
 pub const AGENT_TOKEN: &str = "agent-h1-token-for-tests-01";
+
+/// The agent token of host `hN` (N in 1..=5; h1's is [`AGENT_TOKEN`]).
+pub fn agent_token(n: u32) -> String {
+    format!("agent-h{n}-token-for-tests-01")
+}
 const SECRET: &str = "cluster-secret-for-tests-0001";
 
 /// Settings a test may change.
@@ -120,11 +125,7 @@ name = "test-admin"
 token = "{OPERATOR_TOKEN}"
 role = "operator"
 
-[[tokens]]
-token = "{AGENT_TOKEN}"
-role = "agent"
-host = "h1"
-
+{agents}
 [raft]
 heartbeat_interval_ms = 100
 election_timeout_ms_min = 500
@@ -144,6 +145,9 @@ retain_revisions = {retain}
             keep = self.opts.max_in_snapshot_log_to_keep,
             retain = self.opts.retain_revisions,
             report = self.opts.host_report_timeout_ms,
+            agents = (1..=5)
+                .map(|n| format!("[[tokens]]\ntoken = \"{}\"\nrole = \"agent\"\nhost = \"h{n}\"\n\n", agent_token(n)))
+                .collect::<String>(),
         );
         std::fs::write(&config, text).expect("write config");
         let mut node = NodeProc {
