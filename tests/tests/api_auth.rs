@@ -66,10 +66,7 @@ fn allowed(role: &str, group: &str) -> bool {
 async fn each_role_gets_what_it_should_and_nothing_else() {
     let cluster = TestCluster::start(1, ClusterOpts::default()).await;
     let admin = cluster.client(&[1]);
-    let _: serde_json::Value = admin
-        .post("/v1/hosts", &json!({"name": "h1", "address": "h1:1", "vcpus": 8, "memory_mib": 8192, "hardware_family": "ia64", "hypervisor_version": "hpvm-6.1"}))
-        .await
-        .unwrap();
+    let _: serde_json::Value = admin.post("/v1/hosts", &big_host("h1")).await.unwrap();
     let _: serde_json::Value = admin
         .post("/v1/guests", &json!({"name": "g1", "owner": "h1", "vcpus": 1, "memory_mib": 128, "package": "p1"}))
         .await

@@ -9,10 +9,7 @@ use switchyard_protocol::api::{ErrorBody, NodeStatus};
 async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let cluster = TestCluster::start(1, ClusterOpts::default()).await;
     let admin = cluster.client(&[1]);
-    let _: serde_json::Value = admin
-        .post("/v1/hosts", &json!({"name": "h1", "address": "h1:1", "vcpus": 8, "memory_mib": 8192, "hardware_family": "ia64", "hypervisor_version": "hpvm-6.1"}))
-        .await
-        .unwrap();
+    let _: serde_json::Value = admin.post("/v1/hosts", &big_host("h1")).await.unwrap();
     let start = admin.get::<NodeStatus>("/v1/node/status").await.unwrap().revision;
     let http = reqwest::Client::new();
     let base = format!("http://{}", cluster.node(1).api_addr);

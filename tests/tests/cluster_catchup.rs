@@ -17,14 +17,7 @@ async fn follower_catches_up_through_a_snapshot_after_log_purge() {
     cluster.kill(lagging);
 
     let c = cluster.client(&others);
-    let _: WriteResponse = c
-        .post(
-            "/v1/hosts",
-            &json!({"name": "h1", "address": "h1:7100", "vcpus": 4096, "memory_mib": 1_048_576,
-                                   "hardware_family": "ia64", "hypervisor_version": "hpvm-6.1"}),
-        )
-        .await
-        .unwrap();
+    let _: WriteResponse = c.post("/v1/hosts", &big_host("h1")).await.unwrap();
     let mut last = 0;
     for i in 0..80 {
         let r: WriteResponse = c

@@ -25,14 +25,7 @@ async fn write_with_retries(c: &Client, i: u64) -> WriteResponse {
 async fn leader_killed_writes_continue_without_loss_or_duplicates() {
     let mut cluster = TestCluster::start(3, ClusterOpts::default()).await;
     let all = cluster.client(&[1, 2, 3]);
-    let _: WriteResponse = all
-        .post(
-            "/v1/hosts",
-            &json!({"name": "h1", "address": "h1:7100", "vcpus": 4096, "memory_mib": 1_048_576,
-                                   "hardware_family": "ia64", "hypervisor_version": "hpvm-6.1"}),
-        )
-        .await
-        .unwrap();
+    let _: WriteResponse = all.post("/v1/hosts", &big_host("h1")).await.unwrap();
     let old_leader = cluster.wait_leader(&[1, 2, 3]).await;
 
     let mut acked = BTreeMap::new();

@@ -11,14 +11,7 @@ use switchyard_protocol::api::{ClusterStatus, GuestView, Read, WriteResponse};
 async fn add_and_remove_nodes_while_writes_flow() {
     let mut cluster = TestCluster::start(3, ClusterOpts::default()).await;
     let c = cluster.client(&[1, 2, 3]);
-    let _: WriteResponse = c
-        .post(
-            "/v1/hosts",
-            &json!({"name": "h1", "address": "h1:7100", "vcpus": 4096, "memory_mib": 1_048_576,
-                                   "hardware_family": "ia64", "hypervisor_version": "hpvm-6.1"}),
-        )
-        .await
-        .unwrap();
+    let _: WriteResponse = c.post("/v1/hosts", &big_host("h1")).await.unwrap();
     let writer = {
         let c = cluster.client(&[2, 3, 1]);
         tokio::spawn(async move {
