@@ -10,13 +10,16 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use serde::Deserialize;
-use switchyard_coordinator::client::{Client, EventQuery};
+use switchyard_coordinator::client::{Client, ClientError, EventQuery};
 use switchyard_protocol::api::{FullState, Read, StreamItem};
 use switchyard_protocol::hostconfig::HostConfig;
 use switchyard_protocol::{Name, Revision};
 use tokio::sync::watch;
 
 use crate::store::AgentStore;
+
+/// Answers that retrying cannot fix.
+const FATAL: [&str; 4] = ["unauthenticated", "forbidden", "unknown_host", "bad_request"];
 
 /// Agent configuration (TOML).
 #[derive(Clone, Debug, Deserialize)]
@@ -82,6 +85,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut applied = store.load()?;
     let mut cursor = store.cursor()?;
     let client = Client::new(config.endpoints.clone(), config.token.clone(), Duration::from_secs(10));
+    // A token for another host, an unknown host or a bad token never get better by retrying:
+    // say so and stop, instead of logging the same refusal forever.
+    let first = serde_json::json!({ "applied_revision": cursor, "digest": applied.digest() });
+    match client.post::<_, serde_json::Value>(&format!("/v1/hosts/{}/report", config.host), &first).await {
+        Err(e @ ClientError::Api { .. }) if FATAL.contains(&e.code().unwrap_or_default()) => {
+            let hint = match e.code() {
+                Some("unknown_host") => format!("; register it first: switchyard host register {} ...", config.host),
+                _ => format!("; the token must be an agent token bound to host {}", config.host),
+            };
+            anyhow::bail!("the coordinators refuse this agent: {e}{hint}");
+        }
+        _ => {}
+    }
     let (progress_tx, progress_rx) = watch::channel((cursor, applied.digest()));
     tokio::spawn(report_loop(client.clone(), config.host.clone(), progress_rx, config.report_interval_ms));
     tracing::info!(host = %config.host, cursor, "agent started");
@@ -135,6 +151,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             continue;
         }
         if let Err(e) = result {
+            if FATAL.contains(&e.code().unwrap_or_default()) {
+                return Err(anyhow::anyhow!("the coordinators refuse this agent's subscription: {e}"));
+            }
             tracing::warn!(%e, "subscription ended; retrying");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

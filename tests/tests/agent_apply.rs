@@ -88,3 +88,27 @@ async fn agent_converges_through_kills() {
     assert!(guests.iter().all(|g| g.name.as_str() != "g3"), "removed guest's file is gone");
     assert_eq!(guests.len(), 10 - 1 + 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_with_a_token_for_another_host_stops_with_a_clear_error() {
+    let cluster = TestCluster::start(1, ClusterOpts::default()).await;
+    let c = cluster.client(&[1]);
+    let _: WriteResponse = c.post("/v1/hosts", &big_host("h2")).await.unwrap();
+    // h1's token used for host h2.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "host = \"h2\"\nendpoints = [\"{}\"]\ntoken = \"{AGENT_TOKEN}\"\ndata_dir = \"{}\"\n",
+            cluster.node(1).api_addr,
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_agent_proc")).arg("--config").arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("forbidden") && err.contains("bound to host h2"), "{err}");
+}
