@@ -7,12 +7,6 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, 
 use openraft::RaftLogReader;
 use switchyard_storage::{DataDir, LogStore, StateMachineStore};
 
-fn raw_db(path: &std::path::Path) -> rocksdb::DB {
-    let opts = rocksdb::Options::default();
-    let cfs = rocksdb::DB::list_cf(&opts, path.join("db")).unwrap();
-    rocksdb::DB::open_cf(&opts, path.join("db"), cfs).unwrap()
-}
-
 /// Flips one bit in the middle of the value at `key` in column family `family`.
 fn flip(path: &std::path::Path, family: &str, key: &[u8]) {
     let db = raw_db(path);

@@ -57,25 +57,23 @@ async fn installed_snapshot_gives_a_follower_state_and_history() {
     let all = filled(leader_dir.path()).await;
     let (_, mut leader) = switchyard_storage::open(leader_dir.path(), 1).unwrap();
     let snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let meta = snap.meta.clone();
 
     let (_, mut follower) = switchyard_storage::open(follower_dir.path(), 2).unwrap();
-    let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
-    let mut src = snap.snapshot;
-    tokio::io::copy(&mut *src, &mut *incoming).await.unwrap();
-    follower.install_snapshot(&snap.meta, incoming).await.unwrap();
+    transfer(snap, &mut follower).await;
 
     let (want_state, want_events) = reference(&all);
     assert_eq!(follower.read(codec::encode), codec::encode(&want_state));
     assert_eq!(follower.history().events_from(1, usize::MAX).unwrap(), want_events);
     assert_eq!(follower.history().migrations_of_guest(&n("g0"), 10).unwrap().len(), 1);
     let current = follower.get_current_snapshot().await.unwrap().expect("kept");
-    assert_eq!(current.meta, snap.meta);
+    assert_eq!(current.meta, meta);
     drop(follower);
 
     // And it survives a restart of the follower.
     let (_, follower) = switchyard_storage::open(follower_dir.path(), 2).unwrap();
     assert_eq!(follower.read(codec::encode), codec::encode(&want_state));
-    assert_eq!(follower.applied_meta().last_applied, snap.meta.last_log_id);
+    assert_eq!(follower.applied_meta().last_applied, meta.last_log_id);
     // Only the current snapshot file is kept.
     let files: Vec<_> = std::fs::read_dir(follower_dir.path().join("snapshots")).unwrap().collect();
     assert_eq!(files.len(), 1, "{files:?}");
@@ -104,12 +102,6 @@ fn unknown_format_version_is_refused() {
     assert!(matches!(err, StoreError::UnsupportedFormat { found: 99, supported: 1, .. }), "{err}");
 }
 
-pub fn raw_db(path: &std::path::Path) -> rocksdb::DB {
-    let opts = rocksdb::Options::default();
-    let cfs = rocksdb::DB::list_cf(&opts, path.join("db")).unwrap();
-    rocksdb::DB::open_cf(&opts, path.join("db"), cfs).unwrap()
-}
-
 #[tokio::test]
 async fn compacted_history_still_restarts_and_installs_with_migration_history() {
     let leader_dir = tempfile::tempdir().unwrap();
@@ -129,10 +121,7 @@ async fn compacted_history_still_restarts_and_installs_with_migration_history() 
     // A snapshot built now carries the compacted history plus the migration records.
     let snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
     let (_, mut follower) = switchyard_storage::open(follower_dir.path(), 2).unwrap();
-    let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
-    let mut src = snap.snapshot;
-    tokio::io::copy(&mut *src, &mut *incoming).await.unwrap();
-    follower.install_snapshot(&snap.meta, incoming).await.unwrap();
+    transfer(snap, &mut follower).await;
     assert_eq!(follower.read(codec::encode), codec::encode(&want_state));
     assert_eq!(follower.history().events_from(1, usize::MAX).unwrap(), want_events[want_events.len() - 3..].to_vec());
     let ids = follower.history().migrations_of_guest(&n("g0"), 10).unwrap();

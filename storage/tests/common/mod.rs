@@ -94,3 +94,23 @@ pub fn reference(entries: &[Entry]) -> (ClusterState, Vec<Event>) {
     }
     (s, evs)
 }
+
+/// Opens a data directory's RocksDB directly, bypassing the store (to tamper with it).
+pub fn raw_db(path: &std::path::Path) -> rocksdb::DB {
+    let opts = rocksdb::Options::default();
+    let cfs = rocksdb::DB::list_cf(&opts, path.join("db")).unwrap();
+    rocksdb::DB::open_cf(&opts, path.join("db"), cfs).unwrap()
+}
+
+/// Hands a snapshot to another state machine the way openraft does: receive into the
+/// follower's own file, then install.
+pub async fn transfer(
+    snap: openraft::storage::Snapshot<switchyard_storage::TypeConfig>,
+    follower: &mut switchyard_storage::StateMachineStore,
+) {
+    use openraft::storage::RaftStateMachine;
+    let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
+    let mut src = snap.snapshot;
+    tokio::io::copy(&mut *src, &mut *incoming).await.unwrap();
+    follower.install_snapshot(&snap.meta, incoming).await.unwrap();
+}
