@@ -1,6 +1,7 @@
 //! The `switchyard-agent` daemon: follow the event history from the durable cursor, apply each
 //! event to this host's guest configuration files, re-sync from full state after a `compacted`
-//! answer, and report (applied revision, digest) to the leader.
+//! answer, report (applied revision, digest) to the leader, and hand migration events to the
+//! migration worker ([`crate::migrations`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,9 +14,11 @@ use serde::Deserialize;
 use switchyard_coordinator::client::{Client, ClientError, EventQuery};
 use switchyard_protocol::api::{FullState, Read, StreamItem};
 use switchyard_protocol::hostconfig::HostConfig;
-use switchyard_protocol::{Name, Revision};
+use switchyard_protocol::{EventKind, Name, Revision};
 use tokio::sync::watch;
 
+use crate::driver::DriverConfig;
+use crate::migrations::{Input, Worker};
 use crate::store::AgentStore;
 
 /// Answers that retrying cannot fix.
@@ -36,6 +39,8 @@ pub struct AgentConfig {
     /// How often to report to the leader.
     #[serde(default = "default_report_ms")]
     pub report_interval_ms: u64,
+    /// The hypervisor driver that moves guests (`kind = "simulated"` or `"command"`).
+    pub driver: DriverConfig,
 }
 
 fn default_report_ms() -> u64 {
@@ -81,6 +86,7 @@ pub fn main() -> ExitCode {
 
 /// Runs until the process is stopped.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let driver = config.driver.build(&config.host).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let store = Arc::new(AgentStore::open(&config.data_dir)?);
     let mut applied = store.load()?;
     let mut cursor = store.cursor()?;
@@ -100,6 +106,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     let (progress_tx, progress_rx) = watch::channel((cursor, applied.digest()));
     tokio::spawn(report_loop(client.clone(), config.host.clone(), progress_rx, config.report_interval_ms));
+    let (to_worker, worker_rx) = tokio::sync::mpsc::unbounded_channel();
+    let worker = Worker::new(config.host.clone(), client.clone(), Arc::from(driver), store.clone());
+    tokio::spawn(worker.run(worker_rx));
     tracing::info!(host = %config.host, cursor, "agent started");
     loop {
         let mut failure: Option<anyhow::Error> = None;
@@ -111,6 +120,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     match item {
                         StreamItem::Event(e) if e.revision <= cursor => {}
                         StreamItem::Event(e) => {
+                            if e.payload.kind() == EventKind::Migration {
+                                let _ = to_worker.send(Input::Event((**e).clone()));
+                            }
                             if let Some(change) = applied.change_for(e) {
                                 store.write(&change)?;
                                 applied.record(change);
@@ -147,6 +159,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             store.set_cursor(state.revision)?;
             (applied, cursor) = (config, state.revision);
             let _ = progress_tx.send((cursor, applied.digest()));
+            let _ = to_worker.send(Input::Reload);
             tracing::info!(revision = state.revision, "re-synced from full state");
             continue;
         }

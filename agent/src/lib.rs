@@ -5,10 +5,15 @@
 //!
 //! - [`store`]: the durable applied state (atomic per-guest files and the cursor);
 //! - [`daemon`]: subscribe from the cursor, apply, re-sync from full state after a `compacted`
-//!   answer, report (applied revision, digest) to the leader.
+//!   answer, report (applied revision, digest) to the leader;
+//! - [`migrations`]: this host's part in migrations (transfer, confirm, move back after a
+//!   rollback), fenced and de-duplicated by (migration, phase token);
+//! - [`driver`]: the hypervisor drivers behind one trait (simulated, external commands).
 //!
 //! What each event changes and the digest come from `switchyard_protocol::hostconfig`, the one
-//! home shared with the coordinators. Hypervisor drivers and migration steps are still to come.
+//! home shared with the coordinators.
 
 pub mod daemon;
+pub mod driver;
+pub mod migrations;
 pub mod store;

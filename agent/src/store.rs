@@ -1,5 +1,7 @@
-//! The agent's applied state on disk: one file per guest under `<data_dir>/guests/`, and the
-//! cursor (last applied revision) in `<data_dir>/cursor`.
+//! The agent's applied state on disk: one file per guest under `<data_dir>/guests/`, the
+//! cursor (last applied revision) in `<data_dir>/cursor`, and one journal file per migration this
+//! host takes part in under `<data_dir>/migrations/` (what it did for which phase, so a restarted
+//! agent neither repeats nor forgets a transfer).
 //!
 //! Every write is atomic and durable: write a temporary file, fsync it, rename it over the
 //! target, fsync the directory. A kill at any point leaves either the old or the new file, never
@@ -11,8 +13,9 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use switchyard_protocol::hostconfig::{ConfigChange, HostConfig};
-use switchyard_protocol::{Guest, Name, Revision};
+use switchyard_protocol::{FencingToken, Guest, MigrationId, Name, Revision};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,15 +37,54 @@ pub struct AgentStore {
 
 impl AgentStore {
     pub fn open(dir: &Path) -> Result<AgentStore, StoreError> {
-        let guests = dir.join("guests");
-        fs::create_dir_all(&guests).map_err(io(format!("create {}", guests.display())))?;
-        // Leftover temporaries of a write that was killed are never valid state.
-        for e in fs::read_dir(&guests).map_err(io(format!("list {}", guests.display())))?.flatten() {
-            if e.path().extension().is_some_and(|x| x == "tmp") {
-                fs::remove_file(e.path()).map_err(io(format!("remove {}", e.path().display())))?;
+        for sub in ["guests", "migrations"] {
+            let d = dir.join(sub);
+            fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
+            // Leftover temporaries of a write that was killed are never valid state.
+            for e in fs::read_dir(&d).map_err(io(format!("list {}", d.display())))?.flatten() {
+                if e.path().extension().is_some_and(|x| x == "tmp") {
+                    fs::remove_file(e.path()).map_err(io(format!("remove {}", e.path().display())))?;
+                }
             }
         }
         Ok(AgentStore { dir: dir.to_path_buf() })
+    }
+
+    fn journal_path(&self, id: MigrationId) -> PathBuf {
+        self.dir.join("migrations").join(format!("{}.json", id.0))
+    }
+
+    /// Records durably what this host did for a migration.
+    pub fn put_journal(&self, j: &Journal) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(j).expect("a journal entry always serialises");
+        atomic_write(&self.journal_path(j.migration), &bytes)
+    }
+
+    pub fn remove_journal(&self, id: MigrationId) -> Result<(), StoreError> {
+        let path = self.journal_path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir.join("migrations")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(format!("remove {}", path.display()))(e)),
+        }
+    }
+
+    /// Every journal entry, by migration id.
+    pub fn journals(&self) -> Result<Vec<Journal>, StoreError> {
+        let dir = self.dir.join("migrations");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io(format!("list {}", dir.display())))?.flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(io(format!("read {}", path.display())))?;
+            let j: Journal = serde_json::from_slice(&bytes)
+                .map_err(|err| StoreError::Corrupt { path: path.clone(), reason: err.to_string() })?;
+            out.push(j);
+        }
+        out.sort_by_key(|j| j.migration);
+        Ok(out)
     }
 
     fn guests_dir(&self) -> PathBuf {
@@ -117,6 +159,27 @@ impl AgentStore {
         }
         Ok(())
     }
+}
+
+/// What this host has done for one migration: the source's transfer, keyed by the fencing token
+/// of the `transferring` commit it acted on. De-duplicates by (migration, phase): a transfer is
+/// started once per token, and a restart finds out from here whether one was under way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    pub migration: MigrationId,
+    pub guest: Name,
+    /// The commit this host acted on (the highest token it has obeyed for this migration).
+    pub token: FencingToken,
+    pub transfer: TransferState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferState {
+    /// Started and not known to have ended: after a restart, ask the driver where the guest is.
+    Started,
+    Done { freeze_time_ms: Option<u64> },
+    Failed { error: String },
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

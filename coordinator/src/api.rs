@@ -28,6 +28,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Role};
 use crate::error::{ApiError, LeaderHint};
 use crate::liveness::Liveness;
+use crate::migration::Reports;
 
 /// Marks a request a follower already forwarded, so it is not forwarded again.
 pub const FORWARDED_HEADER: &str = "x-switchyard-forwarded";
@@ -53,6 +54,8 @@ pub struct ApiState {
     clock: Arc<dyn Clock>,
     /// Agent reports (meaningful on the leader).
     pub liveness: Arc<Liveness>,
+    /// Agents' migration reports, read by the migration driver (leader only).
+    pub reports: Arc<Reports>,
 }
 
 impl ApiState {
@@ -78,7 +81,17 @@ impl ApiState {
             .timeout(Duration::from_millis(config.api.peer_timeout_ms))
             .build()
             .expect("an HTTP client without TLS always builds");
-        Arc::new(ApiState { id, raft, sm, config, tokens, client, clock, liveness: Arc::new(Liveness::default()) })
+        Arc::new(ApiState {
+            id,
+            raft,
+            sm,
+            config,
+            tokens,
+            client,
+            clock,
+            liveness: Arc::new(Liveness::default()),
+            reports: Arc::new(Reports::default()),
+        })
     }
 }
 
@@ -117,6 +130,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/events", get(crate::events::subscribe))
         .route("/v1/state", get(full_state))
         .route("/v1/packages/{name}/switching", post(set_switching))
+        .route("/v1/migrations", get(list_migrations).post(request_migration))
+        .route("/v1/migrations/{id}", get(show_migration))
+        .route("/v1/migrations/{id}/abort", post(abort_migration))
+        .route("/v1/migrations/{id}/report", post(report_migration))
         .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
         .layer(from_fn_with_state(state.clone(), edge))
         .with_state(state)
@@ -130,10 +147,12 @@ fn allowed(role: Role, method: &Method, path: &str) -> bool {
         Role::Admin => true,
         Role::Operator => read,
         Role::Agent => {
-            (method == Method::POST && path.starts_with("/v1/hosts/") && path.ends_with("/report"))
+            (method == Method::POST
+                && (path.starts_with("/v1/hosts/") || path.starts_with("/v1/migrations/"))
+                && path.ends_with("/report"))
                 || read
                     && (path == "/openapi.json"
-                        || ["/v1/hosts", "/v1/guests", "/v1/packages", "/v1/events", "/v1/state"]
+                        || ["/v1/hosts", "/v1/guests", "/v1/packages", "/v1/events", "/v1/state", "/v1/migrations"]
                             .iter()
                             .any(|p| path == *p || path.starts_with(&format!("{p}/"))))
         }
@@ -629,4 +648,173 @@ async fn full_state(State(s): State<Arc<ApiState>>, q: ReadQuery) -> Result<Json
         })
     })
     .await
+}
+
+// ---- migrations ----
+
+fn migration_id(s: &str) -> Result<MigrationId, ApiError> {
+    s.parse().map(MigrationId).map_err(|_| ApiError::BadRequest(format!("migration id {s:?} is not a number")))
+}
+
+/// `migrate GUEST --to HOST`: the source is where the guest runs now; the state machine checks
+/// every rule again when the request commits.
+async fn request_migration(
+    State(s): State<Arc<ApiState>>,
+    Extension(c): Extension<Caller>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let r: MigrateRequest = body(&raw)?;
+    let source = s
+        .sm
+        .read(|st| st.guest(&r.guest).map(|g| g.owner.clone()))
+        .ok_or_else(|| ApiError::Rejected(Rejection::UnknownGuest { guest: r.guest.clone() }))?;
+    let kind = if r.offline { MigrationKind::Offline } else { MigrationKind::Online };
+    let cmd = Command::RequestMigration { guest: r.guest, source, target: r.target, kind, reason: r.reason };
+    propose(&s, &c, r.request_id.as_deref(), cmd).await
+}
+
+async fn abort_migration(
+    State(s): State<Arc<ApiState>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let id = migration_id(&id)?;
+    let r: AbortRequest = if raw.is_empty() { AbortRequest::default() } else { body(&raw)? };
+    propose(&s, &c, r.request_id.as_deref(), Command::AbortMigration { id, reason: r.reason }).await
+}
+
+/// An agent reports its part of the current phase of a migration it takes part in. Held by the
+/// leader for the driver (a follower forwards it).
+async fn report_migration(
+    State(s): State<Arc<ApiState>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Json<ReportAck>, ApiError> {
+    let id = migration_id(&id)?;
+    let r: MigrationReport = body(&raw)?;
+    let (Role::Agent, Some(host)) = (c.role, c.host.as_ref()) else {
+        return Err(ApiError::Forbidden("only an agent token bound to a host may report on a migration".into()));
+    };
+    if !s.is_leader() {
+        return Err(ApiError::NotLeader { leader: s.leader_api() });
+    }
+    let m = s
+        .sm
+        .read(|st| st.migration(id).cloned())
+        .or(s.sm.history().migration(id)?)
+        .ok_or(ApiError::Rejected(Rejection::UnknownMigration { id }))?;
+    if !m.involves(host) {
+        return Err(ApiError::Forbidden(format!(
+            "host {host} takes no part in migration {id} ({} to {})",
+            m.source, m.target
+        )));
+    }
+    s.reports.record(&m, host, &r)?;
+    let term = s.raft.metrics().borrow().current_term;
+    Ok(Json(ReportAck { migration: id, phase: m.phase, term }))
+}
+
+async fn show_migration(
+    State(s): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    q: ReadQuery,
+) -> Result<Json<Read<Migration>>, ApiError> {
+    let id = migration_id(&id)?;
+    read_barrier(&s, &query(q)?).await?;
+    let revision = s.sm.applied_meta().revision;
+    let m = s.sm.history().migration(id)?.ok_or(ApiError::Rejected(Rejection::UnknownMigration { id }))?;
+    Ok(Json(Read { revision, items: m }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MigrationQuery {
+    #[serde(default)]
+    stale: bool,
+    guest: Option<String>,
+    host: Option<String>,
+    /// A phase, or `in_flight` / `finished`.
+    phase: Option<String>,
+    /// Requested at or after (milliseconds since the Unix epoch).
+    since: Option<u64>,
+    /// Requested before (milliseconds since the Unix epoch).
+    until: Option<u64>,
+    /// Only ids greater than this (paging).
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+const MIGRATION_PAGE_MAX: usize = 1000;
+
+/// Migration history, oldest first, filtered and paged; retained across snapshots and log
+/// purges (it lives in the event store, not in the Raft log).
+async fn list_migrations(
+    State(s): State<Arc<ApiState>>,
+    q: Result<Query<MigrationQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Read<MigrationPage>>, ApiError> {
+    let q = query(q)?;
+    read_barrier(&s, &ReadParams { stale: q.stale }).await?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MIGRATION_PAGE_MAX {
+        return Err(ApiError::BadRequest(format!("limit must be 1 to {MIGRATION_PAGE_MAX}")));
+    }
+    let phase: Option<Box<dyn Fn(Phase) -> bool + Send>> = match q.phase.as_deref() {
+        None => None,
+        Some("in_flight") => Some(Box::new(|p: Phase| !p.is_terminal())),
+        Some("finished") => Some(Box::new(|p: Phase| p.is_terminal())),
+        Some(x) => {
+            let want = Phase::ALL.into_iter().find(|p| p.as_str() == x).ok_or_else(|| {
+                ApiError::BadRequest(format!("unknown phase {x:?}; use a phase name, in_flight or finished"))
+            })?;
+            Some(Box::new(move |p: Phase| p == want))
+        }
+    };
+    let guest = q.guest.as_deref().map(name).transpose()?;
+    let host = q.host.as_deref().map(name).transpose()?;
+    let keep = |m: &Migration| {
+        let requested = m.history.first().map_or(0, |r| r.at.0);
+        guest.as_ref().is_none_or(|g| m.guest == *g)
+            && host.as_ref().is_none_or(|h| m.involves(h))
+            && phase.as_ref().is_none_or(|f| f(m.phase))
+            && q.since.is_none_or(|t| requested >= t)
+            && q.until.is_none_or(|t| requested < t)
+    };
+    let history = s.sm.history();
+    let revision = s.sm.applied_meta().revision;
+    let after = q.after.unwrap_or(0);
+    let mut migrations = Vec::new();
+    let mut more = false;
+    let mut take = |m: Migration| {
+        if !keep(&m) {
+            return true;
+        }
+        if migrations.len() == limit {
+            more = true;
+            return false;
+        }
+        migrations.push(m);
+        true
+    };
+    // A guest or host filter reads its index; otherwise scan the records in id order.
+    let ids = match (&guest, &host) {
+        (Some(g), _) => Some(history.migrations_of_guest(g, usize::MAX)?),
+        (None, Some(h)) => Some(history.migrations_of_host(h, usize::MAX)?),
+        _ => None,
+    };
+    match ids {
+        Some(ids) => {
+            for id in ids.into_iter().filter(|id| id.0 > after) {
+                if let Some(m) = history.migration(id)? {
+                    if !take(m) {
+                        break;
+                    }
+                }
+            }
+        }
+        None => history.scan_migrations(after + 1, take)?,
+    }
+    let next_after = more.then(|| migrations.last().map(|m| m.id)).flatten();
+    Ok(Json(Read { revision, items: MigrationPage { migrations, next_after } }))
 }

@@ -14,6 +14,7 @@ use std::io::Write;
 use switchyard_protocol::EventPayload;
 
 use crate::client::{Client, ClientError, EventQuery};
+use crate::clock::Clock;
 
 #[derive(Parser, Debug)]
 #[command(name = "switchyard", version, about = "Operate a Switchyard cluster")]
@@ -73,6 +74,26 @@ enum Verb {
         #[arg(long)]
         kind: Option<String>,
     },
+    /// Move a guest to another host: online (live) unless --offline.
+    Migrate {
+        guest: String,
+        #[arg(long)]
+        to: String,
+        /// Move the guest while it is down.
+        #[arg(long)]
+        offline: bool,
+        /// Follow the phases live; exit non-zero unless the migration completes.
+        #[arg(long)]
+        wait: bool,
+        /// Why (kept in the migration's history).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+    /// Migration history, details and abort.
+    #[command(subcommand)]
+    Migration(MigrationVerb),
     /// Start a complete local cluster (3 coordinators) with data in a local folder.
     Dev {
         /// Where the cluster keeps its data, tokens and ports.
@@ -216,6 +237,42 @@ enum GuestVerb {
 }
 
 #[derive(Subcommand, Debug)]
+enum MigrationVerb {
+    /// Migrations, oldest first, filtered; --after pages on.
+    List {
+        #[arg(long)]
+        guest: Option<String>,
+        /// Migrations from or to this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// A phase (requested … completed, failed, aborted), in_flight or finished.
+        #[arg(long)]
+        phase: Option<String>,
+        /// Requested at or after: a UTC date[-time], epoch ms, or an age like 2h.
+        #[arg(long)]
+        since: Option<String>,
+        /// Requested before (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only migrations with a greater id (the next page).
+        #[arg(long)]
+        after: Option<u64>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Every phase with its time and duration, the freeze time, who asked, why, and the error.
+    Show { id: u64 },
+    /// Roll back a migration that has not switched owner yet.
+    Abort {
+        id: u64,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum PackageVerb {
     Enable(SwitchArgs),
     Disable(SwitchArgs),
@@ -270,6 +327,11 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+        Err(CliError::Failed(text, why)) => {
+            print!("{text}");
+            eprintln!("error: {why}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -277,6 +339,9 @@ pub fn main() -> ExitCode {
 enum CliError {
     Usage(String),
     Client(ClientError),
+    /// The call worked but the outcome is a failure (e.g. `migrate --wait` of a failed
+    /// migration): print the text, then the reason, and exit non-zero.
+    Failed(String, String),
 }
 
 impl From<ClientError> for CliError {
@@ -460,7 +525,29 @@ async fn run(cli: Cli) -> Result<String, CliError> {
             }
             GuestVerb::Show { name } => {
                 let r: Read<GuestView> = c.get(&format!("/v1/guests/{}{q}", name_path(&name)?)).await?;
-                Ok(if json { to_json(&r) } else { guests_table(std::slice::from_ref(&r.items)) })
+                if json {
+                    return Ok(to_json(&r));
+                }
+                let g = &r.items;
+                let mut out = guests_table(std::slice::from_ref(g));
+                let now = crate::clock::SystemClock.now();
+                if let Some(line) = g.package.as_ref().and_then(|p| unprotected(p, now)) {
+                    out.push_str(&format!("\npackage {}: {line}\n", g.package.as_ref().expect("checked").name));
+                }
+                if let Some(m) = &g.migration {
+                    out.push_str(&format!(
+                        "migration {} in flight: {} -> {}, phase {} since {}\n",
+                        m.id,
+                        m.source,
+                        m.target,
+                        m.phase,
+                        crate::timefmt::format(m.current().at)
+                    ));
+                }
+                for h in &g.hosts {
+                    out.push_str(&format!("host {}: {}\n", h.host, sync_text(&h.status)));
+                }
+                Ok(out)
             }
             GuestVerb::List => {
                 let r: Read<Vec<GuestView>> = c.get(&format!("/v1/guests{q}")).await?;
@@ -476,6 +563,60 @@ async fn run(cli: Cli) -> Result<String, CliError> {
                 }
                 let qs = if params.is_empty() { String::new() } else { format!("?{}", params.join("&")) };
                 written(json, c.delete(&format!("/v1/guests/{}{qs}", name_path(&name)?)).await?)
+            }
+        },
+        Verb::Migrate { guest, to, offline, wait, reason, write } => {
+            let parse = |s: &str| {
+                switchyard_protocol::Name::new(s).map_err(|e| CliError::Usage(format!("invalid name {s:?}: {e}")))
+            };
+            let req =
+                MigrateRequest { guest: parse(&guest)?, target: parse(&to)?, offline, reason, request_id: write.request_id };
+            let r: WriteResponse = c.post("/v1/migrations", &req).await?;
+            let id = r.first_revision;
+            if !wait {
+                return Ok(if json {
+                    to_json(&r)
+                } else {
+                    format!("migration {id} of {guest} to {to} requested (follow it: switchyard migration show {id})\n")
+                });
+            }
+            wait_migration(&c, json, &guest, id).await
+        }
+        Verb::Migration(v) => match v {
+            MigrationVerb::List { guest, host, phase, since, until, after, limit } => {
+                let now = crate::clock::SystemClock.now();
+                let mut params = vec![format!("limit={limit}")];
+                for (k, v) in [("guest", guest), ("host", host)] {
+                    if let Some(v) = v {
+                        params.push(format!("{k}={}", name_path(&v)?));
+                    }
+                }
+                if let Some(p) = phase {
+                    params.push(format!("phase={}", name_path(&p)?));
+                }
+                for (k, v) in [("since", since), ("until", until)] {
+                    if let Some(v) = v {
+                        let t = crate::timefmt::parse(&v, now).map_err(CliError::Usage)?;
+                        params.push(format!("{k}={}", t.0));
+                    }
+                }
+                if let Some(a) = after {
+                    params.push(format!("after={a}"));
+                }
+                if cli.stale {
+                    params.push("stale=true".into());
+                }
+                let r: Read<MigrationPage> = c.get(&format!("/v1/migrations?{}", params.join("&"))).await?;
+                Ok(if json { to_json(&r) } else { migrations_table(&r.items) })
+            }
+            MigrationVerb::Show { id } => {
+                let r: Read<switchyard_protocol::Migration> = c.get(&format!("/v1/migrations/{id}{q}")).await?;
+                Ok(if json { to_json(&r) } else { migration_detail(&r.items) })
+            }
+            MigrationVerb::Abort { id, reason, write } => {
+                let req = AbortRequest { reason, request_id: write.request_id };
+                let r: WriteResponse = c.post(&format!("/v1/migrations/{id}/abort"), &req).await?;
+                Ok(if json { to_json(&r) } else { format!("migration {id} aborted and rolled back (revision {})\n", r.last_revision) })
             }
         },
         Verb::Package(v) => match v {
@@ -571,6 +712,16 @@ fn cluster_table(s: &ClusterStatus) -> String {
     table(&["ID", "ROLE", "MEMBER", "TERM", "LAST LOG", "APPLIED", "LAG", "API"], rows)
 }
 
+fn sync_text(s: &SyncStatus) -> String {
+    match s {
+        SyncStatus::InSync => "in sync".into(),
+        SyncStatus::Lagging { behind } => format!("lagging by {behind}"),
+        SyncStatus::Diverged => "DIVERGED".into(),
+        SyncStatus::Silent => "silent".into(),
+        SyncStatus::Unknown => "no report".into(),
+    }
+}
+
 fn hosts_table(hosts: &[HostView]) -> String {
     let rows = hosts
         .iter()
@@ -584,13 +735,7 @@ fn hosts_table(hosts: &[HostView]) -> String {
                 s.profile.to_string(),
                 s.address.clone(),
                 h.host.version.to_string(),
-                h.sync.as_ref().map_or("-".into(), |y| match &y.status {
-                    SyncStatus::InSync => "in sync".into(),
-                    SyncStatus::Lagging { behind } => format!("lagging by {behind}"),
-                    SyncStatus::Diverged => "DIVERGED".into(),
-                    SyncStatus::Silent => "silent".into(),
-                    SyncStatus::Unknown => "no report".into(),
-                }),
+                h.sync.as_ref().map_or("-".into(), |y| sync_text(&y.status)),
             ]
         })
         .collect();
@@ -643,6 +788,7 @@ fn guests_table(guests: &[GuestView]) -> String {
 }
 
 fn packages_table(pkgs: &[Package]) -> String {
+    let now = crate::clock::SystemClock.now();
     let rows = pkgs
         .iter()
         .map(|p| {
@@ -650,18 +796,141 @@ fn packages_table(pkgs: &[Package]) -> String {
             vec![
                 p.name.to_string(),
                 p.guest.to_string(),
-                if p.switching_enabled { "enabled".into() } else { "DISABLED".into() },
+                if p.switching_enabled {
+                    "enabled".into()
+                } else {
+                    format!("DISABLED for {}", crate::timefmt::duration(now.0.saturating_sub(c.at.0)))
+                },
                 if p.disabled_nodes.is_empty() {
                     "-".into()
                 } else {
                     p.disabled_nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
                 },
-                format!("rev {} by {}", c.revision, c.actor),
+                format!("{} rev {} by {}", crate::timefmt::format(c.at), c.revision, c.actor),
+                opt(c.migration),
                 opt(c.reason.as_ref()),
             ]
         })
         .collect();
-    table(&["PACKAGE", "GUEST", "SWITCHING", "NODES DISABLED", "CHANGED", "REASON"], rows)
+    table(&["PACKAGE", "GUEST", "SWITCHING", "NODES DISABLED", "CHANGED", "MIGRATION", "REASON"], rows)
+}
+
+/// Follows a migration's phases from the event history until it ends.
+async fn wait_migration(c: &Client, json: bool, guest: &str, id: u64) -> Result<String, CliError> {
+    let query = EventQuery { from: id, follow: true, guest: Some(guest.to_string()), host: None, kind: Some("migration".into()) };
+    let mut out = std::io::stdout();
+    let mut end: Option<(switchyard_protocol::Phase, Option<String>)> = None;
+    c.events(&query, |item| {
+        let StreamItem::Event(e) = item else { return true };
+        if e.payload.migration() != Some(switchyard_protocol::MigrationId(id)) {
+            return true;
+        }
+        let line = if json { serde_json::to_string(item).expect("JSON") } else {
+            format!("{}  {}", crate::timefmt::format(e.time), describe(&e.payload))
+        };
+        let _ = writeln!(out, "{line}");
+        if let EventPayload::MigrationPhaseChanged { phase, error, .. } = &e.payload {
+            if phase.is_terminal() {
+                end = Some((*phase, error.clone()));
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+    match end {
+        Some((switchyard_protocol::Phase::Completed, _)) => Ok(String::new()),
+        Some((phase, error)) => Err(CliError::Failed(
+            String::new(),
+            format!("migration {id} {phase}: {}", error.unwrap_or_else(|| "no reason given".into())),
+        )),
+        None => Err(CliError::Failed(String::new(), format!("lost track of migration {id}; see: switchyard migration show {id}"))),
+    }
+}
+
+fn migrations_table(page: &MigrationPage) -> String {
+    use crate::timefmt;
+    let rows = page
+        .migrations
+        .iter()
+        .map(|m| {
+            let started = m.history.first().map_or(0, |r| r.at.0);
+            let took = m.current().at.0.saturating_sub(started);
+            vec![
+                m.id.to_string(),
+                m.guest.to_string(),
+                m.source.to_string(),
+                m.target.to_string(),
+                m.kind.to_string(),
+                m.phase.to_string(),
+                timefmt::format(switchyard_protocol::Timestamp(started)),
+                if m.phase.is_terminal() { timefmt::duration(took) } else { format!("{} so far", timefmt::duration(took)) },
+                opt(m.freeze_time_ms.map(timefmt::duration)),
+                m.requested_by.clone(),
+                opt(m.error.as_ref()),
+            ]
+        })
+        .collect();
+    let mut out = table(&["ID", "GUEST", "FROM", "TO", "KIND", "PHASE", "REQUESTED", "TOOK", "FREEZE", "BY", "ERROR"], rows);
+    if let Some(next) = page.next_after {
+        out.push_str(&format!("(more: --after {next})\n"));
+    }
+    out
+}
+
+fn migration_detail(m: &switchyard_protocol::Migration) -> String {
+    use crate::timefmt;
+    let mut s = format!(
+        "migration {}: guest {} from {} to {} ({})\nrequested by {}{}\nphase {}{}\n",
+        m.id,
+        m.guest,
+        m.source,
+        m.target,
+        m.kind,
+        m.requested_by,
+        m.reason.as_ref().map(|r| format!(", reason: {r}")).unwrap_or_default(),
+        m.phase,
+        m.error.as_ref().map(|e| format!(", error: {e}")).unwrap_or_default(),
+    );
+    if let Some(p) = &m.package {
+        s.push_str(&format!("package {p}, switching before: {}\n", opt(m.switching_before.map(|b| if b { "enabled" } else { "disabled" }))));
+    }
+    if let Some(f) = m.freeze_time_ms {
+        s.push_str(&format!("freeze time {}\n", timefmt::duration(f)));
+    }
+    let rows = m
+        .history
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let lasted = m.history.get(i + 1).map(|n| timefmt::duration(n.at.0.saturating_sub(r.at.0)));
+            vec![
+                r.phase.to_string(),
+                timefmt::format(r.at),
+                r.revision.to_string(),
+                r.term.to_string(),
+                lasted.unwrap_or_else(|| if r.phase.is_terminal() { "-".into() } else { "(current)".into() }),
+            ]
+        })
+        .collect();
+    s.push('\n');
+    s.push_str(&table(&["PHASE", "ENTERED", "REVISION", "TERM", "LASTED"], rows));
+    s
+}
+
+/// When a package's switching is disabled: since when, for how long, by whom and why.
+fn unprotected(p: &Package, now: switchyard_protocol::Timestamp) -> Option<String> {
+    if p.switching_enabled {
+        return None;
+    }
+    let c = &p.switching_changed;
+    let by = c.migration.map(|m| format!("migration {m}")).unwrap_or_else(|| c.actor.clone());
+    Some(format!(
+        "switching DISABLED since {} (for {}) by {by}{}",
+        crate::timefmt::format(c.at),
+        crate::timefmt::duration(now.0.saturating_sub(c.at.0)),
+        c.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+    ))
 }
 
 /// One line about an event, for the table output of `events`.

@@ -103,6 +103,26 @@ impl Default for ApiConfig {
     }
 }
 
+/// The migration driver (leader only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationConfig {
+    /// How long the `transferring` phase may last: the source agent's transfer plus the target
+    /// agent's confirmation that the guest runs there. Past it, the driver fails the migration
+    /// (rolling back, switching restored). This is the one phase that waits on agents; the
+    /// other phases are commits the driver makes itself.
+    pub transferring_timeout_ms: u64,
+    /// A pause before each step the driver takes itself (0, the default: none). For demos and
+    /// fault drills that want to watch, or act at, a given phase.
+    pub step_delay_ms: u64,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig { transferring_timeout_ms: 600_000, step_delay_ms: 0 }
+    }
+}
+
 /// The whole coordinator configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +150,8 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub history: HistoryConfig,
+    #[serde(default)]
+    pub migration: MigrationConfig,
 }
 
 /// What is wrong with a configuration, phrased as what to change.
@@ -220,6 +242,12 @@ impl Config {
         if self.api.join_timeout_ms == 0 {
             return err("api.join_timeout_ms must be at least 1".into());
         }
+        if self.migration.transferring_timeout_ms < 100 {
+            return err("migration.transferring_timeout_ms must be at least 100".into());
+        }
+        if self.migration.step_delay_ms > 3_600_000 {
+            return err("migration.step_delay_ms must be at most 3600000 (one hour)".into());
+        }
         Ok(())
     }
 
@@ -283,6 +311,7 @@ mod tests {
             (Box::new(|c| c.raft.election_timeout_ms_min = 150), "more than twice"),
             (Box::new(|c| c.raft.election_timeout_ms_max = 100), "election_timeout_ms_max"),
             (Box::new(|c| c.api.request_body_bytes_max = 10), "request_body_bytes_max"),
+            (Box::new(|c| c.migration.transferring_timeout_ms = 5), "migration.transferring_timeout_ms"),
         ];
         for (mutate, want) in cases {
             let mut c = sample();

@@ -83,6 +83,7 @@ pub async fn run(dir: PathBuf, base_port: u16) -> anyhow::Result<()> {
             raft: RaftConfig::default(),
             api: ApiConfig::default(),
             history: Default::default(),
+            migration: Default::default(),
         };
         nodes.push(Coordinator::start(config).await.with_context(|| format!("start coordinator {id}"))?);
     }

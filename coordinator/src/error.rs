@@ -26,6 +26,9 @@ pub enum ApiError {
     NotLeader { leader: Option<String> },
     #[error("{0}")]
     Conflict(String),
+    /// An agent's migration report answers a phase the migration is no longer in.
+    #[error("{0}")]
+    StaleReport(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -47,6 +50,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::NotLeader { .. } => "not_leader",
             ApiError::Conflict(_) => "conflict",
+            ApiError::StaleReport(_) => "stale_report",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -65,7 +69,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotLeader { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::StaleReport(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

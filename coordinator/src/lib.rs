@@ -1,11 +1,12 @@
 //! # switchyard-coordinator
 //!
 //! The coordinator daemon (`switchyard-coordinator`): a Raft node ([`node`]) with its peer RPC
-//! ([`network`], [`raft_server`]) and the operator HTTP/JSON API ([`api`]); and the
-//! operator CLI (`switchyard`, [`cli`]) with its HTTP client ([`client`]).
+//! ([`network`], [`raft_server`]), the operator HTTP/JSON API ([`api`]) and the leader's
+//! migration driver ([`migration`]); and the operator CLI (`switchyard`, [`cli`]) with its HTTP client ([`client`]).
 //!
-//! Architecture invariant: only the API turns requests into proposals, and it never changes
-//! state itself: every change goes through Raft and the pure state machine.
+//! Architecture invariant: only the API and the leader's tasks (liveness, migration driver) turn
+//! intentions into proposals, and none changes state itself: every change goes through Raft and
+//! the pure state machine.
 
 pub mod api;
 pub mod cli;
@@ -17,6 +18,8 @@ pub mod dev;
 pub mod error;
 pub mod events;
 pub mod liveness;
+pub mod migration;
 pub mod network;
 pub mod node;
 pub mod raft_server;
+pub mod timefmt;

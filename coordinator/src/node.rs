@@ -1,5 +1,5 @@
-//! Starting and stopping one coordinator: storage, the Raft node, the Raft RPC server and the
-//! operator API server.
+//! Starting and stopping one coordinator: storage, the Raft node, the Raft RPC server, the
+//! operator API server, and the leader-only tasks (liveness, migration driver).
 
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ pub struct Coordinator {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
     liveness: JoinHandle<()>,
+    driver: JoinHandle<()>,
 }
 
 impl Coordinator {
@@ -56,6 +57,7 @@ impl Coordinator {
         let raft_app = raft_server::router(config.node_id, config.cluster_secret.clone(), raft.clone());
         let api_state = ApiState::new(config.node_id, raft.clone(), sm.clone(), config.clone(), clock);
         let liveness = tokio::spawn(crate::liveness::run(api_state.clone(), api_state.liveness.clone()));
+        let driver = tokio::spawn(crate::migration::run(api_state.clone()));
         let api_app = api::router(api_state);
         let servers = vec![
             tokio::spawn(
@@ -64,13 +66,14 @@ impl Coordinator {
             tokio::spawn(axum::serve(api_listener, api_app).with_graceful_shutdown(wait(stopped)).into_future()),
         ];
         tracing::info!(node = config.node_id, raft = %config.raft_listen, api = %config.api_listen, "coordinator started");
-        Ok(Coordinator { raft, sm, config, stop, servers, liveness })
+        Ok(Coordinator { raft, sm, config, stop, servers, liveness, driver })
     }
 
     /// Stops serving, then stops Raft.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         self.liveness.abort();
+        self.driver.abort();
         for s in self.servers {
             s.await.context("join server task")?.context("serve")?;
         }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::model::{Guest, Host, HostState, Migration, Package, Revision, RunState};
+use crate::model::{FencingToken, Guest, Host, HostState, Migration, MigrationId, Package, Phase, Revision, RunState};
 use crate::name::Name;
 use crate::rejection::Rejection;
 
@@ -282,4 +282,66 @@ pub struct FullState {
     pub packages: Vec<Package>,
     /// Migrations in flight.
     pub migrations: Vec<Migration>,
+}
+
+// ---- migrations ----
+
+/// `POST /v1/migrations`: move `guest` from where it runs now to `target`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    pub guest: Name,
+    pub target: Name,
+    /// Move the guest while it is down instead of live.
+    #[serde(default)]
+    pub offline: bool,
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// `POST /v1/migrations/{id}/abort`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbortRequest {
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// `POST /v1/migrations/{id}/report`: an agent tells the leader what it did for the phase whose
+/// commit carried `token`. Only the migration's source or target may report, each only its own
+/// part: the source reports the transfer's end, the target that the guest runs there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationReport {
+    pub phase: Phase,
+    pub token: FencingToken,
+    pub outcome: ReportOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ReportOutcome {
+    /// Source: the transfer finished; the guest was frozen for `freeze_time_ms` (unknown when
+    /// the agent restarted and found the guest already moved).
+    TransferDone { freeze_time_ms: Option<u64> },
+    /// Source: the hypervisor refused or failed the transfer; the guest still runs on the source.
+    TransferFailed { error: String },
+    /// Target: the guest runs here.
+    GuestRunning,
+}
+
+/// The leader's answer to a report: its term lets the agent refuse answers from a deposed leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAck {
+    pub migration: MigrationId,
+    pub phase: Phase,
+    pub term: u64,
+}
+
+/// `GET /v1/migrations`: one page of migration history, oldest first. Pass `next_after` as
+/// `after` to read the next page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationPage {
+    pub migrations: Vec<Migration>,
+    pub next_after: Option<MigrationId>,
 }

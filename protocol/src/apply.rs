@@ -1,4 +1,4 @@
-//! The pure state-machine step: `apply(state, proposal) -> events | rejection`.
+//! The pure state-machine step: `apply(state, proposal, term) -> events | rejection`.
 //!
 //! Each command has one `apply_<command>` that reads the state, checks every rule, and returns the
 //! events to commit. Nothing here reads a clock, draws a random number or touches I/O: time,
@@ -32,9 +32,10 @@ pub struct Applied {
 /// What the replicated state machine answers for one proposal.
 pub type ApplyResult = Result<Applied, Rejection>;
 
-/// Applies one proposal: checks it against the state, and on success folds its events into the
+/// Applies one proposal committed in Raft term `term` (from the log entry's id, so every replica
+/// stamps the same value): checks it against the state, and on success folds its events into the
 /// state and returns them. On rejection the state is unchanged.
-pub fn apply(state: &mut ClusterState, proposal: &Proposal) -> Result<(Applied, Vec<Event>), Rejection> {
+pub fn apply(state: &mut ClusterState, proposal: &Proposal, term: u64) -> Result<(Applied, Vec<Event>), Rejection> {
     if let Some(revisions) = state.applied_request(proposal.request_id) {
         return Ok((Applied { revisions, duplicate: true }, Vec::new()));
     }
@@ -45,6 +46,7 @@ pub fn apply(state: &mut ClusterState, proposal: &Proposal) -> Result<(Applied, 
     for (i, payload) in payloads.into_iter().enumerate() {
         let event = Event {
             revision: first + i as Revision,
+            term,
             time: proposal.time,
             actor: proposal.actor.clone(),
             request_id: proposal.request_id,
@@ -286,7 +288,7 @@ fn apply_request_migration(
         package,
         switching_before,
         phase: Phase::Requested,
-        history: vec![PhaseRecord { phase: Phase::Requested, at: p.time, revision: next }],
+        history: vec![PhaseRecord { phase: Phase::Requested, at: p.time, revision: next, term: 0 }],
         freeze_time_ms: None,
         error: None,
     };

@@ -4,13 +4,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Actor, Guest, Host, Migration, MigrationId, Phase, RequestId, Revision, Timestamp};
+use crate::model::{Actor, FencingToken, Guest, Host, Migration, MigrationId, Phase, RequestId, Revision, Timestamp};
 use crate::name::Name;
 
 /// One entry of the cluster-wide event history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub revision: Revision,
+    /// The Raft term of the log entry that committed this event. With the revision it forms the
+    /// event's [`FencingToken`]: tokens only grow along the history.
+    pub term: u64,
     /// The proposer's clock when the command was proposed.
     pub time: Timestamp,
     pub actor: Actor,
@@ -134,6 +137,12 @@ impl EventPayload {
     }
 }
 
+impl Event {
+    pub fn token(&self) -> FencingToken {
+        FencingToken { term: self.term, revision: self.revision }
+    }
+}
+
 impl Migration {
     /// Folds one event into a migration record. The same function serves the live state machine
     /// and anything that rebuilds migration history from the event log.
@@ -141,7 +150,12 @@ impl Migration {
         if let EventPayload::MigrationPhaseChanged { id, phase, freeze_time_ms, error, .. } = &event.payload {
             debug_assert_eq!(*id, self.id);
             self.phase = *phase;
-            self.history.push(crate::model::PhaseRecord { phase: *phase, at: event.time, revision: event.revision });
+            self.history.push(crate::model::PhaseRecord {
+                phase: *phase,
+                at: event.time,
+                revision: event.revision,
+                term: event.term,
+            });
             if freeze_time_ms.is_some() {
                 self.freeze_time_ms = *freeze_time_ms;
             }

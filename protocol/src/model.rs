@@ -318,6 +318,30 @@ pub struct PhaseRecord {
     pub phase: Phase,
     pub at: Timestamp,
     pub revision: Revision,
+    /// Raft term of the commit that entered the phase.
+    pub term: u64,
+}
+
+impl PhaseRecord {
+    pub fn token(&self) -> FencingToken {
+        FencingToken { term: self.term, revision: self.revision }
+    }
+}
+
+/// A fencing token: the (Raft term, revision) of the commit that gave an order. Tokens grow along
+/// the history, so an agent that has acted on a token refuses any order carrying a smaller one
+/// (a replay from a lagging coordinator, or a deposed leader's answer), and the leader refuses a
+/// report whose token is not the one of the phase it answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FencingToken {
+    pub term: u64,
+    pub revision: Revision,
+}
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.term, self.revision)
+    }
 }
 
 /// A migration of one guest from its source host to a target host.
@@ -346,6 +370,16 @@ pub struct Migration {
 impl Migration {
     pub fn has_package(&self) -> bool {
         self.package.is_some()
+    }
+
+    /// The record of the phase the migration is in.
+    pub fn current(&self) -> &PhaseRecord {
+        self.history.last().expect("a migration always has its requested phase")
+    }
+
+    /// Whether `host` takes part (as source or target).
+    pub fn involves(&self, host: &Name) -> bool {
+        self.source == *host || self.target == *host
     }
 
     /// The record as it was at `revision`: phases entered later are dropped (with the freeze time

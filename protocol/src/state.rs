@@ -168,7 +168,11 @@ impl ClusterState {
                 let demand = self.guests[&migration.guest].spec.demand();
                 add(&mut self.derived.reserved, &migration.target, demand);
                 self.derived.in_flight.insert(migration.guest.clone(), migration.id);
-                self.migrations.insert(migration.id, migration.clone());
+                let mut m = migration.clone();
+                // The request's phase record is stamped with the term of the commit, which the
+                // deciding step could not know.
+                m.history[0].term = event.term;
+                self.migrations.insert(m.id, m);
             }
             EventPayload::MigrationPhaseChanged { id, phase, .. } => {
                 let m = self.migrations.get_mut(id).expect("event names a known migration");

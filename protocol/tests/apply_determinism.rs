@@ -159,7 +159,7 @@ fn run(tail: &[Op]) -> (ClusterState, Vec<Result<Applied, Rejection>>, Vec<Event
             },
         };
         let before = codec::encode(&state);
-        match apply(&mut state, &proposal) {
+        match apply(&mut state, &proposal, 1) {
             Ok((applied, evs)) => {
                 outcomes.push(Ok(applied));
                 events.extend(evs);

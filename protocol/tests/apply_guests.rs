@@ -182,11 +182,11 @@ fn retried_request_is_applied_once() {
         patch: GuestPatch { vcpus: Some(6), ..Default::default() },
         expect_version: None,
     });
-    let (first, events) = apply(&mut w.state, &p).unwrap();
+    let (first, events) = apply(&mut w.state, &p, 1).unwrap();
     assert!(!first.duplicate);
     assert_eq!(events.len(), 1);
     let after_first = switchyard_protocol::codec::encode(&w.state);
-    let (again, events) = apply(&mut w.state, &p).unwrap();
+    let (again, events) = apply(&mut w.state, &p, 1).unwrap();
     assert!(again.duplicate);
     assert_eq!(again.revisions, first.revisions);
     assert!(events.is_empty());
@@ -202,7 +202,7 @@ fn rejected_request_can_be_retried_after_the_cause_is_fixed() {
         owner: n("h9"),
         run_state: RunState::Running,
     });
-    assert_eq!(apply(&mut w.state, &p).unwrap_err().code(), "unknown_host");
+    assert_eq!(apply(&mut w.state, &p, 1).unwrap_err().code(), "unknown_host");
     w.ok(Command::RegisterHost(host_spec("h9", 4, 4096, "ia64")));
-    assert!(!apply(&mut w.state, &p).unwrap().0.duplicate);
+    assert!(!apply(&mut w.state, &p, 1).unwrap().0.duplicate);
 }

@@ -74,6 +74,6 @@ fn hostile_actor_is_refused() {
     let mut p = w.proposal(Command::SetHostMaintenance { host: n("h1"), maintenance: true });
     p.actor = "x".repeat(500);
     let before = switchyard_protocol::codec::encode(&w.state);
-    assert_eq!(apply(&mut w.state, &p).unwrap_err().code(), "invalid_argument");
+    assert_eq!(apply(&mut w.state, &p, 1).unwrap_err().code(), "invalid_argument");
     assert_eq!(switchyard_protocol::codec::encode(&w.state), before);
 }

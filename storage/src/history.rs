@@ -35,7 +35,18 @@ pub(crate) fn write_migration(dir: &DataDir, batch: &mut WriteBatch, m: &Migrati
 /// Every stored migration record as it was at `revision` (see `Migration::at_revision`).
 pub(crate) fn migrations_at(dir: &DataDir, revision: Revision) -> Result<Vec<Migration>, StoreError> {
     let mut out = Vec::new();
-    for item in dir.db.iterator_cf(dir.cf(cf::MIGRATIONS), IteratorMode::Start) {
+    scan_migrations(dir, 0, |m| {
+        out.extend(m.at_revision(revision));
+        true
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with every stored migration record whose id is at least `from`, in id order, until
+/// it returns false.
+fn scan_migrations(dir: &DataDir, from: u64, mut f: impl FnMut(Migration) -> bool) -> Result<(), StoreError> {
+    let start = key::u64(from);
+    for item in dir.db.iterator_cf(dir.cf(cf::MIGRATIONS), IteratorMode::From(&start, Direction::Forward)) {
         let (k, v) = item.map_err(|e| StoreError::rocks("iterate migrations", e))?;
         let id = key::parse_u64(&k).unwrap_or(0);
         let m: Migration = codec::open(RecordKind::Migration, &v).map_err(|source| StoreError::Corrupt {
@@ -43,9 +54,11 @@ pub(crate) fn migrations_at(dir: &DataDir, revision: Revision) -> Result<Vec<Mig
             key: format!("migration {}", MigrationId(id)),
             source,
         })?;
-        out.extend(m.at_revision(revision));
+        if !f(m) {
+            break;
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Read access to the retained history.
@@ -110,6 +123,11 @@ impl History {
     /// The latest record of a migration, from the retained history.
     pub fn migration(&self, id: MigrationId) -> Result<Option<Migration>, StoreError> {
         self.dir.get(cf::MIGRATIONS, &key::u64(id.0), RecordKind::Migration, format!("migration {id}"))
+    }
+
+    /// Migration records with an id of at least `from`, oldest first, while `f` returns true.
+    pub fn scan_migrations(&self, from: u64, f: impl FnMut(Migration) -> bool) -> Result<(), StoreError> {
+        scan_migrations(&self.dir, from, f)
     }
 
     /// Ids of the migrations of `guest`, oldest first.

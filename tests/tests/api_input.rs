@@ -129,6 +129,10 @@ async fn openapi_describes_every_endpoint() {
         "/v1/guests/{name}",
         "/v1/packages",
         "/v1/packages/{name}/switching",
+        "/v1/migrations",
+        "/v1/migrations/{id}",
+        "/v1/migrations/{id}/abort",
+        "/v1/migrations/{id}/report",
     ] {
         assert!(paths.contains_key(p), "openapi.json lacks {p}");
     }

@@ -121,7 +121,7 @@ async fn acknowledged_entries_survive_sigkill() {
     let mut reference = ClusterState::default();
     let mut reference_events = Vec::new();
     for i in 1..=last {
-        if let Ok((_, evs)) = switchyard_protocol::apply(&mut reference, &workload_proposal(i)) {
+        if let Ok((_, evs)) = switchyard_protocol::apply(&mut reference, &workload_proposal(i), 1) {
             reference_events.extend(evs);
         }
     }

@@ -80,7 +80,7 @@ impl World {
     /// Applies a command that must be accepted; checks the invariants afterwards.
     pub fn ok(&mut self, command: Command) -> (Applied, Vec<Event>) {
         let p = self.proposal(command);
-        let out = apply(&mut self.state, &p).unwrap_or_else(|r| panic!("{:?} was rejected: {r}", p.command));
+        let out = apply(&mut self.state, &p, 1).unwrap_or_else(|r| panic!("{:?} was rejected: {r}", p.command));
         let bad = self.state.check_invariants();
         assert!(bad.is_empty(), "invariants broken after {:?}: {bad:?}", p.command);
         out
@@ -90,7 +90,7 @@ impl World {
     pub fn reject(&mut self, command: Command) -> Rejection {
         let before = codec::encode(&self.state);
         let p = self.proposal(command);
-        let r = match apply(&mut self.state, &p) {
+        let r = match apply(&mut self.state, &p, 1) {
             Ok(_) => panic!("{:?} was accepted", p.command),
             Err(r) => r,
         };

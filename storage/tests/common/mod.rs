@@ -87,7 +87,7 @@ pub fn reference(entries: &[Entry]) -> (ClusterState, Vec<Event>) {
     let mut evs = Vec::new();
     for e in entries {
         if let EntryPayload::Normal(p) = &e.payload {
-            if let Ok((_, es)) = apply(&mut s, p) {
+            if let Ok((_, es)) = apply(&mut s, p, e.log_id.leader_id.term) {
                 evs.extend(es);
             }
         }

@@ -28,6 +28,12 @@ pub struct ClusterOpts {
     pub retain_revisions: u64,
     /// `api.host_report_timeout_ms`.
     pub host_report_timeout_ms: u64,
+    /// `migration.transferring_timeout_ms`.
+    pub transferring_timeout_ms: u64,
+    /// `migration.step_delay_ms`.
+    pub step_delay_ms: u64,
+    /// The agents' simulated transfer time.
+    pub sim_transfer_ms: u64,
 }
 
 impl Default for ClusterOpts {
@@ -37,6 +43,9 @@ impl Default for ClusterOpts {
             max_in_snapshot_log_to_keep: 1000,
             retain_revisions: 0,
             host_report_timeout_ms: 5000,
+            transferring_timeout_ms: 30_000,
+            step_delay_ms: 0,
+            sim_transfer_ms: 500,
         }
     }
 }
@@ -139,12 +148,18 @@ host_report_timeout_ms = {report}
 
 [history]
 retain_revisions = {retain}
+
+[migration]
+transferring_timeout_ms = {transferring}
+step_delay_ms = {step_delay}
 "#,
             data = dir.join("data").display(),
             snap = self.opts.snapshot_logs_since_last,
             keep = self.opts.max_in_snapshot_log_to_keep,
             retain = self.opts.retain_revisions,
             report = self.opts.host_report_timeout_ms,
+            transferring = self.opts.transferring_timeout_ms,
+            step_delay = self.opts.step_delay_ms,
             agents = (1..=5)
                 .map(|n| format!("[[tokens]]\ntoken = \"{}\"\nrole = \"agent\"\nhost = \"h{n}\"\n\n", agent_token(n)))
                 .collect::<String>(),
@@ -270,6 +285,11 @@ retain_revisions = {retain}
         )
     }
 
+    /// The state directory shared by the agents' simulated hypervisors.
+    pub fn sim_dir(&self) -> PathBuf {
+        self._tmp.path().join("simulated-hypervisor")
+    }
+
     /// Stops every node (SIGKILL) so their data directories can be inspected.
     pub fn kill_all(&mut self) {
         for id in self.alive_ids() {
@@ -335,9 +355,12 @@ impl AgentProc {
         let eps: Vec<String> = ids.iter().map(|id| format!("\"{}\"", cluster.node(*id).api_addr)).collect();
         let config = dir.join("agent.toml");
         let text = format!(
-            "host = \"{host}\"\nendpoints = [{}]\ntoken = \"{token}\"\ndata_dir = \"{}\"\nreport_interval_ms = 200\n",
+            "host = \"{host}\"\nendpoints = [{}]\ntoken = \"{token}\"\ndata_dir = \"{}\"\nreport_interval_ms = 200\n\n\
+             [driver]\nkind = \"simulated\"\nstate_dir = \"{}\"\ntransfer_ms = {}\nfreeze_ms = 40\n",
             eps.join(", "),
-            dir.join("data").display()
+            dir.join("data").display(),
+            cluster.sim_dir().display(),
+            cluster.opts.sim_transfer_ms,
         );
         std::fs::write(&config, text).expect("write agent config");
         let mut a = AgentProc { host: host.into(), dir, config, child: None };
@@ -357,6 +380,18 @@ impl AgentProc {
                 .spawn()
                 .expect("spawn agent"),
         );
+    }
+
+    /// Whether the process is still running (false once it exited on its own).
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.child = None;
+                false
+            }
+            None => false,
+        }
     }
 
     /// SIGKILL.

@@ -1,3 +1,4 @@
 //! Shared harness of the process-level tests.
 #![allow(dead_code)]
 pub mod cluster;
+pub mod saga;

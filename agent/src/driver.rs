@@ -1,0 +1,471 @@
+//! Hypervisor drivers: how an agent moves a guest and finds out where it runs. One trait, two
+//! drivers (SPEC §6):
+//!
+//! - [`Simulated`]: a stand-in hypervisor for tests, the demo and dry runs. Which host runs a
+//!   guest is a file in a directory shared by all simulated hosts (`<state_dir>/running/<guest>`,
+//!   holding the host's name; a guest never moved runs where the log says). Transfer and freeze
+//!   times are configurable, and faults are injected per guest by writing `fail`, `hang` or
+//!   `crash` into `<state_dir>/faults/<guest>`; the next transfer of that guest consumes it.
+//! - [`CommandDriver`]: runs the operator's own tools (`hpvmmigrate`, `virsh migrate --live`, …)
+//!   from argument templates, without a shell, with a timeout, capturing their output.
+//!
+//! Drivers are synchronous (they block on a hypervisor) and are called from blocking threads. A
+//! transfer watches `cancel` and stops when it is set (the migration was aborted or failed).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use switchyard_protocol::{MigrationId, MigrationKind, Name};
+
+/// One transfer the source host is asked to run.
+#[derive(Clone, Debug)]
+pub struct Transfer {
+    pub migration: MigrationId,
+    pub guest: Name,
+    pub source: Name,
+    pub target: Name,
+    /// The target's address as registered (what the hypervisor's tool connects to).
+    pub target_address: String,
+    pub kind: MigrationKind,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DriverError {
+    /// The hypervisor refused or failed; the guest still runs on the source.
+    #[error("{0}")]
+    Failed(String),
+    /// Stopped because the migration was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+pub trait HypervisorDriver: Send + Sync {
+    /// Moves the guest from this host to the target. Returns the freeze time, when known.
+    fn transfer(&self, t: &Transfer, cancel: &AtomicBool) -> Result<Option<u64>, DriverError>;
+
+    /// Does `guest` run on this host? `owner` is where the log says it runs, for drivers that
+    /// only know about guests they moved.
+    fn runs_here(&self, guest: &Name, owner: &Name) -> Result<bool, DriverError>;
+}
+
+/// The `[driver]` section of the agent configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DriverConfig {
+    Simulated {
+        /// Shared by every simulated host of the cluster.
+        state_dir: PathBuf,
+        #[serde(default = "default_transfer_ms")]
+        transfer_ms: u64,
+        #[serde(default = "default_freeze_ms")]
+        freeze_ms: u64,
+    },
+    Command {
+        /// Moves the guest to the target; exit 0 means it now runs there. It may print a line
+        /// `freeze_ms=<n>` to report the freeze time.
+        migrate: Vec<String>,
+        /// Exit 0: the guest runs here; exit 1: it does not; anything else is an error.
+        runs_here: Vec<String>,
+        #[serde(default = "default_command_timeout_ms")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_transfer_ms() -> u64 {
+    2000
+}
+fn default_freeze_ms() -> u64 {
+    150
+}
+fn default_command_timeout_ms() -> u64 {
+    600_000
+}
+
+impl DriverConfig {
+    /// Builds the driver for `host`, checking the configuration.
+    pub fn build(&self, host: &Name) -> Result<Box<dyn HypervisorDriver>, String> {
+        match self {
+            DriverConfig::Simulated { state_dir, transfer_ms, freeze_ms } => {
+                let d = Simulated::new(state_dir, host.clone(), *transfer_ms, *freeze_ms)
+                    .map_err(|e| format!("driver.state_dir {}: {e}", state_dir.display()))?;
+                Ok(Box::new(d))
+            }
+            DriverConfig::Command { migrate, runs_here, timeout_ms } => {
+                Ok(Box::new(CommandDriver::new(migrate.clone(), runs_here.clone(), *timeout_ms)?))
+            }
+        }
+    }
+}
+
+/// A fault injected into the next transfer of one guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The transfer fails halfway; the guest stays on the source.
+    Fail,
+    /// The transfer never finishes (until cancelled).
+    Hang,
+    /// The agent process dies halfway through the transfer.
+    Crash,
+}
+
+/// The simulated hypervisor.
+pub struct Simulated {
+    dir: PathBuf,
+    host: Name,
+    transfer: Duration,
+    freeze: Duration,
+}
+
+impl Simulated {
+    pub fn new(dir: &Path, host: Name, transfer_ms: u64, freeze_ms: u64) -> std::io::Result<Simulated> {
+        std::fs::create_dir_all(dir.join("running"))?;
+        std::fs::create_dir_all(dir.join("faults"))?;
+        Ok(Simulated {
+            dir: dir.to_path_buf(),
+            host,
+            transfer: Duration::from_millis(transfer_ms),
+            freeze: Duration::from_millis(freeze_ms),
+        })
+    }
+
+    /// Where the simulated hypervisors say `guest` runs, if it was ever moved.
+    pub fn location(dir: &Path, guest: &Name) -> Option<String> {
+        std::fs::read_to_string(dir.join("running").join(guest.as_str())).ok().map(|s| s.trim().to_string())
+    }
+
+    /// Arms a fault for the next transfer of `guest`.
+    pub fn inject(dir: &Path, guest: &Name, fault: Fault) -> std::io::Result<()> {
+        let word = match fault {
+            Fault::Fail => "fail",
+            Fault::Hang => "hang",
+            Fault::Crash => "crash",
+        };
+        std::fs::create_dir_all(dir.join("faults"))?;
+        std::fs::write(dir.join("faults").join(guest.as_str()), word)
+    }
+
+    fn take_fault(&self, guest: &Name) -> Option<Fault> {
+        let path = self.dir.join("faults").join(guest.as_str());
+        let word = std::fs::read_to_string(&path).ok()?;
+        let _ = std::fs::remove_file(&path);
+        match word.trim() {
+            "fail" => Some(Fault::Fail),
+            "hang" => Some(Fault::Hang),
+            "crash" => Some(Fault::Crash),
+            other => {
+                tracing::warn!(fault = other, %guest, "unknown simulated fault ignored");
+                None
+            }
+        }
+    }
+
+    /// Sleeps `d` unless cancelled first.
+    fn wait(d: Duration, cancel: &AtomicBool) -> Result<(), DriverError> {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(DriverError::Cancelled);
+            }
+            std::thread::sleep(Duration::from_millis(10).min(end.saturating_duration_since(Instant::now())));
+        }
+        Ok(())
+    }
+
+    fn set_location(&self, guest: &Name, host: &Name) -> Result<(), DriverError> {
+        let dir = self.dir.join("running");
+        let tmp = dir.join(format!(".{guest}.{}.tmp", self.host));
+        let write = || -> std::io::Result<()> {
+            std::fs::write(&tmp, host.as_str())?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, dir.join(guest.as_str()))
+        };
+        write().map_err(|e| DriverError::Failed(format!("simulated hypervisor state: {e}")))
+    }
+}
+
+impl HypervisorDriver for Simulated {
+    fn transfer(&self, t: &Transfer, cancel: &AtomicBool) -> Result<Option<u64>, DriverError> {
+        if !self.runs_here(&t.guest, &t.source)? {
+            return Err(DriverError::Failed(format!("guest {} does not run on {}", t.guest, self.host)));
+        }
+        let fault = self.take_fault(&t.guest);
+        if fault.is_some() {
+            tracing::warn!(?fault, guest = %t.guest, "simulated fault injected");
+        }
+        let half = self.transfer / 2;
+        Self::wait(half, cancel)?;
+        match fault {
+            Some(Fault::Fail) => {
+                return Err(DriverError::Failed("simulated failure: target refused the memory transfer".into()))
+            }
+            Some(Fault::Crash) => {
+                eprintln!("simulated crash of the agent in the middle of a transfer");
+                std::process::abort();
+            }
+            Some(Fault::Hang) => loop {
+                Self::wait(Duration::from_secs(3600), cancel)?;
+            },
+            None => {}
+        }
+        Self::wait(self.transfer - half, cancel)?;
+        // The final step: the guest is frozen, its last dirty pages copied, and it resumes on
+        // the target. Cancelling is still possible up to here.
+        let frozen = Instant::now();
+        Self::wait(self.freeze, cancel)?;
+        self.set_location(&t.guest, &t.target)?;
+        Ok(Some(frozen.elapsed().as_millis() as u64))
+    }
+
+    fn runs_here(&self, guest: &Name, owner: &Name) -> Result<bool, DriverError> {
+        Ok(match Self::location(&self.dir, guest) {
+            Some(h) => h == self.host.as_str(),
+            None => owner == &self.host,
+        })
+    }
+}
+
+/// Placeholders a command template may use.
+const PLACEHOLDERS: [&str; 6] = ["guest", "source", "target", "target_address", "kind", "migration"];
+
+/// Runs external commands. Arguments are templates (`{guest}`, `{target}`, …) substituted with
+/// validated names, and the command runs without a shell, so a name can never inject anything.
+pub struct CommandDriver {
+    migrate: Vec<String>,
+    runs_here: Vec<String>,
+    timeout: Duration,
+}
+
+impl CommandDriver {
+    pub fn new(migrate: Vec<String>, runs_here: Vec<String>, timeout_ms: u64) -> Result<CommandDriver, String> {
+        for (what, t) in [("driver.migrate", &migrate), ("driver.runs_here", &runs_here)] {
+            if t.is_empty() {
+                return Err(format!("{what} is empty: give the program and its arguments"));
+            }
+            for arg in t {
+                for p in placeholders(arg) {
+                    if !PLACEHOLDERS.contains(&p.as_str()) {
+                        return Err(format!("{what}: unknown placeholder {{{p}}}; known: {}", PLACEHOLDERS.join(", ")));
+                    }
+                }
+            }
+        }
+        if timeout_ms == 0 {
+            return Err("driver.timeout_ms must be at least 1".into());
+        }
+        Ok(CommandDriver { migrate, runs_here, timeout: Duration::from_millis(timeout_ms) })
+    }
+
+    fn render(template: &[String], values: &[(&str, String)]) -> Vec<String> {
+        template
+            .iter()
+            .map(|arg| values.iter().fold(arg.clone(), |a, (k, v)| a.replace(&format!("{{{k}}}"), v)))
+            .collect()
+    }
+
+    /// Runs a command to its end (or the timeout, or cancellation): exit code and output.
+    fn run(&self, argv: &[String], cancel: &AtomicBool) -> Result<(i32, String, String), DriverError> {
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| DriverError::Failed(format!("cannot run {}: {e}", argv[0])))?;
+        let mut out = child.stdout.take().expect("piped");
+        let mut err = child.stderr.take().expect("piped");
+        let out_t = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let err_t = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let deadline = Instant::now() + self.timeout;
+        let status = loop {
+            if let Some(st) = child.try_wait().map_err(|e| DriverError::Failed(format!("wait for {}: {e}", argv[0])))? {
+                break st;
+            }
+            let stop = if cancel.load(Ordering::SeqCst) {
+                Some(DriverError::Cancelled)
+            } else if Instant::now() > deadline {
+                Some(DriverError::Failed(format!("{} timed out after {:?} and was killed", argv[0], self.timeout)))
+            } else {
+                None
+            };
+            if let Some(e) = stop {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = out_t.join().unwrap_or_default();
+        let stderr = err_t.join().unwrap_or_default();
+        Ok((status.code().unwrap_or(-1), stdout, stderr))
+    }
+}
+
+fn placeholders(arg: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = arg;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else { break };
+        out.push(rest[start + 1..start + len].to_string());
+        rest = &rest[start + len + 1..];
+    }
+    out
+}
+
+/// The last `n` bytes of a command's output, for error messages.
+fn tail(s: &str, n: usize) -> &str {
+    let s = s.trim();
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+impl HypervisorDriver for CommandDriver {
+    fn transfer(&self, t: &Transfer, cancel: &AtomicBool) -> Result<Option<u64>, DriverError> {
+        let values = [
+            ("guest", t.guest.to_string()),
+            ("source", t.source.to_string()),
+            ("target", t.target.to_string()),
+            ("target_address", t.target_address.clone()),
+            ("kind", t.kind.to_string()),
+            ("migration", t.migration.to_string()),
+        ];
+        let argv = Self::render(&self.migrate, &values);
+        let (code, stdout, stderr) = self.run(&argv, cancel)?;
+        if code != 0 {
+            return Err(DriverError::Failed(format!("{} exited with {code}: {}", argv[0], tail(&stderr, 400))));
+        }
+        let freeze = stdout.lines().find_map(|l| l.trim().strip_prefix("freeze_ms=")?.parse().ok());
+        Ok(freeze)
+    }
+
+    fn runs_here(&self, guest: &Name, owner: &Name) -> Result<bool, DriverError> {
+        let values = [("guest", guest.to_string()), ("source", owner.to_string())];
+        let argv = Self::render(&self.runs_here, &values);
+        match self.run(&argv, &AtomicBool::new(false))? {
+            (0, _, _) => Ok(true),
+            (1, _, _) => Ok(false),
+            (code, _, stderr) => {
+                Err(DriverError::Failed(format!("{} exited with {code}: {}", argv[0], tail(&stderr, 400))))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn transfer(guest: &str) -> Transfer {
+        Transfer {
+            migration: MigrationId(5),
+            guest: n(guest),
+            source: n("h1"),
+            target: n("h2"),
+            target_address: "h2.example:7100".into(),
+            kind: MigrationKind::Online,
+        }
+    }
+
+    #[test]
+    fn simulated_transfer_moves_the_guest_and_reports_the_freeze_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let h1 = Simulated::new(dir.path(), n("h1"), 20, 5).unwrap();
+        let h2 = Simulated::new(dir.path(), n("h2"), 20, 5).unwrap();
+        assert!(h1.runs_here(&n("g1"), &n("h1")).unwrap());
+        assert!(!h2.runs_here(&n("g1"), &n("h1")).unwrap());
+        let freeze = h1.transfer(&transfer("g1"), &AtomicBool::new(false)).unwrap();
+        assert!(freeze.unwrap() >= 5);
+        assert!(!h1.runs_here(&n("g1"), &n("h1")).unwrap(), "the log's owner no longer decides");
+        assert!(h2.runs_here(&n("g1"), &n("h1")).unwrap());
+    }
+
+    #[test]
+    fn simulated_faults_are_consumed_once_and_leave_the_guest_on_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let h1 = Simulated::new(dir.path(), n("h1"), 20, 5).unwrap();
+        Simulated::inject(dir.path(), &n("g1"), Fault::Fail).unwrap();
+        let e = h1.transfer(&transfer("g1"), &AtomicBool::new(false)).unwrap_err();
+        assert!(matches!(e, DriverError::Failed(m) if m.contains("simulated failure")));
+        assert!(h1.runs_here(&n("g1"), &n("h1")).unwrap());
+        h1.transfer(&transfer("g1"), &AtomicBool::new(false)).unwrap();
+    }
+
+    #[test]
+    fn a_cancelled_transfer_stops_and_leaves_the_guest() {
+        let dir = tempfile::tempdir().unwrap();
+        let h1 = Simulated::new(dir.path(), n("h1"), 10_000, 5).unwrap();
+        Simulated::inject(dir.path(), &n("g1"), Fault::Hang).unwrap();
+        let cancel = AtomicBool::new(true);
+        assert_eq!(h1.transfer(&transfer("g1"), &cancel).unwrap_err(), DriverError::Cancelled);
+        assert!(h1.runs_here(&n("g1"), &n("h1")).unwrap());
+    }
+
+    #[test]
+    fn command_driver_substitutes_names_and_maps_exit_codes() {
+        let d = CommandDriver::new(
+            vec!["sh".into(), "-c".into(), "echo moving $0 to $1; echo freeze_ms=42".into(), "{guest}".into(), "{target_address}".into()],
+            vec!["sh".into(), "-c".into(), "test \"$0\" = g1".into(), "{guest}".into()],
+            5_000,
+        )
+        .unwrap();
+        assert_eq!(d.transfer(&transfer("g1"), &AtomicBool::new(false)).unwrap(), Some(42));
+        assert!(d.runs_here(&n("g1"), &n("h1")).unwrap());
+        assert!(!d.runs_here(&n("g2"), &n("h1")).unwrap());
+    }
+
+    #[test]
+    fn shipped_driver_templates_are_valid() {
+        #[derive(Deserialize)]
+        struct Section {
+            driver: DriverConfig,
+        }
+        for (file, text) in [
+            ("integrity-vm.toml", include_str!("../../deploy/drivers/integrity-vm.toml")),
+            ("libvirt.toml", include_str!("../../deploy/drivers/libvirt.toml")),
+        ] {
+            let s: Section = toml::from_str(text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            s.driver.build(&n("h1")).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+        let agent: crate::daemon::AgentConfig = toml::from_str(include_str!("../../deploy/agent.example.toml")).unwrap();
+        agent.driver.build(&agent.host).unwrap();
+    }
+
+    #[test]
+    fn command_driver_reports_failures_timeouts_and_bad_templates() {
+        let fail = CommandDriver::new(
+            vec!["sh".into(), "-c".into(), "echo no room on target >&2; exit 3".into()],
+            vec!["sh".into(), "-c".into(), "exit 7".into()],
+            5_000,
+        )
+        .unwrap();
+        let e = fail.transfer(&transfer("g1"), &AtomicBool::new(false)).unwrap_err().to_string();
+        assert!(e.contains("exited with 3") && e.contains("no room on target"), "{e}");
+        assert!(fail.runs_here(&n("g1"), &n("h1")).unwrap_err().to_string().contains("exited with 7"));
+
+        let slow = CommandDriver::new(vec!["sleep".into(), "5".into()], vec!["true".into()], 100).unwrap();
+        let e = slow.transfer(&transfer("g1"), &AtomicBool::new(false)).unwrap_err().to_string();
+        assert!(e.contains("timed out"), "{e}");
+
+        let bad = CommandDriver::new(vec!["virsh".into(), "{domain}".into()], vec!["true".into()], 100);
+        assert!(bad.err().unwrap().contains("unknown placeholder {domain}"));
+        assert!(CommandDriver::new(vec![], vec!["true".into()], 100).err().unwrap().contains("driver.migrate is empty"));
+    }
+}

@@ -1,0 +1,385 @@
+//! The agent's part in migrations (SPEC §5): the source runs the transfer through its hypervisor
+//! driver and reports its end and the freeze time; the target reports that the guest runs there.
+//! After a failed or aborted migration, a target that finds the guest running on itself (a
+//! transfer that ended after the rollback was committed) moves it back to the source, so the
+//! hypervisors agree with the log's single owner.
+//!
+//! Orders are committed phase events only, never direct calls from a coordinator, so a deposed
+//! leader cannot give one. Each order carries a fencing token (Raft term, revision); the worker
+//! acts on a migration's phase once per token (de-duplicated through the durable [`Journal`]),
+//! refuses events whose token is not newer than the one it holds, and ignores answers from a
+//! leader whose term is older than the newest it has seen.
+//!
+//! The worker is level-triggered: every tick it looks at each migration it takes part in and
+//! does what the committed phase asks, so a restart, a lost report or a leader change only
+//! delays it. Before re-reporting after a restart, it asks the driver where the guest runs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard_coordinator::client::{Client, ClientError};
+use switchyard_protocol::api::{HostView, MigrationPage, MigrationReport, Read, ReportAck, ReportOutcome};
+use switchyard_protocol::{Event, EventPayload, FencingToken, Migration, MigrationId, Name, Phase, PhaseRecord};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::driver::{DriverError, HypervisorDriver, Transfer};
+use crate::store::{AgentStore, Journal, TransferState};
+
+/// How long a target watches for a guest that arrives after its migration was rolled back.
+const ROLLBACK_WATCH: Duration = Duration::from_secs(60);
+const TICK: Duration = Duration::from_millis(300);
+
+struct Running {
+    cancel: Arc<AtomicBool>,
+    handle: JoinHandle<Result<Option<u64>, DriverError>>,
+}
+
+/// One migration this host takes part in.
+struct Active {
+    m: Migration,
+    transfer: Option<Running>,
+    /// Set once a restarted agent has checked with its driver where the guest runs.
+    verified: bool,
+    /// Target after a rollback: keep watching for the guest until then.
+    watch_until: Option<Instant>,
+    /// What this host did for the migration, as on disk.
+    journal: Option<Journal>,
+}
+
+/// What the daemon hands the worker.
+pub enum Input {
+    /// A migration event, in revision order.
+    Event(Event),
+    /// The agent re-synced from full state: events were skipped, learn the migrations again.
+    Reload,
+}
+
+pub struct Worker {
+    host: Name,
+    client: Client,
+    driver: Arc<dyn HypervisorDriver>,
+    store: Arc<AgentStore>,
+    active: HashMap<MigrationId, Active>,
+    /// Newest leader term seen in events and answers.
+    term: u64,
+}
+
+impl Worker {
+    pub fn new(host: Name, client: Client, driver: Arc<dyn HypervisorDriver>, store: Arc<AgentStore>) -> Worker {
+        Worker { host, client, driver, store, active: HashMap::new(), term: 0 }
+    }
+
+    /// Runs until the channel closes. `input` carries every migration event the agent applies.
+    pub async fn run(mut self, mut input: mpsc::UnboundedReceiver<Input>) {
+        self.load().await;
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                i = input.recv() => match i {
+                    Some(Input::Event(e)) => self.on_event(&e).await,
+                    Some(Input::Reload) => self.load().await,
+                    None => return,
+                },
+                _ = tick.tick() => {}
+            }
+            self.step_all().await;
+        }
+    }
+
+    /// Learns the in-flight migrations this host takes part in, and the ones its journal
+    /// remembers (possibly finished while the agent was down).
+    async fn load(&mut self) {
+        let path = format!("/v1/migrations?host={}&phase=in_flight&limit=1000", self.host);
+        let page: Read<MigrationPage> = loop {
+            match self.client.get(&path).await {
+                Ok(p) => break p,
+                Err(e) => {
+                    tracing::warn!(%e, "cannot list migrations yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        let journals: HashMap<MigrationId, Journal> = match self.store.journals() {
+            Ok(js) => js.into_iter().map(|j| (j.migration, j)).collect(),
+            Err(e) => {
+                tracing::error!(%e, "cannot read the migration journal");
+                HashMap::new()
+            }
+        };
+        for m in page.items.migrations {
+            self.adopt(m, false, journals.get(&m.id).cloned());
+        }
+        for (id, j) in journals {
+            if !self.active.contains_key(&id) {
+                if let Some(m) = self.fetch(id).await {
+                    self.adopt(m, false, Some(j));
+                }
+            }
+        }
+    }
+
+    fn adopt(&mut self, m: Migration, verified: bool, journal: Option<Journal>) {
+        if !m.involves(&self.host) {
+            return;
+        }
+        self.term = self.term.max(m.current().term);
+        self.active.entry(m.id).or_insert(Active { m, transfer: None, verified, watch_until: None, journal });
+    }
+
+    async fn fetch(&self, id: MigrationId) -> Option<Migration> {
+        match self.client.get::<Read<Migration>>(&format!("/v1/migrations/{}", id.0)).await {
+            Ok(r) => Some(r.items),
+            Err(e) => {
+                tracing::warn!(migration = %id, %e, "cannot read migration");
+                None
+            }
+        }
+    }
+
+    async fn on_event(&mut self, e: &Event) {
+        self.term = self.term.max(e.term);
+        match &e.payload {
+            EventPayload::MigrationRequested { migration } => {
+                let mut m = migration.clone();
+                m.history[0].term = e.term;
+                self.adopt(m, true, None);
+            }
+            EventPayload::MigrationPhaseChanged { id, phase, freeze_time_ms, error, .. } => {
+                let token = e.token();
+                match self.active.get_mut(id) {
+                    Some(a) if token <= a.m.current().token() => {
+                        tracing::warn!(migration = %id, %token, held = %a.m.current().token(),
+                            "refusing an order that is not newer than the one already held");
+                    }
+                    Some(a) => {
+                        a.m.phase = *phase;
+                        a.m.history.push(PhaseRecord { phase: *phase, at: e.time, revision: e.revision, term: e.term });
+                        if freeze_time_ms.is_some() {
+                            a.m.freeze_time_ms = *freeze_time_ms;
+                        }
+                        if error.is_some() {
+                            a.m.error = error.clone();
+                        }
+                    }
+                    None => {
+                        // Requested before this agent's cursor (or before a re-sync).
+                        if let Some(m) = self.fetch(*id).await {
+                            let journal = self.store.journals().ok().and_then(|js| js.into_iter().find(|j| j.migration == *id));
+                            self.adopt(m, true, journal);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn step_all(&mut self) {
+        let ids: Vec<MigrationId> = self.active.keys().copied().collect();
+        for id in ids {
+            let done = self.step(id).await;
+            if done {
+                self.active.remove(&id);
+                if let Err(e) = self.store.remove_journal(id) {
+                    tracing::error!(migration = %id, %e, "cannot remove journal entry");
+                }
+            }
+        }
+    }
+
+    /// Does what the migration's committed phase asks of this host. True when finished with it.
+    async fn step(&mut self, id: MigrationId) -> bool {
+        let a = self.active.get(&id).expect("stepping a known migration");
+        let m = a.m.clone();
+        let is_source = m.source == self.host;
+        match m.phase {
+            Phase::Transferring if is_source => self.step_source(id).await,
+            Phase::Transferring => {
+                if self.runs_here(&m.guest, &m.source).await == Some(true) {
+                    self.report(&m, ReportOutcome::GuestRunning).await;
+                }
+                false
+            }
+            Phase::Completed => {
+                self.stop_transfer(id).await;
+                true
+            }
+            Phase::Failed | Phase::Aborted if is_source => {
+                self.stop_transfer(id).await;
+                true
+            }
+            Phase::Failed | Phase::Aborted => self.step_rollback(id).await,
+            _ => false,
+        }
+    }
+
+    async fn step_source(&mut self, id: MigrationId) -> bool {
+        let a = self.active.get_mut(&id).expect("known");
+        let m = a.m.clone();
+        let token = m.current().token();
+        // A transfer under way: collect its end.
+        if let Some(t) = &a.transfer {
+            if !t.handle.is_finished() {
+                return false;
+            }
+            let t = a.transfer.take().expect("checked");
+            let state = match t.handle.await {
+                Ok(Ok(freeze_time_ms)) => TransferState::Done { freeze_time_ms },
+                Ok(Err(DriverError::Cancelled)) => return false,
+                Ok(Err(DriverError::Failed(error))) => TransferState::Failed { error },
+                Err(e) => TransferState::Failed { error: format!("driver task: {e}") },
+            };
+            tracing::info!(migration = %id, guest = %m.guest, ?state, "transfer ended");
+            self.journal(&m, token, state);
+        }
+        let a = &self.active[&id];
+        let state = a.journal.clone().filter(|j| j.token == token).map(|j| j.transfer);
+        let verified = a.verified;
+        match state {
+            // Never acted on this order, or (after a restart) a transfer that may or may not
+            // have finished: ask the driver where the guest is before anything else.
+            None | Some(TransferState::Started) => {
+                let here = self.runs_here(&m.guest, &m.source).await;
+                match here {
+                    Some(true) => self.start_transfer(&m, token).await,
+                    Some(false) => {
+                        tracing::info!(migration = %id, guest = %m.guest, "guest already left this host");
+                        self.journal(&m, token, TransferState::Done { freeze_time_ms: None });
+                    }
+                    None => {}
+                }
+            }
+            Some(TransferState::Done { .. }) if !verified => {
+                // Restarted with a finished transfer on record: confirm the guest really left.
+                if self.runs_here(&m.guest, &m.source).await == Some(true) {
+                    tracing::warn!(migration = %id, guest = %m.guest, "journal says transferred but the guest runs here; transferring again");
+                    self.start_transfer(&m, token).await;
+                } else if let Some(a) = self.active.get_mut(&id) {
+                    a.verified = true;
+                }
+            }
+            Some(TransferState::Done { freeze_time_ms }) => {
+                self.report(&m, ReportOutcome::TransferDone { freeze_time_ms }).await;
+            }
+            Some(TransferState::Failed { error }) => {
+                self.report(&m, ReportOutcome::TransferFailed { error }).await;
+            }
+        }
+        false
+    }
+
+    async fn start_transfer(&mut self, m: &Migration, token: FencingToken) {
+        let target_address = match self.client.get::<Read<HostView>>(&format!("/v1/hosts/{}", m.target)).await {
+            Ok(h) => h.items.host.spec.address,
+            Err(e) => {
+                tracing::warn!(migration = %m.id, %e, "cannot read the target's address; will retry");
+                return;
+            }
+        };
+        self.journal(m, token, TransferState::Started);
+        let t = Transfer {
+            migration: m.id,
+            guest: m.guest.clone(),
+            source: m.source.clone(),
+            target: m.target.clone(),
+            target_address,
+            kind: m.kind,
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (driver, flag) = (self.driver.clone(), cancel.clone());
+        let handle = tokio::task::spawn_blocking(move || driver.transfer(&t, &flag));
+        tracing::info!(migration = %m.id, guest = %m.guest, target = %m.target, "transfer started");
+        if let Some(a) = self.active.get_mut(&m.id) {
+            a.transfer = Some(Running { cancel, handle });
+            a.verified = true;
+        }
+    }
+
+    /// Stops a transfer of a migration that ended (aborted, failed) and waits for it to stop.
+    async fn stop_transfer(&mut self, id: MigrationId) {
+        if let Some(t) = self.active.get_mut(&id).and_then(|a| a.transfer.take()) {
+            t.cancel.store(true, Ordering::SeqCst);
+            let r = t.handle.await;
+            tracing::info!(migration = %id, ?r, "transfer stopped: the migration ended");
+        }
+    }
+
+    /// Target of a failed or aborted migration: if the guest shows up here, send it back.
+    async fn step_rollback(&mut self, id: MigrationId) -> bool {
+        let a = self.active.get_mut(&id).expect("known");
+        let until = *a.watch_until.get_or_insert_with(|| Instant::now() + ROLLBACK_WATCH);
+        let m = a.m.clone();
+        if self.runs_here(&m.guest, &m.source).await == Some(true) {
+            let source_address = match self.client.get::<Read<HostView>>(&format!("/v1/hosts/{}", m.source)).await {
+                Ok(h) => h.items.host.spec.address,
+                Err(e) => {
+                    tracing::warn!(migration = %id, %e, "cannot read the source's address; will retry");
+                    return false;
+                }
+            };
+            let back = Transfer {
+                migration: m.id,
+                guest: m.guest.clone(),
+                source: self.host.clone(),
+                target: m.source.clone(),
+                target_address: source_address,
+                kind: m.kind,
+            };
+            let driver = self.driver.clone();
+            tracing::warn!(migration = %id, guest = %m.guest, "guest runs here after its migration ended {}; moving it back to {}", m.phase, m.source);
+            let r = tokio::task::spawn_blocking(move || driver.transfer(&back, &AtomicBool::new(false))).await;
+            match r {
+                Ok(Ok(_)) => tracing::info!(migration = %id, guest = %m.guest, "guest moved back to its owner"),
+                other => tracing::error!(migration = %id, ?other, "moving the guest back failed; will retry"),
+            }
+            return false;
+        }
+        Instant::now() > until
+    }
+
+    /// Records durably (then in memory) what this host did for the phase with `token`.
+    fn journal(&mut self, m: &Migration, token: FencingToken, transfer: TransferState) {
+        let j = Journal { migration: m.id, guest: m.guest.clone(), token, transfer };
+        if let Err(e) = self.store.put_journal(&j) {
+            tracing::error!(migration = %m.id, %e, "cannot write the migration journal");
+            return;
+        }
+        if let Some(a) = self.active.get_mut(&m.id) {
+            a.journal = Some(j);
+        }
+    }
+
+    /// Asks the driver (on a blocking thread) whether the guest runs here; `None` on error.
+    async fn runs_here(&self, guest: &Name, owner: &Name) -> Option<bool> {
+        let (driver, g, o) = (self.driver.clone(), guest.clone(), owner.clone());
+        match tokio::task::spawn_blocking(move || driver.runs_here(&g, &o)).await {
+            Ok(Ok(b)) => Some(b),
+            Ok(Err(e)) => {
+                tracing::warn!(%guest, %e, "driver cannot tell where the guest runs");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%guest, %e, "driver task failed");
+                None
+            }
+        }
+    }
+
+    async fn report(&mut self, m: &Migration, outcome: ReportOutcome) {
+        let body = MigrationReport { phase: m.phase, token: m.current().token(), outcome };
+        match self.client.post::<_, ReportAck>(&format!("/v1/migrations/{}/report", m.id.0), &body).await {
+            Ok(ack) if ack.term < self.term => {
+                tracing::warn!(migration = %m.id, ack_term = ack.term, term = self.term,
+                    "ignoring the answer of a deposed leader; will report again");
+            }
+            Ok(ack) => self.term = ack.term,
+            Err(e @ ClientError::Api { .. }) if e.code() == Some("stale_report") => {
+                tracing::debug!(migration = %m.id, %e, "report overtaken by a newer phase");
+            }
+            Err(e) => tracing::warn!(migration = %m.id, %e, "report failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The migration driver: a migration is a saga of log commits (SPEC §5), and this is what moves
+//! each in-flight migration from one commit to the next.
+//!
+//! It runs on every coordinator and acts only while that coordinator is the leader. It keeps no
+//! state of its own that matters: what to do next is decided from the committed migration record
+//! alone ([`next_step`]), so a new leader resumes every in-flight migration from the log. The one
+//! thing held in memory is the agents' reports for the `transferring` phase ([`Reports`]); a new
+//! leader starts without them, and the agents, which keep reporting until they see the phase
+//! change, simply tell it again.
+//!
+//! Every step is a command that names the phase it starts from, so a step proposed twice (by a
+//! retrying or a deposed leader) is refused by the state machine instead of applied twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::ServerState;
+use switchyard_protocol::api::{MigrationReport, ReportOutcome};
+use switchyard_protocol::{
+    ClusterState, Command, FencingToken, HostState, Migration, MigrationId, Name, Phase, Proposal, RequestId,
+    Timestamp,
+};
+use tokio::sync::Notify;
+
+use crate::api::ApiState;
+use crate::config::MigrationConfig;
+use crate::error::ApiError;
+
+/// What the agents told the leader about the current phase of one migration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PhaseReports {
+    /// The phase commit the reports answer.
+    pub token: FencingToken,
+    /// The source's transfer: done (with its freeze time) or failed.
+    pub transfer: Option<Result<Option<u64>, String>>,
+    /// The target saw the guest running.
+    pub target_running: bool,
+}
+
+/// Agent reports, held by the leader in memory.
+#[derive(Default)]
+pub struct Reports {
+    by_migration: Mutex<HashMap<MigrationId, PhaseReports>>,
+    /// Wakes the driver when a report arrives.
+    pub arrived: Notify,
+}
+
+impl Reports {
+    /// Checks a report from `host` against the migration's committed state and records it.
+    pub fn record(&self, m: &Migration, host: &Name, r: &MigrationReport) -> Result<(), ApiError> {
+        let current = m.current().token();
+        if m.phase.is_terminal() || r.phase != m.phase || r.token != current {
+            return Err(ApiError::StaleReport(format!(
+                "the report answers phase {} (token {}), but migration {} is at phase {} (token {current})",
+                r.phase, r.token, m.id, m.phase
+            )));
+        }
+        if m.phase != Phase::Transferring {
+            return Err(ApiError::BadRequest(format!("phase {} takes no agent report", m.phase)));
+        }
+        let is_source = m.source == *host;
+        let mut all = self.by_migration.lock().expect("reports lock");
+        let entry = all.entry(m.id).or_default();
+        if entry.token != current {
+            *entry = PhaseReports { token: current, ..Default::default() };
+        }
+        match &r.outcome {
+            ReportOutcome::TransferDone { freeze_time_ms } if is_source => entry.transfer = Some(Ok(*freeze_time_ms)),
+            ReportOutcome::TransferFailed { error } if is_source => entry.transfer = Some(Err(error.clone())),
+            ReportOutcome::GuestRunning if m.target == *host => entry.target_running = true,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "host {host} is not the one to report {other:?} for migration {}",
+                    m.id
+                )))
+            }
+        }
+        drop(all);
+        self.arrived.notify_one();
+        Ok(())
+    }
+
+    fn get(&self, id: MigrationId, token: FencingToken) -> Option<PhaseReports> {
+        self.by_migration.lock().expect("reports lock").get(&id).filter(|r| r.token == token).cloned()
+    }
+
+    /// Drops the reports of migrations no longer in flight.
+    fn retain(&self, live: impl Fn(MigrationId) -> bool) {
+        self.by_migration.lock().expect("reports lock").retain(|id, _| live(*id));
+    }
+
+    fn clear(&self) {
+        self.by_migration.lock().expect("reports lock").clear();
+    }
+}
+
+/// The driver's next move for one migration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Advance { to: Phase, freeze_time_ms: Option<u64> },
+    Fail(String),
+    /// Nothing to do yet; look again after at most this long.
+    Wait(Duration),
+}
+
+/// Decides the next step of an in-flight migration from its committed record, the cluster state,
+/// the agents' reports for its current phase, and the time. Pure, so it is tested directly.
+pub fn next_step(
+    m: &Migration,
+    state: &ClusterState,
+    reports: Option<&PhaseReports>,
+    now: Timestamp,
+    config: &MigrationConfig,
+) -> Step {
+    let entered = m.current().at.0;
+    let elapsed = now.0.saturating_sub(entered);
+    let next = m.phase.next(m.has_package());
+    match m.phase {
+        Phase::Requested | Phase::SwitchingDisabled => {
+            // Before anything moves, both ends must still be usable.
+            for (role, host) in [("source", &m.source), ("target", &m.target)] {
+                match state.host(host).map(|h| h.state()) {
+                    None => return Step::Fail(format!("{role} host {host} is no longer registered")),
+                    Some(HostState::Unreachable) => {
+                        return Step::Fail(format!("{role} host {host} is unreachable (its agent stopped reporting)"))
+                    }
+                    Some(HostState::Maintenance) if role == "target" => {
+                        return Step::Fail(format!("target host {host} went into maintenance"))
+                    }
+                    _ => {}
+                }
+            }
+            paced(next, elapsed, config)
+        }
+        Phase::Transferring => {
+            let r = reports.cloned().unwrap_or_default();
+            match r.transfer {
+                Some(Err(e)) => return Step::Fail(format!("transfer failed on {}: {e}", m.source)),
+                Some(Ok(freeze_time_ms)) if r.target_running => {
+                    return Step::Advance { to: Phase::TargetRunning, freeze_time_ms }
+                }
+                _ => {}
+            }
+            if elapsed >= config.transferring_timeout_ms {
+                let waiting = match (&r.transfer, r.target_running) {
+                    (None, false) => format!("source {} to finish the transfer and target {} to confirm", m.source, m.target),
+                    (None, true) => format!("source {} to finish the transfer", m.source),
+                    (Some(_), _) => format!("target {} to confirm the guest runs there", m.target),
+                };
+                return Step::Fail(format!(
+                    "timed out after {} ms in phase transferring, waiting for {waiting}",
+                    config.transferring_timeout_ms
+                ));
+            }
+            Step::Wait(Duration::from_millis(config.transferring_timeout_ms - elapsed))
+        }
+        Phase::TargetRunning | Phase::OwnerSwitched | Phase::SwitchingEnabled => paced(next, elapsed, config),
+        Phase::Completed | Phase::Failed | Phase::Aborted => Step::Wait(Duration::from_secs(3600)),
+    }
+}
+
+fn paced(next: Option<Phase>, elapsed: u64, config: &MigrationConfig) -> Step {
+    let Some(to) = next else { return Step::Wait(Duration::from_secs(3600)) };
+    if elapsed < config.step_delay_ms {
+        return Step::Wait(Duration::from_millis(config.step_delay_ms - elapsed));
+    }
+    Step::Advance { to, freeze_time_ms: None }
+}
+
+/// The command for a step, with a request id derived from (migration, target phase): the same
+/// step proposed again is recognised as a duplicate.
+fn command_for(m: &Migration, step: &Step) -> Option<(RequestId, Command)> {
+    let rid = |p: Phase| RequestId((1u128 << 127) | ((m.id.0 as u128) << 8) | p as u128);
+    match step {
+        Step::Advance { to, freeze_time_ms } => Some((
+            rid(*to),
+            Command::AdvanceMigration { id: m.id, from: m.phase, to: *to, freeze_time_ms: *freeze_time_ms },
+        )),
+        Step::Fail(error) => Some((rid(Phase::Failed), Command::FailMigration { id: m.id, error: error.clone() })),
+        Step::Wait(_) => None,
+    }
+}
+
+/// Runs until the process stops; acts only while this coordinator leads.
+pub async fn run(s: Arc<ApiState>) {
+    let mut revision = s.sm.watch_revision();
+    let mut metrics = s.raft.metrics();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            r = revision.changed() => if r.is_err() { return },
+            m = metrics.changed() => if m.is_err() { return },
+            _ = s.reports.arrived.notified() => {}
+        }
+        wait = Duration::from_millis(1000);
+        if metrics.borrow().state != ServerState::Leader {
+            s.reports.clear();
+            continue;
+        }
+        let now = s.clock().now();
+        let steps: Vec<(Migration, Step)> = s.sm.read(|st| {
+            s.reports.retain(|id| st.migration(id).is_some_and(|m| !m.phase.is_terminal()));
+            st.in_flight_migrations()
+                .map(|m| {
+                    let reports = s.reports.get(m.id, m.current().token());
+                    (m.clone(), next_step(m, st, reports.as_ref(), now, &s.config.migration))
+                })
+                .collect()
+        });
+        for (m, step) in steps {
+            if let Step::Wait(d) = step {
+                wait = wait.min(d.max(Duration::from_millis(10)));
+                continue;
+            }
+            let Some((request_id, command)) = command_for(&m, &step) else { continue };
+            let p = Proposal { request_id, actor: format!("driver:{}", s.id), time: s.clock().now(), command };
+            match s.raft.client_write(p).await {
+                Ok(r) => match r.data.result {
+                    Some(Ok(_)) => match &step {
+                        Step::Fail(e) => tracing::warn!(migration = %m.id, guest = %m.guest, error = %e, "migration failed"),
+                        Step::Advance { to, .. } => {
+                            tracing::info!(migration = %m.id, guest = %m.guest, from = %m.phase, to = %to, "migration advanced")
+                        }
+                        Step::Wait(_) => {}
+                    },
+                    // Someone moved it first (an abort, or this step already applied).
+                    Some(Err(r)) => tracing::debug!(migration = %m.id, %r, "migration step refused"),
+                    None => {}
+                },
+                Err(e) => {
+                    tracing::debug!(migration = %m.id, %e, "migration step not committed; will retry");
+                    break;
+                }
+            }
+            wait = Duration::from_millis(10);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_protocol::{Actor, MigrationKind, PhaseRecord};
+
+    use super::*;
+
+    fn migration(phase: Phase, at: u64, package: bool) -> Migration {
+        let n = |s: &str| Name::new(s).unwrap();
+        Migration {
+            id: MigrationId(7),
+            guest: n("g1"),
+            source: n("h1"),
+            target: n("h2"),
+            kind: MigrationKind::Online,
+            requested_by: Actor::from("admin"),
+            reason: None,
+            package: package.then(|| n("p1")),
+            switching_before: package.then_some(true),
+            phase,
+            history: vec![PhaseRecord { phase, at: Timestamp(at), revision: 9, term: 2 }],
+            freeze_time_ms: None,
+            error: None,
+        }
+    }
+
+    fn config() -> MigrationConfig {
+        MigrationConfig { transferring_timeout_ms: 5_000, step_delay_ms: 0 }
+    }
+
+    #[test]
+    fn driver_steps_skip_switching_phases_without_a_package() {
+        let st = ClusterState::default();
+        // Hosts unknown to an empty state: a requested migration fails cleanly.
+        let s = next_step(&migration(Phase::Requested, 0, true), &st, None, Timestamp(0), &config());
+        assert!(matches!(s, Step::Fail(e) if e.contains("no longer registered")));
+        for (phase, package, want) in [
+            (Phase::TargetRunning, true, Phase::OwnerSwitched),
+            (Phase::OwnerSwitched, true, Phase::SwitchingEnabled),
+            (Phase::OwnerSwitched, false, Phase::Completed),
+            (Phase::SwitchingEnabled, true, Phase::Completed),
+        ] {
+            let s = next_step(&migration(phase, 0, package), &st, None, Timestamp(0), &config());
+            assert_eq!(s, Step::Advance { to: want, freeze_time_ms: None }, "{phase}");
+        }
+    }
+
+    #[test]
+    fn transferring_waits_for_both_agents_then_advances_with_the_freeze_time() {
+        let st = ClusterState::default();
+        let m = migration(Phase::Transferring, 1_000, true);
+        let token = m.current().token();
+        let only_source = PhaseReports { token, transfer: Some(Ok(Some(120))), target_running: false };
+        assert!(matches!(next_step(&m, &st, Some(&only_source), Timestamp(2_000), &config()), Step::Wait(_)));
+        let both = PhaseReports { target_running: true, ..only_source };
+        assert_eq!(
+            next_step(&m, &st, Some(&both), Timestamp(2_000), &config()),
+            Step::Advance { to: Phase::TargetRunning, freeze_time_ms: Some(120) }
+        );
+        let failed = PhaseReports { token, transfer: Some(Err("disk busy".into())), target_running: false };
+        assert!(matches!(next_step(&m, &st, Some(&failed), Timestamp(2_000), &config()),
+            Step::Fail(e) if e.contains("disk busy")));
+    }
+
+    #[test]
+    fn a_silent_agent_fails_the_migration_after_the_timeout() {
+        let st = ClusterState::default();
+        let m = migration(Phase::Transferring, 1_000, true);
+        assert_eq!(
+            next_step(&m, &st, None, Timestamp(5_999), &config()),
+            Step::Wait(Duration::from_millis(1))
+        );
+        let s = next_step(&m, &st, None, Timestamp(6_000), &config());
+        assert!(matches!(s, Step::Fail(e) if e.contains("timed out") && e.contains("h1") && e.contains("h2")));
+    }
+
+    #[test]
+    fn step_delay_paces_the_driver_steps() {
+        let st = ClusterState::default();
+        let c = MigrationConfig { step_delay_ms: 500, ..config() };
+        let m = migration(Phase::TargetRunning, 1_000, true);
+        assert_eq!(next_step(&m, &st, None, Timestamp(1_200), &c), Step::Wait(Duration::from_millis(300)));
+        assert!(matches!(next_step(&m, &st, None, Timestamp(1_500), &c), Step::Advance { .. }));
+    }
+}
