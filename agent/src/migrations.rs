@@ -65,11 +65,14 @@ pub struct Worker {
     active: HashMap<MigrationId, Active>,
     /// Newest leader term seen in events and answers.
     term: u64,
+    /// The newest migration of each guest this agent has heard of (whoever takes part): a
+    /// rollback watch ends when a newer migration of the guest exists.
+    newest: HashMap<Name, MigrationId>,
 }
 
 impl Worker {
     pub fn new(host: Name, client: Client, driver: Arc<dyn HypervisorDriver>, store: Arc<AgentStore>) -> Worker {
-        Worker { host, client, driver, store, active: HashMap::new(), term: 0 }
+        Worker { host, client, driver, store, active: HashMap::new(), term: 0, newest: HashMap::new() }
     }
 
     /// Runs until the channel closes. `input` carries every migration event the agent applies.
@@ -110,7 +113,8 @@ impl Worker {
             }
         };
         for m in page.items.migrations {
-            self.adopt(m, false, journals.get(&m.id).cloned());
+            let journal = journals.get(&m.id).cloned();
+            self.adopt(m, false, journal);
         }
         for (id, j) in journals {
             if !self.active.contains_key(&id) {
@@ -122,6 +126,8 @@ impl Worker {
     }
 
     fn adopt(&mut self, m: Migration, verified: bool, journal: Option<Journal>) {
+        let newest = self.newest.entry(m.guest.clone()).or_insert(m.id);
+        *newest = (*newest).max(m.id);
         if !m.involves(&self.host) {
             return;
         }
@@ -151,7 +157,7 @@ impl Worker {
                 let token = e.token();
                 match self.active.get_mut(id) {
                     Some(a) if token <= a.m.current().token() => {
-                        tracing::warn!(migration = %id, %token, held = %a.m.current().token(),
+                        tracing::debug!(migration = %id, %token, held = %a.m.current().token(),
                             "refusing an order that is not newer than the one already held");
                     }
                     Some(a) => {
@@ -312,6 +318,10 @@ impl Worker {
         let a = self.active.get_mut(&id).expect("known");
         let until = *a.watch_until.get_or_insert_with(|| Instant::now() + ROLLBACK_WATCH);
         let m = a.m.clone();
+        if self.newest.get(&m.guest).is_some_and(|n| *n > id) {
+            // A newer migration of the guest decides where it runs now.
+            return true;
+        }
         if self.runs_here(&m.guest, &m.source).await == Some(true) {
             let source_address = match self.client.get::<Read<HostView>>(&format!("/v1/hosts/{}", m.source)).await {
                 Ok(h) => h.items.host.spec.address,

@@ -75,6 +75,7 @@ async fn five_agents_converge_after_kills_and_compaction() {
         max_in_snapshot_log_to_keep: 5,
         retain_revisions: 10,
         host_report_timeout_ms: 3000,
+        ..Default::default()
     };
     let mut cluster = TestCluster::start(3, opts).await;
     let c = cluster.client(&[1, 2, 3]);

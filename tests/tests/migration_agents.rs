@@ -12,7 +12,7 @@ use common::saga::*;
 use serde_json::json;
 use switchyard_agent::driver::{Fault, Simulated};
 use switchyard_coordinator::client::{Client, ClientError};
-use switchyard_protocol::api::{Read, WriteResponse};
+use switchyard_protocol::api::{GuestView, Read, WriteResponse};
 use switchyard_protocol::{Migration, MigrationId, Name, Phase};
 
 fn n(s: &str) -> Name {
@@ -30,8 +30,8 @@ async fn expect_ended(cluster: &TestCluster, id: MigrationId, phase: Phase, erro
 }
 
 async fn owner_of(c: &Client, guest: &str) -> String {
-    let g: Read<serde_json::Value> = c.get(&format!("/v1/guests/{guest}")).await.expect("guest");
-    g.items["guest"]["owner"].as_str().unwrap().to_string()
+    let g: Read<GuestView> = c.get(&format!("/v1/guests/{guest}")).await.expect("guest");
+    g.items.guest.owner.to_string()
 }
 
 async fn wait_active(c: &Client, host: &str) {
@@ -146,7 +146,7 @@ async fn agent_and_driver_faults_aborts_and_refusals() {
         wait_hypervisor_agrees(&cluster, "vm3").await;
     }
     // Past the owner switch, abort says so and the migration completes.
-    let id = migrate(&admin, "vm3", "h2", "ab-late").await;
+    let id = migrate(&admin, "vm3", "h2", "ab1a7e").await;
     wait_phase(&cluster, id, Phase::OwnerSwitched).await;
     let (code, msg) = refused(admin.post(&format!("/v1/migrations/{}/abort", id.0), &json!({})).await);
     assert_eq!(code, "migration_past_owner_switch", "{msg}");

@@ -40,7 +40,7 @@ async fn migrations_survive_leader_loss_at_every_phase_and_a_full_restart() {
 
     // All three coordinators at once, mid-transfer.
     let target = if owner == "h1" { "h2" } else { "h1" };
-    let id = migrate(&admin, "vm1", target, "all").await;
+    let id = migrate(&admin, "vm1", target, "a11").await;
     wait_phase(&cluster, id, Phase::Transferring).await;
     cluster.kill_all();
     for n in [1, 2, 3] {

@@ -108,8 +108,15 @@ impl TestCluster {
     }
 
     /// A cluster with no node yet; add nodes with [`TestCluster::spawn_new_node`].
+    /// Set `SWITCHYARD_KEEP_TEST_DIRS=1` to keep the data and logs of every process after the
+    /// test (the path is printed).
     pub fn empty(opts: ClusterOpts) -> TestCluster {
-        TestCluster { nodes: Vec::new(), opts, _tmp: tempfile::tempdir().expect("temp dir") }
+        let mut tmp = tempfile::tempdir().expect("temp dir");
+        if std::env::var_os("SWITCHYARD_KEEP_TEST_DIRS").is_some() {
+            tmp.disable_cleanup(true);
+            eprintln!("keeping test data and logs in {}", tmp.path().display());
+        }
+        TestCluster { nodes: Vec::new(), opts, _tmp: tmp }
     }
 
     /// Creates the directory and config of a new node and starts it (not yet a member).

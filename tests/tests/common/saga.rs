@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use switchyard_agent::driver::Simulated;
 use switchyard_coordinator::client::{Client, EventQuery};
-use switchyard_protocol::api::{Read, StreamItem, WriteResponse};
+use switchyard_protocol::api::{GuestView, Read, StreamItem, WriteResponse};
 use switchyard_protocol::{ClusterState, Event, EventPayload, Migration, MigrationId, Name, Phase};
 
 use super::cluster::*;
@@ -142,8 +142,8 @@ pub fn sim_location(cluster: &TestCluster, guest: &str, log_owner: &Name) -> Str
 pub async fn wait_hypervisor_agrees(cluster: &TestCluster, guest: &str) {
     let admin = cluster.client(&cluster.alive_ids());
     eventually(&format!("the hypervisors to run {guest} on its owner"), Duration::from_secs(60), || async {
-        let g: Read<serde_json::Value> = admin.get(&format!("/v1/guests/{guest}")).await.ok()?;
-        let owner = Name::new(g.items["guest"]["owner"].as_str()?).ok()?;
+        let g: Read<GuestView> = admin.get(&format!("/v1/guests/{guest}")).await.ok()?;
+        let owner = g.items.guest.owner;
         (sim_location(cluster, guest, &owner) == owner.as_str()).then_some(())
     })
     .await
