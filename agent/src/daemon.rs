@@ -121,7 +121,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                         StreamItem::Event(e) if e.revision <= cursor => {}
                         StreamItem::Event(e) => {
                             if e.payload.kind() == EventKind::Migration {
-                                let _ = to_worker.send(Input::Event((**e).clone()));
+                                let _ = to_worker.send(Input::Event(e.clone()));
                             }
                             if let Some(change) = applied.change_for(e) {
                                 store.write(&change)?;

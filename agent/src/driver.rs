@@ -421,7 +421,13 @@ mod tests {
     #[test]
     fn command_driver_substitutes_names_and_maps_exit_codes() {
         let d = CommandDriver::new(
-            vec!["sh".into(), "-c".into(), "echo moving $0 to $1; echo freeze_ms=42".into(), "{guest}".into(), "{target_address}".into()],
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "echo moving $0 to $1; echo freeze_ms=42".into(),
+                "{guest}".into(),
+                "{target_address}".into(),
+            ],
             vec!["sh".into(), "-c".into(), "test \"$0\" = g1".into(), "{guest}".into()],
             5_000,
         )
@@ -444,7 +450,8 @@ mod tests {
             let s: Section = toml::from_str(text).unwrap_or_else(|e| panic!("{file}: {e}"));
             s.driver.build(&n("h1")).unwrap_or_else(|e| panic!("{file}: {e}"));
         }
-        let agent: crate::daemon::AgentConfig = toml::from_str(include_str!("../../deploy/agent.example.toml")).unwrap();
+        let agent: crate::daemon::AgentConfig =
+            toml::from_str(include_str!("../../deploy/agent.example.toml")).unwrap();
         agent.driver.build(&agent.host).unwrap();
     }
 
@@ -466,6 +473,9 @@ mod tests {
 
         let bad = CommandDriver::new(vec!["virsh".into(), "{domain}".into()], vec!["true".into()], 100);
         assert!(bad.err().unwrap().contains("unknown placeholder {domain}"));
-        assert!(CommandDriver::new(vec![], vec!["true".into()], 100).err().unwrap().contains("driver.migrate is empty"));
+        assert!(CommandDriver::new(vec![], vec!["true".into()], 100)
+            .err()
+            .unwrap()
+            .contains("driver.migrate is empty"));
     }
 }

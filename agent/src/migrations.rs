@@ -52,7 +52,7 @@ struct Active {
 /// What the daemon hands the worker.
 pub enum Input {
     /// A migration event, in revision order.
-    Event(Event),
+    Event(Box<Event>),
     /// The agent re-synced from full state: events were skipped, learn the migrations again.
     Reload,
 }
@@ -173,7 +173,8 @@ impl Worker {
                     None => {
                         // Requested before this agent's cursor (or before a re-sync).
                         if let Some(m) = self.fetch(*id).await {
-                            let journal = self.store.journals().ok().and_then(|js| js.into_iter().find(|j| j.migration == *id));
+                            let journal =
+                                self.store.journals().ok().and_then(|js| js.into_iter().find(|j| j.migration == *id));
                             self.adopt(m, true, journal);
                         }
                     }

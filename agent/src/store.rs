@@ -178,8 +178,12 @@ pub struct Journal {
 pub enum TransferState {
     /// Started and not known to have ended: after a restart, ask the driver where the guest is.
     Started,
-    Done { freeze_time_ms: Option<u64> },
-    Failed { error: String },
+    Done {
+        freeze_time_ms: Option<u64>,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

@@ -664,10 +664,9 @@ async fn request_migration(
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
     let r: MigrateRequest = body(&raw)?;
-    let source = s
-        .sm
-        .read(|st| st.guest(&r.guest).map(|g| g.owner.clone()))
-        .ok_or_else(|| ApiError::Rejected(Rejection::UnknownGuest { guest: r.guest.clone() }))?;
+    let source =
+        s.sm.read(|st| st.guest(&r.guest).map(|g| g.owner.clone()))
+            .ok_or_else(|| ApiError::Rejected(Rejection::UnknownGuest { guest: r.guest.clone() }))?;
     let kind = if r.offline { MigrationKind::Offline } else { MigrationKind::Online };
     let cmd = Command::RequestMigration { guest: r.guest, source, target: r.target, kind, reason: r.reason };
     propose(&s, &c, r.request_id.as_deref(), cmd).await
@@ -700,11 +699,10 @@ async fn report_migration(
     if !s.is_leader() {
         return Err(ApiError::NotLeader { leader: s.leader_api() });
     }
-    let m = s
-        .sm
-        .read(|st| st.migration(id).cloned())
-        .or(s.sm.history().migration(id)?)
-        .ok_or(ApiError::Rejected(Rejection::UnknownMigration { id }))?;
+    let m =
+        s.sm.read(|st| st.migration(id).cloned())
+            .or(s.sm.history().migration(id)?)
+            .ok_or(ApiError::Rejected(Rejection::UnknownMigration { id }))?;
     if !m.involves(host) {
         return Err(ApiError::Forbidden(format!(
             "host {host} takes no part in migration {id} ({} to {})",

@@ -569,8 +569,13 @@ async fn run(cli: Cli) -> Result<String, CliError> {
             let parse = |s: &str| {
                 switchyard_protocol::Name::new(s).map_err(|e| CliError::Usage(format!("invalid name {s:?}: {e}")))
             };
-            let req =
-                MigrateRequest { guest: parse(&guest)?, target: parse(&to)?, offline, reason, request_id: write.request_id };
+            let req = MigrateRequest {
+                guest: parse(&guest)?,
+                target: parse(&to)?,
+                offline,
+                reason,
+                request_id: write.request_id,
+            };
             let r: WriteResponse = c.post("/v1/migrations", &req).await?;
             let id = r.first_revision;
             if !wait {
@@ -616,7 +621,11 @@ async fn run(cli: Cli) -> Result<String, CliError> {
             MigrationVerb::Abort { id, reason, write } => {
                 let req = AbortRequest { reason, request_id: write.request_id };
                 let r: WriteResponse = c.post(&format!("/v1/migrations/{id}/abort"), &req).await?;
-                Ok(if json { to_json(&r) } else { format!("migration {id} aborted and rolled back (revision {})\n", r.last_revision) })
+                Ok(if json {
+                    to_json(&r)
+                } else {
+                    format!("migration {id} aborted and rolled back (revision {})\n", r.last_revision)
+                })
             }
         },
         Verb::Package(v) => match v {
@@ -817,7 +826,13 @@ fn packages_table(pkgs: &[Package]) -> String {
 
 /// Follows a migration's phases from the event history until it ends.
 async fn wait_migration(c: &Client, json: bool, guest: &str, id: u64) -> Result<String, CliError> {
-    let query = EventQuery { from: id, follow: true, guest: Some(guest.to_string()), host: None, kind: Some("migration".into()) };
+    let query = EventQuery {
+        from: id,
+        follow: true,
+        guest: Some(guest.to_string()),
+        host: None,
+        kind: Some("migration".into()),
+    };
     let mut out = std::io::stdout();
     let mut end: Option<(switchyard_protocol::Phase, Option<String>)> = None;
     c.events(&query, |item| {
@@ -825,7 +840,9 @@ async fn wait_migration(c: &Client, json: bool, guest: &str, id: u64) -> Result<
         if e.payload.migration() != Some(switchyard_protocol::MigrationId(id)) {
             return true;
         }
-        let line = if json { serde_json::to_string(item).expect("JSON") } else {
+        let line = if json {
+            serde_json::to_string(item).expect("JSON")
+        } else {
             format!("{}  {}", crate::timefmt::format(e.time), describe(&e.payload))
         };
         let _ = writeln!(out, "{line}");
@@ -844,7 +861,10 @@ async fn wait_migration(c: &Client, json: bool, guest: &str, id: u64) -> Result<
             String::new(),
             format!("migration {id} {phase}: {}", error.unwrap_or_else(|| "no reason given".into())),
         )),
-        None => Err(CliError::Failed(String::new(), format!("lost track of migration {id}; see: switchyard migration show {id}"))),
+        None => Err(CliError::Failed(
+            String::new(),
+            format!("lost track of migration {id}; see: switchyard migration show {id}"),
+        )),
     }
 }
 
@@ -864,14 +884,19 @@ fn migrations_table(page: &MigrationPage) -> String {
                 m.kind.to_string(),
                 m.phase.to_string(),
                 timefmt::format(switchyard_protocol::Timestamp(started)),
-                if m.phase.is_terminal() { timefmt::duration(took) } else { format!("{} so far", timefmt::duration(took)) },
+                if m.phase.is_terminal() {
+                    timefmt::duration(took)
+                } else {
+                    format!("{} so far", timefmt::duration(took))
+                },
                 opt(m.freeze_time_ms.map(timefmt::duration)),
                 m.requested_by.clone(),
                 opt(m.error.as_ref()),
             ]
         })
         .collect();
-    let mut out = table(&["ID", "GUEST", "FROM", "TO", "KIND", "PHASE", "REQUESTED", "TOOK", "FREEZE", "BY", "ERROR"], rows);
+    let mut out =
+        table(&["ID", "GUEST", "FROM", "TO", "KIND", "PHASE", "REQUESTED", "TOOK", "FREEZE", "BY", "ERROR"], rows);
     if let Some(next) = page.next_after {
         out.push_str(&format!("(more: --after {next})\n"));
     }
@@ -893,7 +918,10 @@ fn migration_detail(m: &switchyard_protocol::Migration) -> String {
         m.error.as_ref().map(|e| format!(", error: {e}")).unwrap_or_default(),
     );
     if let Some(p) = &m.package {
-        s.push_str(&format!("package {p}, switching before: {}\n", opt(m.switching_before.map(|b| if b { "enabled" } else { "disabled" }))));
+        s.push_str(&format!(
+            "package {p}, switching before: {}\n",
+            opt(m.switching_before.map(|b| if b { "enabled" } else { "disabled" }))
+        ));
     }
     if let Some(f) = m.freeze_time_ms {
         s.push_str(&format!("freeze time {}\n", timefmt::duration(f)));

@@ -18,8 +18,7 @@ use std::time::Duration;
 use openraft::ServerState;
 use switchyard_protocol::api::{MigrationReport, ReportOutcome};
 use switchyard_protocol::{
-    ClusterState, Command, FencingToken, HostState, Migration, MigrationId, Name, Phase, Proposal, RequestId,
-    Timestamp,
+    ClusterState, Command, FencingToken, HostState, Migration, MigrationId, Name, Phase, Proposal, RequestId, Timestamp,
 };
 use tokio::sync::Notify;
 
@@ -98,7 +97,10 @@ impl Reports {
 /// The driver's next move for one migration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    Advance { to: Phase, freeze_time_ms: Option<u64> },
+    Advance {
+        to: Phase,
+        freeze_time_ms: Option<u64>,
+    },
     Fail(String),
     /// Nothing to do yet; look again after at most this long.
     Wait(Duration),
@@ -144,7 +146,9 @@ pub fn next_step(
             }
             if elapsed >= config.transferring_timeout_ms {
                 let waiting = match (&r.transfer, r.target_running) {
-                    (None, false) => format!("source {} to finish the transfer and target {} to confirm", m.source, m.target),
+                    (None, false) => {
+                        format!("source {} to finish the transfer and target {} to confirm", m.source, m.target)
+                    }
                     (None, true) => format!("source {} to finish the transfer", m.source),
                     (Some(_), _) => format!("target {} to confirm the guest runs there", m.target),
                 };
@@ -219,7 +223,9 @@ pub async fn run(s: Arc<ApiState>) {
             match s.raft.client_write(p).await {
                 Ok(r) => match r.data.result {
                     Some(Ok(_)) => match &step {
-                        Step::Fail(e) => tracing::warn!(migration = %m.id, guest = %m.guest, error = %e, "migration failed"),
+                        Step::Fail(e) => {
+                            tracing::warn!(migration = %m.id, guest = %m.guest, error = %e, "migration failed")
+                        }
                         Step::Advance { to, .. } => {
                             tracing::info!(migration = %m.id, guest = %m.guest, from = %m.phase, to = %to, "migration advanced")
                         }
@@ -306,10 +312,7 @@ mod tests {
     fn a_silent_agent_fails_the_migration_after_the_timeout() {
         let st = ClusterState::default();
         let m = migration(Phase::Transferring, 1_000, true);
-        assert_eq!(
-            next_step(&m, &st, None, Timestamp(5_999), &config()),
-            Step::Wait(Duration::from_millis(1))
-        );
+        assert_eq!(next_step(&m, &st, None, Timestamp(5_999), &config()), Step::Wait(Duration::from_millis(1)));
         let s = next_step(&m, &st, None, Timestamp(6_000), &config());
         assert!(matches!(s, Step::Fail(e) if e.contains("timed out") && e.contains("h1") && e.contains("h2")));
     }

@@ -75,7 +75,13 @@ pub fn parse(s: &str, now: Timestamp) -> Result<Timestamp, String> {
     let h = tp.next().ok_or_else(bad)?.map_err(|_| bad())?;
     let mi = tp.next().unwrap_or(Ok(0)).map_err(|_| bad())?;
     let se = tp.next().unwrap_or(Ok(0)).map_err(|_| bad())?;
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || !(0..24).contains(&h) || !(0..60).contains(&mi) || !(0..60).contains(&se) || y < 1970 {
+    if !(1..=12).contains(&mo)
+        || !(1..=31).contains(&d)
+        || !(0..24).contains(&h)
+        || !(0..60).contains(&mi)
+        || !(0..60).contains(&se)
+        || y < 1970
+    {
         return Err(bad());
     }
     let days = days_from_civil(y, mo as u32, d as u32);

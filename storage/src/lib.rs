@@ -23,7 +23,7 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
-pub use db::DataDir;
+pub use db::{DataDir, DISK_FORMAT_VERSION};
 pub use error::StoreError;
 pub use history::History;
 pub use log_store::LogStore;

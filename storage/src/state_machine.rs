@@ -293,7 +293,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             command = proposal.command.kind()
                         )
                         .entered();
-                        let outcome = switchyard_protocol::apply(&mut applied.cluster, proposal, entry.log_id.leader_id.term);
+                        let outcome =
+                            switchyard_protocol::apply(&mut applied.cluster, proposal, entry.log_id.leader_id.term);
                         Some(outcome.map(|(answer, events)| {
                             for event in &events {
                                 let record = event.payload.migration().and_then(|id| applied.cluster.migration(id));

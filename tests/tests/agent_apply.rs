@@ -100,9 +100,11 @@ async fn agent_with_a_token_for_another_host_stops_with_a_clear_error() {
     std::fs::write(
         &config,
         format!(
-            "host = \"h2\"\nendpoints = [\"{}\"]\ntoken = \"{AGENT_TOKEN}\"\ndata_dir = \"{}\"\n",
+            "host = \"h2\"\nendpoints = [\"{}\"]\ntoken = \"{AGENT_TOKEN}\"\ndata_dir = \"{}\"\n\
+             [driver]\nkind = \"simulated\"\nstate_dir = \"{}\"\n",
             cluster.node(1).api_addr,
-            dir.path().join("data").display()
+            dir.path().join("data").display(),
+            dir.path().join("sim").display()
         ),
     )
     .unwrap();

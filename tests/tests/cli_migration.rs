@@ -50,6 +50,23 @@ async fn migrate_wait_list_show_abort_and_unprotected_window() {
     assert_eq!(code, 1);
     assert!(err.contains("already finished as completed"), "{err}");
 
+    // Reports: only the migration's own agents, only for the phase it is in.
+    let report =
+        serde_json::json!({"phase": "transferring", "token": {"term": 1, "revision": id}, "outcome": "guest_running"});
+    let path = format!("/v1/migrations/{id}/report");
+    for (token, code) in
+        [(agent_token(3), "forbidden"), (ADMIN_TOKEN.to_string(), "forbidden"), (agent_token(2), "stale_report")]
+    {
+        let c = cluster.client_for(&[1, 2, 3], &token);
+        match c.post::<_, serde_json::Value>(&path, &report).await {
+            Err(switchyard_coordinator::client::ClientError::Api { code: got, .. }) => assert_eq!(got, code),
+            other => panic!("report with {token} should be refused with {code}: {other:?}"),
+        }
+    }
+    let c = cluster.client_for(&[1, 2, 3], &agent_token(2));
+    let bad = c.post::<_, serde_json::Value>(&path, &serde_json::json!({"phase": "transferring"})).await;
+    assert!(matches!(bad, Err(switchyard_coordinator::client::ClientError::Api { code, .. }) if code == "bad_request"));
+
     // The unprotected window is visible: since when, for how long, by whom, why.
     let (code, _, err) = cli(&["package", "disable", "pkg1", "--reason", "firmware update"]);
     assert_eq!(code, 0, "{err}");

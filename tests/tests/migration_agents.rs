@@ -128,9 +128,8 @@ async fn agent_and_driver_faults_aborts_and_refusals() {
     wait_active(&admin, "h3").await;
 
     // Abort at every phase before the owner switch: aborted, switching restored, one owner.
-    for (i, phase) in [Phase::Requested, Phase::SwitchingDisabled, Phase::Transferring, Phase::TargetRunning]
-        .into_iter()
-        .enumerate()
+    for (i, phase) in
+        [Phase::Requested, Phase::SwitchingDisabled, Phase::Transferring, Phase::TargetRunning].into_iter().enumerate()
     {
         let id = migrate(&admin, "vm3", "h2", &format!("ab{i}")).await;
         wait_phase(&cluster, id, phase).await;

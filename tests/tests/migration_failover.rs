@@ -19,8 +19,14 @@ async fn migrations_survive_leader_loss_at_every_phase_and_a_full_restart() {
     let admin = cluster.client(&[1, 2, 3]);
     create_guest(&admin, "vm1", "h1", Some("pkg1")).await;
 
-    let phases =
-        [Phase::Requested, Phase::SwitchingDisabled, Phase::Transferring, Phase::TargetRunning, Phase::OwnerSwitched, Phase::SwitchingEnabled];
+    let phases = [
+        Phase::Requested,
+        Phase::SwitchingDisabled,
+        Phase::Transferring,
+        Phase::TargetRunning,
+        Phase::OwnerSwitched,
+        Phase::SwitchingEnabled,
+    ];
     let mut owner = "h1";
     for (i, phase) in phases.into_iter().enumerate() {
         let target = if owner == "h1" { "h2" } else { "h1" };
@@ -29,9 +35,25 @@ async fn migrations_survive_leader_loss_at_every_phase_and_a_full_restart() {
         assert_eq!(seen.phase, phase, "migration {id} passed {phase} before the leader could be killed");
         let leader = cluster.wait_leader(&cluster.alive_ids()).await;
         cluster.kill(leader);
-        eprintln!("killed leader {leader} with migration {id} in phase {phase}");
+        let killed = std::time::Instant::now();
+        // Not a benchmark (that is the bench harness's job): printed so a run shows how long the
+        // migration stood still.
+        eventually("the next phase commit", std::time::Duration::from_secs(60), || async {
+            read_migration(&cluster, id).await.filter(|m| m.phase != phase)
+        })
+        .await;
+        eprintln!(
+            "killed leader {leader} with migration {id} in phase {phase}: next phase committed {:?} later",
+            killed.elapsed()
+        );
         let m = wait_terminal(&cluster, id).await;
-        assert_eq!(m.phase, Phase::Completed, "migration {id} (leader killed at {phase}) ended {:?}: {:?}", m.phase, m.error);
+        assert_eq!(
+            m.phase,
+            Phase::Completed,
+            "migration {id} (leader killed at {phase}) ended {:?}: {:?}",
+            m.phase,
+            m.error
+        );
         assert!(m.freeze_time_ms.is_some(), "the source's freeze time is recorded");
         cluster.restart(leader);
         cluster.wait_leader(&[1, 2, 3]).await;

@@ -52,7 +52,9 @@ pub async fn read_migration(cluster: &TestCluster, id: MigrationId) -> Option<Mi
 /// Waits until the migration has entered `phase` (or passed it).
 pub async fn wait_phase(cluster: &TestCluster, id: MigrationId, phase: Phase) -> Migration {
     eventually(&format!("migration {id} to reach {phase}"), Duration::from_secs(60), || async {
-        read_migration(cluster, id).await.filter(|m| m.history.iter().any(|r| r.phase == phase) || m.phase.is_terminal())
+        read_migration(cluster, id)
+            .await
+            .filter(|m| m.history.iter().any(|r| r.phase == phase) || m.phase.is_terminal())
     })
     .await
 }
