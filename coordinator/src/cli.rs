@@ -19,12 +19,13 @@ use crate::clock::Clock;
 #[derive(Parser, Debug)]
 #[command(name = "switchyard", version, about = "Operate a Switchyard cluster")]
 pub struct Cli {
-    /// Coordinator API endpoints (host:port), comma separated; tried in order.
-    #[arg(long, env = "SWITCHYARD_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7201", global = true)]
+    /// Coordinator API endpoints (host:port), comma separated; tried in order. Default: those of
+    /// `./switchyard-dev/cli.toml` (written by `switchyard dev`), else 127.0.0.1:7201.
+    #[arg(long, env = "SWITCHYARD_ENDPOINTS", value_delimiter = ',', global = true)]
     endpoints: Vec<String>,
-    /// Bearer token.
-    #[arg(long, env = "SWITCHYARD_TOKEN", default_value = "", hide_env_values = true, global = true)]
-    token: String,
+    /// Bearer token. Default: the one in `./switchyard-dev/cli.toml`.
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
     output: Output,
@@ -94,14 +95,18 @@ enum Verb {
     /// Migration history, details and abort.
     #[command(subcommand)]
     Migration(MigrationVerb),
-    /// Start a complete local cluster (3 coordinators) with data in a local folder.
+    /// Start a complete local cluster (3 coordinators, 3 agents on a simulated hypervisor) with
+    /// configs, data and logs in a local folder.
     Dev {
-        /// Where the cluster keeps its data, tokens and ports.
-        #[arg(long, default_value = "switchyard-dev")]
+        /// Where the cluster keeps its configs, data, logs, tokens and ports.
+        #[arg(long, default_value = crate::dev::DEFAULT_DIR)]
         dir: std::path::PathBuf,
         /// Raft ports are BASE+1..3, API ports BASE+101..103; 0 picks free ports.
         #[arg(long, default_value_t = 7100)]
         base_port: u16,
+        /// Play the demo: a guest moved online while the leader coordinator is killed.
+        #[arg(long)]
+        demo: bool,
     },
 }
 
@@ -261,9 +266,13 @@ enum MigrationVerb {
         limit: usize,
     },
     /// Every phase with its time and duration, the freeze time, who asked, why, and the error.
-    Show { id: u64 },
+    Show {
+        #[arg(value_parser = migration_id)]
+        id: u64,
+    },
     /// Roll back a migration that has not switched owner yet.
     Abort {
+        #[arg(value_parser = migration_id)]
         id: u64,
         #[arg(long)]
         reason: Option<String>,
@@ -293,13 +302,13 @@ struct SwitchArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Verb::Dev { dir, base_port } = cli.command {
+    if let Verb::Dev { dir, base_port, demo } = cli.command {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .with_writer(std::io::stderr)
             .init();
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start runtime");
-        return match rt.block_on(crate::dev::run(dir, base_port)) {
+        return match rt.block_on(crate::dev::run(dir, base_port, demo)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -350,6 +359,11 @@ impl From<ClientError> for CliError {
     }
 }
 
+/// A migration id as printed (`m42`) or bare (`42`).
+fn migration_id(s: &str) -> Result<u64, String> {
+    s.strip_prefix('m').unwrap_or(s).parse().map_err(|_| format!("{s:?} is not a migration id (like m42 or 42)"))
+}
+
 /// Parses `-x key=value` attributes; only `online_migration` is known.
 fn online_migration_attr(attrs: &[String]) -> Result<Option<bool>, CliError> {
     let mut out = None;
@@ -378,7 +392,15 @@ fn name_path(s: &str) -> Result<String, CliError> {
 
 /// Runs one verb and returns what to print.
 async fn run(cli: Cli) -> Result<String, CliError> {
-    let c = Client::new(cli.endpoints.clone(), cli.token.clone(), Duration::from_secs(cli.timeout));
+    // Flags and environment first; else the local dev cluster's `cli.toml`; else the defaults.
+    let found = (cli.endpoints.is_empty() || cli.token.is_none()).then(crate::dev::CliDefaults::find).flatten();
+    let endpoints = match (&cli.endpoints, &found) {
+        (e, _) if !e.is_empty() => e.clone(),
+        (_, Some(d)) => d.endpoints.clone(),
+        _ => vec!["127.0.0.1:7201".to_string()],
+    };
+    let token = cli.token.clone().or(found.map(|d| d.token)).unwrap_or_default();
+    let c = Client::new(endpoints, token, Duration::from_secs(cli.timeout));
     let json = cli.output == Output::Json;
     let q = if cli.stale { "?stale=true" } else { "" };
     match cli.command {
@@ -903,7 +925,7 @@ fn migrations_table(page: &MigrationPage) -> String {
     out
 }
 
-fn migration_detail(m: &switchyard_protocol::Migration) -> String {
+pub(crate) fn migration_detail(m: &switchyard_protocol::Migration) -> String {
     use crate::timefmt;
     let mut s = format!(
         "migration {}: guest {} from {} to {} ({})\nrequested by {}{}\nphase {}{}\n",

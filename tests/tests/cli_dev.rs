@@ -1,4 +1,6 @@
-//! `switchyard dev` starts a working 3-coordinator cluster from nothing, and resumes it.
+//! `switchyard dev` starts a working cluster (3 coordinator and 3 agent processes) from nothing,
+//! resumes it, and plays the demo: an online migration that completes although the leader
+//! coordinator is killed in the middle of the transfer.
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -8,14 +10,19 @@ use std::time::Duration;
 use switchyard_coordinator::client::Client;
 use switchyard_protocol::api::{ClusterStatus, WriteResponse};
 
+fn dev_command(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cli_proc"));
+    cmd.args(["dev", "--base-port", "0", "--dir"])
+        .arg(dir)
+        .env("SWITCHYARD_COORDINATOR_BIN", env!("CARGO_BIN_EXE_coordinator_proc"))
+        .env("SWITCHYARD_AGENT_BIN", env!("CARGO_BIN_EXE_agent_proc"))
+        .stdout(Stdio::piped());
+    cmd
+}
+
 /// Starts `dev`, returns the child and the (endpoints, token) it printed.
 fn start_dev(dir: &std::path::Path) -> (std::process::Child, Vec<String>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cli_proc"))
-        .args(["dev", "--base-port", "0", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = dev_command(dir).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut eps, mut token) = (None, None);
     while eps.is_none() || token.is_none() {
@@ -33,23 +40,27 @@ fn start_dev(dir: &std::path::Path) -> (std::process::Child, Vec<String>, String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_starts_a_cluster_and_resumes_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut child, eps, token) = start_dev(tmp.path());
+    let (mut child, eps, token) = start_dev(&tmp.path().join("switchyard-dev"));
     let c = Client::new(eps.clone(), token.clone(), Duration::from_secs(10));
     let st: ClusterStatus = c.get("/v1/cluster/status").await.unwrap();
     assert_eq!(st.members.len(), 3);
     assert!(st.members.iter().all(|m| m.voter && m.status.is_some()));
+    // The three agents report in: every host is in sync.
+    common::cluster::eventually("h1..h3 to be in sync", Duration::from_secs(30), || async {
+        let hosts: serde_json::Value = c.get("/v1/hosts").await.ok()?;
+        let items = hosts["items"].as_array()?;
+        (items.len() == 3 && items.iter().all(|h| h["sync"]["status"] == "in_sync")).then_some(())
+    })
+    .await;
     let w: WriteResponse = c
-        .post(
-            "/v1/hosts",
-            &serde_json::json!({"name": "h1", "address": "h1:7100", "vcpus": 8, "memory_mib": 8192,
-                                                "hardware_family": "ia64", "hypervisor_version": "hpvm-6.1"}),
-        )
+        .post("/v1/guests", &serde_json::json!({"name": "vm1", "owner": "h1", "vcpus": 1, "memory_mib": 1024}))
         .await
         .unwrap();
+    // SIGKILL of `dev` takes its children down with it (or the restart below could not bind).
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let (mut child, eps2, token2) = start_dev(tmp.path());
+    let (mut child, eps2, token2) = start_dev(&tmp.path().join("switchyard-dev"));
     assert_eq!((&eps2, &token2), (&eps, &token), "a restart reuses ports and tokens");
     let c = Client::new(eps2, token2, Duration::from_secs(10));
     let st = common::cluster::eventually("the resumed cluster to elect a leader", Duration::from_secs(30), || async {
@@ -57,8 +68,45 @@ async fn dev_starts_a_cluster_and_resumes_it() {
     })
     .await;
     assert_eq!(st.members.len(), 3);
-    let h: serde_json::Value = c.get("/v1/hosts/h1").await.unwrap();
-    assert!(h["revision"].as_u64().unwrap() >= w.first_revision);
+    let g: serde_json::Value = c.get("/v1/guests/vm1").await.unwrap();
+    assert!(g["revision"].as_u64().unwrap() >= w.first_revision);
+    // The CLI finds the dev cluster without flags from the folder holding switchyard-dev/.
+    let out = Command::new(env!("CARGO_BIN_EXE_cli_proc"))
+        .args(["guest", "show", "vm1"])
+        .current_dir(tmp.path())
+        .env_remove("SWITCHYARD_ENDPOINTS")
+        .env_remove("SWITCHYARD_TOKEN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("vm1"));
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[test]
+fn dev_demo_moves_a_guest_through_a_leader_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = dev_command(tmp.path()).arg("--demo").spawn().unwrap();
+    let mut out = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        out.push_str(&line);
+        out.push('\n');
+        if line.starts_with("try:") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+    for want in [
+        "refused:",
+        "cluster node",
+        "killing the leader",
+        "ended completed",
+        "enabled (protected again)",
+        "freeze time",
+    ] {
+        assert!(out.contains(want), "demo output lacks {want:?}:\n{out}");
+    }
 }
