@@ -205,6 +205,11 @@ impl Worker {
         match m.phase {
             Phase::Transferring if is_source => self.step_source(id).await,
             Phase::Transferring => {
+                if self.active[&id].journal.is_none() {
+                    // Remembered across a restart: if the migration fails while this agent is
+                    // down, it still checks for a guest that arrived anyway.
+                    self.journal(&m, m.current().token(), TransferState::Receiving);
+                }
                 if self.runs_here(&m.guest, &m.source).await == Some(true) {
                     self.report(&m, ReportOutcome::GuestRunning).await;
                 }
@@ -243,12 +248,17 @@ impl Worker {
             self.journal(&m, token, state);
         }
         let a = &self.active[&id];
-        let state = a.journal.clone().filter(|j| j.token == token).map(|j| j.transfer);
+        let state = a
+            .journal
+            .clone()
+            .filter(|j| j.token == token && j.transfer != TransferState::Receiving)
+            .map(|j| j.transfer);
         let verified = a.verified;
         match state {
             // Never acted on this order, or (after a restart) a transfer that may or may not
             // have finished: ask the driver where the guest is before anything else.
-            None | Some(TransferState::Started) => {
+            // (`Receiving` is the target's state; a host is never both ends of a migration.)
+            None | Some(TransferState::Started) | Some(TransferState::Receiving) => {
                 let here = self.runs_here(&m.guest, &m.source).await;
                 match here {
                     Some(true) => self.start_transfer(&m, token).await,

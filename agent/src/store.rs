@@ -176,6 +176,9 @@ pub struct Journal {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TransferState {
+    /// Target: a transfer to this host is under way. Kept until the migration ends (and, after
+    /// a rollback, until the guest is known not to be here), so a restarted target re-checks.
+    Receiving,
     /// Started and not known to have ended: after a restart, ask the driver where the guest is.
     Started,
     Done {

@@ -984,7 +984,7 @@ fn unprotected(p: &Package, now: switchyard_protocol::Timestamp) -> Option<Strin
 }
 
 /// One line about an event, for the table output of `events`.
-fn describe(p: &EventPayload) -> String {
+pub(crate) fn describe(p: &EventPayload) -> String {
     match p {
         EventPayload::HostRegistered { host } => format!("host {} registered", host.spec.name),
         EventPayload::HostMaintenanceChanged { host, maintenance } => {

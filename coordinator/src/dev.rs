@@ -447,6 +447,16 @@ async fn demo_scenario(dev: &mut Dev) -> anyhow::Result<()> {
             "DISABLED".into()
         })
     );
+    say("the guest's full event history:");
+    let q = crate::client::EventQuery { from: 1, guest: Some("web1".into()), ..Default::default() };
+    admin
+        .events(&q, |item| {
+            if let switchyard_protocol::api::StreamItem::Event(e) = item {
+                println!("  {}  {}  {}", e.revision, crate::timefmt::format(e.time), crate::cli::describe(&e.payload));
+            }
+            true
+        })
+        .await?;
     say(&format!("restarting coordinator {leader}; it catches up from the others"));
     dev.coordinators[(leader - 1) as usize].start()?;
     println!("try: switchyard migration list; switchyard events --guest web1");
