@@ -639,15 +639,7 @@ async fn set_switching(
 }
 
 async fn full_state(State(s): State<Arc<ApiState>>, q: ReadQuery) -> Result<Json<Read<FullState>>, ApiError> {
-    read_state(&s, q, |st| {
-        Ok(FullState {
-            hosts: st.hosts().cloned().collect(),
-            guests: st.guests().cloned().collect(),
-            packages: st.packages().cloned().collect(),
-            migrations: st.in_flight_migrations().cloned().collect(),
-        })
-    })
-    .await
+    read_state(&s, q, |st| Ok(FullState::of(st))).await
 }
 
 // ---- migrations ----

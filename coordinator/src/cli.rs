@@ -95,6 +95,10 @@ enum Verb {
     /// Migration history, details and abort.
     #[command(subcommand)]
     Migration(MigrationVerb),
+    /// Recovery: export, verify and replay the event history (live, or offline from a stopped
+    /// coordinator's data directory or an export file).
+    #[command(subcommand)]
+    Log(LogVerb),
     /// Start a complete local cluster (3 coordinators, 3 agents on a simulated hypervisor) with
     /// configs, data and logs in a local folder.
     Dev {
@@ -242,6 +246,43 @@ enum GuestVerb {
 }
 
 #[derive(Subcommand, Debug)]
+enum LogVerb {
+    /// Write the event history to a portable file: checksummed records, a running SHA-256
+    /// chain, a trailer. From the live cluster (consistent at the revision it states) unless
+    /// --data-dir names a stopped coordinator's data directory.
+    Export {
+        /// Where to write ("-": standard output).
+        #[arg(long, short = 'f')]
+        file: std::path::PathBuf,
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// `binary` (default) or `jsonl` (JSON lines, for people and scripts).
+        #[arg(long, default_value = "binary", value_parser = ["binary", "jsonl"])]
+        format: String,
+    },
+    /// Check an export file or a data directory: checksums, contiguous revisions, the hash
+    /// chain, and that replaying the events gives the stored state. Exit code 1 if not clean.
+    Verify { source: std::path::PathBuf },
+    /// Rebuild the state at a revision from the events alone and print it (or its digest, or its
+    /// differences from the live cluster).
+    Replay {
+        /// An export file or a data directory.
+        source: std::path::PathBuf,
+        #[arg(long)]
+        until: Option<u64>,
+        /// A UTC date[-time], epoch ms, or an age like 2h.
+        #[arg(long)]
+        until_time: Option<String>,
+        /// Print only the state digest.
+        #[arg(long)]
+        digest: bool,
+        /// Compare with the live cluster's state at its current revision.
+        #[arg(long, conflicts_with_all = ["until", "until_time"])]
+        diff: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum MigrationVerb {
     /// Migrations, oldest first, filtered; --after pages on.
     List {
@@ -359,6 +400,19 @@ impl From<ClientError> for CliError {
     }
 }
 
+impl From<LogVerb> for crate::recovery::LogCommand {
+    fn from(v: LogVerb) -> Self {
+        use crate::recovery::LogCommand as L;
+        match v {
+            LogVerb::Export { file, data_dir, format } => L::Export { file, data_dir, jsonl: format == "jsonl" },
+            LogVerb::Verify { source } => L::Verify { source },
+            LogVerb::Replay { source, until, until_time, digest, diff } => {
+                L::Replay { source, until, until_time, digest, diff }
+            }
+        }
+    }
+}
+
 /// A migration id as printed (`m42`) or bare (`42`).
 fn migration_id(s: &str) -> Result<u64, String> {
     s.strip_prefix('m').unwrap_or(s).parse().map_err(|_| format!("{s:?} is not a migration id (like m42 or 42)"))
@@ -405,6 +459,11 @@ async fn run(cli: Cli) -> Result<String, CliError> {
     let q = if cli.stale { "?stale=true" } else { "" };
     match cli.command {
         Verb::Dev { .. } => unreachable!("handled in main"),
+        Verb::Log(v) => crate::recovery::run(&c, json, v.into()).await.map_err(|e| match e {
+            crate::recovery::RecoveryError::Usage(m) => CliError::Usage(m),
+            crate::recovery::RecoveryError::Client(e) => CliError::Client(e),
+            crate::recovery::RecoveryError::Failed(text, why) => CliError::Failed(text, why),
+        }),
         Verb::Events { from, follow, guest, host, kind } => {
             for n in [&guest, &host].into_iter().flatten() {
                 name_path(n)?;
@@ -690,7 +749,7 @@ fn written(json: bool, r: WriteResponse) -> Result<String, CliError> {
     })
 }
 
-fn to_json<T: Serialize>(v: &T) -> String {
+pub(crate) fn to_json<T: Serialize>(v: &T) -> String {
     let mut s = serde_json::to_string_pretty(v).expect("API types serialise to JSON");
     s.push('\n');
     s
@@ -753,7 +812,7 @@ fn sync_text(s: &SyncStatus) -> String {
     }
 }
 
-fn hosts_table(hosts: &[HostView]) -> String {
+pub(crate) fn hosts_table(hosts: &[HostView]) -> String {
     let rows = hosts
         .iter()
         .map(|h| {
@@ -773,7 +832,7 @@ fn hosts_table(hosts: &[HostView]) -> String {
     table(&["NAME", "STATE", "VCPUS", "MEMORY MIB", "PROFILE", "ADDRESS", "VERSION", "SYNC"], rows)
 }
 
-fn guests_table(guests: &[GuestView]) -> String {
+pub(crate) fn guests_table(guests: &[GuestView]) -> String {
     let rows = guests
         .iter()
         .map(|g| {
@@ -818,7 +877,7 @@ fn guests_table(guests: &[GuestView]) -> String {
     )
 }
 
-fn packages_table(pkgs: &[Package]) -> String {
+pub(crate) fn packages_table(pkgs: &[Package]) -> String {
     let now = crate::clock::SystemClock.now();
     let rows = pkgs
         .iter()
@@ -890,7 +949,7 @@ async fn wait_migration(c: &Client, json: bool, guest: &str, id: u64) -> Result<
     }
 }
 
-fn migrations_table(page: &MigrationPage) -> String {
+pub(crate) fn migrations_table(page: &MigrationPage) -> String {
     use crate::timefmt;
     let rows = page
         .migrations

@@ -22,4 +22,5 @@ pub mod migration;
 pub mod network;
 pub mod node;
 pub mod raft_server;
+pub mod recovery;
 pub mod timefmt;

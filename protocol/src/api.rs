@@ -274,7 +274,8 @@ pub enum StreamItem {
 }
 
 /// The whole desired configuration at one revision (`GET /v1/state`): what a subscriber re-reads
-/// after a `compacted` answer before resuming from `revision + 1`.
+/// after a `compacted` answer before resuming from `revision + 1`, and what recovery tooling
+/// compares (`log replay --diff`, [`FullState::digest`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FullState {
     pub hosts: Vec<Host>,
@@ -282,6 +283,25 @@ pub struct FullState {
     pub packages: Vec<Package>,
     /// Migrations in flight.
     pub migrations: Vec<Migration>,
+}
+
+impl FullState {
+    /// The configuration held by `state` (one home for the API and the recovery tools).
+    pub fn of(state: &crate::state::ClusterState) -> FullState {
+        FullState {
+            hosts: state.hosts().cloned().collect(),
+            guests: state.guests().cloned().collect(),
+            packages: state.packages().cloned().collect(),
+            migrations: state.in_flight_migrations().cloned().collect(),
+        }
+    }
+
+    /// SHA-256 of the canonical encoding, as hex: equal digests mean equal configurations.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let bytes = crate::codec::encode(self);
+        sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 // ---- migrations ----

@@ -80,8 +80,8 @@ pub struct DataDir {
     pub(crate) db: Arc<DB>,
     /// Kept for its statistics (WAL syncs and other RocksDB counters).
     opts: Arc<Options>,
-    path: PathBuf,
-    node_id: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) node_id: u64,
 }
 
 impl std::fmt::Debug for DataDir {
@@ -114,6 +114,30 @@ impl DataDir {
         let dir = DataDir { db: Arc::new(db), opts: Arc::new(opts), path: path.to_path_buf(), node_id };
         dir.check_identity()?;
         Ok(dir)
+    }
+
+    /// Opens an existing data directory offline (recovery tooling), as the node it belongs to.
+    /// Refuses a path that holds no Switchyard data, and one a running coordinator holds open.
+    pub fn open_existing(path: &Path) -> Result<DataDir, StoreError> {
+        if !path.join("db").join("CURRENT").exists() {
+            return Err(StoreError::Inconsistent(format!(
+                "{} is not a coordinator's data directory (no db/ inside)",
+                path.display()
+            )));
+        }
+        let probe = DataDir::open(path, 0).or_else(|e| match e {
+            // Opened as node 0 only to read the binding; the mismatch names the real node.
+            StoreError::NodeIdMismatch { found, .. } => DataDir::open(path, found),
+            other => Err(other),
+        });
+        probe.map_err(|e| match e {
+            StoreError::Rocks { context, source } if source.to_string().contains("lock") => {
+                StoreError::Inconsistent(format!(
+                    "{context}: {source} (is the coordinator still running? stop it, or export from the live cluster)"
+                ))
+            }
+            other => other,
+        })
     }
 
     /// Refuses a directory written by another format version or another node; stamps a new one.

@@ -17,6 +17,7 @@
 
 pub mod db;
 pub mod error;
+pub mod export;
 pub mod history;
 pub mod log_store;
 pub mod snapshot;

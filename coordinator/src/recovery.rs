@@ -1,0 +1,356 @@
+//! `switchyard log export|verify|replay`: the recovery tooling (SPEC §7). It works when the
+//! cluster does not: on a stopped coordinator's data directory or on an export file, with the
+//! file format and checks in `switchyard_storage::export`. Export also works against the live
+//! cluster, consistent at the revision it states.
+//!
+//! Long runs print progress on standard error when it is a terminal.
+
+use std::io::{BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use switchyard_protocol::api::{FullState, GuestView, HostView, MigrationPage, Read, StreamItem};
+use switchyard_protocol::{ClusterState, Event};
+use switchyard_storage::export::{self, ExportHeader, ExportWriter, Format, Report, Until};
+
+use crate::client::{Client, ClientError, EventQuery};
+use crate::clock::{Clock, SystemClock};
+
+pub enum LogCommand {
+    Export { file: PathBuf, data_dir: Option<PathBuf>, jsonl: bool },
+    Verify { source: PathBuf },
+    Replay { source: PathBuf, until: Option<u64>, until_time: Option<String>, digest: bool, diff: bool },
+}
+
+pub enum RecoveryError {
+    Usage(String),
+    Client(ClientError),
+    /// Text to print, then why the command fails.
+    Failed(String, String),
+}
+
+impl From<ClientError> for RecoveryError {
+    fn from(e: ClientError) -> Self {
+        RecoveryError::Client(e)
+    }
+}
+
+fn failed(why: impl std::fmt::Display) -> RecoveryError {
+    RecoveryError::Failed(String::new(), why.to_string())
+}
+
+/// A progress line on a terminal, at most a few times a second.
+struct Progress {
+    what: &'static str,
+    on: bool,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(what: &'static str) -> Progress {
+        Progress { what, on: std::io::stderr().is_terminal(), last: Instant::now() }
+    }
+
+    fn tick(&mut self, n: u64, unit: &str) {
+        if self.on && self.last.elapsed() > Duration::from_millis(200) {
+            self.last = Instant::now();
+            eprint!("\r{}: {n} {unit}   ", self.what);
+        }
+    }
+
+    fn done(&self) {
+        if self.on {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+pub async fn run(c: &Client, json: bool, cmd: LogCommand) -> Result<String, RecoveryError> {
+    match cmd {
+        LogCommand::Export { file, data_dir, jsonl } => export(c, json, &file, data_dir.as_deref(), jsonl).await,
+        LogCommand::Verify { source } => verify(json, &source),
+        LogCommand::Replay { source, until, until_time, digest, diff } => {
+            let until_time = until_time
+                .map(|t| crate::timefmt::parse(&t, SystemClock.now()))
+                .transpose()
+                .map_err(RecoveryError::Usage)?;
+            replay(c, json, &source, Until { revision: until, time: until_time }, digest, diff).await
+        }
+    }
+}
+
+fn output(file: &Path) -> Result<Box<dyn Write>, RecoveryError> {
+    if file.as_os_str() == "-" {
+        return Ok(Box::new(std::io::BufWriter::new(std::io::stdout())));
+    }
+    let f = std::fs::File::create(file).map_err(|e| failed(format!("create {}: {e}", file.display())))?;
+    Ok(Box::new(std::io::BufWriter::with_capacity(1 << 20, f)))
+}
+
+async fn export(
+    c: &Client,
+    json: bool,
+    file: &Path,
+    data_dir: Option<&Path>,
+    jsonl: bool,
+) -> Result<String, RecoveryError> {
+    let format = if jsonl { Format::JsonLines } else { Format::Binary };
+    let now = SystemClock.now();
+    let mut progress = Progress::new("export");
+    let out = output(file)?;
+    let (header, n) = match data_dir {
+        Some(dir) => export::export_data_dir(dir, out, format, now, |n| progress.tick(n, "events")).map_err(failed)?,
+        None => {
+            // Consistent at one revision: read it (linearizably), then export up to it.
+            let state: Read<FullState> = c.get("/v1/state").await?;
+            let at = state.revision;
+            let mut first: Option<Event> = None;
+            let mut writer: Option<ExportWriter<Box<dyn Write>>> = None;
+            let mut out = Some(out);
+            let mut error: Option<String> = None;
+            let q = EventQuery { from: 1, follow: true, ..Default::default() };
+            let source = "live cluster".to_string();
+            let mut count = 0u64;
+            if at > 0 {
+                c.events(&q, |item| {
+                    let e = match item {
+                        StreamItem::Event(e) => e,
+                        StreamItem::Progress { .. } => return true,
+                        StreamItem::Compacted { first_retained, .. } => {
+                            error = Some(format!(
+                                "the cluster keeps history only from revision {first_retained}: export a data directory \
+                                 (history retained there) or raise history.retain_revisions"
+                            ));
+                            return false;
+                        }
+                    };
+                    if writer.is_none() {
+                        let header = ExportHeader { source: source.clone(), first_revision: e.revision, last_revision: at, exported_at: now };
+                        match ExportWriter::new(out.take().expect("one writer"), format, &header) {
+                            Ok(w) => writer = Some(w),
+                            Err(err) => {
+                                error = Some(err.to_string());
+                                return false;
+                            }
+                        }
+                        first = Some((**e).clone());
+                    }
+                    if let Err(err) = writer.as_mut().expect("created").push(e) {
+                        error = Some(err.to_string());
+                        return false;
+                    }
+                    count += 1;
+                    progress.tick(count, "events");
+                    e.revision < at
+                })
+                .await?;
+            }
+            if let Some(e) = error {
+                return Err(failed(e));
+            }
+            let header = ExportHeader {
+                source,
+                first_revision: first.map_or(1, |e| e.revision),
+                last_revision: at,
+                exported_at: now,
+            };
+            let w = match writer {
+                Some(w) => w,
+                None => ExportWriter::new(out.take().expect("unused"), format, &header).map_err(failed)?,
+            };
+            let n = w.finish().map_err(failed)?;
+            (header, n)
+        }
+    };
+    progress.done();
+    Ok(if json {
+        crate::cli::to_json(&serde_json::json!({"file": file, "header": header, "events": n}))
+    } else {
+        format!(
+            "exported {n} events (revisions {}..={}) from {} to {}\n",
+            header.first_revision,
+            header.last_revision,
+            header.source,
+            file.display()
+        )
+    })
+}
+
+/// Reads an export file or a data directory (told apart by what the path is).
+fn read(source: &Path, until: Until) -> Result<(Report, Option<ClusterState>), RecoveryError> {
+    if source.is_dir() {
+        let mut p = Progress::new("read");
+        let r = export::read_data_dir(source, until, |n| p.tick(n, "events")).map_err(failed)?;
+        p.done();
+        Ok(r)
+    } else {
+        let f = std::fs::File::open(source).map_err(|e| failed(format!("open {}: {e}", source.display())))?;
+        let mut p = Progress::new("read");
+        let r = export::read_export(BufReader::with_capacity(1 << 20, f), until, |b| p.tick(b >> 20, "MiB"))
+            .map_err(|e| failed(format!("read {}: {e}", source.display())))?;
+        p.done();
+        Ok((r, None))
+    }
+}
+
+fn verify(json: bool, source: &Path) -> Result<String, RecoveryError> {
+    let (mut r, loaded) = read(source, Until::default())?;
+    if let Some(loaded) = &loaded {
+        if r.problems.is_empty() && r.first_revision.is_none_or(|f| f == 1) {
+            let (a, b) = (FullState::of(&r.state), FullState::of(loaded));
+            if a != b || r.state.revision() != loaded.revision() {
+                r.problems.push(export::Problem {
+                    location: format!("data directory {}", source.display()),
+                    problem: format!(
+                        "replaying the events gives state {} at revision {}, the stored state is {} at revision {}",
+                        a.digest(),
+                        r.state.revision(),
+                        b.digest(),
+                        loaded.revision()
+                    ),
+                });
+            }
+        }
+    }
+    let digest = (r.first_revision.is_none_or(|f| f == 1)).then(|| FullState::of(&r.state).digest());
+    let text = if json {
+        crate::cli::to_json(&serde_json::json!({
+            "clean": r.problems.is_empty(), "events": r.events, "first_revision": r.first_revision,
+            "last_revision": r.last_revision, "header": r.header, "state_digest": digest, "problems": r.problems,
+        }))
+    } else {
+        let mut s = format!(
+            "{}: {} events, revisions {}..={}\n",
+            source.display(),
+            r.events,
+            r.first_revision.map_or("-".into(), |f| f.to_string()),
+            r.last_revision.map_or("-".into(), |l| l.to_string())
+        );
+        if let Some(d) = &digest {
+            s.push_str(&format!("state digest {d}\n"));
+        }
+        for p in &r.problems {
+            s.push_str(&format!("PROBLEM at {}: {}\n", p.location, p.problem));
+        }
+        s
+    };
+    if r.problems.is_empty() {
+        Ok(if json { text } else { format!("{text}clean\n") })
+    } else {
+        Err(RecoveryError::Failed(text, format!("{} problem(s) found in {}", r.problems.len(), source.display())))
+    }
+}
+
+async fn replay(
+    c: &Client,
+    json: bool,
+    source: &Path,
+    until: Until,
+    digest_only: bool,
+    diff: bool,
+) -> Result<String, RecoveryError> {
+    let live: Option<Read<FullState>> = if diff { Some(c.get("/v1/state").await?) } else { None };
+    let until = match &live {
+        Some(l) => Until { revision: Some(l.revision), time: None },
+        None => until,
+    };
+    let (r, _) = read(source, until)?;
+    if let Some(p) = r.problems.first() {
+        return Err(failed(format!(
+            "{} is damaged ({} problem(s); first at {}: {}); run `switchyard log verify` for all of them",
+            source.display(),
+            r.problems.len(),
+            p.location,
+            p.problem
+        )));
+    }
+    if r.first_revision.is_some_and(|f| f > 1) {
+        return Err(failed(format!(
+            "the history in {} starts at revision {}: state cannot be rebuilt from events alone",
+            source.display(),
+            r.first_revision.unwrap_or(0)
+        )));
+    }
+    let state = FullState::of(&r.state);
+    let revision = r.state.revision();
+    let digest = state.digest();
+    if let Some(live) = live {
+        if revision < live.revision {
+            return Err(failed(format!(
+                "{} ends at revision {revision}, the cluster is at {}: export again to compare",
+                source.display(),
+                live.revision
+            )));
+        }
+        let diffs = differences(&state, &live.items);
+        let text = if json {
+            crate::cli::to_json(
+                &serde_json::json!({"revision": revision, "identical": diffs.is_empty(), "differences": diffs}),
+            )
+        } else if diffs.is_empty() {
+            format!("identical to the live cluster at revision {revision} (digest {digest})\n")
+        } else {
+            diffs.iter().map(|d| format!("DIFFERS {d}\n")).collect()
+        };
+        return if diffs.is_empty() {
+            Ok(text)
+        } else {
+            Err(RecoveryError::Failed(text, format!("{} difference(s) at revision {revision}", diffs.len())))
+        };
+    }
+    if digest_only {
+        return Ok(if json {
+            crate::cli::to_json(&serde_json::json!({"revision": revision, "digest": digest}))
+        } else {
+            format!("{digest}\n")
+        });
+    }
+    if json {
+        return Ok(crate::cli::to_json(&serde_json::json!({"revision": revision, "digest": digest, "state": state})));
+    }
+    let hosts: Vec<HostView> =
+        state.hosts.iter().map(|h| HostView { host: h.clone(), state: h.state(), sync: None }).collect();
+    let guests: Vec<GuestView> = state
+        .guests
+        .iter()
+        .map(|g| GuestView {
+            guest: g.clone(),
+            package: g.spec.package.as_ref().and_then(|p| state.packages.iter().find(|x| &x.name == p)).cloned(),
+            migration: state.migrations.iter().find(|m| m.guest == g.name).cloned(),
+            hosts: Vec::new(),
+        })
+        .collect();
+    let page = MigrationPage { migrations: state.migrations.clone(), next_after: None };
+    Ok(format!(
+        "state at revision {revision} (digest {digest})\n\nHOSTS\n{}\nGUESTS\n{}\nPACKAGES\n{}\nMIGRATIONS IN FLIGHT\n{}",
+        crate::cli::hosts_table(&hosts),
+        crate::cli::guests_table(&guests),
+        crate::cli::packages_table(&state.packages),
+        crate::cli::migrations_table(&page)
+    ))
+}
+
+/// What differs between two configurations, by name.
+fn differences(replayed: &FullState, live: &FullState) -> Vec<String> {
+    fn by_name<T: PartialEq>(what: &str, a: &[T], b: &[T], name: impl Fn(&T) -> String) -> Vec<String> {
+        let mut out = Vec::new();
+        for x in a {
+            match b.iter().find(|y| name(y) == name(x)) {
+                None => out.push(format!("{what} {}: in the replay only", name(x))),
+                Some(y) if y != x => out.push(format!("{what} {}: differs", name(x))),
+                _ => {}
+            }
+        }
+        for y in b {
+            if !a.iter().any(|x| name(x) == name(y)) {
+                out.push(format!("{what} {}: in the live cluster only", name(y)));
+            }
+        }
+        out
+    }
+    let mut d = by_name("host", &replayed.hosts, &live.hosts, |h| h.spec.name.to_string());
+    d.extend(by_name("guest", &replayed.guests, &live.guests, |g| g.name.to_string()));
+    d.extend(by_name("package", &replayed.packages, &live.packages, |p| p.name.to_string()));
+    d.extend(by_name("migration", &replayed.migrations, &live.migrations, |m| m.id.to_string()));
+    d
+}
