@@ -390,10 +390,9 @@ pub fn read_data_dir(
             );
         }
     }
-    let dir_path = dir.path.clone();
-    drop(dir);
     // The state the coordinator would start with, to compare with the fold.
-    let loaded = match crate::state_machine::StateMachineStore::open(DataDir::open_existing(&dir_path)?) {
+    let dir_path = dir.path.clone();
+    let loaded = match crate::state_machine::StateMachineStore::open(dir) {
         Ok(sm) => Some(sm.read(|s| s.clone())),
         Err(e) => {
             r.problem(
