@@ -25,6 +25,15 @@ use switchyard_protocol::{Migration, Phase};
 use crate::client::{Client, ClientError};
 
 const NODES: u64 = 3;
+
+/// Prints a line to standard output, ignoring a closed pipe (`switchyard dev | head`, or a
+/// reader that went away): the cluster must keep running when nobody reads its banner.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
 
 /// What `dev` keeps between runs, in `<dir>/dev.toml`.
@@ -331,21 +340,18 @@ pub async fn run(dir: PathBuf, base_port: u16, demo: bool) -> anyhow::Result<()>
         }
         let endpoints = dev.endpoints();
         let status: NodeStatus = dev.admin(Duration::from_secs(5)).get("/v1/node/status").await?;
-        println!(
+        out!(
             "Switchyard dev cluster: {NODES} coordinators, agents for {}, data and logs in {}",
             HOSTS.join(", "),
             dir.display()
         );
-        println!("  leader: node {}", status.leader.map_or("-".into(), |l| l.to_string()));
-        println!();
-        println!("  export SWITCHYARD_ENDPOINTS={}", endpoints.join(","));
-        println!("  export SWITCHYARD_TOKEN={}", dev.state.admin_token);
-        println!("  switchyard cluster status    # from this directory, the CLI also finds {}/cli.toml", dir.display());
-        println!();
-        println!(
-            "Operator (read-only) token: {}. Ctrl-C stops everything; run again to resume.",
-            dev.state.operator_token
-        );
+        out!("  leader: node {}", status.leader.map_or("-".into(), |l| l.to_string()));
+        out!();
+        out!("  export SWITCHYARD_ENDPOINTS={}", endpoints.join(","));
+        out!("  export SWITCHYARD_TOKEN={}", dev.state.admin_token);
+        out!("  switchyard cluster status    # from this directory, the CLI also finds {}/cli.toml", dir.display());
+        out!();
+        out!("Operator (read-only) token: {}. Ctrl-C stops everything; run again to resume.", dev.state.operator_token);
         if demo {
             demo_scenario(&mut dev).await?;
         }
@@ -365,7 +371,7 @@ pub async fn run(dir: PathBuf, base_port: u16, demo: bool) -> anyhow::Result<()>
 /// cluster-node guest refused.
 async fn demo_scenario(dev: &mut Dev) -> anyhow::Result<()> {
     let admin = dev.admin(Duration::from_secs(10));
-    let say = |s: &str| println!("\n== {s}");
+    let say = |s: &str| out!("\n== {s}");
     say("demo: a distributed guest in a failover package, and a guest that is itself a cluster node");
     for body in [
         serde_json::json!({"name": "web1", "owner": "h1", "vcpus": 4, "memory_mib": 8192, "package": "pkg-web1",
@@ -374,9 +380,9 @@ async fn demo_scenario(dev: &mut Dev) -> anyhow::Result<()> {
                            "disks": ["avio_stor:/dev/vg02/sgnode1"], "networks": ["avio_lan:vswitch0"]}),
     ] {
         match admin.post::<_, WriteResponse>("/v1/guests", &body).await {
-            Ok(w) => println!("created guest {} (revision {})", body["name"], w.first_revision),
+            Ok(w) => out!("created guest {} (revision {})", body["name"], w.first_revision),
             Err(ClientError::Api { code, .. }) if code == "guest_exists" => {
-                println!("guest {} already exists", body["name"])
+                out!("guest {} already exists", body["name"])
             }
             Err(e) => return Err(e).context("create demo guest"),
         }
@@ -386,8 +392,8 @@ async fn demo_scenario(dev: &mut Dev) -> anyhow::Result<()> {
         .post::<_, WriteResponse>("/v1/migrations", &serde_json::json!({"guest": "sgnode1", "target": "h3"}))
         .await
     {
-        Err(e) => println!("refused: {e}"),
-        Ok(w) => println!("unexpectedly accepted at revision {}", w.first_revision),
+        Err(e) => out!("refused: {e}"),
+        Ok(w) => out!("unexpectedly accepted at revision {}", w.first_revision),
     }
     let owner: Read<serde_json::Value> = admin.get("/v1/guests/web1").await?;
     let from = owner.items["owner"].as_str().unwrap_or("h1").to_string();
@@ -405,14 +411,14 @@ async fn demo_scenario(dev: &mut Dev) -> anyhow::Result<()> {
         admin.get::<Read<Migration>>(&format!("/v1/migrations/{id}?stale=true")).await.ok().map(|r| r.items)
     };
     let mut seen = Phase::Requested;
-    println!("migration {id}: {seen}");
+    out!("migration {id}: {seen}");
     let m = wait_for("the transfer to start", Duration::from_secs(60), || {
         let a = admin.clone();
         async move { read(a).await.filter(|m| m.phase >= Phase::Transferring) }
     })
     .await?;
     for r in m.history.iter().skip(1) {
-        println!("migration {id}: {}", r.phase);
+        out!("migration {id}: {}", r.phase);
         seen = r.phase;
     }
     let leader = admin.get::<NodeStatus>("/v1/node/status").await?.leader.context("no leader")?;
@@ -423,7 +429,7 @@ async fn demo_scenario(dev: &mut Dev) -> anyhow::Result<()> {
     let m = loop {
         if let Some(m) = read(admin.clone()).await {
             for r in m.history.iter().filter(|r| r.phase > seen) {
-                println!("migration {id}: {} ({:.1}s after the kill)", r.phase, started.elapsed().as_secs_f64());
+                out!("migration {id}: {} ({:.1}s after the kill)", r.phase, started.elapsed().as_secs_f64());
             }
             seen = m.phase;
             if m.phase.is_terminal() {
@@ -436,10 +442,10 @@ async fn demo_scenario(dev: &mut Dev) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     say(&format!("migration {id} ended {}; its history:", m.phase));
-    print!("{}", crate::cli::migration_detail(&m));
+    out!("{}", crate::cli::migration_detail(&m).trim_end());
     let pkg: Read<serde_json::Value> = admin.get("/v1/packages").await?;
     let web = pkg.items.as_array().and_then(|ps| ps.iter().find(|p| p["name"] == "pkg-web1")).cloned();
-    println!(
+    out!(
         "package pkg-web1 switching: {}",
         web.map_or("?".into(), |p| if p["switching_enabled"] == true {
             "enabled (protected again)".to_string()
@@ -452,13 +458,13 @@ async fn demo_scenario(dev: &mut Dev) -> anyhow::Result<()> {
     admin
         .events(&q, |item| {
             if let switchyard_protocol::api::StreamItem::Event(e) = item {
-                println!("  {}  {}  {}", e.revision, crate::timefmt::format(e.time), crate::cli::describe(&e.payload));
+                out!("  {}  {}  {}", e.revision, crate::timefmt::format(e.time), crate::cli::describe(&e.payload));
             }
             true
         })
         .await?;
     say(&format!("restarting coordinator {leader}; it catches up from the others"));
     dev.coordinators[(leader - 1) as usize].start()?;
-    println!("try: switchyard migration list; switchyard events --guest web1");
+    out!("try: switchyard migration list; switchyard events --guest web1");
     Ok(())
 }
