@@ -71,18 +71,8 @@ impl AgentStore {
 
     /// Every journal entry, by migration id.
     pub fn journals(&self) -> Result<Vec<Journal>, StoreError> {
-        let dir = self.dir.join("migrations");
-        let mut out = Vec::new();
-        for e in fs::read_dir(&dir).map_err(io(format!("list {}", dir.display())))?.flatten() {
-            let path = e.path();
-            if path.extension().is_none_or(|x| x != "json") {
-                continue;
-            }
-            let bytes = fs::read(&path).map_err(io(format!("read {}", path.display())))?;
-            let j: Journal = serde_json::from_slice(&bytes)
-                .map_err(|err| StoreError::Corrupt { path: path.clone(), reason: err.to_string() })?;
-            out.push(j);
-        }
+        let mut out: Vec<Journal> =
+            read_json_files(&self.dir.join("migrations"))?.into_iter().map(|(_, j)| j).collect();
         out.sort_by_key(|j| j.migration);
         Ok(out)
     }
@@ -127,16 +117,8 @@ impl AgentStore {
 
     /// Reads back everything applied so far.
     pub fn load(&self) -> Result<HostConfig, StoreError> {
-        let dir = self.guests_dir();
         let mut guests = Vec::new();
-        for e in fs::read_dir(&dir).map_err(io(format!("list {}", dir.display())))?.flatten() {
-            let path = e.path();
-            if path.extension().is_none_or(|x| x != "json") {
-                continue;
-            }
-            let bytes = fs::read(&path).map_err(io(format!("read {}", path.display())))?;
-            let g: Guest = serde_json::from_slice(&bytes)
-                .map_err(|err| StoreError::Corrupt { path: path.clone(), reason: err.to_string() })?;
+        for (path, g) in read_json_files::<Guest>(&self.guests_dir())? {
             if self.guest_path(&g.name) != path {
                 return Err(StoreError::Corrupt { path, reason: format!("holds guest {}", g.name) });
             }
@@ -187,6 +169,22 @@ pub enum TransferState {
     Failed {
         error: String,
     },
+}
+
+/// Every `*.json` file of `dir`, decoded; a file that does not decode is named as corrupt.
+fn read_json_files<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<(PathBuf, T)>, StoreError> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).map_err(io(format!("list {}", dir.display())))?.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let bytes = fs::read(&path).map_err(io(format!("read {}", path.display())))?;
+        let v = serde_json::from_slice(&bytes)
+            .map_err(|err| StoreError::Corrupt { path: path.clone(), reason: err.to_string() })?;
+        out.push((path, v));
+    }
+    Ok(out)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
