@@ -14,7 +14,7 @@ use serde::Deserialize;
 use switchyard_coordinator::client::{Client, ClientError, EventQuery};
 use switchyard_protocol::api::{FullState, Read, StreamItem};
 use switchyard_protocol::hostconfig::HostConfig;
-use switchyard_protocol::{EventKind, Name, Revision};
+use switchyard_protocol::{EventKind, EventPayload, Name, Revision};
 use tokio::sync::watch;
 
 use crate::driver::DriverConfig;
@@ -109,17 +109,42 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (to_worker, worker_rx) = tokio::sync::mpsc::unbounded_channel();
     let worker = Worker::new(config.host.clone(), client.clone(), Arc::from(driver), store.clone());
     tokio::spawn(worker.run(worker_rx));
-    tracing::info!(host = %config.host, cursor, "agent started");
+    let mut cluster = store.cluster()?;
+    tracing::info!(host = %config.host, cursor, cluster = ?cluster.as_ref().map(|c| c.to_string()), "agent started");
     loop {
         let mut failure: Option<anyhow::Error> = None;
-        let mut compacted = false;
-        let q = EventQuery { from: cursor + 1, follow: true, ..Default::default() };
+        // Set when events cannot be applied from the cursor: the history was compacted past
+        // it, or the coordinators belong to another cluster than the one the agent followed.
+        let mut resync: Option<String> = None;
+        let mut adopted = false;
+        let q = EventQuery {
+            from: cursor + 1,
+            follow: true,
+            cluster: cluster.as_ref().map(|c| c.to_string()),
+            ..Default::default()
+        };
         let result = client
             .events(&q, |item| {
                 let mut step = || -> anyhow::Result<bool> {
                     match item {
                         StreamItem::Event(e) if e.revision <= cursor => {}
                         StreamItem::Event(e) => {
+                            if let EventPayload::ClusterCreated { cluster: id, .. } = &e.payload {
+                                match &cluster {
+                                    Some(c) if c != id => {
+                                        resync = Some(format!("the history names cluster {id}, not {c}"));
+                                        return Ok(false);
+                                    }
+                                    Some(_) => {}
+                                    None => {
+                                        store.set_cluster(id)?;
+                                        cluster = Some(id.clone());
+                                        // Subscribe again naming the cluster, so a reconnect
+                                        // to another cluster's coordinators is refused.
+                                        adopted = true;
+                                    }
+                                }
+                            }
                             if e.payload.kind() == EventKind::Migration {
                                 let _ = to_worker.send(Input::Event(e.clone()));
                             }
@@ -136,12 +161,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                         }
                         StreamItem::Progress { .. } => return Ok(true),
                         StreamItem::Compacted { .. } => {
-                            compacted = true;
+                            resync = Some("the history was compacted past the cursor".into());
                             return Ok(false);
                         }
                     }
                     let _ = progress_tx.send((cursor, applied.digest()));
-                    Ok(true)
+                    Ok(!adopted)
                 };
                 step().unwrap_or_else(|e| {
                     failure = Some(e);
@@ -152,15 +177,26 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         if let Some(e) = failure {
             return Err(e.context("apply an event"));
         }
-        if compacted {
-            let state: Read<FullState> = client.get("/v1/state").await.context("read full state after compaction")?;
+        if let Err(e) = &result {
+            if e.code() == Some("cluster_mismatch") {
+                resync = Some(e.to_string());
+            }
+        }
+        if let Some(why) = resync {
+            let state: Read<FullState> = client.get("/v1/state").await.context("read full state to re-sync")?;
+            let now = state.items.cluster.as_ref().map(|c| c.id.clone());
             let config = HostConfig::from_guests(state.items.guests);
             store.replace_all(&config)?;
             store.set_cursor(state.revision)?;
+            let other = now.is_some() && now != cluster;
+            if let Some(id) = &now {
+                store.set_cluster(id)?;
+            }
             (applied, cursor) = (config, state.revision);
             let _ = progress_tx.send((cursor, applied.digest()));
-            let _ = to_worker.send(Input::Reload);
-            tracing::info!(revision = state.revision, "re-synced from full state");
+            let _ = to_worker.send(if other { Input::Reset } else { Input::Reload });
+            tracing::info!(revision = state.revision, cluster = ?now.as_ref().map(|c| c.to_string()), %why, "re-synced from full state");
+            cluster = now;
             continue;
         }
         if let Err(e) = result {

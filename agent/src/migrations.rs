@@ -55,6 +55,10 @@ pub enum Input {
     Event(Box<Event>),
     /// The agent re-synced from full state: events were skipped, learn the migrations again.
     Reload,
+    /// The agent now follows another cluster (a restored one): what it did for the old
+    /// cluster's migrations, and the tokens and terms it saw there, mean nothing here. Forget
+    /// them, then learn the new cluster's migrations.
+    Reset,
 }
 
 pub struct Worker {
@@ -84,11 +88,35 @@ impl Worker {
                 i = input.recv() => match i {
                     Some(Input::Event(e)) => self.on_event(&e).await,
                     Some(Input::Reload) => self.load().await,
+                    Some(Input::Reset) => {
+                        self.forget();
+                        self.load().await;
+                    }
                     None => return,
                 },
                 _ = tick.tick() => {}
             }
             self.step_all().await;
+        }
+    }
+
+    fn forget(&mut self) {
+        for (_, a) in self.active.drain() {
+            if let Some(t) = a.transfer {
+                t.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        self.newest.clear();
+        self.term = 0;
+        match self.store.journals() {
+            Ok(js) => {
+                for j in js {
+                    if let Err(e) = self.store.remove_journal(j.migration) {
+                        tracing::error!(%e, "cannot remove a journal entry of the old cluster");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(%e, "cannot read the migration journal"),
         }
     }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use switchyard_protocol::hostconfig::{ConfigChange, HostConfig};
-use switchyard_protocol::{FencingToken, Guest, MigrationId, Name, Revision};
+use switchyard_protocol::{ClusterId, FencingToken, Guest, MigrationId, Name, Revision};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -98,6 +98,23 @@ impl AgentStore {
 
     pub fn set_cursor(&self, revision: Revision) -> Result<(), StoreError> {
         atomic_write(&self.dir.join("cursor"), format!("{revision}\n").as_bytes())
+    }
+
+    /// The id of the cluster this agent follows (`None` before it has seen one).
+    pub fn cluster(&self) -> Result<Option<ClusterId>, StoreError> {
+        let path = self.dir.join("cluster");
+        match fs::read_to_string(&path) {
+            Ok(s) => ClusterId::parse(s.trim()).map(Some).ok_or_else(|| StoreError::Corrupt {
+                path,
+                reason: "not a cluster id; remove the file and the agent re-syncs".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(format!("read {}", path.display()))(e)),
+        }
+    }
+
+    pub fn set_cluster(&self, id: &ClusterId) -> Result<(), StoreError> {
+        atomic_write(&self.dir.join("cluster"), format!("{id}\n").as_bytes())
     }
 
     /// Makes one change durable on disk.

@@ -32,6 +32,9 @@ use crate::migration::Reports;
 
 /// Marks a request a follower already forwarded, so it is not forwarded again.
 pub const FORWARDED_HEADER: &str = "x-switchyard-forwarded";
+/// Body limit of `POST /v1/cluster/import` (admin only): a restore's chunks are larger than any
+/// other request.
+pub const IMPORT_BODY_BYTES_MAX: usize = 4 << 20;
 
 /// The OpenAPI description served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -116,8 +119,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/openapi.json", get(openapi))
         .route("/v1/node/status", get(node_status))
+        .route("/v1/node/snapshot", post(take_snapshot))
         .route("/v1/cluster/status", get(cluster_status))
         .route("/v1/cluster/init", post(cluster_init))
+        .route("/v1/cluster/identity", get(show_identity).post(cluster_identity))
+        .route("/v1/cluster/import", post(import_events))
         .route("/v1/cluster/nodes", post(add_node))
         .route("/v1/cluster/nodes/{id}", delete(remove_node))
         .route("/v1/hosts", get(list_hosts).post(register_host))
@@ -169,7 +175,10 @@ async fn edge(State(s): State<Arc<ApiState>>, req: Request, next: Next) -> Respo
         let msg = format!("role {:?} may not {} {}", caller.role, req.method(), req.uri().path()).to_lowercase();
         return ApiError::Forbidden(msg).into_response();
     }
-    let limit = s.config.api.request_body_bytes_max;
+    let limit = match req.uri().path() {
+        "/v1/cluster/import" => IMPORT_BODY_BYTES_MAX.max(s.config.api.request_body_bytes_max),
+        _ => s.config.api.request_body_bytes_max,
+    };
     let (mut parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
         return ApiError::PayloadTooLarge(limit).into_response();
@@ -313,6 +322,26 @@ async fn node_status(State(s): State<Arc<ApiState>>) -> Json<NodeStatus> {
     Json(node_status_of(&s))
 }
 
+/// Builds a snapshot on this node now (before maintenance, or to measure it) and answers once
+/// it covers everything applied when asked.
+async fn take_snapshot(State(s): State<Arc<ApiState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let started = std::time::Instant::now();
+    let applied = s.raft.metrics().borrow().last_applied.map(|l| l.index);
+    s.raft.trigger().snapshot().await.map_err(|e| ApiError::Unavailable(format!("raft stopped: {e}")))?;
+    let covered = |m: &openraft::RaftMetrics<NodeId, NodeInfo>| m.snapshot.map(|l| l.index) >= applied;
+    s.raft
+        .wait(Some(Duration::from_secs(600)))
+        .metrics(covered, "the snapshot to cover the applied log")
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the snapshot was not built: {e}")))?;
+    let m = s.raft.metrics().borrow().clone();
+    Ok(Json(serde_json::json!({
+        "snapshot_index": m.snapshot.map(|l| l.index),
+        "revision": s.sm.applied_meta().revision,
+        "build_ms": started.elapsed().as_millis() as u64,
+    })))
+}
+
 async fn cluster_status(State(s): State<Arc<ApiState>>, req: Request) -> Result<Json<ClusterStatus>, ApiError> {
     let auth = req.headers().get("authorization").cloned();
     let membership = s.raft.metrics().borrow().membership_config.clone();
@@ -361,15 +390,147 @@ fn node_info(m: &MemberSpec) -> NodeInfo {
     NodeInfo { raft_addr: m.raft_addr.clone(), api_addr: m.api_addr.clone() }
 }
 
-async fn cluster_init(State(s): State<Arc<ApiState>>, raw: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+async fn cluster_init(
+    State(s): State<Arc<ApiState>>,
+    Extension(c): Extension<Caller>,
+    headers: axum::http::HeaderMap,
+    raw: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let req: InitRequest = if raw.is_empty() { InitRequest::default() } else { body(&raw)? };
     let members: BTreeMap<NodeId, NodeInfo> = if req.members.is_empty() {
         BTreeMap::from([(s.id, NodeInfo { raft_addr: s.config.raft_advertise(), api_addr: s.config.api_advertise() })])
     } else {
         req.members.iter().map(|m| (m.id, node_info(m))).collect()
     };
-    s.raft.initialize(members.clone()).await?;
-    Ok(Json(serde_json::json!({ "initialized": members.keys().collect::<Vec<_>>() })))
+    let initialized = s.raft.initialize(members.clone()).await;
+    if req.for_restore {
+        initialized?;
+        return Ok(Json(serde_json::json!({ "initialized": members.keys().collect::<Vec<_>>(), "for_restore": true })));
+    }
+    // A cluster initialized by an init that died before committing the identity gets one now
+    // (unless it is being restored); an identified one answers "already initialized" as before.
+    let unidentified = s.sm.read(|st| st.identity().is_none() && st.importing().is_none());
+    if let Err(e) = initialized {
+        if unidentified {
+            commit_identity(&s, &c, headers.get("authorization")).await?;
+        }
+        return Err(e.into());
+    }
+    let identity = commit_identity(&s, &c, headers.get("authorization")).await?;
+    Ok(Json(serde_json::json!({ "initialized": members.keys().collect::<Vec<_>>(), "cluster": identity })))
+}
+
+/// Commits a fresh identity through whichever node leads, once the first election is over.
+/// Answers the identity the cluster holds (an earlier init's, if it got there first).
+async fn commit_identity(s: &ApiState, c: &Caller, auth: Option<&HeaderValue>) -> Result<ClusterId, ApiError> {
+    let req = IdentityRequest {
+        request_id: Some(s.clock.request_id().to_string()),
+        cluster: Some(new_cluster_id()),
+        restored_from: None,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(s.config.api.join_timeout_ms);
+    loop {
+        let leader = s.raft.metrics().borrow().current_leader;
+        let answer = match leader {
+            Some(l) if l == s.id => identity(s, c, req.clone()).await.map(|Json(v)| v),
+            Some(_) => match s.leader_api() {
+                Some(addr) => {
+                    let mut r = s
+                        .client
+                        .post(format!("http://{addr}/v1/cluster/identity"))
+                        .header(FORWARDED_HEADER, s.id.to_string())
+                        .json(&req);
+                    if let Some(a) = auth {
+                        r = r.header("authorization", a);
+                    }
+                    match r.send().await {
+                        Ok(resp) if resp.status().is_success() => resp
+                            .json::<serde_json::Value>()
+                            .await
+                            .map_err(|e| ApiError::Unavailable(format!("the leader's answer: {e}"))),
+                        Ok(resp) => Err(ApiError::Unavailable(format!(
+                            "the leader at {addr} answered {}: {}",
+                            resp.status(),
+                            resp.text().await.unwrap_or_default()
+                        ))),
+                        Err(e) => Err(ApiError::Unavailable(format!("the leader at {addr}: {e}"))),
+                    }
+                }
+                None => Err(ApiError::Unavailable("no leader address known yet".into())),
+            },
+            None => Err(ApiError::Unavailable("no leader elected yet".into())),
+        };
+        match answer {
+            Ok(v) => {
+                if let Some(id) = v.get("cluster").and_then(|c| c.as_str()).and_then(ClusterId::parse) {
+                    return Ok(id);
+                }
+                return Err(ApiError::Internal(format!("unexpected identity answer: {v}")));
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(ApiError::Unavailable(format!(
+                    "the cluster is initialized but could not commit its identity ({e}); run `switchyard cluster init` again"
+                )))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// 128 random bits as 32 hex digits, in the 8-4-4-4-12 layout people recognise.
+fn new_cluster_id() -> ClusterId {
+    let h = format!("{:032x}", rand::random::<u128>());
+    ClusterId(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+}
+
+/// Proposes `CreateCluster`; a cluster that already has an identity answers it (so a retried
+/// init succeeds), unless the request was to complete a restore.
+async fn identity(s: &ApiState, c: &Caller, req: IdentityRequest) -> Result<Json<serde_json::Value>, ApiError> {
+    let restoring = req.restored_from.is_some();
+    let cmd = Command::CreateCluster {
+        cluster: req.cluster.unwrap_or_else(new_cluster_id),
+        restored_from: req.restored_from,
+    };
+    match propose(s, c, req.request_id.as_deref(), cmd).await {
+        Ok(Json(w)) => {
+            let id = s.sm.read(|st| st.identity().map(|i| i.id.clone()));
+            Ok(Json(serde_json::json!({ "cluster": id, "revision": w.first_revision, "duplicate": w.duplicate })))
+        }
+        Err(ApiError::Rejected(Rejection::ClusterExists { cluster })) if !restoring => {
+            Ok(Json(serde_json::json!({ "cluster": cluster, "duplicate": true })))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn cluster_identity(
+    State(s): State<Arc<ApiState>>,
+    Extension(c): Extension<Caller>,
+    raw: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: IdentityRequest = if raw.is_empty() { IdentityRequest::default() } else { body(&raw)? };
+    identity(&s, &c, req).await
+}
+
+async fn show_identity(State(s): State<Arc<ApiState>>, q: ReadQuery) -> Result<Json<Read<IdentityView>>, ApiError> {
+    read_state(&s, q, |st| Ok(IdentityView { identity: st.identity().cloned(), importing: st.importing().cloned() }))
+        .await
+}
+
+/// The next chunk of a restore. The state machine checks it whole (see `apply::import`).
+async fn import_events(
+    State(s): State<Arc<ApiState>>,
+    Extension(c): Extension<Caller>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let r: ImportRequest = body(&raw)?;
+    propose(
+        &s,
+        &c,
+        r.request_id.as_deref(),
+        Command::ImportEvents { cluster: r.cluster, chain: r.chain, events: r.events },
+    )
+    .await
 }
 
 async fn add_node(State(s): State<Arc<ApiState>>, raw: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
@@ -656,6 +817,11 @@ async fn request_migration(
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
     let r: MigrateRequest = body(&raw)?;
+    // The source is read from the state: only the leader's is sure to hold every acknowledged
+    // write (a lagging follower would answer "unknown guest" for a guest just created).
+    if !s.is_leader() {
+        return Err(ApiError::NotLeader { leader: s.leader_api() });
+    }
     let source =
         s.sm.read(|st| st.guest(&r.guest).map(|g| g.owner.clone()))
             .ok_or_else(|| ApiError::Rejected(Rejection::UnknownGuest { guest: r.guest.clone() }))?;
@@ -702,7 +868,8 @@ async fn report_migration(
         )));
     }
     s.reports.record(&m, host, &r)?;
-    let term = s.raft.metrics().borrow().current_term;
+    // In the terms events carry (see `RestoredFrom::term_base`), so agents can compare them.
+    let term = s.raft.metrics().borrow().current_term + s.sm.read(|st| st.term_base());
     Ok(Json(ReportAck { migration: id, phase: m.phase, term }))
 }
 

@@ -123,6 +123,9 @@ enum ClusterVerb {
         /// ID=RAFT_ADDR,API_ADDR; repeat for each initial member.
         #[arg(long = "member")]
         members: Vec<String>,
+        /// Leave the new cluster without an identity, for `switchyard log restore` to seed.
+        #[arg(long)]
+        for_restore: bool,
     },
     /// Add a coordinator: it joins as a learner, catches up, then becomes a voter.
     AddNode {
@@ -280,6 +283,11 @@ enum LogVerb {
         #[arg(long, conflicts_with_all = ["until", "until_time"])]
         diff: bool,
     },
+    /// Seed a brand-new cluster from an export: checks the whole file first, imports its events
+    /// (original revisions, times and actors) into a cluster started with `cluster init
+    /// --for-restore`, then commits a new cluster id. Agents of the old cluster notice the new id
+    /// and re-sync. Safe to run again after an interruption: it resumes where the import stopped.
+    Restore { file: std::path::PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -409,6 +417,7 @@ impl From<LogVerb> for crate::recovery::LogCommand {
             LogVerb::Replay { source, until, until_time, digest, diff } => {
                 L::Replay { source, until, until_time, digest, diff }
             }
+            LogVerb::Restore { file } => L::Restore { file },
         }
     }
 }
@@ -468,7 +477,7 @@ async fn run(cli: Cli) -> Result<String, CliError> {
             for n in [&guest, &host].into_iter().flatten() {
                 name_path(n)?;
             }
-            let query = EventQuery { from, follow, guest, host, kind };
+            let query = EventQuery { from, follow, guest, host, kind, cluster: None };
             let mut out = std::io::stdout();
             if !json {
                 let _ = writeln!(out, "REV  TIME  ACTOR  EVENT");
@@ -494,10 +503,16 @@ async fn run(cli: Cli) -> Result<String, CliError> {
                 let s: ClusterStatus = c.get("/v1/cluster/status").await?;
                 Ok(if json { to_json(&s) } else { cluster_table(&s) })
             }
-            ClusterVerb::Init { members } => {
+            ClusterVerb::Init { members, for_restore } => {
                 let members = members.iter().map(|m| parse_member(m)).collect::<Result<Vec<_>, _>>()?;
-                let r: serde_json::Value = c.post("/v1/cluster/init", &InitRequest { members }).await?;
-                Ok(if json { to_json(&r) } else { "cluster initialized\n".into() })
+                let r: serde_json::Value = c.post("/v1/cluster/init", &InitRequest { members, for_restore }).await?;
+                Ok(if json {
+                    to_json(&r)
+                } else if for_restore {
+                    "cluster initialized without an identity; seed it with `switchyard log restore FILE`\n".into()
+                } else {
+                    format!("cluster {} initialized\n", r["cluster"].as_str().unwrap_or("?"))
+                })
             }
             ClusterVerb::AddNode { id, raft_addr, api_addr } => {
                 let r: serde_json::Value = c.post("/v1/cluster/nodes", &MemberSpec { id, raft_addr, api_addr }).await?;
@@ -913,6 +928,7 @@ async fn wait_migration(c: &Client, json: bool, guest: &str, id: u64) -> Result<
         guest: Some(guest.to_string()),
         host: None,
         kind: Some("migration".into()),
+        cluster: None,
     };
     let mut out = std::io::stdout();
     let mut end: Option<(switchyard_protocol::Phase, Option<String>)> = None;
@@ -1045,6 +1061,12 @@ fn unprotected(p: &Package, now: switchyard_protocol::Timestamp) -> Option<Strin
 /// One line about an event, for the table output of `events`.
 pub(crate) fn describe(p: &EventPayload) -> String {
     match p {
+        EventPayload::ClusterCreated { cluster, restored_from: None } => format!("cluster {cluster} created"),
+        EventPayload::ClusterCreated { cluster, restored_from: Some(from) } => format!(
+            "cluster {cluster} created from the export of cluster {} through revision {}",
+            from.cluster.as_ref().map_or("(no id)".into(), |c| c.to_string()),
+            from.through_revision
+        ),
         EventPayload::HostRegistered { host } => format!("host {} registered", host.spec.name),
         EventPayload::HostMaintenanceChanged { host, maintenance } => {
             format!("host {host} maintenance {}", if *maintenance { "on" } else { "off" })

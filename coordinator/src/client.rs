@@ -47,6 +47,8 @@ pub struct EventQuery {
     /// Comma-separated kinds.
     pub kind: Option<String>,
     pub follow: bool,
+    /// The cluster id the subscriber follows (answered `cluster_mismatch` by another cluster).
+    pub cluster: Option<String>,
 }
 
 /// How long a followed subscription keeps trying when no endpoint answers.
@@ -86,7 +88,7 @@ impl Client {
             let ep = &self.endpoints[attempt % self.endpoints.len().max(1)];
             attempt += 1;
             let mut url = format!("http://{ep}/v1/events?from={next}&follow={}&progress_ms=1000", q.follow);
-            for (k, v) in [("guest", &q.guest), ("host", &q.host), ("kind", &q.kind)] {
+            for (k, v) in [("guest", &q.guest), ("host", &q.host), ("kind", &q.kind), ("cluster", &q.cluster)] {
                 if let Some(v) = v {
                     url.push_str(&format!("&{k}={v}"));
                 }

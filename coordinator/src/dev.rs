@@ -183,8 +183,10 @@ impl Proc {
     }
 }
 
+/// Makes a child process die with this one (Linux: PR_SET_PDEATHSIG), so a killed parent leaves
+/// no process holding ports or data.
 #[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and only sets a flag on the child being started.
     unsafe {
@@ -196,23 +198,90 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_cmd: &mut Command) {}
+pub fn die_with_parent(_cmd: &mut Command) {}
 
-/// The whole dev cluster.
-struct Dev {
+/// What differs between the dev cluster and other local clusters (the benchmark's).
+#[derive(Clone, Debug)]
+pub struct LocalOpts {
+    /// TOML appended to every coordinator's config (e.g. a `[raft]` section).
+    pub coordinator_toml: String,
+    /// How long the simulated hypervisor takes to move a guest.
+    pub transfer_ms: u64,
+}
+
+impl Default for LocalOpts {
+    fn default() -> Self {
+        LocalOpts { coordinator_toml: String::new(), transfer_ms: 3000 }
+    }
+}
+
+/// A local cluster of coordinator and agent processes, everything in one folder: what `switchyard
+/// dev` runs, and what the benchmark harness (`switchyard-bench`) measures.
+pub struct LocalCluster {
     dir: PathBuf,
     state: DevState,
+    opts: LocalOpts,
     coordinators: Vec<Proc>,
     agents: Vec<Proc>,
 }
 
-impl Dev {
-    fn endpoints(&self) -> Vec<String> {
+impl LocalCluster {
+    /// Loads (or creates) the folder's state and writes every process's config.
+    pub fn prepare(dir: &Path, base_port: u16, opts: LocalOpts) -> anyhow::Result<LocalCluster> {
+        let state = load_or_create(dir, base_port)?;
+        let mut c = LocalCluster { dir: dir.to_path_buf(), state, opts, coordinators: Vec::new(), agents: Vec::new() };
+        c.write_configs()?;
+        Ok(c)
+    }
+
+    /// Starts the coordinators and initializes the cluster (first time) with h1..h3 registered.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.coordinators {
+            p.start()?;
+        }
+        self.bootstrap().await
+    }
+
+    pub fn start_agents(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.agents {
+            p.start()?;
+        }
+        Ok(())
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
         self.state.nodes.values().map(|(_, api)| api.to_string()).collect()
     }
 
-    fn admin(&self, timeout: Duration) -> Client {
+    /// The API address of coordinator `id` (1-based).
+    pub fn endpoint(&self, id: u64) -> String {
+        self.state.nodes[&id.to_string()].1.to_string()
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.state.admin_token
+    }
+
+    pub fn admin(&self, timeout: Duration) -> Client {
         Client::new(self.endpoints(), self.state.admin_token.clone(), timeout)
+    }
+
+    /// SIGKILL coordinator `id`, as a machine loss would.
+    pub fn kill_coordinator(&mut self, id: u64) {
+        self.coordinators[(id - 1) as usize].kill();
+    }
+
+    pub fn start_coordinator(&mut self, id: u64) -> anyhow::Result<()> {
+        self.coordinators[(id - 1) as usize].start()
+    }
+
+    pub fn coordinator_pid(&self, id: u64) -> Option<u32> {
+        self.coordinators[(id - 1) as usize].child.as_ref().map(|c| c.id())
+    }
+
+    /// Coordinator `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}")).join("data")
     }
 
     fn write_configs(&mut self) -> anyhow::Result<()> {
@@ -234,6 +303,7 @@ impl Dev {
             for (h, t) in &s.agent_tokens {
                 text.push_str(&format!("[[tokens]]\ntoken = \"{t}\"\nrole = \"agent\"\nhost = \"{h}\"\n\n"));
             }
+            text.push_str(&self.opts.coordinator_toml);
             let config = d.join("coordinator.toml");
             std::fs::write(&config, text).with_context(|| format!("write {}", config.display()))?;
             self.coordinators.push(Proc::new(
@@ -250,10 +320,11 @@ impl Dev {
             std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
             let text = format!(
                 "host = \"{h}\"\nendpoints = [{}]\ntoken = \"{t}\"\ndata_dir = {:?}\nreport_interval_ms = 1000\n\n\
-                 [driver]\nkind = \"simulated\"\nstate_dir = {:?}\ntransfer_ms = 3000\nfreeze_ms = 120\n",
+                 [driver]\nkind = \"simulated\"\nstate_dir = {:?}\ntransfer_ms = {}\nfreeze_ms = 120\n",
                 endpoints.join(", "),
                 d.join("data").display().to_string(),
-                sim.display().to_string()
+                sim.display().to_string(),
+                self.opts.transfer_ms
             );
             let config = d.join("agent.toml");
             std::fs::write(&config, text).with_context(|| format!("write {}", config.display()))?;
@@ -301,7 +372,8 @@ impl Dev {
         Ok(())
     }
 
-    fn stop_all(&mut self) {
+    /// Stops every process gracefully.
+    pub fn stop_all(&mut self) {
         for p in self.agents.iter_mut().chain(self.coordinators.iter_mut()) {
             p.stop();
         }
@@ -327,17 +399,10 @@ where
 
 /// Runs the dev cluster until Ctrl-C (or SIGTERM); with `demo`, plays the seed scenario first.
 pub async fn run(dir: PathBuf, base_port: u16, demo: bool) -> anyhow::Result<()> {
-    let state = load_or_create(&dir, base_port)?;
-    let mut dev = Dev { dir: dir.clone(), state, coordinators: Vec::new(), agents: Vec::new() };
-    dev.write_configs()?;
-    for p in &mut dev.coordinators {
-        p.start()?;
-    }
+    let mut dev = LocalCluster::prepare(&dir, base_port, LocalOpts::default())?;
     let result = async {
-        dev.bootstrap().await?;
-        for p in &mut dev.agents {
-            p.start()?;
-        }
+        dev.start().await?;
+        dev.start_agents()?;
         let endpoints = dev.endpoints();
         let status: NodeStatus = dev.admin(Duration::from_secs(5)).get("/v1/node/status").await?;
         out!(
@@ -369,7 +434,7 @@ pub async fn run(dir: PathBuf, base_port: u16, demo: bool) -> anyhow::Result<()>
 
 /// The seed scenario: a packaged guest moved online while its leader coordinator is killed, and a
 /// cluster-node guest refused.
-async fn demo_scenario(dev: &mut Dev) -> anyhow::Result<()> {
+async fn demo_scenario(dev: &mut LocalCluster) -> anyhow::Result<()> {
     let admin = dev.admin(Duration::from_secs(10));
     let say = |s: &str| out!("\n== {s}");
     say("demo: a distributed guest in a failover package, and a guest that is itself a cluster node");

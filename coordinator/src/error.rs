@@ -31,6 +31,9 @@ pub enum ApiError {
     StaleReport(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A subscriber follows another cluster than this one.
+    #[error("{0}")]
+    ClusterMismatch(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -52,6 +55,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::StaleReport(_) => "stale_report",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::ClusterMismatch(_) => "cluster_mismatch",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -69,7 +73,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotLeader { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Conflict(_) | ApiError::StaleReport(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::StaleReport(_) | ApiError::ClusterMismatch(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -41,6 +41,10 @@ pub struct EventParams {
     format: Option<String>,
     /// Interval of progress marks while following (100 to 60000 ms, default 5000).
     progress_ms: Option<u64>,
+    /// The cluster id the subscriber follows. A coordinator of another cluster answers
+    /// `cluster_mismatch` (re-sync from `GET /v1/state`); one that has not applied that identity
+    /// yet, or is being restored, answers `unavailable` (retry).
+    cluster: Option<String>,
 }
 
 /// A validated subscription filter.
@@ -65,9 +69,10 @@ fn parse_kind(s: &str) -> Result<EventKind, ApiError> {
         "guest" => Ok(EventKind::Guest),
         "package" => Ok(EventKind::Package),
         "migration" => Ok(EventKind::Migration),
-        other => {
-            Err(ApiError::BadRequest(format!("unknown event kind {other:?}; use host, guest, package or migration")))
-        }
+        "cluster" => Ok(EventKind::Cluster),
+        other => Err(ApiError::BadRequest(format!(
+            "unknown event kind {other:?}; use cluster, host, guest, package or migration"
+        ))),
     }
 }
 
@@ -115,6 +120,28 @@ pub async fn subscribe(
     let progress = Duration::from_millis(p.progress_ms.unwrap_or(5000));
     if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&progress) {
         return Err(ApiError::BadRequest("progress_ms must be within 100..=60000".into()));
+    }
+    if let Some(want) = &p.cluster {
+        let (have, importing) =
+            s.sm.read(|st| (st.identity().map(|i| i.id.0.clone()), st.importing().map(|i| i.through_revision)));
+        match (have, importing) {
+            (_, Some(through)) => {
+                return Err(ApiError::Unavailable(format!(
+                    "this cluster is being restored (imported through revision {through}); subscribe again once the restore completes"
+                )))
+            }
+            (Some(have), None) if have == *want => {}
+            (Some(have), None) => {
+                return Err(ApiError::ClusterMismatch(format!(
+                    "this is cluster {have}, not cluster {want}: re-read the full state (GET /v1/state) and subscribe from its revision"
+                )))
+            }
+            (None, None) => {
+                return Err(ApiError::Unavailable(format!(
+                    "this coordinator has not applied the identity of cluster {want} (yet); retry"
+                )))
+            }
+        }
     }
     let from = p.from.unwrap_or(1).max(1);
     let history = s.sm.history();

@@ -92,7 +92,7 @@ pub async fn run(s: Arc<ApiState>, liveness: Arc<Liveness>) {
                 _ => {}
             }
         }
-        if !leader {
+        if !leader || s.sm.read(|st| st.importing().is_some()) {
             continue;
         }
         let hosts: Vec<Host> = s.sm.read(|st| st.hosts().cloned().collect());

@@ -203,6 +203,10 @@ pub async fn run(s: Arc<ApiState>) {
             s.reports.clear();
             continue;
         }
+        // While a restore imports history, every step would be refused: wait for its end.
+        if s.sm.read(|st| st.importing().is_some()) {
+            continue;
+        }
         let now = s.clock().now();
         let steps: Vec<(Migration, Step)> = s.sm.read(|st| {
             s.reports.retain(|id| st.migration(id).is_some_and(|m| !m.phase.is_terminal()));

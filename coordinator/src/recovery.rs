@@ -9,8 +9,12 @@ use std::io::{BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use switchyard_protocol::api::{FullState, GuestView, HostView, MigrationPage, Read, StreamItem};
-use switchyard_protocol::{ClusterState, Event};
+use switchyard_protocol::api::{
+    FullState, GuestView, HostView, IdentityRequest, IdentityView, ImportRequest, MigrationPage, Read, StreamItem,
+    WriteResponse,
+};
+use switchyard_protocol::limits::IMPORT_EVENTS_MAX;
+use switchyard_protocol::{ClusterState, Event, RestoredFrom};
 use switchyard_storage::export::{self, ExportHeader, ExportWriter, Format, Report, Until};
 
 use crate::client::{Client, ClientError, EventQuery};
@@ -20,6 +24,7 @@ pub enum LogCommand {
     Export { file: PathBuf, data_dir: Option<PathBuf>, jsonl: bool },
     Verify { source: PathBuf },
     Replay { source: PathBuf, until: Option<u64>, until_time: Option<String>, digest: bool, diff: bool },
+    Restore { file: PathBuf },
 }
 
 pub enum RecoveryError {
@@ -39,22 +44,43 @@ fn failed(why: impl std::fmt::Display) -> RecoveryError {
     RecoveryError::Failed(String::new(), why.to_string())
 }
 
-/// A progress line on a terminal, at most a few times a second.
+/// A progress bar on standard error when it is a terminal (at most five redraws a second): a
+/// bar with percentage when the total is known, a running count otherwise.
 struct Progress {
     what: &'static str,
+    total: Option<u64>,
     on: bool,
     last: Instant,
 }
 
 impl Progress {
     fn new(what: &'static str) -> Progress {
-        Progress { what, on: std::io::stderr().is_terminal(), last: Instant::now() }
+        Progress { what, total: None, on: std::io::stderr().is_terminal(), last: Instant::now() }
+    }
+
+    fn of(mut self, total: u64) -> Progress {
+        self.total = (total > 0).then_some(total);
+        self
     }
 
     fn tick(&mut self, n: u64, unit: &str) {
-        if self.on && self.last.elapsed() > Duration::from_millis(200) {
-            self.last = Instant::now();
-            eprint!("\r{}: {n} {unit}   ", self.what);
+        if !self.on || self.last.elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        self.last = Instant::now();
+        match self.total {
+            Some(t) => {
+                let frac = (n as f64 / t as f64).min(1.0);
+                let filled = (frac * 30.0) as usize;
+                eprint!(
+                    "\r{} [{}{}] {:>3.0}% {n}/{t} {unit}   ",
+                    self.what,
+                    "#".repeat(filled),
+                    ".".repeat(30 - filled),
+                    frac * 100.0
+                );
+            }
+            None => eprint!("\r{}: {n} {unit}   ", self.what),
         }
     }
 
@@ -76,6 +102,7 @@ pub async fn run(c: &Client, json: bool, cmd: LogCommand) -> Result<String, Reco
                 .map_err(RecoveryError::Usage)?;
             replay(c, json, &source, Until { revision: until, time: until_time }, digest, diff).await
         }
+        LogCommand::Restore { file } => restore(c, json, &file).await,
     }
 }
 
@@ -104,6 +131,8 @@ async fn export(
             // Consistent at one revision: read it (linearizably), then export up to it.
             let state: Read<FullState> = c.get("/v1/state").await?;
             let at = state.revision;
+            progress.total = (at > 0).then_some(at);
+            let cluster = state.items.cluster.map(|c| c.id);
             let mut first: Option<Event> = None;
             let mut writer: Option<ExportWriter<Box<dyn Write>>> = None;
             let mut out = Some(out);
@@ -125,7 +154,13 @@ async fn export(
                         }
                     };
                     if writer.is_none() {
-                        let header = ExportHeader { source: source.clone(), first_revision: e.revision, last_revision: at, exported_at: now };
+                        let header = ExportHeader {
+                            source: source.clone(),
+                            cluster: cluster.clone(),
+                            first_revision: e.revision,
+                            last_revision: at,
+                            exported_at: now,
+                        };
                         match ExportWriter::new(out.take().expect("one writer"), format, &header) {
                             Ok(w) => writer = Some(w),
                             Err(err) => {
@@ -150,6 +185,7 @@ async fn export(
             }
             let header = ExportHeader {
                 source,
+                cluster,
                 first_revision: first.map_or(1, |e| e.revision),
                 last_revision: at,
                 exported_at: now,
@@ -185,7 +221,8 @@ fn read(source: &Path, until: Until) -> Result<(Report, Option<ClusterState>), R
         Ok(r)
     } else {
         let f = std::fs::File::open(source).map_err(|e| failed(format!("open {}: {e}", source.display())))?;
-        let mut p = Progress::new("read");
+        let size = f.metadata().map_or(0, |m| m.len() >> 20);
+        let mut p = Progress::new("read").of(size);
         let r = export::read_export(BufReader::with_capacity(1 << 20, f), until, |b| p.tick(b >> 20, "MiB"))
             .map_err(|e| failed(format!("read {}: {e}", source.display())))?;
         p.done();
@@ -353,4 +390,217 @@ fn differences(replayed: &FullState, live: &FullState) -> Vec<String> {
     d.extend(by_name("package", &replayed.packages, &live.packages, |p| p.name.to_string()));
     d.extend(by_name("migration", &replayed.migrations, &live.migrations, |m| m.id.to_string()));
     d
+}
+
+/// Largest JSON body of one import chunk; the coordinators accept up to 4 MiB there.
+const IMPORT_CHUNK_BYTES: usize = 1 << 20;
+
+/// `log restore FILE`: seeds a cluster started with `cluster init --for-restore` from an export.
+///
+/// The whole file is read and checked first; a damaged export is refused before anything is
+/// sent. The events then go in chunks that the state machine checks again (contiguity, every
+/// event foldable, invariants after each chunk), and the restore ends with a new cluster id
+/// committed right after the last imported revision. Interrupted, it resumes from the revision
+/// the cluster says it has imported, after checking that the hash chain there is this file's.
+async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, RecoveryError> {
+    if file.is_dir() {
+        return Err(RecoveryError::Usage(format!(
+            "{} is a directory: restore takes an export file (`switchyard log export --data-dir {} -f FILE` makes one)",
+            file.display(),
+            file.display()
+        )));
+    }
+    let (report, _) = read(file, Until::default())?;
+    if !report.problems.is_empty() {
+        let text: String =
+            report.problems.iter().map(|p| format!("PROBLEM at {}: {}\n", p.location, p.problem)).collect();
+        return Err(RecoveryError::Failed(text, format!("{} is damaged: nothing was restored", file.display())));
+    }
+    let header = report.header.clone().expect("a clean export has a header");
+    if header.first_revision != 1 {
+        return Err(failed(format!(
+            "the export starts at revision {}: a cluster can only be seeded from a whole history (revision 1 on)",
+            header.first_revision
+        )));
+    }
+    let Some(last) = report.last_revision else {
+        return Err(failed("the export holds no events: there is nothing to restore"));
+    };
+    let view: Read<IdentityView> = c.get("/v1/cluster/identity").await?;
+    let start = match (&view.items.importing, &view.items.identity) {
+        (Some(p), _) if p.cluster != header.cluster => {
+            return Err(failed(format!(
+            "this cluster is being restored from another export (cluster {:?}); start again on empty data directories",
+            p.cluster.as_ref().map(|c| c.to_string())
+        )))
+        }
+        (Some(p), _) => p.through_revision + 1,
+        (None, Some(id)) => {
+            return Err(failed(format!(
+                "the cluster already has identity {}: restore seeds a brand-new cluster (empty data directories, \
+                 `switchyard cluster init --for-restore`)",
+                id.id
+            )))
+        }
+        (None, None) if view.revision > 0 => {
+            return Err(failed(format!(
+                "the cluster already holds {} events: restore seeds a brand-new cluster (empty data directories, \
+                 `switchyard cluster init --for-restore`)",
+                view.revision
+            )))
+        }
+        (None, None) => 1,
+    };
+    let resume_chain = view.items.importing.as_ref().map(|p| (p.through_revision, p.chain.clone()));
+
+    // Read the file again on a blocking thread, feeding chunks to this task.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Event, String)>(4 * IMPORT_EVENTS_MAX);
+    let path = file.to_path_buf();
+    let reader = tokio::task::spawn_blocking(move || -> Result<export::Report, String> {
+        let f = std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        let mut resumed_ok = resume_chain.is_none();
+        let mut gone = false;
+        let r = export::read_export_with(
+            BufReader::with_capacity(1 << 20, f),
+            Until::default(),
+            |_| {},
+            |e, chain| {
+                if let Some((at, want)) = &resume_chain {
+                    if e.revision == *at {
+                        resumed_ok = chain == want;
+                    }
+                }
+                if e.revision >= start && !gone && tx.blocking_send((e.clone(), chain.to_string())).is_err() {
+                    gone = true;
+                }
+            },
+        )
+        .map_err(|e| format!("read {}: {e}", path.display()))?;
+        if !resumed_ok {
+            return Err(
+                "the cluster's import so far does not match this file's hash chain: it was seeded from another export"
+                    .into(),
+            );
+        }
+        Ok(r)
+    });
+    let mut progress = Progress::new("restore").of(last + 1 - start.min(last + 1));
+    let mut chunk: Vec<Event> = Vec::new();
+    let mut chunk_bytes = 0usize;
+    let mut chain = String::new();
+    let mut imported = 0u64;
+    let mut last_term = 0u64;
+    while let Some((e, ch)) = rx.recv().await {
+        let n = serde_json::to_vec(&e).map_or(0, |v| v.len());
+        if !chunk.is_empty() && (chunk.len() >= IMPORT_EVENTS_MAX || chunk_bytes + n > IMPORT_CHUNK_BYTES) {
+            imported += import_chunk(c, &header.cluster, &chain, std::mem::take(&mut chunk)).await?;
+            progress.tick(imported, "events imported");
+            chunk_bytes = 0;
+        }
+        chunk_bytes += n;
+        last_term = e.term;
+        chain = ch;
+        chunk.push(e);
+    }
+    if !chunk.is_empty() {
+        imported += import_chunk(c, &header.cluster, &chain, chunk).await?;
+    }
+    progress.done();
+    let second = reader.await.map_err(|e| failed(format!("reading the export: {e}")))?.map_err(failed)?;
+    if !second.problems.is_empty() || second.last_revision != Some(last) {
+        return Err(failed(format!(
+            "{} changed while it was being restored; the cluster holds a partial import: run the restore again",
+            file.display()
+        )));
+    }
+    if start > last {
+        // Everything was imported before; find the chain and term of the last event again.
+        let (r, _) = read(file, Until::default())?;
+        last_term = r.state.last_term();
+        chain = last_chain(file)?;
+    }
+    let restored_from =
+        RestoredFrom { cluster: header.cluster.clone(), through_revision: last, chain, term_base: last_term };
+    let req = IdentityRequest {
+        request_id: Some(SystemClock.request_id().to_string()),
+        cluster: None,
+        restored_from: Some(restored_from),
+    };
+    let answer: serde_json::Value = c.post("/v1/cluster/identity", &req).await?;
+    // What the cluster now holds must be what the export holds (the identity aside).
+    let live: Read<FullState> = c.get("/v1/state").await?;
+    let mut want = FullState::of(&report.state);
+    let mut have = live.items.clone();
+    want.cluster = None;
+    have.cluster = None;
+    let same = want == have;
+    let cluster = live.items.cluster.as_ref().map(|c| c.id.to_string()).unwrap_or_default();
+    let text = if json {
+        crate::cli::to_json(&serde_json::json!({
+            "cluster": cluster, "restored_from": header.cluster, "through_revision": last,
+            "imported": imported, "revision": live.revision, "identity": answer, "configuration_matches": same,
+        }))
+    } else {
+        format!(
+            "restored {last} revisions from {} (cluster {}) into cluster {cluster}\n\
+             the new cluster's own history starts at revision {}\n\
+             configuration {} the export's (digest {})\n",
+            file.display(),
+            header.cluster.as_ref().map_or("without id".into(), |c| c.to_string()),
+            last + 1,
+            if same { "matches" } else { "DIFFERS FROM" },
+            have.digest()
+        )
+    };
+    if same {
+        Ok(text)
+    } else {
+        Err(RecoveryError::Failed(text, "the restored configuration differs from the export's".into()))
+    }
+}
+
+/// Sends one chunk (`chain`: the export's chain after its last event). After a failure, the
+/// cluster's import progress says whether the chunk landed anyway (a lost answer).
+async fn import_chunk(
+    c: &Client,
+    cluster: &Option<switchyard_protocol::ClusterId>,
+    chain: &str,
+    events: Vec<Event>,
+) -> Result<u64, RecoveryError> {
+    let (first, last, n) = (events[0].revision, events[events.len() - 1].revision, events.len() as u64);
+    let req = ImportRequest {
+        request_id: Some(SystemClock.request_id().to_string()),
+        cluster: cluster.clone(),
+        chain: chain.to_string(),
+        events,
+    };
+    let mut tries = 0;
+    loop {
+        let err = match c.post::<_, WriteResponse>("/v1/cluster/import", &req).await {
+            Ok(_) => return Ok(n),
+            Err(e) => e,
+        };
+        let landed = match c.get::<Read<IdentityView>>("/v1/cluster/identity").await {
+            Ok(v) => v.items.importing.is_some_and(|p| p.through_revision >= last),
+            Err(_) => false,
+        };
+        if landed {
+            return Ok(n);
+        }
+        let retry = matches!(err.code(), None | Some("unavailable") | Some("not_leader"));
+        tries += 1;
+        if !retry || tries >= 20 {
+            return Err(failed(format!("the cluster did not take revisions {first}..={last}: {err}")));
+        }
+        tokio::time::sleep(Duration::from_millis(250 * tries)).await;
+    }
+}
+
+/// The chain value of an export's last event.
+fn last_chain(file: &Path) -> Result<String, RecoveryError> {
+    let f = std::fs::File::open(file).map_err(|e| failed(format!("open {}: {e}", file.display())))?;
+    let mut chain = String::new();
+    export::read_export_with(BufReader::new(f), Until::default(), |_| {}, |_, c| chain = c.to_string())
+        .map_err(|e| failed(format!("read {}: {e}", file.display())))?;
+    Ok(chain)
 }

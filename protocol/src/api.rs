@@ -217,6 +217,41 @@ pub struct InitRequest {
     /// The initial members; empty means "this node alone".
     #[serde(default)]
     pub members: Vec<MemberSpec>,
+    /// Leave the cluster without an identity, ready for `switchyard log restore` to import an
+    /// export and then commit a new identity. Otherwise init commits a fresh identity at
+    /// revision 1 before it answers.
+    #[serde(default)]
+    pub for_restore: bool,
+}
+
+/// `POST /v1/cluster/identity`: commit the cluster's identity (`cluster init` does it; `log
+/// restore` does it to finish a restore, with `restored_from`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityRequest {
+    pub request_id: Option<String>,
+    /// The id to commit; a fresh random one when absent.
+    pub cluster: Option<crate::model::ClusterId>,
+    pub restored_from: Option<crate::model::RestoredFrom>,
+}
+
+/// `GET /v1/cluster/identity`: the identity, and a restore in progress if any.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityView {
+    pub identity: Option<crate::model::ClusterIdentity>,
+    pub importing: Option<crate::model::ImportProgress>,
+}
+
+/// `POST /v1/cluster/import`: the next chunk of an export (`log restore`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    pub request_id: Option<String>,
+    /// The exported cluster's id, from the export header.
+    pub cluster: Option<crate::model::ClusterId>,
+    /// The export's hash chain after the chunk's last event.
+    pub chain: String,
+    pub events: Vec<crate::event::Event>,
 }
 
 /// What one coordinator says about itself.
@@ -278,6 +313,9 @@ pub enum StreamItem {
 /// compares (`log replay --diff`, [`FullState::digest`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FullState {
+    /// The cluster this state belongs to (`None` before `cluster init` committed an identity).
+    /// A subscriber that finds another id than the one it follows re-syncs from this state.
+    pub cluster: Option<crate::model::ClusterIdentity>,
     pub hosts: Vec<Host>,
     pub guests: Vec<Guest>,
     pub packages: Vec<Package>,
@@ -289,6 +327,7 @@ impl FullState {
     /// The configuration held by `state` (one home for the API and the recovery tools).
     pub fn of(state: &crate::state::ClusterState) -> FullState {
         FullState {
+            cluster: state.identity().cloned(),
             hosts: state.hosts().cloned().collect(),
             guests: state.guests().cloned().collect(),
             packages: state.packages().cloned().collect(),

@@ -12,8 +12,8 @@ use crate::command::{Command, GuestPatch, Proposal};
 use crate::event::{Event, EventPayload};
 use crate::limits::*;
 use crate::model::{
-    Guest, GuestSpec, Host, HostSpec, HostState, Migration, MigrationId, MigrationKind, Phase, PhaseRecord, Revision,
-    RunState,
+    ClusterId, Guest, GuestSpec, Host, HostSpec, HostState, ImportProgress, Migration, MigrationId, MigrationKind,
+    Phase, PhaseRecord, RestoredFrom, Revision, RunState,
 };
 use crate::name::Name;
 use crate::rejection::Rejection;
@@ -39,8 +39,17 @@ pub fn apply(state: &mut ClusterState, proposal: &Proposal, term: u64) -> Result
     if let Some(revisions) = state.applied_request(proposal.request_id) {
         return Ok((Applied { revisions, duplicate: true }, Vec::new()));
     }
+    if let Command::ImportEvents { cluster, chain, events } = &proposal.command {
+        return import(state, cluster, chain, events);
+    }
     let payloads = decide(state, proposal)?;
     assert!(!payloads.is_empty(), "an accepted command yields at least one event");
+    // Stamped terms continue above every imported one in a restored cluster (see `RestoredFrom`).
+    let term = term
+        + match &proposal.command {
+            Command::CreateCluster { restored_from: Some(from), .. } => from.term_base,
+            _ => state.term_base(),
+        };
     let first = state.revision() + 1;
     let mut events = Vec::with_capacity(payloads.len());
     for (i, payload) in payloads.into_iter().enumerate() {
@@ -59,11 +68,116 @@ pub fn apply(state: &mut ClusterState, proposal: &Proposal, term: u64) -> Result
     Ok((Applied { revisions, duplicate: false }, events))
 }
 
+/// Folds the next chunk of an imported history (`log restore`) as it is. Every event is checked
+/// with [`ClusterState::foldable`] on a scratch copy, and the invariants after the chunk, so a
+/// damaged or hostile chunk is refused whole and changes nothing.
+fn import(
+    state: &mut ClusterState,
+    cluster: &Option<ClusterId>,
+    chain: &str,
+    events: &[Event],
+) -> Result<(Applied, Vec<Event>), Rejection> {
+    let refuse = |reason: String| Rejection::ImportRefused { reason };
+    if events.is_empty() || events.len() > IMPORT_EVENTS_MAX {
+        return Err(refuse(format!("a chunk holds 1 to {IMPORT_EVENTS_MAX} events, not {}", events.len())));
+    }
+    if chain.len() != 64 || !chain.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(refuse("the chain value is not 64 hex digits".into()));
+    }
+    match (state.importing(), state.identity()) {
+        (Some(p), _) if &p.cluster != cluster => {
+            return Err(refuse(format!(
+                "this cluster is restoring the export of cluster {}, the chunk comes from cluster {}",
+                show_cluster(&p.cluster),
+                show_cluster(cluster)
+            )))
+        }
+        (Some(_), _) => {}
+        (None, Some(id)) => return Err(Rejection::ClusterExists { cluster: id.id.clone() }),
+        (None, None) if state.revision() > 0 => {
+            return Err(refuse(format!(
+                "the cluster already holds {} events of its own; restore seeds a brand-new cluster",
+                state.revision()
+            )))
+        }
+        (None, None) => {}
+    }
+    let mut next = state.clone();
+    for e in events {
+        next.foldable(e).map_err(|why| refuse(format!("the event at revision {}: {why}", e.revision)))?;
+        next.evolve(e);
+    }
+    let bad = next.check_invariants();
+    if !bad.is_empty() {
+        return Err(refuse(format!("after revision {}: {}", next.revision(), bad.join("; "))));
+    }
+    let revisions = RevisionRange { first: events[0].revision, last: next.revision() };
+    next.set_importing(ImportProgress {
+        cluster: cluster.clone(),
+        through_revision: next.revision(),
+        chain: chain.to_ascii_lowercase(),
+    });
+    *state = next;
+    Ok((Applied { revisions, duplicate: false }, events.to_vec()))
+}
+
+fn show_cluster(c: &Option<ClusterId>) -> String {
+    c.as_ref().map_or("(none)".into(), |c| c.to_string())
+}
+
+fn apply_create_cluster(
+    state: &ClusterState,
+    cluster: &ClusterId,
+    restored_from: &Option<RestoredFrom>,
+) -> Result<Vec<EventPayload>, Rejection> {
+    if ClusterId::parse(&cluster.0).is_none() {
+        return Err(Rejection::invalid("cluster", "8 to 64 characters of 0-9, a-f and -"));
+    }
+    let refuse = |reason: String| Rejection::ImportRefused { reason };
+    match (state.importing(), restored_from) {
+        (None, _) if state.identity().is_some() => {
+            return Err(Rejection::ClusterExists { cluster: state.identity().expect("checked").id.clone() })
+        }
+        (None, None) => {}
+        (None, Some(_)) => return Err(refuse("nothing has been imported: there is no restore to complete".into())),
+        (Some(p), None) => return Err(Rejection::RestoreInProgress { through: p.through_revision }),
+        (Some(p), Some(from)) => {
+            if from.cluster != p.cluster || from.through_revision != p.through_revision || from.chain != p.chain {
+                return Err(refuse(format!(
+                    "the restore being completed (cluster {} through revision {}) is not the one imported (cluster {} through revision {})",
+                    show_cluster(&from.cluster),
+                    from.through_revision,
+                    show_cluster(&p.cluster),
+                    p.through_revision
+                )));
+            }
+            if from.term_base != state.last_term() {
+                return Err(refuse(format!(
+                    "term_base is {}, the last imported event's term is {}",
+                    from.term_base,
+                    state.last_term()
+                )));
+            }
+            if from.cluster.as_ref() == Some(cluster) {
+                return Err(refuse(format!("a restored cluster needs a new id, not the exported cluster's {cluster}")));
+            }
+        }
+    }
+    Ok(vec![EventPayload::ClusterCreated { cluster: cluster.clone(), restored_from: restored_from.clone() }])
+}
+
 /// Checks a proposal against the state and returns the events it would commit.
 pub fn decide(state: &ClusterState, p: &Proposal) -> Result<Vec<EventPayload>, Rejection> {
     check_text("actor", &p.actor, ACTOR_LEN_MAX)?;
     let next = state.revision() + 1;
+    if let Some(progress) = state.importing() {
+        if !matches!(p.command, Command::CreateCluster { .. }) {
+            return Err(Rejection::RestoreInProgress { through: progress.through_revision });
+        }
+    }
     match &p.command {
+        Command::CreateCluster { cluster, restored_from } => apply_create_cluster(state, cluster, restored_from),
+        Command::ImportEvents { .. } => Err(Rejection::ImportRefused { reason: "imports are folded by apply".into() }),
         Command::RegisterHost(spec) => apply_register_host(state, spec, next),
         Command::SetHostMaintenance { host, maintenance } => apply_set_host_maintenance(state, host, *maintenance),
         Command::SetHostReachable { host, reachable } => apply_set_host_reachable(state, host, *reachable),

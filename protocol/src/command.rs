@@ -4,8 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::Event;
 use crate::model::{
-    Actor, GuestSpec, HostSpec, MigrationId, MigrationKind, Phase, RequestId, Revision, RunState, Timestamp,
+    Actor, ClusterId, GuestSpec, HostSpec, MigrationId, MigrationKind, Phase, RequestId, RestoredFrom, Revision,
+    RunState, Timestamp,
 };
 use crate::name::Name;
 
@@ -22,6 +24,21 @@ pub struct Proposal {
 /// Every change the cluster accepts (SPEC §4–§5).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// Commit the cluster's identity: at `cluster init`, or to end a restore (`restored_from`
+    /// names the imported export). Accepted once.
+    CreateCluster {
+        cluster: ClusterId,
+        restored_from: Option<RestoredFrom>,
+    },
+    /// `log restore`: the next chunk of an exported history, folded as it is (original revisions,
+    /// terms, times and actors). Accepted only by a cluster that has committed nothing else.
+    ImportEvents {
+        /// The exported cluster's id, from the export header; every chunk must name the same.
+        cluster: Option<ClusterId>,
+        /// The export's hash chain after the chunk's last event.
+        chain: String,
+        events: Vec<Event>,
+    },
     RegisterHost(HostSpec),
     /// Operator: put a host into maintenance (no new guests, no migration target) or take it out.
     SetHostMaintenance {
@@ -89,6 +106,8 @@ impl Command {
     /// A short stable name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
+            Command::CreateCluster { .. } => "create_cluster",
+            Command::ImportEvents { .. } => "import_events",
             Command::RegisterHost(_) => "register_host",
             Command::SetHostMaintenance { .. } => "set_host_maintenance",
             Command::SetHostReachable { .. } => "set_host_reachable",

@@ -4,7 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Actor, FencingToken, Guest, Host, Migration, MigrationId, Phase, RequestId, Revision, Timestamp};
+use crate::model::{
+    Actor, ClusterId, FencingToken, Guest, Host, Migration, MigrationId, Phase, RequestId, RestoredFrom, Revision,
+    Timestamp,
+};
 use crate::name::Name;
 
 /// One entry of the cluster-wide event history.
@@ -25,6 +28,12 @@ pub struct Event {
 /// any one of them without knowing the ones before it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventPayload {
+    /// The cluster's identity, committed once at `cluster init` (revision 1), or after the
+    /// imported history when a cluster is restored from an export.
+    ClusterCreated {
+        cluster: ClusterId,
+        restored_from: Option<RestoredFrom>,
+    },
     HostRegistered {
         host: Host,
     },
@@ -77,6 +86,7 @@ pub enum EventPayload {
 /// The kind of an event, for subscription filters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventKind {
+    Cluster,
     Host,
     Guest,
     Package,
@@ -87,6 +97,7 @@ impl EventPayload {
     pub fn kind(&self) -> EventKind {
         use EventPayload::*;
         match self {
+            ClusterCreated { .. } => EventKind::Cluster,
             HostRegistered { .. } | HostMaintenanceChanged { .. } | HostReachabilityChanged { .. } => EventKind::Host,
             GuestCreated { .. } | GuestModified { .. } | GuestRemoved { .. } | GuestOwnerChanged { .. } => {
                 EventKind::Guest
@@ -100,6 +111,7 @@ impl EventPayload {
     pub fn guest(&self) -> Option<&Name> {
         use EventPayload::*;
         match self {
+            ClusterCreated { .. } => None,
             HostRegistered { .. } | HostMaintenanceChanged { .. } | HostReachabilityChanged { .. } => None,
             GuestCreated { guest } | GuestModified { guest } => Some(&guest.name),
             GuestRemoved { guest } => Some(guest),
@@ -117,7 +129,7 @@ impl EventPayload {
             HostRegistered { host } => vec![&host.spec.name],
             HostMaintenanceChanged { host, .. } | HostReachabilityChanged { host, .. } => vec![host],
             GuestCreated { guest } | GuestModified { guest } => vec![&guest.owner],
-            GuestRemoved { .. } | MigrationPhaseChanged { .. } => vec![],
+            ClusterCreated { .. } | GuestRemoved { .. } | MigrationPhaseChanged { .. } => vec![],
             PackageSwitchingChanged { node, .. } => node.iter().collect(),
             MigrationRequested { migration } => vec![&migration.source, &migration.target],
             GuestOwnerChanged { from, to, .. } => vec![from, to],

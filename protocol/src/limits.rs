@@ -27,3 +27,5 @@ pub const REQUEST_IDS_RETAINED: usize = 100_000;
 /// How many finished migrations the in-memory state keeps (for `abort` answers and quick
 /// reads); the full history lives in the event store.
 pub const FINISHED_MIGRATIONS_RETAINED: usize = 1024;
+/// Most events in one imported chunk (`log restore`).
+pub const IMPORT_EVENTS_MAX: usize = 5000;

@@ -400,3 +400,61 @@ impl Migration {
         Some(m)
     }
 }
+
+/// A cluster's identity: chosen once, when the cluster is initialised (by the coordinator that
+/// handles `cluster init`, so replicas need no randomness), and committed as the cluster's first
+/// event. Subscribers remember it: a subscriber of one cluster pointed at another (a cluster
+/// restored from an export, say) notices and re-syncs from full state instead of applying events
+/// whose revisions mean something else.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
+pub struct ClusterId(pub String);
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl ClusterId {
+    /// 8 to 64 characters of `[0-9a-f-]`: what `cluster init` generates, and nothing that could
+    /// smuggle text into a log line or a file name.
+    pub fn parse(s: &str) -> Option<ClusterId> {
+        let ok = (8..=64).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-');
+        ok.then(|| ClusterId(s.to_string()))
+    }
+}
+
+/// The identity a cluster committed, and where its history came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    pub id: ClusterId,
+    pub created_at: Timestamp,
+    /// The revision of the event that committed this identity.
+    pub revision: Revision,
+    /// Set when the cluster was seeded from an export (`switchyard log restore`).
+    pub restored_from: Option<RestoredFrom>,
+}
+
+/// The export a restored cluster was seeded from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredFrom {
+    /// The exported cluster's id (`None` for a history that had none).
+    pub cluster: Option<ClusterId>,
+    /// The last imported revision: the new cluster's own events start right after it, so
+    /// revisions never go backwards.
+    pub through_revision: Revision,
+    /// The export's hash chain at `through_revision`.
+    pub chain: String,
+    /// The largest imported term. The restored cluster's Raft terms start again from 1, so it
+    /// stamps events with `term_base + term`: fencing tokens never go backwards.
+    pub term_base: u64,
+}
+
+/// A restore in progress: what has been imported so far, and from where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportProgress {
+    pub cluster: Option<ClusterId>,
+    pub through_revision: Revision,
+    pub chain: String,
+}

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{HostState, MigrationId, Phase, Resources, Revision};
+use crate::model::{ClusterId, HostState, MigrationId, Phase, Resources, Revision};
 use crate::name::Name;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -51,6 +51,12 @@ pub enum Rejection {
     InvalidTransition { id: MigrationId, from: Phase, to: Phase },
     #[error("migration {id} already finished as {phase}")]
     MigrationFinished { id: MigrationId, phase: Phase },
+    #[error("this cluster already has identity {cluster}; restore seeds a brand-new cluster: start coordinators on empty data directories and run `switchyard cluster init --for-restore`")]
+    ClusterExists { cluster: ClusterId },
+    #[error("a restore is in progress (imported through revision {through}): finish it with `switchyard log restore` before making changes")]
+    RestoreInProgress { through: Revision },
+    #[error("import refused: {reason}")]
+    ImportRefused { reason: String },
     #[error("migration {id} is past the owner switch (phase {phase}): it can only complete, not be rolled back")]
     PastOwnerSwitch { id: MigrationId, phase: Phase },
 }
@@ -82,6 +88,9 @@ impl Rejection {
             InvalidTransition { .. } => "invalid_transition",
             MigrationFinished { .. } => "migration_finished",
             PastOwnerSwitch { .. } => "migration_past_owner_switch",
+            ClusterExists { .. } => "cluster_exists",
+            RestoreInProgress { .. } => "restore_in_progress",
+            ImportRefused { .. } => "import_refused",
         }
     }
 

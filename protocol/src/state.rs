@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventPayload};
 use crate::limits::{FINISHED_MIGRATIONS_RETAINED, REQUEST_IDS_RETAINED};
-use crate::model::{Guest, Host, Migration, MigrationId, Package, RequestId, Resources, Revision, SwitchingChange};
+use crate::model::{
+    ClusterIdentity, Guest, Host, ImportProgress, Migration, MigrationId, Package, RequestId, Resources, Revision,
+    SwitchingChange,
+};
 use crate::name::Name;
 
 /// The revisions one request produced.
@@ -31,6 +34,17 @@ pub struct ClusterState {
     migrations: BTreeMap<MigrationId, Migration>,
     /// Recent request ids in the order they were applied, with the revisions they produced.
     requests: VecDeque<(RequestId, RevisionRange)>,
+    /// The identity of the last `ClusterCreated` event folded in.
+    identity: Option<ClusterIdentity>,
+    /// A restore in progress (`switchyard log restore`): set by imports, cleared when the
+    /// restored cluster commits its identity. Not part of the history: only the live state
+    /// machine that took the imports holds it.
+    importing: Option<ImportProgress>,
+    /// Added to the Raft term when stamping events. 0 except in a restored cluster, where it is
+    /// the largest imported term, so fencing tokens keep growing across the restore.
+    term_base: u64,
+    /// The term of the last event folded in.
+    last_term: u64,
     /// Indexes derived from the fields above; rebuilt after decoding, never serialised.
     #[serde(skip)]
     derived: Derived,
@@ -85,6 +99,26 @@ impl ClusterState {
     pub fn in_flight_migrations(&self) -> impl Iterator<Item = &Migration> {
         self.derived.in_flight.values().filter_map(|id| self.migrations.get(id))
     }
+    /// The cluster's identity, once committed (see [`ClusterIdentity`]).
+    pub fn identity(&self) -> Option<&ClusterIdentity> {
+        self.identity.as_ref()
+    }
+    /// The restore in progress, if any.
+    pub fn importing(&self) -> Option<&ImportProgress> {
+        self.importing.as_ref()
+    }
+    /// What apply adds to the Raft term when stamping events.
+    pub fn term_base(&self) -> u64 {
+        self.term_base
+    }
+    /// The term of the last event folded in.
+    pub fn last_term(&self) -> u64 {
+        self.last_term
+    }
+    pub(crate) fn set_importing(&mut self, progress: ImportProgress) {
+        self.importing = Some(progress);
+    }
+
     /// The revisions an already-applied request produced, if it is still remembered.
     pub fn applied_request(&self, id: RequestId) -> Option<RevisionRange> {
         self.derived.requests.get(&id).copied()
@@ -101,9 +135,22 @@ impl ClusterState {
     pub fn evolve(&mut self, event: &Event) {
         assert_eq!(event.revision, self.revision + 1, "event revisions must be folded in order without gaps");
         self.revision = event.revision;
+        self.last_term = event.term;
         self.remember_request(event.request_id, event.revision);
         let rev = event.revision;
         match &event.payload {
+            EventPayload::ClusterCreated { cluster, restored_from } => {
+                self.identity = Some(ClusterIdentity {
+                    id: cluster.clone(),
+                    created_at: event.time,
+                    revision: rev,
+                    restored_from: restored_from.clone(),
+                });
+                if let Some(from) = restored_from {
+                    self.term_base = from.term_base;
+                }
+                self.importing = None;
+            }
             EventPayload::HostRegistered { host } => {
                 self.hosts.insert(host.spec.name.clone(), host.clone());
             }
@@ -199,6 +246,77 @@ impl ClusterState {
                 add(&mut self.derived.used, to, demand);
                 // The reservation becomes real use.
                 sub(&mut self.derived.reserved, to, demand);
+            }
+        }
+    }
+
+    /// Whether `event` can be folded onto this state: everything [`ClusterState::evolve`] takes
+    /// for granted. Events this state machine produced always pass; imported events (`log
+    /// restore`) are checked with it first, so a damaged or hostile import is refused instead
+    /// of corrupting the state.
+    pub fn foldable(&self, event: &Event) -> Result<(), String> {
+        if event.revision != self.revision + 1 {
+            return Err(format!("revision {} does not follow revision {}", event.revision, self.revision));
+        }
+        let host = |h: &Name| self.hosts.contains_key(h).then_some(()).ok_or(format!("names unknown host {h}"));
+        let guest = |g: &Name| self.guests.get(g).ok_or(format!("names unknown guest {g}"));
+        let fresh_package = |g: &Guest, replacing: Option<&Guest>| match &g.spec.package {
+            Some(p) if self.packages.get(p).is_some_and(|pk| Some(&pk.guest) != replacing.map(|r| &r.name)) => {
+                Err(format!("package {p} already wraps another guest"))
+            }
+            _ => Ok(()),
+        };
+        match &event.payload {
+            EventPayload::ClusterCreated { .. } => Ok(()),
+            EventPayload::HostRegistered { host: h } if self.hosts.contains_key(&h.spec.name) => {
+                Err(format!("registers host {} twice", h.spec.name))
+            }
+            EventPayload::HostRegistered { .. } => Ok(()),
+            EventPayload::HostMaintenanceChanged { host: h, .. }
+            | EventPayload::HostReachabilityChanged { host: h, .. } => host(h),
+            EventPayload::GuestCreated { guest: g } => {
+                if self.guests.contains_key(&g.name) {
+                    return Err(format!("creates guest {} twice", g.name));
+                }
+                host(&g.owner)?;
+                fresh_package(g, None)
+            }
+            EventPayload::GuestModified { guest: g } => {
+                let old = guest(&g.name)?;
+                host(&g.owner)?;
+                fresh_package(g, Some(old))
+            }
+            EventPayload::GuestRemoved { guest: g } => guest(g).map(|_| ()),
+            EventPayload::PackageSwitchingChanged { package, .. } => {
+                self.packages.contains_key(package).then_some(()).ok_or(format!("names unknown package {package}"))
+            }
+            EventPayload::MigrationRequested { migration: m } => {
+                guest(&m.guest)?;
+                host(&m.source)?;
+                host(&m.target)?;
+                if m.id.0 != event.revision || m.history.is_empty() {
+                    return Err(format!(
+                        "migration record {} is not the one revision {} would hold",
+                        m.id, event.revision
+                    ));
+                }
+                match self.derived.in_flight.get(&m.guest) {
+                    Some(other) => Err(format!("guest {} already has migration {other} in flight", m.guest)),
+                    None => Ok(()),
+                }
+            }
+            EventPayload::MigrationPhaseChanged { id, .. } => match self.migrations.get(id) {
+                Some(m) if !m.phase.is_terminal() => Ok(()),
+                Some(m) => Err(format!("changes migration {id}, which already finished as {}", m.phase)),
+                None => Err(format!("names unknown migration {id}")),
+            },
+            EventPayload::GuestOwnerChanged { guest: g, from, to, .. } => {
+                let old = guest(g)?;
+                host(to)?;
+                if &old.owner != from {
+                    return Err(format!("moves guest {g} from {from}, but it runs on {}", old.owner));
+                }
+                Ok(())
             }
         }
     }

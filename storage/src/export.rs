@@ -25,18 +25,20 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use switchyard_protocol::codec::{self, RecordKind};
-use switchyard_protocol::{ClusterState, Event, Revision, Timestamp};
+use switchyard_protocol::{ClusterId, ClusterState, Event, Revision, Timestamp};
 
 use crate::db::{cf, key, DataDir};
 use crate::error::StoreError;
 
-pub const MAGIC: &[u8; 8] = b"SWYLOG\0\x01";
+pub const MAGIC: &[u8; 8] = b"SWYLOG\0\x02";
 
 /// What an export says about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportHeader {
     /// Where the history came from (cluster endpoints or data directory and node id).
     pub source: String,
+    /// The exported cluster's identity (`None` if it had none at export time).
+    pub cluster: Option<ClusterId>,
     pub first_revision: Revision,
     /// The revision the export is consistent at.
     pub last_revision: Revision,
@@ -191,7 +193,18 @@ impl Report {
 
 /// Reads and checks a whole export (binary or JSON lines, told apart by the magic), folding its
 /// events up to `until`. `progress` is called with the bytes read so far.
-pub fn read_export(mut input: impl BufRead, until: Until, mut progress: impl FnMut(u64)) -> std::io::Result<Report> {
+pub fn read_export(input: impl BufRead, until: Until, progress: impl FnMut(u64)) -> std::io::Result<Report> {
+    read_export_with(input, until, progress, |_, _| {})
+}
+
+/// [`read_export`], handing every event record to `on_event` with its stated chain value, in
+/// file order (what `log restore` imports; it acts only if the whole read found no problem).
+pub fn read_export_with(
+    mut input: impl BufRead,
+    until: Until,
+    mut progress: impl FnMut(u64),
+    mut on_event: impl FnMut(&Event, &str),
+) -> std::io::Result<Report> {
     let mut r = Report::default();
     let binary = input.fill_buf()?.starts_with(&MAGIC[..6]);
     let mut chain: Option<[u8; 32]> = None;
@@ -228,6 +241,7 @@ pub fn read_export(mut input: impl BufRead, until: Until, mut progress: impl FnM
                 // Continue from the stated value so one bad record is reported once.
                 chain = Some(parse_hex(&stated).unwrap_or(next));
                 r.event(&location, &event, &until);
+                on_event(&event, &stated);
             }
             ExportRecord::Trailer { last_revision, count, chain: stated } => {
                 *trailer_seen = true;
@@ -416,8 +430,11 @@ pub fn export_data_dir(
     let dir = DataDir::open_existing(path)?;
     let history = crate::history::History::new(dir.clone());
     let (first, last) = history.bounds()?.unwrap_or((1, 0));
+    let node_id = dir.node_id;
+    let cluster = crate::state_machine::StateMachineStore::open(dir)?.read(|s| s.identity().map(|i| i.id.clone()));
     let header = ExportHeader {
-        source: format!("data directory {} (node {})", path.display(), dir.node_id),
+        source: format!("data directory {} (node {node_id})", path.display()),
+        cluster,
         first_revision: first,
         last_revision: last,
         exported_at,

@@ -119,6 +119,8 @@ async fn openapi_describes_every_endpoint() {
         "/v1/node/status",
         "/v1/cluster/status",
         "/v1/cluster/init",
+        "/v1/cluster/identity",
+        "/v1/cluster/import",
         "/v1/cluster/nodes",
         "/v1/cluster/nodes/{id}",
         "/v1/hosts",

@@ -88,7 +88,7 @@ async fn host_guest_and_package_verbs() {
             ],
         )
     };
-    assert!(reg("h1").contains("ok, revision 1"));
+    assert!(reg("h1").contains("ok, revision 2"), "revision 1 is the cluster identity");
     reg("h2");
     fails(
         &c,

@@ -21,27 +21,28 @@ async fn writes_through_any_node_reach_every_node() {
     let leader = cluster.wait_leader(&[1, 2, 3]).await;
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
 
+    // Revision 1 is the cluster's identity, committed by `cluster init`.
     let r: WriteResponse = cluster.client(&[leader]).post("/v1/hosts", &host("h1")).await.unwrap();
-    assert_eq!(r.first_revision, 1);
+    assert_eq!(r.first_revision, 2);
     // Through a follower: forwarded to the leader.
     let r: WriteResponse = cluster.client(&[followers[0]]).post("/v1/guests", &guest("g1", "h1")).await.unwrap();
-    assert_eq!(r.first_revision, 2);
+    assert_eq!(r.first_revision, 3);
     let r: WriteResponse = cluster
         .client(&[followers[1]])
-        .patch("/v1/guests/g1", &json!({"vcpus": 4, "expect_version": 2}))
+        .patch("/v1/guests/g1", &json!({"vcpus": 4, "expect_version": 3}))
         .await
         .unwrap();
-    assert_eq!(r.first_revision, 3);
+    assert_eq!(r.first_revision, 4);
 
     // Every node holds the same guest at the same revision (stale local reads, after catching up).
     for id in [1, 2, 3] {
-        cluster.wait_revision(id, 3).await;
+        cluster.wait_revision(id, 4).await;
         let g: Read<GuestView> = cluster.client(&[id]).get("/v1/guests/g1?stale=true").await.unwrap();
-        assert_eq!((g.revision, g.items.guest.spec.vcpus, g.items.guest.version), (3, 4, 3), "node {id}");
+        assert_eq!((g.revision, g.items.guest.spec.vcpus, g.items.guest.version), (4, 4, 4), "node {id}");
     }
     // A linearizable read through a follower sees the latest write.
     let g: Read<GuestView> = cluster.client(&[followers[0]]).get("/v1/guests/g1").await.unwrap();
-    assert_eq!(g.revision, 3);
+    assert_eq!(g.revision, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

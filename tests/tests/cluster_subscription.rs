@@ -166,7 +166,7 @@ async fn binary_stream_carries_the_same_items() {
             StreamItem::Compacted { .. } => panic!("not compacted"),
         })
         .collect();
-    assert_eq!(revs, [1, 2, 1002], "two events then a progress mark at revision 2");
+    assert_eq!(revs, [1, 2, 3, 1003], "the cluster identity, two events, then a progress mark at revision 3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,6 +143,7 @@ async fn export_verify_replay_a_100k_history_and_report_damage() {
         let mut buf = Vec::new();
         let header = ExportHeader {
             source: "another cluster".into(),
+            cluster: None,
             first_revision: 1,
             last_revision: 1,
             exported_at: switchyard_protocol::Timestamp(1),

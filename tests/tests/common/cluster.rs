@@ -246,6 +246,14 @@ step_delay_ms = {step_delay}
         n.child = Some(spawn(n));
     }
 
+    /// Deletes a stopped node's data directory: restarted, it is a brand-new coordinator on the
+    /// same addresses (what replacing a lost machine looks like to agents).
+    pub fn wipe(&mut self, id: u64) {
+        let n = self.node(id);
+        assert!(n.child.is_none(), "node {id} is running");
+        std::fs::remove_dir_all(n.dir.join("data")).expect("remove the data directory");
+    }
+
     pub async fn status(&self, id: u64) -> Option<NodeStatus> {
         self.client(&[id]).get::<NodeStatus>("/v1/node/status").await.ok()
     }
