@@ -1,0 +1,240 @@
+//! `switchyard-bench`: SPEC §8's figures, measured on real clusters of processes on loopback, with
+//! etcd side by side when it is installed. Not a test: it prints figures (a markdown table and
+//! JSON) and asserts nothing. See docs/benchmarks.md for what each figure means.
+//!
+//! ```text
+//! cargo build --release --workspace --bins && ./target/release/switchyard-bench
+//! ```
+
+mod scenarios;
+mod sut;
+
+use clap::Parser;
+use serde::Serialize;
+use std::path::PathBuf;
+
+use crate::sut::{Etcd, Sut, Switchyard, Timing};
+
+#[derive(Parser, Debug)]
+#[command(name = "switchyard-bench", about = "Switchyard side by side with etcd (SPEC §8)")]
+pub struct Args {
+    /// Concurrent clients of the throughput runs.
+    #[arg(long, default_value = "1,16,64,256,1000", value_delimiter = ',')]
+    pub clients: Vec<usize>,
+    /// Seconds per throughput run.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Subscriber counts of the fan-out runs.
+    #[arg(long, default_value = "100,1000", value_delimiter = ',')]
+    pub subscribers: Vec<usize>,
+    /// Change rates (per second) of the fan-out runs.
+    #[arg(long, default_value = "10,100", value_delimiter = ',')]
+    pub rates: Vec<u64>,
+    /// Leader kills per failover figure.
+    #[arg(long, default_value_t = 5)]
+    pub failover_reps: usize,
+    /// How far behind the catch-up subscriber starts.
+    #[arg(long, default_value_t = 100_000)]
+    pub catchup_events: u64,
+    /// History sizes of the offline replay runs.
+    #[arg(long, default_value = "1000000", value_delimiter = ',')]
+    pub replay_events: Vec<u64>,
+    /// Guests and hosts of the scale run.
+    #[arg(long, default_value_t = 100_000)]
+    pub scale_guests: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub scale_hosts: usize,
+    /// Run only these parts: throughput, fanout, failover, catchup, replay, scale.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Switchyard alone, even when etcd is installed.
+    #[arg(long)]
+    pub no_etcd: bool,
+    /// Raft heartbeat interval of both systems.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Election timeout of both systems (etcd waits [t, 2t); Switchyard gets the same range).
+    #[arg(long, default_value_t = 1000)]
+    pub election_ms: u64,
+    /// Where the clusters keep their data (default: a temporary folder, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl Args {
+    fn wants(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
+}
+
+/// One line of the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub figure: String,
+    pub unit: &'static str,
+    /// Whether a larger value is better (throughput) or a smaller one (latency).
+    pub higher_is_better: bool,
+    pub switchyard: Option<f64>,
+    pub etcd: Option<f64>,
+    pub note: String,
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub rows: Vec<Row>,
+}
+
+impl Report {
+    pub fn add(&mut self, figure: impl Into<String>, unit: &'static str, higher_is_better: bool, system: &str, v: f64) {
+        let figure = figure.into();
+        let i = match self.rows.iter().position(|r| r.figure == figure) {
+            Some(i) => i,
+            None => {
+                self.rows.push(Row {
+                    figure,
+                    unit,
+                    higher_is_better,
+                    switchyard: None,
+                    etcd: None,
+                    note: String::new(),
+                });
+                self.rows.len() - 1
+            }
+        };
+        let row = &mut self.rows[i];
+        match system {
+            "etcd" => row.etcd = Some(v),
+            _ => row.switchyard = Some(v),
+        }
+        eprintln!("  {system:>10}  {:<58} {}", row.figure, fmt(v, unit));
+    }
+
+    pub fn note(&mut self, figure: &str, note: impl Into<String>) {
+        if let Some(r) = self.rows.iter_mut().find(|r| r.figure == figure) {
+            r.note = note.into();
+        }
+    }
+
+    fn markdown(&self) -> String {
+        let mut s =
+            String::from("| figure | Switchyard | etcd | Switchyard vs etcd | note |\n|---|---:|---:|---:|---|\n");
+        for r in &self.rows {
+            let ratio = match (r.switchyard, r.etcd) {
+                (Some(a), Some(b)) if a > 0.0 && b > 0.0 => {
+                    let x = if r.higher_is_better { a / b } else { b / a };
+                    format!("{x:.2}× {}", if x >= 1.0 { "better" } else { "worse" })
+                }
+                _ => "–".into(),
+            };
+            let v = |x: Option<f64>| x.map_or("–".into(), |x| fmt(x, r.unit));
+            s.push_str(&format!("| {} | {} | {} | {ratio} | {} |\n", r.figure, v(r.switchyard), v(r.etcd), r.note));
+        }
+        s
+    }
+}
+
+fn fmt(v: f64, unit: &str) -> String {
+    match unit {
+        "ms" if v < 10.0 => format!("{v:.2} ms"),
+        "ms" => format!("{v:.0} ms"),
+        "MiB" => format!("{v:.1} MiB"),
+        _ if v >= 100.0 => format!("{v:.0} {unit}"),
+        _ => format!("{v:.1} {unit}"),
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0) >> 20)
+        })
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores ({cpu}), {mem} GiB RAM, Linux {}", kernel.trim())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new().prefix("switchyard-bench-").tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let timing = Timing { heartbeat_ms: args.heartbeat_ms, election_ms: args.election_ms };
+    let etcd_program = if args.no_etcd { None } else { sut::etcd_program() };
+    let mut report = Report::default();
+    eprintln!("machine: {}", machine());
+    eprintln!(
+        "raft timing (both): heartbeat {} ms, election timeout {}..{} ms; durability (both): fsync of the log on every commit",
+        timing.heartbeat_ms,
+        timing.election_ms,
+        2 * timing.election_ms
+    );
+    match &etcd_program {
+        Some(p) => eprintln!("etcd: {}", p.display()),
+        None if args.no_etcd => eprintln!("etcd: skipped (--no-etcd)"),
+        None => eprintln!(
+            "etcd: not installed (apt-get install etcd-server, or set ETCD_BIN): printing Switchyard's figures alone"
+        ),
+    }
+
+    let mut systems: Vec<Sut> = vec![Sut::Switchyard(Switchyard::start(&dir.join("switchyard"), timing, 500).await?)];
+    if let Some(p) = etcd_program.clone() {
+        systems.push(Sut::Etcd(Etcd::launch(p, &dir.join("etcd"), timing).await?));
+    }
+    for sut in &mut systems {
+        eprintln!("== {}", sut.name());
+        scenarios::run_all(&args, sut, &mut report).await?;
+    }
+    if args.wants("replay") {
+        scenarios::replay(&args, &dir, &mut report)?;
+    }
+    if args.wants("scale") {
+        scenarios::scale(&args, &mut systems[0], &mut report).await?;
+    }
+    drop(systems);
+
+    let md = report.markdown();
+    println!("Machine: {}", machine());
+    println!(
+        "Both systems: 3 members on loopback, data on the same disk, log fsync on every commit, heartbeat {} ms, election timeout {}..{} ms.\n",
+        timing.heartbeat_ms,
+        timing.election_ms,
+        2 * timing.election_ms
+    );
+    println!("{md}");
+    let json = serde_json::json!({
+        "machine": machine(),
+        "timing": {"heartbeat_ms": timing.heartbeat_ms, "election_timeout_ms": [timing.election_ms, 2 * timing.election_ms]},
+        "etcd": etcd_program.map(|p| p.display().to_string()),
+        "rows": report.rows,
+    });
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&json)?)?;
+        eprintln!("JSON written to {}", p.display());
+    } else {
+        println!("```json\n{}\n```", serde_json::to_string_pretty(&json)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,589 @@
+//! The measurements. Each drives a system through `Sut`, times what a user would time, and adds
+//! rows to the report; nothing here asserts.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use switchyard_protocol::{apply, ClusterState, Command, CompatProfile, GuestPatch, GuestSpec, HostSpec, Name};
+use switchyard_protocol::{Proposal, RequestId, Resources, RunState, Timestamp};
+use switchyard_storage::export::{ExportHeader, ExportWriter, Format};
+
+use crate::sut::Sut;
+use crate::{Args, Report};
+
+/// Keys (guests) the write load spreads over: one per client.
+const KEYS: usize = 1000;
+
+fn http(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder().timeout(timeout).pool_max_idle_per_host(4096).build().expect("HTTP client")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The `p`-th percentile (0..=100) of sorted values.
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn median_max(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    (pct(&v, 50.0), v.last().copied().unwrap_or_default())
+}
+
+pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow::Result<()> {
+    let name = sut.name();
+    let setup = http(Duration::from_secs(30));
+    if let Sut::Switchyard(s) = &*sut {
+        let (_, ep) = sut.leader().await?;
+        s.create_guests(&setup, &ep, 0..KEYS, &["load".to_string()]).await.context("create the load's guests")?;
+    }
+    if args.wants("throughput") {
+        for &n in &args.clients {
+            let (rate, p50, p99, errors) = throughput(sut, n, args.seconds).await?;
+            report.add(format!("commit throughput, {n} clients"), "ops/s", true, name, rate);
+            report.add(format!("commit latency p50, {n} clients"), "ms", false, name, ms(p50));
+            report.add(format!("commit latency p99, {n} clients"), "ms", false, name, ms(p99));
+            if errors > 0 {
+                eprintln!("  {name}: {errors} failed writes at {n} clients");
+            }
+        }
+    }
+    if args.wants("fanout") {
+        for &n in &args.subscribers {
+            for &rate in &args.rates {
+                let (p50, p99, missing) = fanout(sut, n, rate).await?;
+                let f = format!("fan-out to {n} subscribers at {rate}/s, last subscriber p50");
+                report.add(&f, "ms", false, name, ms(p50));
+                let g = format!("fan-out to {n} subscribers at {rate}/s, last subscriber p99");
+                report.add(&g, "ms", false, name, ms(p99));
+                if missing > 0 {
+                    report.note(&g, format!("{name}: {missing} deliveries missing"));
+                }
+            }
+        }
+    }
+    if args.wants("failover") {
+        let (med, max) = median_max(failover_writes(sut, args.failover_reps).await?);
+        report.add("leader kill → first acknowledged write, median", "ms", false, name, ms(med));
+        report.add("leader kill → first acknowledged write, max", "ms", false, name, ms(max));
+        if let Sut::Switchyard(_) = sut {
+            let (med, max) = median_max(failover_migration(sut, args.failover_reps).await?);
+            report.add("leader kill mid-migration → next phase commit, median", "ms", false, name, ms(med));
+            report.add("leader kill mid-migration → next phase commit, max", "ms", false, name, ms(max));
+            report.note(
+                "leader kill mid-migration → next phase commit, median",
+                "killed as `transferring` commits; the simulated transfer takes 500 ms",
+            );
+        }
+    }
+    if args.wants("catchup") {
+        let (load_rate, catchup) = catch_up(sut, args.catchup_events).await?;
+        report.add(
+            format!("bulk write of {} changes (256 clients)", args.catchup_events),
+            "ops/s",
+            true,
+            name,
+            load_rate,
+        );
+        report.add(
+            format!("catch-up of a subscriber {} revisions behind", args.catchup_events),
+            "events/s",
+            true,
+            name,
+            catchup,
+        );
+    }
+    Ok(())
+}
+
+/// `clients` tasks, each changing its own key in a loop against the leader for `secs` seconds.
+async fn throughput(sut: &Sut, clients: usize, secs: u64) -> anyhow::Result<(f64, Duration, Duration, u64)> {
+    let (_, ep) = sut.leader().await?;
+    let client = http(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks = (0..clients).map(|c| {
+        let (client, ep, errors) = (client.clone(), ep.clone(), errors.clone());
+        async move {
+            let mut lat = Vec::new();
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match sut.put(&client, &ep, c % KEYS, seq).await {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                seq += 1;
+            }
+            lat
+        }
+    });
+    let all: Vec<Vec<Duration>> = futures_util::future::join_all(tasks).await;
+    let elapsed = started.elapsed();
+    let mut lat: Vec<Duration> = all.into_iter().flatten().collect();
+    lat.sort();
+    let rate = lat.len() as f64 / elapsed.as_secs_f64();
+    Ok((rate, pct(&lat, 50.0), pct(&lat, 99.0), errors.load(Ordering::Relaxed)))
+}
+
+/// `n` subscribers spread over the members; one writer at `rate` changes/s for 5 s (at least
+/// 50 changes). Latency of a change: from the moment the writer sent it to the moment the *last*
+/// subscriber received it.
+async fn fanout(sut: &Sut, n: usize, rate: u64) -> anyhow::Result<(Duration, Duration, usize)> {
+    let count = (rate * 5).max(50) as usize;
+    let client = http(Duration::from_secs(10));
+    let streams = reqwest::Client::builder().pool_max_idle_per_host(4096).build()?;
+    let from = sut.revision(&client).await? + 1;
+    let until = Arc::new(AtomicU64::new(u64::MAX));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(n);
+    let endpoints = sut.endpoints();
+    let subs: Vec<_> = (0..n)
+        .map(|i| {
+            let ep = endpoints[i % endpoints.len()].clone();
+            let (streams, until, ready) = (streams.clone(), until.clone(), ready_tx.clone());
+            async move { sut.subscribe(&streams, &ep, from, until, ready).await }
+        })
+        .collect();
+    drop(ready_tx);
+    let subs = async { futures_util::future::join_all(subs).await };
+    let writer = async {
+        for _ in 0..n {
+            if tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await.ok().flatten().is_none() {
+                bail!("{n} subscribers did not all connect within 60 s");
+            }
+        }
+        let (_, leader) = sut.leader().await?;
+        let mut sent = Vec::with_capacity(count);
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+        for i in 0..count {
+            tick.tick().await;
+            let t = Instant::now();
+            let rev = sut.put(&client, &leader, i % KEYS, i as u64).await?;
+            sent.push((rev, t));
+        }
+        let last = sent.last().map_or(0, |(r, _)| *r);
+        until.store(last, Ordering::Relaxed);
+        // One more change so every subscriber sees a revision at or past `until` and stops.
+        sut.put(&client, &leader, 0, 0).await?;
+        anyhow::Ok(sent)
+    };
+    let (arrivals, sent) = tokio::join!(tokio::time::timeout(Duration::from_secs(300), subs), writer);
+    let sent = sent?;
+    let arrivals = arrivals.context("subscribers did not finish within 300 s")?;
+    let mut worst: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    for a in arrivals {
+        for (rev, at) in a? {
+            let w = worst.entry(rev).or_insert(at);
+            *w = (*w).max(at);
+            *seen.entry(rev).or_default() += 1;
+        }
+    }
+    let mut missing = 0;
+    let mut lat: Vec<Duration> = Vec::new();
+    for (rev, t) in &sent {
+        if seen.get(rev).copied().unwrap_or(0) < n {
+            missing += n - seen.get(rev).copied().unwrap_or(0);
+        }
+        if let Some(at) = worst.get(rev) {
+            lat.push(at.saturating_duration_since(*t));
+        }
+    }
+    lat.sort();
+    Ok((pct(&lat, 50.0), pct(&lat, 99.0), missing))
+}
+
+/// While 16 writers keep writing (to any member, retrying on errors), SIGKILL the leader;
+/// measure until the first write *sent after the kill* is acknowledged. Then restart the
+/// member and let it catch up before the next repetition.
+async fn failover_writes(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Duration>> {
+    let client = http(Duration::from_secs(2));
+    let mut out = Vec::new();
+    for rep in 0..reps {
+        let (leader, _) = sut.leader().await?;
+        let endpoints = sut.endpoints();
+        let stop = Arc::new(AtomicBool::new(false));
+        let killed_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let first_ack: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let sut_ref: &Sut = sut;
+        let writers = (0..16).map(|w| {
+            let (client, endpoints, stop, killed_at, first_ack) =
+                (client.clone(), endpoints.clone(), stop.clone(), killed_at.clone(), first_ack.clone());
+            async move {
+                let mut i = w;
+                while !stop.load(Ordering::Relaxed) {
+                    let ep = &endpoints[i % endpoints.len()];
+                    i += 1;
+                    let sent = Instant::now();
+                    let after_kill = killed_at.lock().unwrap().is_some_and(|k| sent >= k);
+                    match sut_ref.put(&client, ep, w, i as u64).await {
+                        Ok(_) if after_kill => {
+                            let mut f = first_ack.lock().unwrap();
+                            let now = Instant::now();
+                            if f.is_none_or(|x| now < x) {
+                                *f = Some(now);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+            }
+        });
+        let writers = futures_util::future::join_all(writers);
+        let measure = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The writers only read `sut`, so the SIGKILL goes by pid; the process is reaped below.
+            let pid = sut_ref.pid(leader).context("the leader's pid")?;
+            *killed_at.lock().unwrap() = Some(Instant::now());
+            // SAFETY: kill(2) on a child process this harness started.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let r = loop {
+                if let Some(f) = *first_ack.lock().unwrap() {
+                    break Ok(f);
+                }
+                if Instant::now() > deadline {
+                    break Err(anyhow::anyhow!("no write acknowledged within 60 s of the leader kill"));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            stop.store(true, Ordering::Relaxed);
+            r
+        };
+        let (first, _) = tokio::join!(measure, writers);
+        let first = first?;
+        let kill_at = killed_at.lock().unwrap().expect("set");
+        let d = first.saturating_duration_since(kill_at);
+        eprintln!("  {}: failover {} (killed member {leader}): {:.0} ms", sut.name(), rep + 1, ms(d));
+        out.push(d);
+        sut.kill(leader); // reap the process
+        sut.restart(leader)?;
+        let rev = sut.revision(&client).await?;
+        sut.wait_all_at(&client, rev).await?;
+    }
+    Ok(out)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Moves guest `mg` between h1 and h2; SIGKILLs the leader as soon as `transferring` is
+/// committed, and measures until the next phase commits (the commit's own timestamp, stamped by
+/// the new leader, against the wall clock at the kill).
+async fn failover_migration(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Duration>> {
+    let client = http(Duration::from_secs(2));
+    let Sut::Switchyard(sw) = &*sut else { bail!("migrations are Switchyard's") };
+    let token = sw.token().to_string();
+    let get = |ep: String, path: String| {
+        let (client, token) = (client.clone(), token.clone());
+        async move {
+            let r = client.get(format!("http://{ep}{path}")).bearer_auth(&token).send().await.ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            r.json::<serde_json::Value>().await.ok()
+        }
+    };
+    let (_, ep) = sut.leader().await?;
+    let body = json!({"name": "mg", "owner": "h1", "vcpus": 1, "memory_mib": 256});
+    let _ = client.post(format!("http://{ep}/v1/guests")).bearer_auth(&token).json(&body).send().await?;
+    let mut out = Vec::new();
+    for rep in 0..reps {
+        let (leader, ep) = sut.leader().await?;
+        let owner = get(ep.clone(), "/v1/guests/mg".into()).await.context("read mg")?["items"]["guest"]["owner"]
+            .as_str()
+            .unwrap_or("h1")
+            .to_string();
+        let target = if owner == "h1" { "h2" } else { "h1" };
+        let r = client
+            .post(format!("http://{ep}/v1/migrations"))
+            .bearer_auth(&token)
+            .json(&json!({"guest": "mg", "target": target}))
+            .send()
+            .await?;
+        let id = r.json::<serde_json::Value>().await?["first_revision"].as_u64().context("migration id")?;
+        let path = format!("/v1/migrations/{id}?stale=true");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = get(ep.clone(), path.clone()).await;
+            if m.as_ref().and_then(|m| m["items"]["phase"].as_str()) == Some("transferring") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("migration {id} never reached transferring");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let kill_ms = now_ms();
+        sut.kill(leader);
+        let others: Vec<String> =
+            sut.endpoints().into_iter().enumerate().filter(|(i, _)| *i as u64 + 1 != leader).map(|(_, e)| e).collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let m = loop {
+            let mut found = None;
+            for ep in &others {
+                if let Some(m) = get(ep.clone(), path.clone()).await {
+                    let p = m["items"]["phase"].as_str().unwrap_or("");
+                    if p != "transferring" && p != "switching_disabled" && p != "requested" {
+                        found = Some(m);
+                        break;
+                    }
+                }
+            }
+            if let Some(m) = found {
+                break m;
+            }
+            if Instant::now() > deadline {
+                bail!("migration {id} did not leave transferring within 120 s of the leader kill");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let history = m["items"]["history"].as_array().cloned().unwrap_or_default();
+        let next = history
+            .iter()
+            .find(|r| r["phase"].as_str() != Some("transferring") && r["at"].as_u64().is_some_and(|at| at >= kill_ms))
+            .and_then(|r| r["at"].as_u64())
+            .context("next phase record")?;
+        let d = Duration::from_millis(next.saturating_sub(kill_ms));
+        eprintln!(
+            "  switchyard: migration failover {} (killed member {leader}): next phase after {:.0} ms",
+            rep + 1,
+            ms(d)
+        );
+        out.push(d);
+        // Let the migration finish, then bring the member back.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while get(others[0].clone(), path.clone()).await.and_then(|m| m["items"]["phase"].as_str().map(String::from))
+            != Some("completed".into())
+        {
+            if Instant::now() > deadline {
+                bail!("migration {id} did not complete");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sut.restart(leader)?;
+        let rev = sut.revision(&client).await?;
+        sut.wait_all_at(&client, rev).await?;
+    }
+    Ok(out)
+}
+
+/// Writes `n` changes with 256 clients (the bulk-load rate), then reads them all with a
+/// subscriber starting `n` revisions behind (the catch-up rate).
+async fn catch_up(sut: &Sut, n: u64) -> anyhow::Result<(f64, f64)> {
+    let client = http(Duration::from_secs(10));
+    let (_, ep) = sut.leader().await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let writers = (0..256).map(|c| {
+        let (client, ep, next) = (client.clone(), ep.clone(), next.clone());
+        async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(());
+                }
+                let mut tries = 0;
+                while let Err(e) = sut.put(&client, &ep, c % KEYS, i).await {
+                    tries += 1;
+                    if tries > 20 {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    for r in futures_util::future::join_all(writers).await {
+        r?;
+    }
+    let load_rate = n as f64 / started.elapsed().as_secs_f64();
+    let last = sut.revision(&client).await?;
+    sut.wait_all_at(&client, last).await?;
+    let from = last + 1 - n;
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let streams = reqwest::Client::new();
+    let started = Instant::now();
+    let seen = sut.subscribe(&streams, &ep, from, Arc::new(AtomicU64::new(last)), tx).await?;
+    let rate = seen.len() as f64 / started.elapsed().as_secs_f64();
+    if seen.len() as u64 != n {
+        eprintln!("  {}: catch-up delivered {} of {n} events", sut.name(), seen.len());
+    }
+    Ok((load_rate, rate))
+}
+
+/// Offline `log replay --digest` of synthetic histories (real events from the real state
+/// machine, written as an export), timed as a process.
+pub fn replay(args: &Args, dir: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let cli = std::env::current_exe()?.with_file_name("switchyard");
+    if !cli.exists() {
+        bail!("{} not found: build with `cargo build --release --workspace --bins`", cli.display());
+    }
+    for &n in &args.replay_events {
+        let file = dir.join(format!("replay-{n}.swylog"));
+        let t = Instant::now();
+        synthetic_export(&file, n)?;
+        eprintln!("  wrote {n} events to {} in {:.1} s", file.display(), t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let out = std::process::Command::new(&cli).args(["log", "replay", "--digest"]).arg(&file).output()?;
+        let secs = t.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!("log replay failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        report.add(format!("offline `log replay` of {n} events"), "events/s", true, "switchyard", n as f64 / secs);
+        let _ = std::fs::remove_file(&file);
+    }
+    Ok(())
+}
+
+/// An export of `n` events: 10 hosts, 10 000 guests, then guest changes.
+fn synthetic_export(path: &Path, n: u64) -> anyhow::Result<()> {
+    let name = |s: String| Name::new(&s).expect("valid name");
+    let mut state = ClusterState::default();
+    let f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let header = ExportHeader {
+        source: "switchyard-bench synthetic history".into(),
+        cluster: None,
+        first_revision: 1,
+        last_revision: n,
+        exported_at: Timestamp(now_ms()),
+    };
+    let mut w = ExportWriter::new(f, Format::Binary, &header)?;
+    for i in 0..n {
+        let command = if i < 10 {
+            Command::RegisterHost(HostSpec {
+                name: name(format!("h{i}")),
+                address: format!("h{i}:7100"),
+                capacity: Resources { vcpus: 65536, memory_mib: 1 << 30 },
+                profile: CompatProfile { hardware_family: "ia64".into(), hypervisor_version: "hpvm-6.1".into() },
+            })
+        } else if i < 10_010 {
+            Command::CreateGuest {
+                name: name(format!("g{i}")),
+                spec: GuestSpec {
+                    vcpus: 1,
+                    memory_mib: 256,
+                    disks: vec![format!("avio_stor:/dev/vg01/g{i}")],
+                    networks: vec!["avio_lan:vswitch0".into()],
+                    online_migration: true,
+                    cluster_node: false,
+                    package: None,
+                },
+                owner: name(format!("h{}", i % 10)),
+                run_state: RunState::Running,
+            }
+        } else {
+            Command::ModifyGuest {
+                name: name(format!("g{}", 10 + i % 10_000)),
+                patch: GuestPatch { vcpus: Some(1 + (i % 8) as u32), ..Default::default() },
+                expect_version: None,
+            }
+        };
+        let p = Proposal { request_id: RequestId(i as u128 + 1), actor: "bench".into(), time: Timestamp(i), command };
+        let (_, events) = apply(&mut state, &p, 1).map_err(|r| anyhow::anyhow!("synthetic history refused: {r}"))?;
+        for e in &events {
+            w.push(e)?;
+        }
+    }
+    w.finish()?;
+    Ok(())
+}
+
+/// 100 000 guests on 1 000 hosts: resident memory of each coordinator, a snapshot's size and
+/// build time, and the time a killed follower takes to serve again.
+pub async fn scale(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow::Result<()> {
+    let Sut::Switchyard(sw) = &*sut else { bail!("the scale run is Switchyard's") };
+    let client = http(Duration::from_secs(600));
+    let (leader, ep) = sut.leader().await?;
+    let hosts: Vec<String> = (0..args.scale_hosts).map(|i| format!("s{i}")).collect();
+    let t = Instant::now();
+    sw.register_hosts(&client, &ep, &hosts).await?;
+    // g0..g999 exist already (the write load's guests).
+    let guests = args.scale_guests.max(KEYS);
+    sw.create_guests(&client, &ep, KEYS..guests, &hosts).await?;
+    let n = (guests - KEYS + hosts.len()) as f64;
+    report.add(
+        format!("setup: {} hosts + {} guests created (64 in flight)", hosts.len(), guests - KEYS),
+        "ops/s",
+        true,
+        "switchyard",
+        n / t.elapsed().as_secs_f64(),
+    );
+    let rev = sut.revision(&client).await?;
+    sut.wait_all_at(&client, rev).await?;
+    for m in 1..=3u64 {
+        if let Some(kib) = sut.pid(m).and_then(rss_kib) {
+            report.add(
+                format!("resident memory, coordinator {m}{}", if m == leader { " (leader)" } else { "" }),
+                "MiB",
+                false,
+                "switchyard",
+                kib as f64 / 1024.0,
+            );
+        }
+    }
+    let r = client.post(format!("http://{ep}/v1/node/snapshot")).bearer_auth(sw.token()).send().await?;
+    let answer: serde_json::Value = r.json().await?;
+    let build_ms = answer["build_ms"].as_f64().with_context(|| format!("snapshot answer: {answer}"))?;
+    report.add("snapshot build time (leader)", "ms", false, "switchyard", build_ms);
+    let snap_dir = sw.cluster.data_dir(leader).join("snapshots");
+    let bytes: u64 = std::fs::read_dir(&snap_dir)
+        .with_context(|| format!("list {}", snap_dir.display()))?
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0);
+    report.add("snapshot size", "MiB", false, "switchyard", bytes as f64 / (1 << 20) as f64);
+    // Restart-to-serving: a follower killed and started again.
+    let follower = (1..=3u64).find(|m| *m != leader).expect("a follower");
+    let fep = sw.cluster.endpoint(follower);
+    let rev = sut.revision(&client).await?;
+    sut.kill(follower);
+    let t = Instant::now();
+    sut.restart(follower)?;
+    let Sut::Switchyard(sw) = &*sut else { unreachable!() };
+    let quick = http(Duration::from_millis(500));
+    let mut answered = None;
+    loop {
+        match sw.status(&quick, &fep).await {
+            Some(st) if st.revision >= rev => break,
+            Some(_) if answered.is_none() => answered = Some(t.elapsed()),
+            _ => {}
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            bail!("coordinator {follower} did not serve revision {rev} within 300 s of its restart");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let serving = t.elapsed();
+    if let Some(a) = answered {
+        report.add("follower restart → API answers", "ms", false, "switchyard", ms(a));
+    }
+    report.add("follower restart → serving the latest revision", "ms", false, "switchyard", ms(serving));
+    Ok(())
+}
+
+/// Resident set size of a process, from /proc.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,523 @@
+//! The two systems under test, behind one set of operations the load generator drives:
+//! Switchyard (its operator API: a guest config change is `PATCH /v1/guests/{g}`, a subscriber
+//! is `GET /v1/events?follow=true`) and etcd (its v3 JSON gateway: a config change is a put of a
+//! guest-sized value, a subscriber is a watch). Both are real 3-member clusters of processes on
+//! loopback, with durable commits, started and killed by the harness.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::json;
+use switchyard_coordinator::dev::{die_with_parent, LocalCluster, LocalOpts};
+use switchyard_protocol::api::{NodeStatus, WriteResponse};
+
+/// Raft timing both systems run with (stated in the report).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    /// etcd's `--election-timeout` (it waits a random time in [t, 2t)); Switchyard gets the same
+    /// range as `election_timeout_ms_min/max`.
+    pub election_ms: u64,
+}
+
+/// A guest's configuration, as etcd users would store it (the same size as Switchyard's record).
+pub fn guest_value(key: usize, seq: u64) -> String {
+    json!({"name": format!("g{key}"), "owner": "load", "vcpus": 1 + seq % 8, "memory_mib": 256,
+           "disks": [format!("avio_stor:/dev/vg01/g{key}")], "networks": ["avio_lan:vswitch0"],
+           "online_migration": true, "cluster_node": false, "package": null, "run_state": "running"})
+    .to_string()
+}
+
+pub enum Sut {
+    Switchyard(Switchyard),
+    Etcd(Etcd),
+}
+
+/// What a subscriber saw: revisions with their arrival times.
+pub type Arrivals = Vec<(u64, Instant)>;
+
+impl Sut {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sut::Switchyard(_) => "switchyard",
+            Sut::Etcd(_) => "etcd",
+        }
+    }
+
+    /// One config change of key `key`; answers the revision it committed at.
+    pub async fn put(&self, http: &reqwest::Client, endpoint: &str, key: usize, seq: u64) -> anyhow::Result<u64> {
+        match self {
+            Sut::Switchyard(s) => s.put(http, endpoint, key, seq).await,
+            Sut::Etcd(e) => e.put(http, endpoint, key, seq).await,
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        match self {
+            Sut::Switchyard(s) => s.cluster.endpoints(),
+            Sut::Etcd(e) => e.members.iter().map(|m| m.client.clone()).collect(),
+        }
+    }
+
+    /// The leader's member number (1-based) and client endpoint.
+    pub async fn leader(&self) -> anyhow::Result<(u64, String)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = match self {
+                Sut::Switchyard(s) => s.leader().await,
+                Sut::Etcd(e) => e.leader().await,
+            };
+            if let Some(l) = found {
+                return Ok(l);
+            }
+            if Instant::now() > deadline {
+                bail!("{}: no leader within 30 s", self.name());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn kill(&mut self, member: u64) {
+        match self {
+            Sut::Switchyard(s) => s.cluster.kill_coordinator(member),
+            Sut::Etcd(e) => e.kill(member),
+        }
+    }
+
+    pub fn restart(&mut self, member: u64) -> anyhow::Result<()> {
+        match self {
+            Sut::Switchyard(s) => s.cluster.start_coordinator(member),
+            Sut::Etcd(e) => e.start(member),
+        }
+    }
+
+    pub fn pid(&self, member: u64) -> Option<u32> {
+        match self {
+            Sut::Switchyard(s) => s.cluster.coordinator_pid(member),
+            Sut::Etcd(e) => e.members[(member - 1) as usize].child.as_ref().map(|c| c.id()),
+        }
+    }
+
+    /// The latest committed revision, read from the leader.
+    pub async fn revision(&self, http: &reqwest::Client) -> anyhow::Result<u64> {
+        let (_, ep) = self.leader().await?;
+        match self {
+            Sut::Switchyard(s) => Ok(s.status(http, &ep).await.context("leader status")?.revision),
+            Sut::Etcd(e) => e.revision(http, &ep).await,
+        }
+    }
+
+    /// Waits until every member answers and has applied `revision`.
+    pub async fn wait_all_at(&self, http: &reqwest::Client, revision: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for ep in self.endpoints() {
+            loop {
+                let at = match self {
+                    Sut::Switchyard(s) => s.status(http, &ep).await.map(|st| st.revision),
+                    Sut::Etcd(e) => e.revision(http, &ep).await.ok(),
+                };
+                if at.is_some_and(|r| r >= revision) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("{}: {ep} did not reach revision {revision} within 120 s", self.name());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes from revision `from` through `endpoint`; calls `ready` once the subscription is
+    /// established, records every event revision with its arrival time until `until` is seen
+    /// (or `stop` flips), and answers what it saw.
+    pub async fn subscribe(
+        &self,
+        http: &reqwest::Client,
+        endpoint: &str,
+        from: u64,
+        until: Arc<std::sync::atomic::AtomicU64>,
+        ready: tokio::sync::mpsc::Sender<()>,
+    ) -> anyhow::Result<Arrivals> {
+        match self {
+            Sut::Switchyard(s) => s.subscribe(http, endpoint, from, until, ready).await,
+            Sut::Etcd(e) => e.subscribe(http, endpoint, from, until, ready).await,
+        }
+    }
+}
+
+/// Reads a streamed body line by line, calling `line` until it answers false.
+async fn lines(mut resp: reqwest::Response, mut line: impl FnMut(&[u8]) -> bool) -> anyhow::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        buf.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
+            let keep_going = line(&buf[start..start + pos]);
+            start += pos + 1;
+            if !keep_going {
+                return Ok(());
+            }
+        }
+        buf.drain(..start);
+    }
+    Ok(())
+}
+
+// ---- Switchyard ----
+
+pub struct Switchyard {
+    pub cluster: LocalCluster,
+    token: String,
+}
+
+impl Switchyard {
+    /// Three coordinators and three agents (simulated hypervisor) in `dir`, durable commits
+    /// (RocksDB WAL fsync on every Raft append, as always), history kept whole.
+    pub async fn start(dir: &Path, timing: Timing, transfer_ms: u64) -> anyhow::Result<Switchyard> {
+        let coordinator_toml = format!(
+            "[raft]\nheartbeat_interval_ms = {}\nelection_timeout_ms_min = {}\nelection_timeout_ms_max = {}\n\n\
+             [history]\nretain_revisions = 0\n\n[api]\nrequest_body_bytes_max = 65536\n",
+            timing.heartbeat_ms,
+            timing.election_ms,
+            2 * timing.election_ms
+        );
+        let mut cluster = LocalCluster::prepare(dir, 0, LocalOpts { coordinator_toml, transfer_ms })?;
+        cluster.start().await?;
+        cluster.start_agents()?;
+        let token = cluster.admin_token().to_string();
+        let s = Switchyard { cluster, token };
+        // The host the load's guests live on.
+        let admin = s.cluster.admin(Duration::from_secs(10));
+        let host = json!({"name": "load", "address": "load:7100", "vcpus": 65536, "memory_mib": 1u64 << 30,
+                          "hardware_family": "ia64", "hypervisor_version": "hpvm-6.1"});
+        match admin.post::<_, WriteResponse>("/v1/hosts", &host).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("host_exists") => {}
+            Err(e) => bail!("register the load host: {e}"),
+        }
+        Ok(s)
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Creates guests g{from}..g{to-1} through `ep`, guest i on `hosts[i % hosts.len()]`, 64 at a
+    /// time (setup, not measured).
+    pub async fn create_guests(
+        &self,
+        http: &reqwest::Client,
+        ep: &str,
+        range: std::ops::Range<usize>,
+        hosts: &[String],
+    ) -> anyhow::Result<()> {
+        self.each(range, |i| {
+            let body = json!({"name": format!("g{i}"), "owner": hosts[i % hosts.len()], "vcpus": 1, "memory_mib": 256,
+                              "disks": [format!("avio_stor:/dev/vg01/g{i}")], "networks": ["avio_lan:vswitch0"]});
+            http.post(format!("http://{ep}/v1/guests")).bearer_auth(&self.token).json(&body).send()
+        })
+        .await
+    }
+
+    /// Registers hosts named `names` through `ep`.
+    pub async fn register_hosts(&self, http: &reqwest::Client, ep: &str, names: &[String]) -> anyhow::Result<()> {
+        self.each(0..names.len(), |i| {
+            let body = json!({"name": names[i], "address": format!("{}:7100", names[i]), "vcpus": 4096,
+                              "memory_mib": 1u64 << 24, "hardware_family": "ia64", "hypervisor_version": "hpvm-6.1"});
+            http.post(format!("http://{ep}/v1/hosts")).bearer_auth(&self.token).json(&body).send()
+        })
+        .await
+    }
+
+    /// Sends one request per index, 64 in flight; an already existing record counts as done.
+    async fn each<F>(&self, range: std::ops::Range<usize>, request: impl Fn(usize) -> F) -> anyhow::Result<()>
+    where
+        F: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+    {
+        use futures_util::stream::StreamExt;
+        let mut results = futures_util::stream::iter(range.map(&request)).buffer_unordered(64);
+        while let Some(r) = results.next().await {
+            let r = r?;
+            if !r.status().is_success() && r.status() != reqwest::StatusCode::CONFLICT {
+                bail!("setup request failed: {} {}", r.status(), r.text().await.unwrap_or_default());
+            }
+        }
+        Ok(())
+    }
+
+    async fn put(&self, http: &reqwest::Client, ep: &str, key: usize, seq: u64) -> anyhow::Result<u64> {
+        let r = http
+            .patch(format!("http://{ep}/v1/guests/g{key}"))
+            .bearer_auth(&self.token)
+            .json(&json!({"vcpus": 1 + seq % 8}))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("{}: {}", r.status(), r.text().await.unwrap_or_default());
+        }
+        Ok(r.json::<WriteResponse>().await?.first_revision)
+    }
+
+    pub async fn status(&self, http: &reqwest::Client, ep: &str) -> Option<NodeStatus> {
+        let r = http.get(format!("http://{ep}/v1/node/status")).bearer_auth(&self.token).send().await.ok()?;
+        r.json().await.ok()
+    }
+
+    async fn leader(&self) -> Option<(u64, String)> {
+        let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().ok()?;
+        for (i, ep) in self.cluster.endpoints().iter().enumerate() {
+            if let Some(st) = self.status(&http, ep).await {
+                if st.role == "leader" {
+                    return Some((i as u64 + 1, ep.clone()));
+                }
+            }
+        }
+        None
+    }
+
+    async fn subscribe(
+        &self,
+        http: &reqwest::Client,
+        ep: &str,
+        from: u64,
+        until: Arc<std::sync::atomic::AtomicU64>,
+        ready: tokio::sync::mpsc::Sender<()>,
+    ) -> anyhow::Result<Arrivals> {
+        #[derive(Deserialize)]
+        struct Rev {
+            revision: u64,
+        }
+        #[derive(Deserialize)]
+        enum Item {
+            #[serde(rename = "event")]
+            Event(Rev),
+            #[serde(rename = "progress")]
+            Progress {},
+            #[serde(other)]
+            Other,
+        }
+        let url = format!("http://{ep}/v1/events?from={from}&follow=true&kind=guest&progress_ms=100");
+        let resp = http.get(url).bearer_auth(&self.token).send().await?;
+        if !resp.status().is_success() {
+            bail!("subscribe: {}", resp.status());
+        }
+        let mut out = Vec::new();
+        let mut announced = false;
+        lines(resp, |l| {
+            if !announced {
+                announced = true;
+                let _ = ready.try_send(());
+            }
+            if let Ok(Item::Event(r)) = serde_json::from_slice::<Item>(l) {
+                out.push((r.revision, Instant::now()));
+                return r.revision < until.load(std::sync::atomic::Ordering::Relaxed);
+            }
+            true
+        })
+        .await?;
+        Ok(out)
+    }
+}
+
+// ---- etcd ----
+
+struct Member {
+    name: String,
+    client: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Etcd {
+    members: Vec<Member>,
+    program: PathBuf,
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Where etcd is, if installed (`$ETCD_BIN`, else `etcd` on the PATH).
+pub fn etcd_program() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ETCD_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("etcd")).find(|p| p.is_file())
+}
+
+impl Etcd {
+    /// Three members on loopback with data in `dir`; default durability (WAL fsync on every
+    /// commit batch).
+    pub async fn launch(program: PathBuf, dir: &Path, timing: Timing) -> anyhow::Result<Etcd> {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+        let initial: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("e{}=http://127.0.0.1:{peer}", i + 1)).collect();
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let name = format!("e{}", i + 1);
+            let data = dir.join(&name);
+            std::fs::create_dir_all(&data)?;
+            let args = vec![
+                format!("--name={name}"),
+                format!("--data-dir={}", data.join("data").display()),
+                format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-cluster={}", initial.join(",")),
+                "--initial-cluster-state=new".into(),
+                "--initial-cluster-token=switchyard-bench".into(),
+                format!("--heartbeat-interval={}", timing.heartbeat_ms),
+                format!("--election-timeout={}", timing.election_ms),
+                "--quota-backend-bytes=8589934592".into(),
+                "--log-level=warn".into(),
+            ];
+            members.push(Member {
+                name,
+                client: format!("127.0.0.1:{client}"),
+                args,
+                log: data.join("etcd.log"),
+                child: None,
+            });
+        }
+        let mut e = Etcd { members, program };
+        for m in 1..=3 {
+            e.start(m)?;
+        }
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for m in &e.members {
+            while !http.get(format!("http://{}/health", m.client)).send().await.is_ok_and(|r| r.status().is_success()) {
+                if Instant::now() > deadline {
+                    bail!("etcd member {} did not become healthy; see {}", m.name, m.log.display());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(e)
+    }
+
+    fn start(&mut self, member: u64) -> anyhow::Result<()> {
+        let program = self.program.clone();
+        let m = &mut self.members[(member - 1) as usize];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log)?;
+        let mut cmd = Command::new(&program);
+        cmd.args(&m.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        die_with_parent(&mut cmd);
+        m.child = Some(cmd.spawn().with_context(|| format!("start {}", program.display()))?);
+        Ok(())
+    }
+
+    fn kill(&mut self, member: u64) {
+        if let Some(mut c) = self.members[(member - 1) as usize].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn post(
+        &self,
+        http: &reqwest::Client,
+        ep: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let r = http.post(format!("http://{ep}{path}")).json(&body).send().await?;
+        let status = r.status();
+        let v: serde_json::Value = r.json().await?;
+        if !status.is_success() || v.get("error").is_some() {
+            bail!("{status}: {v}");
+        }
+        Ok(v)
+    }
+
+    async fn put(&self, http: &reqwest::Client, ep: &str, key: usize, seq: u64) -> anyhow::Result<u64> {
+        let body = json!({"key": b64(&format!("/guests/g{key}")), "value": b64(&guest_value(key, seq))});
+        let v = self.post(http, ep, "/v3/kv/put", body).await?;
+        header_revision(&v)
+    }
+
+    async fn revision(&self, http: &reqwest::Client, ep: &str) -> anyhow::Result<u64> {
+        let v = self.post(http, ep, "/v3/maintenance/status", json!({})).await?;
+        header_revision(&v)
+    }
+
+    async fn leader(&self) -> Option<(u64, String)> {
+        let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().ok()?;
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            if let Ok(v) = self.post(&http, &m.client, "/v3/maintenance/status", json!({})).await {
+                let me = v["header"]["member_id"].as_str().unwrap_or_default();
+                if !me.is_empty() && v["leader"].as_str() == Some(me) {
+                    return Some((i as u64 + 1, m.client.clone()));
+                }
+            }
+        }
+        None
+    }
+
+    async fn subscribe(
+        &self,
+        http: &reqwest::Client,
+        ep: &str,
+        from: u64,
+        until: Arc<std::sync::atomic::AtomicU64>,
+        ready: tokio::sync::mpsc::Sender<()>,
+    ) -> anyhow::Result<Arrivals> {
+        let body = json!({"create_request": {"key": b64("/guests/"), "range_end": b64("/guests0"),
+                                              "start_revision": from.to_string()}});
+        let resp = http.post(format!("http://{ep}/v3/watch")).json(&body).send().await?;
+        if !resp.status().is_success() {
+            bail!("watch: {}", resp.status());
+        }
+        let mut out = Vec::new();
+        lines(resp, |l| {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(l) else { return true };
+            let result = &v["result"];
+            if result["created"].as_bool() == Some(true) {
+                let _ = ready.try_send(());
+            }
+            let now = Instant::now();
+            let mut last = 0;
+            for e in result["events"].as_array().into_iter().flatten() {
+                let rev = e["kv"]["mod_revision"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+                out.push((rev, now));
+                last = rev;
+            }
+            last == 0 || last < until.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .await?;
+        Ok(out)
+    }
+}
+
+fn header_revision(v: &serde_json::Value) -> anyhow::Result<u64> {
+    v["header"]["revision"].as_str().and_then(|s| s.parse().ok()).with_context(|| format!("no header.revision in {v}"))
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for m in 1..=self.members.len() as u64 {
+            self.kill(m);
+        }
+    }
+}
+
+impl Drop for Switchyard {
+    fn drop(&mut self) {
+        self.cluster.stop_all();
+    }
+}
