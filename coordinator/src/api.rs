@@ -29,6 +29,7 @@ use crate::config::{Config, Role};
 use crate::error::{ApiError, LeaderHint};
 use crate::liveness::Liveness;
 use crate::migration::Reports;
+use crate::proposer::Proposer;
 
 /// Marks a request a follower already forwarded, so it is not forwarded again.
 pub const FORWARDED_HEADER: &str = "x-switchyard-forwarded";
@@ -59,6 +60,8 @@ pub struct ApiState {
     pub liveness: Arc<Liveness>,
     /// Agents' migration reports, read by the migration driver (leader only).
     pub reports: Arc<Reports>,
+    /// Every write of this node goes through it into Raft.
+    pub proposer: Proposer,
 }
 
 impl ApiState {
@@ -84,6 +87,7 @@ impl ApiState {
             .timeout(Duration::from_millis(config.api.peer_timeout_ms))
             .build()
             .expect("an HTTP client without TLS always builds");
+        let (raft_for_proposer, batch_max) = (raft.clone(), config.raft.proposal_batch_max);
         Arc::new(ApiState {
             id,
             raft,
@@ -94,6 +98,7 @@ impl ApiState {
             clock,
             liveness: Arc::new(Liveness::default()),
             reports: Arc::new(Reports::default()),
+            proposer: Proposer::start(raft_for_proposer, batch_max),
         })
     }
 }
@@ -244,16 +249,14 @@ async fn propose(
 ) -> Result<Json<WriteResponse>, ApiError> {
     let request_id = request_id(&*s.clock, rid)?;
     let proposal = Proposal { request_id, actor: caller.actor.clone(), time: s.clock.now(), command };
-    let resp = s.raft.client_write(proposal).await?;
-    match resp.data.result {
-        Some(Ok(a)) => Ok(Json(WriteResponse {
+    match s.proposer.propose(proposal).await? {
+        Ok(a) => Ok(Json(WriteResponse {
             request_id: request_id.to_string(),
             first_revision: a.revisions.first,
             last_revision: a.revisions.last,
             duplicate: a.duplicate,
         })),
-        Some(Err(r)) => Err(ApiError::Rejected(r)),
-        None => Err(ApiError::Internal("the state machine gave no answer for a proposal".into())),
+        Err(r) => Err(ApiError::Rejected(r)),
     }
 }
 

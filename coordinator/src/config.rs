@@ -51,6 +51,8 @@ pub struct RaftConfig {
     pub max_in_snapshot_log_to_keep: u64,
     /// Largest snapshot chunk sent in one RPC.
     pub snapshot_chunk_bytes_max: u64,
+    /// Most proposals packed into one log entry by the batcher (1 turns batching off).
+    pub proposal_batch_max: usize,
 }
 
 impl Default for RaftConfig {
@@ -62,6 +64,7 @@ impl Default for RaftConfig {
             snapshot_logs_since_last: 5000,
             max_in_snapshot_log_to_keep: 1000,
             snapshot_chunk_bytes_max: 4 << 20,
+            proposal_batch_max: 256,
         }
     }
 }
@@ -226,6 +229,9 @@ impl Config {
         }
         if r.snapshot_logs_since_last == 0 {
             return err("raft.snapshot_logs_since_last must be at least 1".into());
+        }
+        if !(1..=4096).contains(&r.proposal_batch_max) {
+            return err("raft.proposal_batch_max must be within 1..=4096".into());
         }
         if r.snapshot_chunk_bytes_max < 1024 {
             return err("raft.snapshot_chunk_bytes_max must be at least 1024".into());

@@ -8,7 +8,7 @@ use switchyard_protocol::api::ErrorBody;
 use switchyard_protocol::Rejection;
 use switchyard_storage::{NodeId, NodeInfo};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     Rejected(Rejection),

@@ -21,6 +21,7 @@ pub mod liveness;
 pub mod migration;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod raft_server;
 pub mod recovery;
 pub mod timefmt;

@@ -115,7 +115,7 @@ pub async fn run(s: Arc<ApiState>, liveness: Arc<Liveness>) {
                     time: s.clock().now(),
                     command: Command::SetHostReachable { host: name.clone(), reachable },
                 };
-                match s.raft.client_write(p).await {
+                match s.proposer.propose(p).await {
                     Ok(_) => tracing::info!(host = %name, reachable, "host reachability changed"),
                     Err(e) => tracing::warn!(host = %name, %e, "could not record host reachability"),
                 }

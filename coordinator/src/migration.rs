@@ -224,9 +224,9 @@ pub async fn run(s: Arc<ApiState>) {
             }
             let Some((request_id, command)) = command_for(&m, &step) else { continue };
             let p = Proposal { request_id, actor: format!("driver:{}", s.id), time: s.clock().now(), command };
-            match s.raft.client_write(p).await {
-                Ok(r) => match r.data.result {
-                    Some(Ok(_)) => match &step {
+            match s.proposer.propose(p).await {
+                Ok(r) => match r {
+                    Ok(_) => match &step {
                         Step::Fail(e) => {
                             tracing::warn!(migration = %m.id, guest = %m.guest, error = %e, "migration failed")
                         }
@@ -236,8 +236,7 @@ pub async fn run(s: Arc<ApiState>) {
                         Step::Wait(_) => {}
                     },
                     // Someone moved it first (an abort, or this step already applied).
-                    Some(Err(r)) => tracing::debug!(migration = %m.id, %r, "migration step refused"),
-                    None => {}
+                    Err(r) => tracing::debug!(migration = %m.id, %r, "migration step refused"),
                 },
                 Err(e) => {
                     tracing::debug!(migration = %m.id, %e, "migration step not committed; will retry");

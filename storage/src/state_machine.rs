@@ -284,32 +284,34 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut guard = self.inner.applied.write().expect("state lock poisoned");
             let applied = &mut *guard;
             for entry in entries {
-                let result = match &entry.payload {
-                    EntryPayload::Blank => None,
-                    EntryPayload::Normal(proposal) => {
-                        let _span = tracing::debug_span!(
-                            "apply",
-                            index = entry.log_id.index,
-                            command = proposal.command.kind()
-                        )
-                        .entered();
-                        let outcome =
-                            switchyard_protocol::apply(&mut applied.cluster, proposal, entry.log_id.leader_id.term);
-                        Some(outcome.map(|(answer, events)| {
-                            for event in &events {
-                                let record = event.payload.migration().and_then(|id| applied.cluster.migration(id));
-                                write_event(dir, &mut batch, event, record);
-                            }
-                            answer
-                        }))
+                let mut results = Vec::new();
+                match &entry.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Normal(proposals) => {
+                        for proposal in &proposals.0 {
+                            let _span = tracing::debug_span!(
+                                "apply",
+                                index = entry.log_id.index,
+                                command = proposal.command.kind()
+                            )
+                            .entered();
+                            let outcome =
+                                switchyard_protocol::apply(&mut applied.cluster, proposal, entry.log_id.leader_id.term);
+                            results.push(outcome.map(|(answer, events)| {
+                                for event in &events {
+                                    let record = event.payload.migration().and_then(|id| applied.cluster.migration(id));
+                                    write_event(dir, &mut batch, event, record);
+                                }
+                                answer
+                            }));
+                        }
                     }
                     EntryPayload::Membership(m) => {
                         applied.meta.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                        None
                     }
-                };
+                }
                 applied.meta.last_applied = Some(entry.log_id);
-                responses.push(Response { result });
+                responses.push(Response { results });
             }
             applied.meta.revision = applied.cluster.revision();
             batch.put_cf(dir.cf(cf::SM), key::APPLIED, codec::seal(RecordKind::AppliedState, &applied.meta));

@@ -18,17 +18,24 @@ impl fmt::Display for NodeInfo {
     }
 }
 
+/// What one Raft entry carries: the proposals the leader's batcher packed together
+/// (`coordinator/src/proposer.rs`), so one log append, one fsync and one replication round commit
+/// them all. They are applied in order, each with its own result, exactly as if each had had an
+/// entry of its own.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposals(pub Vec<Proposal>);
+
 /// What the state machine answers for one log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
-    /// `None` for entries that carry no client proposal (blank and membership entries).
-    pub result: Option<ApplyResult>,
+    /// One result per proposal of the entry, in order (none for blank and membership entries).
+    pub results: Vec<ApplyResult>,
 }
 
 openraft::declare_raft_types!(
     /// Switchyard's Raft types: proposals in, apply results out, snapshots as files on disk.
     pub TypeConfig:
-        D = Proposal,
+        D = Proposals,
         R = Response,
         NodeId = u64,
         Node = NodeInfo,

@@ -60,6 +60,6 @@ fn host(n: &str) -> HostSpec {
 pub fn workload_entry(index: u64) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(workload_proposal(index)),
+        payload: EntryPayload::Normal(switchyard_storage::Proposals(vec![workload_proposal(index)])),
     }
 }

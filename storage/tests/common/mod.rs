@@ -4,7 +4,7 @@
 
 use openraft::{CommittedLeaderId, EntryPayload};
 use switchyard_protocol::*;
-use switchyard_storage::{Entry, LogId};
+use switchyard_storage::{Entry, LogId, Proposals};
 
 pub fn n(s: &str) -> Name {
     Name::new(s).unwrap()
@@ -50,12 +50,12 @@ pub fn entries(first_index: u64, cmds: Vec<Command>) -> Vec<Entry> {
             let index = first_index + i as u64;
             Entry {
                 log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-                payload: EntryPayload::Normal(Proposal {
+                payload: EntryPayload::Normal(Proposals(vec![Proposal {
                     request_id: RequestId(index as u128),
                     actor: "storage-test".into(),
                     time: Timestamp(index * 1000),
                     command,
-                }),
+                }])),
             }
         })
         .collect()
@@ -86,9 +86,11 @@ pub fn reference(entries: &[Entry]) -> (ClusterState, Vec<Event>) {
     let mut s = ClusterState::default();
     let mut evs = Vec::new();
     for e in entries {
-        if let EntryPayload::Normal(p) = &e.payload {
-            if let Ok((_, es)) = apply(&mut s, p, e.log_id.leader_id.term) {
-                evs.extend(es);
+        if let EntryPayload::Normal(ps) = &e.payload {
+            for p in &ps.0 {
+                if let Ok((_, es)) = apply(&mut s, p, e.log_id.leader_id.term) {
+                    evs.extend(es);
+                }
             }
         }
     }

@@ -1,0 +1,97 @@
+//! The proposal batcher: every write of this coordinator (API requests, the liveness tracker, the
+//! migration driver) goes through it into Raft.
+//!
+//! Why: openraft appends, fsyncs and replicates one log entry per `client_write`, so with one
+//! proposal per entry a cluster commits about as many writes per second as its disk syncs. The
+//! batcher packs the proposals that queue up while earlier entries are being committed into one
+//! entry ([`Proposals`]), so one fsync and one replication round commit them all; under load the
+//! batches grow by themselves, and a lone write still goes out at once (nothing waits for a
+//! batch to fill). At most [`IN_FLIGHT`] entries are in flight, so a commit is always under way
+//! while the next batch gathers.
+//!
+//! Semantics are unchanged: proposals are applied in order, each with its own request id and
+//! result; a failed `client_write` (not the leader, shutting down) fails every proposal of the
+//! batch with the same error, and clients retry with their request id as before.
+
+use std::sync::Arc;
+
+use openraft::Raft;
+use switchyard_protocol::{ApplyResult, Proposal};
+use switchyard_storage::{Proposals, TypeConfig};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::error::ApiError;
+
+/// Entries being committed at once.
+const IN_FLIGHT: usize = 2;
+
+struct Pending {
+    proposal: Proposal,
+    reply: oneshot::Sender<Result<ApplyResult, ApiError>>,
+}
+
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Proposer {
+    /// Starts the batcher; `max_batch` proposals at most per entry (1: no batching).
+    pub fn start(raft: Raft<TypeConfig>, max_batch: usize) -> Proposer {
+        let (tx, rx) = mpsc::channel(8192);
+        tokio::spawn(run(raft, rx, max_batch.max(1)));
+        Proposer { tx }
+    }
+
+    /// Proposes one write and waits until it is committed and applied (or refused).
+    pub async fn propose(&self, proposal: Proposal) -> Result<ApplyResult, ApiError> {
+        let stopping = || ApiError::Unavailable("the coordinator is stopping".into());
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Pending { proposal, reply }).await.map_err(|_| stopping())?;
+        answer.await.map_err(|_| stopping())?
+    }
+}
+
+async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Wait for a free slot first: whatever queues meanwhile joins this batch.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (proposals, replies): (Vec<Proposal>, Vec<_>) =
+                batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
+            let n = proposals.len();
+            match raft.client_write(Proposals(proposals)).await {
+                Ok(resp) if resp.data.results.len() == n => {
+                    for (reply, result) in replies.into_iter().zip(resp.data.results) {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+                Ok(resp) => {
+                    let e = ApiError::Internal(format!(
+                        "the state machine gave {} results for {n} proposals",
+                        resp.data.results.len()
+                    ));
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
