@@ -146,6 +146,21 @@ fn fmt(v: f64, unit: &str) -> String {
     }
 }
 
+fn timing_line(t: Timing) -> String {
+    let (min, max) = t.switchyard_election();
+    format!(
+        "Both systems: 3 members on loopback, data on the same disk, log fsync on every commit, heartbeat {} ms. \
+         A follower campaigns {}..{} ms after the last heartbeat in etcd (--election-timeout {}), {}..{} ms in \
+         Switchyard (openraft election timeout {min}..{max} ms after a {max} ms leader lease).",
+        t.heartbeat_ms,
+        t.election_ms,
+        2 * t.election_ms,
+        t.election_ms,
+        min + max,
+        2 * max
+    )
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -185,12 +200,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let etcd_program = if args.no_etcd { None } else { sut::etcd_program() };
     let mut report = Report::default();
     eprintln!("machine: {}", machine());
-    eprintln!(
-        "raft timing (both): heartbeat {} ms, election timeout {}..{} ms; durability (both): fsync of the log on every commit",
-        timing.heartbeat_ms,
-        timing.election_ms,
-        2 * timing.election_ms
-    );
+    eprintln!("{}", timing_line(timing));
     match &etcd_program {
         Some(p) => eprintln!("etcd: {}", p.display()),
         None if args.no_etcd => eprintln!("etcd: skipped (--no-etcd)"),
@@ -217,16 +227,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let md = report.markdown();
     println!("Machine: {}", machine());
-    println!(
-        "Both systems: 3 members on loopback, data on the same disk, log fsync on every commit, heartbeat {} ms, election timeout {}..{} ms.\n",
-        timing.heartbeat_ms,
-        timing.election_ms,
-        2 * timing.election_ms
-    );
+    println!("{}\n", timing_line(timing));
     println!("{md}");
     let json = serde_json::json!({
         "machine": machine(),
-        "timing": {"heartbeat_ms": timing.heartbeat_ms, "election_timeout_ms": [timing.election_ms, 2 * timing.election_ms]},
+        "timing": {"heartbeat_ms": timing.heartbeat_ms, "etcd_election_timeout_ms": timing.election_ms,
+                   "switchyard_election_timeout_ms": timing.switchyard_election()},
         "etcd": etcd_program.map(|p| p.display().to_string()),
         "rows": report.rows,
     });

@@ -62,6 +62,8 @@ pub struct ApiState {
     pub reports: Arc<Reports>,
     /// Every write of this node goes through it into Raft.
     pub proposer: Proposer,
+    /// Recent events' encoded frames, shared by the subscribers.
+    pub frames: crate::events::RecentFrames,
 }
 
 impl ApiState {
@@ -99,6 +101,7 @@ impl ApiState {
             liveness: Arc::new(Liveness::default()),
             reports: Arc::new(Reports::default()),
             proposer: Proposer::start(raft_for_proposer, batch_max),
+            frames: Default::default(),
         })
     }
 }

@@ -41,7 +41,8 @@ pub struct TokenConfig {
 pub struct RaftConfig {
     /// How often the leader sends heartbeats.
     pub heartbeat_interval_ms: u64,
-    /// A follower that hears no leader for a random time in [min, max) starts an election.
+    /// A follower that hears no leader starts an election once the leader's lease (`max`) and
+    /// then a random time in [min, max) have passed: [max + min, 2 max) after the last heartbeat.
     pub election_timeout_ms_min: u64,
     pub election_timeout_ms_max: u64,
     /// Build a snapshot after this many applied entries since the last one.
@@ -58,9 +59,12 @@ pub struct RaftConfig {
 impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig {
-            heartbeat_interval_ms: 100,
-            election_timeout_ms_min: 400,
-            election_timeout_ms_max: 800,
+            // A follower campaigns [max + min, 2 max) = 450..600 ms after the last heartbeat
+            // (openraft lets the leader's lease, `max`, run out first): failover well under a
+            // second on a LAN, with heartbeats every 50 ms to keep a live leader's lease fresh.
+            heartbeat_interval_ms: 50,
+            election_timeout_ms_min: 150,
+            election_timeout_ms_max: 300,
             snapshot_logs_since_last: 5000,
             max_in_snapshot_log_to_keep: 1000,
             snapshot_chunk_bytes_max: 4 << 20,

@@ -24,6 +24,72 @@ use crate::error::ApiError;
 const PAGE_EVENTS: usize = 512;
 /// Items buffered per subscriber before a slow reader holds the stream back.
 const QUEUE_ITEMS: usize = 256;
+/// Recent events kept with their encoded frames for every subscriber to share.
+const RECENT_FRAMES: u64 = 4096;
+
+/// The most recent events with their JSON-lines frames, shared by every subscriber of this node.
+///
+/// Why: with a thousand agents following, each new event would otherwise be read from the
+/// history and encoded a thousand times. Here the first subscriber to need it reads and encodes
+/// it; the others clone a reference-counted frame. Only events within [`RECENT_FRAMES`] of the
+/// applied revision are kept, so a subscriber catching up on old history reads the store and
+/// leaves the cache to the live ones.
+#[derive(Default)]
+pub struct RecentFrames {
+    inner: std::sync::Mutex<std::collections::VecDeque<(Arc<Event>, Bytes)>>,
+}
+
+impl RecentFrames {
+    /// Up to `limit` events from revision `from`, none past `applied`, with their frames.
+    fn get(
+        &self,
+        history: &switchyard_storage::History,
+        from: Revision,
+        applied: Revision,
+        limit: usize,
+    ) -> Result<Vec<(Arc<Event>, Bytes)>, switchyard_storage::StoreError> {
+        {
+            let q = self.inner.lock().expect("frames lock");
+            if let (Some((first, _)), Some((last, _))) = (q.front(), q.back()) {
+                if (first.revision..=last.revision).contains(&from) {
+                    let skip = (from - first.revision) as usize;
+                    return Ok(q
+                        .iter()
+                        .skip(skip)
+                        .take(limit)
+                        .filter(|(e, _)| e.revision <= applied)
+                        .cloned()
+                        .collect());
+                }
+            }
+        }
+        let page: Vec<(Arc<Event>, Bytes)> = history
+            .events_from(from, limit)?
+            .into_iter()
+            .filter(|e| e.revision <= applied)
+            .map(|e| {
+                let f = frame(Format::JsonLines, &StreamItem::Event(Box::new(e.clone())));
+                (Arc::new(e), f)
+            })
+            .collect();
+        let mut q = self.inner.lock().expect("frames lock");
+        for (e, f) in &page {
+            if e.revision + RECENT_FRAMES <= applied {
+                continue; // old history: not worth keeping
+            }
+            match q.back().map(|(l, _)| l.revision + 1) {
+                Some(next) if e.revision < next => continue,  // cached meanwhile
+                Some(next) if e.revision > next => q.clear(), // a gap: start over from here
+                _ => {}
+            }
+            q.push_back((e.clone(), f.clone()));
+            while q.len() as u64 > RECENT_FRAMES {
+                q.pop_front();
+            }
+        }
+        Ok(page)
+    }
+}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -176,7 +242,7 @@ async fn stream(
     loop {
         let applied = *applied_rx.borrow_and_update();
         while next <= applied {
-            let page = match history.events_from(next, PAGE_EVENTS) {
+            let page = match s.frames.get(&history, next, applied, PAGE_EVENTS) {
                 Ok(p) if !p.is_empty() => p,
                 Ok(_) => {
                     tracing::error!(next, applied, "event history has no event where one was applied");
@@ -187,13 +253,20 @@ async fn stream(
                     return;
                 }
             };
-            for e in page {
+            for (e, jsonl) in page {
                 if e.revision != next {
                     tracing::error!(expected = next, found = e.revision, "hole in the event history");
                     return;
                 }
                 next += 1;
-                if filter.matches(&e) && tx.send(frame(format, &StreamItem::Event(Box::new(e)))).await.is_err() {
+                if !filter.matches(&e) {
+                    continue;
+                }
+                let f = match format {
+                    Format::JsonLines => jsonl,
+                    Format::Binary => frame(format, &StreamItem::Event(Box::new((*e).clone()))),
+                };
+                if tx.send(f).await.is_err() {
                     return;
                 }
             }
