@@ -318,8 +318,9 @@ mod tests {
             (Box::new(|c| c.tokens[1].host = None), "no host"),
             (Box::new(|c| c.tokens[0].host = Some(Name::new("h1").unwrap())), "only agent tokens"),
             (Box::new(|c| c.tokens[1].token = c.tokens[0].token.clone()), "listed twice"),
-            (Box::new(|c| c.raft.election_timeout_ms_min = 150), "more than twice"),
+            (Box::new(|c| c.raft.election_timeout_ms_min = 100), "more than twice"),
             (Box::new(|c| c.raft.election_timeout_ms_max = 100), "election_timeout_ms_max"),
+            (Box::new(|c| c.raft.proposal_batch_max = 0), "proposal_batch_max"),
             (Box::new(|c| c.api.request_body_bytes_max = 10), "request_body_bytes_max"),
             (Box::new(|c| c.migration.transferring_timeout_ms = 5), "migration.transferring_timeout_ms"),
         ];
