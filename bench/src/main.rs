@@ -56,6 +56,9 @@ pub struct Args {
     /// Election timeout of both systems (etcd waits [t, 2t); Switchyard gets the same range).
     #[arg(long, default_value_t = 1000)]
     pub election_ms: u64,
+    /// Switchyard's `raft.proposal_batch_max` (1 turns batching off, for a before/after).
+    #[arg(long, default_value_t = 256)]
+    pub batch_max: usize,
     /// Where the clusters keep their data (default: a temporary folder, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -209,7 +212,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     }
 
-    let mut systems: Vec<Sut> = vec![Sut::Switchyard(Switchyard::start(&dir.join("switchyard"), timing, 500).await?)];
+    let mut systems: Vec<Sut> =
+        vec![Sut::Switchyard(Switchyard::start(&dir.join("switchyard"), timing, args.batch_max, 500).await?)];
     if let Some(p) = etcd_program.clone() {
         systems.push(Sut::Etcd(Etcd::launch(p, &dir.join("etcd"), timing).await?));
     }

@@ -192,9 +192,9 @@ pub struct Switchyard {
 impl Switchyard {
     /// Three coordinators and three agents (simulated hypervisor) in `dir`, durable commits
     /// (RocksDB WAL fsync on every Raft append, as always), history kept whole.
-    pub async fn start(dir: &Path, timing: Timing, transfer_ms: u64) -> anyhow::Result<Switchyard> {
+    pub async fn start(dir: &Path, timing: Timing, batch_max: usize, transfer_ms: u64) -> anyhow::Result<Switchyard> {
         let coordinator_toml = format!(
-            "[raft]\nheartbeat_interval_ms = {}\nelection_timeout_ms_min = {}\nelection_timeout_ms_max = {}\n\n\
+            "[raft]\nheartbeat_interval_ms = {}\nelection_timeout_ms_min = {}\nelection_timeout_ms_max = {}\nproposal_batch_max = {batch_max}\n\n\
              [history]\nretain_revisions = 0\n\n[api]\nrequest_body_bytes_max = 65536\n",
             timing.heartbeat_ms,
             timing.switchyard_election().0,
