@@ -294,6 +294,15 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// GET `path` on `ep` as admin; `None` on any failure.
+async fn get_json(client: &reqwest::Client, token: &str, ep: &str, path: &str) -> Option<serde_json::Value> {
+    let r = client.get(format!("http://{ep}{path}")).bearer_auth(token).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json::<serde_json::Value>().await.ok()
+}
+
 /// Moves guest `mg` between h1 and h2; SIGKILLs the leader as soon as `transferring` is
 /// committed, and measures until the next phase commits (the commit's own timestamp, stamped by
 /// the new leader, against the wall clock at the kill).
@@ -301,38 +310,44 @@ async fn failover_migration(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Du
     let client = http(Duration::from_secs(2));
     let Sut::Switchyard(sw) = &*sut else { bail!("migrations are Switchyard's") };
     let token = sw.token().to_string();
-    let get = |ep: String, path: String| {
-        let (client, token) = (client.clone(), token.clone());
-        async move {
-            let r = client.get(format!("http://{ep}{path}")).bearer_auth(&token).send().await.ok()?;
-            if !r.status().is_success() {
-                return None;
-            }
-            r.json::<serde_json::Value>().await.ok()
-        }
-    };
     let (_, ep) = sut.leader().await?;
+    // The agents take part in every migration: let them apply what the earlier runs wrote first.
+    let target = sut.revision(&client).await?;
+    let t = Instant::now();
+    for h in ["h1", "h2"] {
+        loop {
+            let applied = get_json(&client, &token, &ep, &format!("/v1/hosts/{h}"))
+                .await
+                .and_then(|v| v["items"]["sync"]["applied_revision"].as_u64());
+            if applied.is_some_and(|a| a >= target) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(600) {
+                bail!("agent {h} did not catch up to revision {target} within 600 s (at {applied:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!("  switchyard: agents caught up to revision {target} in {:.1} s", t.elapsed().as_secs_f64());
     let body = json!({"name": "mg", "owner": "h1", "vcpus": 1, "memory_mib": 256});
     let _ = client.post(format!("http://{ep}/v1/guests")).bearer_auth(&token).json(&body).send().await?;
     let mut out = Vec::new();
     for rep in 0..reps {
         let (leader, ep) = sut.leader().await?;
-        let owner = get(ep.clone(), "/v1/guests/mg".into()).await.context("read mg")?["items"]["guest"]["owner"]
-            .as_str()
-            .unwrap_or("h1")
-            .to_string();
-        let target = if owner == "h1" { "h2" } else { "h1" };
+        let mg = get_json(&client, &token, &ep, "/v1/guests/mg").await.context("read mg")?;
+        let owner = mg["items"]["guest"]["owner"].as_str().unwrap_or("h1").to_string();
+        let to = if owner == "h1" { "h2" } else { "h1" };
         let r = client
             .post(format!("http://{ep}/v1/migrations"))
             .bearer_auth(&token)
-            .json(&json!({"guest": "mg", "target": target}))
+            .json(&json!({"guest": "mg", "target": to}))
             .send()
             .await?;
         let id = r.json::<serde_json::Value>().await?["first_revision"].as_u64().context("migration id")?;
         let path = format!("/v1/migrations/{id}?stale=true");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let m = get(ep.clone(), path.clone()).await;
+            let m = get_json(&client, &token, &ep, &path).await;
             if m.as_ref().and_then(|m| m["items"]["phase"].as_str()) == Some("transferring") {
                 break;
             }
@@ -345,54 +360,54 @@ async fn failover_migration(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Du
         sut.kill(leader);
         let others: Vec<String> =
             sut.endpoints().into_iter().enumerate().filter(|(i, _)| *i as u64 + 1 != leader).map(|(_, e)| e).collect();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let m = loop {
-            let mut found = None;
-            for ep in &others {
-                if let Some(m) = get(ep.clone(), path.clone()).await {
-                    let p = m["items"]["phase"].as_str().unwrap_or("");
-                    if p != "transferring" && p != "switching_disabled" && p != "requested" {
-                        found = Some(m);
-                        break;
-                    }
-                }
-            }
-            if let Some(m) = found {
-                break m;
-            }
-            if Instant::now() > deadline {
-                bail!("migration {id} did not leave transferring within 120 s of the leader kill");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        let history = m["items"]["history"].as_array().cloned().unwrap_or_default();
-        let next = history
-            .iter()
-            .find(|r| r["phase"].as_str() != Some("transferring") && r["at"].as_u64().is_some_and(|at| at >= kill_ms))
-            .and_then(|r| r["at"].as_u64())
-            .context("next phase record")?;
-        let d = Duration::from_millis(next.saturating_sub(kill_ms));
+        let measured = next_phase_after(&client, &token, &others, &path, kill_ms).await;
+        // Bring the member back whatever happened, so later runs have three members.
+        sut.restart(leader)?;
+        let rev = sut.revision(&client).await?;
+        sut.wait_all_at(&client, rev).await?;
+        let d = measured.with_context(|| format!("migration {id}"))?;
         eprintln!(
             "  switchyard: migration failover {} (killed member {leader}): next phase after {:.0} ms",
             rep + 1,
             ms(d)
         );
         out.push(d);
-        // Let the migration finish, then bring the member back.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while get(others[0].clone(), path.clone()).await.and_then(|m| m["items"]["phase"].as_str().map(String::from))
-            != Some("completed".into())
-        {
-            if Instant::now() > deadline {
-                bail!("migration {id} did not complete");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        sut.restart(leader)?;
-        let rev = sut.revision(&client).await?;
-        sut.wait_all_at(&client, rev).await?;
     }
     Ok(out)
+}
+
+/// Waits for the migration at `path` to commit its next phase after `kill_ms` (answering how
+/// long after the kill that commit was stamped) and then to complete.
+async fn next_phase_after(
+    client: &reqwest::Client,
+    token: &str,
+    others: &[String],
+    path: &str,
+    kill_ms: u64,
+) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut next = None;
+    loop {
+        for ep in others {
+            let Some(m) = get_json(client, token, ep, path).await else { continue };
+            let history = m["items"]["history"].as_array().cloned().unwrap_or_default();
+            if next.is_none() {
+                next = history
+                    .iter()
+                    .find(|r| {
+                        r["phase"].as_str() != Some("transferring") && r["at"].as_u64().is_some_and(|at| at >= kill_ms)
+                    })
+                    .and_then(|r| r["at"].as_u64());
+            }
+            if next.is_some() && m["items"]["phase"].as_str() == Some("completed") {
+                return Ok(Duration::from_millis(next.unwrap_or(kill_ms).saturating_sub(kill_ms)));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("did not move on within 120 s of the leader kill (next phase at {next:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Writes `n` changes with 256 clients (the bulk-load rate), then reads them all with a
