@@ -335,15 +335,31 @@ async fn failover_migration(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Du
     for rep in 0..reps {
         let (leader, ep) = sut.leader().await?;
         let mg = get_json(&client, &token, &ep, "/v1/guests/mg").await.context("read mg")?;
-        let owner = mg["items"]["guest"]["owner"].as_str().unwrap_or("h1").to_string();
+        let owner = mg["items"]["owner"].as_str().context("mg's owner")?.to_string();
         let to = if owner == "h1" { "h2" } else { "h1" };
-        let r = client
-            .post(format!("http://{ep}/v1/migrations"))
-            .bearer_auth(&token)
-            .json(&json!({"guest": "mg", "target": to}))
-            .send()
-            .await?;
-        let id = r.json::<serde_json::Value>().await?["first_revision"].as_u64().context("migration id")?;
+        // Right after a member restart the request may be refused (a host not yet reported
+        // reachable again, a leader change): retry with the same request id.
+        let rid = format!("{:x}", now_ms() as u128 * 1000 + rep as u128);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let id = loop {
+            let answer = match client
+                .post(format!("http://{ep}/v1/migrations"))
+                .bearer_auth(&token)
+                .json(&json!({"guest": "mg", "target": to, "request_id": rid}))
+                .send()
+                .await
+            {
+                Ok(r) => r.json::<serde_json::Value>().await.unwrap_or_default(),
+                Err(e) => json!({"error": e.to_string()}),
+            };
+            if let Some(id) = answer["first_revision"].as_u64() {
+                break id;
+            }
+            if Instant::now() > deadline {
+                bail!("the migration request was not accepted within 60 s: {answer}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let path = format!("/v1/migrations/{id}?stale=true");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
