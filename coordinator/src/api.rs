@@ -539,6 +539,26 @@ async fn import_events(
     .await
 }
 
+/// Changes the membership, waiting out the second half of an earlier change: openraft moves
+/// through a joint configuration and refuses a new change until the final one commits, which
+/// is a matter of one commit, not a conflict to report to the operator.
+async fn change_membership(s: &ApiState, change: ChangeMembers<NodeId, NodeInfo>) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match s.raft.change_membership(change.clone(), false).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let e = ApiError::from(e);
+                let in_progress = matches!(&e, ApiError::Conflict(m) if m.contains("already undergoing"));
+                if !in_progress || tokio::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 async fn add_node(State(s): State<Arc<ApiState>>, raw: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
     let m: MemberSpec = body(&raw)?;
     if m.id == 0 {
@@ -574,7 +594,7 @@ async fn add_node(State(s): State<Arc<ApiState>>, raw: Bytes) -> Result<Json<ser
             )))
         }
     }
-    s.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([m.id])), false).await?;
+    change_membership(&s, ChangeMembers::AddVoterIds(BTreeSet::from([m.id]))).await?;
     Ok(Json(serde_json::json!({ "added": m.id })))
 }
 
@@ -592,7 +612,7 @@ async fn remove_node(
     } else {
         ChangeMembers::RemoveNodes(BTreeSet::from([id]))
     };
-    s.raft.change_membership(change, false).await?;
+    change_membership(&s, change).await?;
     Ok(Json(serde_json::json!({ "removed": id })))
 }
 
