@@ -456,10 +456,11 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, Recovery
     // Read the file again on a blocking thread, feeding chunks to this task.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Event, String)>(4 * IMPORT_EVENTS_MAX);
     let path = file.to_path_buf();
-    let reader = tokio::task::spawn_blocking(move || -> Result<export::Report, String> {
+    let reader = tokio::task::spawn_blocking(move || -> Result<(export::Report, String), String> {
         let f = std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
         let mut resumed_ok = resume_chain.is_none();
         let mut gone = false;
+        let mut last_chain = String::new();
         let r = export::read_export_with(
             BufReader::with_capacity(1 << 20, f),
             Until::default(),
@@ -470,6 +471,7 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, Recovery
                         resumed_ok = chain == want;
                     }
                 }
+                last_chain = chain.to_string();
                 if e.revision >= start && !gone && tx.blocking_send((e.clone(), chain.to_string())).is_err() {
                     gone = true;
                 }
@@ -482,14 +484,13 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, Recovery
                     .into(),
             );
         }
-        Ok(r)
+        Ok((r, last_chain))
     });
     let mut progress = Progress::new("restore").of(last + 1 - start.min(last + 1));
     let mut chunk: Vec<Event> = Vec::new();
     let mut chunk_bytes = 0usize;
     let mut chain = String::new();
     let mut imported = 0u64;
-    let mut last_term = 0u64;
     while let Some((e, ch)) = rx.recv().await {
         let n = serde_json::to_vec(&e).map_or(0, |v| v.len());
         if !chunk.is_empty() && (chunk.len() >= IMPORT_EVENTS_MAX || chunk_bytes + n > IMPORT_CHUNK_BYTES) {
@@ -498,7 +499,6 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, Recovery
             chunk_bytes = 0;
         }
         chunk_bytes += n;
-        last_term = e.term;
         chain = ch;
         chunk.push(e);
     }
@@ -506,21 +506,20 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, Recovery
         imported += import_chunk(c, &header.cluster, &chain, chunk).await?;
     }
     progress.done();
-    let second = reader.await.map_err(|e| failed(format!("reading the export: {e}")))?.map_err(failed)?;
+    let (second, last_chain) = reader.await.map_err(|e| failed(format!("reading the export: {e}")))?.map_err(failed)?;
     if !second.problems.is_empty() || second.last_revision != Some(last) {
         return Err(failed(format!(
             "{} changed while it was being restored; the cluster holds a partial import: run the restore again",
             file.display()
         )));
     }
-    if start > last {
-        // Everything was imported before; find the chain and term of the last event again.
-        let (r, _) = read(file, Until::default())?;
-        last_term = r.state.last_term();
-        chain = last_chain(file)?;
-    }
-    let restored_from =
-        RestoredFrom { cluster: header.cluster.clone(), through_revision: last, chain, term_base: last_term };
+    let restored_from = RestoredFrom {
+        cluster: header.cluster.clone(),
+        through_revision: last,
+        chain: last_chain,
+        // Terms only grow along a history, so the last event's is the largest.
+        term_base: report.state.last_term(),
+    };
     let req = IdentityRequest {
         request_id: Some(SystemClock.request_id().to_string()),
         cluster: None,
@@ -594,13 +593,4 @@ async fn import_chunk(
         }
         tokio::time::sleep(Duration::from_millis(250 * tries)).await;
     }
-}
-
-/// The chain value of an export's last event.
-fn last_chain(file: &Path) -> Result<String, RecoveryError> {
-    let f = std::fs::File::open(file).map_err(|e| failed(format!("open {}: {e}", file.display())))?;
-    let mut chain = String::new();
-    export::read_export_with(BufReader::new(f), Until::default(), |_| {}, |_, c| chain = c.to_string())
-        .map_err(|e| failed(format!("read {}: {e}", file.display())))?;
-    Ok(chain)
 }
