@@ -21,7 +21,8 @@ use crate::driver::DriverConfig;
 use crate::migrations::{Input, Worker};
 use crate::store::AgentStore;
 
-/// How often the cursor is made durable while events stream in.
+/// How often the staged guest files and the cursor are made durable while events stream in
+/// (one group commit, see [`AgentStore`]).
 const CURSOR_SYNC: Duration = Duration::from_millis(200);
 
 /// Answers that retrying cannot fix.
@@ -91,9 +92,16 @@ pub fn main() -> ExitCode {
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let driver = config.driver.build(&config.host).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let store = Arc::new(AgentStore::open(&config.data_dir)?);
-    let mut applied = store.load()?;
+    let loaded = store.load()?;
+    let mut applied = loaded.config;
     let mut cursor = store.cursor()?;
-    let client = Client::new(config.endpoints.clone(), config.token.clone(), Duration::from_secs(10));
+    // Damaged guest files (a machine crash before a group commit, or a bad disk): the applied
+    // state is incomplete, so start from the coordinators' full state.
+    let mut resync: Option<String> = (!loaded.damaged.is_empty())
+        .then(|| format!("{} guest file(s) were damaged and set aside", loaded.damaged.len()));
+    // Each host starts at its own coordinator (a stable choice from its name).
+    let spread = config.host.as_str().bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)));
+    let client = Client::new(config.endpoints.clone(), config.token.clone(), Duration::from_secs(10)).rotated(spread);
     // A token for another host, an unknown host or a bad token never get better by retrying:
     // say so and stop, instead of logging the same refusal forever.
     let first = serde_json::json!({ "applied_revision": cursor, "digest": applied.digest() });
@@ -116,10 +124,37 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut synced_at = std::time::Instant::now();
     tracing::info!(host = %config.host, cursor, cluster = ?cluster.as_ref().map(|c| c.to_string()), "agent started");
     loop {
+        // Set when events cannot be applied from the cursor: the history was compacted past it,
+        // the coordinators belong to another cluster than the one the agent followed, or the
+        // applied state on disk was damaged.
+        if let Some(why) = resync.take() {
+            let state: Read<FullState> = loop {
+                match client.get("/v1/state").await {
+                    Ok(s) => break s,
+                    Err(e) if FATAL.contains(&e.code().unwrap_or_default()) => {
+                        return Err(anyhow::Error::new(e).context("read full state to re-sync"))
+                    }
+                    Err(e) => {
+                        tracing::warn!(%e, %why, "cannot read full state to re-sync yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            };
+            let now = state.items.cluster.as_ref().map(|c| c.id.clone());
+            let config = HostConfig::from_guests(state.items.guests);
+            store.replace_all(&config)?;
+            store.commit(state.revision)?;
+            let other = now.is_some() && now != cluster;
+            if let Some(id) = &now {
+                store.set_cluster(id)?;
+            }
+            (applied, cursor) = (config, state.revision);
+            let _ = progress_tx.send((cursor, applied.digest()));
+            let _ = to_worker.send(if other { Input::Reset } else { Input::Reload });
+            tracing::info!(revision = state.revision, cluster = ?now.as_ref().map(|c| c.to_string()), %why, "re-synced from full state");
+            cluster = now;
+        }
         let mut failure: Option<anyhow::Error> = None;
-        // Set when events cannot be applied from the cursor: the history was compacted past
-        // it, or the coordinators belong to another cluster than the one the agent followed.
-        let mut resync: Option<String> = None;
         let mut adopted = false;
         let q = EventQuery {
             from: cursor + 1,
@@ -153,22 +188,23 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                                 let _ = to_worker.send(Input::Event(e.clone()));
                             }
                             if let Some(change) = applied.change_for(e) {
-                                store.write(&change)?;
+                                store.stage(&change)?;
                                 applied.record(change);
                             }
                             cursor = e.revision;
-                            // The cursor is made durable at most every CURSOR_SYNC (two fsyncs per
-                            // event would cap the agent at a few hundred events a second): after
-                            // a crash the agent re-applies from an older cursor, which is
-                            // harmless because every apply writes a guest's whole record.
+                            // Staged files and the cursor are made durable together at most every
+                            // CURSOR_SYNC (fsyncs per event would cap the agent at a few hundred
+                            // events a second): after a crash the agent re-applies from an older
+                            // cursor, which is harmless because every apply writes a guest's
+                            // whole record.
                             if synced_at.elapsed() >= CURSOR_SYNC {
-                                store.set_cursor(cursor)?;
+                                store.commit(cursor)?;
                                 synced_at = std::time::Instant::now();
                             }
                         }
                         StreamItem::Progress { revision } => {
                             cursor = cursor.max(*revision);
-                            store.set_cursor(cursor)?;
+                            store.commit(cursor)?;
                             synced_at = std::time::Instant::now();
                         }
                         StreamItem::Compacted { .. } => {
@@ -185,7 +221,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 })
             })
             .await;
-        store.set_cursor(cursor)?;
+        store.commit(cursor)?;
         if let Some(e) = failure {
             return Err(e.context("apply an event"));
         }
@@ -194,21 +230,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 resync = Some(e.to_string());
             }
         }
-        if let Some(why) = resync {
-            let state: Read<FullState> = client.get("/v1/state").await.context("read full state to re-sync")?;
-            let now = state.items.cluster.as_ref().map(|c| c.id.clone());
-            let config = HostConfig::from_guests(state.items.guests);
-            store.replace_all(&config)?;
-            store.set_cursor(state.revision)?;
-            let other = now.is_some() && now != cluster;
-            if let Some(id) = &now {
-                store.set_cluster(id)?;
-            }
-            (applied, cursor) = (config, state.revision);
-            let _ = progress_tx.send((cursor, applied.digest()));
-            let _ = to_worker.send(if other { Input::Reset } else { Input::Reload });
-            tracing::info!(revision = state.revision, cluster = ?now.as_ref().map(|c| c.to_string()), %why, "re-synced from full state");
-            cluster = now;
+        if resync.is_some() {
             continue;
         }
         if let Err(e) = result {

@@ -13,13 +13,19 @@
 //! The worker is level-triggered: every tick it looks at each migration it takes part in and
 //! does what the committed phase asks, so a restart, a lost report or a leader change only
 //! delays it. Before re-reporting after a restart, it asks the driver where the guest runs.
+//!
+//! A migration's `transferring` phase is the one that waits on agents, so while one is in it the
+//! worker ticks fast ([`FAST_TICK`]): it notices the end of a transfer (or the guest arriving)
+//! within one fast tick, and retries a report no coordinator took within one fast tick (the
+//! cluster may be electing a new leader). Each report goes to every coordinator; once one is
+//! acknowledged it is repeated only every [`TICK`], for a leader that may not hold it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_coordinator::client::{Client, ClientError};
+use switchyard_coordinator::client::Client;
 use switchyard_protocol::api::{HostView, MigrationPage, MigrationReport, Read, ReportAck, ReportOutcome};
 use switchyard_protocol::{Event, EventPayload, FencingToken, Migration, MigrationId, Name, Phase, PhaseRecord};
 use tokio::sync::mpsc;
@@ -30,7 +36,14 @@ use crate::store::{AgentStore, Journal, TransferState};
 
 /// How long a target watches for a guest that arrives after its migration was rolled back.
 const ROLLBACK_WATCH: Duration = Duration::from_secs(60);
+/// Tick while no migration this host takes part in waits on it; also how often an acknowledged
+/// report is repeated.
 const TICK: Duration = Duration::from_millis(300);
+/// Tick while a migration this host takes part in is `transferring`.
+const FAST_TICK: Duration = Duration::from_millis(40);
+/// How often a target asks its hypervisor whether the guest arrived (a driver call may start a
+/// process, so not every fast tick).
+const ARRIVAL_POLL: Duration = Duration::from_millis(100);
 
 struct Running {
     cancel: Arc<AtomicBool>,
@@ -47,6 +60,12 @@ struct Active {
     watch_until: Option<Instant>,
     /// What this host did for the migration, as on disk.
     journal: Option<Journal>,
+    /// When a leader last acknowledged this host's report on the phase with this token.
+    reported: Option<(FencingToken, Instant)>,
+    /// Reports in a row that no leader took (logged as a warning every so often).
+    report_failures: u32,
+    /// Target: when it last asked the driver whether the guest arrived.
+    polled_at: Option<Instant>,
 }
 
 /// What the daemon hands the worker.
@@ -82,8 +101,8 @@ impl Worker {
     /// Runs until the channel closes. `input` carries every migration event the agent applies.
     pub async fn run(mut self, mut input: mpsc::UnboundedReceiver<Input>) {
         self.load().await;
-        let mut tick = tokio::time::interval(TICK);
         loop {
+            let tick = if self.active.values().any(|a| a.m.phase == Phase::Transferring) { FAST_TICK } else { TICK };
             tokio::select! {
                 i = input.recv() => match i {
                     Some(Input::Event(e)) => self.on_event(&e).await,
@@ -94,7 +113,7 @@ impl Worker {
                     }
                     None => return,
                 },
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(tick) => {}
             }
             self.step_all().await;
         }
@@ -160,7 +179,16 @@ impl Worker {
             return;
         }
         self.term = self.term.max(m.current().term);
-        self.active.entry(m.id).or_insert(Active { m, transfer: None, verified, watch_until: None, journal });
+        self.active.entry(m.id).or_insert(Active {
+            m,
+            transfer: None,
+            verified,
+            watch_until: None,
+            journal,
+            reported: None,
+            report_failures: 0,
+            polled_at: None,
+        });
     }
 
     async fn fetch(&self, id: MigrationId) -> Option<Migration> {
@@ -238,8 +266,14 @@ impl Worker {
                     // down, it still checks for a guest that arrived anyway.
                     self.journal(&m, m.current().token(), TransferState::Receiving);
                 }
+                if self.recently_reported(id) || self.active[&id].polled_at.is_some_and(|t| t.elapsed() < ARRIVAL_POLL)
+                {
+                    return false;
+                }
                 if self.runs_here(&m.guest, &m.source).await == Some(true) {
                     self.report(&m, ReportOutcome::GuestRunning).await;
+                } else if let Some(a) = self.active.get_mut(&id) {
+                    a.polled_at = Some(Instant::now());
                 }
                 false
             }
@@ -307,10 +341,14 @@ impl Worker {
                 }
             }
             Some(TransferState::Done { freeze_time_ms }) => {
-                self.report(&m, ReportOutcome::TransferDone { freeze_time_ms }).await;
+                if !self.recently_reported(id) {
+                    self.report(&m, ReportOutcome::TransferDone { freeze_time_ms }).await;
+                }
             }
             Some(TransferState::Failed { error }) => {
-                self.report(&m, ReportOutcome::TransferFailed { error }).await;
+                if !self.recently_reported(id) {
+                    self.report(&m, ReportOutcome::TransferFailed { error }).await;
+                }
             }
         }
         false
@@ -417,18 +455,50 @@ impl Worker {
         }
     }
 
+    /// True if a leader acknowledged this host's report on the migration's current phase less
+    /// than a [`TICK`] ago.
+    fn recently_reported(&self, id: MigrationId) -> bool {
+        let a = &self.active[&id];
+        a.reported.is_some_and(|(token, at)| token == a.m.current().token() && at.elapsed() < TICK)
+    }
+
+    /// Sends the report to every coordinator (each keeps it; followers forward it to the
+    /// leader). Acknowledged once an answer comes from a leader at least as new as any seen.
     async fn report(&mut self, m: &Migration, outcome: ReportOutcome) {
-        let body = MigrationReport { phase: m.phase, token: m.current().token(), outcome };
-        match self.client.post::<_, ReportAck>(&format!("/v1/migrations/{}/report", m.id.0), &body).await {
-            Ok(ack) if ack.term < self.term => {
-                tracing::warn!(migration = %m.id, ack_term = ack.term, term = self.term,
+        let token = m.current().token();
+        let body = MigrationReport { phase: m.phase, token, outcome };
+        let answers = self.client.post_all::<_, ReportAck>(&format!("/v1/migrations/{}/report", m.id.0), &body).await;
+        let newest = answers.iter().filter_map(|a| a.as_ref().ok()).map(|ack| ack.term).max();
+        match newest {
+            Some(term) if term >= self.term => {
+                self.term = term;
+                if let Some(a) = self.active.get_mut(&m.id) {
+                    a.reported = Some((token, Instant::now()));
+                    a.report_failures = 0;
+                }
+            }
+            Some(term) => {
+                tracing::warn!(migration = %m.id, ack_term = term, term = self.term,
                     "ignoring the answer of a deposed leader; will report again");
             }
-            Ok(ack) => self.term = ack.term,
-            Err(e @ ClientError::Api { .. }) if e.code() == Some("stale_report") => {
-                tracing::debug!(migration = %m.id, %e, "report overtaken by a newer phase");
-            }
-            Err(e) => tracing::warn!(migration = %m.id, %e, "report failed; will retry"),
+            None => match answers.iter().find_map(|a| a.as_ref().err().filter(|e| e.code() == Some("stale_report"))) {
+                Some(e) => tracing::debug!(migration = %m.id, %e, "report overtaken by a newer phase"),
+                None => {
+                    let errors: Vec<String> =
+                        answers.iter().filter_map(|a| a.as_ref().err()).map(|e| e.to_string()).collect();
+                    let failures = self.active.get_mut(&m.id).map_or(0, |a| {
+                        a.report_failures += 1;
+                        a.report_failures
+                    });
+                    // Normal for a moment while the coordinators elect a leader; worth a warning
+                    // when it lasts (every 50 fast ticks, about 2 s).
+                    if failures % 50 == 0 {
+                        tracing::warn!(migration = %m.id, failures, errors = %errors.join("; "), "no leader took the report; retrying");
+                    } else {
+                        tracing::debug!(migration = %m.id, errors = %errors.join("; "), "no leader took the report; will retry");
+                    }
+                }
+            },
         }
     }
 }

@@ -3,15 +3,26 @@
 //! host takes part in under `<data_dir>/migrations/` (what it did for which phase, so a restarted
 //! agent neither repeats nor forgets a transfer).
 //!
-//! Every write is atomic and durable: write a temporary file, fsync it, rename it over the
-//! target, fsync the directory. A kill at any point leaves either the old or the new file, never
-//! a torn one. The cursor is written *after* the guest file, so after a crash the agent re-applies
-//! at most the events after its cursor — which is harmless, because applying an event writes the
-//! guest's whole record (idempotent).
+//! Every write is atomic: write a temporary file, rename it over the target. A killed agent
+//! leaves either the old or the new file, never a torn one. Guest files are *group-committed*:
+//! [`AgentStore::stage`] writes and renames without waiting for the disk, and
+//! [`AgentStore::commit`] makes every staged file and the directory durable with one round of
+//! fsyncs before it writes the cursor (itself atomic and durable). So the cursor never covers a
+//! change that is not on disk, and after a crash of the machine the agent re-applies from its
+//! cursor — harmless, because applying an event writes the guest's whole record (idempotent).
+//! One fsync round per batch instead of two per event is what lets an agent keep up with a
+//! bulk change (hundreds of events per second on a disk where a sync takes milliseconds).
+//!
+//! A machine crash can still leave a staged file empty or partly written (its rename reached
+//! the disk, its data did not). [`AgentStore::load`] moves such a file aside (`*.damaged`) and
+//! says so, and the agent then re-syncs from the coordinators' full state. Journals and the
+//! cluster id are written durably one by one (they change rarely).
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use switchyard_protocol::hostconfig::{ConfigChange, HostConfig};
@@ -33,6 +44,23 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
 /// An agent's data directory.
 pub struct AgentStore {
     dir: PathBuf,
+    /// Guest files staged since the last commit (not yet known to be on disk), and whether a
+    /// guest file was removed (any staged change means the directory must be synced).
+    staged: Mutex<Staged>,
+}
+
+#[derive(Default)]
+struct Staged {
+    files: BTreeSet<PathBuf>,
+    dir: bool,
+}
+
+/// What [`AgentStore::load`] found.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: HostConfig,
+    /// Guest files that could not be read back, now renamed `*.damaged`.
+    pub damaged: Vec<PathBuf>,
 }
 
 impl AgentStore {
@@ -47,7 +75,7 @@ impl AgentStore {
                 }
             }
         }
-        Ok(AgentStore { dir: dir.to_path_buf() })
+        Ok(AgentStore { dir: dir.to_path_buf(), staged: Mutex::new(Staged::default()) })
     }
 
     fn journal_path(&self, id: MigrationId) -> PathBuf {
@@ -96,7 +124,21 @@ impl AgentStore {
         }
     }
 
-    pub fn set_cursor(&self, revision: Revision) -> Result<(), StoreError> {
+    /// Makes every staged change durable, then the cursor: after this, a restart resumes after
+    /// `revision`.
+    pub fn commit(&self, revision: Revision) -> Result<(), StoreError> {
+        let staged = std::mem::take(&mut *self.staged.lock().expect("staged lock"));
+        for path in &staged.files {
+            match File::open(path) {
+                Ok(f) => f.sync_all().map_err(io(format!("fsync {}", path.display())))?,
+                // Removed again after it was staged: the directory sync below covers it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(format!("open {}", path.display()))(e)),
+            }
+        }
+        if staged.dir || !staged.files.is_empty() {
+            sync_dir(&self.guests_dir())?;
+        }
         atomic_write(&self.dir.join("cursor"), format!("{revision}\n").as_bytes())
     }
 
@@ -117,44 +159,70 @@ impl AgentStore {
         atomic_write(&self.dir.join("cluster"), format!("{id}\n").as_bytes())
     }
 
-    /// Makes one change durable on disk.
-    pub fn write(&self, change: &ConfigChange) -> Result<(), StoreError> {
+    /// Applies one change on disk, atomically; durable at the next [`AgentStore::commit`].
+    pub fn stage(&self, change: &ConfigChange) -> Result<(), StoreError> {
+        let mut staged = self.staged.lock().expect("staged lock");
         match change {
-            ConfigChange::Put(g) => atomic_write(&self.guest_path(&g.name), &HostConfig::render(g)),
+            ConfigChange::Put(g) => {
+                let path = self.guest_path(&g.name);
+                replace_file(&path, &HostConfig::render(g))?;
+                staged.files.insert(path);
+            }
             ConfigChange::Remove(n) => {
                 let path = self.guest_path(n);
                 match fs::remove_file(&path) {
-                    Ok(()) => sync_dir(&self.guests_dir()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(io(format!("remove {}", path.display()))(e)),
+                    Ok(()) => staged.dir = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(format!("remove {}", path.display()))(e)),
                 }
             }
         }
+        Ok(())
     }
 
-    /// Reads back everything applied so far.
-    pub fn load(&self) -> Result<HostConfig, StoreError> {
+    /// Reads back everything applied so far. A guest file that does not decode, or holds
+    /// another guest than its name says, is renamed `*.damaged` and listed in
+    /// [`Loaded::damaged`]: the applied state is then incomplete and must be re-synced.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        let dir = self.guests_dir();
         let mut guests = Vec::new();
-        for (path, g) in read_json_files::<Guest>(&self.guests_dir())? {
-            if self.guest_path(&g.name) != path {
-                return Err(StoreError::Corrupt { path, reason: format!("holds guest {}", g.name) });
+        let mut damaged = Vec::new();
+        for path in json_files(&dir)? {
+            let bytes = fs::read(&path).map_err(io(format!("read {}", path.display())))?;
+            match serde_json::from_slice::<Guest>(&bytes) {
+                Ok(g) if self.guest_path(&g.name) == path => guests.push(g),
+                Ok(g) => damaged.push((path, format!("holds guest {}", g.name))),
+                Err(e) => damaged.push((path, e.to_string())),
             }
-            guests.push(g);
         }
-        Ok(HostConfig::from_guests(guests))
+        for (path, reason) in &damaged {
+            let aside = path.with_extension("damaged");
+            tracing::warn!(path = %path.display(), %reason, aside = %aside.display(), "damaged guest file set aside");
+            fs::rename(path, &aside).map_err(io(format!("rename {} to {}", path.display(), aside.display())))?;
+        }
+        if !damaged.is_empty() {
+            sync_dir(&dir)?;
+        }
+        Ok(Loaded { config: HostConfig::from_guests(guests), damaged: damaged.into_iter().map(|(p, _)| p).collect() })
     }
 
-    /// Replaces everything with `config` (after a `compacted` answer): writes every guest and
-    /// removes files of guests that no longer exist.
+    /// Stages `config` as the whole applied state (a re-sync): writes every guest and removes
+    /// files of guests that no longer exist. Durable at the next [`AgentStore::commit`].
     pub fn replace_all(&self, config: &HostConfig) -> Result<(), StoreError> {
-        let current = self.load()?;
-        for g in config.guests() {
-            self.write(&ConfigChange::Put(g.clone()))?;
-        }
-        for g in current.guests() {
-            if !config.guests().any(|n| n.name == g.name) {
-                self.write(&ConfigChange::Remove(g.name.clone()))?;
+        let dir = self.guests_dir();
+        for path in json_files(&dir)? {
+            let keep = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| Name::new(s).ok())
+                .is_some_and(|n| config.guests().any(|g| g.name == n));
+            if !keep {
+                fs::remove_file(&path).map_err(io(format!("remove {}", path.display())))?;
+                self.staged.lock().expect("staged lock").dir = true;
             }
+        }
+        for g in config.guests() {
+            self.stage(&ConfigChange::Put(g.clone()))?;
         }
         Ok(())
     }
@@ -188,14 +256,22 @@ pub enum TransferState {
     },
 }
 
-/// Every `*.json` file of `dir`, decoded; a file that does not decode is named as corrupt.
-fn read_json_files<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<(PathBuf, T)>, StoreError> {
+/// Every `*.json` file of `dir`.
+fn json_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir).map_err(io(format!("list {}", dir.display())))?.flatten() {
         let path = e.path();
-        if path.extension().is_none_or(|x| x != "json") {
-            continue;
+        if path.extension().is_some_and(|x| x == "json") {
+            out.push(path);
         }
+    }
+    Ok(out)
+}
+
+/// Every `*.json` file of `dir`, decoded; a file that does not decode is named as corrupt.
+fn read_json_files<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<(PathBuf, T)>, StoreError> {
+    let mut out = Vec::new();
+    for path in json_files(dir)? {
         let bytes = fs::read(&path).map_err(io(format!("read {}", path.display())))?;
         let v = serde_json::from_slice(&bytes)
             .map_err(|err| StoreError::Corrupt { path: path.clone(), reason: err.to_string() })?;
@@ -208,15 +284,26 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(format!("fsync directory {}", dir.display())))
 }
 
-/// Write to a temporary, fsync, rename over `path`, fsync the directory.
+/// Write to a temporary, rename over `path`: atomic, not yet durable.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = write_temporary(path, bytes)?.0;
+    fs::rename(&tmp, path).map_err(io(format!("rename {} over {}", tmp.display(), path.display())))
+}
+
+/// Write to a temporary, fsync, rename over `path`, fsync the directory: atomic and durable.
 fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
-    f.write_all(bytes).map_err(io(format!("write {}", tmp.display())))?;
+    let (tmp, f) = write_temporary(path, bytes)?;
     f.sync_all().map_err(io(format!("fsync {}", tmp.display())))?;
     drop(f);
     fs::rename(&tmp, path).map_err(io(format!("rename {} over {}", tmp.display(), path.display())))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn write_temporary(path: &Path, bytes: &[u8]) -> Result<(PathBuf, File), StoreError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
+    f.write_all(bytes).map_err(io(format!("write {}", tmp.display())))?;
+    Ok((tmp, f))
 }
 
 #[cfg(test)]
@@ -247,38 +334,51 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = AgentStore::open(tmp.path()).unwrap();
         assert_eq!(s.cursor().unwrap(), 0);
-        s.write(&ConfigChange::Put(guest("vm1", 2))).unwrap();
-        s.write(&ConfigChange::Put(guest("vm2", 4))).unwrap();
-        s.write(&ConfigChange::Put(guest("vm1", 8))).unwrap();
-        s.write(&ConfigChange::Remove(Name::new("vm2").unwrap())).unwrap();
-        s.write(&ConfigChange::Remove(Name::new("vm2").unwrap())).unwrap(); // idempotent
-        s.set_cursor(42).unwrap();
+        s.stage(&ConfigChange::Put(guest("vm1", 2))).unwrap();
+        s.stage(&ConfigChange::Put(guest("vm2", 4))).unwrap();
+        s.stage(&ConfigChange::Put(guest("vm1", 8))).unwrap();
+        s.stage(&ConfigChange::Remove(Name::new("vm2").unwrap())).unwrap();
+        s.stage(&ConfigChange::Remove(Name::new("vm2").unwrap())).unwrap(); // idempotent
+        s.commit(42).unwrap();
         let reopened = AgentStore::open(tmp.path()).unwrap();
         assert_eq!(reopened.cursor().unwrap(), 42);
-        assert_eq!(reopened.load().unwrap(), HostConfig::from_guests([guest("vm1", 8)]));
+        assert_eq!(reopened.load().unwrap().config, HostConfig::from_guests([guest("vm1", 8)]));
     }
 
     #[test]
     fn leftover_temporaries_are_discarded_and_corrupt_files_named() {
         let tmp = tempfile::tempdir().unwrap();
         let s = AgentStore::open(tmp.path()).unwrap();
-        s.write(&ConfigChange::Put(guest("vm1", 2))).unwrap();
+        s.stage(&ConfigChange::Put(guest("vm1", 2))).unwrap();
         fs::write(tmp.path().join("guests/vm9.tmp"), b"{half").unwrap();
         let s = AgentStore::open(tmp.path()).unwrap();
-        assert_eq!(s.load().unwrap().guests().count(), 1);
+        let loaded = s.load().unwrap();
+        assert_eq!((loaded.config.guests().count(), loaded.damaged.len()), (1, 0));
+        // A file left half written by a machine crash (or holding another guest) is set aside
+        // and named, so the agent re-syncs instead of serving a partial configuration.
         fs::write(tmp.path().join("guests/vm1.json"), b"{half").unwrap();
-        let err = s.load().unwrap_err().to_string();
-        assert!(err.contains("corrupt file") && err.contains("vm1.json"), "{err}");
+        s.stage(&ConfigChange::Put(guest("vm2", 1))).unwrap();
+        fs::copy(tmp.path().join("guests/vm2.json"), tmp.path().join("guests/vm3.json")).unwrap();
+        let loaded = s.load().unwrap();
+        assert_eq!(loaded.config, HostConfig::from_guests([guest("vm2", 1)]));
+        let mut damaged: Vec<String> =
+            loaded.damaged.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        damaged.sort();
+        assert_eq!(damaged, ["vm1.json", "vm3.json"]);
+        assert!(tmp.path().join("guests/vm1.damaged").exists() && !tmp.path().join("guests/vm1.json").exists());
+        assert!(s.load().unwrap().damaged.is_empty());
     }
 
     #[test]
     fn replace_all_converges_to_the_given_config() {
         let tmp = tempfile::tempdir().unwrap();
         let s = AgentStore::open(tmp.path()).unwrap();
-        s.write(&ConfigChange::Put(guest("old", 1))).unwrap();
-        s.write(&ConfigChange::Put(guest("kept", 1))).unwrap();
+        s.stage(&ConfigChange::Put(guest("old", 1))).unwrap();
+        s.stage(&ConfigChange::Put(guest("kept", 1))).unwrap();
         let want = HostConfig::from_guests([guest("kept", 2), guest("new", 1)]);
         s.replace_all(&want).unwrap();
-        assert_eq!(s.load().unwrap(), want);
+        s.commit(7).unwrap();
+        assert_eq!(s.load().unwrap().config, want);
+        assert_eq!(s.cursor().unwrap(), 7);
     }
 }

@@ -30,9 +30,13 @@ pub struct Args {
     /// Change rates (per second) of the fan-out runs.
     #[arg(long, default_value = "10,100", value_delimiter = ',')]
     pub rates: Vec<u64>,
-    /// Leader kills per failover figure.
+    /// Leader kills of the write failover figure (per system).
     #[arg(long, default_value_t = 5)]
     pub failover_reps: usize,
+    /// Leader kills of the migration failover figure (SPEC §8 asks for its p99: the max of 20
+    /// kills bounds it from above).
+    #[arg(long, default_value_t = 20)]
+    pub migration_reps: usize,
     /// How far behind the catch-up subscriber starts.
     #[arg(long, default_value_t = 100_000)]
     pub catchup_events: u64,
@@ -50,15 +54,25 @@ pub struct Args {
     /// Switchyard alone, even when etcd is installed.
     #[arg(long)]
     pub no_etcd: bool,
-    /// Raft heartbeat interval of both systems.
-    #[arg(long, default_value_t = 100)]
+    /// Raft heartbeat interval of both systems (default: Switchyard's own default).
+    #[arg(long, default_value_t = 50)]
     pub heartbeat_ms: u64,
-    /// Election timeout of both systems (etcd waits [t, 2t); Switchyard gets the same range).
-    #[arg(long, default_value_t = 1000)]
+    /// Election timeout of both systems: etcd campaigns after [t, 2t) without a heartbeat, and
+    /// Switchyard gets the range that makes it campaign as early (default 375: Switchyard's
+    /// own default configuration, 150..300 ms after a 300 ms leader lease).
+    #[arg(long, default_value_t = 375)]
     pub election_ms: u64,
+    /// How long a simulated transfer of a guest takes (the migration failover figure measures
+    /// the failover, so the transfer is kept short).
+    #[arg(long, default_value_t = 50)]
+    pub transfer_ms: u64,
     /// Switchyard's `raft.proposal_batch_max` (1 turns batching off, for a before/after).
     #[arg(long, default_value_t = 256)]
     pub batch_max: usize,
+    /// Keep the synthetic exports of the replay runs in `--dir` (to profile `log replay` by
+    /// hand: `perf record switchyard log replay --digest FILE`).
+    #[arg(long)]
+    pub keep_exports: bool,
     /// Where the clusters keep their data (default: a temporary folder, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -212,8 +226,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     }
 
-    let mut systems: Vec<Sut> =
-        vec![Sut::Switchyard(Switchyard::start(&dir.join("switchyard"), timing, args.batch_max, 500).await?)];
+    let mut systems: Vec<Sut> = vec![Sut::Switchyard(
+        Switchyard::start(&dir.join("switchyard"), timing, args.batch_max, args.transfer_ms).await?,
+    )];
     if let Some(p) = etcd_program.clone() {
         systems.push(Sut::Etcd(Etcd::launch(p, &dir.join("etcd"), timing).await?));
     }

@@ -77,7 +77,7 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
         report.add("leader kill → first acknowledged write, median", "ms", false, name, ms(med));
         report.add("leader kill → first acknowledged write, max", "ms", false, name, ms(max));
         if let Sut::Switchyard(_) = sut {
-            let runs = match failover_migration(sut, args.failover_reps).await {
+            let runs = match failover_migration(sut, args.migration_reps).await {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("  switchyard: migration failover not measured: {e:#}");
@@ -90,13 +90,25 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
                 report.add("leader kill mid-migration → next phase commit, max", "ms", false, name, ms(max));
                 report.note(
                     "leader kill mid-migration → next phase commit, median",
-                    "killed as `transferring` commits; the simulated transfer takes 500 ms",
+                    format!(
+                        "{} kills as `transferring` commits; the simulated transfer takes {} ms",
+                        args.migration_reps, args.transfer_ms
+                    ),
                 );
             }
         }
     }
     if args.wants("catchup") {
-        let (load_rate, catchup) = catch_up(sut, args.catchup_events).await?;
+        let (load_rate, catchup, agents) = catch_up(sut, args.catchup_events).await?;
+        if let Some(d) = agents {
+            report.add(
+                format!("bulk write of {} changes → applied by all 3 agents", args.catchup_events),
+                "events/s",
+                true,
+                name,
+                args.catchup_events as f64 / d.as_secs_f64(),
+            );
+        }
         report.add(
             format!("bulk write of {} changes (256 clients)", args.catchup_events),
             "ops/s",
@@ -314,20 +326,7 @@ async fn failover_migration(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Du
     // The agents take part in every migration: let them apply what the earlier runs wrote first.
     let target = sut.revision(&client).await?;
     let t = Instant::now();
-    for h in ["h1", "h2"] {
-        loop {
-            let applied = get_json(&client, &token, &ep, &format!("/v1/hosts/{h}"))
-                .await
-                .and_then(|v| v["items"]["sync"]["applied_revision"].as_u64());
-            if applied.is_some_and(|a| a >= target) {
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(600) {
-                bail!("agent {h} did not catch up to revision {target} within 600 s (at {applied:?})");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    agents_applied(&client, &token, &ep, target).await?;
     eprintln!("  switchyard: agents caught up to revision {target} in {:.1} s", t.elapsed().as_secs_f64());
     let body = json!({"name": "mg", "owner": "h1", "vcpus": 1, "memory_mib": 256});
     let _ = client.post(format!("http://{ep}/v1/guests")).bearer_auth(&token).json(&body).send().await?;
@@ -392,6 +391,26 @@ async fn failover_migration(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Du
     Ok(out)
 }
 
+/// Waits until the agents of h1..h3 report (every second) that they applied `target`.
+async fn agents_applied(client: &reqwest::Client, token: &str, ep: &str, target: u64) -> anyhow::Result<()> {
+    let t = Instant::now();
+    for h in ["h1", "h2", "h3"] {
+        loop {
+            let applied = get_json(client, token, ep, &format!("/v1/hosts/{h}"))
+                .await
+                .and_then(|v| v["items"]["sync"]["applied_revision"].as_u64());
+            if applied.is_some_and(|a| a >= target) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(600) {
+                bail!("agent {h} did not catch up to revision {target} within 600 s (at {applied:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Waits for the migration at `path` to commit its next phase after `kill_ms` (answering how
 /// long after the kill that commit was stamped) and then to complete.
 async fn next_phase_after(
@@ -428,7 +447,8 @@ async fn next_phase_after(
 
 /// Writes `n` changes with 256 clients (the bulk-load rate), then reads them all with a
 /// subscriber starting `n` revisions behind (the catch-up rate).
-async fn catch_up(sut: &Sut, n: u64) -> anyhow::Result<(f64, f64)> {
+/// For Switchyard, also how long after the bulk write began every agent had applied it.
+async fn catch_up(sut: &Sut, n: u64) -> anyhow::Result<(f64, f64, Option<Duration>)> {
     let client = http(Duration::from_secs(10));
     let (_, ep) = sut.leader().await?;
     let next = Arc::new(AtomicU64::new(0));
@@ -458,6 +478,13 @@ async fn catch_up(sut: &Sut, n: u64) -> anyhow::Result<(f64, f64)> {
     let load_rate = n as f64 / started.elapsed().as_secs_f64();
     let last = sut.revision(&client).await?;
     sut.wait_all_at(&client, last).await?;
+    let agents = match sut {
+        Sut::Switchyard(sw) => {
+            agents_applied(&client, sw.token(), &ep, last).await?;
+            Some(started.elapsed())
+        }
+        Sut::Etcd(_) => None,
+    };
     let from = last + 1 - n;
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
     let streams = reqwest::Client::new();
@@ -467,7 +494,7 @@ async fn catch_up(sut: &Sut, n: u64) -> anyhow::Result<(f64, f64)> {
     if seen.len() as u64 != n {
         eprintln!("  {}: catch-up delivered {} of {n} events", sut.name(), seen.len());
     }
-    Ok((load_rate, rate))
+    Ok((load_rate, rate, agents))
 }
 
 /// Offline `log replay --digest` of synthetic histories (real events from the real state
@@ -489,7 +516,9 @@ pub fn replay(args: &Args, dir: &Path, report: &mut Report) -> anyhow::Result<()
             bail!("log replay failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         report.add(format!("offline `log replay` of {n} events"), "events/s", true, "switchyard", n as f64 / secs);
-        let _ = std::fs::remove_file(&file);
+        if !args.keep_exports {
+            let _ = std::fs::remove_file(&file);
+        }
     }
     Ok(())
 }

@@ -58,7 +58,7 @@ pub struct ApiState {
     clock: Arc<dyn Clock>,
     /// Agent reports (meaningful on the leader).
     pub liveness: Arc<Liveness>,
-    /// Agents' migration reports, read by the migration driver (leader only).
+    /// Agents' migration reports, read by the migration driver (kept on every node).
     pub reports: Arc<Reports>,
     /// Every write of this node goes through it into Raft.
     pub proposer: Proposer,
@@ -867,8 +867,11 @@ async fn abort_migration(
     propose(&s, &c, r.request_id.as_deref(), Command::AbortMigration { id, reason: r.reason }).await
 }
 
-/// An agent reports its part of the current phase of a migration it takes part in. Held by the
-/// leader for the driver (a follower forwards it).
+/// An agent reports its part of the current phase of a migration it takes part in. Held in
+/// memory for the driver by every coordinator that receives it and whose applied state has the
+/// migration at that phase; a follower then forwards it to the leader, whose answer (with its
+/// term) the agent gets. Agents send each report to every coordinator they know, so the one that
+/// wins the next election already holds it and moves the migration on at once.
 async fn report_migration(
     State(s): State<Arc<ApiState>>,
     Extension(c): Extension<Caller>,
@@ -880,13 +883,24 @@ async fn report_migration(
     let (Role::Agent, Some(host)) = (c.role, c.host.as_ref()) else {
         return Err(ApiError::Forbidden("only an agent token bound to a host may report on a migration".into()));
     };
-    if !s.is_leader() {
+    let leader = s.is_leader();
+    let m = s.sm.read(|st| st.migration(id).cloned());
+    let m = match m {
+        Some(m) => Some(m),
+        None if leader => s.sm.history().migration(id)?,
+        None => None,
+    };
+    if !leader {
+        // Keep what this node can check against its own applied state (it may be the next
+        // leader); the leader's answer decides.
+        if let Some(m) = m.filter(|m| m.involves(host)) {
+            if let Err(e) = s.reports.record(&m, host, &r) {
+                tracing::debug!(migration = %id, %e, "report not kept on this follower");
+            }
+        }
         return Err(ApiError::NotLeader { leader: s.leader_api() });
     }
-    let m =
-        s.sm.read(|st| st.migration(id).cloned())
-            .or(s.sm.history().migration(id)?)
-            .ok_or(ApiError::Rejected(Rejection::UnknownMigration { id }))?;
+    let m = m.ok_or(ApiError::Rejected(Rejection::UnknownMigration { id }))?;
     if !m.involves(host) {
         return Err(ApiError::Forbidden(format!(
             "host {host} takes no part in migration {id} ({} to {})",

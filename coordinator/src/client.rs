@@ -71,6 +71,17 @@ impl Client {
         Client { endpoints, token, http, streaming }
     }
 
+    /// The same client, trying the endpoints from the `k`-th on (wrapping around). Agents start
+    /// at different coordinators, so their subscriptions and reports spread over the cluster
+    /// instead of all landing on the first endpoint (and all breaking when it stops).
+    pub fn rotated(mut self, k: usize) -> Client {
+        if !self.endpoints.is_empty() {
+            let n = k % self.endpoints.len();
+            self.endpoints.rotate_left(n);
+        }
+        self
+    }
+
     /// Subscribes to events, calling `on_item` for every item until it returns `false`, or (not
     /// following) until the stream ends. When following, a broken stream is resumed on the next
     /// endpoint from the last revision seen, so the items delivered stay gap-free and
@@ -159,6 +170,20 @@ impl Client {
         self.send::<(), T>(Method::DELETE, path, None).await
     }
 
+    /// Posts the same body to every endpoint at once and returns each one's answer, in endpoint
+    /// order. For messages every coordinator should hold (agents' migration reports), so that
+    /// whichever coordinator leads next already has them.
+    pub async fn post_all<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Vec<Result<T, ClientError>> {
+        let sends = self.endpoints.iter().map(|ep| async move {
+            self.send_to::<B, T>(ep, Method::POST, path, Some(body)).await.map_err(ClientError::from)
+        });
+        futures_util::future::join_all(sends).await
+    }
+
     /// Sends a request to the first endpoint that answers. Only a failure to connect moves on to
     /// the next endpoint: once a server answered, its answer is final (a write may have been
     /// applied, and retrying is the caller's decision, made safe by request ids).
@@ -170,36 +195,67 @@ impl Client {
     ) -> Result<T, ClientError> {
         let mut failures = Vec::new();
         for ep in &self.endpoints {
-            let mut req = self.http.request(method.clone(), format!("http://{ep}{path}")).bearer_auth(&self.token);
-            if let Some(b) = body {
-                req = req.json(b);
+            match self.send_to(ep, method.clone(), path, body).await {
+                Err(Failure::Connect(e)) => failures.push(e),
+                Err(Failure::Answered(e)) => return Err(e),
+                Ok(v) => return Ok(v),
             }
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) if e.is_connect() => {
-                    failures.push(format!("{ep}: {e}"));
-                    continue;
-                }
-                Err(e) => return Err(ClientError::Unreachable(format!("{ep}: {e}"))),
-            };
-            let status = resp.status();
-            let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable(format!("{ep}: {e}")))?;
-            if status.is_success() {
-                return serde_json::from_slice(&bytes)
-                    .map_err(|e| ClientError::Protocol { endpoint: ep.clone(), reason: e.to_string() });
-            }
-            return match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(e) => Err(ClientError::Api { status: status.as_u16(), code: e.code, message: e.message }),
-                Err(_) => Err(ClientError::Protocol {
-                    endpoint: ep.clone(),
-                    reason: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
-                }),
-            };
         }
         Err(ClientError::Unreachable(if failures.is_empty() {
             "no endpoints given".into()
         } else {
             failures.join("; ")
         }))
+    }
+
+    /// One request to one endpoint; a failure to connect is told apart (nothing was sent).
+    async fn send_to<B: Serialize, T: DeserializeOwned>(
+        &self,
+        ep: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, Failure> {
+        let mut req = self.http.request(method, format!("http://{ep}{path}")).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => return Err(Failure::Connect(format!("{ep}: {e}"))),
+            Err(e) => return Err(Failure::Answered(ClientError::Unreachable(format!("{ep}: {e}")))),
+        };
+        let status = resp.status();
+        let bytes =
+            resp.bytes().await.map_err(|e| Failure::Answered(ClientError::Unreachable(format!("{ep}: {e}"))))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                Failure::Answered(ClientError::Protocol { endpoint: ep.to_string(), reason: e.to_string() })
+            });
+        }
+        Err(Failure::Answered(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(e) => ClientError::Api { status: status.as_u16(), code: e.code, message: e.message },
+            Err(_) => ClientError::Protocol {
+                endpoint: ep.to_string(),
+                reason: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+            },
+        }))
+    }
+}
+
+/// How one request to one endpoint failed.
+enum Failure {
+    /// Could not connect: nothing reached the server, another endpoint may be tried.
+    Connect(String),
+    /// The server answered (or the exchange broke after sending): final.
+    Answered(ClientError),
+}
+
+impl From<Failure> for ClientError {
+    fn from(f: Failure) -> ClientError {
+        match f {
+            Failure::Connect(e) => ClientError::Unreachable(e),
+            Failure::Answered(e) => e,
+        }
     }
 }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 use switchyard_protocol::api::{HostReport, HostSync, SyncStatus};
-use switchyard_protocol::hostconfig::HostConfig;
 use switchyard_protocol::{ClusterState, Command, Host, Name, Proposal};
 
 use crate::api::ApiState;
@@ -69,7 +68,7 @@ impl Liveness {
 
 /// The digest every in-sync host reports for `state`.
 pub fn expected_digest(state: &ClusterState) -> u64 {
-    HostConfig::from_state(state).digest()
+    state.config_digest()
 }
 
 /// Runs on every coordinator; acts only while it is the leader: proposes reachability

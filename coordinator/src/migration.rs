@@ -4,9 +4,10 @@
 //! It runs on every coordinator and acts only while that coordinator is the leader. It keeps no
 //! state of its own that matters: what to do next is decided from the committed migration record
 //! alone ([`next_step`]), so a new leader resumes every in-flight migration from the log. The one
-//! thing held in memory is the agents' reports for the `transferring` phase ([`Reports`]); a new
-//! leader starts without them, and the agents, which keep reporting until they see the phase
-//! change, simply tell it again.
+//! thing held in memory is the agents' reports for the `transferring` phase ([`Reports`]). Every
+//! coordinator keeps the reports it receives (agents send each one to all of them), so a new
+//! leader usually holds them already and moves the migration on as soon as it is elected; if it
+//! does not, the agents, which keep reporting until they see the phase change, tell it again.
 //!
 //! Every step is a command that names the phase it starts from, so a step proposed twice (by a
 //! retrying or a deposed leader) is refused by the state machine instead of applied twice.
@@ -37,7 +38,9 @@ pub struct PhaseReports {
     pub target_running: bool,
 }
 
-/// Agent reports, held by the leader in memory.
+/// Agent reports, held in memory by every coordinator (only the leader's driver acts on them).
+/// A report is a fact about one committed phase (it names the phase's fencing token), so one
+/// received while following stays true after this node is elected.
 #[derive(Default)]
 pub struct Reports {
     by_migration: Mutex<HashMap<MigrationId, PhaseReports>>,
@@ -87,10 +90,6 @@ impl Reports {
     /// Drops the reports of migrations no longer in flight.
     fn retain(&self, live: impl Fn(MigrationId) -> bool) {
         self.by_migration.lock().expect("reports lock").retain(|id, _| live(*id));
-    }
-
-    fn clear(&self) {
-        self.by_migration.lock().expect("reports lock").clear();
     }
 }
 
@@ -200,7 +199,7 @@ pub async fn run(s: Arc<ApiState>) {
         }
         wait = Duration::from_millis(1000);
         if metrics.borrow().state != ServerState::Leader {
-            s.reports.clear();
+            s.sm.read(|st| s.reports.retain(|id| st.migration(id).is_some_and(|m| !m.phase.is_terminal())));
             continue;
         }
         // While a restore imports history, every step would be refused: wait for its end.

@@ -153,7 +153,7 @@ impl Host {
 }
 
 /// Whether a guest is meant to be running.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Running,
@@ -162,7 +162,7 @@ pub enum RunState {
 
 /// The operator-editable configuration of a distributed guest: what every host's copy of the
 /// guest's configuration file holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GuestSpec {
     pub vcpus: u32,
     pub memory_mib: u64,
@@ -178,6 +178,31 @@ pub struct GuestSpec {
     pub package: Option<Name>,
 }
 
+/// `clone_from` reuses the buffers of the record it overwrites: folding a guest change then
+/// allocates nothing (what `log replay` of millions of events spends its time on otherwise).
+impl Clone for GuestSpec {
+    fn clone(&self) -> Self {
+        GuestSpec {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            disks: self.disks.clone(),
+            networks: self.networks.clone(),
+            online_migration: self.online_migration,
+            cluster_node: self.cluster_node,
+            package: self.package.clone(),
+        }
+    }
+    fn clone_from(&mut self, s: &Self) {
+        self.vcpus = s.vcpus;
+        self.memory_mib = s.memory_mib;
+        self.disks.clone_from(&s.disks);
+        self.networks.clone_from(&s.networks);
+        self.online_migration = s.online_migration;
+        self.cluster_node = s.cluster_node;
+        self.package.clone_from(&s.package);
+    }
+}
+
 impl GuestSpec {
     pub fn demand(&self) -> Resources {
         Resources { vcpus: self.vcpus, memory_mib: self.memory_mib }
@@ -185,7 +210,7 @@ impl GuestSpec {
 }
 
 /// A distributed guest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Guest {
     pub name: Name,
     pub spec: GuestSpec,
@@ -194,6 +219,26 @@ pub struct Guest {
     pub run_state: RunState,
     /// Revision of the guest's last change; what optimistic concurrency compares against.
     pub version: Revision,
+}
+
+/// `clone_from` reuses buffers, as for [`GuestSpec`].
+impl Clone for Guest {
+    fn clone(&self) -> Self {
+        Guest {
+            name: self.name.clone(),
+            spec: self.spec.clone(),
+            owner: self.owner.clone(),
+            run_state: self.run_state,
+            version: self.version,
+        }
+    }
+    fn clone_from(&mut self, s: &Self) {
+        self.name.clone_from(&s.name);
+        self.spec.clone_from(&s.spec);
+        self.owner.clone_from(&s.owner);
+        self.run_state = s.run_state;
+        self.version = s.version;
+    }
 }
 
 /// A failover package and its switching state.

@@ -15,9 +15,19 @@ pub const NAME_LEN_MAX: usize = 63;
 
 /// A host, guest or package name: 1 to 63 bytes of `[A-Za-z0-9._-]`, starting with a letter or a
 /// digit.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Name(String);
+
+impl Clone for Name {
+    fn clone(&self) -> Self {
+        Name(self.0.clone())
+    }
+    /// Reuses this name's buffer (the state machine overwrites guest records in place).
+    fn clone_from(&mut self, source: &Self) {
+        self.0.clone_from(&source.0)
+    }
+}
 
 /// Why a string is not a valid [`Name`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventPayload};
+use crate::hostconfig::guest_digest;
 use crate::limits::{FINISHED_MIGRATIONS_RETAINED, REQUEST_IDS_RETAINED};
 use crate::model::{
     ClusterIdentity, Guest, Host, ImportProgress, Migration, MigrationId, Package, RequestId, Resources, Revision,
@@ -60,6 +61,8 @@ struct Derived {
     used: BTreeMap<Name, Resources>,
     /// Resources promised to in-flight migrations' targets.
     reserved: BTreeMap<Name, Resources>,
+    /// The digest of the guest configuration every host holds ([`ClusterState::config_digest`]).
+    config_digest: u64,
 }
 
 impl ClusterState {
@@ -119,6 +122,12 @@ impl ClusterState {
         self.importing = Some(progress);
     }
 
+    /// The digest every in-sync host reports: [`crate::hostconfig::HostConfig::digest`] of this
+    /// state's guests, kept up to date event by event.
+    pub fn config_digest(&self) -> u64 {
+        self.derived.config_digest
+    }
+
     /// The revisions an already-applied request produced, if it is still remembered.
     pub fn applied_request(&self, id: RequestId) -> Option<RevisionRange> {
         self.derived.requests.get(&id).copied()
@@ -168,21 +177,24 @@ impl ClusterState {
                 self.add_guest(guest.clone(), event);
             }
             EventPayload::GuestModified { guest } => {
-                let old = self.remove_guest(&guest.name);
+                // Overwritten in place (one lookup, buffers reused): guest changes are most of
+                // a long history.
+                let slot = self.guests.get_mut(&guest.name).expect("event names an existing guest");
+                sub(&mut self.derived.used, &slot.owner, slot.spec.demand());
+                self.derived.config_digest = self.derived.config_digest.wrapping_sub(guest_digest(slot));
                 // A package that stays the same keeps its switching state; any other change
                 // drops the old package and creates the new one fresh.
-                let kept = match (&old.spec.package, &guest.spec.package) {
-                    (Some(a), Some(b)) if a == b => self.packages.remove(a),
-                    (Some(a), _) => {
-                        self.packages.remove(a);
-                        None
+                if slot.spec.package != guest.spec.package {
+                    if let Some(old) = &slot.spec.package {
+                        self.packages.remove(old);
                     }
-                    (None, _) => None,
-                };
-                self.add_guest(guest.clone(), event);
-                if let Some(p) = kept {
-                    self.packages.insert(p.name.clone(), p);
+                    if let Some(p) = &guest.spec.package {
+                        self.packages.insert(p.clone(), new_package(p, &guest.name, event));
+                    }
                 }
+                slot.clone_from(guest);
+                add(&mut self.derived.used, &slot.owner, slot.spec.demand());
+                self.derived.config_digest = self.derived.config_digest.wrapping_add(guest_digest(slot));
             }
             EventPayload::GuestRemoved { guest } => {
                 let old = self.remove_guest(guest);
@@ -240,8 +252,11 @@ impl ClusterState {
             EventPayload::GuestOwnerChanged { guest, from, to, .. } => {
                 let g = self.guests.get_mut(guest).expect("event names an existing guest");
                 let demand = g.spec.demand();
+                let before = guest_digest(g);
                 g.owner = to.clone();
                 g.version = rev;
+                self.derived.config_digest =
+                    self.derived.config_digest.wrapping_sub(before).wrapping_add(guest_digest(g));
                 sub(&mut self.derived.used, from, demand);
                 add(&mut self.derived.used, to, demand);
                 // The reservation becomes real use.
@@ -324,29 +339,16 @@ impl ClusterState {
     fn add_guest(&mut self, guest: Guest, event: &Event) {
         add(&mut self.derived.used, &guest.owner, guest.spec.demand());
         if let Some(p) = &guest.spec.package {
-            self.packages.insert(
-                p.clone(),
-                Package {
-                    name: p.clone(),
-                    guest: guest.name.clone(),
-                    switching_enabled: true,
-                    disabled_nodes: BTreeSet::new(),
-                    switching_changed: SwitchingChange {
-                        at: event.time,
-                        revision: event.revision,
-                        actor: event.actor.clone(),
-                        reason: Some("package created".into()),
-                        migration: None,
-                    },
-                },
-            );
+            self.packages.insert(p.clone(), new_package(p, &guest.name, event));
         }
+        self.derived.config_digest = self.derived.config_digest.wrapping_add(guest_digest(&guest));
         self.guests.insert(guest.name.clone(), guest);
     }
 
     fn remove_guest(&mut self, name: &Name) -> Guest {
         let old = self.guests.remove(name).expect("event names an existing guest");
         sub(&mut self.derived.used, &old.owner, old.spec.demand());
+        self.derived.config_digest = self.derived.config_digest.wrapping_sub(guest_digest(&old));
         old
     }
 
@@ -382,6 +384,7 @@ impl ClusterState {
         }
         for g in self.guests.values() {
             add(&mut d.used, &g.owner, g.spec.demand());
+            d.config_digest = d.config_digest.wrapping_add(guest_digest(g));
         }
         for m in self.migrations.values() {
             if m.phase.is_terminal() {
@@ -442,6 +445,23 @@ impl ClusterState {
             }
         }
         bad
+    }
+}
+
+/// The package a guest event creates: switching enabled, on no node disabled.
+fn new_package(name: &Name, guest: &Name, event: &Event) -> Package {
+    Package {
+        name: name.clone(),
+        guest: guest.clone(),
+        switching_enabled: true,
+        disabled_nodes: BTreeSet::new(),
+        switching_changed: SwitchingChange {
+            at: event.time,
+            revision: event.revision,
+            actor: event.actor.clone(),
+            reason: Some("package created".into()),
+            migration: None,
+        },
     }
 }
 

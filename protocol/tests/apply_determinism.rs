@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use switchyard_protocol::codec;
+use switchyard_protocol::hostconfig::HostConfig;
 use switchyard_protocol::*;
 
 const HOSTS: [&str; 4] = ["h1", "h2", "h3", "small"];
@@ -171,6 +172,8 @@ fn run(tail: &[Op]) -> (ClusterState, Vec<Result<Applied, Rejection>>, Vec<Event
         }
         let bad = state.check_invariants();
         assert!(bad.is_empty(), "after {:?}: {bad:?}", proposal.command);
+        // The digest kept event by event is the one an agent computes from the same guests.
+        assert_eq!(state.config_digest(), HostConfig::from_state(&state).digest());
         sent.push(proposal);
     }
     (state, outcomes, events)

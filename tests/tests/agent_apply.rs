@@ -1,5 +1,5 @@
-//! An agent applies every guest change to its files, survives SIGKILL mid-stream and a leader
-//! kill, and ends identical to the cluster's configuration, reported in sync.
+//! An agent applies every guest change to its files, survives SIGKILL mid-stream, a leader kill
+//! and damaged guest files, and ends identical to the cluster's configuration, reported in sync.
 mod common;
 
 use std::time::Duration;
@@ -87,6 +87,21 @@ async fn agent_converges_through_kills() {
     let (_, guests) = agent.applied();
     assert!(guests.iter().all(|g| g.name.as_str() != "g3"), "removed guest's file is gone");
     assert_eq!(guests.len(), 10 - 1 + 10);
+
+    // What a machine crash can leave behind a group commit (a guest file renamed into place
+    // before its data reached the disk), or a bad disk: a torn file and a file holding another
+    // guest. The restarted agent sets them aside and re-syncs from the coordinators.
+    agent.kill();
+    let files = agent.dir.join("data/guests");
+    let torn = std::fs::read(files.join("g1.json")).unwrap();
+    std::fs::write(files.join("g1.json"), &torn[..torn.len() / 2]).unwrap();
+    std::fs::copy(files.join("g2.json"), files.join("g4.json")).unwrap();
+    agent.restart();
+    converged(&cluster, &agent, &survivors).await;
+    for name in ["g1", "g4"] {
+        assert!(files.join(format!("{name}.damaged")).exists(), "{name}'s damaged file is kept aside");
+    }
+    assert_eq!(agent.applied().1.len(), 10 - 1 + 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
