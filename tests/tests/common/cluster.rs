@@ -425,9 +425,10 @@ impl AgentProc {
         if let Ok(rd) = std::fs::read_dir(data.join("guests")) {
             for e in rd.flatten() {
                 if e.path().extension().is_some_and(|x| x == "json") {
-                    // A damaged file (set aside by the agent when it starts) is left out, so the
-                    // applied state differs from the cluster's until the agent has repaired it.
-                    let bytes = std::fs::read(e.path()).expect("read guest file");
+                    // A damaged file (set aside by the agent when it starts, so it may be gone
+                    // by now) is left out: the applied state differs from the cluster's until
+                    // the agent has repaired it.
+                    let Ok(bytes) = std::fs::read(e.path()) else { continue };
                     if let Ok(g) = serde_json::from_slice(&bytes) {
                         guests.push(g);
                     }
