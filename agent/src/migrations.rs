@@ -62,7 +62,7 @@ struct Active {
     journal: Option<Journal>,
     /// When a leader last acknowledged this host's report on the phase with this token.
     reported: Option<(FencingToken, Instant)>,
-    /// Reports in a row that no leader took (logged as a warning every so often).
+    /// Reports in a row that no leader took (a warning every 50).
     report_failures: u32,
     /// Target: when it last asked the driver whether the guest arrived.
     polled_at: Option<Instant>,
@@ -486,14 +486,18 @@ impl Worker {
                 None => {
                     let errors: Vec<String> =
                         answers.iter().filter_map(|a| a.as_ref().err()).map(|e| e.to_string()).collect();
-                    let failures = self.active.get_mut(&m.id).map_or(0, |a| {
-                        a.report_failures += 1;
-                        a.report_failures
-                    });
                     // Normal for a moment while the coordinators elect a leader; worth a warning
-                    // when it lasts (every 50 fast ticks, about 2 s).
-                    if failures % 50 == 0 {
-                        tracing::warn!(migration = %m.id, failures, errors = %errors.join("; "), "no leader took the report; retrying");
+                    // when it lasts (every 50 failures in a row, about 2 s of fast ticks).
+                    let lasting = self.active.get_mut(&m.id).is_some_and(|a| {
+                        a.report_failures += 1;
+                        let lasting = a.report_failures >= 50;
+                        if lasting {
+                            a.report_failures = 0;
+                        }
+                        lasting
+                    });
+                    if lasting {
+                        tracing::warn!(migration = %m.id, errors = %errors.join("; "), "no leader took the report in 50 tries; retrying");
                     } else {
                         tracing::debug!(migration = %m.id, errors = %errors.join("; "), "no leader took the report; will retry");
                     }
