@@ -1,15 +1,10 @@
 //! The Raft log on RocksDB (openraft `RaftLogStorage`, storage v2).
 //!
-//! Durability points (RAFT_STORAGE_RULES.md): `save_vote`, `truncate` and `purge` each write one
-//! batch with `sync = true`, so they are on disk before they return. The last purged log id is
-//! written in the same batch as the purge. `append` writes its batch *unsynced* — the entries
-//! are readable at once, so the leader starts replicating them while its own disk catches up —
-//! and hands the flush callback to the [`Flusher`], which syncs the write-ahead log and only then
-//! tells openraft the entries count towards a quorum. So the leader's fsync and the followers'
-//! overlap instead of following each other, and appends that arrive during one sync share the
-//! next (group commit). openraft awaits each call before making the next, and RocksDB's
-//! write-ahead log is sequential, so writes land in the order they were issued and any sync
-//! covers every write before it.
+//! Durability points (RAFT_STORAGE_RULES.md): `save_vote`, `append`, `truncate` and `purge` each
+//! write one batch with `sync = true`, so they are on disk before they return (and, for append,
+//! before the flush callback tells openraft the entries count towards a quorum). The last purged
+//! log id is written in the same batch as the purge. openraft awaits each call before making the
+//! next, so writes land in the order they were issued.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -23,56 +18,15 @@ use crate::db::{cf, key, DataDir};
 use crate::error::StoreError;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-/// The Raft log of one node. Cheap to clone: clones share the database and the flusher.
+/// The Raft log of one node. Cheap to clone: clones share the database.
 #[derive(Clone, Debug)]
 pub struct LogStore {
     dir: DataDir,
-    flusher: Flusher,
-}
-
-/// A thread that syncs the write-ahead log for appends and then calls their flush callbacks, in
-/// order: one sync for every callback that queued while the previous sync ran. It holds the
-/// database only weakly (dropping the last handle closes it at once, so it can be reopened) and
-/// stops when the last [`LogStore`] clone is dropped.
-#[derive(Clone, Debug)]
-struct Flusher {
-    queue: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
-}
-
-impl Flusher {
-    fn start(dir: &DataDir) -> Flusher {
-        let (queue, pending) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
-        let db = std::sync::Arc::downgrade(&dir.db);
-        std::thread::Builder::new()
-            .name(format!("raft-log-sync-{}", dir.node_id))
-            .spawn(move || {
-                while let Ok(first) = pending.recv() {
-                    let mut callbacks = vec![first];
-                    callbacks.extend(pending.try_iter());
-                    let synced = match db.upgrade() {
-                        Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
-                        None => Err("the database was closed".to_string()),
-                    };
-                    match synced {
-                        Ok(()) => callbacks.into_iter().for_each(|c| c.log_io_completed(Ok(()))),
-                        Err(e) => {
-                            tracing::error!(%e, "syncing the raft log failed");
-                            for c in callbacks {
-                                c.log_io_completed(Err(std::io::Error::other(format!("sync raft log: {e}"))));
-                            }
-                        }
-                    }
-                }
-            })
-            .expect("a thread can be started");
-        Flusher { queue }
-    }
 }
 
 impl LogStore {
     pub fn new(dir: DataDir) -> LogStore {
-        let flusher = Flusher::start(&dir);
-        LogStore { dir, flusher }
+        LogStore { dir }
     }
 
     pub fn data_dir(&self) -> &DataDir {
@@ -193,14 +147,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             b.put_cf(log, key::u64(e.get_log_id().index), codec::seal(RecordKind::LogEntry, &e));
         }
-        // Unsynced: readable (and replicated) at once; durable when the flusher calls back.
-        match self.dir.write(b, false, "append raft log entries") {
+        match self.write_synced(b, "append raft log entries").await {
             Ok(()) => {
-                if let Err(returned) = self.flusher.queue.send(callback) {
-                    returned.0.log_io_completed(Err(std::io::Error::other("the raft log sync thread stopped")));
-                    return Err(StoreError::Inconsistent("the raft log sync thread stopped".into())
-                        .into_raft(ErrorSubject::Logs, ErrorVerb::Write));
-                }
+                callback.log_io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {
