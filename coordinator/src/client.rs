@@ -259,3 +259,18 @@ impl From<Failure> for ClientError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_starts_at_another_endpoint_and_keeps_them_all() {
+        let c = Client::new(vec!["a:1".into(), "http://b:2/".into(), "c:3".into()], "t".into(), Duration::from_secs(1));
+        assert_eq!(c.clone().rotated(0).endpoints, ["a:1", "b:2", "c:3"]);
+        assert_eq!(c.clone().rotated(4).endpoints, ["b:2", "c:3", "a:1"]);
+        assert_eq!(c.rotated(usize::MAX).endpoints.len(), 3);
+        let none = Client::new(Vec::new(), "t".into(), Duration::from_secs(1)).rotated(7);
+        assert!(none.endpoints.is_empty());
+    }
+}
