@@ -328,10 +328,7 @@ async fn failover_migration(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Du
     let token = sw.token().to_string();
     let (_, ep) = sut.leader().await?;
     // The agents take part in every migration: let them apply what the earlier runs wrote first.
-    let target = sut.revision(&client).await?;
-    let t = Instant::now();
-    agents_applied(&client, &token, &ep, target).await?;
-    eprintln!("  switchyard: agents caught up to revision {target} in {:.1} s", t.elapsed().as_secs_f64());
+    settle(sut).await?;
     let body = json!({"name": "mg", "owner": "h1", "vcpus": 1, "memory_mib": 256});
     let _ = client.post(format!("http://{ep}/v1/guests")).bearer_auth(&token).json(&body).send().await?;
     let mut out = Vec::new();

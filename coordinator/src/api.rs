@@ -621,7 +621,7 @@ async fn remove_node(
 /// Host views with their sync status (known on the leader only).
 fn host_views<'a>(s: &ApiState, st: &ClusterState, hosts: impl Iterator<Item = &'a Host>) -> Vec<HostView> {
     let leader = s.is_leader();
-    let digest = leader.then(|| crate::liveness::expected_digest(st));
+    let digest = leader.then(|| st.config_digest());
     let timeout = Duration::from_millis(s.config.api.host_report_timeout_ms);
     hosts
         .map(|h| HostView {

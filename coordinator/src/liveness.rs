@@ -66,11 +66,6 @@ impl Liveness {
     }
 }
 
-/// The digest every in-sync host reports for `state`.
-pub fn expected_digest(state: &ClusterState) -> u64 {
-    state.config_digest()
-}
-
 /// Runs on every coordinator; acts only while it is the leader: proposes reachability
 /// transitions for hosts whose agents went silent or came back.
 pub async fn run(s: Arc<ApiState>, liveness: Arc<Liveness>) {
