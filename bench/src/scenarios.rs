@@ -12,7 +12,7 @@ use switchyard_protocol::{apply, ClusterState, Command, CompatProfile, GuestPatc
 use switchyard_protocol::{Proposal, RequestId, Resources, RunState, Timestamp};
 use switchyard_storage::export::{ExportHeader, ExportWriter, Format};
 
-use crate::sut::Sut;
+use crate::sut::{cli_program, Sut, Switchyard, Timing};
 use crate::{Args, Report};
 
 /// Keys (guests) the write load spreads over: one per client.
@@ -515,15 +515,10 @@ async fn catch_up(sut: &Sut, n: u64) -> anyhow::Result<(f64, f64, Option<Duratio
 /// Offline `log replay --digest` of synthetic histories (real events from the real state
 /// machine, written as an export), timed as a process.
 pub fn replay(args: &Args, dir: &Path, report: &mut Report) -> anyhow::Result<()> {
-    let cli = std::env::current_exe()?.with_file_name("switchyard");
-    if !cli.exists() {
-        bail!("{} not found: build with `cargo build --release --workspace --bins`", cli.display());
-    }
+    let cli = cli_program()?;
     for &n in &args.replay_events {
         let file = dir.join(format!("replay-{n}.swylog"));
-        let t = Instant::now();
-        synthetic_export(&file, n)?;
-        eprintln!("  wrote {n} events to {} in {:.1} s", file.display(), t.elapsed().as_secs_f64());
+        synthetic_export(&file, Synthetic { hosts: 10, guests: 10_000, events: n })?;
         let t = Instant::now();
         let out = std::process::Command::new(&cli).args(["log", "replay", "--digest"]).arg(&file).output()?;
         let secs = t.elapsed().as_secs_f64();
@@ -538,8 +533,20 @@ pub fn replay(args: &Args, dir: &Path, report: &mut Report) -> anyhow::Result<()
     Ok(())
 }
 
-/// An export of `n` events: 10 hosts, 10 000 guests, then guest changes.
-fn synthetic_export(path: &Path, n: u64) -> anyhow::Result<()> {
+/// The shape of a synthetic history: `hosts` hosts (`h0`..), `guests` guests (`g0`.., spread
+/// over the hosts), then guest changes round-robin until it holds `events` events.
+#[derive(Clone, Copy)]
+struct Synthetic {
+    hosts: u64,
+    guests: u64,
+    events: u64,
+}
+
+/// Writes a synthetic history as an export: each command goes through the real state machine
+/// (`apply`), so the events are exactly what a cluster would have committed.
+fn synthetic_export(path: &Path, shape: Synthetic) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let Synthetic { hosts, guests, events: n } = shape;
     let name = |s: String| Name::new(&s).expect("valid name");
     let mut state = ClusterState::default();
     let f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
@@ -552,31 +559,32 @@ fn synthetic_export(path: &Path, n: u64) -> anyhow::Result<()> {
     };
     let mut w = ExportWriter::new(f, Format::Binary, &header)?;
     for i in 0..n {
-        let command = if i < 10 {
+        let command = if i < hosts {
             Command::RegisterHost(HostSpec {
                 name: name(format!("h{i}")),
                 address: format!("h{i}:7100"),
                 capacity: Resources { vcpus: 65536, memory_mib: 1 << 30 },
                 profile: CompatProfile { hardware_family: "ia64".into(), hypervisor_version: "hpvm-6.1".into() },
             })
-        } else if i < 10_010 {
+        } else if i < hosts + guests {
+            let g = i - hosts;
             Command::CreateGuest {
-                name: name(format!("g{i}")),
+                name: name(format!("g{g}")),
                 spec: GuestSpec {
                     vcpus: 1,
                     memory_mib: 256,
-                    disks: vec![format!("avio_stor:/dev/vg01/g{i}")],
+                    disks: vec![format!("avio_stor:/dev/vg01/g{g}")],
                     networks: vec!["avio_lan:vswitch0".into()],
                     online_migration: true,
                     cluster_node: false,
                     package: None,
                 },
-                owner: name(format!("h{}", i % 10)),
+                owner: name(format!("h{}", g % hosts)),
                 run_state: RunState::Running,
             }
         } else {
             Command::ModifyGuest {
-                name: name(format!("g{}", 10 + i % 10_000)),
+                name: name(format!("g{}", i % guests)),
                 patch: GuestPatch { vcpus: Some(1 + (i % 8) as u32), ..Default::default() },
                 expect_version: None,
             }
@@ -588,37 +596,47 @@ fn synthetic_export(path: &Path, n: u64) -> anyhow::Result<()> {
         }
     }
     w.finish()?;
+    let mib = std::fs::metadata(path).map_or(0, |m| m.len()) >> 20;
+    eprintln!("  wrote {n} events ({mib} MiB) to {} in {:.1} s", path.display(), t.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// 100 000 guests on 1 000 hosts: resident memory of each coordinator, a snapshot's size and
-/// build time, and the time a killed follower takes to serve again.
-pub async fn scale(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow::Result<()> {
-    let Sut::Switchyard(sw) = &*sut else { bail!("the scale run is Switchyard's") };
+/// SPEC §8's scale: a fresh cluster seeded by `log restore` with a history of `scale_events`
+/// events (`scale_hosts` hosts, `scale_guests` guests, then guest changes). Measured on it:
+/// the restore's rate, commits on top of the big history, resident memory of each coordinator,
+/// a snapshot's build time and size, a killed follower's restart to serving, and a restart of
+/// the whole cluster (every coordinator killed) to the first acknowledged write.
+pub async fn scale(args: &Args, dir: &Path, timing: Timing, report: &mut Report) -> anyhow::Result<()> {
+    let (hosts, guests, n) = (args.scale_hosts as u64, args.scale_guests.max(KEYS) as u64, args.scale_events);
+    if n < hosts + guests {
+        bail!("--scale-events {n} is fewer than the {hosts} hosts and {guests} guests it must create");
+    }
+    let file = dir.join(format!("scale-{n}.swylog"));
+    synthetic_export(&file, Synthetic { hosts, guests, events: n })?;
+    let shape = format!("{hosts} hosts, {guests} guests, {n} events");
+    let (sw, took) = Switchyard::restored(&dir.join("scale"), timing, args.batch_max, &file).await?;
+    if !args.keep_exports {
+        let _ = std::fs::remove_file(&file);
+    }
+    report.add(format!("scale: `log restore` of {shape}"), "events/s", true, "switchyard", n as f64 / ms(took) * 1e3);
+    let mut sut = Sut::Switchyard(sw);
     let client = http(Duration::from_secs(600));
-    let (leader, ep) = sut.leader().await?;
-    let hosts: Vec<String> = (0..args.scale_hosts).map(|i| format!("s{i}")).collect();
-    let t = Instant::now();
-    sw.register_hosts(&client, &ep, &hosts).await?;
-    // g0..g999 exist already (the write load's guests).
-    let guests = args.scale_guests.max(KEYS);
-    sw.create_guests(&client, &ep, KEYS..guests, &hosts).await?;
-    let n = (guests - KEYS + hosts.len()) as f64;
-    report.add(
-        format!("setup: {} hosts + {} guests created (64 in flight)", hosts.len(), guests - KEYS),
-        "ops/s",
-        true,
-        "switchyard",
-        n / t.elapsed().as_secs_f64(),
-    );
     let rev = sut.revision(&client).await?;
     sut.wait_all_at(&client, rev).await?;
-    // Everything the earlier parts wrote is in the history too (kept whole: retain_revisions = 0).
-    report.add("events in the history at the scale measurement", "events", true, "switchyard", rev as f64);
+    report.add("scale: events in the history", "events", true, "switchyard", rev as f64);
+
+    // Commits on top of the big history (g0..g999 are the load's keys here too).
+    let (rate, _, p99, _) = throughput(&sut, 64, args.seconds).await?;
+    report.add("scale: commit throughput, 64 clients", "ops/s", true, "switchyard", rate);
+    report.add("scale: commit latency p99, 64 clients", "ms", false, "switchyard", ms(p99));
+    let rev = sut.revision(&client).await?;
+    sut.wait_all_at(&client, rev).await?;
+    let (leader, ep) = sut.leader().await?;
     for m in 1..=3u64 {
         if let Some(kib) = sut.pid(m).and_then(rss_kib) {
+            let who = if m == leader { " (leader)" } else { "" };
             report.add(
-                format!("resident memory, coordinator {m}{}", if m == leader { " (leader)" } else { "" }),
+                format!("scale: resident memory, coordinator {m}{who}"),
                 "MiB",
                 false,
                 "switchyard",
@@ -626,10 +644,14 @@ pub async fn scale(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow::R
             );
         }
     }
+
+    let Sut::Switchyard(sw) = &sut else { unreachable!() };
+    let t = Instant::now();
     let r = client.post(format!("http://{ep}/v1/node/snapshot")).bearer_auth(sw.token()).send().await?;
     let answer: serde_json::Value = r.json().await?;
     let build_ms = answer["build_ms"].as_f64().with_context(|| format!("snapshot answer: {answer}"))?;
-    report.add("snapshot build time (leader)", "ms", false, "switchyard", build_ms);
+    eprintln!("  snapshot requested and built in {:.0} ms", ms(t.elapsed()));
+    report.add("scale: snapshot build time (leader)", "ms", false, "switchyard", build_ms);
     let snap_dir = sw.cluster.data_dir(leader).join("snapshots");
     let bytes: u64 = std::fs::read_dir(&snap_dir)
         .with_context(|| format!("list {}", snap_dir.display()))?
@@ -638,15 +660,17 @@ pub async fn scale(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow::R
         .map(|m| m.len())
         .max()
         .unwrap_or(0);
-    report.add("snapshot size", "MiB", false, "switchyard", bytes as f64 / (1 << 20) as f64);
-    // Restart-to-serving: a follower killed and started again.
+    report.add("scale: snapshot size", "MiB", false, "switchyard", bytes as f64 / (1 << 20) as f64);
+
+    // A follower killed and started again: until its API answers, and until it serves the
+    // latest revision.
     let follower = (1..=3u64).find(|m| *m != leader).expect("a follower");
     let fep = sw.cluster.endpoint(follower);
     let rev = sut.revision(&client).await?;
     sut.kill(follower);
     let t = Instant::now();
     sut.restart(follower)?;
-    let Sut::Switchyard(sw) = &*sut else { unreachable!() };
+    let Sut::Switchyard(sw) = &sut else { unreachable!() };
     let quick = http(Duration::from_millis(500));
     let mut answered = None;
     loop {
@@ -662,9 +686,31 @@ pub async fn scale(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow::R
     }
     let serving = t.elapsed();
     if let Some(a) = answered {
-        report.add("follower restart → API answers", "ms", false, "switchyard", ms(a));
+        report.add("scale: follower restart → API answers", "ms", false, "switchyard", ms(a));
     }
-    report.add("follower restart → serving the latest revision", "ms", false, "switchyard", ms(serving));
+    report.add("scale: follower restart → serving the latest revision", "ms", false, "switchyard", ms(serving));
+
+    // The whole cluster killed at once and started again: until a write is acknowledged.
+    for m in 1..=3u64 {
+        sut.kill(m);
+    }
+    let t = Instant::now();
+    for m in 1..=3u64 {
+        sut.restart(m)?;
+    }
+    let mut seq = 0u64;
+    loop {
+        seq += 1;
+        let ep = sut.endpoints()[(seq % 3) as usize].clone();
+        if sut.put(&quick, &ep, 0, seq).await.is_ok() {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            bail!("no write acknowledged within 300 s of restarting every coordinator");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    report.add("scale: whole-cluster restart → first acknowledged write", "ms", false, "switchyard", ms(t.elapsed()));
     Ok(())
 }
 

@@ -190,18 +190,10 @@ pub struct Switchyard {
 }
 
 impl Switchyard {
-    /// Three coordinators and three agents (simulated hypervisor) in `dir`, durable commits
-    /// (RocksDB WAL fsync on every Raft append, as always), history kept whole. The scale run's
-    /// 1 000 hosts have no agents: a silent host is only marked unreachable after an hour, so
-    /// guests can be created on them.
+    /// Three coordinators and three agents (simulated hypervisor) in `dir`, configured by
+    /// [`coordinator_toml`], with the host `load` the write load's guests live on.
     pub async fn start(dir: &Path, timing: Timing, batch_max: usize, transfer_ms: u64) -> anyhow::Result<Switchyard> {
-        let coordinator_toml = format!(
-            "[raft]\nheartbeat_interval_ms = {}\nelection_timeout_ms_min = {}\nelection_timeout_ms_max = {}\nproposal_batch_max = {batch_max}\n\n\
-             [history]\nretain_revisions = 0\n\n[api]\nrequest_body_bytes_max = 65536\nhost_report_timeout_ms = 3600000\n",
-            timing.heartbeat_ms,
-            timing.switchyard_election().0,
-            timing.switchyard_election().1
-        );
+        let coordinator_toml = coordinator_toml(timing, batch_max);
         let mut cluster = LocalCluster::prepare(dir, 0, LocalOpts { coordinator_toml, transfer_ms })?;
         cluster.start().await?;
         cluster.start_agents()?;
@@ -217,6 +209,34 @@ impl Switchyard {
             Err(e) => bail!("register the load host: {e}"),
         }
         Ok(s)
+    }
+
+    /// Three coordinators (no agents) in `dir`, initialized `--for-restore` and seeded from
+    /// `export` by the real CLI (`switchyard log restore`, a child process); answers the cluster
+    /// and how long the restore took. The way to a history of millions of events in minutes.
+    pub async fn restored(
+        dir: &Path,
+        timing: Timing,
+        batch_max: usize,
+        export: &Path,
+    ) -> anyhow::Result<(Switchyard, Duration)> {
+        let opts = LocalOpts { coordinator_toml: coordinator_toml(timing, batch_max), transfer_ms: 0 };
+        let mut cluster = LocalCluster::prepare(dir, 0, opts)?;
+        cluster.start_for_restore().await?;
+        let token = cluster.admin_token().to_string();
+        let t = Instant::now();
+        let out = Command::new(cli_program()?)
+            .arg("--endpoints")
+            .arg(cluster.endpoints().join(","))
+            .args(["--token", &token, "--timeout", "600", "log", "restore"])
+            .arg(export)
+            .stdin(Stdio::null())
+            .output()
+            .context("run switchyard log restore")?;
+        if !out.status.success() {
+            bail!("log restore failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok((Switchyard { cluster, token }, t.elapsed()))
     }
 
     pub fn token(&self) -> &str {
@@ -236,16 +256,6 @@ impl Switchyard {
             let body = json!({"name": format!("g{i}"), "owner": hosts[i % hosts.len()], "vcpus": 1, "memory_mib": 256,
                               "disks": [format!("avio_stor:/dev/vg01/g{i}")], "networks": ["avio_lan:vswitch0"]});
             http.post(format!("http://{ep}/v1/guests")).bearer_auth(&self.token).json(&body).send()
-        })
-        .await
-    }
-
-    /// Registers hosts named `names` through `ep`.
-    pub async fn register_hosts(&self, http: &reqwest::Client, ep: &str, names: &[String]) -> anyhow::Result<()> {
-        self.each(0..names.len(), |i| {
-            let body = json!({"name": names[i], "address": format!("{}:7100", names[i]), "vcpus": 4096,
-                              "memory_mib": 1u64 << 24, "hardware_family": "ia64", "hypervisor_version": "hpvm-6.1"});
-            http.post(format!("http://{ep}/v1/hosts")).bearer_auth(&self.token).json(&body).send()
         })
         .await
     }
@@ -381,6 +391,28 @@ struct Member {
 pub struct Etcd {
     members: Vec<Member>,
     program: PathBuf,
+}
+
+/// Every coordinator's configuration in a benchmark cluster: the run's Raft timing and batch
+/// size, durable commits (as always), the history kept whole. Hosts without agents (the scale
+/// run's) are only marked unreachable after an hour, so guests can be created on them.
+fn coordinator_toml(timing: Timing, batch_max: usize) -> String {
+    format!(
+        "[raft]\nheartbeat_interval_ms = {}\nelection_timeout_ms_min = {}\nelection_timeout_ms_max = {}\nproposal_batch_max = {batch_max}\n\n\
+         [history]\nretain_revisions = 0\n\n[api]\nrequest_body_bytes_max = 65536\nhost_report_timeout_ms = 3600000\n",
+        timing.heartbeat_ms,
+        timing.switchyard_election().0,
+        timing.switchyard_election().1
+    )
+}
+
+/// The `switchyard` CLI built next to this program.
+pub fn cli_program() -> anyhow::Result<PathBuf> {
+    let cli = std::env::current_exe()?.with_file_name("switchyard");
+    if !cli.exists() {
+        bail!("{} not found: build with `cargo build --release --workspace --bins`", cli.display());
+    }
+    Ok(cli)
 }
 
 fn b64(s: &str) -> String {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use switchyard_protocol::api::{NodeStatus, Read, WriteResponse};
+use switchyard_protocol::api::{InitRequest, MemberSpec, NodeStatus, Read, WriteResponse};
 use switchyard_protocol::{Migration, Phase};
 
 use crate::client::{Client, ClientError};
@@ -240,6 +240,33 @@ impl LocalCluster {
             p.start()?;
         }
         self.bootstrap().await
+    }
+
+    /// Starts the coordinators and initializes the cluster (all members at once) without an
+    /// identity, ready for `switchyard log restore` (the benchmark seeds large histories so).
+    pub async fn start_for_restore(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.coordinators {
+            p.start()?;
+        }
+        let first =
+            Client::new(vec![self.endpoints()[0].clone()], self.state.admin_token.clone(), Duration::from_secs(30));
+        wait_for("coordinator 1 to answer", Duration::from_secs(30), || async {
+            first.get::<NodeStatus>("/v1/node/status").await.ok()
+        })
+        .await?;
+        let members = self
+            .state
+            .nodes
+            .iter()
+            .map(|(id, (raft, api))| {
+                Ok(MemberSpec { id: id.parse()?, raft_addr: raft.to_string(), api_addr: api.to_string() })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let _: serde_json::Value = first
+            .post("/v1/cluster/init", &InitRequest { members, for_restore: true })
+            .await
+            .context("initialize the cluster for a restore")?;
+        Ok(())
     }
 
     pub fn start_agents(&mut self) -> anyhow::Result<()> {

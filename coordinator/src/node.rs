@@ -5,6 +5,7 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt as _;
 use openraft::Raft;
 use switchyard_storage::{StateMachineStore, TypeConfig};
 use tokio::sync::watch;
@@ -59,11 +60,25 @@ impl Coordinator {
         let liveness = tokio::spawn(crate::liveness::run(api_state.clone(), api_state.liveness.clone()));
         let driver = tokio::spawn(crate::migration::run(api_state.clone()));
         let api_app = api::router(api_state);
+        // TCP_NODELAY on every accepted connection (axum does not set it): a Raft reply or an
+        // event of a subscription stream must not wait for the peer's delayed ACK of the
+        // previous segment (Nagle), which stalls a small write for up to 40 ms.
+        let nodelay = |l: tokio::net::TcpListener| {
+            l.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY on a connection");
+                }
+            })
+        };
         let servers = vec![
             tokio::spawn(
-                axum::serve(raft_listener, raft_app).with_graceful_shutdown(wait(stopped.clone())).into_future(),
+                axum::serve(nodelay(raft_listener), raft_app)
+                    .with_graceful_shutdown(wait(stopped.clone()))
+                    .into_future(),
             ),
-            tokio::spawn(axum::serve(api_listener, api_app).with_graceful_shutdown(wait(stopped)).into_future()),
+            tokio::spawn(
+                axum::serve(nodelay(api_listener), api_app).with_graceful_shutdown(wait(stopped)).into_future(),
+            ),
         ];
         tracing::info!(node = config.node_id, raft = %config.raft_listen, api = %config.api_listen, "coordinator started");
         Ok(Coordinator { raft, sm, config, stop, servers, liveness, driver })

@@ -70,7 +70,9 @@ pub fn apply(state: &mut ClusterState, proposal: &Proposal, term: u64) -> Result
 
 /// Folds the next chunk of an imported history (`log restore`) as it is. Every event is checked
 /// with [`ClusterState::foldable`] on a scratch copy, and the invariants after the chunk, so a
-/// damaged or hostile chunk is refused whole and changes nothing.
+/// damaged or hostile chunk is refused whole and changes nothing. The copy holds only what the
+/// chunk can read or change ([`ClusterState::scoped_copy`]): checking a chunk costs the same with
+/// 100 000 guests as with ten.
 fn import(
     state: &mut ClusterState,
     cluster: &Option<ClusterId>,
@@ -102,23 +104,40 @@ fn import(
         }
         (None, None) => {}
     }
-    let mut next = state.clone();
+    let verdict = check_chunk(state.scoped_copy(events), events);
+    // Tests and debug builds check the scoped copy against a whole one (O(state) per chunk).
+    #[cfg(debug_assertions)]
+    {
+        let whole = check_chunk(state.clone(), events);
+        assert_eq!(verdict.is_ok(), whole.is_ok(), "scoped and whole import checks differ: {verdict:?} vs {whole:?}");
+    }
+    verdict.map_err(refuse)?;
+    // The events fold on the scoped copy, so they fold on the whole state (a superset of it
+    // with the same values), where `evolve` then cannot fail.
     for e in events {
-        next.foldable(e).map_err(|why| refuse(format!("the event at revision {}: {why}", e.revision)))?;
-        next.evolve(e);
+        state.evolve(e);
     }
-    let bad = next.check_invariants();
-    if !bad.is_empty() {
-        return Err(refuse(format!("after revision {}: {}", next.revision(), bad.join("; "))));
-    }
-    let revisions = RevisionRange { first: events[0].revision, last: next.revision() };
-    next.set_importing(ImportProgress {
+    let revisions = RevisionRange { first: events[0].revision, last: state.revision() };
+    state.set_importing(ImportProgress {
         cluster: cluster.clone(),
-        through_revision: next.revision(),
+        through_revision: state.revision(),
         chain: chain.to_ascii_lowercase(),
     });
-    *state = next;
     Ok((Applied { revisions, duplicate: false }, events.to_vec()))
+}
+
+/// Folds `events` on `scratch` one by one, each checked with [`ClusterState::foldable`], then
+/// checks the invariants; answers why not if any of that fails.
+fn check_chunk(mut scratch: ClusterState, events: &[Event]) -> Result<(), String> {
+    for e in events {
+        scratch.foldable(e).map_err(|why| format!("the event at revision {}: {why}", e.revision))?;
+        scratch.evolve(e);
+    }
+    let bad = scratch.check_invariants();
+    if !bad.is_empty() {
+        return Err(format!("after revision {}: {}", scratch.revision(), bad.join("; ")));
+    }
+    Ok(())
 }
 
 fn show_cluster(c: &Option<ClusterId>) -> String {

@@ -376,8 +376,95 @@ impl ClusterState {
         }
     }
 
+    /// A copy of the part of the state that folding `events` can read or change, for checking
+    /// an import chunk at a cost that does not grow with the number of guests: every host and
+    /// migration; the guests and packages the events name, with the packages of those guests
+    /// and the guests of those packages; the guests (and packages) of in-flight migrations; the
+    /// packages whose switching a migration the events change last set. Recent request ids are
+    /// left out (no check reads them).
+    ///
+    /// For these events, [`ClusterState::foldable`] and [`ClusterState::check_invariants`] give
+    /// the same verdicts on this copy as on a whole one: every entity a check of the events
+    /// reads is here with its current value, and the invariants of the entities left out held
+    /// before and are not touched by the events.
+    pub fn scoped_copy(&self, events: &[Event]) -> ClusterState {
+        let mut guests: BTreeSet<&Name> = BTreeSet::new();
+        let mut packages: BTreeSet<&Name> = BTreeSet::new();
+        let mut migrations: BTreeSet<MigrationId> = BTreeSet::new();
+        for e in events {
+            match &e.payload {
+                EventPayload::GuestCreated { guest } | EventPayload::GuestModified { guest } => {
+                    guests.insert(&guest.name);
+                    packages.extend(guest.spec.package.as_ref());
+                }
+                EventPayload::GuestRemoved { guest } | EventPayload::GuestOwnerChanged { guest, .. } => {
+                    guests.insert(guest);
+                }
+                EventPayload::PackageSwitchingChanged { package, guest, .. } => {
+                    packages.insert(package);
+                    guests.insert(guest);
+                }
+                EventPayload::MigrationRequested { migration } => {
+                    guests.insert(&migration.guest);
+                }
+                EventPayload::MigrationPhaseChanged { id, guest, .. } => {
+                    guests.insert(guest);
+                    migrations.insert(*id);
+                }
+                EventPayload::ClusterCreated { .. }
+                | EventPayload::HostRegistered { .. }
+                | EventPayload::HostMaintenanceChanged { .. }
+                | EventPayload::HostReachabilityChanged { .. } => {}
+            }
+        }
+        guests.extend(self.derived.in_flight.keys());
+        guests.extend(migrations.iter().filter_map(|id| self.migrations.get(id)).map(|m| &m.guest));
+        // Packages a changed migration last switched: invariant 3 ties them to it.
+        if !migrations.is_empty() {
+            packages.extend(
+                self.packages
+                    .values()
+                    .filter(|p| p.switching_changed.migration.is_some_and(|m| migrations.contains(&m)))
+                    .map(|p| &p.name),
+            );
+        }
+        // Close over guest ↔ package, both ways.
+        let guest_packages: Vec<&Name> =
+            guests.iter().filter_map(|g| self.guests.get(*g)).filter_map(|g| g.spec.package.as_ref()).collect();
+        packages.extend(guest_packages);
+        guests.extend(packages.iter().filter_map(|p| self.packages.get(*p)).map(|p| &p.guest));
+        let mut copy = ClusterState {
+            revision: self.revision,
+            hosts: self.hosts.clone(),
+            guests: guests
+                .into_iter()
+                .filter_map(|g| self.guests.get_key_value(g))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            packages: packages
+                .into_iter()
+                .filter_map(|p| self.packages.get_key_value(p))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            migrations: self.migrations.clone(),
+            requests: VecDeque::new(),
+            identity: self.identity.clone(),
+            importing: self.importing.clone(),
+            term_base: self.term_base,
+            last_term: self.last_term,
+            derived: Derived::default(),
+        };
+        copy.rebuild_indexes();
+        copy
+    }
+
     /// Recomputes the derived indexes from the serialised fields. Called after decoding.
     pub fn rebuild_indexes(&mut self) {
+        self.derived = self.derive();
+    }
+
+    /// The derived indexes computed from scratch.
+    fn derive(&self) -> Derived {
         let mut d = Derived::default();
         for (id, range) in &self.requests {
             d.requests.insert(*id, *range);
@@ -399,16 +486,14 @@ impl ClusterState {
                 }
             }
         }
-        self.derived = d;
+        d
     }
 
     /// Checks the invariants that must hold at every revision (SPEC §5) plus the consistency of
     /// the derived indexes. Returns a description of every violation found.
     pub fn check_invariants(&self) -> Vec<String> {
         let mut bad = Vec::new();
-        let mut rebuilt = self.clone();
-        rebuilt.rebuild_indexes();
-        if rebuilt.derived != self.derived {
+        if self.derive() != self.derived {
             bad.push("derived indexes differ from a rebuild".to_string());
         }
         for g in self.guests.values() {

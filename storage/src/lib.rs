@@ -7,7 +7,9 @@
 //!   keeps the cluster state in memory and the **event history** on disk;
 //! - [`History`]: read access to the retained events and the secondary indexes
 //!   (events by guest, migrations by id, guest and host);
-//! - [`snapshot`]: snapshot files, which carry the state *and* the history a follower lacks.
+//! - [`snapshot`]: snapshot files, which carry the state *and* the history a follower lacks;
+//! - [`checkpoint`]: the state alone, written every so many events, so a restart replays a
+//!   bounded part of the history.
 //!
 //! See `storage/OVERVIEW.md` for the read and write paths and the durability argument.
 //!
@@ -15,6 +17,7 @@
 //! Purging the log never loses history, and the state is always rebuildable from a snapshot plus
 //! the events after it.
 
+pub mod checkpoint;
 pub mod db;
 pub mod error;
 pub mod export;

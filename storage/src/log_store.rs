@@ -43,6 +43,12 @@ impl LogStore {
 
     /// Reads the entries in `range`, in order. A corrupt entry is an error naming its index.
     pub fn read_range(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StoreError> {
+        self.read_range_limited(range, usize::MAX)
+    }
+
+    /// The entries in `range`, stopping before the one that would take their stored size past
+    /// `bytes_max` (the first entry always comes, whatever its size).
+    fn read_range_limited(&self, range: impl RangeBounds<u64>, bytes_max: usize) -> Result<Vec<Entry>, StoreError> {
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i.saturating_add(1),
@@ -50,13 +56,15 @@ impl LogStore {
         };
         let from = key::u64(start);
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for item in self.dir.db.iterator_cf(self.dir.cf(cf::LOG), IteratorMode::From(&from, Direction::Forward)) {
             let (k, v) = item.map_err(|e| StoreError::rocks("iterate raft log", e))?;
             let index = key::parse_u64(&k)
                 .ok_or_else(|| StoreError::Inconsistent(format!("raft log key {k:?} is not 8 bytes")))?;
-            if !range.contains(&index) {
+            if !range.contains(&index) || (!out.is_empty() && bytes.saturating_add(v.len()) > bytes_max) {
                 break;
             }
+            bytes += v.len();
             out.push(Self::decode_entry(index, &v)?);
         }
         Ok(out)
@@ -94,7 +102,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         self.read_range(range).map_err(|e| e.into_raft(ErrorSubject::Logs, ErrorVerb::Read))
     }
+
+    /// What replication sends in one AppendEntries: at most [`APPEND_BYTES_MAX`] of entries.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        self.read_range_limited(start..end, APPEND_BYTES_MAX)
+            .map_err(|e| e.into_raft(ErrorSubject::Logs, ErrorVerb::Read))
+    }
 }
+
+/// Stored bytes of log entries one AppendEntries RPC carries at most (one entry always goes,
+/// whatever its size). openraft 0.9 gives an AppendEntries one heartbeat interval (50 ms by
+/// default) to complete, whatever it carries, and sends up to `max_payload_entries` (300)
+/// entries at once; a follower lagging behind entries of hundreds of KiB (batches of
+/// proposals, `log restore` import chunks) was sent more than it could take in that time, timed
+/// out, and was sent the same again. 512 KiB crosses loopback and a follower's fsync in a few
+/// milliseconds.
+pub const APPEND_BYTES_MAX: usize = 512 << 10;
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;

@@ -3,13 +3,14 @@
 //! The cluster state lives in memory; what is durable is the event history. Each `apply` call
 //! runs the pure `switchyard_protocol::apply` on every entry, then writes the resulting events,
 //! their index rows and the new last-applied log id in **one** atomic batch. On restart the state
-//! is the last snapshot's state plus the events after it, replayed from the history (no log
-//! replay needed, so log purges never lose state). The apply batch is not fsynced on its own: if
+//! is the last snapshot's state (or a newer state checkpoint, see [`crate::checkpoint`]) plus
+//! the events after it, replayed from the history (no log replay needed, so log purges never
+//! lose state). The apply batch is not fsynced on its own: if
 //! it is lost in a crash, openraft re-applies the committed entries from the (synced) log and the
 //! deterministic apply writes identical events again.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -21,6 +22,7 @@ use switchyard_protocol::{ClusterState, Event, Revision};
 use tokio::io::AsyncSeekExt;
 use tokio::sync::watch;
 
+use crate::checkpoint;
 use crate::db::{cf, key, DataDir};
 use crate::error::StoreError;
 use crate::history::{migrations_at, write_event, write_migration, History};
@@ -62,6 +64,14 @@ struct Inner {
     file_seq: AtomicU64,
     /// Keep at least this many latest revisions of history (0: keep everything).
     retain_revisions: AtomicU64,
+    /// Events between two state checkpoints (0: none).
+    checkpoint_every: AtomicU64,
+    /// Revision of the newest base a restart could start from (checkpoint or snapshot).
+    checkpoint_at: AtomicU64,
+    /// A checkpoint is being written.
+    checkpointing: AtomicBool,
+    /// Revision of the state this node started from (snapshot or checkpoint) before replaying.
+    restart_base: Revision,
 }
 
 /// The state machine of one node. Cheap to clone: clones share everything.
@@ -97,9 +107,19 @@ impl StateMachineStore {
                 meta.revision
             )));
         }
+        if let Some(newer) = checkpoint::newest(&dir, cluster.revision(), meta.revision) {
+            cluster = newer;
+        }
+        let base = cluster.revision();
         replay_events(&dir, &mut cluster, meta.revision)?;
         let (revision_tx, _) = watch::channel(meta.revision);
-        tracing::info!(node = dir.node_id(), revision = meta.revision, last_applied = ?meta.last_applied, "state machine restored");
+        tracing::info!(
+            node = dir.node_id(),
+            revision = meta.revision,
+            replayed_from = base,
+            last_applied = ?meta.last_applied,
+            "state machine restored"
+        );
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 dir,
@@ -108,6 +128,10 @@ impl StateMachineStore {
                 revision_tx,
                 file_seq: AtomicU64::new(0),
                 retain_revisions: AtomicU64::new(0),
+                checkpoint_every: AtomicU64::new(checkpoint::DEFAULT_EVERY),
+                checkpoint_at: AtomicU64::new(base),
+                checkpointing: AtomicBool::new(false),
+                restart_base: base,
             }),
         })
     }
@@ -132,6 +156,53 @@ impl StateMachineStore {
     /// Compaction runs after each snapshot.
     pub fn set_retention(&self, revisions: u64) {
         self.inner.retain_revisions.store(revisions, Ordering::Relaxed);
+    }
+
+    /// The revision of the base (snapshot or checkpoint state) this store was opened from; the
+    /// events after it were replayed from the history.
+    pub fn restart_base(&self) -> Revision {
+        self.inner.restart_base
+    }
+
+    /// The revision of the newest base a restart could start from (checkpoint or snapshot).
+    pub fn checkpoint_at(&self) -> Revision {
+        self.inner.checkpoint_at.load(Ordering::Relaxed)
+    }
+
+    /// Sets how many events are applied between two state checkpoints (0: no checkpoints).
+    pub fn set_checkpoint_every(&self, events: u64) {
+        self.inner.checkpoint_every.store(events, Ordering::Relaxed);
+    }
+
+    /// Whether enough events were applied since the newest restart base for a checkpoint (and
+    /// none is being written); claims the writing if so.
+    fn checkpoint_due(&self, revision: Revision) -> bool {
+        let every = self.inner.checkpoint_every.load(Ordering::Relaxed);
+        every > 0
+            && revision >= self.inner.checkpoint_at.load(Ordering::Relaxed).saturating_add(every)
+            && !self.inner.checkpointing.swap(true, Ordering::AcqRel)
+    }
+
+    /// A newer restart base exists at `revision` (a checkpoint or a snapshot).
+    fn based_at(&self, revision: Revision) {
+        self.inner.checkpoint_at.fetch_max(revision, Ordering::Relaxed);
+    }
+
+    /// Writes a checkpoint of a copy of the state on the blocking pool.
+    fn spawn_checkpoint(&self, meta: AppliedMeta, cluster: ClusterState) {
+        let sm = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let revision = cluster.revision();
+            let t = std::time::Instant::now();
+            match checkpoint::write(&sm.inner.dir, &meta, &cluster) {
+                Ok(()) => tracing::info!(revision, ms = t.elapsed().as_millis() as u64, "wrote state checkpoint"),
+                // Not fatal: the next start replays more events. Retried after as many events.
+                Err(e) => tracing::warn!(revision, error = %e, "could not write a state checkpoint"),
+            }
+            // In this order, so that whoever sees the new base may also start the next one.
+            sm.inner.checkpointing.store(false, Ordering::Release);
+            sm.based_at(revision);
+        });
     }
 
     /// Drops history the retention setting no longer asks for. Returns the first retained
@@ -316,7 +387,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             applied.meta.revision = applied.cluster.revision();
             batch.put_cf(dir.cf(cf::SM), key::APPLIED, codec::seal(RecordKind::AppliedState, &applied.meta));
             dir.write(batch, false, "apply entries").map_err(|e| Self::sm_err(e, ErrorVerb::Write))?;
-            applied.meta.revision
+            let revision = applied.meta.revision;
+            // The copy is taken between two applies, like a snapshot builder's.
+            if self.checkpoint_due(revision) {
+                self.spawn_checkpoint(applied.meta.clone(), applied.cluster.clone());
+            }
+            revision
         };
         self.inner.revision_tx.send_replace(revision);
         Ok(responses)
@@ -375,6 +451,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             *g = Applied { meta: applied, cluster };
         }
         self.set_current(meta, &name, revision).map_err(err)?;
+        self.based_at(revision);
         self.inner.revision_tx.send_replace(revision);
         tracing::info!(revision, last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
@@ -452,6 +529,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let current = self.sm.current_pointer().map_err(err)?;
         if current.as_ref().is_none_or(|c| c.meta.last_log_id <= meta.last_log_id) {
             self.sm.set_current(&meta, &name, revision).map_err(err)?;
+            self.sm.based_at(revision);
             self.sm.compact_history().map_err(err)?;
         }
         let file = tokio::fs::File::open(&path)
