@@ -333,13 +333,19 @@ async fn node_status(State(s): State<Arc<ApiState>>) -> Json<NodeStatus> {
 async fn take_snapshot(State(s): State<Arc<ApiState>>) -> Result<Json<serde_json::Value>, ApiError> {
     let started = std::time::Instant::now();
     let applied = s.raft.metrics().borrow().last_applied.map(|l| l.index);
-    s.raft.trigger().snapshot().await.map_err(|e| ApiError::Unavailable(format!("raft stopped: {e}")))?;
     let covered = |m: &openraft::RaftMetrics<NodeId, NodeInfo>| m.snapshot.map(|l| l.index) >= applied;
-    s.raft
-        .wait(Some(Duration::from_secs(600)))
-        .metrics(covered, "the snapshot to cover the applied log")
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("the snapshot was not built: {e}")))?;
+    // openraft ignores a trigger while it builds a snapshot (one of its own may have started
+    // just before, covering less): trigger again until one covers what was applied.
+    loop {
+        s.raft.trigger().snapshot().await.map_err(|e| ApiError::Unavailable(format!("raft stopped: {e}")))?;
+        let built =
+            s.raft.wait(Some(Duration::from_secs(1))).metrics(covered, "the snapshot to cover the applied log").await;
+        match built {
+            Ok(_) => break,
+            Err(_) if started.elapsed() < Duration::from_secs(600) => {}
+            Err(e) => return Err(ApiError::Unavailable(format!("the snapshot was not built: {e}"))),
+        }
+    }
     let m = s.raft.metrics().borrow().clone();
     Ok(Json(serde_json::json!({
         "snapshot_index": m.snapshot.map(|l| l.index),
