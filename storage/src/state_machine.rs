@@ -96,9 +96,13 @@ impl StateMachineStore {
                 let (c, m) = install_from_file(&dir, &path, &p.meta)?;
                 cluster = c;
                 meta = m;
+            } else if let Some(newer) = checkpoint::newest(&dir, p.revision, meta.revision) {
+                cluster = newer;
             } else {
                 cluster = SnapshotReader::open(&path)?.state()?;
             }
+        } else if let Some(newer) = checkpoint::newest(&dir, 0, meta.revision) {
+            cluster = newer;
         }
         if cluster.revision() > meta.revision {
             return Err(StoreError::Inconsistent(format!(
@@ -106,9 +110,6 @@ impl StateMachineStore {
                 cluster.revision(),
                 meta.revision
             )));
-        }
-        if let Some(newer) = checkpoint::newest(&dir, cluster.revision(), meta.revision) {
-            cluster = newer;
         }
         let base = cluster.revision();
         replay_events(&dir, &mut cluster, meta.revision)?;
