@@ -35,29 +35,29 @@ const KEEP: usize = 2;
 const PREFIX: &str = "state-";
 const SUFFIX: &str = ".bin";
 
-pub(crate) fn dir_of(dir: &DataDir) -> PathBuf {
-    dir.path().join("checkpoints")
+fn folder_of(data_dir: &Path) -> PathBuf {
+    data_dir.join("checkpoints")
 }
 
 fn revision_of(name: &str) -> Option<Revision> {
     name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.parse().ok()
 }
 
-/// The checkpoint files in `folder`, newest first.
-fn list(folder: &Path) -> Vec<(Revision, PathBuf)> {
-    let mut found: Vec<(Revision, PathBuf)> = std::fs::read_dir(folder)
+/// The checkpoint files of the data directory at `data_dir`, with their revisions, newest first.
+pub fn files(data_dir: &Path) -> Vec<(Revision, PathBuf)> {
+    let mut found: Vec<(Revision, PathBuf)> = std::fs::read_dir(folder_of(data_dir))
         .map(|entries| {
             entries.flatten().filter_map(|e| Some((revision_of(e.file_name().to_str()?)?, e.path()))).collect()
         })
         .unwrap_or_default();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     found
 }
 
 /// Writes a checkpoint of `state` (applied as `meta` says) durably, then removes all but the
 /// newest [`KEEP`] checkpoints.
 pub(crate) fn write(dir: &DataDir, meta: &AppliedMeta, state: &ClusterState) -> Result<(), StoreError> {
-    let folder = dir_of(dir);
+    let folder = folder_of(dir.path());
     std::fs::create_dir_all(&folder)
         .map_err(|e| StoreError::io(format!("create checkpoint directory {}", folder.display()), e))?;
     let revision = state.revision();
@@ -74,7 +74,7 @@ pub(crate) fn write(dir: &DataDir, meta: &AppliedMeta, state: &ClusterState) -> 
     };
     let path = folder.join(format!("{PREFIX}{revision:020}{SUFFIX}"));
     snapshot::write_file(&path, &header, state, &[], std::iter::empty())?;
-    for (_, old) in list(&folder).into_iter().skip(KEEP) {
+    for (_, old) in files(dir.path()).into_iter().skip(KEEP) {
         // Best effort: a leftover file is only wasted space, removed after the next checkpoint.
         if let Err(e) = std::fs::remove_file(&old) {
             tracing::warn!(path = %old.display(), error = %e, "could not remove an old checkpoint");
@@ -85,7 +85,7 @@ pub(crate) fn write(dir: &DataDir, meta: &AppliedMeta, state: &ClusterState) -> 
 
 /// The newest readable checkpoint whose revision is in `(after, up_to]`, if any.
 pub(crate) fn newest(dir: &DataDir, after: Revision, up_to: Revision) -> Option<ClusterState> {
-    for (revision, path) in list(&dir_of(dir)) {
+    for (revision, path) in files(dir.path()) {
         if revision <= after {
             break;
         }

@@ -134,23 +134,11 @@ async fn compacted_history_still_restarts_and_installs_with_migration_history() 
     assert_eq!(follower.history().migrations_of_host(&n("h1"), 10).unwrap(), ids);
 }
 
-/// Waits until the checkpoint folder holds `count` checkpoints; answers their revisions, newest
-/// first.
+/// Waits until the data directory holds `count` checkpoints; answers them, newest first.
 async fn checkpoints(path: &std::path::Path, count: usize) -> Vec<(u64, std::path::PathBuf)> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let mut found: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(path.join("checkpoints"))
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| {
-                        let name = e.file_name().into_string().ok()?;
-                        let rev = name.strip_prefix("state-")?.strip_suffix(".bin")?.parse().ok()?;
-                        Some((rev, e.path()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        let found = switchyard_storage::checkpoint::files(path);
         if found.len() >= count {
             return found;
         }
@@ -218,4 +206,50 @@ async fn restart_starts_from_the_newest_sound_checkpoint() {
     let (_, sm) = switchyard_storage::open(tmp.path(), 1).unwrap();
     assert_eq!(sm.restart_base(), 0, "no sound checkpoint left: replay from the beginning");
     assert_eq!(sm.read(codec::encode), codec::encode(&want_state));
+}
+
+/// What replication sends in one AppendEntries is capped in bytes (openraft 0.9 gives the RPC
+/// one heartbeat interval whatever it carries): large entries go a few at a time, a single entry
+/// larger than the cap still goes alone, and successive reads cover the whole range in order.
+#[tokio::test]
+async fn replication_reads_are_capped_in_bytes() {
+    use openraft::storage::RaftLogStorageExt;
+    use switchyard_protocol::{Command, GuestSpec, RunState};
+    use switchyard_storage::log_store::APPEND_BYTES_MAX;
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = switchyard_storage::open(tmp.path(), 1).unwrap();
+    // Guests with ≈ 100 KiB of disk names each; one of ≈ 1 MiB, more than the cap on its own.
+    let guest = |i: usize, disks: usize| Command::CreateGuest {
+        name: n(&format!("big{i}")),
+        spec: GuestSpec {
+            vcpus: 1,
+            memory_mib: 256,
+            disks: (0..disks).map(|d| format!("avio_stor:/dev/vg{i:04}/lv{d:05}-{}", "x".repeat(80))).collect(),
+            networks: vec![],
+            online_migration: true,
+            cluster_node: false,
+            package: None,
+        },
+        owner: n("h1"),
+        run_state: RunState::Running,
+    };
+    let mut cmds: Vec<Command> = (0..30).map(|i| guest(i, 1000)).collect();
+    cmds.insert(12, guest(99, 10_000));
+    let all = entries(1, cmds);
+    log.blocking_append(all.clone()).await.unwrap();
+    let mut reader = log.get_log_reader().await;
+    let (mut next, end) = (1u64, all.len() as u64 + 1);
+    let mut reads = 0;
+    while next < end {
+        let got = reader.limited_get_log_entries(next, end).await.unwrap();
+        assert!(!got.is_empty(), "a read of a non-empty range returns at least one entry");
+        assert_eq!(got[0].log_id.index, next, "reads continue where the last one stopped");
+        let bytes: usize = got.iter().map(|e| codec::encode(e).len()).sum();
+        assert!(got.len() == 1 || bytes <= APPEND_BYTES_MAX + 1024, "{} entries, {bytes} bytes", got.len());
+        next = got.last().unwrap().log_id.index + 1;
+        reads += 1;
+    }
+    assert!(reads >= 7, "3 MiB of entries need several reads under a 512 KiB cap, took {reads}");
+    // Without a cap in the way (the plain range read) everything comes at once.
+    assert_eq!(reader.try_get_log_entries(1..end).await.unwrap().len(), all.len());
 }
