@@ -236,15 +236,12 @@ impl LocalCluster {
 
     /// Starts the coordinators and initializes the cluster (first time) with h1..h3 registered.
     pub async fn start(&mut self) -> anyhow::Result<()> {
-        for p in &mut self.coordinators {
-            p.start()?;
-        }
-        self.bootstrap().await
+        let first = self.start_coordinators().await?;
+        self.bootstrap(&first).await
     }
 
-    /// Starts the coordinators and initializes the cluster (all members at once) without an
-    /// identity, ready for `switchyard log restore` (the benchmark seeds large histories so).
-    pub async fn start_for_restore(&mut self) -> anyhow::Result<()> {
+    /// Starts every coordinator; answers a client of coordinator 1 once it answers.
+    async fn start_coordinators(&mut self) -> anyhow::Result<Client> {
         for p in &mut self.coordinators {
             p.start()?;
         }
@@ -254,6 +251,13 @@ impl LocalCluster {
             first.get::<NodeStatus>("/v1/node/status").await.ok()
         })
         .await?;
+        Ok(first)
+    }
+
+    /// Starts the coordinators and initializes the cluster (all members at once) without an
+    /// identity, ready for `switchyard log restore` (the benchmark seeds large histories so).
+    pub async fn start_for_restore(&mut self) -> anyhow::Result<()> {
+        let first = self.start_coordinators().await?;
         let members = self
             .state
             .nodes
@@ -363,13 +367,7 @@ impl LocalCluster {
     }
 
     /// Bootstraps the cluster the first time, then makes sure h1..h3 are registered.
-    async fn bootstrap(&self) -> anyhow::Result<()> {
-        let first =
-            Client::new(vec![self.endpoints()[0].clone()], self.state.admin_token.clone(), Duration::from_secs(30));
-        wait_for("coordinator 1 to answer", Duration::from_secs(30), || async {
-            first.get::<NodeStatus>("/v1/node/status").await.ok()
-        })
-        .await?;
+    async fn bootstrap(&self, first: &Client) -> anyhow::Result<()> {
         match first.post::<_, serde_json::Value>("/v1/cluster/init", &serde_json::json!({})).await {
             Ok(_) => {
                 for (id, (raft, api)) in self.state.nodes.iter().skip(1) {
