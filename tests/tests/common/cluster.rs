@@ -65,8 +65,20 @@ pub struct TestCluster {
     _tmp: tempfile::TempDir,
 }
 
+/// A port nothing listens on, never the same twice in this process: the tests of one binary
+/// run in parallel, each starting clusters, and the kernel may hand a port just released to
+/// the next `bind(0)` — two clusters then shared a node's address, and one test initialized
+/// the other's cluster.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("addr").port();
+        if GIVEN.lock().expect("port set lock").insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
