@@ -436,16 +436,8 @@ impl ClusterState {
         let mut copy = ClusterState {
             revision: self.revision,
             hosts: self.hosts.clone(),
-            guests: guests
-                .into_iter()
-                .filter_map(|g| self.guests.get_key_value(g))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            packages: packages
-                .into_iter()
-                .filter_map(|p| self.packages.get_key_value(p))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            guests: subset(&self.guests, guests),
+            packages: subset(&self.packages, packages),
             migrations: self.migrations.clone(),
             requests: VecDeque::new(),
             identity: self.identity.clone(),
@@ -548,6 +540,11 @@ fn new_package(name: &Name, guest: &Name, event: &Event) -> Package {
             migration: None,
         },
     }
+}
+
+/// The entries of `map` under `keys` (absent keys skipped), copied.
+fn subset<'a, V: Clone>(map: &BTreeMap<Name, V>, keys: impl IntoIterator<Item = &'a Name>) -> BTreeMap<Name, V> {
+    keys.into_iter().filter_map(|k| map.get_key_value(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 fn add(map: &mut BTreeMap<Name, Resources>, host: &Name, r: Resources) {
