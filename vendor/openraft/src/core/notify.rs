@@ -3,6 +3,8 @@ use crate::raft::VoteResponse;
 use crate::replication;
 use crate::MessageSummary;
 use crate::RaftTypeConfig;
+use crate::LogId;
+use crate::StorageError;
 use crate::Vote;
 
 /// A message coming from the internal components.
@@ -38,6 +40,14 @@ where C: RaftTypeConfig
 
     /// Result of executing a command sent from network worker.
     Network { response: replication::Response<C> },
+
+    /// [switchyard patch] The leader's own log is flushed up to `log_id` (or failed to be).
+    LocalLogFlushed {
+        /// The leader's vote when the entries were submitted.
+        vote: Vote<C::NodeId>,
+        log_id: LogId<C::NodeId>,
+        result: Result<(), StorageError<C::NodeId>>,
+    },
 
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
@@ -81,6 +91,9 @@ where C: RaftTypeConfig
             }
             Self::Network { response } => {
                 format!("Replication command done: {}", response.summary())
+            }
+            Self::LocalLogFlushed { vote, log_id, result } => {
+                format!("LocalLogFlushed: vote: {}, upto: {}, ok: {}", vote, log_id, result.is_ok())
             }
             Self::StateMachine { command_result } => {
                 format!("StateMachine command done: {:?}", command_result)

@@ -730,6 +730,40 @@ where
         Ok(())
     }
 
+    /// [switchyard patch] Submits the leader's entries to the log store without waiting for the
+    /// flush; the flush callback comes back to `RaftCore` as [`Notify::LocalLogFlushed`], and only
+    /// then does the leader's own log count toward the quorum.
+    pub(crate) async fn append_to_log_in_background<I>(
+        &mut self,
+        entries: I,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        let callback = LogFlushed::new(LogIOId::new(vote.clone(), Some(last_log_id.clone())), tx);
+
+        self.log_store.append(entries, callback).await?;
+
+        let tx_notify = self.tx_notify.clone();
+        let _ = C::AsyncRuntime::spawn(async move {
+            let result = match rx.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(StorageIOError::write_logs(AnyError::error(e)).into()),
+                Err(e) => Err(StorageIOError::write_logs(AnyError::error(e)).into()),
+            };
+            let _ = tx_notify.send(Notify::LocalLogFlushed {
+                vote,
+                log_id: last_log_id,
+                result,
+            });
+        });
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn apply_to_state_machine(
         &mut self,
@@ -1374,6 +1408,19 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed { vote, log_id, result } => {
+                // [switchyard patch] A flush failure stops the node, as it did when the core
+                // awaited the flush itself.
+                result?;
+                // Entries written by an earlier leadership are durable too, but they no longer
+                // count toward anything: only the current leader's own progress is updated.
+                if self.does_vote_match(&vote, "LocalLogFlushed") {
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(log_id));
+                    }
+                }
+            }
+
             Notify::StateMachine { command_result } => {
                 tracing::debug!("sm::StateMachine command result: {:?}", command_result);
 
@@ -1637,12 +1684,24 @@ where
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
 
-                self.append_to_log(entries, vote, last_log_id.clone()).await?;
+                // [switchyard patch] A leader does not wait for its own flush: the entries are
+                // readable once `append()` returns, so the `Replicate` commands queued after this
+                // one send them to the followers while the leader's disk syncs. The leader's own
+                // copy counts toward the quorum only when the flush callback arrives
+                // (`Notify::LocalLogFlushed`), so a commit always rests on a quorum of durable
+                // copies (Raft thesis §10.2.1; openraft 0.10 does the same). A follower still
+                // waits: it must not answer the leader before its copy is durable.
+                let leading = vote.is_committed() && self.engine.leader.as_ref().map(|l| &l.vote) == Some(&vote);
+                if leading {
+                    self.append_to_log_in_background(entries, vote, last_log_id).await?;
+                } else {
+                    self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
-                // The leader may have changed.
-                // But reporting to a different leader is not a problem.
-                if let Ok(mut lh) = self.engine.leader_handler() {
-                    lh.replication_handler().update_local_progress(Some(last_log_id));
+                    // The leader may have changed.
+                    // But reporting to a different leader is not a problem.
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(last_log_id));
+                    }
                 }
             }
             Command::SaveVote { vote } => {
