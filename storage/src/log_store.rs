@@ -13,7 +13,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{mpsc, Arc, Weak};
+use std::sync::{mpsc, Arc, Condvar, Mutex, Weak};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId};
@@ -39,6 +39,16 @@ impl LogStore {
 
     pub fn data_dir(&self) -> &DataDir {
         &self.dir
+    }
+
+    /// For tests: while held, appends are written but their flush callbacks are not completed
+    /// (as if the disk took that long to sync), so a test can watch what openraft does with
+    /// entries that are readable but not yet durable.
+    #[doc(hidden)]
+    pub fn hold_flushes(&self, hold: bool) {
+        let (flag, released) = &*self.syncer.held;
+        *flag.lock().unwrap_or_else(|p| p.into_inner()) = hold;
+        released.notify_all();
     }
 
     fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
@@ -219,15 +229,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[derive(Debug)]
 struct WalSyncer {
     tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Set by [`LogStore::hold_flushes`] (tests): callbacks wait while it is true.
+    held: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl WalSyncer {
     fn start(dir: &DataDir) -> WalSyncer {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let held = Arc::new((Mutex::new(false), Condvar::new()));
         let db: Weak<DB> = Arc::downgrade(&dir.db);
         let path = dir.path().display().to_string();
+        let hold = held.clone();
         let spawned = std::thread::Builder::new().name("wal-sync".into()).spawn(move || {
             while let Ok(first) = rx.recv() {
+                let (flag, released) = &*hold;
+                drop(released.wait_while(flag.lock().unwrap_or_else(|p| p.into_inner()), |held| *held));
                 let waiting: Vec<_> = std::iter::once(first).chain(rx.try_iter()).collect();
                 let synced = match db.upgrade() {
                     Some(db) => db.flush_wal(true).map_err(|e| format!("fsync the write-ahead log in {path}: {e}")),
@@ -242,7 +258,7 @@ impl WalSyncer {
             // Without the thread every flush fails (below), which stops the node with this cause.
             tracing::error!("cannot start the WAL sync thread for {}: {e}", dir.path().display());
         }
-        WalSyncer { tx }
+        WalSyncer { tx, held }
     }
 
     /// Completes `callback` once everything written so far is on disk.
