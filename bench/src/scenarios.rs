@@ -48,7 +48,7 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
         s.create_guests(&setup, &ep, 0..KEYS, &["load".to_string()]).await.context("create the load's guests")?;
     }
     if args.wants("throughput") {
-        settle(sut).await?;
+        sut.set_agents(false)?;
         for &n in &args.clients {
             let (rate, p50, p99, errors) = throughput(sut, n, args.seconds).await?;
             report.add(format!("commit throughput, {n} clients"), "ops/s", true, name, rate);
@@ -60,7 +60,7 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
         }
     }
     if args.wants("fanout") {
-        settle(sut).await?;
+        sut.set_agents(false)?;
         for &n in &args.subscribers {
             for &rate in &args.rates {
                 let (p50, p99, missing) = fanout(sut, n, rate).await?;
@@ -75,6 +75,7 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
         }
     }
     if args.wants("failover") {
+        sut.set_agents(true)?;
         settle(sut).await?;
         let (med, max) = median_max(failover_writes(sut, args.failover_reps).await?);
         report.add("leader kill → first acknowledged write, median", "ms", false, name, ms(med));
@@ -102,6 +103,7 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
         }
     }
     if args.wants("catchup") {
+        sut.set_agents(true)?;
         settle(sut).await?;
         let (load_rate, catchup, agents) = catch_up(sut, args.catchup_events).await?;
         if let Some(d) = agents {

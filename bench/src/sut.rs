@@ -102,6 +102,21 @@ impl Sut {
         }
     }
 
+    /// Switchyard's agents run (`true`) or are stopped; etcd has none. In production the agents
+    /// run on the VM hosts; here they would share the coordinators' two cores and disk, so
+    /// they are stopped while the coordinators alone are measured (commits, fan-out) and run for
+    /// the parts that involve them (migrations, the bulk write they apply).
+    pub fn set_agents(&mut self, running: bool) -> anyhow::Result<()> {
+        if let Sut::Switchyard(s) = self {
+            if running {
+                s.cluster.start_agents()?;
+            } else {
+                s.cluster.stop_agents();
+            }
+        }
+        Ok(())
+    }
+
     pub fn restart(&mut self, member: u64) -> anyhow::Result<()> {
         match self {
             Sut::Switchyard(s) => s.cluster.start_coordinator(member),

@@ -273,11 +273,19 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Starts the agents that are not running.
     pub fn start_agents(&mut self) -> anyhow::Result<()> {
-        for p in &mut self.agents {
+        for p in self.agents.iter_mut().filter(|p| p.child.is_none()) {
             p.start()?;
         }
         Ok(())
+    }
+
+    /// Stops the agents gracefully; started again, they resume from their cursors.
+    pub fn stop_agents(&mut self) {
+        for p in &mut self.agents {
+            p.stop();
+        }
     }
 
     pub fn endpoints(&self) -> Vec<String> {
