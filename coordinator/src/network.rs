@@ -4,12 +4,15 @@
 //! Every request carries the cluster secret and the node id it is meant for; the receiver refuses
 //! a request addressed to another id, so a stale or wrong address can never make a node answer
 //! in another's name (RAFT_STORAGE_RULES §10). A peer that cannot be reached is reported to
-//! openraft as `Unreachable`, which makes it back off instead of retrying in a tight loop.
+//! openraft as `Unreachable`, which makes it back off instead of retrying in a tight loop — for
+//! two heartbeat intervals, not openraft's default 500 ms: a restarted coordinator must hear the
+//! leader before its own election timer fires (450 ms at the earliest by default), or it
+//! campaigns, and without pre-vote in openraft 0.9 it can depose a healthy leader.
 
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
@@ -27,16 +30,18 @@ pub const TARGET_HEADER: &str = "x-switchyard-target";
 pub struct Network {
     client: reqwest::Client,
     secret: String,
+    retry: Duration,
 }
 
 impl Network {
-    pub fn new(secret: String) -> Network {
+    /// `heartbeat` is the Raft heartbeat interval: an unreachable peer is retried every two.
+    pub fn new(secret: String, heartbeat: Duration) -> Network {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("an HTTP client without TLS always builds");
-        Network { client, secret }
+        Network { client, secret, retry: heartbeat * 2 }
     }
 }
 
@@ -44,7 +49,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
-        Peer { target, node: node.clone(), client: self.client.clone(), secret: self.secret.clone() }
+        Peer { target, node: node.clone(), client: self.client.clone(), secret: self.secret.clone(), retry: self.retry }
     }
 }
 
@@ -54,6 +59,7 @@ pub struct Peer {
     node: NodeInfo,
     client: reqwest::Client,
     secret: String,
+    retry: Duration,
 }
 
 impl Peer {
@@ -117,5 +123,9 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
         self.call("vote", &rpc, &option).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.retry))
     }
 }

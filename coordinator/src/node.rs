@@ -42,7 +42,8 @@ impl Coordinator {
         let (log, sm) = switchyard_storage::open(&config.data_dir, config.node_id)
             .with_context(|| format!("open data directory {}", config.data_dir.display()))?;
         sm.set_retention(config.history.retain_revisions);
-        let network = Network::new(config.cluster_secret.clone());
+        let heartbeat = std::time::Duration::from_millis(config.raft.heartbeat_interval_ms);
+        let network = Network::new(config.cluster_secret.clone(), heartbeat);
         let raft = Raft::new(config.node_id, raft_config, network, log, sm.clone()).await.context("start raft")?;
 
         let raft_listener = tokio::net::TcpListener::bind(config.raft_listen)

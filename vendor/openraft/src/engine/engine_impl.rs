@@ -80,6 +80,15 @@ where C: RaftTypeConfig
     /// should be greater.
     pub(crate) seen_greater_log: bool,
 
+    /// [switchyard patch] The greatest term of a vote request this node has received.
+    ///
+    /// A node that refuses a candidate for its shorter log does not take the candidate's term
+    /// (openraft's vote has no term without a voted-for), so when it campaigned next it picked
+    /// that same term, in which the refused candidate had already voted for itself: it was
+    /// refused in turn and had to wait another election timeout. Raft moves a node to any
+    /// greater term it sees; here the next election starts above it instead.
+    pub(crate) seen_term: u64,
+
     /// Represents the Leader state.
     pub(crate) leader: LeaderState<C>,
 
@@ -105,6 +114,7 @@ where C: RaftTypeConfig
             config,
             state: Valid::new(init_state),
             seen_greater_log: false,
+            seen_term: 0,
             leader: None,
             candidate: None,
             output: EngineOutput::new(4096),
@@ -225,7 +235,8 @@ where C: RaftTypeConfig
             self.leader.as_ref().map(|l| l.vote.to_string()).unwrap_or_default()
         );
 
-        let new_term = self.state.vote.leader_id().term + 1;
+        // [switchyard patch] Above any term seen in a vote request too (see `seen_term`).
+        let new_term = std::cmp::max(self.state.vote.leader_id().term, self.seen_term) + 1;
         let new_vote = Vote::new(new_term, self.config.id.clone());
 
         let candidate = self.new_candidate(new_vote.clone());
@@ -282,6 +293,7 @@ where C: RaftTypeConfig
     pub(crate) fn handle_vote_req(&mut self, req: VoteRequest<C::NodeId>) -> VoteResponse<C::NodeId> {
         let now = C::now();
         let lease = self.config.timer_config.leader_lease;
+        self.seen_term = std::cmp::max(self.seen_term, req.vote.leader_id().term);
         let vote = self.state.vote_ref();
 
         // Make default vote-last-modified a low enough value, that expires leader lease.
@@ -436,6 +448,15 @@ where C: RaftTypeConfig
 
         let res = self.append_entries(vote, prev_log_id, entries);
         let is_ok = res.is_ok();
+
+        // [switchyard patch] A greater log seen while campaigning delays this node's next
+        // election (`smaller_log_timeout`, 2 × election_timeout_max), and stock 0.9 cleared the
+        // flag only when this node campaigned again. Once a leader is accepted that election is
+        // over; a stale flag made this node (possibly the one with the longest log) wait an extra
+        // 600 ms at the *next* leader loss.
+        if is_ok {
+            self.reset_greater_log();
+        }
 
         if let Some(tx) = tx {
             let resp: AppendEntriesResponse<C::NodeId> = res.into();
