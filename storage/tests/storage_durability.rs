@@ -172,6 +172,8 @@ impl openraft::network::RaftNetworkFactory<switchyard_storage::TypeConfig> for N
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, openraft::error::RPCError<u64, switchyard_storage::NodeInfo, openraft::error::RaftError<u64, E>>>;
 
+// The error type is openraft's (what `RaftNetwork` must return), not ours to shrink.
+#[allow(clippy::result_large_err)]
 fn unreachable<T, E: std::error::Error>() -> RpcResult<T, E> {
     Err(openraft::error::RPCError::Unreachable(openraft::error::Unreachable::new(&std::io::Error::other(
         "single-node test cluster",
