@@ -128,6 +128,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+/// An append batch at least this large is written on the blocking pool.
+const BLOCKING_WRITE_BYTES: usize = 64 << 10;
+
 /// Stored bytes of log entries one AppendEntries RPC carries at most (one entry always goes,
 /// whatever its size). openraft 0.9 gives an AppendEntries one heartbeat interval (50 ms by
 /// default) to complete, whatever it carries, and sends up to `max_payload_entries` (300)
@@ -189,7 +192,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             b.put_cf(log, key::u64(e.get_log_id().index), codec::seal(RecordKind::LogEntry, &e));
         }
         // Unsynced: readable now, durable when the syncer's fsync covers it (the callback says so).
-        match self.dir.write(b, false, "append raft log entries") {
+        // A large batch (import chunks, big proposal batches) is written on the blocking pool so
+        // that copying it does not hold up an async worker; a small one costs less than the hop.
+        let written = if b.size_in_bytes() >= BLOCKING_WRITE_BYTES {
+            let dir = self.dir.clone();
+            tokio::task::spawn_blocking(move || dir.write(b, false, "append raft log entries"))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Inconsistent(format!("append writer task failed: {e}"))))
+        } else {
+            self.dir.write(b, false, "append raft log entries")
+        };
+        match written {
             Ok(()) => {
                 self.syncer.flush(callback);
                 Ok(())
