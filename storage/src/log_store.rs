@@ -106,8 +106,13 @@ impl LogStore {
 
     /// Writes a batch durably on the blocking pool, so an fsync never stalls the async workers.
     async fn write_synced(&self, batch: WriteBatch, what: &'static str) -> Result<(), StoreError> {
+        self.write_on_pool(batch, true, what).await
+    }
+
+    /// Writes a batch on the blocking pool (an fsync, or a large copy, off the async workers).
+    async fn write_on_pool(&self, batch: WriteBatch, sync: bool, what: &'static str) -> Result<(), StoreError> {
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || dir.write(batch, true, what))
+        tokio::task::spawn_blocking(move || dir.write(batch, sync, what))
             .await
             .map_err(|e| StoreError::Inconsistent(format!("{what}: writer task failed: {e}")))?
     }
@@ -195,10 +200,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // A large batch (import chunks, big proposal batches) is written on the blocking pool so
         // that copying it does not hold up an async worker; a small one costs less than the hop.
         let written = if b.size_in_bytes() >= BLOCKING_WRITE_BYTES {
-            let dir = self.dir.clone();
-            tokio::task::spawn_blocking(move || dir.write(b, false, "append raft log entries"))
-                .await
-                .unwrap_or_else(|e| Err(StoreError::Inconsistent(format!("append writer task failed: {e}"))))
+            self.write_on_pool(b, false, "append raft log entries").await
         } else {
             self.dir.write(b, false, "append raft log entries")
         };
