@@ -77,9 +77,20 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
     if args.wants("failover") {
         sut.set_agents(true)?;
         settle(sut).await?;
-        let (med, max) = median_max(failover_writes(sut, args.failover_reps).await?);
+        let runs = failover_writes(sut, args.failover_reps).await?;
+        let (med, max) = median_max(runs.iter().map(|f| f.total).collect());
         report.add("leader kill → first acknowledged write, median", "ms", false, name, ms(med));
         report.add("leader kill → first acknowledged write, max", "ms", false, name, ms(max));
+        // The split at the first campaign: the timer's part and the machinery's part.
+        let (timer, machinery): (Vec<_>, Vec<_>) =
+            runs.iter().filter_map(|f| f.campaign.map(|c| (c, f.total.saturating_sub(c)))).unzip();
+        if !timer.is_empty() {
+            let (med, _) = median_max(timer);
+            report.add("leader kill → first campaign (election timer), median", "ms", false, name, ms(med));
+            let (med, max) = median_max(machinery);
+            report.add("first campaign → first acknowledged write, median", "ms", false, name, ms(med));
+            report.add("first campaign → first acknowledged write, max", "ms", false, name, ms(max));
+        }
         if let Sut::Switchyard(_) = sut {
             let runs = match failover_migration(sut, args.migration_reps).await {
                 Ok(r) => r,
@@ -234,14 +245,27 @@ async fn fanout(sut: &Sut, n: usize, rate: u64) -> anyhow::Result<(Duration, Dur
     Ok((pct(&lat, 50.0), pct(&lat, 99.0), missing))
 }
 
+/// One leader kill of the write failover figure.
+struct Failover {
+    /// Kill → first write sent after the kill acknowledged.
+    total: Duration,
+    /// Kill → a survivor's term went up (it started to campaign), as polled every 2 ms.
+    campaign: Option<Duration>,
+}
+
 /// While 16 writers keep writing (to any member, retrying on errors), SIGKILL the leader;
-/// measure until the first write *sent after the kill* is acknowledged. Then restart the
-/// member and let it catch up before the next repetition.
-async fn failover_writes(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Duration>> {
+/// measure until the first write *sent after the kill* is acknowledged, and split that time at
+/// the first campaign: before it, the election timer ran (set by configuration); after it, the
+/// system elected a leader and committed (its own machinery). Then restart the member and let it
+/// catch up before the next repetition.
+async fn failover_writes(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Failover>> {
     let client = http(Duration::from_secs(2));
+    let poll = http(Duration::from_millis(500));
     let mut out = Vec::new();
     for rep in 0..reps {
         let (leader, _) = sut.leader().await?;
+        let term_before = sut.term(&poll, leader).await.context("the leader's term")?;
+        let survivors: Vec<u64> = (1..=3).filter(|&m| m != leader).collect();
         let endpoints = sut.endpoints();
         let stop = Arc::new(AtomicBool::new(false));
         let killed_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
@@ -276,30 +300,53 @@ async fn failover_writes(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Durat
             tokio::time::sleep(Duration::from_secs(1)).await;
             // The writers only read `sut`, so the SIGKILL goes by pid; the process is reaped below.
             let pid = sut_ref.pid(leader).context("the leader's pid")?;
-            *killed_at.lock().unwrap() = Some(Instant::now());
+            let kill_at = Instant::now();
+            *killed_at.lock().unwrap() = Some(kill_at);
             // SAFETY: kill(2) on a child process this harness started.
             unsafe {
                 libc::kill(pid as libc::pid_t, libc::SIGKILL);
             }
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let r = loop {
-                if let Some(f) = *first_ack.lock().unwrap() {
-                    break Ok(f);
+            let deadline = kill_at + Duration::from_secs(60);
+            let campaign = async {
+                while Instant::now() < deadline {
+                    for &m in &survivors {
+                        if sut_ref.term(&poll, m).await.is_some_and(|t| t > term_before) {
+                            return Some(Instant::now());
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                if Instant::now() > deadline {
-                    break Err(anyhow::anyhow!("no write acknowledged within 60 s of the leader kill"));
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                None
             };
+            let ack = async {
+                loop {
+                    if let Some(f) = *first_ack.lock().unwrap() {
+                        break Ok(f);
+                    }
+                    if Instant::now() > deadline {
+                        break Err(anyhow::anyhow!("no write acknowledged within 60 s of the leader kill"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            let (campaign, ack) = tokio::join!(campaign, ack);
             stop.store(true, Ordering::Relaxed);
-            r
+            anyhow::Ok((kill_at, campaign, ack?))
         };
-        let (first, _) = tokio::join!(measure, writers);
-        let first = first?;
-        let kill_at = killed_at.lock().unwrap().expect("set");
-        let d = first.saturating_duration_since(kill_at);
-        eprintln!("  {}: failover {} (killed member {leader}): {:.0} ms", sut.name(), rep + 1, ms(d));
-        out.push(d);
+        let (measured, _) = tokio::join!(measure, writers);
+        let (kill_at, campaign, first) = measured?;
+        let f = Failover {
+            total: first.saturating_duration_since(kill_at),
+            campaign: campaign.map(|c| c.saturating_duration_since(kill_at)),
+        };
+        eprintln!(
+            "  {}: failover {} (killed member {leader}): {:.0} ms, first campaign after {}",
+            sut.name(),
+            rep + 1,
+            ms(f.total),
+            f.campaign.map_or("(not seen)".into(), |c| format!("{:.0} ms", ms(c)))
+        );
+        out.push(f);
         sut.kill(leader); // reap the process
         sut.restart(leader)?;
         let rev = sut.revision(&client).await?;

@@ -18,12 +18,23 @@ use switchyard_protocol::api::{NodeStatus, WriteResponse};
 
 /// Raft timing both systems run with (stated in the report).
 ///
-/// "Comparable election timeouts" means: a follower that stops hearing the leader campaigns
-/// after a comparable wait. etcd campaigns after a random wait in [t, 2t) (`--election-timeout
-/// t`). openraft 0.9 first lets the leader's lease run out (`election_timeout_max`) and then waits
-/// a random election timeout in [min, max), i.e. campaigns after [max + min, 2 max). With
-/// min = 0.4 t and max = 0.8 t that is [1.2 t, 1.6 t), inside etcd's window (and for t = 1000 ms
-/// it is Switchyard's default configuration, 400..800 ms).
+/// "Comparable election timeouts" means: when the leader dies, the first follower to campaign
+/// does so, on average, as long after the last heartbeat in both systems. The two timers differ
+/// in shape, so the harness matches that mean rather than the settings' names:
+/// - etcd counts whole ticks of one heartbeat and rounds `--election-timeout` down to T ticks. A
+///   follower campaigns when a random k in [T, 2T) ticks have passed since it heard the leader,
+///   and the first of them is a partial tick: [T - 1, 2T - 1) heartbeats after it, a window
+///   [a, a + w) with a = (T - 1) h and w = T h.
+/// - openraft 0.9 first lets the leader's lease run out (`election_timeout_max`) and then waits
+///   a random election timeout in [min, max): a window [max + min, 2 max).
+///
+/// Three members leave two followers, and the earlier of two uniform draws from [a, a + w)
+/// comes a + w / 3 after the heartbeat on average. With min = max / 2 Switchyard's comes 5 max / 3
+/// after it, so max = (3a + w) / 5. For the default 50 ms heartbeat and `--election-timeout 400`
+/// (8 ticks): etcd campaigns 350..750 ms after the last heartbeat, Switchyard 435..580 ms
+/// (`election_timeout_ms` 145..290, next to its default 150..300), both 483 ms on average for
+/// the earlier follower. Switchyard checks its timer every heartbeat / 5, which adds 5 ms on
+/// average on its side; not compensated.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
     pub heartbeat_ms: u64,
@@ -32,9 +43,33 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// Switchyard's `election_timeout_ms_min/max` for a comparable campaign window.
+    /// etcd's election timeout in whole heartbeat ticks (as etcd rounds it).
+    pub fn etcd_ticks(&self) -> u64 {
+        (self.election_ms / self.heartbeat_ms.max(1)).max(1)
+    }
+
+    /// When an etcd follower campaigns after the last heartbeat: [from, to) ms.
+    pub fn etcd_window(&self) -> (u64, u64) {
+        let (t, h) = (self.etcd_ticks(), self.heartbeat_ms);
+        ((t - 1) * h, (2 * t - 1) * h)
+    }
+
+    /// Switchyard's `election_timeout_ms_min/max` for the same mean first campaign.
     pub fn switchyard_election(&self) -> (u64, u64) {
-        (self.election_ms * 2 / 5, self.election_ms * 4 / 5)
+        let (a, end) = self.etcd_window();
+        let max = (3 * a + (end - a)) / 5;
+        (max / 2, max)
+    }
+
+    /// When a Switchyard follower campaigns after the last heartbeat: [from, to) ms.
+    pub fn switchyard_window(&self) -> (u64, u64) {
+        let (min, max) = self.switchyard_election();
+        (max + min, 2 * max)
+    }
+
+    /// The mean delay after the last heartbeat before the first of two followers campaigns.
+    pub fn mean_first_campaign_ms(window: (u64, u64)) -> f64 {
+        window.0 as f64 + (window.1 - window.0) as f64 / 3.0
     }
 }
 
@@ -92,6 +127,19 @@ impl Sut {
                 bail!("{}: no leader within 30 s", self.name());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Member `member`'s current Raft term (`None` when it does not answer). A candidate's term
+    /// goes up as it starts to campaign.
+    pub async fn term(&self, http: &reqwest::Client, member: u64) -> Option<u64> {
+        let ep = self.endpoints().get((member - 1) as usize)?.clone();
+        match self {
+            Sut::Switchyard(s) => s.status(http, &ep).await.map(|st| st.term),
+            Sut::Etcd(e) => {
+                let v = e.post(http, &ep, "/v3/maintenance/status", json!({})).await.ok()?;
+                v["raftTerm"].as_str().and_then(|t| t.parse().ok())
+            }
         }
     }
 

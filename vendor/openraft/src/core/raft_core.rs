@@ -1549,6 +1549,13 @@ where
         // Every time elect, reset this flag.
         self.engine.reset_greater_log();
 
+        // [switchyard patch] A fresh random election timeout for every campaign, as Raft (§5.2)
+        // prescribes. Stock 0.9 draws it once per process: two followers whose draws lie within
+        // a vote's round trip of each other split the vote, and then, waiting the same timeouts
+        // again, split it on every retry.
+        self.engine.config.timer_config.election_timeout =
+            Duration::from_millis(self.config.new_rand_election_timeout::<C::AsyncRuntime>());
+
         tracing::info!("do trigger election");
         self.engine.elect();
     }
