@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_coordinator::client::Client;
+use switchyard_coordinator::client::{Client, ClientError};
 use switchyard_protocol::api::{HostView, MigrationPage, MigrationReport, Read, ReportAck, ReportOutcome};
 use switchyard_protocol::{Event, EventPayload, FencingToken, Migration, MigrationId, Name, Phase, PhaseRecord};
 use tokio::sync::mpsc;
@@ -354,9 +354,23 @@ impl Worker {
         false
     }
 
+    /// The target host's address, as of the commit that ordered the transfer or later. Any
+    /// coordinator that has applied that commit can answer (a stale read checked against the
+    /// order's revision), so a transfer ordered just before the leader died starts while the
+    /// cluster elects the next one, instead of waiting for a leader to serve a linearizable
+    /// read. Both reads give an address at or after the order; neither can rule out a change
+    /// right after it, which the fencing token, not the address, guards against.
+    async fn target_address(&self, m: &Migration, token: FencingToken) -> Result<String, ClientError> {
+        let path = format!("/v1/hosts/{}", m.target);
+        match self.client.get::<Read<HostView>>(&format!("{path}?stale=true")).await {
+            Ok(h) if h.revision >= token.revision => Ok(h.items.host.spec.address),
+            _ => self.client.get::<Read<HostView>>(&path).await.map(|h| h.items.host.spec.address),
+        }
+    }
+
     async fn start_transfer(&mut self, m: &Migration, token: FencingToken) {
-        let target_address = match self.client.get::<Read<HostView>>(&format!("/v1/hosts/{}", m.target)).await {
-            Ok(h) => h.items.host.spec.address,
+        let target_address = match self.target_address(m, token).await {
+            Ok(a) => a,
             Err(e) => {
                 tracing::warn!(migration = %m.id, %e, "cannot read the target's address; will retry");
                 return;

@@ -307,12 +307,15 @@ async fn failover_writes(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Failo
                 libc::kill(pid as libc::pid_t, libc::SIGKILL);
             }
             let deadline = kill_at + Duration::from_secs(60);
+            // Both survivors at once; the time is when the poll that saw the new term was sent
+            // (the term went up before the member read it, so this errs early by at most the
+            // time between two polls, rather than late by a reply's delay).
             let campaign = async {
                 while Instant::now() < deadline {
-                    for &m in &survivors {
-                        if sut_ref.term(&poll, m).await.is_some_and(|t| t > term_before) {
-                            return Some(Instant::now());
-                        }
+                    let sent = Instant::now();
+                    let terms = futures_util::future::join_all(survivors.iter().map(|&m| sut_ref.term(&poll, m))).await;
+                    if terms.into_iter().flatten().any(|t| t > term_before) {
+                        return Some(sent);
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }

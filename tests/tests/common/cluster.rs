@@ -421,6 +421,22 @@ impl AgentProc {
         }
     }
 
+    /// SIGSTOP: the process stays, frozen (its connections stay open), until `resume`.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("agent is running").id().to_string();
+        let sent = Command::new("kill").args([sig, &pid]).status().expect("run kill");
+        assert!(sent.success(), "kill {sig} {pid} failed");
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

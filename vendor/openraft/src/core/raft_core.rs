@@ -1537,8 +1537,11 @@ where
                 election_timeout,
             );
 
-            // Follower/Candidate timer: next election
-            if utime > Some(now - election_timeout) {
+            // Follower/Candidate timer: next election. [switchyard patch] At once when this node
+            // refused a shorter-logged candidate after its leader's lease ran out (see
+            // `Engine::campaign_soon`), unless a still greater log was seen meanwhile.
+            let campaign_soon = self.engine.campaign_soon && !self.engine.is_there_greater_log();
+            if !campaign_soon && utime > Some(now - election_timeout) {
                 tracing::debug!("election timeout has not yet passed",);
                 return;
             }
