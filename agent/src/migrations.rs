@@ -170,6 +170,9 @@ impl Worker {
                 }
             }
         }
+        // Until here the worker needed a leader (the list is a linearizable read); from now on
+        // it follows migrations from the event stream.
+        tracing::info!(host = %self.host, in_flight = self.active.len(), "migrations loaded");
     }
 
     fn adopt(&mut self, m: Migration, verified: bool, journal: Option<Journal>) {

@@ -21,9 +21,16 @@ async fn a_committed_transfer_order_starts_without_a_leader() {
     let admin = cluster.client(&[1, 2, 3]);
     create_guest(&admin, "vm1", "h1", None).await;
 
-    // The source agent is frozen before the migration exists, so it cannot know of the order.
+    // The source agent is frozen before the migration exists, so it cannot know of the order;
+    // first it must have loaded the in-flight migrations (a read that needs a leader), or it
+    // would still be waiting for that list when resumed without one.
     let source = &agents[0];
     assert_eq!(source.host, "h1");
+    eventually("the source agent to load its migrations", Duration::from_secs(60), || async {
+        let log = std::fs::read_to_string(source.dir.join("agent.log")).unwrap_or_default();
+        log.contains("migrations loaded").then_some(())
+    })
+    .await;
     source.pause();
     let id = migrate(&admin, "vm1", "h2", "a1").await;
     let m = wait_phase(&cluster, id, Phase::Transferring).await;
@@ -37,10 +44,14 @@ async fn a_committed_transfer_order_starts_without_a_leader() {
     cluster.kill(2);
     source.resume();
 
-    eventually("the source agent to move vm1 to h2 without a leader", Duration::from_secs(60), || async {
-        (sim_location(&cluster, "vm1", &Name::new("h1").unwrap()) == "h2").then_some(())
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sim_location(&cluster, "vm1", &Name::new("h1").unwrap()) != "h2" {
+        if std::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(source.dir.join("agent.log")).unwrap_or_default();
+            panic!("the source agent did not move vm1 to h2 without a leader within 60 s; its log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let st = cluster.status(3).await.expect("node 3 answers");
     assert_ne!(st.role, "leader", "one coordinator of three cannot lead");
     let m = read_migration(&cluster, id).await.expect("node 3 serves the migration");
