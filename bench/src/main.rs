@@ -9,6 +9,7 @@
 mod scenarios;
 mod sut;
 
+use anyhow::Context;
 use clap::Parser;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -221,7 +222,7 @@ fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new().prefix("switchyard-bench-").tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    anyhow::Context::with_context(std::fs::create_dir_all(&dir), || format!("create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let timing = Timing { heartbeat_ms: args.heartbeat_ms, election_ms: args.election_ms };
     let etcd_program = if args.no_etcd { None } else { sut::etcd_program() };
     let mut report = Report::default();

@@ -137,7 +137,7 @@ impl Sut {
         match self {
             Sut::Switchyard(s) => s.status(http, &ep).await.map(|st| st.term),
             Sut::Etcd(e) => {
-                let v = e.post(http, &ep, "/v3/maintenance/status", json!({})).await.ok()?;
+                let v = e.status(http, &ep).await.ok()?;
                 v["raftTerm"].as_str().and_then(|t| t.parse().ok())
             }
         }
@@ -586,8 +586,13 @@ impl Etcd {
         header_revision(&v)
     }
 
+    /// A member's status (revision, leader, Raft term), through the gateway.
+    async fn status(&self, http: &reqwest::Client, ep: &str) -> anyhow::Result<serde_json::Value> {
+        self.post(http, ep, "/v3/maintenance/status", json!({})).await
+    }
+
     async fn revision(&self, http: &reqwest::Client, ep: &str) -> anyhow::Result<u64> {
-        let v = self.post(http, ep, "/v3/maintenance/status", json!({})).await?;
+        let v = self.status(http, ep).await?;
         header_revision(&v)
     }
 
@@ -597,7 +602,7 @@ impl Etcd {
             if m.child.is_none() {
                 continue;
             }
-            if let Ok(v) = self.post(&http, &m.client, "/v3/maintenance/status", json!({})).await {
+            if let Ok(v) = self.status(&http, &m.client).await {
                 let me = v["header"]["member_id"].as_str().unwrap_or_default();
                 if !me.is_empty() && v["leader"].as_str() == Some(me) {
                     return Some((i as u64 + 1, m.client.clone()));
