@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use serde::Deserialize;
-use switchyard_coordinator::client::{Client, ClientError, EventQuery};
+use switchyard_coordinator::client::{Client, ClientError, EventQuery, MAX_BATCH};
 use switchyard_protocol::api::{FullState, Read, StreamItem};
 use switchyard_protocol::hostconfig::HostConfig;
 use switchyard_protocol::{EventKind, EventPayload, Name, Revision};
@@ -162,56 +162,72 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             cluster: cluster.as_ref().map(|c| c.to_string()),
             ..Default::default()
         };
+        // Events come in batches (one event at a time when keeping up, thousands when catching
+        // up): every change of a batch is staged, each guest file is written once per batch,
+        // and the applied revision is reported once the batch is on disk.
         let result = client
-            .events(&q, |item| {
+            .event_batches(&q, |batch| {
                 let mut step = || -> anyhow::Result<bool> {
-                    match item {
-                        StreamItem::Event(e) if e.revision <= cursor => {}
-                        StreamItem::Event(e) => {
-                            if let EventPayload::ClusterCreated { cluster: id, .. } = &e.payload {
-                                match &cluster {
-                                    Some(c) if c != id => {
-                                        resync = Some(format!("the history names cluster {id}, not {c}"));
-                                        return Ok(false);
-                                    }
-                                    Some(_) => {}
-                                    None => {
-                                        store.set_cluster(id)?;
-                                        cluster = Some(id.clone());
-                                        // Subscribe again naming the cluster, so a reconnect
-                                        // to another cluster's coordinators is refused.
-                                        adopted = true;
+                    for item in batch {
+                        match item {
+                            StreamItem::Event(e) if e.revision <= cursor => {}
+                            StreamItem::Event(e) => {
+                                if let EventPayload::ClusterCreated { cluster: id, .. } = &e.payload {
+                                    match &cluster {
+                                        Some(c) if c != id => {
+                                            resync = Some(format!("the history names cluster {id}, not {c}"));
+                                            return Ok(false);
+                                        }
+                                        Some(_) => {}
+                                        None => {
+                                            store.set_cluster(id)?;
+                                            cluster = Some(id.clone());
+                                            // Subscribe again naming the cluster, so a reconnect
+                                            // to another cluster's coordinators is refused.
+                                            adopted = true;
+                                        }
                                     }
                                 }
+                                if e.payload.kind() == EventKind::Migration {
+                                    let _ = to_worker.send(Input::Event(e.clone()));
+                                }
+                                if let Some(change) = applied.change_for(e) {
+                                    store.stage(&change)?;
+                                    applied.record(change);
+                                }
+                                cursor = e.revision;
+                                if adopted {
+                                    break;
+                                }
                             }
-                            if e.payload.kind() == EventKind::Migration {
-                                let _ = to_worker.send(Input::Event(e.clone()));
-                            }
-                            if let Some(change) = applied.change_for(e) {
-                                store.stage(&change)?;
-                                applied.record(change);
-                            }
-                            cursor = e.revision;
-                            // Staged files and the cursor are made durable together at most every
-                            // CURSOR_SYNC (fsyncs per event would cap the agent at a few hundred
-                            // events a second): after a crash the agent re-applies from an older
-                            // cursor, which is harmless because every apply writes a guest's
-                            // whole record.
-                            if synced_at.elapsed() >= CURSOR_SYNC {
+                            StreamItem::Progress { revision } => {
+                                cursor = cursor.max(*revision);
                                 store.commit(cursor)?;
                                 synced_at = std::time::Instant::now();
                             }
-                        }
-                        StreamItem::Progress { revision } => {
-                            cursor = cursor.max(*revision);
-                            store.commit(cursor)?;
-                            synced_at = std::time::Instant::now();
-                        }
-                        StreamItem::Compacted { .. } => {
-                            resync = Some("the history was compacted past the cursor".into());
-                            return Ok(false);
+                            StreamItem::Compacted { .. } => {
+                                resync = Some("the history was compacted past the cursor".into());
+                                return Ok(false);
+                            }
                         }
                     }
+                    // Staged files and the cursor are made durable together at most every
+                    // CURSOR_SYNC (fsyncs per event would cap the agent at a few hundred events
+                    // a second): after a crash the agent re-applies from an older cursor, which
+                    // is harmless because every apply writes a guest's whole record. In between,
+                    // the files are written when the stream has nothing more ready; a full
+                    // batch means the agent is catching up, and it keeps staging (each guest is
+                    // then written once per CURSOR_SYNC, however often it changed).
+                    let caught_up = batch.len() < MAX_BATCH;
+                    if synced_at.elapsed() >= CURSOR_SYNC {
+                        store.commit(cursor)?;
+                        synced_at = std::time::Instant::now();
+                    } else if caught_up {
+                        store.flush()?;
+                    } else {
+                        return Ok(!adopted);
+                    }
+                    // Reported once on disk.
                     let _ = progress_tx.send((cursor, applied.digest()));
                     Ok(!adopted)
                 };

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use switchyard_coordinator::client::{Client, ClientError};
 use switchyard_protocol::api::{HostView, MigrationPage, MigrationReport, Read, ReportAck, ReportOutcome};
-use switchyard_protocol::{Event, EventPayload, FencingToken, Migration, MigrationId, Name, Phase, PhaseRecord};
+use switchyard_protocol::{
+    Event, EventPayload, FencingToken, Migration, MigrationId, Name, Phase, PhaseRecord, Revision,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -141,10 +143,17 @@ impl Worker {
 
     /// Learns the in-flight migrations this host takes part in, and the ones its journal
     /// remembers (possibly finished while the agent was down).
+    ///
+    /// The list must cover every migration event up to where the agent's subscription starts
+    /// (its cursor; later events come from the stream). Any coordinator that has applied the
+    /// cursor can therefore answer, so an agent that starts while the cluster has no leader
+    /// still learns the transfers it was ordered to do.
     async fn load(&mut self) {
         let path = format!("/v1/migrations?host={}&phase=in_flight&limit=1000", self.host);
         let page: Read<MigrationPage> = loop {
-            match self.client.get(&path).await {
+            // An unreadable cursor: accept only a linearizable read.
+            let cursor = self.store.cursor().unwrap_or(Revision::MAX);
+            match self.read_since(&path, cursor).await {
                 Ok(p) => break p,
                 Err(e) => {
                     tracing::warn!(%e, "cannot list migrations yet; retrying");
@@ -152,6 +161,7 @@ impl Worker {
                 }
             }
         };
+        let cursor = page.revision;
         let journals: HashMap<MigrationId, Journal> = match self.store.journals() {
             Ok(js) => js.into_iter().map(|j| (j.migration, j)).collect(),
             Err(e) => {
@@ -165,7 +175,7 @@ impl Worker {
         }
         for (id, j) in journals {
             if !self.active.contains_key(&id) {
-                if let Some(m) = self.fetch(id).await {
+                if let Some(m) = self.fetch(id, cursor).await {
                     self.adopt(m, false, Some(j));
                 }
             }
@@ -194,8 +204,9 @@ impl Worker {
         });
     }
 
-    async fn fetch(&self, id: MigrationId) -> Option<Migration> {
-        match self.client.get::<Read<Migration>>(&format!("/v1/migrations/{}", id.0)).await {
+    /// A migration as of `revision` or later.
+    async fn fetch(&self, id: MigrationId, revision: Revision) -> Option<Migration> {
+        match self.read_since::<Migration>(&format!("/v1/migrations/{}", id.0), revision).await {
             Ok(r) => Some(r.items),
             Err(e) => {
                 tracing::warn!(migration = %id, %e, "cannot read migration");
@@ -231,7 +242,7 @@ impl Worker {
                     }
                     None => {
                         // Requested before this agent's cursor (or before a re-sync).
-                        if let Some(m) = self.fetch(*id).await {
+                        if let Some(m) = self.fetch(*id, e.revision).await {
                             let journal =
                                 self.store.journals().ok().and_then(|js| js.into_iter().find(|j| j.migration == *id));
                             self.adopt(m, true, journal);
@@ -364,10 +375,22 @@ impl Worker {
     /// read. Both reads give an address at or after the order; neither can rule out a change
     /// right after it, which the fencing token, not the address, guards against.
     async fn target_address(&self, m: &Migration, token: FencingToken) -> Result<String, ClientError> {
-        let path = format!("/v1/hosts/{}", m.target);
-        match self.client.get::<Read<HostView>>(&format!("{path}?stale=true")).await {
-            Ok(h) if h.revision >= token.revision => Ok(h.items.host.spec.address),
-            _ => self.client.get::<Read<HostView>>(&path).await.map(|h| h.items.host.spec.address),
+        let h: Read<HostView> = self.read_since(&format!("/v1/hosts/{}", m.target), token.revision).await?;
+        Ok(h.items.host.spec.address)
+    }
+
+    /// A read answered as of `revision` or later: first from whichever coordinator answers
+    /// (`stale=true`, accepted when it has applied `revision`), which needs no leader; else
+    /// linearizable.
+    async fn read_since<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        revision: Revision,
+    ) -> Result<Read<T>, ClientError> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        match self.client.get::<Read<T>>(&format!("{path}{sep}stale=true")).await {
+            Ok(r) if r.revision >= revision => Ok(r),
+            _ => self.client.get(path).await,
         }
     }
 

@@ -5,9 +5,12 @@
 //!
 //! Every write is atomic: write a temporary file, rename it over the target. A killed agent
 //! leaves either the old or the new file, never a torn one. Guest files are *group-committed*:
-//! [`AgentStore::stage`] writes and renames without waiting for the disk, and
-//! [`AgentStore::commit`] makes every staged file and the directory durable with one round of
-//! fsyncs before it writes the cursor (itself atomic and durable). So the cursor never covers a
+//! [`AgentStore::stage`] records a change in memory, where a later change of the same guest
+//! replaces it; [`AgentStore::flush`] writes and renames what is staged without waiting for the
+//! disk (one file per guest, however many events changed it since the last flush: an agent
+//! catching up on a long history writes each guest once per batch, not once per event); and
+//! [`AgentStore::commit`] flushes, then makes every written file and the directory durable with
+//! one round of fsyncs before it writes the cursor (itself atomic and durable). So the cursor never covers a
 //! change that is not on disk, and after a crash of the machine the agent re-applies from its
 //! cursor — harmless, because applying an event writes the guest's whole record (idempotent).
 //! One fsync round per batch instead of two per event is what lets an agent keep up with a
@@ -18,7 +21,7 @@
 //! says so, and the agent then re-syncs from the coordinators' full state. Journals and the
 //! cluster id are written durably one by one (they change rarely).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -51,6 +54,9 @@ pub struct AgentStore {
 
 #[derive(Default)]
 struct Staged {
+    /// Changes not yet written, the latest per guest file.
+    pending: BTreeMap<PathBuf, ConfigChange>,
+    /// Files written since the last commit, not yet known to be on disk.
     files: BTreeSet<PathBuf>,
     dir: bool,
 }
@@ -127,6 +133,7 @@ impl AgentStore {
     /// Makes every staged change durable, then the cursor: after this, a restart resumes after
     /// `revision`.
     pub fn commit(&self, revision: Revision) -> Result<(), StoreError> {
+        self.flush()?;
         let staged = std::mem::take(&mut *self.staged.lock().expect("staged lock"));
         for path in &staged.files {
             match File::open(path) {
@@ -159,22 +166,32 @@ impl AgentStore {
         atomic_write(&self.dir.join("cluster"), format!("{id}\n").as_bytes())
     }
 
-    /// Applies one change on disk, atomically; durable at the next [`AgentStore::commit`].
+    /// Stages one change: on disk (atomically) at the next [`AgentStore::flush`], durable at the
+    /// next [`AgentStore::commit`]. A later change of the same guest replaces this one.
     pub fn stage(&self, change: &ConfigChange) -> Result<(), StoreError> {
+        let name = match change {
+            ConfigChange::Put(g) => &g.name,
+            ConfigChange::Remove(n) => n,
+        };
+        self.staged.lock().expect("staged lock").pending.insert(self.guest_path(name), change.clone());
+        Ok(())
+    }
+
+    /// Writes every staged change to its guest file (atomically, not yet durably).
+    pub fn flush(&self) -> Result<(), StoreError> {
         let mut staged = self.staged.lock().expect("staged lock");
-        match change {
-            ConfigChange::Put(g) => {
-                let path = self.guest_path(&g.name);
-                replace_file(&path, &HostConfig::render(g))?;
-                staged.files.insert(path);
-            }
-            ConfigChange::Remove(n) => {
-                let path = self.guest_path(n);
-                match fs::remove_file(&path) {
+        let staged = &mut *staged;
+        while let Some((path, change)) = staged.pending.pop_first() {
+            match change {
+                ConfigChange::Put(g) => {
+                    replace_file(&path, &HostConfig::render(&g))?;
+                    staged.files.insert(path);
+                }
+                ConfigChange::Remove(_) => match fs::remove_file(&path) {
                     Ok(()) => staged.dir = true,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(io(format!("remove {}", path.display()))(e)),
-                }
+                },
             }
         }
         Ok(())
@@ -209,14 +226,12 @@ impl AgentStore {
     /// Stages `config` as the whole applied state (a re-sync): writes every guest and removes
     /// files of guests that no longer exist. Durable at the next [`AgentStore::commit`].
     pub fn replace_all(&self, config: &HostConfig) -> Result<(), StoreError> {
+        // Whatever was staged is superseded by the whole new state.
+        self.staged.lock().expect("staged lock").pending.clear();
         let dir = self.guests_dir();
+        let wanted: BTreeSet<PathBuf> = config.guests().map(|g| self.guest_path(&g.name)).collect();
         for path in json_files(&dir)? {
-            let keep = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| Name::new(s).ok())
-                .is_some_and(|n| config.guests().any(|g| g.name == n));
-            if !keep {
+            if !wanted.contains(&path) {
                 fs::remove_file(&path).map_err(io(format!("remove {}", path.display())))?;
                 self.staged.lock().expect("staged lock").dir = true;
             }
@@ -346,10 +361,33 @@ mod tests {
     }
 
     #[test]
+    fn staged_changes_coalesce_per_guest_and_reach_disk_at_flush() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = AgentStore::open(tmp.path()).unwrap();
+        s.stage(&ConfigChange::Put(guest("vm1", 2))).unwrap();
+        s.commit(1).unwrap();
+        for vcpus in 3..50 {
+            s.stage(&ConfigChange::Put(guest("vm1", vcpus))).unwrap();
+        }
+        s.stage(&ConfigChange::Put(guest("vm2", 1))).unwrap();
+        s.stage(&ConfigChange::Remove(Name::new("vm2").unwrap())).unwrap();
+        // Nothing is written before the flush...
+        assert_eq!(s.load().unwrap().config, HostConfig::from_guests([guest("vm1", 2)]));
+        s.flush().unwrap();
+        // ...and then only the last change of each guest.
+        assert_eq!(s.load().unwrap().config, HostConfig::from_guests([guest("vm1", 49)]));
+        assert!(!tmp.path().join("guests/vm2.json").exists());
+        assert_eq!(s.cursor().unwrap(), 1);
+        s.commit(51).unwrap();
+        assert_eq!(AgentStore::open(tmp.path()).unwrap().cursor().unwrap(), 51);
+    }
+
+    #[test]
     fn leftover_temporaries_are_discarded_and_corrupt_files_named() {
         let tmp = tempfile::tempdir().unwrap();
         let s = AgentStore::open(tmp.path()).unwrap();
         s.stage(&ConfigChange::Put(guest("vm1", 2))).unwrap();
+        s.flush().unwrap();
         fs::write(tmp.path().join("guests/vm9.tmp"), b"{half").unwrap();
         let s = AgentStore::open(tmp.path()).unwrap();
         let loaded = s.load().unwrap();
@@ -358,6 +396,7 @@ mod tests {
         // and named, so the agent re-syncs instead of serving a partial configuration.
         fs::write(tmp.path().join("guests/vm1.json"), b"{half").unwrap();
         s.stage(&ConfigChange::Put(guest("vm2", 1))).unwrap();
+        s.flush().unwrap();
         fs::copy(tmp.path().join("guests/vm2.json"), tmp.path().join("guests/vm3.json")).unwrap();
         let loaded = s.load().unwrap();
         assert_eq!(loaded.config, HostConfig::from_guests([guest("vm2", 1)]));
@@ -375,6 +414,9 @@ mod tests {
         let s = AgentStore::open(tmp.path()).unwrap();
         s.stage(&ConfigChange::Put(guest("old", 1))).unwrap();
         s.stage(&ConfigChange::Put(guest("kept", 1))).unwrap();
+        s.flush().unwrap();
+        // Staged but not flushed when the re-sync comes: superseded, never written.
+        s.stage(&ConfigChange::Put(guest("gone", 1))).unwrap();
         let want = HostConfig::from_guests([guest("kept", 2), guest("new", 1)]);
         s.replace_all(&want).unwrap();
         s.commit(7).unwrap();

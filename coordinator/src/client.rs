@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -54,6 +55,9 @@ pub struct EventQuery {
 /// How long a followed subscription keeps trying when no endpoint answers.
 const RECONNECT_GIVE_UP: Duration = Duration::from_secs(60);
 
+/// The most items [`Client::event_batches`] hands over at once.
+pub const MAX_BATCH: usize = 4096;
+
 impl Client {
     /// `endpoints` are `host:port` of coordinators' APIs (an `http://` prefix is accepted).
     pub fn new(endpoints: Vec<String>, token: String, timeout: Duration) -> Client {
@@ -92,6 +96,19 @@ impl Client {
         q: &EventQuery,
         mut on_item: impl FnMut(&StreamItem) -> bool,
     ) -> Result<(), ClientError> {
+        self.event_batches(q, |batch| batch.iter().all(&mut on_item)).await
+    }
+
+    /// [`Client::events`], delivering the items in batches: each batch is what had arrived when
+    /// the previous one was handed over (at most [`MAX_BATCH`] items, never empty). A subscriber
+    /// that is far behind gets large batches and one that keeps up gets single items, so it can
+    /// amortise its per-batch work (an agent writes each guest file once per batch, not once per
+    /// event) without delaying anything. Delivery stops when `on_batch` returns `false`.
+    pub async fn event_batches(
+        &self,
+        q: &EventQuery,
+        mut on_batch: impl FnMut(&[StreamItem]) -> bool,
+    ) -> Result<(), ClientError> {
         let mut next = q.from.max(1);
         let mut attempt = 0usize;
         let mut down_since: Option<Instant> = None;
@@ -126,28 +143,57 @@ impl Client {
             down_since = None;
             let mut resp = resp;
             let mut buf: Vec<u8> = Vec::new();
+            let mut batch: Vec<StreamItem> = Vec::new();
             loop {
-                let chunk = match resp.chunk().await {
-                    Ok(Some(c)) => c,
-                    Ok(None) if !q.follow => return Ok(()),
-                    Ok(None) | Err(_) => break, // stream broken: resume elsewhere
+                // Wait for a chunk only when nothing is pending; otherwise take what has already
+                // arrived (`now_or_never` drops a read that is not ready, which loses nothing).
+                let chunk = if batch.is_empty() {
+                    Some(resp.chunk().await)
+                } else if batch.len() < MAX_BATCH {
+                    resp.chunk().now_or_never()
+                } else {
+                    None
                 };
-                buf.extend_from_slice(&chunk);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    let item: StreamItem = serde_json::from_slice(&line[..line.len() - 1])
+                let ended = match chunk {
+                    None => {
+                        if !on_batch(&batch) {
+                            return Ok(());
+                        }
+                        batch.clear();
+                        continue;
+                    }
+                    Some(Ok(Some(c))) => {
+                        buf.extend_from_slice(&c);
+                        None
+                    }
+                    Some(Ok(None)) => Some(!q.follow),
+                    Some(Err(_)) => Some(false),
+                };
+                let mut start = 0;
+                while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
+                    let item: StreamItem = serde_json::from_slice(&buf[start..start + pos])
                         .map_err(|e| ClientError::Protocol { endpoint: ep.clone(), reason: e.to_string() })?;
+                    start += pos + 1;
                     match &item {
                         StreamItem::Event(e) => next = e.revision + 1,
                         StreamItem::Progress { revision } => next = next.max(revision + 1),
                         StreamItem::Compacted { .. } => {
-                            on_item(&item);
+                            batch.push(item);
+                            on_batch(&batch);
                             return Ok(());
                         }
                     }
-                    if !on_item(&item) {
+                    batch.push(item);
+                }
+                buf.drain(..start);
+                if let Some(done) = ended {
+                    if !batch.is_empty() && !on_batch(&batch) {
                         return Ok(());
                     }
+                    if done {
+                        return Ok(());
+                    }
+                    break; // stream broken: resume elsewhere
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
