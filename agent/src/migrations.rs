@@ -153,7 +153,7 @@ impl Worker {
         let page: Read<MigrationPage> = loop {
             // An unreadable cursor: accept only a linearizable read.
             let cursor = self.store.cursor().unwrap_or(Revision::MAX);
-            match self.read_since(&path, cursor).await {
+            match self.client.get_since(&path, cursor).await {
                 Ok(p) => break p,
                 Err(e) => {
                     tracing::warn!(%e, "cannot list migrations yet; retrying");
@@ -206,7 +206,7 @@ impl Worker {
 
     /// A migration as of `revision` or later.
     async fn fetch(&self, id: MigrationId, revision: Revision) -> Option<Migration> {
-        match self.read_since::<Migration>(&format!("/v1/migrations/{}", id.0), revision).await {
+        match self.client.get_since::<Migration>(&format!("/v1/migrations/{}", id.0), revision).await {
             Ok(r) => Some(r.items),
             Err(e) => {
                 tracing::warn!(migration = %id, %e, "cannot read migration");
@@ -375,23 +375,8 @@ impl Worker {
     /// read. Both reads give an address at or after the order; neither can rule out a change
     /// right after it, which the fencing token, not the address, guards against.
     async fn target_address(&self, m: &Migration, token: FencingToken) -> Result<String, ClientError> {
-        let h: Read<HostView> = self.read_since(&format!("/v1/hosts/{}", m.target), token.revision).await?;
+        let h: Read<HostView> = self.client.get_since(&format!("/v1/hosts/{}", m.target), token.revision).await?;
         Ok(h.items.host.spec.address)
-    }
-
-    /// A read answered as of `revision` or later: first from whichever coordinator answers
-    /// (`stale=true`, accepted when it has applied `revision`), which needs no leader; else
-    /// linearizable.
-    async fn read_since<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        revision: Revision,
-    ) -> Result<Read<T>, ClientError> {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        match self.client.get::<Read<T>>(&format!("{path}{sep}stale=true")).await {
-            Ok(r) if r.revision >= revision => Ok(r),
-            _ => self.client.get(path).await,
-        }
     }
 
     async fn start_transfer(&mut self, m: &Migration, token: FencingToken) {

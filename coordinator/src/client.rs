@@ -7,7 +7,7 @@ use futures_util::FutureExt;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use switchyard_protocol::api::{ErrorBody, StreamItem};
+use switchyard_protocol::api::{ErrorBody, Read, StreamItem};
 use switchyard_protocol::Revision;
 
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +202,27 @@ impl Client {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.send::<(), T>(Method::GET, path, None).await
+    }
+
+    /// A read answered as of `revision` or later, which needs no leader when any coordinator has
+    /// applied `revision`: each endpoint in turn is asked for a `stale=true` read and the first
+    /// answer at `revision` or later is taken (one lagging coordinator does not force the slow
+    /// path); when none has one, the read is made linearizable, which a leader serves.
+    ///
+    /// For callers that know the revision their view must include (an agent acting on an event
+    /// it was sent, recovery tooling checking an export against the cluster): the answer is
+    /// never older than that, and may be newer.
+    pub async fn get_since<T: DeserializeOwned>(&self, path: &str, revision: Revision) -> Result<Read<T>, ClientError> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let stale = format!("{path}{sep}stale=true");
+        for ep in &self.endpoints {
+            if let Ok(r) = self.send_to::<(), Read<T>>(ep, Method::GET, &stale, None).await {
+                if r.revision >= revision {
+                    return Ok(r);
+                }
+            }
+        }
+        self.get(path).await
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {

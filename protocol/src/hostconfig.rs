@@ -60,11 +60,10 @@ impl Hasher for StableHasher {
         for c in &mut chunks {
             self.word(u64::from_le_bytes(c.try_into().expect("8 bytes")));
         }
-        let rest = chunks.remainder();
-        let mut last = [0u8; 8];
-        last[..rest.len()].copy_from_slice(rest);
-        // The length goes into the last word, so "ab" and "ab\0" differ.
-        self.word(u64::from_le_bytes(last) ^ ((bytes.len() as u64) << 56));
+        // The rest, little-endian, byte by byte (a copy of a variable length would be a call to
+        // `memcpy`); the length goes into the last word, so "ab" and "ab\0" differ.
+        let rest = chunks.remainder().iter().enumerate().fold(0u64, |x, (i, b)| x | (u64::from(*b) << (8 * i)));
+        self.word(rest ^ ((bytes.len() as u64) << 56));
     }
     fn write_u8(&mut self, i: u8) {
         self.word(u64::from(i))
@@ -209,5 +208,28 @@ mod tests {
         assert_eq!(d, a);
         d.record(ConfigChange::Remove(Name::new("nope").unwrap()));
         assert_eq!(d.digest(), a.digest());
+    }
+
+    /// Digests are compared across hosts and releases, so the hasher's words must never change:
+    /// byte strings of every length hash as the copy-into-a-zeroed-word definition says.
+    #[test]
+    fn byte_strings_hash_to_the_defined_words() {
+        fn defined(bytes: &[u8]) -> u64 {
+            let mut h = StableHasher(7);
+            let mut chunks = bytes.chunks_exact(8);
+            for c in &mut chunks {
+                h.word(u64::from_le_bytes(c.try_into().unwrap()));
+            }
+            let mut last = [0u8; 8];
+            last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+            h.word(u64::from_le_bytes(last) ^ ((bytes.len() as u64) << 56));
+            h.0
+        }
+        let data: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+        for n in 0..data.len() {
+            let mut h = StableHasher(7);
+            h.write(&data[..n]);
+            assert_eq!(h.0, defined(&data[..n]), "{n} bytes");
+        }
     }
 }

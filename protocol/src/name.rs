@@ -15,9 +15,46 @@ pub const NAME_LEN_MAX: usize = 63;
 
 /// A host, guest or package name: 1 to 63 bytes of `[A-Za-z0-9._-]`, starting with a letter or a
 /// digit.
-#[derive(PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Name(String);
+
+/// Byte-wise order, as for `str`, with a fast path: the state keeps guests, hosts and packages
+/// in ordered maps by name, and a lookup among 10 000 guests compares some 30 names. The first
+/// eight bytes of each (zero-padded) are compared as one big-endian number, which orders them as
+/// the bytes do whenever the numbers differ (padding is below every byte a name can hold, and a
+/// name that ends first is the smaller); only equal prefixes need the whole comparison.
+impl Ord for Name {
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        fn prefix(s: &[u8]) -> u64 {
+            let n = s.len();
+            if let Some(word) = s.first_chunk::<8>() {
+                return u64::from_be_bytes(*word);
+            }
+            // Shorter: two loads that may overlap (the overlapping bytes land in the same place),
+            // not a copy of a variable length, which would be a call to `memcpy`.
+            let (hi, lo) = if n >= 4 {
+                let first = u32::from_be_bytes(s[..4].try_into().expect("4 bytes"));
+                let last = u32::from_be_bytes(s[n - 4..].try_into().expect("4 bytes"));
+                (u64::from(first) << 32, u64::from(last) << (64 - 8 * n))
+            } else {
+                let x = s.iter().enumerate().fold(0, |x, (i, b)| x | (u64::from(*b) << (56 - 8 * i)));
+                (x, 0)
+            };
+            hi | lo
+        }
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        prefix(a).cmp(&prefix(b)).then_with(|| a.cmp(b))
+    }
+}
+
+impl PartialOrd for Name {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Clone for Name {
     fn clone(&self) -> Self {
@@ -142,6 +179,30 @@ mod tests {
             assert_eq!(Name::new(*input).unwrap_err(), *want, "input {input:?}");
         }
         assert_eq!(Name::new("x".repeat(NAME_LEN_MAX + 1)).unwrap_err(), NameError::TooLong { len: NAME_LEN_MAX + 1 });
+    }
+
+    proptest::proptest! {
+        /// The fast path of `Ord` orders names exactly as their bytes: the maps keyed by name
+        /// (and every listing and snapshot built from them) keep the order they always had.
+        #[test]
+        fn names_order_as_their_bytes(a in "[A-Za-z0-9][A-Za-z0-9._-]{0,20}", b in "[A-Za-z0-9][A-Za-z0-9._-]{0,20}") {
+            let (x, y) = (Name::new(a.clone()).unwrap(), Name::new(b.clone()).unwrap());
+            proptest::prop_assert_eq!(x.cmp(&y), a.as_bytes().cmp(b.as_bytes()));
+            proptest::prop_assert_eq!(x.cmp(&x.clone()), std::cmp::Ordering::Equal);
+            // Names that share a prefix of any length, the case the fast path cannot decide.
+            let ab = format!("{a}{b}");
+            proptest::prop_assert_eq!(x.cmp(&Name::new(ab.clone()).unwrap()), a.as_bytes().cmp(ab.as_bytes()));
+            proptest::prop_assert_eq!(Name::new(ab.clone()).unwrap().cmp(&y), ab.as_bytes().cmp(b.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn names_sharing_a_long_prefix_order_by_the_rest() {
+        let n = |s: &str| Name::new(s).unwrap();
+        assert!(n("guest-000001") < n("guest-000002"));
+        assert!(n("guest-00") < n("guest-000"));
+        assert!(n("a") < n("a0") && n("A") < n("a") && n("9") < n("A"));
+        assert_eq!(n("guest-000001").cmp(&n("guest-000001")), std::cmp::Ordering::Equal);
     }
 
     #[test]

@@ -548,8 +548,13 @@ fn subset<'a, V: Clone>(map: &BTreeMap<Name, V>, keys: impl IntoIterator<Item = 
 }
 
 fn add(map: &mut BTreeMap<Name, Resources>, host: &Name, r: Resources) {
-    let e = map.entry(host.clone()).or_default();
-    *e = e.saturating_add(r);
+    // Looked up first: `entry` would copy the name on every guest change, not only the first.
+    match map.get_mut(host) {
+        Some(e) => *e = e.saturating_add(r),
+        None => {
+            map.insert(host.clone(), r);
+        }
+    }
 }
 
 fn sub(map: &mut BTreeMap<Name, Resources>, host: &Name, r: Resources) {
