@@ -766,6 +766,74 @@ mod tests {
         );
     }
 
+    /// Longer than a few of the reader's batches (which go back and forth between its threads),
+    /// in both formats: every event reaches the caller in order with the chain value written
+    /// for it, and a changed chain value (under a valid checksum) is located.
+    #[test]
+    fn a_long_export_reads_the_same_in_both_formats_and_a_changed_chain_value_is_located() {
+        let n: u64 = 2 * BATCH as u64 + 500;
+        let header = ExportHeader {
+            source: "test".into(),
+            cluster: None,
+            first_revision: 1,
+            last_revision: n,
+            exported_at: Timestamp(0),
+        };
+        let write = |format| {
+            let mut out = Vec::new();
+            let mut w = ExportWriter::new(&mut out, format, &header).unwrap();
+            for rev in 1..=n {
+                w.push(&event(rev, "h1")).unwrap();
+            }
+            w.finish().unwrap();
+            out
+        };
+        let until = Until { revision: Some(0), time: None };
+        let read = |bytes: &[u8]| {
+            let mut seen: Vec<(Revision, String)> = Vec::new();
+            let r = read_export_with(
+                bytes,
+                until,
+                |_| {},
+                |e, chain| seen.push((e.revision, String::from_utf8(chain.to_vec()).unwrap())),
+            )
+            .unwrap();
+            (r, seen)
+        };
+        let binary = write(Format::Binary);
+        let (r, seen) = read(&binary);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!(seen.iter().map(|(rev, _)| *rev).collect::<Vec<_>>(), (1..=n).collect::<Vec<_>>());
+        assert!(seen.iter().all(|(_, c)| parse_hex(c.as_bytes()).is_some()));
+        let (rj, seen_json) = read(&write(Format::JsonLines));
+        assert!(rj.problems.is_empty(), "{:?}", rj.problems);
+        assert_eq!(seen_json, seen);
+
+        // Re-seal one event record with another chain value: the checksum holds, the chain not.
+        let mut bad = binary.clone();
+        let (mut at, mut index) = (MAGIC.len(), 0u64);
+        let target = 1_500; // records: the header, then events 1.. (event 1 500 is record 1 500)
+        while index < target {
+            let len = u32::from_be_bytes(bad[at..at + 4].try_into().unwrap()) as usize;
+            at += 4 + len;
+            index += 1;
+        }
+        let len = u32::from_be_bytes(bad[at..at + 4].try_into().unwrap()) as usize;
+        let frame = &bad[at + 4..at + 4 + len];
+        let ExportRecord::Event { event: e, .. } = codec::open::<ExportRecord>(RecordKind::Export, frame).unwrap()
+        else {
+            panic!("record {target} is an event");
+        };
+        assert_eq!(e.revision, target);
+        let resealed = codec::seal(RecordKind::Export, &ExportRecord::Event { event: e, chain: hex(&[9u8; 32]) });
+        assert_eq!(resealed.len(), len);
+        bad[at + 4..at + 4 + len].copy_from_slice(&resealed);
+        let (r, _) = read(&bad);
+        let first = r.problems.first().expect("the changed chain value is found");
+        assert_eq!(first.location, format!("byte {at}"));
+        assert!(first.problem.contains(&format!("hash chain broken at revision {target}")), "{:?}", r.problems);
+    }
+
     fn w_bytes(header: ExportHeader) -> Vec<u8> {
         let mut out = Vec::new();
         let mut w = ExportWriter::new(&mut out, Format::Binary, &header).unwrap();
