@@ -359,6 +359,9 @@ struct Decoded {
 }
 
 /// A record, decoded and chain-checked.
+// Nearly every item is an event, held inline: boxing it would cost an allocation per event,
+// which this layout exists to avoid.
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Header(ExportHeader),
     Event {
