@@ -210,8 +210,8 @@ impl Client {
     /// path); when none has one, the read is made linearizable, which a leader serves.
     ///
     /// For callers that know the revision their view must include (an agent acting on an event
-    /// it was sent, recovery tooling checking an export against the cluster): the answer is
-    /// never older than that, and may be newer.
+    /// it was sent): the answer is never older than that, and may be newer. A coordinator that
+    /// does not answer costs one request timeout before the next endpoint is asked.
     pub async fn get_since<T: DeserializeOwned>(&self, path: &str, revision: Revision) -> Result<Read<T>, ClientError> {
         let sep = if path.contains('?') { '&' } else { '?' };
         let stale = format!("{path}{sep}stale=true");
