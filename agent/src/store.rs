@@ -10,9 +10,10 @@
 //! disk (one file per guest, however many events changed it since the last flush: an agent
 //! catching up on a long history writes each guest once per batch, not once per event); and
 //! [`AgentStore::commit`] flushes, then makes every written file and the directory durable with
-//! one round of fsyncs before it writes the cursor (itself atomic and durable). So the cursor never covers a
-//! change that is not on disk, and after a crash of the machine the agent re-applies from its
-//! cursor — harmless, because applying an event writes the guest's whole record (idempotent).
+//! one round of fsyncs before it writes the cursor (itself atomic and durable). So the cursor
+//! never covers a change that is not on disk, and after a crash of the machine the agent
+//! re-applies from its cursor — harmless, because applying an event writes the guest's whole
+//! record (idempotent).
 //! One fsync round per batch instead of two per event is what lets an agent keep up with a
 //! bulk change (hundreds of events per second on a disk where a sync takes milliseconds).
 //!
