@@ -9,6 +9,9 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+mod in_place;
+pub use in_place::decode_event_into;
+
 /// Version of the sealed record layout and of the encodings inside it.
 pub const FORMAT_VERSION: u8 = 1;
 

@@ -29,4 +29,4 @@ pub use event::{Event, EventKind, EventPayload};
 pub use model::*;
 pub use name::{Name, NameError};
 pub use rejection::Rejection;
-pub use state::{ClusterState, RevisionRange};
+pub use state::{ClusterState, Replay, RevisionRange};

@@ -109,6 +109,15 @@ impl Name {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Makes this name `s`, if `s` is a valid name, in the buffer it already has (the codec's
+    /// in-place decoding).
+    pub(crate) fn overwrite(&mut self, s: &str) -> Result<(), NameError> {
+        Self::check(s)?;
+        self.0.clear();
+        self.0.push_str(s);
+        Ok(())
+    }
 }
 
 impl TryFrom<String> for Name {

@@ -51,6 +51,34 @@ pub struct ClusterState {
     derived: Derived,
 }
 
+/// A state rebuilt from a long run of events (`log replay`, `log restore`, a data directory's
+/// check): each event is folded as by [`ClusterState::evolve`], except the index of remembered
+/// request ids, which [`Replay::finish`] builds once from the remembered requests. Nothing reads
+/// that index while a history is replayed, and keeping it event by event (an insert and an
+/// eviction among 100 000 ids) was a fifth of the work of folding a guest change.
+#[derive(Debug, Default)]
+pub struct Replay {
+    state: ClusterState,
+}
+
+impl Replay {
+    /// Revision of the last event folded in.
+    pub fn revision(&self) -> Revision {
+        self.state.revision
+    }
+
+    /// Folds one event, as [`ClusterState::evolve`] does.
+    pub fn evolve(&mut self, event: &Event) {
+        self.state.fold(event, false);
+    }
+
+    /// The state, with every index it keeps.
+    pub fn finish(mut self) -> ClusterState {
+        self.state.derived.requests = self.state.request_index();
+        self.state
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Derived {
     requests: BTreeMap<RequestId, RevisionRange>,
@@ -142,10 +170,16 @@ impl ClusterState {
     /// Folds one event into the state. Events must come in revision order without gaps; that is
     /// an internal invariant of the log, so a violation is a bug and panics.
     pub fn evolve(&mut self, event: &Event) {
+        self.fold(event, true);
+    }
+
+    /// [`ClusterState::evolve`]; `index_requests: false` leaves the request-id index behind
+    /// (see [`Replay`]).
+    fn fold(&mut self, event: &Event, index_requests: bool) {
         assert_eq!(event.revision, self.revision + 1, "event revisions must be folded in order without gaps");
         self.revision = event.revision;
         self.last_term = event.term;
-        self.remember_request(event.request_id, event.revision);
+        self.remember_request(event.request_id, event.revision, index_requests);
         let rev = event.revision;
         match &event.payload {
             EventPayload::ClusterCreated { cluster, restored_from } => {
@@ -352,21 +386,32 @@ impl ClusterState {
         old
     }
 
-    fn remember_request(&mut self, id: RequestId, rev: Revision) {
+    fn remember_request(&mut self, id: RequestId, rev: Revision, index: bool) {
         if let Some((last_id, range)) = self.requests.back_mut() {
             if *last_id == id {
                 range.last = rev;
-                self.derived.requests.insert(id, *range);
+                if index {
+                    self.derived.requests.insert(id, *range);
+                }
                 return;
             }
         }
         let range = RevisionRange { first: rev, last: rev };
         self.requests.push_back((id, range));
-        self.derived.requests.insert(id, range);
+        if index {
+            self.derived.requests.insert(id, range);
+        }
         while self.requests.len() > REQUEST_IDS_RETAINED {
             let (old, _) = self.requests.pop_front().expect("non-empty");
-            self.derived.requests.remove(&old);
+            if index {
+                self.derived.requests.remove(&old);
+            }
         }
+    }
+
+    /// The request-id index as the remembered requests make it.
+    fn request_index(&self) -> BTreeMap<RequestId, RevisionRange> {
+        self.requests.iter().copied().collect()
     }
 
     fn evict_finished(&mut self) {
@@ -457,10 +502,7 @@ impl ClusterState {
 
     /// The derived indexes computed from scratch.
     fn derive(&self) -> Derived {
-        let mut d = Derived::default();
-        for (id, range) in &self.requests {
-            d.requests.insert(*id, *range);
-        }
+        let mut d = Derived { requests: self.request_index(), ..Derived::default() };
         for g in self.guests.values() {
             add(&mut d.used, &g.owner, g.spec.demand());
             d.config_digest = d.config_digest.wrapping_add(guest_digest(g));
@@ -563,5 +605,82 @@ fn sub(map: &mut BTreeMap<Name, Resources>, host: &Name, r: Resources) {
         if *e == Resources::default() {
             map.remove(host);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CompatProfile, GuestSpec, HostSpec, RunState, Timestamp};
+
+    fn event(revision: Revision, request: u128, payload: EventPayload) -> Event {
+        Event {
+            revision,
+            term: 1,
+            time: Timestamp(revision),
+            actor: "test".into(),
+            request_id: RequestId(request),
+            payload,
+        }
+    }
+
+    /// Past the window of remembered requests, with requests of one and of two events: the
+    /// index a replay builds at the end is the one `evolve` keeps event by event.
+    #[test]
+    fn a_replay_ends_with_the_state_evolve_keeps() {
+        let name = |s: &str| Name::new(s).unwrap();
+        let host = Host {
+            spec: HostSpec {
+                name: name("h1"),
+                address: "h1:7100".into(),
+                capacity: Resources { vcpus: 64, memory_mib: 1 << 20 },
+                profile: CompatProfile::default(),
+            },
+            maintenance: false,
+            reachable: true,
+            version: 1,
+        };
+        let mut guest = Guest {
+            name: name("g1"),
+            spec: GuestSpec {
+                vcpus: 1,
+                memory_mib: 256,
+                disks: vec!["avio_stor:/dev/vg01/g1".into()],
+                networks: vec![],
+                online_migration: true,
+                cluster_node: false,
+                package: None,
+            },
+            owner: name("h1"),
+            run_state: RunState::Running,
+            version: 2,
+        };
+        let mut events = vec![
+            event(1, 1, EventPayload::HostRegistered { host }),
+            event(2, 2, EventPayload::GuestCreated { guest: guest.clone() }),
+        ];
+        let mut request = 2;
+        while request < REQUEST_IDS_RETAINED as u128 + 5_000 {
+            let revision = events.len() as Revision + 1;
+            // Every seventh request commits two events.
+            if revision % 7 != 0 {
+                request += 1;
+            }
+            guest.spec.vcpus = 1 + (revision % 8) as u32;
+            guest.version = revision;
+            events.push(event(revision, request, EventPayload::GuestModified { guest: guest.clone() }));
+        }
+        let mut live = ClusterState::default();
+        let mut replay = Replay::default();
+        for e in &events {
+            live.evolve(e);
+            replay.evolve(e);
+        }
+        assert_eq!(replay.revision(), live.revision());
+        let replayed = replay.finish();
+        assert_eq!(replayed, live);
+        assert!(replayed.check_invariants().is_empty());
+        assert_eq!(replayed.applied_request(RequestId(3)), None, "evicted");
+        assert_eq!(replayed.applied_request(RequestId(request)).map(|r| r.last), Some(events.len() as Revision));
     }
 }

@@ -195,10 +195,13 @@ proptest! {
     fn history_rebuilds_state(ops in proptest::collection::vec(op(), 1..120)) {
         let (live, _, events) = run(&ops);
         let mut rebuilt = ClusterState::default();
+        let mut replay = Replay::default();
         for e in &events {
             rebuilt.evolve(e);
+            replay.evolve(e);
         }
         prop_assert_eq!(&rebuilt, &live);
+        prop_assert_eq!(&replay.finish(), &live);
         // Revisions are gap-free and strictly increasing.
         for (i, e) in events.iter().enumerate() {
             prop_assert_eq!(e.revision, i as u64 + 1);
