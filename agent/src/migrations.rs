@@ -368,19 +368,20 @@ impl Worker {
         false
     }
 
-    /// The target host's address, as of the commit that ordered the transfer or later. Any
-    /// coordinator that has applied that commit can answer (a stale read checked against the
-    /// order's revision), so a transfer ordered just before the leader died starts while the
-    /// cluster elects the next one, instead of waiting for a leader to serve a linearizable
-    /// read. Both reads give an address at or after the order; neither can rule out a change
-    /// right after it, which the fencing token, not the address, guards against.
-    async fn target_address(&self, m: &Migration, token: FencingToken) -> Result<String, ClientError> {
-        let h: Read<HostView> = self.client.get_since(&format!("/v1/hosts/{}", m.target), token.revision).await?;
+    /// A host's address, as of `since` (the commit that ordered a transfer, or ended the
+    /// migration a guest goes back from) or later. Any coordinator that has applied that commit
+    /// can answer (a stale read checked against the revision), so a transfer ordered just before
+    /// the leader died starts while the cluster elects the next one, instead of waiting for a
+    /// leader to serve a linearizable read. Both reads give an address at or after the commit;
+    /// neither can rule out a change right after it, which the fencing token, not the address,
+    /// guards against.
+    async fn host_address(&self, host: &Name, since: Revision) -> Result<String, ClientError> {
+        let h: Read<HostView> = self.client.get_since(&format!("/v1/hosts/{host}"), since).await?;
         Ok(h.items.host.spec.address)
     }
 
     async fn start_transfer(&mut self, m: &Migration, token: FencingToken) {
-        let target_address = match self.target_address(m, token).await {
+        let target_address = match self.host_address(&m.target, token.revision).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(migration = %m.id, %e, "cannot read the target's address; will retry");
@@ -425,8 +426,8 @@ impl Worker {
             return true;
         }
         if self.runs_here(&m.guest, &m.source).await == Some(true) {
-            let source_address = match self.client.get::<Read<HostView>>(&format!("/v1/hosts/{}", m.source)).await {
-                Ok(h) => h.items.host.spec.address,
+            let source_address = match self.host_address(&m.source, m.current().revision).await {
+                Ok(address) => address,
                 Err(e) => {
                     tracing::warn!(migration = %id, %e, "cannot read the source's address; will retry");
                     return false;

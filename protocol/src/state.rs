@@ -52,13 +52,20 @@ pub struct ClusterState {
 }
 
 /// A state rebuilt from a long run of events (`log replay`, `log restore`, a data directory's
-/// check): each event is folded as by [`ClusterState::evolve`], except the index of remembered
+/// check, a coordinator's restart): each event is folded as by [`ClusterState::evolve`], except the index of remembered
 /// request ids, which [`Replay::finish`] builds once from the remembered requests. Nothing reads
 /// that index while a history is replayed, and keeping it event by event (an insert and an
 /// eviction among 100 000 ids) was a fifth of the work of folding a guest change.
 #[derive(Debug, Default)]
 pub struct Replay {
     state: ClusterState,
+}
+
+/// Continues from a state (a coordinator's snapshot or checkpoint, when it restarts).
+impl From<ClusterState> for Replay {
+    fn from(state: ClusterState) -> Replay {
+        Replay { state }
+    }
 }
 
 impl Replay {
@@ -662,8 +669,8 @@ mod tests {
         let mut request = 2;
         while request < REQUEST_IDS_RETAINED as u128 + 5_000 {
             let revision = events.len() as Revision + 1;
-            // Every seventh request commits two events.
-            if revision % 7 != 0 {
+            // The event at every seventh revision belongs to the request before it: two events.
+            if !revision.is_multiple_of(7) {
                 request += 1;
             }
             guest.spec.vcpus = 1 + (revision % 8) as u32;

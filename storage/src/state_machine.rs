@@ -18,7 +18,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use rocksdb::{IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 use switchyard_protocol::codec::{self, RecordKind};
-use switchyard_protocol::{ClusterState, Event, Revision};
+use switchyard_protocol::{ClusterState, Event, Replay, Revision};
 use tokio::io::AsyncSeekExt;
 use tokio::sync::watch;
 
@@ -272,6 +272,13 @@ impl StateMachineStore {
 
 /// Folds the stored events after `cluster.revision()` up to `up_to` into `cluster`.
 fn replay_events(dir: &DataDir, cluster: &mut ClusterState, up_to: Revision) -> Result<(), StoreError> {
+    let mut fold = Replay::from(std::mem::take(cluster));
+    let folded = fold_stored_events(dir, &mut fold, up_to);
+    *cluster = fold.finish();
+    folded
+}
+
+fn fold_stored_events(dir: &DataDir, cluster: &mut Replay, up_to: Revision) -> Result<(), StoreError> {
     let history = History::new(dir.clone());
     while cluster.revision() < up_to {
         let from = cluster.revision() + 1;
