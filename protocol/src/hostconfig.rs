@@ -172,25 +172,7 @@ impl HostConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{GuestSpec, RunState};
-
-    fn guest(name: &str, vcpus: u32) -> Guest {
-        Guest {
-            name: Name::new(name).unwrap(),
-            spec: GuestSpec {
-                vcpus,
-                memory_mib: 512,
-                disks: vec![],
-                networks: vec![],
-                online_migration: true,
-                cluster_node: false,
-                package: None,
-            },
-            owner: Name::new("h1").unwrap(),
-            run_state: RunState::Running,
-            version: 1,
-        }
-    }
+    use crate::testing::guest;
 
     #[test]
     fn digest_depends_on_content_not_insertion_order() {

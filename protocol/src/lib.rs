@@ -22,6 +22,8 @@ pub mod model;
 pub mod name;
 pub mod rejection;
 pub mod state;
+#[cfg(test)]
+mod testing;
 
 pub use apply::{apply, Applied, ApplyResult};
 pub use command::{Command, GuestPatch, Proposal};

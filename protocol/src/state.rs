@@ -618,7 +618,7 @@ fn sub(map: &mut BTreeMap<Name, Resources>, host: &Name, r: Resources) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{CompatProfile, GuestSpec, HostSpec, RunState, Timestamp};
+    use crate::model::{CompatProfile, HostSpec, Timestamp};
 
     fn event(revision: Revision, request: u128, payload: EventPayload) -> Event {
         Event {
@@ -647,21 +647,8 @@ mod tests {
             reachable: true,
             version: 1,
         };
-        let mut guest = Guest {
-            name: name("g1"),
-            spec: GuestSpec {
-                vcpus: 1,
-                memory_mib: 256,
-                disks: vec!["avio_stor:/dev/vg01/g1".into()],
-                networks: vec![],
-                online_migration: true,
-                cluster_node: false,
-                package: None,
-            },
-            owner: name("h1"),
-            run_state: RunState::Running,
-            version: 2,
-        };
+        let mut guest = crate::testing::guest("g1", 1);
+        guest.version = 2;
         let mut events = vec![
             event(1, 1, EventPayload::HostRegistered { host }),
             event(2, 2, EventPayload::GuestCreated { guest: guest.clone() }),

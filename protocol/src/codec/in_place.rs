@@ -229,21 +229,7 @@ mod tests {
 
     #[test]
     fn the_guest_variant_indices_are_the_encoded_ones() {
-        let g = Guest {
-            name: Name::new("g1").unwrap(),
-            spec: GuestSpec {
-                vcpus: 1,
-                memory_mib: 1,
-                disks: vec![],
-                networks: vec![],
-                online_migration: true,
-                cluster_node: false,
-                package: None,
-            },
-            owner: Name::new("h1").unwrap(),
-            run_state: RunState::Stopped,
-            version: 1,
-        };
+        let g = crate::testing::guest("g1", 1);
         let created = encode(&EventPayload::GuestCreated { guest: g.clone() });
         let modified = encode(&EventPayload::GuestModified { guest: g.clone() });
         assert_eq!((u32::from(created[0]), u32::from(modified[0])), (GUEST_CREATED, GUEST_MODIFIED));
