@@ -1,8 +1,8 @@
 //! Decoding an event into one decoded before, reusing its buffers.
 //!
 //! `log replay` decodes millions of events on one thread, and a fresh decode allocates every
-//! string of an event (seven for a guest change) that the same thread frees again once the event
-//! is folded. [`decode_event_into`] writes the next event's fields into the strings and vectors
+//! string and vector of an event (seven for a guest with one disk and one network), which the
+//! same thread frees again once the event is folded. [`decode_event_into`] writes the next event's fields into the strings and vectors
 //! of an event already held, so a reader that keeps its decoded events and overwrites them
 //! allocates nothing once it runs: the buffers stay where they are.
 //!
