@@ -52,10 +52,11 @@ pub struct ClusterState {
 }
 
 /// A state rebuilt from a long run of events (`log replay`, `log restore`, a data directory's
-/// check, a coordinator's restart): each event is folded as by [`ClusterState::evolve`], except the index of remembered
-/// request ids, which [`Replay::finish`] builds once from the remembered requests. Nothing reads
-/// that index while a history is replayed, and keeping it event by event (an insert and an
-/// eviction among 100 000 ids) was a fifth of the work of folding a guest change.
+/// check, a coordinator's restart): each event is folded as by [`ClusterState::evolve`], except
+/// the index of remembered request ids, which [`Replay::finish`] builds once from the remembered
+/// requests. Nothing reads that index while a history is replayed, and keeping it event by event
+/// (an insert and an eviction among 100 000 ids) was a fifth of the work of folding a guest
+/// change.
 #[derive(Debug, Default)]
 pub struct Replay {
     state: ClusterState,

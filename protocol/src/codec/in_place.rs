@@ -2,9 +2,10 @@
 //!
 //! `log replay` decodes millions of events on one thread, and a fresh decode allocates every
 //! string and vector of an event (seven for a guest with one disk and one network), which the
-//! same thread frees again once the event is folded. [`decode_event_into`] writes the next event's fields into the strings and vectors
-//! of an event already held, so a reader that keeps its decoded events and overwrites them
-//! allocates nothing once it runs: the buffers stay where they are.
+//! same thread frees again once the event is folded. [`decode_event_into`] writes the next
+//! event's fields into the strings and vectors of an event already held, so a reader that keeps
+//! its decoded events and overwrites them allocates nothing once it runs: the buffers stay where
+//! they are.
 //!
 //! Only the guest changes (`GuestCreated`, `GuestModified`: nearly every event of a long history)
 //! are decoded in place, and only into a held event of the same kind. Anything else, and any byte
