@@ -469,30 +469,27 @@ struct Batches {
 impl Batches {
     /// Adds a record made elsewhere (damage, a JSON line).
     fn push(&mut self, d: Decoded) {
-        match self.batch.get_mut(self.filled) {
-            Some(slot) => *slot = d,
-            None => self.batch.push(d),
-        }
+        *self.next_slot() = d;
         self.filled += 1;
         self.send_if_full();
     }
 
     /// Adds the record of a binary frame, decoded into the slot it goes to.
     fn push_frame(&mut self, location: Location, end: u64, frame: &[u8], check: &mut ChainCheck) {
-        match self.batch.get_mut(self.filled) {
-            Some(slot) => {
-                slot.location = location;
-                slot.end = end;
-                decode_frame(frame, check, &mut slot.item);
-            }
-            None => {
-                let mut item = Item::Damaged(String::new());
-                decode_frame(frame, check, &mut item);
-                self.batch.push(Decoded { location, end, item });
-            }
-        }
+        let slot = self.next_slot();
+        slot.location = location;
+        slot.end = end;
+        decode_frame(frame, check, &mut slot.item);
         self.filled += 1;
         self.send_if_full();
+    }
+
+    /// The slot the next record goes to: an earlier batch's record, or a new placeholder.
+    fn next_slot(&mut self) -> &mut Decoded {
+        if self.filled == self.batch.len() {
+            self.batch.push(Decoded { location: Location::Byte(0), end: 0, item: Item::Damaged(String::new()) });
+        }
+        &mut self.batch[self.filled]
     }
 
     fn send_if_full(&mut self) {
