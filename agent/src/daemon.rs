@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use serde::Deserialize;
-use switchyard_coordinator::client::{Client, ClientError, EventQuery, MAX_BATCH};
-use switchyard_protocol::api::{FullState, Read, StreamItem};
+use serde::{Deserialize, Serialize};
+use switchyard_client::{Client, ClientError, EventQuery, MAX_BATCH};
+use switchyard_protocol::api::{FullState, HostReport, Read, StreamItem};
 use switchyard_protocol::hostconfig::HostConfig;
 use switchyard_protocol::{EventKind, EventPayload, Name, Revision};
 use tokio::sync::watch;
@@ -29,7 +29,7 @@ const CURSOR_SYNC: Duration = Duration::from_millis(200);
 const FATAL: [&str; 4] = ["unauthenticated", "forbidden", "unknown_host", "bad_request"];
 
 /// Agent configuration (TOML).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The host this agent runs on; its token must be bound to it.
@@ -104,8 +104,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let client = Client::new(config.endpoints.clone(), config.token.clone(), Duration::from_secs(10)).rotated(spread);
     // A token for another host, an unknown host or a bad token never get better by retrying:
     // say so and stop, instead of logging the same refusal forever.
-    let first = serde_json::json!({ "applied_revision": cursor, "digest": applied.digest() });
-    match client.post::<_, serde_json::Value>(&format!("/v1/hosts/{}/report", config.host), &first).await {
+    let first = HostReport { applied_revision: cursor, digest: applied.digest() };
+    match client.report_host(&config.host, &first).await {
         Err(e @ ClientError::Api { .. }) if FATAL.contains(&e.code().unwrap_or_default()) => {
             let hint = match e.code() {
                 Some("unknown_host") => format!("; register it first: switchyard host register {} ...", config.host),
@@ -129,7 +129,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // applied state on disk was damaged.
         if let Some(why) = resync.take() {
             let state: Read<FullState> = loop {
-                match client.get("/v1/state").await {
+                match client.full_state().await {
                     Ok(s) => break s,
                     Err(e) if FATAL.contains(&e.code().unwrap_or_default()) => {
                         return Err(anyhow::Error::new(e).context("read full state to re-sync"))
@@ -264,8 +264,8 @@ async fn report_loop(client: Client, host: Name, progress: watch::Receiver<(Revi
     loop {
         tick.tick().await;
         let (revision, digest) = *progress.borrow();
-        let body = serde_json::json!({ "applied_revision": revision, "digest": digest });
-        if let Err(e) = client.post::<_, serde_json::Value>(&format!("/v1/hosts/{host}/report"), &body).await {
+        let report = HostReport { applied_revision: revision, digest };
+        if let Err(e) = client.report_host(&host, &report).await {
             tracing::warn!(%e, "report failed");
         }
     }

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use switchyard_protocol::{MigrationId, MigrationKind, Name};
 
 /// One transfer the source host is asked to run.
@@ -53,7 +53,7 @@ pub trait HypervisorDriver: Send + Sync {
 }
 
 /// The `[driver]` section of the agent configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DriverConfig {
     Simulated {

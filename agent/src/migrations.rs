@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_coordinator::client::{Client, ClientError};
-use switchyard_protocol::api::{HostView, MigrationPage, MigrationReport, Read, ReportAck, ReportOutcome};
+use switchyard_client::{Client, ClientError};
+use switchyard_protocol::api::{HostView, MigrationPage, MigrationReport, Read, ReportOutcome};
 use switchyard_protocol::{
     Event, EventPayload, FencingToken, Migration, MigrationId, Name, Phase, PhaseRecord, Revision,
 };
@@ -493,7 +493,7 @@ impl Worker {
     async fn report(&mut self, m: &Migration, outcome: ReportOutcome) {
         let token = m.current().token();
         let body = MigrationReport { phase: m.phase, token, outcome };
-        let answers = self.client.post_all::<_, ReportAck>(&format!("/v1/migrations/{}/report", m.id.0), &body).await;
+        let answers = self.client.report_migration(m.id, &body).await;
         let newest = answers.iter().filter_map(|a| a.as_ref().ok()).map(|ack| ack.term).max();
         match newest {
             Some(term) if term >= self.term => {

@@ -52,7 +52,7 @@ pub struct Args {
     pub scale_hosts: usize,
     #[arg(long, default_value_t = 10_000_000)]
     pub scale_events: u64,
-    /// Run only these parts: throughput, fanout, failover, catchup, replay, scale.
+    /// Run only these parts: throughput, fanout, failover, restart, catchup, replay, scale.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Switchyard alone, even when etcd is installed.
@@ -241,12 +241,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.wants("replay") {
         scenarios::replay(&args, &dir, &mut report)?;
     }
-    if ["throughput", "fanout", "failover", "catchup"].iter().any(|p| args.wants(p)) {
+    if ["throughput", "fanout", "failover", "restart", "catchup"].iter().any(|p| args.wants(p)) {
         // One system at a time, each stopped before the next starts.
         eprintln!("== switchyard");
-        let mut sut = Sut::Switchyard(
+        let mut sut = Sut::Switchyard(Box::new(
             Switchyard::start(&dir.join("switchyard"), timing, args.batch_max, args.transfer_ms).await?,
-        );
+        ));
         scenarios::run_all(&args, &mut sut, &mut report).await?;
         drop(sut);
         if let Some(p) = etcd_program.clone() {

@@ -113,6 +113,14 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
             }
         }
     }
+    if args.wants("restart") {
+        sut.set_agents(true)?;
+        settle(sut).await?;
+        let gaps = rolling_restart(sut).await?;
+        for (role, gap) in gaps {
+            report.add(format!("rolling restart (SIGTERM), {role}: longest write gap"), "ms", false, name, ms(gap));
+        }
+    }
     if args.wants("catchup") {
         sut.set_agents(true)?;
         settle(sut).await?;
@@ -352,6 +360,71 @@ async fn failover_writes(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Failo
         out.push(f);
         sut.kill(leader); // reap the process
         sut.restart(leader)?;
+        let rev = sut.revision(&client).await?;
+        sut.wait_all_at(&client, rev).await?;
+    }
+    Ok(out)
+}
+
+/// Restarts every member in turn with a graceful stop (SIGTERM, as a rolling upgrade does) under
+/// 16 closed-loop writers over all endpoints, and answers per restart the role the member had
+/// and the longest time no write was acknowledged while it stopped (the write unavailability a
+/// client sees). Each member is back and caught up before the next one stops.
+async fn rolling_restart(sut: &mut Sut) -> anyhow::Result<Vec<(String, Duration)>> {
+    let client = http(Duration::from_secs(2));
+    let mut out = Vec::new();
+    for member in 1..=3u64 {
+        let (leader, _) = sut.leader().await?;
+        let role = if member == leader { "leader" } else { "follower" };
+        let endpoints = sut.endpoints();
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+        let sut_ref: &Sut = sut;
+        let writers = (0..16).map(|w| {
+            let (client, endpoints, stop, acks) = (client.clone(), endpoints.clone(), stop.clone(), acks.clone());
+            async move {
+                let mut i = w;
+                while !stop.load(Ordering::Relaxed) {
+                    let ep = &endpoints[i % endpoints.len()];
+                    i += 1;
+                    match sut_ref.put(&client, ep, w, i as u64).await {
+                        Ok(_) => acks.lock().unwrap().push(Instant::now()),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+                    }
+                }
+            }
+        });
+        let measure = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let stopped_at = Instant::now();
+            sut_ref.signal_terminate(member);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            stop.store(true, Ordering::Relaxed);
+            stopped_at
+        };
+        let (stopped_at, _) = tokio::join!(measure, futures_util::future::join_all(writers));
+        // The longest stretch without an acknowledged write, from the stop on (the first
+        // stretch runs from the SIGTERM to the first ack after it).
+        let mut times: Vec<Instant> = acks.lock().unwrap().iter().copied().filter(|t| *t >= stopped_at).collect();
+        times.sort();
+        let mut gap = Duration::ZERO;
+        let mut last = stopped_at;
+        for t in &times {
+            gap = gap.max(t.saturating_duration_since(last));
+            last = *t;
+        }
+        if times.is_empty() {
+            bail!("no write acknowledged within 3 s of the graceful stop of member {member}");
+        }
+        let exited = sut.reap_stopped(member, Duration::from_secs(10));
+        eprintln!(
+            "  {}: graceful restart of member {member} ({role}): longest write gap {:.1} ms{}",
+            sut.name(),
+            ms(gap),
+            if exited { "" } else { " (it did not exit within 10 s and was killed)" }
+        );
+        out.push((role.to_string(), gap));
+        sut.restart(member)?;
         let rev = sut.revision(&client).await?;
         sut.wait_all_at(&client, rev).await?;
     }
@@ -671,7 +744,7 @@ pub async fn scale(args: &Args, dir: &Path, timing: Timing, report: &mut Report)
         let _ = std::fs::remove_file(&file);
     }
     report.add(format!("scale: `log restore` of {shape}"), "events/s", true, "switchyard", n as f64 / ms(took) * 1e3);
-    let mut sut = Sut::Switchyard(sw);
+    let mut sut = Sut::Switchyard(Box::new(sw));
     let client = http(Duration::from_secs(600));
     let rev = sut.revision(&client).await?;
     sut.wait_all_at(&client, rev).await?;

@@ -13,8 +13,10 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
-use switchyard_coordinator::dev::{die_with_parent, LocalCluster, LocalOpts};
+use switchyard_coordinator::config::{ApiConfig, HistoryConfig, RaftConfig};
 use switchyard_protocol::api::{NodeStatus, WriteResponse};
+use switchyard_testkit::proc::die_with_parent;
+use switchyard_testkit::{local, Cluster, Settings};
 
 /// Raft timing both systems run with (stated in the report).
 ///
@@ -82,7 +84,7 @@ pub fn guest_value(key: usize, seq: u64) -> String {
 }
 
 pub enum Sut {
-    Switchyard(Switchyard),
+    Switchyard(Box<Switchyard>),
     Etcd(Etcd),
 }
 
@@ -145,9 +147,43 @@ impl Sut {
 
     pub fn kill(&mut self, member: u64) {
         match self {
-            Sut::Switchyard(s) => s.cluster.kill_coordinator(member),
+            Sut::Switchyard(s) => s.cluster.kill(member),
             Sut::Etcd(e) => e.kill(member),
         }
+    }
+
+    /// Sends SIGTERM to member `member` (a graceful stop) and returns at once.
+    pub fn signal_terminate(&self, member: u64) {
+        if let Some(pid) = self.pid(member) {
+            // SAFETY: kill(2) on a child process this harness started.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for member `member` to exit after [`Sut::signal_terminate`]; then
+    /// reaps it (SIGKILL if it still ran). Answers whether it exited on its own.
+    pub fn reap_stopped(&mut self, member: u64, timeout: Duration) -> bool {
+        let exited = match self {
+            Sut::Switchyard(s) => {
+                let n = s.cluster.nodes.iter_mut().find(|n| n.id == member).expect("a member");
+                n.proc.wait_exit(timeout).is_some()
+            }
+            Sut::Etcd(e) => {
+                let deadline = Instant::now() + timeout;
+                let m = &mut e.members[(member - 1) as usize];
+                loop {
+                    match m.child.as_mut().map(|c| c.try_wait()) {
+                        Some(Ok(Some(_))) | None => break true,
+                        _ if Instant::now() >= deadline => break false,
+                        _ => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            }
+        };
+        self.kill(member);
+        exited
     }
 
     /// Switchyard's agents run (`true`) or are stopped; etcd has none. In production the agents
@@ -167,14 +203,14 @@ impl Sut {
 
     pub fn restart(&mut self, member: u64) -> anyhow::Result<()> {
         match self {
-            Sut::Switchyard(s) => s.cluster.start_coordinator(member),
+            Sut::Switchyard(s) => s.cluster.start_node(member),
             Sut::Etcd(e) => e.start(member),
         }
     }
 
     pub fn pid(&self, member: u64) -> Option<u32> {
         match self {
-            Sut::Switchyard(s) => s.cluster.coordinator_pid(member),
+            Sut::Switchyard(s) => s.cluster.node(member).proc.pid(),
             Sut::Etcd(e) => e.members[(member - 1) as usize].child.as_ref().map(|c| c.id()),
         }
     }
@@ -248,19 +284,18 @@ async fn lines(mut resp: reqwest::Response, mut line: impl FnMut(&[u8]) -> bool)
 // ---- Switchyard ----
 
 pub struct Switchyard {
-    pub cluster: LocalCluster,
+    pub cluster: Cluster,
     token: String,
 }
 
 impl Switchyard {
     /// Three coordinators and three agents (simulated hypervisor) in `dir`, configured by
-    /// [`coordinator_toml`], with the host `load` the write load's guests live on.
+    /// [`settings`], with the host `load` the write load's guests live on.
     pub async fn start(dir: &Path, timing: Timing, batch_max: usize, transfer_ms: u64) -> anyhow::Result<Switchyard> {
-        let coordinator_toml = coordinator_toml(timing, batch_max);
-        let mut cluster = LocalCluster::prepare(dir, 0, LocalOpts { coordinator_toml, transfer_ms })?;
-        cluster.start().await?;
+        let mut cluster = local::open(dir, 0, settings(timing, batch_max, transfer_ms))?;
+        local::start(&mut cluster).await?;
         cluster.start_agents()?;
-        let token = cluster.admin_token().to_string();
+        let token = cluster.secrets.admin_token.clone();
         let s = Switchyard { cluster, token };
         // The host the load's guests live on.
         let admin = s.cluster.admin(Duration::from_secs(10));
@@ -283,10 +318,10 @@ impl Switchyard {
         batch_max: usize,
         export: &Path,
     ) -> anyhow::Result<(Switchyard, Duration)> {
-        let opts = LocalOpts { coordinator_toml: coordinator_toml(timing, batch_max), transfer_ms: 0 };
-        let mut cluster = LocalCluster::prepare(dir, 0, opts)?;
-        cluster.start_for_restore().await?;
-        let token = cluster.admin_token().to_string();
+        let mut cluster = local::open(dir, 0, settings(timing, batch_max, 0))?;
+        cluster.start_nodes()?;
+        cluster.bootstrap_for_restore().await?;
+        let token = cluster.secrets.admin_token.clone();
         let t = Instant::now();
         let out = Command::new(cli_program()?)
             .arg("--endpoints")
@@ -459,14 +494,21 @@ pub struct Etcd {
 /// Every coordinator's configuration in a benchmark cluster: the run's Raft timing and batch
 /// size, durable commits (as always), the history kept whole. Hosts without agents (the scale
 /// run's) are only marked unreachable after an hour, so guests can be created on them.
-fn coordinator_toml(timing: Timing, batch_max: usize) -> String {
-    format!(
-        "[raft]\nheartbeat_interval_ms = {}\nelection_timeout_ms_min = {}\nelection_timeout_ms_max = {}\nproposal_batch_max = {batch_max}\n\n\
-         [history]\nretain_revisions = 0\n\n[api]\nrequest_body_bytes_max = 65536\nhost_report_timeout_ms = 3600000\n",
-        timing.heartbeat_ms,
-        timing.switchyard_election().0,
-        timing.switchyard_election().1
-    )
+fn settings(timing: Timing, batch_max: usize, transfer_ms: u64) -> Settings {
+    let (min, max) = timing.switchyard_election();
+    Settings {
+        raft: RaftConfig {
+            heartbeat_interval_ms: timing.heartbeat_ms,
+            election_timeout_ms_min: min,
+            election_timeout_ms_max: max,
+            proposal_batch_max: batch_max,
+            ..RaftConfig::default()
+        },
+        history: HistoryConfig { retain_revisions: 0 },
+        api: ApiConfig { request_body_bytes_max: 65536, host_report_timeout_ms: 3_600_000, ..ApiConfig::default() },
+        sim_transfer_ms: transfer_ms,
+        ..Settings::default()
+    }
 }
 
 /// The `switchyard` CLI built next to this program.

@@ -54,6 +54,10 @@ pub struct RaftConfig {
     pub snapshot_chunk_bytes_max: u64,
     /// Most proposals packed into one log entry by the batcher (1 turns batching off).
     pub proposal_batch_max: usize,
+    /// How long a stopping leader waits for a follower to hold its whole log before it hands
+    /// its leadership over (past it, it stops anyway and the others elect a leader as after a
+    /// crash).
+    pub handover_timeout_ms: u64,
 }
 
 impl Default for RaftConfig {
@@ -69,6 +73,7 @@ impl Default for RaftConfig {
             max_in_snapshot_log_to_keep: 1000,
             snapshot_chunk_bytes_max: 4 << 20,
             proposal_batch_max: 256,
+            handover_timeout_ms: 2000,
         }
     }
 }

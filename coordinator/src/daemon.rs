@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::config::Config;
-use crate::node::Coordinator;
+use crate::server::Coordinator;
 
 /// Switchyard coordinator daemon.
 #[derive(Parser, Debug)]
@@ -75,5 +75,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
-    node.shutdown().await
+    // A second signal stops at once.
+    tokio::select! {
+        r = node.shutdown() => r,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("stopped before the graceful stop completed"),
+        _ = term.recv() => anyhow::bail!("stopped before the graceful stop completed"),
+    }
 }

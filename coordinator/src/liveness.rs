@@ -6,19 +6,18 @@
 //! sighting, so a leader change never marks a healthy host unreachable.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use openraft::ServerState;
 use switchyard_protocol::api::{HostReport, HostSync, SyncStatus};
-use switchyard_protocol::{ClusterState, Command, Host, Name, Proposal};
+use switchyard_protocol::{ClusterState, Host, Name};
 
-use crate::api::ApiState;
-
+/// A sighting of a host's agent.
 #[derive(Clone, Copy, Debug)]
-struct Seen {
-    at: Instant,
-    report: Option<(u64, u64)>,
+pub struct Seen {
+    pub at: Instant,
+    /// (applied revision, digest) of its report; `None` for the leader's own start.
+    pub report: Option<(u64, u64)>,
 }
 
 /// The leader's view of agent reports.
@@ -30,12 +29,26 @@ pub struct Liveness {
 }
 
 impl Liveness {
+    /// Notes whether this node leads now (a new leader gives every host a fresh sighting).
+    pub fn set_leader(&self, leader: bool) {
+        let mut since = self.leader_since.lock().expect("liveness lock");
+        match (leader, since.is_some()) {
+            (true, false) => *since = Some(Instant::now()),
+            (false, true) => *since = None,
+            _ => {}
+        }
+    }
+}
+
+impl Liveness {
     pub fn record(&self, host: &Name, r: &HostReport) {
         let seen = Seen { at: Instant::now(), report: Some((r.applied_revision, r.digest)) };
         self.seen.lock().expect("liveness lock").insert(host.clone(), seen);
     }
 
-    fn last_seen(&self, host: &Name) -> Option<Seen> {
+    /// When `host` was last seen: its last report, or this node's start of leadership if later
+    /// (a new leader counts that as every host's last sighting).
+    pub fn last_seen(&self, host: &Name) -> Option<Seen> {
         let own = self.seen.lock().expect("liveness lock").get(host).copied();
         let since = self.leader_since.lock().expect("liveness lock").map(|at| Seen { at, report: None });
         match (own, since) {
@@ -63,57 +76,5 @@ impl Liveness {
             SyncStatus::Diverged
         };
         HostSync { status, applied_revision: Some(rev), last_report_ms_ago: Some(ago.as_millis() as u64) }
-    }
-}
-
-/// Runs on every coordinator; acts only while it is the leader: proposes reachability
-/// transitions for hosts whose agents went silent or came back.
-pub async fn run(s: Arc<ApiState>, liveness: Arc<Liveness>) {
-    let timeout = Duration::from_millis(s.config.api.host_report_timeout_ms);
-    let mut tick = tokio::time::interval(timeout / 4);
-    let mut metrics = s.raft.metrics();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            changed = metrics.changed() => if changed.is_err() { return },
-        }
-        let leader = metrics.borrow().state == ServerState::Leader;
-        {
-            let mut since = liveness.leader_since.lock().expect("liveness lock");
-            match (leader, since.is_some()) {
-                (true, false) => *since = Some(Instant::now()),
-                (false, true) => *since = None,
-                _ => {}
-            }
-        }
-        if !leader || s.sm.read(|st| st.importing().is_some()) {
-            continue;
-        }
-        let hosts: Vec<Host> = s.sm.read(|st| st.hosts().cloned().collect());
-        for h in hosts {
-            let name = &h.spec.name;
-            let Some(seen) = liveness.last_seen(name) else { continue };
-            let silent = seen.at.elapsed() > timeout;
-            let reported = seen.report.is_some() && !silent;
-            let change = if h.reachable && silent {
-                Some(false)
-            } else if !h.reachable && reported {
-                Some(true)
-            } else {
-                None
-            };
-            if let Some(reachable) = change {
-                let p = Proposal {
-                    request_id: s.clock().request_id(),
-                    actor: format!("leader:{}", s.id),
-                    time: s.clock().now(),
-                    command: Command::SetHostReachable { host: name.clone(), reachable },
-                };
-                match s.proposer.propose(p).await {
-                    Ok(_) => tracing::info!(host = %name, reachable, "host reachability changed"),
-                    Err(e) => tracing::warn!(host = %name, %e, "could not record host reachability"),
-                }
-            }
-        }
     }
 }

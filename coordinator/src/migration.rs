@@ -13,19 +13,27 @@
 //! retrying or a deposed leader) is refused by the state machine instead of applied twice.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use openraft::ServerState;
 use switchyard_protocol::api::{MigrationReport, ReportOutcome};
 use switchyard_protocol::{
-    ClusterState, Command, FencingToken, HostState, Migration, MigrationId, Name, Phase, Proposal, RequestId, Timestamp,
+    ClusterState, Command, FencingToken, HostState, Migration, MigrationId, Name, Phase, RequestId, Timestamp,
 };
 use tokio::sync::Notify;
 
-use crate::api::ApiState;
 use crate::config::MigrationConfig;
-use crate::error::ApiError;
+
+/// Why a report was not kept.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ReportError {
+    /// It answers a phase the migration is no longer in.
+    #[error("{0}")]
+    Stale(String),
+    /// It is not this host's part, or the phase takes no report.
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// What the agents told the leader about the current phase of one migration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,16 +58,16 @@ pub struct Reports {
 
 impl Reports {
     /// Checks a report from `host` against the migration's committed state and records it.
-    pub fn record(&self, m: &Migration, host: &Name, r: &MigrationReport) -> Result<(), ApiError> {
+    pub fn record(&self, m: &Migration, host: &Name, r: &MigrationReport) -> Result<(), ReportError> {
         let current = m.current().token();
         if m.phase.is_terminal() || r.phase != m.phase || r.token != current {
-            return Err(ApiError::StaleReport(format!(
+            return Err(ReportError::Stale(format!(
                 "the report answers phase {} (token {}), but migration {} is at phase {} (token {current})",
                 r.phase, r.token, m.id, m.phase
             )));
         }
         if m.phase != Phase::Transferring {
-            return Err(ApiError::BadRequest(format!("phase {} takes no agent report", m.phase)));
+            return Err(ReportError::Invalid(format!("phase {} takes no agent report", m.phase)));
         }
         let is_source = m.source == *host;
         let mut all = self.by_migration.lock().expect("reports lock");
@@ -72,7 +80,7 @@ impl Reports {
             ReportOutcome::TransferFailed { error } if is_source => entry.transfer = Some(Err(error.clone())),
             ReportOutcome::GuestRunning if m.target == *host => entry.target_running = true,
             other => {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ReportError::Invalid(format!(
                     "host {host} is not the one to report {other:?} for migration {}",
                     m.id
                 )))
@@ -83,12 +91,13 @@ impl Reports {
         Ok(())
     }
 
-    fn get(&self, id: MigrationId, token: FencingToken) -> Option<PhaseReports> {
+    /// The reports for the phase of `id` that `token` committed.
+    pub fn get(&self, id: MigrationId, token: FencingToken) -> Option<PhaseReports> {
         self.by_migration.lock().expect("reports lock").get(&id).filter(|r| r.token == token).cloned()
     }
 
     /// Drops the reports of migrations no longer in flight.
-    fn retain(&self, live: impl Fn(MigrationId) -> bool) {
+    pub fn retain(&self, live: impl Fn(MigrationId) -> bool) {
         self.by_migration.lock().expect("reports lock").retain(|id, _| live(*id));
     }
 }
@@ -173,7 +182,7 @@ fn paced(next: Option<Phase>, elapsed: u64, config: &MigrationConfig) -> Step {
 
 /// The command for a step, with a request id derived from (migration, target phase): the same
 /// step proposed again is recognised as a duplicate.
-fn command_for(m: &Migration, step: &Step) -> Option<(RequestId, Command)> {
+pub fn command_for(m: &Migration, step: &Step) -> Option<(RequestId, Command)> {
     let rid = |p: Phase| RequestId((1u128 << 127) | ((m.id.0 as u128) << 8) | p as u128);
     match step {
         Step::Advance { to, freeze_time_ms } => Some((
@@ -182,68 +191,6 @@ fn command_for(m: &Migration, step: &Step) -> Option<(RequestId, Command)> {
         )),
         Step::Fail(error) => Some((rid(Phase::Failed), Command::FailMigration { id: m.id, error: error.clone() })),
         Step::Wait(_) => None,
-    }
-}
-
-/// Runs until the process stops; acts only while this coordinator leads.
-pub async fn run(s: Arc<ApiState>) {
-    let mut revision = s.sm.watch_revision();
-    let mut metrics = s.raft.metrics();
-    let mut wait = Duration::from_millis(200);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            r = revision.changed() => if r.is_err() { return },
-            m = metrics.changed() => if m.is_err() { return },
-            _ = s.reports.arrived.notified() => {}
-        }
-        wait = Duration::from_millis(1000);
-        if metrics.borrow().state != ServerState::Leader {
-            s.sm.read(|st| s.reports.retain(|id| st.migration(id).is_some_and(|m| !m.phase.is_terminal())));
-            continue;
-        }
-        // While a restore imports history, every step would be refused: wait for its end.
-        if s.sm.read(|st| st.importing().is_some()) {
-            continue;
-        }
-        let now = s.clock().now();
-        let steps: Vec<(Migration, Step)> = s.sm.read(|st| {
-            s.reports.retain(|id| st.migration(id).is_some_and(|m| !m.phase.is_terminal()));
-            st.in_flight_migrations()
-                .map(|m| {
-                    let reports = s.reports.get(m.id, m.current().token());
-                    (m.clone(), next_step(m, st, reports.as_ref(), now, &s.config.migration))
-                })
-                .collect()
-        });
-        for (m, step) in steps {
-            if let Step::Wait(d) = step {
-                wait = wait.min(d.max(Duration::from_millis(10)));
-                continue;
-            }
-            let Some((request_id, command)) = command_for(&m, &step) else { continue };
-            let p = Proposal { request_id, actor: format!("driver:{}", s.id), time: s.clock().now(), command };
-            match s.proposer.propose(p).await {
-                Ok(r) => match r {
-                    Ok(_) => match &step {
-                        Step::Fail(e) => {
-                            tracing::warn!(migration = %m.id, guest = %m.guest, error = %e, "migration failed")
-                        }
-                        Step::Advance { to, .. } => {
-                            tracing::info!(migration = %m.id, guest = %m.guest, from = %m.phase, to = %to, "migration advanced")
-                        }
-                        Step::Wait(_) => {}
-                    },
-                    // Someone moved it first (an abort, or this step already applied).
-                    Err(r) => tracing::debug!(migration = %m.id, %r, "migration step refused"),
-                },
-                Err(e) => {
-                    tracing::debug!(migration = %m.id, %e, "migration step not committed; will retry");
-                    break;
-                }
-            }
-            wait = Duration::from_millis(10);
-        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! Raft RPC between coordinators: bincode over HTTP (`POST /raft/{append,vote,snapshot}` on the
-//! peer's Raft address).
+//! peer's Raft address, and `/raft/handover` when a leader stops gracefully).
 //!
 //! Every request carries the cluster secret and the node id it is meant for; the receiver refuses
 //! a request addressed to another id, so a stale or wrong address can never make a node answer
@@ -22,6 +22,14 @@ use serde::Serialize;
 use switchyard_protocol::codec;
 use switchyard_storage::{NodeId, NodeInfo, TypeConfig};
 
+/// `POST /raft/handover`: the leader of `vote` hands its leadership over before it stops (see
+/// `handover.rs`); `elect`: campaign now.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Handover {
+    pub vote: openraft::Vote<NodeId>,
+    pub elect: bool,
+}
+
 /// Header naming the node id a Raft RPC is addressed to.
 pub const TARGET_HEADER: &str = "x-switchyard-target";
 
@@ -42,6 +50,28 @@ impl Network {
             .build()
             .expect("an HTTP client without TLS always builds");
         Network { client, secret, retry: heartbeat * 2 }
+    }
+}
+
+impl Network {
+    /// Delivers a leader's handover notice (`POST /raft/handover`) to `node`.
+    pub async fn handover(&self, target: NodeId, node: &NodeInfo, msg: &Handover) -> Result<(), String> {
+        let url = format!("http://{}/raft/handover", node.raft_addr);
+        let resp = self
+            .client
+            .post(&url)
+            .bearer_auth(&self.secret)
+            .header(TARGET_HEADER, target.to_string())
+            .timeout(Duration::from_secs(1))
+            .body(codec::encode(msg))
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        let status = resp.status();
+        Err(format!("{url}: {status}: {}", resp.text().await.unwrap_or_default()))
     }
 }
 

@@ -1,100 +1,191 @@
-//! Starting and stopping one coordinator: storage, the Raft node, the Raft RPC server, the
-//! operator API server, and the leader-only tasks (liveness, migration driver).
+//! The node: one coordinator's service context. Everything the API, the event streams, the
+//! liveness tracker and the migration driver share — the Raft handle, the state machine, the
+//! proposer, the proposer's clock, agents' reports and the recent event frames — lives here, so
+//! the leader's tasks and the HTTP layer both depend on this module and never on each other.
+//!
+//! Its errors ([`NodeError`]) say what went wrong in Raft terms (not the leader, no quorum,
+//! stopping); the API maps them to HTTP answers.
 
-use std::future::IntoFuture;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::Context;
-use axum::serve::ListenerExt as _;
-use openraft::Raft;
-use switchyard_storage::{StateMachineStore, TypeConfig};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
+use openraft::{Raft, ServerState};
+use switchyard_protocol::api::NodeStatus;
+use switchyard_protocol::{ApplyResult, Command, Proposal, RequestId};
+use switchyard_storage::{NodeId, NodeInfo, StateMachineStore, TypeConfig};
 
-use crate::api::{self, ApiState};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::network::Network;
-use crate::raft_server;
+use crate::liveness::Liveness;
+use crate::migration::Reports;
+use crate::proposer::{ProposeError, Proposer};
+use crate::stream::RecentFrames;
 
-/// A running coordinator.
-pub struct Coordinator {
+/// Why this node could not do what was asked (nothing was changed).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("this node is not the leader{}", .leader.as_ref().map(|l| format!("; the leader is at {l}")).unwrap_or_else(|| " and no leader is known yet; retry shortly".into()))]
+    NotLeader { leader: Option<String> },
+    /// No quorum, Raft stopped, or the node is stopping: retry (elsewhere).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    fn forward(f: &ForwardToLeader<NodeId, NodeInfo>) -> NodeError {
+        NodeError::NotLeader { leader: f.leader_node.as_ref().map(|n| n.api_addr.clone()) }
+    }
+}
+
+impl From<RaftError<NodeId, CheckIsLeaderError<NodeId, NodeInfo>>> for NodeError {
+    fn from(e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeInfo>>) -> Self {
+        match &e {
+            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => NodeError::forward(f),
+            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
+                NodeError::Unavailable(format!("leadership not confirmed by a quorum: {q}"))
+            }
+            RaftError::Fatal(f) => NodeError::Unavailable(format!("raft stopped: {f}")),
+        }
+    }
+}
+
+impl From<ProposeError> for NodeError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::NotLeader { leader } => NodeError::NotLeader { leader },
+            ProposeError::Unavailable(m) => NodeError::Unavailable(m),
+            ProposeError::Internal(m) => NodeError::Internal(m),
+        }
+    }
+}
+
+impl From<switchyard_storage::StoreError> for NodeError {
+    fn from(e: switchyard_storage::StoreError) -> Self {
+        NodeError::Internal(format!("storage: {e}"))
+    }
+}
+
+/// One coordinator's shared context.
+pub struct Node {
+    pub id: NodeId,
     pub raft: Raft<TypeConfig>,
     pub sm: StateMachineStore,
     pub config: Arc<Config>,
-    stop: watch::Sender<bool>,
-    servers: Vec<JoinHandle<std::io::Result<()>>>,
-    liveness: JoinHandle<()>,
-    driver: JoinHandle<()>,
+    clock: Arc<dyn Clock>,
+    /// Every write of this node goes through it into Raft.
+    pub proposer: Proposer,
+    /// Agent reports (meaningful on the leader).
+    pub liveness: Liveness,
+    /// Agents' migration reports, read by the migration driver (kept on every node).
+    pub reports: Reports,
+    /// Recent events' encoded frames, shared by the subscribers.
+    pub frames: RecentFrames,
+    /// Set once a graceful stop began: new writes are refused as unavailable (clients retry
+    /// them on the next leader), subscriptions end.
+    stopping: AtomicBool,
+    stop_signal: tokio::sync::watch::Sender<bool>,
 }
 
-impl Coordinator {
-    /// Opens storage, starts Raft and binds both listeners, with the system clock.
-    pub async fn start(config: Config) -> anyhow::Result<Coordinator> {
-        Self::start_with_clock(config, Arc::new(SystemClock)).await
+impl Node {
+    pub fn new(raft: Raft<TypeConfig>, sm: StateMachineStore, config: Arc<Config>, clock: Arc<dyn Clock>) -> Arc<Node> {
+        let proposer = Proposer::start(raft.clone(), config.raft.proposal_batch_max);
+        Arc::new(Node {
+            id: config.node_id,
+            raft,
+            sm,
+            config,
+            clock,
+            proposer,
+            liveness: Liveness::default(),
+            reports: Reports::default(),
+            frames: RecentFrames::default(),
+            stopping: AtomicBool::new(false),
+            stop_signal: tokio::sync::watch::channel(false).0,
+        })
     }
 
-    /// Like [`Coordinator::start`], with the proposer's time and randomness from `clock`.
-    pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Coordinator> {
-        config.validate()?;
-        let config = Arc::new(config);
-        let raft_config = Arc::new(config.openraft()?);
-        let (log, sm) = switchyard_storage::open(&config.data_dir, config.node_id)
-            .with_context(|| format!("open data directory {}", config.data_dir.display()))?;
-        sm.set_retention(config.history.retain_revisions);
-        let heartbeat = std::time::Duration::from_millis(config.raft.heartbeat_interval_ms);
-        let network = Network::new(config.cluster_secret.clone(), heartbeat);
-        let raft = Raft::new(config.node_id, raft_config, network, log, sm.clone()).await.context("start raft")?;
-
-        let raft_listener = tokio::net::TcpListener::bind(config.raft_listen)
-            .await
-            .with_context(|| format!("bind raft address {}", config.raft_listen))?;
-        let api_listener = tokio::net::TcpListener::bind(config.api_listen)
-            .await
-            .with_context(|| format!("bind api address {}", config.api_listen))?;
-        let (stop, stopped) = watch::channel(false);
-        let wait = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let raft_app = raft_server::router(config.node_id, config.cluster_secret.clone(), raft.clone());
-        let api_state = ApiState::new(config.node_id, raft.clone(), sm.clone(), config.clone(), clock);
-        let liveness = tokio::spawn(crate::liveness::run(api_state.clone(), api_state.liveness.clone()));
-        let driver = tokio::spawn(crate::migration::run(api_state.clone()));
-        let api_app = api::router(api_state);
-        // TCP_NODELAY on every accepted connection (axum does not set it): a Raft reply or an
-        // event of a subscription stream must not wait for the peer's delayed ACK of the
-        // previous segment (Nagle), which stalls a small write for up to 40 ms.
-        let nodelay = |l: tokio::net::TcpListener| {
-            l.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::warn!(error = %e, "cannot set TCP_NODELAY on a connection");
-                }
-            })
-        };
-        let servers = vec![
-            tokio::spawn(
-                axum::serve(nodelay(raft_listener), raft_app)
-                    .with_graceful_shutdown(wait(stopped.clone()))
-                    .into_future(),
-            ),
-            tokio::spawn(
-                axum::serve(nodelay(api_listener), api_app).with_graceful_shutdown(wait(stopped)).into_future(),
-            ),
-        ];
-        tracing::info!(node = config.node_id, raft = %config.raft_listen, api = %config.api_listen, "coordinator started");
-        Ok(Coordinator { raft, sm, config, stop, servers, liveness, driver })
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
 
-    /// Stops serving, then stops Raft.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        self.liveness.abort();
-        self.driver.abort();
-        for s in self.servers {
-            s.await.context("join server task")?.context("serve")?;
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The leader's API address, when a leader is known.
+    pub fn leader_api(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let addr = m.membership_config.nodes().find(|(id, _)| **id == leader).map(|(_, n)| n.api_addr.clone());
+        addr
+    }
+
+    /// `NotLeader` naming the leader, for requests only the leader may serve.
+    pub fn not_leader(&self) -> NodeError {
+        NodeError::NotLeader { leader: self.leader_api() }
+    }
+
+    /// What this node says about itself.
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        NodeStatus {
+            id: self.id,
+            role: role.into(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            revision: self.sm.applied_meta().revision,
         }
-        self.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
-        tracing::info!(node = self.config.node_id, "coordinator stopped");
+    }
+
+    /// Proposes a command through Raft and waits for its apply result.
+    pub async fn propose(
+        &self,
+        request_id: RequestId,
+        actor: String,
+        command: Command,
+    ) -> Result<ApplyResult, NodeError> {
+        if self.is_stopping() {
+            return Err(NodeError::Unavailable("this coordinator is stopping; retry on another".into()));
+        }
+        let proposal = Proposal { request_id, actor, time: self.clock.now(), command };
+        Ok(self.proposer.propose(proposal).await?)
+    }
+
+    /// Waits until this node may answer a linearizable read (at once for a stale one).
+    pub async fn read_barrier(&self, stale: bool) -> Result<(), NodeError> {
+        if !stale {
+            self.raft.ensure_linearizable().await?;
+        }
         Ok(())
+    }
+
+    /// Begins a graceful stop: no new writes, streams end.
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.stop_signal.send(true);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once a graceful stop began (for long-lived tasks such as subscriptions).
+    pub async fn stopped(&self) {
+        let mut rx = self.stop_signal.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 }

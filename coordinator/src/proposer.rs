@@ -12,6 +12,9 @@
 //! Semantics are unchanged: proposals are applied in order, each with its own request id and
 //! result; a failed `client_write` (not the leader, shutting down) fails every proposal of the
 //! batch with the same error, and clients retry with their request id as before.
+//!
+//! Every write of the node goes through `Node::propose`, which refuses new writes once a
+//! graceful stop began.
 
 use std::sync::Arc;
 
@@ -20,14 +23,41 @@ use switchyard_protocol::{ApplyResult, Proposal};
 use switchyard_storage::{Proposals, TypeConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::error::ApiError;
+use openraft::error::{ClientWriteError, RaftError};
+use switchyard_storage::{NodeId, NodeInfo};
+
+/// Why a proposal was not committed (nothing was applied; a client may retry it with its
+/// request id).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// Another node leads (its API address, when known).
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<String> },
+    /// Raft stopped, or this node is stopping.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>> for ProposeError {
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Self {
+        match &e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                ProposeError::NotLeader { leader: f.leader_node.as_ref().map(|n| n.api_addr.clone()) }
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => ProposeError::Internal(c.to_string()),
+            RaftError::Fatal(f) => ProposeError::Unavailable(format!("raft stopped: {f}")),
+        }
+    }
+}
 
 /// Entries being committed at once.
 const IN_FLIGHT: usize = 2;
 
 struct Pending {
     proposal: Proposal,
-    reply: oneshot::Sender<Result<ApplyResult, ApiError>>,
+    reply: oneshot::Sender<Result<ApplyResult, ProposeError>>,
 }
 
 #[derive(Clone)]
@@ -44,8 +74,8 @@ impl Proposer {
     }
 
     /// Proposes one write and waits until it is committed and applied (or refused).
-    pub async fn propose(&self, proposal: Proposal) -> Result<ApplyResult, ApiError> {
-        let stopping = || ApiError::Unavailable("the coordinator is stopping".into());
+    pub async fn propose(&self, proposal: Proposal) -> Result<ApplyResult, ProposeError> {
+        let stopping = || ProposeError::Unavailable("the coordinator is stopping".into());
         let (reply, answer) = oneshot::channel();
         self.tx.send(Pending { proposal, reply }).await.map_err(|_| stopping())?;
         answer.await.map_err(|_| stopping())?
@@ -76,7 +106,7 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>, max_batch:
                     }
                 }
                 Ok(resp) => {
-                    let e = ApiError::Internal(format!(
+                    let e = ProposeError::Internal(format!(
                         "the state machine gave {} results for {n} proposals",
                         resp.data.results.len()
                     ));
@@ -85,7 +115,7 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>, max_batch:
                     }
                 }
                 Err(e) => {
-                    let e = ApiError::from(e);
+                    let e = ProposeError::from(e);
                     for reply in replies {
                         let _ = reply.send(Err(e.clone()));
                     }

@@ -28,6 +28,7 @@ pub fn router(id: NodeId, secret: String, raft: Raft<TypeConfig>) -> Router {
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
+        .route("/raft/handover", post(handover))
         .layer(DefaultBodyLimit::max(RAFT_BODY_BYTES_MAX))
         .with_state(RaftState { id, secret, raft })
 }
@@ -63,6 +64,17 @@ async fn vote(State(s): State<RaftState>, headers: HeaderMap, body: Bytes) -> Re
 async fn snapshot(State(s): State<RaftState>, headers: HeaderMap, body: Bytes) -> Response {
     match admit(&s, &headers, &body) {
         Ok(req) => codec::encode(&s.raft.install_snapshot(req).await).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// A stopping leader hands its leadership over (see `handover.rs`).
+async fn handover(State(s): State<RaftState>, headers: HeaderMap, body: Bytes) -> Response {
+    match admit::<crate::network::Handover>(&s, &headers, &body) {
+        Ok(h) => match crate::handover::take(&s.raft, h).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+        },
         Err(r) => r.into_response(),
     }
 }

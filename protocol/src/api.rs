@@ -9,7 +9,13 @@ use crate::model::{FencingToken, Guest, Host, HostState, Migration, MigrationId,
 use crate::name::Name;
 use crate::rejection::Rejection;
 
+pub mod query;
+pub mod write;
+pub use query::*;
+pub use write::*;
+
 /// The body of every error answer: a stable code to match on and a message for people.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: String,
@@ -26,6 +32,7 @@ impl From<&Rejection> for ErrorBody {
 }
 
 /// Answer to every accepted write.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteResponse {
     pub request_id: String,
@@ -35,6 +42,7 @@ pub struct WriteResponse {
     pub duplicate: bool,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterHostRequest {
@@ -48,6 +56,7 @@ pub struct RegisterHostRequest {
     pub request_id: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceRequest {
@@ -64,6 +73,7 @@ fn running() -> RunState {
     RunState::Running
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGuestRequest {
@@ -88,6 +98,7 @@ pub struct CreateGuestRequest {
     pub request_id: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModifyGuestRequest {
@@ -118,6 +129,7 @@ pub struct ModifyGuestRequest {
     pub request_id: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchingRequest {
@@ -132,6 +144,7 @@ pub struct SwitchingRequest {
 }
 
 /// A host with its derived state.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostView {
     #[serde(flatten)]
@@ -144,6 +157,7 @@ pub struct HostView {
 }
 
 /// An agent's report: what it has applied (`POST /v1/hosts/{name}/report`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostReport {
@@ -153,6 +167,7 @@ pub struct HostReport {
 }
 
 /// Sync status of one host.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncStatus {
@@ -168,6 +183,7 @@ pub enum SyncStatus {
     Unknown,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostSync {
     pub status: SyncStatus,
@@ -177,6 +193,7 @@ pub struct HostSync {
 }
 
 /// A guest with its package, and the in-flight migration if any.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestView {
     #[serde(flatten)]
@@ -189,6 +206,7 @@ pub struct GuestView {
     pub hosts: Vec<GuestOnHost>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestOnHost {
     pub host: Name,
@@ -196,13 +214,25 @@ pub struct GuestOnHost {
 }
 
 /// A read answer: the value and the revision it was read at.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Read<T> {
     pub revision: Revision,
     pub items: T,
+    /// A paged list that has more: pass this as `after` to read the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+impl<T> Read<T> {
+    /// A whole answer (not a page of a longer list).
+    pub fn new(revision: Revision, items: T) -> Read<T> {
+        Read { revision, items, next_after: None }
+    }
 }
 
 /// One coordinator in `cluster init` / `cluster add-node`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberSpec {
@@ -211,6 +241,7 @@ pub struct MemberSpec {
     pub api_addr: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InitRequest {
@@ -226,6 +257,7 @@ pub struct InitRequest {
 
 /// `POST /v1/cluster/identity`: commit the cluster's identity (`cluster init` does it; `log
 /// restore` does it to finish a restore, with `restored_from`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityRequest {
@@ -236,6 +268,7 @@ pub struct IdentityRequest {
 }
 
 /// `GET /v1/cluster/identity`: the identity, and a restore in progress if any.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityView {
     pub identity: Option<crate::model::ClusterIdentity>,
@@ -243,6 +276,7 @@ pub struct IdentityView {
 }
 
 /// `POST /v1/cluster/import`: the next chunk of an export (`log restore`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
@@ -255,6 +289,7 @@ pub struct ImportRequest {
 }
 
 /// What one coordinator says about itself.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub id: u64,
@@ -274,6 +309,7 @@ pub struct NodeStatus {
 }
 
 /// One member as `cluster status` shows it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
     pub id: u64,
@@ -286,6 +322,7 @@ pub struct MemberStatus {
     pub lag: Option<u64>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     pub leader: Option<u64>,
@@ -295,6 +332,7 @@ pub struct ClusterStatus {
 /// One item of an event subscription (`GET /v1/events`). The same type travels as JSON lines
 /// (`format=jsonl`, for tools and `curl`) or as length-prefixed binary frames (`format=binary`,
 /// for agents): a big-endian `u32` length, then the item encoded by `codec::encode`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamItem {
@@ -311,6 +349,7 @@ pub enum StreamItem {
 /// The whole desired configuration at one revision (`GET /v1/state`): what a subscriber re-reads
 /// after a `compacted` answer before resuming from `revision + 1`, and what recovery tooling
 /// compares (`log replay --diff`, [`FullState::digest`]).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FullState {
     /// The cluster this state belongs to (`None` before `cluster init` committed an identity).
@@ -346,6 +385,7 @@ impl FullState {
 // ---- migrations ----
 
 /// `POST /v1/migrations`: move `guest` from where it runs now to `target`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MigrateRequest {
@@ -359,6 +399,7 @@ pub struct MigrateRequest {
 }
 
 /// `POST /v1/migrations/{id}/abort`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AbortRequest {
@@ -369,6 +410,7 @@ pub struct AbortRequest {
 /// `POST /v1/migrations/{id}/report`: an agent tells the leader what it did for the phase whose
 /// commit carried `token`. Only the migration's source or target may report, each only its own
 /// part: the source reports the transfer's end, the target that the guest runs there.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationReport {
@@ -377,6 +419,7 @@ pub struct MigrationReport {
     pub outcome: ReportOutcome,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ReportOutcome {
@@ -390,6 +433,7 @@ pub enum ReportOutcome {
 }
 
 /// The leader's answer to a report: its term lets the agent refuse answers from a deposed leader.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportAck {
     pub migration: MigrationId,
@@ -399,6 +443,7 @@ pub struct ReportAck {
 
 /// `GET /v1/migrations`: one page of migration history, oldest first. Pass `next_after` as
 /// `after` to read the next page.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationPage {
     pub migrations: Vec<Migration>,

@@ -11,6 +11,7 @@ use crate::model::{
 use crate::name::Name;
 
 /// One entry of the cluster-wide event history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub revision: Revision,
@@ -26,6 +27,7 @@ pub struct Event {
 
 /// What changed. Guest and host events carry the whole new record, so a subscriber can apply
 /// any one of them without knowing the ones before it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventPayload {
     /// The cluster's identity, committed once at `cluster init` (revision 1), or after the
@@ -84,6 +86,7 @@ pub enum EventPayload {
 }
 
 /// The kind of an event, for subscription filters.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventKind {
     Cluster,

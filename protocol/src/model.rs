@@ -12,6 +12,7 @@ use crate::name::Name;
 pub type Revision = u64;
 
 /// Milliseconds since the Unix epoch, read from the *proposer's* clock and carried in the log.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Timestamp(pub u64);
 
@@ -22,6 +23,7 @@ impl fmt::Debug for Timestamp {
 }
 
 /// A client-chosen id that makes a write idempotent: the state machine applies a request id once.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RequestId(pub u128);
 
@@ -39,6 +41,7 @@ impl fmt::Debug for RequestId {
 
 /// A migration's id: the revision of the event that recorded its request. Unique, ordered, and
 /// chosen deterministically by the state machine, so no replica needs randomness.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
 pub struct MigrationId(pub Revision);
 
@@ -52,6 +55,7 @@ impl fmt::Display for MigrationId {
 pub type Actor = String;
 
 /// vCPUs and memory: a host's capacity or a guest's demand.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
     pub vcpus: u32,
@@ -85,6 +89,7 @@ impl fmt::Display for Resources {
 
 /// What an online move needs the source and target to share. Two hosts are compatible for an
 /// online migration when both fields are equal.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompatProfile {
     /// Hardware family, e.g. `ia64-rx8640` or `x86_64-v3`.
@@ -100,6 +105,7 @@ impl fmt::Display for CompatProfile {
 }
 
 /// What an operator states when registering a host.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostSpec {
     pub name: Name,
@@ -110,6 +116,7 @@ pub struct HostSpec {
 }
 
 /// A host's state as operators see it; derived from `maintenance` and `reachable`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HostState {
@@ -129,6 +136,7 @@ impl fmt::Display for HostState {
 }
 
 /// A VM host, a node of the cluster.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {
     pub spec: HostSpec,
@@ -153,6 +161,7 @@ impl Host {
 }
 
 /// Whether a guest is meant to be running.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
@@ -162,6 +171,7 @@ pub enum RunState {
 
 /// The operator-editable configuration of a distributed guest: what every host's copy of the
 /// guest's configuration file holds.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GuestSpec {
     pub vcpus: u32,
@@ -210,6 +220,7 @@ impl GuestSpec {
 }
 
 /// A distributed guest.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Guest {
     pub name: Name,
@@ -242,6 +253,7 @@ impl Clone for Guest {
 }
 
 /// A failover package and its switching state.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Package {
     pub name: Name,
@@ -255,6 +267,7 @@ pub struct Package {
 }
 
 /// The record of the last global switching change of a package.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwitchingChange {
     pub at: Timestamp,
@@ -266,6 +279,7 @@ pub struct SwitchingChange {
 }
 
 /// Online (running guest, live transfer) or offline (guest moved while down).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationKind {
@@ -283,6 +297,7 @@ impl fmt::Display for MigrationKind {
 }
 
 /// A migration's phase (SPEC §5). Each phase is entered by one committed event.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -358,6 +373,7 @@ impl fmt::Display for Phase {
 }
 
 /// When a migration entered one of its phases.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhaseRecord {
     pub phase: Phase,
@@ -377,6 +393,7 @@ impl PhaseRecord {
 /// the history, so an agent that has acted on a token refuses any order carrying a smaller one
 /// (a replay from a lagging coordinator, or a deposed leader's answer), and the leader refuses a
 /// report whose token is not the one of the phase it answers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FencingToken {
     pub term: u64,
@@ -390,6 +407,7 @@ impl fmt::Display for FencingToken {
 }
 
 /// A migration of one guest from its source host to a target host.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Migration {
     pub id: MigrationId,
@@ -451,6 +469,7 @@ impl Migration {
 /// event. Subscribers remember it: a subscriber of one cluster pointed at another (a cluster
 /// restored from an export, say) notices and re-syncs from full state instead of applying events
 /// whose revisions mean something else.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
 pub struct ClusterId(pub String);
 
@@ -471,6 +490,7 @@ impl ClusterId {
 }
 
 /// The identity a cluster committed, and where its history came from.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterIdentity {
     pub id: ClusterId,
@@ -482,6 +502,7 @@ pub struct ClusterIdentity {
 }
 
 /// The export a restored cluster was seeded from.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoredFrom {
     /// The exported cluster's id (`None` for a history that had none).
@@ -497,6 +518,7 @@ pub struct RestoredFrom {
 }
 
 /// A restore in progress: what has been imported so far, and from where.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportProgress {
     pub cluster: Option<ClusterId>,

@@ -15,6 +15,7 @@ pub const NAME_LEN_MAX: usize = 63;
 
 /// A host, guest or package name: 1 to 63 bytes of `[A-Za-z0-9._-]`, starting with a letter or a
 /// digit.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Name(String);

@@ -124,6 +124,18 @@ impl ClusterState {
     pub fn packages(&self) -> impl Iterator<Item = &Package> {
         self.packages.values()
     }
+    /// Hosts in name order, from the first name after `after` (for paged lists).
+    pub fn hosts_after(&self, after: Option<&Name>) -> impl Iterator<Item = &Host> {
+        after_name(&self.hosts, after)
+    }
+    /// Guests in name order, from the first name after `after` (for paged lists).
+    pub fn guests_after(&self, after: Option<&Name>) -> impl Iterator<Item = &Guest> {
+        after_name(&self.guests, after)
+    }
+    /// Packages in name order, from the first name after `after` (for paged lists).
+    pub fn packages_after(&self, after: Option<&Name>) -> impl Iterator<Item = &Package> {
+        after_name(&self.packages, after)
+    }
     /// In-flight migrations and recently finished ones; older history is in the event store.
     pub fn migration(&self, id: MigrationId) -> Option<&Migration> {
         self.migrations.get(&id)
@@ -614,6 +626,13 @@ fn sub(map: &mut BTreeMap<Name, Resources>, host: &Name, r: Resources) {
             map.remove(host);
         }
     }
+}
+
+/// The values of `map` whose names come after `after` (all of them without one).
+fn after_name<'a, T>(map: &'a BTreeMap<Name, T>, after: Option<&Name>) -> impl Iterator<Item = &'a T> {
+    use std::ops::Bound;
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    map.range::<Name, _>((from, Bound::Unbounded)).map(|(_, v)| v)
 }
 
 #[cfg(test)]

@@ -44,9 +44,19 @@ pub(crate) fn migrations_at(dir: &DataDir, revision: Revision) -> Result<Vec<Mig
 
 /// Calls `f` with every stored migration record whose id is at least `from`, in id order, until
 /// it returns false.
-fn scan_migrations(dir: &DataDir, from: u64, mut f: impl FnMut(Migration) -> bool) -> Result<(), StoreError> {
+fn scan_migrations(dir: &DataDir, from: u64, f: impl FnMut(Migration) -> bool) -> Result<(), StoreError> {
+    scan_migrations_in(dir, from, Direction::Forward, f)
+}
+
+/// Migration records from id `from` on in `direction` (down to the first with `Reverse`).
+fn scan_migrations_in(
+    dir: &DataDir,
+    from: u64,
+    direction: Direction,
+    mut f: impl FnMut(Migration) -> bool,
+) -> Result<(), StoreError> {
     let start = key::u64(from);
-    for item in dir.db.iterator_cf(dir.cf(cf::MIGRATIONS), IteratorMode::From(&start, Direction::Forward)) {
+    for item in dir.db.iterator_cf(dir.cf(cf::MIGRATIONS), IteratorMode::From(&start, direction)) {
         let (k, v) = item.map_err(|e| StoreError::rocks("iterate migrations", e))?;
         let id = key::parse_u64(&k).unwrap_or(0);
         let m: Migration = codec::open(RecordKind::Migration, &v).map_err(|source| StoreError::Corrupt {
@@ -128,6 +138,14 @@ impl History {
     /// Migration records with an id of at least `from`, oldest first, while `f` returns true.
     pub fn scan_migrations(&self, from: u64, f: impl FnMut(Migration) -> bool) -> Result<(), StoreError> {
         scan_migrations(&self.dir, from, f)
+    }
+
+    /// Migration records with ids below `before`, newest first, until `f` returns `false`.
+    pub fn scan_migrations_back(&self, before: u64, f: impl FnMut(Migration) -> bool) -> Result<(), StoreError> {
+        match before.checked_sub(1) {
+            Some(from) => scan_migrations_in(&self.dir, from, Direction::Reverse, f),
+            None => Ok(()),
+        }
     }
 
     /// Ids of the migrations of `guest`, oldest first.

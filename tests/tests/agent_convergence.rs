@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::cluster::*;
 use serde_json::json;
-use switchyard_coordinator::client::{Client, EventQuery};
+use switchyard_client::{Client, EventQuery};
 use switchyard_protocol::api::{FullState, HostView, Read, StreamItem, SyncStatus, WriteResponse};
 use switchyard_protocol::hostconfig::HostConfig;
 

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use switchyard_coordinator::client::Client;
+use switchyard_client::Client;
 use switchyard_protocol::api::{ClusterStatus, WriteResponse};
 
 fn dev_command(dir: &std::path::Path) -> Command {

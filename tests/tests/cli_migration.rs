@@ -59,13 +59,13 @@ async fn migrate_wait_list_show_abort_and_unprotected_window() {
     {
         let c = cluster.client_for(&[1, 2, 3], &token);
         match c.post::<_, serde_json::Value>(&path, &report).await {
-            Err(switchyard_coordinator::client::ClientError::Api { code: got, .. }) => assert_eq!(got, code),
+            Err(switchyard_client::ClientError::Api { code: got, .. }) => assert_eq!(got, code),
             other => panic!("report with {token} should be refused with {code}: {other:?}"),
         }
     }
     let c = cluster.client_for(&[1, 2, 3], &agent_token(2));
     let bad = c.post::<_, serde_json::Value>(&path, &serde_json::json!({"phase": "transferring"})).await;
-    assert!(matches!(bad, Err(switchyard_coordinator::client::ClientError::Api { code, .. }) if code == "bad_request"));
+    assert!(matches!(bad, Err(switchyard_client::ClientError::Api { code, .. }) if code == "bad_request"));
 
     // The unprotected window is visible: since when, for how long, by whom, why.
     let (code, _, err) = cli(&["package", "disable", "pkg1", "--reason", "firmware update"]);

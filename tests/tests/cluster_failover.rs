@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use common::cluster::*;
 use serde_json::json;
-use switchyard_coordinator::client::Client;
+use switchyard_client::Client;
 use switchyard_protocol::api::WriteResponse;
 use switchyard_protocol::EventPayload;
 

@@ -26,7 +26,7 @@ async fn add_and_remove_nodes_while_writes_flow() {
         })
     };
     cluster.spawn_new_node(4);
-    cluster.add_voter(4).await;
+    cluster.add_voter(4).await.expect("node 4 joins");
     let removed: serde_json::Value = cluster.client(&[2, 3, 4]).delete("/v1/cluster/nodes/1").await.unwrap();
     assert_eq!(removed["removed"], 1);
     let last = writer.await.unwrap();

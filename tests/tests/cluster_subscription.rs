@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::cluster::*;
 use serde_json::json;
-use switchyard_coordinator::client::{Client, EventQuery};
+use switchyard_client::{Client, EventQuery};
 use switchyard_protocol::api::{StreamItem, WriteResponse};
 use switchyard_protocol::Event;
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::cluster::eventually;
 use common::saga::{check_history, history};
 use serde_json::json;
-use switchyard_coordinator::client::Client;
+use switchyard_client::Client;
 use switchyard_protocol::api::{FullState, NodeStatus, Read, WriteResponse};
 use switchyard_protocol::{Guest, Migration, MigrationId, Phase};
 

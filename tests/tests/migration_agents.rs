@@ -11,7 +11,7 @@ use common::cluster::*;
 use common::saga::*;
 use serde_json::json;
 use switchyard_agent::driver::{Fault, Simulated};
-use switchyard_coordinator::client::{Client, ClientError};
+use switchyard_client::{Client, ClientError};
 use switchyard_protocol::api::{GuestView, Read, WriteResponse};
 use switchyard_protocol::{Migration, MigrationId, Name, Phase};
 

@@ -28,11 +28,11 @@ fn export_events(path: &std::path::Path) -> Vec<(Event, String)> {
         .collect()
 }
 
-async fn identity(c: &switchyard_coordinator::client::Client) -> Read<IdentityView> {
+async fn identity(c: &switchyard_client::Client) -> Read<IdentityView> {
     c.get("/v1/cluster/identity").await.expect("read identity")
 }
 
-async fn patch(c: &switchyard_coordinator::client::Client, guest: &str, body: serde_json::Value) {
+async fn patch(c: &switchyard_client::Client, guest: &str, body: serde_json::Value) {
     c.patch::<_, WriteResponse>(&format!("/v1/guests/{guest}"), &body).await.expect("modify guest");
 }
 

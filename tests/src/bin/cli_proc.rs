@@ -1,5 +1,5 @@
 //! The operator CLI, built inside the test package (see `coordinator_proc.rs`). Same code as
 //! `switchyard`.
 fn main() -> std::process::ExitCode {
-    switchyard_coordinator::cli::main()
+    switchyard_cli::main()
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchyard_agent::driver::Simulated;
-use switchyard_coordinator::client::{Client, EventQuery};
+use switchyard_client::{Client, EventQuery};
 use switchyard_protocol::api::{GuestView, Read, StreamItem, WriteResponse};
 use switchyard_protocol::{ClusterState, Event, EventPayload, Migration, MigrationId, Name, Phase};
 

@@ -1263,6 +1263,9 @@ where
                     ExternalCommand::PurgeLog { upto } => {
                         self.engine.trigger_purge_log(upto);
                     }
+                    ExternalCommand::ExpireLeaderLease { vote } => {
+                        self.engine.expire_leader_lease(&vote);
+                    }
                 }
             }
         };

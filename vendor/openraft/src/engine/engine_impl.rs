@@ -302,6 +302,28 @@ where C: RaftTypeConfig
         None
     }
 
+    /// [switchyard patch] Ends this node's lease of the leader of `vote`, if that is the leader
+    /// it follows: the leader is handing over and stopping (see `Trigger::expire_leader_lease`).
+    ///
+    /// The vote's time is moved back by one lease, so a vote request is judged as if the leader
+    /// had been silent for a whole lease (`handle_vote_req`), while this node's own election
+    /// timer still runs its random timeout from now: followers do not all campaign at once.
+    /// Nothing else reads the lease, so Raft's safety (votes and terms) is untouched; a leader
+    /// that in fact keeps running restores the lease with its next heartbeat.
+    pub(crate) fn expire_leader_lease(&mut self, vote: &Vote<C::NodeId>) {
+        if self.leader.is_some() || !vote.is_committed() || self.state.vote_ref() != vote {
+            tracing::info!(vote = display(vote), my_vote = display(self.state.vote_ref()), "expire_leader_lease: not the leader this node follows; ignored");
+            return;
+        }
+        let now = C::now();
+        let expired = now - self.config.timer_config.leader_lease - Duration::from_millis(1);
+        if self.state.vote.utime().is_some_and(|t| t > expired) {
+            let vote = self.state.vote_ref().clone();
+            self.state.vote.update(expired, vote);
+        }
+        tracing::info!(vote = display(vote), "expire_leader_lease: the leader is handing over; its lease ended");
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) fn handle_vote_req(&mut self, req: VoteRequest<C::NodeId>) -> VoteResponse<C::NodeId> {
         let now = C::now();

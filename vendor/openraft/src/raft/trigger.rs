@@ -4,6 +4,7 @@ use crate::core::raft_msg::external_command::ExternalCommand;
 use crate::error::Fatal;
 use crate::raft::RaftInner;
 use crate::RaftTypeConfig;
+use crate::Vote;
 
 /// Trigger is an interface to trigger an action to RaftCore by external caller.
 ///
@@ -78,5 +79,18 @@ where C: RaftTypeConfig
     /// [`max_in_snapshot_log_to_keep`]: `crate::Config::max_in_snapshot_log_to_keep`
     pub async fn purge_log(&self, upto: u64) -> Result<(), Fatal<C::NodeId>> {
         self.raft_inner.send_external_command(ExternalCommand::PurgeLog { upto }, "purge_log").await
+    }
+
+    /// [switchyard patch] Ends this node's lease of the leader of `vote` (if it follows that
+    /// leader), so it votes for an up-to-date candidate at once. A leader that hands its
+    /// leadership over before it stops sends this to every follower, then has the chosen one
+    /// [`elect`](Self::elect): the new leader is elected in one round trip instead of after the
+    /// followers' leases and election timers run out.
+    ///
+    /// Returns error when RaftCore has [`Fatal`] error, e.g. shut down or having storage error.
+    pub async fn expire_leader_lease(&self, vote: Vote<C::NodeId>) -> Result<(), Fatal<C::NodeId>> {
+        self.raft_inner
+            .send_external_command(ExternalCommand::ExpireLeaderLease { vote }, "expire_leader_lease")
+            .await
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use crate::core::raft_msg::ResultSender;
 use crate::RaftTypeConfig;
 use crate::Snapshot;
+use crate::Vote;
 
 /// Application-triggered Raft actions for testing and administration.
 ///
@@ -31,6 +32,11 @@ pub(crate) enum ExternalCommand<C: RaftTypeConfig> {
     ///
     /// [`max_in_snapshot_log_to_keep`]: `crate::Config::max_in_snapshot_log_to_keep`
     PurgeLog { upto: u64 },
+
+    /// [switchyard patch] The leader of `vote` is handing its leadership over and stopping: end
+    /// this node's lease of that leader now, so it grants a vote to an up-to-date candidate at
+    /// once instead of refusing every candidate until the lease runs out.
+    ExpireLeaderLease { vote: Vote<C::NodeId> },
 }
 
 impl<C> fmt::Debug for ExternalCommand<C>
@@ -60,6 +66,9 @@ where C: RaftTypeConfig
             }
             ExternalCommand::PurgeLog { upto } => {
                 write!(f, "PurgeLog[..={}]", upto)
+            }
+            ExternalCommand::ExpireLeaderLease { vote } => {
+                write!(f, "ExpireLeaderLease[{}]", vote)
             }
         }
     }

@@ -3,10 +3,13 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError};
-use switchyard_protocol::api::ErrorBody;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use switchyard_protocol::api::{ErrorBody, InvalidRequest};
 use switchyard_protocol::Rejection;
 use switchyard_storage::{NodeId, NodeInfo};
+
+use crate::migration::ReportError;
+use crate::node::NodeError;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ApiError {
@@ -77,10 +80,6 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
-
-    fn forward(f: &ForwardToLeader<NodeId, NodeInfo>) -> ApiError {
-        ApiError::NotLeader { leader: f.leader_node.as_ref().map(|n| n.api_addr.clone()) }
-    }
 }
 
 impl IntoResponse for ApiError {
@@ -98,24 +97,37 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>> for ApiError {
-    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Self {
-        match &e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ApiError::forward(f),
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => ApiError::Conflict(c.to_string()),
-            RaftError::Fatal(f) => ApiError::Unavailable(format!("raft stopped: {f}")),
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::NotLeader { leader } => ApiError::NotLeader { leader },
+            NodeError::Unavailable(m) => ApiError::Unavailable(m),
+            NodeError::Internal(m) => ApiError::Internal(m),
         }
     }
 }
 
-impl From<RaftError<NodeId, CheckIsLeaderError<NodeId, NodeInfo>>> for ApiError {
-    fn from(e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeInfo>>) -> Self {
+impl From<ReportError> for ApiError {
+    fn from(e: ReportError) -> Self {
+        match e {
+            ReportError::Stale(m) => ApiError::StaleReport(m),
+            ReportError::Invalid(m) => ApiError::BadRequest(m),
+        }
+    }
+}
+
+impl From<InvalidRequest> for ApiError {
+    fn from(e: InvalidRequest) -> Self {
+        ApiError::BadRequest(e.0)
+    }
+}
+
+/// A membership change: `conflict` while an earlier change is still being committed.
+impl From<RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>> for ApiError {
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Self {
         match &e {
-            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => ApiError::forward(f),
-            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
-                ApiError::Unavailable(format!("leadership not confirmed by a quorum: {q}"))
-            }
-            RaftError::Fatal(f) => ApiError::Unavailable(format!("raft stopped: {f}")),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => ApiError::Conflict(c.to_string()),
+            _ => NodeError::from(crate::proposer::ProposeError::from(e)).into(),
         }
     }
 }
@@ -134,6 +146,6 @@ impl From<RaftError<NodeId, InitializeError<NodeId, NodeInfo>>> for ApiError {
 
 impl From<switchyard_storage::StoreError> for ApiError {
     fn from(e: switchyard_storage::StoreError) -> Self {
-        ApiError::Internal(format!("storage: {e}"))
+        NodeError::from(e).into()
     }
 }

@@ -1,14 +1,29 @@
-//! HTTP client of the operator API, used by the CLI and by tests: tries each endpoint in turn
-//! until one answers, and turns error answers into [`ClientError::Api`] with the server's code.
+//! # switchyard-client
+//!
+//! The typed client of the coordinators' HTTP/JSON API. Agents, the `switchyard` CLI, the
+//! benchmark and the tests talk to a cluster through it, so none of them needs the coordinator's
+//! code (RocksDB, openraft, axum) to do so.
+//!
+//! - [`Client`]: endpoints tried in turn, errors with the server's stable code ([`ClientError`]);
+//!   one typed method per API call ([`api`](crate::Client#impl-Client-1));
+//! - writes carry a request id (made here when the caller gives none) and, with
+//!   [`Client::retrying_writes`], are sent again with that id while the cluster has no leader or
+//!   a coordinator is unreachable: the state machine applies a request id once, so a retry never
+//!   applies a change twice;
+//! - [`events`]: subscriptions that resume on another coordinator, gap-free and duplicate-free.
+
+mod api;
+pub mod events;
 
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use switchyard_protocol::api::{ErrorBody, Read, StreamItem};
+use switchyard_protocol::api::{ErrorBody, Read};
 use switchyard_protocol::Revision;
+
+pub use events::{EventQuery, MAX_BATCH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -18,6 +33,9 @@ pub enum ClientError {
     Unreachable(String),
     #[error("unexpected answer from {endpoint}: {reason}")]
     Protocol { endpoint: String, reason: String },
+    /// The caller's input cannot make a request (e.g. an invalid name).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ClientError {
@@ -26,6 +44,17 @@ impl ClientError {
         match self {
             ClientError::Api { code, .. } => Some(code),
             _ => None,
+        }
+    }
+
+    /// Whether sending the same write again (with the same request id) may succeed: the cluster
+    /// had no leader, the leader could not be reached through the contacted coordinator, or no
+    /// coordinator answered. Refusals (`unknown_guest`, `forbidden`, ...) are final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Api { code, .. } => code == "unavailable" || code == "not_leader",
+            ClientError::Unreachable(_) => true,
+            ClientError::Protocol { .. } | ClientError::Invalid(_) => false,
         }
     }
 }
@@ -37,29 +66,20 @@ pub struct Client {
     http: reqwest::Client,
     /// Without a total timeout: a followed event stream stays open indefinitely.
     streaming: reqwest::Client,
+    /// Reads without confirming leadership (`?stale=true`).
+    stale: bool,
+    /// How long a write is sent again while [`ClientError::is_transient`]; zero: once.
+    write_retry: Duration,
 }
 
-/// What to subscribe to (see `GET /v1/events`).
-#[derive(Clone, Debug, Default)]
-pub struct EventQuery {
-    pub from: Revision,
-    pub guest: Option<String>,
-    pub host: Option<String>,
-    /// Comma-separated kinds.
-    pub kind: Option<String>,
-    pub follow: bool,
-    /// The cluster id the subscriber follows (answered `cluster_mismatch` by another cluster).
-    pub cluster: Option<String>,
+/// A fresh request id: 128 random bits as 32 hex digits.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
-
-/// How long a followed subscription keeps trying when no endpoint answers.
-const RECONNECT_GIVE_UP: Duration = Duration::from_secs(60);
-
-/// The most items [`Client::event_batches`] hands over at once.
-pub const MAX_BATCH: usize = 4096;
 
 impl Client {
-    /// `endpoints` are `host:port` of coordinators' APIs (an `http://` prefix is accepted).
+    /// `endpoints` are `host:port` of coordinators' APIs (an `http://` prefix is accepted);
+    /// `timeout` bounds each request.
     pub fn new(endpoints: Vec<String>, token: String, timeout: Duration) -> Client {
         let endpoints =
             endpoints.into_iter().map(|e| e.trim_start_matches("http://").trim_end_matches('/').to_string()).collect();
@@ -72,7 +92,7 @@ impl Client {
             .connect_timeout(Duration::from_secs(2))
             .build()
             .expect("an HTTP client without TLS always builds");
-        Client { endpoints, token, http, streaming }
+        Client { endpoints, token, http, streaming, stale: false, write_retry: Duration::ZERO }
     }
 
     /// The same client, trying the endpoints from the `k`-th on (wrapping around). Agents start
@@ -86,118 +106,21 @@ impl Client {
         self
     }
 
-    /// Subscribes to events, calling `on_item` for every item until it returns `false`, or (not
-    /// following) until the stream ends. When following, a broken stream is resumed on the next
-    /// endpoint from the last revision seen, so the items delivered stay gap-free and
-    /// duplicate-free across a coordinator loss. A `Compacted` answer is delivered and ends the
-    /// subscription: the caller must re-read full state.
-    pub async fn events(
-        &self,
-        q: &EventQuery,
-        mut on_item: impl FnMut(&StreamItem) -> bool,
-    ) -> Result<(), ClientError> {
-        self.event_batches(q, |batch| batch.iter().all(&mut on_item)).await
+    /// The same client, reading without confirming leadership (may be stale) when `stale`.
+    pub fn stale(mut self, stale: bool) -> Client {
+        self.stale = stale;
+        self
     }
 
-    /// [`Client::events`], delivering the items in batches: each batch is what had arrived when
-    /// the previous one was handed over (at most [`MAX_BATCH`] items, never empty). A subscriber
-    /// that is far behind gets large batches and one that keeps up gets single items, so it can
-    /// amortise its per-batch work (an agent writes each guest file once per batch, not once per
-    /// event) without delaying anything. Delivery stops when `on_batch` returns `false`.
-    pub async fn event_batches(
-        &self,
-        q: &EventQuery,
-        mut on_batch: impl FnMut(&[StreamItem]) -> bool,
-    ) -> Result<(), ClientError> {
-        let mut next = q.from.max(1);
-        let mut attempt = 0usize;
-        let mut down_since: Option<Instant> = None;
-        loop {
-            let ep = &self.endpoints[attempt % self.endpoints.len().max(1)];
-            attempt += 1;
-            let mut url = format!("http://{ep}/v1/events?from={next}&follow={}&progress_ms=1000", q.follow);
-            for (k, v) in [("guest", &q.guest), ("host", &q.host), ("kind", &q.kind), ("cluster", &q.cluster)] {
-                if let Some(v) = v {
-                    url.push_str(&format!("&{k}={v}"));
-                }
-            }
-            let resp = match self.streaming.get(&url).bearer_auth(&self.token).send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    let since = *down_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > RECONNECT_GIVE_UP || (!q.follow && attempt >= self.endpoints.len()) {
-                        return Err(ClientError::Unreachable(format!("{ep}: {e}")));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            if !resp.status().is_success() {
-                let status = resp.status().as_u16();
-                let bytes = resp.bytes().await.unwrap_or_default();
-                return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                    Ok(e) => ClientError::Api { status, code: e.code, message: e.message },
-                    Err(_) => ClientError::Protocol { endpoint: ep.clone(), reason: format!("{status}") },
-                });
-            }
-            down_since = None;
-            let mut resp = resp;
-            let mut buf: Vec<u8> = Vec::new();
-            let mut batch: Vec<StreamItem> = Vec::new();
-            loop {
-                // Wait for a chunk only when nothing is pending; otherwise take what has already
-                // arrived (`now_or_never` drops a read that is not ready, which loses nothing).
-                let chunk = if batch.is_empty() {
-                    Some(resp.chunk().await)
-                } else if batch.len() < MAX_BATCH {
-                    resp.chunk().now_or_never()
-                } else {
-                    None
-                };
-                let ended = match chunk {
-                    None => {
-                        if !on_batch(&batch) {
-                            return Ok(());
-                        }
-                        batch.clear();
-                        continue;
-                    }
-                    Some(Ok(Some(c))) => {
-                        buf.extend_from_slice(&c);
-                        None
-                    }
-                    Some(Ok(None)) => Some(!q.follow),
-                    Some(Err(_)) => Some(false),
-                };
-                let mut start = 0;
-                while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
-                    let item: StreamItem = serde_json::from_slice(&buf[start..start + pos])
-                        .map_err(|e| ClientError::Protocol { endpoint: ep.clone(), reason: e.to_string() })?;
-                    start += pos + 1;
-                    match &item {
-                        StreamItem::Event(e) => next = e.revision + 1,
-                        StreamItem::Progress { revision } => next = next.max(revision + 1),
-                        StreamItem::Compacted { .. } => {
-                            batch.push(item);
-                            on_batch(&batch);
-                            return Ok(());
-                        }
-                    }
-                    batch.push(item);
-                }
-                buf.drain(..start);
-                if let Some(done) = ended {
-                    if !batch.is_empty() && !on_batch(&batch) {
-                        return Ok(());
-                    }
-                    if done {
-                        return Ok(());
-                    }
-                    break; // stream broken: resume elsewhere
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    /// The same client, sending each write again with its request id for up to `within` while
+    /// the cluster answers `unavailable` or `not_leader`, or no coordinator answers.
+    pub fn retrying_writes(mut self, within: Duration) -> Client {
+        self.write_retry = within;
+        self
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -251,6 +174,27 @@ impl Client {
         futures_util::future::join_all(sends).await
     }
 
+    /// A write that carries a request id: sent once, or again with the same id while the
+    /// answer is transient and the retry window ([`Client::retrying_writes`]) lasts.
+    async fn write<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let deadline = Instant::now() + self.write_retry;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.send(method.clone(), path, body).await {
+                Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Sends a request to the first endpoint that answers. Only a failure to connect moves on to
     /// the next endpoint: once a server answered, its answer is final (a write may have been
     /// applied, and retrying is the caller's decision, made safe by request ids).
@@ -300,13 +244,18 @@ impl Client {
                 Failure::Answered(ClientError::Protocol { endpoint: ep.to_string(), reason: e.to_string() })
             });
         }
-        Err(Failure::Answered(match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(e) => ClientError::Api { status: status.as_u16(), code: e.code, message: e.message },
-            Err(_) => ClientError::Protocol {
-                endpoint: ep.to_string(),
-                reason: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
-            },
-        }))
+        Err(Failure::Answered(error_answer(ep, status.as_u16(), &bytes)))
+    }
+}
+
+/// An error answer: the server's code and message, or what came instead.
+fn error_answer(ep: &str, status: u16, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(e) => ClientError::Api { status, code: e.code, message: e.message },
+        Err(_) => ClientError::Protocol {
+            endpoint: ep.to_string(),
+            reason: format!("{status}: {}", String::from_utf8_lossy(bytes)),
+        },
     }
 }
 
@@ -339,5 +288,24 @@ mod tests {
         assert_eq!(c.rotated(usize::MAX).endpoints.len(), 3);
         let none = Client::new(Vec::new(), "t".into(), Duration::from_secs(1)).rotated(7);
         assert!(none.endpoints.is_empty());
+    }
+
+    #[test]
+    fn only_leaderless_and_unreachable_answers_are_retried() {
+        let api = |code: &str| ClientError::Api { status: 503, code: code.into(), message: String::new() };
+        assert!(api("unavailable").is_transient());
+        assert!(api("not_leader").is_transient());
+        assert!(ClientError::Unreachable("x".into()).is_transient());
+        for final_code in ["unknown_guest", "forbidden", "bad_request", "conflict", "guest_exists"] {
+            assert!(!api(final_code).is_transient(), "{final_code}");
+        }
+        assert!(!ClientError::Protocol { endpoint: "e".into(), reason: "r".into() }.is_transient());
+    }
+
+    #[test]
+    fn request_ids_are_fresh_and_parse_as_the_server_reads_them() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_ne!(a, b);
+        assert!(switchyard_protocol::api::parse_request_id(&a).is_ok());
     }
 }

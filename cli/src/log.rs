@@ -7,106 +7,124 @@
 
 use std::io::{BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use clap::Subcommand;
+use switchyard_client::{Client, EventQuery};
 use switchyard_protocol::api::{
-    FullState, GuestView, HostView, IdentityRequest, IdentityView, ImportRequest, MigrationPage, Read, StreamItem,
-    WriteResponse,
+    FullState, GuestView, HostView, IdentityRequest, ImportRequest, MigrationPage, Read, StreamItem,
 };
 use switchyard_protocol::limits::IMPORT_EVENTS_MAX;
 use switchyard_protocol::{ClusterState, Event, RestoredFrom};
 use switchyard_storage::export::{self, ExportHeader, ExportWriter, Format, Report, Until};
 
-use crate::client::{Client, ClientError, EventQuery};
-use crate::clock::{Clock, SystemClock};
+use crate::render::{guests_table, hosts_table, migrations_table, now, packages_table, to_json};
+use crate::{timefmt, CliError, Ctx, Out};
 
-pub enum LogCommand {
-    Export { file: PathBuf, data_dir: Option<PathBuf>, jsonl: bool },
-    Verify { source: PathBuf },
-    Replay { source: PathBuf, until: Option<u64>, until_time: Option<String>, digest: bool, diff: bool },
-    Restore { file: PathBuf },
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// Write the event history to a portable file: checksummed records, a running SHA-256
+    /// chain, a trailer. From the live cluster (consistent at the revision it states) unless
+    /// --data-dir names a stopped coordinator's data directory.
+    Export {
+        /// Where to write ("-": standard output).
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        /// A stopped coordinator's data directory to export instead of the live cluster.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// `binary` (default) or `jsonl` (JSON lines, for people and scripts).
+        #[arg(long, default_value = "binary", value_parser = ["binary", "jsonl"])]
+        format: String,
+    },
+    /// Check an export file or a data directory: checksums, contiguous revisions, the hash
+    /// chain, and that replaying the events gives the stored state. Exit code 1 if not clean.
+    Verify {
+        /// An export file or a stopped coordinator's data directory.
+        source: PathBuf,
+    },
+    /// Rebuild the state at a revision from the events alone and print it (or its digest, or
+    /// its differences from the live cluster).
+    Replay {
+        /// An export file or a stopped coordinator's data directory.
+        source: PathBuf,
+        /// Stop at this revision.
+        #[arg(long)]
+        until: Option<u64>,
+        /// Stop at this time: a UTC date[-time], epoch ms, or an age like 2h.
+        #[arg(long)]
+        until_time: Option<String>,
+        /// Print only the state digest.
+        #[arg(long)]
+        digest: bool,
+        /// Compare with the live cluster's state at its current revision.
+        #[arg(long, conflicts_with_all = ["until", "until_time"])]
+        diff: bool,
+    },
+    /// Seed a brand-new cluster from an export: checks the whole file first, imports its events
+    /// (original revisions, times and actors) into a cluster started with `cluster init
+    /// --for-restore`, then commits a new cluster id. Agents of the old cluster notice the new id
+    /// and re-sync. Safe to run again after an interruption: it resumes where the import stopped.
+    Restore {
+        /// The export file.
+        file: PathBuf,
+    },
 }
 
-pub enum RecoveryError {
-    Usage(String),
-    Client(ClientError),
-    /// Text to print, then why the command fails.
-    Failed(String, String),
+fn failed(why: impl std::fmt::Display) -> CliError {
+    CliError::Failed(String::new(), why.to_string())
 }
 
-impl From<ClientError> for RecoveryError {
-    fn from(e: ClientError) -> Self {
-        RecoveryError::Client(e)
-    }
-}
-
-fn failed(why: impl std::fmt::Display) -> RecoveryError {
-    RecoveryError::Failed(String::new(), why.to_string())
-}
-
-/// A progress bar on standard error when it is a terminal (at most five redraws a second): a
-/// bar with percentage when the total is known, a running count otherwise.
-struct Progress {
-    what: &'static str,
-    total: Option<u64>,
-    on: bool,
-    last: Instant,
-}
+/// Progress of a long run on standard error when it is a terminal: a bar with rate and time
+/// left when the total is known, a running count and rate otherwise.
+struct Progress(Option<indicatif::ProgressBar>);
 
 impl Progress {
-    fn new(what: &'static str) -> Progress {
-        Progress { what, total: None, on: std::io::stderr().is_terminal(), last: Instant::now() }
-    }
-
-    fn of(mut self, total: u64) -> Progress {
-        self.total = (total > 0).then_some(total);
-        self
-    }
-
-    fn tick(&mut self, n: u64, unit: &str) {
-        if !self.on || self.last.elapsed() < Duration::from_millis(200) {
-            return;
+    fn new(what: &'static str, unit: &'static str, total: Option<u64>) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress(None);
         }
-        self.last = Instant::now();
-        match self.total {
-            Some(t) => {
-                let frac = (n as f64 / t as f64).min(1.0);
-                let filled = (frac * 30.0) as usize;
-                eprint!(
-                    "\r{} [{}{}] {:>3.0}% {n}/{t} {unit}   ",
-                    self.what,
-                    "#".repeat(filled),
-                    ".".repeat(30 - filled),
-                    frac * 100.0
-                );
-            }
-            None => eprint!("\r{}: {n} {unit}   ", self.what),
+        let (bar, template) = match total.filter(|t| *t > 0) {
+            Some(t) => (
+                indicatif::ProgressBar::new(t),
+                format!(
+                    "{what} [{{bar:30}}] {{percent:>3}}% {{human_pos}}/{{human_len}} {unit}, {{per_sec}}, {{eta}} left"
+                ),
+            ),
+            None => (indicatif::ProgressBar::new_spinner(), format!("{what}: {{human_pos}} {unit}, {{per_sec}}")),
+        };
+        let style = indicatif::ProgressStyle::with_template(&template).expect("a valid progress template");
+        bar.set_style(style.progress_chars("#>."));
+        Progress(Some(bar))
+    }
+
+    fn tick(&self, n: u64) {
+        if let Some(b) = &self.0 {
+            b.set_position(n);
         }
     }
 
     fn done(&self) {
-        if self.on {
-            eprint!("\r\x1b[K");
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
         }
     }
 }
 
-pub async fn run(c: &Client, json: bool, cmd: LogCommand) -> Result<String, RecoveryError> {
-    match cmd {
-        LogCommand::Export { file, data_dir, jsonl } => export(c, json, &file, data_dir.as_deref(), jsonl).await,
-        LogCommand::Verify { source } => verify(json, &source),
-        LogCommand::Replay { source, until, until_time, digest, diff } => {
-            let until_time = until_time
-                .map(|t| crate::timefmt::parse(&t, SystemClock.now()))
-                .transpose()
-                .map_err(RecoveryError::Usage)?;
+pub async fn run(ctx: &Ctx, v: Verb) -> Out {
+    let (c, json) = (&ctx.client, ctx.json);
+    match v {
+        Verb::Export { file, data_dir, format } => export(c, json, &file, data_dir.as_deref(), format == "jsonl").await,
+        Verb::Verify { source } => verify(json, &source),
+        Verb::Replay { source, until, until_time, digest, diff } => {
+            let until_time = until_time.map(|t| timefmt::parse(&t, now())).transpose().map_err(CliError::Usage)?;
             replay(c, json, &source, Until { revision: until, time: until_time }, digest, diff).await
         }
-        LogCommand::Restore { file } => restore(c, json, &file).await,
+        Verb::Restore { file } => restore(c, json, &file).await,
     }
 }
 
-fn output(file: &Path) -> Result<Box<dyn Write>, RecoveryError> {
+fn output(file: &Path) -> Result<Box<dyn Write>, CliError> {
     if file.as_os_str() == "-" {
         return Ok(Box::new(std::io::BufWriter::new(std::io::stdout())));
     }
@@ -114,24 +132,18 @@ fn output(file: &Path) -> Result<Box<dyn Write>, RecoveryError> {
     Ok(Box::new(std::io::BufWriter::with_capacity(1 << 20, f)))
 }
 
-async fn export(
-    c: &Client,
-    json: bool,
-    file: &Path,
-    data_dir: Option<&Path>,
-    jsonl: bool,
-) -> Result<String, RecoveryError> {
+async fn export(c: &Client, json: bool, file: &Path, data_dir: Option<&Path>, jsonl: bool) -> Out {
     let format = if jsonl { Format::JsonLines } else { Format::Binary };
-    let now = SystemClock.now();
-    let mut progress = Progress::new("export");
+    let now = now();
     let out = output(file)?;
+    let mut progress = Progress::new("export", "events", None);
     let (header, n) = match data_dir {
-        Some(dir) => export::export_data_dir(dir, out, format, now, |n| progress.tick(n, "events")).map_err(failed)?,
+        Some(dir) => export::export_data_dir(dir, out, format, now, |n| progress.tick(n)).map_err(failed)?,
         None => {
             // Consistent at one revision: read it (linearizably), then export up to it.
-            let state: Read<FullState> = c.get("/v1/state").await?;
+            let state = c.full_state().await?;
             let at = state.revision;
-            progress.total = (at > 0).then_some(at);
+            progress = Progress::new("export", "events", Some(at));
             let cluster = state.items.cluster.map(|c| c.id);
             let mut first: Option<Event> = None;
             let mut writer: Option<ExportWriter<Box<dyn Write>>> = None;
@@ -175,7 +187,7 @@ async fn export(
                         return false;
                     }
                     count += 1;
-                    progress.tick(count, "events");
+                    progress.tick(count);
                     e.revision < at
                 })
                 .await?;
@@ -200,7 +212,7 @@ async fn export(
     };
     progress.done();
     Ok(if json {
-        crate::cli::to_json(&serde_json::json!({"file": file, "header": header, "events": n}))
+        to_json(&serde_json::json!({"file": file, "header": header, "events": n}))
     } else {
         format!(
             "exported {n} events (revisions {}..={}) from {} to {}\n",
@@ -213,24 +225,24 @@ async fn export(
 }
 
 /// Reads an export file or a data directory (told apart by what the path is).
-fn read(source: &Path, until: Until) -> Result<(Report, Option<ClusterState>), RecoveryError> {
+fn read(source: &Path, until: Until) -> Result<(Report, Option<ClusterState>), CliError> {
     if source.is_dir() {
-        let mut p = Progress::new("read");
-        let r = export::read_data_dir(source, until, |n| p.tick(n, "events")).map_err(failed)?;
+        let p = Progress::new("read", "events", None);
+        let r = export::read_data_dir(source, until, |n| p.tick(n)).map_err(failed)?;
         p.done();
         Ok(r)
     } else {
         let f = std::fs::File::open(source).map_err(|e| failed(format!("open {}: {e}", source.display())))?;
         let size = f.metadata().map_or(0, |m| m.len() >> 20);
-        let mut p = Progress::new("read").of(size);
-        let r = export::read_export(BufReader::with_capacity(1 << 20, f), until, |b| p.tick(b >> 20, "MiB"))
+        let p = Progress::new("read", "MiB", Some(size));
+        let r = export::read_export(BufReader::with_capacity(1 << 20, f), until, |b| p.tick(b >> 20))
             .map_err(|e| failed(format!("read {}: {e}", source.display())))?;
         p.done();
         Ok((r, None))
     }
 }
 
-fn verify(json: bool, source: &Path) -> Result<String, RecoveryError> {
+fn verify(json: bool, source: &Path) -> Out {
     let (mut r, loaded) = read(source, Until::default())?;
     if let Some(loaded) = &loaded {
         if r.problems.is_empty() && r.first_revision.is_none_or(|f| f == 1) {
@@ -251,7 +263,7 @@ fn verify(json: bool, source: &Path) -> Result<String, RecoveryError> {
     }
     let digest = (r.first_revision.is_none_or(|f| f == 1)).then(|| FullState::of(&r.state).digest());
     let text = if json {
-        crate::cli::to_json(&serde_json::json!({
+        to_json(&serde_json::json!({
             "clean": r.problems.is_empty(), "events": r.events, "first_revision": r.first_revision,
             "last_revision": r.last_revision, "header": r.header, "state_digest": digest, "problems": r.problems,
         }))
@@ -274,19 +286,12 @@ fn verify(json: bool, source: &Path) -> Result<String, RecoveryError> {
     if r.problems.is_empty() {
         Ok(if json { text } else { format!("{text}clean\n") })
     } else {
-        Err(RecoveryError::Failed(text, format!("{} problem(s) found in {}", r.problems.len(), source.display())))
+        Err(CliError::Failed(text, format!("{} problem(s) found in {}", r.problems.len(), source.display())))
     }
 }
 
-async fn replay(
-    c: &Client,
-    json: bool,
-    source: &Path,
-    until: Until,
-    digest_only: bool,
-    diff: bool,
-) -> Result<String, RecoveryError> {
-    let live: Option<Read<FullState>> = if diff { Some(c.get("/v1/state").await?) } else { None };
+async fn replay(c: &Client, json: bool, source: &Path, until: Until, digest_only: bool, diff: bool) -> Out {
+    let live: Option<Read<FullState>> = if diff { Some(c.full_state().await?) } else { None };
     let until = match &live {
         Some(l) => Until { revision: Some(l.revision), time: None },
         None => until,
@@ -321,9 +326,7 @@ async fn replay(
         }
         let diffs = differences(&state, &live.items);
         let text = if json {
-            crate::cli::to_json(
-                &serde_json::json!({"revision": revision, "identical": diffs.is_empty(), "differences": diffs}),
-            )
+            to_json(&serde_json::json!({"revision": revision, "identical": diffs.is_empty(), "differences": diffs}))
         } else if diffs.is_empty() {
             format!("identical to the live cluster at revision {revision} (digest {digest})\n")
         } else {
@@ -332,18 +335,18 @@ async fn replay(
         return if diffs.is_empty() {
             Ok(text)
         } else {
-            Err(RecoveryError::Failed(text, format!("{} difference(s) at revision {revision}", diffs.len())))
+            Err(CliError::Failed(text, format!("{} difference(s) at revision {revision}", diffs.len())))
         };
     }
     if digest_only {
         return Ok(if json {
-            crate::cli::to_json(&serde_json::json!({"revision": revision, "digest": digest}))
+            to_json(&serde_json::json!({"revision": revision, "digest": digest}))
         } else {
             format!("{digest}\n")
         });
     }
     if json {
-        return Ok(crate::cli::to_json(&serde_json::json!({"revision": revision, "digest": digest, "state": state})));
+        return Ok(to_json(&serde_json::json!({"revision": revision, "digest": digest, "state": state})));
     }
     let hosts: Vec<HostView> =
         state.hosts.iter().map(|h| HostView { host: h.clone(), state: h.state(), sync: None }).collect();
@@ -360,10 +363,10 @@ async fn replay(
     let page = MigrationPage { migrations: state.migrations.clone(), next_after: None };
     Ok(format!(
         "state at revision {revision} (digest {digest})\n\nHOSTS\n{}\nGUESTS\n{}\nPACKAGES\n{}\nMIGRATIONS IN FLIGHT\n{}",
-        crate::cli::hosts_table(&hosts),
-        crate::cli::guests_table(&guests),
-        crate::cli::packages_table(&state.packages),
-        crate::cli::migrations_table(&page)
+        hosts_table(&hosts),
+        guests_table(&guests),
+        packages_table(&state.packages),
+        migrations_table(&page)
     ))
 }
 
@@ -402,9 +405,9 @@ const IMPORT_CHUNK_BYTES: usize = 1 << 20;
 /// event foldable, invariants after each chunk), and the restore ends with a new cluster id
 /// committed right after the last imported revision. Interrupted, it resumes from the revision
 /// the cluster says it has imported, after checking that the hash chain there is this file's.
-async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, RecoveryError> {
+async fn restore(c: &Client, json: bool, file: &Path) -> Out {
     if file.is_dir() {
-        return Err(RecoveryError::Usage(format!(
+        return Err(CliError::Usage(format!(
             "{} is a directory: restore takes an export file (`switchyard log export --data-dir {} -f FILE` makes one)",
             file.display(),
             file.display()
@@ -414,7 +417,7 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, Recovery
     if !report.problems.is_empty() {
         let text: String =
             report.problems.iter().map(|p| format!("PROBLEM at {}: {}\n", p.location, p.problem)).collect();
-        return Err(RecoveryError::Failed(text, format!("{} is damaged: nothing was restored", file.display())));
+        return Err(CliError::Failed(text, format!("{} is damaged: nothing was restored", file.display())));
     }
     let header = report.header.clone().expect("a clean export has a header");
     if header.first_revision != 1 {
@@ -426,7 +429,7 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, Recovery
     let Some(last) = report.last_revision else {
         return Err(failed("the export holds no events: there is nothing to restore"));
     };
-    let view: Read<IdentityView> = c.get("/v1/cluster/identity").await?;
+    let view = c.identity().await?;
     let start = match (&view.items.importing, &view.items.identity) {
         (Some(p), _) if p.cluster != header.cluster => {
             return Err(failed(format!(
@@ -488,7 +491,7 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, Recovery
         }
         Ok((r, last_chain))
     });
-    let mut progress = Progress::new("restore").of(last + 1 - start.min(last + 1));
+    let progress = Progress::new("restore", "events imported", Some(last + 1 - start.min(last + 1)));
     let mut chunk: Vec<Event> = Vec::new();
     let mut chunk_bytes = 0usize;
     let mut chain = String::new();
@@ -497,7 +500,7 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, Recovery
         let n = serde_json::to_vec(&e).map_or(0, |v| v.len());
         if !chunk.is_empty() && (chunk.len() >= IMPORT_EVENTS_MAX || chunk_bytes + n > IMPORT_CHUNK_BYTES) {
             imported += import_chunk(c, &header.cluster, &chain, std::mem::take(&mut chunk)).await?;
-            progress.tick(imported, "events imported");
+            progress.tick(imported);
             chunk_bytes = 0;
         }
         chunk_bytes += n;
@@ -523,13 +526,13 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, Recovery
         term_base: report.state.last_term(),
     };
     let req = IdentityRequest {
-        request_id: Some(SystemClock.request_id().to_string()),
+        request_id: Some(switchyard_client::new_request_id()),
         cluster: None,
         restored_from: Some(restored_from),
     };
-    let answer: serde_json::Value = c.post("/v1/cluster/identity", &req).await?;
+    let answer = c.commit_identity(&req).await?;
     // What the cluster now holds must be what the export holds (the identity aside).
-    let live: Read<FullState> = c.get("/v1/state").await?;
+    let live = c.full_state().await?;
     let mut want = FullState::of(&report.state);
     let mut have = live.items.clone();
     want.cluster = None;
@@ -537,7 +540,7 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, Recovery
     let same = want == have;
     let cluster = live.items.cluster.as_ref().map(|c| c.id.to_string()).unwrap_or_default();
     let text = if json {
-        crate::cli::to_json(&serde_json::json!({
+        to_json(&serde_json::json!({
             "cluster": cluster, "restored_from": header.cluster, "through_revision": last,
             "imported": imported, "revision": live.revision, "identity": answer, "configuration_matches": same,
         }))
@@ -556,7 +559,7 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Result<String, Recovery
     if same {
         Ok(text)
     } else {
-        Err(RecoveryError::Failed(text, "the restored configuration differs from the export's".into()))
+        Err(CliError::Failed(text, "the restored configuration differs from the export's".into()))
     }
 }
 
@@ -567,21 +570,21 @@ async fn import_chunk(
     cluster: &Option<switchyard_protocol::ClusterId>,
     chain: &str,
     events: Vec<Event>,
-) -> Result<u64, RecoveryError> {
+) -> Result<u64, CliError> {
     let (first, last, n) = (events[0].revision, events[events.len() - 1].revision, events.len() as u64);
     let req = ImportRequest {
-        request_id: Some(SystemClock.request_id().to_string()),
+        request_id: Some(switchyard_client::new_request_id()),
         cluster: cluster.clone(),
         chain: chain.to_string(),
         events,
     };
     let mut tries = 0;
     loop {
-        let err = match c.post::<_, WriteResponse>("/v1/cluster/import", &req).await {
+        let err = match c.import(&req).await {
             Ok(_) => return Ok(n),
             Err(e) => e,
         };
-        let landed = match c.get::<Read<IdentityView>>("/v1/cluster/identity").await {
+        let landed = match c.identity().await {
             Ok(v) => v.items.importing.is_some_and(|p| p.through_revision >= last),
             Err(_) => false,
         };

@@ -1,5 +1,6 @@
 //! Times for people: event and phase times are milliseconds since the Unix epoch (the proposer's
-//! clock); the CLI prints them as UTC and accepts them as a date, an epoch, or "some time ago".
+//! clock); the CLI prints them as RFC 3339 in UTC and accepts them as a date, an epoch, or
+//! "some time ago".
 
 use switchyard_protocol::Timestamp;
 
@@ -26,13 +27,13 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// `2026-11-25 22:04:45.123Z`
+/// RFC 3339 in UTC with milliseconds: `2026-11-25T22:04:45.123Z`.
 pub fn format(t: Timestamp) -> String {
     let ms = t.0 as i64;
     let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
     let (y, mo, d) = civil_from_days(days);
     let s = rem / 1000;
-    format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}.{:03}Z", s / 3600, s / 60 % 60, s % 60, rem % 1000)
+    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", s / 3600, s / 60 % 60, s % 60, rem % 1000)
 }
 
 /// A duration in ms as people read it: `850ms`, `12.4s`, `3m05s`, `2h10m`.
@@ -94,10 +95,10 @@ mod tests {
 
     #[test]
     fn formats_and_parses_utc_times() {
-        assert_eq!(format(Timestamp(0)), "1970-01-01 00:00:00.000Z");
+        assert_eq!(format(Timestamp(0)), "1970-01-01T00:00:00.000Z");
         let t = parse("2026-11-25T22:04:45Z", Timestamp(0)).unwrap();
-        assert_eq!(format(t), "2026-11-25 22:04:45.000Z");
-        assert_eq!(parse("2024-02-29", Timestamp(0)).map(format).unwrap(), "2024-02-29 00:00:00.000Z");
+        assert_eq!(format(t), "2026-11-25T22:04:45.000Z");
+        assert_eq!(parse("2024-02-29", Timestamp(0)).map(format).unwrap(), "2024-02-29T00:00:00.000Z");
         assert_eq!(parse("1764108285123", Timestamp(0)).unwrap(), Timestamp(1_764_108_285_123));
         assert_eq!(parse("30m", Timestamp(10_000_000)).unwrap(), Timestamp(10_000_000 - 1_800_000));
         for bad in ["yesterday", "2026-13-01", "30x", "2026-11-25T25:00"] {

@@ -1,4 +1,4 @@
-//! `switchyard`: the operator CLI.
+//! `switchyard`: the operator and recovery CLI.
 
 /// `log replay|verify|restore` decode and fold millions of small records on two threads;
 /// mimalloc frees across threads several times faster than glibc's allocator (1 M-event
@@ -7,5 +7,5 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    switchyard_coordinator::cli::main()
+    switchyard_cli::main()
 }

@@ -1,0 +1,211 @@
+//! `switchyard dev`: a complete local cluster for a first try — three `switchyard-coordinator`
+//! processes and three `switchyard-agent` processes (hosts h1..h3, simulated hypervisor) on
+//! loopback, everything in one local folder: configs, data, one log per process, generated
+//! tokens. It writes `cli.toml` there, which the CLI reads when no endpoints or token are given,
+//! so `switchyard ...` just works from the same directory. Running it again resumes the same
+//! cluster from the same data; Ctrl-C stops every process gracefully.
+//!
+//! Real processes rather than tasks in one process: the demo (`--demo`) kills the leader the way
+//! a machine loss would, and each process has its own log to read. The cluster is the test kit's
+//! ([`switchyard_testkit::local`]), the same the tests and the benchmark start.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use switchyard_client::{Client, EventQuery};
+use switchyard_protocol::api::{CreateGuestRequest, MigrateRequest, PackageQuery, StreamItem};
+use switchyard_protocol::{MigrationId, Name, Phase, RunState};
+use switchyard_testkit::local::{self, DEFAULT_DIR, HOSTS, NODES};
+use switchyard_testkit::{wait_for, Cluster, Settings};
+
+use crate::render::{describe, migration_detail};
+use crate::timefmt;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Where the cluster keeps its configs, data, logs, tokens and ports.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    dir: PathBuf,
+    /// Raft ports are BASE+1..3, API ports BASE+101..103; 0 picks free ports.
+    #[arg(long, default_value_t = 7100)]
+    base_port: u16,
+    /// Play the demo: a guest moved online while the leader coordinator is killed.
+    #[arg(long)]
+    demo: bool,
+}
+
+/// Prints a line to standard output, ignoring a closed pipe (`switchyard dev | head`, or a
+/// reader that went away): the cluster must keep running when nobody reads its banner.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+pub fn main(args: Args) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the dev cluster until Ctrl-C (or SIGTERM); with `demo`, plays the seed scenario first.
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut dev = local::open(&args.dir, args.base_port, Settings::default())?;
+    let result = async {
+        local::start(&mut dev).await?;
+        dev.start_agents()?;
+        let status = dev.admin(Duration::from_secs(5)).node_status().await?;
+        out!(
+            "Switchyard dev cluster: {NODES} coordinators, agents for {}, data and logs in {}",
+            HOSTS.join(", "),
+            args.dir.display()
+        );
+        out!("  leader: node {}", status.leader.map_or("-".into(), |l| l.to_string()));
+        out!();
+        out!("  export SWITCHYARD_ENDPOINTS={}", dev.endpoints().join(","));
+        out!("  export SWITCHYARD_TOKEN={}", dev.secrets.admin_token);
+        out!(
+            "  switchyard cluster status    # from this directory, the CLI also finds {}/cli.toml",
+            args.dir.display()
+        );
+        out!();
+        out!(
+            "Operator (read-only) token: {}. Ctrl-C stops everything; run again to resume.",
+            dev.secrets.operator_token
+        );
+        if args.demo {
+            demo_scenario(&mut dev).await?;
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    dev.stop_all();
+    result
+}
+
+/// The seed scenario: a packaged guest moved online while its leader coordinator is killed, and a
+/// cluster-node guest refused.
+async fn demo_scenario(dev: &mut Cluster) -> anyhow::Result<()> {
+    let admin = dev.admin(Duration::from_secs(10)).retrying_writes(Duration::from_secs(30));
+    let say = |s: &str| out!("\n== {s}");
+    let n = |s: &str| Name::new(s).expect("a valid name");
+    say("demo: a distributed guest in a failover package, and a guest that is itself a cluster node");
+    let guest = |name: &str, owner: &str, vcpus, memory_mib, vg: &str| CreateGuestRequest {
+        name: n(name),
+        owner: n(owner),
+        vcpus,
+        memory_mib,
+        disks: vec![format!("avio_stor:/dev/{vg}/{name}")],
+        networks: vec!["avio_lan:vswitch0".into()],
+        online_migration: true,
+        cluster_node: false,
+        package: None,
+        run_state: RunState::Running,
+        request_id: None,
+    };
+    let web = CreateGuestRequest { package: Some(n("pkg-web1")), ..guest("web1", "h1", 4, 8192, "vg01") };
+    let sg = CreateGuestRequest { cluster_node: true, ..guest("sgnode1", "h2", 2, 4096, "vg02") };
+    for req in [web, sg] {
+        match admin.create_guest(&req).await {
+            Ok(w) => out!("created guest {} (revision {})", req.name, w.first_revision),
+            Err(e) if e.code() == Some("guest_exists") => out!("guest {} already exists", req.name),
+            Err(e) => return Err(e).context("create demo guest"),
+        }
+    }
+    say("moving the cluster-node guest online is refused:");
+    let refused =
+        MigrateRequest { guest: n("sgnode1"), target: n("h3"), offline: false, reason: None, request_id: None };
+    match admin.migrate(&refused).await {
+        Err(e) => out!("refused: {e}"),
+        Ok(w) => out!("unexpectedly accepted at revision {}", w.first_revision),
+    }
+    let from = admin.guest(&n("web1")).await?.items.guest.owner;
+    let to = if from.as_str() == "h1" { "h2" } else { "h1" };
+    say(&format!("online migration of web1 from {from} to {to}"));
+    let req = MigrateRequest {
+        guest: n("web1"),
+        target: n(to),
+        offline: false,
+        reason: Some("demo: patch the source host".into()),
+        request_id: None,
+    };
+    let id = MigrationId(admin.migrate(&req).await.context("request the migration")?.first_revision);
+    let stale = admin.clone().stale(true);
+    let read = |c: Client| async move { c.migration(id).await.ok().map(|r| r.items) };
+    let mut seen = Phase::Requested;
+    out!("migration {id}: {seen}");
+    let m = wait_for("the transfer to start", Duration::from_secs(60), || {
+        let c = stale.clone();
+        async move { read(c).await.filter(|m| m.phase >= Phase::Transferring) }
+    })
+    .await?;
+    for r in m.history.iter().skip(1) {
+        out!("migration {id}: {}", r.phase);
+        seen = r.phase;
+    }
+    let leader = admin.node_status().await?.leader.context("no leader")?;
+    say(&format!("killing the leader, coordinator {leader} (SIGKILL), in the middle of the transfer"));
+    dev.kill(leader);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let m = loop {
+        if let Some(m) = read(stale.clone()).await {
+            for r in m.history.iter().filter(|r| r.phase > seen) {
+                out!("migration {id}: {} ({:.1}s after the kill)", r.phase, started.elapsed().as_secs_f64());
+            }
+            seen = m.phase;
+            if m.phase.is_terminal() {
+                break m;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("migration {id} did not end within two minutes; see the logs in {}", dev.dir().display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    say(&format!("migration {id} ended {}; its history:", m.phase));
+    out!("{}", migration_detail(&m).trim_end());
+    let packages = admin.packages(&PackageQuery::default()).await?;
+    let web = packages.items.iter().find(|p| p.name.as_str() == "pkg-web1");
+    out!(
+        "package pkg-web1 switching: {}",
+        web.map_or("?", |p| if p.switching_enabled { "enabled (protected again)" } else { "DISABLED" })
+    );
+    say("the guest's full event history:");
+    let q = EventQuery { from: 1, guest: Some("web1".into()), ..Default::default() };
+    admin
+        .events(&q, |item| {
+            if let StreamItem::Event(e) = item {
+                out!("  {}  {}  {}", e.revision, timefmt::format(e.time), describe(&e.payload));
+            }
+            true
+        })
+        .await?;
+    say(&format!("restarting coordinator {leader}; it catches up from the others"));
+    dev.restart(leader);
+    out!("try: switchyard migration list; switchyard events --guest web1 --from 1");
+    Ok(())
+}

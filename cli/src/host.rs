@@ -1,0 +1,98 @@
+//! `switchyard host register|list|show|maintenance`.
+
+use clap::Subcommand;
+use switchyard_protocol::api::{HostQuery, MaintenanceRequest, RegisterHostRequest};
+use switchyard_protocol::{HostState, Name};
+
+use crate::render::{hosts_table, more, to_json};
+use crate::{name, Ctx, Out, WriteOpts};
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// Register a VM host (a cluster node that runs guests).
+    Register {
+        /// The host's name, as its agent's token is bound to it.
+        #[arg(value_parser = name)]
+        name: Name,
+        /// Where the host's hypervisor is reached for live migrations (host:port).
+        #[arg(long)]
+        address: String,
+        /// vCPUs guests may use on this host.
+        #[arg(long)]
+        vcpus: u32,
+        /// Memory guests may use on this host, in MiB.
+        #[arg(long)]
+        memory_mib: u64,
+        /// Hardware family (an online move needs the same on both ends), e.g. ia64.
+        #[arg(long)]
+        hardware_family: String,
+        /// Hypervisor version (an online move needs the same on both ends), e.g. hpvm-6.1.
+        #[arg(long)]
+        hypervisor_version: String,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+    /// Hosts in name order, with state and sync status (one page; --after for the next).
+    List {
+        /// Only hosts in this state.
+        #[arg(long, value_parser = ["active", "maintenance", "unreachable"])]
+        state: Option<String>,
+        /// Start after this host name (the previous page's last).
+        #[arg(long, value_parser = name)]
+        after: Option<Name>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One host.
+    Show {
+        #[arg(value_parser = name)]
+        name: Name,
+    },
+    /// Put a host into maintenance (`on`: no new guests, no migration target) or take it out.
+    Maintenance {
+        #[arg(value_parser = name)]
+        name: Name,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+}
+
+pub async fn run(ctx: &Ctx, v: Verb) -> Out {
+    let (c, json) = (&ctx.client, ctx.json);
+    match v {
+        Verb::Register { name, address, vcpus, memory_mib, hardware_family, hypervisor_version, write } => {
+            let id = write.id()?;
+            let req = RegisterHostRequest {
+                name,
+                address,
+                vcpus,
+                memory_mib,
+                hardware_family,
+                hypervisor_version,
+                request_id: Some(id.clone()),
+            };
+            ctx.written(&id, c.register_host(&req).await)
+        }
+        Verb::List { state, after, limit } => {
+            let state = state.map(|s| match s.as_str() {
+                "maintenance" => HostState::Maintenance,
+                "unreachable" => HostState::Unreachable,
+                _ => HostState::Active,
+            });
+            let r = c.hosts(&HostQuery { stale: false, state, after, limit: Some(limit) }).await?;
+            Ok(if json { to_json(&r) } else { hosts_table(&r.items) + &more(r.next_after) })
+        }
+        Verb::Show { name } => {
+            let r = c.host(&name).await?;
+            Ok(if json { to_json(&r) } else { hosts_table(std::slice::from_ref(&r.items)) })
+        }
+        Verb::Maintenance { name, state, write } => {
+            let id = write.id()?;
+            let req = MaintenanceRequest { maintenance: state == "on", request_id: Some(id.clone()) };
+            ctx.written(&id, c.set_maintenance(&name, &req).await)
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! `GET /v1/events`: checks a subscription's parameters and the cluster it names, answers
+//! `compacted` for a start older than the retained history, and hands the stream to
+//! `feed.rs`, which ends it when the subscriber leaves or the node stops.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use switchyard_protocol::api::{ErrorBody, EventParams, StreamItem};
+use switchyard_protocol::Name;
+use tokio::sync::mpsc;
+
+use super::{query, ApiError, Q, S};
+use crate::feed::feed;
+use crate::stream::{frame, parse_kind, Filter, Format};
+
+/// Items buffered per subscriber before a slow reader holds the stream back.
+const QUEUE_ITEMS: usize = 256;
+
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventParams), responses((status = 200, description = "A stream of items: JSON lines (`application/x-ndjson`), or with `format=binary` big-endian u32-length-prefixed bincode frames", body = StreamItem, content_type = "application/x-ndjson"), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn subscribe(State(s): S, q: Q<EventParams>) -> Result<Response, ApiError> {
+    let p = query(q)?;
+    let name = |s: Option<String>| {
+        s.map(|s| Name::new(&s).map_err(|e| ApiError::BadRequest(format!("invalid name {s:?}: {e}")))).transpose()
+    };
+    let kinds = p.kind.map(|k| k.split(',').map(parse_kind).collect::<Result<Vec<_>, _>>()).transpose();
+    let filter = Filter { guest: name(p.guest)?, host: name(p.host)?, kinds: kinds.map_err(ApiError::BadRequest)? };
+    let (format, ctype) = match p.format.as_deref() {
+        None | Some("jsonl") => (Format::JsonLines, "application/x-ndjson"),
+        Some("binary") => (Format::Binary, "application/octet-stream"),
+        Some(f) => return Err(ApiError::BadRequest(format!("unknown format {f:?}; use jsonl or binary"))),
+    };
+    let progress = std::time::Duration::from_millis(p.progress_ms.unwrap_or(5000));
+    if !(100..=60_000).contains(&progress.as_millis()) {
+        return Err(ApiError::BadRequest("progress_ms must be within 100..=60000".into()));
+    }
+    let node = s.node.clone();
+    if node.is_stopping() {
+        return Err(ApiError::Unavailable("this coordinator is stopping; subscribe to another".into()));
+    }
+    if let Some(want) = &p.cluster {
+        let (have, importing) =
+            node.sm.read(|st| (st.identity().map(|i| i.id.0.clone()), st.importing().map(|i| i.through_revision)));
+        match (have, importing) {
+            (_, Some(through)) => {
+                return Err(ApiError::Unavailable(format!(
+                    "this cluster is being restored (imported through revision {through}); subscribe again once the restore completes"
+                )))
+            }
+            (Some(have), None) if have == *want => {}
+            (Some(have), None) => {
+                return Err(ApiError::ClusterMismatch(format!(
+                    "this is cluster {have}, not cluster {want}: re-read the full state (GET /v1/state) and subscribe from its revision"
+                )))
+            }
+            (None, None) => {
+                return Err(ApiError::Unavailable(format!(
+                    "this coordinator has not applied the identity of cluster {want} (yet); retry"
+                )))
+            }
+        }
+    }
+    let from = p.from.unwrap_or(1).max(1);
+    let history = node.sm.history();
+    let first_retained = history.bounds()?.map_or(1, |(first, _)| first);
+    if from < first_retained {
+        let snapshot_revision = node.sm.applied_meta().revision;
+        let item = StreamItem::Compacted { first_retained, snapshot_revision };
+        return Ok(([("content-type", ctype)], frame(format, &item)).into_response());
+    }
+    let (tx, rx) = mpsc::channel(QUEUE_ITEMS);
+    tokio::spawn(async move {
+        // A stop ends every stream at once, even one blocked on a slow reader.
+        tokio::select! {
+            _ = feed(node.clone(), filter, from, p.follow, progress, format, tx) => {}
+            _ = node.stopped() => {}
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Ok(([("content-type", ctype)], Body::from_stream(body)).into_response())
+}

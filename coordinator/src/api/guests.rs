@@ -1,0 +1,103 @@
+//! Guests: create, modify, remove, show (with where its definition is current), list.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use switchyard_protocol::api::*;
+use switchyard_protocol::{ClusterState, Guest};
+
+use super::hosts::host_views;
+use super::{body, name, page, query, read_simple, read_state, submit, unknown_guest, Api, ApiError, Caller, Q, S};
+
+fn guest_view(st: &ClusterState, g: &Guest) -> GuestView {
+    GuestView {
+        guest: g.clone(),
+        package: g.spec.package.as_ref().and_then(|p| st.package(p)).cloned(),
+        migration: st.in_flight(&g.name).cloned(),
+        hosts: Vec::new(),
+    }
+}
+
+/// Per host: does it hold `g`'s current configuration? (Leader only; empty elsewhere.)
+fn guest_on_hosts(s: &Api, st: &ClusterState, g: &Guest) -> Vec<GuestOnHost> {
+    host_views(s, st, st.hosts())
+        .into_iter()
+        .filter_map(|h| {
+            let sync = h.sync?;
+            let status = match sync.status {
+                SyncStatus::Lagging { .. } if sync.applied_revision.is_some_and(|r| r >= g.version) => {
+                    SyncStatus::InSync
+                }
+                other => other,
+            };
+            Some(GuestOnHost { host: h.host.spec.name, status })
+        })
+        .collect()
+}
+
+#[utoipa::path(get, path = "/v1/guests", tag = "guests", params(GuestQuery), responses((status = 200, description = "One page; `next_after` names the next", body = Read<Vec<GuestView>>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn list(State(s): S, q: Q<GuestQuery>) -> Result<Json<Read<Vec<GuestView>>>, ApiError> {
+    let q = query(q)?;
+    let mut next = None;
+    let mut answer = read_state(&s, q.stale, |st| {
+        let keep = |g: &&Guest| {
+            q.owner.as_ref().is_none_or(|o| g.owner == *o)
+                && q.package.as_ref().is_none_or(|p| g.spec.package.as_ref() == Some(p))
+        };
+        let (guests, more) = page(st.guests_after(q.after.as_ref()).filter(keep), q.limit, |g| &g.name)?;
+        next = more;
+        Ok(guests.into_iter().map(|g| guest_view(st, g)).collect())
+    })
+    .await?;
+    answer.0.next_after = next;
+    Ok(answer)
+}
+
+#[utoipa::path(get, path = "/v1/guests/{name}", tag = "guests", params(("name" = String, Path), ReadParams), responses((status = 200, body = Read<GuestView>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn show(
+    State(s): S,
+    Path(n): Path<String>,
+    q: Q<ReadParams>,
+) -> Result<Json<Read<GuestView>>, ApiError> {
+    let n = name(&n)?;
+    read_simple(&s, q, |st| {
+        let g = st.guest(&n).ok_or_else(|| unknown_guest(&n))?;
+        Ok(GuestView { hosts: guest_on_hosts(&s, st, g), ..guest_view(st, g) })
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/guests", tag = "guests", request_body = CreateGuestRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn create(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let r: CreateGuestRequest = body(&raw)?;
+    let rid = r.request_id.clone();
+    submit(&s, &c, rid.as_deref(), r).await
+}
+
+#[utoipa::path(patch, path = "/v1/guests/{name}", tag = "guests", params(("name" = String, Path)), request_body = ModifyGuestRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn modify(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let r: ModifyGuestRequest = body(&raw)?;
+    let rid = r.request_id.clone();
+    submit(&s, &c, rid.as_deref(), (name(&n)?, r)).await
+}
+
+#[utoipa::path(delete, path = "/v1/guests/{name}", tag = "guests", params(("name" = String, Path), RemoveGuestParams), responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn remove(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    q: Q<RemoveGuestParams>,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let p = query(q)?;
+    let rid = p.request_id.clone();
+    submit(&s, &c, rid.as_deref(), (name(&n)?, p)).await
+}

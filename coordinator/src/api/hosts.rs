@@ -1,0 +1,103 @@
+//! Hosts: register, list, show, maintenance, and agents' reports (held by the leader: only
+//! reachability transitions reach the log).
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use switchyard_protocol::api::*;
+use switchyard_protocol::{ClusterState, Host, Rejection};
+
+use super::{body, name, page, query, read_simple, read_state, submit, Api, ApiError, Caller, Q, S};
+use crate::config::Role;
+
+/// Host views with their sync status (known on the leader only).
+pub(super) fn host_views<'a>(s: &Api, st: &ClusterState, hosts: impl Iterator<Item = &'a Host>) -> Vec<HostView> {
+    let digest = s.node.is_leader().then(|| st.config_digest());
+    let timeout = Duration::from_millis(s.node.config.api.host_report_timeout_ms);
+    hosts
+        .map(|h| HostView {
+            host: h.clone(),
+            state: h.state(),
+            sync: digest.map(|d| s.node.liveness.sync(h, st, d, timeout)),
+        })
+        .collect()
+}
+
+/// An agent reports what it has applied. Only for its own host, and only to the leader (a
+/// follower forwards it).
+#[utoipa::path(post, path = "/v1/hosts/{name}/report", tag = "hosts", params(("name" = String, Path, description = "The agent's own host")), request_body = HostReport, responses((status = 200, body = ReportRecorded), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn report(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<ReportRecorded>, ApiError> {
+    let host = name(&n)?;
+    if c.role != Role::Agent || c.host.as_ref() != Some(&host) {
+        let bound = c.host.as_ref().map_or("no host".to_string(), |h| format!("host {h}"));
+        return Err(ApiError::Forbidden(format!("this token is bound to {bound} and may not report for host {host}")));
+    }
+    let r: HostReport = body(&raw)?;
+    if s.node.sm.read(|st| st.host(&host).is_none()) {
+        return Err(ApiError::Rejected(Rejection::UnknownHost { host }));
+    }
+    if !s.node.is_leader() {
+        return Err(s.node.not_leader().into());
+    }
+    s.node.liveness.record(&host, &r);
+    Ok(Json(ReportRecorded { recorded: host }))
+}
+
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", params(HostQuery), responses((status = 200, description = "One page; `next_after` names the next", body = Read<Vec<HostView>>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn list(State(s): S, q: Q<HostQuery>) -> Result<Json<Read<Vec<HostView>>>, ApiError> {
+    let q = query(q)?;
+    let mut next = None;
+    let mut answer = read_state(&s, q.stale, |st| {
+        let hosts = st.hosts_after(q.after.as_ref()).filter(|h| q.state.is_none_or(|want| h.state() == want));
+        let (hosts, more) = page(hosts, q.limit, |h| &h.spec.name)?;
+        next = more;
+        Ok(host_views(&s, st, hosts.into_iter()))
+    })
+    .await?;
+    answer.0.next_after = next;
+    Ok(answer)
+}
+
+#[utoipa::path(get, path = "/v1/hosts/{name}", tag = "hosts", params(("name" = String, Path), ReadParams), responses((status = 200, body = Read<HostView>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn show(
+    State(s): S,
+    Path(n): Path<String>,
+    q: Q<ReadParams>,
+) -> Result<Json<Read<HostView>>, ApiError> {
+    let n = name(&n)?;
+    read_simple(&s, q, |st| {
+        let h = st.host(&n).ok_or(ApiError::Rejected(Rejection::UnknownHost { host: n.clone() }))?;
+        Ok(host_views(&s, st, std::iter::once(h)).remove(0))
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/hosts", tag = "hosts", request_body = RegisterHostRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn register(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let r: RegisterHostRequest = body(&raw)?;
+    let rid = r.request_id.clone();
+    submit(&s, &c, rid.as_deref(), r).await
+}
+
+#[utoipa::path(post, path = "/v1/hosts/{name}/maintenance", tag = "hosts", params(("name" = String, Path)), request_body = MaintenanceRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn set_maintenance(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let r: MaintenanceRequest = body(&raw)?;
+    let rid = r.request_id.clone();
+    submit(&s, &c, rid.as_deref(), (name(&n)?, r)).await
+}

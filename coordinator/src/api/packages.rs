@@ -1,0 +1,49 @@
+//! Packages: list (filtered to the unprotected ones on request), show, switching.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use switchyard_protocol::api::*;
+use switchyard_protocol::{Package, Rejection};
+
+use super::{body, name, page, query, read_simple, read_state, submit, ApiError, Caller, Q, S};
+
+#[utoipa::path(get, path = "/v1/packages", tag = "packages", params(PackageQuery), responses((status = 200, description = "One page; `next_after` names the next", body = Read<Vec<Package>>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn list(State(s): S, q: Q<PackageQuery>) -> Result<Json<Read<Vec<Package>>>, ApiError> {
+    let q = query(q)?;
+    let mut next = None;
+    let mut answer = read_state(&s, q.stale, |st| {
+        let packages = st.packages_after(q.after.as_ref()).filter(|p| !q.unprotected || !p.switching_enabled);
+        let (packages, more) = page(packages, q.limit, |p| &p.name)?;
+        next = more;
+        Ok(packages.into_iter().cloned().collect())
+    })
+    .await?;
+    answer.0.next_after = next;
+    Ok(answer)
+}
+
+#[utoipa::path(get, path = "/v1/packages/{name}", tag = "packages", params(("name" = String, Path), ReadParams), responses((status = 200, body = Read<Package>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn show(
+    State(s): S,
+    Path(n): Path<String>,
+    q: Q<ReadParams>,
+) -> Result<Json<Read<Package>>, ApiError> {
+    let n = name(&n)?;
+    read_simple(&s, q, |st| {
+        st.package(&n).cloned().ok_or(ApiError::Rejected(Rejection::UnknownPackage { package: n.clone() }))
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/packages/{name}/switching", tag = "packages", params(("name" = String, Path)), request_body = SwitchingRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn set_switching(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let r: SwitchingRequest = body(&raw)?;
+    let rid = r.request_id.clone();
+    submit(&s, &c, rid.as_deref(), (name(&n)?, r)).await
+}

@@ -1,0 +1,72 @@
+//! The migration driver's loop: on the leader, takes every in-flight migration's next step as
+//! [`crate::migration::next_step`] decides it, and proposes it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use switchyard_protocol::Migration;
+
+use crate::migration::{command_for, next_step, Step};
+use crate::node::Node;
+
+/// Runs until the process stops; acts only while this coordinator leads.
+pub async fn run(s: Arc<Node>) {
+    let mut revision = s.sm.watch_revision();
+    let mut metrics = s.raft.metrics();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            r = revision.changed() => if r.is_err() { return },
+            m = metrics.changed() => if m.is_err() { return },
+            _ = s.reports.arrived.notified() => {}
+        }
+        wait = Duration::from_millis(1000);
+        if metrics.borrow().state != ServerState::Leader {
+            s.sm.read(|st| s.reports.retain(|id| st.migration(id).is_some_and(|m| !m.phase.is_terminal())));
+            continue;
+        }
+        // While a restore imports history, every step would be refused: wait for its end.
+        if s.sm.read(|st| st.importing().is_some()) {
+            continue;
+        }
+        let now = s.clock().now();
+        let steps: Vec<(Migration, Step)> = s.sm.read(|st| {
+            s.reports.retain(|id| st.migration(id).is_some_and(|m| !m.phase.is_terminal()));
+            st.in_flight_migrations()
+                .map(|m| {
+                    let reports = s.reports.get(m.id, m.current().token());
+                    (m.clone(), next_step(m, st, reports.as_ref(), now, &s.config.migration))
+                })
+                .collect()
+        });
+        for (m, step) in steps {
+            if let Step::Wait(d) = step {
+                wait = wait.min(d.max(Duration::from_millis(10)));
+                continue;
+            }
+            let Some((request_id, command)) = command_for(&m, &step) else { continue };
+            match s.propose(request_id, format!("driver:{}", s.id), command).await {
+                Ok(r) => match r {
+                    Ok(_) => match &step {
+                        Step::Fail(e) => {
+                            tracing::warn!(migration = %m.id, guest = %m.guest, error = %e, "migration failed")
+                        }
+                        Step::Advance { to, .. } => {
+                            tracing::info!(migration = %m.id, guest = %m.guest, from = %m.phase, to = %to, "migration advanced")
+                        }
+                        Step::Wait(_) => {}
+                    },
+                    // Someone moved it first (an abort, or this step already applied).
+                    Err(r) => tracing::debug!(migration = %m.id, %r, "migration step refused"),
+                },
+                Err(e) => {
+                    tracing::debug!(migration = %m.id, %e, "migration step not committed; will retry");
+                    break;
+                }
+            }
+            wait = Duration::from_millis(10);
+        }
+    }
+}

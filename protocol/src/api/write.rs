@@ -1,0 +1,167 @@
+//! Writes: request ids, and what each write request asks the state machine to do.
+//!
+//! One home for turning an API request into a [`Command`], so the coordinator's handlers stay a
+//! few lines each (parse, convert, propose) and the CLI, the tests and the server agree on what a
+//! request means. Conversions that can fail say why in words an operator can act on; every rule
+//! that needs the cluster's state is checked again by `apply` when the command commits.
+
+use super::*;
+use crate::command::{Command, GuestPatch};
+use crate::model::{CompatProfile, GuestSpec, HostSpec, MigrationKind, RequestId, Resources};
+
+/// A request id as clients send it: 1 to 32 hex digits.
+pub fn parse_request_id(s: &str) -> Result<RequestId, String> {
+    if s.is_empty() || s.len() > 32 {
+        return Err(format!("request_id {s:?} is not 1 to 32 hex digits"));
+    }
+    u128::from_str_radix(s, 16).map(RequestId).map_err(|_| format!("request_id {s:?} is not 1 to 32 hex digits"))
+}
+
+/// Every write request carries an optional request id: the idempotency key that makes a retry
+/// safe. A client that leaves it empty gets one chosen by the coordinator, and cannot retry.
+pub trait WriteRequest {
+    fn request_id(&self) -> Option<&str>;
+    fn set_request_id(&mut self, id: String);
+}
+
+macro_rules! write_request {
+    ($($t:ty),* $(,)?) => {$(
+        impl WriteRequest for $t {
+            fn request_id(&self) -> Option<&str> {
+                self.request_id.as_deref()
+            }
+            fn set_request_id(&mut self, id: String) {
+                self.request_id = Some(id);
+            }
+        }
+    )*};
+}
+
+write_request!(
+    RegisterHostRequest,
+    MaintenanceRequest,
+    CreateGuestRequest,
+    ModifyGuestRequest,
+    RemoveGuestParams,
+    SwitchingRequest,
+    MigrateRequest,
+    AbortRequest,
+    IdentityRequest,
+    ImportRequest,
+);
+
+/// A request that cannot become a command, whatever the cluster's state.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRequest(pub String);
+
+impl From<RegisterHostRequest> for Command {
+    fn from(r: RegisterHostRequest) -> Command {
+        Command::RegisterHost(HostSpec {
+            name: r.name,
+            address: r.address,
+            capacity: Resources { vcpus: r.vcpus, memory_mib: r.memory_mib },
+            profile: CompatProfile { hardware_family: r.hardware_family, hypervisor_version: r.hypervisor_version },
+        })
+    }
+}
+
+impl From<(Name, MaintenanceRequest)> for Command {
+    fn from((host, r): (Name, MaintenanceRequest)) -> Command {
+        Command::SetHostMaintenance { host, maintenance: r.maintenance }
+    }
+}
+
+impl From<CreateGuestRequest> for Command {
+    fn from(r: CreateGuestRequest) -> Command {
+        let spec = GuestSpec {
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            disks: r.disks,
+            networks: r.networks,
+            online_migration: r.online_migration,
+            cluster_node: r.cluster_node,
+            package: r.package,
+        };
+        Command::CreateGuest { name: r.name, spec, owner: r.owner, run_state: r.run_state }
+    }
+}
+
+impl TryFrom<(Name, ModifyGuestRequest)> for Command {
+    type Error = InvalidRequest;
+
+    fn try_from((name, r): (Name, ModifyGuestRequest)) -> Result<Command, InvalidRequest> {
+        if r.remove_package && r.package.is_some() {
+            return Err(InvalidRequest("package and remove_package exclude each other".into()));
+        }
+        let patch = GuestPatch {
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            disks: r.disks,
+            networks: r.networks,
+            online_migration: r.online_migration,
+            cluster_node: r.cluster_node,
+            package: if r.remove_package { Some(None) } else { r.package.map(Some) },
+            run_state: r.run_state,
+        };
+        Ok(Command::ModifyGuest { name, patch, expect_version: r.expect_version })
+    }
+}
+
+impl From<(Name, RemoveGuestParams)> for Command {
+    fn from((name, r): (Name, RemoveGuestParams)) -> Command {
+        Command::RemoveGuest { name, expect_version: r.expect_version }
+    }
+}
+
+impl From<(Name, SwitchingRequest)> for Command {
+    fn from((package, r): (Name, SwitchingRequest)) -> Command {
+        Command::SetPackageSwitching { package, node: r.node, enabled: r.enabled, reason: r.reason }
+    }
+}
+
+impl MigrateRequest {
+    /// The command, with the source the proposer read from its state (where the guest runs now;
+    /// `apply` refuses it if that is no longer true when the request commits).
+    pub fn into_command(self, source: Name) -> Command {
+        let kind = if self.offline { MigrationKind::Offline } else { MigrationKind::Online };
+        Command::RequestMigration { guest: self.guest, source, target: self.target, kind, reason: self.reason }
+    }
+}
+
+impl From<(MigrationId, AbortRequest)> for Command {
+    fn from((id, r): (MigrationId, AbortRequest)) -> Command {
+        Command::AbortMigration { id, reason: r.reason }
+    }
+}
+
+impl From<ImportRequest> for Command {
+    fn from(r: ImportRequest) -> Command {
+        Command::ImportEvents { cluster: r.cluster, chain: r.chain, events: r.events }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_one_to_32_hex_digits() {
+        assert_eq!(parse_request_id("1"), Ok(RequestId(1)));
+        assert_eq!(parse_request_id(&"f".repeat(32)), Ok(RequestId(u128::MAX)));
+        for bad in ["", "x1", &"1".repeat(33), "-1", " 1"] {
+            assert!(parse_request_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn modify_refuses_a_package_and_its_removal_together() {
+        let g = Name::new("g1").unwrap();
+        let both =
+            ModifyGuestRequest { package: Some(Name::new("p").unwrap()), remove_package: true, ..Default::default() };
+        assert!(Command::try_from((g.clone(), both)).is_err());
+        let remove = ModifyGuestRequest { remove_package: true, ..Default::default() };
+        let Command::ModifyGuest { patch, .. } = Command::try_from((g, remove)).unwrap() else { panic!() };
+        assert_eq!(patch.package, Some(None));
+    }
+}

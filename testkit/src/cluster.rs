@@ -1,0 +1,615 @@
+//! A cluster of real coordinator and agent processes in one folder.
+//!
+//! Configs are the daemons' own types ([`Config`], [`AgentConfig`]) written with serde, so a
+//! setting renamed in a daemon cannot silently go missing here; requests go through the typed
+//! client.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use switchyard_agent::daemon::AgentConfig;
+use switchyard_agent::driver::DriverConfig;
+use switchyard_client::Client;
+use switchyard_coordinator::config::{
+    ApiConfig, Config, HistoryConfig, MigrationConfig, RaftConfig, Role, TokenConfig,
+};
+use switchyard_protocol::api::{InitRequest, MemberSpec, NodeStatus, RegisterHostRequest};
+use switchyard_protocol::Name;
+
+use crate::proc::{sibling_binary, Proc};
+use crate::{eventually, wait_for};
+
+/// The programs a cluster runs.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub coordinator: PathBuf,
+    pub agent: PathBuf,
+    /// The `switchyard` CLI, for [`Cluster::cli`].
+    pub cli: Option<PathBuf>,
+}
+
+impl Binaries {
+    /// The programs next to this executable (or named by `SWITCHYARD_<NAME>_BIN`).
+    pub fn siblings() -> anyhow::Result<Binaries> {
+        Ok(Binaries {
+            coordinator: sibling_binary("switchyard-coordinator")?,
+            agent: sibling_binary("switchyard-agent")?,
+            cli: sibling_binary("switchyard").ok(),
+        })
+    }
+}
+
+/// The cluster secret and the tokens of every role.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Secrets {
+    pub cluster_secret: String,
+    pub admin_token: String,
+    pub operator_token: String,
+    /// host name → agent token
+    #[serde(default)]
+    pub agent_tokens: BTreeMap<String, String>,
+}
+
+/// 128 random bits as 32 hex digits.
+pub fn random_secret() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl Secrets {
+    /// Fresh random secrets, with agent tokens for `hosts`.
+    pub fn random(hosts: &[&str]) -> Secrets {
+        Secrets {
+            cluster_secret: random_secret(),
+            admin_token: random_secret(),
+            operator_token: random_secret(),
+            agent_tokens: hosts.iter().map(|h| (h.to_string(), random_secret())).collect(),
+        }
+    }
+
+    /// The tokens every coordinator accepts, as its config lists them.
+    fn tokens(&self) -> Vec<TokenConfig> {
+        let mut t = vec![
+            TokenConfig { token: self.admin_token.clone(), role: Role::Admin, host: None, name: Some("admin".into()) },
+            TokenConfig { token: self.operator_token.clone(), role: Role::Operator, host: None, name: None },
+        ];
+        for (h, token) in &self.agent_tokens {
+            let host = Name::new(h).expect("agent host names are valid");
+            t.push(TokenConfig { token: token.clone(), role: Role::Agent, host: Some(host), name: None });
+        }
+        t
+    }
+}
+
+/// What differs between clusters: the coordinators' settings, the simulated hypervisor's
+/// timing, the agents' report interval, the processes' log filter.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub raft: RaftConfig,
+    pub api: ApiConfig,
+    pub history: HistoryConfig,
+    pub migration: MigrationConfig,
+    /// How long the simulated hypervisor takes to move a guest.
+    pub sim_transfer_ms: u64,
+    pub sim_freeze_ms: u64,
+    pub report_interval_ms: u64,
+    /// `RUST_LOG` of every process (unless the environment sets one).
+    pub rust_log: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            raft: RaftConfig::default(),
+            api: ApiConfig::default(),
+            history: HistoryConfig::default(),
+            migration: MigrationConfig::default(),
+            sim_transfer_ms: 3000,
+            sim_freeze_ms: 120,
+            report_interval_ms: 1000,
+            rust_log: "info,openraft=warn".into(),
+        }
+    }
+}
+
+/// One coordinator process.
+pub struct NodeProc {
+    pub id: u64,
+    pub raft_addr: String,
+    pub api_addr: String,
+    /// Its folder: `coordinator.toml`, `coordinator.log`, `data/`.
+    pub dir: PathBuf,
+    pub proc: Proc,
+}
+
+/// One agent process.
+pub struct AgentProc {
+    pub host: String,
+    /// Its folder: `agent.toml`, `agent.log`, `data/`.
+    pub dir: PathBuf,
+    pub proc: Proc,
+}
+
+/// A port nothing listens on, never the same twice in this process: tests of one binary run
+/// in parallel, each starting clusters, and the kernel may hand a port just released to the
+/// next `bind(0)` — two clusters then shared a node's address, and one test initialized the
+/// other's cluster.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("addr").port();
+        if GIVEN.lock().expect("port set lock").insert(port) {
+            return port;
+        }
+    }
+}
+
+/// Two free loopback addresses: (Raft, API).
+pub fn free_addrs() -> (SocketAddr, SocketAddr) {
+    (SocketAddr::from(([127, 0, 0, 1], free_port())), SocketAddr::from(([127, 0, 0, 1], free_port())))
+}
+
+pub struct Cluster {
+    dir: PathBuf,
+    pub secrets: Secrets,
+    pub binaries: Binaries,
+    pub settings: Settings,
+    pub nodes: Vec<NodeProc>,
+    /// Agents the cluster itself runs (`switchyard dev`, the benchmark); tests may also hold
+    /// their own [`AgentProc`]s.
+    pub agents: Vec<AgentProc>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// A cluster with no node yet, in `dir` (created), or in a temporary folder removed when the
+    /// cluster is dropped. Set `SWITCHYARD_KEEP_TEST_DIRS=1` to keep a temporary folder (its
+    /// path is printed) with the data and logs of every process.
+    pub fn new(
+        dir: Option<&Path>,
+        binaries: Binaries,
+        secrets: Secrets,
+        settings: Settings,
+    ) -> anyhow::Result<Cluster> {
+        let (dir, tmp) = match dir {
+            Some(d) => (d.to_path_buf(), None),
+            None => {
+                let mut tmp = tempfile::tempdir().context("create a temporary folder")?;
+                if std::env::var_os("SWITCHYARD_KEEP_TEST_DIRS").is_some() {
+                    tmp.disable_cleanup(true);
+                    eprintln!("keeping test data and logs in {}", tmp.path().display());
+                }
+                (tmp.path().to_path_buf(), Some(tmp))
+            }
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(Cluster { dir, secrets, binaries, settings, nodes: Vec::new(), agents: Vec::new(), _tmp: tmp })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes the config of coordinator `id` listening on `addrs` (Raft, API); not started.
+    pub fn add_node(&mut self, id: u64, (raft, api): (SocketAddr, SocketAddr)) -> anyhow::Result<&mut NodeProc> {
+        let dir = self.dir.join(format!("node{id}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let config = Config {
+            node_id: id,
+            data_dir: dir.join("data"),
+            raft_listen: raft,
+            api_listen: api,
+            raft_advertise: None,
+            api_advertise: None,
+            cluster_secret: self.secrets.cluster_secret.clone(),
+            tokens: self.secrets.tokens(),
+            raft: self.settings.raft.clone(),
+            api: self.settings.api.clone(),
+            history: self.settings.history.clone(),
+            migration: self.settings.migration.clone(),
+        };
+        config.validate()?;
+        let path = dir.join("coordinator.toml");
+        write_toml(&path, &config)?;
+        let args = vec!["--config".to_string(), path.display().to_string()];
+        let proc = Proc::new(
+            format!("coordinator {id}"),
+            self.binaries.coordinator.clone(),
+            args,
+            dir.join("coordinator.log"),
+            &self.settings.rust_log,
+        );
+        self.nodes.push(NodeProc { id, raft_addr: raft.to_string(), api_addr: api.to_string(), dir, proc });
+        Ok(self.nodes.last_mut().expect("just pushed"))
+    }
+
+    /// Creates coordinator `id` on free ports and starts it (not yet a member).
+    pub fn spawn_new_node(&mut self, id: u64) -> &NodeProc {
+        let n = self.add_node(id, free_addrs()).expect("configure a coordinator");
+        n.proc.start().expect("start a coordinator");
+        n
+    }
+
+    /// Starts every coordinator that is not running.
+    pub fn start_nodes(&mut self) -> anyhow::Result<()> {
+        for n in &mut self.nodes {
+            if !n.proc.running() {
+                n.proc.start()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `n` coordinators on free ports, bootstraps the cluster on node 1 and adds the
+    /// others as voters (learners first, as an operator would).
+    pub async fn start(&mut self, n: u64) -> anyhow::Result<()> {
+        for id in 1..=n {
+            self.spawn_new_node(id);
+        }
+        self.bootstrap().await
+    }
+
+    /// Initializes the cluster on node 1 and adds every other configured node as a voter.
+    /// Answers `conflict`-free on a cluster that was initialized before (a restarted dev folder).
+    pub async fn bootstrap(&self) -> anyhow::Result<()> {
+        let first = self.client(&[self.nodes[0].id]);
+        wait_for("coordinator 1 to answer", Duration::from_secs(30), || async { first.node_status().await.ok() })
+            .await?;
+        match first.init(&InitRequest::default()).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("conflict") => return Ok(()),
+            Err(e) => return Err(e).context("initialize the cluster"),
+        }
+        let first_id = self.nodes[0].id;
+        self.leader_among(&[first_id]).await?;
+        for n in self.nodes.iter().skip(1) {
+            self.add_voter(n.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Initializes the cluster with every node at once and no identity, ready for
+    /// `switchyard log restore`.
+    pub async fn bootstrap_for_restore(&self) -> anyhow::Result<()> {
+        let first = self.client(&[self.nodes[0].id]);
+        wait_for("coordinator 1 to answer", Duration::from_secs(30), || async { first.node_status().await.ok() })
+            .await?;
+        let members = self
+            .nodes
+            .iter()
+            .map(|n| MemberSpec { id: n.id, raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() })
+            .collect();
+        first
+            .init(&InitRequest { members, for_restore: true })
+            .await
+            .context("initialize the cluster for a restore")?;
+        Ok(())
+    }
+
+    /// Adds coordinator `id` as a voter, retrying until it has caught up and joined.
+    pub async fn add_voter(&self, id: u64) -> anyhow::Result<()> {
+        let n = self.node(id);
+        let spec = MemberSpec { id, raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() };
+        let admin = self.client(&self.alive_ids());
+        wait_for(&format!("node {id} to join"), Duration::from_secs(30), || async {
+            match admin.add_node(&spec).await {
+                Ok(_) => Some(()),
+                Err(e) => {
+                    eprintln!("add node {id}: {e}");
+                    None
+                }
+            }
+        })
+        .await
+    }
+
+    /// Registers hosts (skipping those registered before), riding out leader changes.
+    pub async fn register_hosts(&self, hosts: &[RegisterHostRequest]) -> anyhow::Result<()> {
+        let admin = self.admin(Duration::from_secs(10)).retrying_writes(Duration::from_secs(60));
+        for h in hosts {
+            match admin.register_host(h).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("host_exists") => {}
+                Err(e) => return Err(e).with_context(|| format!("register host {}", h.name)),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Ids of the coordinators that run.
+    pub fn alive_ids(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.proc.pid().is_some()).map(|n| n.id).collect()
+    }
+
+    /// Every coordinator's API address, in node order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.api_addr.clone()).collect()
+    }
+
+    /// The API address of coordinator `id`.
+    pub fn endpoint(&self, id: u64) -> String {
+        self.node(id).api_addr.clone()
+    }
+
+    /// Coordinator `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.node(id).dir.join("data")
+    }
+
+    /// An admin client over the API endpoints of `ids`.
+    pub fn client(&self, ids: &[u64]) -> Client {
+        self.client_for(ids, &self.secrets.admin_token)
+    }
+
+    pub fn client_for(&self, ids: &[u64], token: &str) -> Client {
+        let eps = ids.iter().map(|id| self.node(*id).api_addr.clone()).collect();
+        Client::new(eps, token.to_string(), Duration::from_secs(10))
+    }
+
+    /// An admin client over every coordinator.
+    pub fn admin(&self, timeout: Duration) -> Client {
+        Client::new(self.endpoints(), self.secrets.admin_token.clone(), timeout)
+    }
+
+    /// SIGKILL coordinator `id`, as a machine loss would.
+    pub fn kill(&mut self, id: u64) {
+        self.node_mut(id).proc.kill();
+    }
+
+    /// Stops coordinator `id` gracefully (SIGTERM) and waits up to `grace` for it to exit:
+    /// answers its exit status and whether it exited within `grace` (SIGKILL after that).
+    pub fn terminate_within(&mut self, id: u64, grace: Duration) -> (std::process::ExitStatus, bool) {
+        self.node_mut(id).proc.terminate(grace).expect("node is running")
+    }
+
+    /// Stops coordinator `id` gracefully (SIGTERM) and returns its exit status.
+    pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        self.terminate_within(id, Duration::from_secs(60)).0
+    }
+
+    /// Restarts a stopped coordinator on the same ports and data directory (panics on error:
+    /// for tests).
+    pub fn restart(&mut self, id: u64) {
+        self.start_node(id).unwrap_or_else(|e| panic!("restart coordinator {id}: {e:#}"));
+    }
+
+    /// Starts a stopped coordinator on the same ports and data directory.
+    pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.node_mut(id).proc.start()
+    }
+
+    /// Deletes a stopped node's data directory: restarted, it is a brand-new coordinator on the
+    /// same addresses (what replacing a lost machine looks like to agents).
+    pub fn wipe(&mut self, id: u64) {
+        let n = self.node(id);
+        assert!(n.proc.pid().is_none(), "node {id} is running");
+        std::fs::remove_dir_all(n.dir.join("data")).expect("remove the data directory");
+    }
+
+    pub async fn status(&self, id: u64) -> Option<NodeStatus> {
+        self.client(&[id]).node_status().await.ok()
+    }
+
+    /// Waits until the given nodes all answer and agree on one leader among them (panics after
+    /// 30 s: for tests).
+    pub async fn wait_leader(&self, among: &[u64]) -> u64 {
+        self.leader_among(among).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Waits until the given nodes all answer and agree on one leader among them.
+    pub async fn leader_among(&self, among: &[u64]) -> anyhow::Result<u64> {
+        wait_for(&format!("a leader among {among:?}"), Duration::from_secs(30), || async {
+            let mut leader = None;
+            for id in among {
+                let st = self.status(*id).await?;
+                let l = st.leader?;
+                if !among.contains(&l) || leader.is_some_and(|x| x != l) {
+                    return None;
+                }
+                leader = Some(l);
+            }
+            let l = leader?;
+            (self.status(l).await?.role == "leader").then_some(l)
+        })
+        .await
+    }
+
+    /// Waits until node `id` has applied at least `revision`.
+    pub async fn wait_revision(&self, id: u64, revision: u64) -> NodeStatus {
+        eventually(&format!("node {id} to reach revision {revision}"), Duration::from_secs(60), || async {
+            self.status(id).await.filter(|s| s.revision >= revision)
+        })
+        .await
+    }
+
+    /// Runs the CLI against the given nodes with a token; answers (exit code, stdout, stderr).
+    pub fn cli(&self, ids: &[u64], token: &str, args: &[&str]) -> (i32, String, String) {
+        let eps: Vec<String> = ids.iter().map(|id| self.node(*id).api_addr.clone()).collect();
+        let program = self.binaries.cli.as_ref().expect("this cluster was given no CLI binary");
+        let out = Command::new(program)
+            .args(args)
+            .env("SWITCHYARD_ENDPOINTS", eps.join(","))
+            .env("SWITCHYARD_TOKEN", token)
+            .output()
+            .expect("run cli");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    /// The state directory shared by the agents' simulated hypervisors.
+    pub fn sim_dir(&self) -> PathBuf {
+        self.dir.join("simulated-hypervisor")
+    }
+
+    /// Starts an agent for `host` (token from [`Secrets::agent_tokens`]) with the endpoints of
+    /// the coordinators `ids`, on the simulated hypervisor.
+    pub fn start_agent(&self, host: &str, ids: &[u64]) -> anyhow::Result<AgentProc> {
+        let token = self.secrets.agent_tokens.get(host).with_context(|| format!("no agent token for {host}"))?;
+        AgentProc::configure(self, host, token, ids).and_then(|mut a| a.proc.start().map(|()| a))
+    }
+
+    /// Starts (again) the cluster's own agents, one per host of [`Secrets::agent_tokens`].
+    pub fn start_agents(&mut self) -> anyhow::Result<()> {
+        if self.agents.is_empty() {
+            let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+            let hosts: Vec<String> = self.secrets.agent_tokens.keys().cloned().collect();
+            for h in hosts {
+                let token = self.secrets.agent_tokens[&h].clone();
+                let a = AgentProc::configure(self, &h, &token, &ids)?;
+                self.agents.push(a);
+            }
+        }
+        for a in &mut self.agents {
+            if !a.proc.running() {
+                a.proc.start()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the cluster's own agents gracefully; started again, they resume from their cursors.
+    pub fn stop_agents(&mut self) {
+        for a in &mut self.agents {
+            a.proc.terminate(Duration::from_secs(10));
+        }
+    }
+
+    /// Stops every process gracefully (agents first).
+    pub fn stop_all(&mut self) {
+        self.stop_agents();
+        for n in &mut self.nodes {
+            n.proc.terminate(Duration::from_secs(10));
+        }
+    }
+
+    /// SIGKILLs every coordinator, so their data directories can be inspected.
+    pub fn kill_all(&mut self) {
+        for n in &mut self.nodes {
+            n.proc.kill();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            a.proc.kill();
+        }
+        self.kill_all();
+    }
+}
+
+impl AgentProc {
+    /// Writes the agent's config (endpoints of the coordinators `ids`); not started.
+    pub fn configure(cluster: &Cluster, host: &str, token: &str, ids: &[u64]) -> anyhow::Result<AgentProc> {
+        let dir = cluster.dir.join(format!("agent-{host}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let config = AgentConfig {
+            host: Name::new(host).context("agent host name")?,
+            endpoints: ids.iter().map(|id| cluster.node(*id).api_addr.clone()).collect(),
+            token: token.to_string(),
+            data_dir: dir.join("data"),
+            report_interval_ms: cluster.settings.report_interval_ms,
+            driver: DriverConfig::Simulated {
+                state_dir: cluster.sim_dir(),
+                transfer_ms: cluster.settings.sim_transfer_ms,
+                freeze_ms: cluster.settings.sim_freeze_ms,
+            },
+        };
+        let path = dir.join("agent.toml");
+        write_toml(&path, &config)?;
+        let args = vec!["--config".to_string(), path.display().to_string()];
+        let proc =
+            Proc::new(format!("agent {host}"), cluster.binaries.agent.clone(), args, dir.join("agent.log"), "info");
+        Ok(AgentProc { host: host.into(), dir, proc })
+    }
+
+    /// Writes the agent's config and starts it.
+    pub fn start(cluster: &Cluster, host: &str, token: &str, ids: &[u64]) -> AgentProc {
+        let mut a = AgentProc::configure(cluster, host, token, ids).expect("configure an agent");
+        a.proc.start().expect("start an agent");
+        a
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.proc.pid().is_none(), "agent {} is running", self.host);
+        self.proc.start().expect("restart an agent");
+    }
+
+    /// Whether the process is still running (false once it exited on its own).
+    pub fn running(&mut self) -> bool {
+        self.proc.running()
+    }
+
+    /// SIGSTOP: the process stays, frozen (its connections stay open), until `resume`.
+    pub fn pause(&self) {
+        self.proc.pause();
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.proc.resume();
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// The guests this agent has applied, read from its files, with its cursor.
+    pub fn applied(&self) -> (u64, Vec<switchyard_protocol::Guest>) {
+        let data = self.dir.join("data");
+        let cursor = std::fs::read_to_string(data.join("cursor")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let mut guests = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(data.join("guests")) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "json") {
+                    // A damaged file (set aside by the agent when it starts, so it may be gone
+                    // by now) is left out: the applied state differs from the cluster's until
+                    // the agent has repaired it.
+                    let Ok(bytes) = std::fs::read(e.path()) else { continue };
+                    if let Ok(g) = serde_json::from_slice(&bytes) {
+                        guests.push(g);
+                    }
+                }
+            }
+        }
+        guests.sort_by(|a: &switchyard_protocol::Guest, b| a.name.cmp(&b.name));
+        (cursor, guests)
+    }
+}
+
+/// A host with room for any test workload.
+pub fn big_host(name: &str, address: &str) -> RegisterHostRequest {
+    RegisterHostRequest {
+        name: Name::new(name).expect("a valid host name"),
+        address: address.into(),
+        vcpus: 4096,
+        memory_mib: 1_048_576,
+        hardware_family: "ia64".into(),
+        hypervisor_version: "hpvm-6.1".into(),
+        request_id: None,
+    }
+}
+
+/// Writes `value` as TOML to `path`.
+pub fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let text = toml::to_string(value).with_context(|| format!("encode {}", path.display()))?;
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}
