@@ -23,9 +23,59 @@ impl fmt::Debug for Timestamp {
 }
 
 /// A client-chosen id that makes a write idempotent: the state machine applies a request id once.
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// In JSON it is 32 hex digits, as clients send it (a 128-bit number is beyond what JSON readers
+/// such as JavaScript or jq hold exactly); in the binary codec it stays a `u128`. JSON written
+/// before accepted a number, which is still read.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, example = "0000000000000000000000000000002a"))]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u128);
+
+impl RequestId {
+    /// 1 to 32 hex digits (and nothing else: no sign, no spaces).
+    pub fn parse_hex(s: &str) -> Option<RequestId> {
+        if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u128::from_str_radix(s, 16).ok().map(RequestId)
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_u128(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RequestId, D::Error> {
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = RequestId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a request id: 1 to 32 hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RequestId, E> {
+                RequestId::parse_hex(v).ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RequestId, E> {
+                Ok(RequestId(v.into()))
+            }
+            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<RequestId, E> {
+                Ok(RequestId(v))
+            }
+        }
+        if d.is_human_readable() {
+            d.deserialize_any(Hex)
+        } else {
+            u128::deserialize(d).map(RequestId)
+        }
+    }
+}
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

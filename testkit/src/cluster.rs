@@ -48,10 +48,17 @@ impl Binaries {
 pub struct Secrets {
     pub cluster_secret: String,
     pub admin_token: String,
+    /// The admin token's name: the actor recorded with every change it makes.
+    #[serde(default = "dev_admin")]
+    pub admin_name: String,
     pub operator_token: String,
     /// host name → agent token
     #[serde(default)]
     pub agent_tokens: BTreeMap<String, String>,
+}
+
+fn dev_admin() -> String {
+    "dev-admin".into()
 }
 
 /// 128 random bits as 32 hex digits.
@@ -60,11 +67,12 @@ pub fn random_secret() -> String {
 }
 
 impl Secrets {
-    /// Fresh random secrets, with agent tokens for `hosts`.
-    pub fn random(hosts: &[&str]) -> Secrets {
+    /// Fresh random secrets, with agent tokens for `hosts`; the admin acts as `admin_name`.
+    pub fn random(admin_name: &str, hosts: &[&str]) -> Secrets {
         Secrets {
             cluster_secret: random_secret(),
             admin_token: random_secret(),
+            admin_name: admin_name.into(),
             operator_token: random_secret(),
             agent_tokens: hosts.iter().map(|h| (h.to_string(), random_secret())).collect(),
         }
@@ -73,7 +81,12 @@ impl Secrets {
     /// The tokens every coordinator accepts, as its config lists them.
     fn tokens(&self) -> Vec<TokenConfig> {
         let mut t = vec![
-            TokenConfig { token: self.admin_token.clone(), role: Role::Admin, host: None, name: Some("admin".into()) },
+            TokenConfig {
+                token: self.admin_token.clone(),
+                role: Role::Admin,
+                host: None,
+                name: Some(self.admin_name.clone()),
+            },
             TokenConfig { token: self.operator_token.clone(), role: Role::Operator, host: None, name: None },
         ];
         for (h, token) in &self.agent_tokens {

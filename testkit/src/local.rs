@@ -65,7 +65,7 @@ pub fn open(dir: &Path, base_port: u16, settings: Settings) -> anyhow::Result<Cl
                 (id.to_string(), addrs)
             })
             .collect();
-        DevState { secrets: Secrets::random(&[]), nodes }
+        DevState { secrets: Secrets::random("dev-admin", &[]), nodes }
     };
     for h in HOSTS {
         state.secrets.agent_tokens.entry(h.to_string()).or_insert_with(crate::cluster::random_secret);

@@ -17,7 +17,9 @@ struct Call {
 fn calls() -> Vec<Call> {
     let c = |group, method, path, body| Call { group, method, path, body };
     vec![
-        c("spec", Method::GET, "/openapi.json", None),
+        c("public", Method::GET, "/openapi.json", None),
+        c("public", Method::GET, "/healthz", None),
+        c("public", Method::GET, "/readyz", None),
         c("cluster-read", Method::GET, "/v1/cluster/status", None),
         c("cluster-read", Method::GET, "/v1/node/status", None),
         c(
@@ -53,11 +55,13 @@ fn calls() -> Vec<Call> {
     ]
 }
 
-/// Which groups each role may call.
+/// Which groups each role may call. The API's description and the health probes are public:
+/// a probe or a newcomer reads them without a token.
 fn allowed(role: &str, group: &str) -> bool {
     match role {
-        "operator" => matches!(group, "spec" | "cluster-read" | "config-read"),
-        "agent" => matches!(group, "spec" | "config-read"),
+        _ if group == "public" => true,
+        "operator" => matches!(group, "cluster-read" | "config-read"),
+        "agent" => matches!(group, "config-read"),
         _ => false,
     }
 }

@@ -113,7 +113,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 async fn openapi_describes_every_endpoint() {
     let cluster = TestCluster::start(1, ClusterOpts::default()).await;
     let doc: serde_json::Value = cluster.client(&[1]).get("/openapi.json").await.unwrap();
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "an OpenAPI 3 document: {}", doc["openapi"]);
     let paths = doc["paths"].as_object().unwrap();
     for p in [
         "/v1/node/status",
@@ -130,7 +130,14 @@ async fn openapi_describes_every_endpoint() {
         "/v1/guests",
         "/v1/guests/{name}",
         "/v1/packages",
+        "/v1/packages/{name}",
         "/v1/packages/{name}/switching",
+        "/v1/node/snapshot",
+        "/v1/state",
+        "/v1/events",
+        "/openapi.json",
+        "/healthz",
+        "/readyz",
         "/v1/migrations",
         "/v1/migrations/{id}",
         "/v1/migrations/{id}/abort",

@@ -213,13 +213,13 @@ async fn host_guest_and_package_verbs() {
     assert_eq!(code, 0, "the CLI should move past a dead endpoint: {err}");
 
     // The event history.
-    let table = ok(&c, &all, &["events"]);
+    let table = ok(&c, &all, &["events", "--from", "1"]);
     assert!(table.starts_with("REV  TIME  ACTOR  EVENT"), "{table}");
     assert!(
         table.contains("1  ") && table.contains("host h1 registered") && table.contains("guest vm2 removed"),
         "{table}"
     );
-    let lines = ok(&c, &all, &["events", "--guest", "vm1", "-o", "json"]);
+    let lines = ok(&c, &all, &["events", "--from", "1", "--guest", "vm1", "-o", "json"]);
     let items: Vec<serde_json::Value> = lines.lines().map(json).collect();
     assert!(items.len() >= 4, "{lines}");
     for it in &items[..items.len() - 1] {
@@ -230,4 +230,35 @@ async fn host_guest_and_package_verbs() {
     let pk = ok(&c, &all, &["events", "--kind", "package", "--from", "3"]);
     assert_eq!(pk.lines().count(), 1 + 3, "header + three switching changes: {pk}");
     fails(&c, &all, ADMIN_TOKEN, &["events", "--guest", "../x"], "invalid name");
+
+    // Without --from, `events` starts at now and follows, as `etcdctl watch` does: the first
+    // event it prints is the next commit, and JSON output is JSON only.
+    let now = c.status(1).await.unwrap().revision;
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_cli_proc"))
+        .args(["events", "-o", "json"])
+        .env("SWITCHYARD_ENDPOINTS", c.endpoints().join(","))
+        .env("SWITCHYARD_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(follow.stdout.take().unwrap());
+    // Once it is connected (a progress mark at the current revision), a new write shows up.
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let first = json(&line);
+    assert!(first["progress"]["revision"].as_u64().is_some_and(|r| r >= now), "{line}");
+    ok(&c, &all, &["package", "enable", "pkg1", "--node", "h2"]);
+    loop {
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let item = json(&line);
+        if let Some(rev) = item["event"]["revision"].as_u64() {
+            assert!(rev > now, "the first event printed is a new one: {line}");
+            assert!(line.contains("package_switching_changed") || line.contains("PackageSwitchingChanged"), "{line}");
+            break;
+        }
+        assert!(item["progress"].is_object(), "JSON lines only: {line}");
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
 }

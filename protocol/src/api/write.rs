@@ -11,10 +11,7 @@ use crate::model::{CompatProfile, GuestSpec, HostSpec, MigrationKind, RequestId,
 
 /// A request id as clients send it: 1 to 32 hex digits.
 pub fn parse_request_id(s: &str) -> Result<RequestId, String> {
-    if s.is_empty() || s.len() > 32 {
-        return Err(format!("request_id {s:?} is not 1 to 32 hex digits"));
-    }
-    u128::from_str_radix(s, 16).map(RequestId).map_err(|_| format!("request_id {s:?} is not 1 to 32 hex digits"))
+    RequestId::parse_hex(s).ok_or_else(|| format!("request_id {s:?} is not 1 to 32 hex digits"))
 }
 
 /// Every write request carries an optional request id: the idempotency key that makes a retry
@@ -149,9 +146,23 @@ mod tests {
     fn request_ids_are_one_to_32_hex_digits() {
         assert_eq!(parse_request_id("1"), Ok(RequestId(1)));
         assert_eq!(parse_request_id(&"f".repeat(32)), Ok(RequestId(u128::MAX)));
-        for bad in ["", "x1", &"1".repeat(33), "-1", " 1"] {
+        for bad in ["", "x1", &"1".repeat(33), "-1", "+1", " 1"] {
             assert!(parse_request_id(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn request_ids_are_hex_strings_in_json_and_u128_in_the_codec() {
+        let id = RequestId((1u128 << 127) | 0x2a);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<RequestId>(&json).unwrap(), id);
+        // JSON written when it was a number is still read.
+        assert_eq!(serde_json::from_str::<RequestId>("42").unwrap(), RequestId(42));
+        assert!(serde_json::from_str::<RequestId>("\"+1\"").is_err());
+        // The codec's bytes are a plain u128's: stored data and exports keep their format.
+        assert_eq!(crate::codec::encode(&id), crate::codec::encode(&id.0));
+        assert_eq!(crate::codec::decode::<RequestId>(&crate::codec::encode(&id.0)).unwrap(), id);
     }
 
     #[test]

@@ -95,6 +95,7 @@ fn secrets() -> Secrets {
     Secrets {
         cluster_secret: SECRET.into(),
         admin_token: ADMIN_TOKEN.into(),
+        admin_name: "test-admin".into(),
         operator_token: OPERATOR_TOKEN.into(),
         agent_tokens: (1..=5).map(|n| (format!("h{n}"), agent_token(n))).collect(),
     }
