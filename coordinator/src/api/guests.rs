@@ -7,7 +7,7 @@ use switchyard_protocol::api::*;
 use switchyard_protocol::{ClusterState, Guest};
 
 use super::hosts::host_views;
-use super::{body, name, page, query, read_simple, read_state, submit, unknown_guest, Api, ApiError, Caller, Q, S};
+use super::{body, name, page, query, read_page, read_simple, submit, unknown_guest, Api, ApiError, Caller, Q, S};
 
 fn guest_view(st: &ClusterState, g: &Guest) -> GuestView {
     GuestView {
@@ -38,19 +38,15 @@ fn guest_on_hosts(s: &Api, st: &ClusterState, g: &Guest) -> Vec<GuestOnHost> {
 #[utoipa::path(get, path = "/v1/guests", tag = "guests", params(GuestQuery), responses((status = 200, description = "One page; `next_after` names the next", body = Read<Vec<GuestView>>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn list(State(s): S, q: Q<GuestQuery>) -> Result<Json<Read<Vec<GuestView>>>, ApiError> {
     let q = query(q)?;
-    let mut next = None;
-    let mut answer = read_state(&s, q.stale, |st| {
+    read_page(&s, q.stale, |st| {
         let keep = |g: &&Guest| {
             q.owner.as_ref().is_none_or(|o| g.owner == *o)
                 && q.package.as_ref().is_none_or(|p| g.spec.package.as_ref() == Some(p))
         };
-        let (guests, more) = page(st.guests_after(q.after.as_ref()).filter(keep), q.limit, |g| &g.name)?;
-        next = more;
-        Ok(guests.into_iter().map(|g| guest_view(st, g)).collect())
+        let (guests, next) = page(st.guests_after(q.after.as_ref()).filter(keep), q.limit, |g| &g.name)?;
+        Ok((guests.into_iter().map(|g| guest_view(st, g)).collect(), next))
     })
-    .await?;
-    answer.0.next_after = next;
-    Ok(answer)
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/guests/{name}", tag = "guests", params(("name" = String, Path), ReadParams), responses((status = 200, body = Read<GuestView>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]

@@ -9,7 +9,7 @@ use axum::{Extension, Json};
 use switchyard_protocol::api::*;
 use switchyard_protocol::{ClusterState, Host, Rejection};
 
-use super::{body, name, page, query, read_simple, read_state, submit, Api, ApiError, Caller, Q, S};
+use super::{body, name, page, query, read_page, read_simple, submit, Api, ApiError, Caller, Q, S};
 use crate::config::Role;
 
 /// Host views with their sync status (known on the leader only).
@@ -53,16 +53,12 @@ pub(super) async fn report(
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", params(HostQuery), responses((status = 200, description = "One page; `next_after` names the next", body = Read<Vec<HostView>>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn list(State(s): S, q: Q<HostQuery>) -> Result<Json<Read<Vec<HostView>>>, ApiError> {
     let q = query(q)?;
-    let mut next = None;
-    let mut answer = read_state(&s, q.stale, |st| {
+    read_page(&s, q.stale, |st| {
         let hosts = st.hosts_after(q.after.as_ref()).filter(|h| q.state.is_none_or(|want| h.state() == want));
-        let (hosts, more) = page(hosts, q.limit, |h| &h.spec.name)?;
-        next = more;
-        Ok(host_views(&s, st, hosts.into_iter()))
+        let (hosts, next) = page(hosts, q.limit, |h| &h.spec.name)?;
+        Ok((host_views(&s, st, hosts.into_iter()), next))
     })
-    .await?;
-    answer.0.next_after = next;
-    Ok(answer)
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/hosts/{name}", tag = "hosts", params(("name" = String, Path), ReadParams), responses((status = 200, body = Read<HostView>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]

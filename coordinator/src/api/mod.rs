@@ -287,6 +287,23 @@ async fn read_simple<T>(
     read_state(s, stale, f).await
 }
 
+/// A read of one page of a list: `f` answers the page and the cursor of the next one.
+async fn read_page<T>(
+    s: &Api,
+    stale: bool,
+    f: impl FnOnce(&ClusterState) -> Result<(Vec<T>, Option<String>), ApiError>,
+) -> Result<Json<switchyard_protocol::api::Read<Vec<T>>>, ApiError> {
+    let mut next = None;
+    let mut answer = read_state(s, stale, |st| {
+        let (items, more) = f(st)?;
+        next = more;
+        Ok(items)
+    })
+    .await?;
+    answer.0.next_after = next;
+    Ok(answer)
+}
+
 /// A page of a name-ordered list: at most `limit` (checked) of `items`, and the name to pass as
 /// `after` for the next page when there are more.
 fn page<'a, T: 'a>(

@@ -6,21 +6,17 @@ use axum::{Extension, Json};
 use switchyard_protocol::api::*;
 use switchyard_protocol::{Package, Rejection};
 
-use super::{body, name, page, query, read_simple, read_state, submit, ApiError, Caller, Q, S};
+use super::{body, name, page, query, read_page, read_simple, submit, ApiError, Caller, Q, S};
 
 #[utoipa::path(get, path = "/v1/packages", tag = "packages", params(PackageQuery), responses((status = 200, description = "One page; `next_after` names the next", body = Read<Vec<Package>>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn list(State(s): S, q: Q<PackageQuery>) -> Result<Json<Read<Vec<Package>>>, ApiError> {
     let q = query(q)?;
-    let mut next = None;
-    let mut answer = read_state(&s, q.stale, |st| {
+    read_page(&s, q.stale, |st| {
         let packages = st.packages_after(q.after.as_ref()).filter(|p| !q.unprotected || !p.switching_enabled);
-        let (packages, more) = page(packages, q.limit, |p| &p.name)?;
-        next = more;
-        Ok(packages.into_iter().cloned().collect())
+        let (packages, next) = page(packages, q.limit, |p| &p.name)?;
+        Ok((packages.into_iter().cloned().collect(), next))
     })
-    .await?;
-    answer.0.next_after = next;
-    Ok(answer)
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/packages/{name}", tag = "packages", params(("name" = String, Path), ReadParams), responses((status = 200, body = Read<Package>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
