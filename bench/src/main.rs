@@ -58,6 +58,13 @@ pub struct Args {
     /// Switchyard alone, even when etcd is installed.
     #[arg(long)]
     pub no_etcd: bool,
+    /// Switchyard's coordinators stop without handing leadership over (`raft.handover_timeout_ms
+    /// = 0`): the rolling restart's figure as it would be without the handover.
+    #[arg(long)]
+    pub no_handover: bool,
+    /// Rounds of the rolling restart (each restarts every member once).
+    #[arg(long, default_value_t = 2)]
+    pub restart_rounds: usize,
     /// Raft heartbeat interval of both systems (default: Switchyard's own default).
     #[arg(long, default_value_t = 50)]
     pub heartbeat_ms: u64,
@@ -245,7 +252,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // One system at a time, each stopped before the next starts.
         eprintln!("== switchyard");
         let mut sut = Sut::Switchyard(Box::new(
-            Switchyard::start(&dir.join("switchyard"), timing, args.batch_max, args.transfer_ms).await?,
+            Switchyard::start(&dir.join("switchyard"), timing, args.batch_max, args.transfer_ms, args.no_handover)
+                .await?,
         ));
         scenarios::run_all(&args, &mut sut, &mut report).await?;
         drop(sut);

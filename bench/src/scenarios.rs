@@ -116,9 +116,21 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
     if args.wants("restart") {
         sut.set_agents(true)?;
         settle(sut).await?;
-        let gaps = rolling_restart(sut).await?;
-        for (role, gap) in gaps {
-            report.add(format!("rolling restart (SIGTERM), {role}: longest write gap"), "ms", false, name, ms(gap));
+        let mut gaps: Vec<(String, Duration)> = Vec::new();
+        for _ in 0..args.restart_rounds {
+            gaps.extend(rolling_restart(sut).await?);
+        }
+        for role in ["leader", "follower"] {
+            let samples: Vec<Duration> = gaps.iter().filter(|(r, _)| r == role).map(|(_, g)| *g).collect();
+            if samples.is_empty() {
+                continue;
+            }
+            let (med, max) = median_max(samples.clone());
+            let f = format!("graceful restart of the {role}: longest write gap, median");
+            report.add(&f, "ms", false, name, ms(med));
+            report.add(format!("graceful restart of the {role}: longest write gap, max"), "ms", false, name, ms(max));
+            let each: Vec<String> = samples.iter().map(|g| format!("{:.0}", ms(*g))).collect();
+            report.note(&f, format!("{name}: {} restarts, {} ms", samples.len(), each.join(" / ")));
         }
     }
     if args.wants("catchup") {

@@ -14,7 +14,8 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 use switchyard_coordinator::config::{ApiConfig, HistoryConfig, RaftConfig};
-use switchyard_protocol::api::{NodeStatus, WriteResponse};
+use switchyard_protocol::api::{NodeStatus, RegisterHostRequest, WriteResponse};
+use switchyard_protocol::Name;
 use switchyard_testkit::proc::die_with_parent;
 use switchyard_testkit::{local, Cluster, Settings};
 
@@ -291,21 +292,33 @@ pub struct Switchyard {
 impl Switchyard {
     /// Three coordinators and three agents (simulated hypervisor) in `dir`, configured by
     /// [`settings`], with the host `load` the write load's guests live on.
-    pub async fn start(dir: &Path, timing: Timing, batch_max: usize, transfer_ms: u64) -> anyhow::Result<Switchyard> {
-        let mut cluster = local::open(dir, 0, settings(timing, batch_max, transfer_ms))?;
+    pub async fn start(
+        dir: &Path,
+        timing: Timing,
+        batch_max: usize,
+        transfer_ms: u64,
+        no_handover: bool,
+    ) -> anyhow::Result<Switchyard> {
+        let mut settings = settings(timing, batch_max, transfer_ms);
+        if no_handover {
+            settings.raft.handover_timeout_ms = 0;
+        }
+        let mut cluster = local::open(dir, 0, settings)?;
         local::start(&mut cluster).await?;
         cluster.start_agents()?;
         let token = cluster.secrets.admin_token.clone();
         let s = Switchyard { cluster, token };
         // The host the load's guests live on.
-        let admin = s.cluster.admin(Duration::from_secs(10));
-        let host = json!({"name": "load", "address": "load:7100", "vcpus": 65536, "memory_mib": 1u64 << 30,
-                          "hardware_family": "ia64", "hypervisor_version": "hpvm-6.1"});
-        match admin.post::<_, WriteResponse>("/v1/hosts", &host).await {
-            Ok(_) => {}
-            Err(e) if e.code() == Some("host_exists") => {}
-            Err(e) => bail!("register the load host: {e}"),
-        }
+        let host = RegisterHostRequest {
+            name: Name::new("load").expect("a valid name"),
+            address: "load:7100".into(),
+            vcpus: 65536,
+            memory_mib: 1 << 30,
+            hardware_family: "ia64".into(),
+            hypervisor_version: "hpvm-6.1".into(),
+            request_id: None,
+        };
+        s.cluster.register_hosts(&[host]).await.context("register the load host")?;
         Ok(s)
     }
 

@@ -5,7 +5,7 @@
 //! code (RocksDB, openraft, axum) to do so.
 //!
 //! - [`Client`]: endpoints tried in turn, errors with the server's stable code ([`ClientError`]);
-//!   one typed method per API call ([`api`](crate::Client#impl-Client-1));
+//!   one typed method per API call (`api.rs`);
 //! - writes carry a request id (made here when the caller gives none) and, with
 //!   [`Client::retrying_writes`], are sent again with that id while the cluster has no leader or
 //!   a coordinator is unreachable: the state machine applies a request id once, so a retry never

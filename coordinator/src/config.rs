@@ -56,7 +56,7 @@ pub struct RaftConfig {
     pub proposal_batch_max: usize,
     /// How long a stopping leader waits for a follower to hold its whole log before it hands
     /// its leadership over (past it, it stops anyway and the others elect a leader as after a
-    /// crash).
+    /// crash). 0 turns the handover off.
     pub handover_timeout_ms: u64,
 }
 

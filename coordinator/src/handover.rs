@@ -24,11 +24,12 @@ use switchyard_storage::{NodeId, NodeInfo, TypeConfig};
 
 use crate::network::{Handover, Network};
 
-/// Hands leadership over if this node leads. Answers the node it handed over to (`None` when
-/// it did not lead). Stops this node's Raft heartbeats when it led.
+/// Hands leadership over if this node leads (and `wait` is not zero, which turns the handover
+/// off). Answers the node it handed over to (`None` when it did not). Stops this node's Raft
+/// node when it handed over.
 pub async fn hand_over(raft: &Raft<TypeConfig>, network: &Network, wait: Duration) -> anyhow::Result<Option<NodeId>> {
     let m = raft.metrics().borrow().clone();
-    if m.state != ServerState::Leader {
+    if m.state != ServerState::Leader || wait.is_zero() {
         return Ok(None);
     }
     let me = m.id;
