@@ -12,13 +12,14 @@ use anyhow::Context;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use switchyard_client::{Client, ClientError, EventQuery, MAX_BATCH};
-use switchyard_protocol::api::{FullState, HostReport, Read, StreamItem};
-use switchyard_protocol::hostconfig::HostConfig;
+use switchyard_protocol::api::{FullState, HostReport, HypervisorReport, Read, StreamItem};
+use switchyard_protocol::hostconfig::{ConfigChange, HostConfig};
 use switchyard_protocol::{EventKind, EventPayload, Name, Revision};
 use tokio::sync::watch;
 
-use crate::driver::DriverConfig;
+use crate::driver::{DriverConfig, HypervisorDriver};
 use crate::migrations::{Input, Worker};
+use crate::reconcile::runtime::{Feed, Runtime};
 use crate::store::AgentStore;
 
 /// How often the staged guest files and the cursor are made durable while events stream in
@@ -43,12 +44,19 @@ pub struct AgentConfig {
     /// How often to report to the leader.
     #[serde(default = "default_report_ms")]
     pub report_interval_ms: u64,
-    /// The hypervisor driver that moves guests (`kind = "simulated"` or `"command"`).
+    /// How often the agent reads its hypervisor and repairs what differs from the log (drivers
+    /// that manage the guests' lifecycle: `qemu`).
+    #[serde(default = "default_reconcile_ms")]
+    pub reconcile_interval_ms: u64,
+    /// The hypervisor driver (`kind = "qemu"`, `"command"` or `"simulated"`).
     pub driver: DriverConfig,
 }
 
 fn default_report_ms() -> u64 {
     1000
+}
+fn default_reconcile_ms() -> u64 {
+    2000
 }
 
 #[derive(Parser, Debug)]
@@ -90,7 +98,11 @@ pub fn main() -> ExitCode {
 
 /// Runs until the process is stopped.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    let driver = config.driver.build(&config.host).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let driver: Arc<dyn HypervisorDriver> =
+        Arc::from(config.driver.build(&config.host).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?);
+    if config.report_interval_ms == 0 || config.reconcile_interval_ms == 0 {
+        anyhow::bail!("invalid configuration: report_interval_ms and reconcile_interval_ms must be at least 1");
+    }
     let store = Arc::new(AgentStore::open(&config.data_dir)?);
     let loaded = store.load()?;
     let mut applied = loaded.config;
@@ -104,7 +116,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let client = Client::new(config.endpoints.clone(), config.token.clone(), Duration::from_secs(10)).rotated(spread);
     // A token for another host, an unknown host or a bad token never get better by retrying:
     // say so and stop, instead of logging the same refusal forever.
-    let first = HostReport { applied_revision: cursor, digest: applied.digest() };
+    let first = HostReport { applied_revision: cursor, digest: applied.digest(), hypervisor: None };
     match client.report_host(&config.host, &first).await {
         Err(e @ ClientError::Api { .. }) if FATAL.contains(&e.code().unwrap_or_default()) => {
             let hint = match e.code() {
@@ -116,9 +128,31 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         _ => {}
     }
     let (progress_tx, progress_rx) = watch::channel((cursor, applied.digest()));
-    tokio::spawn(report_loop(client.clone(), config.host.clone(), progress_rx, config.report_interval_ms));
+    let (hypervisor_tx, hypervisor_rx) = watch::channel(None);
+    tokio::spawn(report_loop(
+        client.clone(),
+        config.host.clone(),
+        progress_rx,
+        hypervisor_rx,
+        config.report_interval_ms,
+    ));
+    // Drivers that manage the guests' lifecycle get a reconciler: the hypervisor is made to
+    // hold what the log says, and read back every reconcile_interval.
+    let reconciler = driver.lifecycle().is_some().then(|| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let runtime = Runtime {
+            host: config.host.clone(),
+            driver: driver.clone(),
+            client: client.clone(),
+            store: store.clone(),
+            interval: Duration::from_millis(config.reconcile_interval_ms),
+        };
+        tokio::spawn(runtime.run(rx, hypervisor_tx));
+        let _ = tx.send(Feed::Reset { guests: applied.guests().cloned().collect() });
+        tx
+    });
     let (to_worker, worker_rx) = tokio::sync::mpsc::unbounded_channel();
-    let worker = Worker::new(config.host.clone(), client.clone(), Arc::from(driver), store.clone());
+    let worker = Worker::new(config.host.clone(), client.clone(), driver.clone(), store.clone(), reconciler.clone());
     tokio::spawn(worker.run(worker_rx));
     let mut cluster = store.cluster()?;
     let mut synced_at = std::time::Instant::now();
@@ -147,6 +181,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             let other = now.is_some() && now != cluster;
             if let Some(id) = &now {
                 store.set_cluster(id)?;
+            }
+            if let Some(r) = &reconciler {
+                let _ = r.send(Feed::Reset { guests: config.guests().cloned().collect() });
             }
             (applied, cursor) = (config, state.revision);
             let _ = progress_tx.send((cursor, applied.digest()));
@@ -193,6 +230,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                                 }
                                 if let Some(change) = applied.change_for(e) {
                                     store.stage(&change)?;
+                                    if let Some(r) = &reconciler {
+                                        let _ = r.send(match &change {
+                                            ConfigChange::Put(g) => Feed::Guest { guest: g.clone(), token: e.token() },
+                                            ConfigChange::Remove(name) => Feed::Removed { name: name.clone() },
+                                        });
+                                    }
                                     applied.record(change);
                                 }
                                 cursor = e.revision;
@@ -259,12 +302,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
 }
 
-async fn report_loop(client: Client, host: Name, progress: watch::Receiver<(Revision, u64)>, interval_ms: u64) {
+async fn report_loop(
+    client: Client,
+    host: Name,
+    progress: watch::Receiver<(Revision, u64)>,
+    hypervisor: watch::Receiver<Option<HypervisorReport>>,
+    interval_ms: u64,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     loop {
         tick.tick().await;
         let (revision, digest) = *progress.borrow();
-        let report = HostReport { applied_revision: revision, digest };
+        let report = HostReport { applied_revision: revision, digest, hypervisor: hypervisor.borrow().clone() };
         if let Err(e) = client.report_host(&host, &report).await {
             tracing::warn!(%e, "report failed");
         }

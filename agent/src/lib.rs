@@ -8,7 +8,10 @@
 //!   answer, report (applied revision, digest) to the leader;
 //! - [`migrations`]: this host's part in migrations (transfer, confirm, move back after a
 //!   rollback), fenced and de-duplicated by (migration, phase token);
-//! - [`driver`]: the hypervisor drivers behind one trait (simulated, external commands).
+//! - [`reconcile`]: the pure decisions of a reconciler: desired state (the log) against observed
+//!   state (the hypervisor) → actions;
+//! - [`driver`]: the hypervisor drivers behind one trait (simulated, external commands), and
+//!   the `qemu` driver (real QEMU processes over QMP).
 //!
 //! What each event changes and the digest come from `switchyard_protocol::hostconfig`, the one
 //! home shared with the coordinators.
@@ -16,4 +19,5 @@
 pub mod daemon;
 pub mod driver;
 pub mod migrations;
+pub mod reconcile;
 pub mod store;

@@ -28,12 +28,13 @@ use std::time::{Duration, Instant};
 use switchyard_client::{Client, ClientError};
 use switchyard_protocol::api::{HostView, MigrationPage, MigrationReport, Read, ReportOutcome};
 use switchyard_protocol::{
-    Event, EventPayload, FencingToken, Migration, MigrationId, Name, Phase, PhaseRecord, Revision,
+    Event, EventPayload, FencingToken, Migration, MigrationId, MigrationKind, Name, Phase, PhaseRecord, Revision,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::driver::{DriverError, HypervisorDriver, Transfer};
+use crate::driver::{DriverError, HypervisorDriver, Transfer, VmState};
+use crate::reconcile::runtime::Feed;
 use crate::store::{AgentStore, Journal, TransferState};
 
 /// How long a target watches for a guest that arrives after its migration was rolled back.
@@ -93,11 +94,27 @@ pub struct Worker {
     /// The newest migration of each guest this agent has heard of (whoever takes part): a
     /// rollback watch ends when a newer migration of the guest exists.
     newest: HashMap<Name, MigrationId>,
+    /// The reconciler, told which guests' run state the worker holds (drivers with a lifecycle).
+    reconciler: Option<mpsc::UnboundedSender<Feed>>,
 }
 
 impl Worker {
-    pub fn new(host: Name, client: Client, driver: Arc<dyn HypervisorDriver>, store: Arc<AgentStore>) -> Worker {
-        Worker { host, client, driver, store, active: HashMap::new(), term: 0, newest: HashMap::new() }
+    pub fn new(
+        host: Name,
+        client: Client,
+        driver: Arc<dyn HypervisorDriver>,
+        store: Arc<AgentStore>,
+        reconciler: Option<mpsc::UnboundedSender<Feed>>,
+    ) -> Worker {
+        Worker { host, client, driver, store, active: HashMap::new(), term: 0, newest: HashMap::new(), reconciler }
+    }
+
+    /// Tells the reconciler whether the worker holds a migration of `guest`.
+    fn tell_reconciler(&self, guest: &Name) {
+        if let Some(r) = &self.reconciler {
+            let in_flight = self.active.values().any(|a| &a.m.guest == guest);
+            let _ = r.send(Feed::Migrating { name: guest.clone(), in_flight });
+        }
     }
 
     /// Runs until the channel closes. `input` carries every migration event the agent applies.
@@ -125,6 +142,9 @@ impl Worker {
         for (_, a) in self.active.drain() {
             if let Some(t) = a.transfer {
                 t.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            if let Some(r) = &self.reconciler {
+                let _ = r.send(Feed::Migrating { name: a.m.guest.clone(), in_flight: false });
             }
         }
         self.newest.clear();
@@ -183,6 +203,9 @@ impl Worker {
         // Until here the worker needed a leader (the list is a linearizable read); from now on
         // it follows migrations from the event stream.
         tracing::info!(host = %self.host, in_flight = self.active.len(), "migrations loaded");
+        if let Some(r) = &self.reconciler {
+            let _ = r.send(Feed::MigrationsKnown);
+        }
     }
 
     fn adopt(&mut self, m: Migration, verified: bool, journal: Option<Journal>) {
@@ -192,6 +215,7 @@ impl Worker {
             return;
         }
         self.term = self.term.max(m.current().term);
+        let guest = m.guest.clone();
         self.active.entry(m.id).or_insert(Active {
             m,
             transfer: None,
@@ -202,6 +226,7 @@ impl Worker {
             report_failures: 0,
             polled_at: None,
         });
+        self.tell_reconciler(&guest);
     }
 
     /// A migration as of `revision` or later.
@@ -259,7 +284,9 @@ impl Worker {
         for id in ids {
             let done = self.step(id).await;
             if done {
-                self.active.remove(&id);
+                if let Some(a) = self.active.remove(&id) {
+                    self.tell_reconciler(&a.m.guest);
+                }
                 if let Err(e) = self.store.remove_journal(id) {
                     tracing::error!(migration = %id, %e, "cannot remove journal entry");
                 }
@@ -284,7 +311,23 @@ impl Worker {
                 {
                     return false;
                 }
-                if self.runs_here(&m.guest, &m.source).await == Some(true) {
+                if self.driver.lifecycle().is_some() {
+                    // A hypervisor that must be ready to receive (QEMU listens with -incoming).
+                    match self.host_address(&self.host, m.current().revision).await {
+                        Ok(address) => {
+                            let t = transfer_of(&m, address);
+                            let driver = self.driver.clone();
+                            match tokio::task::spawn_blocking(move || driver.prepare_incoming(&t)).await {
+                                Ok(Ok(())) => {}
+                                other => {
+                                    tracing::warn!(migration = %id, ?other, "cannot get ready to receive the guest; will retry")
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(migration = %id, %e, "cannot read this host's address; will retry"),
+                    }
+                }
+                if self.arrived(&m).await == Some(true) {
                     self.report(&m, ReportOutcome::GuestRunning).await;
                 } else if let Some(a) = self.active.get_mut(&id) {
                     a.polled_at = Some(Instant::now());
@@ -297,7 +340,7 @@ impl Worker {
             }
             Phase::Failed | Phase::Aborted if is_source => {
                 self.stop_transfer(id).await;
-                true
+                self.step_source_rollback(id).await
             }
             Phase::Failed | Phase::Aborted => self.step_rollback(id).await,
             _ => false,
@@ -389,14 +432,7 @@ impl Worker {
             }
         };
         self.journal(m, token, TransferState::Started);
-        let t = Transfer {
-            migration: m.id,
-            guest: m.guest.clone(),
-            source: m.source.clone(),
-            target: m.target.clone(),
-            target_address,
-            kind: m.kind,
-        };
+        let t = transfer_of(m, target_address);
         let cancel = Arc::new(AtomicBool::new(false));
         let (driver, flag) = (self.driver.clone(), cancel.clone());
         let handle = tokio::task::spawn_blocking(move || driver.transfer(&t, &flag));
@@ -414,6 +450,54 @@ impl Worker {
             let r = t.handle.await;
             tracing::info!(migration = %id, ?r, "transfer stopped: the migration ended");
         }
+    }
+
+    /// Source of a failed or aborted migration, on a hypervisor with a lifecycle: if the
+    /// transfer completed on the hypervisor before the rollback was committed, the guest runs
+    /// on the target and this host's copy was sent away. Starting it here would make two
+    /// copies; instead this host gets ready to receive it back (the target sends it,
+    /// [`Worker::step_rollback`]) and holds the guest until it is back. True when done.
+    async fn step_source_rollback(&mut self, id: MigrationId) -> bool {
+        if self.driver.lifecycle().is_none() {
+            return true;
+        }
+        let m = self.active[&id].m.clone();
+        if self.newest.get(&m.guest).is_some_and(|n| *n > id) {
+            return true;
+        }
+        let (driver, guest) = (self.driver.clone(), m.guest.clone());
+        let state = tokio::task::spawn_blocking(move || driver.lifecycle().expect("checked").state(&guest)).await;
+        match state {
+            Ok(Ok(VmState::Migrated | VmState::Incoming)) => {}
+            Ok(Ok(_)) => return true,
+            other => {
+                tracing::warn!(migration = %id, ?other, "cannot read the guest's state; will retry");
+                return false;
+            }
+        }
+        let address = match self.host_address(&self.host, m.current().revision).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(migration = %id, %e, "cannot read this host's address; will retry");
+                return false;
+            }
+        };
+        let back = Transfer {
+            migration: m.id,
+            guest: m.guest.clone(),
+            source: m.target.clone(),
+            target: self.host.clone(),
+            target_address: address,
+            kind: m.kind,
+        };
+        let driver = self.driver.clone();
+        match tokio::task::spawn_blocking(move || driver.prepare_incoming(&back)).await {
+            Ok(Ok(())) => {
+                tracing::info!(migration = %id, guest = %m.guest, "the guest left before the rollback; waiting to receive it back")
+            }
+            other => tracing::warn!(migration = %id, ?other, "cannot get ready to receive the guest back; will retry"),
+        }
+        false
     }
 
     /// Target of a failed or aborted migration: if the guest shows up here, send it back.
@@ -463,6 +547,20 @@ impl Worker {
         if let Some(a) = self.active.get_mut(&m.id) {
             a.journal = Some(j);
         }
+    }
+
+    /// Target: has the guest arrived? Online, it runs here. Offline, nothing runs: the
+    /// guest is defined here (with a lifecycle driver, which defines every guest on every
+    /// host), or, with a driver that only moves guests, it runs here.
+    async fn arrived(&self, m: &Migration) -> Option<bool> {
+        if m.kind == MigrationKind::Offline && self.driver.lifecycle().is_some() {
+            let (driver, guest) = (self.driver.clone(), m.guest.clone());
+            return match tokio::task::spawn_blocking(move || driver.lifecycle().expect("checked").state(&guest)).await {
+                Ok(Ok(state)) => Some(!state.is_live()),
+                _ => None,
+            };
+        }
+        self.runs_here(&m.guest, &m.source).await
     }
 
     /// Asks the driver (on a blocking thread) whether the guest runs here; `None` on error.
@@ -530,5 +628,17 @@ impl Worker {
                 }
             },
         }
+    }
+}
+
+/// The transfer a migration orders, from its source to its target.
+fn transfer_of(m: &Migration, target_address: String) -> Transfer {
+    Transfer {
+        migration: m.id,
+        guest: m.guest.clone(),
+        source: m.source.clone(),
+        target: m.target.clone(),
+        target_address,
+        kind: m.kind,
     }
 }

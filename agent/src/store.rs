@@ -150,6 +150,25 @@ impl AgentStore {
         atomic_write(&self.dir.join("cursor"), format!("{revision}\n").as_bytes())
     }
 
+    /// The newest order (fencing token) each guest was started on here, as the reconciler
+    /// keeps it ([`crate::reconcile::Reconciler::started`]).
+    pub fn started(&self) -> Result<BTreeMap<Name, FencingToken>, StoreError> {
+        let path = self.dir.join("started.json");
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
+                path,
+                reason: format!("{e}; it only guards against starting a guest on an old order: remove it if damaged"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(io(format!("read {}", path.display()))(e)),
+        }
+    }
+
+    pub fn put_started(&self, started: &BTreeMap<Name, FencingToken>) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(started).expect("tokens always serialise");
+        atomic_write(&self.dir.join("started.json"), &bytes)
+    }
+
     /// The id of the cluster this agent follows (`None` before it has seen one).
     pub fn cluster(&self) -> Result<Option<ClusterId>, StoreError> {
         let path = self.dir.join("cluster");
@@ -307,7 +326,7 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 }
 
 /// Write to a temporary, fsync, rename over `path`, fsync the directory: atomic and durable.
-fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let (tmp, f) = write_temporary(path, bytes)?;
     f.sync_all().map_err(io(format!("fsync {}", tmp.display())))?;
     drop(f);

@@ -8,6 +8,7 @@
 
 mod scenarios;
 mod sut;
+mod vm;
 
 use anyhow::Context;
 use clap::Parser;
@@ -52,7 +53,10 @@ pub struct Args {
     pub scale_hosts: usize,
     #[arg(long, default_value_t = 10_000_000)]
     pub scale_events: u64,
-    /// Run only these parts: throughput, fanout, failover, restart, catchup, replay, scale.
+    /// Moves of a real QEMU VM, through Switchyard and by QMP directly (the `vm` part).
+    #[arg(long, default_value_t = 10)]
+    pub vm_reps: usize,
+    /// Run only these parts: throughput, fanout, failover, restart, catchup, replay, scale, vm.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Switchyard alone, even when etcd is installed.
@@ -262,6 +266,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut sut = Sut::Etcd(Etcd::launch(p, &dir.join("etcd"), timing).await?);
             scenarios::run_all(&args, &mut sut, &mut report).await?;
         }
+    }
+    if args.wants("vm") {
+        vm::vm_migration(&args, &dir, timing, &mut report).await?;
     }
     if args.wants("scale") {
         eprintln!("== switchyard at scale");

@@ -507,7 +507,7 @@ pub struct Etcd {
 /// Every coordinator's configuration in a benchmark cluster: the run's Raft timing and batch
 /// size, durable commits (as always), the history kept whole. Hosts without agents (the scale
 /// run's) are only marked unreachable after an hour, so guests can be created on them.
-fn settings(timing: Timing, batch_max: usize, transfer_ms: u64) -> Settings {
+pub(crate) fn settings(timing: Timing, batch_max: usize, transfer_ms: u64) -> Settings {
     let (min, max) = timing.switchyard_election();
     Settings {
         raft: RaftConfig {

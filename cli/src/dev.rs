@@ -1,7 +1,8 @@
 //! `switchyard dev`: a complete local cluster for a first try — three `switchyard-coordinator`
-//! processes and three `switchyard-agent` processes (hosts h1..h3, simulated hypervisor) on
-//! loopback, everything in one local folder: configs, data, one log per process, generated
-//! tokens. It writes `cli.toml` there, which the CLI reads when no endpoints or token are given,
+//! processes and three `switchyard-agent` processes (hosts h1..h3) on loopback, everything in
+//! one local folder: configs, data, one log per process, generated tokens. When QEMU is
+//! installed the agents run real (tiny) VMs with the qemu driver; otherwise they use the
+//! simulated hypervisor, and `dev` says so. It writes `cli.toml` there, which the CLI reads when no endpoints or token are given,
 //! so `switchyard ...` just works from the same directory. Running it again resumes the same
 //! cluster from the same data; Ctrl-C stops every process gracefully.
 //!
@@ -18,7 +19,7 @@ use switchyard_client::{Client, EventQuery};
 use switchyard_protocol::api::{CreateGuestRequest, MigrateRequest, PackageQuery, StreamItem};
 use switchyard_protocol::{MigrationId, Name, Phase, RunState};
 use switchyard_testkit::local::{self, DEFAULT_DIR, HOSTS, NODES};
-use switchyard_testkit::{wait_for, Cluster, Settings};
+use switchyard_testkit::{wait_for, Cluster, Hypervisor, Settings};
 
 use crate::render::{describe, migration_detail};
 use crate::timefmt;
@@ -68,7 +69,10 @@ pub fn main(args: Args) -> ExitCode {
 
 /// Runs the dev cluster until Ctrl-C (or SIGTERM); with `demo`, plays the seed scenario first.
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut dev = local::open(&args.dir, args.base_port, Settings::default())?;
+    let qemu = qemu_installed();
+    let settings =
+        Settings { hypervisor: if qemu { Hypervisor::Qemu } else { Hypervisor::Simulated }, ..Settings::default() };
+    let mut dev = local::open(&args.dir, args.base_port, settings)?;
     let result = async {
         local::start(&mut dev).await?;
         dev.start_agents()?;
@@ -79,6 +83,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.dir.display()
         );
         out!("  leader: node {}", status.leader.map_or("-".into(), |l| l.to_string()));
+        if qemu {
+            out!("  hypervisor: QEMU (each guest a real VM process, in {}/agent-*/qemu)", args.dir.display());
+        } else {
+            out!("  hypervisor: simulated (QEMU is not installed: apt-get install qemu-system-x86 for real VMs)");
+        }
         out!();
         out!("  export SWITCHYARD_ENDPOINTS={}", dev.endpoints().join(","));
         out!("  export SWITCHYARD_TOKEN={}", dev.secrets.admin_token);
@@ -92,7 +101,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             dev.secrets.operator_token
         );
         if args.demo {
-            demo_scenario(&mut dev).await?;
+            demo_scenario(&mut dev, qemu).await?;
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -103,23 +112,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     .await;
     dev.stop_all();
+    // The VMs outlive their agents (as they must on a real host); a stopped dev cluster stops
+    // them too, and its agents start them again on the next run.
+    dev.kill_vms();
     result
+}
+
+/// Whether the QEMU system emulator the qemu driver runs is installed.
+fn qemu_installed() -> bool {
+    std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The seed scenario: a packaged guest moved online while its leader coordinator is killed, and a
 /// cluster-node guest refused.
-async fn demo_scenario(dev: &mut Cluster) -> anyhow::Result<()> {
+async fn demo_scenario(dev: &mut Cluster, qemu: bool) -> anyhow::Result<()> {
     let admin = dev.admin(Duration::from_secs(10)).retrying_writes(Duration::from_secs(30));
     let say = |s: &str| out!("\n== {s}");
     let n = |s: &str| Name::new(s).expect("a valid name");
     say("demo: a distributed guest in a failover package, and a guest that is itself a cluster node");
+    // On QEMU, tiny real VMs (no disk, no network); on the simulated hypervisor, guests as an
+    // Integrity VM host would hold them.
     let guest = |name: &str, owner: &str, vcpus, memory_mib, vg: &str| CreateGuestRequest {
         name: n(name),
         owner: n(owner),
-        vcpus,
-        memory_mib,
-        disks: vec![format!("avio_stor:/dev/{vg}/{name}")],
-        networks: vec!["avio_lan:vswitch0".into()],
+        vcpus: if qemu { 1 } else { vcpus },
+        memory_mib: if qemu { 64 } else { memory_mib },
+        disks: if qemu { vec![] } else { vec![format!("avio_stor:/dev/{vg}/{name}")] },
+        networks: if qemu { vec![] } else { vec!["avio_lan:vswitch0".into()] },
         online_migration: true,
         cluster_node: false,
         package: None,
@@ -167,7 +191,8 @@ async fn demo_scenario(dev: &mut Cluster) -> anyhow::Result<()> {
         seen = r.phase;
     }
     let leader = admin.node_status().await?.leader.context("no leader")?;
-    say(&format!("killing the leader, coordinator {leader} (SIGKILL), in the middle of the transfer"));
+    let now = read(stale.clone()).await.map_or(seen, |m| m.phase);
+    say(&format!("killing the leader, coordinator {leader} (SIGKILL), with the migration in phase {now}"));
     dev.kill(leader);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(120);
@@ -188,6 +213,12 @@ async fn demo_scenario(dev: &mut Cluster) -> anyhow::Result<()> {
     };
     say(&format!("migration {id} ended {}; its history:", m.phase));
     out!("{}", migration_detail(&m).trim_end());
+    if qemu {
+        out!(
+            "QEMU froze the VM for {} ms while it moved (QEMU's own downtime figure)",
+            m.freeze_time_ms.map_or("?".into(), |f| f.to_string())
+        );
+    }
     let packages = admin.packages(&PackageQuery::default()).await?;
     let web = packages.items.iter().find(|p| p.name.as_str() == "pkg-web1");
     out!(

@@ -4,7 +4,7 @@ use clap::Subcommand;
 use switchyard_protocol::api::{HostQuery, MaintenanceRequest, RegisterHostRequest};
 use switchyard_protocol::{HostState, Name};
 
-use crate::render::{hosts_table, more, to_json};
+use crate::render::{host_detail, hosts_table, more, to_json};
 use crate::{name, Ctx, Out, WriteOpts};
 
 #[derive(Subcommand, Debug)]
@@ -87,7 +87,7 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
         }
         Verb::Show { name } => {
             let r = c.host(&name).await?;
-            Ok(if json { to_json(&r) } else { hosts_table(std::slice::from_ref(&r.items)) })
+            Ok(if json { to_json(&r) } else { host_detail(&r.items) })
         }
         Verb::Maintenance { name, state, write } => {
             let id = write.id()?;

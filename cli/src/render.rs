@@ -91,6 +91,43 @@ pub fn sync_text(s: &SyncStatus) -> String {
     }
 }
 
+/// A host's sync status, and DIVERGED with a count when its hypervisor differs from the log.
+pub fn host_sync_text(s: &HostSync) -> String {
+    let drifted = s.hypervisor.as_ref().map_or(0, |h| h.drift_total);
+    match (&s.status, drifted) {
+        (_, 0) => sync_text(&s.status),
+        (SyncStatus::InSync | SyncStatus::Diverged, n) => {
+            format!("DIVERGED ({n} guest{})", if n == 1 { "" } else { "s" })
+        }
+        (other, n) => format!("{}, DIVERGED ({n})", sync_text(other)),
+    }
+}
+
+/// `host show`: the host's row, then what its hypervisor holds against the log.
+pub fn host_detail(h: &HostView) -> String {
+    let mut out = hosts_table(std::slice::from_ref(h));
+    let Some(hv) = h.sync.as_ref().and_then(|s| s.hypervisor.as_ref()) else { return out };
+    if hv.drift.is_empty() && hv.pending.is_empty() {
+        out.push_str("\nhypervisor: matches the log");
+    }
+    if !hv.drift.is_empty() {
+        out.push_str(&format!("\nhypervisor differs from the log ({} guests):\n", hv.drift_total));
+        let rows = hv
+            .drift
+            .iter()
+            .map(|d| vec![d.guest.to_string(), d.drift.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; ")])
+            .collect();
+        out.push_str(&table(&["GUEST", "DIFFERENCE"], rows));
+    }
+    if !hv.pending.is_empty() {
+        out.push_str(&format!("\npending until the next start ({} guests):\n", hv.pending_total));
+        let rows = hv.pending.iter().map(|p| vec![p.guest.to_string(), p.fields.join(", ")]).collect();
+        out.push_str(&table(&["GUEST", "CHANGED"], rows));
+    }
+    out.push_str(&format!("\nrepairs since the agent started: {}", hv.repairs));
+    out
+}
+
 pub fn hosts_table(hosts: &[HostView]) -> String {
     let rows = hosts
         .iter()
@@ -104,7 +141,7 @@ pub fn hosts_table(hosts: &[HostView]) -> String {
                 s.profile.to_string(),
                 s.address.clone(),
                 h.host.version.to_string(),
-                h.sync.as_ref().map_or("-".into(), |y| sync_text(&y.status)),
+                h.sync.as_ref().map_or("-".into(), host_sync_text),
             ]
         })
         .collect();
@@ -303,6 +340,9 @@ pub fn describe(p: &EventPayload) -> String {
         EventPayload::MigrationPhaseChanged { id, guest, phase, .. } => format!("migration {id} of {guest}: {phase}"),
         EventPayload::GuestOwnerChanged { guest, from, to, .. } => {
             format!("guest {guest} now owned by {to} (was {from})")
+        }
+        EventPayload::GuestRepaired { guest, host, action, reason } => {
+            format!("guest {guest} repaired on {host}: {action} ({reason})")
         }
     }
 }

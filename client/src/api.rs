@@ -113,6 +113,11 @@ impl Client {
         self.post_write(&format!("/v1/hosts/{host}/maintenance"), req).await
     }
 
+    /// An agent records a repair of its hypervisor in the log.
+    pub async fn record_repair(&self, host: &Name, req: &RepairRequest) -> Result<WriteResponse, ClientError> {
+        self.post_write(&format!("/v1/hosts/{host}/repairs"), req).await
+    }
+
     /// An agent reports what it has applied (to the leader; a follower forwards it).
     pub async fn report_host(&self, host: &Name, report: &HostReport) -> Result<ReportRecorded, ClientError> {
         self.post(&format!("/v1/hosts/{host}/report"), report).await

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use switchyard_protocol::api::{HostReport, HostSync, SyncStatus};
+use switchyard_protocol::api::{HostReport, HostSync, HypervisorReport, SyncStatus};
 use switchyard_protocol::{ClusterState, Host, Name};
 
 /// A sighting of a host's agent.
@@ -24,6 +24,8 @@ pub struct Seen {
 #[derive(Default)]
 pub struct Liveness {
     seen: Mutex<HashMap<Name, Seen>>,
+    /// The last hypervisor report of each host whose agent sends one.
+    hypervisor: Mutex<HashMap<Name, HypervisorReport>>,
     /// When this node last became leader.
     leader_since: Mutex<Option<Instant>>,
 }
@@ -44,6 +46,9 @@ impl Liveness {
     pub fn record(&self, host: &Name, r: &HostReport) {
         let seen = Seen { at: Instant::now(), report: Some((r.applied_revision, r.digest)) };
         self.seen.lock().expect("liveness lock").insert(host.clone(), seen);
+        if let Some(h) = &r.hypervisor {
+            self.hypervisor.lock().expect("liveness lock").insert(host.clone(), h.clone());
+        }
     }
 
     /// When `host` was last seen: its last report, or this node's start of leadership if later
@@ -62,7 +67,12 @@ impl Liveness {
     pub fn sync(&self, host: &Host, state: &ClusterState, digest: u64, timeout: Duration) -> HostSync {
         let seen = self.seen.lock().expect("liveness lock").get(&host.spec.name).copied();
         let Some(seen) = seen else {
-            return HostSync { status: SyncStatus::Unknown, applied_revision: None, last_report_ms_ago: None };
+            return HostSync {
+                status: SyncStatus::Unknown,
+                applied_revision: None,
+                last_report_ms_ago: None,
+                hypervisor: None,
+            };
         };
         let ago = seen.at.elapsed();
         let (rev, d) = seen.report.expect("recorded sightings carry a report");
@@ -75,6 +85,7 @@ impl Liveness {
         } else {
             SyncStatus::Diverged
         };
-        HostSync { status, applied_revision: Some(rev), last_report_ms_ago: Some(ago.as_millis() as u64) }
+        let hypervisor = self.hypervisor.lock().expect("liveness lock").get(&host.spec.name).cloned();
+        HostSync { status, applied_revision: Some(rev), last_report_ms_ago: Some(ago.as_millis() as u64), hypervisor }
     }
 }

@@ -65,6 +65,21 @@ pub struct MaintenanceRequest {
     pub request_id: Option<String>,
 }
 
+/// An agent's record of a repair: it put the log's state of `guest` back on its hypervisor
+/// (`POST /v1/hosts/{name}/repairs`, committed as a `GuestRepaired` event).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairRequest {
+    pub guest: Name,
+    /// What the agent did: `define`, `undefine`, `start`, `stop`.
+    pub action: String,
+    /// What it found, in words.
+    pub reason: String,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
 fn yes() -> bool {
     true
 }
@@ -164,6 +179,73 @@ pub struct HostReport {
     pub applied_revision: Revision,
     /// `HostConfig::digest` of the applied configuration.
     pub digest: u64,
+    /// What the host's hypervisor holds against the log, from agents whose driver manages the
+    /// guests' lifecycle (the qemu driver); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypervisor: Option<HypervisorReport>,
+}
+
+/// Longest list of drifted or pending guests one report carries; the totals count them all.
+pub const HYPERVISOR_REPORT_GUESTS_MAX: usize = 1000;
+
+/// How a host's hypervisor differs from the log, as its agent read it last.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HypervisorReport {
+    /// Guests that differ (at most [`HYPERVISOR_REPORT_GUESTS_MAX`], by name).
+    pub drift: Vec<GuestDrift>,
+    pub drift_total: u64,
+    /// Changes waiting for their guest's next start (Proxmox's "pending changes").
+    pub pending: Vec<PendingChange>,
+    pub pending_total: u64,
+    /// Repairs the agent made since it started: the log's state put back on the hypervisor.
+    pub repairs: u64,
+}
+
+/// One guest that differs from the log on a host, and how.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestDrift {
+    pub guest: Name,
+    pub drift: Vec<Drift>,
+}
+
+/// How a guest on a host differs from the log.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Drift {
+    /// The log has the guest; the host has no definition of it.
+    Missing,
+    /// The host's definition differs from the log's in these fields.
+    Differs { fields: Vec<String> },
+    /// The guest should run on this host and does not; its state there.
+    NotRunning { state: String },
+    /// A copy is live on this host and the log says it should not be.
+    RunningHere { state: String },
+    /// The hypervisor holds a guest the log does not know (reported, never touched).
+    Unknown,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drift::Missing => f.write_str("not defined here"),
+            Drift::Differs { fields } => write!(f, "definition differs in {}", fields.join(", ")),
+            Drift::NotRunning { state } => write!(f, "should run here, is {state}"),
+            Drift::RunningHere { state } => write!(f, "{state} here, should not be"),
+            Drift::Unknown => f.write_str("unknown to the log"),
+        }
+    }
+}
+
+/// A change to a running guest that applies at its next start.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingChange {
+    pub guest: Name,
+    pub fields: Vec<String>,
 }
 
 /// Sync status of one host.
@@ -190,6 +272,9 @@ pub struct HostSync {
     pub applied_revision: Option<Revision>,
     /// Milliseconds since the last report, if any.
     pub last_report_ms_ago: Option<u64>,
+    /// The hypervisor's drift and pending changes, from the last report that carried them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypervisor: Option<HypervisorReport>,
 }
 
 /// A guest with its package, and the in-flight migration if any.

@@ -225,6 +225,20 @@ pub fn decide(state: &ClusterState, p: &Proposal) -> Result<Vec<EventPayload>, R
             let why = Some(reason.clone().unwrap_or_else(|| "aborted by operator".into()));
             apply_end_migration(state, *id, Phase::Aborted, why)
         }
+        Command::RecordRepair { host, guest, action, reason } => {
+            check_token("action", action, PROFILE_FIELD_LEN_MAX)?;
+            check_text("reason", reason, TEXT_LEN_MAX)?;
+            known_host(state, host)?;
+            if state.guest(guest).is_none() {
+                return Err(Rejection::UnknownGuest { guest: guest.clone() });
+            }
+            Ok(vec![EventPayload::GuestRepaired {
+                guest: guest.clone(),
+                host: host.clone(),
+                action: action.clone(),
+                reason: reason.clone(),
+            }])
+        }
     }
 }
 

@@ -100,6 +100,16 @@ pub enum Command {
         id: MigrationId,
         reason: Option<String>,
     },
+    /// A host's agent put the log's state of a guest back on its hypervisor (which had drifted:
+    /// a VM killed or a definition changed behind its back). Changes nothing in the state; the
+    /// guest's history shows the repair and why.
+    RecordRepair {
+        host: Name,
+        guest: Name,
+        /// What the agent did (`start`, `define`, `stop`, …).
+        action: String,
+        reason: String,
+    },
 }
 
 impl Command {
@@ -119,6 +129,7 @@ impl Command {
             Command::AdvanceMigration { .. } => "advance_migration",
             Command::FailMigration { .. } => "fail_migration",
             Command::AbortMigration { .. } => "abort_migration",
+            Command::RecordRepair { .. } => "record_repair",
         }
     }
 }

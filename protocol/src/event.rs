@@ -83,6 +83,13 @@ pub enum EventPayload {
         to: Name,
         migration: MigrationId,
     },
+    /// `host`'s agent repaired its hypervisor's copy of the guest from the log.
+    GuestRepaired {
+        guest: Name,
+        host: Name,
+        action: String,
+        reason: String,
+    },
 }
 
 /// The kind of an event, for subscription filters.
@@ -102,9 +109,11 @@ impl EventPayload {
         match self {
             ClusterCreated { .. } => EventKind::Cluster,
             HostRegistered { .. } | HostMaintenanceChanged { .. } | HostReachabilityChanged { .. } => EventKind::Host,
-            GuestCreated { .. } | GuestModified { .. } | GuestRemoved { .. } | GuestOwnerChanged { .. } => {
-                EventKind::Guest
-            }
+            GuestCreated { .. }
+            | GuestModified { .. }
+            | GuestRemoved { .. }
+            | GuestOwnerChanged { .. }
+            | GuestRepaired { .. } => EventKind::Guest,
             PackageSwitchingChanged { .. } => EventKind::Package,
             MigrationRequested { .. } | MigrationPhaseChanged { .. } => EventKind::Migration,
         }
@@ -122,6 +131,7 @@ impl EventPayload {
             MigrationRequested { migration } => Some(&migration.guest),
             MigrationPhaseChanged { guest, .. } => Some(guest),
             GuestOwnerChanged { guest, .. } => Some(guest),
+            GuestRepaired { guest, .. } => Some(guest),
         }
     }
 
@@ -136,6 +146,7 @@ impl EventPayload {
             PackageSwitchingChanged { node, .. } => node.iter().collect(),
             MigrationRequested { migration } => vec![&migration.source, &migration.target],
             GuestOwnerChanged { from, to, .. } => vec![from, to],
+            GuestRepaired { host, .. } => vec![host],
         }
     }
 

@@ -316,6 +316,8 @@ impl ClusterState {
                 // The reservation becomes real use.
                 sub(&mut self.derived.reserved, to, demand);
             }
+            // A record of what an agent did; the state is what it was.
+            EventPayload::GuestRepaired { .. } => {}
         }
     }
 
@@ -386,6 +388,10 @@ impl ClusterState {
                     return Err(format!("moves guest {g} from {from}, but it runs on {}", old.owner));
                 }
                 Ok(())
+            }
+            EventPayload::GuestRepaired { guest: g, host: h, .. } => {
+                guest(g)?;
+                host(h)
             }
         }
     }
@@ -462,7 +468,9 @@ impl ClusterState {
                     guests.insert(&guest.name);
                     packages.extend(guest.spec.package.as_ref());
                 }
-                EventPayload::GuestRemoved { guest } | EventPayload::GuestOwnerChanged { guest, .. } => {
+                EventPayload::GuestRemoved { guest }
+                | EventPayload::GuestOwnerChanged { guest, .. }
+                | EventPayload::GuestRepaired { guest, .. } => {
                     guests.insert(guest);
                 }
                 EventPayload::PackageSwitchingChanged { package, guest, .. } => {

@@ -29,6 +29,8 @@ enum Op {
     StepInFlight(usize),
     FailInFlight(usize, bool),
     RawAdvance(u64, usize, usize),
+    /// An agent records a repair of a guest on a host.
+    Repair(usize, usize),
     /// Re-send an earlier proposal (a client retry).
     Retry(usize),
 }
@@ -57,6 +59,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0usize..4).prop_map(Op::StepInFlight),
         1 => (0usize..4, any::<bool>()).prop_map(|(a, b)| Op::FailInFlight(a, b)),
         1 => (0u64..60, 0..Phase::ALL.len(), 0..Phase::ALL.len()).prop_map(|(a, b, c)| Op::RawAdvance(a, b, c)),
+        1 => (g.clone(), h.clone()).prop_map(|(a, b)| Op::Repair(a, b)),
         1 => (0usize..200).prop_map(Op::Retry),
     ]
 }
@@ -90,6 +93,12 @@ fn resolve(op: &Op, state: &ClusterState) -> Command {
             expect_version: ver,
         },
         Op::Remove(g, ver) => Command::RemoveGuest { name: n(GUESTS[g]), expect_version: ver },
+        Op::Repair(g, h) => Command::RecordRepair {
+            host: n(HOSTS[h]),
+            guest: n(GUESTS[g]),
+            action: "start".into(),
+            reason: "it should run here but is shut off".into(),
+        },
         Op::Switching(p, node, en) => Command::SetPackageSwitching {
             package: n(PACKAGES[p]),
             node: node.map(|h| n(HOSTS[h])),
@@ -257,6 +266,10 @@ fn damage(e: &mut Event, x: usize) {
             *host = n(["h1", "h9"][x % 2])
         }
         EventPayload::HostRegistered { host } => host.spec.name = n(HOSTS[x % HOSTS.len()]),
+        EventPayload::GuestRepaired { guest, host, .. } => match x % 2 {
+            0 => *guest = n(GUESTS[x / 2 % GUESTS.len()]),
+            _ => *host = n(["h1", "h9"][x / 2 % 2]),
+        },
         EventPayload::ClusterCreated { .. } => {}
     }
 }

@@ -77,3 +77,31 @@ fn hostile_actor_is_refused() {
     assert_eq!(apply(&mut w.state, &p, 1).unwrap_err().code(), "invalid_argument");
     assert_eq!(switchyard_protocol::codec::encode(&w.state), before);
 }
+
+#[test]
+fn a_repair_is_recorded_in_the_guests_history_and_changes_nothing() {
+    let mut w = World::standard();
+    let before = w.state.clone();
+    let repair = |guest: &str, host: &str, action: &str, reason: &str| Command::RecordRepair {
+        host: n(host),
+        guest: n(guest),
+        action: action.into(),
+        reason: reason.into(),
+    };
+    let (_, events) = w.ok(repair("g1", "h1", "start", "it should run here but is shut off"));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].payload.guest(), Some(&n("g1")));
+    assert_eq!(events[0].payload.hosts(), vec![&n("h1")]);
+    assert_eq!(w.state.guest(&n("g1")), before.guest(&n("g1")), "the guest is as it was");
+    assert_eq!(w.state.config_digest(), before.config_digest());
+    let cases = [
+        ("unknown guest", repair("nope", "h1", "start", "x"), "unknown_guest"),
+        ("unknown host", repair("g1", "h9", "start", "x"), "unknown_host"),
+        ("empty action", repair("g1", "h1", "", "x"), "invalid_argument"),
+        ("action with a space", repair("g1", "h1", "start now", "x"), "invalid_argument"),
+        ("oversize reason", repair("g1", "h1", "start", &"r".repeat(5000)), "invalid_argument"),
+    ];
+    for (what, cmd, code) in cases {
+        assert_eq!(w.reject(cmd).code(), code, "{what}");
+    }
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use switchyard_agent::daemon::AgentConfig;
+use switchyard_agent::driver::qemu::QemuConfig;
 use switchyard_agent::driver::DriverConfig;
 use switchyard_client::Client;
 use switchyard_coordinator::config::{
@@ -109,8 +110,24 @@ pub struct Settings {
     pub sim_transfer_ms: u64,
     pub sim_freeze_ms: u64,
     pub report_interval_ms: u64,
+    /// The agents' hypervisor: simulated, or real QEMU guests.
+    pub hypervisor: Hypervisor,
+    /// How often a reconciling agent (qemu) reads its hypervisor.
+    pub reconcile_interval_ms: u64,
+    /// QEMU's live-migration bandwidth limit (KiB/s), to make transfers last.
+    pub qemu_bandwidth_kib: Option<u64>,
     /// `RUST_LOG` of every process (unless the environment sets one).
     pub rust_log: String,
+}
+
+/// Which driver the cluster's agents use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hypervisor {
+    /// One simulated hypervisor shared by all hosts ([`Cluster::sim_dir`]).
+    Simulated,
+    /// Each agent manages real QEMU guests in `agent-<host>/qemu/` (killed when the cluster is
+    /// dropped); incoming live migrations listen on one port of the cluster's own.
+    Qemu,
 }
 
 impl Default for Settings {
@@ -123,6 +140,9 @@ impl Default for Settings {
             sim_transfer_ms: 3000,
             sim_freeze_ms: 120,
             report_interval_ms: 1000,
+            hypervisor: Hypervisor::Simulated,
+            reconcile_interval_ms: 1000,
+            qemu_bandwidth_kib: None,
             rust_log: "info,openraft=warn".into(),
         }
     }
@@ -162,6 +182,31 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Kills every QEMU process the agents of the cluster in `dir` started (`agent-*/qemu/*/`):
+/// what a test or `switchyard dev` must do when it stops, since guests outlive their agents.
+pub fn kill_vms_in(dir: &Path) {
+    let Ok(agents) = std::fs::read_dir(dir) else { return };
+    for agent in agents.flatten() {
+        let Ok(guests) = std::fs::read_dir(agent.path().join("qemu")) else { continue };
+        for guest in guests.flatten() {
+            let Some(pid) =
+                std::fs::read_to_string(guest.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // Only a process whose command line names this guest's folder.
+            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*guest.path().to_string_lossy()));
+            if ours {
+                // SAFETY: kill(2) of a QEMU process this cluster's agent started.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
 /// Two free loopback addresses: (Raft, API).
 pub fn free_addrs() -> (SocketAddr, SocketAddr) {
     (SocketAddr::from(([127, 0, 0, 1], free_port())), SocketAddr::from(([127, 0, 0, 1], free_port())))
@@ -176,6 +221,8 @@ pub struct Cluster {
     /// Agents the cluster itself runs (`switchyard dev`, the benchmark); tests may also hold
     /// their own [`AgentProc`]s.
     pub agents: Vec<AgentProc>,
+    /// The port incoming live migrations listen on ([`Hypervisor::Qemu`]).
+    pub migration_port: u16,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -201,7 +248,16 @@ impl Cluster {
             }
         };
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        Ok(Cluster { dir, secrets, binaries, settings, nodes: Vec::new(), agents: Vec::new(), _tmp: tmp })
+        Ok(Cluster {
+            dir,
+            secrets,
+            binaries,
+            settings,
+            nodes: Vec::new(),
+            agents: Vec::new(),
+            migration_port: free_port(),
+            _tmp: tmp,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -470,8 +526,19 @@ impl Cluster {
         self.dir.join("simulated-hypervisor")
     }
 
+    /// Where host `host`'s agent keeps its QEMU guests ([`Hypervisor::Qemu`]).
+    pub fn qemu_dir(&self, host: &str) -> PathBuf {
+        self.dir.join(format!("agent-{host}")).join("qemu")
+    }
+
+    /// Kills every QEMU process of this cluster's agents: they are daemons, and outlive the
+    /// agents that started them (as VMs must).
+    pub fn kill_vms(&self) {
+        kill_vms_in(&self.dir);
+    }
+
     /// Starts an agent for `host` (token from [`Secrets::agent_tokens`]) with the endpoints of
-    /// the coordinators `ids`, on the simulated hypervisor.
+    /// the coordinators `ids`, on the cluster's hypervisor ([`Settings::hypervisor`]).
     pub fn start_agent(&self, host: &str, ids: &[u64]) -> anyhow::Result<AgentProc> {
         let token = self.secrets.agent_tokens.get(host).with_context(|| format!("no agent token for {host}"))?;
         AgentProc::configure(self, host, token, ids).and_then(|mut a| a.proc.start().map(|()| a))
@@ -525,6 +592,7 @@ impl Drop for Cluster {
             a.proc.kill();
         }
         self.kill_all();
+        self.kill_vms();
     }
 }
 
@@ -539,10 +607,21 @@ impl AgentProc {
             token: token.to_string(),
             data_dir: dir.join("data"),
             report_interval_ms: cluster.settings.report_interval_ms,
-            driver: DriverConfig::Simulated {
-                state_dir: cluster.sim_dir(),
-                transfer_ms: cluster.settings.sim_transfer_ms,
-                freeze_ms: cluster.settings.sim_freeze_ms,
+            reconcile_interval_ms: cluster.settings.reconcile_interval_ms,
+            driver: match cluster.settings.hypervisor {
+                Hypervisor::Simulated => DriverConfig::Simulated {
+                    state_dir: cluster.sim_dir(),
+                    transfer_ms: cluster.settings.sim_transfer_ms,
+                    freeze_ms: cluster.settings.sim_freeze_ms,
+                },
+                Hypervisor::Qemu => {
+                    let mut q = QemuConfig::new(dir.join("qemu"));
+                    q.migration_ports = (cluster.migration_port, cluster.migration_port);
+                    q.powerdown_timeout_ms = 1000;
+                    q.migrate_timeout_ms = 60_000;
+                    q.migration_bandwidth_kib = cluster.settings.qemu_bandwidth_kib;
+                    DriverConfig::Qemu(q)
+                }
             },
         };
         let path = dir.join("agent.toml");

@@ -19,7 +19,7 @@ pub mod proc;
 
 use std::time::{Duration, Instant};
 
-pub use cluster::{AgentProc, Binaries, Cluster, NodeProc, Secrets, Settings};
+pub use cluster::{kill_vms_in, AgentProc, Binaries, Cluster, Hypervisor, NodeProc, Secrets, Settings};
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout` (for tests).
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, f: F) -> T

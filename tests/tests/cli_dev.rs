@@ -37,10 +37,22 @@ fn start_dev(dir: &std::path::Path) -> (std::process::Child, Vec<String>, String
     (child, eps.unwrap(), token.unwrap())
 }
 
+/// Kills the QEMU guests a dev cluster left running, whatever the test's outcome.
+struct KillVms(std::path::PathBuf);
+
+impl Drop for KillVms {
+    fn drop(&mut self) {
+        switchyard_testkit::kill_vms_in(&self.0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_starts_a_cluster_and_resumes_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut child, eps, token) = start_dev(&tmp.path().join("switchyard-dev"));
+    let dir = tmp.path().join("switchyard-dev");
+    // The VMs of a SIGKILLed dev (its agents' QEMU guests) outlive it, as on a real host.
+    let _vms = KillVms(dir.clone());
+    let (mut child, eps, token) = start_dev(&dir);
     let c = Client::new(eps.clone(), token.clone(), Duration::from_secs(10));
     let st: ClusterStatus = c.get("/v1/cluster/status").await.unwrap();
     assert_eq!(st.members.len(), 3);
@@ -87,6 +99,7 @@ async fn dev_starts_a_cluster_and_resumes_it() {
 #[test]
 fn dev_demo_moves_a_guest_through_a_leader_kill() {
     let tmp = tempfile::tempdir().unwrap();
+    let _vms = KillVms(tmp.path().to_path_buf());
     let mut child = dev_command(tmp.path()).arg("--demo").spawn().unwrap();
     let mut out = String::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {

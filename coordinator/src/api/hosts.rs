@@ -50,6 +50,25 @@ pub(super) async fn report(
     Ok(Json(ReportRecorded { recorded: host }))
 }
 
+#[utoipa::path(post, path = "/v1/hosts/{name}/repairs", tag = "hosts", params(("name" = String, Path, description = "The agent's own host")), request_body = RepairRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn record_repair(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let host = name(&n)?;
+    if c.role == Role::Agent && c.host.as_ref() != Some(&host) {
+        let bound = c.host.as_ref().map_or("no host".to_string(), |h| format!("host {h}"));
+        return Err(ApiError::Forbidden(format!(
+            "this token is bound to {bound} and may not record repairs for host {host}"
+        )));
+    }
+    let r: RepairRequest = body(&raw)?;
+    let rid = r.request_id.clone();
+    submit(&s, &c, rid.as_deref(), (host, r)).await
+}
+
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", params(HostQuery), responses((status = 200, description = "One page; `next_after` names the next", body = Read<Vec<HostView>>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn list(State(s): S, q: Q<HostQuery>) -> Result<Json<Read<Vec<HostView>>>, ApiError> {
     let q = query(q)?;

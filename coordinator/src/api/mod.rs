@@ -105,6 +105,7 @@ fn routes() -> (Router<Arc<Api>>, Router<Arc<Api>>, utoipa::openapi::OpenApi) {
         .routes(routes!(hosts::show))
         .routes(routes!(hosts::set_maintenance))
         .routes(routes!(hosts::report))
+        .routes(routes!(hosts::record_repair))
         .routes(routes!(guests::list, guests::create))
         .routes(routes!(guests::show, guests::modify, guests::remove))
         .routes(routes!(packages::list))
@@ -143,16 +144,18 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 /// Which roles may call a route: reads for everyone authenticated (agents only the desired
-/// configuration), cluster membership and every write for admins.
+/// configuration; their own reports and repairs), cluster membership and every write for
+/// admins.
 fn allowed(role: Role, method: &Method, path: &str) -> bool {
     let read = method == Method::GET;
     match role {
         Role::Admin => true,
         Role::Operator => read,
         Role::Agent => {
-            (method == Method::POST
-                && (path.starts_with("/v1/hosts/") || path.starts_with("/v1/migrations/"))
-                && path.ends_with("/report"))
+            let report =
+                (path.starts_with("/v1/hosts/") || path.starts_with("/v1/migrations/")) && path.ends_with("/report");
+            let repair = path.starts_with("/v1/hosts/") && path.ends_with("/repairs");
+            (method == Method::POST && (report || repair))
                 || read
                     && ["/v1/hosts", "/v1/guests", "/v1/packages", "/v1/events", "/v1/state", "/v1/migrations"]
                         .iter()

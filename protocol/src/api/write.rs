@@ -37,6 +37,7 @@ macro_rules! write_request {
 write_request!(
     RegisterHostRequest,
     MaintenanceRequest,
+    RepairRequest,
     CreateGuestRequest,
     ModifyGuestRequest,
     RemoveGuestParams,
@@ -66,6 +67,12 @@ impl From<RegisterHostRequest> for Command {
 impl From<(Name, MaintenanceRequest)> for Command {
     fn from((host, r): (Name, MaintenanceRequest)) -> Command {
         Command::SetHostMaintenance { host, maintenance: r.maintenance }
+    }
+}
+
+impl From<(Name, RepairRequest)> for Command {
+    fn from((host, r): (Name, RepairRequest)) -> Command {
+        Command::RecordRepair { host, guest: r.guest, action: r.action, reason: r.reason }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use switchyard_client::Client;
 use switchyard_coordinator::config::{ApiConfig, HistoryConfig, MigrationConfig, RaftConfig};
 use switchyard_protocol::api::WriteResponse;
-pub use switchyard_testkit::{eventually, AgentProc, Binaries, Cluster, Secrets, Settings};
+pub use switchyard_testkit::{eventually, AgentProc, Binaries, Cluster, Hypervisor, Secrets, Settings};
 
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0001";
 pub const OPERATOR_TOKEN: &str = "operator-token-for-tests-01";
@@ -35,6 +35,10 @@ pub struct ClusterOpts {
     pub step_delay_ms: u64,
     /// The agents' simulated transfer time.
     pub sim_transfer_ms: u64,
+    /// The agents' hypervisor.
+    pub hypervisor: Hypervisor,
+    /// QEMU's live-migration bandwidth limit (KiB/s).
+    pub qemu_bandwidth_kib: Option<u64>,
 }
 
 impl Default for ClusterOpts {
@@ -47,6 +51,8 @@ impl Default for ClusterOpts {
             transferring_timeout_ms: 30_000,
             step_delay_ms: 0,
             sim_transfer_ms: 500,
+            hypervisor: Hypervisor::Simulated,
+            qemu_bandwidth_kib: None,
         }
     }
 }
@@ -77,6 +83,9 @@ impl ClusterOpts {
             sim_transfer_ms: self.sim_transfer_ms,
             sim_freeze_ms: 40,
             report_interval_ms: 200,
+            hypervisor: self.hypervisor,
+            reconcile_interval_ms: 300,
+            qemu_bandwidth_kib: self.qemu_bandwidth_kib,
             rust_log: "info,openraft=warn".into(),
         }
     }

@@ -19,7 +19,61 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use switchyard_protocol::{MigrationId, MigrationKind, Name};
+use switchyard_protocol::{GuestSpec, MigrationId, MigrationKind, Name, Revision};
+
+pub mod qemu;
+pub mod qmp;
+
+/// What the hypervisor says about one guest on this host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Defined, no process.
+    ShutOff,
+    Running,
+    /// Exists but does not run the guest (e.g. QEMU's `paused`, `shutdown`, `internal-error`).
+    Paused(String),
+    /// Waiting for an incoming migration: it never ran here yet.
+    Incoming,
+    /// Sent away by a completed live migration: paused for good.
+    Migrated,
+    /// Exists but its control channel does not answer.
+    Unresponsive(String),
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmState::ShutOff => f.write_str("shut off"),
+            VmState::Running => f.write_str("running"),
+            VmState::Paused(why) => write!(f, "paused ({why})"),
+            VmState::Incoming => f.write_str("waiting for an incoming migration"),
+            VmState::Migrated => f.write_str("migrated away (paused)"),
+            VmState::Unresponsive(why) => write!(f, "unresponsive ({why})"),
+        }
+    }
+}
+
+impl VmState {
+    /// Could a copy of the guest be executing here, or resume without an order? What "never two
+    /// running copies" counts.
+    pub fn is_live(&self) -> bool {
+        matches!(self, VmState::Running | VmState::Paused(_) | VmState::Unresponsive(_))
+    }
+}
+
+/// One guest as the hypervisor of this host holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub name: Name,
+    /// The definition kept on this host, and the log's version it was written from (`None`
+    /// for a definition this agent did not write: a guest unknown to the log).
+    pub defined: Option<(GuestSpec, Option<Revision>)>,
+    pub state: VmState,
+    /// The spec the running process was started with; differs from `defined` while a change
+    /// is pending (applied at the next start).
+    pub running_spec: Option<GuestSpec>,
+}
 
 /// One transfer the source host is asked to run.
 #[derive(Clone, Debug)]
@@ -50,6 +104,35 @@ pub trait HypervisorDriver: Send + Sync {
     /// Does `guest` run on this host? `owner` is where the log says it runs, for drivers that
     /// only know about guests they moved.
     fn runs_here(&self, guest: &Name, owner: &Name) -> Result<bool, DriverError>;
+
+    /// Target of a transfer: get ready to receive the guest (e.g. start it waiting for the
+    /// incoming migration). Idempotent; called until the guest runs here.
+    fn prepare_incoming(&self, _t: &Transfer) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// The driver's guest lifecycle, when it manages one: the agent then reconciles this
+    /// host's hypervisor with the log ([`crate::reconcile`]).
+    fn lifecycle(&self) -> Option<&dyn Lifecycle> {
+        None
+    }
+}
+
+/// A hypervisor whose guests the agent defines, starts, stops and reads back. Every call is
+/// idempotent: asked twice, it does the work once.
+pub trait Lifecycle: Send + Sync {
+    /// Every guest the hypervisor holds on this host.
+    fn observe(&self) -> Result<Vec<Observed>, DriverError>;
+    /// One guest's state here (`ShutOff` when it is not even defined).
+    fn state(&self, guest: &Name) -> Result<VmState, DriverError>;
+    /// Writes or replaces the guest's definition (`version`: the log's revision of it).
+    fn define(&self, guest: &Name, spec: &GuestSpec, version: Revision) -> Result<(), DriverError>;
+    /// Removes the definition; refused while a copy of the guest exists here.
+    fn undefine(&self, guest: &Name) -> Result<(), DriverError>;
+    /// Starts the guest from its definition.
+    fn start(&self, guest: &Name) -> Result<(), DriverError>;
+    /// Stops the guest: gracefully (then forcibly after a timeout), or at once when `hard`.
+    fn stop(&self, guest: &Name, hard: bool) -> Result<(), DriverError>;
 }
 
 /// The `[driver]` section of the agent configuration.
@@ -73,6 +156,8 @@ pub enum DriverConfig {
         #[serde(default = "default_command_timeout_ms")]
         timeout_ms: u64,
     },
+    /// Guests are QEMU processes this agent manages ([`qemu`]).
+    Qemu(qemu::QemuConfig),
 }
 
 fn default_transfer_ms() -> u64 {
@@ -97,6 +182,7 @@ impl DriverConfig {
             DriverConfig::Command { migrate, runs_here, timeout_ms } => {
                 Ok(Box::new(CommandDriver::new(migrate.clone(), runs_here.clone(), *timeout_ms)?))
             }
+            DriverConfig::Qemu(cfg) => Ok(Box::new(qemu::Qemu::new(cfg.clone())?)),
         }
     }
 }
@@ -444,14 +530,20 @@ mod tests {
             driver: DriverConfig,
         }
         for (file, text) in [
-            ("integrity-vm.toml", include_str!("../../deploy/drivers/integrity-vm.toml")),
-            ("libvirt.toml", include_str!("../../deploy/drivers/libvirt.toml")),
+            ("integrity-vm.toml", include_str!("../../../deploy/drivers/integrity-vm.toml")),
+            ("libvirt.toml", include_str!("../../../deploy/drivers/libvirt.toml")),
         ] {
             let s: Section = toml::from_str(text).unwrap_or_else(|e| panic!("{file}: {e}"));
             s.driver.build(&n("h1")).unwrap_or_else(|e| panic!("{file}: {e}"));
         }
+        // Parsed only: building it would create its state folder under /var/lib.
+        let s: Section = toml::from_str(include_str!("../../../deploy/drivers/qemu.toml")).unwrap();
+        match s.driver {
+            DriverConfig::Qemu(q) => assert_eq!(q.migration_ports, (49152, 49215)),
+            other => panic!("qemu.toml holds {other:?}"),
+        }
         let agent: crate::daemon::AgentConfig =
-            toml::from_str(include_str!("../../deploy/agent.example.toml")).unwrap();
+            toml::from_str(include_str!("../../../deploy/agent.example.toml")).unwrap();
         agent.driver.build(&agent.host).unwrap();
     }
 

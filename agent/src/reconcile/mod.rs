@@ -1,0 +1,404 @@
+//! The reconciler's decisions: desired state (from the log) against observed state (from the
+//! hypervisor) → actions. Pure, like `protocol::apply` is for the coordinator: no I/O, no clock,
+//! no randomness. A thin runtime feeds it [`Input`]s — log changes, observations of the
+//! hypervisor, the results of the effects it performed — and performs the [`Effect`]s
+//! [`Reconciler::step`] returns.
+//!
+//! What a host must hold, per guest in the log:
+//!
+//! - **the definition**, on every host (the seed: a distributed guest has a configuration file on
+//!   every VM host), written from the log's spec and version;
+//! - **a running copy only on the owner**, and only while the log says `running`. A copy that
+//!   must not run here is stopped *hard* (it is a second copy, not a guest to shut down
+//!   politely); the owner's own stop is graceful;
+//! - nothing for a guest the log removed (its definition goes, after any copy is stopped).
+//!
+//! A guest the hypervisor holds but this agent never defined is *unknown to the log*: reported,
+//! never touched.
+//!
+//! While a migration of a guest is in flight, its run state belongs to the migration worker
+//! (the transfer moves the running copy); the reconciler still keeps its definition.
+//!
+//! **Fencing.** A start carries the fencing token (Raft term, revision) of the log change that
+//! asks for it, and is emitted only when that change is not older than the newest one a start
+//! of the guest has already used here: a log view that went backwards (a re-sync from a stale
+//! coordinator) cannot restart a guest. Orders are compared by revision, which a cluster never
+//! reuses (a restored cluster continues above the imported history), so an agent that restarts
+//! and knows its guests' revisions but not the terms that committed them compares the same way.
+//! The runtime checks the order with a linearizable read before it starts anything, so a lagging
+//! agent cannot start a guest the log has since moved elsewhere.
+//!
+//! **No action twice.** One action per guest is in progress at a time; an action that
+//! succeeded updates the model of the hypervisor as it implies, so the next plan does not ask
+//! for it again; an action that failed is not retried until the next observation (the runtime
+//! observes on a timer), so a failing hypervisor is not hammered.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use switchyard_protocol::api::{Drift, PendingChange};
+use switchyard_protocol::{FencingToken, Guest, GuestSpec, Name, Revision, RunState};
+
+use crate::driver::{Observed, VmState};
+
+pub mod runtime;
+
+/// What the reconciler is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A guest as the log now has it (created, changed, moved), with the token of that change.
+    Guest { guest: Guest, token: FencingToken },
+    /// The log removed the guest.
+    Removed { name: Name },
+    /// Every guest the log has, replacing what was known (an agent's start, a re-sync from
+    /// full state).
+    Reset { guests: Vec<(Guest, FencingToken)> },
+    /// Whether a migration of the guest is in flight.
+    Migrating { name: Name, in_flight: bool },
+    /// The migration worker has told which guests it holds (after it started or re-synced):
+    /// until then a migration's copy here (e.g. a target waiting for the guest) would look
+    /// like a copy to stop.
+    MigrationsKnown,
+    /// Everything the hypervisor holds now.
+    Observed(Vec<Observed>),
+    /// An effect ended.
+    Done { effect: Effect, result: Result<(), String> },
+}
+
+/// What to do to one guest on this host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Action {
+    /// Write (or replace) the guest's definition.
+    Define { spec: GuestSpec, version: Revision },
+    /// Remove the definition of a guest the log removed.
+    Undefine,
+    /// Start the guest from its definition, on the order with this token.
+    Start { token: FencingToken },
+    /// Stop the guest; `hard` skips the graceful shutdown.
+    Stop { hard: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Effect {
+    pub guest: Name,
+    pub action: Action,
+    /// Why, in words (logged, and in the repair's report).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Desire {
+    guest: Guest,
+    token: FencingToken,
+}
+
+#[derive(Clone, Debug)]
+pub struct Reconciler {
+    host: Name,
+    desired: BTreeMap<Name, Desire>,
+    migrating: BTreeSet<Name>,
+    /// The hypervisor as last observed, updated by the effects that succeeded since. `None`
+    /// until the first observation: nothing is decided blind.
+    observed: Option<BTreeMap<Name, Observed>>,
+    /// Whether the whole log view arrived ([`Input::Reset`]). Until then nothing is decided
+    /// either: every guest would look removed from the log, and be stopped.
+    log_known: bool,
+    /// Whether the migration worker said which guests it holds ([`Input::MigrationsKnown`]).
+    migrations_known: bool,
+    in_progress: BTreeMap<Name, Action>,
+    /// Actions that failed since the last observation: not retried before the next one.
+    failed: BTreeMap<Name, Action>,
+    /// The newest token a start of each guest used on this host.
+    started: BTreeMap<Name, FencingToken>,
+}
+
+impl Reconciler {
+    /// `started` is what the runtime kept durably of earlier starts' tokens.
+    pub fn new(host: Name, started: BTreeMap<Name, FencingToken>) -> Reconciler {
+        Reconciler {
+            host,
+            desired: BTreeMap::new(),
+            migrating: BTreeSet::new(),
+            observed: None,
+            log_known: false,
+            migrations_known: false,
+            in_progress: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            started,
+        }
+    }
+
+    /// Takes one input; returns the effects to perform now, in the order of the log changes
+    /// that ask for them.
+    pub fn step(&mut self, input: Input) -> Vec<Effect> {
+        let touched: Vec<Name> = match input {
+            Input::Guest { guest, token } => {
+                let name = guest.name.clone();
+                self.desired.insert(name.clone(), Desire { guest, token });
+                vec![name]
+            }
+            Input::Removed { name } => {
+                self.desired.remove(&name);
+                vec![name]
+            }
+            Input::Reset { guests } => {
+                self.log_known = true;
+                let before: Vec<Name> = self.desired.keys().cloned().collect();
+                self.desired =
+                    guests.into_iter().map(|(g, token)| (g.name.clone(), Desire { guest: g, token })).collect();
+                let mut names = self.all_names();
+                names.extend(before);
+                names.sort();
+                names.dedup();
+                names
+            }
+            Input::MigrationsKnown => {
+                self.migrations_known = true;
+                self.all_names()
+            }
+            Input::Migrating { name, in_flight } => {
+                if in_flight {
+                    self.migrating.insert(name.clone());
+                } else {
+                    self.migrating.remove(&name);
+                }
+                vec![name]
+            }
+            Input::Observed(list) => {
+                self.observed = Some(list.into_iter().map(|o| (o.name.clone(), o)).collect());
+                self.failed.clear();
+                self.all_names()
+            }
+            Input::Done { effect, result } => {
+                if self.in_progress.get(&effect.guest) == Some(&effect.action) {
+                    self.in_progress.remove(&effect.guest);
+                }
+                match result {
+                    Ok(()) => self.record_success(&effect),
+                    Err(_) => {
+                        self.failed.insert(effect.guest.clone(), effect.action.clone());
+                    }
+                }
+                vec![effect.guest]
+            }
+        };
+        let mut effects: Vec<(Revision, Effect)> = Vec::new();
+        for name in touched {
+            if self.in_progress.contains_key(&name) {
+                continue;
+            }
+            let Some((action, reason)) = self.plan(&name) else { continue };
+            if self.failed.get(&name) == Some(&action) {
+                continue;
+            }
+            self.in_progress.insert(name.clone(), action.clone());
+            let order = self.desired.get(&name).map_or(Revision::MAX, |d| d.token.revision);
+            effects.push((order, Effect { guest: name, action, reason }));
+        }
+        effects.sort_by_key(|(order, e)| (*order, e.guest.clone()));
+        effects.into_iter().map(|(_, e)| e).collect()
+    }
+
+    fn all_names(&self) -> Vec<Name> {
+        let mut names: BTreeSet<Name> = self.desired.keys().cloned().collect();
+        if let Some(o) = &self.observed {
+            names.extend(o.keys().cloned());
+        }
+        names.into_iter().collect()
+    }
+
+    /// The model of the hypervisor after `effect` succeeded.
+    fn record_success(&mut self, effect: &Effect) {
+        let Some(observed) = self.observed.as_mut() else { return };
+        let name = &effect.guest;
+        match &effect.action {
+            Action::Define { spec, version } => {
+                let o = observed.entry(name.clone()).or_insert_with(|| Observed {
+                    name: name.clone(),
+                    defined: None,
+                    state: VmState::ShutOff,
+                    running_spec: None,
+                });
+                o.defined = Some((spec.clone(), Some(*version)));
+            }
+            Action::Undefine => {
+                observed.remove(name);
+            }
+            Action::Start { token } => {
+                let started = self.started.entry(name.clone()).or_default();
+                if token.revision >= started.revision {
+                    *started = *token;
+                }
+                if let Some(o) = observed.get_mut(name) {
+                    o.state = VmState::Running;
+                    o.running_spec = o.defined.as_ref().map(|(s, _)| s.clone());
+                }
+            }
+            Action::Stop { .. } => {
+                if let Some(o) = observed.get_mut(name) {
+                    o.state = VmState::ShutOff;
+                    o.running_spec = None;
+                }
+            }
+        }
+    }
+
+    /// The next action for one guest, if any, and why.
+    fn plan(&self, name: &Name) -> Option<(Action, String)> {
+        if !self.log_known || !self.migrations_known {
+            return None;
+        }
+        let observed = self.observed.as_ref()?;
+        let o = observed.get(name);
+        let d = self.desired.get(name);
+        let state = o.map_or(VmState::ShutOff, |o| o.state.clone());
+        // Anything of the guest that exists here (a process in any state).
+        let exists = state != VmState::ShutOff;
+        let Some(d) = d else {
+            // Not in the log: remove what this agent defined; leave what it did not.
+            let o = o?;
+            let managed = matches!(o.defined, Some((_, Some(_))));
+            if !managed {
+                return None;
+            }
+            if exists {
+                return Some((Action::Stop { hard: true }, "the log removed the guest".into()));
+            }
+            return Some((Action::Undefine, "the log removed the guest".into()));
+        };
+        let g = &d.guest;
+        let here = g.owner == self.host;
+        let migrating = self.migrating.contains(name);
+        // Safety first: a copy that must not run here stops before anything else.
+        if !migrating && !here && exists {
+            return Some((Action::Stop { hard: true }, format!("the log says {} runs on {}", name, g.owner)));
+        }
+        let defined = o.and_then(|o| o.defined.as_ref());
+        if defined.is_none_or(|(spec, version)| spec != &g.spec || *version != Some(g.version)) {
+            let why = match defined {
+                None => "not defined on this host".to_string(),
+                Some((spec, _)) if spec != &g.spec => {
+                    format!("definition differs in {}", differing(spec, &g.spec).join(", "))
+                }
+                Some(_) => "the log's version changed".to_string(),
+            };
+            return Some((Action::Define { spec: g.spec.clone(), version: g.version }, why));
+        }
+        if migrating || !here {
+            return None;
+        }
+        match (g.run_state, &state) {
+            (RunState::Running, VmState::Running) => None,
+            (RunState::Running, VmState::ShutOff) => {
+                if self.started.get(name).is_some_and(|t| t.revision > d.token.revision) {
+                    // A start already used a newer order: this view of the log is older.
+                    return None;
+                }
+                Some((Action::Start { token: d.token }, "the log says it runs here".into()))
+            }
+            // A copy here that does not execute (paused, stuck, left waiting for a migration or
+            // left behind by one): stop it, then start afresh.
+            (RunState::Running, s) => Some((Action::Stop { hard: true }, format!("it should run here but is {s}"))),
+            (RunState::Stopped, VmState::ShutOff) => None,
+            (RunState::Stopped, VmState::Running) => {
+                Some((Action::Stop { hard: false }, "the log says it is stopped".into()))
+            }
+            (RunState::Stopped, s) => {
+                Some((Action::Stop { hard: true }, format!("the log says it is stopped; it is {s}")))
+            }
+        }
+    }
+
+    /// How each guest on this host differs from the log right now (guests in a migration are
+    /// compared by definition only). Empty until the first observation.
+    pub fn drift(&self) -> BTreeMap<Name, Vec<Drift>> {
+        let mut out = BTreeMap::new();
+        let Some(observed) = self.observed.as_ref().filter(|_| self.log_known && self.migrations_known) else {
+            return out;
+        };
+        for name in self.all_names() {
+            let o = observed.get(&name);
+            let state = o.map_or(VmState::ShutOff, |o| o.state.clone());
+            let mut drift = Vec::new();
+            match self.desired.get(&name) {
+                None => {
+                    if o.is_some_and(|o| !matches!(o.defined, Some((_, Some(_))))) {
+                        drift.push(Drift::Unknown);
+                    } else if state.is_live() {
+                        drift.push(Drift::RunningHere { state: state.to_string() });
+                    }
+                }
+                Some(d) => {
+                    match o.and_then(|o| o.defined.as_ref()) {
+                        None => drift.push(Drift::Missing),
+                        Some((spec, _)) if spec != &d.guest.spec => drift.push(Drift::Differs {
+                            fields: differing(spec, &d.guest.spec).into_iter().map(String::from).collect(),
+                        }),
+                        Some(_) => {}
+                    }
+                    if !self.migrating.contains(&name) {
+                        let run_here = d.guest.owner == self.host && d.guest.run_state == RunState::Running;
+                        if run_here && state != VmState::Running {
+                            drift.push(Drift::NotRunning { state: state.to_string() });
+                        } else if !run_here && state.is_live() {
+                            drift.push(Drift::RunningHere { state: state.to_string() });
+                        }
+                    }
+                }
+            }
+            if !drift.is_empty() {
+                out.insert(name, drift);
+            }
+        }
+        out
+    }
+
+    /// Changes waiting for their guest's next start.
+    pub fn pending(&self) -> Vec<PendingChange> {
+        let Some(observed) = &self.observed else { return Vec::new() };
+        self.desired
+            .iter()
+            .filter_map(|(name, d)| {
+                let o = observed.get(name)?;
+                let running = o.running_spec.as_ref().filter(|_| o.state == VmState::Running)?;
+                (running != &d.guest.spec).then(|| PendingChange {
+                    guest: name.clone(),
+                    fields: differing(running, &d.guest.spec).into_iter().map(String::from).collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// The newest start token per guest (the runtime keeps it durably).
+    pub fn started(&self) -> &BTreeMap<Name, FencingToken> {
+        &self.started
+    }
+}
+
+/// The fields in which two specs differ, by name.
+pub fn differing(a: &GuestSpec, b: &GuestSpec) -> Vec<&'static str> {
+    let mut f = Vec::new();
+    if a.vcpus != b.vcpus {
+        f.push("vcpus");
+    }
+    if a.memory_mib != b.memory_mib {
+        f.push("memory_mib");
+    }
+    if a.disks != b.disks {
+        f.push("disks");
+    }
+    if a.networks != b.networks {
+        f.push("networks");
+    }
+    if a.online_migration != b.online_migration {
+        f.push("online_migration");
+    }
+    if a.cluster_node != b.cluster_node {
+        f.push("cluster_node");
+    }
+    if a.package != b.package {
+        f.push("package");
+    }
+    f
+}

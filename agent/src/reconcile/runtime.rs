@@ -1,0 +1,235 @@
+//! The reconciler's runtime: feeds [`Reconciler::step`] the log's changes (from the daemon),
+//! observations of the hypervisor (every `reconcile_interval`) and the results of the effects
+//! it performed, and performs the effects on blocking threads. What the last reading found
+//! (drift, pending changes, repairs made) goes into the agent's reports to the leader.
+//!
+//! A start is checked against the log before it happens: a linearizable read of the guest must
+//! show the very order the start carries (same version, owner this host, `running`, no
+//! migration in flight). An agent that lags, or follows a stale coordinator, therefore never
+//! starts a guest the log has since moved elsewhere; without a leader it starts nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_client::Client;
+use switchyard_protocol::api::{GuestDrift, HypervisorReport, RepairRequest, HYPERVISOR_REPORT_GUESTS_MAX};
+use switchyard_protocol::{FencingToken, Guest, Name, RunState};
+use tokio::sync::{mpsc, watch};
+
+use super::{Action, Effect, Input, Reconciler};
+use crate::driver::HypervisorDriver;
+use crate::store::AgentStore;
+
+/// What the daemon and the migration worker tell the runtime.
+#[derive(Debug)]
+pub enum Feed {
+    /// A guest as the log now has it, with the token of the change.
+    Guest {
+        guest: Guest,
+        token: FencingToken,
+    },
+    Removed {
+        name: Name,
+    },
+    /// Every guest the log has (the agent's start, a re-sync).
+    Reset {
+        guests: Vec<Guest>,
+    },
+    /// Whether the migration worker holds a migration of the guest (its run state is then the
+    /// worker's).
+    Migrating {
+        name: Name,
+        in_flight: bool,
+    },
+    /// The migration worker has loaded the migrations it takes part in.
+    MigrationsKnown,
+}
+
+pub struct Runtime {
+    pub host: Name,
+    pub driver: Arc<dyn HypervisorDriver>,
+    pub client: Client,
+    pub store: Arc<AgentStore>,
+    pub interval: Duration,
+}
+
+impl Runtime {
+    /// Runs until the feed closes. Publishes the hypervisor report after every observation.
+    pub async fn run(self, mut feed: mpsc::UnboundedReceiver<Feed>, report: watch::Sender<Option<HypervisorReport>>) {
+        let started = self.store.started().unwrap_or_else(|e| {
+            tracing::error!(%e, "cannot read the start tokens; every start is still checked against the log");
+            BTreeMap::new()
+        });
+        let mut r = Reconciler::new(self.host.clone(), started);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Effect, Result<(), String>)>();
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut repairs = 0u64;
+        // Repairs under way, to record in the log once they succeed.
+        let mut repairing: BTreeMap<Name, Action> = BTreeMap::new();
+        loop {
+            let (input, repair) = tokio::select! {
+                f = feed.recv() => match f {
+                    Some(f) => (to_input(f), false),
+                    None => return,
+                },
+                Some((effect, result)) = done_rx.recv() => {
+                    match &result {
+                        Ok(()) => tracing::info!(guest = %effect.guest, action = ?effect.action, reason = %effect.reason, "hypervisor updated"),
+                        Err(e) => tracing::warn!(guest = %effect.guest, action = ?effect.action, %e, "hypervisor action failed; retried after the next observation"),
+                    }
+                    if let (Ok(()), Action::Start { .. }) = (&result, &effect.action) {
+                        if let Err(e) = self.store.put_started(r.started()) {
+                            tracing::error!(%e, "cannot record the start token");
+                        }
+                    }
+                    if repairing.get(&effect.guest) == Some(&effect.action) {
+                        repairing.remove(&effect.guest);
+                        if result.is_ok() {
+                            self.record_repair(&effect);
+                        }
+                    }
+                    (Input::Done { effect, result }, false)
+                }
+                _ = tick.tick() => {
+                    let driver = self.driver.clone();
+                    let observed = tokio::task::spawn_blocking(move || {
+                        driver.lifecycle().expect("the runtime runs only for drivers with a lifecycle").observe()
+                    })
+                    .await;
+                    match observed {
+                        Ok(Ok(list)) => (Input::Observed(list), true),
+                        Ok(Err(e)) => {
+                            tracing::warn!(%e, "cannot read the hypervisor");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(%e, "hypervisor observation task failed");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let effects = r.step(input);
+            if repair {
+                // The report is the last reading of the hypervisor (what differed then, before
+                // the repairs it triggers), so a drift is visible for one interval at least.
+                let _ = report.send(Some(hypervisor_report(&r, repairs + effects.len() as u64)));
+            }
+            for e in effects {
+                if repair {
+                    // Decided from an observation, not from a log change: the hypervisor had
+                    // drifted from the log.
+                    repairs += 1;
+                    tracing::warn!(guest = %e.guest, action = ?e.action, reason = %e.reason, "repairing drift from the log");
+                    repairing.insert(e.guest.clone(), e.action.clone());
+                }
+                self.perform(e, done_tx.clone());
+            }
+        }
+    }
+
+    /// Commits a `GuestRepaired` event: the guest's history shows what was repaired and why.
+    /// Retried with one request id while the cluster has no leader; a guest removed meanwhile
+    /// (`unknown_guest`) is only logged.
+    fn record_repair(&self, e: &Effect) {
+        let action = match &e.action {
+            Action::Define { .. } => "define",
+            Action::Undefine => "undefine",
+            Action::Start { .. } => "start",
+            Action::Stop { hard: true } => "stop-hard",
+            Action::Stop { hard: false } => "stop",
+        };
+        let req = RepairRequest {
+            guest: e.guest.clone(),
+            action: action.into(),
+            reason: e.reason.chars().take(200).collect(),
+            request_id: Some(switchyard_client::new_request_id()),
+        };
+        let (client, host) = (self.client.clone().retrying_writes(Duration::from_secs(60)), self.host.clone());
+        tokio::spawn(async move {
+            if let Err(e) = client.record_repair(&host, &req).await {
+                tracing::warn!(guest = %req.guest, %e, "cannot record the repair in the log");
+            }
+        });
+    }
+
+    fn perform(&self, e: Effect, done: mpsc::UnboundedSender<(Effect, Result<(), String>)>) {
+        let (driver, client, host) = (self.driver.clone(), self.client.clone(), self.host.clone());
+        tokio::spawn(async move {
+            let result = async {
+                if let Action::Start { token } = &e.action {
+                    check_order(&client, &host, &e.guest, *token).await?;
+                }
+                let effect = e.clone();
+                tokio::task::spawn_blocking(move || {
+                    let l = driver.lifecycle().expect("the runtime runs only for drivers with a lifecycle");
+                    match &effect.action {
+                        Action::Define { spec, version } => l.define(&effect.guest, spec, *version),
+                        Action::Undefine => l.undefine(&effect.guest),
+                        Action::Start { .. } => l.start(&effect.guest),
+                        Action::Stop { hard } => l.stop(&effect.guest, *hard),
+                    }
+                })
+                .await
+                .map_err(|e| format!("driver task: {e}"))?
+                .map_err(|e| e.to_string())
+            }
+            .await;
+            let _ = done.send((e, result));
+        });
+    }
+}
+
+/// A start happens only on the order the log holds now (read linearizably).
+async fn check_order(client: &Client, host: &Name, guest: &Name, token: FencingToken) -> Result<(), String> {
+    let view = client.guest(guest).await.map_err(|e| format!("cannot confirm the order with the log: {e}"))?.items;
+    let g = &view.guest;
+    if g.version != token.revision || g.owner != *host || g.run_state != RunState::Running {
+        return Err(format!(
+            "the log moved on (version {}, owner {}, {:?}); not starting on the order at revision {}",
+            g.version, g.owner, g.run_state, token.revision
+        ));
+    }
+    if let Some(m) = &view.migration {
+        return Err(format!("migration {} of the guest is in flight", m.id));
+    }
+    Ok(())
+}
+
+fn to_input(f: Feed) -> Input {
+    match f {
+        Feed::Guest { guest, token } => Input::Guest { guest, token },
+        Feed::Removed { name } => Input::Removed { name },
+        // The term of each guest's last change is not kept on the host; orders are compared
+        // by revision (see the module docs of `reconcile`).
+        Feed::Reset { guests } => Input::Reset {
+            guests: guests
+                .into_iter()
+                .map(|g| {
+                    let token = FencingToken { term: 0, revision: g.version };
+                    (g, token)
+                })
+                .collect(),
+        },
+        Feed::Migrating { name, in_flight } => Input::Migrating { name, in_flight },
+        Feed::MigrationsKnown => Input::MigrationsKnown,
+    }
+}
+
+fn hypervisor_report(r: &Reconciler, repairs: u64) -> HypervisorReport {
+    let drift = r.drift();
+    let pending = r.pending();
+    HypervisorReport {
+        drift_total: drift.len() as u64,
+        drift: drift
+            .into_iter()
+            .take(HYPERVISOR_REPORT_GUESTS_MAX)
+            .map(|(guest, drift)| GuestDrift { guest, drift })
+            .collect(),
+        pending_total: pending.len() as u64,
+        pending: pending.into_iter().take(HYPERVISOR_REPORT_GUESTS_MAX).collect(),
+        repairs,
+    }
+}

@@ -1,0 +1,209 @@
+//! The `qemu` driver against real QEMU processes (KVM when `/dev/kvm` is usable, TCG otherwise):
+//! tiny guests with no disk, 32–48 MiB. `scripts/install-deps` installs QEMU.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use switchyard_agent::driver::qemu::{Qemu, QemuConfig};
+use switchyard_agent::driver::{DriverError, Observed, Transfer, VmState};
+use switchyard_protocol::{GuestSpec, MigrationId, MigrationKind, Name};
+
+fn n(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn spec(memory_mib: u64) -> GuestSpec {
+    GuestSpec {
+        vcpus: 1,
+        memory_mib,
+        disks: vec![],
+        networks: vec![],
+        online_migration: true,
+        cluster_node: false,
+        package: None,
+    }
+}
+
+/// A driver on its own state folder; every QEMU process it started is killed on drop, whatever
+/// the test's outcome (they are daemons and would outlive the test).
+struct Host {
+    qemu: Qemu,
+    dir: std::path::PathBuf,
+}
+
+impl Host {
+    fn new(root: &Path, name: &str, ports: (u16, u16)) -> Host {
+        let dir = root.join(name);
+        let mut cfg = QemuConfig::new(dir.clone());
+        cfg.powerdown_timeout_ms = 300;
+        cfg.migrate_timeout_ms = 30_000;
+        cfg.migration_ports = ports;
+        let qemu = Qemu::new(cfg).unwrap_or_else(|e| panic!("{e}: run scripts/install-deps"));
+        Host { qemu, dir }
+    }
+
+    fn get(&self, guest: &str) -> Option<Observed> {
+        self.qemu.observe().unwrap().into_iter().find(|o| o.name.as_str() == guest)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Ok(list) = self.qemu.observe() {
+            for o in list {
+                let _ = self.qemu.stop(&o.name, true);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port no one listens on now (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn define_start_modify_stop_and_undefine_reach_a_real_qemu_process() {
+    let root = tempfile::tempdir().unwrap();
+    let h = Host::new(root.path(), "h1", (49152, 49215));
+    let g = n("g1");
+    h.qemu.define(&g, &spec(32), 5).unwrap();
+    let o = h.get("g1").unwrap();
+    assert_eq!((o.defined, o.state), (Some((spec(32), Some(5))), VmState::ShutOff));
+
+    h.qemu.start(&g).unwrap();
+    h.qemu.start(&g).unwrap(); // idempotent: one process
+    let o = h.get("g1").unwrap();
+    assert_eq!(o.state, VmState::Running, "accel {}", h.qemu.accel());
+    assert_eq!(o.running_spec, Some(spec(32)));
+
+    // A change while running waits for the next start.
+    h.qemu.define(&g, &spec(48), 6).unwrap();
+    let o = h.get("g1").unwrap();
+    assert_eq!((o.defined.unwrap().0, o.running_spec.unwrap()), (spec(48), spec(32)));
+    let e = h.qemu.undefine(&g).unwrap_err().to_string();
+    assert!(e.contains("stop it first"), "{e}");
+
+    // A guest with no operating system ignores the power button: the stop falls back to quit.
+    h.qemu.stop(&g, false).unwrap();
+    assert_eq!(h.get("g1").unwrap().state, VmState::ShutOff);
+    h.qemu.start(&g).unwrap();
+    assert_eq!(h.get("g1").unwrap().running_spec, Some(spec(48)));
+    h.qemu.stop(&g, true).unwrap();
+    h.qemu.stop(&g, true).unwrap(); // idempotent
+    h.qemu.undefine(&g).unwrap();
+    assert!(h.get("g1").is_none());
+}
+
+#[test]
+fn a_process_killed_behind_the_drivers_back_reads_as_shut_off_and_a_reused_pid_is_not_taken() {
+    let root = tempfile::tempdir().unwrap();
+    let h = Host::new(root.path(), "h1", (49152, 49215));
+    let g = n("g1");
+    h.qemu.define(&g, &spec(32), 1).unwrap();
+    h.qemu.start(&g).unwrap();
+    let pid: i32 = std::fs::read_to_string(h.dir.join("g1/qemu.pid")).unwrap().trim().parse().unwrap();
+    // SAFETY: kill(2) of the QEMU process this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.get("g1").unwrap().state != VmState::ShutOff {
+        assert!(std::time::Instant::now() < deadline, "the killed process still reads as live");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The pid file now names a process that is not this guest's QEMU.
+    let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    std::fs::write(h.dir.join("g1/qemu.pid"), other.id().to_string()).unwrap();
+    assert_eq!(h.get("g1").unwrap().state, VmState::ShutOff);
+    h.qemu.undefine(&g).unwrap();
+    other.kill().unwrap();
+    other.wait().unwrap();
+}
+
+#[test]
+fn a_bad_definition_is_refused_before_it_is_written() {
+    let root = tempfile::tempdir().unwrap();
+    let h = Host::new(root.path(), "h1", (49152, 49215));
+    let mut s = spec(32);
+    s.networks = vec!["avio_lan:vswitch0".into()];
+    assert!(h.qemu.define(&n("g1"), &s, 1).is_err());
+    assert!(h.get("g1").is_none());
+}
+
+#[test]
+fn a_live_migration_moves_the_running_guest_and_reports_qemus_figures() {
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let h1 = Host::new(root.path(), "h1", (port, port));
+    let h2 = Host::new(root.path(), "h2", (port, port));
+    let g = n("g1");
+    for h in [&h1, &h2] {
+        h.qemu.define(&g, &spec(32), 5).unwrap();
+    }
+    h1.qemu.start(&g).unwrap();
+    let t = Transfer {
+        migration: MigrationId(77),
+        guest: g.clone(),
+        source: n("h1"),
+        target: n("h2"),
+        target_address: "127.0.0.1:7302".into(),
+        kind: MigrationKind::Online,
+    };
+    assert_eq!(h1.qemu.incoming_address(&t), format!("127.0.0.1:{port}"));
+    // The source starts before the target listens: it retries until the target is ready.
+    let stats = std::thread::scope(|s| {
+        let source = s.spawn(|| h1.qemu.migrate_out(&t, &AtomicBool::new(false)));
+        h2.qemu.prepare_incoming(&t).unwrap();
+        h2.qemu.prepare_incoming(&t).unwrap(); // idempotent
+        source.join().unwrap()
+    })
+    .unwrap();
+    assert!(stats.total_ms > 0 && stats.bytes > 0, "{stats:?}");
+    eprintln!("QEMU live migration of a 32 MiB guest: {stats:?}");
+    assert_eq!(h1.get("g1").unwrap().state, VmState::Migrated);
+    assert_eq!(h2.get("g1").unwrap().state, VmState::Running);
+    // Never two live copies: the source's copy is paused for good.
+    assert!(!h1.get("g1").unwrap().state.is_live());
+    // Asked again (an agent restarted after the transfer), the source reports the same end.
+    let again = h1.qemu.migrate_out(&t, &AtomicBool::new(false)).unwrap();
+    assert_eq!(again, stats);
+
+    // And back (a rollback that found the guest already moved): the copy left on h1 makes way
+    // for a fresh process that receives it.
+    let back = Transfer { source: n("h2"), target: n("h1"), target_address: "127.0.0.1:7301".into(), ..t };
+    let stats = std::thread::scope(|s| {
+        let source = s.spawn(|| h2.qemu.migrate_out(&back, &AtomicBool::new(false)));
+        h1.qemu.prepare_incoming(&back).unwrap();
+        source.join().unwrap()
+    })
+    .unwrap();
+    assert!(stats.total_ms > 0 && stats.bytes > 0, "{stats:?}");
+    assert_eq!(h1.get("g1").unwrap().state, VmState::Running);
+    assert_eq!(h2.get("g1").unwrap().state, VmState::Migrated);
+}
+
+#[test]
+fn a_cancelled_or_refused_migration_leaves_the_guest_running_on_the_source() {
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let h1 = Host::new(root.path(), "h1", (port, port));
+    let g = n("g1");
+    h1.qemu.define(&g, &spec(32), 5).unwrap();
+    h1.qemu.start(&g).unwrap();
+    let t = Transfer {
+        migration: MigrationId(78),
+        guest: g.clone(),
+        source: n("h1"),
+        target: n("h2"),
+        target_address: "127.0.0.1:7302".into(),
+        kind: MigrationKind::Online,
+    };
+    // No target ever listens; the cancel flag ends the retries.
+    let e = h1.qemu.migrate_out(&t, &AtomicBool::new(true)).unwrap_err();
+    assert_eq!(e, DriverError::Cancelled);
+    assert_eq!(h1.get("g1").unwrap().state, VmState::Running);
+    let offline = Transfer { kind: MigrationKind::Offline, ..t };
+    assert!(h1.qemu.migrate_out(&offline, &AtomicBool::new(false)).is_err());
+    assert_eq!(h1.get("g1").unwrap().state, VmState::Running);
+}

@@ -1,0 +1,185 @@
+//! A real VM's live migration (QEMU, a 32 MiB guest with no disk), end to end through
+//! Switchyard — the request acknowledged, every phase committed, the agents' driver moving the
+//! VM with QEMU's own migration, `completed` committed — against the same move made with QMP
+//! directly (start the target waiting for it, `migrate`, poll until `completed`), in the same
+//! run on the same machine. The difference of the medians is Switchyard's orchestration
+//! overhead. Each figure is timed as its user would: the operator from the request to the
+//! committed end, the QMP user from the start of the target's process to QEMU's `completed`.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use switchyard_agent::driver::qemu::{Qemu, QemuConfig};
+use switchyard_agent::driver::{Transfer, VmState};
+use switchyard_client::EventQuery;
+use switchyard_protocol::api::{CreateGuestRequest, MigrateRequest, StreamItem};
+use switchyard_protocol::{EventPayload, GuestSpec, MigrationId, MigrationKind, Name, Phase, RunState};
+use switchyard_testkit::{local, wait_for, Hypervisor};
+
+use crate::sut::Timing;
+use crate::{Args, Report};
+
+fn n(s: &str) -> Name {
+    Name::new(s).expect("a valid name")
+}
+
+fn spec() -> GuestSpec {
+    GuestSpec {
+        vcpus: 1,
+        memory_mib: 32,
+        disks: vec![],
+        networks: vec![],
+        online_migration: true,
+        cluster_node: false,
+        package: None,
+    }
+}
+
+fn median_max(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    (ms(v[v.len() / 2]), ms(*v.last().expect("at least one move")))
+}
+
+pub async fn vm_migration(args: &Args, dir: &Path, timing: Timing, report: &mut Report) -> anyhow::Result<()> {
+    let reps = args.vm_reps.max(1);
+    let probe = Qemu::new(QemuConfig::new(dir.join("vm-probe")));
+    let accel = match &probe {
+        Ok(q) => q.accel(),
+        Err(e) => {
+            eprintln!("vm: skipped ({e})");
+            return Ok(());
+        }
+    };
+    eprintln!("== a real VM's live migration, {reps} moves each way of measuring (QEMU, {accel})");
+
+    // QMP directly: two hypervisors on this machine, the guest moved back and forth.
+    let port = switchyard_testkit::cluster::free_port();
+    let hv = |h: &str| {
+        let mut c = QemuConfig::new(dir.join("vm-direct").join(h));
+        c.migration_ports = (port, port);
+        Qemu::new(c).map_err(anyhow::Error::msg)
+    };
+    let (h1, h2) = (hv("h1")?, hv("h2")?);
+    let g = n("vm");
+    for h in [&h1, &h2] {
+        h.define(&g, &spec(), 1)?;
+    }
+    h1.start(&g)?;
+    let mut direct = Vec::new();
+    let mut downtime = Vec::new();
+    for rep in 0..reps {
+        let (src, dst, to) = if rep % 2 == 0 { (&h1, &h2, "h2") } else { (&h2, &h1, "h1") };
+        let t = Transfer {
+            migration: MigrationId(1000 + rep as u64),
+            guest: g.clone(),
+            source: n(if to == "h2" { "h1" } else { "h2" }),
+            target: n(to),
+            target_address: "127.0.0.1".into(),
+            kind: MigrationKind::Online,
+        };
+        let started = Instant::now();
+        let stats = std::thread::scope(|s| {
+            let out = s.spawn(|| src.migrate_out(&t, &AtomicBool::new(false)));
+            dst.prepare_incoming(&t)?;
+            out.join().expect("the migrating thread")
+        })?;
+        direct.push(started.elapsed());
+        downtime.push(Duration::from_millis(stats.freeze_ms));
+        src.stop(&g, true)?;
+    }
+    for h in [&h1, &h2] {
+        h.stop(&g, true)?;
+    }
+
+    // Through Switchyard: three coordinators and three agents on the qemu driver.
+    let mut settings = crate::sut::settings(timing, args.batch_max, 0);
+    settings.hypervisor = Hypervisor::Qemu;
+    let mut cluster = local::open(&dir.join("vm-switchyard"), 0, settings)?;
+    let result = async {
+        local::start(&mut cluster).await?;
+        cluster.start_agents()?;
+        let admin = cluster.admin(Duration::from_secs(10)).retrying_writes(Duration::from_secs(60));
+        let req = CreateGuestRequest {
+            name: g.clone(),
+            owner: n("h1"),
+            vcpus: 1,
+            memory_mib: 32,
+            disks: vec![],
+            networks: vec![],
+            online_migration: true,
+            cluster_node: false,
+            package: None,
+            run_state: RunState::Running,
+            request_id: None,
+        };
+        admin.create_guest(&req).await.context("create the guest")?;
+        let runs_only_on = |host: &'static str| {
+            let hvs: Vec<(&str, Qemu)> = ["h1", "h2", "h3"]
+                .into_iter()
+                .map(|h| (h, Qemu::new(QemuConfig::new(cluster.qemu_dir(h))).expect("QEMU was found above")))
+                .collect();
+            move || {
+                let ok = hvs.iter().all(|(h, q)| (q.state(&n("vm")) == VmState::Running) == (*h == host));
+                async move { ok.then_some(()) }
+            }
+        };
+        wait_for("the guest to run on h1", Duration::from_secs(60), runs_only_on("h1")).await?;
+        let mut through = Vec::new();
+        for rep in 0..reps {
+            let to = if rep % 2 == 0 { "h2" } else { "h1" };
+            let head = admin.guest(&g).await?.revision;
+            let started = Instant::now();
+            let req =
+                MigrateRequest { guest: g.clone(), target: n(to), offline: false, reason: None, request_id: None };
+            let id = MigrationId(admin.migrate(&req).await.context("request the migration")?.first_revision);
+            // The committed end, as a subscriber sees it.
+            let q = EventQuery { from: head + 1, follow: true, guest: Some("vm".into()), ..Default::default() };
+            let mut end = None;
+            admin
+                .events(&q, |item| {
+                    if let StreamItem::Event(e) = item {
+                        if let EventPayload::MigrationPhaseChanged { id: m, phase, .. } = &e.payload {
+                            if *m == id && phase.is_terminal() {
+                                end = Some((*phase, started.elapsed()));
+                                return false;
+                            }
+                        }
+                    }
+                    true
+                })
+                .await?;
+            match end {
+                Some((Phase::Completed, took)) => through.push(took),
+                Some((phase, _)) => bail!("migration {id} ended {phase}"),
+                None => bail!("the event stream ended before migration {id} did"),
+            }
+            wait_for("the source's copy to stop", Duration::from_secs(60), runs_only_on(to)).await?;
+        }
+        anyhow::Ok(through)
+    }
+    .await;
+    cluster.stop_all();
+    cluster.kill_vms();
+    let through = result?;
+
+    let (d_med, d_max) = median_max(direct);
+    let (s_med, s_max) = median_max(through.clone());
+    let (q_med, q_max) = median_max(downtime);
+    let overhead: Vec<f64> = through.iter().map(|t| t.as_secs_f64() * 1000.0 - d_med).collect();
+    let o_max = overhead.iter().cloned().fold(f64::MIN, f64::max);
+    eprintln!("vm: QMP directly median {d_med:.1} ms (max {d_max:.1}); through Switchyard median {s_med:.1} ms (max {s_max:.1}); QEMU downtime median {q_med:.0} ms (max {q_max:.0})");
+    let figure = "live migration of a real 32 MiB VM, request to completed (median)";
+    report.add(figure, "ms", false, "switchyard", s_med);
+    report.note(
+        figure,
+        format!(
+            "{reps} moves each, QEMU {accel}; the same move by QMP directly: median {d_med:.1} ms, max {d_max:.1}; \
+             Switchyard's overhead: median {:.1} ms, max {o_max:.1}; QEMU downtime median {q_med:.0} ms",
+            s_med - d_med
+        ),
+    );
+    Ok(())
+}

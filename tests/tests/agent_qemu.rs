@@ -1,0 +1,208 @@
+//! Agents on real QEMU guests (three hosts, three coordinators): the log's guest changes reach
+//! the hypervisor on the right host, drift made behind an agent's back is reported and
+//! repaired, and live migrations move the real VM — with the leader coordinator SIGKILLed at
+//! each phase, and with an agent SIGKILLed mid-transfer. A checker samples every hypervisor all
+//! along and fails the test if a guest ever runs on two hosts at once.
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::saga::*;
+use common::vms::*;
+use switchyard_agent::driver::VmState;
+use switchyard_protocol::api::{Drift, HostView, ModifyGuestRequest, Read, RemoveGuestParams};
+use switchyard_protocol::{EventPayload, Name, Phase, RunState};
+
+fn n(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+/// The leader's view of a host (reports live on the leader).
+async fn host_view(cluster: &TestCluster, host: &str) -> Option<HostView> {
+    let r: Read<HostView> = cluster.client(&cluster.alive_ids()).host(&n(host)).await.ok()?;
+    Some(r.items)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_changes_reach_the_hypervisor_on_the_right_host() {
+    let (cluster, _agents) = qemu_cluster(ClusterOpts::default()).await;
+    let checker = TwoCopiesChecker::start(&cluster);
+    let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
+
+    // Created: defined on every host, running on its owner only.
+    create_vm(&admin, "g1", "h2", 32, None).await;
+    wait_runs_only_on(&cluster, "g1", "h2").await;
+
+    // Modified while running: every definition changes; the running VM keeps its memory until
+    // its next start, and `host show` lists the change as pending.
+    let req = ModifyGuestRequest { memory_mib: Some(48), ..Default::default() };
+    admin.modify_guest(&n("g1"), &req).await.unwrap();
+    for h in HOSTS {
+        wait_vm(&cluster, h, "g1", "defined with 48 MiB", |o| {
+            o.defined.as_ref().is_some_and(|(s, _)| s.memory_mib == 48)
+        })
+        .await;
+    }
+    let o = observe(&cluster, "h2", "g1").unwrap();
+    assert_eq!((o.state, o.running_spec.map(|s| s.memory_mib)), (VmState::Running, Some(32)));
+    eventually("h2 reports the pending change", Duration::from_secs(30), || async {
+        let hv = host_view(&cluster, "h2").await?.sync?.hypervisor?;
+        hv.pending.iter().any(|p| p.guest.as_str() == "g1" && p.fields == ["memory_mib"]).then_some(())
+    })
+    .await;
+
+    // Stopped, then started: the new memory size applies.
+    let stop = ModifyGuestRequest { run_state: Some(RunState::Stopped), ..Default::default() };
+    admin.modify_guest(&n("g1"), &stop).await.unwrap();
+    wait_vm(&cluster, "h2", "g1", "stopped", |o| o.state == VmState::ShutOff).await;
+    let start = ModifyGuestRequest { run_state: Some(RunState::Running), ..Default::default() };
+    admin.modify_guest(&n("g1"), &start).await.unwrap();
+    let o = wait_vm(&cluster, "h2", "g1", "running", |o| o.state == VmState::Running).await;
+    assert_eq!(o.running_spec.map(|s| s.memory_mib), Some(48));
+    eventually("the pending change to clear", Duration::from_secs(30), || async {
+        let hv = host_view(&cluster, "h2").await?.sync?.hypervisor?;
+        hv.pending.is_empty().then_some(())
+    })
+    .await;
+
+    // Removed: stopped and undefined everywhere.
+    let params = RemoveGuestParams::default();
+    admin.remove_guest(&n("g1"), &params).await.unwrap();
+    for h in HOSTS {
+        eventually(&format!("g1 gone from {h}"), Duration::from_secs(60), || async {
+            observe(&cluster, h, "g1").is_none().then_some(())
+        })
+        .await;
+    }
+    eprintln!("checker sampled {} rounds", checker.finish());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_behind_an_agents_back_is_reported_and_repaired() {
+    let (cluster, _agents) = qemu_cluster(ClusterOpts::default()).await;
+    let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
+    create_vm(&admin, "g1", "h1", 32, None).await;
+    wait_runs_only_on(&cluster, "g1", "h1").await;
+
+    // The VM killed on its owner: reported (DIVERGED), then started again.
+    let pid: i32 = std::fs::read_to_string(cluster.qemu_dir("h1").join("g1/qemu.pid")).unwrap().trim().parse().unwrap();
+    // SAFETY: kill(2) of the QEMU process of this test's guest.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    eventually("h1 to report g1 not running", Duration::from_secs(30), || async {
+        let hv = host_view(&cluster, "h1").await?.sync?.hypervisor?;
+        hv.drift
+            .iter()
+            .any(|d| d.guest.as_str() == "g1" && matches!(d.drift[..], [Drift::NotRunning { .. }]))
+            .then_some(())
+    })
+    .await;
+    let o = wait_vm(&cluster, "h1", "g1", "running again", |o| o.state == VmState::Running).await;
+    assert_eq!(o.running_spec.map(|s| s.memory_mib), Some(32));
+    // The repair is in the guest's history, with its reason.
+    eventually("the repair in g1's history", Duration::from_secs(30), || async {
+        history(&cluster.client(&[1, 2, 3])).await.into_iter().find_map(|e| match e.payload {
+            EventPayload::GuestRepaired { guest, host, action, reason }
+                if guest.as_str() == "g1" && host.as_str() == "h1" && action == "start" =>
+            {
+                Some(reason)
+            }
+            _ => None,
+        })
+    })
+    .await;
+
+    // A definition edited by hand on another host: reported, then rewritten from the log.
+    let def = cluster.qemu_dir("h3").join("g1/definition.json");
+    let edited = std::fs::read_to_string(&def).unwrap().replace("\"memory_mib\": 32", "\"memory_mib\": 64");
+    assert!(edited.contains("\"memory_mib\": 64"), "{edited}");
+    std::fs::write(&def, edited).unwrap();
+    wait_vm(&cluster, "h3", "g1", "defined from the log again", |o| {
+        o.defined.as_ref().is_some_and(|(s, _)| s.memory_mib == 32)
+    })
+    .await;
+
+    // A guest the log does not know: reported, never touched.
+    let stray = hypervisor(&cluster, "h2");
+    let mut spec = observe(&cluster, "h1", "g1").unwrap().defined.unwrap().0;
+    spec.memory_mib = 32;
+    stray.define(&n("stray"), &spec, 1).unwrap();
+    // Written without the agent's version mark: as an operator's own tool would leave it.
+    let path = cluster.qemu_dir("h2").join("stray/definition.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("version");
+    std::fs::write(&path, v.to_string()).unwrap();
+    stray.start(&n("stray")).unwrap();
+    eventually("h2 to report the stray guest and h1 to have repaired", Duration::from_secs(30), || async {
+        let h2 = host_view(&cluster, "h2").await?.sync?.hypervisor?;
+        let h1 = host_view(&cluster, "h1").await?.sync?.hypervisor?;
+        let stray_seen = h2.drift.iter().any(|d| d.guest.as_str() == "stray" && d.drift == [Drift::Unknown]);
+        (stray_seen && h1.repairs >= 1 && h1.drift.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        observe(&cluster, "h2", "stray").unwrap().state,
+        VmState::Running,
+        "a guest unknown to the log is never touched"
+    );
+    stray.stop(&n("stray"), true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_migrations_of_a_real_vm_survive_leader_loss_at_every_phase() {
+    // Driver steps wait 1.2 s; QEMU sends at 256 KiB/s (a few seconds for a 32 MiB guest): long
+    // enough to kill the leader while the migration sits in each phase.
+    let opts = ClusterOpts { step_delay_ms: 1200, qemu_bandwidth_kib: Some(256), ..Default::default() };
+    let (mut cluster, agents) = qemu_cluster(opts).await;
+    let checker = TwoCopiesChecker::start(&cluster);
+    let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
+    // In a package: its migrations pass through every phase (switching disabled and restored).
+    create_vm(&admin, "vm1", "h1", 32, Some("pkg1")).await;
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+
+    let phases = Phase::ALL.into_iter().filter(|p| !p.is_terminal() && *p != Phase::Requested);
+    let mut owner = "h1";
+    for (i, phase) in phases.enumerate() {
+        let target = if owner == "h1" { "h3" } else { "h1" };
+        let id = migrate(&admin, "vm1", target, &format!("c{i}")).await;
+        let seen = wait_phase(&cluster, id, phase).await;
+        assert_eq!(seen.phase, phase, "migration {id} passed {phase} before the leader could be killed");
+        let leader = cluster.wait_leader(&cluster.alive_ids()).await;
+        cluster.kill(leader);
+        let m = wait_terminal(&cluster, id).await;
+        assert_eq!(m.phase, Phase::Completed, "migration {id} (leader killed at {phase}): {:?}", m.error);
+        let freeze = m.freeze_time_ms.expect("QEMU's freeze time is in the migration's record");
+        eprintln!("leader killed at {phase}: migration {id} completed, QEMU downtime {freeze} ms");
+        cluster.restart(leader);
+        cluster.wait_leader(&[1, 2, 3]).await;
+        wait_runs_only_on(&cluster, "vm1", target).await;
+        owner = target;
+    }
+    let events = history(&cluster.client(&[1, 2, 3])).await;
+    check_history(&events, true);
+    wait_agents_converged(&cluster, &agents).await;
+    eprintln!("checker sampled {} rounds", checker.finish());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_transfer_converges() {
+    let opts = ClusterOpts { qemu_bandwidth_kib: Some(256), ..Default::default() };
+    let (cluster, mut agents) = qemu_cluster(opts).await;
+    let checker = TwoCopiesChecker::start(&cluster);
+    let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
+    create_vm(&admin, "vm1", "h1", 32, None).await;
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+    for (i, (victim, target)) in [(0usize, "h2"), (0usize, "h1")].into_iter().enumerate() {
+        // h1's agent both times: first as the source, then (moving back) as the target.
+        let id = migrate(&admin, "vm1", target, &format!("d{i}")).await;
+        wait_phase(&cluster, id, Phase::Transferring).await;
+        agents[victim].kill();
+        agents[victim].restart();
+        let m = wait_terminal(&cluster, id).await;
+        assert_eq!(m.phase, Phase::Completed, "agent {} killed mid-transfer: {:?}", agents[victim].host, m.error);
+        wait_runs_only_on(&cluster, "vm1", target).await;
+    }
+    check_history(&history(&cluster.client(&[1, 2, 3])).await, true);
+    wait_agents_converged(&cluster, &agents).await;
+    eprintln!("checker sampled {} rounds", checker.finish());
+}
