@@ -381,10 +381,37 @@ impl Worker {
                 let here = self.runs_here(&m.guest, &m.source).await;
                 match here {
                     Some(true) => self.start_transfer(&m, token).await,
-                    Some(false) => {
-                        tracing::info!(migration = %id, guest = %m.guest, "guest already left this host");
-                        self.journal(&m, token, TransferState::Done { freeze_time_ms: None });
-                    }
+                    Some(false) => match self.lifecycle_state(&m.guest).await {
+                        // A hypervisor that knows its guests tells "moved" from "not running".
+                        // Sent by a transfer this agent started before it restarted: the
+                        // transfer reports the figures of the one QEMU completed.
+                        Some(VmState::Migrated) => self.start_transfer(&m, token).await,
+                        // Not started yet (the guest was created just before the move), or
+                        // stopped behind the log's back: the log says it runs here, and an
+                        // online move needs it running. Start it first; move it next tick.
+                        Some(VmState::ShutOff) if m.kind == MigrationKind::Online => {
+                            let (driver, guest) = (self.driver.clone(), m.guest.clone());
+                            let r = tokio::task::spawn_blocking(move || {
+                                driver.lifecycle().expect("a lifecycle state was read").start(&guest)
+                            })
+                            .await;
+                            match r {
+                                Ok(Ok(())) => {
+                                    tracing::info!(migration = %id, guest = %m.guest, "started the guest on the source before moving it: the log says it runs")
+                                }
+                                other => {
+                                    tracing::warn!(migration = %id, ?other, "cannot start the guest before moving it; will retry")
+                                }
+                            }
+                        }
+                        Some(_) | None if self.driver.lifecycle().is_some() && m.kind == MigrationKind::Online => {
+                            tracing::warn!(migration = %id, guest = %m.guest, "the guest is neither running nor moved here; will look again");
+                        }
+                        _ => {
+                            tracing::info!(migration = %id, guest = %m.guest, "guest already left this host");
+                            self.journal(&m, token, TransferState::Done { freeze_time_ms: None });
+                        }
+                    },
                     None => {}
                 }
             }
@@ -546,6 +573,19 @@ impl Worker {
         }
         if let Some(a) = self.active.get_mut(&m.id) {
             a.journal = Some(j);
+        }
+    }
+
+    /// The guest's state on a hypervisor with a lifecycle (`None` without one, or on error).
+    async fn lifecycle_state(&self, guest: &Name) -> Option<VmState> {
+        self.driver.lifecycle()?;
+        let (driver, g) = (self.driver.clone(), guest.clone());
+        match tokio::task::spawn_blocking(move || driver.lifecycle().expect("checked").state(&g)).await {
+            Ok(Ok(state)) => Some(state),
+            other => {
+                tracing::warn!(%guest, ?other, "cannot read the guest's state");
+                None
+            }
         }
     }
 

@@ -178,10 +178,25 @@ async fn live_migrations_of_a_real_vm_survive_leader_loss_at_every_phase() {
         wait_runs_only_on(&cluster, "vm1", target).await;
         owner = target;
     }
-    let events = history(&cluster.client(&[1, 2, 3])).await;
-    check_history(&events, true);
+    check_history(&settled_history(&cluster).await, true);
     wait_agents_converged(&cluster, &agents).await;
     eprintln!("checker sampled {} rounds", checker.finish());
+}
+
+/// The whole history, once the coordinator it is read from has applied every migration's end
+/// (a coordinator just restarted may still be catching up).
+async fn settled_history(cluster: &TestCluster) -> Vec<switchyard_protocol::Event> {
+    let admin = cluster.client(&[1, 2, 3]);
+    eventually("a history in which every migration has ended", Duration::from_secs(60), || async {
+        let events = history(&admin).await;
+        let mut state = switchyard_protocol::ClusterState::default();
+        for e in &events {
+            state.evolve(e);
+        }
+        let settled = state.in_flight_migrations().next().is_none();
+        settled.then_some(events)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +217,7 @@ async fn an_agent_killed_mid_transfer_converges() {
         assert_eq!(m.phase, Phase::Completed, "agent {} killed mid-transfer: {:?}", agents[victim].host, m.error);
         wait_runs_only_on(&cluster, "vm1", target).await;
     }
-    check_history(&history(&cluster.client(&[1, 2, 3])).await, true);
+    check_history(&settled_history(&cluster).await, true);
     wait_agents_converged(&cluster, &agents).await;
     eprintln!("checker sampled {} rounds", checker.finish());
 }
