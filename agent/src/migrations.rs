@@ -15,9 +15,9 @@
 //! delays it. Before re-reporting after a restart, it asks the driver where the guest runs.
 //!
 //! A migration's `transferring` phase is the one that waits on agents, so while one is in it the
-//! worker ticks fast ([`FAST_TICK`]): it notices the end of a transfer (or the guest arriving)
-//! within one fast tick, and retries a report no coordinator took within one fast tick (the
-//! cluster may be electing a new leader). Each report goes to every coordinator; once one is
+//! worker ticks fast ([`FAST_TICK`], or the driver's own poll interval when shorter): it
+//! notices the end of a transfer (or the guest arriving) within one fast tick, and retries a
+//! report no coordinator took within one fast tick (the cluster may be electing a new leader). Each report goes to every coordinator; once one is
 //! acknowledged it is repeated only every [`TICK`], for a leader that may not hold it.
 
 use std::collections::HashMap;
@@ -44,9 +44,6 @@ const ROLLBACK_WATCH: Duration = Duration::from_secs(60);
 const TICK: Duration = Duration::from_millis(300);
 /// Tick while a migration this host takes part in is `transferring`.
 const FAST_TICK: Duration = Duration::from_millis(40);
-/// How often a target asks its hypervisor whether the guest arrived (a driver call may start a
-/// process, so not every fast tick).
-const ARRIVAL_POLL: Duration = Duration::from_millis(100);
 
 struct Running {
     cancel: Arc<AtomicBool>,
@@ -121,7 +118,11 @@ impl Worker {
     pub async fn run(mut self, mut input: mpsc::UnboundedReceiver<Input>) {
         self.load().await;
         loop {
-            let tick = if self.active.values().any(|a| a.m.phase == Phase::Transferring) { FAST_TICK } else { TICK };
+            let tick = if self.active.values().any(|a| a.m.phase == Phase::Transferring) {
+                FAST_TICK.min(self.driver.poll_interval())
+            } else {
+                TICK
+            };
             tokio::select! {
                 i = input.recv() => match i {
                     Some(Input::Event(e)) => self.on_event(&e).await,
@@ -307,8 +308,10 @@ impl Worker {
                     // down, it still checks for a guest that arrived anyway.
                     self.journal(&m, m.current().token(), TransferState::Receiving);
                 }
-                if self.recently_reported(id) || self.active[&id].polled_at.is_some_and(|t| t.elapsed() < ARRIVAL_POLL)
-                {
+                // Whether the guest arrived is asked at the driver's pace (a call may start a
+                // process), not every fast tick.
+                let poll = self.driver.poll_interval();
+                if self.recently_reported(id) || self.active[&id].polled_at.is_some_and(|t| t.elapsed() < poll) {
                     return false;
                 }
                 if self.driver.lifecycle().is_some() {
@@ -593,7 +596,7 @@ impl Worker {
     /// guest is defined here (with a lifecycle driver, which defines every guest on every
     /// host), or, with a driver that only moves guests, it runs here.
     async fn arrived(&self, m: &Migration) -> Option<bool> {
-        if m.kind == MigrationKind::Offline && self.driver.lifecycle().is_some() {
+        if m.kind.is_offline() && self.driver.lifecycle().is_some() {
             let (driver, guest) = (self.driver.clone(), m.guest.clone());
             return match tokio::task::spawn_blocking(move || driver.lifecycle().expect("checked").state(&guest)).await {
                 Ok(Ok(state)) => Some(!state.is_live()),

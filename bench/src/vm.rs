@@ -132,8 +132,14 @@ pub async fn vm_migration(args: &Args, dir: &Path, timing: Timing, report: &mut 
             let to = if rep % 2 == 0 { "h2" } else { "h1" };
             let head = admin.guest(&g).await?.revision;
             let started = Instant::now();
-            let req =
-                MigrateRequest { guest: g.clone(), target: n(to), offline: false, reason: None, request_id: None };
+            let req = MigrateRequest {
+                guest: g.clone(),
+                target: n(to),
+                offline: false,
+                allow_stop: false,
+                reason: None,
+                request_id: None,
+            };
             let id = MigrationId(admin.migrate(&req).await.context("request the migration")?.first_revision);
             // The committed end, as a subscriber sees it.
             let q = EventQuery { from: head + 1, follow: true, guest: Some("vm".into()), ..Default::default() };

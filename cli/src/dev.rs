@@ -160,8 +160,14 @@ async fn demo_scenario(dev: &mut Cluster, qemu: bool) -> anyhow::Result<()> {
         }
     }
     say("moving the cluster-node guest online is refused:");
-    let refused =
-        MigrateRequest { guest: n("sgnode1"), target: n("h3"), offline: false, reason: None, request_id: None };
+    let refused = MigrateRequest {
+        guest: n("sgnode1"),
+        target: n("h3"),
+        offline: false,
+        allow_stop: false,
+        reason: None,
+        request_id: None,
+    };
     match admin.migrate(&refused).await {
         Err(e) => out!("refused: {e}"),
         Ok(w) => out!("unexpectedly accepted at revision {}", w.first_revision),
@@ -173,6 +179,7 @@ async fn demo_scenario(dev: &mut Cluster, qemu: bool) -> anyhow::Result<()> {
         guest: n("web1"),
         target: n(to),
         offline: false,
+        allow_stop: false,
         reason: Some("demo: patch the source host".into()),
         request_id: None,
     };

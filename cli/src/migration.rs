@@ -21,6 +21,10 @@ pub struct MigrateArgs {
     /// Move the guest while it is down instead of live.
     #[arg(long)]
     offline: bool,
+    /// With --offline: a running guest may be stopped on the source for the move; it is started
+    /// again on the target. Without it, an offline move of a running guest is refused.
+    #[arg(long, requires = "offline")]
+    allow_stop: bool,
     /// Follow the phases live; exit non-zero unless the migration completes.
     #[arg(long)]
     wait: bool,
@@ -88,6 +92,7 @@ pub async fn migrate(ctx: &Ctx, a: MigrateArgs) -> Out {
         guest: a.guest.clone(),
         target: a.to.clone(),
         offline: a.offline,
+        allow_stop: a.allow_stop,
         reason: a.reason,
         request_id: Some(request_id.clone()),
     };

@@ -479,6 +479,10 @@ pub struct MigrateRequest {
     /// Move the guest while it is down instead of live.
     #[serde(default)]
     pub offline: bool,
+    /// With `offline`: a running guest may be stopped on the source for the move (and is
+    /// started on the target). Without it, an offline move of a running guest is refused.
+    #[serde(default)]
+    pub allow_stop: bool,
     pub reason: Option<String>,
     pub request_id: Option<String>,
 }

@@ -421,6 +421,12 @@ fn apply_request_migration(
             });
         }
     }
+    if kind == MigrationKind::Offline && guest.run_state == RunState::Running {
+        return Err(Rejection::GuestRunning {
+            guest: guest_name.clone(),
+            fix: format!("switchyard migrate {guest_name} --to {target} --offline --allow-stop"),
+        });
+    }
     check_capacity(state, target_host, guest.spec.demand(), crate::model::Resources::default())?;
     let package = guest.spec.package.clone();
     let switching_before = package.as_ref().and_then(|p| state.package(p)).map(|p| p.switching_enabled);

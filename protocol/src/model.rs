@@ -328,13 +328,24 @@ pub struct SwitchingChange {
     pub migration: Option<MigrationId>,
 }
 
-/// Online (running guest, live transfer) or offline (guest moved while down).
+/// Online (running guest, live transfer), offline (guest moved while down), or offline with
+/// a stop: a running guest is stopped on the source, moved, and started on the target (the log
+/// still says it runs; the target's agent starts it once it owns it).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationKind {
     Online,
     Offline,
+    /// `migrate --offline --allow-stop`. (Appended: the codec numbers variants by position.)
+    OfflineStop,
+}
+
+impl MigrationKind {
+    /// Moved while down (the guest does not run during the move).
+    pub fn is_offline(self) -> bool {
+        matches!(self, MigrationKind::Offline | MigrationKind::OfflineStop)
+    }
 }
 
 impl fmt::Display for MigrationKind {
@@ -342,6 +353,7 @@ impl fmt::Display for MigrationKind {
         f.write_str(match self {
             MigrationKind::Online => "online",
             MigrationKind::Offline => "offline",
+            MigrationKind::OfflineStop => "offline_stop",
         })
     }
 }

@@ -59,6 +59,8 @@ pub enum Rejection {
     ImportRefused { reason: String },
     #[error("migration {id} is past the owner switch (phase {phase}): it can only complete, not be rolled back")]
     PastOwnerSwitch { id: MigrationId, phase: Phase },
+    #[error("guest {guest} is running; an offline move stops it on the source and starts it on the target: to allow that run `{fix}`")]
+    GuestRunning { guest: Name, fix: String },
 }
 
 impl Rejection {
@@ -87,6 +89,7 @@ impl Rejection {
             PhaseConflict { .. } => "phase_conflict",
             InvalidTransition { .. } => "invalid_transition",
             MigrationFinished { .. } => "migration_finished",
+            GuestRunning { .. } => "guest_running",
             PastOwnerSwitch { .. } => "migration_past_owner_switch",
             ClusterExists { .. } => "cluster_exists",
             RestoreInProgress { .. } => "restore_in_progress",

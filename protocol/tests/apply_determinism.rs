@@ -25,7 +25,7 @@ enum Op {
     Modify(usize, Option<u32>, Option<bool>, Option<bool>, Option<Option<usize>>, Option<u64>),
     Remove(usize, Option<u64>),
     Switching(usize, Option<usize>, bool),
-    Migrate(usize, usize, usize, bool),
+    Migrate(usize, usize, usize, usize),
     StepInFlight(usize),
     FailInFlight(usize, bool),
     RawAdvance(u64, usize, usize),
@@ -55,7 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(a, b, c, d, e, f)| Op::Modify(a, b, c, d, e, f)),
         1 => (g.clone(), proptest::option::of(0u64..30)).prop_map(|(a, b)| Op::Remove(a, b)),
         1 => (0..PACKAGES.len(), proptest::option::of(h.clone()), any::<bool>()).prop_map(|(a, b, c)| Op::Switching(a, b, c)),
-        1 => (g.clone(), h.clone(), h.clone(), any::<bool>()).prop_map(|(a, b, c, d)| Op::Migrate(a, b, c, d)),
+        1 => (g.clone(), h.clone(), h.clone(), 0usize..3).prop_map(|(a, b, c, d)| Op::Migrate(a, b, c, d)),
         4 => (0usize..4).prop_map(Op::StepInFlight),
         1 => (0usize..4, any::<bool>()).prop_map(|(a, b)| Op::FailInFlight(a, b)),
         1 => (0u64..60, 0..Phase::ALL.len(), 0..Phase::ALL.len()).prop_map(|(a, b, c)| Op::RawAdvance(a, b, c)),
@@ -105,11 +105,11 @@ fn resolve(op: &Op, state: &ClusterState) -> Command {
             enabled: en,
             reason: None,
         },
-        Op::Migrate(g, s, t, online) => Command::RequestMigration {
+        Op::Migrate(g, s, t, kind) => Command::RequestMigration {
             guest: n(GUESTS[g]),
             source: n(HOSTS[s]),
             target: n(HOSTS[t]),
-            kind: if online { MigrationKind::Online } else { MigrationKind::Offline },
+            kind: [MigrationKind::Online, MigrationKind::Offline, MigrationKind::OfflineStop][kind],
             reason: None,
         },
         Op::StepInFlight(k) => match nth_in_flight(k) {

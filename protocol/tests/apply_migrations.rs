@@ -113,7 +113,8 @@ fn request_rejections() {
         ("cluster-node guest", request("cnode", "h1", "h2", Online), "guest_is_cluster_node"),
         ("stopped guest online", request("stopped", "h1", "h2", Online), "guest_not_running"),
         ("incompatible profiles", request("g1", "h1", "h3", Online), "incompatible_profiles"),
-        ("target lacks capacity", request("g1", "h1", "small", Offline), "insufficient_capacity"),
+        ("running guest offline without a stop", request("g1", "h1", "h2", Offline), "guest_running"),
+        ("target lacks capacity", request("g1", "h1", "small", OfflineStop), "insufficient_capacity"),
         (
             "control char in reason",
             Command::RequestMigration {
@@ -166,6 +167,24 @@ fn offline_moves_skip_online_only_checks() {
     let id = w.migrate("g2", "h3", MigrationKind::Offline);
     w.advance_to(id, Phase::Completed);
     assert_eq!(w.guest("g2").owner, n("h3"));
+}
+
+#[test]
+fn an_offline_move_of_a_running_guest_needs_leave_to_stop_it() {
+    let mut w = World::standard();
+    // g2 runs, and is a cluster node: never moved online, and offline only with a stop.
+    w.ok(Command::ModifyGuest {
+        name: n("g2"),
+        patch: GuestPatch { cluster_node: Some(true), ..Default::default() },
+        expect_version: None,
+    });
+    let r = w.reject(request("g2", "h1", "h2", MigrationKind::Offline));
+    assert_eq!(r.code(), "guest_running");
+    assert!(r.to_string().contains("switchyard migrate g2 --to h2 --offline --allow-stop"), "{r}");
+    let id = w.migrate("g2", "h2", MigrationKind::OfflineStop);
+    w.advance_to(id, Phase::Completed);
+    let g = w.guest("g2");
+    assert_eq!((&g.owner, g.run_state), (&n("h2"), RunState::Running), "it runs again, on the target");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Agents on real QEMU guests (three hosts, three coordinators): the log's guest changes reach
 //! the hypervisor on the right host, drift made behind an agent's back is reported and
-//! repaired, and live migrations move the real VM — with the leader coordinator SIGKILLed at
-//! each phase, and with an agent SIGKILLed mid-transfer. A checker samples every hypervisor all
+//! repaired, live migrations move the real VM — with the leader coordinator SIGKILLed at each
+//! phase, and with an agent SIGKILLed mid-transfer — and an offline move of a running
+//! cluster-node guest stops it first. A checker samples every hypervisor all
 //! along and fails the test if a guest ever runs on two hosts at once.
 mod common;
 
@@ -11,8 +12,10 @@ use common::cluster::*;
 use common::saga::*;
 use common::vms::*;
 use switchyard_agent::driver::VmState;
-use switchyard_protocol::api::{Drift, HostView, ModifyGuestRequest, Read, RemoveGuestParams};
-use switchyard_protocol::{EventPayload, Name, Phase, RunState};
+use switchyard_protocol::api::{
+    CreateGuestRequest, Drift, HostView, MigrateRequest, ModifyGuestRequest, Read, RemoveGuestParams,
+};
+use switchyard_protocol::{EventPayload, MigrationId, MigrationKind, Name, Phase, RunState};
 
 fn n(s: &str) -> Name {
     Name::new(s).unwrap()
@@ -219,5 +222,49 @@ async fn an_agent_killed_mid_transfer_converges() {
     }
     check_history(&settled_history(&cluster).await, true);
     wait_agents_converged(&cluster, &agents).await;
+    eprintln!("checker sampled {} rounds", checker.finish());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_move_of_a_running_cluster_node_guest_stops_it_first() {
+    let (cluster, _agents) = qemu_cluster(ClusterOpts::default()).await;
+    let checker = TwoCopiesChecker::start(&cluster);
+    let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
+    let req = CreateGuestRequest {
+        name: n("sg1"),
+        owner: n("h1"),
+        vcpus: 1,
+        memory_mib: 32,
+        disks: vec![],
+        networks: vec![],
+        online_migration: false,
+        cluster_node: true,
+        package: None,
+        run_state: RunState::Running,
+        request_id: None,
+    };
+    admin.create_guest(&req).await.unwrap();
+    wait_runs_only_on(&cluster, "sg1", "h1").await;
+    let migrate = |offline: bool, allow_stop: bool| MigrateRequest {
+        guest: n("sg1"),
+        target: n("h2"),
+        offline,
+        allow_stop,
+        reason: None,
+        request_id: None,
+    };
+    // Never online; offline only with leave to stop it.
+    let e = admin.migrate(&migrate(false, false)).await.unwrap_err();
+    assert_eq!(e.code(), Some("online_migration_disabled"), "{e}");
+    let e = admin.migrate(&migrate(true, false)).await.unwrap_err();
+    assert_eq!(e.code(), Some("guest_running"), "{e}");
+    assert!(e.to_string().contains("--allow-stop"), "{e}");
+    let id = MigrationId(admin.migrate(&migrate(true, true)).await.unwrap().first_revision);
+    let m = wait_terminal(&cluster, id).await;
+    assert_eq!((m.phase, m.kind), (Phase::Completed, MigrationKind::OfflineStop), "{:?}", m.error);
+    // Stopped on h1, started on h2 (a fresh process: it was not moved running).
+    wait_runs_only_on(&cluster, "sg1", "h2").await;
+    let history = settled_history(&cluster).await;
+    check_history(&history, true);
     eprintln!("checker sampled {} rounds", checker.finish());
 }

@@ -152,7 +152,8 @@ async fn agent_and_driver_faults_aborts_and_refusals() {
     assert!(msg.contains("can only complete"), "{msg}");
     expect_ended(&cluster, id, Phase::Completed, "").await;
 
-    // Guests that must not move online: refused with the reason and the fix; offline works.
+    // Guests that must not move online: refused with the reason and the fix. Offline, a running
+    // guest is refused too unless the request allows stopping it; with that, the move works.
     for (g, attr, code, fix) in [
         ("vm4", json!({"online_migration": false}), "online_migration_disabled", "-x online_migration=enabled"),
         ("vm5", json!({"cluster_node": true}), "guest_is_cluster_node", "--cluster-node=false"),
@@ -163,8 +164,12 @@ async fn agent_and_driver_faults_aborts_and_refusals() {
         let (c, msg) = refused(admin.post("/v1/migrations", &json!({"guest": g, "target": "h2"})).await);
         assert_eq!(c, code, "{msg}");
         assert!(msg.contains(fix) && msg.contains("--offline"), "{msg}");
-        let r: WriteResponse =
-            admin.post("/v1/migrations", &json!({"guest": g, "target": "h2", "offline": true})).await.expect("offline");
+        let (c, msg) =
+            refused(admin.post("/v1/migrations", &json!({"guest": g, "target": "h2", "offline": true})).await);
+        assert_eq!(c, "guest_running", "{msg}");
+        assert!(msg.contains("--offline --allow-stop"), "{msg}");
+        let body = json!({"guest": g, "target": "h2", "offline": true, "allow_stop": true});
+        let r: WriteResponse = admin.post("/v1/migrations", &body).await.expect("offline with a stop");
         expect_ended(&cluster, MigrationId(r.first_revision), Phase::Completed, "").await;
         assert_eq!(owner_of(&admin, g).await, "h2");
     }

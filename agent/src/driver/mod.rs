@@ -111,6 +111,13 @@ pub trait HypervisorDriver: Send + Sync {
         Ok(())
     }
 
+    /// How often the migration worker asks this driver about a transfer under way (its end,
+    /// the guest's arrival on the target). A driver whose every call starts a process deserves
+    /// a slower pace than one that asks a socket.
+    fn poll_interval(&self) -> Duration {
+        Duration::from_millis(100)
+    }
+
     /// The driver's guest lifecycle, when it manages one: the agent then reconciles this
     /// host's hypervisor with the log ([`crate::reconcile`]).
     fn lifecycle(&self) -> Option<&dyn Lifecycle> {

@@ -35,7 +35,7 @@ pub(super) async fn request(
     let source =
         s.node.sm.read(|st| st.guest(&r.guest).map(|g| g.owner.clone())).ok_or_else(|| unknown_guest(&r.guest))?;
     let rid = r.request_id.clone();
-    submit(&s, &c, rid.as_deref(), r.into_command(source)).await
+    submit(&s, &c, rid.as_deref(), r.into_command(source)?).await
 }
 
 #[utoipa::path(post, path = "/v1/migrations/{id}/abort", tag = "migrations", params(("id" = u64, Path, description = "The migration id")), request_body = AbortRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]

@@ -127,9 +127,19 @@ impl From<(Name, SwitchingRequest)> for Command {
 impl MigrateRequest {
     /// The command, with the source the proposer read from its state (where the guest runs now;
     /// `apply` refuses it if that is no longer true when the request commits).
-    pub fn into_command(self, source: Name) -> Command {
-        let kind = if self.offline { MigrationKind::Offline } else { MigrationKind::Online };
-        Command::RequestMigration { guest: self.guest, source, target: self.target, kind, reason: self.reason }
+    pub fn into_command(self, source: Name) -> Result<Command, InvalidRequest> {
+        let kind = match (self.offline, self.allow_stop) {
+            (false, false) => MigrationKind::Online,
+            (true, false) => MigrationKind::Offline,
+            (true, true) => MigrationKind::OfflineStop,
+            (false, true) => {
+                return Err(InvalidRequest(
+                    "allow_stop applies to an offline move: add --offline (an online move never stops the guest)"
+                        .into(),
+                ))
+            }
+        };
+        Ok(Command::RequestMigration { guest: self.guest, source, target: self.target, kind, reason: self.reason })
     }
 }
 
