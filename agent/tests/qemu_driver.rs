@@ -86,6 +86,11 @@ fn define_start_modify_stop_and_undefine_reach_a_real_qemu_process() {
     let e = h.qemu.undefine(&g).unwrap_err().to_string();
     assert!(e.contains("stop it first"), "{e}");
 
+    // A stop decided from another state (a copy left behind by a migration) does not reach the
+    // process running now.
+    assert!(!h.qemu.stop_if(&g, true, &VmState::Migrated).unwrap());
+    assert_eq!(h.get("g1").unwrap().state, VmState::Running);
+
     // A guest with no operating system ignores the power button: the stop falls back to quit.
     h.qemu.stop(&g, false).unwrap();
     assert_eq!(h.get("g1").unwrap().state, VmState::ShutOff);

@@ -169,7 +169,11 @@ async fn live_migrations_of_a_real_vm_survive_leader_loss_at_every_phase() {
         let target = if owner == "h1" { "h3" } else { "h1" };
         let id = migrate(&admin, "vm1", target, &format!("c{i}")).await;
         let seen = wait_phase(&cluster, id, phase).await;
-        assert_eq!(seen.phase, phase, "migration {id} passed {phase} before the leader could be killed");
+        assert_eq!(
+            seen.phase, phase,
+            "migration {id} passed {phase} before the leader could be killed: {:?}",
+            seen.error
+        );
         let leader = cluster.wait_leader(&cluster.alive_ids()).await;
         cluster.kill(leader);
         let m = wait_terminal(&cluster, id).await;

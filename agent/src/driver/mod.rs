@@ -140,6 +140,9 @@ pub trait Lifecycle: Send + Sync {
     fn start(&self, guest: &Name) -> Result<(), DriverError>;
     /// Stops the guest: gracefully (then forcibly after a timeout), or at once when `hard`.
     fn stop(&self, guest: &Name, hard: bool) -> Result<(), DriverError>;
+    /// Stops the guest only if its state here is still `seen` (any live state counts as any
+    /// other), atomically with the driver's other actions on it; true if it stopped it.
+    fn stop_if(&self, guest: &Name, hard: bool, seen: &VmState) -> Result<bool, DriverError>;
 }
 
 /// The `[driver]` section of the agent configuration.

@@ -130,6 +130,10 @@ struct Definition {
 pub struct Qemu {
     cfg: QemuConfig,
     accel: &'static str,
+    /// One lock per guest: a start, a stop and a migration's preparation of the same guest
+    /// never interleave (the reconciler and the migration worker act from different threads,
+    /// and a stop must never reach a process launched after it was decided).
+    locks: std::sync::Mutex<std::collections::HashMap<Name, std::sync::Arc<std::sync::Mutex<()>>>>,
 }
 
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -173,7 +177,7 @@ impl Qemu {
             }
         }
         fs::create_dir_all(&cfg.state_dir).map_err(|e| format!("driver.state_dir {}: {e}", cfg.state_dir.display()))?;
-        Ok(Qemu { cfg, accel })
+        Ok(Qemu { cfg, accel, locks: Default::default() })
     }
 
     /// The accelerator in use (`kvm` or `tcg`).
@@ -288,8 +292,14 @@ impl Qemu {
         Ok(out)
     }
 
+    fn lock(&self, guest: &Name) -> std::sync::Arc<std::sync::Mutex<()>> {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(guest.clone()).or_default().clone()
+    }
+
     /// Starts the guest from its definition; nothing when a process of it already exists.
     pub fn start(&self, guest: &Name) -> Result<(), DriverError> {
+        let lock = self.lock(guest);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         self.launch(guest, None)
     }
 
@@ -358,6 +368,25 @@ impl Qemu {
     /// without an operating system never answers the button), then SIGKILL. `hard` skips the
     /// button. Nothing when no process exists.
     pub fn stop(&self, guest: &Name, hard: bool) -> Result<(), DriverError> {
+        let lock = self.lock(guest);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.stop_locked(guest, hard)
+    }
+
+    /// Stops the guest only if it is still in the state `seen` (what a stop was decided from);
+    /// true if it stopped it. A stop decided on a copy left behind must not reach the process a
+    /// new migration started since.
+    pub fn stop_if(&self, guest: &Name, hard: bool, seen: &VmState) -> Result<bool, DriverError> {
+        let lock = self.lock(guest);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.state(guest);
+        if now != *seen && !(now.is_live() && seen.is_live()) {
+            return Ok(false);
+        }
+        self.stop_locked(guest, hard).map(|()| true)
+    }
+
+    fn stop_locked(&self, guest: &Name, hard: bool) -> Result<(), DriverError> {
         let Some(pid) = self.pid(guest) else { return Ok(()) };
         if !hard {
             if let Ok(mut q) = self.qmp(guest) {
@@ -410,13 +439,16 @@ impl Qemu {
 
     /// Target: starts the guest waiting for the transfer (idempotent).
     pub fn prepare_incoming(&self, t: &Transfer) -> Result<(), DriverError> {
+        let lock = self.lock(&t.guest);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         match self.state(&t.guest) {
             VmState::Incoming | VmState::Running => Ok(()),
             VmState::ShutOff => self.launch(&t.guest, Some(&self.incoming_address(t))),
             // The copy a completed migration left here, paused for good: the guest comes back
-            // into a fresh process (a rollback that found the guest already moved).
+            // into a fresh process (a rollback that found the guest already moved, or a move
+            // back before the reconciler removed the copy).
             VmState::Migrated => {
-                self.stop(&t.guest, true)?;
+                self.stop_locked(&t.guest, true)?;
                 self.launch(&t.guest, Some(&self.incoming_address(t)))
             }
             other => Err(failed(format!("guest {} cannot receive a migration here: it is {other:?}", t.guest))),
@@ -523,6 +555,9 @@ impl Lifecycle for Qemu {
     }
     fn stop(&self, guest: &Name, hard: bool) -> Result<(), DriverError> {
         Qemu::stop(self, guest, hard)
+    }
+    fn stop_if(&self, guest: &Name, hard: bool, seen: &VmState) -> Result<bool, DriverError> {
+        Qemu::stop_if(self, guest, hard, seen)
     }
 }
 

@@ -85,6 +85,10 @@ pub struct Effect {
     pub action: Action,
     /// Why, in words (logged, and in the repair's report).
     pub reason: String,
+    /// The guest's state here the action was decided from. A stop is carried out only if the
+    /// state is still this one when it runs: meanwhile a migration may have started a new
+    /// process that is not the copy the decision was about.
+    pub seen: VmState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,7 +198,8 @@ impl Reconciler {
             }
             self.in_progress.insert(name.clone(), action.clone());
             let order = self.desired.get(&name).map_or(Revision::MAX, |d| d.token.revision);
-            effects.push((order, Effect { guest: name, action, reason }));
+            let seen = self.observed.as_ref().and_then(|o| o.get(&name)).map_or(VmState::ShutOff, |o| o.state.clone());
+            effects.push((order, Effect { guest: name, action, reason, seen }));
         }
         effects.sort_by_key(|(order, e)| (*order, e.guest.clone()));
         effects.into_iter().map(|(_, e)| e).collect()

@@ -169,7 +169,11 @@ impl Runtime {
                         Action::Define { spec, version } => l.define(&effect.guest, spec, *version),
                         Action::Undefine => l.undefine(&effect.guest),
                         Action::Start { .. } => l.start(&effect.guest),
-                        Action::Stop { hard } => l.stop(&effect.guest, *hard),
+                        Action::Stop { hard } => l.stop_if(&effect.guest, *hard, &effect.seen).map(|stopped| {
+                            if !stopped {
+                                tracing::info!(guest = %effect.guest, "not stopped: its state changed since the decision");
+                            }
+                        }),
                     }
                 })
                 .await
