@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use switchyard_protocol::api::*;
-use switchyard_protocol::{ClusterState, Host, Rejection};
+use switchyard_protocol::{ClusterState, Host, Name, Rejection};
 
 use super::{body, name, page, query, read_page, read_simple, submit, Api, ApiError, Caller, Q, S};
 use crate::config::Role;
@@ -25,6 +25,15 @@ pub(super) fn host_views<'a>(s: &Api, st: &ClusterState, hosts: impl Iterator<It
         .collect()
 }
 
+/// An agent token acts for the one host it is bound to.
+fn own_host(c: &Caller, host: &Name, what: &str) -> Result<(), ApiError> {
+    if c.host.as_ref() == Some(host) {
+        return Ok(());
+    }
+    let bound = c.host.as_ref().map_or("no host".to_string(), |h| format!("host {h}"));
+    Err(ApiError::Forbidden(format!("this token is bound to {bound} and may not {what} for host {host}")))
+}
+
 /// An agent reports what it has applied. Only for its own host, and only to the leader (a
 /// follower forwards it).
 #[utoipa::path(post, path = "/v1/hosts/{name}/report", tag = "hosts", params(("name" = String, Path, description = "The agent's own host")), request_body = HostReport, responses((status = 200, body = ReportRecorded), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
@@ -35,10 +44,10 @@ pub(super) async fn report(
     raw: Bytes,
 ) -> Result<Json<ReportRecorded>, ApiError> {
     let host = name(&n)?;
-    if c.role != Role::Agent || c.host.as_ref() != Some(&host) {
-        let bound = c.host.as_ref().map_or("no host".to_string(), |h| format!("host {h}"));
-        return Err(ApiError::Forbidden(format!("this token is bound to {bound} and may not report for host {host}")));
+    if c.role != Role::Agent {
+        return Err(ApiError::Forbidden(format!("only host {host}'s agent token may report for it")));
     }
+    own_host(&c, &host, "report")?;
     let r: HostReport = body(&raw)?;
     if s.node.sm.read(|st| st.host(&host).is_none()) {
         return Err(ApiError::Rejected(Rejection::UnknownHost { host }));
@@ -58,11 +67,8 @@ pub(super) async fn record_repair(
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
     let host = name(&n)?;
-    if c.role == Role::Agent && c.host.as_ref() != Some(&host) {
-        let bound = c.host.as_ref().map_or("no host".to_string(), |h| format!("host {h}"));
-        return Err(ApiError::Forbidden(format!(
-            "this token is bound to {bound} and may not record repairs for host {host}"
-        )));
+    if c.role == Role::Agent {
+        own_host(&c, &host, "record repairs")?;
     }
     let r: RepairRequest = body(&raw)?;
     let rid = r.request_id.clone();
