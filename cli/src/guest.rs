@@ -219,7 +219,15 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
                 ));
             }
             for h in &g.hosts {
-                out.push_str(&format!("host {}: {}\n", h.host, sync_text(&h.status)));
+                let mut line = format!("host {}: {}", h.host, sync_text(&h.status));
+                for d in &h.drift {
+                    line.push_str(&format!("; DIVERGED: {d}"));
+                }
+                if !h.pending.is_empty() {
+                    line.push_str(&format!("; pending until the next start: {}", h.pending.join(", ")));
+                }
+                out.push_str(&line);
+                out.push('\n');
             }
             Ok(out)
         }

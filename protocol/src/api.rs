@@ -296,6 +296,13 @@ pub struct GuestView {
 pub struct GuestOnHost {
     pub host: Name,
     pub status: SyncStatus,
+    /// How the host's hypervisor differs from the log for this guest, from its agent's last
+    /// reading (agents whose driver manages the lifecycle; capped like the report).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<Drift>,
+    /// Fields changed while the guest runs on this host, applied at its next start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
 }
 
 /// A read answer: the value and the revision it was read at.

@@ -54,6 +54,11 @@ async fn guest_changes_reach_the_hypervisor_on_the_right_host() {
         hv.pending.iter().any(|p| p.guest.as_str() == "g1" && p.fields == ["memory_mib"]).then_some(())
     })
     .await;
+    eventually("guest show to list the pending change on h2", Duration::from_secs(30), || async {
+        let v = cluster.client(&cluster.alive_ids()).guest(&n("g1")).await.ok()?.items;
+        v.hosts.iter().any(|h| h.host.as_str() == "h2" && h.pending == ["memory_mib"]).then_some(())
+    })
+    .await;
 
     // Stopped, then started: the new memory size applies.
     let stop = ModifyGuestRequest { run_state: Some(RunState::Stopped), ..Default::default() };

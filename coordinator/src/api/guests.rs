@@ -30,7 +30,14 @@ fn guest_on_hosts(s: &Api, st: &ClusterState, g: &Guest) -> Vec<GuestOnHost> {
                 }
                 other => other,
             };
-            Some(GuestOnHost { host: h.host.spec.name, status })
+            let hv = sync.hypervisor.as_ref();
+            let drift = hv
+                .and_then(|hv| hv.drift.iter().find(|d| d.guest == g.name))
+                .map_or_else(Vec::new, |d| d.drift.clone());
+            let pending = hv
+                .and_then(|hv| hv.pending.iter().find(|p| p.guest == g.name))
+                .map_or_else(Vec::new, |p| p.fields.clone());
+            Some(GuestOnHost { host: h.host.spec.name, status, drift, pending })
         })
         .collect()
 }
