@@ -182,28 +182,33 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// Kills every QEMU process the agents of the cluster in `dir` started (`agent-*/qemu/*/`):
-/// what a test or `switchyard dev` must do when it stops, since guests outlive their agents.
+/// Kills every QEMU process the agents of the cluster in `dir` started: every process whose
+/// command line names a guest folder below `dir` (`agent-*/qemu/*/`). What a test or
+/// `switchyard dev` must do when it stops, since guests outlive their agents. Processes are
+/// found in `/proc` rather than from pid files, so a VM an agent was launching as it died is
+/// found too: the scan repeats until a pass finds none (up to about a second).
 pub fn kill_vms_in(dir: &Path) {
-    let Ok(agents) = std::fs::read_dir(dir) else { return };
-    for agent in agents.flatten() {
-        let Ok(guests) = std::fs::read_dir(agent.path().join("qemu")) else { continue };
-        for guest in guests.flatten() {
-            let Some(pid) =
-                std::fs::read_to_string(guest.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok())
-            else {
-                continue;
-            };
-            // Only a process whose command line names this guest's folder.
-            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*guest.path().to_string_lossy()));
-            if ours {
-                // SAFETY: kill(2) of a QEMU process this cluster's agent started.
+    let Ok(dir) = dir.canonicalize() else { return };
+    let marker = format!("{}/agent-", dir.display());
+    for _ in 0..20 {
+        let mut found = false;
+        let Ok(procs) = std::fs::read_dir("/proc") else { return };
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else { continue };
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("qemu") && cmdline.contains(&marker) && cmdline.contains("/qemu/") {
+                found = true;
+                // SAFETY: kill(2) of a QEMU process started for this cluster's guests.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 }
             }
         }
+        if !found {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
