@@ -495,15 +495,11 @@ impl Worker {
         if self.newest.get(&m.guest).is_some_and(|n| *n > id) {
             return true;
         }
-        let (driver, guest) = (self.driver.clone(), m.guest.clone());
-        let state = tokio::task::spawn_blocking(move || driver.lifecycle().expect("checked").state(&guest)).await;
-        match state {
-            Ok(Ok(VmState::Migrated | VmState::Incoming)) => {}
-            Ok(Ok(_)) => return true,
-            other => {
-                tracing::warn!(migration = %id, ?other, "cannot read the guest's state; will retry");
-                return false;
-            }
+        match self.lifecycle_state(&m.guest).await {
+            Some(VmState::Migrated | VmState::Incoming) => {}
+            Some(_) => return true,
+            // Logged by `lifecycle_state`; asked again next tick.
+            None => return false,
         }
         let address = match self.host_address(&self.host, m.current().revision).await {
             Ok(a) => a,
@@ -512,14 +508,7 @@ impl Worker {
                 return false;
             }
         };
-        let back = Transfer {
-            migration: m.id,
-            guest: m.guest.clone(),
-            source: m.target.clone(),
-            target: self.host.clone(),
-            target_address: address,
-            kind: m.kind,
-        };
+        let back = transfer_back(&m, address);
         let driver = self.driver.clone();
         match tokio::task::spawn_blocking(move || driver.prepare_incoming(&back)).await {
             Ok(Ok(())) => {
@@ -547,14 +536,7 @@ impl Worker {
                     return false;
                 }
             };
-            let back = Transfer {
-                migration: m.id,
-                guest: m.guest.clone(),
-                source: self.host.clone(),
-                target: m.source.clone(),
-                target_address: source_address,
-                kind: m.kind,
-            };
+            let back = transfer_back(&m, source_address);
             let driver = self.driver.clone();
             tracing::warn!(migration = %id, guest = %m.guest, "guest runs here after its migration ended {}; moving it back to {}", m.phase, m.source);
             let r = tokio::task::spawn_blocking(move || driver.transfer(&back, &AtomicBool::new(false))).await;
@@ -597,11 +579,7 @@ impl Worker {
     /// host), or, with a driver that only moves guests, it runs here.
     async fn arrived(&self, m: &Migration) -> Option<bool> {
         if m.kind.is_offline() && self.driver.lifecycle().is_some() {
-            let (driver, guest) = (self.driver.clone(), m.guest.clone());
-            return match tokio::task::spawn_blocking(move || driver.lifecycle().expect("checked").state(&guest)).await {
-                Ok(Ok(state)) => Some(!state.is_live()),
-                _ => None,
-            };
+            return self.lifecycle_state(&m.guest).await.map(|state| !state.is_live());
         }
         self.runs_here(&m.guest, &m.source).await
     }
@@ -671,6 +649,19 @@ impl Worker {
                 }
             },
         }
+    }
+}
+
+/// The transfer that moves a migrated guest back to its source after a rollback (the
+/// migration's target sends, its source receives).
+fn transfer_back(m: &Migration, source_address: String) -> Transfer {
+    Transfer {
+        migration: m.id,
+        guest: m.guest.clone(),
+        source: m.target.clone(),
+        target: m.source.clone(),
+        target_address: source_address,
+        kind: m.kind,
     }
 }
 
