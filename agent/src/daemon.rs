@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_client::{Client, ClientError, EventQuery, MAX_BATCH};
 use switchyard_protocol::api::{FullState, HostReport, HypervisorReport, Read, StreamItem};
 use switchyard_protocol::hostconfig::{ConfigChange, HostConfig};
-use switchyard_protocol::{EventKind, EventPayload, Name, Revision};
+use switchyard_protocol::{EventKind, EventPayload, Guest, GuestSpec, Name, Revision};
 use tokio::sync::watch;
 
 use crate::driver::{DriverConfig, HypervisorDriver};
@@ -228,6 +228,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                                 if e.payload.kind() == EventKind::Migration {
                                     let _ = to_worker.send(Input::Event(e.clone()));
                                 }
+                                if let (Some(r), EventPayload::PackageSwitchingChanged { package, .. }) =
+                                    (&reconciler, &e.payload)
+                                {
+                                    let _ = r.send(Feed::Package { name: package.clone(), revision: e.revision });
+                                }
                                 if let Some(change) = applied.change_for(e) {
                                     store.stage(&change)?;
                                     if let Some(r) = &reconciler {
@@ -235,6 +240,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                                             ConfigChange::Put(g) => Feed::Guest { guest: g.clone(), token: e.token() },
                                             ConfigChange::Remove(name) => Feed::Removed { name: name.clone() },
                                         });
+                                        if let ConfigChange::Put(Guest {
+                                            spec: GuestSpec { package: Some(p), .. },
+                                            ..
+                                        }) = &change
+                                        {
+                                            let _ = r.send(Feed::Package { name: p.clone(), revision: e.revision });
+                                        }
                                     }
                                     applied.record(change);
                                 }

@@ -454,6 +454,22 @@ impl Worker {
     }
 
     async fn start_transfer(&mut self, m: &Migration, token: FencingToken) {
+        // The cluster manager must not fail the guest over while it moves (hpvmsg_move's
+        // `cmmodpkg -d` before `hpvmmigrate -o`): the log disabled the package's switching
+        // before ordering the transfer, and the cluster manager is told so before it starts,
+        // not whenever the reconciler gets to it. Retried on the next tick if it fails.
+        if let (MigrationKind::Online, Some(package), Some(_)) = (m.kind, &m.package, self.driver.switching()) {
+            let (driver, p) = (self.driver.clone(), package.clone());
+            match tokio::task::spawn_blocking(move || driver.switching().expect("checked").set(&p, None, false)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(migration = %m.id, %package, "package switching disabled on the cluster manager for the move")
+                }
+                other => {
+                    tracing::warn!(migration = %m.id, %package, ?other, "cannot disable package switching on the cluster manager; the move waits");
+                    return;
+                }
+            }
+        }
         let target_address = match self.host_address(&m.target, token.revision).await {
             Ok(a) => a,
             Err(e) => {

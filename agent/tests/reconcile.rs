@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use switchyard_agent::driver::{Observed, VmState};
+use switchyard_agent::driver::{Observed, SwitchingState, VmState};
 use switchyard_agent::reconcile::{Action, Effect, Input, Reconciler};
 use switchyard_protocol::api::Drift;
-use switchyard_protocol::{FencingToken, Guest, GuestSpec, Name, RunState};
+use switchyard_protocol::{FencingToken, Guest, GuestSpec, Name, Package, RunState, SwitchingChange};
 
 fn n(s: &str) -> Name {
     Name::new(s).unwrap()
@@ -226,6 +226,31 @@ fn drift_behind_the_agents_back_is_reported_and_repaired() {
 }
 
 #[test]
+fn a_guest_that_went_down_behind_the_agents_back_is_known_as_such_until_started_again() {
+    let g = guest("g1", "h1", RunState::Running, 64, 3);
+    let (mut r, _) = fresh(vec![g.clone()], vec![obs("g1", Some((64, Some(3))), VmState::Running)]);
+    r.step(Input::Migrating { name: n("g1"), in_flight: true });
+    // Killed while the migration worker held it: nothing is decided, but it is remembered.
+    assert!(r.step(Input::Observed(vec![obs("g1", Some((64, Some(3))), VmState::ShutOff)])).is_empty());
+    assert!(r.went_down(&n("g1")));
+    // The migration ends: the start that follows is a repair.
+    let e = r.step(Input::Migrating { name: n("g1"), in_flight: false });
+    assert_eq!(actions(&e), vec![("g1".into(), Action::Start { token: tok(1, 3) })]);
+    assert!(r.went_down(&n("g1")));
+    done(&mut r, &e[0]);
+    assert!(!r.went_down(&n("g1")));
+    // A stop the log asked for is not one.
+    let stopped = guest("g1", "h1", RunState::Stopped, 64, 4);
+    let e = r.step(Input::Guest { guest: stopped, token: tok(1, 4) });
+    assert!(matches!(e[0].action, Action::Define { version: 4, .. }), "{e:?}");
+    let e = done(&mut r, &e[0]);
+    assert_eq!(actions(&e), vec![("g1".into(), Action::Stop { hard: false })]);
+    assert!(done(&mut r, &e[0]).is_empty());
+    r.step(Input::Observed(vec![obs("g1", Some((64, Some(4))), VmState::ShutOff)]));
+    assert!(!r.went_down(&n("g1")), "stopped by the reconciler itself");
+}
+
+#[test]
 fn a_paused_or_left_behind_copy_on_the_owner_is_restarted() {
     for state in [VmState::Paused("internal-error".into()), VmState::Migrated, VmState::Incoming] {
         let (mut r, e) = fresh(
@@ -297,6 +322,77 @@ fn a_start_never_uses_an_older_order_than_one_already_used() {
 const GUESTS: [&str; 3] = ["g0", "g1", "g2"];
 const HOSTS: [&str; 2] = ["h1", "h2"];
 
+fn package(name: &str, guest: &str, enabled: bool, disabled_on: &[&str]) -> Package {
+    Package {
+        name: n(name),
+        guest: n(guest),
+        switching_enabled: enabled,
+        disabled_nodes: disabled_on.iter().map(|h| n(h)).collect(),
+        switching_changed: SwitchingChange::default(),
+    }
+}
+
+fn switching(global: bool, nodes: &[(&str, bool)]) -> SwitchingState {
+    SwitchingState { global, nodes: nodes.iter().map(|(h, on)| (n(h), *on)).collect() }
+}
+
+fn packaged(name: &str, owner: &str, package: &str) -> Guest {
+    let mut g = guest(name, owner, RunState::Running, 64, 3);
+    g.spec.package = Some(n(package));
+    g
+}
+
+fn set(package: &str, node: Option<&str>, enabled: bool) -> Action {
+    Action::SetSwitching { package: n(package), node: node.map(n), enabled }
+}
+
+#[test]
+fn switching_is_set_as_the_log_says_globally_by_the_owner_and_per_node_by_each_host() {
+    let mut r = h1();
+    r.step(Input::Reset {
+        guests: vec![(packaged("g1", "h1", "p1"), tok(1, 3)), (packaged("g2", "h2", "p2"), tok(1, 3))],
+    });
+    r.step(Input::Observed(vec![
+        obs("g1", Some((64, Some(3))), VmState::Running),
+        obs("g2", Some((64, Some(3))), VmState::ShutOff),
+    ]));
+    // Nothing before the whole package list arrived.
+    assert!(r.step(Input::ObservedSwitching(BTreeMap::from([(n("p1"), switching(true, &[("h1", true)]))]))).is_empty());
+    let e = r.step(Input::Packages(vec![package("p1", "g1", false, &[]), package("p2", "g2", false, &["h1"])]));
+    // g1 runs here: its package's global switching is this host's to keep; p2's global is
+    // h2's. p2 is unknown to the cluster manager: left alone.
+    assert_eq!(actions(&e), vec![("g1".into(), set("p1", None, false))]);
+    assert!(done(&mut r, &e[0]).is_empty());
+    // The cluster manager now knows p2; its node switching on h1 differs from the log.
+    let e = r.step(Input::ObservedSwitching(BTreeMap::from([
+        (n("p1"), switching(false, &[("h1", true)])),
+        (n("p2"), switching(true, &[("h1", true), ("h2", true)])),
+    ])));
+    assert_eq!(actions(&e), vec![("g2".into(), set("p2", Some("h1"), false))]);
+    assert!(done(&mut r, &e[0]).is_empty());
+    // The log re-enables p1 (a migration ended): the owner enables it.
+    let e = r.step(Input::Package(package("p1", "g1", true, &[])));
+    assert_eq!(actions(&e), vec![("g1".into(), set("p1", None, true))]);
+}
+
+#[test]
+fn a_failed_switching_change_waits_for_the_next_reading_and_a_package_goes_with_its_guest() {
+    let mut r = h1();
+    r.step(Input::Reset { guests: vec![(packaged("g1", "h1", "p1"), tok(1, 3))] });
+    r.step(Input::Packages(vec![package("p1", "g1", false, &[])]));
+    let seen = BTreeMap::from([(n("p1"), switching(true, &[("h1", true)]))]);
+    let e = r.step(Input::ObservedSwitching(seen.clone()));
+    assert_eq!(e.len(), 1);
+    assert!(r.step(Input::Done { effect: e[0].clone(), result: Err("cmmodpkg: cluster not up".into()) }).is_empty());
+    assert!(r.step(Input::Package(package("p1", "g1", false, &[]))).is_empty(), "not retried before a reading");
+    assert_eq!(r.step(Input::ObservedSwitching(seen.clone())).len(), 1, "retried after one");
+    // The guest no longer names the package: the package is gone with it.
+    let mut g = guest("g1", "h1", RunState::Running, 64, 4);
+    g.spec.package = None;
+    r.step(Input::Guest { guest: g, token: tok(1, 4) });
+    assert!(r.step(Input::ObservedSwitching(seen)).is_empty());
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     /// The log changes a guest (owner index, running, memory).
@@ -314,6 +410,10 @@ enum Op {
     Resync,
     /// The agent observes; effects fail with the given pattern until the next op.
     Observe(bool),
+    /// The log sets a guest's package switching (global, and whether h1 is excluded).
+    Switch(usize, bool, bool),
+    /// The cluster manager's global switching of a package flips behind the agent's back.
+    Flip(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -329,6 +429,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Stray),
         1 => Just(Op::Resync),
         3 => any::<bool>().prop_map(Op::Observe),
+        1 => (0..3usize, any::<bool>(), any::<bool>()).prop_map(|(g, on, off_here)| Op::Switch(g, on, off_here)),
+        1 => (0..3usize).prop_map(Op::Flip),
     ]
 }
 
@@ -337,6 +439,8 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Default)]
 struct Hv {
     vms: BTreeMap<Name, Observed>,
+    /// The cluster manager: every guest's package, configured on h1 and h2.
+    switching: BTreeMap<Name, SwitchingState>,
 }
 
 impl Hv {
@@ -372,6 +476,13 @@ impl Hv {
                     o.running_spec = None;
                 }
             }
+            Action::SetSwitching { package, node, enabled } => {
+                let s = self.switching.get_mut(package).ok_or("package not configured")?;
+                match node {
+                    None => s.global = *enabled,
+                    Some(n) => *s.nodes.get_mut(n).ok_or("node not configured")? = *enabled,
+                }
+            }
         }
         Ok(())
     }
@@ -403,7 +514,12 @@ proptest! {
         let mut r = Reconciler::new(host.clone(), BTreeMap::new());
         r.step(Input::MigrationsKnown);
         r.step(Input::Reset { guests: vec![] });
+        r.step(Input::Packages(vec![]));
         let mut hv = Hv::default();
+        for g in GUESTS {
+            hv.switching.insert(n(&format!("p{g}")), switching(true, &[("h1", true), ("h2", true)]));
+        }
+        let mut packages: BTreeMap<Name, Package> = BTreeMap::new();
         let mut revision = 0u64;
         let mut log: BTreeMap<Name, Guest> = BTreeMap::new();
         let mut migrating = std::collections::BTreeSet::new();
@@ -423,11 +539,17 @@ proptest! {
             match op {
                 Op::Log(g, h, run, mem) => {
                     revision += 1;
-                    let gst = guest(GUESTS[g], HOSTS[h], if run { RunState::Running } else { RunState::Stopped }, mem, revision);
+                    let mut gst = guest(GUESTS[g], HOSTS[h], if run { RunState::Running } else { RunState::Stopped }, mem, revision);
+                    let p = n(&format!("p{}", GUESTS[g]));
+                    gst.spec.package = Some(p.clone());
                     log.insert(gst.name.clone(), gst.clone());
                     queue.extend(r.step(Input::Guest { guest: gst, token: tok(1, revision) }));
+                    // As the runtime does: the guest's package is read after the guest's change.
+                    let pk = packages.entry(p.clone()).or_insert_with(|| package(p.as_str(), GUESTS[g], true, &[])).clone();
+                    queue.extend(r.step(Input::Package(pk)));
                 }
                 Op::Remove(g) => {
+                    packages.remove(&n(&format!("p{}", GUESTS[g])));
                     if log.remove(&n(GUESTS[g])).is_some() {
                         queue.extend(r.step(Input::Removed { name: n(GUESTS[g]) }));
                     }
@@ -454,6 +576,20 @@ proptest! {
                 Op::Observe(fail) => {
                     failing = fail;
                     queue.extend(r.step(Input::Observed(hv.list())));
+                    queue.extend(r.step(Input::ObservedSwitching(hv.switching.clone())));
+                }
+                Op::Switch(g, on, off_here) => {
+                    if let Some(pk) = packages.get_mut(&n(&format!("p{}", GUESTS[g]))) {
+                        revision += 1;
+                        pk.switching_enabled = on;
+                        pk.disabled_nodes = if off_here { [n("h1")].into() } else { Default::default() };
+                        pk.switching_changed.revision = revision;
+                        queue.extend(r.step(Input::Package(pk.clone())));
+                    }
+                }
+                Op::Flip(g) => {
+                    let s = hv.switching.get_mut(&n(&format!("p{}", GUESTS[g]))).expect("configured");
+                    s.global = !s.global;
                 }
             }
             drain(&mut r, &mut hv, &mut queue, failing);
@@ -466,6 +602,7 @@ proptest! {
         let mut seen: Vec<Effect> = Vec::new();
         for _ in 0..2 {
             queue.extend(r.step(Input::Observed(hv.list())));
+            queue.extend(r.step(Input::ObservedSwitching(hv.switching.clone())));
             while let Some(e) = queue.pop() {
                 prop_assert!(!seen.iter().any(|s| s.guest == e.guest && s.action == e.action),
                     "{:?} repeated after it succeeded", e);
@@ -488,6 +625,14 @@ proptest! {
             prop_assert!(log.contains_key(name) || name.as_str() == "stray", "{} was not undefined", name);
         }
         prop_assert!(hv.vms.get(&n("stray")).is_none_or(|o| o.state == VmState::Running), "the stray guest was touched");
+        // Switching as the log says: globally where this host owns the guest, on this node always.
+        for (p, pk) in &packages {
+            let s = &hv.switching[p];
+            if log[&pk.guest].owner == host {
+                prop_assert_eq!(s.global, pk.switching_enabled, "global switching of {}", p);
+            }
+            prop_assert_eq!(s.nodes[&host], !pk.disabled_nodes.contains(&host), "switching of {} on h1", p);
+        }
         let drift: Vec<_> = r.drift().into_iter().filter(|(n, _)| n.as_str() != "stray").collect();
         prop_assert!(drift.is_empty(), "{:?}", drift);
     }

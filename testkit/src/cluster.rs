@@ -121,13 +121,17 @@ pub struct Settings {
 }
 
 /// Which driver the cluster's agents use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Hypervisor {
     /// One simulated hypervisor shared by all hosts ([`Cluster::sim_dir`]).
     Simulated,
     /// Each agent manages real QEMU guests in `agent-<host>/qemu/` (killed when the cluster is
     /// dropped); incoming live migrations listen on one port of the cluster's own.
     Qemu,
+    /// The operator's tools from templates (the tests' fake platform tools). Each agent gets a
+    /// copy with its lifecycle records in `agent-<host>/records/` and `{host}` in the values of
+    /// `env` replaced by its host name.
+    Command(switchyard_agent::driver::command::CommandConfig),
 }
 
 impl Default for Settings {
@@ -613,7 +617,17 @@ impl AgentProc {
             data_dir: dir.join("data"),
             report_interval_ms: cluster.settings.report_interval_ms,
             reconcile_interval_ms: cluster.settings.reconcile_interval_ms,
-            driver: match cluster.settings.hypervisor {
+            driver: match &cluster.settings.hypervisor {
+                Hypervisor::Command(template) => {
+                    let mut c = template.clone();
+                    for v in c.env.values_mut() {
+                        *v = v.replace("{host}", host);
+                    }
+                    if let Some(l) = c.lifecycle.as_mut() {
+                        l.state_dir = dir.join("records");
+                    }
+                    DriverConfig::Command(Box::new(c))
+                }
                 Hypervisor::Simulated => DriverConfig::Simulated {
                     state_dir: cluster.sim_dir(),
                     transfer_ms: cluster.settings.sim_transfer_ms,

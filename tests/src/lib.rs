@@ -1,3 +1,4 @@
 //! Shared fixtures for Switchyard's multi-process and fault tests.
 
+pub mod fake_platform;
 pub mod fixtures;

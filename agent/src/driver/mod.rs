@@ -6,23 +6,27 @@
 //!   holding the host's name; a guest never moved runs where the log says). Transfer and freeze
 //!   times are configurable, and faults are injected per guest by writing `fail`, `hang` or
 //!   `crash` into `<state_dir>/faults/<guest>`; the next transfer of that guest consumes it.
-//! - [`CommandDriver`]: runs the operator's own tools (`hpvmmigrate`, `virsh migrate --live`, …)
-//!   from argument templates, without a shell, with a timeout, capturing their output.
+//! - [`command::CommandDriver`]: runs the operator's own tools (Integrity VM's `hpvm*`, libvirt's
+//!   `virsh`, Serviceguard's `cmmodpkg`) from argument templates, without a shell, with a
+//!   timeout, capturing their output: moves only, or a whole lifecycle and package switching.
+//! - [`qemu::Qemu`]: guests as QEMU processes the agent manages itself.
 //!
 //! Drivers are synchronous (they block on a hypervisor) and are called from blocking threads. A
 //! transfer watches `cancel` and stops when it is set (the migration was aborted or failed).
 
-use std::io::Read;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use switchyard_protocol::{GuestSpec, MigrationId, MigrationKind, Name, Revision};
 
+pub mod command;
 pub mod qemu;
 pub mod qmp;
+
+use command::{CommandConfig, CommandDriver};
 
 /// What the hypervisor says about one guest on this host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +127,30 @@ pub trait HypervisorDriver: Send + Sync {
     fn lifecycle(&self) -> Option<&dyn Lifecycle> {
         None
     }
+
+    /// The cluster manager's package switching, when the driver reaches one: the agent then
+    /// keeps it as the log says ([`crate::reconcile`]), and disables it before moving a
+    /// packaged guest online.
+    fn switching(&self) -> Option<&dyn PackageSwitching> {
+        None
+    }
+}
+
+/// A package's switching as the cluster manager (Serviceguard) holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwitchingState {
+    /// Global switching (Serviceguard's `autorun`): may the package fail over at all?
+    pub global: bool,
+    /// Per-node switching, for the nodes the package may run on.
+    pub nodes: BTreeMap<Name, bool>,
+}
+
+/// Package switching on a cluster manager. Setting a value it already has is harmless.
+pub trait PackageSwitching: Send + Sync {
+    /// Every package the cluster manager knows.
+    fn view(&self) -> Result<BTreeMap<Name, SwitchingState>, DriverError>;
+    /// Enables or disables switching globally (`node: None`) or on one node.
+    fn set(&self, package: &Name, node: Option<&Name>, enabled: bool) -> Result<(), DriverError>;
 }
 
 /// A hypervisor whose guests the agent defines, starts, stops and reads back. Every call is
@@ -157,15 +185,8 @@ pub enum DriverConfig {
         #[serde(default = "default_freeze_ms")]
         freeze_ms: u64,
     },
-    Command {
-        /// Moves the guest to the target; exit 0 means it now runs there. It may print a line
-        /// `freeze_ms=<n>` to report the freeze time.
-        migrate: Vec<String>,
-        /// Exit 0: the guest runs here; exit 1: it does not; anything else is an error.
-        runs_here: Vec<String>,
-        #[serde(default = "default_command_timeout_ms")]
-        timeout_ms: u64,
-    },
+    /// The operator's tools, from templates ([`command`]).
+    Command(Box<CommandConfig>),
     /// Guests are QEMU processes this agent manages ([`qemu`]).
     Qemu(qemu::QemuConfig),
 }
@@ -175,9 +196,6 @@ fn default_transfer_ms() -> u64 {
 }
 fn default_freeze_ms() -> u64 {
     150
-}
-fn default_command_timeout_ms() -> u64 {
-    600_000
 }
 
 impl DriverConfig {
@@ -189,9 +207,7 @@ impl DriverConfig {
                     .map_err(|e| format!("driver.state_dir {}: {e}", state_dir.display()))?;
                 Ok(Box::new(d))
             }
-            DriverConfig::Command { migrate, runs_here, timeout_ms } => {
-                Ok(Box::new(CommandDriver::new(migrate.clone(), runs_here.clone(), *timeout_ms)?))
-            }
+            DriverConfig::Command(cfg) => Ok(Box::new(CommandDriver::new(cfg)?)),
             DriverConfig::Qemu(cfg) => Ok(Box::new(qemu::Qemu::new(cfg.clone())?)),
         }
     }
@@ -324,143 +340,6 @@ impl HypervisorDriver for Simulated {
     }
 }
 
-/// Placeholders a command template may use.
-const PLACEHOLDERS: [&str; 6] = ["guest", "source", "target", "target_address", "kind", "migration"];
-
-/// Runs external commands. Arguments are templates (`{guest}`, `{target}`, …) substituted with
-/// validated names, and the command runs without a shell, so a name can never inject anything.
-pub struct CommandDriver {
-    migrate: Vec<String>,
-    runs_here: Vec<String>,
-    timeout: Duration,
-}
-
-impl CommandDriver {
-    pub fn new(migrate: Vec<String>, runs_here: Vec<String>, timeout_ms: u64) -> Result<CommandDriver, String> {
-        for (what, t) in [("driver.migrate", &migrate), ("driver.runs_here", &runs_here)] {
-            if t.is_empty() {
-                return Err(format!("{what} is empty: give the program and its arguments"));
-            }
-            for arg in t {
-                for p in placeholders(arg) {
-                    if !PLACEHOLDERS.contains(&p.as_str()) {
-                        return Err(format!("{what}: unknown placeholder {{{p}}}; known: {}", PLACEHOLDERS.join(", ")));
-                    }
-                }
-            }
-        }
-        if timeout_ms == 0 {
-            return Err("driver.timeout_ms must be at least 1".into());
-        }
-        Ok(CommandDriver { migrate, runs_here, timeout: Duration::from_millis(timeout_ms) })
-    }
-
-    fn render(template: &[String], values: &[(&str, String)]) -> Vec<String> {
-        template
-            .iter()
-            .map(|arg| values.iter().fold(arg.clone(), |a, (k, v)| a.replace(&format!("{{{k}}}"), v)))
-            .collect()
-    }
-
-    /// Runs a command to its end (or the timeout, or cancellation): exit code and output.
-    fn run(&self, argv: &[String], cancel: &AtomicBool) -> Result<(i32, String, String), DriverError> {
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| DriverError::Failed(format!("cannot run {}: {e}", argv[0])))?;
-        let mut out = child.stdout.take().expect("piped");
-        let mut err = child.stderr.take().expect("piped");
-        let out_t = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let deadline = Instant::now() + self.timeout;
-        let status = loop {
-            if let Some(st) = child.try_wait().map_err(|e| DriverError::Failed(format!("wait for {}: {e}", argv[0])))? {
-                break st;
-            }
-            let stop = if cancel.load(Ordering::SeqCst) {
-                Some(DriverError::Cancelled)
-            } else if Instant::now() > deadline {
-                Some(DriverError::Failed(format!("{} timed out after {:?} and was killed", argv[0], self.timeout)))
-            } else {
-                None
-            };
-            if let Some(e) = stop {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let stdout = out_t.join().unwrap_or_default();
-        let stderr = err_t.join().unwrap_or_default();
-        Ok((status.code().unwrap_or(-1), stdout, stderr))
-    }
-}
-
-fn placeholders(arg: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = arg;
-    while let Some(start) = rest.find('{') {
-        let Some(len) = rest[start..].find('}') else { break };
-        out.push(rest[start + 1..start + len].to_string());
-        rest = &rest[start + len + 1..];
-    }
-    out
-}
-
-/// The last `n` bytes of a command's output, for error messages.
-fn tail(s: &str, n: usize) -> &str {
-    let s = s.trim();
-    let mut start = s.len().saturating_sub(n);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
-}
-
-impl HypervisorDriver for CommandDriver {
-    fn transfer(&self, t: &Transfer, cancel: &AtomicBool) -> Result<Option<u64>, DriverError> {
-        let values = [
-            ("guest", t.guest.to_string()),
-            ("source", t.source.to_string()),
-            ("target", t.target.to_string()),
-            ("target_address", t.target_address.clone()),
-            ("kind", t.kind.to_string()),
-            ("migration", t.migration.to_string()),
-        ];
-        let argv = Self::render(&self.migrate, &values);
-        let (code, stdout, stderr) = self.run(&argv, cancel)?;
-        if code != 0 {
-            return Err(DriverError::Failed(format!("{} exited with {code}: {}", argv[0], tail(&stderr, 400))));
-        }
-        let freeze = stdout.lines().find_map(|l| l.trim().strip_prefix("freeze_ms=")?.parse().ok());
-        Ok(freeze)
-    }
-
-    fn runs_here(&self, guest: &Name, owner: &Name) -> Result<bool, DriverError> {
-        let values = [("guest", guest.to_string()), ("source", owner.to_string())];
-        let argv = Self::render(&self.runs_here, &values);
-        match self.run(&argv, &AtomicBool::new(false))? {
-            (0, _, _) => Ok(true),
-            (1, _, _) => Ok(false),
-            (code, _, stderr) => {
-                Err(DriverError::Failed(format!("{} exited with {code}: {}", argv[0], tail(&stderr, 400))))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,35 +394,21 @@ mod tests {
     }
 
     #[test]
-    fn command_driver_substitutes_names_and_maps_exit_codes() {
-        let d = CommandDriver::new(
-            vec![
-                "sh".into(),
-                "-c".into(),
-                "echo moving $0 to $1; echo freeze_ms=42".into(),
-                "{guest}".into(),
-                "{target_address}".into(),
-            ],
-            vec!["sh".into(), "-c".into(), "test \"$0\" = g1".into(), "{guest}".into()],
-            5_000,
-        )
-        .unwrap();
-        assert_eq!(d.transfer(&transfer("g1"), &AtomicBool::new(false)).unwrap(), Some(42));
-        assert!(d.runs_here(&n("g1"), &n("h1")).unwrap());
-        assert!(!d.runs_here(&n("g2"), &n("h1")).unwrap());
-    }
-
-    #[test]
     fn shipped_driver_templates_are_valid() {
         #[derive(Deserialize)]
         struct Section {
             driver: DriverConfig,
         }
+        let records = tempfile::tempdir().unwrap();
         for (file, text) in [
             ("integrity-vm.toml", include_str!("../../../deploy/drivers/integrity-vm.toml")),
             ("libvirt.toml", include_str!("../../../deploy/drivers/libvirt.toml")),
         ] {
-            let s: Section = toml::from_str(text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let mut s: Section = toml::from_str(text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let DriverConfig::Command(c) = &mut s.driver else { panic!("{file} holds {:?}", s.driver) };
+            let l = c.lifecycle.as_mut().unwrap_or_else(|| panic!("{file} has no lifecycle"));
+            // Built with its records in a temporary folder rather than under /var/lib.
+            l.state_dir = records.path().join(file);
             s.driver.build(&n("h1")).unwrap_or_else(|e| panic!("{file}: {e}"));
         }
         // Parsed only: building it would create its state folder under /var/lib.
@@ -552,32 +417,11 @@ mod tests {
             DriverConfig::Qemu(q) => assert_eq!(q.migration_ports, (49152, 49215)),
             other => panic!("qemu.toml holds {other:?}"),
         }
-        let agent: crate::daemon::AgentConfig =
+        let mut agent: crate::daemon::AgentConfig =
             toml::from_str(include_str!("../../../deploy/agent.example.toml")).unwrap();
+        if let DriverConfig::Command(c) = &mut agent.driver {
+            c.lifecycle.as_mut().expect("the example has a lifecycle").state_dir = records.path().join("example");
+        }
         agent.driver.build(&agent.host).unwrap();
-    }
-
-    #[test]
-    fn command_driver_reports_failures_timeouts_and_bad_templates() {
-        let fail = CommandDriver::new(
-            vec!["sh".into(), "-c".into(), "echo no room on target >&2; exit 3".into()],
-            vec!["sh".into(), "-c".into(), "exit 7".into()],
-            5_000,
-        )
-        .unwrap();
-        let e = fail.transfer(&transfer("g1"), &AtomicBool::new(false)).unwrap_err().to_string();
-        assert!(e.contains("exited with 3") && e.contains("no room on target"), "{e}");
-        assert!(fail.runs_here(&n("g1"), &n("h1")).unwrap_err().to_string().contains("exited with 7"));
-
-        let slow = CommandDriver::new(vec!["sleep".into(), "5".into()], vec!["true".into()], 100).unwrap();
-        let e = slow.transfer(&transfer("g1"), &AtomicBool::new(false)).unwrap_err().to_string();
-        assert!(e.contains("timed out"), "{e}");
-
-        let bad = CommandDriver::new(vec!["virsh".into(), "{domain}".into()], vec!["true".into()], 100);
-        assert!(bad.err().unwrap().contains("unknown placeholder {domain}"));
-        assert!(CommandDriver::new(vec![], vec!["true".into()], 100)
-            .err()
-            .unwrap()
-            .contains("driver.migrate is empty"));
     }
 }

@@ -16,6 +16,11 @@
 //! A guest the hypervisor holds but this agent never defined is *unknown to the log*: reported,
 //! never touched.
 //!
+//! **Package switching**, when the driver reaches a cluster manager (Serviceguard): the host
+//! that owns a package's guest keeps the package's global switching as the log says, and every
+//! host keeps its own node's switching. A package the cluster manager does not know is left
+//! alone (it is configured there by the cluster's administrators, not by Switchyard).
+//!
 //! While a migration of a guest is in flight, its run state belongs to the migration worker
 //! (the transfer moves the running copy); the reconciler still keeps its definition.
 //!
@@ -37,9 +42,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use switchyard_protocol::api::{Drift, PendingChange};
-use switchyard_protocol::{FencingToken, Guest, GuestSpec, Name, Revision, RunState};
+use switchyard_protocol::{FencingToken, Guest, GuestSpec, Name, Package, Revision, RunState};
 
-use crate::driver::{Observed, VmState};
+use crate::driver::{Observed, SwitchingState, VmState};
 
 pub mod runtime;
 
@@ -61,6 +66,14 @@ pub enum Input {
     MigrationsKnown,
     /// Everything the hypervisor holds now.
     Observed(Vec<Observed>),
+    /// A package as the log now has it.
+    Package(Package),
+    /// The log no longer has the package.
+    PackageRemoved { name: Name },
+    /// Every package the log has, replacing what was known.
+    Packages(Vec<Package>),
+    /// Package switching as the cluster manager holds it now.
+    ObservedSwitching(BTreeMap<Name, SwitchingState>),
     /// An effect ended.
     Done { effect: Effect, result: Result<(), String> },
 }
@@ -77,6 +90,9 @@ pub enum Action {
     Start { token: FencingToken },
     /// Stop the guest; `hard` skips the graceful shutdown.
     Stop { hard: bool },
+    /// Set the switching of the guest's package on the cluster manager: globally, or on one
+    /// node.
+    SetSwitching { package: Name, node: Option<Name>, enabled: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -115,6 +131,18 @@ pub struct Reconciler {
     failed: BTreeMap<Name, Action>,
     /// The newest token a start of each guest used on this host.
     started: BTreeMap<Name, FencingToken>,
+    /// Packages as the log has them; `None` until the whole list arrived.
+    packages: Option<BTreeMap<Name, Package>>,
+    /// Switching as the cluster manager holds it, updated by the changes that succeeded since.
+    switching: Option<BTreeMap<Name, SwitchingState>>,
+    /// Switching changes under way, and those that failed since the last observation, by
+    /// package.
+    switching_in_progress: BTreeMap<Name, Action>,
+    switching_failed: BTreeMap<Name, Action>,
+    /// Guests seen running here, then seen not running without an action of this reconciler
+    /// (killed, crashed, stopped at the console) and not started again since: starting them
+    /// is a repair, whichever input the start is decided on.
+    went_down: BTreeSet<Name>,
 }
 
 impl Reconciler {
@@ -130,24 +158,89 @@ impl Reconciler {
             in_progress: BTreeMap::new(),
             failed: BTreeMap::new(),
             started,
+            packages: None,
+            switching: None,
+            switching_in_progress: BTreeMap::new(),
+            switching_failed: BTreeMap::new(),
+            went_down: BTreeSet::new(),
         }
     }
 
     /// Takes one input; returns the effects to perform now, in the order of the log changes
     /// that ask for them.
     pub fn step(&mut self, input: Input) -> Vec<Effect> {
+        let mut touched_packages: Vec<Name> = Vec::new();
         let touched: Vec<Name> = match input {
             Input::Guest { guest, token } => {
                 let name = guest.name.clone();
+                self.went_down.remove(&name);
+                // A package lives with its guest's spec: one the guest no longer names is gone.
+                if let Some(packages) = &mut self.packages {
+                    packages.retain(|p, pk| pk.guest != name || guest.spec.package.as_ref() == Some(p));
+                }
+                touched_packages.extend(guest.spec.package.clone());
                 self.desired.insert(name.clone(), Desire { guest, token });
                 vec![name]
             }
             Input::Removed { name } => {
                 self.desired.remove(&name);
+                self.went_down.remove(&name);
+                if let Some(packages) = &mut self.packages {
+                    packages.retain(|_, pk| pk.guest != name);
+                }
                 vec![name]
+            }
+            Input::Package(p) => {
+                touched_packages.push(p.name.clone());
+                if let Some(packages) = &mut self.packages {
+                    packages.insert(p.name.clone(), p);
+                }
+                Vec::new()
+            }
+            Input::PackageRemoved { name } => {
+                if let Some(packages) = &mut self.packages {
+                    packages.remove(&name);
+                }
+                Vec::new()
+            }
+            Input::Packages(list) => {
+                self.packages = Some(list.into_iter().map(|p| (p.name.clone(), p)).collect());
+                touched_packages = self.package_names();
+                Vec::new()
+            }
+            Input::ObservedSwitching(seen) => {
+                self.switching = Some(seen);
+                self.switching_failed.clear();
+                touched_packages = self.package_names();
+                Vec::new()
+            }
+            Input::Done { effect, result } if matches!(effect.action, Action::SetSwitching { .. }) => {
+                let Action::SetSwitching { package, node, enabled } = &effect.action else { unreachable!() };
+                if self.switching_in_progress.get(package) == Some(&effect.action) {
+                    self.switching_in_progress.remove(package);
+                }
+                match result {
+                    Ok(()) => {
+                        if let Some(s) = self.switching.as_mut().and_then(|s| s.get_mut(package)) {
+                            match node {
+                                None => s.global = *enabled,
+                                Some(n) => {
+                                    s.nodes.insert(n.clone(), *enabled);
+                                }
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        self.switching_failed.insert(package.clone(), effect.action.clone());
+                    }
+                }
+                touched_packages.push(package.clone());
+                Vec::new()
             }
             Input::Reset { guests } => {
                 self.log_known = true;
+                self.went_down.clear();
+                touched_packages = self.package_names();
                 let before: Vec<Name> = self.desired.keys().cloned().collect();
                 self.desired =
                     guests.into_iter().map(|(g, token)| (g.name.clone(), Desire { guest: g, token })).collect();
@@ -170,7 +263,17 @@ impl Reconciler {
                 vec![name]
             }
             Input::Observed(list) => {
-                self.observed = Some(list.into_iter().map(|o| (o.name.clone(), o)).collect());
+                let now: BTreeMap<Name, Observed> = list.into_iter().map(|o| (o.name.clone(), o)).collect();
+                if let Some(before) = &self.observed {
+                    for (name, o) in before {
+                        let running_now = now.get(name).is_some_and(|n| n.state == VmState::Running);
+                        if o.state == VmState::Running && !running_now && !self.in_progress.contains_key(name) {
+                            self.went_down.insert(name.clone());
+                        }
+                    }
+                }
+                self.went_down.retain(|name| now.get(name).is_none_or(|o| o.state != VmState::Running));
+                self.observed = Some(now);
                 self.failed.clear();
                 self.all_names()
             }
@@ -201,8 +304,51 @@ impl Reconciler {
             let seen = self.observed.as_ref().and_then(|o| o.get(&name)).map_or(VmState::ShutOff, |o| o.state.clone());
             effects.push((order, Effect { guest: name, action, reason, seen }));
         }
+        touched_packages.sort();
+        touched_packages.dedup();
+        for package in touched_packages {
+            if self.switching_in_progress.contains_key(&package) {
+                continue;
+            }
+            let Some((action, reason, guest, order)) = self.plan_switching(&package) else { continue };
+            if self.switching_failed.get(&package) == Some(&action) {
+                continue;
+            }
+            self.switching_in_progress.insert(package, action.clone());
+            let seen = self.observed.as_ref().and_then(|o| o.get(&guest)).map_or(VmState::ShutOff, |o| o.state.clone());
+            effects.push((order, Effect { guest, action, reason, seen }));
+        }
         effects.sort_by_key(|(order, e)| (*order, e.guest.clone()));
         effects.into_iter().map(|(_, e)| e).collect()
+    }
+
+    fn package_names(&self) -> Vec<Name> {
+        self.packages.as_ref().map(|p| p.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The next switching change for one package, if any: why, the package's guest, and the
+    /// revision of the log's switching state it carries out.
+    fn plan_switching(&self, package: &Name) -> Option<(Action, String, Name, Revision)> {
+        if !self.log_known {
+            return None;
+        }
+        let pk = self.packages.as_ref()?.get(package)?;
+        let seen = self.switching.as_ref()?.get(package)?;
+        let word = |on: bool| if on { "enabled" } else { "disabled" };
+        let owner_here = self.desired.get(&pk.guest).is_some_and(|d| d.guest.owner == self.host);
+        let action = if owner_here && seen.global != pk.switching_enabled {
+            let reason = format!("the log says switching of package {package} is {}", word(pk.switching_enabled));
+            (Action::SetSwitching { package: package.clone(), node: None, enabled: pk.switching_enabled }, reason)
+        } else {
+            let want = !pk.disabled_nodes.contains(&self.host);
+            let on = *seen.nodes.get(&self.host)?;
+            if on == want {
+                return None;
+            }
+            let reason = format!("the log says switching of package {package} is {} on {}", word(want), self.host);
+            (Action::SetSwitching { package: package.clone(), node: Some(self.host.clone()), enabled: want }, reason)
+        };
+        Some((action.0, action.1, pk.guest.clone(), pk.switching_changed.revision))
     }
 
     fn all_names(&self) -> Vec<Name> {
@@ -231,6 +377,7 @@ impl Reconciler {
                 observed.remove(name);
             }
             Action::Start { token } => {
+                self.went_down.remove(name);
                 let started = self.started.entry(name.clone()).or_default();
                 if token.revision >= started.revision {
                     *started = *token;
@@ -246,6 +393,8 @@ impl Reconciler {
                     o.running_spec = None;
                 }
             }
+            // Handled with the package's inputs.
+            Action::SetSwitching { .. } => {}
         }
     }
 
@@ -378,6 +527,14 @@ impl Reconciler {
     /// The newest start token per guest (the runtime keeps it durably).
     pub fn started(&self) -> &BTreeMap<Name, FencingToken> {
         &self.started
+    }
+
+    /// Was the guest seen running here and then not, without this reconciler stopping it? A
+    /// start of it is then a repair of drift, even when decided on another input than an
+    /// observation (e.g. the end of a migration, after which a guest killed meanwhile must be
+    /// started again).
+    pub fn went_down(&self, guest: &Name) -> bool {
+        self.went_down.contains(guest)
     }
 }
 

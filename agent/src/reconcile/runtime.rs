@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_client::Client;
+use switchyard_protocol::api::PackageQuery;
 use switchyard_protocol::api::{GuestDrift, HypervisorReport, RepairRequest, HYPERVISOR_REPORT_GUESTS_MAX};
-use switchyard_protocol::{FencingToken, Guest, Name, RunState};
+use switchyard_protocol::{FencingToken, Guest, Name, Package, Revision, RunState};
 use tokio::sync::{mpsc, watch};
 
 use super::{Action, Effect, Input, Reconciler};
@@ -44,6 +45,11 @@ pub enum Feed {
     },
     /// The migration worker has loaded the migrations it takes part in.
     MigrationsKnown,
+    /// The log changed a package (its switching, or its guest) at `revision`: read it again.
+    Package {
+        name: Name,
+        revision: Revision,
+    },
 }
 
 pub struct Runtime {
@@ -63,6 +69,17 @@ impl Runtime {
         });
         let mut r = Reconciler::new(self.host.clone(), started);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Effect, Result<(), String>)>();
+        // Inputs read from the log by tasks of their own (packages).
+        let (read_tx, mut read_rx) = mpsc::unbounded_channel::<Input>();
+        let switching = self.driver.switching().is_some();
+        // The first feed is the agent's start, whose packages are read just below.
+        let mut started_up = false;
+        if switching {
+            let (client, tx) = (self.client.clone(), read_tx.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(Input::Packages(all_packages(&client).await));
+            });
+        }
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut repairs = 0u64;
@@ -71,9 +88,31 @@ impl Runtime {
         loop {
             let (input, repair) = tokio::select! {
                 f = feed.recv() => match f {
-                    Some(f) => (to_input(f), false),
+                    Some(Feed::Package { name, revision }) => {
+                        if switching {
+                            let (client, tx) = (self.client.clone(), read_tx.clone());
+                            tokio::spawn(async move {
+                                if let Some(input) = read_package(&client, name, revision).await {
+                                    let _ = tx.send(input);
+                                }
+                            });
+                        }
+                        continue;
+                    }
+                    Some(f) => {
+                        if switching && matches!(f, Feed::Reset { .. }) && started_up {
+                            // A re-sync: the packages are read again with the guests.
+                            let (client, tx) = (self.client.clone(), read_tx.clone());
+                            tokio::spawn(async move {
+                                let _ = tx.send(Input::Packages(all_packages(&client).await));
+                            });
+                        }
+                        started_up = true;
+                        (to_input(f), false)
+                    }
                     None => return,
                 },
+                Some(input) = read_rx.recv() => (input, false),
                 Some((effect, result)) = done_rx.recv() => {
                     match &result {
                         Ok(()) => tracing::info!(guest = %effect.guest, action = ?effect.action, reason = %effect.reason, "hypervisor updated"),
@@ -93,6 +132,21 @@ impl Runtime {
                     (Input::Done { effect, result }, false)
                 }
                 _ = tick.tick() => {
+                    if switching {
+                        let driver = self.driver.clone();
+                        match tokio::task::spawn_blocking(move || driver.switching().expect("checked").view()).await {
+                            Ok(Ok(seen)) => {
+                                let effects = r.step(Input::ObservedSwitching(seen));
+                                for e in effects {
+                                    repairs += 1;
+                                    tracing::warn!(guest = %e.guest, action = ?e.action, reason = %e.reason, "repairing package switching from the log");
+                                    repairing.insert(e.guest.clone(), e.action.clone());
+                                    self.perform(e, done_tx.clone());
+                                }
+                            }
+                            other => tracing::warn!(?other, "cannot read package switching from the cluster manager"),
+                        }
+                    }
                     let driver = self.driver.clone();
                     let observed = tokio::task::spawn_blocking(move || {
                         driver.lifecycle().expect("the runtime runs only for drivers with a lifecycle").observe()
@@ -118,7 +172,7 @@ impl Runtime {
                 let _ = report.send(Some(hypervisor_report(&r, repairs + effects.len() as u64)));
             }
             for e in effects {
-                if repair {
+                if repair || (matches!(e.action, Action::Start { .. }) && r.went_down(&e.guest)) {
                     // Decided from an observation, not from a log change: the hypervisor had
                     // drifted from the log.
                     repairs += 1;
@@ -135,15 +189,21 @@ impl Runtime {
     /// (`unknown_guest`) is only logged.
     fn record_repair(&self, e: &Effect) {
         let action = match &e.action {
-            Action::Define { .. } => "define",
-            Action::Undefine => "undefine",
-            Action::Start { .. } => "start",
-            Action::Stop { hard: true } => "stop-hard",
-            Action::Stop { hard: false } => "stop",
+            Action::Define { .. } => "define".to_string(),
+            Action::Undefine => "undefine".to_string(),
+            Action::Start { .. } => "start".to_string(),
+            Action::Stop { hard: true } => "stop-hard".to_string(),
+            Action::Stop { hard: false } => "stop".to_string(),
+            // The package and node are in the reason.
+            Action::SetSwitching { node, enabled, .. } => format!(
+                "{}-{}switching",
+                if *enabled { "enable" } else { "disable" },
+                if node.is_some() { "node-" } else { "" }
+            ),
         };
         let req = RepairRequest {
             guest: e.guest.clone(),
-            action: action.into(),
+            action,
             reason: e.reason.chars().take(200).collect(),
             request_id: Some(switchyard_client::new_request_id()),
         };
@@ -164,6 +224,10 @@ impl Runtime {
                 }
                 let effect = e.clone();
                 tokio::task::spawn_blocking(move || {
+                    if let Action::SetSwitching { package, node, enabled } = &effect.action {
+                        let s = driver.switching().expect("switching is planned only with a cluster manager");
+                        return s.set(package, node.as_ref(), *enabled);
+                    }
                     let l = driver.lifecycle().expect("the runtime runs only for drivers with a lifecycle");
                     match &effect.action {
                         Action::Define { spec, version } => l.define(&effect.guest, spec, *version),
@@ -174,6 +238,7 @@ impl Runtime {
                                 tracing::info!(guest = %effect.guest, "not stopped: its state changed since the decision");
                             }
                         }),
+                        Action::SetSwitching { .. } => unreachable!("handled above"),
                     }
                 })
                 .await
@@ -219,7 +284,51 @@ fn to_input(f: Feed) -> Input {
         },
         Feed::Migrating { name, in_flight } => Input::Migrating { name, in_flight },
         Feed::MigrationsKnown => Input::MigrationsKnown,
+        Feed::Package { .. } => unreachable!("read from the log by the runtime"),
     }
+}
+
+/// Every package the log has, page by page; retried until a coordinator answers.
+async fn all_packages(client: &Client) -> Vec<Package> {
+    loop {
+        let mut all = Vec::new();
+        let mut q = PackageQuery { limit: Some(1000), ..Default::default() };
+        let done = loop {
+            match client.packages(&q).await {
+                Ok(page) => {
+                    all.extend(page.items);
+                    match page.next_after {
+                        Some(after) => q.after = Some(Name::new(&after).expect("the API names packages")),
+                        None => break true,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%e, "cannot read the packages yet; retrying");
+                    break false;
+                }
+            }
+        };
+        if done {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A package as of `revision` or later; `PackageRemoved` when the log no longer has it.
+async fn read_package(client: &Client, name: Name, revision: Revision) -> Option<Input> {
+    for _ in 0..120 {
+        match client.get_since::<Package>(&format!("/v1/packages/{name}"), revision).await {
+            Ok(p) => return Some(Input::Package(p.items)),
+            Err(e) if e.code() == Some("unknown_package") => return Some(Input::PackageRemoved { name }),
+            Err(e) => {
+                tracing::debug!(%e, package = %name, "cannot read the package yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    tracing::warn!(package = %name, "gave up reading the package; the next restart reads every package again");
+    None
 }
 
 fn hypervisor_report(r: &Reconciler, repairs: u64) -> HypervisorReport {

@@ -83,7 +83,7 @@ impl ClusterOpts {
             sim_transfer_ms: self.sim_transfer_ms,
             sim_freeze_ms: 40,
             report_interval_ms: 200,
-            hypervisor: self.hypervisor,
+            hypervisor: self.hypervisor.clone(),
             reconcile_interval_ms: 300,
             qemu_bandwidth_kib: self.qemu_bandwidth_kib,
             rust_log: "info,openraft=warn".into(),
