@@ -33,7 +33,7 @@ use switchyard_protocol::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::driver::{DriverError, HypervisorDriver, Transfer, VmState};
+use crate::driver::{DriverError, HypervisorDriver, Moved, Transfer, VmState};
 use crate::reconcile::runtime::Feed;
 use crate::store::{AgentStore, Journal, TransferState};
 
@@ -47,7 +47,7 @@ const FAST_TICK: Duration = Duration::from_millis(40);
 
 struct Running {
     cancel: Arc<AtomicBool>,
-    handle: JoinHandle<Result<Option<u64>, DriverError>>,
+    handle: JoinHandle<Result<Moved, DriverError>>,
 }
 
 /// One migration this host takes part in.
@@ -361,7 +361,7 @@ impl Worker {
             }
             let t = a.transfer.take().expect("checked");
             let state = match t.handle.await {
-                Ok(Ok(freeze_time_ms)) => TransferState::Done { freeze_time_ms },
+                Ok(Ok(moved)) => TransferState::Done { freeze_time_ms: moved.freeze_ms, stats: moved.stats },
                 Ok(Err(DriverError::Cancelled)) => return false,
                 Ok(Err(DriverError::Failed(error))) => TransferState::Failed { error },
                 Err(e) => TransferState::Failed { error: format!("driver task: {e}") },
@@ -412,7 +412,7 @@ impl Worker {
                         }
                         _ => {
                             tracing::info!(migration = %id, guest = %m.guest, "guest already left this host");
-                            self.journal(&m, token, TransferState::Done { freeze_time_ms: None });
+                            self.journal(&m, token, TransferState::Done { freeze_time_ms: None, stats: None });
                         }
                     },
                     None => {}
@@ -427,9 +427,9 @@ impl Worker {
                     a.verified = true;
                 }
             }
-            Some(TransferState::Done { freeze_time_ms }) => {
+            Some(TransferState::Done { freeze_time_ms, stats }) => {
                 if !self.recently_reported(id) {
-                    self.report(&m, ReportOutcome::TransferDone { freeze_time_ms }).await;
+                    self.report(&m, ReportOutcome::TransferDone { freeze_time_ms, stats }).await;
                 }
             }
             Some(TransferState::Failed { error }) => {

@@ -30,7 +30,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use switchyard_protocol::hostconfig::{ConfigChange, HostConfig};
-use switchyard_protocol::{ClusterId, FencingToken, Guest, MigrationId, Name, Revision};
+use switchyard_protocol::{ClusterId, FencingToken, Guest, MigrationId, Name, Revision, TransferStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -285,6 +285,9 @@ pub enum TransferState {
     Started,
     Done {
         freeze_time_ms: Option<u64>,
+        /// What the hypervisor measured of the transfer (absent in journals of older agents).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stats: Option<TransferStats>,
     },
     Failed {
         error: String,

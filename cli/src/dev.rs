@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use switchyard_client::{Client, EventQuery};
-use switchyard_protocol::api::{CreateGuestRequest, MigrateRequest, PackageQuery, StreamItem};
+use switchyard_protocol::api::{CreateGuestRequest, MigrateRequest, MigrationDetail, PackageQuery, StreamItem};
 use switchyard_protocol::{MigrationId, Name, Phase, RunState};
 use switchyard_testkit::local::{self, DEFAULT_DIR, HOSTS, NODES};
 use switchyard_testkit::{wait_for, Cluster, Hypervisor, Settings};
@@ -185,7 +185,7 @@ async fn demo_scenario(dev: &mut Cluster, qemu: bool) -> anyhow::Result<()> {
     };
     let id = MigrationId(admin.migrate(&req).await.context("request the migration")?.first_revision);
     let stale = admin.clone().stale(true);
-    let read = |c: Client| async move { c.migration(id).await.ok().map(|r| r.items) };
+    let read = |c: Client| async move { c.migration(id).await.ok().map(|r| r.items.migration) };
     let mut seen = Phase::Requested;
     out!("migration {id}: {seen}");
     let m = wait_for("the transfer to start", Duration::from_secs(60), || {
@@ -219,7 +219,9 @@ async fn demo_scenario(dev: &mut Cluster, qemu: bool) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     say(&format!("migration {id} ended {}; its history:", m.phase));
-    out!("{}", migration_detail(&m).trim_end());
+    let detail =
+        stale.migration(id).await.map_or(MigrationDetail { migration: m.clone(), transfer: None }, |r| r.items);
+    out!("{}", migration_detail(&detail).trim_end());
     if qemu {
         out!(
             "QEMU froze the VM for {} ms while it moved (QEMU's own downtime figure)",

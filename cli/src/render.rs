@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 use switchyard_protocol::api::*;
-use switchyard_protocol::{EventPayload, Migration, Package, Timestamp};
+use switchyard_protocol::{EventPayload, Package, Timestamp};
 
 use crate::timefmt;
 
@@ -253,7 +253,10 @@ pub fn migrations_table(page: &MigrationPage) -> String {
     out
 }
 
-pub fn migration_detail(m: &Migration) -> String {
+/// `migration show`: the record, the transfer's figures when the hypervisor gave them, and
+/// every phase with its time.
+pub fn migration_detail(d: &MigrationDetail) -> String {
+    let m = &d.migration;
     let mut s = format!(
         "migration {}: guest {} from {} to {} ({})\nrequested by {}{}\nphase {}{}\n",
         m.id,
@@ -274,6 +277,13 @@ pub fn migration_detail(m: &Migration) -> String {
     }
     if let Some(f) = m.freeze_time_ms {
         s.push_str(&format!("freeze time {}\n", timefmt::duration(f)));
+    }
+    if let Some(t) = &d.transfer {
+        s.push_str(&format!(
+            "transfer {} in total, {} sent\n",
+            timefmt::duration(t.total_time_ms),
+            bytes(t.transferred_bytes)
+        ));
     }
     let rows = m
         .history
@@ -344,6 +354,11 @@ pub fn describe(p: &EventPayload) -> String {
         EventPayload::GuestRepaired { guest, host, action, reason } => {
             format!("guest {guest} repaired on {host}: {action} ({reason})")
         }
+        EventPayload::MigrationTransferStats { id, guest, stats } => format!(
+            "migration {id} of {guest}: transferred {} in {}",
+            bytes(stats.transferred_bytes),
+            timefmt::duration(stats.total_time_ms)
+        ),
     }
 }
 
@@ -358,4 +373,20 @@ pub const EVENTS_HEADER: &str = "REV  TIME  ACTOR  EVENT";
 /// One line of the `events` table.
 pub fn event_line(e: &switchyard_protocol::Event) -> String {
     format!("{}  {}  {}  {}", e.revision, timefmt::format(e.time), e.actor, describe(&e.payload))
+}
+
+/// A byte count in the largest binary unit that keeps it at least 1.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }

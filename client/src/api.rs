@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use switchyard_protocol::api::*;
-use switchyard_protocol::{Migration, MigrationId, Name, Package};
+use switchyard_protocol::{MigrationId, Name, Package};
 
 use crate::{new_request_id, Client, ClientError};
 
@@ -171,7 +171,7 @@ impl Client {
         self.post_write("/v1/migrations", req).await
     }
 
-    pub async fn migration(&self, id: MigrationId) -> Result<Read<Migration>, ClientError> {
+    pub async fn migration(&self, id: MigrationId) -> Result<Read<MigrationDetail>, ClientError> {
         self.read(&format!("/v1/migrations/{}", id.0)).await
     }
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 use switchyard_protocol::api::{MigrationReport, ReportOutcome};
 use switchyard_protocol::{
     ClusterState, Command, FencingToken, HostState, Migration, MigrationId, Name, Phase, RequestId, Timestamp,
+    TransferStats,
 };
 use tokio::sync::Notify;
 
@@ -44,6 +45,8 @@ pub struct PhaseReports {
     pub transfer: Option<Result<Option<u64>, String>>,
     /// The target saw the guest running.
     pub target_running: bool,
+    /// What the source's hypervisor measured of the transfer, if it told.
+    pub stats: Option<TransferStats>,
 }
 
 /// Agent reports, held in memory by every coordinator (only the leader's driver acts on them).
@@ -76,7 +79,10 @@ impl Reports {
             *entry = PhaseReports { token: current, ..Default::default() };
         }
         match &r.outcome {
-            ReportOutcome::TransferDone { freeze_time_ms } if is_source => entry.transfer = Some(Ok(*freeze_time_ms)),
+            ReportOutcome::TransferDone { freeze_time_ms, stats } if is_source => {
+                entry.transfer = Some(Ok(*freeze_time_ms));
+                entry.stats = *stats;
+            }
             ReportOutcome::TransferFailed { error } if is_source => entry.transfer = Some(Err(error.clone())),
             ReportOutcome::GuestRunning if m.target == *host => entry.target_running = true,
             other => {
@@ -194,6 +200,17 @@ pub fn command_for(m: &Migration, step: &Step) -> Option<(RequestId, Command)> {
     }
 }
 
+/// The command recording the transfer's figures, proposed just before a migration moves on
+/// from `transferring` (its own request id, so proposing it again is a duplicate).
+pub fn stats_command(m: &Migration, step: &Step, reports: Option<&PhaseReports>) -> Option<(RequestId, Command)> {
+    let stats = reports?.stats?;
+    if m.phase != Phase::Transferring || !matches!(step, Step::Advance { .. }) {
+        return None;
+    }
+    let rid = RequestId((1u128 << 127) | ((m.id.0 as u128) << 8) | 0xff);
+    Some((rid, Command::RecordTransferStats { id: m.id, stats }))
+}
+
 #[cfg(test)]
 mod tests {
     use switchyard_protocol::{Actor, MigrationKind, PhaseRecord};
@@ -245,14 +262,20 @@ mod tests {
         let st = ClusterState::default();
         let m = migration(Phase::Transferring, 1_000, true);
         let token = m.current().token();
-        let only_source = PhaseReports { token, transfer: Some(Ok(Some(120))), target_running: false };
+        let stats = Some(TransferStats { total_time_ms: 900, transferred_bytes: 1 << 25 });
+        let only_source = PhaseReports { token, transfer: Some(Ok(Some(120))), target_running: false, stats };
         assert!(matches!(next_step(&m, &st, Some(&only_source), Timestamp(2_000), &config()), Step::Wait(_)));
-        let both = PhaseReports { target_running: true, ..only_source };
-        assert_eq!(
-            next_step(&m, &st, Some(&both), Timestamp(2_000), &config()),
-            Step::Advance { to: Phase::TargetRunning, freeze_time_ms: Some(120) }
-        );
-        let failed = PhaseReports { token, transfer: Some(Err("disk busy".into())), target_running: false };
+        let both = PhaseReports { target_running: true, ..only_source.clone() };
+        let step = next_step(&m, &st, Some(&both), Timestamp(2_000), &config());
+        assert_eq!(step, Step::Advance { to: Phase::TargetRunning, freeze_time_ms: Some(120) });
+        // The figures are recorded just before that step, and at no other.
+        let (_, cmd) = stats_command(&m, &step, Some(&both)).expect("the figures are recorded");
+        assert_eq!(cmd, Command::RecordTransferStats { id: m.id, stats: stats.unwrap() });
+        assert!(stats_command(&m, &step, Some(&PhaseReports { stats: None, ..both.clone() })).is_none());
+        let wait = next_step(&m, &st, Some(&only_source), Timestamp(2_000), &config());
+        assert!(stats_command(&m, &wait, Some(&only_source)).is_none());
+        let failed =
+            PhaseReports { token, transfer: Some(Err("disk busy".into())), target_running: false, stats: None };
         assert!(matches!(next_step(&m, &st, Some(&failed), Timestamp(2_000), &config()),
             Step::Fail(e) if e.contains("disk busy")));
     }

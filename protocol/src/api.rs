@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::model::{FencingToken, Guest, Host, HostState, Migration, MigrationId, Package, Phase, Revision, RunState};
+use crate::model::{
+    FencingToken, Guest, Host, HostState, Migration, MigrationId, Package, Phase, Revision, RunState, TransferStats,
+};
 use crate::name::Name;
 use crate::rejection::Rejection;
 
@@ -521,7 +523,12 @@ pub struct MigrationReport {
 pub enum ReportOutcome {
     /// Source: the transfer finished; the guest was frozen for `freeze_time_ms` (unknown when
     /// the agent restarted and found the guest already moved).
-    TransferDone { freeze_time_ms: Option<u64> },
+    TransferDone {
+        freeze_time_ms: Option<u64>,
+        /// What the hypervisor measured of the transfer, when it tells (QEMU does).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stats: Option<TransferStats>,
+    },
     /// Source: the hypervisor refused or failed the transfer; the guest still runs on the source.
     TransferFailed { error: String },
     /// Target: the guest runs here.
@@ -544,4 +551,15 @@ pub struct ReportAck {
 pub struct MigrationPage {
     pub migrations: Vec<Migration>,
     pub next_after: Option<MigrationId>,
+}
+
+/// One migration as `GET /v1/migrations/{id}` shows it: its record, and what the hypervisor
+/// measured of its transfer while the history still holds that.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationDetail {
+    #[serde(flatten)]
+    pub migration: Migration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferStats>,
 }

@@ -239,6 +239,14 @@ pub fn decide(state: &ClusterState, p: &Proposal) -> Result<Vec<EventPayload>, R
                 reason: reason.clone(),
             }])
         }
+        Command::RecordTransferStats { id, stats } => {
+            let m = live_migration(state, *id)?;
+            if m.phase != Phase::Transferring {
+                return Err(Rejection::invalid("stats", "only recorded while the migration is transferring"));
+            }
+            check_range("stats.total_time_ms", stats.total_time_ms, 0, TRANSFER_TIME_MS_MAX)?;
+            Ok(vec![EventPayload::MigrationTransferStats { id: *id, guest: m.guest.clone(), stats: *stats }])
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::Event;
 use crate::model::{
     Actor, ClusterId, GuestSpec, HostSpec, MigrationId, MigrationKind, Phase, RequestId, RestoredFrom, Revision,
-    RunState, Timestamp,
+    RunState, Timestamp, TransferStats,
 };
 use crate::name::Name;
 
@@ -110,6 +110,12 @@ pub enum Command {
         action: String,
         reason: String,
     },
+    /// The driver records what the hypervisor measured of a migration's transfer (before it
+    /// moves the migration on from `transferring`). Changes nothing in the state.
+    RecordTransferStats {
+        id: MigrationId,
+        stats: TransferStats,
+    },
 }
 
 impl Command {
@@ -130,6 +136,7 @@ impl Command {
             Command::FailMigration { .. } => "fail_migration",
             Command::AbortMigration { .. } => "abort_migration",
             Command::RecordRepair { .. } => "record_repair",
+            Command::RecordTransferStats { .. } => "record_transfer_stats",
         }
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     Actor, ClusterId, FencingToken, Guest, Host, Migration, MigrationId, Phase, RequestId, RestoredFrom, Revision,
-    Timestamp,
+    Timestamp, TransferStats,
 };
 use crate::name::Name;
 
@@ -90,6 +90,12 @@ pub enum EventPayload {
         action: String,
         reason: String,
     },
+    /// What the hypervisor measured of the migration's transfer.
+    MigrationTransferStats {
+        id: MigrationId,
+        guest: Name,
+        stats: TransferStats,
+    },
 }
 
 /// The kind of an event, for subscription filters.
@@ -115,7 +121,9 @@ impl EventPayload {
             | GuestOwnerChanged { .. }
             | GuestRepaired { .. } => EventKind::Guest,
             PackageSwitchingChanged { .. } => EventKind::Package,
-            MigrationRequested { .. } | MigrationPhaseChanged { .. } => EventKind::Migration,
+            MigrationRequested { .. } | MigrationPhaseChanged { .. } | MigrationTransferStats { .. } => {
+                EventKind::Migration
+            }
         }
     }
 
@@ -132,6 +140,7 @@ impl EventPayload {
             MigrationPhaseChanged { guest, .. } => Some(guest),
             GuestOwnerChanged { guest, .. } => Some(guest),
             GuestRepaired { guest, .. } => Some(guest),
+            MigrationTransferStats { guest, .. } => Some(guest),
         }
     }
 
@@ -142,7 +151,10 @@ impl EventPayload {
             HostRegistered { host } => vec![&host.spec.name],
             HostMaintenanceChanged { host, .. } | HostReachabilityChanged { host, .. } => vec![host],
             GuestCreated { guest } | GuestModified { guest } => vec![&guest.owner],
-            ClusterCreated { .. } | GuestRemoved { .. } | MigrationPhaseChanged { .. } => vec![],
+            ClusterCreated { .. }
+            | GuestRemoved { .. }
+            | MigrationPhaseChanged { .. }
+            | MigrationTransferStats { .. } => vec![],
             PackageSwitchingChanged { node, .. } => node.iter().collect(),
             MigrationRequested { migration } => vec![&migration.source, &migration.target],
             GuestOwnerChanged { from, to, .. } => vec![from, to],
@@ -155,7 +167,7 @@ impl EventPayload {
         use EventPayload::*;
         match self {
             MigrationRequested { migration } => Some(migration.id),
-            MigrationPhaseChanged { id, .. } => Some(*id),
+            MigrationPhaseChanged { id, .. } | MigrationTransferStats { id, .. } => Some(*id),
             GuestOwnerChanged { migration, .. } => Some(*migration),
             PackageSwitchingChanged { migration, .. } => *migration,
             _ => None,

@@ -21,6 +21,9 @@ pub const HOST_VCPUS_MAX: u32 = 1 << 16;
 pub const HOST_MEMORY_MIB_MAX: u64 = 1 << 30;
 /// Longest freeze time a source may report (one hour).
 pub const FREEZE_TIME_MS_MAX: u64 = 3_600_000;
+/// Longest transfer time a migration's stats may carry (a week: a transfer is bounded by the
+/// `transferring` timeout, far below this).
+pub const TRANSFER_TIME_MS_MAX: u64 = 7 * 24 * 3_600_000;
 /// How many recent request ids the state machine remembers for de-duplication. A client retrying
 /// after more than this many later writes is no longer recognised as a retry.
 pub const REQUEST_IDS_RETAINED: usize = 100_000;

@@ -316,6 +316,17 @@ pub struct Package {
     pub switching_changed: SwitchingChange,
 }
 
+/// What the hypervisor measured of a live migration's transfer (QEMU's `query-migrate`: the
+/// whole transfer's time and the bytes sent). Kept in the migration's history as a
+/// `MigrationTransferStats` event.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferStats {
+    pub total_time_ms: u64,
+    pub transferred_bytes: u64,
+}
+
 /// The record of the last global switching change of a package.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

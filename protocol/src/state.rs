@@ -316,8 +316,8 @@ impl ClusterState {
                 // The reservation becomes real use.
                 sub(&mut self.derived.reserved, to, demand);
             }
-            // A record of what an agent did; the state is what it was.
-            EventPayload::GuestRepaired { .. } => {}
+            // Records of what an agent did or measured; the state is what it was.
+            EventPayload::GuestRepaired { .. } | EventPayload::MigrationTransferStats { .. } => {}
         }
     }
 
@@ -393,6 +393,13 @@ impl ClusterState {
                 guest(g)?;
                 host(h)
             }
+            EventPayload::MigrationTransferStats { id, guest: g, .. } => match self.migrations.get(id) {
+                Some(m) if &m.guest == g => Ok(()),
+                Some(m) => {
+                    Err(format!("gives transfer figures of migration {id} for guest {g}, but it moves {}", m.guest))
+                }
+                None => Err(format!("gives transfer figures of unknown migration {id}")),
+            },
         }
     }
 
@@ -480,7 +487,8 @@ impl ClusterState {
                 EventPayload::MigrationRequested { migration } => {
                     guests.insert(&migration.guest);
                 }
-                EventPayload::MigrationPhaseChanged { id, guest, .. } => {
+                EventPayload::MigrationPhaseChanged { id, guest, .. }
+                | EventPayload::MigrationTransferStats { id, guest, .. } => {
                     guests.insert(guest);
                     migrations.insert(*id);
                 }

@@ -31,6 +31,8 @@ enum Op {
     RawAdvance(u64, usize, usize),
     /// An agent records a repair of a guest on a host.
     Repair(usize, usize),
+    /// The driver records an in-flight migration's transfer figures.
+    Stats(usize),
     /// Re-send an earlier proposal (a client retry).
     Retry(usize),
 }
@@ -60,6 +62,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..4, any::<bool>()).prop_map(|(a, b)| Op::FailInFlight(a, b)),
         1 => (0u64..60, 0..Phase::ALL.len(), 0..Phase::ALL.len()).prop_map(|(a, b, c)| Op::RawAdvance(a, b, c)),
         1 => (g.clone(), h.clone()).prop_map(|(a, b)| Op::Repair(a, b)),
+        1 => (0usize..4).prop_map(Op::Stats),
         1 => (0usize..200).prop_map(Op::Retry),
     ]
 }
@@ -119,6 +122,10 @@ fn resolve(op: &Op, state: &ClusterState) -> Command {
                 Command::AdvanceMigration { id: m.id, from: m.phase, to, freeze_time_ms: freeze }
             }
             None => Command::AbortMigration { id: MigrationId(1), reason: None },
+        },
+        Op::Stats(k) => Command::RecordTransferStats {
+            id: nth_in_flight(k).map(|m| m.id).unwrap_or(MigrationId(3)),
+            stats: TransferStats { total_time_ms: k as u64 * 100, transferred_bytes: 1 << 20 },
         },
         Op::FailInFlight(k, abort) => {
             let id = nth_in_flight(k).map(|m| m.id).unwrap_or(MigrationId(2));
@@ -269,6 +276,10 @@ fn damage(e: &mut Event, x: usize) {
         EventPayload::GuestRepaired { guest, host, .. } => match x % 2 {
             0 => *guest = n(GUESTS[x / 2 % GUESTS.len()]),
             _ => *host = n(["h1", "h9"][x / 2 % 2]),
+        },
+        EventPayload::MigrationTransferStats { id, guest, .. } => match x % 2 {
+            0 => *id = MigrationId(x as u64 / 2 % 40),
+            _ => *guest = n(GUESTS[x / 2 % GUESTS.len()]),
         },
         EventPayload::ClusterCreated { .. } => {}
     }

@@ -347,3 +347,25 @@ fn a_record_rewound_to_a_revision_equals_the_record_then() {
     assert_eq!(last.at_revision(id.0 - 1), None, "not yet requested");
     assert_eq!(last.at_revision(w.state.revision()), Some(last.clone()));
 }
+
+#[test]
+fn transfer_figures_are_recorded_only_while_transferring_and_change_nothing() {
+    let mut w = World::standard();
+    let id = w.migrate("g1", "h2", MigrationKind::Online);
+    let stats = TransferStats { total_time_ms: 850, transferred_bytes: 40 << 20 };
+    let record = |stats| Command::RecordTransferStats { id, stats };
+    assert_eq!(w.reject(record(stats)).code(), "invalid_argument", "not before the transfer");
+    w.advance_to(id, Phase::Transferring);
+    let before = w.state.clone();
+    let (_, events) = w.ok(record(stats));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].payload, EventPayload::MigrationTransferStats { id, guest: n("g1"), stats });
+    assert_eq!((events[0].payload.migration(), events[0].payload.kind()), (Some(id), EventKind::Migration));
+    assert_eq!(w.state.migration(id), before.migration(id), "the migration is as it was");
+    assert_eq!(w.state.config_digest(), before.config_digest());
+    let absurd = TransferStats { total_time_ms: u64::MAX, transferred_bytes: 1 };
+    assert_eq!(w.reject(record(absurd)).code(), "invalid_argument");
+    assert_eq!(w.reject(Command::RecordTransferStats { id: MigrationId(999_999), stats }).code(), "unknown_migration");
+    w.advance(id);
+    assert_eq!(w.reject(record(stats)).code(), "invalid_argument", "not after it");
+}

@@ -7,7 +7,7 @@
 
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use switchyard_protocol::codec::{self, RecordKind};
-use switchyard_protocol::{Event, Migration, MigrationId, Name, Revision};
+use switchyard_protocol::{Event, EventPayload, Migration, MigrationId, Name, Revision, TransferStats};
 
 use crate::db::{cf, key, DataDir};
 use crate::error::StoreError;
@@ -133,6 +133,33 @@ impl History {
     /// The latest record of a migration, from the retained history.
     pub fn migration(&self, id: MigrationId) -> Result<Option<Migration>, StoreError> {
         self.dir.get(cf::MIGRATIONS, &key::u64(id.0), RecordKind::Migration, format!("migration {id}"))
+    }
+
+    /// What the hypervisor measured of a migration's transfer, from its `MigrationTransferStats`
+    /// event (`None` when none was recorded, or the history no longer holds it). Only the
+    /// guest's events between the migration's request and its last phase are read.
+    pub fn transfer_stats(&self, m: &Migration) -> Result<Option<TransferStats>, StoreError> {
+        let (first, last) = (m.history[0].revision, m.current().revision);
+        let mut from = first;
+        loop {
+            let revisions = self.guest_revisions(&m.guest, from, 256)?;
+            for r in &revisions {
+                if *r > last {
+                    return Ok(None);
+                }
+                if let Some(Event { payload: EventPayload::MigrationTransferStats { id, stats, .. }, .. }) =
+                    self.event(*r)?
+                {
+                    if id == m.id {
+                        return Ok(Some(stats));
+                    }
+                }
+            }
+            match revisions.last() {
+                Some(r) if revisions.len() == 256 => from = r + 1,
+                _ => return Ok(None),
+            }
+        }
     }
 
     /// Migration records with an id of at least `from`, oldest first, while `f` returns true.

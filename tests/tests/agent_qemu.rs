@@ -184,7 +184,14 @@ async fn live_migrations_of_a_real_vm_survive_leader_loss_at_every_phase() {
         let m = wait_terminal(&cluster, id).await;
         assert_eq!(m.phase, Phase::Completed, "migration {id} (leader killed at {phase}): {:?}", m.error);
         let freeze = m.freeze_time_ms.expect("QEMU's freeze time is in the migration's record");
-        eprintln!("leader killed at {phase}: migration {id} completed, QEMU downtime {freeze} ms");
+        // QEMU's total time and bytes sent, from the migration's history.
+        let shown = cluster.client(&cluster.alive_ids()).migration(id).await.unwrap().items;
+        let t = shown.transfer.expect("QEMU's transfer figures are in the migration's history");
+        assert!(t.total_time_ms >= freeze && t.transferred_bytes > 0, "{t:?}");
+        eprintln!(
+            "leader killed at {phase}: migration {id} completed, QEMU downtime {freeze} ms, total {} ms, {} bytes",
+            t.total_time_ms, t.transferred_bytes
+        );
         cluster.restart(leader);
         cluster.wait_leader(&[1, 2, 3]).await;
         wait_runs_only_on(&cluster, "vm1", target).await;

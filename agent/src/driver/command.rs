@@ -43,9 +43,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use switchyard_protocol::{GuestSpec, MigrationKind, Name, Revision};
+use switchyard_protocol::{GuestSpec, MigrationKind, Name, Revision, TransferStats};
 
-use super::{DriverError, HypervisorDriver, Lifecycle, Observed, PackageSwitching, SwitchingState, Transfer, VmState};
+use super::{
+    DriverError, HypervisorDriver, Lifecycle, Moved, Observed, PackageSwitching, SwitchingState, Transfer, VmState,
+};
 
 /// The `[driver]` section of a command driver.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -177,6 +179,19 @@ fn tail(s: &str, n: usize) -> &str {
 
 fn failed(what: impl std::fmt::Display) -> DriverError {
     DriverError::Failed(what.to_string())
+}
+
+/// The figures a move command may print, one per line: `freeze_ms=N`, and `total_time_ms=N`
+/// with `transferred_bytes=N`.
+fn moved_from(stdout: &str) -> Moved {
+    let value = |key: &str| -> Option<u64> {
+        stdout.lines().find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    };
+    let stats = match (value("total_time_ms"), value("transferred_bytes")) {
+        (Some(total_time_ms), Some(transferred_bytes)) => Some(TransferStats { total_time_ms, transferred_bytes }),
+        _ => None,
+    };
+    Moved { freeze_ms: value("freeze_ms"), stats }
 }
 
 /// What a finished command left.
@@ -376,7 +391,7 @@ impl CommandDriver {
         })
     }
 
-    fn run_move(&self, template: &Template, t: &Transfer, cancel: &AtomicBool) -> Result<Option<u64>, DriverError> {
+    fn run_move(&self, template: &Template, t: &Transfer, cancel: &AtomicBool) -> Result<Moved, DriverError> {
         let values = [
             ("guest", t.guest.to_string()),
             ("source", t.source.to_string()),
@@ -391,7 +406,7 @@ impl CommandDriver {
             let why = if o.stderr.trim().is_empty() { tail(&o.stdout, 400) } else { tail(&o.stderr, 400) };
             return Err(failed(format!("{} exited with {}: {why}", argv[0], o.code)));
         }
-        Ok(o.stdout.lines().find_map(|l| l.trim().strip_prefix("freeze_ms=")?.parse().ok()))
+        Ok(moved_from(&o.stdout))
     }
 }
 
@@ -399,7 +414,7 @@ impl HypervisorDriver for CommandDriver {
     /// Online: `migrate`. Offline: the guest must not run here — with a stop allowed
     /// (`offline_stop`) the lifecycle stops it first — then `migrate_offline` moves its
     /// definition (without it, every host already holds the definition and nothing moves).
-    fn transfer(&self, t: &Transfer, cancel: &AtomicBool) -> Result<Option<u64>, DriverError> {
+    fn transfer(&self, t: &Transfer, cancel: &AtomicBool) -> Result<Moved, DriverError> {
         if t.kind == MigrationKind::Online {
             return self.run_move(&self.migrate, t, cancel);
         }
@@ -418,7 +433,7 @@ impl HypervisorDriver for CommandDriver {
         }
         match (&self.migrate_offline, &self.lifecycle) {
             (Some(template), _) => self.run_move(template, t, cancel),
-            (None, Some(_)) => Ok(None),
+            (None, Some(_)) => Ok(Moved::default()),
             // A move-only driver: `migrate` is told the kind.
             (None, None) => self.run_move(&self.migrate, t, cancel),
         }
@@ -768,12 +783,20 @@ mod tests {
     #[test]
     fn placeholders_are_substituted_and_exit_codes_mapped() {
         let d = move_only(
-            &["sh", "-c", "echo moving $0 to $1; echo freeze_ms=42", "{guest}", "{target_address}"],
+            &[
+                "sh",
+                "-c",
+                "echo moving $0 to $1; echo freeze_ms=42; echo total_time_ms=900; echo transferred_bytes=4096",
+                "{guest}",
+                "{target_address}",
+            ],
             &["sh", "-c", "test \"$0\" = g1", "{guest}"],
             5_000,
         )
         .unwrap();
-        assert_eq!(d.transfer(&transfer("g1"), &AtomicBool::new(false)).unwrap(), Some(42));
+        let moved = d.transfer(&transfer("g1"), &AtomicBool::new(false)).unwrap();
+        let stats = TransferStats { total_time_ms: 900, transferred_bytes: 4096 };
+        assert_eq!(moved, Moved { freeze_ms: Some(42), stats: Some(stats) });
         assert!(d.runs_here(&n("g1"), &n("h1")).unwrap());
         assert!(!d.runs_here(&n("g2"), &n("h1")).unwrap());
     }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use switchyard_protocol::{GuestSpec, MigrationId, MigrationKind, Name, Revision};
+use switchyard_protocol::{GuestSpec, MigrationId, MigrationKind, Name, Revision, TransferStats};
 
 pub mod command;
 pub mod qemu;
@@ -101,9 +101,24 @@ pub enum DriverError {
     Cancelled,
 }
 
+/// What a finished transfer measured, as far as the hypervisor tells.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// How long the guest was frozen.
+    pub freeze_ms: Option<u64>,
+    /// The whole transfer's time and bytes (QEMU's `total-time` and `ram.transferred`).
+    pub stats: Option<TransferStats>,
+}
+
+impl Moved {
+    pub fn frozen(freeze_ms: Option<u64>) -> Moved {
+        Moved { freeze_ms, stats: None }
+    }
+}
+
 pub trait HypervisorDriver: Send + Sync {
-    /// Moves the guest from this host to the target. Returns the freeze time, when known.
-    fn transfer(&self, t: &Transfer, cancel: &AtomicBool) -> Result<Option<u64>, DriverError>;
+    /// Moves the guest from this host to the target.
+    fn transfer(&self, t: &Transfer, cancel: &AtomicBool) -> Result<Moved, DriverError>;
 
     /// Does `guest` run on this host? `owner` is where the log says it runs, for drivers that
     /// only know about guests they moved.
@@ -300,7 +315,7 @@ impl Simulated {
 }
 
 impl HypervisorDriver for Simulated {
-    fn transfer(&self, t: &Transfer, cancel: &AtomicBool) -> Result<Option<u64>, DriverError> {
+    fn transfer(&self, t: &Transfer, cancel: &AtomicBool) -> Result<Moved, DriverError> {
         if !self.runs_here(&t.guest, &t.source)? {
             return Err(DriverError::Failed(format!("guest {} does not run on {}", t.guest, self.host)));
         }
@@ -329,7 +344,7 @@ impl HypervisorDriver for Simulated {
         let frozen = Instant::now();
         Self::wait(self.freeze, cancel)?;
         self.set_location(&t.guest, &t.target)?;
-        Ok(Some(frozen.elapsed().as_millis() as u64))
+        Ok(Moved::frozen(Some(frozen.elapsed().as_millis() as u64)))
     }
 
     fn runs_here(&self, guest: &Name, owner: &Name) -> Result<bool, DriverError> {
@@ -366,8 +381,8 @@ mod tests {
         let h2 = Simulated::new(dir.path(), n("h2"), 20, 5).unwrap();
         assert!(h1.runs_here(&n("g1"), &n("h1")).unwrap());
         assert!(!h2.runs_here(&n("g1"), &n("h1")).unwrap());
-        let freeze = h1.transfer(&transfer("g1"), &AtomicBool::new(false)).unwrap();
-        assert!(freeze.unwrap() >= 5);
+        let moved = h1.transfer(&transfer("g1"), &AtomicBool::new(false)).unwrap();
+        assert!(moved.freeze_ms.unwrap() >= 5);
         assert!(!h1.runs_here(&n("g1"), &n("h1")).unwrap(), "the log's owner no longer decides");
         assert!(h2.runs_here(&n("g1"), &n("h1")).unwrap());
     }

@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use switchyard_protocol::{GuestSpec, MigrationKind, Name, Revision};
+use switchyard_protocol::{GuestSpec, MigrationKind, Name, Revision, TransferStats};
 
 use super::qmp::{Qmp, QmpError};
-use super::{DriverError, HypervisorDriver, Lifecycle, Observed, Transfer, VmState};
+use super::{DriverError, HypervisorDriver, Lifecycle, Moved, Observed, Transfer, VmState};
 
 /// The `[driver] kind = "qemu"` settings.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -566,19 +566,22 @@ impl HypervisorDriver for Qemu {
     /// nothing moves; the guest must not run here — with a stop allowed (`offline_stop`) it is
     /// shut down first (gracefully, then forcibly after the power-down timeout), and the
     /// target's agent starts it once the log says the target owns it.
-    fn transfer(&self, t: &Transfer, cancel: &AtomicBool) -> Result<Option<u64>, DriverError> {
+    fn transfer(&self, t: &Transfer, cancel: &AtomicBool) -> Result<Moved, DriverError> {
         match t.kind {
-            MigrationKind::Online => self.migrate_out(t, cancel).map(|s| Some(s.freeze_ms)),
+            MigrationKind::Online => self.migrate_out(t, cancel).map(|s| Moved {
+                freeze_ms: Some(s.freeze_ms),
+                stats: Some(TransferStats { total_time_ms: s.total_ms, transferred_bytes: s.bytes }),
+            }),
             MigrationKind::Offline | MigrationKind::OfflineStop => match self.state(&t.guest) {
                 s if s.is_live() && t.kind == MigrationKind::OfflineStop => {
                     tracing::info!(guest = %t.guest, migration = %t.migration, "stopping the guest for its offline move");
-                    self.stop(&t.guest, false).map(|()| None)
+                    self.stop(&t.guest, false).map(|()| Moved::default())
                 }
                 s if s.is_live() => Err(failed(format!(
                     "guest {} runs here ({s}): an offline move needs it stopped (--allow-stop)",
                     t.guest
                 ))),
-                _ => Ok(None),
+                _ => Ok(Moved::default()),
             },
         }
     }

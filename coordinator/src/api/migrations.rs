@@ -99,17 +99,19 @@ pub(super) async fn report(
     Ok(Json(ReportAck { migration: id, phase: m.phase, term }))
 }
 
-#[utoipa::path(get, path = "/v1/migrations/{id}", tag = "migrations", params(("id" = u64, Path), ReadParams), responses((status = 200, body = Read<Migration>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/migrations/{id}", tag = "migrations", params(("id" = u64, Path), ReadParams), responses((status = 200, body = Read<MigrationDetail>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn show(
     State(s): S,
     Path(id): Path<String>,
     q: Q<ReadParams>,
-) -> Result<Json<Read<Migration>>, ApiError> {
+) -> Result<Json<Read<MigrationDetail>>, ApiError> {
     let id = migration_id(&id)?;
     s.node.read_barrier(query(q)?.stale).await?;
     let revision = s.node.sm.applied_meta().revision;
-    let m = s.node.sm.history().migration(id)?.ok_or(unknown(id))?;
-    Ok(Json(Read::new(revision, m)))
+    let history = s.node.sm.history();
+    let migration = history.migration(id)?.ok_or(unknown(id))?;
+    let transfer = history.transfer_stats(&migration)?;
+    Ok(Json(Read::new(revision, MigrationDetail { migration, transfer })))
 }
 
 /// Which phases a list keeps.

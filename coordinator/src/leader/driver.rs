@@ -7,7 +7,7 @@ use std::time::Duration;
 use openraft::ServerState;
 use switchyard_protocol::Migration;
 
-use crate::migration::{command_for, next_step, Step};
+use crate::migration::{command_for, next_step, stats_command, Step};
 use crate::node::Node;
 
 /// Runs until the process stops; acts only while this coordinator leads.
@@ -32,19 +32,30 @@ pub async fn run(s: Arc<Node>) {
             continue;
         }
         let now = s.clock().now();
-        let steps: Vec<(Migration, Step)> = s.sm.read(|st| {
+        let steps: Vec<(Migration, Step, Option<_>)> = s.sm.read(|st| {
             s.reports.retain(|id| st.migration(id).is_some_and(|m| !m.phase.is_terminal()));
             st.in_flight_migrations()
                 .map(|m| {
                     let reports = s.reports.get(m.id, m.current().token());
-                    (m.clone(), next_step(m, st, reports.as_ref(), now, &s.config.migration))
+                    let step = next_step(m, st, reports.as_ref(), now, &s.config.migration);
+                    let stats = stats_command(m, &step, reports.as_ref());
+                    (m.clone(), step, stats)
                 })
                 .collect()
         });
-        for (m, step) in steps {
+        for (m, step, stats) in steps {
             if let Step::Wait(d) = step {
                 wait = wait.min(d.max(Duration::from_millis(10)));
                 continue;
+            }
+            // The figures go into the history first; a refusal (the migration moved on) or a
+            // lost proposal costs only the figures, never the step.
+            if let Some((request_id, command)) = stats {
+                match s.propose(request_id, format!("driver:{}", s.id), command).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(r)) => tracing::debug!(migration = %m.id, %r, "transfer figures refused"),
+                    Err(e) => tracing::debug!(migration = %m.id, %e, "transfer figures not committed"),
+                }
             }
             let Some((request_id, command)) = command_for(&m, &step) else { continue };
             match s.propose(request_id, format!("driver:{}", s.id), command).await {
