@@ -370,6 +370,11 @@ fn apply_x(tool: &str, g: &mut HpvmGuest, settings: &[&str]) -> Result<(), Fail>
     Ok(())
 }
 
+/// The guest `name` on `host`, or the tool's "not found".
+fn existing(p: &Platform, host: &str, tool: &str, name: &str) -> Result<HpvmGuest, Fail> {
+    p.hpvm_guest(host, name).ok_or_else(|| Fail(1, format!("{tool}: Unable to find the virtual machine '{name}'")))
+}
+
 fn hpvmcreate(p: &Platform, host: &str, args: &[String]) -> Outcome {
     let t = "hpvmcreate";
     let o = Opts::parse(t, args, "Pcrax", "")?;
@@ -405,9 +410,7 @@ fn hpvmmodify(p: &Platform, host: &str, args: &[String]) -> Outcome {
     let t = "hpvmmodify";
     let o = Opts::parse(t, args, "Pcradx", "")?;
     let name = o.guest(t)?;
-    let Some(mut g) = p.hpvm_guest(host, &name) else {
-        return fail(format!("{t}: Unable to find the virtual machine '{name}'"));
-    };
+    let mut g = existing(p, host, t, &name)?;
     let xs = o.all('x');
     let only_modify_status = !xs.is_empty()
         && xs.iter().all(|x| x.starts_with("modify_status="))
@@ -446,9 +449,7 @@ fn hpvmremove(p: &Platform, host: &str, args: &[String]) -> Outcome {
     let t = "hpvmremove";
     let o = Opts::parse(t, args, "P", "Fq")?;
     let name = o.guest(t)?;
-    let Some(g) = p.hpvm_guest(host, &name) else {
-        return fail(format!("{t}: Unable to find the virtual machine '{name}'"));
-    };
+    let g = existing(p, host, t, &name)?;
     if !o.flag('F') && !o.flag('q') {
         return fail(format!("{t}: remove '{name}'? (y/n): no answer on a terminal; give -F"));
     }
@@ -463,9 +464,7 @@ fn hpvmstart(p: &Platform, host: &str, args: &[String]) -> Outcome {
     let t = "hpvmstart";
     let o = Opts::parse(t, args, "P", "qF")?;
     let name = o.guest(t)?;
-    let Some(mut g) = p.hpvm_guest(host, &name) else {
-        return fail(format!("{t}: Unable to find the virtual machine '{name}'"));
-    };
+    let mut g = existing(p, host, t, &name)?;
     if g.on {
         return fail(format!("{t}: The virtual machine '{name}' is already running"));
     }
@@ -487,9 +486,7 @@ fn hpvmstop(p: &Platform, host: &str, args: &[String]) -> Outcome {
     if o.flag('g') && o.flag('h') {
         return usage(t, "-g and -h exclude each other");
     }
-    let Some(mut g) = p.hpvm_guest(host, &name) else {
-        return fail(format!("{t}: Unable to find the virtual machine '{name}'"));
-    };
+    let mut g = existing(p, host, t, &name)?;
     if !o.flag('q') && !o.flag('F') {
         return fail(format!("{t}: stop '{name}'? (y/n): no answer on a terminal; give -q"));
     }
@@ -559,9 +556,7 @@ fn hpvmmigrate(p: &Platform, host: &str, args: &[String]) -> Outcome {
     if target == host {
         return fail(format!("{t}: '{target}' is this VM Host"));
     }
-    let Some(mut g) = p.hpvm_guest(host, &name) else {
-        return fail(format!("{t}: Unable to find the virtual machine '{name}'"));
-    };
+    let mut g = existing(p, host, t, &name)?;
     if let Some(there) = p.hpvm_guest(target, &name) {
         if there.on {
             return fail(format!("{t}: The virtual machine '{name}' is running on '{target}'"));

@@ -746,6 +746,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DriverError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::transfer;
     use super::*;
 
     fn n(s: &str) -> Name {
@@ -767,17 +768,6 @@ mod tests {
             lifecycle: None,
             serviceguard: None,
         })
-    }
-
-    fn transfer(guest: &str) -> Transfer {
-        Transfer {
-            migration: switchyard_protocol::MigrationId(5),
-            guest: n(guest),
-            source: n("h1"),
-            target: n("h2"),
-            target_address: "h2.example:7100".into(),
-            kind: MigrationKind::Online,
-        }
     }
 
     #[test]

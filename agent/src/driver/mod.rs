@@ -363,7 +363,8 @@ mod tests {
         Name::new(s).unwrap()
     }
 
-    fn transfer(guest: &str) -> Transfer {
+    /// An online move of `guest` from h1 to h2 (the drivers' unit tests share it).
+    pub(crate) fn transfer(guest: &str) -> Transfer {
         Transfer {
             migration: MigrationId(5),
             guest: n(guest),
