@@ -262,15 +262,16 @@ mod tests {
         let st = ClusterState::default();
         let m = migration(Phase::Transferring, 1_000, true);
         let token = m.current().token();
-        let stats = Some(TransferStats { total_time_ms: 900, transferred_bytes: 1 << 25 });
-        let only_source = PhaseReports { token, transfer: Some(Ok(Some(120))), target_running: false, stats };
+        let stats = TransferStats { total_time_ms: 900, transferred_bytes: 1 << 25 };
+        let only_source =
+            PhaseReports { token, transfer: Some(Ok(Some(120))), target_running: false, stats: Some(stats) };
         assert!(matches!(next_step(&m, &st, Some(&only_source), Timestamp(2_000), &config()), Step::Wait(_)));
         let both = PhaseReports { target_running: true, ..only_source.clone() };
         let step = next_step(&m, &st, Some(&both), Timestamp(2_000), &config());
         assert_eq!(step, Step::Advance { to: Phase::TargetRunning, freeze_time_ms: Some(120) });
         // The figures are recorded just before that step, and at no other.
         let (_, cmd) = stats_command(&m, &step, Some(&both)).expect("the figures are recorded");
-        assert_eq!(cmd, Command::RecordTransferStats { id: m.id, stats: stats.unwrap() });
+        assert_eq!(cmd, Command::RecordTransferStats { id: m.id, stats });
         assert!(stats_command(&m, &step, Some(&PhaseReports { stats: None, ..both.clone() })).is_none());
         let wait = next_step(&m, &st, Some(&only_source), Timestamp(2_000), &config());
         assert!(stats_command(&m, &wait, Some(&only_source)).is_none());

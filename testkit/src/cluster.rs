@@ -131,7 +131,7 @@ pub enum Hypervisor {
     /// The operator's tools from templates (the tests' fake platform tools). Each agent gets a
     /// copy with its lifecycle records in `agent-<host>/records/` and `{host}` in the values of
     /// `env` replaced by its host name.
-    Command(switchyard_agent::driver::command::CommandConfig),
+    Command(Box<switchyard_agent::driver::command::CommandConfig>),
 }
 
 impl Default for Settings {
@@ -619,7 +619,7 @@ impl AgentProc {
             reconcile_interval_ms: cluster.settings.reconcile_interval_ms,
             driver: match &cluster.settings.hypervisor {
                 Hypervisor::Command(template) => {
-                    let mut c = template.clone();
+                    let mut c = (**template).clone();
                     for v in c.env.values_mut() {
                         *v = v.replace("{host}", host);
                     }

@@ -109,7 +109,7 @@ impl Fake {
 
 /// Three coordinators and three agents on the template set `file`.
 async fn command_cluster(fake: &Fake, file: &str) -> (TestCluster, Vec<AgentProc>) {
-    let opts = ClusterOpts { hypervisor: Hypervisor::Command(fake.template(file)), ..ClusterOpts::default() };
+    let opts = ClusterOpts { hypervisor: Hypervisor::Command(Box::new(fake.template(file))), ..ClusterOpts::default() };
     let cluster = TestCluster::start(3, opts).await;
     let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
     for (i, h) in HOSTS.iter().enumerate() {
