@@ -370,6 +370,19 @@ fn apply_x(tool: &str, g: &mut HpvmGuest, settings: &[&str]) -> Result<(), Fail>
     Ok(())
 }
 
+/// The names of the records (`<name>.json`) in `dir`, sorted.
+fn records(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// The guest `name` on `host`, or the tool's "not found".
 fn existing(p: &Platform, host: &str, tool: &str, name: &str) -> Result<HpvmGuest, Fail> {
     p.hpvm_guest(host, name).ok_or_else(|| Fail(1, format!("{tool}: Unable to find the virtual machine '{name}'")))
@@ -501,26 +514,15 @@ fn hpvmstop(p: &Platform, host: &str, args: &[String]) -> Outcome {
 fn hpvmstatus(p: &Platform, host: &str, args: &[String]) -> Outcome {
     let t = "hpvmstatus";
     let o = Opts::parse(t, args, "P", "d")?;
-    let dir = p.root.join("hosts").join(host).join("hpvm");
-    let mut names: Vec<String> = fs::read_dir(&dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
+    let mut names = records(&p.root.join("hosts").join(host).join("hpvm"));
     if let Some(name) = o.one('P') {
-        if p.hpvm_guest(host, name).is_none() {
-            return fail(format!("{t}: Unable to find the virtual machine '{name}'"));
+        let g = existing(p, host, t, name)?;
+        if o.flag('d') {
+            return Ok(g.devices.iter().map(|d| format!("{d}\n")).collect());
         }
         names = vec![name.to_string()];
     } else if o.flag('d') {
         return usage(t, "-d needs -P vm_name");
-    }
-    if o.flag('d') {
-        let g = p.hpvm_guest(host, &names[0]).expect("checked");
-        return Ok(g.devices.iter().map(|d| format!("{d}\n")).collect());
     }
     let mut out = String::from(
         "[Virtual Machines]\n\
@@ -643,14 +645,7 @@ fn cmviewcl(p: &Platform, args: &[String]) -> Outcome {
     if !line {
         return usage(t, "this cmviewcl prints the line format only (-f line)");
     }
-    let mut names: Vec<String> = fs::read_dir(p.root.join("serviceguard"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
+    let mut names = records(&p.root.join("serviceguard"));
     if let Some(o) = &only {
         if !names.contains(o) {
             return fail(format!("{t}: Package {o} not found"));
@@ -709,15 +704,7 @@ fn virsh(p: &Platform, host: &str, args: &[String]) -> Outcome {
             if !flags.contains(&"--name") {
                 return Err(Fail(1, "error: this virsh prints names only (--name)".into()));
             }
-            let dir = p.root.join("hosts").join(host).join("libvirt");
-            let mut names: Vec<String> = fs::read_dir(&dir)
-                .map(|d| {
-                    d.flatten()
-                        .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            names.sort();
+            let names = records(&p.root.join("hosts").join(host).join("libvirt"));
             let all = flags.contains(&"--all");
             let mut out = String::new();
             for n in names {

@@ -138,9 +138,7 @@ impl Runtime {
                             Ok(Ok(seen)) => {
                                 let effects = r.step(Input::ObservedSwitching(seen));
                                 for e in effects {
-                                    repairs += 1;
-                                    tracing::warn!(guest = %e.guest, action = ?e.action, reason = %e.reason, "repairing package switching from the log");
-                                    repairing.insert(e.guest.clone(), e.action.clone());
+                                    repair_started(&e, &mut repairs, &mut repairing);
                                     self.perform(e, done_tx.clone());
                                 }
                             }
@@ -175,9 +173,7 @@ impl Runtime {
                 if repair || (matches!(e.action, Action::Start { .. }) && r.went_down(&e.guest)) {
                     // Decided from an observation, not from a log change: the hypervisor had
                     // drifted from the log.
-                    repairs += 1;
-                    tracing::warn!(guest = %e.guest, action = ?e.action, reason = %e.reason, "repairing drift from the log");
-                    repairing.insert(e.guest.clone(), e.action.clone());
+                    repair_started(&e, &mut repairs, &mut repairing);
                 }
                 self.perform(e, done_tx.clone());
             }
@@ -329,6 +325,13 @@ async fn read_package(client: &Client, name: Name, revision: Revision) -> Option
     }
     tracing::warn!(package = %name, "gave up reading the package; the next restart reads every package again");
     None
+}
+
+/// Counts a repair and remembers it, to record it in the log once it succeeds.
+fn repair_started(e: &Effect, repairs: &mut u64, repairing: &mut BTreeMap<Name, Action>) {
+    *repairs += 1;
+    tracing::warn!(guest = %e.guest, action = ?e.action, reason = %e.reason, "repairing drift from the log");
+    repairing.insert(e.guest.clone(), e.action.clone());
 }
 
 fn hypervisor_report(r: &Reconciler, repairs: u64) -> HypervisorReport {
