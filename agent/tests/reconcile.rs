@@ -248,6 +248,15 @@ fn a_guest_that_went_down_behind_the_agents_back_is_known_as_such_until_started_
     assert!(done(&mut r, &e[0]).is_empty());
     r.step(Input::Observed(vec![obs("g1", Some((64, Some(4))), VmState::ShutOff)]));
     assert!(!r.went_down(&n("g1")), "stopped by the reconciler itself");
+
+    // Killed while its definition is being rewritten: the rewrite does not explain it.
+    let g = guest("g1", "h1", RunState::Running, 64, 5);
+    let (mut r, e) = fresh(vec![g.clone()], vec![obs("g1", Some((64, Some(5))), VmState::ShutOff)]);
+    done(&mut r, &e[0]);
+    let e = r.step(Input::Guest { guest: guest("g1", "h1", RunState::Running, 48, 6), token: tok(1, 6) });
+    assert!(matches!(e[0].action, Action::Define { version: 6, .. }), "{e:?}");
+    r.step(Input::Observed(vec![obs("g1", Some((64, Some(5))), VmState::ShutOff)]));
+    assert!(r.went_down(&n("g1")));
 }
 
 #[test]

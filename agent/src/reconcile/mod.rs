@@ -267,7 +267,9 @@ impl Reconciler {
                 if let Some(before) = &self.observed {
                     for (name, o) in before {
                         let running_now = now.get(name).is_some_and(|n| n.state == VmState::Running);
-                        if o.state == VmState::Running && !running_now && !self.in_progress.contains_key(name) {
+                        // Only a stop under way explains it (a definition being rewritten does not).
+                        let stopping = matches!(self.in_progress.get(name), Some(Action::Stop { .. }));
+                        if o.state == VmState::Running && !running_now && !stopping {
                             self.went_down.insert(name.clone());
                         }
                     }
@@ -336,19 +338,19 @@ impl Reconciler {
         let seen = self.switching.as_ref()?.get(package)?;
         let word = |on: bool| if on { "enabled" } else { "disabled" };
         let owner_here = self.desired.get(&pk.guest).is_some_and(|d| d.guest.owner == self.host);
-        let action = if owner_here && seen.global != pk.switching_enabled {
+        let (node, enabled, reason) = if owner_here && seen.global != pk.switching_enabled {
             let reason = format!("the log says switching of package {package} is {}", word(pk.switching_enabled));
-            (Action::SetSwitching { package: package.clone(), node: None, enabled: pk.switching_enabled }, reason)
+            (None, pk.switching_enabled, reason)
         } else {
             let want = !pk.disabled_nodes.contains(&self.host);
-            let on = *seen.nodes.get(&self.host)?;
-            if on == want {
+            if *seen.nodes.get(&self.host)? == want {
                 return None;
             }
             let reason = format!("the log says switching of package {package} is {} on {}", word(want), self.host);
-            (Action::SetSwitching { package: package.clone(), node: Some(self.host.clone()), enabled: want }, reason)
+            (Some(self.host.clone()), want, reason)
         };
-        Some((action.0, action.1, pk.guest.clone(), pk.switching_changed.revision))
+        let action = Action::SetSwitching { package: package.clone(), node, enabled };
+        Some((action, reason, pk.guest.clone(), pk.switching_changed.revision))
     }
 
     fn all_names(&self) -> Vec<Name> {
