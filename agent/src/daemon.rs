@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
@@ -18,6 +18,8 @@ use switchyard_protocol::{EventKind, EventPayload, Guest, GuestSpec, Name, Revis
 use tokio::sync::watch;
 
 use crate::driver::{DriverConfig, HypervisorDriver};
+use crate::lease::{Fence, Lease};
+use crate::watchdog::{Watchdog, WatchdogConfig};
 use crate::migrations::{Input, Worker};
 use crate::reconcile::runtime::{Feed, Runtime};
 use crate::store::AgentStore;
@@ -50,6 +52,10 @@ pub struct AgentConfig {
     pub reconcile_interval_ms: u64,
     /// The hypervisor driver (`kind = "qemu"`, `"command"` or `"simulated"`).
     pub driver: DriverConfig,
+    /// The host watchdog (see [`crate::watchdog`]); without one, a hung agent cannot fence
+    /// its packaged guests.
+    #[serde(default)]
+    pub watchdog: Option<WatchdogConfig>,
 }
 
 fn default_report_ms() -> u64 {
@@ -129,13 +135,24 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     let (progress_tx, progress_rx) = watch::channel((cursor, applied.digest()));
     let (hypervisor_tx, hypervisor_rx) = watch::channel(None);
+    let (lease_tx, lease_rx) = watch::channel(Lease::new(Instant::now()));
     tokio::spawn(report_loop(
         client.clone(),
         config.host.clone(),
         progress_rx,
         hypervisor_rx,
         config.report_interval_ms,
+        lease_tx,
     ));
+    // The watchdog is armed while a packaged guest runs or is to run here (see fence_loop).
+    if let Some(w) = &config.watchdog {
+        if !(100..=60_000).contains(&w.timeout_ms) {
+            anyhow::bail!("invalid configuration: watchdog.timeout_ms must be within 100..=60000");
+        }
+        std::fs::metadata(&w.device)
+            .with_context(|| format!("invalid configuration: watchdog.device {}", w.device.display()))?;
+    }
+    let (protects_tx, protects_rx) = watch::channel(false);
     // Drivers that manage the guests' lifecycle get a reconciler: the hypervisor is made to
     // hold what the log says, and read back every reconcile_interval.
     let reconciler = driver.lifecycle().is_some().then(|| {
@@ -146,11 +163,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             client: client.clone(),
             store: store.clone(),
             interval: Duration::from_millis(config.reconcile_interval_ms),
+            lease: lease_rx.clone(),
+            protects: protects_tx,
         };
         tokio::spawn(runtime.run(rx, hypervisor_tx));
         let _ = tx.send(Feed::Reset { guests: applied.guests().cloned().collect() });
         tx
     });
+    tokio::spawn(fence_loop(config.host.clone(), lease_rx, protects_rx, reconciler.clone(), config.watchdog.clone()));
     let (to_worker, worker_rx) = tokio::sync::mpsc::unbounded_channel();
     let worker = Worker::new(config.host.clone(), client.clone(), driver.clone(), store.clone(), reconciler.clone());
     tokio::spawn(worker.run(worker_rx));
@@ -233,6 +253,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                                 {
                                     let _ = r.send(Feed::Package { name: package.clone(), revision: e.revision });
                                 }
+                                if let (Some(r), EventPayload::FailoverStarted { guest, to, .. }) =
+                                    (&reconciler, &e.payload)
+                                {
+                                    if *to == config.host {
+                                        let _ = r.send(Feed::Failover { guest: guest.clone(), token: e.token() });
+                                    }
+                                }
                                 if let Some(change) = applied.change_for(e) {
                                     store.stage(&change)?;
                                     if let Some(r) = &reconciler {
@@ -314,20 +341,112 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
 }
 
+/// Reports to the leader every `interval_ms`; each report renews this host's lease. Reports
+/// go out on schedule even while an earlier one waits for its answer (one stuck on a dead
+/// coordinator must not hold back the renewals), and each answer counts from when its report
+/// was sent.
 async fn report_loop(
     client: Client,
     host: Name,
     progress: watch::Receiver<(Revision, u64)>,
     hypervisor: watch::Receiver<Option<HypervisorReport>>,
     interval_ms: u64,
+    lease: watch::Sender<Lease>,
 ) {
+    let lease = Arc::new(lease);
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(4));
     loop {
         tick.tick().await;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            tracing::warn!("four reports are waiting for answers; skipping one");
+            continue;
+        };
         let (revision, digest) = *progress.borrow();
         let report = HostReport { applied_revision: revision, digest, hypervisor: hypervisor.borrow().clone() };
-        if let Err(e) = client.report_host(&host, &report).await {
-            tracing::warn!(%e, "report failed");
+        let (client, host, lease) = (client.clone(), host.clone(), lease.clone());
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            match client.report_host(&host, &report).await {
+                Ok(answer) => {
+                    if let Some(grant) = answer.lease {
+                        lease.send_modify(|l| l.renewed(sent, grant));
+                    }
+                }
+                Err(e) => tracing::warn!(%e, "report failed"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Turns the lease into the reconciler's fence, and pets (or disarms) the watchdog.
+async fn fence_loop(
+    host: Name,
+    mut lease: watch::Receiver<Lease>,
+    mut protects: watch::Receiver<bool>,
+    reconciler: Option<tokio::sync::mpsc::UnboundedSender<Feed>>,
+    watchdog_config: Option<WatchdogConfig>,
+) {
+    let mut watchdog: Option<Watchdog> = None;
+    let mut fence = Fence::Unknown;
+    // Without a reconciler nothing says what runs here: the watchdog is never armed.
+    let mut protects_open = reconciler.is_some();
+    loop {
+        let now = Instant::now();
+        let l = *lease.borrow();
+        let f = l.fence(now);
+        if f != fence {
+            match f {
+                Fence::Lost => tracing::warn!(%host, "lease lost: fencing this host's packaged guests"),
+                Fence::Held => tracing::info!(%host, "lease held"),
+                Fence::Unknown => {}
+            }
+            fence = f;
+            if let Some(r) = &reconciler {
+                let _ = r.send(Feed::Fence(f));
+            }
+        }
+        let mut wake = l.next_change(now).map_or(Duration::from_secs(1), |at| at - now).min(Duration::from_secs(1));
+        if let Some(cfg) = &watchdog_config {
+            let guarding = protects_open && *protects.borrow();
+            match watchdog.take() {
+                Some(w) if !guarding => {
+                    if let Err(e) = w.disarm() {
+                        tracing::warn!(%e, "cannot disarm the watchdog");
+                    }
+                    tracing::info!("no packaged guest here: watchdog disarmed");
+                }
+                Some(mut w) => {
+                    // Petted only while the lease outlasts the watchdog: if the agent hangs
+                    // now, the watchdog fires before the lease would have fenced the guests.
+                    if l.remaining(now) >= w.timeout {
+                        if let Err(e) = w.pet() {
+                            tracing::error!(%e, "cannot pet the watchdog");
+                        }
+                    }
+                    wake = wake.min(w.timeout / 4);
+                    watchdog = Some(w);
+                }
+                None if guarding => match Watchdog::open(cfg) {
+                    Ok(w) => {
+                        tracing::info!(device = %cfg.device.display(), "a packaged guest is here: watchdog armed");
+                        wake = Duration::ZERO;
+                        watchdog = Some(w);
+                    }
+                    Err(e) => {
+                        tracing::error!(device = %cfg.device.display(), %e, "cannot arm the watchdog");
+                        wake = wake.min(Duration::from_millis(250));
+                    }
+                },
+                None => {}
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wake) => {}
+            r = lease.changed() => if r.is_err() { return },
+            r = protects.changed(), if protects_open => protects_open = r.is_ok(),
         }
     }
 }

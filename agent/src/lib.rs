@@ -11,13 +11,17 @@
 //! - [`reconcile`]: the pure decisions of a reconciler: desired state (the log) against observed
 //!   state (the hypervisor) → actions;
 //! - [`driver`]: the hypervisor drivers behind one trait (simulated, external commands), and
-//!   the `qemu` driver (real QEMU processes over QMP).
+//!   the `qemu` driver (real QEMU processes over QMP);
+//! - [`lease`]: this host's lease, renewed by every report, and the self-fencing it decides;
+//! - [`watchdog`]: the host watchdog that kills the guests of a hung agent.
 //!
 //! What each event changes and the digest come from `switchyard_protocol::hostconfig`, the one
 //! home shared with the coordinators.
 
 pub mod daemon;
 pub mod driver;
+pub mod lease;
 pub mod migrations;
 pub mod reconcile;
 pub mod store;
+pub mod watchdog;

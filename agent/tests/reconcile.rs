@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use switchyard_agent::driver::{Observed, SwitchingState, VmState};
+use switchyard_agent::lease::Fence;
 use switchyard_agent::reconcile::{Action, Effect, Input, Reconciler};
 use switchyard_protocol::api::Drift;
 use switchyard_protocol::{FencingToken, Guest, GuestSpec, Name, Package, RunState, SwitchingChange};
@@ -338,6 +339,9 @@ fn package(name: &str, guest: &str, enabled: bool, disabled_on: &[&str]) -> Pack
         switching_enabled: enabled,
         disabled_nodes: disabled_on.iter().map(|h| n(h)).collect(),
         switching_changed: SwitchingChange::default(),
+        nodes: Vec::new(),
+        failover_policy: Default::default(),
+        failback_policy: Default::default(),
     }
 }
 
@@ -423,6 +427,8 @@ enum Op {
     Switch(usize, bool, bool),
     /// The cluster manager's global switching of a package flips behind the agent's back.
     Flip(usize),
+    /// The host's lease: held, unknown (no answer since the agent started), lost.
+    Fence(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -440,6 +446,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<bool>().prop_map(Op::Observe),
         1 => (0..3usize, any::<bool>(), any::<bool>()).prop_map(|(g, on, off_here)| Op::Switch(g, on, off_here)),
         1 => (0..3usize).prop_map(Op::Flip),
+        2 => (0..3usize).prop_map(Op::Fence),
     ]
 }
 
@@ -534,12 +541,17 @@ proptest! {
         let mut migrating = std::collections::BTreeSet::new();
         let mut queue: Vec<Effect> = Vec::new();
         let mut failing = false;
+        // Every guest of this history is packaged: none starts without the lease, and none
+        // survives an observation once it is lost.
+        let mut fence = Fence::Held;
+        r.step(Input::Fence(fence));
         // Performs (or fails) everything queued, feeding results back, until nothing is left.
-        let drain = |r: &mut Reconciler, hv: &mut Hv, queue: &mut Vec<Effect>, failing: bool| {
+        let drain = |r: &mut Reconciler, hv: &mut Hv, queue: &mut Vec<Effect>, failing: bool, fence: Fence| {
             let mut rounds = 0;
             while let Some(e) = queue.pop() {
                 rounds += 1;
                 assert!(rounds < 1000, "effects never end");
+                assert!(fence == Fence::Held || !matches!(e.action, Action::Start { .. }), "{e:?} without the lease");
                 let result = if failing { Err("injected".into()) } else { hv.perform(&e) };
                 queue.extend(r.step(Input::Done { effect: e, result }));
             }
@@ -600,14 +612,28 @@ proptest! {
                     let s = hv.switching.get_mut(&n(&format!("p{}", GUESTS[g]))).expect("configured");
                     s.global = !s.global;
                 }
+                Op::Fence(f) => {
+                    fence = [Fence::Held, Fence::Unknown, Fence::Lost][f];
+                    queue.extend(r.step(Input::Fence(fence)));
+                }
             }
-            drain(&mut r, &mut hv, &mut queue, failing);
+            drain(&mut r, &mut hv, &mut queue, failing, fence);
+            if fence == Fence::Lost && !failing {
+                // Self-fencing: after an observation, no packaged copy is left running here.
+                queue.extend(r.step(Input::Observed(hv.list())));
+                drain(&mut r, &mut hv, &mut queue, failing, fence);
+                let live: Vec<&Name> = hv.vms.values().filter(|o| o.state.is_live() && o.name.as_str() != "stray").map(|o| &o.name).collect();
+                prop_assert!(live.is_empty(), "with the lease lost, still live here: {:?}", live);
+            }
         }
+        // The lease is held again for the end.
+        fence = Fence::Held;
+        queue.extend(r.step(Input::Fence(fence)));
         // Everything settles: migrations end, the hypervisor stops failing, the agent observes.
         for g in std::mem::take(&mut migrating) {
             queue.extend(r.step(Input::Migrating { name: n(GUESTS[g]), in_flight: false }));
         }
-        drain(&mut r, &mut hv, &mut queue, failing);
+        drain(&mut r, &mut hv, &mut queue, failing, fence);
         let mut seen: Vec<Effect> = Vec::new();
         for _ in 0..2 {
             queue.extend(r.step(Input::Observed(hv.list())));
@@ -645,4 +671,36 @@ proptest! {
         let drift: Vec<_> = r.drift().into_iter().filter(|(n, _)| n.as_str() != "stray").collect();
         prop_assert!(drift.is_empty(), "{:?}", drift);
     }
+}
+
+#[test]
+fn packaged_guests_start_only_under_the_lease_and_stop_hard_when_it_is_lost() {
+    let mut pkg = guest("g1", "h1", RunState::Running, 32, 5);
+    pkg.spec.package = Some(n("p1"));
+    let plain = guest("g2", "h1", RunState::Running, 32, 6);
+    let seen = |g: &Guest, state: VmState| Observed {
+        name: g.name.clone(),
+        defined: Some((g.spec.clone(), Some(g.version))),
+        running_spec: (state == VmState::Running).then(|| g.spec.clone()),
+        state,
+    };
+    let (mut r, e) =
+        fresh(vec![pkg.clone(), plain.clone()], vec![seen(&pkg, VmState::ShutOff), seen(&plain, VmState::ShutOff)]);
+    // No lease answer yet: the unpackaged guest starts, the packaged one waits.
+    assert_eq!(actions(&e), [("g2".into(), Action::Start { token: tok(1, 6) })]);
+    done(&mut r, &e[0]);
+    let e = r.step(Input::Fence(Fence::Held));
+    assert_eq!(actions(&e), [("g1".into(), Action::Start { token: tok(1, 5) })]);
+    done(&mut r, &e[0]);
+    // Lost: the packaged copy is stopped hard, whatever its state; the other keeps running.
+    let e = r.step(Input::Fence(Fence::Lost));
+    assert_eq!(actions(&e), [("g1".into(), Action::Stop { hard: true })]);
+    assert!(e[0].reason.contains("self-fencing"), "{}", e[0].reason);
+    done(&mut r, &e[0]);
+    let e = r.step(Input::Observed(vec![seen(&pkg, VmState::ShutOff), seen(&plain, VmState::Running)]));
+    assert!(e.is_empty(), "nothing restarts without the lease: {e:?}");
+    // Held again (the log still places it here): it starts again.
+    let e = r.step(Input::Fence(Fence::Held));
+    assert_eq!(actions(&e), [("g1".into(), Action::Start { token: tok(1, 5) })]);
+    assert!(r.protects());
 }

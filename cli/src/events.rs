@@ -27,7 +27,7 @@ pub struct Args {
     /// Only events about this host.
     #[arg(long, value_parser = name)]
     host: Option<Name>,
-    /// Comma-separated kinds: cluster, host, guest, package, migration.
+    /// Comma-separated kinds: cluster, host, guest, package, migration, ha (host failures and failovers).
     #[arg(long)]
     kind: Option<String>,
 }

@@ -35,7 +35,7 @@ pub enum Verb {
     /// Hosts in name order, with state and sync status (one page; --after for the next).
     List {
         /// Only hosts in this state.
-        #[arg(long, value_parser = ["active", "maintenance", "unreachable"])]
+        #[arg(long, value_parser = ["active", "maintenance", "unreachable", "failed"])]
         state: Option<String>,
         /// Start after this host name (the previous page's last).
         #[arg(long, value_parser = name)]
@@ -80,6 +80,7 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
             let state = state.map(|s| match s.as_str() {
                 "maintenance" => HostState::Maintenance,
                 "unreachable" => HostState::Unreachable,
+                "failed" => HostState::Failed,
                 _ => HostState::Active,
             });
             let r = c.hosts(&HostQuery { stale: false, state, after, limit: Some(limit) }).await?;
@@ -87,7 +88,24 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
         }
         Verb::Show { name } => {
             let r = c.host(&name).await?;
-            Ok(if json { to_json(&r) } else { host_detail(&r.items) })
+            if json {
+                return Ok(to_json(&r));
+            }
+            let mut out = host_detail(&r.items);
+            if r.items.state == HostState::Failed {
+                // Where its guests went, and which stay down and why.
+                let ha = c.ha_status().await?.items;
+                for h in ha.failed_hosts.iter().filter(|h| h.host == name) {
+                    out.push_str(&format!("failed at revision {}: {}\n", h.failure.revision, h.failure.evidence));
+                }
+                for f in ha.failovers.iter().filter(|f| f.failed_host == name) {
+                    out.push_str(&format!("  {}: failing over to {}\n", f.guest, f.target));
+                }
+                for d in ha.down.iter().filter(|d| d.host == name) {
+                    out.push_str(&format!("  {}: down: {}\n", d.guest, d.why));
+                }
+            }
+            Ok(out)
         }
         Verb::Maintenance { name, state, write } => {
             let id = write.id()?;

@@ -16,6 +16,7 @@ pub mod dev;
 pub mod docs;
 pub mod events;
 pub mod guest;
+pub mod ha;
 pub mod host;
 pub mod log;
 pub mod migration;
@@ -75,6 +76,9 @@ enum Verb {
     /// Failover packages and their switching.
     #[command(subcommand)]
     Package(package::Verb),
+    /// Host failures and failovers: what is down and why, and the failover history.
+    #[command(subcommand)]
+    Ha(ha::Verb),
     /// Print events: new ones as they commit (like `etcdctl watch`), or the history from a
     /// revision with --from.
     Events(events::Args),
@@ -226,6 +230,7 @@ async fn run(cli: Cli) -> Out {
         Verb::Host(v) => host::run(&ctx, v).await,
         Verb::Guest(v) => guest::run(&ctx, v).await,
         Verb::Package(v) => package::run(&ctx, v).await,
+        Verb::Ha(v) => ha::run(&ctx, v).await,
         Verb::Events(a) => events::run(&ctx, a).await,
         Verb::Migrate(a) => migration::migrate(&ctx, a).await,
         Verb::Migration(v) => migration::run(&ctx, v).await,

@@ -359,6 +359,31 @@ pub fn describe(p: &EventPayload) -> String {
             bytes(stats.transferred_bytes),
             timefmt::duration(stats.total_time_ms)
         ),
+        EventPayload::HostJoined { host } => format!("host {host} joined failure detection"),
+        EventPayload::HostFailed { host, evidence } => format!("host {host} FAILED: {evidence}"),
+        EventPayload::HostRecovered { host } => format!("host {host} recovered (eligible again)"),
+        EventPayload::FailoverStarted { guest, failed_host, from, to, reason, .. } => {
+            let after = if from == failed_host { String::new() } else { format!(" after {from}'s attempt") };
+            format!("failover of {guest} (host {failed_host} failed){after}: starting on {to}: {reason}")
+        }
+        EventPayload::FailoverCompleted { guest, host } => format!("failover of {guest}: runs on {host}"),
+        EventPayload::FailoverAttemptFailed { guest, host, reason } => {
+            format!("failover of {guest}: attempt on {host} failed: {reason}")
+        }
+        EventPayload::FailoverFailed { guest, reason } => format!("failover of {guest} FAILED, left down: {reason}"),
+        EventPayload::PackageModified { package, nodes, failover_policy, failback_policy, .. } => format!(
+            "package {package}: nodes {}, failover {failover_policy}, failback {failback_policy}",
+            node_list(nodes)
+        ),
+    }
+}
+
+/// A package's node list as operators write it.
+pub fn node_list(nodes: &[switchyard_protocol::Name]) -> String {
+    if nodes.is_empty() {
+        "(every host, by name)".into()
+    } else {
+        nodes.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(",")
     }
 }
 

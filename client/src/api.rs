@@ -118,6 +118,11 @@ impl Client {
         self.post_write(&format!("/v1/hosts/{host}/repairs"), req).await
     }
 
+    /// A failover target's agent says how its attempt ended.
+    pub async fn report_failover(&self, host: &Name, req: &FailoverReportRequest) -> Result<WriteResponse, ClientError> {
+        self.post_write(&format!("/v1/hosts/{host}/failovers"), req).await
+    }
+
     /// An agent reports what it has applied (to the leader; a follower forwards it).
     pub async fn report_host(&self, host: &Name, report: &HostReport) -> Result<ReportRecorded, ClientError> {
         self.post(&format!("/v1/hosts/{host}/report"), report).await
@@ -156,8 +161,19 @@ impl Client {
         self.get(&format!("/v1/packages{}", query(&q)?)).await
     }
 
-    pub async fn package(&self, name: &Name) -> Result<Read<Package>, ClientError> {
+    /// A package with its failover candidates.
+    pub async fn package(&self, name: &Name) -> Result<Read<PackageView>, ClientError> {
         self.read(&format!("/v1/packages/{name}")).await
+    }
+
+    /// `package modify`: node list and policies.
+    pub async fn modify_package(&self, package: &Name, req: &ModifyPackageRequest) -> Result<WriteResponse, ClientError> {
+        self.post_write(&format!("/v1/packages/{package}"), req).await
+    }
+
+    /// Failed hosts, failovers in flight, guests left down.
+    pub async fn ha_status(&self) -> Result<Read<HaStatus>, ClientError> {
+        self.read("/v1/ha").await
     }
 
     pub async fn set_switching(&self, package: &Name, req: &SwitchingRequest) -> Result<WriteResponse, ClientError> {

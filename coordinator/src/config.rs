@@ -164,6 +164,33 @@ pub struct Config {
     pub history: HistoryConfig,
     #[serde(default)]
     pub migration: MigrationConfig,
+    #[serde(default)]
+    pub ha: HaConfig,
+}
+
+/// Host failure detection and failover (leader only). The timing argument that makes these
+/// safe is in ARCHITECTURE.md ("Failover and fencing").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaConfig {
+    /// A host's lease: how long an acknowledged renewal keeps it alive. Every agent renewal the
+    /// leader acknowledges (after confirming it still leads) extends it.
+    pub lease_ms: u64,
+    /// How much earlier than the lease an agent fences itself: it stops its packaged guests
+    /// once `lease_ms - fence_margin_ms` has passed since it *sent* its last acknowledged
+    /// renewal. Covers the agent's hard stop and clock-rate differences.
+    pub fence_margin_ms: u64,
+    /// How long past the lease the leader waits before it declares a host failed.
+    pub grace_ms: u64,
+    /// How long a failover target may take to start the guest before the leader tries the
+    /// next node.
+    pub start_timeout_ms: u64,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig { lease_ms: 4000, fence_margin_ms: 1000, grace_ms: 1000, start_timeout_ms: 60_000 }
+    }
 }
 
 /// What is wrong with a configuration, phrased as what to change.
@@ -259,6 +286,19 @@ impl Config {
         }
         if self.migration.transferring_timeout_ms < 100 {
             return err("migration.transferring_timeout_ms must be at least 100".into());
+        }
+        let ha = &self.ha;
+        if !(1000..=60_000).contains(&ha.lease_ms) {
+            return err("ha.lease_ms must be within 1000..=60000".into());
+        }
+        if ha.fence_margin_ms < 500 || ha.lease_ms < ha.fence_margin_ms + 500 {
+            return err("ha.fence_margin_ms must be at least 500 and leave at least 500 of ha.lease_ms".into());
+        }
+        if ha.grace_ms < 500 {
+            return err("ha.grace_ms must be at least 500".into());
+        }
+        if ha.start_timeout_ms < 1000 {
+            return err("ha.start_timeout_ms must be at least 1000".into());
         }
         if self.migration.step_delay_ms > 3_600_000 {
             return err("migration.step_delay_ms must be at most 3600000 (one hour)".into());

@@ -51,6 +51,11 @@ impl Liveness {
         }
     }
 
+    /// The last report `host`'s agent made to this node while it led, if any.
+    pub fn last_report(&self, host: &Name) -> Option<Seen> {
+        self.seen.lock().expect("liveness lock").get(host).copied()
+    }
+
     /// When `host` was last seen: its last report, or this node's start of leadership if later
     /// (a new leader counts that as every host's last sighting).
     pub fn last_seen(&self, host: &Name) -> Option<Seen> {

@@ -136,8 +136,9 @@ pub fn next_step(
         Phase::Requested | Phase::SwitchingDisabled => {
             // Before anything moves, both ends must still be usable.
             for (role, host) in [("source", &m.source), ("target", &m.target)] {
-                match state.host(host).map(|h| h.state()) {
+                match state.host(host).map(|h| state.host_state(h)) {
                     None => return Step::Fail(format!("{role} host {host} is no longer registered")),
+                    Some(HostState::Failed) => return Step::Fail(format!("{role} host {host} failed (its lease expired)")),
                     Some(HostState::Unreachable) => {
                         return Step::Fail(format!("{role} host {host} is unreachable (its agent stopped reporting)"))
                     }
@@ -150,6 +151,13 @@ pub fn next_step(
             paced(next, elapsed, config)
         }
         Phase::Transferring => {
+            // A failed end cannot finish the move: fail now (switching is restored in the same
+            // commit) so that the guest's failover can begin, instead of waiting out the timeout.
+            for (role, host) in [("source", &m.source), ("target", &m.target)] {
+                if let Some(f) = state.host_failure(host) {
+                    return Step::Fail(format!("{role} host {host} failed at revision {}: {}", f.revision, f.evidence));
+                }
+            }
             let r = reports.cloned().unwrap_or_default();
             match r.transfer {
                 Some(Err(e)) => return Step::Fail(format!("transfer failed on {}: {e}", m.source)),

@@ -99,7 +99,8 @@ pub fn parse_kind(s: &str) -> Result<EventKind, String> {
         "package" => Ok(EventKind::Package),
         "migration" => Ok(EventKind::Migration),
         "cluster" => Ok(EventKind::Cluster),
-        other => Err(format!("unknown event kind {other:?}; use cluster, host, guest, package or migration")),
+        "ha" => Ok(EventKind::Ha),
+        other => Err(format!("unknown event kind {other:?}; use cluster, host, guest, package, migration or ha")),
     }
 }
 

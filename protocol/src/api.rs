@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 use crate::model::{
-    FencingToken, Guest, Host, HostState, Migration, MigrationId, Package, Phase, Revision, RunState, TransferStats,
+    Failover, FailbackPolicy, FailoverPolicy, FencingToken, Guest, HostFailure, Host, HostState, Migration, MigrationId, Package, Phase, Revision, RunState, TransferStats,
 };
 use crate::name::Name;
 use crate::rejection::Rejection;
@@ -78,6 +78,74 @@ pub struct RepairRequest {
     pub action: String,
     /// What it found, in words.
     pub reason: String,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// `GET /v1/packages/{name}`: a package, where its guest runs, its failover in flight, and
+/// every node of its list with why it could not take the guest now.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageView {
+    #[serde(flatten)]
+    pub package: Package,
+    pub owner: Name,
+    pub failover: Option<Failover>,
+    pub candidates: Vec<crate::ha::Candidate>,
+}
+
+/// `GET /v1/ha`: failed hosts, failovers in flight, and guests left down with why.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaStatus {
+    pub failed_hosts: Vec<FailedHost>,
+    pub failovers: Vec<Failover>,
+    pub down: Vec<DownGuest>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedHost {
+    pub host: Name,
+    pub failure: HostFailure,
+}
+
+/// A guest of a failed host that runs nowhere, and why it is not failed over (yet).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownGuest {
+    pub guest: Name,
+    pub host: Name,
+    pub why: String,
+}
+
+/// A failover target's agent says how its attempt ended (`POST /v1/hosts/{name}/failovers`,
+/// committed as `FailoverCompleted` or `FailoverAttemptFailed`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverReportRequest {
+    pub guest: Name,
+    /// The token of the `FailoverStarted` that asked this host to start the guest.
+    pub token: FencingToken,
+    /// `None`: the guest runs here. Otherwise why it could not be started.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// `package modify`: the node list and the policies; an absent field stays as it is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModifyPackageRequest {
+    #[serde(default)]
+    pub nodes: Option<Vec<Name>>,
+    #[serde(default)]
+    pub failover_policy: Option<FailoverPolicy>,
+    #[serde(default)]
+    pub failback_policy: Option<FailbackPolicy>,
     #[serde(default)]
     pub request_id: Option<String>,
 }

@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 use crate::command::{Command, GuestPatch, Proposal};
 use crate::event::{Event, EventPayload};
 use crate::limits::*;
+use crate::ha::Candidate;
 use crate::model::{
-    ClusterId, Guest, GuestSpec, Host, HostSpec, HostState, ImportProgress, Migration, MigrationId, MigrationKind,
-    Phase, PhaseRecord, RestoredFrom, Revision, RunState,
+    ClusterId, Failover, FencingToken, Guest, GuestSpec, Host, HostSpec, HostState, ImportProgress, Migration,
+    MigrationId, MigrationKind, Phase, PhaseRecord, RestoredFrom, Revision, RunState,
 };
 use crate::name::Name;
 use crate::rejection::Rejection;
@@ -247,7 +248,144 @@ pub fn decide(state: &ClusterState, p: &Proposal) -> Result<Vec<EventPayload>, R
             check_range("stats.total_time_ms", stats.total_time_ms, 0, TRANSFER_TIME_MS_MAX)?;
             Ok(vec![EventPayload::MigrationTransferStats { id: *id, guest: m.guest.clone(), stats: *stats }])
         }
+        Command::AdmitHost { host } => {
+            known_host(state, host)?;
+            match state.member(host) {
+                None => Ok(vec![EventPayload::HostJoined { host: host.clone() }]),
+                Some(m) if m.failure.is_some() => Ok(vec![EventPayload::HostRecovered { host: host.clone() }]),
+                Some(_) => Err(Rejection::invalid("host", format!("host {host} is a live member already"))),
+            }
+        }
+        Command::DeclareHostFailed { host, evidence } => {
+            check_text("evidence", evidence, TEXT_LEN_MAX)?;
+            known_host(state, host)?;
+            match state.member(host) {
+                Some(m) if m.failure.is_none() => {
+                    Ok(vec![EventPayload::HostFailed { host: host.clone(), evidence: evidence.clone() }])
+                }
+                Some(_) => Err(Rejection::invalid("host", format!("host {host} is failed already"))),
+                None => Err(Rejection::invalid("host", format!("host {host} is not under failure detection"))),
+            }
+        }
+        Command::StartFailover { guest, to } => apply_start_failover(state, guest, to),
+        Command::CompleteFailover { guest, host, token } => {
+            current_attempt(state, guest, host, *token)?;
+            Ok(vec![EventPayload::FailoverCompleted { guest: guest.clone(), host: host.clone() }])
+        }
+        Command::FailFailoverAttempt { guest, host, token, reason } => {
+            check_text("reason", reason, TEXT_LEN_MAX)?;
+            let f = current_attempt(state, guest, host, *token)?;
+            if f.attempt_failed.is_some() {
+                return Err(refuse_failover(guest, "the current attempt already failed"));
+            }
+            Ok(vec![EventPayload::FailoverAttemptFailed { guest: guest.clone(), host: host.clone(), reason: reason.clone() }])
+        }
+        Command::AbandonFailover { guest, reason } => {
+            check_text("reason", reason, TEXT_LEN_MAX)?;
+            if state.failover(guest).is_none() {
+                return Err(refuse_failover(guest, "no failover is in flight"));
+            }
+            Ok(vec![EventPayload::FailoverFailed { guest: guest.clone(), reason: reason.clone() }])
+        }
+        Command::ModifyPackage { package, nodes, failover_policy, failback_policy } => {
+            let pkg = state.package(package).ok_or_else(|| Rejection::UnknownPackage { package: package.clone() })?;
+            if nodes.is_none() && failover_policy.is_none() && failback_policy.is_none() {
+                return Err(Rejection::invalid("patch", "nothing to change"));
+            }
+            if let Some(nodes) = nodes {
+                if nodes.len() > PACKAGE_NODES_MAX {
+                    return Err(Rejection::invalid(
+                        "nodes",
+                        format!("{} nodes; at most {PACKAGE_NODES_MAX} are allowed", nodes.len()),
+                    ));
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for n in nodes {
+                    known_host(state, n)?;
+                    if !seen.insert(n) {
+                        return Err(Rejection::invalid("nodes", format!("host {n} is listed twice")));
+                    }
+                }
+            }
+            Ok(vec![EventPayload::PackageModified {
+                package: package.clone(),
+                guest: pkg.guest.clone(),
+                nodes: nodes.clone().unwrap_or_else(|| pkg.nodes.clone()),
+                failover_policy: failover_policy.unwrap_or(pkg.failover_policy),
+                failback_policy: failback_policy.unwrap_or(pkg.failback_policy),
+            }])
+        }
     }
+}
+
+fn refuse_failover(guest: &Name, reason: impl Into<String>) -> Rejection {
+    Rejection::FailoverRefused { guest: guest.clone(), reason: reason.into() }
+}
+
+/// The in-flight failover of `guest` whose current attempt is `host`'s, on the order `token`.
+fn current_attempt<'a>(
+    state: &'a ClusterState,
+    guest: &Name,
+    host: &Name,
+    token: FencingToken,
+) -> Result<&'a Failover, Rejection> {
+    known_guest(state, guest)?;
+    let f = state.failover(guest).ok_or_else(|| refuse_failover(guest, "no failover is in flight"))?;
+    if f.target != *host || f.token != token {
+        return Err(refuse_failover(
+            guest,
+            format!("the current attempt is host {}'s on order {}, not host {host}'s on order {token}", f.target, f.token),
+        ));
+    }
+    Ok(f)
+}
+
+/// A failover starts when the guest's owner failed (the first attempt) or the in-flight
+/// failover's attempt failed (the next one); `to` must be eligible now.
+fn apply_start_failover(state: &ClusterState, guest_name: &Name, to: &Name) -> Result<Vec<EventPayload>, Rejection> {
+    let guest = known_guest(state, guest_name)?;
+    known_host(state, to)?;
+    no_migration_in_flight(state, guest_name)?;
+    let (failed_host, tried) = match state.failover(guest_name) {
+        Some(f) if f.attempt_failed.is_none() => {
+            return Err(refuse_failover(guest_name, format!("its attempt on {} is still under way", f.target)))
+        }
+        Some(f) => {
+            let mut tried: Vec<Name> = f.tried.iter().map(|(h, _)| h.clone()).collect();
+            tried.push(f.target.clone());
+            (f.failed_host.clone(), tried)
+        }
+        None => {
+            if state.host_failure(&guest.owner).is_none() {
+                return Err(refuse_failover(guest_name, format!("its host {} has not failed", guest.owner)));
+            }
+            if let Some(why) = crate::ha::unprotected(state, guest) {
+                return Err(refuse_failover(guest_name, why));
+            }
+            (guest.owner.clone(), Vec::new())
+        }
+    };
+    let package_name = guest.spec.package.clone().expect("a protected guest has a package");
+    let package = state.package(&package_name).expect("a guest's package exists");
+    let candidate = crate::ha::candidates(state, guest, package, &tried).into_iter().find(|c| c.host == *to);
+    let reason = match candidate {
+        None => return Err(refuse_failover(guest_name, format!("{to} is not a node of package {package_name}"))),
+        Some(Candidate { excluded: Some(why), .. }) => {
+            return Err(refuse_failover(guest_name, format!("{to} is not eligible: {why}")))
+        }
+        Some(_) => crate::ha::choose(state, guest, package, &tried)
+            .ok()
+            .filter(|(h, _)| h == to)
+            .map_or_else(|| format!("{to} chosen by the leader among the eligible nodes"), |(_, why)| why),
+    };
+    Ok(vec![EventPayload::FailoverStarted {
+        guest: guest_name.clone(),
+        package: package_name,
+        failed_host,
+        from: guest.owner.clone(),
+        to: to.clone(),
+        reason,
+    }])
 }
 
 fn apply_register_host(state: &ClusterState, spec: &HostSpec, next: Revision) -> Result<Vec<EventPayload>, Rejection> {
@@ -401,8 +539,14 @@ fn apply_request_migration(
         return Err(Rejection::SameSourceAndTarget { guest: guest_name.clone(), host: source.clone() });
     }
     no_migration_in_flight(state, guest_name)?;
-    if target_host.state() != HostState::Active {
-        return Err(Rejection::HostNotActive { host: target.clone(), state: target_host.state() });
+    if state.host_state(target_host) != HostState::Active {
+        return Err(Rejection::HostNotActive { host: target.clone(), state: state.host_state(target_host) });
+    }
+    if state.host_failure(source).is_some() {
+        return Err(Rejection::HostNotActive { host: source.clone(), state: HostState::Failed });
+    }
+    if let Some(f) = state.failover(guest_name) {
+        return Err(refuse_failover(guest_name, format!("it is being failed over to {}; migrate it afterwards", f.target)));
     }
     if kind == MigrationKind::Online {
         if !guest.spec.online_migration {

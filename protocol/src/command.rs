@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 use crate::model::{
-    Actor, ClusterId, GuestSpec, HostSpec, MigrationId, MigrationKind, Phase, RequestId, RestoredFrom, Revision,
-    RunState, Timestamp, TransferStats,
+    Actor, ClusterId, FailbackPolicy, FailoverPolicy, FencingToken, GuestSpec, HostSpec, MigrationId, MigrationKind,
+    Phase, RequestId, RestoredFrom, Revision, RunState, Timestamp, TransferStats,
 };
 use crate::name::Name;
 
@@ -116,6 +116,48 @@ pub enum Command {
         id: MigrationId,
         stats: TransferStats,
     },
+    /// Leader: a host's agent renewed its lease. A host that is not yet under failure detection
+    /// joins it (`HostJoined`); a failed host whose agent has caught up with the log rejoins
+    /// (`HostRecovered`).
+    AdmitHost {
+        host: Name,
+    },
+    /// Leader: a member host's lease expired by the leader's clock.
+    DeclareHostFailed {
+        host: Name,
+        evidence: String,
+    },
+    /// Leader: start the guest of a failed host (or of a failover whose attempt failed) on
+    /// `to`, an eligible node of its package. The owner moves to `to` in the same commit.
+    StartFailover {
+        guest: Name,
+        to: Name,
+    },
+    /// The target's agent started the guest on the order committed at `token`.
+    CompleteFailover {
+        guest: Name,
+        host: Name,
+        token: FencingToken,
+    },
+    /// The target's agent could not start the guest, or the leader gave up waiting for it.
+    FailFailoverAttempt {
+        guest: Name,
+        host: Name,
+        token: FencingToken,
+        reason: String,
+    },
+    /// Leader: no eligible node is left for an in-flight failover; the guest stays down.
+    AbandonFailover {
+        guest: Name,
+        reason: String,
+    },
+    /// `package modify`: the node list and the policies (`None` leaves one as it is).
+    ModifyPackage {
+        package: Name,
+        nodes: Option<Vec<Name>>,
+        failover_policy: Option<FailoverPolicy>,
+        failback_policy: Option<FailbackPolicy>,
+    },
 }
 
 impl Command {
@@ -137,6 +179,13 @@ impl Command {
             Command::AbortMigration { .. } => "abort_migration",
             Command::RecordRepair { .. } => "record_repair",
             Command::RecordTransferStats { .. } => "record_transfer_stats",
+            Command::AdmitHost { .. } => "admit_host",
+            Command::DeclareHostFailed { .. } => "declare_host_failed",
+            Command::StartFailover { .. } => "start_failover",
+            Command::CompleteFailover { .. } => "complete_failover",
+            Command::FailFailoverAttempt { .. } => "fail_failover_attempt",
+            Command::AbandonFailover { .. } => "abandon_failover",
+            Command::ModifyPackage { .. } => "modify_package",
         }
     }
 }

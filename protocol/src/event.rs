@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Actor, ClusterId, FencingToken, Guest, Host, Migration, MigrationId, Phase, RequestId, RestoredFrom, Revision,
-    Timestamp, TransferStats,
+    Actor, ClusterId, FailbackPolicy, FailoverPolicy, FencingToken, Guest, Host, Migration, MigrationId, Phase,
+    RequestId, RestoredFrom, Revision, Timestamp, TransferStats,
 };
 use crate::name::Name;
 
@@ -96,6 +96,54 @@ pub enum EventPayload {
         guest: Name,
         stats: TransferStats,
     },
+    /// The host's agent renewed a lease for the first time: the host is under failure detection.
+    HostJoined {
+        host: Name,
+    },
+    /// The host's lease expired by the leader's clock. `evidence` says by how much.
+    HostFailed {
+        host: Name,
+        evidence: String,
+    },
+    /// A failed host's agent reported again, caught up with the log: it is eligible again.
+    HostRecovered {
+        host: Name,
+    },
+    /// The guest's owner moves from `from` to `to`, which is to start it: its host
+    /// `failed_host` failed (or the attempt on `from` failed). The event's token fences it.
+    FailoverStarted {
+        guest: Name,
+        package: Name,
+        failed_host: Name,
+        from: Name,
+        to: Name,
+        /// Why `to`: the policy and what was excluded.
+        reason: String,
+    },
+    /// The guest runs on `host` again.
+    FailoverCompleted {
+        guest: Name,
+        host: Name,
+    },
+    /// The attempt on `host` ended without the guest running there.
+    FailoverAttemptFailed {
+        guest: Name,
+        host: Name,
+        reason: String,
+    },
+    /// No node could take the guest: it stays down.
+    FailoverFailed {
+        guest: Name,
+        reason: String,
+    },
+    /// `package modify`: the package's node list and policies now.
+    PackageModified {
+        package: Name,
+        guest: Name,
+        nodes: Vec<Name>,
+        failover_policy: FailoverPolicy,
+        failback_policy: FailbackPolicy,
+    },
 }
 
 /// The kind of an event, for subscription filters.
@@ -107,6 +155,8 @@ pub enum EventKind {
     Guest,
     Package,
     Migration,
+    /// Host failures, recoveries and failovers.
+    Ha,
 }
 
 impl EventPayload {
@@ -124,6 +174,14 @@ impl EventPayload {
             MigrationRequested { .. } | MigrationPhaseChanged { .. } | MigrationTransferStats { .. } => {
                 EventKind::Migration
             }
+            PackageModified { .. } => EventKind::Package,
+            HostJoined { .. }
+            | HostFailed { .. }
+            | HostRecovered { .. }
+            | FailoverStarted { .. }
+            | FailoverCompleted { .. }
+            | FailoverAttemptFailed { .. }
+            | FailoverFailed { .. } => EventKind::Ha,
         }
     }
 
@@ -141,6 +199,12 @@ impl EventPayload {
             GuestOwnerChanged { guest, .. } => Some(guest),
             GuestRepaired { guest, .. } => Some(guest),
             MigrationTransferStats { guest, .. } => Some(guest),
+            HostJoined { .. } | HostFailed { .. } | HostRecovered { .. } => None,
+            FailoverStarted { guest, .. }
+            | FailoverCompleted { guest, .. }
+            | FailoverAttemptFailed { guest, .. }
+            | FailoverFailed { guest, .. }
+            | PackageModified { guest, .. } => Some(guest),
         }
     }
 
@@ -159,6 +223,14 @@ impl EventPayload {
             MigrationRequested { migration } => vec![&migration.source, &migration.target],
             GuestOwnerChanged { from, to, .. } => vec![from, to],
             GuestRepaired { host, .. } => vec![host],
+            HostJoined { host } | HostFailed { host, .. } | HostRecovered { host } => vec![host],
+            FailoverStarted { failed_host, from, to, .. } => {
+                let mut hosts = vec![failed_host, from, to];
+                hosts.dedup();
+                hosts
+            }
+            FailoverCompleted { host, .. } | FailoverAttemptFailed { host, .. } => vec![host],
+            FailoverFailed { .. } | PackageModified { .. } => vec![],
         }
     }
 

@@ -115,7 +115,7 @@ impl HostConfig {
                 Some(ConfigChange::Put(guest.clone()))
             }
             EventPayload::GuestRemoved { guest } => Some(ConfigChange::Remove(guest.clone())),
-            EventPayload::GuestOwnerChanged { guest, to, .. } => {
+            EventPayload::GuestOwnerChanged { guest, to, .. } | EventPayload::FailoverStarted { guest, to, .. } => {
                 // Mirrors ClusterState::evolve: the owner moves and the guest's version is the
                 // event's revision.
                 let mut g = self.guests.get(guest)?.clone();

@@ -16,6 +16,7 @@ pub mod apply;
 pub mod codec;
 pub mod command;
 pub mod event;
+pub mod ha;
 pub mod hostconfig;
 pub mod limits;
 pub mod model;

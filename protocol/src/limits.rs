@@ -7,6 +7,8 @@ pub const ADDRESS_LEN_MAX: usize = 255;
 pub const ATTACHMENT_LEN_MAX: usize = 255;
 pub const DISKS_MAX: usize = 64;
 pub const NETWORKS_MAX: usize = 32;
+/// Nodes in a package's node list.
+pub const PACKAGE_NODES_MAX: usize = 64;
 /// Longest compatibility-profile field.
 pub const PROFILE_FIELD_LEN_MAX: usize = 64;
 /// Longest operator reason or driver error message.

@@ -173,6 +173,9 @@ pub enum HostState {
     Active,
     Maintenance,
     Unreachable,
+    /// Its lease expired and the leader declared it failed (`HostFailed`); it rejoins with
+    /// `HostRecovered` once its agent reports again, caught up.
+    Failed,
 }
 
 impl fmt::Display for HostState {
@@ -181,6 +184,7 @@ impl fmt::Display for HostState {
             HostState::Active => "active",
             HostState::Maintenance => "maintenance",
             HostState::Unreachable => "unreachable",
+            HostState::Failed => "failed",
         })
     }
 }
@@ -314,6 +318,94 @@ pub struct Package {
     pub disabled_nodes: BTreeSet<Name>,
     /// When, by whom and why global switching last changed: the unprotected window's story.
     pub switching_changed: SwitchingChange,
+    /// The package's node list in order (Serviceguard's `node_name`s): the primary node first,
+    /// then the adoptive nodes. Empty: every host, in name order.
+    pub nodes: Vec<Name>,
+    pub failover_policy: FailoverPolicy,
+    pub failback_policy: FailbackPolicy,
+}
+
+/// How a failover chooses among the eligible nodes (Serviceguard's `failover_policy`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverPolicy {
+    /// The first eligible node in the package's node list.
+    #[default]
+    ConfiguredNode,
+    /// The eligible node running the fewest packages (ties: node-list order).
+    MinPackageNode,
+}
+
+/// What happens when a package's primary node returns (Serviceguard's `failback_policy`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailbackPolicy {
+    /// The guest stays where it failed over to until an operator moves it.
+    #[default]
+    Manual,
+    /// The guest moves back online, through a normal migration, once its primary node is back.
+    Automatic,
+}
+
+impl fmt::Display for FailoverPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailoverPolicy::ConfiguredNode => "configured_node",
+            FailoverPolicy::MinPackageNode => "min_package_node",
+        })
+    }
+}
+
+impl fmt::Display for FailbackPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailbackPolicy::Manual => "manual",
+            FailbackPolicy::Automatic => "automatic",
+        })
+    }
+}
+
+/// A host under the cluster's failure detection: it joined when its agent first renewed a lease
+/// with a leader.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Revision of its `HostJoined`.
+    pub joined: Revision,
+    /// Set while the host is failed.
+    pub failure: Option<HostFailure>,
+}
+
+/// Why and when the leader declared a host failed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFailure {
+    pub at: Timestamp,
+    pub revision: Revision,
+    /// The leader's evidence (how long the lease had been expired, by whose clock).
+    pub evidence: String,
+}
+
+/// A guest being started on an adoptive host after its host failed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    pub guest: Name,
+    pub package: Name,
+    /// The host whose failure started the failover.
+    pub failed_host: Name,
+    /// The host asked to start the guest now (the guest's owner).
+    pub target: Name,
+    /// The commit that asked `target` to start it: a report names it, so a stale one is refused.
+    pub token: FencingToken,
+    /// When the failover began (its first `FailoverStarted`).
+    pub started_at: Timestamp,
+    /// Hosts tried before `target`, with why each attempt ended.
+    pub tried: Vec<(Name, String)>,
+    /// Set when the current attempt failed; the leader then tries the next node.
+    pub attempt_failed: Option<String>,
 }
 
 /// What the hypervisor measured of a live migration's transfer (QEMU's `query-migrate`: the

@@ -61,6 +61,8 @@ pub enum Rejection {
     PastOwnerSwitch { id: MigrationId, phase: Phase },
     #[error("guest {guest} is running; an offline move stops it on the source and starts it on the target: to allow that run `{fix}`")]
     GuestRunning { guest: Name, fix: String },
+    #[error("failover of guest {guest} refused: {reason}")]
+    FailoverRefused { guest: Name, reason: String },
 }
 
 impl Rejection {
@@ -94,6 +96,7 @@ impl Rejection {
             ClusterExists { .. } => "cluster_exists",
             RestoreInProgress { .. } => "restore_in_progress",
             ImportRefused { .. } => "import_refused",
+            FailoverRefused { .. } => "failover_refused",
         }
     }
 

@@ -12,8 +12,8 @@ use crate::event::{Event, EventPayload};
 use crate::hostconfig::guest_digest;
 use crate::limits::{FINISHED_MIGRATIONS_RETAINED, REQUEST_IDS_RETAINED};
 use crate::model::{
-    ClusterIdentity, Guest, Host, ImportProgress, Migration, MigrationId, Package, RequestId, Resources, Revision,
-    SwitchingChange,
+    ClusterIdentity, Failover, FailbackPolicy, FailoverPolicy, Guest, Host, HostFailure, HostState, ImportProgress,
+    Member, Migration, MigrationId, Package, RequestId, Resources, Revision, SwitchingChange,
 };
 use crate::name::Name;
 
@@ -46,6 +46,10 @@ pub struct ClusterState {
     term_base: u64,
     /// The term of the last event folded in.
     last_term: u64,
+    /// Hosts under failure detection (their agents renewed a lease once), failed or not.
+    members: BTreeMap<Name, Member>,
+    /// In-flight failovers by guest.
+    failovers: BTreeMap<Name, Failover>,
     /// Indexes derived from the fields above; rebuilt after decoding, never serialised.
     #[serde(skip)]
     derived: Derived,
@@ -166,6 +170,33 @@ impl ClusterState {
     pub fn last_term(&self) -> u64 {
         self.last_term
     }
+    /// A host under failure detection, failed or not.
+    pub fn member(&self, host: &Name) -> Option<&Member> {
+        self.members.get(host)
+    }
+    /// Why `host` is failed, if it is.
+    pub fn host_failure(&self, host: &Name) -> Option<&HostFailure> {
+        self.members.get(host).and_then(|m| m.failure.as_ref())
+    }
+    /// A host's state with its failure: a failed host is `failed` whatever else holds.
+    pub fn host_state(&self, host: &Host) -> HostState {
+        if self.host_failure(&host.spec.name).is_some() {
+            HostState::Failed
+        } else {
+            host.state()
+        }
+    }
+    /// The in-flight failover of a guest.
+    pub fn failover(&self, guest: &Name) -> Option<&Failover> {
+        self.failovers.get(guest)
+    }
+    pub fn failovers(&self) -> impl Iterator<Item = &Failover> {
+        self.failovers.values()
+    }
+    /// Packaged guests `host` owns (what `min_package_node` counts).
+    pub fn packages_on(&self, host: &Name) -> usize {
+        self.packages.values().filter(|p| self.guests.get(&p.guest).is_some_and(|g| g.owner == *host)).count()
+    }
     pub(crate) fn set_importing(&mut self, progress: ImportProgress) {
         self.importing = Some(progress);
     }
@@ -251,6 +282,7 @@ impl ClusterState {
                 self.derived.config_digest = self.derived.config_digest.wrapping_add(guest_digest(slot));
             }
             EventPayload::GuestRemoved { guest } => {
+                self.failovers.remove(guest);
                 let old = self.remove_guest(guest);
                 if let Some(p) = &old.spec.package {
                     self.packages.remove(p);
@@ -318,6 +350,71 @@ impl ClusterState {
             }
             // Records of what an agent did or measured; the state is what it was.
             EventPayload::GuestRepaired { .. } | EventPayload::MigrationTransferStats { .. } => {}
+            EventPayload::HostJoined { host } => {
+                self.members.insert(host.clone(), Member { joined: rev, failure: None });
+            }
+            EventPayload::HostFailed { host, evidence } => {
+                let m = self.members.get_mut(host).expect("event names a member host");
+                m.failure = Some(HostFailure { at: event.time, revision: rev, evidence: evidence.clone() });
+                let h = self.hosts.get_mut(host).expect("event names a registered host");
+                h.reachable = false;
+                h.version = rev;
+            }
+            EventPayload::HostRecovered { host } => {
+                let m = self.members.get_mut(host).expect("event names a member host");
+                m.failure = None;
+                let h = self.hosts.get_mut(host).expect("event names a registered host");
+                h.reachable = true;
+                h.version = rev;
+            }
+            EventPayload::FailoverStarted { guest, package, failed_host, from, to, .. } => {
+                let g = self.guests.get_mut(guest).expect("event names an existing guest");
+                let demand = g.spec.demand();
+                let before = guest_digest(g);
+                g.owner = to.clone();
+                g.version = rev;
+                self.derived.config_digest =
+                    self.derived.config_digest.wrapping_sub(before).wrapping_add(guest_digest(g));
+                sub(&mut self.derived.used, from, demand);
+                add(&mut self.derived.used, to, demand);
+                let token = event.token();
+                match self.failovers.get_mut(guest) {
+                    Some(f) => {
+                        let why = f.attempt_failed.take().unwrap_or_else(|| "replaced".into());
+                        f.tried.push((f.target.clone(), why));
+                        f.target = to.clone();
+                        f.token = token;
+                    }
+                    None => {
+                        self.failovers.insert(
+                            guest.clone(),
+                            Failover {
+                                guest: guest.clone(),
+                                package: package.clone(),
+                                failed_host: failed_host.clone(),
+                                target: to.clone(),
+                                token,
+                                started_at: event.time,
+                                tried: Vec::new(),
+                                attempt_failed: None,
+                            },
+                        );
+                    }
+                }
+            }
+            EventPayload::FailoverCompleted { guest, .. } | EventPayload::FailoverFailed { guest, .. } => {
+                self.failovers.remove(guest);
+            }
+            EventPayload::FailoverAttemptFailed { guest, reason, .. } => {
+                let f = self.failovers.get_mut(guest).expect("event names an in-flight failover");
+                f.attempt_failed = Some(reason.clone());
+            }
+            EventPayload::PackageModified { package, nodes, failover_policy, failback_policy, .. } => {
+                let p = self.packages.get_mut(package).expect("event names an existing package");
+                p.nodes.clone_from(nodes);
+                p.failover_policy = *failover_policy;
+                p.failback_policy = *failback_policy;
+            }
         }
     }
 
@@ -400,6 +497,45 @@ impl ClusterState {
                 }
                 None => Err(format!("gives transfer figures of unknown migration {id}")),
             },
+            EventPayload::HostJoined { host: h } => {
+                host(h)?;
+                match self.members.contains_key(h) {
+                    true => Err(format!("joins host {h} twice")),
+                    false => Ok(()),
+                }
+            }
+            EventPayload::HostFailed { host: h, .. } => match self.members.get(h) {
+                Some(m) if m.failure.is_none() => Ok(()),
+                Some(_) => Err(format!("fails host {h}, which already failed")),
+                None => Err(format!("fails host {h}, which never joined")),
+            },
+            EventPayload::HostRecovered { host: h } => match self.members.get(h) {
+                Some(m) if m.failure.is_some() => Ok(()),
+                _ => Err(format!("recovers host {h}, which is not failed")),
+            },
+            EventPayload::FailoverStarted { guest: g, package, from, to, failed_host, .. } => {
+                let old = guest(g)?;
+                host(to)?;
+                host(failed_host)?;
+                if &old.owner != from {
+                    return Err(format!("fails guest {g} over from {from}, but it runs on {}", old.owner));
+                }
+                if old.spec.package.as_ref() != Some(package) {
+                    return Err(format!("fails guest {g} over as package {package}, which does not wrap it"));
+                }
+                Ok(())
+            }
+            EventPayload::FailoverCompleted { guest: g, .. }
+            | EventPayload::FailoverAttemptFailed { guest: g, .. }
+            | EventPayload::FailoverFailed { guest: g, .. } => {
+                self.failovers.contains_key(g).then_some(()).ok_or(format!("ends a failover of {g}, which has none"))
+            }
+            EventPayload::PackageModified { package, nodes, .. } => {
+                if !self.packages.contains_key(package) {
+                    return Err(format!("names unknown package {package}"));
+                }
+                nodes.iter().try_for_each(host)
+            }
         }
     }
 
@@ -492,10 +628,23 @@ impl ClusterState {
                     guests.insert(guest);
                     migrations.insert(*id);
                 }
+                EventPayload::FailoverStarted { guest, .. }
+                | EventPayload::FailoverCompleted { guest, .. }
+                | EventPayload::FailoverAttemptFailed { guest, .. }
+                | EventPayload::FailoverFailed { guest, .. } => {
+                    guests.insert(guest);
+                }
+                EventPayload::PackageModified { package, guest, .. } => {
+                    packages.insert(package);
+                    guests.insert(guest);
+                }
                 EventPayload::ClusterCreated { .. }
                 | EventPayload::HostRegistered { .. }
                 | EventPayload::HostMaintenanceChanged { .. }
-                | EventPayload::HostReachabilityChanged { .. } => {}
+                | EventPayload::HostReachabilityChanged { .. }
+                | EventPayload::HostJoined { .. }
+                | EventPayload::HostFailed { .. }
+                | EventPayload::HostRecovered { .. } => {}
             }
         }
         guests.extend(self.derived.in_flight.keys());
@@ -514,6 +663,7 @@ impl ClusterState {
             guests.iter().filter_map(|g| self.guests.get(*g)).filter_map(|g| g.spec.package.as_ref()).collect();
         packages.extend(guest_packages);
         guests.extend(packages.iter().filter_map(|p| self.packages.get(*p)).map(|p| &p.guest));
+        let failovers = subset(&self.failovers, guests.iter().copied());
         let mut copy = ClusterState {
             revision: self.revision,
             hosts: self.hosts.clone(),
@@ -525,6 +675,8 @@ impl ClusterState {
             importing: self.importing.clone(),
             term_base: self.term_base,
             last_term: self.last_term,
+            members: self.members.clone(),
+            failovers,
             derived: Derived::default(),
         };
         copy.rebuild_indexes();
@@ -578,6 +730,14 @@ impl ClusterState {
                 }
             }
         }
+        // A failover's target owns its guest: the owner is who was asked to start it.
+        for f in self.failovers.values() {
+            match self.guests.get(&f.guest) {
+                Some(g) if g.owner == f.target => {}
+                Some(g) => bad.push(format!("failover of {} targets {}, but {} owns it", f.guest, f.target, g.owner)),
+                None => bad.push(format!("failover of unknown guest {}", f.guest)),
+            }
+        }
         // 4. at most one in-flight migration per guest.
         let mut seen = BTreeSet::new();
         for m in self.migrations.values().filter(|m| !m.phase.is_terminal()) {
@@ -617,6 +777,9 @@ fn new_package(name: &Name, guest: &Name, event: &Event) -> Package {
             reason: Some("package created".into()),
             migration: None,
         },
+        nodes: Vec::new(),
+        failover_policy: FailoverPolicy::default(),
+        failback_policy: FailbackPolicy::default(),
     }
 }
 

@@ -35,6 +35,16 @@ enum Op {
     Stats(usize),
     /// Re-send an earlier proposal (a client retry).
     Retry(usize),
+    /// The leader admits a host (join or recovery) or declares it failed.
+    Admit(usize),
+    Fail(usize),
+    /// Start a failover of a guest to a host (eligible or not).
+    Failover(usize, usize),
+    /// The current attempt of a guest's failover completes or fails (with its own token or a
+    /// stale one), or the failover is abandoned.
+    EndAttempt(usize, usize, bool),
+    /// A package's node list (hosts by index) and policy.
+    ModifyPackage(usize, Option<Vec<usize>>, bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -64,6 +74,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (g.clone(), h.clone()).prop_map(|(a, b)| Op::Repair(a, b)),
         1 => (0usize..4).prop_map(Op::Stats),
         1 => (0usize..200).prop_map(Op::Retry),
+        1 => h.clone().prop_map(Op::Admit),
+        1 => h.clone().prop_map(Op::Fail),
+        2 => (g.clone(), h.clone()).prop_map(|(a, b)| Op::Failover(a, b)),
+        2 => (g.clone(), 0usize..3, any::<bool>()).prop_map(|(a, b, c)| Op::EndAttempt(a, b, c)),
+        1 => (0..PACKAGES.len(), proptest::option::of(proptest::collection::vec(h.clone(), 0..4)), any::<bool>())
+            .prop_map(|(a, b, c)| Op::ModifyPackage(a, b, c)),
     ]
 }
 
@@ -96,6 +112,28 @@ fn resolve(op: &Op, state: &ClusterState) -> Command {
             expect_version: ver,
         },
         Op::Remove(g, ver) => Command::RemoveGuest { name: n(GUESTS[g]), expect_version: ver },
+        Op::Admit(h) => Command::AdmitHost { host: n(HOSTS[h]) },
+        Op::Fail(h) => Command::DeclareHostFailed { host: n(HOSTS[h]), evidence: "lease expired".into() },
+        Op::Failover(g, h) => Command::StartFailover { guest: n(GUESTS[g]), to: n(HOSTS[h]) },
+        Op::EndAttempt(g, how, own_token) => {
+            let guest = n(GUESTS[g]);
+            let (host, token) = state
+                .failover(&guest)
+                .map(|f| (f.target.clone(), f.token))
+                .unwrap_or((n(HOSTS[0]), Default::default()));
+            let token = if own_token { token } else { FencingToken { term: token.term, revision: token.revision + 1 } };
+            match how {
+                0 => Command::CompleteFailover { guest, host, token },
+                1 => Command::FailFailoverAttempt { guest, host, token, reason: "start failed".into() },
+                _ => Command::AbandonFailover { guest, reason: "no eligible node".into() },
+            }
+        }
+        Op::ModifyPackage(p, nodes, min) => Command::ModifyPackage {
+            package: n(PACKAGES[p]),
+            nodes: nodes.map(|v| v.into_iter().map(|h| n(HOSTS[h])).collect()),
+            failover_policy: min.then_some(FailoverPolicy::MinPackageNode),
+            failback_policy: None,
+        },
         Op::Repair(g, h) => Command::RecordRepair {
             host: n(HOSTS[h]),
             guest: n(GUESTS[g]),
@@ -280,6 +318,21 @@ fn damage(e: &mut Event, x: usize) {
         EventPayload::MigrationTransferStats { id, guest, .. } => match x % 2 {
             0 => *id = MigrationId(x as u64 / 2 % 40),
             _ => *guest = n(GUESTS[x / 2 % GUESTS.len()]),
+        },
+        EventPayload::HostJoined { host } | EventPayload::HostFailed { host, .. } | EventPayload::HostRecovered { host } => {
+            *host = n(["h1", "h9"][x % 2])
+        }
+        EventPayload::FailoverStarted { guest, to, from, .. } => match x % 3 {
+            0 => *guest = n(GUESTS[x / 3 % GUESTS.len()]),
+            1 => *to = n(HOSTS[x / 3 % HOSTS.len()]),
+            _ => *from = n(HOSTS[x / 3 % HOSTS.len()]),
+        },
+        EventPayload::FailoverCompleted { guest, .. }
+        | EventPayload::FailoverAttemptFailed { guest, .. }
+        | EventPayload::FailoverFailed { guest, .. } => *guest = n(GUESTS[x % GUESTS.len()]),
+        EventPayload::PackageModified { package, nodes, .. } => match x % 2 {
+            0 => *package = n(PACKAGES[x / 2 % PACKAGES.len()]),
+            _ => nodes.push(n("h9")),
         },
         EventPayload::ClusterCreated { .. } => {}
     }

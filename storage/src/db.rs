@@ -16,7 +16,8 @@ use crate::error::StoreError;
 /// Version of the on-disk layout (column families, keys, snapshot files). Bump on any change
 /// that an older build could misread.
 /// 2: events carry the Raft term of their entry; phase records carry it too.
-pub const DISK_FORMAT_VERSION: u32 = 4;
+/// 5: the state holds host members and failovers, packages their node lists and policies.
+pub const DISK_FORMAT_VERSION: u32 = 5;
 
 /// Column families. Keys are big-endian integers or `name \0 big-endian integer`.
 pub mod cf {

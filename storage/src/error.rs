@@ -20,7 +20,7 @@ pub enum StoreError {
     CorruptSnapshot { path: PathBuf, offset: u64, reason: String },
     #[error("data directory {path} belongs to node {found}, not node {expected}; a node's data must never be reused under another id (add the node as a new member instead)")]
     NodeIdMismatch { path: PathBuf, found: u64, expected: u64 },
-    #[error("data directory {path} has on-disk format version {found}; this build reads version {supported}")]
+    #[error("data directory {path} has on-disk format version {found}; this build reads version {supported}. The event history is portable across versions: export it with the build that wrote it (`switchyard log export`) and seed a new cluster from the export with this one (`switchyard log restore`)")]
     UnsupportedFormat { path: PathBuf, found: u32, supported: u32 },
     #[error("event history is missing revision {revision} (needed to rebuild state up to revision {up_to})")]
     MissingEvent { revision: u64, up_to: u64 },

@@ -14,6 +14,7 @@ use anyhow::Context;
 use switchyard_agent::daemon::AgentConfig;
 use switchyard_agent::driver::qemu::QemuConfig;
 use switchyard_agent::driver::DriverConfig;
+use switchyard_agent::watchdog::WatchdogConfig;
 use switchyard_client::Client;
 use switchyard_coordinator::config::{
     ApiConfig, Config, HistoryConfig, MigrationConfig, RaftConfig, Role, TokenConfig,
@@ -106,6 +107,7 @@ pub struct Settings {
     pub api: ApiConfig,
     pub history: HistoryConfig,
     pub migration: MigrationConfig,
+    pub ha: HaConfig,
     /// How long the simulated hypervisor takes to move a guest.
     pub sim_transfer_ms: u64,
     pub sim_freeze_ms: u64,
@@ -141,6 +143,7 @@ impl Default for Settings {
             api: ApiConfig::default(),
             history: HistoryConfig::default(),
             migration: MigrationConfig::default(),
+            ha: HaConfig::default(),
             sim_transfer_ms: 3000,
             sim_freeze_ms: 120,
             report_interval_ms: 1000,
@@ -290,6 +293,7 @@ impl Cluster {
             api: self.settings.api.clone(),
             history: self.settings.history.clone(),
             migration: self.settings.migration.clone(),
+            ha: self.settings.ha.clone(),
         };
         config.validate()?;
         let path = dir.join("coordinator.toml");
@@ -608,11 +612,24 @@ impl Drop for Cluster {
 impl AgentProc {
     /// Writes the agent's config (endpoints of the coordinators `ids`); not started.
     pub fn configure(cluster: &Cluster, host: &str, token: &str, ids: &[u64]) -> anyhow::Result<AgentProc> {
+        let endpoints = ids.iter().map(|id| cluster.node(*id).api_addr.clone()).collect();
+        AgentProc::configure_with(cluster, host, token, endpoints, None)
+    }
+
+    /// Writes the agent's config with these endpoints (a test's proxies, say) and watchdog.
+    pub fn configure_with(
+        cluster: &Cluster,
+        host: &str,
+        token: &str,
+        endpoints: Vec<String>,
+        watchdog: Option<WatchdogConfig>,
+    ) -> anyhow::Result<AgentProc> {
         let dir = cluster.dir.join(format!("agent-{host}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let config = AgentConfig {
             host: Name::new(host).context("agent host name")?,
-            endpoints: ids.iter().map(|id| cluster.node(*id).api_addr.clone()).collect(),
+            endpoints,
+            watchdog,
             token: token.to_string(),
             data_dir: dir.join("data"),
             report_interval_ms: cluster.settings.report_interval_ms,

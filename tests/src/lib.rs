@@ -2,3 +2,5 @@
 
 pub mod fake_platform;
 pub mod fixtures;
+pub mod proxy;
+pub mod watchdog;

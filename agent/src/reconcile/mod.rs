@@ -45,6 +45,7 @@ use switchyard_protocol::api::{Drift, PendingChange};
 use switchyard_protocol::{FencingToken, Guest, GuestSpec, Name, Package, Revision, RunState};
 
 use crate::driver::{Observed, SwitchingState, VmState};
+use crate::lease::Fence;
 
 pub mod runtime;
 
@@ -76,6 +77,9 @@ pub enum Input {
     ObservedSwitching(BTreeMap<Name, SwitchingState>),
     /// An effect ended.
     Done { effect: Effect, result: Result<(), String> },
+    /// This host's lease ([`crate::lease`]): packaged guests start only while it is held, and
+    /// are stopped hard once it is lost.
+    Fence(Fence),
 }
 
 /// What to do to one guest on this host.
@@ -143,6 +147,7 @@ pub struct Reconciler {
     /// (killed, crashed, stopped at the console) and not started again since: starting them
     /// is a repair, whichever input the start is decided on.
     went_down: BTreeSet<Name>,
+    fence: Fence,
 }
 
 impl Reconciler {
@@ -163,7 +168,23 @@ impl Reconciler {
             switching_in_progress: BTreeMap::new(),
             switching_failed: BTreeMap::new(),
             went_down: BTreeSet::new(),
+            fence: Fence::Unknown,
         }
+    }
+
+    /// Whether the guest runs here, as last observed.
+    pub fn runs(&self, name: &Name) -> bool {
+        self.observed.as_ref().and_then(|o| o.get(name)).is_some_and(|o| o.state == VmState::Running)
+    }
+
+    /// Whether a packaged guest runs here or is to run here: what the host's watchdog guards.
+    pub fn protects(&self) -> bool {
+        let packaged = |name: &Name| self.desired.get(name).is_some_and(|d| d.guest.spec.package.is_some());
+        let to_run = self.desired.values().any(|d| {
+            d.guest.spec.package.is_some() && d.guest.owner == self.host && d.guest.run_state == RunState::Running
+        });
+        let running = self.observed.as_ref().is_some_and(|o| o.values().any(|o| o.state.is_live() && packaged(&o.name)));
+        to_run || running
     }
 
     /// Takes one input; returns the effects to perform now, in the order of the log changes
@@ -252,6 +273,10 @@ impl Reconciler {
             }
             Input::MigrationsKnown => {
                 self.migrations_known = true;
+                self.all_names()
+            }
+            Input::Fence(fence) => {
+                self.fence = fence;
                 self.all_names()
             }
             Input::Migrating { name, in_flight } => {
@@ -430,6 +455,12 @@ impl Reconciler {
         if !migrating && !here && exists {
             return Some((Action::Stop { hard: true }, format!("the log says {} runs on {}", name, g.owner)));
         }
+        // Self-fencing: with the lease lost the cluster may start a packaged guest elsewhere,
+        // so no copy of one stays here, whatever else is under way (a migration's included).
+        let packaged = g.spec.package.is_some();
+        if packaged && exists && self.fence == Fence::Lost {
+            return Some((Action::Stop { hard: true }, "self-fencing: this host's lease is lost".into()));
+        }
         let defined = o.and_then(|o| o.defined.as_ref());
         if defined.is_none_or(|(spec, version)| spec != &g.spec || *version != Some(g.version)) {
             let why = match defined {
@@ -447,6 +478,10 @@ impl Reconciler {
         match (g.run_state, &state) {
             (RunState::Running, VmState::Running) => None,
             (RunState::Running, VmState::ShutOff) => {
+                if packaged && self.fence != Fence::Held {
+                    // Started only under a lease: without one it may run elsewhere.
+                    return None;
+                }
                 if self.started.get(name).is_some_and(|t| t.revision > d.token.revision) {
                     // A start already used a newer order: this view of the log is older.
                     return None;

@@ -14,12 +14,15 @@ use std::time::Duration;
 
 use switchyard_client::Client;
 use switchyard_protocol::api::PackageQuery;
-use switchyard_protocol::api::{GuestDrift, HypervisorReport, RepairRequest, HYPERVISOR_REPORT_GUESTS_MAX};
+use switchyard_protocol::api::{
+    FailoverReportRequest, GuestDrift, HypervisorReport, RepairRequest, HYPERVISOR_REPORT_GUESTS_MAX,
+};
 use switchyard_protocol::{FencingToken, Guest, Name, Package, Revision, RunState};
 use tokio::sync::{mpsc, watch};
 
 use super::{Action, Effect, Input, Reconciler};
 use crate::driver::HypervisorDriver;
+use crate::lease::{Fence, Lease};
 use crate::store::AgentStore;
 
 /// What the daemon and the migration worker tell the runtime.
@@ -50,6 +53,14 @@ pub enum Feed {
         name: Name,
         revision: Revision,
     },
+    /// This host's lease changed ([`crate::lease`]).
+    Fence(Fence),
+    /// The log asks this host to start a failed host's guest (`FailoverStarted`, whose token
+    /// this is): say how the start went once it did.
+    Failover {
+        guest: Name,
+        token: FencingToken,
+    },
 }
 
 pub struct Runtime {
@@ -58,6 +69,10 @@ pub struct Runtime {
     pub client: Client,
     pub store: Arc<AgentStore>,
     pub interval: Duration,
+    /// This host's lease, checked again right before a packaged guest starts.
+    pub lease: watch::Receiver<Lease>,
+    /// Whether a packaged guest runs or is to run here (what the watchdog guards).
+    pub protects: watch::Sender<bool>,
 }
 
 impl Runtime {
@@ -85,6 +100,8 @@ impl Runtime {
         let mut repairs = 0u64;
         // Repairs under way, to record in the log once they succeed.
         let mut repairing: BTreeMap<Name, Action> = BTreeMap::new();
+        // Failovers this host is asked to carry out, until it reported how they went.
+        let mut failovers: BTreeMap<Name, FencingToken> = BTreeMap::new();
         loop {
             let (input, repair) = tokio::select! {
                 f = feed.recv() => match f {
@@ -96,6 +113,15 @@ impl Runtime {
                                     let _ = tx.send(input);
                                 }
                             });
+                        }
+                        continue;
+                    }
+                    Some(Feed::Failover { guest, token }) => {
+                        failovers.insert(guest.clone(), token);
+                        // Already running here (started on an earlier order): done.
+                        if r.runs(&guest) {
+                            failovers.remove(&guest);
+                            self.report_failover(guest, token, None);
                         }
                         continue;
                     }
@@ -121,6 +147,13 @@ impl Runtime {
                     if let (Ok(()), Action::Start { .. }) = (&result, &effect.action) {
                         if let Err(e) = self.store.put_started(r.started()) {
                             tracing::error!(%e, "cannot record the start token");
+                        }
+                    }
+                    if let (Action::Start { token }, Some(wanted)) = (&effect.action, failovers.get(&effect.guest).copied()) {
+                        // By revision: after a re-sync the agent knows its guests' revisions only.
+                        if token.revision == wanted.revision {
+                            failovers.remove(&effect.guest);
+                            self.report_failover(effect.guest.clone(), wanted, result.clone().err());
                         }
                     }
                     if repairing.get(&effect.guest) == Some(&effect.action) {
@@ -164,6 +197,7 @@ impl Runtime {
                 }
             };
             let effects = r.step(input);
+            self.protects.send_if_modified(|p| std::mem::replace(p, r.protects()) != *p);
             if repair {
                 // The report is the last reading of the hypervisor (what differed then, before
                 // the repairs it triggers), so a drift is visible for one interval at least.
@@ -211,12 +245,36 @@ impl Runtime {
         });
     }
 
+    /// Commits how a failover's start went (retried with one request id while the cluster has
+    /// no leader). A refusal means the failover moved on (another node, or over): only logged.
+    fn report_failover(&self, guest: Name, token: FencingToken, error: Option<String>) {
+        let req = FailoverReportRequest {
+            guest,
+            token,
+            error: error.map(|e| e.chars().take(500).collect()),
+            request_id: Some(switchyard_client::new_request_id()),
+        };
+        let (client, host) = (self.client.clone().retrying_writes(Duration::from_secs(60)), self.host.clone());
+        tokio::spawn(async move {
+            match client.report_failover(&host, &req).await {
+                Ok(_) => tracing::info!(guest = %req.guest, %token, started = req.error.is_none(), "failover reported"),
+                Err(e) => tracing::warn!(guest = %req.guest, %e, "cannot report the failover to the log"),
+            }
+        });
+    }
+
     fn perform(&self, e: Effect, done: mpsc::UnboundedSender<(Effect, Result<(), String>)>) {
         let (driver, client, host) = (self.driver.clone(), self.client.clone(), self.host.clone());
+        let lease = self.lease.clone();
         tokio::spawn(async move {
             let result = async {
                 if let Action::Start { token } = &e.action {
-                    check_order(&client, &host, &e.guest, *token).await?;
+                    let packaged = check_order(&client, &host, &e.guest, *token).await?;
+                    // The plan saw the lease held; it must still hold with room for the start.
+                    let left = lease.borrow().remaining(std::time::Instant::now());
+                    if packaged && left < START_LEASE_MIN {
+                        return Err(format!("not starting: this host's lease holds for {} ms only", left.as_millis()));
+                    }
                 }
                 let effect = e.clone();
                 tokio::task::spawn_blocking(move || {
@@ -247,8 +305,12 @@ impl Runtime {
     }
 }
 
-/// A start happens only on the order the log holds now (read linearizably).
-async fn check_order(client: &Client, host: &Name, guest: &Name, token: FencingToken) -> Result<(), String> {
+/// How long the lease must still hold when a packaged guest starts.
+const START_LEASE_MIN: Duration = Duration::from_millis(500);
+
+/// A start happens only on the order the log holds now (read linearizably). Answers whether
+/// the guest is in a package.
+async fn check_order(client: &Client, host: &Name, guest: &Name, token: FencingToken) -> Result<bool, String> {
     let view = client.guest(guest).await.map_err(|e| format!("cannot confirm the order with the log: {e}"))?.items;
     let g = &view.guest;
     if g.version != token.revision || g.owner != *host || g.run_state != RunState::Running {
@@ -260,7 +322,7 @@ async fn check_order(client: &Client, host: &Name, guest: &Name, token: FencingT
     if let Some(m) = &view.migration {
         return Err(format!("migration {} of the guest is in flight", m.id));
     }
-    Ok(())
+    Ok(g.spec.package.is_some())
 }
 
 fn to_input(f: Feed) -> Input {
@@ -280,7 +342,8 @@ fn to_input(f: Feed) -> Input {
         },
         Feed::Migrating { name, in_flight } => Input::Migrating { name, in_flight },
         Feed::MigrationsKnown => Input::MigrationsKnown,
-        Feed::Package { .. } => unreachable!("read from the log by the runtime"),
+        Feed::Fence(fence) => Input::Fence(fence),
+        Feed::Package { .. } | Feed::Failover { .. } => unreachable!("handled by the runtime"),
     }
 }
 

@@ -19,7 +19,7 @@ pub(super) fn host_views<'a>(s: &Api, st: &ClusterState, hosts: impl Iterator<It
     hosts
         .map(|h| HostView {
             host: h.clone(),
-            state: h.state(),
+            state: st.host_state(h),
             sync: digest.map(|d| s.node.liveness.sync(h, st, d, timeout)),
         })
         .collect()
@@ -55,8 +55,15 @@ pub(super) async fn report(
     if !s.node.is_leader() {
         return Err(s.node.not_leader().into());
     }
+    // The report renews the host's lease only once a quorum has confirmed this node still
+    // leads: a deposed leader that has not noticed yet must not extend a lease the new leader
+    // does not know of (the timing argument in ARCHITECTURE.md, "Failover and fencing").
+    s.node.read_barrier(false).await?;
     s.node.liveness.record(&host, &r);
-    Ok(Json(ReportRecorded { recorded: host }))
+    let ha = &s.node.config.ha;
+    let failed = s.node.sm.read(|st| st.host_failure(&host).is_some());
+    let lease = LeaseGrant { fence_after_ms: ha.lease_ms - ha.fence_margin_ms, failed };
+    Ok(Json(ReportRecorded { recorded: host, lease: Some(lease) }))
 }
 
 #[utoipa::path(post, path = "/v1/hosts/{name}/repairs", tag = "hosts", params(("name" = String, Path, description = "The agent's own host")), request_body = RepairRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
@@ -75,11 +82,61 @@ pub(super) async fn record_repair(
     submit(&s, &c, rid.as_deref(), (host, r)).await
 }
 
+/// A failover target's agent reports how its attempt to start the guest ended.
+#[utoipa::path(post, path = "/v1/hosts/{name}/failovers", tag = "hosts", params(("name" = String, Path, description = "The agent's own host")), request_body = FailoverReportRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn report_failover(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let host = name(&n)?;
+    if c.role == Role::Agent {
+        own_host(&c, &host, "report failovers")?;
+    }
+    let r: FailoverReportRequest = body(&raw)?;
+    let rid = r.request_id.clone();
+    submit(&s, &c, rid.as_deref(), (host, r)).await
+}
+
+/// Failed hosts, failovers in flight, and the guests of failed hosts left down, with why.
+#[utoipa::path(get, path = "/v1/ha", tag = "hosts", params(ReadParams), responses((status = 200, body = Read<HaStatus>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn ha_status(State(s): S, q: Q<ReadParams>) -> Result<Json<Read<HaStatus>>, ApiError> {
+    read_simple(&s, q, |st| Ok(ha_status_of(st))).await
+}
+
+fn ha_status_of(st: &ClusterState) -> HaStatus {
+    let mut status = HaStatus::default();
+    for h in st.hosts() {
+        if let Some(f) = st.host_failure(&h.spec.name) {
+            status.failed_hosts.push(FailedHost { host: h.spec.name.clone(), failure: f.clone() });
+        }
+    }
+    status.failovers = st.failovers().cloned().collect();
+    for g in st.guests() {
+        if st.host_failure(&g.owner).is_none() || st.failover(&g.name).is_some() {
+            continue;
+        }
+        let why = switchyard_protocol::ha::unprotected(st, g).unwrap_or_else(|| {
+            if let Some(m) = st.in_flight(&g.name) {
+                return format!("waiting for migration {} to end", m.id);
+            }
+            let p = g.spec.package.as_ref().and_then(|p| st.package(p)).expect("a protected guest has a package");
+            match switchyard_protocol::ha::choose(st, g, p, &[]) {
+                Ok((to, _)) => format!("failover to {to} about to start"),
+                Err(why) => why,
+            }
+        });
+        status.down.push(DownGuest { guest: g.name.clone(), host: g.owner.clone(), why });
+    }
+    status
+}
+
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", params(HostQuery), responses((status = 200, description = "One page; `next_after` names the next", body = Read<Vec<HostView>>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn list(State(s): S, q: Q<HostQuery>) -> Result<Json<Read<Vec<HostView>>>, ApiError> {
     let q = query(q)?;
     read_page(&s, q.stale, |st| {
-        let hosts = st.hosts_after(q.after.as_ref()).filter(|h| q.state.is_none_or(|want| h.state() == want));
+        let hosts = st.hosts_after(q.after.as_ref()).filter(|h| q.state.is_none_or(|want| st.host_state(h) == want));
         let (hosts, next) = page(hosts, q.limit, |h| &h.spec.name)?;
         Ok((host_views(&s, st, hosts.into_iter()), next))
     })

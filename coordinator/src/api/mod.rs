@@ -106,11 +106,14 @@ fn routes() -> (Router<Arc<Api>>, Router<Arc<Api>>, utoipa::openapi::OpenApi) {
         .routes(routes!(hosts::set_maintenance))
         .routes(routes!(hosts::report))
         .routes(routes!(hosts::record_repair))
+        .routes(routes!(hosts::report_failover))
+        .routes(routes!(hosts::ha_status))
         .routes(routes!(guests::list, guests::create))
         .routes(routes!(guests::show, guests::modify, guests::remove))
         .routes(routes!(packages::list))
         .routes(routes!(packages::show))
         .routes(routes!(packages::set_switching))
+        .routes(routes!(packages::modify))
         .routes(routes!(migrations::list, migrations::request))
         .routes(routes!(migrations::show))
         .routes(routes!(migrations::abort))
@@ -154,10 +157,10 @@ fn allowed(role: Role, method: &Method, path: &str) -> bool {
         Role::Agent => {
             let report =
                 (path.starts_with("/v1/hosts/") || path.starts_with("/v1/migrations/")) && path.ends_with("/report");
-            let repair = path.starts_with("/v1/hosts/") && path.ends_with("/repairs");
+            let repair = path.starts_with("/v1/hosts/") && (path.ends_with("/repairs") || path.ends_with("/failovers"));
             (method == Method::POST && (report || repair))
                 || read
-                    && ["/v1/hosts", "/v1/guests", "/v1/packages", "/v1/events", "/v1/state", "/v1/migrations"]
+                    && ["/v1/hosts", "/v1/guests", "/v1/packages", "/v1/events", "/v1/state", "/v1/migrations", "/v1/ha"]
                         .iter()
                         .any(|p| path == *p || path.starts_with(&format!("{p}/")))
         }

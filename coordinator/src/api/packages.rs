@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use switchyard_protocol::api::*;
-use switchyard_protocol::{Package, Rejection};
+use switchyard_protocol::{ha, Package, Rejection};
 
 use super::{body, name, page, query, read_page, read_simple, submit, ApiError, Caller, Q, S};
 
@@ -19,17 +19,34 @@ pub(super) async fn list(State(s): S, q: Q<PackageQuery>) -> Result<Json<Read<Ve
     .await
 }
 
-#[utoipa::path(get, path = "/v1/packages/{name}", tag = "packages", params(("name" = String, Path), ReadParams), responses((status = 200, body = Read<Package>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+/// A package with the nodes it could fail over to now and why each other node is excluded.
+#[utoipa::path(get, path = "/v1/packages/{name}", tag = "packages", params(("name" = String, Path), ReadParams), responses((status = 200, body = Read<PackageView>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn show(
     State(s): S,
     Path(n): Path<String>,
     q: Q<ReadParams>,
-) -> Result<Json<Read<Package>>, ApiError> {
+) -> Result<Json<Read<PackageView>>, ApiError> {
     let n = name(&n)?;
     read_simple(&s, q, |st| {
-        st.package(&n).cloned().ok_or(ApiError::Rejected(Rejection::UnknownPackage { package: n.clone() }))
+        let package =
+            st.package(&n).cloned().ok_or(ApiError::Rejected(Rejection::UnknownPackage { package: n.clone() }))?;
+        let guest = st.guest(&package.guest).expect("a package's guest exists");
+        let candidates = ha::candidates(st, guest, &package, &[]);
+        Ok(PackageView { owner: guest.owner.clone(), failover: st.failover(&package.guest).cloned(), package, candidates })
     })
     .await
+}
+
+#[utoipa::path(post, path = "/v1/packages/{name}", tag = "packages", params(("name" = String, Path)), request_body = ModifyPackageRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn modify(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let r: ModifyPackageRequest = body(&raw)?;
+    let rid = r.request_id.clone();
+    submit(&s, &c, rid.as_deref(), (name(&n)?, r)).await
 }
 
 #[utoipa::path(post, path = "/v1/packages/{name}/switching", tag = "packages", params(("name" = String, Path)), request_body = SwitchingRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]

@@ -2,4 +2,5 @@
 //! from the committed state (and what agents reported) and changes nothing but by proposals.
 
 pub mod driver;
+pub mod failover;
 pub mod liveness;

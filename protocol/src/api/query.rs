@@ -213,4 +213,19 @@ pub struct SnapshotBuilt {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportRecorded {
     pub recorded: Name,
+    /// The lease this report renewed, when the leader confirmed its leadership before answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseGrant>,
+}
+
+/// A renewed host lease, as the agent must keep it (see the coordinator's `ha` configuration).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// The agent fences itself (stops its packaged guests hard) once this long has passed since
+    /// it sent the renewal, unless a later renewal was acknowledged.
+    pub fence_after_ms: u64,
+    /// The log says the host failed: its packaged guests may be running elsewhere, so the agent
+    /// keeps them stopped until the leader readmits the host (`HostRecovered`).
+    pub failed: bool,
 }

@@ -38,6 +38,8 @@ write_request!(
     RegisterHostRequest,
     MaintenanceRequest,
     RepairRequest,
+    FailoverReportRequest,
+    ModifyPackageRequest,
     CreateGuestRequest,
     ModifyGuestRequest,
     RemoveGuestParams,
@@ -73,6 +75,26 @@ impl From<(Name, MaintenanceRequest)> for Command {
 impl From<(Name, RepairRequest)> for Command {
     fn from((host, r): (Name, RepairRequest)) -> Command {
         Command::RecordRepair { host, guest: r.guest, action: r.action, reason: r.reason }
+    }
+}
+
+impl From<(Name, FailoverReportRequest)> for Command {
+    fn from((host, r): (Name, FailoverReportRequest)) -> Command {
+        match r.error {
+            None => Command::CompleteFailover { guest: r.guest, host, token: r.token },
+            Some(reason) => Command::FailFailoverAttempt { guest: r.guest, host, token: r.token, reason },
+        }
+    }
+}
+
+impl From<(Name, ModifyPackageRequest)> for Command {
+    fn from((package, r): (Name, ModifyPackageRequest)) -> Command {
+        Command::ModifyPackage {
+            package,
+            nodes: r.nodes,
+            failover_policy: r.failover_policy,
+            failback_policy: r.failback_policy,
+        }
     }
 }
 

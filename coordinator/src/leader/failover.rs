@@ -1,0 +1,121 @@
+//! The failover driver: on the leader, turns host failures into failovers, one log commit per
+//! step, so a leader killed at any point leaves a saga the next leader resumes from the log.
+//!
+//! - A guest owned by a failed host, running, with its package's switching enabled, and with no
+//!   migration in flight: `StartFailover` to the node its package's policy picks
+//!   ([`switchyard_protocol::ha::choose`]). With no eligible node the guest waits, down, until
+//!   one becomes eligible (`ha status` says why).
+//! - The target's agent commits `CompleteFailover` once the guest runs there, or
+//!   `FailFailoverAttempt`. The driver fails an attempt itself when the target fails too, or
+//!   when it has not started the guest within `ha.start_timeout_ms` (by this leader's clock,
+//!   from when it first saw the attempt).
+//! - A failed attempt goes to the next eligible node; when none is left, `AbandonFailover`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use switchyard_protocol::ha;
+use switchyard_protocol::limits::TEXT_LEN_MAX;
+use switchyard_protocol::{ClusterState, Command, FencingToken, Name};
+
+use crate::node::Node;
+
+/// Runs on every coordinator; acts only while it is the leader.
+pub async fn run(s: Arc<Node>) {
+    let mut revision = s.sm.watch_revision();
+    let mut metrics = s.raft.metrics();
+    // When this leader first saw each attempt (the start timeout's origin).
+    let mut seen: HashMap<FencingToken, Instant> = HashMap::new();
+    let timeout = Duration::from_millis(s.config.ha.start_timeout_ms);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            r = revision.changed() => if r.is_err() { return },
+            m = metrics.changed() => if m.is_err() { return },
+        }
+        if metrics.borrow().state != ServerState::Leader {
+            seen.clear();
+            continue;
+        }
+        if s.sm.read(|st| st.importing().is_some()) {
+            continue;
+        }
+        let commands = s.sm.read(|st| {
+            seen.retain(|token, _| st.failovers().any(|f| f.token == *token));
+            plan(st, &mut seen, timeout)
+        });
+        for (guest, command) in commands {
+            let kind = command.kind();
+            match s.propose(s.clock().request_id(), format!("failover:{}", s.id), command).await {
+                Ok(Ok(_)) => tracing::info!(%guest, kind, "failover step committed"),
+                Ok(Err(r)) => tracing::debug!(%guest, kind, %r, "failover step refused"),
+                Err(e) => {
+                    tracing::debug!(%guest, kind, %e, "failover step not committed; will retry");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The next step of every failover the state calls for.
+fn plan(st: &ClusterState, seen: &mut HashMap<FencingToken, Instant>, timeout: Duration) -> Vec<(Name, Command)> {
+    let mut out = Vec::new();
+    // Attempts under way: end those whose target failed or that took too long; go on from
+    // those that failed.
+    for f in st.failovers() {
+        let guest = f.guest.clone();
+        if f.attempt_failed.is_some() {
+            let (Some(g), Some(p)) = (st.guest(&f.guest), st.package(&f.package)) else { continue };
+            let mut tried: Vec<Name> = f.tried.iter().map(|(h, _)| h.clone()).collect();
+            tried.push(f.target.clone());
+            out.push(match ha::choose(st, g, p, &tried) {
+                Ok((to, _)) => (guest, Command::StartFailover { guest: f.guest.clone(), to }),
+                Err(why) => (guest, Command::AbandonFailover { guest: f.guest.clone(), reason: clip(why) }),
+            });
+            continue;
+        }
+        let since = *seen.entry(f.token).or_insert_with(Instant::now);
+        let reason = if let Some(failure) = st.host_failure(&f.target) {
+            Some(format!("target {} failed at revision {}", f.target, failure.revision))
+        } else if since.elapsed() > timeout {
+            Some(format!("target {} did not start the guest within {} ms", f.target, timeout.as_millis()))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            let command =
+                Command::FailFailoverAttempt { guest: f.guest.clone(), host: f.target.clone(), token: f.token, reason };
+            out.push((guest, command));
+        }
+    }
+    // Guests of failed hosts that no failover holds yet.
+    for g in st.guests() {
+        if st.host_failure(&g.owner).is_none() || st.failover(&g.name).is_some() || st.in_flight(&g.name).is_some() {
+            continue;
+        }
+        if ha::unprotected(st, g).is_some() {
+            continue;
+        }
+        let Some(p) = g.spec.package.as_ref().and_then(|p| st.package(p)) else { continue };
+        if let Ok((to, _)) = ha::choose(st, g, p, &[]) {
+            out.push((g.name.clone(), Command::StartFailover { guest: g.name.clone(), to }));
+        }
+    }
+    out
+}
+
+/// A reason cut to what the log accepts.
+fn clip(mut s: String) -> String {
+    if s.len() > TEXT_LEN_MAX {
+        let mut end = TEXT_LEN_MAX - 3;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}

@@ -1,0 +1,183 @@
+//! Host failure detection and failover as log commits: who may be declared failed, which node a
+//! failover may start a guest on, and the saga's steps (start, attempt failed, next node,
+//! completed or abandoned).
+mod common;
+use common::*;
+use switchyard_protocol::ha;
+use switchyard_protocol::*;
+
+/// The standard world with h1, h2 and small under failure detection (h3 never reported).
+fn world() -> World {
+    let mut w = World::standard();
+    for h in ["h1", "h2", "small"] {
+        w.ok(Command::AdmitHost { host: n(h) });
+    }
+    w
+}
+
+fn fail(w: &mut World, host: &str) {
+    w.ok(Command::DeclareHostFailed { host: n(host), evidence: "lease expired 1200 ms ago".into() });
+}
+
+#[test]
+fn only_live_members_can_be_declared_failed_and_recover_by_admission() {
+    let mut w = world();
+    assert_eq!(w.reject(Command::DeclareHostFailed { host: n("h3"), evidence: "x".into() }).code(), "invalid_argument");
+    assert_eq!(w.reject(Command::AdmitHost { host: n("h1") }).code(), "invalid_argument");
+    fail(&mut w, "h1");
+    let h1 = w.state.host(&n("h1")).unwrap().clone();
+    assert_eq!(w.state.host_state(&h1), HostState::Failed);
+    assert_eq!(w.reject(Command::DeclareHostFailed { host: n("h1"), evidence: "x".into() }).code(), "invalid_argument");
+    // No migration to or from a failed host.
+    let refused = w.reject(Command::RequestMigration {
+        guest: n("g1"),
+        source: n("h1"),
+        target: n("h2"),
+        kind: MigrationKind::Online,
+        reason: None,
+    });
+    assert_eq!(refused.code(), "host_not_active");
+    let (_, events) = w.ok(Command::AdmitHost { host: n("h1") });
+    assert!(matches!(events[0].payload, EventPayload::HostRecovered { .. }));
+    let h1 = w.state.host(&n("h1")).unwrap().clone();
+    assert_eq!(w.state.host_state(&h1), HostState::Active);
+}
+
+#[test]
+fn a_failover_moves_the_owner_and_is_fenced_by_its_token() {
+    let mut w = world();
+    // Not before the host failed.
+    assert_eq!(w.reject(Command::StartFailover { guest: n("g1"), to: n("h2") }).code(), "failover_refused");
+    fail(&mut w, "h1");
+    let g1 = w.guest("g1").clone();
+    let p1 = w.package("p1").clone();
+    let (to, why) = ha::choose(&w.state, &g1, &p1, &[]).unwrap();
+    assert_eq!(to, n("h2"), "{why}");
+    // h3 never reported, small lacks the memory, h1 failed: each excluded with a reason.
+    let c = ha::candidates(&w.state, &g1, &p1, &[]);
+    let excluded = |h: &str| c.iter().find(|c| c.host == n(h)).unwrap().excluded.clone();
+    assert!(excluded("h1").unwrap().contains("failed"));
+    assert!(excluded("h3").unwrap().contains("never reported"));
+    assert!(excluded("small").unwrap().contains("capacity"));
+    assert_eq!(excluded("h2"), None);
+    // An unprotected guest (no package) is not failed over; an ineligible node is refused.
+    assert_eq!(w.reject(Command::StartFailover { guest: n("g2"), to: n("h2") }).code(), "failover_refused");
+    assert_eq!(w.reject(Command::StartFailover { guest: n("g1"), to: n("h3") }).code(), "failover_refused");
+
+    let (_, events) = w.ok(Command::StartFailover { guest: n("g1"), to: n("h2") });
+    let token = events[0].token();
+    assert_eq!(w.guest("g1").owner, n("h2"));
+    assert_eq!(w.guest("g1").version, token.revision, "agents see an owner change");
+    assert_eq!(w.state.failover(&n("g1")).unwrap().token, token);
+    // A second start while the attempt runs, a migration, or a report with another token: refused.
+    assert_eq!(w.reject(Command::StartFailover { guest: n("g1"), to: n("h2") }).code(), "failover_refused");
+    let stale = FencingToken { term: token.term, revision: token.revision - 1 };
+    let refused = w.reject(Command::CompleteFailover { guest: n("g1"), host: n("h2"), token: stale });
+    assert_eq!(refused.code(), "failover_refused");
+    let refused = w.reject(Command::CompleteFailover { guest: n("g1"), host: n("small"), token });
+    assert_eq!(refused.code(), "failover_refused");
+    w.ok(Command::CompleteFailover { guest: n("g1"), host: n("h2"), token });
+    assert!(w.state.failover(&n("g1")).is_none());
+    // h1's return does not bring the guest back: the log says h2 owns it.
+    w.ok(Command::AdmitHost { host: n("h1") });
+    assert_eq!(w.guest("g1").owner, n("h2"));
+}
+
+#[test]
+fn a_failed_attempt_goes_to_the_next_node_and_an_exhausted_list_abandons() {
+    let mut w = world();
+    w.ok(Command::ModifyPackage {
+        package: n("p1"),
+        nodes: Some(vec![n("h1"), n("h2"), n("small")]),
+        failover_policy: None,
+        failback_policy: None,
+    });
+    // Small enough for every node.
+    w.ok(Command::ModifyGuest {
+        name: n("g1"),
+        patch: GuestPatch { vcpus: Some(1), memory_mib: Some(512), ..Default::default() },
+        expect_version: None,
+    });
+    fail(&mut w, "h1");
+    let (_, events) = w.ok(Command::StartFailover { guest: n("g1"), to: n("h2") });
+    let token = events[0].token();
+    w.ok(Command::FailFailoverAttempt { guest: n("g1"), host: n("h2"), token, reason: "start failed".into() });
+    let g1 = w.guest("g1").clone();
+    let p1 = w.package("p1").clone();
+    let tried = vec![n("h2")];
+    assert_eq!(ha::choose(&w.state, &g1, &p1, &tried).unwrap().0, n("small"));
+    // The tried node is refused, the next one accepted; the history keeps why h2 ended.
+    assert_eq!(w.reject(Command::StartFailover { guest: n("g1"), to: n("h2") }).code(), "failover_refused");
+    let (_, events) = w.ok(Command::StartFailover { guest: n("g1"), to: n("small") });
+    match &events[0].payload {
+        EventPayload::FailoverStarted { from, failed_host, .. } => {
+            assert_eq!((from, failed_host), (&n("h2"), &n("h1")));
+        }
+        other => panic!("{other:?}"),
+    }
+    let f = w.state.failover(&n("g1")).unwrap().clone();
+    assert_eq!(f.tried, vec![(n("h2"), "start failed".to_string())]);
+    w.ok(Command::FailFailoverAttempt { guest: n("g1"), host: n("small"), token: f.token, reason: "timed out".into() });
+    let g1 = w.guest("g1").clone();
+    let why = ha::choose(&w.state, &g1, &p1, &[n("h2"), n("small")]).unwrap_err();
+    assert!(why.contains("no eligible node"), "{why}");
+    w.ok(Command::AbandonFailover { guest: n("g1"), reason: why });
+    assert!(w.state.failover(&n("g1")).is_none());
+}
+
+#[test]
+fn min_package_node_spreads_packages_and_per_node_switching_excludes() {
+    let mut w = World::empty();
+    for h in ["a", "b", "c"] {
+        w.ok(Command::RegisterHost(host_spec(h, 16, 65536, "ia64")));
+        w.ok(Command::AdmitHost { host: n(h) });
+    }
+    // b already runs a package; c runs none.
+    for (g, owner, p) in [("g1", "a", "p1"), ("g2", "b", "p2")] {
+        w.ok(Command::CreateGuest {
+            name: n(g),
+            spec: guest_spec(1, 512, Some(p)),
+            owner: n(owner),
+            run_state: RunState::Running,
+        });
+    }
+    fail(&mut w, "a");
+    let g1 = w.guest("g1").clone();
+    let p1 = w.package("p1").clone();
+    assert_eq!(ha::choose(&w.state, &g1, &p1, &[]).unwrap().0, n("b"), "configured_node: list order");
+    w.ok(Command::ModifyPackage {
+        package: n("p1"),
+        nodes: None,
+        failover_policy: Some(FailoverPolicy::MinPackageNode),
+        failback_policy: Some(FailbackPolicy::Automatic),
+    });
+    let p1 = w.package("p1").clone();
+    assert_eq!(ha::choose(&w.state, &g1, &p1, &[]).unwrap().0, n("c"), "min_package_node: fewest packages");
+    w.ok(Command::SetPackageSwitching { package: n("p1"), node: Some(n("c")), enabled: false, reason: None });
+    let p1 = w.package("p1").clone();
+    assert_eq!(ha::choose(&w.state, &g1, &p1, &[]).unwrap().0, n("b"));
+    // Global switching disabled: not protected at all.
+    w.ok(Command::SetPackageSwitching { package: n("p1"), node: None, enabled: false, reason: Some("test".into()) });
+    assert!(ha::unprotected(&w.state, &g1).unwrap().contains("switching disabled"));
+    assert_eq!(w.reject(Command::StartFailover { guest: n("g1"), to: n("b") }).code(), "failover_refused");
+}
+
+#[test]
+fn package_modify_checks_its_node_list() {
+    let mut w = world();
+    let modify = |nodes: Vec<&str>| Command::ModifyPackage {
+        package: n("p1"),
+        nodes: Some(nodes.into_iter().map(n).collect()),
+        failover_policy: None,
+        failback_policy: None,
+    };
+    assert_eq!(w.reject(modify(vec!["h1", "nohost"])).code(), "unknown_host");
+    assert_eq!(w.reject(modify(vec!["h1", "h1"])).code(), "invalid_argument");
+    let none = Command::ModifyPackage { package: n("p1"), nodes: None, failover_policy: None, failback_policy: None };
+    assert_eq!(w.reject(none).code(), "invalid_argument");
+    let unknown =
+        Command::ModifyPackage { package: n("nope"), nodes: Some(vec![]), failover_policy: None, failback_policy: None };
+    assert_eq!(w.reject(unknown).code(), "unknown_package");
+    w.ok(modify(vec!["h2", "h1"]));
+    assert_eq!(w.package("p1").nodes, vec![n("h2"), n("h1")]);
+}
