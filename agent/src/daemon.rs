@@ -19,10 +19,10 @@ use tokio::sync::watch;
 
 use crate::driver::{DriverConfig, HypervisorDriver};
 use crate::lease::{Fence, Lease};
-use crate::watchdog::{Watchdog, WatchdogConfig};
 use crate::migrations::{Input, Worker};
 use crate::reconcile::runtime::{Feed, Runtime};
 use crate::store::AgentStore;
+use crate::watchdog::{Watchdog, WatchdogConfig};
 
 /// How often the staged guest files and the cursor are made durable while events stream in
 /// (one group commit, see [`AgentStore`]).

@@ -90,14 +90,7 @@ struct Row {
 }
 
 async fn history(ctx: &Ctx, guest: Option<Name>) -> Out {
-    let q = EventQuery {
-        from: 1,
-        follow: false,
-        guest: None,
-        host: None,
-        kind: Some("ha".into()),
-        cluster: None,
-    };
+    let q = EventQuery { from: 1, follow: false, guest: None, host: None, kind: Some("ha".into()), cluster: None };
     let mut lost: BTreeMap<String, Timestamp> = BTreeMap::new();
     let mut open: BTreeMap<String, Row> = BTreeMap::new();
     let mut rows: Vec<Row> = Vec::new();

@@ -117,7 +117,9 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
             let nodes = match nodes {
                 None => None,
                 Some(list) if list.trim().is_empty() => Some(Vec::new()),
-                Some(list) => Some(list.split(',').map(|n| name(n.trim())).collect::<Result<Vec<_>, _>>().map_err(CliError::Usage)?),
+                Some(list) => Some(
+                    list.split(',').map(|n| name(n.trim())).collect::<Result<Vec<_>, _>>().map_err(CliError::Usage)?,
+                ),
             };
             let req = ModifyPackageRequest {
                 nodes,

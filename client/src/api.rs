@@ -119,7 +119,11 @@ impl Client {
     }
 
     /// A failover target's agent says how its attempt ended.
-    pub async fn report_failover(&self, host: &Name, req: &FailoverReportRequest) -> Result<WriteResponse, ClientError> {
+    pub async fn report_failover(
+        &self,
+        host: &Name,
+        req: &FailoverReportRequest,
+    ) -> Result<WriteResponse, ClientError> {
         self.post_write(&format!("/v1/hosts/{host}/failovers"), req).await
     }
 
@@ -167,7 +171,11 @@ impl Client {
     }
 
     /// `package modify`: node list and policies.
-    pub async fn modify_package(&self, package: &Name, req: &ModifyPackageRequest) -> Result<WriteResponse, ClientError> {
+    pub async fn modify_package(
+        &self,
+        package: &Name,
+        req: &ModifyPackageRequest,
+    ) -> Result<WriteResponse, ClientError> {
         self.post_write(&format!("/v1/packages/{package}"), req).await
     }
 

@@ -138,7 +138,9 @@ pub fn next_step(
             for (role, host) in [("source", &m.source), ("target", &m.target)] {
                 match state.host(host).map(|h| state.host_state(h)) {
                     None => return Step::Fail(format!("{role} host {host} is no longer registered")),
-                    Some(HostState::Failed) => return Step::Fail(format!("{role} host {host} failed (its lease expired)")),
+                    Some(HostState::Failed) => {
+                        return Step::Fail(format!("{role} host {host} failed (its lease expired)"))
+                    }
                     Some(HostState::Unreachable) => {
                         return Step::Fail(format!("{role} host {host} is unreachable (its agent stopped reporting)"))
                     }

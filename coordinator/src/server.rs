@@ -65,12 +65,11 @@ impl Coordinator {
             .await
             .with_context(|| format!("bind api address {}", config.api_listen))?;
         let node = Node::new(raft.clone(), sm, config.clone(), clock);
-        let tasks =
-            vec![
-                tokio::spawn(leader::liveness::run(node.clone())),
-                tokio::spawn(leader::driver::run(node.clone())),
-                tokio::spawn(leader::failover::run(node.clone())),
-            ];
+        let tasks = vec![
+            tokio::spawn(leader::liveness::run(node.clone())),
+            tokio::spawn(leader::driver::run(node.clone())),
+            tokio::spawn(leader::failover::run(node.clone())),
+        ];
         let raft_app = raft_server::router(config.node_id, config.cluster_secret.clone(), raft);
         let api_app = api::router(node.clone());
         let (api_stop, api_server) = serve(api_listener, api_app);

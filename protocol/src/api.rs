@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 use crate::model::{
-    Failover, FailbackPolicy, FailoverPolicy, FencingToken, Guest, HostFailure, Host, HostState, Migration, MigrationId, Package, Phase, Revision, RunState, TransferStats,
+    FailbackPolicy, Failover, FailoverPolicy, FencingToken, Guest, Host, HostFailure, HostState, Migration,
+    MigrationId, Package, Phase, Revision, RunState, TransferStats,
 };
 use crate::name::Name;
 use crate::rejection::Rejection;

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, GuestPatch, Proposal};
 use crate::event::{Event, EventPayload};
-use crate::limits::*;
 use crate::ha::Candidate;
+use crate::limits::*;
 use crate::model::{
     ClusterId, Failover, FencingToken, Guest, GuestSpec, Host, HostSpec, HostState, ImportProgress, Migration,
     MigrationId, MigrationKind, Phase, PhaseRecord, RestoredFrom, Revision, RunState,
@@ -278,7 +278,11 @@ pub fn decide(state: &ClusterState, p: &Proposal) -> Result<Vec<EventPayload>, R
             if f.attempt_failed.is_some() {
                 return Err(refuse_failover(guest, "the current attempt already failed"));
             }
-            Ok(vec![EventPayload::FailoverAttemptFailed { guest: guest.clone(), host: host.clone(), reason: reason.clone() }])
+            Ok(vec![EventPayload::FailoverAttemptFailed {
+                guest: guest.clone(),
+                host: host.clone(),
+                reason: reason.clone(),
+            }])
         }
         Command::AbandonFailover { guest, reason } => {
             check_text("reason", reason, TEXT_LEN_MAX)?;
@@ -334,7 +338,10 @@ fn current_attempt<'a>(
     if f.target != *host || f.token != token {
         return Err(refuse_failover(
             guest,
-            format!("the current attempt is host {}'s on order {}, not host {host}'s on order {token}", f.target, f.token),
+            format!(
+                "the current attempt is host {}'s on order {}, not host {host}'s on order {token}",
+                f.target, f.token
+            ),
         ));
     }
     Ok(f)
@@ -546,7 +553,10 @@ fn apply_request_migration(
         return Err(Rejection::HostNotActive { host: source.clone(), state: HostState::Failed });
     }
     if let Some(f) = state.failover(guest_name) {
-        return Err(refuse_failover(guest_name, format!("it is being failed over to {}; migrate it afterwards", f.target)));
+        return Err(refuse_failover(
+            guest_name,
+            format!("it is being failed over to {}; migrate it afterwards", f.target),
+        ));
     }
     if kind == MigrationKind::Online {
         if !guest.spec.online_migration {

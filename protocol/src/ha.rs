@@ -93,7 +93,12 @@ fn exclusion(
 }
 
 /// The node the package's failover policy picks, with why; or why there is none.
-pub fn choose(state: &ClusterState, guest: &Guest, package: &Package, tried: &[Name]) -> Result<(Name, String), String> {
+pub fn choose(
+    state: &ClusterState,
+    guest: &Guest,
+    package: &Package,
+    tried: &[Name],
+) -> Result<(Name, String), String> {
     let all = candidates(state, guest, package, tried);
     let excluded: Vec<String> =
         all.iter().filter_map(|c| c.excluded.as_ref().map(|why| format!("{}: {why}", c.host))).collect();

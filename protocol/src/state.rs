@@ -12,7 +12,7 @@ use crate::event::{Event, EventPayload};
 use crate::hostconfig::guest_digest;
 use crate::limits::{FINISHED_MIGRATIONS_RETAINED, REQUEST_IDS_RETAINED};
 use crate::model::{
-    ClusterIdentity, Failover, FailbackPolicy, FailoverPolicy, Guest, Host, HostFailure, HostState, ImportProgress,
+    ClusterIdentity, FailbackPolicy, Failover, FailoverPolicy, Guest, Host, HostFailure, HostState, ImportProgress,
     Member, Migration, MigrationId, Package, RequestId, Resources, Revision, SwitchingChange,
 };
 use crate::name::Name;

@@ -319,9 +319,9 @@ fn damage(e: &mut Event, x: usize) {
             0 => *id = MigrationId(x as u64 / 2 % 40),
             _ => *guest = n(GUESTS[x / 2 % GUESTS.len()]),
         },
-        EventPayload::HostJoined { host } | EventPayload::HostFailed { host, .. } | EventPayload::HostRecovered { host } => {
-            *host = n(["h1", "h9"][x % 2])
-        }
+        EventPayload::HostJoined { host }
+        | EventPayload::HostFailed { host, .. }
+        | EventPayload::HostRecovered { host } => *host = n(["h1", "h9"][x % 2]),
         EventPayload::FailoverStarted { guest, to, from, .. } => match x % 3 {
             0 => *guest = n(GUESTS[x / 3 % GUESTS.len()]),
             1 => *to = n(HOSTS[x / 3 % HOSTS.len()]),

@@ -175,8 +175,12 @@ fn package_modify_checks_its_node_list() {
     assert_eq!(w.reject(modify(vec!["h1", "h1"])).code(), "invalid_argument");
     let none = Command::ModifyPackage { package: n("p1"), nodes: None, failover_policy: None, failback_policy: None };
     assert_eq!(w.reject(none).code(), "invalid_argument");
-    let unknown =
-        Command::ModifyPackage { package: n("nope"), nodes: Some(vec![]), failover_policy: None, failback_policy: None };
+    let unknown = Command::ModifyPackage {
+        package: n("nope"),
+        nodes: Some(vec![]),
+        failover_policy: None,
+        failback_policy: None,
+    };
     assert_eq!(w.reject(unknown).code(), "unknown_package");
     w.ok(modify(vec!["h2", "h1"]));
     assert_eq!(w.package("p1").nodes, vec![n("h2"), n("h1")]);

@@ -17,7 +17,7 @@ use switchyard_agent::driver::DriverConfig;
 use switchyard_agent::watchdog::WatchdogConfig;
 use switchyard_client::Client;
 use switchyard_coordinator::config::{
-    ApiConfig, Config, HistoryConfig, MigrationConfig, RaftConfig, Role, TokenConfig,
+    ApiConfig, Config, HaConfig, HistoryConfig, MigrationConfig, RaftConfig, Role, TokenConfig,
 };
 use switchyard_protocol::api::{InitRequest, MemberSpec, NodeStatus, RegisterHostRequest};
 use switchyard_protocol::Name;

@@ -10,8 +10,9 @@
 //! `watchdog_helper --device PIPE --timeout-ms N --guests DIR --log FILE` creates the pipe and
 //! serves it; on firing it SIGKILLs every process whose pid file is `DIR/*/qemu.pid` (checked
 //! against `/proc/<pid>/cmdline`, so a reused pid is never hit) and appends one line per event
-//! to the log (`armed`, `disarmed`, `fired killed=N`), each with the time in milliseconds since
-//! the Unix epoch, so a test can order the firing against other events.
+//! to the log (`armed`, `petted` — the first pet after each arming —, `disarmed`, `fired
+//! killed=N`), each with the time in milliseconds since the Unix epoch, so a test can order the
+//! firing against other events.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -125,6 +126,7 @@ pub fn main() -> std::process::ExitCode {
     // Armed: the deadline by which it must be petted.
     let mut deadline: Option<Instant> = None;
     let mut magic = false;
+    let mut petted = false;
     loop {
         let input = match deadline {
             Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
@@ -140,13 +142,17 @@ pub fn main() -> std::process::ExitCode {
         match input {
             Some(Input::Opened) => {
                 deadline = Some(Instant::now() + args.timeout);
-                magic = false;
+                (magic, petted) = (false, false);
                 note(&args.log, "armed");
             }
             Some(Input::Byte(b)) => {
                 magic = b == b'V';
                 if deadline.is_some() {
                     deadline = Some(Instant::now() + args.timeout);
+                    if !petted && !magic {
+                        petted = true;
+                        note(&args.log, "petted");
+                    }
                 }
             }
             Some(Input::Closed) if magic => {

@@ -183,7 +183,8 @@ impl Reconciler {
         let to_run = self.desired.values().any(|d| {
             d.guest.spec.package.is_some() && d.guest.owner == self.host && d.guest.run_state == RunState::Running
         });
-        let running = self.observed.as_ref().is_some_and(|o| o.values().any(|o| o.state.is_live() && packaged(&o.name)));
+        let running =
+            self.observed.as_ref().is_some_and(|o| o.values().any(|o| o.state.is_live() && packaged(&o.name)));
         to_run || running
     }
 

@@ -160,9 +160,17 @@ fn allowed(role: Role, method: &Method, path: &str) -> bool {
             let repair = path.starts_with("/v1/hosts/") && (path.ends_with("/repairs") || path.ends_with("/failovers"));
             (method == Method::POST && (report || repair))
                 || read
-                    && ["/v1/hosts", "/v1/guests", "/v1/packages", "/v1/events", "/v1/state", "/v1/migrations", "/v1/ha"]
-                        .iter()
-                        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+                    && [
+                        "/v1/hosts",
+                        "/v1/guests",
+                        "/v1/packages",
+                        "/v1/events",
+                        "/v1/state",
+                        "/v1/migrations",
+                        "/v1/ha",
+                    ]
+                    .iter()
+                    .any(|p| path == *p || path.starts_with(&format!("{p}/")))
         }
     }
 }

@@ -32,7 +32,12 @@ pub(super) async fn show(
             st.package(&n).cloned().ok_or(ApiError::Rejected(Rejection::UnknownPackage { package: n.clone() }))?;
         let guest = st.guest(&package.guest).expect("a package's guest exists");
         let candidates = ha::candidates(st, guest, &package, &[]);
-        Ok(PackageView { owner: guest.owner.clone(), failover: st.failover(&package.guest).cloned(), package, candidates })
+        Ok(PackageView {
+            owner: guest.owner.clone(),
+            failover: st.failover(&package.guest).cloned(),
+            package,
+            candidates,
+        })
     })
     .await
 }

@@ -41,7 +41,9 @@ pub async fn run(s: Arc<Node>) {
         let hosts: Vec<(Host, Option<(bool, u64)>)> = s.sm.read(|st| {
             st.hosts()
                 .map(|h| {
-                    let member = st.member(&h.spec.name).map(|m| (m.failure.is_some(), m.failure.as_ref().map_or(0, |f| f.revision)));
+                    let member = st
+                        .member(&h.spec.name)
+                        .map(|m| (m.failure.is_some(), m.failure.as_ref().map_or(0, |f| f.revision)));
                     (h.clone(), member)
                 })
                 .collect()
@@ -70,7 +72,8 @@ pub async fn run(s: Arc<Node>) {
                 },
                 _ => None,
             };
-            let failed = matches!(member, Some((true, _))) || matches!(command, Some(Command::DeclareHostFailed { .. }));
+            let failed =
+                matches!(member, Some((true, _))) || matches!(command, Some(Command::DeclareHostFailed { .. }));
             let reachability = if failed {
                 None
             } else {

@@ -80,6 +80,7 @@ impl ClusterOpts {
                 transferring_timeout_ms: self.transferring_timeout_ms,
                 step_delay_ms: self.step_delay_ms,
             },
+            ha: Default::default(),
             sim_transfer_ms: self.sim_transfer_ms,
             sim_freeze_ms: 40,
             report_interval_ms: 200,

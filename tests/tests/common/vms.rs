@@ -21,6 +21,13 @@ pub const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
 /// migrations listen), one agent per host on real QEMU.
 pub async fn qemu_cluster(opts: ClusterOpts) -> (TestCluster, Vec<AgentProc>) {
     let cluster = TestCluster::start(3, ClusterOpts { hypervisor: Hypervisor::Qemu, ..opts }).await;
+    register_loopback_hosts(&cluster).await;
+    let agents = (1..=3).map(|n| AgentProc::start(&cluster, &format!("h{n}"), &agent_token(n), &[1, 2, 3])).collect();
+    (cluster, agents)
+}
+
+/// Registers hosts h1..h3 on loopback addresses (where incoming live migrations listen).
+pub async fn register_loopback_hosts(cluster: &TestCluster) {
     let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
     for (i, h) in HOSTS.iter().enumerate() {
         let req = RegisterHostRequest {
@@ -34,8 +41,6 @@ pub async fn qemu_cluster(opts: ClusterOpts) -> (TestCluster, Vec<AgentProc>) {
         };
         admin.register_host(&req).await.expect("register a host");
     }
-    let agents = (1..=3).map(|n| AgentProc::start(&cluster, &format!("h{n}"), &agent_token(n), &[1, 2, 3])).collect();
-    (cluster, agents)
 }
 
 /// A tiny running guest (no disk, no network) on `owner`, in `package` if given.

@@ -1,0 +1,272 @@
+//! Package switching made real, on real QEMU guests (three coordinators, three hosts): a host
+//! that crashes, hangs or is cut off loses its lease; the leader declares it failed and fails
+//! its protected guests over to the right adoptive host, with fencing so that a guest never runs
+//! twice (a checker samples every hypervisor all along); guests left down are listed with why;
+//! a returning host learns from the log before it acts; and a leader coordinator killed at any
+//! step of a failover leaves a saga the next leader completes.
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::ha::*;
+use common::saga::*;
+use common::vms::*;
+use switchyard_agent::driver::VmState;
+use switchyard_protocol::api::{HaStatus, ModifyGuestRequest, SwitchingRequest};
+use switchyard_protocol::{Event, EventPayload, Name};
+
+fn n(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+async fn ha_status(cluster: &TestCluster) -> HaStatus {
+    cluster.client(&cluster.alive_ids()).ha_status().await.expect("ha status").items
+}
+
+/// Waits for the first event after revision `after` that `f` picks.
+async fn wait_event(cluster: &TestCluster, after: u64, what: &str, f: impl Fn(&EventPayload) -> bool) -> Event {
+    eventually(what, Duration::from_secs(90), || async {
+        history(&cluster.client(&cluster.alive_ids())).await.into_iter().find(|e| e.revision > after && f(&e.payload))
+    })
+    .await
+}
+
+fn running(o: &switchyard_agent::driver::Observed) -> bool {
+    o.state == VmState::Running
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_host_s_protected_guests_run_on_their_adoptive_hosts_and_the_rest_are_listed_down() {
+    let (cluster, mut hosts) = ha_cluster(true, false).await;
+    let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
+    // vm1: package p1 on every host (configured_node: h2 first after h1). vm2: p2, switching
+    // disabled on h2, so h3. vm3: no package. vm4: p4 with switching disabled.
+    create_vm(&admin, "vm1", "h1", 32, Some("p1")).await;
+    create_vm(&admin, "vm2", "h1", 32, Some("p2")).await;
+    create_vm(&admin, "vm3", "h1", 32, None).await;
+    create_vm(&admin, "vm4", "h1", 32, Some("p4")).await;
+    let off = |node: Option<&str>| SwitchingRequest {
+        enabled: false,
+        node: node.map(n),
+        reason: Some("test: excluded".into()),
+        request_id: None,
+    };
+    admin.set_switching(&n("p2"), &off(Some("h2"))).await.unwrap();
+    admin.set_switching(&n("p4"), &off(None)).await.unwrap();
+    for g in ["vm1", "vm2", "vm3", "vm4"] {
+        wait_runs_only_on(&cluster, g, "h1").await;
+    }
+    let before = history(&admin).await.last().map_or(0, |e| e.revision);
+    let checker = TwoCopiesChecker::start(&cluster);
+
+    let lost_at = crash(&cluster, &mut hosts[0]);
+    wait_vm(&cluster, "h2", "vm1", "running after the failover", running).await;
+    wait_vm(&cluster, "h3", "vm2", "running after the failover", running).await;
+    for g in ["vm1", "vm2"] {
+        wait_event(
+            &cluster,
+            0,
+            &format!("{g}'s failover to complete"),
+            |p| matches!(p, EventPayload::FailoverCompleted { guest, .. } if guest.as_str() == g),
+        )
+        .await;
+    }
+    let events = history(&admin).await;
+    check_failover_bound(&events, before, "h1", lost_at, 60_000, 10_000);
+    check_history(&events, true);
+
+    // Left down, each with why.
+    let status = ha_status(&cluster).await;
+    assert_eq!(status.failed_hosts.iter().map(|h| h.host.as_str()).collect::<Vec<_>>(), ["h1"]);
+    let why = |g: &str| status.down.iter().find(|d| d.guest.as_str() == g).map(|d| d.why.clone());
+    assert!(why("vm3").unwrap().contains("not in a failover package"), "{status:?}");
+    assert!(why("vm4").unwrap().contains("switching disabled"), "{status:?}");
+    assert_eq!((why("vm1"), why("vm2")), (None, None), "{status:?}");
+    // The operator's view of the same.
+    let (code, out, err) = cluster.cli(&[1, 2, 3], ADMIN_TOKEN, &["ha", "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("vm3  on h1: not in a failover package"), "{out}");
+    let (code, out, err) = cluster.cli(&[1, 2, 3], ADMIN_TOKEN, &["host", "show", "h1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("failed") && out.contains("vm4: down"), "{out}");
+    let (code, out, err) = cluster.cli(&[1, 2, 3], ADMIN_TOKEN, &["ha", "history"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("vm1  h1 ") && l.contains(" h2 ")), "{out}");
+    let (code, out, err) = cluster.cli(&[1, 2, 3], ADMIN_TOKEN, &["package", "show", "p2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("h2  excluded: switching of package p2 is disabled on this node"), "{out}");
+    let (code, out, err) = cluster.cli(&[1, 2, 3], ADMIN_TOKEN, &["events", "--from", "1", "--kind", "ha"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("host h1 FAILED") && out.contains("failover of vm1"), "{out}");
+
+    // h1 comes back: it rejoins once it has caught up, never starts what moved, and runs its
+    // own unprotected guests again.
+    let h1 = &mut hosts[0];
+    h1.watchdog.as_mut().unwrap().restart();
+    h1.agent.restart();
+    wait_event(
+        &cluster,
+        0,
+        "h1 to recover",
+        |p| matches!(p, EventPayload::HostRecovered { host } if host.as_str() == "h1"),
+    )
+    .await;
+    wait_vm(&cluster, "h1", "vm3", "running again on its own host", running).await;
+    wait_vm(&cluster, "h1", "vm4", "running again on its own host", running).await;
+    for g in ["vm1", "vm2"] {
+        let o = observe(&cluster, "h1", g).expect("defined on h1");
+        assert!(!o.state.is_live(), "{g} is {:?} on h1", o.state);
+    }
+    let rounds = checker.finish();
+    assert!(rounds > 10, "the checker sampled {rounds} rounds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_agent_s_guests_are_killed_by_its_watchdog_before_they_start_elsewhere() {
+    let (cluster, hosts) = ha_cluster(true, false).await;
+    let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
+    create_vm(&admin, "vm1", "h1", 32, Some("p1")).await;
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+    let checker = TwoCopiesChecker::start(&cluster);
+    let watchdog = hosts[0].watchdog.as_ref().unwrap();
+    eventually("h1's watchdog to be armed and petted", Duration::from_secs(30), || async {
+        watchdog.lines().last().filter(|l| l.ends_with(" petted")).map(|_| ())
+    })
+    .await;
+
+    // SIGSTOP: the agent hangs, its VM keeps running, nothing pets the watchdog.
+    hosts[0].agent.pause();
+    wait_vm(&cluster, "h2", "vm1", "running after the failover", running).await;
+    let (fired_at, killed) = watchdog.fired().expect("the watchdog fired");
+    assert_eq!(killed, 1, "{:?}", watchdog.lines());
+    let events = history(&admin).await;
+    let started = events.iter().find(|e| matches!(e.payload, EventPayload::FailoverStarted { .. })).unwrap();
+    assert!(
+        fired_at < started.time.0,
+        "the watchdog fired at {fired_at}, after the failover started at {}",
+        started.time.0
+    );
+    // The agent wakes up: it learns the host failed and the guest moved; nothing restarts here.
+    hosts[0].agent.resume();
+    wait_event(
+        &cluster,
+        0,
+        "h1 to recover",
+        |p| matches!(p, EventPayload::HostRecovered { host } if host.as_str() == "h1"),
+    )
+    .await;
+    let o = observe(&cluster, "h1", "vm1").expect("defined on h1");
+    assert!(!o.state.is_live(), "vm1 is {:?} on h1", o.state);
+    // The healthy hosts' watchdogs, armed from the failover on, never fired.
+    let h2 = hosts[1].watchdog.as_ref().unwrap();
+    assert!(h2.lines().iter().any(|l| l.ends_with(" petted")), "{:?}", h2.lines());
+    for h in &hosts[1..] {
+        let w = h.watchdog.as_ref().unwrap();
+        assert_eq!(w.fired(), None, "{}: {:?}", h.name, w.lines());
+    }
+    checker.finish();
+    check_history(&history(&admin).await, true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_host_fences_itself_before_its_guests_start_elsewhere() {
+    let (cluster, hosts) = ha_cluster(false, true).await;
+    let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
+    create_vm(&admin, "vm1", "h1", 32, Some("p1")).await;
+    create_vm(&admin, "vm3", "h1", 32, None).await;
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+    wait_runs_only_on(&cluster, "vm3", "h1").await;
+    let checker = TwoCopiesChecker::start(&cluster);
+
+    hosts[0].cut();
+    // Self-fencing stops the packaged guest; the unpackaged one keeps running.
+    wait_vm(&cluster, "h1", "vm1", "stopped by self-fencing", |o| !o.state.is_live()).await;
+    wait_vm(&cluster, "h2", "vm1", "running after the failover", running).await;
+    assert!(observe(&cluster, "h1", "vm3").is_some_and(|o| running(&o)), "vm3 kept running on h1");
+
+    hosts[0].heal();
+    wait_event(
+        &cluster,
+        0,
+        "h1 to recover",
+        |p| matches!(p, EventPayload::HostRecovered { host } if host.as_str() == "h1"),
+    )
+    .await;
+    // A change after the recovery reaches h1, so it has seen the whole failover.
+    let req = ModifyGuestRequest { memory_mib: Some(48), ..Default::default() };
+    admin.modify_guest(&n("vm3"), &req).await.unwrap();
+    wait_vm(&cluster, "h1", "vm3", "redefined", |o| o.defined.as_ref().is_some_and(|(s, _)| s.memory_mib == 48)).await;
+    let o = observe(&cluster, "h1", "vm1").expect("defined on h1");
+    assert!(!o.state.is_live(), "vm1 is {:?} on h1 after the heal", o.state);
+    assert!(observe(&cluster, "h2", "vm1").is_some_and(|o| running(&o)));
+    checker.finish();
+    check_history(&history(&admin).await, true);
+}
+
+/// The leader is SIGKILLed as each step of a failover commits (the host's failure, the
+/// failover's start) and together with the host crash itself; each time the next leader
+/// completes the failover from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_at_any_failover_step_leaves_a_saga_the_next_leader_completes() {
+    let (mut cluster, mut hosts) = ha_cluster(false, false).await;
+    let admin = cluster.admin(Duration::from_secs(60));
+    create_vm(&admin, "vm1", "h1", 32, Some("p1")).await;
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+    let checker = TwoCopiesChecker::start(&cluster);
+    // (host that owns vm1, where it goes next, when the leader dies)
+    // configured_node over h1, h2, h3: the first eligible node in that order.
+    let rounds = [("h1", "h2", "with the crash"), ("h2", "h1", "at HostFailed"), ("h1", "h2", "at FailoverStarted")];
+    for (from, to, when) in rounds {
+        eprintln!("round: vm1 on {from}; leader killed {when}");
+        let before = history(&admin).await.last().map_or(0, |e| e.revision);
+        let idx = HOSTS.iter().position(|h| *h == from).unwrap();
+        let leader = cluster.wait_leader(&cluster.alive_ids()).await;
+        crash(&cluster, &mut hosts[idx]);
+        let step = match when {
+            "with the crash" => None,
+            "at HostFailed" => Some(
+                wait_event(
+                    &cluster,
+                    before,
+                    "the host's failure",
+                    |p| matches!(p, EventPayload::HostFailed { host, .. } if host.as_str() == from),
+                )
+                .await,
+            ),
+            _ => Some(
+                wait_event(
+                    &cluster,
+                    before,
+                    "the failover's start",
+                    |p| matches!(p, EventPayload::FailoverStarted { failed_host, .. } if failed_host.as_str() == from),
+                )
+                .await,
+            ),
+        };
+        assert!(step.is_none_or(|e| e.revision > before));
+        cluster.kill(leader);
+        wait_vm(&cluster, to, "vm1", "running after the failover", running).await;
+        let alive = cluster.alive_ids();
+        eventually("the failover to complete", Duration::from_secs(90), || async {
+            let events = history(&cluster.client(&alive)).await;
+            first(&events, before, |p| matches!(p, EventPayload::FailoverCompleted { host, .. } if host.as_str() == to))
+                .map(|_| ())
+        })
+        .await;
+        cluster.restart(leader);
+        hosts[idx].agent.restart();
+        wait_event(
+            &cluster,
+            before,
+            "the crashed host to recover",
+            |p| matches!(p, EventPayload::HostRecovered { host } if host.as_str() == from),
+        )
+        .await;
+    }
+    checker.finish();
+    let events = history(&cluster.client(&cluster.alive_ids())).await;
+    let completed = events.iter().filter(|e| matches!(e.payload, EventPayload::FailoverCompleted { .. })).count();
+    assert_eq!(completed, 3);
+    check_history(&events, true);
+}
