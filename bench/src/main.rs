@@ -56,7 +56,11 @@ pub struct Args {
     /// Moves of a real QEMU VM, through Switchyard and by QMP directly (the `vm` part).
     #[arg(long, default_value_t = 10)]
     pub vm_reps: usize,
-    /// Run only these parts: throughput, fanout, failover, restart, catchup, replay, scale, vm.
+    /// Host kills of the `host-loss` part (a real VM failed over each time).
+    #[arg(long, default_value_t = 10)]
+    pub host_loss_reps: usize,
+    /// Run only these parts: throughput, fanout, failover, restart, catchup, replay, scale, vm,
+    /// host-loss.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Switchyard alone, even when etcd is installed.
@@ -269,6 +273,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.wants("vm") {
         vm::vm_migration(&args, &dir, timing, &mut report).await?;
+    }
+    if args.wants("host-loss") {
+        vm::host_loss(&args, &dir, timing, &mut report).await?;
     }
     if args.wants("scale") {
         eprintln!("== switchyard at scale");

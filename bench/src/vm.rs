@@ -189,3 +189,108 @@ pub async fn vm_migration(args: &Args, dir: &Path, timing: Timing, report: &mut 
     );
     Ok(())
 }
+
+/// Host loss → the guest running on its adoptive host: a real VM in a failover package, its
+/// host's agent and QEMU processes SIGKILLed (a host crash), timed until QEMU runs the guest on
+/// another host; then the host comes back and rejoins before the next kill. Default lease
+/// (4 s), fence margin and grace (1 s each).
+pub async fn host_loss(args: &Args, dir: &Path, timing: Timing, report: &mut Report) -> anyhow::Result<()> {
+    let reps = args.host_loss_reps.max(1);
+    let accel = match Qemu::new(QemuConfig::new(dir.join("host-loss-probe"))) {
+        Ok(q) => q.accel(),
+        Err(e) => {
+            eprintln!("host-loss: skipped ({e})");
+            return Ok(());
+        }
+    };
+    eprintln!("== host loss to the guest running elsewhere, {reps} host kills (QEMU, {accel})");
+    let mut settings = crate::sut::settings(timing, args.batch_max, 0);
+    settings.hypervisor = Hypervisor::Qemu;
+    let ha = settings.ha.clone();
+    let mut cluster = local::open(&dir.join("host-loss"), 0, settings)?;
+    let result = async {
+        local::start(&mut cluster).await?;
+        cluster.start_agents()?;
+        let admin = cluster.admin(Duration::from_secs(10)).retrying_writes(Duration::from_secs(60));
+        let mut s = spec();
+        s.package = Some(n("p1"));
+        let req = CreateGuestRequest {
+            name: n("vm"),
+            owner: n("h1"),
+            vcpus: s.vcpus,
+            memory_mib: s.memory_mib,
+            disks: vec![],
+            networks: vec![],
+            online_migration: true,
+            cluster_node: false,
+            package: s.package.clone(),
+            run_state: RunState::Running,
+            request_id: None,
+        };
+        admin.create_guest(&req).await.context("create the guest")?;
+        let hvs: Vec<(String, Qemu)> = ["h1", "h2", "h3"]
+            .into_iter()
+            .map(|h| (h.to_string(), Qemu::new(QemuConfig::new(cluster.qemu_dir(h))).expect("QEMU was found above")))
+            .collect();
+        let running_on = || hvs.iter().find(|(_, q)| q.state(&n("vm")) == VmState::Running).map(|(h, _)| h.clone());
+        let all_members = || async {
+            let s = admin.ha_status().await.ok()?.items;
+            let hosts = admin.hosts(&Default::default()).await.ok()?.items;
+            let joined = hosts.iter().all(|h| h.state == switchyard_protocol::HostState::Active);
+            (s.failed_hosts.is_empty() && joined).then_some(())
+        };
+        wait_for("every host to join failure detection", Duration::from_secs(60), || async {
+            let q = EventQuery { from: 1, kind: Some("ha".into()), ..Default::default() };
+            let mut joined = 0;
+            admin
+                .events(&q, |item| {
+                    if let StreamItem::Event(e) = item {
+                        joined += usize::from(matches!(e.payload, EventPayload::HostJoined { .. }));
+                    }
+                    true
+                })
+                .await
+                .ok()?;
+            (joined == hvs.len()).then_some(())
+        })
+        .await?;
+        wait_for("the guest to run", Duration::from_secs(60), || async { running_on().map(|_| ()) }).await?;
+        let mut took = Vec::new();
+        for rep in 0..reps {
+            let from = running_on().context("the guest runs nowhere")?;
+            let agent = cluster.agents.iter().position(|a| a.host == from).context("the host's agent")?;
+            // Every host has renewed its lease since the last recovery.
+            wait_for("every host to be active", Duration::from_secs(60), all_members).await?;
+            let started = Instant::now();
+            cluster.agents[agent].kill();
+            cluster.kill_host_vms(&from);
+            wait_for("the guest to run elsewhere", Duration::from_secs(120), || async {
+                running_on().filter(|h| *h != from).map(|_| ())
+            })
+            .await?;
+            took.push(started.elapsed());
+            eprintln!(
+                "host-loss {rep}: {from} lost, the guest ran again after {:.0} ms",
+                took[rep].as_secs_f64() * 1000.0
+            );
+            cluster.agents[agent].proc.start()?;
+        }
+        anyhow::Ok(took)
+    }
+    .await;
+    cluster.stop_all();
+    cluster.kill_vms();
+    let took = result?;
+    let (med, max) = median_max(took);
+    eprintln!("host-loss: median {med:.0} ms, max {max:.0} ms");
+    let figure = "host loss to the guest running on its adoptive host (median)";
+    report.add(figure, "ms", false, "switchyard", med);
+    report.note(
+        figure,
+        format!(
+            "{reps} host kills (agent and QEMU SIGKILLed), a 32 MiB QEMU {accel} guest; lease {} ms, grace {} ms; max {max:.0} ms",
+            ha.lease_ms, ha.grace_ms
+        ),
+    );
+    Ok(())
+}

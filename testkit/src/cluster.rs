@@ -191,32 +191,39 @@ pub fn free_port() -> u16 {
 
 /// Kills every QEMU process the agents of the cluster in `dir` started: every process whose
 /// command line names a guest folder below `dir` (`agent-*/qemu/*/`). What a test or
-/// `switchyard dev` must do when it stops, since guests outlive their agents. Processes are
-/// found in `/proc` rather than from pid files, so a VM an agent was launching as it died is
-/// found too: the scan repeats until a pass finds none (up to about a second).
+/// `switchyard dev` must do when it stops, since guests outlive their agents.
 pub fn kill_vms_in(dir: &Path) {
     let Ok(dir) = dir.canonicalize() else { return };
-    let marker = format!("{}/agent-", dir.display());
+    kill_qemu_naming(&format!("{}/agent-", dir.display()));
+}
+
+/// Kills the QEMU processes whose command line names `marker` (and a `/qemu/` guest folder);
+/// answers how many. Processes are found in `/proc` rather than from pid files, so a VM an agent
+/// was launching as it died is found too: the scan repeats until a pass finds none (up to about
+/// a second).
+pub fn kill_qemu_naming(marker: &str) -> usize {
+    let mut killed = 0;
     for _ in 0..20 {
         let mut found = false;
-        let Ok(procs) = std::fs::read_dir("/proc") else { return };
+        let Ok(procs) = std::fs::read_dir("/proc") else { return killed };
         for p in procs.flatten() {
             let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
             let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else { continue };
             let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.contains("qemu") && cmdline.contains(&marker) && cmdline.contains("/qemu/") {
+            if cmdline.contains("qemu") && cmdline.contains(marker) && cmdline.contains("/qemu/") {
                 found = true;
                 // SAFETY: kill(2) of a QEMU process started for this cluster's guests.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
+                if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                    killed += 1;
                 }
             }
         }
         if !found {
-            return;
+            return killed;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    killed
 }
 
 /// Two free loopback addresses: (Raft, API).
@@ -548,6 +555,13 @@ impl Cluster {
     /// agents that started them (as VMs must).
     pub fn kill_vms(&self) {
         kill_vms_in(&self.dir);
+    }
+
+    /// Kills the QEMU processes of one host's guests (what a crash of that host does to them).
+    pub fn kill_host_vms(&self, host: &str) -> usize {
+        let dir = self.qemu_dir(host);
+        let dir = dir.canonicalize().unwrap_or(dir);
+        kill_qemu_naming(&format!("{}/", dir.display()))
     }
 
     /// Starts an agent for `host` (token from [`Secrets::agent_tokens`]) with the endpoints of

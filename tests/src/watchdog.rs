@@ -8,8 +8,8 @@
 //! timeout it fires. After firing it waits to be opened again (the host has "rebooted").
 //!
 //! `watchdog_helper --device PIPE --timeout-ms N --guests DIR --log FILE` creates the pipe and
-//! serves it; on firing it SIGKILLs every process whose pid file is `DIR/*/qemu.pid` (checked
-//! against `/proc/<pid>/cmdline`, so a reused pid is never hit) and appends one line per event
+//! serves it; on firing it SIGKILLs every QEMU process whose command line names a guest folder
+//! in `DIR` (the host's qemu folder) and appends one line per event
 //! to the log (`armed`, `petted` — the first pet after each arming —, `disarmed`, `fired
 //! killed=N`), each with the time in milliseconds since the Unix epoch, so a test can order the
 //! firing against other events.
@@ -60,26 +60,10 @@ fn note(log: &Path, what: &str) {
     }
 }
 
-/// Kills the QEMU processes of the guests in `dir`; answers how many.
+/// Kills the QEMU processes of the guests in `dir` (a host's qemu folder); answers how many.
 pub fn kill_guests(dir: &Path) -> usize {
-    let mut killed = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    for e in entries.flatten() {
-        let pidfile = e.path().join("qemu.pid");
-        let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let mark = pidfile.display().to_string();
-        if !String::from_utf8_lossy(&cmdline).contains(&mark) {
-            continue;
-        }
-        // SAFETY: kill(2) on a pid whose command line names this guest's pid file.
-        if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-            killed += 1;
-        }
-    }
-    killed
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    switchyard_testkit::cluster::kill_qemu_naming(&format!("{}/", dir.display()))
 }
 
 pub fn main() -> std::process::ExitCode {

@@ -270,3 +270,88 @@ async fn a_leader_killed_at_any_failover_step_leaves_a_saga_the_next_leader_comp
     assert_eq!(completed, 3);
     check_history(&events, true);
 }
+
+/// A host lost in the middle of a live migration: as its source, the migration fails (switching
+/// restored in the same commit) and the guest is failed over; as its target, the migration fails
+/// and the guest keeps running on its source, protected again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_lost_mid_migration_ends_it_failed_with_switching_restored_and_the_guest_protected() {
+    // 32 MiB at 2 MiB/s: the transfer lasts long enough to lose a host in the middle of it.
+    let opts = ClusterOpts { qemu_bandwidth_kib: Some(2048), ..ClusterOpts::default() };
+    let (cluster, mut hosts) = ha_cluster_with(false, false, opts).await;
+    let admin = cluster.admin(Duration::from_secs(60));
+    create_vm(&admin, "vm1", "h1", 32, Some("p1")).await;
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+    let checker = TwoCopiesChecker::start(&cluster);
+
+    // The target is lost: the guest stays on its source.
+    let id = migrate(&admin, "vm1", "h2", "a1").await;
+    wait_phase(&cluster, id, switchyard_protocol::Phase::Transferring).await;
+    crash(&cluster, &mut hosts[1]);
+    let m = wait_terminal(&cluster, id).await;
+    assert_eq!(m.phase, switchyard_protocol::Phase::Failed, "{m:?}");
+    assert!(m.error.as_deref().unwrap_or_default().contains("target host h2 failed"), "{m:?}");
+    assert!(admin.package(&n("p1")).await.unwrap().items.package.switching_enabled, "switching restored");
+    wait_vm(&cluster, "h1", "vm1", "still running on its source", running).await;
+    hosts[1].agent.restart();
+    wait_event(
+        &cluster,
+        0,
+        "h2 to recover",
+        |p| matches!(p, EventPayload::HostRecovered { host } if host.as_str() == "h2"),
+    )
+    .await;
+
+    // The source is lost: the migration fails and the guest fails over.
+    let id = migrate(&admin, "vm1", "h3", "a2").await;
+    wait_phase(&cluster, id, switchyard_protocol::Phase::Transferring).await;
+    crash(&cluster, &mut hosts[0]);
+    let m = wait_terminal(&cluster, id).await;
+    assert_eq!(m.phase, switchyard_protocol::Phase::Failed, "{m:?}");
+    assert!(m.error.as_deref().unwrap_or_default().contains("source host h1 failed"), "{m:?}");
+    let done = wait_event(
+        &cluster,
+        0,
+        "vm1's failover to complete",
+        |p| matches!(p, EventPayload::FailoverCompleted { guest, .. } if guest.as_str() == "vm1"),
+    )
+    .await;
+    let EventPayload::FailoverCompleted { host, .. } = &done.payload else { unreachable!() };
+    wait_vm(&cluster, host.as_str(), "vm1", "running after the failover", running).await;
+    checker.finish();
+    check_history(&history(&admin).await, true);
+}
+
+/// `failback_policy = automatic`: once its primary node is back, the guest moves home online,
+/// through a normal migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_failback_moves_the_guest_home_online_when_its_primary_node_returns() {
+    let (cluster, mut hosts) = ha_cluster(false, false).await;
+    let admin = cluster.admin(Duration::from_secs(60));
+    create_vm(&admin, "vm1", "h1", 32, Some("p1")).await;
+    let (code, _, err) = cluster.cli(
+        &[1, 2, 3],
+        ADMIN_TOKEN,
+        &["package", "modify", "p1", "--nodes", "h1,h3", "--failback-policy", "automatic"],
+    );
+    assert_eq!(code, 0, "{err}");
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+    let checker = TwoCopiesChecker::start(&cluster);
+    crash(&cluster, &mut hosts[0]);
+    wait_vm(&cluster, "h3", "vm1", "running after the failover (h2 is not in the node list)", running).await;
+    hosts[0].agent.restart();
+    let requested = wait_event(
+        &cluster,
+        0,
+        "the failback to be requested",
+        |p| matches!(p, EventPayload::MigrationRequested { migration } if migration.target.as_str() == "h1"),
+    )
+    .await;
+    let EventPayload::MigrationRequested { migration } = &requested.payload else { unreachable!() };
+    assert!(migration.reason.as_deref().unwrap_or_default().contains("automatic failback"), "{migration:?}");
+    let m = wait_terminal(&cluster, migration.id).await;
+    assert_eq!(m.phase, switchyard_protocol::Phase::Completed, "{m:?}");
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+    checker.finish();
+    check_history(&history(&admin).await, true);
+}

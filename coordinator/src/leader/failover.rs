@@ -10,6 +10,11 @@
 //!   when it has not started the guest within `ha.start_timeout_ms` (by this leader's clock,
 //!   from when it first saw the attempt).
 //! - A failed attempt goes to the next eligible node; when none is left, `AbandonFailover`.
+//! - Automatic failback (a package with `failback_policy = automatic` and a node list): while
+//!   its guest runs elsewhere than the list's first node and that node is eligible, the driver
+//!   requests an online migration back to it, with every check a migration has. A request
+//!   refused, or a move that ends without the guest home, is tried again after
+//!   [`FAILBACK_RETRY`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,9 +23,12 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use switchyard_protocol::ha;
 use switchyard_protocol::limits::TEXT_LEN_MAX;
-use switchyard_protocol::{ClusterState, Command, FencingToken, Name};
+use switchyard_protocol::{ClusterState, Command, FailbackPolicy, FencingToken, MigrationKind, Name, RunState};
 
 use crate::node::Node;
+
+/// How long after a failback attempt the driver tries again for the same guest.
+pub const FAILBACK_RETRY: Duration = Duration::from_secs(60);
 
 /// Runs on every coordinator; acts only while it is the leader.
 pub async fn run(s: Arc<Node>) {
@@ -28,6 +36,8 @@ pub async fn run(s: Arc<Node>) {
     let mut metrics = s.raft.metrics();
     // When this leader first saw each attempt (the start timeout's origin).
     let mut seen: HashMap<FencingToken, Instant> = HashMap::new();
+    // When this leader last requested each guest's failback.
+    let mut failbacks: HashMap<Name, Instant> = HashMap::new();
     let timeout = Duration::from_millis(s.config.ha.start_timeout_ms);
     loop {
         tokio::select! {
@@ -44,11 +54,23 @@ pub async fn run(s: Arc<Node>) {
         }
         let commands = s.sm.read(|st| {
             seen.retain(|token, _| st.failovers().any(|f| f.token == *token));
-            plan(st, &mut seen, timeout)
+            failbacks.retain(|_, at| at.elapsed() < FAILBACK_RETRY);
+            let mut commands = plan(st, &mut seen, timeout);
+            for (guest, command) in failback(st) {
+                if !failbacks.contains_key(&guest) {
+                    failbacks.insert(guest.clone(), Instant::now());
+                    commands.push((guest, command));
+                }
+            }
+            commands
         });
         for (guest, command) in commands {
             let kind = command.kind();
-            match s.propose(s.clock().request_id(), format!("failover:{}", s.id), command).await {
+            let actor = match command {
+                Command::RequestMigration { .. } => format!("failback:{}", s.id),
+                _ => format!("failover:{}", s.id),
+            };
+            match s.propose(s.clock().request_id(), actor, command).await {
                 Ok(Ok(_)) => tracing::info!(%guest, kind, "failover step committed"),
                 Ok(Err(r)) => tracing::debug!(%guest, kind, %r, "failover step refused"),
                 Err(e) => {
@@ -102,6 +124,40 @@ fn plan(st: &ClusterState, seen: &mut HashMap<FencingToken, Instant>, timeout: D
         let Some(p) = g.spec.package.as_ref().and_then(|p| st.package(p)) else { continue };
         if let Ok((to, _)) = ha::choose(st, g, p, &[]) {
             out.push((g.name.clone(), Command::StartFailover { guest: g.name.clone(), to }));
+        }
+    }
+    out
+}
+
+/// Online moves home for the guests of automatic-failback packages whose primary node (the
+/// first of the node list) is eligible again.
+fn failback(st: &ClusterState) -> Vec<(Name, Command)> {
+    let mut out = Vec::new();
+    for p in st.packages() {
+        if p.failback_policy != FailbackPolicy::Automatic {
+            continue;
+        }
+        let (Some(primary), Some(g)) = (p.nodes.first(), st.guest(&p.guest)) else { continue };
+        if g.owner == *primary
+            || g.run_state != RunState::Running
+            || st.failover(&g.name).is_some()
+            || st.in_flight(&g.name).is_some()
+            || st.host_failure(&g.owner).is_some()
+        {
+            continue;
+        }
+        let home = ha::candidates(st, g, p, &[]).into_iter().find(|c| c.host == *primary);
+        if home.is_some_and(|c| c.excluded.is_none()) {
+            out.push((
+                g.name.clone(),
+                Command::RequestMigration {
+                    guest: g.name.clone(),
+                    source: g.owner.clone(),
+                    target: primary.clone(),
+                    kind: MigrationKind::Online,
+                    reason: Some(format!("automatic failback of package {} to its primary node", p.name)),
+                },
+            ));
         }
     }
     out

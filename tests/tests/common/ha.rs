@@ -11,7 +11,6 @@ use std::time::Duration;
 use switchyard_agent::watchdog::WatchdogConfig;
 use switchyard_protocol::{Event, EventPayload};
 use switchyard_tests::proxy::Proxy;
-use switchyard_tests::watchdog::kill_guests;
 
 use super::cluster::*;
 use super::saga::history;
@@ -115,7 +114,12 @@ impl Drop for WatchdogProc {
 /// h1..h3 on QEMU, each with a watchdog when `watchdog`, each behind proxies when `proxied`.
 /// Returns once every host joined failure detection.
 pub async fn ha_cluster(watchdog: bool, proxied: bool) -> (TestCluster, Vec<HaHost>) {
-    let cluster = TestCluster::start(3, ClusterOpts { hypervisor: Hypervisor::Qemu, ..ClusterOpts::default() }).await;
+    ha_cluster_with(watchdog, proxied, ClusterOpts::default()).await
+}
+
+/// [`ha_cluster`] with other cluster options (the hypervisor is always QEMU).
+pub async fn ha_cluster_with(watchdog: bool, proxied: bool, opts: ClusterOpts) -> (TestCluster, Vec<HaHost>) {
+    let cluster = TestCluster::start(3, ClusterOpts { hypervisor: Hypervisor::Qemu, ..opts }).await;
     register_loopback_hosts(&cluster).await;
     let mut hosts = Vec::new();
     for (i, h) in HOSTS.iter().enumerate() {
@@ -153,7 +157,7 @@ pub fn crash(cluster: &TestCluster, host: &mut HaHost) -> u64 {
     if let Some(w) = host.watchdog.as_mut() {
         w.kill();
     }
-    kill_guests(&cluster.qemu_dir(&host.name));
+    cluster.kill_host_vms(&host.name);
     at
 }
 
