@@ -45,6 +45,15 @@ async fn reports_give_sync_status_and_silence_is_logged_once() {
     let err = report(&admin, "h1", state.revision, digest).await.unwrap_err();
     assert!(err.contains("forbidden"), "{err}");
 
+    // The first report makes h1 join failure detection (`HostJoined`, a commit): report again
+    // at the revision that follows it.
+    report(&agent, "h1", state.revision, digest).await.unwrap();
+    let joined = eventually("h1 to join failure detection", Duration::from_secs(30), || async {
+        let s: Read<FullState> = admin.get("/v1/state").await.ok()?;
+        (s.revision > state.revision).then_some(s)
+    })
+    .await;
+    let state = joined;
     report(&agent, "h1", state.revision, digest).await.unwrap();
     assert_eq!(host(&admin, "h1").await.sync.unwrap().status, SyncStatus::InSync);
     report(&agent, "h1", state.revision, digest ^ 1).await.unwrap();
