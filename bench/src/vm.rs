@@ -37,6 +37,24 @@ fn spec() -> GuestSpec {
     }
 }
 
+/// The guest `vm` of [`spec`], running on h1, in `package` if given.
+fn guest_on_h1(package: Option<&str>) -> CreateGuestRequest {
+    let s = spec();
+    CreateGuestRequest {
+        name: n("vm"),
+        owner: n("h1"),
+        vcpus: s.vcpus,
+        memory_mib: s.memory_mib,
+        disks: s.disks,
+        networks: s.networks,
+        online_migration: s.online_migration,
+        cluster_node: s.cluster_node,
+        package: package.map(n),
+        run_state: RunState::Running,
+        request_id: None,
+    }
+}
+
 fn median_max(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -102,20 +120,7 @@ pub async fn vm_migration(args: &Args, dir: &Path, timing: Timing, report: &mut 
         local::start(&mut cluster).await?;
         cluster.start_agents()?;
         let admin = cluster.admin(Duration::from_secs(10)).retrying_writes(Duration::from_secs(60));
-        let req = CreateGuestRequest {
-            name: g.clone(),
-            owner: n("h1"),
-            vcpus: 1,
-            memory_mib: 32,
-            disks: vec![],
-            networks: vec![],
-            online_migration: true,
-            cluster_node: false,
-            package: None,
-            run_state: RunState::Running,
-            request_id: None,
-        };
-        admin.create_guest(&req).await.context("create the guest")?;
+        admin.create_guest(&guest_on_h1(None)).await.context("create the guest")?;
         let runs_only_on = |host: &'static str| {
             let hvs: Vec<(&str, Qemu)> = ["h1", "h2", "h3"]
                 .into_iter()
@@ -212,22 +217,7 @@ pub async fn host_loss(args: &Args, dir: &Path, timing: Timing, report: &mut Rep
         local::start(&mut cluster).await?;
         cluster.start_agents()?;
         let admin = cluster.admin(Duration::from_secs(10)).retrying_writes(Duration::from_secs(60));
-        let mut s = spec();
-        s.package = Some(n("p1"));
-        let req = CreateGuestRequest {
-            name: n("vm"),
-            owner: n("h1"),
-            vcpus: s.vcpus,
-            memory_mib: s.memory_mib,
-            disks: vec![],
-            networks: vec![],
-            online_migration: true,
-            cluster_node: false,
-            package: s.package.clone(),
-            run_state: RunState::Running,
-            request_id: None,
-        };
-        admin.create_guest(&req).await.context("create the guest")?;
+        admin.create_guest(&guest_on_h1(Some("p1"))).await.context("create the guest")?;
         let hvs: Vec<(String, Qemu)> = ["h1", "h2", "h3"]
             .into_iter()
             .map(|h| (h.to_string(), Qemu::new(QemuConfig::new(cluster.qemu_dir(h))).expect("QEMU was found above")))

@@ -357,6 +357,7 @@ async fn replay(c: &Client, json: bool, source: &Path, until: Until, digest_only
             guest: g.clone(),
             package: g.spec.package.as_ref().and_then(|p| state.packages.iter().find(|x| &x.name == p)).cloned(),
             migration: state.migrations.iter().find(|m| m.guest == g.name).cloned(),
+            failover: None,
             hosts: Vec::new(),
         })
         .collect();

@@ -356,6 +356,9 @@ pub struct GuestView {
     pub guest: Guest,
     pub package: Option<Package>,
     pub migration: Option<Migration>,
+    /// The guest's failover in flight, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
     /// `guest show` on the leader: whether each host holds this guest's current configuration
     /// (`in_sync` once the host applied the guest's version, even if it lags on other guests).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -336,15 +336,7 @@ impl ClusterState {
                 }
             }
             EventPayload::GuestOwnerChanged { guest, from, to, .. } => {
-                let g = self.guests.get_mut(guest).expect("event names an existing guest");
-                let demand = g.spec.demand();
-                let before = guest_digest(g);
-                g.owner = to.clone();
-                g.version = rev;
-                self.derived.config_digest =
-                    self.derived.config_digest.wrapping_sub(before).wrapping_add(guest_digest(g));
-                sub(&mut self.derived.used, from, demand);
-                add(&mut self.derived.used, to, demand);
+                let demand = self.move_owner(guest, from, to, rev);
                 // The reservation becomes real use.
                 sub(&mut self.derived.reserved, to, demand);
             }
@@ -354,29 +346,12 @@ impl ClusterState {
                 self.members.insert(host.clone(), Member { joined: rev, failure: None });
             }
             EventPayload::HostFailed { host, evidence } => {
-                let m = self.members.get_mut(host).expect("event names a member host");
-                m.failure = Some(HostFailure { at: event.time, revision: rev, evidence: evidence.clone() });
-                let h = self.hosts.get_mut(host).expect("event names a registered host");
-                h.reachable = false;
-                h.version = rev;
+                let failure = HostFailure { at: event.time, revision: rev, evidence: evidence.clone() };
+                self.set_failure(host, Some(failure), rev);
             }
-            EventPayload::HostRecovered { host } => {
-                let m = self.members.get_mut(host).expect("event names a member host");
-                m.failure = None;
-                let h = self.hosts.get_mut(host).expect("event names a registered host");
-                h.reachable = true;
-                h.version = rev;
-            }
+            EventPayload::HostRecovered { host } => self.set_failure(host, None, rev),
             EventPayload::FailoverStarted { guest, package, failed_host, from, to, .. } => {
-                let g = self.guests.get_mut(guest).expect("event names an existing guest");
-                let demand = g.spec.demand();
-                let before = guest_digest(g);
-                g.owner = to.clone();
-                g.version = rev;
-                self.derived.config_digest =
-                    self.derived.config_digest.wrapping_sub(before).wrapping_add(guest_digest(g));
-                sub(&mut self.derived.used, from, demand);
-                add(&mut self.derived.used, to, demand);
+                self.move_owner(guest, from, to, rev);
                 let token = event.token();
                 match self.failovers.get_mut(guest) {
                     Some(f) => {
@@ -546,6 +521,27 @@ impl ClusterState {
         }
         self.derived.config_digest = self.derived.config_digest.wrapping_add(guest_digest(&guest));
         self.guests.insert(guest.name.clone(), guest);
+    }
+
+    /// A member host fails (reachable no more) or recovers (reachable again).
+    fn set_failure(&mut self, host: &Name, failure: Option<HostFailure>, rev: Revision) {
+        let h = self.hosts.get_mut(host).expect("event names a registered host");
+        h.reachable = failure.is_none();
+        h.version = rev;
+        self.members.get_mut(host).expect("event names a member host").failure = failure;
+    }
+
+    /// The guest now runs on `to` (its version is the revision that says so); answers its demand.
+    fn move_owner(&mut self, guest: &Name, from: &Name, to: &Name, rev: Revision) -> Resources {
+        let g = self.guests.get_mut(guest).expect("event names an existing guest");
+        let demand = g.spec.demand();
+        let before = guest_digest(g);
+        g.owner = to.clone();
+        g.version = rev;
+        self.derived.config_digest = self.derived.config_digest.wrapping_sub(before).wrapping_add(guest_digest(g));
+        sub(&mut self.derived.used, from, demand);
+        add(&mut self.derived.used, to, demand);
+        demand
     }
 
     fn remove_guest(&mut self, name: &Name) -> Guest {

@@ -136,11 +136,16 @@ async fn a_hung_agent_s_guests_are_killed_by_its_watchdog_before_they_start_else
     .await;
 
     // SIGSTOP: the agent hangs, its VM keeps running, nothing pets the watchdog.
+    let before = history(&admin).await.last().map_or(0, |e| e.revision);
+    let hung_at = now_ms();
     hosts[0].agent.pause();
     wait_vm(&cluster, "h2", "vm1", "running after the failover", running).await;
     let (fired_at, killed) = watchdog.fired().expect("the watchdog fired");
     assert_eq!(killed, 1, "{:?}", watchdog.lines());
+    wait_event(&cluster, before, "vm1's failover to complete", |p| matches!(p, EventPayload::FailoverCompleted { .. }))
+        .await;
     let events = history(&admin).await;
+    check_failover_bound(&events, before, "h1", hung_at, 60_000, 10_000);
     let started = events.iter().find(|e| matches!(e.payload, EventPayload::FailoverStarted { .. })).unwrap();
     assert!(
         fired_at < started.time.0,
@@ -179,10 +184,15 @@ async fn a_cut_off_host_fences_itself_before_its_guests_start_elsewhere() {
     wait_runs_only_on(&cluster, "vm3", "h1").await;
     let checker = TwoCopiesChecker::start(&cluster);
 
+    let before = history(&admin).await.last().map_or(0, |e| e.revision);
+    let cut_at = now_ms();
     hosts[0].cut();
     // Self-fencing stops the packaged guest; the unpackaged one keeps running.
     wait_vm(&cluster, "h1", "vm1", "stopped by self-fencing", |o| !o.state.is_live()).await;
     wait_vm(&cluster, "h2", "vm1", "running after the failover", running).await;
+    wait_event(&cluster, before, "vm1's failover to complete", |p| matches!(p, EventPayload::FailoverCompleted { .. }))
+        .await;
+    check_failover_bound(&history(&admin).await, before, "h1", cut_at, 60_000, 10_000);
     assert!(observe(&cluster, "h1", "vm3").is_some_and(|o| running(&o)), "vm3 kept running on h1");
 
     hosts[0].heal();
@@ -352,6 +362,41 @@ async fn automatic_failback_moves_the_guest_home_online_when_its_primary_node_re
     let m = wait_terminal(&cluster, migration.id).await;
     assert_eq!(m.phase, switchyard_protocol::Phase::Completed, "{m:?}");
     wait_runs_only_on(&cluster, "vm1", "h1").await;
+    checker.finish();
+    check_history(&history(&admin).await, true);
+}
+
+/// `min_package_node`: a failed host's packages spread over the eligible nodes, each to the one
+/// running the fewest packages when its failover is decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_package_node_spreads_a_failed_host_s_packages() {
+    let (cluster, mut hosts) = ha_cluster(false, false).await;
+    let admin = cluster.admin(Duration::from_secs(60));
+    for (g, p) in [("vma", "pa"), ("vmb", "pb")] {
+        create_vm(&admin, g, "h1", 32, Some(p)).await;
+        let (code, _, err) =
+            cluster.cli(&[1, 2, 3], ADMIN_TOKEN, &["package", "modify", p, "--failover-policy", "min_package_node"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    wait_runs_only_on(&cluster, "vma", "h1").await;
+    wait_runs_only_on(&cluster, "vmb", "h1").await;
+    let checker = TwoCopiesChecker::start(&cluster);
+    crash(&cluster, &mut hosts[0]);
+    let mut places = Vec::new();
+    for g in ["vma", "vmb"] {
+        let done = wait_event(
+            &cluster,
+            0,
+            &format!("{g}'s failover to complete"),
+            |p| matches!(p, EventPayload::FailoverCompleted { guest, .. } if guest.as_str() == g),
+        )
+        .await;
+        let EventPayload::FailoverCompleted { host, .. } = done.payload else { unreachable!() };
+        wait_vm(&cluster, host.as_str(), g, "running after the failover", running).await;
+        places.push(host.to_string());
+    }
+    places.sort();
+    assert_eq!(places, ["h2", "h3"], "one package on each node");
     checker.finish();
     check_history(&history(&admin).await, true);
 }

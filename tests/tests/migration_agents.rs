@@ -51,11 +51,15 @@ fn refused(r: Result<WriteResponse, ClientError>) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_and_driver_faults_aborts_and_refusals() {
+    // Agents are killed and left down here for longer than the default lease: this test is about
+    // what a migration does when its agents fail, not about host failure (ha_failover.rs), so
+    // no host is declared failed within it.
     let opts = ClusterOpts {
         transferring_timeout_ms: 5_000,
         step_delay_ms: 700,
         sim_transfer_ms: 800,
         host_report_timeout_ms: 1_500,
+        lease_ms: 60_000,
         ..Default::default()
     };
     let (cluster, mut agents) = cluster_with_agents(opts).await;

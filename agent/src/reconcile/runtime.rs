@@ -83,7 +83,7 @@ impl Runtime {
             BTreeMap::new()
         });
         let mut r = Reconciler::new(self.host.clone(), started);
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Effect, Result<(), String>)>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
         // Inputs read from the log by tasks of their own (packages).
         let (read_tx, mut read_rx) = mpsc::unbounded_channel::<Input>();
         let switching = self.driver.switching().is_some();
@@ -102,6 +102,9 @@ impl Runtime {
         let mut repairing: BTreeMap<Name, Action> = BTreeMap::new();
         // Failovers this host is asked to carry out, until it reported how they went.
         let mut failovers: BTreeMap<Name, FencingToken> = BTreeMap::new();
+        // Failover orders whose start this host reported failed (by the order's revision): it
+        // never starts the guest on them again, whatever the reconciler plans meanwhile.
+        let gave_up: GaveUp = Arc::default();
         loop {
             let (input, repair) = tokio::select! {
                 f = feed.recv() => match f {
@@ -139,7 +142,7 @@ impl Runtime {
                     None => return,
                 },
                 Some(input) = read_rx.recv() => (input, false),
-                Some((effect, result)) = done_rx.recv() => {
+                Some(Outcome { effect, result, by_driver }) = done_rx.recv() => {
                     match &result {
                         Ok(()) => tracing::info!(guest = %effect.guest, action = ?effect.action, reason = %effect.reason, "hypervisor updated"),
                         Err(e) => tracing::warn!(guest = %effect.guest, action = ?effect.action, %e, "hypervisor action failed; retried after the next observation"),
@@ -150,9 +153,14 @@ impl Runtime {
                         }
                     }
                     if let (Action::Start { token }, Some(wanted)) = (&effect.action, failovers.get(&effect.guest).copied()) {
-                        // By revision: after a re-sync the agent knows its guests' revisions only.
-                        if token.revision == wanted.revision {
+                        // By revision: after a re-sync the agent knows its guests' revisions
+                        // only. A start that did not reach the hypervisor (no leader to confirm
+                        // the order, the lease too short) is retried, not reported as failed.
+                        if token.revision == wanted.revision && (result.is_ok() || by_driver) {
                             failovers.remove(&effect.guest);
+                            if result.is_err() {
+                                gave_up.lock().expect("gave-up lock").insert(effect.guest.clone(), wanted.revision);
+                            }
                             self.report_failover(effect.guest.clone(), wanted, result.clone().err());
                         }
                     }
@@ -172,7 +180,7 @@ impl Runtime {
                                 let effects = r.step(Input::ObservedSwitching(seen));
                                 for e in effects {
                                     repair_started(&e, &mut repairs, &mut repairing);
-                                    self.perform(e, done_tx.clone());
+                                    self.perform(e, done_tx.clone(), gave_up.clone());
                                 }
                             }
                             other => tracing::warn!(?other, "cannot read package switching from the cluster manager"),
@@ -209,7 +217,7 @@ impl Runtime {
                     // drifted from the log.
                     repair_started(&e, &mut repairs, &mut repairing);
                 }
-                self.perform(e, done_tx.clone());
+                self.perform(e, done_tx.clone(), gave_up.clone());
             }
         }
     }
@@ -263,19 +271,31 @@ impl Runtime {
         });
     }
 
-    fn perform(&self, e: Effect, done: mpsc::UnboundedSender<(Effect, Result<(), String>)>) {
+    fn perform(&self, e: Effect, done: mpsc::UnboundedSender<Outcome>, gave_up: GaveUp) {
         let (driver, client, host) = (self.driver.clone(), self.client.clone(), self.host.clone());
         let lease = self.lease.clone();
         tokio::spawn(async move {
-            let result = async {
-                if let Action::Start { token } = &e.action {
-                    let packaged = check_order(&client, &host, &e.guest, *token).await?;
+            if let Action::Start { token } = &e.action {
+                let abandoned = gave_up.lock().expect("gave-up lock").get(&e.guest) == Some(&token.revision);
+                let checked = if abandoned {
+                    Err("this host reported its failover attempt failed; the guest goes to another node".into())
+                } else {
+                    check_order(&client, &host, &e.guest, *token).await
+                };
+                let checked = checked.and_then(|packaged| {
                     // The plan saw the lease held; it must still hold with room for the start.
                     let left = lease.borrow().remaining(std::time::Instant::now());
                     if packaged && left < START_LEASE_MIN {
                         return Err(format!("not starting: this host's lease holds for {} ms only", left.as_millis()));
                     }
+                    Ok(())
+                });
+                if let Err(why) = checked {
+                    let _ = done.send(Outcome { effect: e, result: Err(why), by_driver: false });
+                    return;
                 }
+            }
+            let result = async {
                 let effect = e.clone();
                 tokio::task::spawn_blocking(move || {
                     if let Action::SetSwitching { package, node, enabled } = &effect.action {
@@ -300,9 +320,21 @@ impl Runtime {
                 .map_err(|e| e.to_string())
             }
             .await;
-            let _ = done.send((e, result));
+            let _ = done.send(Outcome { effect: e, result, by_driver: true });
         });
     }
+}
+
+/// Failover orders given up on, by guest: the revision of the order.
+type GaveUp = Arc<std::sync::Mutex<BTreeMap<Name, Revision>>>;
+
+/// How an effect ended.
+struct Outcome {
+    effect: Effect,
+    result: Result<(), String>,
+    /// Whether the hypervisor (or cluster manager) was asked at all: an effect stopped by a
+    /// check before it (the log's order, the lease) did not fail on the hypervisor.
+    by_driver: bool,
 }
 
 /// How long the lease must still hold when a packaged guest starts.
@@ -321,6 +353,14 @@ async fn check_order(client: &Client, host: &Name, guest: &Name, token: FencingT
     }
     if let Some(m) = &view.migration {
         return Err(format!("migration {} of the guest is in flight", m.id));
+    }
+    // A failover attempt on this host that has ended (reported failed, or timed out by the
+    // leader) is over: the leader may already be starting the guest on the next node.
+    if let Some(f) = view.failover.as_ref().filter(|f| f.target == *host && f.attempt_failed.is_some()) {
+        return Err(format!(
+            "the failover attempt here ended ({}); the guest goes to another node",
+            f.attempt_failed.as_deref().unwrap_or_default()
+        ));
     }
     Ok(g.spec.package.is_some())
 }

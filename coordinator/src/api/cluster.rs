@@ -14,7 +14,7 @@ use switchyard_protocol::api::*;
 use switchyard_protocol::{ClusterId, Command, Rejection};
 use switchyard_storage::{NodeId, NodeInfo};
 
-use super::{body, body_or_default, read_simple, submit, ApiError, Caller, FORWARDED_HEADER, Q, S};
+use super::{body, body_or_default, read_simple, submit, submit_body, ApiError, Caller, FORWARDED_HEADER, Q, S};
 use crate::api::Api;
 
 /// Alive: the process answers.
@@ -252,9 +252,7 @@ pub(super) async fn import_events(
     Extension(c): Extension<Caller>,
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
-    let r: ImportRequest = body(&raw)?;
-    let rid = r.request_id.clone();
-    submit(&s, &c, rid.as_deref(), r).await
+    submit_body(&s, &c, &raw, |r: ImportRequest| r).await
 }
 
 /// Changes the membership, waiting out the second half of an earlier change: openraft moves

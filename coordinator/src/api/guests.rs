@@ -7,13 +7,16 @@ use switchyard_protocol::api::*;
 use switchyard_protocol::{ClusterState, Guest};
 
 use super::hosts::host_views;
-use super::{body, name, page, query, read_page, read_simple, submit, unknown_guest, Api, ApiError, Caller, Q, S};
+use super::{
+    name, page, query, read_page, read_simple, submit, submit_body, unknown_guest, Api, ApiError, Caller, Q, S,
+};
 
 fn guest_view(st: &ClusterState, g: &Guest) -> GuestView {
     GuestView {
         guest: g.clone(),
         package: g.spec.package.as_ref().and_then(|p| st.package(p)).cloned(),
         migration: st.in_flight(&g.name).cloned(),
+        failover: st.failover(&g.name).cloned(),
         hosts: Vec::new(),
     }
 }
@@ -76,9 +79,7 @@ pub(super) async fn create(
     Extension(c): Extension<Caller>,
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
-    let r: CreateGuestRequest = body(&raw)?;
-    let rid = r.request_id.clone();
-    submit(&s, &c, rid.as_deref(), r).await
+    submit_body(&s, &c, &raw, |r: CreateGuestRequest| r).await
 }
 
 #[utoipa::path(patch, path = "/v1/guests/{name}", tag = "guests", params(("name" = String, Path)), request_body = ModifyGuestRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
@@ -88,9 +89,8 @@ pub(super) async fn modify(
     Path(n): Path<String>,
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
-    let r: ModifyGuestRequest = body(&raw)?;
-    let rid = r.request_id.clone();
-    submit(&s, &c, rid.as_deref(), (name(&n)?, r)).await
+    let named = name(&n)?;
+    submit_body(&s, &c, &raw, |r: ModifyGuestRequest| (named, r)).await
 }
 
 #[utoipa::path(delete, path = "/v1/guests/{name}", tag = "guests", params(("name" = String, Path), RemoveGuestParams), responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]

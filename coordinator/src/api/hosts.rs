@@ -9,7 +9,7 @@ use axum::{Extension, Json};
 use switchyard_protocol::api::*;
 use switchyard_protocol::{ClusterState, Host, Name, Rejection};
 
-use super::{body, name, page, query, read_page, read_simple, submit, Api, ApiError, Caller, Q, S};
+use super::{body, name, page, query, read_page, read_simple, submit_body, Api, ApiError, Caller, Q, S};
 use crate::config::Role;
 
 /// Host views with their sync status (known on the leader only).
@@ -77,9 +77,7 @@ pub(super) async fn record_repair(
     if c.role == Role::Agent {
         own_host(&c, &host, "record repairs")?;
     }
-    let r: RepairRequest = body(&raw)?;
-    let rid = r.request_id.clone();
-    submit(&s, &c, rid.as_deref(), (host, r)).await
+    submit_body(&s, &c, &raw, |r: RepairRequest| (host, r)).await
 }
 
 /// A failover target's agent reports how its attempt to start the guest ended.
@@ -94,9 +92,7 @@ pub(super) async fn report_failover(
     if c.role == Role::Agent {
         own_host(&c, &host, "report failovers")?;
     }
-    let r: FailoverReportRequest = body(&raw)?;
-    let rid = r.request_id.clone();
-    submit(&s, &c, rid.as_deref(), (host, r)).await
+    submit_body(&s, &c, &raw, |r: FailoverReportRequest| (host, r)).await
 }
 
 /// Failed hosts, failovers in flight, and the guests of failed hosts left down, with why.
@@ -163,9 +159,7 @@ pub(super) async fn register(
     Extension(c): Extension<Caller>,
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
-    let r: RegisterHostRequest = body(&raw)?;
-    let rid = r.request_id.clone();
-    submit(&s, &c, rid.as_deref(), r).await
+    submit_body(&s, &c, &raw, |r: RegisterHostRequest| r).await
 }
 
 #[utoipa::path(post, path = "/v1/hosts/{name}/maintenance", tag = "hosts", params(("name" = String, Path)), request_body = MaintenanceRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
@@ -175,7 +169,6 @@ pub(super) async fn set_maintenance(
     Path(n): Path<String>,
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
-    let r: MaintenanceRequest = body(&raw)?;
-    let rid = r.request_id.clone();
-    submit(&s, &c, rid.as_deref(), (name(&n)?, r)).await
+    let named = name(&n)?;
+    submit_body(&s, &c, &raw, |r: MaintenanceRequest| (named, r)).await
 }

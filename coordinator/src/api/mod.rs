@@ -31,7 +31,7 @@ use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use switchyard_protocol::api::{parse_request_id, ReadParams, WriteResponse, PAGE_DEFAULT, PAGE_MAX};
+use switchyard_protocol::api::{parse_request_id, ReadParams, WriteRequest, WriteResponse, PAGE_DEFAULT, PAGE_MAX};
 use switchyard_protocol::{ClusterState, Command, Name, Rejection};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -279,6 +279,24 @@ where
         })),
         Err(r) => Err(ApiError::Rejected(r)),
     }
+}
+
+/// [`submit`] of a JSON body: parsed, its request id kept, turned into a command by `wrap`
+/// (which adds what the path names).
+async fn submit_body<R, T>(
+    s: &Api,
+    caller: &Caller,
+    raw: &Bytes,
+    wrap: impl FnOnce(R) -> T,
+) -> Result<Json<WriteResponse>, ApiError>
+where
+    R: DeserializeOwned + WriteRequest,
+    T: TryInto<Command>,
+    ApiError: From<T::Error>,
+{
+    let r: R = body(raw)?;
+    let rid = r.request_id().map(str::to_string);
+    submit(s, caller, rid.as_deref(), wrap(r)).await
 }
 
 /// A read of the state: linearizable unless `stale`, answered with the revision it saw.

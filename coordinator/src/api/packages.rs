@@ -6,7 +6,7 @@ use axum::{Extension, Json};
 use switchyard_protocol::api::*;
 use switchyard_protocol::{ha, Package, Rejection};
 
-use super::{body, name, page, query, read_page, read_simple, submit, ApiError, Caller, Q, S};
+use super::{name, page, query, read_page, read_simple, submit_body, ApiError, Caller, Q, S};
 
 #[utoipa::path(get, path = "/v1/packages", tag = "packages", params(PackageQuery), responses((status = 200, description = "One page; `next_after` names the next", body = Read<Vec<Package>>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn list(State(s): S, q: Q<PackageQuery>) -> Result<Json<Read<Vec<Package>>>, ApiError> {
@@ -49,9 +49,8 @@ pub(super) async fn modify(
     Path(n): Path<String>,
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
-    let r: ModifyPackageRequest = body(&raw)?;
-    let rid = r.request_id.clone();
-    submit(&s, &c, rid.as_deref(), (name(&n)?, r)).await
+    let named = name(&n)?;
+    submit_body(&s, &c, &raw, |r: ModifyPackageRequest| (named, r)).await
 }
 
 #[utoipa::path(post, path = "/v1/packages/{name}/switching", tag = "packages", params(("name" = String, Path)), request_body = SwitchingRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
@@ -61,7 +60,6 @@ pub(super) async fn set_switching(
     Path(n): Path<String>,
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
-    let r: SwitchingRequest = body(&raw)?;
-    let rid = r.request_id.clone();
-    submit(&s, &c, rid.as_deref(), (name(&n)?, r)).await
+    let named = name(&n)?;
+    submit_body(&s, &c, &raw, |r: SwitchingRequest| (named, r)).await
 }

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use switchyard_protocol::ha;
 use switchyard_protocol::limits::TEXT_LEN_MAX;
-use switchyard_protocol::{ClusterState, Command, FailbackPolicy, FencingToken, MigrationKind, Name, RunState};
+use switchyard_protocol::{
+    ClusterState, Command, FailbackPolicy, FailoverPolicy, FencingToken, MigrationKind, Name, RunState,
+};
 
 use crate::node::Node;
 
@@ -113,7 +115,10 @@ fn plan(st: &ClusterState, seen: &mut HashMap<FencingToken, Instant>, timeout: D
             out.push((guest, command));
         }
     }
-    // Guests of failed hosts that no failover holds yet.
+    // Guests of failed hosts that no failover holds yet. A `min_package_node` choice counts the
+    // packages each node runs, which this pass's own starts do not change yet: one such start
+    // per pass, the next decided once it has committed.
+    let mut counted_start = false;
     for g in st.guests() {
         if st.host_failure(&g.owner).is_none() || st.failover(&g.name).is_some() || st.in_flight(&g.name).is_some() {
             continue;
@@ -122,7 +127,12 @@ fn plan(st: &ClusterState, seen: &mut HashMap<FencingToken, Instant>, timeout: D
             continue;
         }
         let Some(p) = g.spec.package.as_ref().and_then(|p| st.package(p)) else { continue };
+        let counts = p.failover_policy == FailoverPolicy::MinPackageNode;
+        if counts && counted_start {
+            continue;
+        }
         if let Ok((to, _)) = ha::choose(st, g, p, &[]) {
+            counted_start |= counts;
             out.push((g.name.clone(), Command::StartFailover { guest: g.name.clone(), to }));
         }
     }

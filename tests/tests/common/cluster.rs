@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use switchyard_client::Client;
-use switchyard_coordinator::config::{ApiConfig, HistoryConfig, MigrationConfig, RaftConfig};
+use switchyard_coordinator::config::{ApiConfig, HaConfig, HistoryConfig, MigrationConfig, RaftConfig};
 use switchyard_protocol::api::WriteResponse;
 pub use switchyard_testkit::{eventually, AgentProc, Binaries, Cluster, Hypervisor, Secrets, Settings};
 
@@ -39,6 +39,9 @@ pub struct ClusterOpts {
     pub hypervisor: Hypervisor,
     /// QEMU's live-migration bandwidth limit (KiB/s).
     pub qemu_bandwidth_kib: Option<u64>,
+    /// `ha.lease_ms` (the product's default unless a test leaves agents down for longer on
+    /// purpose, and is not about host failure).
+    pub lease_ms: u64,
 }
 
 impl Default for ClusterOpts {
@@ -53,6 +56,7 @@ impl Default for ClusterOpts {
             sim_transfer_ms: 500,
             hypervisor: Hypervisor::Simulated,
             qemu_bandwidth_kib: None,
+            lease_ms: HaConfig::default().lease_ms,
         }
     }
 }
@@ -80,7 +84,7 @@ impl ClusterOpts {
                 transferring_timeout_ms: self.transferring_timeout_ms,
                 step_delay_ms: self.step_delay_ms,
             },
-            ha: Default::default(),
+            ha: HaConfig { lease_ms: self.lease_ms, ..HaConfig::default() },
             sim_transfer_ms: self.sim_transfer_ms,
             sim_freeze_ms: 40,
             report_interval_ms: 200,
