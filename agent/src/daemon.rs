@@ -253,12 +253,21 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                                 {
                                     let _ = r.send(Feed::Package { name: package.clone(), revision: e.revision });
                                 }
-                                if let (Some(r), EventPayload::FailoverStarted { guest, to, .. }) =
-                                    (&reconciler, &e.payload)
-                                {
-                                    if *to == config.host {
+                                match (&reconciler, &e.payload) {
+                                    (Some(r), EventPayload::FailoverStarted { guest, to, .. })
+                                        if *to == config.host =>
+                                    {
                                         let _ = r.send(Feed::Failover { guest: guest.clone(), token: e.token() });
                                     }
+                                    (
+                                        Some(r),
+                                        EventPayload::FailoverAttemptFailed {
+                                            guest, host, token, released: false, ..
+                                        },
+                                    ) if *host == config.host => {
+                                        let _ = r.send(Feed::AttemptEnded { guest: guest.clone(), token: *token });
+                                    }
+                                    _ => {}
                                 }
                                 if let Some(change) = applied.change_for(e) {
                                     store.stage(&change)?;

@@ -704,3 +704,33 @@ fn packaged_guests_start_only_under_the_lease_and_stop_hard_when_it_is_lost() {
     assert_eq!(actions(&e), [("g1".into(), Action::Start { token: tok(1, 5) })]);
     assert!(r.protects());
 }
+
+#[test]
+fn a_given_up_failover_order_stops_any_copy_and_never_starts_again() {
+    let mut g = guest("g1", "h1", RunState::Running, 32, 9);
+    g.spec.package = Some(n("p1"));
+    let seen = |state: VmState| Observed {
+        name: g.name.clone(),
+        defined: Some((g.spec.clone(), Some(g.version))),
+        running_spec: (state == VmState::Running).then(|| g.spec.clone()),
+        state,
+    };
+    let (mut r, _) = fresh(vec![g.clone()], vec![seen(VmState::Running)]);
+    r.step(Input::Fence(Fence::Held));
+    assert!(!r.settled_off(&n("g1")));
+    // A start that completed after the attempt ended: the copy is stopped hard.
+    let e = r.step(Input::GaveUp { name: n("g1"), revision: 9 });
+    assert_eq!(actions(&e), [("g1".into(), Action::Stop { hard: true })]);
+    assert!(!r.settled_off(&n("g1")), "a stop under way is not settled");
+    done(&mut r, &e[0]);
+    assert!(r.settled_off(&n("g1")));
+    // Nothing starts it again on that order, even though the log still names this host.
+    assert!(r.step(Input::Observed(vec![seen(VmState::ShutOff)])).is_empty());
+    // A newer order (the guest came back here later) is not given up.
+    let mut back = g.clone();
+    back.version = 12;
+    let e = r.step(Input::Guest { guest: back.clone(), token: tok(3, 12) });
+    assert_eq!(actions(&e), [("g1".into(), Action::Define { spec: back.spec.clone(), version: 12 })]);
+    let e = done(&mut r, &e[0]);
+    assert_eq!(actions(&e), [("g1".into(), Action::Start { token: tok(3, 12) })]);
+}

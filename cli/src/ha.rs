@@ -55,8 +55,15 @@ async fn status(ctx: &Ctx) -> Out {
         out.push_str("failovers under way:\n");
         for f in &s.failovers {
             let tried: Vec<String> = f.tried.iter().map(|(h, why)| format!("{h} ({why})")).collect();
+            let waiting = match (&f.attempt_failed, f.released) {
+                (Some(why), false) => {
+                    format!("; attempt ended ({why}), waiting for {} to confirm no copy runs there", f.target)
+                }
+                (Some(why), true) => format!("; attempt ended ({why}), next node being chosen"),
+                (None, _) => String::new(),
+            };
             out.push_str(&format!(
-                "  {}  from {} to {} since {}{}\n",
+                "  {}  from {} to {} since {}{}{waiting}\n",
                 f.guest,
                 f.failed_host,
                 f.target,
@@ -111,7 +118,7 @@ async fn history(ctx: &Ctx, guest: Option<Name>) -> Out {
                     });
                     row.attempts.push(to.to_string());
                 }
-                EventPayload::FailoverAttemptFailed { guest, host, reason } => {
+                EventPayload::FailoverAttemptFailed { guest, host, reason, .. } => {
                     if let Some(row) = open.get_mut(guest.as_str()) {
                         if let Some(last) = row.attempts.last_mut() {
                             *last = format!("{host} (failed: {reason})");

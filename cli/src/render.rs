@@ -367,8 +367,11 @@ pub fn describe(p: &EventPayload) -> String {
             format!("failover of {guest} (host {failed_host} failed){after}: starting on {to}: {reason}")
         }
         EventPayload::FailoverCompleted { guest, host } => format!("failover of {guest}: runs on {host}"),
-        EventPayload::FailoverAttemptFailed { guest, host, reason } => {
+        EventPayload::FailoverAttemptFailed { guest, host, reason, .. } => {
             format!("failover of {guest}: attempt on {host} failed: {reason}")
+        }
+        EventPayload::FailoverAttemptReleased { guest, host } => {
+            format!("failover of {guest}: {host} confirmed no copy runs there")
         }
         EventPayload::FailoverFailed { guest, reason } => format!("failover of {guest} FAILED, left down: {reason}"),
         EventPayload::PackageModified { package, nodes, failover_policy, failback_policy, .. } => format!(

@@ -129,11 +129,23 @@ pub struct FailoverReportRequest {
     pub guest: Name,
     /// The token of the `FailoverStarted` that asked this host to start the guest.
     pub token: FencingToken,
-    /// `None`: the guest runs here. Otherwise why it could not be started.
-    #[serde(default)]
-    pub error: Option<String>,
+    pub outcome: FailoverOutcome,
     #[serde(default)]
     pub request_id: Option<String>,
+}
+
+/// How a failover attempt ended on its target.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum FailoverOutcome {
+    /// The guest runs here.
+    Started,
+    /// The guest could not be started here, and no copy of it runs here.
+    Failed { error: String },
+    /// The attempt here was ended by the leader (it waited too long), and no copy of the
+    /// guest runs here: the next node may start it.
+    Released,
 }
 
 /// `package modify`: the node list and the policies; an absent field stays as it is.

@@ -272,7 +272,7 @@ pub fn decide(state: &ClusterState, p: &Proposal) -> Result<Vec<EventPayload>, R
             current_attempt(state, guest, host, *token)?;
             Ok(vec![EventPayload::FailoverCompleted { guest: guest.clone(), host: host.clone() }])
         }
-        Command::FailFailoverAttempt { guest, host, token, reason } => {
+        Command::FailFailoverAttempt { guest, host, token, reason, released } => {
             check_text("reason", reason, TEXT_LEN_MAX)?;
             let f = current_attempt(state, guest, host, *token)?;
             if f.attempt_failed.is_some() {
@@ -281,8 +281,17 @@ pub fn decide(state: &ClusterState, p: &Proposal) -> Result<Vec<EventPayload>, R
             Ok(vec![EventPayload::FailoverAttemptFailed {
                 guest: guest.clone(),
                 host: host.clone(),
+                token: *token,
                 reason: reason.clone(),
+                released: *released,
             }])
+        }
+        Command::ReleaseFailoverAttempt { guest, host, token } => {
+            let f = current_attempt(state, guest, host, *token)?;
+            if f.attempt_failed.is_none() || f.released {
+                return Err(refuse_failover(guest, "no failed attempt waits for its release"));
+            }
+            Ok(vec![EventPayload::FailoverAttemptReleased { guest: guest.clone(), host: host.clone() }])
         }
         Command::AbandonFailover { guest, reason } => {
             check_text("reason", reason, TEXT_LEN_MAX)?;
@@ -356,6 +365,12 @@ fn apply_start_failover(state: &ClusterState, guest_name: &Name, to: &Name) -> R
     let (failed_host, tried) = match state.failover(guest_name) {
         Some(f) if f.attempt_failed.is_none() => {
             return Err(refuse_failover(guest_name, format!("its attempt on {} is still under way", f.target)))
+        }
+        Some(f) if !f.released && state.host_failure(&f.target).is_none() => {
+            return Err(refuse_failover(
+                guest_name,
+                format!("{} has not confirmed that no copy runs there since its attempt failed", f.target),
+            ))
         }
         Some(f) => {
             let mut tried: Vec<Name> = f.tried.iter().map(|(h, _)| h.clone()).collect();

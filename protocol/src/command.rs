@@ -139,17 +139,25 @@ pub enum Command {
         host: Name,
         token: FencingToken,
     },
-    /// The target's agent could not start the guest, or the leader gave up waiting for it.
+    /// The target's agent could not start the guest (`released`: it has made sure no copy
+    /// runs there), or the leader gave up waiting for it (not released).
     FailFailoverAttempt {
         guest: Name,
         host: Name,
         token: FencingToken,
         reason: String,
+        released: bool,
     },
     /// Leader: no eligible node is left for an in-flight failover; the guest stays down.
     AbandonFailover {
         guest: Name,
         reason: String,
+    },
+    /// The target of a failed attempt confirms that no copy of the guest runs there.
+    ReleaseFailoverAttempt {
+        guest: Name,
+        host: Name,
+        token: FencingToken,
     },
     /// `package modify`: the node list and the policies (`None` leaves one as it is).
     ModifyPackage {
@@ -186,6 +194,7 @@ impl Command {
             Command::FailFailoverAttempt { .. } => "fail_failover_attempt",
             Command::AbandonFailover { .. } => "abandon_failover",
             Command::ModifyPackage { .. } => "modify_package",
+            Command::ReleaseFailoverAttempt { .. } => "release_failover_attempt",
         }
     }
 }

@@ -125,11 +125,20 @@ pub enum EventPayload {
         guest: Name,
         host: Name,
     },
-    /// The attempt on `host` ended without the guest running there.
+    /// The attempt on `host` ended without the guest running there; `released` when `host`
+    /// made sure no copy runs there.
     FailoverAttemptFailed {
         guest: Name,
         host: Name,
+        /// The attempt's order (its `FailoverStarted`'s token).
+        token: FencingToken,
         reason: String,
+        released: bool,
+    },
+    /// `host`, whose attempt failed, made sure no copy of the guest runs there.
+    FailoverAttemptReleased {
+        guest: Name,
+        host: Name,
     },
     /// No node could take the guest: it stays down.
     FailoverFailed {
@@ -181,6 +190,7 @@ impl EventPayload {
             | FailoverStarted { .. }
             | FailoverCompleted { .. }
             | FailoverAttemptFailed { .. }
+            | FailoverAttemptReleased { .. }
             | FailoverFailed { .. } => EventKind::Ha,
         }
     }
@@ -203,6 +213,7 @@ impl EventPayload {
             FailoverStarted { guest, .. }
             | FailoverCompleted { guest, .. }
             | FailoverAttemptFailed { guest, .. }
+            | FailoverAttemptReleased { guest, .. }
             | FailoverFailed { guest, .. }
             | PackageModified { guest, .. } => Some(guest),
         }
@@ -229,7 +240,11 @@ impl EventPayload {
                 hosts.dedup();
                 hosts
             }
-            FailoverCompleted { host, .. } | FailoverAttemptFailed { host, .. } => vec![host],
+            FailoverCompleted { host, .. }
+            | FailoverAttemptFailed { host, .. }
+            | FailoverAttemptReleased { host, .. } => {
+                vec![host]
+            }
             FailoverFailed { .. } | PackageModified { .. } => vec![],
         }
     }

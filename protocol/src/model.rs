@@ -404,8 +404,13 @@ pub struct Failover {
     pub started_at: Timestamp,
     /// Hosts tried before `target`, with why each attempt ended.
     pub tried: Vec<(Name, String)>,
-    /// Set when the current attempt failed; the leader then tries the next node.
+    /// Set when the current attempt failed; the leader then tries the next node, once the
+    /// attempt is released.
     pub attempt_failed: Option<String>,
+    /// The failed attempt's target confirmed that no copy of the guest runs there (or it
+    /// reported the failure itself, which it does only then). Until this, or the target's own
+    /// failure, the next node is not asked.
+    pub released: bool,
 }
 
 /// What the hypervisor measured of a live migration's transfer (QEMU's `query-migrate`: the

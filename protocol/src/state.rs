@@ -356,6 +356,7 @@ impl ClusterState {
                 match self.failovers.get_mut(guest) {
                     Some(f) => {
                         let why = f.attempt_failed.take().unwrap_or_else(|| "replaced".into());
+                        f.released = false;
                         f.tried.push((f.target.clone(), why));
                         f.target = to.clone();
                         f.token = token;
@@ -372,6 +373,7 @@ impl ClusterState {
                                 started_at: event.time,
                                 tried: Vec::new(),
                                 attempt_failed: None,
+                                released: false,
                             },
                         );
                     }
@@ -380,9 +382,13 @@ impl ClusterState {
             EventPayload::FailoverCompleted { guest, .. } | EventPayload::FailoverFailed { guest, .. } => {
                 self.failovers.remove(guest);
             }
-            EventPayload::FailoverAttemptFailed { guest, reason, .. } => {
+            EventPayload::FailoverAttemptFailed { guest, reason, released, .. } => {
                 let f = self.failovers.get_mut(guest).expect("event names an in-flight failover");
                 f.attempt_failed = Some(reason.clone());
+                f.released = *released;
+            }
+            EventPayload::FailoverAttemptReleased { guest, .. } => {
+                self.failovers.get_mut(guest).expect("event names an in-flight failover").released = true;
             }
             EventPayload::PackageModified { package, nodes, failover_policy, failback_policy, .. } => {
                 let p = self.packages.get_mut(package).expect("event names an existing package");
@@ -502,6 +508,7 @@ impl ClusterState {
             }
             EventPayload::FailoverCompleted { guest: g, .. }
             | EventPayload::FailoverAttemptFailed { guest: g, .. }
+            | EventPayload::FailoverAttemptReleased { guest: g, .. }
             | EventPayload::FailoverFailed { guest: g, .. } => {
                 self.failovers.contains_key(g).then_some(()).ok_or(format!("ends a failover of {g}, which has none"))
             }
@@ -627,6 +634,7 @@ impl ClusterState {
                 EventPayload::FailoverStarted { guest, .. }
                 | EventPayload::FailoverCompleted { guest, .. }
                 | EventPayload::FailoverAttemptFailed { guest, .. }
+                | EventPayload::FailoverAttemptReleased { guest, .. }
                 | EventPayload::FailoverFailed { guest, .. } => {
                     guests.insert(guest);
                 }

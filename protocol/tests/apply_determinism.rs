@@ -77,7 +77,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => h.clone().prop_map(Op::Admit),
         1 => h.clone().prop_map(Op::Fail),
         2 => (g.clone(), h.clone()).prop_map(|(a, b)| Op::Failover(a, b)),
-        2 => (g.clone(), 0usize..3, any::<bool>()).prop_map(|(a, b, c)| Op::EndAttempt(a, b, c)),
+        2 => (g.clone(), 0usize..4, any::<bool>()).prop_map(|(a, b, c)| Op::EndAttempt(a, b, c)),
         1 => (0..PACKAGES.len(), proptest::option::of(proptest::collection::vec(h.clone(), 0..4)), any::<bool>())
             .prop_map(|(a, b, c)| Op::ModifyPackage(a, b, c)),
     ]
@@ -124,7 +124,14 @@ fn resolve(op: &Op, state: &ClusterState) -> Command {
             let token = if own_token { token } else { FencingToken { term: token.term, revision: token.revision + 1 } };
             match how {
                 0 => Command::CompleteFailover { guest, host, token },
-                1 => Command::FailFailoverAttempt { guest, host, token, reason: "start failed".into() },
+                1 => Command::FailFailoverAttempt {
+                    guest,
+                    host,
+                    token,
+                    reason: "start failed".into(),
+                    released: own_token,
+                },
+                2 => Command::ReleaseFailoverAttempt { guest, host, token },
                 _ => Command::AbandonFailover { guest, reason: "no eligible node".into() },
             }
         }
@@ -329,6 +336,7 @@ fn damage(e: &mut Event, x: usize) {
         },
         EventPayload::FailoverCompleted { guest, .. }
         | EventPayload::FailoverAttemptFailed { guest, .. }
+        | EventPayload::FailoverAttemptReleased { guest, .. }
         | EventPayload::FailoverFailed { guest, .. } => *guest = n(GUESTS[x % GUESTS.len()]),
         EventPayload::PackageModified { package, nodes, .. } => match x % 2 {
             0 => *package = n(PACKAGES[x / 2 % PACKAGES.len()]),

@@ -101,7 +101,21 @@ fn a_failed_attempt_goes_to_the_next_node_and_an_exhausted_list_abandons() {
     fail(&mut w, "h1");
     let (_, events) = w.ok(Command::StartFailover { guest: n("g1"), to: n("h2") });
     let token = events[0].token();
-    w.ok(Command::FailFailoverAttempt { guest: n("g1"), host: n("h2"), token, reason: "start failed".into() });
+    // The leader gave up waiting: the next node is asked only once h2 confirmed no copy runs
+    // there (or h2 failed).
+    w.ok(Command::FailFailoverAttempt {
+        guest: n("g1"),
+        host: n("h2"),
+        token,
+        reason: "start failed".into(),
+        released: false,
+    });
+    assert_eq!(w.reject(Command::StartFailover { guest: n("g1"), to: n("small") }).code(), "failover_refused");
+    w.ok(Command::ReleaseFailoverAttempt { guest: n("g1"), host: n("h2"), token });
+    assert_eq!(
+        w.reject(Command::ReleaseFailoverAttempt { guest: n("g1"), host: n("h2"), token }).code(),
+        "failover_refused"
+    );
     let g1 = w.guest("g1").clone();
     let p1 = w.package("p1").clone();
     let tried = vec![n("h2")];
@@ -117,7 +131,13 @@ fn a_failed_attempt_goes_to_the_next_node_and_an_exhausted_list_abandons() {
     }
     let f = w.state.failover(&n("g1")).unwrap().clone();
     assert_eq!(f.tried, vec![(n("h2"), "start failed".to_string())]);
-    w.ok(Command::FailFailoverAttempt { guest: n("g1"), host: n("small"), token: f.token, reason: "timed out".into() });
+    w.ok(Command::FailFailoverAttempt {
+        guest: n("g1"),
+        host: n("small"),
+        token: f.token,
+        reason: "timed out".into(),
+        released: true,
+    });
     let g1 = w.guest("g1").clone();
     let why = ha::choose(&w.state, &g1, &p1, &[n("h2"), n("small")]).unwrap_err();
     assert!(why.contains("no eligible node"), "{why}");

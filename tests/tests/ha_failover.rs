@@ -400,3 +400,42 @@ async fn min_package_node_spreads_a_failed_host_s_packages() {
     checker.finish();
     check_history(&history(&admin).await, true);
 }
+
+/// A failover target whose hypervisor cannot start the guest: it makes sure no copy runs there,
+/// reports the failure (releasing the attempt), and the next node of the list runs the guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_cannot_start_the_guest_releases_it_to_the_next_node() {
+    let (cluster, mut hosts) = ha_cluster(false, false).await;
+    let admin = cluster.admin(Duration::from_secs(60));
+    create_vm(&admin, "vm1", "h1", 32, Some("p1")).await;
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+    // QEMU cannot open its log on h2 (a folder where the file goes): every start there fails.
+    let log = cluster.qemu_dir("h2").join("vm1").join("qemu.log");
+    let _ = std::fs::remove_file(&log);
+    std::fs::create_dir_all(&log).unwrap();
+    let checker = TwoCopiesChecker::start(&cluster);
+    crash(&cluster, &mut hosts[0]);
+    wait_vm(&cluster, "h3", "vm1", "running on the next node", running).await;
+    let events = history(&admin).await;
+    let failed = events
+        .iter()
+        .find_map(|e| match &e.payload {
+            EventPayload::FailoverAttemptFailed { host, released, reason, .. } if host.as_str() == "h2" => {
+                Some((*released, reason.clone()))
+            }
+            _ => None,
+        })
+        .expect("h2's attempt failed");
+    assert!(failed.0, "h2 released its attempt with its report: {failed:?}");
+    wait_event(
+        &cluster,
+        0,
+        "vm1's failover to complete on h3",
+        |p| matches!(p, EventPayload::FailoverCompleted { host, .. } if host.as_str() == "h3"),
+    )
+    .await;
+    let o = observe(&cluster, "h2", "vm1").expect("defined on h2");
+    assert!(!o.state.is_live(), "vm1 is {:?} on h2", o.state);
+    checker.finish();
+    check_history(&history(&admin).await, true);
+}

@@ -80,6 +80,10 @@ pub enum Input {
     /// This host's lease ([`crate::lease`]): packaged guests start only while it is held, and
     /// are stopped hard once it is lost.
     Fence(Fence),
+    /// The failover attempt that made this host the guest's owner at `revision` has ended
+    /// (its start failed, or the leader stopped waiting): no copy of the guest may run here on
+    /// that order, whatever a start under way does.
+    GaveUp { name: Name, revision: Revision },
 }
 
 /// What to do to one guest on this host.
@@ -148,6 +152,8 @@ pub struct Reconciler {
     /// is a repair, whichever input the start is decided on.
     went_down: BTreeSet<Name>,
     fence: Fence,
+    /// Failover orders given up here: guest → the revision of the order.
+    gave_up: BTreeMap<Name, Revision>,
 }
 
 impl Reconciler {
@@ -169,7 +175,17 @@ impl Reconciler {
             switching_failed: BTreeMap::new(),
             went_down: BTreeSet::new(),
             fence: Fence::Unknown,
+            gave_up: BTreeMap::new(),
         }
+    }
+
+    /// Whether no copy of the guest exists here and no action on it is under way: what a
+    /// released failover attempt must make sure of.
+    pub fn settled_off(&self, name: &Name) -> bool {
+        let observed = self.observed.as_ref().and_then(|o| o.get(name));
+        self.observed.is_some()
+            && !self.in_progress.contains_key(name)
+            && observed.is_none_or(|o| o.state == VmState::ShutOff)
     }
 
     /// Whether the guest runs here, as last observed.
@@ -206,6 +222,7 @@ impl Reconciler {
             }
             Input::Removed { name } => {
                 self.desired.remove(&name);
+                self.gave_up.remove(&name);
                 self.went_down.remove(&name);
                 if let Some(packages) = &mut self.packages {
                     packages.retain(|_, pk| pk.guest != name);
@@ -279,6 +296,10 @@ impl Reconciler {
             Input::Fence(fence) => {
                 self.fence = fence;
                 self.all_names()
+            }
+            Input::GaveUp { name, revision } => {
+                self.gave_up.insert(name.clone(), revision);
+                vec![name]
             }
             Input::Migrating { name, in_flight } => {
                 if in_flight {
@@ -462,6 +483,11 @@ impl Reconciler {
         if packaged && exists && self.fence == Fence::Lost {
             return Some((Action::Stop { hard: true }, "self-fencing: this host's lease is lost".into()));
         }
+        // A failover attempt here that ended: the next node may be starting the guest.
+        let given_up = self.gave_up.get(name) == Some(&g.version);
+        if given_up && exists {
+            return Some((Action::Stop { hard: true }, "the failover attempt here ended".into()));
+        }
         let defined = o.and_then(|o| o.defined.as_ref());
         if defined.is_none_or(|(spec, version)| spec != &g.spec || *version != Some(g.version)) {
             let why = match defined {
@@ -479,8 +505,9 @@ impl Reconciler {
         match (g.run_state, &state) {
             (RunState::Running, VmState::Running) => None,
             (RunState::Running, VmState::ShutOff) => {
-                if packaged && self.fence != Fence::Held {
-                    // Started only under a lease: without one it may run elsewhere.
+                if (packaged && self.fence != Fence::Held) || given_up {
+                    // Started only under a lease (without one it may run elsewhere), and never
+                    // on a failover order given up.
                     return None;
                 }
                 if self.started.get(name).is_some_and(|t| t.revision > d.token.revision) {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use switchyard_client::Client;
 use switchyard_protocol::api::PackageQuery;
 use switchyard_protocol::api::{
-    FailoverReportRequest, GuestDrift, HypervisorReport, RepairRequest, HYPERVISOR_REPORT_GUESTS_MAX,
+    FailoverOutcome, FailoverReportRequest, GuestDrift, HypervisorReport, RepairRequest, HYPERVISOR_REPORT_GUESTS_MAX,
 };
 use switchyard_protocol::{FencingToken, Guest, Name, Package, Revision, RunState};
 use tokio::sync::{mpsc, watch};
@@ -61,6 +61,12 @@ pub enum Feed {
         guest: Name,
         token: FencingToken,
     },
+    /// The leader ended this host's failover attempt on the order `token` (it waited too
+    /// long): make sure no copy runs here, then release the attempt.
+    AttemptEnded {
+        guest: Name,
+        token: FencingToken,
+    },
 }
 
 pub struct Runtime {
@@ -102,9 +108,22 @@ impl Runtime {
         let mut repairing: BTreeMap<Name, Action> = BTreeMap::new();
         // Failovers this host is asked to carry out, until it reported how they went.
         let mut failovers: BTreeMap<Name, FencingToken> = BTreeMap::new();
-        // Failover orders whose start this host reported failed (by the order's revision): it
-        // never starts the guest on them again, whatever the reconciler plans meanwhile.
+        // Failover orders given up here (by the order's revision): the guest never starts on
+        // them again, whatever the reconciler plans meanwhile.
         let gave_up: GaveUp = Arc::default();
+        // Attempts given up here, to report once no copy of the guest is left here: with the
+        // start's error (this host's failure), or without (the leader ended it).
+        let mut releasing: BTreeMap<Name, (FencingToken, Option<String>)> = BTreeMap::new();
+        // Attempts the leader ended while this agent was away, read from the log at start.
+        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(Name, FencingToken)>();
+        {
+            let (client, host) = (self.client.clone(), self.host.clone());
+            tokio::spawn(async move {
+                for (guest, token) in ended_attempts(&client, &host).await {
+                    let _ = ended_tx.send((guest, token));
+                }
+            });
+        }
         loop {
             let (input, repair) = tokio::select! {
                 f = feed.recv() => match f {
@@ -124,9 +143,13 @@ impl Runtime {
                         // Already running here (started on an earlier order): done.
                         if r.runs(&guest) {
                             failovers.remove(&guest);
-                            self.report_failover(guest, token, None);
+                            self.report_failover(guest, token, FailoverOutcome::Started);
                         }
                         continue;
+                    }
+                    Some(Feed::AttemptEnded { guest, token }) => {
+                        failovers.remove(&guest);
+                        give_up(&gave_up, &mut releasing, &guest, token, None)
                     }
                     Some(f) => {
                         if switching && matches!(f, Feed::Reset { .. }) && started_up {
@@ -142,6 +165,10 @@ impl Runtime {
                     None => return,
                 },
                 Some(input) = read_rx.recv() => (input, false),
+                Some((guest, token)) = ended_rx.recv() => {
+                    failovers.remove(&guest);
+                    give_up(&gave_up, &mut releasing, &guest, token, None)
+                }
                 Some(Outcome { effect, result, by_driver }) = done_rx.recv() => {
                     match &result {
                         Ok(()) => tracing::info!(guest = %effect.guest, action = ?effect.action, reason = %effect.reason, "hypervisor updated"),
@@ -158,10 +185,17 @@ impl Runtime {
                         // the order, the lease too short) is retried, not reported as failed.
                         if token.revision == wanted.revision && (result.is_ok() || by_driver) {
                             failovers.remove(&effect.guest);
-                            if result.is_err() {
-                                gave_up.lock().expect("gave-up lock").insert(effect.guest.clone(), wanted.revision);
+                            match &result {
+                                Ok(()) => self.report_failover(effect.guest.clone(), wanted, FailoverOutcome::Started),
+                                // Reported once no copy is left here (a start that failed
+                                // may still have left one).
+                                Err(e) => {
+                                    let (input, _) = give_up(&gave_up, &mut releasing, &effect.guest, wanted, Some(e.clone()));
+                                    for e in r.step(input) {
+                                        self.perform(e, done_tx.clone(), gave_up.clone());
+                                    }
+                                }
                             }
-                            self.report_failover(effect.guest.clone(), wanted, result.clone().err());
                         }
                     }
                     if repairing.get(&effect.guest) == Some(&effect.action) {
@@ -219,6 +253,17 @@ impl Runtime {
                 }
                 self.perform(e, done_tx.clone(), gave_up.clone());
             }
+            releasing.retain(|guest, (token, error)| {
+                if !r.settled_off(guest) {
+                    return true;
+                }
+                let outcome = match error.take() {
+                    Some(error) => FailoverOutcome::Failed { error },
+                    None => FailoverOutcome::Released,
+                };
+                self.report_failover(guest.clone(), *token, outcome);
+                false
+            });
         }
     }
 
@@ -255,17 +300,17 @@ impl Runtime {
 
     /// Commits how a failover's start went (retried with one request id while the cluster has
     /// no leader). A refusal means the failover moved on (another node, or over): only logged.
-    fn report_failover(&self, guest: Name, token: FencingToken, error: Option<String>) {
-        let req = FailoverReportRequest {
-            guest,
-            token,
-            error: error.map(|e| e.chars().take(500).collect()),
-            request_id: Some(switchyard_client::new_request_id()),
+    fn report_failover(&self, guest: Name, token: FencingToken, outcome: FailoverOutcome) {
+        let outcome = match outcome {
+            FailoverOutcome::Failed { error } => FailoverOutcome::Failed { error: error.chars().take(500).collect() },
+            other => other,
         };
+        let req =
+            FailoverReportRequest { guest, token, outcome, request_id: Some(switchyard_client::new_request_id()) };
         let (client, host) = (self.client.clone().retrying_writes(Duration::from_secs(60)), self.host.clone());
         tokio::spawn(async move {
             match client.report_failover(&host, &req).await {
-                Ok(_) => tracing::info!(guest = %req.guest, %token, started = req.error.is_none(), "failover reported"),
+                Ok(_) => tracing::info!(guest = %req.guest, %token, outcome = ?req.outcome, "failover reported"),
                 Err(e) => tracing::warn!(guest = %req.guest, %e, "cannot report the failover to the log"),
             }
         });
@@ -328,6 +373,42 @@ impl Runtime {
 /// Failover orders given up on, by guest: the revision of the order.
 type GaveUp = Arc<std::sync::Mutex<BTreeMap<Name, Revision>>>;
 
+/// Gives up the failover order `token` of `guest` here: no start on it any more, a report once
+/// no copy is left. Answers the reconciler's input.
+fn give_up(
+    gave_up: &GaveUp,
+    releasing: &mut BTreeMap<Name, (FencingToken, Option<String>)>,
+    guest: &Name,
+    token: FencingToken,
+    error: Option<String>,
+) -> (Input, bool) {
+    gave_up.lock().expect("gave-up lock").insert(guest.clone(), token.revision);
+    releasing.insert(guest.clone(), (token, error));
+    (Input::GaveUp { name: guest.clone(), revision: token.revision }, false)
+}
+
+/// The failover attempts on `host` the leader ended and that wait for its release, read from
+/// the log (retried until a coordinator answers).
+async fn ended_attempts(client: &Client, host: &Name) -> Vec<(Name, FencingToken)> {
+    loop {
+        match client.ha_status().await {
+            Ok(s) => {
+                return s
+                    .items
+                    .failovers
+                    .into_iter()
+                    .filter(|f| f.target == *host && f.attempt_failed.is_some() && !f.released)
+                    .map(|f| (f.guest, f.token))
+                    .collect()
+            }
+            Err(e) => {
+                tracing::debug!(%e, "cannot read the failovers yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 /// How an effect ended.
 struct Outcome {
     effect: Effect,
@@ -383,7 +464,9 @@ fn to_input(f: Feed) -> Input {
         Feed::Migrating { name, in_flight } => Input::Migrating { name, in_flight },
         Feed::MigrationsKnown => Input::MigrationsKnown,
         Feed::Fence(fence) => Input::Fence(fence),
-        Feed::Package { .. } | Feed::Failover { .. } => unreachable!("handled by the runtime"),
+        Feed::Package { .. } | Feed::Failover { .. } | Feed::AttemptEnded { .. } => {
+            unreachable!("handled by the runtime")
+        }
     }
 }
 

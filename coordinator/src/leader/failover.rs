@@ -6,10 +6,13 @@
 //!   ([`switchyard_protocol::ha::choose`]). With no eligible node the guest waits, down, until
 //!   one becomes eligible (`ha status` says why).
 //! - The target's agent commits `CompleteFailover` once the guest runs there, or
-//!   `FailFailoverAttempt`. The driver fails an attempt itself when the target fails too, or
-//!   when it has not started the guest within `ha.start_timeout_ms` (by this leader's clock,
-//!   from when it first saw the attempt).
-//! - A failed attempt goes to the next eligible node; when none is left, `AbandonFailover`.
+//!   `FailFailoverAttempt` once it has made sure no copy runs there. The driver fails an
+//!   attempt itself when the target fails too, or when it has not started the guest within
+//!   `ha.start_timeout_ms` (by this leader's clock, from when it first saw the attempt); a live
+//!   target then stops any copy it started meanwhile and releases the attempt
+//!   (`ReleaseFailoverAttempt`).
+//! - A failed attempt goes to the next eligible node once it is released (or its target
+//!   failed); when none is left, `AbandonFailover`.
 //! - Automatic failback (a package with `failback_policy = automatic` and a node list): while
 //!   its guest runs elsewhere than the list's first node and that node is eligible, the driver
 //!   requests an online migration back to it, with every check a migration has. A request
@@ -92,6 +95,10 @@ fn plan(st: &ClusterState, seen: &mut HashMap<FencingToken, Instant>, timeout: D
     for f in st.failovers() {
         let guest = f.guest.clone();
         if f.attempt_failed.is_some() {
+            // The next node only once no copy can run on the last one: it confirmed, or failed.
+            if !f.released && st.host_failure(&f.target).is_none() {
+                continue;
+            }
             let (Some(g), Some(p)) = (st.guest(&f.guest), st.package(&f.package)) else { continue };
             let mut tried: Vec<Name> = f.tried.iter().map(|(h, _)| h.clone()).collect();
             tried.push(f.target.clone());
@@ -110,8 +117,13 @@ fn plan(st: &ClusterState, seen: &mut HashMap<FencingToken, Instant>, timeout: D
             None
         };
         if let Some(reason) = reason {
-            let command =
-                Command::FailFailoverAttempt { guest: f.guest.clone(), host: f.target.clone(), token: f.token, reason };
+            let command = Command::FailFailoverAttempt {
+                guest: f.guest.clone(),
+                host: f.target.clone(),
+                token: f.token,
+                reason,
+                released: false,
+            };
             out.push((guest, command));
         }
     }

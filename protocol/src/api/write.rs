@@ -80,9 +80,13 @@ impl From<(Name, RepairRequest)> for Command {
 
 impl From<(Name, FailoverReportRequest)> for Command {
     fn from((host, r): (Name, FailoverReportRequest)) -> Command {
-        match r.error {
-            None => Command::CompleteFailover { guest: r.guest, host, token: r.token },
-            Some(reason) => Command::FailFailoverAttempt { guest: r.guest, host, token: r.token, reason },
+        let (guest, token) = (r.guest, r.token);
+        match r.outcome {
+            FailoverOutcome::Started => Command::CompleteFailover { guest, host, token },
+            FailoverOutcome::Failed { error } => {
+                Command::FailFailoverAttempt { guest, host, token, reason: error, released: true }
+            }
+            FailoverOutcome::Released => Command::ReleaseFailoverAttempt { guest, host, token },
         }
     }
 }
