@@ -439,3 +439,61 @@ async fn a_target_that_cannot_start_the_guest_releases_it_to_the_next_node() {
     checker.finish();
     check_history(&history(&admin).await, true);
 }
+
+/// A failover target whose start takes longer than `ha.start_timeout_ms`: the leader ends the
+/// attempt, the target stops the copy its late start left and releases the attempt, and only
+/// then does the next node start the guest — never two copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_the_leader_ends_is_released_by_its_target_before_the_next_node_starts() {
+    let opts = ClusterOpts { start_timeout_ms: 1500, ..ClusterOpts::default() };
+    let (cluster, mut hosts) = ha_cluster_with(false, false, opts).await;
+    let admin = cluster.admin(Duration::from_secs(60));
+    create_vm(&admin, "vm1", "h1", 32, Some("p1")).await;
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+    // h2's QEMU takes 5 s to start a guest (a hypervisor that hangs, then completes).
+    let dir = cluster.dir().join("agent-h2");
+    let slow = dir.join("slow-qemu");
+    std::fs::write(
+        &slow,
+        "#!/bin/sh\ncase \"$*\" in *--version*) ;; *) sleep 5 ;; esac\nexec qemu-system-x86_64 \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config_path = dir.join("agent.toml");
+    let mut config: switchyard_agent::daemon::AgentConfig =
+        toml::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    match &mut config.driver {
+        switchyard_agent::driver::DriverConfig::Qemu(q) => q.binary = slow.clone(),
+        other => panic!("{other:?}"),
+    }
+    switchyard_testkit::cluster::write_toml(&config_path, &config).unwrap();
+    hosts[1].agent.kill();
+    hosts[1].agent.restart();
+    let checker = TwoCopiesChecker::start(&cluster);
+    crash(&cluster, &mut hosts[0]);
+    let released = wait_event(
+        &cluster,
+        0,
+        "h2 to release its attempt",
+        |p| matches!(p, EventPayload::FailoverAttemptReleased { host, .. } if host.as_str() == "h2"),
+    )
+    .await;
+    wait_vm(&cluster, "h3", "vm1", "running on the next node", running).await;
+    let events = history(&admin).await;
+    let ended = events
+        .iter()
+        .find(|e| matches!(&e.payload, EventPayload::FailoverAttemptFailed { host, released: false, .. } if host.as_str() == "h2"))
+        .expect("the leader ended h2's attempt");
+    let next = events
+        .iter()
+        .find(|e| matches!(&e.payload, EventPayload::FailoverStarted { to, .. } if to.as_str() == "h3"))
+        .expect("the failover went on to h3");
+    assert!(ended.revision < released.revision && released.revision < next.revision);
+    // h2's late start did run the guest for a moment, and stopped it before h3 was asked.
+    let h2_log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    assert!(h2_log.contains("the failover attempt here ended"), "h2 stopped its late copy");
+    let o = observe(&cluster, "h2", "vm1").expect("defined on h2");
+    assert!(!o.state.is_live(), "vm1 is {:?} on h2", o.state);
+    checker.finish();
+    check_history(&history(&admin).await, true);
+}

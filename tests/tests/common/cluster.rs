@@ -42,6 +42,8 @@ pub struct ClusterOpts {
     /// `ha.lease_ms` (the product's default unless a test leaves agents down for longer on
     /// purpose, and is not about host failure).
     pub lease_ms: u64,
+    /// `ha.start_timeout_ms`.
+    pub start_timeout_ms: u64,
 }
 
 impl Default for ClusterOpts {
@@ -57,6 +59,7 @@ impl Default for ClusterOpts {
             hypervisor: Hypervisor::Simulated,
             qemu_bandwidth_kib: None,
             lease_ms: HaConfig::default().lease_ms,
+            start_timeout_ms: HaConfig::default().start_timeout_ms,
         }
     }
 }
@@ -84,7 +87,7 @@ impl ClusterOpts {
                 transferring_timeout_ms: self.transferring_timeout_ms,
                 step_delay_ms: self.step_delay_ms,
             },
-            ha: HaConfig { lease_ms: self.lease_ms, ..HaConfig::default() },
+            ha: HaConfig { lease_ms: self.lease_ms, start_timeout_ms: self.start_timeout_ms, ..HaConfig::default() },
             sim_transfer_ms: self.sim_transfer_ms,
             sim_freeze_ms: 40,
             report_interval_ms: 200,
