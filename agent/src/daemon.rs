@@ -82,19 +82,43 @@ pub fn main() -> ExitCode {
         .with_context(|| format!("read {}", args.config.display()))
         .and_then(|t| toml::from_str::<AgentConfig>(&t).with_context(|| format!("parse {}", args.config.display())))
     {
-        Ok(c) if c.endpoints.is_empty() => {
-            eprintln!("switchyard-agent: invalid configuration: endpoints is empty");
-            return ExitCode::from(2);
-        }
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchyard-agent: {e:#}");
             return ExitCode::from(2);
         }
     };
+    // Every problem of the configuration at once, with exit status 2 (no restart loop).
+    let problems = config.problems();
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("switchyard-agent: invalid configuration: {p}");
+        }
+        return ExitCode::from(2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    match rt.block_on(run(config)) {
+    let result = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = run(config) => r,
+            // A stop: what is applied is on disk up to the cursor (re-applying from it is
+            // harmless); the VMs keep running, and the watchdog, if armed, keeps counting.
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                Ok(())
+            }
+            r = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted: stopping");
+                r.map_err(anyhow::Error::from)
+            }
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<ConfigError>() => {
+            eprintln!("switchyard-agent: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("switchyard-agent: {e:#}");
             ExitCode::FAILURE
@@ -102,13 +126,44 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// A configuration the agent cannot run with (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl AgentConfig {
+    /// Every problem of this configuration that can be seen without building anything.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.endpoints.is_empty() {
+            out.push("endpoints is empty".to_string());
+        }
+        if self.report_interval_ms == 0 {
+            out.push("report_interval_ms must be at least 1".to_string());
+        }
+        if self.reconcile_interval_ms == 0 {
+            out.push("reconcile_interval_ms must be at least 1".to_string());
+        }
+        if let Some(w) = &self.watchdog {
+            if !(100..=60_000).contains(&w.timeout_ms) {
+                out.push("watchdog.timeout_ms must be within 100..=60000".to_string());
+            }
+            if let Err(e) = std::fs::metadata(&w.device) {
+                out.push(format!("watchdog.device {}: {e}", w.device.display()));
+            }
+        }
+        out
+    }
+}
+
 /// Runs until the process is stopped.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    let driver: Arc<dyn HypervisorDriver> =
-        Arc::from(config.driver.build(&config.host).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?);
-    if config.report_interval_ms == 0 || config.reconcile_interval_ms == 0 {
-        anyhow::bail!("invalid configuration: report_interval_ms and reconcile_interval_ms must be at least 1");
+    let problems = config.problems();
+    if !problems.is_empty() {
+        return Err(ConfigError(problems.join("; ")).into());
     }
+    let driver: Arc<dyn HypervisorDriver> =
+        Arc::from(config.driver.build(&config.host).map_err(|e| ConfigError(format!("driver: {e}")))?);
     let store = Arc::new(AgentStore::open(&config.data_dir)?);
     let loaded = store.load()?;
     let mut applied = loaded.config;
@@ -144,14 +199,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.report_interval_ms,
         lease_tx,
     ));
-    // The watchdog is armed while a packaged guest runs or is to run here (see fence_loop).
-    if let Some(w) = &config.watchdog {
-        if !(100..=60_000).contains(&w.timeout_ms) {
-            anyhow::bail!("invalid configuration: watchdog.timeout_ms must be within 100..=60000");
-        }
-        std::fs::metadata(&w.device)
-            .with_context(|| format!("invalid configuration: watchdog.device {}", w.device.display()))?;
-    }
+    // The watchdog (checked with the configuration) is armed while a packaged guest runs or is
+    // to run here (see fence_loop).
     let (protects_tx, protects_rx) = watch::channel(false);
     // Drivers that manage the guests' lifecycle get a reconciler: the hypervisor is made to
     // hold what the log says, and read back every reconcile_interval.

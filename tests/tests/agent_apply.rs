@@ -129,3 +129,54 @@ async fn agent_with_a_token_for_another_host_stops_with_a_clear_error() {
     assert!(!out.status.success());
     assert!(err.contains("forbidden") && err.contains("bound to host h2"), "{err}");
 }
+
+/// Every configuration problem is reported at start, all at once, with exit status 2 (the
+/// systemd unit does not restart on it) — a driver the agent cannot build included.
+#[test]
+fn configuration_problems_are_reported_at_once_with_status_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |body: &str| {
+        let config = dir.path().join("agent.toml");
+        std::fs::write(&config, body).unwrap();
+        let out =
+            std::process::Command::new(env!("CARGO_BIN_EXE_agent_proc")).arg("--config").arg(&config).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let data = dir.path().join("data");
+    let (code, err) = run(&format!(
+        "host = \"h1\"\nendpoints = []\ntoken = \"t\"\ndata_dir = \"{}\"\nreport_interval_ms = 0\n\
+         [watchdog]\ndevice = \"{}\"\ntimeout_ms = 5\n[driver]\nkind = \"simulated\"\nstate_dir = \"{}\"\n",
+        data.display(),
+        dir.path().join("no-such-watchdog").display(),
+        dir.path().join("sim").display()
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    for problem in ["endpoints is empty", "report_interval_ms", "watchdog.timeout_ms", "watchdog.device"] {
+        assert!(err.contains(problem), "{problem} not reported: {err}");
+    }
+    // A command driver whose template lacks the guest: found when the driver is built.
+    let (code, err) = run(&format!(
+        "host = \"h1\"\nendpoints = [\"127.0.0.1:1\"]\ntoken = \"t\"\ndata_dir = \"{}\"\n\
+         [driver]\nkind = \"command\"\nmigrate = [\"/bin/true\"]\n",
+        data.display()
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("invalid configuration: driver"), "{err}");
+}
+
+/// SIGTERM stops the agent at once with status 0 (it used to wait for SIGKILL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_agent_cleanly() {
+    let cluster = TestCluster::start(1, ClusterOpts::default()).await;
+    let c = cluster.client(&[1]);
+    let _: WriteResponse = c.post("/v1/hosts", &big_host("h1")).await.unwrap();
+    let mut agent = AgentProc::start(&cluster, "h1", AGENT_TOKEN, &[1]);
+    eventually("the agent to report", Duration::from_secs(30), || async {
+        let h: Read<HostView> = c.get("/v1/hosts/h1").await.ok()?;
+        h.items.sync.filter(|s| s.applied_revision.is_some()).map(|_| ())
+    })
+    .await;
+    let (status, in_time) = agent.proc.terminate(Duration::from_secs(10)).expect("the agent was running");
+    assert!(in_time, "the agent did not stop within 10 s of SIGTERM");
+    assert_eq!(status.code(), Some(0));
+}
