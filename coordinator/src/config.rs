@@ -217,93 +217,97 @@ impl Config {
 
     /// Checks every rule and says how to fix the first one broken.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |m: String| Err(ConfigError(m));
+        // Every problem at once, so one edit fixes the file.
+        let mut problems: Vec<String> = Vec::new();
+        let mut err = |m: String| problems.push(m);
         if self.node_id == 0 {
-            return err("node_id must be at least 1".into());
+            err("node_id must be at least 1".into());
         }
         if self.cluster_secret.len() < 16 {
-            return err(
-                "cluster_secret must be at least 16 characters (share the same value on every coordinator)".into()
-            );
+            err("cluster_secret must be at least 16 characters (share the same value on every coordinator)".into());
         }
         if self.tokens.is_empty() {
-            return err("tokens is empty: add at least one [[tokens]] entry with role = \"admin\"".into());
+            err("tokens is empty: add at least one [[tokens]] entry with role = \"admin\"".into());
         }
         let mut seen = HashSet::new();
         for (i, t) in self.tokens.iter().enumerate() {
             if t.token.len() < 16 {
-                return err(format!("tokens[{i}].token must be at least 16 characters"));
+                err(format!("tokens[{i}].token must be at least 16 characters"));
             }
             if t.token == self.cluster_secret {
-                return err(format!("tokens[{i}].token must differ from cluster_secret"));
+                err(format!("tokens[{i}].token must differ from cluster_secret"));
             }
             if !seen.insert(&t.token) {
-                return err(format!("tokens[{i}].token is listed twice; every token must be unique"));
+                err(format!("tokens[{i}].token is listed twice; every token must be unique"));
             }
             match (t.role, &t.host) {
                 (Role::Agent, None) => {
-                    return err(format!("tokens[{i}] has role agent but no host: set host = \"<host name>\""))
+                    err(format!("tokens[{i}] has role agent but no host: set host = \"<host name>\""))
                 }
                 (Role::Admin | Role::Operator, Some(_)) => {
-                    return err(format!("tokens[{i}] sets host, which only agent tokens take"))
+                    err(format!("tokens[{i}] sets host, which only agent tokens take"))
                 }
                 _ => {}
             }
         }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 {
-            return err("raft.heartbeat_interval_ms must be at least 1".into());
+            err("raft.heartbeat_interval_ms must be at least 1".into());
         }
         if r.election_timeout_ms_min <= r.heartbeat_interval_ms * 2 {
-            return err(format!(
+            err(format!(
                 "raft.election_timeout_ms_min ({}) must be more than twice raft.heartbeat_interval_ms ({})",
                 r.election_timeout_ms_min, r.heartbeat_interval_ms
             ));
         }
         if r.election_timeout_ms_max <= r.election_timeout_ms_min {
-            return err("raft.election_timeout_ms_max must be greater than raft.election_timeout_ms_min".into());
+            err("raft.election_timeout_ms_max must be greater than raft.election_timeout_ms_min".into());
         }
         if r.snapshot_logs_since_last == 0 {
-            return err("raft.snapshot_logs_since_last must be at least 1".into());
+            err("raft.snapshot_logs_since_last must be at least 1".into());
         }
         if !(1..=4096).contains(&r.proposal_batch_max) {
-            return err("raft.proposal_batch_max must be within 1..=4096".into());
+            err("raft.proposal_batch_max must be within 1..=4096".into());
         }
         if r.snapshot_chunk_bytes_max < 1024 {
-            return err("raft.snapshot_chunk_bytes_max must be at least 1024".into());
+            err("raft.snapshot_chunk_bytes_max must be at least 1024".into());
         }
         if self.api.request_body_bytes_max < 1024 {
-            return err("api.request_body_bytes_max must be at least 1024".into());
+            err("api.request_body_bytes_max must be at least 1024".into());
         }
         if self.api.peer_timeout_ms == 0 {
-            return err("api.peer_timeout_ms must be at least 1".into());
+            err("api.peer_timeout_ms must be at least 1".into());
         }
         if self.api.host_report_timeout_ms < 100 {
-            return err("api.host_report_timeout_ms must be at least 100".into());
+            err("api.host_report_timeout_ms must be at least 100".into());
         }
         if self.api.join_timeout_ms == 0 {
-            return err("api.join_timeout_ms must be at least 1".into());
+            err("api.join_timeout_ms must be at least 1".into());
         }
         if self.migration.transferring_timeout_ms < 100 {
-            return err("migration.transferring_timeout_ms must be at least 100".into());
+            err("migration.transferring_timeout_ms must be at least 100".into());
         }
         let ha = &self.ha;
         if !(1000..=60_000).contains(&ha.lease_ms) {
-            return err("ha.lease_ms must be within 1000..=60000".into());
+            err("ha.lease_ms must be within 1000..=60000".into());
         }
         if ha.fence_margin_ms < 500 || ha.lease_ms < ha.fence_margin_ms + 500 {
-            return err("ha.fence_margin_ms must be at least 500 and leave at least 500 of ha.lease_ms".into());
+            err("ha.fence_margin_ms must be at least 500 and leave at least 500 of ha.lease_ms".into());
         }
         if ha.grace_ms < 500 {
-            return err("ha.grace_ms must be at least 500".into());
+            err("ha.grace_ms must be at least 500".into());
         }
         if ha.start_timeout_ms < 1000 {
-            return err("ha.start_timeout_ms must be at least 1000".into());
+            err("ha.start_timeout_ms must be at least 1000".into());
         }
         if self.migration.step_delay_ms > 3_600_000 {
-            return err("migration.step_delay_ms must be at most 3600000 (one hour)".into());
+            err("migration.step_delay_ms must be at most 3600000 (one hour)".into());
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems.join("; ")))
+        }
     }
 
     /// The openraft configuration derived from this one.
@@ -368,11 +372,26 @@ mod tests {
             (Box::new(|c| c.raft.proposal_batch_max = 0), "proposal_batch_max"),
             (Box::new(|c| c.api.request_body_bytes_max = 10), "request_body_bytes_max"),
             (Box::new(|c| c.migration.transferring_timeout_ms = 5), "migration.transferring_timeout_ms"),
+            (Box::new(|c| c.ha.lease_ms = 70_000), "ha.lease_ms"),
+            (Box::new(|c| c.ha.fence_margin_ms = 3_900), "ha.fence_margin_ms"),
+            (Box::new(|c| c.ha.start_timeout_ms = 10), "ha.start_timeout_ms"),
         ];
         for (mutate, want) in cases {
             let mut c = sample();
             mutate(&mut c);
             let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{e} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut c = sample();
+        c.node_id = 0;
+        c.ha.grace_ms = 1;
+        c.migration.transferring_timeout_ms = 5;
+        let e = c.validate().unwrap_err().to_string();
+        for want in ["node_id", "ha.grace_ms", "migration.transferring_timeout_ms"] {
             assert!(e.contains(want), "{e} should mention {want}");
         }
     }
