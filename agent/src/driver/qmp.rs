@@ -42,12 +42,19 @@ impl Qmp {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         let mut q = Qmp { reader: BufReader::new(stream.try_clone()?), writer: stream };
-        let greeting = q.read()?;
-        if greeting.get("QMP").is_none() {
-            return Err(QmpError::Protocol(format!("expected the QMP greeting, got {greeting}")));
+        // The greeting comes first; an asynchronous event QEMU queued on the monitor before this
+        // client was attached (a STOP as a migration ends, say) may come ahead of it: skipped.
+        for _ in 0..16 {
+            let greeting = q.read()?;
+            if greeting.get("QMP").is_some() {
+                q.execute("qmp_capabilities", json!({}))?;
+                return Ok(q);
+            }
+            if greeting.get("event").is_none() {
+                return Err(QmpError::Protocol(format!("expected the QMP greeting, got {greeting}")));
+            }
         }
-        q.execute("qmp_capabilities", json!({}))?;
-        Ok(q)
+        Err(QmpError::Protocol("no QMP greeting after 16 events".into()))
     }
 
     fn read(&mut self) -> Result<Value, QmpError> {
