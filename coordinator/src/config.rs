@@ -187,6 +187,14 @@ pub struct HaConfig {
     pub start_timeout_ms: u64,
 }
 
+impl HaConfig {
+    /// How long an acknowledged renewal keeps an agent's lease on its side: `lease_ms -
+    /// fence_margin_ms` (validation keeps it at least 500).
+    pub fn fence_after_ms(&self) -> u64 {
+        self.lease_ms - self.fence_margin_ms
+    }
+}
+
 impl Default for HaConfig {
     fn default() -> Self {
         HaConfig { lease_ms: 4000, fence_margin_ms: 1000, grace_ms: 1000, start_timeout_ms: 60_000 }

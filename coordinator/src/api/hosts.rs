@@ -34,6 +34,15 @@ fn own_host(c: &Caller, host: &Name, what: &str) -> Result<(), ApiError> {
     Err(ApiError::Forbidden(format!("this token is bound to {bound} and may not {what} for host {host}")))
 }
 
+/// The host a path names, which an agent token may act for only if it is bound to it.
+fn agent_own_host(c: &Caller, n: &str, what: &str) -> Result<Name, ApiError> {
+    let host = name(n)?;
+    if c.role == Role::Agent {
+        own_host(c, &host, what)?;
+    }
+    Ok(host)
+}
+
 /// An agent reports what it has applied. Only for its own host, and only to the leader (a
 /// follower forwards it).
 #[utoipa::path(post, path = "/v1/hosts/{name}/report", tag = "hosts", params(("name" = String, Path, description = "The agent's own host")), request_body = HostReport, responses((status = 200, body = ReportRecorded), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
@@ -60,9 +69,8 @@ pub(super) async fn report(
     // does not know of (the timing argument in ARCHITECTURE.md, "Failover and fencing").
     s.node.read_barrier(false).await?;
     s.node.liveness.record(&host, &r);
-    let ha = &s.node.config.ha;
     let failed = s.node.sm.read(|st| st.host_failure(&host).is_some());
-    let lease = LeaseGrant { fence_after_ms: ha.lease_ms - ha.fence_margin_ms, failed };
+    let lease = LeaseGrant { fence_after_ms: s.node.config.ha.fence_after_ms(), failed };
     Ok(Json(ReportRecorded { recorded: host, lease: Some(lease) }))
 }
 
@@ -73,10 +81,7 @@ pub(super) async fn record_repair(
     Path(n): Path<String>,
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
-    let host = name(&n)?;
-    if c.role == Role::Agent {
-        own_host(&c, &host, "record repairs")?;
-    }
+    let host = agent_own_host(&c, &n, "record repairs")?;
     submit_body(&s, &c, &raw, |r: RepairRequest| (host, r)).await
 }
 
@@ -88,10 +93,7 @@ pub(super) async fn report_failover(
     Path(n): Path<String>,
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
-    let host = name(&n)?;
-    if c.role == Role::Agent {
-        own_host(&c, &host, "report failovers")?;
-    }
+    let host = agent_own_host(&c, &n, "report failovers")?;
     submit_body(&s, &c, &raw, |r: FailoverReportRequest| (host, r)).await
 }
 
