@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use switchyard_client::{Client, ClientError, EventQuery, MAX_BATCH};
 use switchyard_protocol::api::{FullState, HostReport, HypervisorReport, Read, StreamItem};
 use switchyard_protocol::hostconfig::{ConfigChange, HostConfig};
+use switchyard_protocol::secret::Secret;
 use switchyard_protocol::{EventKind, EventPayload, Guest, GuestSpec, Name, Revision};
+use switchyard_tls::{Identity, Tls, TlsConfig};
 use tokio::sync::watch;
 
 use crate::driver::{DriverConfig, HypervisorDriver};
@@ -39,8 +41,8 @@ pub struct AgentConfig {
     pub host: Name,
     /// Coordinator API endpoints, tried in turn.
     pub endpoints: Vec<String>,
-    /// An `agent` token bound to `host`.
-    pub token: String,
+    /// An `agent` token bound to `host` (this file must not be readable by others).
+    pub token: Secret,
     /// Where the applied guest configurations and the cursor live.
     pub data_dir: PathBuf,
     /// How often to report to the leader.
@@ -56,6 +58,10 @@ pub struct AgentConfig {
     /// its packaged guests.
     #[serde(default)]
     pub watchdog: Option<WatchdogConfig>,
+    /// TLS to the coordinators: the cluster's CA and this host's certificate (`switchyard cert
+    /// host NAME`), which the coordinators require with the agent's token; or `insecure = true`.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 fn default_report_ms() -> u64 {
@@ -78,6 +84,10 @@ pub fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = switchyard_tls::private_file(&args.config, "the agent's token") {
+        eprintln!("switchyard-agent: {e}");
+        return ExitCode::from(2);
+    }
     let config = match std::fs::read_to_string(&args.config)
         .with_context(|| format!("read {}", args.config.display()))
         .and_then(|t| toml::from_str::<AgentConfig>(&t).with_context(|| format!("parse {}", args.config.display())))
@@ -144,6 +154,7 @@ impl AgentConfig {
         if self.reconcile_interval_ms == 0 {
             out.push("reconcile_interval_ms must be at least 1".to_string());
         }
+        out.extend(self.tls.problems(true));
         if let Some(w) = &self.watchdog {
             if !(100..=60_000).contains(&w.timeout_ms) {
                 out.push("watchdog.timeout_ms must be within 100..=60000".to_string());
@@ -162,6 +173,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if !problems.is_empty() {
         return Err(ConfigError(problems.join("; ")).into());
     }
+    let tls = Tls::from_config(&config.tls, Some(Identity::Host(config.host.clone())), "agent")
+        .map_err(|e| ConfigError(format!("tls: {e}")))?;
     let driver: Arc<dyn HypervisorDriver> =
         Arc::from(config.driver.build(&config.host).map_err(|e| ConfigError(format!("driver: {e}")))?);
     let store = Arc::new(AgentStore::open(&config.data_dir)?);
@@ -174,7 +187,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .then(|| format!("{} guest file(s) were damaged and set aside", loaded.damaged.len()));
     // Each host starts at its own coordinator (a stable choice from its name).
     let spread = config.host.as_str().bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)));
-    let client = Client::new(config.endpoints.clone(), config.token.clone(), Duration::from_secs(10)).rotated(spread);
+    let client =
+        Client::new(config.endpoints.clone(), config.token.expose().to_string(), Duration::from_secs(10), tls.as_ref())
+            .rotated(spread);
     // A token for another host, an unknown host or a bad token never get better by retrying:
     // say so and stop, instead of logging the same refusal forever.
     let first = HostReport { applied_revision: cursor, digest: applied.digest(), hypervisor: None };

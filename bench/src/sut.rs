@@ -520,6 +520,9 @@ pub(crate) fn settings(timing: Timing, batch_max: usize, transfer_ms: u64) -> Se
         history: HistoryConfig { retain_revisions: 0 },
         api: ApiConfig { request_body_bytes_max: 65536, host_report_timeout_ms: 3_600_000, ..ApiConfig::default() },
         sim_transfer_ms: transfer_ms,
+        // Plaintext, as the etcd it is compared with runs here: the harness's HTTP clients
+        // speak plain HTTP to both.
+        tls: false,
         ..Settings::default()
     }
 }

@@ -91,13 +91,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         out!();
         out!("  export SWITCHYARD_ENDPOINTS={}", dev.endpoints().join(","));
         out!("  export SWITCHYARD_TOKEN={}", dev.secrets.admin_token);
+        let ca = switchyard_tls::issue::paths(&dev.tls_dir(), switchyard_tls::issue::CA_STEM).0;
+        out!("  export SWITCHYARD_CA={}", ca.canonicalize().unwrap_or(ca).display());
         out!(
             "  switchyard cluster status    # from this directory, the CLI also finds {}/cli.toml",
             args.dir.display()
         );
         out!();
         out!(
-            "Operator (read-only) token: {}. Ctrl-C stops everything; run again to resume.",
+            "Every link is TLS under the cluster's own CA ({}/tls). Operator (read-only) token: {}. \
+             Ctrl-C stops everything; run again to resume.",
+            args.dir.display(),
             dev.secrets.operator_token
         );
         if args.demo {

@@ -11,6 +11,7 @@
 //! `--timeout`: a write sent just after a leader loss is acknowledged once a new leader is
 //! elected, and never applied twice.
 
+pub mod cert;
 pub mod cluster;
 pub mod dev;
 pub mod docs;
@@ -23,6 +24,7 @@ pub mod migration;
 pub mod package;
 pub mod render;
 pub mod timefmt;
+pub mod token;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,6 +44,19 @@ pub struct Cli {
     /// Bearer token. Default: the one in `./switchyard-dev/cli.toml`.
     #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// The cluster CA's certificate: coordinators must present a certificate it signed.
+    /// Default: the one in `./switchyard-dev/cli.toml`.
+    #[arg(long, env = "SWITCHYARD_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
+    /// A client certificate to present (with --key), from `switchyard cert client NAME`.
+    #[arg(long, env = "SWITCHYARD_CERT", global = true, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// The key of --cert.
+    #[arg(long, env = "SWITCHYARD_KEY", global = true, requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// Plaintext HTTP, for a cluster running with `tls.insecure = true`.
+    #[arg(long, env = "SWITCHYARD_INSECURE", global = true, conflicts_with = "ca")]
+    insecure: bool,
     /// Output: `table` for people, `json` for tools (JSON only on standard output).
     #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
     output: Output,
@@ -94,6 +109,13 @@ enum Verb {
     /// Start a complete local cluster (3 coordinators, 3 agents on a simulated hypervisor) with
     /// configs, data and logs in a local folder.
     Dev(dev::Args),
+    /// The cluster's certificate authority: make the CA and the certificates of coordinators,
+    /// agents and clients; show a certificate.
+    #[command(subcommand)]
+    Cert(cert::Verb),
+    /// Bearer tokens: make one (shown once, with the hash entry coordinators keep), or hash one.
+    #[command(subcommand)]
+    Token(token::Verb),
     /// Print a shell completion script (e.g. `switchyard completion bash > /etc/bash_completion.d/switchyard`).
     Completion {
         #[arg(value_enum)]
@@ -177,8 +199,11 @@ pub type Out = Result<String, CliError>;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.output == Output::Json;
     match cli.command {
         Verb::Dev(args) => return dev::main(args),
+        Verb::Cert(verb) => return finish(cert::run(json, verb)),
+        Verb::Token(verb) => return finish(token::run(json, verb)),
         Verb::Completion { shell } => return docs::completion(shell),
         Verb::Man { dir } => return docs::man(&dir),
         _ => {}
@@ -190,7 +215,12 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    finish(rt.block_on(run(cli)))
+}
+
+/// Prints what a verb answered and turns it into the exit status.
+fn finish(out: Out) -> ExitCode {
+    match out {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -214,7 +244,10 @@ pub fn main() -> ExitCode {
 /// Runs one verb and returns what to print.
 async fn run(cli: Cli) -> Out {
     // Flags and environment first; else the local dev cluster's `cli.toml`; else the defaults.
-    let found = (cli.endpoints.is_empty() || cli.token.is_none()).then(CliDefaults::find).flatten();
+    let found = (cli.endpoints.is_empty() || cli.token.is_none() || (cli.ca.is_none() && !cli.insecure))
+        .then(CliDefaults::find)
+        .flatten();
+    let tls = transport(&cli, found.as_ref());
     let endpoints = match (&cli.endpoints, &found) {
         (e, _) if !e.is_empty() => e.clone(),
         (_, Some(d)) => d.endpoints.clone(),
@@ -222,10 +255,17 @@ async fn run(cli: Cli) -> Out {
     };
     let token = cli.token.clone().or(found.map(|d| d.token)).unwrap_or_default();
     let timeout = Duration::from_secs(cli.timeout);
-    let client = Client::new(endpoints, token, timeout).stale(cli.stale).retrying_writes(timeout);
+    // Wrong TLS settings fail the verbs that need the cluster (with the reason), not the
+    // offline ones (`log verify FILE`).
+    let client = match tls {
+        Ok(tls) => Client::new(endpoints, token, timeout, tls.as_ref()).stale(cli.stale).retrying_writes(timeout),
+        Err(why) => Client::unusable(why),
+    };
     let ctx = Ctx { client, json: cli.output == Output::Json };
     match cli.command {
-        Verb::Dev(_) | Verb::Completion { .. } | Verb::Man { .. } => unreachable!("handled in main"),
+        Verb::Dev(_) | Verb::Cert(_) | Verb::Token(_) | Verb::Completion { .. } | Verb::Man { .. } => {
+            unreachable!("handled in main")
+        }
         Verb::Cluster(v) => cluster::run(&ctx, v).await,
         Verb::Host(v) => host::run(&ctx, v).await,
         Verb::Guest(v) => guest::run(&ctx, v).await,
@@ -236,6 +276,32 @@ async fn run(cli: Cli) -> Out {
         Verb::Migration(v) => migration::run(&ctx, v).await,
         Verb::Log(v) => log::run(&ctx, v).await,
     }
+}
+
+/// How to reach the cluster: `--insecure`, else `--ca` (and `--cert`/`--key`), else the dev
+/// cluster's `cli.toml`.
+fn transport(cli: &Cli, found: Option<&CliDefaults>) -> Result<Option<switchyard_tls::Tls>, String> {
+    let config = if cli.insecure {
+        switchyard_tls::TlsConfig::insecure()
+    } else if let Some(ca) = &cli.ca {
+        switchyard_tls::TlsConfig {
+            ca: Some(ca.clone()),
+            cert: cli.cert.clone(),
+            key: cli.key.clone(),
+            insecure: false,
+        }
+    } else if let Some(d) = found {
+        d.tls.clone()
+    } else {
+        return Err("no CA certificate to check the coordinators with: give --ca FILE (or SWITCHYARD_CA) with the \
+                    cluster CA's certificate, or --insecure for a cluster running without TLS"
+            .into());
+    };
+    let problems = config.problems(false);
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    switchyard_tls::Tls::from_config(&config, None, "switchyard").map_err(|e| format!("TLS: {e}"))
 }
 
 /// The `DEFAULT_DIR` the dev cluster and the CLI agree on.

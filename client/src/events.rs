@@ -53,6 +53,9 @@ impl Client {
         q: &EventQuery,
         mut on_batch: impl FnMut(&[StreamItem]) -> bool,
     ) -> Result<(), ClientError> {
+        if let Some(why) = &self.unusable {
+            return Err(ClientError::Invalid(why.clone()));
+        }
         let mut next = q.from.max(1);
         let mut attempt = 0usize;
         let mut down_since: Option<Instant> = None;
@@ -69,13 +72,13 @@ impl Client {
                 progress_ms: Some(1000),
                 cluster: q.cluster.clone(),
             };
-            let request = self.streaming.get(format!("http://{ep}/v1/events")).query(&params).bearer_auth(&self.token);
+            let request = self.streaming.get(self.url(ep, "/v1/events")).query(&params).bearer_auth(&self.token);
             let resp = match request.send().await {
                 Ok(r) => r,
                 Err(e) => {
                     let since = *down_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > RECONNECT_GIVE_UP || (!q.follow && attempt >= self.endpoints.len()) {
-                        return Err(ClientError::Unreachable(format!("{ep}: {e}")));
+                        return Err(ClientError::Unreachable(format!("{ep}: {}", crate::chain(&e))));
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;

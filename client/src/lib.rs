@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use switchyard_protocol::api::{ErrorBody, Read};
 use switchyard_protocol::Revision;
+use switchyard_tls::Tls;
 
 pub use events::{EventQuery, MAX_BATCH};
 
@@ -62,6 +63,9 @@ impl ClientError {
 #[derive(Clone)]
 pub struct Client {
     endpoints: Vec<String>,
+    /// `https` (the cluster's CA checked, the client's certificate presented when it has one),
+    /// or `http` for a cluster running `tls.insecure`.
+    scheme: &'static str,
     token: String,
     http: reqwest::Client,
     /// Without a total timeout: a followed event stream stays open indefinitely.
@@ -70,6 +74,8 @@ pub struct Client {
     stale: bool,
     /// How long a write is sent again while [`ClientError::is_transient`]; zero: once.
     write_retry: Duration,
+    /// Why this client cannot send anything (see [`Client::unusable`]).
+    unusable: Option<String>,
 }
 
 /// A fresh request id: 128 random bits as 32 hex digits.
@@ -78,21 +84,35 @@ pub fn new_request_id() -> String {
 }
 
 impl Client {
-    /// `endpoints` are `host:port` of coordinators' APIs (an `http://` prefix is accepted);
-    /// `timeout` bounds each request.
-    pub fn new(endpoints: Vec<String>, token: String, timeout: Duration) -> Client {
-        let endpoints =
-            endpoints.into_iter().map(|e| e.trim_start_matches("http://").trim_end_matches('/').to_string()).collect();
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .expect("an HTTP client without TLS always builds");
-        let streaming = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .expect("an HTTP client without TLS always builds");
-        Client { endpoints, token, http, streaming, stale: false, write_retry: Duration::ZERO }
+    /// `endpoints` are `host:port` of coordinators' APIs (a scheme prefix is accepted and
+    /// ignored: `tls` decides); `timeout` bounds each request. With `tls`, the coordinators'
+    /// certificates must be signed by its CA, and its certificate (if any) is presented;
+    /// without, plaintext.
+    pub fn new(endpoints: Vec<String>, token: String, timeout: Duration, tls: Option<&Tls>) -> Client {
+        let endpoints = endpoints.iter().map(|e| switchyard_tls::strip_scheme(e).to_string()).collect();
+        let (builder, scheme) = switchyard_tls::http(
+            reqwest::Client::builder().timeout(timeout).connect_timeout(Duration::from_secs(2)),
+            tls,
+        );
+        let http = builder.build().expect("an HTTP client with a preconfigured TLS setup builds");
+        let (builder, _) =
+            switchyard_tls::http(reqwest::Client::builder().connect_timeout(Duration::from_secs(2)), tls);
+        let streaming = builder.build().expect("an HTTP client with a preconfigured TLS setup builds");
+        Client { endpoints, scheme, token, http, streaming, stale: false, write_retry: Duration::ZERO, unusable: None }
+    }
+
+    /// A client that answers every call with [`ClientError::Invalid`]`(why)`: for a tool whose
+    /// connection settings are wrong, so that its offline commands still work and its online
+    /// ones say what is wrong.
+    pub fn unusable(why: String) -> Client {
+        let mut c = Client::new(Vec::new(), String::new(), Duration::from_secs(1), None);
+        c.unusable = Some(why);
+        c
+    }
+
+    /// The URL of `path` on endpoint `ep`.
+    fn url(&self, ep: &str, path: &str) -> String {
+        format!("{}://{ep}{path}", self.scheme)
     }
 
     /// The same client, trying the endpoints from the `k`-th on (wrapping around). Agents start
@@ -204,6 +224,9 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        if let Some(why) = &self.unusable {
+            return Err(ClientError::Invalid(why.clone()));
+        }
         let mut failures = Vec::new();
         for ep in &self.endpoints {
             match self.send_to(ep, method.clone(), path, body).await {
@@ -227,14 +250,17 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, Failure> {
-        let mut req = self.http.request(method, format!("http://{ep}{path}")).bearer_auth(&self.token);
+        if let Some(why) = &self.unusable {
+            return Err(Failure::Answered(ClientError::Invalid(why.clone())));
+        }
+        let mut req = self.http.request(method, self.url(ep, path)).bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(b);
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) if e.is_connect() => return Err(Failure::Connect(format!("{ep}: {e}"))),
-            Err(e) => return Err(Failure::Answered(ClientError::Unreachable(format!("{ep}: {e}")))),
+            Err(e) if e.is_connect() => return Err(Failure::Connect(format!("{ep}: {}", chain(&e)))),
+            Err(e) => return Err(Failure::Answered(ClientError::Unreachable(format!("{ep}: {}", chain(&e))))),
         };
         let status = resp.status();
         let bytes =
@@ -246,6 +272,22 @@ impl Client {
         }
         Err(Failure::Answered(error_answer(ep, status.as_u16(), &bytes)))
     }
+}
+
+/// An error with its causes: reqwest's own message ("error sending request") says nothing of a
+/// refused certificate or a refused connection, which its sources do.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// An error answer: the server's code and message, or what came instead.
@@ -282,11 +324,16 @@ mod tests {
 
     #[test]
     fn rotation_starts_at_another_endpoint_and_keeps_them_all() {
-        let c = Client::new(vec!["a:1".into(), "http://b:2/".into(), "c:3".into()], "t".into(), Duration::from_secs(1));
+        let c = Client::new(
+            vec!["a:1".into(), "http://b:2/".into(), "https://c:3".into()],
+            "t".into(),
+            Duration::from_secs(1),
+            None,
+        );
         assert_eq!(c.clone().rotated(0).endpoints, ["a:1", "b:2", "c:3"]);
         assert_eq!(c.clone().rotated(4).endpoints, ["b:2", "c:3", "a:1"]);
         assert_eq!(c.rotated(usize::MAX).endpoints.len(), 3);
-        let none = Client::new(Vec::new(), "t".into(), Duration::from_secs(1)).rotated(7);
+        let none = Client::new(Vec::new(), "t".into(), Duration::from_secs(1), None).rotated(7);
         assert!(none.endpoints.is_empty());
     }
 

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use switchyard_protocol::secret::{self, Secret};
 use switchyard_protocol::Name;
 
 /// What a bearer token may do.
@@ -20,12 +21,18 @@ pub enum Role {
     Agent,
 }
 
-/// One accepted bearer token.
+/// One accepted bearer token, by its hash: the configuration never holds a token itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
-    /// The secret clients send as `Authorization: Bearer <token>`; at least 16 characters.
-    pub token: String,
+    /// The SHA-256 (64 hex digits) of the token clients send as `Authorization: Bearer
+    /// <token>`. `switchyard token new` makes a token and prints this line; the token itself is
+    /// shown once, there.
+    #[serde(default)]
+    pub sha256: String,
+    /// Refused: a token in plaintext (the refusal names the `sha256` line to put instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
     pub role: Role,
     /// For `agent` tokens: the one host this agent may report for.
     #[serde(default)]
@@ -102,6 +109,8 @@ pub struct ApiConfig {
     /// An agent that has not reported for this long makes its host `unreachable` (logged once,
     /// by the leader); its next report makes it reachable again.
     pub host_report_timeout_ms: u64,
+    /// Most client connections open at once; more wait in the kernel's backlog.
+    pub connections_max: usize,
 }
 
 impl Default for ApiConfig {
@@ -111,6 +120,7 @@ impl Default for ApiConfig {
             peer_timeout_ms: 5000,
             join_timeout_ms: 60_000,
             host_report_timeout_ms: 5000,
+            connections_max: 4096,
         }
     }
 }
@@ -153,8 +163,9 @@ pub struct Config {
     /// Address clients and peers use to reach the API (default: `api_listen`).
     #[serde(default)]
     pub api_advertise: Option<String>,
-    /// Secret shared by all coordinators; authenticates Raft RPC. At least 16 characters.
-    pub cluster_secret: String,
+    /// Secret shared by all coordinators; authenticates Raft RPC (with the coordinators'
+    /// certificates). At least 24 characters, random (`switchyard token new`).
+    pub cluster_secret: Secret,
     pub tokens: Vec<TokenConfig>,
     #[serde(default)]
     pub raft: RaftConfig,
@@ -166,6 +177,25 @@ pub struct Config {
     pub migration: MigrationConfig,
     #[serde(default)]
     pub ha: HaConfig,
+    /// TLS of both listeners and of calls to peers: the cluster's CA and this coordinator's
+    /// certificate (`switchyard cert node ID`), or `insecure = true`.
+    #[serde(default)]
+    pub tls: switchyard_tls::TlsConfig,
+    /// What an empty data directory is for (`--initial-state`, first start only): a
+    /// coordinator refuses to start on one otherwise. Not read from the file, where it would
+    /// stay and let a wiped disk come back silently.
+    #[serde(skip)]
+    pub initial_state: Option<InitialState>,
+}
+
+/// Why a coordinator may start with no data (etcd's `--initial-cluster-state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialState {
+    /// One of the members of a cluster about to be created (`switchyard cluster init`).
+    New,
+    /// A new member, to be added to a running cluster (`switchyard cluster add-node`) under a
+    /// node id the cluster has never had.
+    Join,
 }
 
 /// Host failure detection and failover (leader only). The timing argument that makes these
@@ -207,8 +237,10 @@ impl Default for HaConfig {
 pub struct ConfigError(pub String);
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file, which must not be readable by others (it
+    /// holds the cluster secret).
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        switchyard_tls::private_file(path, "the cluster secret").map_err(ConfigError)?;
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("read {}: {e}", path.display())))?;
         let config: Config = toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         config.validate()?;
@@ -231,22 +263,32 @@ impl Config {
         if self.node_id == 0 {
             err("node_id must be at least 1".into());
         }
-        if self.cluster_secret.len() < 16 {
-            err("cluster_secret must be at least 16 characters (share the same value on every coordinator)".into());
+        if let Some(w) = secret::weakness(self.cluster_secret.expose()) {
+            err(format!("cluster_secret {w} (share the same value on every coordinator)"));
         }
         if self.tokens.is_empty() {
             err("tokens is empty: add at least one [[tokens]] entry with role = \"admin\"".into());
         }
         let mut seen = HashSet::new();
+        let secret_hash = secret::token_hash(self.cluster_secret.expose());
         for (i, t) in self.tokens.iter().enumerate() {
-            if t.token.len() < 16 {
-                err(format!("tokens[{i}].token must be at least 16 characters"));
+            if let Some(plain) = &t.token {
+                err(format!(
+                    "tokens[{i}] holds a token in plaintext: the configuration keeps tokens as hashes; replace \
+                     `token = ...` with `sha256 = \"{}\"`",
+                    secret::token_hash(plain.expose())
+                ));
+            } else if secret::parse_hash(&t.sha256).is_none() {
+                err(format!(
+                    "tokens[{i}].sha256 must be the token's SHA-256, 64 hex digits: make a token with `{}`",
+                    secret::MAKE_ONE
+                ));
             }
-            if t.token == self.cluster_secret {
-                err(format!("tokens[{i}].token must differ from cluster_secret"));
+            if t.sha256.eq_ignore_ascii_case(&secret_hash) {
+                err(format!("tokens[{i}] is the cluster_secret; a token must differ from it"));
             }
-            if !seen.insert(&t.token) {
-                err(format!("tokens[{i}].token is listed twice; every token must be unique"));
+            if !seen.insert(t.sha256.to_ascii_lowercase()) {
+                err(format!("tokens[{i}] is listed twice; every token must be unique"));
             }
             match (t.role, &t.host) {
                 (Role::Agent, None) => {
@@ -308,6 +350,12 @@ impl Config {
         if ha.start_timeout_ms < 1000 {
             err("ha.start_timeout_ms must be at least 1000".into());
         }
+        if self.api.connections_max == 0 {
+            err("api.connections_max must be at least 1".into());
+        }
+        for p in self.tls.problems(true) {
+            err(p);
+        }
         if self.migration.step_delay_ms > 3_600_000 {
             err("migration.step_delay_ms must be at most 3600000 (one hour)".into());
         }
@@ -345,14 +393,16 @@ mod tests {
             data_dir = "data/n1"
             raft_listen = "127.0.0.1:7101"
             api_listen = "127.0.0.1:7201"
-            cluster_secret = "0123456789abcdef-secret"
+            cluster_secret = "7f3a9c0e5b2d4816a0c3e9f1b7d25a64"
             [[tokens]]
-            token = "admin-token-0123456789"
+            sha256 = "2f2a1b5ad0c5a4c8e2f4f8a4d5c6b7a8e9f0a1b2c3d4e5f60718293a4b5c6d7e"
             role = "admin"
             [[tokens]]
-            token = "agent-token-0123456789"
+            sha256 = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a291807f6e5d4c3b2a1908f7e6d5c4b"
             role = "agent"
             host = "h1"
+            [tls]
+            insecure = true
             "#,
         )
         .unwrap()
@@ -369,12 +419,17 @@ mod tests {
         type Mutation = Box<dyn Fn(&mut Config)>;
         let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|c| c.node_id = 0), "node_id"),
-            (Box::new(|c| c.cluster_secret = "short".into()), "cluster_secret"),
+            (Box::new(|c| c.cluster_secret = Secret("short".into())), "cluster_secret"),
+            (Box::new(|c| c.cluster_secret = Secret("change-me-to-a-long-random-secret".into())), "placeholder"),
             (Box::new(|c| c.tokens.clear()), "tokens is empty"),
-            (Box::new(|c| c.tokens[0].token = "short".into()), "tokens[0].token"),
+            (Box::new(|c| c.tokens[0].sha256 = "short".into()), "tokens[0].sha256"),
+            (
+                Box::new(|c| c.tokens[0].token = Some(Secret("plain-token".into()))),
+                "tokens[0] holds a token in plaintext",
+            ),
             (Box::new(|c| c.tokens[1].host = None), "no host"),
             (Box::new(|c| c.tokens[0].host = Some(Name::new("h1").unwrap())), "only agent tokens"),
-            (Box::new(|c| c.tokens[1].token = c.tokens[0].token.clone()), "listed twice"),
+            (Box::new(|c| c.tokens[1].sha256 = c.tokens[0].sha256.to_uppercase()), "listed twice"),
             (Box::new(|c| c.raft.election_timeout_ms_min = 100), "more than twice"),
             (Box::new(|c| c.raft.election_timeout_ms_max = 100), "election_timeout_ms_max"),
             (Box::new(|c| c.raft.proposal_batch_max = 0), "proposal_batch_max"),
@@ -383,6 +438,9 @@ mod tests {
             (Box::new(|c| c.ha.lease_ms = 70_000), "ha.lease_ms"),
             (Box::new(|c| c.ha.fence_margin_ms = 3_900), "ha.fence_margin_ms"),
             (Box::new(|c| c.ha.start_timeout_ms = 10), "ha.start_timeout_ms"),
+            (Box::new(|c| c.tls = Default::default()), "tls.ca is missing"),
+            (Box::new(|c| c.tls.ca = Some("ca.pem".into())), "insecure = true turns TLS off"),
+            (Box::new(|c| c.api.connections_max = 0), "api.connections_max"),
         ];
         for (mutate, want) in cases {
             let mut c = sample();

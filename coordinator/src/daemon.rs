@@ -1,12 +1,12 @@
 //! The `switchyard-coordinator` command line: read the configuration, start, stop gracefully on
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM, reload tokens and certificates on SIGHUP.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::config::Config;
+use crate::config::{Config, InitialState};
 use crate::server::Coordinator;
 
 /// Switchyard coordinator daemon.
@@ -25,6 +25,27 @@ struct Args {
     /// Override `api_listen`.
     #[arg(long)]
     api_listen: Option<std::net::SocketAddr>,
+    /// Allow an empty (or missing) data directory, on the first start only: `new` for a member
+    /// of a cluster about to be initialized, `join` for a new member to be added to a running
+    /// one. Without it, a coordinator refuses to start on an empty data directory: a replaced
+    /// disk or an unmounted path must not come back under its old node id without the log it
+    /// had promised to keep. Ignored when the directory holds data.
+    /// (`new` or `join`; empty: not given, for container environments.)
+    #[arg(long, env = "SWITCHYARD_INITIAL_STATE")]
+    initial_state: Option<String>,
+    /// Check the configuration (and the certificates it names) and exit: 0 when it can be
+    /// used, 2 with every problem otherwise.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn initial_state(s: &str) -> Result<Option<InitialState>, String> {
+    match s {
+        "" => Ok(None),
+        "new" => Ok(Some(InitialState::New)),
+        "join" => Ok(Some(InitialState::Join)),
+        other => Err(format!("{other:?} is neither new nor join")),
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -35,21 +56,46 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut config = match Config::load(&args.config) {
+    let initial_state = match initial_state(args.initial_state.as_deref().unwrap_or("")) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard-coordinator: --initial-state: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let check_only = args.check_config;
+    let load = move || -> Result<Config, crate::config::ConfigError> {
+        let mut config = Config::load(&args.config)?;
+        if let Some(d) = &args.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(a) = args.raft_listen {
+            config.raft_listen = a;
+        }
+        if let Some(a) = args.api_listen {
+            config.api_listen = a;
+        }
+        config.initial_state = initial_state;
+        Ok(config)
+    };
+    let config = match load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchyard-coordinator: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Some(d) = args.data_dir {
-        config.data_dir = d;
-    }
-    if let Some(a) = args.raft_listen {
-        config.raft_listen = a;
-    }
-    if let Some(a) = args.api_listen {
-        config.api_listen = a;
+    if check_only {
+        return match crate::server::load_tls(&config) {
+            Ok(_) => {
+                println!("configuration OK: node {}, data directory {}", config.node_id, config.data_dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("switchyard-coordinator: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -58,8 +104,14 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(config)) {
+    match rt.block_on(run(config, load)) {
         Ok(()) => ExitCode::SUCCESS,
+        // A configuration (or data directory) it cannot run with: status 2, which the systemd
+        // unit does not restart on.
+        Err(e) if e.downcast_ref::<crate::config::ConfigError>().is_some() => {
+            eprintln!("switchyard-coordinator: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("switchyard-coordinator: {e:#}");
             ExitCode::FAILURE
@@ -67,12 +119,24 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, load: impl Fn() -> Result<Config, crate::config::ConfigError>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let node = Coordinator::start(config).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => match load() {
+                Ok(new) => {
+                    for note in node.reload(&new) {
+                        tracing::info!("SIGHUP: {note}");
+                    }
+                }
+                Err(e) => tracing::warn!("SIGHUP: the configuration was not reloaded: {e}"),
+            },
+        }
     }
     tracing::info!("shutting down");
     // A second signal stops at once.

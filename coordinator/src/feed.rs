@@ -31,6 +31,7 @@ pub async fn feed(
     tx: mpsc::Sender<Bytes>,
 ) {
     let history = s.sm.history();
+    let _counted = crate::metrics::Subscribed::new(&s.metrics.subscribers);
     let mut applied_rx = s.sm.watch_revision();
     let mut tick = tokio::time::interval(progress);
     tick.tick().await;
@@ -64,6 +65,7 @@ pub async fn feed(
                 if tx.send(f).await.is_err() {
                     return;
                 }
+                s.metrics.events_streamed.inc();
             }
         }
         if !follow {

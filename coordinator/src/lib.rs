@@ -5,11 +5,12 @@
 //! 1. [`config`], [`clock`]: what the node is told and where its time comes from;
 //! 2. what the node holds: the [`proposer`] (every write into Raft), agents' reports
 //!    ([`liveness`], and [`migration`] with the driver's pure decisions), the recent event
-//!    frames ([`stream`]);
+//!    frames ([`stream`]), the [`metrics`];
 //! 3. [`node`]: the service context every part shares, with its own error type;
 //! 4. the node's work: [`feed`] (one subscription), [`leader`] (the liveness task and the
 //!    migration driver), and over the Raft RPC ([`network`], [`raft_server`]) the [`handover`]
-//!    of leadership on a graceful stop;
+//!    of leadership on a graceful stop; [`observe`] (what `/metrics` counts); the [`listener`]s both servers accept on (TLS, the
+//!    client certificate's identity, the connection bound);
 //! 5. [`api`]: the operator HTTP/JSON API, by noun; it maps the node's errors to HTTP;
 //! 6. [`server`] starts and stops all of it; [`daemon`] is the binary's command line.
 //!
@@ -27,10 +28,13 @@ pub mod daemon;
 pub mod feed;
 pub mod handover;
 pub mod leader;
+pub mod listener;
 pub mod liveness;
+pub mod metrics;
 pub mod migration;
 pub mod network;
 pub mod node;
+pub mod observe;
 pub mod proposer;
 pub mod raft_server;
 pub mod server;

@@ -1,7 +1,9 @@
 //! Raft RPC between coordinators: bincode over HTTP (`POST /raft/{append,vote,snapshot}` on the
 //! peer's Raft address, and `/raft/handover` when a leader stops gracefully).
 //!
-//! Every request carries the cluster secret and the node id it is meant for; the receiver refuses
+//! Over TLS (unless `tls.insecure`), each side presenting its node certificate: the receiver
+//! takes Raft RPC only from a certificate of the cluster's CA that names a coordinator.
+//! Every request also carries the cluster secret and the node id it is meant for; the receiver refuses
 //! a request addressed to another id, so a stale or wrong address can never make a node answer
 //! in another's name (RAFT_STORAGE_RULES §10). A peer that cannot be reached is reported to
 //! openraft as `Unreachable`, which makes it back off instead of retrying in a tight loop — for
@@ -37,26 +39,27 @@ pub const TARGET_HEADER: &str = "x-switchyard-target";
 #[derive(Clone)]
 pub struct Network {
     client: reqwest::Client,
+    scheme: &'static str,
     secret: String,
     retry: Duration,
 }
 
 impl Network {
     /// `heartbeat` is the Raft heartbeat interval: an unreachable peer is retried every two.
-    pub fn new(secret: String, heartbeat: Duration) -> Network {
-        let client = reqwest::Client::builder()
+    pub fn new(secret: String, heartbeat: Duration, tls: Option<&switchyard_tls::Tls>) -> Network {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .expect("an HTTP client without TLS always builds");
-        Network { client, secret, retry: heartbeat * 2 }
+            .pool_idle_timeout(Duration::from_secs(30));
+        let (builder, scheme) = switchyard_tls::http(builder, tls);
+        let client = builder.build().expect("an HTTP client with a preconfigured TLS setup builds");
+        Network { client, scheme, secret, retry: heartbeat * 2 }
     }
 }
 
 impl Network {
     /// Delivers a leader's handover notice (`POST /raft/handover`) to `node`.
     pub async fn handover(&self, target: NodeId, node: &NodeInfo, msg: &Handover) -> Result<(), String> {
-        let url = format!("http://{}/raft/handover", node.raft_addr);
+        let url = format!("{}://{}/raft/handover", self.scheme, node.raft_addr);
         let resp = self
             .client
             .post(&url)
@@ -79,7 +82,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
-        Peer { target, node: node.clone(), client: self.client.clone(), secret: self.secret.clone(), retry: self.retry }
+        Peer {
+            target,
+            node: node.clone(),
+            client: self.client.clone(),
+            scheme: self.scheme,
+            secret: self.secret.clone(),
+            retry: self.retry,
+        }
     }
 }
 
@@ -88,6 +98,7 @@ pub struct Peer {
     target: NodeId,
     node: NodeInfo,
     client: reqwest::Client,
+    scheme: &'static str,
     secret: String,
     retry: Duration,
 }
@@ -104,7 +115,7 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("http://{}/raft/{path}", self.node.raft_addr);
+        let url = format!("{}://{}/raft/{path}", self.scheme, self.node.raft_addr);
         let resp = self
             .client
             .post(&url)

@@ -18,6 +18,7 @@ use switchyard_storage::{NodeId, NodeInfo, StateMachineStore, TypeConfig};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::liveness::Liveness;
+use crate::metrics::{HostLabel, HostStateLabel, Metrics, PackageLabel, PhaseLabel};
 use crate::migration::Reports;
 use crate::proposer::{ProposeError, Proposer};
 use crate::stream::RecentFrames;
@@ -83,6 +84,8 @@ pub struct Node {
     pub reports: Reports,
     /// Recent events' encoded frames, shared by the subscribers.
     pub frames: RecentFrames,
+    /// What `/metrics` serves.
+    pub metrics: Arc<Metrics>,
     /// Set once a graceful stop began: new writes are refused as unavailable (clients retry
     /// them on the next leader), subscriptions end.
     stopping: AtomicBool,
@@ -91,7 +94,9 @@ pub struct Node {
 
 impl Node {
     pub fn new(raft: Raft<TypeConfig>, sm: StateMachineStore, config: Arc<Config>, clock: Arc<dyn Clock>) -> Arc<Node> {
-        let proposer = Proposer::start(raft.clone(), config.raft.proposal_batch_max);
+        let metrics = Arc::new(Metrics::new());
+        sm.set_observer(metrics.clone());
+        let proposer = Proposer::start(raft.clone(), config.raft.proposal_batch_max, metrics.clone());
         Arc::new(Node {
             id: config.node_id,
             raft,
@@ -102,6 +107,7 @@ impl Node {
             liveness: Liveness::default(),
             reports: Reports::default(),
             frames: RecentFrames::default(),
+            metrics,
             stopping: AtomicBool::new(false),
             stop_signal: tokio::sync::watch::channel(false).0,
         })
@@ -149,6 +155,62 @@ impl Node {
             purged_index: m.purged.map(|l| l.index),
             revision: self.sm.applied_meta().revision,
         }
+    }
+
+    /// The `/metrics` text: the counted metrics, and the gauges set now from Raft, the state
+    /// and (on the leader) the agents' reports.
+    pub fn metrics_text(&self) -> String {
+        let m = &self.metrics;
+        let r = self.raft.metrics().borrow().clone();
+        m.term.set(r.current_term as i64);
+        m.is_leader.set(i64::from(r.state == ServerState::Leader));
+        m.last_log_index.set(r.last_log_index.unwrap_or(0) as i64);
+        m.applied_index.set(r.last_applied.map_or(0, |l| l.index) as i64);
+        m.revision.set(self.sm.applied_meta().revision as i64);
+        for f in [&m.host_applied_revision, &m.host_lag, &m.host_in_sync] {
+            f.clear();
+        }
+        m.host_last_report_seconds.clear();
+        m.host_state.clear();
+        m.reset_in_flight();
+        m.package_switching_disabled_seconds.clear();
+        let leader = r.state == ServerState::Leader;
+        let timeout = std::time::Duration::from_millis(self.config.api.host_report_timeout_ms);
+        let now_ms = self.clock.now().0;
+        self.sm.read(|st| {
+            let digest = st.config_digest();
+            for h in st.hosts() {
+                let host = HostLabel { host: h.spec.name.to_string() };
+                let state = st.host_state(h).to_string();
+                m.host_state.get_or_create(&HostStateLabel { host: host.host.clone(), state }).set(1);
+                if leader {
+                    let sync = self.liveness.sync(h, st, digest, timeout);
+                    if let Some(rev) = sync.applied_revision {
+                        m.host_applied_revision.get_or_create(&host).set(rev as i64);
+                        m.host_lag.get_or_create(&host).set(st.revision().saturating_sub(rev) as i64);
+                    }
+                    if let Some(ago) = sync.last_report_ms_ago {
+                        m.host_last_report_seconds.get_or_create(&host).set(ago as f64 / 1000.0);
+                    }
+                    let in_sync = matches!(sync.status, switchyard_protocol::api::SyncStatus::InSync);
+                    m.host_in_sync.get_or_create(&host).set(i64::from(in_sync));
+                }
+            }
+            for mig in st.in_flight_migrations() {
+                m.migrations_in_flight.get_or_create(&PhaseLabel { phase: mig.phase.as_str().into() }).inc();
+            }
+            let mut disabled = 0;
+            for p in st.packages().filter(|p| !p.switching_enabled) {
+                disabled += 1;
+                let since = now_ms.saturating_sub(p.switching_changed.at.0);
+                m.package_switching_disabled_seconds
+                    .get_or_create(&PackageLabel { package: p.name.to_string() })
+                    .set(since as f64 / 1000.0);
+            }
+            m.packages_switching_disabled.set(disabled);
+            m.failovers_in_flight.set(st.failovers().count() as i64);
+        });
+        m.encode()
     }
 
     /// Proposes a command through Raft and waits for its apply result.

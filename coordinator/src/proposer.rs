@@ -18,6 +18,7 @@
 
 use std::sync::Arc;
 
+use crate::metrics::Metrics;
 use openraft::Raft;
 use switchyard_protocol::{ApplyResult, Proposal};
 use switchyard_storage::{Proposals, TypeConfig};
@@ -67,9 +68,9 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the batcher; `max_batch` proposals at most per entry (1: no batching).
-    pub fn start(raft: Raft<TypeConfig>, max_batch: usize) -> Proposer {
+    pub fn start(raft: Raft<TypeConfig>, max_batch: usize, metrics: Arc<Metrics>) -> Proposer {
         let (tx, rx) = mpsc::channel(8192);
-        tokio::spawn(run(raft, rx, max_batch.max(1)));
+        tokio::spawn(run(raft, rx, max_batch.max(1), metrics));
         Proposer { tx }
     }
 
@@ -82,7 +83,7 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
+async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>, max_batch: usize, metrics: Arc<Metrics>) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         // Wait for a free slot first: whatever queues meanwhile joins this batch.
@@ -95,11 +96,18 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>, max_batch:
             }
         }
         let raft = raft.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let (proposals, replies): (Vec<Proposal>, Vec<_>) =
                 batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
             let n = proposals.len();
-            match raft.client_write(Proposals(proposals)).await {
+            metrics.batch_size.observe(n as f64);
+            let started = std::time::Instant::now();
+            let written = raft.client_write(Proposals(proposals)).await;
+            if written.is_ok() {
+                metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+            }
+            match written {
                 Ok(resp) if resp.data.results.len() == n => {
                     for (reply, result) in replies.into_iter().zip(resp.data.results) {
                         let _ = reply.send(Ok(result));

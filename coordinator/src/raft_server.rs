@@ -1,8 +1,13 @@
 //! The receiving side of Raft RPC (see `network.rs` for the wire format and the identity check).
+//!
+//! Every request passes [`guard`] before its body is read: the connection's certificate must
+//! name a coordinator (TLS), the cluster secret must match, and the request must be addressed
+//! to this node. A stranger's 64 MiB body is refused from its headers, unread.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -10,7 +15,9 @@ use openraft::Raft;
 use serde::de::DeserializeOwned;
 use switchyard_protocol::codec;
 use switchyard_storage::{NodeId, TypeConfig};
+use switchyard_tls::Identity;
 
+use crate::listener::Peer;
 use crate::network::TARGET_HEADER;
 
 /// Largest Raft RPC body: a batch of entries or one snapshot chunk.
@@ -20,57 +27,76 @@ const RAFT_BODY_BYTES_MAX: usize = 64 << 20;
 struct RaftState {
     id: NodeId,
     secret: String,
+    /// Whether connections are TLS, whose client certificates must name a coordinator.
+    tls: bool,
     raft: Raft<TypeConfig>,
 }
 
-pub fn router(id: NodeId, secret: String, raft: Raft<TypeConfig>) -> Router {
+pub fn router(id: NodeId, secret: String, raft: Raft<TypeConfig>, tls: bool) -> Router {
+    let state = RaftState { id, secret, tls, raft };
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/handover", post(handover))
         .layer(DefaultBodyLimit::max(RAFT_BODY_BYTES_MAX))
-        .with_state(RaftState { id, secret, raft })
+        .layer(from_fn_with_state(state.clone(), guard))
+        .with_state(state)
 }
 
-/// Checks the secret and that the request is addressed to this node; decodes the body.
-fn admit<T: DeserializeOwned>(s: &RaftState, headers: &HeaderMap, body: &[u8]) -> Result<T, (StatusCode, String)> {
+/// Admits a request from its connection and headers alone, before anything reads its body.
+async fn guard(State(s): State<RaftState>, req: Request, next: Next) -> Response {
+    if s.tls {
+        let identity = req.extensions().get::<ConnectInfo<Peer>>().and_then(|c| c.0.identity.clone());
+        if !matches!(identity, Some(Identity::Node(_))) {
+            let who = identity.map_or("no Switchyard identity".to_string(), |i| i.to_string());
+            let msg = format!("raft rpc: only coordinators' certificates are accepted here; this one names {who}");
+            return (StatusCode::FORBIDDEN, msg).into_response();
+        }
+    }
+    let headers = req.headers();
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if auth.strip_prefix("Bearer ") != Some(s.secret.as_str()) {
-        return Err((StatusCode::UNAUTHORIZED, "raft rpc: wrong or missing cluster secret".into()));
+    let given = auth.strip_prefix("Bearer ").unwrap_or("").as_bytes();
+    if !switchyard_protocol::secret::secret_eq(given, s.secret.as_bytes()) {
+        return (StatusCode::UNAUTHORIZED, "raft rpc: wrong or missing cluster secret").into_response();
     }
     let target = headers.get(TARGET_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if target != Some(s.id) {
         let msg = format!("raft rpc addressed to node {target:?}, but this is node {}", s.id);
-        return Err((StatusCode::MISDIRECTED_REQUEST, msg));
+        return (StatusCode::MISDIRECTED_REQUEST, msg).into_response();
     }
+    next.run(req).await
+}
+
+/// Decodes an admitted request's body.
+fn admit<T: DeserializeOwned>(body: &[u8]) -> Result<T, (StatusCode, String)> {
     codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("raft rpc: {e}")))
 }
 
-async fn append(State(s): State<RaftState>, headers: HeaderMap, body: Bytes) -> Response {
-    match admit(&s, &headers, &body) {
+async fn append(State(s): State<RaftState>, body: Bytes) -> Response {
+    match admit(&body) {
         Ok(req) => codec::encode(&s.raft.append_entries(req).await).into_response(),
         Err(r) => r.into_response(),
     }
 }
 
-async fn vote(State(s): State<RaftState>, headers: HeaderMap, body: Bytes) -> Response {
-    match admit(&s, &headers, &body) {
+async fn vote(State(s): State<RaftState>, body: Bytes) -> Response {
+    match admit(&body) {
         Ok(req) => codec::encode(&s.raft.vote(req).await).into_response(),
         Err(r) => r.into_response(),
     }
 }
 
-async fn snapshot(State(s): State<RaftState>, headers: HeaderMap, body: Bytes) -> Response {
-    match admit(&s, &headers, &body) {
+async fn snapshot(State(s): State<RaftState>, body: Bytes) -> Response {
+    match admit(&body) {
         Ok(req) => codec::encode(&s.raft.install_snapshot(req).await).into_response(),
         Err(r) => r.into_response(),
     }
 }
 
 /// A stopping leader hands its leadership over (see `handover.rs`).
-async fn handover(State(s): State<RaftState>, headers: HeaderMap, body: Bytes) -> Response {
-    match admit::<crate::network::Handover>(&s, &headers, &body) {
+async fn handover(State(s): State<RaftState>, body: Bytes) -> Response {
+    match admit::<crate::network::Handover>(&body) {
         Ok(h) => match crate::handover::take(&s.raft, h).await {
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
             Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),

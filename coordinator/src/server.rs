@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt as _;
 use openraft::Raft;
 use switchyard_storage::TypeConfig;
 use tokio::sync::watch;
@@ -18,19 +17,25 @@ use tokio::task::JoinHandle;
 
 use crate::api;
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::handover;
 use crate::leader;
+use crate::listener::{incoming, Admission, Incoming, Peer};
 use crate::network::Network;
 use crate::node::Node;
 use crate::raft_server;
 
 /// How long a graceful stop waits for the API's open requests to finish.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Most Raft connections open at once: a few per peer (appends, votes and a snapshot may run
+/// at once), for the largest cluster.
+const RAFT_CONNECTIONS_MAX: usize = 64;
 
 /// A running coordinator.
 pub struct Coordinator {
     pub node: Arc<Node>,
+    tokens: api::Tokens,
+    tls: Option<switchyard_tls::Tls>,
     network: Network,
     api_stop: watch::Sender<bool>,
     raft_stop: watch::Sender<bool>,
@@ -48,13 +53,15 @@ impl Coordinator {
     /// Like [`Coordinator::start`], with the proposer's time and randomness from `clock`.
     pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Coordinator> {
         config.validate()?;
+        check_data_dir(&config)?;
+        let tls = load_tls(&config)?;
         let config = Arc::new(config);
         let raft_config = Arc::new(config.openraft()?);
         let (log, sm) = switchyard_storage::open(&config.data_dir, config.node_id)
             .with_context(|| format!("open data directory {}", config.data_dir.display()))?;
         sm.set_retention(config.history.retain_revisions);
         let heartbeat = Duration::from_millis(config.raft.heartbeat_interval_ms);
-        let network = Network::new(config.cluster_secret.clone(), heartbeat);
+        let network = Network::new(config.cluster_secret.expose().to_string(), heartbeat, tls.as_ref());
         let raft: Raft<TypeConfig> =
             Raft::new(config.node_id, raft_config, network.clone(), log, sm.clone()).await.context("start raft")?;
 
@@ -69,13 +76,53 @@ impl Coordinator {
             tokio::spawn(leader::liveness::run(node.clone())),
             tokio::spawn(leader::driver::run(node.clone())),
             tokio::spawn(leader::failover::run(node.clone())),
+            tokio::spawn(crate::observe::run(node.clone())),
         ];
-        let raft_app = raft_server::router(config.node_id, config.cluster_secret.clone(), raft);
-        let api_app = api::router(node.clone());
+        let raft_app =
+            raft_server::router(config.node_id, config.cluster_secret.expose().to_string(), raft, tls.is_some());
+        let tokens = api::Tokens::new(&config.tokens);
+        let api_app = api::router(node.clone(), tls.clone(), tokens.clone());
+        let raft_listener = incoming(
+            raft_listener,
+            Admission { tls: tls.clone(), clients_required: true, connections_max: RAFT_CONNECTIONS_MAX, what: "raft" },
+        )?;
+        let api_listener = incoming(
+            api_listener,
+            Admission {
+                tls: tls.clone(),
+                clients_required: false,
+                connections_max: config.api.connections_max,
+                what: "api",
+            },
+        )?;
         let (api_stop, api_server) = serve(api_listener, api_app);
         let (raft_stop, raft_server) = serve(raft_listener, raft_app);
-        tracing::info!(node = config.node_id, raft = %config.raft_listen, api = %config.api_listen, "coordinator started");
-        Ok(Coordinator { node, network, api_stop, raft_stop, api_server, raft_server, tasks })
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(node = config.node_id, raft = %config.raft_listen, api = %config.api_listen, scheme, "coordinator started");
+        Ok(Coordinator { node, tokens, tls, network, api_stop, raft_stop, api_server, raft_server, tasks })
+    }
+
+    /// Takes what can change without a restart from a reloaded (validated) configuration: the
+    /// tokens, and the TLS files read again now. Answers what was done, and which other
+    /// changes wait for a restart.
+    pub fn reload(&self, new: &Config) -> Vec<String> {
+        let mut notes = Vec::new();
+        let (added, removed) = self.tokens.replace(&new.tokens);
+        notes.push(format!("tokens reloaded: {} accepted ({added} added, {removed} removed)", new.tokens.len()));
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => notes.push("TLS certificates read again".into()),
+                Err(e) => notes.push(format!("TLS certificates not reloaded, the previous ones stay: {e}")),
+            }
+        }
+        let old = &self.node.config;
+        let mut same = new.clone();
+        same.tokens = old.tokens.clone();
+        same.initial_state = old.initial_state;
+        if &same != old.as_ref() {
+            notes.push("other settings changed; they take effect at the next restart".into());
+        }
+        notes
     }
 
     /// Stops gracefully: new writes are refused and subscriptions end, the API finishes its
@@ -106,22 +153,50 @@ impl Coordinator {
     }
 }
 
-/// Serves `app` on `listener` until the returned sender says stop.
-fn serve(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-) -> (watch::Sender<bool>, JoinHandle<std::io::Result<()>>) {
-    let (stop, mut stopped) = watch::channel(false);
-    // TCP_NODELAY on every accepted connection (axum does not set it): a Raft reply or an
-    // event of a subscription stream must not wait for the peer's delayed ACK of the
-    // previous segment (Nagle), which stalls a small write for up to 40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY on a connection");
+pub use switchyard_storage::holds_data;
+
+/// Refuses an empty data directory unless the operator said what it is for: a coordinator that
+/// lost its disk (replaced, wiped, or a path whose volume is not mounted) would otherwise stamp
+/// a new one and rejoin under its old node id, voting and counting toward quorums without the
+/// log entries it acknowledged, which can lose committed writes.
+pub fn check_data_dir(config: &Config) -> Result<(), ConfigError> {
+    let dir = &config.data_dir;
+    if switchyard_storage::holds_data(dir) {
+        return Ok(());
+    }
+    match config.initial_state {
+        Some(state) => {
+            tracing::info!(node = config.node_id, data_dir = %dir.display(), ?state, "starting with an empty data directory");
+            Ok(())
         }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    });
+        None => Err(ConfigError(format!(
+            "the data directory {} holds no data. If this is a new coordinator, say which: \
+             --initial-state new (a member of a cluster about to be initialized with `switchyard cluster init`) \
+             or --initial-state join (a new member for `switchyard cluster add-node`). If node {} had data here, \
+             do not start it empty under its old id: mount or restore its disk, or remove node {} from the \
+             cluster (`switchyard cluster remove-node {}`) and add this machine back under a new node id",
+            dir.display(),
+            config.node_id,
+            config.node_id,
+            config.node_id
+        ))),
+    }
+}
+
+/// The coordinator's TLS material (its certificate must name its node id), or `None` when the
+/// configuration says `insecure`.
+pub fn load_tls(config: &Config) -> Result<Option<switchyard_tls::Tls>, ConfigError> {
+    switchyard_tls::Tls::from_config(&config.tls, Some(switchyard_tls::Identity::Node(config.node_id)), "coordinator")
+        .map_err(|e| ConfigError(format!("tls: {e}")))
+}
+
+/// Serves `app` on `listener` until the returned sender says stop; handlers see the
+/// connection's [`Peer`].
+fn serve(listener: Incoming, app: axum::Router) -> (watch::Sender<bool>, JoinHandle<std::io::Result<()>>) {
+    let (stop, mut stopped) = watch::channel(false);
+    let server =
+        axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
     (stop, tokio::spawn(server.into_future()))
 }

@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
-# Writes the configs of deploy/compose.yaml into DIR with fresh random tokens, and DIR/cli.env
-# with the admin token. Existing files are kept (run it again safely).
+# Writes the configs of deploy/compose.yaml into DIR with fresh random tokens, the cluster's CA
+# and every process's certificate in DIR/tls (made by `switchyard cert`: the CLI is $SWITCHYARD_BIN,
+# else `switchyard` on the PATH), and DIR/cli.env with the admin token and the CA for the CLI.
+# Existing files are kept (run it again safely).
 set -euo pipefail
 dir=${1:?usage: make-configs.sh DIR}
+sy=${SWITCHYARD_BIN:-switchyard}
+net=${SWITCHYARD_NET:-172.29.7}
+command -v "$sy" >/dev/null || { echo "make-configs.sh: no switchyard CLI ($sy): build it or set SWITCHYARD_BIN" >&2; exit 2; }
 mkdir -p "$dir"/sim
+# TLS on every link: one CA for the cluster; coordinators' certificates name their host names
+# and fixed addresses, agents' their host.
+[ -f "$dir/tls/ca.pem" ] || "$sy" cert ca --dir "$dir/tls" >/dev/null
+for n in 1 2 3; do
+  [ -f "$dir/tls/node-$n.pem" ] || "$sy" cert node "$n" --dir "$dir/tls" --names "coord$n,$net.1$n" >/dev/null
+  [ -f "$dir/tls/host-h$n.pem" ] || "$sy" cert host "h$n" --dir "$dir/tls" >/dev/null
+done
 rand() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 [ -f "$dir/secrets.env" ] || cat > "$dir/secrets.env" <<EOT
 SECRET=$(rand)
@@ -13,10 +25,13 @@ AGENT_H1=$(rand)
 AGENT_H2=$(rand)
 AGENT_H3=$(rand)
 EOT
+chmod 0600 "$dir/secrets.env"
 . "$dir/secrets.env"
+# Coordinators keep tokens as SHA-256 hashes only.
+hash() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
 for n in 1 2 3; do
   mkdir -p "$dir/coord$n"
-  [ -f "$dir/coord$n.toml" ] || cat > "$dir/coord$n.toml" <<EOT
+  [ -f "$dir/coord$n.toml" ] || (umask 077; cat > "$dir/coord$n.toml") <<EOT
 node_id = $n
 data_dir = "/var/lib/switchyard/data"
 raft_listen = "0.0.0.0:7101"
@@ -26,26 +41,26 @@ api_advertise = "coord$n:7201"
 cluster_secret = "$SECRET"
 
 [[tokens]]
-token = "$ADMIN"
+sha256 = "$(hash "$ADMIN")"
 role = "admin"
 name = "admin"
 
 [[tokens]]
-token = "$OPERATOR"
+sha256 = "$(hash "$OPERATOR")"
 role = "operator"
 
 [[tokens]]
-token = "$AGENT_H1"
+sha256 = "$(hash "$AGENT_H1")"
 role = "agent"
 host = "h1"
 
 [[tokens]]
-token = "$AGENT_H2"
+sha256 = "$(hash "$AGENT_H2")"
 role = "agent"
 host = "h2"
 
 [[tokens]]
-token = "$AGENT_H3"
+sha256 = "$(hash "$AGENT_H3")"
 role = "agent"
 host = "h3"
 
@@ -54,12 +69,17 @@ host_report_timeout_ms = 5000
 
 [migration]
 transferring_timeout_ms = 60000
+
+[tls]
+ca = "/etc/switchyard/tls/ca.pem"
+cert = "/etc/switchyard/tls/node-$n.pem"
+key = "/etc/switchyard/tls/node-$n.key"
 EOT
 done
 for n in 1 2 3; do
   mkdir -p "$dir/agent-h$n"
   var=AGENT_H$n
-  [ -f "$dir/agent-h$n.toml" ] || cat > "$dir/agent-h$n.toml" <<EOT
+  [ -f "$dir/agent-h$n.toml" ] || (umask 077; cat > "$dir/agent-h$n.toml") <<EOT
 host = "h$n"
 endpoints = ["coord1:7201", "coord2:7201", "coord3:7201"]
 token = "${!var}"
@@ -71,7 +91,12 @@ kind = "simulated"
 state_dir = "/var/lib/switchyard-sim"
 transfer_ms = 2000
 freeze_ms = 100
+
+[tls]
+ca = "/etc/switchyard/tls/ca.pem"
+cert = "/etc/switchyard/tls/host-h$n.pem"
+key = "/etc/switchyard/tls/host-h$n.key"
 EOT
 done
-echo "SWITCHYARD_TOKEN=$ADMIN" > "$dir/cli.env"
-echo "configs in $dir; admin token in $dir/cli.env"
+(umask 077; printf 'SWITCHYARD_TOKEN=%s\nSWITCHYARD_CA=%s\n' "$ADMIN" "$(cd "$dir/tls" && pwd)/ca.pem" > "$dir/cli.env")
+echo "configs in $dir; certificates in $dir/tls; admin token and CA in $dir/cli.env"

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod model;
 pub mod name;
 pub mod rejection;
+pub mod secret;
 pub mod state;
 #[cfg(test)]
 mod testing;

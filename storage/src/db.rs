@@ -83,6 +83,8 @@ pub struct DataDir {
     opts: Arc<Options>,
     pub(crate) path: PathBuf,
     pub(crate) node_id: u64,
+    /// Told how long each durable write and snapshot build took (metrics), once set.
+    pub(crate) observer: Arc<std::sync::OnceLock<Arc<dyn crate::Observer>>>,
 }
 
 impl std::fmt::Debug for DataDir {
@@ -121,7 +123,13 @@ impl DataDir {
         });
         let db = DB::open_cf_descriptors(&opts, path.join("db"), cfs)
             .map_err(|e| StoreError::rocks(format!("open rocksdb in {}", path.display()), e))?;
-        let dir = DataDir { db: Arc::new(db), opts: Arc::new(opts), path: path.to_path_buf(), node_id };
+        let dir = DataDir {
+            db: Arc::new(db),
+            opts: Arc::new(opts),
+            path: path.to_path_buf(),
+            node_id,
+            observer: Arc::default(),
+        };
         dir.check_identity()?;
         Ok(dir)
     }
@@ -129,7 +137,7 @@ impl DataDir {
     /// Opens an existing data directory offline (recovery tooling), as the node it belongs to.
     /// Refuses a path that holds no Switchyard data, and one a running coordinator holds open.
     pub fn open_existing(path: &Path) -> Result<DataDir, StoreError> {
-        if !path.join("db").join("CURRENT").exists() {
+        if !crate::holds_data(path) {
             return Err(StoreError::Inconsistent(format!(
                 "{} is not a coordinator's data directory (no db/ inside)",
                 path.display()
@@ -229,6 +237,13 @@ impl DataDir {
     pub(crate) fn write(&self, batch: WriteBatch, sync: bool, what: &str) -> Result<(), StoreError> {
         let mut o = WriteOptions::default();
         o.set_sync(sync);
-        self.db.write_opt(batch, &o).map_err(|e| StoreError::rocks(what.to_string(), e))
+        let started = std::time::Instant::now();
+        let r = self.db.write_opt(batch, &o).map_err(|e| StoreError::rocks(what.to_string(), e));
+        if sync {
+            if let Some(obs) = self.observer.get() {
+                obs.synced(started.elapsed());
+            }
+        }
+        r
     }
 }

@@ -35,6 +35,18 @@ pub use state_machine::{AppliedMeta, StateMachineStore};
 pub use types::*;
 
 /// Opens a node's data directory and both halves of its Raft storage.
+/// What the store tells its owner's metrics: how long each durable (fsynced) write took, and
+/// each snapshot build.
+pub trait Observer: Send + Sync {
+    fn synced(&self, took: std::time::Duration);
+    fn snapshot_built(&self, took: std::time::Duration);
+}
+
+/// Whether `path` holds a coordinator's data (it was opened, and stamped, before).
+pub fn holds_data(path: &std::path::Path) -> bool {
+    path.join("db").join("CURRENT").exists()
+}
+
 pub fn open(path: &std::path::Path, node_id: NodeId) -> Result<(LogStore, StateMachineStore), StoreError> {
     let dir = DataDir::open(path, node_id)?;
     let sm = StateMachineStore::open(dir.clone())?;

@@ -253,6 +253,7 @@ impl WalSyncer {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let held = Arc::new((Mutex::new(false), Condvar::new()));
         let db: Weak<DB> = Arc::downgrade(&dir.db);
+        let observer = dir.observer.clone();
         let path = dir.path().display().to_string();
         let hold = held.clone();
         let spawned = std::thread::Builder::new().name("wal-sync".into()).spawn(move || {
@@ -260,10 +261,14 @@ impl WalSyncer {
                 let (flag, released) = &*hold;
                 drop(released.wait_while(flag.lock().unwrap_or_else(|p| p.into_inner()), |held| *held));
                 let waiting: Vec<_> = std::iter::once(first).chain(rx.try_iter()).collect();
+                let started = std::time::Instant::now();
                 let synced = match db.upgrade() {
                     Some(db) => db.flush_wal(true).map_err(|e| format!("fsync the write-ahead log in {path}: {e}")),
                     None => Err(format!("the database in {path} was closed before the log was synced")),
                 };
+                if let (Ok(()), Some(obs)) = (&synced, observer.get()) {
+                    obs.synced(started.elapsed());
+                }
                 for callback in waiting {
                     callback.log_io_completed(synced.clone().map_err(std::io::Error::other));
                 }

@@ -159,6 +159,12 @@ impl StateMachineStore {
         self.inner.retain_revisions.store(revisions, Ordering::Relaxed);
     }
 
+    /// Tells `observer` how long durable writes and snapshot builds take (the log store shares
+    /// the data directory, so its writes are observed too). Set once; later calls are ignored.
+    pub fn set_observer(&self, observer: Arc<dyn crate::Observer>) {
+        let _ = self.inner.dir.observer.set(observer);
+    }
+
     /// The revision of the base (snapshot or checkpoint state) this store was opened from; the
     /// events after it were replayed from the history.
     pub fn restart_base(&self) -> Revision {
@@ -488,7 +494,23 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let err = |e: StoreError| e.into_raft(ErrorSubject::Snapshot(None), ErrorVerb::Write);
-        let _lock = self.sm.inner.snapshot_lock.lock().await;
+        let sm = self.sm.clone();
+        let _lock = sm.inner.snapshot_lock.lock().await;
+        let started = std::time::Instant::now();
+        let built = self.build(err).await;
+        if let (Ok(_), Some(obs)) = (&built, sm.inner.dir.observer.get()) {
+            obs.snapshot_built(started.elapsed());
+        }
+        built
+    }
+}
+
+impl SnapshotBuilder {
+    /// [`RaftSnapshotBuilder::build_snapshot`] under the snapshot lock.
+    async fn build(
+        &mut self,
+        err: impl Fn(StoreError) -> StorageError + Copy,
+    ) -> Result<Snapshot<TypeConfig>, StorageError> {
         let name = self.sm.next_file_name("snap", self.meta.last_applied, "bin");
         let meta = SnapshotMeta {
             last_log_id: self.meta.last_applied,

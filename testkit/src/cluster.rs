@@ -20,7 +20,10 @@ use switchyard_coordinator::config::{
     ApiConfig, Config, HaConfig, HistoryConfig, MigrationConfig, RaftConfig, Role, TokenConfig,
 };
 use switchyard_protocol::api::{InitRequest, MemberSpec, NodeStatus, RegisterHostRequest};
+use switchyard_protocol::secret::{token_hash, Secret};
 use switchyard_protocol::Name;
+use switchyard_tls::issue::{self, Validity};
+use switchyard_tls::{Identity, Tls, TlsConfig};
 
 use crate::proc::{sibling_binary, Proc};
 use crate::{eventually, wait_for};
@@ -80,20 +83,33 @@ impl Secrets {
         }
     }
 
-    /// The tokens every coordinator accepts, as its config lists them.
-    fn tokens(&self) -> Vec<TokenConfig> {
+    /// The tokens every coordinator accepts, as its config lists them (by hash).
+    pub fn tokens(&self) -> Vec<TokenConfig> {
         let mut t = vec![
             TokenConfig {
-                token: self.admin_token.clone(),
+                sha256: token_hash(&self.admin_token),
+                token: None,
                 role: Role::Admin,
                 host: None,
                 name: Some(self.admin_name.clone()),
             },
-            TokenConfig { token: self.operator_token.clone(), role: Role::Operator, host: None, name: None },
+            TokenConfig {
+                sha256: token_hash(&self.operator_token),
+                token: None,
+                role: Role::Operator,
+                host: None,
+                name: None,
+            },
         ];
         for (h, token) in &self.agent_tokens {
             let host = Name::new(h).expect("agent host names are valid");
-            t.push(TokenConfig { token: token.clone(), role: Role::Agent, host: Some(host), name: None });
+            t.push(TokenConfig {
+                sha256: token_hash(token),
+                token: None,
+                role: Role::Agent,
+                host: Some(host),
+                name: None,
+            });
         }
         t
     }
@@ -120,6 +136,9 @@ pub struct Settings {
     pub qemu_bandwidth_kib: Option<u64>,
     /// `RUST_LOG` of every process (unless the environment sets one).
     pub rust_log: String,
+    /// TLS on every link (the default), under a CA made in the cluster's folder (`tls/`);
+    /// `false`: plaintext (`tls.insecure`).
+    pub tls: bool,
 }
 
 /// Which driver the cluster's agents use.
@@ -151,6 +170,7 @@ impl Default for Settings {
             reconcile_interval_ms: 1000,
             qemu_bandwidth_kib: None,
             rust_log: "info,openraft=warn".into(),
+            tls: true,
         }
     }
 }
@@ -163,6 +183,19 @@ pub struct NodeProc {
     /// Its folder: `coordinator.toml`, `coordinator.log`, `data/`.
     pub dir: PathBuf,
     pub proc: Proc,
+}
+
+impl NodeProc {
+    /// Starts the coordinator; the first time (no data yet) as the operator of a cluster the
+    /// kit creates would: `--initial-state new` (a member to be initialized, or one to be
+    /// added under an id never used).
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        if switchyard_coordinator::server::holds_data(&self.dir.join("data")) {
+            self.proc.start()
+        } else {
+            self.proc.start_with(&["--initial-state", "new"])
+        }
+    }
 }
 
 /// One agent process.
@@ -242,6 +275,8 @@ pub struct Cluster {
     pub agents: Vec<AgentProc>,
     /// The port incoming live migrations listen on ([`Hypervisor::Qemu`]).
     pub migration_port: u16,
+    /// What clients of the cluster (tests, the CLI) trust: its CA; `None` without TLS.
+    pub client_tls: Option<Tls>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -267,6 +302,19 @@ impl Cluster {
             }
         };
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let client_tls = if settings.tls {
+            let tls_dir = dir.join("tls");
+            if !issue::paths(&tls_dir, issue::CA_STEM).0.exists() {
+                let ca = issue::new_ca("Switchyard test cluster CA", Validity::days(issue::CA_DAYS))?;
+                issue::write(&tls_dir, issue::CA_STEM, &ca)?;
+            }
+            Some(Tls::load(
+                &TlsConfig { ca: Some(issue::paths(&tls_dir, issue::CA_STEM).0), ..TlsConfig::default() },
+                None,
+            )?)
+        } else {
+            None
+        };
         Ok(Cluster {
             dir,
             secrets,
@@ -275,12 +323,42 @@ impl Cluster {
             nodes: Vec::new(),
             agents: Vec::new(),
             migration_port: free_port(),
+            client_tls,
             _tmp: tmp,
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where the cluster's CA and certificates are (`<dir>/tls`).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// The cluster's CA (certificate and key).
+    pub fn ca(&self) -> issue::Pair {
+        issue::read(&self.tls_dir(), issue::CA_STEM).expect("the cluster's CA")
+    }
+
+    /// The `[tls]` section of a party with `identity` (`None`: a client with the CA only):
+    /// its certificate made the first time it is asked for, kept after.
+    pub fn tls_config(&self, identity: Option<&Identity>) -> anyhow::Result<TlsConfig> {
+        if !self.settings.tls {
+            return Ok(TlsConfig::insecure());
+        }
+        let dir = self.tls_dir();
+        let ca = issue::paths(&dir, issue::CA_STEM).0;
+        let Some(identity) = identity else {
+            return Ok(TlsConfig { ca: Some(ca), ..TlsConfig::default() });
+        };
+        let stem = issue::stem(identity);
+        let (cert, key) = issue::paths(&dir, &stem);
+        if !cert.exists() || !key.exists() {
+            issue::write(&dir, &stem, &issue::issue(&self.ca(), identity, &[], Validity::days(issue::DEFAULT_DAYS))?)?;
+        }
+        Ok(TlsConfig::files(&ca, &cert, &key))
     }
 
     /// Writes the config of coordinator `id` listening on `addrs` (Raft, API); not started.
@@ -294,13 +372,15 @@ impl Cluster {
             api_listen: api,
             raft_advertise: None,
             api_advertise: None,
-            cluster_secret: self.secrets.cluster_secret.clone(),
+            cluster_secret: Secret(self.secrets.cluster_secret.clone()),
             tokens: self.secrets.tokens(),
             raft: self.settings.raft.clone(),
             api: self.settings.api.clone(),
             history: self.settings.history.clone(),
             migration: self.settings.migration.clone(),
             ha: self.settings.ha.clone(),
+            tls: self.tls_config(Some(&Identity::Node(id)))?,
+            initial_state: None,
         };
         config.validate()?;
         let path = dir.join("coordinator.toml");
@@ -320,7 +400,7 @@ impl Cluster {
     /// Creates coordinator `id` on free ports and starts it (not yet a member).
     pub fn spawn_new_node(&mut self, id: u64) -> &NodeProc {
         let n = self.add_node(id, free_addrs()).expect("configure a coordinator");
-        n.proc.start().expect("start a coordinator");
+        n.start().expect("start a coordinator");
         n
     }
 
@@ -328,7 +408,7 @@ impl Cluster {
     pub fn start_nodes(&mut self) -> anyhow::Result<()> {
         for n in &mut self.nodes {
             if !n.proc.running() {
-                n.proc.start()?;
+                n.start()?;
             }
         }
         Ok(())
@@ -443,14 +523,55 @@ impl Cluster {
         self.client_for(ids, &self.secrets.admin_token)
     }
 
+    /// A client with `token` over the endpoints of `ids`. An agent's token comes with its host's
+    /// certificate, as the agent itself sends it.
     pub fn client_for(&self, ids: &[u64], token: &str) -> Client {
         let eps = ids.iter().map(|id| self.node(*id).api_addr.clone()).collect();
-        Client::new(eps, token.to_string(), Duration::from_secs(10))
+        let tls = self.tls_for(token);
+        Client::new(eps, token.to_string(), Duration::from_secs(10), tls.as_ref())
+    }
+
+    /// What a client with `token` presents: the CA, and the host's certificate for an agent's
+    /// token.
+    fn tls_for(&self, token: &str) -> Option<Tls> {
+        let host = self.secrets.agent_tokens.iter().find(|(_, t)| t.as_str() == token).map(|(h, _)| h);
+        match host {
+            Some(h) if self.settings.tls => {
+                let identity = Identity::Host(Name::new(h).expect("agent host names are valid"));
+                let config = self.tls_config(Some(&identity)).expect("the host's certificate");
+                Some(Tls::load(&config, Some(identity)).expect("load the host's certificate"))
+            }
+            _ => self.client_tls.clone(),
+        }
+    }
+
+    /// A raw HTTP client for requests the typed client cannot make (malformed ones, say),
+    /// trusting the cluster's CA; use with [`Cluster::url`].
+    pub fn http(&self) -> reqwest::Client {
+        switchyard_tls::http(reqwest::Client::builder(), self.client_tls.as_ref())
+            .0
+            .build()
+            .expect("an HTTP client with a preconfigured TLS setup builds")
+    }
+
+    /// [`Cluster::http`] presenting what a client with `token` presents (see
+    /// [`Cluster::client_for`]).
+    pub fn http_for(&self, token: &str) -> reqwest::Client {
+        switchyard_tls::http(reqwest::Client::builder(), self.tls_for(token).as_ref())
+            .0
+            .build()
+            .expect("an HTTP client with a preconfigured TLS setup builds")
+    }
+
+    /// The URL of `path` on coordinator `id`'s API (`https://` unless the cluster is plaintext).
+    pub fn url(&self, id: u64, path: &str) -> String {
+        let scheme = if self.settings.tls { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.node(id).api_addr)
     }
 
     /// An admin client over every coordinator.
     pub fn admin(&self, timeout: Duration) -> Client {
-        Client::new(self.endpoints(), self.secrets.admin_token.clone(), timeout)
+        Client::new(self.endpoints(), self.secrets.admin_token.clone(), timeout, self.client_tls.as_ref())
     }
 
     /// SIGKILL coordinator `id`, as a machine loss would.
@@ -477,7 +598,7 @@ impl Cluster {
 
     /// Starts a stopped coordinator on the same ports and data directory.
     pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
-        self.node_mut(id).proc.start()
+        self.node_mut(id).start()
     }
 
     /// Deletes a stopped node's data directory: restarted, it is a brand-new coordinator on the
@@ -526,19 +647,26 @@ impl Cluster {
 
     /// Runs the CLI against the given nodes with a token; answers (exit code, stdout, stderr).
     pub fn cli(&self, ids: &[u64], token: &str, args: &[&str]) -> (i32, String, String) {
-        let eps: Vec<String> = ids.iter().map(|id| self.node(*id).api_addr.clone()).collect();
-        let program = self.binaries.cli.as_ref().expect("this cluster was given no CLI binary");
-        let out = Command::new(program)
-            .args(args)
-            .env("SWITCHYARD_ENDPOINTS", eps.join(","))
-            .env("SWITCHYARD_TOKEN", token)
-            .output()
-            .expect("run cli");
+        let out = self.cli_command(ids, token).args(args).output().expect("run cli");
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into(),
             String::from_utf8_lossy(&out.stderr).into(),
         )
+    }
+
+    /// The CLI, set up (environment) to reach the given nodes with a token: endpoints, token,
+    /// and the cluster's CA (or plaintext without TLS). Add the arguments.
+    pub fn cli_command(&self, ids: &[u64], token: &str) -> Command {
+        let eps: Vec<String> = ids.iter().map(|id| self.node(*id).api_addr.clone()).collect();
+        let program = self.binaries.cli.as_ref().expect("this cluster was given no CLI binary");
+        let mut cmd = Command::new(program);
+        cmd.env("SWITCHYARD_ENDPOINTS", eps.join(",")).env("SWITCHYARD_TOKEN", token);
+        match self.settings.tls {
+            true => cmd.env("SWITCHYARD_CA", issue::paths(&self.tls_dir(), issue::CA_STEM).0),
+            false => cmd.env("SWITCHYARD_INSECURE", "true"),
+        };
+        cmd
     }
 
     /// The state directory shared by the agents' simulated hypervisors.
@@ -640,11 +768,13 @@ impl AgentProc {
     ) -> anyhow::Result<AgentProc> {
         let dir = cluster.dir.join(format!("agent-{host}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let host_name = Name::new(host).context("agent host name")?;
         let config = AgentConfig {
-            host: Name::new(host).context("agent host name")?,
+            tls: cluster.tls_config(Some(&Identity::Host(host_name.clone())))?,
+            host: host_name,
             endpoints,
             watchdog,
-            token: token.to_string(),
+            token: Secret(token.to_string()),
             data_dir: dir.join("data"),
             report_interval_ms: cluster.settings.report_interval_ms,
             reconcile_interval_ms: cluster.settings.reconcile_interval_ms,
@@ -750,8 +880,18 @@ pub fn big_host(name: &str, address: &str) -> RegisterHostRequest {
     }
 }
 
-/// Writes `value` as TOML to `path`.
+/// Writes `value` as TOML to `path`, readable by its owner only (configurations hold secrets,
+/// and the daemons refuse them otherwise).
 pub fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let text = toml::to_string(value).with_context(|| format!("encode {}", path.display()))?;
-    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("write {}", path.display()))
 }

@@ -35,6 +35,9 @@ struct DevState {
 pub struct CliDefaults {
     pub endpoints: Vec<String>,
     pub token: String,
+    /// The cluster's CA, for the CLI to check the coordinators with.
+    #[serde(default)]
+    pub tls: switchyard_tls::TlsConfig,
 }
 
 impl CliDefaults {
@@ -76,7 +79,11 @@ pub fn open(dir: &Path, base_port: u16, settings: Settings) -> anyhow::Result<Cl
     for (id, addrs) in &state.nodes {
         cluster.add_node(id.parse().context("node id in dev.toml")?, *addrs)?;
     }
-    let cli = CliDefaults { endpoints: cluster.endpoints(), token: cluster.secrets.admin_token.clone() };
+    let cli = CliDefaults {
+        endpoints: cluster.endpoints(),
+        token: cluster.secrets.admin_token.clone(),
+        tls: cluster.tls_config(None)?,
+    };
     write_toml(&dir.join("cli.toml"), &cli)?;
     Ok(cluster)
 }

@@ -25,6 +25,11 @@ impl Proc {
     }
 
     pub fn start(&mut self) -> anyhow::Result<()> {
+        self.start_with(&[])
+    }
+
+    /// Starts the program with `extra` arguments after its own, this time only.
+    pub fn start_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         anyhow::ensure!(self.child.is_none(), "{} is running", self.name);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -32,7 +37,7 @@ impl Proc {
             .open(&self.log)
             .with_context(|| format!("open {}", self.log.display()))?;
         let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        cmd.args(&self.args).args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", &self.rust_log);
         }

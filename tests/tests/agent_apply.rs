@@ -7,6 +7,8 @@ use std::time::Duration;
 use common::cluster::*;
 use serde_json::json;
 use switchyard_protocol::api::{FullState, HostView, Read, SyncStatus, WriteResponse};
+use switchyard_protocol::Name;
+use switchyard_tls::Identity;
 
 async fn converged(cluster: &TestCluster, agent: &AgentProc, ids: &[u64]) {
     let c = cluster.client(ids);
@@ -116,13 +118,15 @@ async fn agent_with_a_token_for_another_host_stops_with_a_clear_error() {
         &config,
         format!(
             "host = \"h2\"\nendpoints = [\"{}\"]\ntoken = \"{AGENT_TOKEN}\"\ndata_dir = \"{}\"\n\
-             [driver]\nkind = \"simulated\"\nstate_dir = \"{}\"\n",
+             [driver]\nkind = \"simulated\"\nstate_dir = \"{}\"\n[tls]\n{}",
             cluster.node(1).api_addr,
             dir.path().join("data").display(),
-            dir.path().join("sim").display()
+            dir.path().join("sim").display(),
+            toml::to_string(&cluster.tls_config(Some(&Identity::Host(Name::new("h2").unwrap()))).unwrap()).unwrap(),
         ),
     )
     .unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out =
         std::process::Command::new(env!("CARGO_BIN_EXE_agent_proc")).arg("--config").arg(&config).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -138,6 +142,7 @@ fn configuration_problems_are_reported_at_once_with_status_2() {
     let run = |body: &str| {
         let config = dir.path().join("agent.toml");
         std::fs::write(&config, body).unwrap();
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let out =
             std::process::Command::new(env!("CARGO_BIN_EXE_agent_proc")).arg("--config").arg(&config).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -151,13 +156,13 @@ fn configuration_problems_are_reported_at_once_with_status_2() {
         dir.path().join("sim").display()
     ));
     assert_eq!(code, Some(2), "{err}");
-    for problem in ["endpoints is empty", "report_interval_ms", "watchdog.timeout_ms", "watchdog.device"] {
+    for problem in ["endpoints is empty", "report_interval_ms", "watchdog.timeout_ms", "watchdog.device", "tls.ca"] {
         assert!(err.contains(problem), "{problem} not reported: {err}");
     }
     // A command driver whose template lacks the guest: found when the driver is built.
     let (code, err) = run(&format!(
         "host = \"h1\"\nendpoints = [\"127.0.0.1:1\"]\ntoken = \"t\"\ndata_dir = \"{}\"\n\
-         [driver]\nkind = \"command\"\nmigrate = [\"/bin/true\"]\n",
+         [driver]\nkind = \"command\"\nmigrate = [\"/bin/true\"]\n[tls]\ninsecure = true\n",
         data.display()
     ));
     assert_eq!(code, Some(2), "{err}");

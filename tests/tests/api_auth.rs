@@ -77,8 +77,7 @@ async fn each_role_gets_what_it_should_and_nothing_else() {
         .unwrap();
     let revision = || async { admin.get::<NodeStatus>("/v1/node/status").await.unwrap().revision };
     let start = revision().await;
-    let http = reqwest::Client::new();
-    let base = format!("http://{}", cluster.node(1).api_addr);
+    let base = cluster.url(1, "");
 
     for (role, token) in [
         ("none", None),
@@ -86,6 +85,7 @@ async fn each_role_gets_what_it_should_and_nothing_else() {
         ("operator", Some(OPERATOR_TOKEN)),
         ("agent", Some(AGENT_TOKEN)),
     ] {
+        let http = cluster.http_for(token.unwrap_or(""));
         for call in calls() {
             let mut req = http.request(call.method.clone(), format!("{base}{}", call.path));
             if let Some(t) = token {
@@ -112,6 +112,7 @@ async fn each_role_gets_what_it_should_and_nothing_else() {
 
     // Admin may do everything (the writes here are accepted or refused by the state machine,
     // never by the role check).
+    let http = cluster.http();
     for call in calls() {
         let mut req = http.request(call.method.clone(), format!("{base}{}", call.path)).bearer_auth(ADMIN_TOKEN);
         if let Some(b) = &call.body {

@@ -11,8 +11,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let admin = cluster.client(&[1]);
     let _: serde_json::Value = admin.post("/v1/hosts", &big_host("h1")).await.unwrap();
     let start = admin.get::<NodeStatus>("/v1/node/status").await.unwrap().revision;
-    let http = reqwest::Client::new();
-    let base = format!("http://{}", cluster.node(1).api_addr);
+    let http = cluster.http();
+    let base = cluster.url(1, "");
     let guest = |name: serde_json::Value| json!({"name": name, "owner": "h1", "vcpus": 1, "memory_mib": 128});
 
     let long = "x".repeat(64);
@@ -49,6 +49,22 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             400,
             "bad_request",
             "unknown field",
+        ),
+        (
+            "a form instead of JSON",
+            http.post(format!("{base}/v1/guests"))
+                .body("name=x&owner=h1")
+                .header("content-type", "application/x-www-form-urlencoded"),
+            415,
+            "unsupported_media_type",
+            "Content-Type: application/json",
+        ),
+        (
+            "JSON without a content type",
+            http.post(format!("{base}/v1/guests")).body(guest(json!("g-untyped")).to_string()),
+            415,
+            "unsupported_media_type",
+            "none",
         ),
         (
             "malformed JSON",

@@ -17,8 +17,8 @@ use switchyard_protocol::Phase;
 
 /// The description, read without a token.
 async fn description(cluster: &TestCluster) -> Value {
-    let url = format!("http://{}/openapi.json", cluster.endpoint(1));
-    let r = reqwest::get(&url).await.unwrap();
+    let url = cluster.url(1, "/openapi.json");
+    let r = cluster.http().get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200, "served without a token");
     r.json().await.unwrap()
 }
@@ -70,10 +70,10 @@ async fn every_route_the_client_calls_is_described_and_every_described_route_is_
 
     // Every described operation is routed: none answers the router's own "no such endpoint"
     // or "method not allowed".
-    let http = reqwest::Client::new();
+    let http = cluster.http();
     for (path, ops) in spec["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
-            let url = format!("http://{}{}", cluster.endpoint(1), path.replace(['{', '}'], ""));
+            let url = cluster.url(1, &path.replace(['{', '}'], ""));
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let r = http.request(m, &url).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
             let status = r.status();

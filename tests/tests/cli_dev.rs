@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use switchyard_client::Client;
 use switchyard_protocol::api::{ClusterStatus, WriteResponse};
+use switchyard_tls::{Tls, TlsConfig};
 
 fn dev_command(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cli_proc"));
@@ -21,11 +22,11 @@ fn dev_command(dir: &std::path::Path) -> Command {
 }
 
 /// Starts `dev`, returns the child and the (endpoints, token) it printed.
-fn start_dev(dir: &std::path::Path) -> (std::process::Child, Vec<String>, String) {
+fn start_dev(dir: &std::path::Path) -> (std::process::Child, Vec<String>, String, Tls) {
     let mut child = dev_command(dir).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut eps, mut token) = (None, None);
-    while eps.is_none() || token.is_none() {
+    let (mut eps, mut token, mut ca) = (None, None, None);
+    while eps.is_none() || token.is_none() || ca.is_none() {
         let line = lines.next().expect("dev printed its endpoints and token").unwrap();
         if let Some(v) = line.trim().strip_prefix("export SWITCHYARD_ENDPOINTS=") {
             eps = Some(v.split(',').map(String::from).collect());
@@ -33,8 +34,13 @@ fn start_dev(dir: &std::path::Path) -> (std::process::Child, Vec<String>, String
         if let Some(v) = line.trim().strip_prefix("export SWITCHYARD_TOKEN=") {
             token = Some(v.to_string());
         }
+        if let Some(v) = line.trim().strip_prefix("export SWITCHYARD_CA=") {
+            ca = Some(std::path::PathBuf::from(v));
+        }
     }
-    (child, eps.unwrap(), token.unwrap())
+    // The dev cluster is TLS: its CA is what clients check the coordinators with.
+    let tls = Tls::load(&TlsConfig { ca, ..TlsConfig::default() }, None).expect("the dev cluster's CA");
+    (child, eps.unwrap(), token.unwrap(), tls)
 }
 
 /// Kills the QEMU guests a dev cluster left running, whatever the test's outcome.
@@ -52,8 +58,8 @@ async fn dev_starts_a_cluster_and_resumes_it() {
     let dir = tmp.path().join("switchyard-dev");
     // The VMs of a SIGKILLed dev (its agents' QEMU guests) outlive it, as on a real host.
     let _vms = KillVms(dir.clone());
-    let (mut child, eps, token) = start_dev(&dir);
-    let c = Client::new(eps.clone(), token.clone(), Duration::from_secs(10));
+    let (mut child, eps, token, tls) = start_dev(&dir);
+    let c = Client::new(eps.clone(), token.clone(), Duration::from_secs(10), Some(&tls));
     let st: ClusterStatus = c.get("/v1/cluster/status").await.unwrap();
     assert_eq!(st.members.len(), 3);
     assert!(st.members.iter().all(|m| m.voter && m.status.is_some()));
@@ -72,9 +78,9 @@ async fn dev_starts_a_cluster_and_resumes_it() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let (mut child, eps2, token2) = start_dev(&tmp.path().join("switchyard-dev"));
+    let (mut child, eps2, token2, tls) = start_dev(&tmp.path().join("switchyard-dev"));
     assert_eq!((&eps2, &token2), (&eps, &token), "a restart reuses ports and tokens");
-    let c = Client::new(eps2, token2, Duration::from_secs(10));
+    let c = Client::new(eps2, token2, Duration::from_secs(10), Some(&tls));
     let st = common::cluster::eventually("the resumed cluster to elect a leader", Duration::from_secs(30), || async {
         c.get::<ClusterStatus>("/v1/cluster/status").await.ok().filter(|s| s.leader.is_some())
     })

@@ -204,6 +204,8 @@ async fn host_guest_and_package_verbs() {
             &format!("127.0.0.1:1,{}", c.node(1).api_addr),
             "--token",
             OPERATOR_TOKEN,
+            "--ca",
+            c.tls_dir().join("ca.pem").to_str().unwrap(),
             "host",
             "list",
         ])
@@ -234,10 +236,10 @@ async fn host_guest_and_package_verbs() {
     // Without --from, `events` starts at now and follows, as `etcdctl watch` does: the first
     // event it prints is the next commit, and JSON output is JSON only.
     let now = c.status(1).await.unwrap().revision;
-    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_cli_proc"))
+    let ids: Vec<u64> = c.nodes.iter().map(|n| n.id).collect();
+    let mut follow = c
+        .cli_command(&ids, ADMIN_TOKEN)
         .args(["events", "-o", "json"])
-        .env("SWITCHYARD_ENDPOINTS", c.endpoints().join(","))
-        .env("SWITCHYARD_TOKEN", ADMIN_TOKEN)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,10 +33,9 @@ fn guest(name: &str, request_id: &str) -> CreateGuestRequest {
 /// `switchyard events --follow --from 1 -o json` against one coordinator; its lines are
 /// collected as they come.
 fn subscriber(cluster: &TestCluster, id: u64) -> (std::process::Child, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cli_proc"))
+    let mut child = cluster
+        .cli_command(&[id], ADMIN_TOKEN)
         .args(["events", "--follow", "--from", "1", "-o", "json"])
-        .env("SWITCHYARD_ENDPOINTS", cluster.endpoint(id))
-        .env("SWITCHYARD_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -147,8 +147,8 @@ async fn binary_stream_carries_the_same_items() {
     let _: WriteResponse = c.post("/v1/hosts", &big_host("h1")).await.unwrap();
     let _: WriteResponse =
         c.post("/v1/guests", &json!({"name": "g1", "owner": "h1", "vcpus": 1, "memory_mib": 64})).await.unwrap();
-    let url = format!("http://{}/v1/events?from=1&format=binary", cluster.node(1).api_addr);
-    let resp = reqwest::Client::new().get(url).bearer_auth(AGENT_TOKEN).send().await.unwrap();
+    let url = cluster.url(1, "/v1/events?from=1&format=binary");
+    let resp = cluster.http_for(AGENT_TOKEN).get(url).bearer_auth(AGENT_TOKEN).send().await.unwrap();
     assert_eq!(resp.headers()["content-type"], "application/octet-stream");
     let bytes = resp.bytes().await.unwrap();
     let mut items = Vec::new();

@@ -20,6 +20,7 @@ use serde_json::json;
 use switchyard_client::Client;
 use switchyard_protocol::api::{FullState, NodeStatus, Read, WriteResponse};
 use switchyard_protocol::{Guest, Migration, MigrationId, Phase};
+use switchyard_tls::{Tls, TlsConfig};
 
 fn ok(cmd: &mut Command) -> bool {
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
@@ -69,11 +70,15 @@ impl Project {
         format!("{}.1{n}", self.net)
     }
 
+    /// A client over TLS, checking the coordinators against the cluster's CA.
     fn client(&self, token: &str, nodes: &[u64]) -> Client {
+        let ca = self.dir.join("tls/ca.pem");
+        let tls = Tls::load(&TlsConfig { ca: Some(ca), ..TlsConfig::default() }, None).expect("the cluster's CA");
         Client::new(
             nodes.iter().map(|n| format!("{}:7201", self.coord_ip(*n))).collect(),
             token.into(),
             Duration::from_secs(5),
+            Some(&tls),
         )
     }
 
@@ -136,13 +141,14 @@ async fn compose_cluster_survives_partition_kill_rolling_restart_and_agent_loss(
         .env("AGENT_BIN", env!("CARGO_BIN_EXE_agent_proc"))
         .env("CLI_BIN", env!("CARGO_BIN_EXE_cli_proc"))
         .env("TAG", &p.tag));
-    run(Command::new(root.join("deploy/compose/make-configs.sh")).arg(tmp.path()));
-    let token = std::fs::read_to_string(tmp.path().join("cli.env"))
-        .unwrap()
-        .trim()
-        .trim_start_matches("SWITCHYARD_TOKEN=")
-        .to_string();
-    run(p.compose().args(["up", "-d"]));
+    run(Command::new(root.join("deploy/compose/make-configs.sh"))
+        .arg(tmp.path())
+        .env("SWITCHYARD_BIN", env!("CARGO_BIN_EXE_cli_proc"))
+        .env("SWITCHYARD_NET", &p.net));
+    let env = std::fs::read_to_string(tmp.path().join("cli.env")).unwrap();
+    let token = env.lines().find_map(|l| l.strip_prefix("SWITCHYARD_TOKEN=")).unwrap().to_string();
+    // The first start of new coordinators says so (an empty data directory is refused otherwise).
+    run(p.compose().args(["up", "-d"]).env("SWITCHYARD_INITIAL_STATE", "new"));
     eprintln!("image switchyard:{} built, compose project {} up on {}.0/24", p.tag, p.name, p.net);
 
     // Bootstrap: three members at once, then the hosts (the agents retry until registered).

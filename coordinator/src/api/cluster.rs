@@ -36,6 +36,15 @@ pub(super) async fn readyz(State(s): S) -> impl IntoResponse {
     }
 }
 
+/// This coordinator's metrics in the Prometheus text format (OpenMetrics): Raft, commits and
+/// fsyncs, subscribers, hosts (on the leader), migrations, packages' switching, failovers.
+/// Needs a token (admin or operator): it names every host and package.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "OpenMetrics text", body = String), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn metrics(State(s): S) -> impl IntoResponse {
+    let text = s.node.metrics_text();
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+}
+
 #[utoipa::path(get, path = "/v1/node/status", tag = "cluster", responses((status = 200, body = NodeStatus), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn node_status(State(s): S) -> Json<NodeStatus> {
     Json(s.node.status())
@@ -80,7 +89,7 @@ pub(super) async fn cluster_status(State(s): S, req: Request) -> Result<Json<Clu
         let st = if *id == s.node.id {
             Some(s.node.status())
         } else {
-            let mut r = s.client.get(format!("http://{}/v1/node/status", node.api_addr));
+            let mut r = s.client.get(format!("{}://{}/v1/node/status", s.scheme, node.api_addr));
             if let Some(a) = &auth {
                 r = r.header("authorization", a);
             }
@@ -168,7 +177,7 @@ async fn commit_identity_anywhere(s: &Api, c: &Caller, auth: Option<&HeaderValue
                 Some(addr) => {
                     let mut r = s
                         .client
-                        .post(format!("http://{addr}/v1/cluster/identity"))
+                        .post(format!("{}://{addr}/v1/cluster/identity", s.scheme))
                         .header(FORWARDED_HEADER, s.node.id.to_string())
                         .json(&req);
                     if let Some(a) = auth {

@@ -1,9 +1,13 @@
 //! The operator HTTP/JSON API, one module per noun: [`cluster`], [`hosts`], [`guests`],
 //! [`packages`], [`migrations`], [`events`].
 //!
-//! Every request passes the [`edge`] first: bearer-token authentication, the role check for the
-//! route, the body size limit, and — when a handler answers `not_leader` — forwarding to the
-//! leader (once; a forwarded request is never forwarded again). Writes become proposals with a
+//! Every request passes the [`edge`] first: bearer-token authentication, the client certificate
+//! check (over TLS: an agent's token must come with its host's certificate, and a host's
+//! certificate carries only that host's agent token), the role check for the route, the body
+//! size limit — all before the body is read — and, when a handler answers `not_leader`,
+//! forwarding to the leader (once; a forwarded request is never forwarded again) over TLS with
+//! this coordinator's certificate, naming the original client's certificate identity in
+//! [`FORWARDED_FOR_HEADER`], which the leader believes from a coordinator's certificate only. Writes become proposals with a
 //! request id (the client's, or a fresh one), so a client may retry any write safely; the
 //! request → command conversion lives next to the request types (`switchyard_protocol::api`).
 //! Reads are linearizable (leadership confirmed by a quorum, then read once applied) unless
@@ -25,7 +29,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
@@ -37,12 +41,17 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use switchyard_tls::{Identity, Tls};
+
 use crate::config::Role;
+use crate::listener::Peer;
 use crate::node::Node;
 pub use error::{ApiError, LeaderHint};
 
 /// Marks a request a follower already forwarded, so it is not forwarded again.
 pub const FORWARDED_HEADER: &str = "x-switchyard-forwarded";
+/// On a forwarded request: the identity (URI) of the certificate the original client presented.
+pub const FORWARDED_FOR_HEADER: &str = "x-switchyard-forwarded-for";
 /// Body limit of `POST /v1/cluster/import` (admin only): a restore's chunks are larger than any
 /// other request.
 pub const IMPORT_BODY_BYTES_MAX: usize = 4 << 20;
@@ -55,34 +64,73 @@ pub struct Caller {
     pub actor: String,
 }
 
-/// The API's own state: the node, the accepted tokens, an HTTP client for forwarding, and the
-/// OpenAPI description it serves.
-pub struct Api {
-    pub node: Arc<Node>,
-    tokens: HashMap<String, Caller>,
-    client: reqwest::Client,
-    spec: Arc<str>,
-}
+/// The accepted bearer tokens, by SHA-256: a presented token is hashed and looked up, so no
+/// token is kept in memory or configuration, and the lookup's timing tells nothing about one.
+/// Shared with the server, which replaces the list when the configuration is reloaded
+/// (SIGHUP): tokens are added, removed and rotated without a restart.
+#[derive(Clone)]
+pub struct Tokens(Arc<std::sync::RwLock<Arc<TokenTable>>>);
 
-impl Api {
-    fn new(node: Arc<Node>, spec: Arc<str>) -> Arc<Api> {
-        let config = &node.config;
-        let tokens = config
-            .tokens
-            .iter()
-            .map(|t| {
+/// Callers by their token's SHA-256.
+type TokenTable = HashMap<[u8; 32], Caller>;
+
+impl Tokens {
+    pub fn new(list: &[crate::config::TokenConfig]) -> Tokens {
+        Tokens(Arc::new(std::sync::RwLock::new(Arc::new(Self::table(list)))))
+    }
+
+    fn table(list: &[crate::config::TokenConfig]) -> TokenTable {
+        list.iter()
+            .filter_map(|t| {
+                let hash = switchyard_protocol::secret::parse_hash(&t.sha256)?;
                 let actor = t.name.clone().unwrap_or_else(|| match (&t.role, &t.host) {
                     (Role::Agent, Some(h)) => format!("agent:{h}"),
                     (role, _) => format!("{role:?}").to_lowercase(),
                 });
-                (t.token.clone(), Caller { role: t.role, host: t.host.clone(), actor })
+                Some((hash, Caller { role: t.role, host: t.host.clone(), actor }))
             })
-            .collect();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.api.peer_timeout_ms))
-            .build()
-            .expect("an HTTP client without TLS always builds");
-        Arc::new(Api { node, tokens, client, spec })
+            .collect()
+    }
+
+    /// Replaces the list (a validated configuration's); answers how many tokens were added and
+    /// removed.
+    pub fn replace(&self, list: &[crate::config::TokenConfig]) -> (usize, usize) {
+        let new = Self::table(list);
+        let mut cur = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let added = new.keys().filter(|k| !cur.contains_key(*k)).count();
+        let removed = cur.keys().filter(|k| !new.contains_key(*k)).count();
+        *cur = Arc::new(new);
+        (added, removed)
+    }
+
+    /// The caller a presented token stands for.
+    fn get(&self, token: &str) -> Option<Caller> {
+        let digest = switchyard_protocol::secret::token_digest(token);
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(&digest).cloned()
+    }
+}
+
+/// The API's own state: the node, the accepted tokens, an HTTP client for forwarding, and the
+/// OpenAPI description it serves.
+pub struct Api {
+    pub node: Arc<Node>,
+    tokens: Tokens,
+    /// For calls to peers (forwarding, status): TLS with this coordinator's certificate.
+    client: reqwest::Client,
+    /// `https`, or `http` without TLS.
+    scheme: &'static str,
+    /// Whether clients' certificates are checked (TLS).
+    tls: bool,
+    spec: Arc<str>,
+}
+
+impl Api {
+    fn new(node: Arc<Node>, spec: Arc<str>, tls: Option<Tls>, tokens: Tokens) -> Arc<Api> {
+        let config = &node.config;
+        let builder = reqwest::Client::builder().timeout(Duration::from_millis(config.api.peer_timeout_ms));
+        let (builder, scheme) = switchyard_tls::http(builder, tls.as_ref());
+        let client = builder.build().expect("an HTTP client with a preconfigured TLS setup builds");
+        Arc::new(Api { node, tokens, client, scheme, tls: tls.is_some(), spec })
     }
 }
 
@@ -93,6 +141,7 @@ type S = State<Arc<Api>>;
 fn routes() -> (Router<Arc<Api>>, Router<Arc<Api>>, utoipa::openapi::OpenApi) {
     let (authenticated, mut spec) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(cluster::node_status))
+        .routes(routes!(cluster::metrics))
         .routes(routes!(cluster::take_snapshot))
         .routes(routes!(cluster::cluster_status))
         .routes(routes!(cluster::init))
@@ -135,11 +184,12 @@ pub fn description() -> utoipa::openapi::OpenApi {
     routes().2
 }
 
-/// The API of `node`.
-pub fn router(node: Arc<Node>) -> Router {
+/// The API of `node`, with TLS material to check clients' certificates and call peers, and
+/// the accepted tokens.
+pub fn router(node: Arc<Node>, tls: Option<Tls>, tokens: Tokens) -> Router {
     let (authenticated, public, spec) = routes();
     let spec = spec.to_pretty_json().expect("the OpenAPI description serialises");
-    let api = Api::new(node, spec.into());
+    let api = Api::new(node, spec.into(), tls, tokens);
     let authenticated = authenticated
         .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
         .layer(from_fn_with_state(api.clone(), edge));
@@ -178,12 +228,24 @@ fn allowed(role: Role, method: &Method, path: &str) -> bool {
 async fn edge(State(s): S, req: Request, next: Next) -> Response {
     let token =
         req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let Some(caller) = token.and_then(|t| s.tokens.get(t)).cloned() else {
+    let Some(caller) = token.and_then(|t| s.tokens.get(t)) else {
         return ApiError::Unauthenticated.into_response();
     };
+    let identity = match client_identity(&req) {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    if s.tls {
+        if let Err(e) = certificate_fits(&caller, identity.as_ref()) {
+            return e.into_response();
+        }
+    }
     if !allowed(caller.role, req.method(), req.uri().path()) {
         let msg = format!("role {:?} may not {} {}", caller.role, req.method(), req.uri().path()).to_lowercase();
         return ApiError::Forbidden(msg).into_response();
+    }
+    if let Err(e) = json_body_only(&req) {
+        return e.into_response();
     }
     let config = &s.node.config;
     let limit = match req.uri().path() {
@@ -205,8 +267,11 @@ async fn edge(State(s): S, req: Request, next: Next) -> Response {
         return resp;
     }
     // Forward once to the leader, with the caller's own credentials.
-    let url = format!("http://{leader}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let url = format!("{}://{leader}{}", s.scheme, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let mut fwd = s.client.request(method, &url).header(FORWARDED_HEADER, s.node.id.to_string()).body(bytes);
+    if let Some(i) = &identity {
+        fwd = fwd.header(FORWARDED_FOR_HEADER, i.uri());
+    }
     for name in ["authorization", "content-type"] {
         if let Some(v) = headers.get(name) {
             fwd = fwd.header(name, v);
@@ -224,6 +289,64 @@ async fn edge(State(s): S, req: Request, next: Next) -> Response {
             out
         }
         Err(e) => ApiError::Unavailable(format!("forwarding to the leader at {leader} failed: {e}")).into_response(),
+    }
+}
+
+/// A request with a body must say it is JSON (`Content-Type: application/json`): the body is
+/// parsed as nothing else, and a form or text a browser can send cross-site never reaches the
+/// parser.
+fn json_body_only(req: &Request) -> Result<(), ApiError> {
+    let h = req.headers();
+    let has_body = h.contains_key("transfer-encoding")
+        || h.get("content-length").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0");
+    if !has_body {
+        return Ok(());
+    }
+    let ctype = h.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = ctype.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        let shown = if ctype.is_empty() { "none".to_string() } else { format!("{ctype:?}") };
+        Err(ApiError::UnsupportedMediaType(format!(
+            "a request body must be JSON with Content-Type: application/json (this one's content type: {shown})"
+        )))
+    }
+}
+
+/// The identity of the client's certificate: the connection's own, or — on a request a
+/// coordinator forwards — the one it names for the original client.
+fn client_identity(req: &Request) -> Result<Option<Identity>, ApiError> {
+    let direct = req.extensions().get::<ConnectInfo<Peer>>().and_then(|c| c.0.identity.clone());
+    if !matches!(direct, Some(Identity::Node(_))) {
+        return Ok(direct);
+    }
+    match req.headers().get(FORWARDED_FOR_HEADER) {
+        None => Ok(direct),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(Identity::from_uri)
+            .map(Some)
+            .ok_or_else(|| ApiError::BadRequest(format!("invalid {FORWARDED_FOR_HEADER} header"))),
+    }
+}
+
+/// Over TLS, a token and the certificate it comes with must fit: an agent's token only with
+/// its own host's certificate (a stolen token is useless without the host's key, and h1's
+/// certificate never acts for h2), and a host's certificate only with its agent's token.
+fn certificate_fits(caller: &Caller, identity: Option<&Identity>) -> Result<(), ApiError> {
+    match (caller.role, &caller.host, identity) {
+        (Role::Agent, Some(h), Some(Identity::Host(c))) if c == h => Ok(()),
+        (Role::Agent, Some(h), other) => Err(ApiError::Forbidden(format!(
+            "the agent token of host {h} must come with host {h}'s client certificate (`switchyard cert host {h}`); \
+             this connection presents {}",
+            other.map_or("no certificate".to_string(), |i| format!("the certificate of {i}"))
+        ))),
+        (_, _, Some(Identity::Host(c))) => {
+            Err(ApiError::Forbidden(format!("host {c}'s certificate may carry only host {c}'s agent token")))
+        }
+        _ => Ok(()),
     }
 }
 

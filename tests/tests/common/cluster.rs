@@ -95,6 +95,8 @@ impl ClusterOpts {
             reconcile_interval_ms: 300,
             qemu_bandwidth_kib: self.qemu_bandwidth_kib,
             rust_log: "info,openraft=warn".into(),
+            // Every test runs the default: TLS on every link.
+            tls: true,
         }
     }
 }
