@@ -76,14 +76,26 @@ fn default_reconcile_ms() -> u64 {
 struct Args {
     #[arg(long, short = 'c', env = "SWITCHYARD_AGENT_CONFIG")]
     config: PathBuf,
+    /// Log lines as text for people, or as one JSON object per line for a log pipeline.
+    #[arg(long, value_enum, default_value = "text", env = "SWITCHYARD_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     if let Err(e) = switchyard_tls::private_file(&args.config, "the agent's token") {
         eprintln!("switchyard-agent: {e}");
         return ExitCode::from(2);

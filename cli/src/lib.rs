@@ -113,6 +113,13 @@ enum Verb {
     /// agents and clients; show a certificate.
     #[command(subcommand)]
     Cert(cert::Verb),
+    /// Is the coordinator ready (a member of a cluster with a leader)? Exit 0 when it is, 1
+    /// otherwise: for container health checks and scripts. Needs no token.
+    Health {
+        /// Only whether the process answers (`/healthz`), not whether it is ready.
+        #[arg(long)]
+        live: bool,
+    },
     /// Bearer tokens: make one (shown once, with the hash entry coordinators keep), or hash one.
     #[command(subcommand)]
     Token(token::Verb),
@@ -275,6 +282,14 @@ async fn run(cli: Cli) -> Out {
         Verb::Migrate(a) => migration::migrate(&ctx, a).await,
         Verb::Migration(v) => migration::run(&ctx, v).await,
         Verb::Log(v) => log::run(&ctx, v).await,
+        Verb::Health { live } => {
+            let (status, text) = ctx.client.probe(if live { "/healthz" } else { "/readyz" }).await?;
+            if status == 200 {
+                Ok(text)
+            } else {
+                Err(CliError::Failed(text, format!("not ready (HTTP {status})")))
+            }
+        }
     }
 }
 

@@ -139,6 +139,25 @@ impl Client {
         self
     }
 
+    /// A GET of `path` that needs no token (`/healthz`, `/readyz`) on each endpoint in turn:
+    /// the first answer's status and text.
+    pub async fn probe(&self, path: &str) -> Result<(u16, String), ClientError> {
+        if let Some(why) = &self.unusable {
+            return Err(ClientError::Invalid(why.clone()));
+        }
+        let mut failures = Vec::new();
+        for ep in &self.endpoints {
+            match self.http.get(self.url(ep, path)).send().await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    return Ok((status, r.text().await.unwrap_or_default()));
+                }
+                Err(e) => failures.push(format!("{ep}: {}", chain(&e))),
+            }
+        }
+        Err(ClientError::Unreachable(failures.join("; ")))
+    }
+
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
     }

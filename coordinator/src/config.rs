@@ -111,6 +111,12 @@ pub struct ApiConfig {
     pub host_report_timeout_ms: u64,
     /// Most client connections open at once; more wait in the kernel's backlog.
     pub connections_max: usize,
+    /// Most event subscriptions one token may hold open on this coordinator at once; more are
+    /// refused (`too_many_streams`). An agent holds one.
+    pub streams_per_token_max: usize,
+    /// A subscriber that takes nothing for this long while events wait for it (a stalled or
+    /// abandoned reader) has its stream ended; it resumes from its cursor when it reconnects.
+    pub stream_stall_timeout_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -121,6 +127,8 @@ impl Default for ApiConfig {
             join_timeout_ms: 60_000,
             host_report_timeout_ms: 5000,
             connections_max: 4096,
+            streams_per_token_max: 64,
+            stream_stall_timeout_ms: 60_000,
         }
     }
 }
@@ -352,6 +360,12 @@ impl Config {
         }
         if self.api.connections_max == 0 {
             err("api.connections_max must be at least 1".into());
+        }
+        if self.api.streams_per_token_max == 0 {
+            err("api.streams_per_token_max must be at least 1".into());
+        }
+        if self.api.stream_stall_timeout_ms < 1000 {
+            err("api.stream_stall_timeout_ms must be at least 1000".into());
         }
         for p in self.tls.problems(true) {
             err(p);

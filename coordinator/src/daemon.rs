@@ -37,6 +37,15 @@ struct Args {
     /// used, 2 with every problem otherwise.
     #[arg(long)]
     check_config: bool,
+    /// Log lines as text for people, or as one JSON object per line for a log pipeline.
+    #[arg(long, value_enum, default_value = "text", env = "SWITCHYARD_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn initial_state(s: &str) -> Result<Option<InitialState>, String> {
@@ -50,12 +59,15 @@ fn initial_state(s: &str) -> Result<Option<InitialState>, String> {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let initial_state = match initial_state(args.initial_state.as_deref().unwrap_or("")) {
         Ok(s) => s,
         Err(e) => {

@@ -30,6 +30,7 @@ pub async fn feed(
     format: Format,
     tx: mpsc::Sender<Bytes>,
 ) {
+    let stall = Duration::from_millis(s.config.api.stream_stall_timeout_ms);
     let history = s.sm.history();
     let _counted = crate::metrics::Subscribed::new(&s.metrics.subscribers);
     let mut applied_rx = s.sm.watch_revision();
@@ -62,10 +63,19 @@ pub async fn feed(
                     Format::JsonLines => jsonl,
                     Format::Binary => frame(format, &StreamItem::Event(Box::new((*e).clone()))),
                 };
-                if tx.send(f).await.is_err() {
-                    return;
+                match tx.send_timeout(f, stall).await {
+                    Ok(()) => {
+                        s.metrics.events_streamed.inc();
+                    }
+                    Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                        tracing::info!(
+                            revision = e.revision,
+                            "a subscriber took nothing for {stall:?}: its stream ends (it resumes from its cursor)"
+                        );
+                        return;
+                    }
+                    Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
                 }
-                s.metrics.events_streamed.inc();
             }
         }
         if !follow {

@@ -37,7 +37,7 @@ pub type ApplyResult = Result<Applied, Rejection>;
 /// stamps the same value): checks it against the state, and on success folds its events into the
 /// state and returns them. On rejection the state is unchanged.
 pub fn apply(state: &mut ClusterState, proposal: &Proposal, term: u64) -> Result<(Applied, Vec<Event>), Rejection> {
-    if let Some(revisions) = state.applied_request(proposal.request_id) {
+    if let Some(revisions) = state.applied_request(&proposal.actor, proposal.request_id) {
         return Ok((Applied { revisions, duplicate: true }, Vec::new()));
     }
     if let Command::ImportEvents { cluster, chain, events } = &proposal.command {

@@ -207,9 +207,11 @@ impl ClusterState {
         self.derived.config_digest
     }
 
-    /// The revisions an already-applied request produced, if it is still remembered.
-    pub fn applied_request(&self, id: RequestId) -> Option<RevisionRange> {
-        self.derived.requests.get(&id).copied()
+    /// The revisions an already-applied request of `actor` produced, if it is still
+    /// remembered. Request ids are scoped to their actor: two clients that both choose id "1"
+    /// make two different requests.
+    pub fn applied_request(&self, actor: &str, id: RequestId) -> Option<RevisionRange> {
+        self.derived.requests.get(&scoped_request(actor, id)).copied()
     }
     /// Resources committed on a host: owned guests plus in-flight migrations heading there.
     pub fn committed_resources(&self, host: &Name) -> Resources {
@@ -230,7 +232,7 @@ impl ClusterState {
         assert_eq!(event.revision, self.revision + 1, "event revisions must be folded in order without gaps");
         self.revision = event.revision;
         self.last_term = event.term;
-        self.remember_request(event.request_id, event.revision, index_requests);
+        self.remember_request(scoped_request(&event.actor, event.request_id), event.revision, index_requests);
         let rev = event.revision;
         match &event.payload {
             EventPayload::ClusterCreated { cluster, restored_from } => {
@@ -558,6 +560,7 @@ impl ClusterState {
         old
     }
 
+    /// `id` is the request's scoped id ([`scoped_request`]).
     fn remember_request(&mut self, id: RequestId, rev: Revision, index: bool) {
         if let Some((last_id, range)) = self.requests.back_mut() {
             if *last_id == id {
@@ -818,6 +821,21 @@ fn after_name<'a, T>(map: &'a BTreeMap<Name, T>, after: Option<&Name>) -> impl I
     map.range::<Name, _>((from, Bound::Unbounded)).map(|(_, v)| v)
 }
 
+/// The key a request is remembered by: its id within its actor's (the first 128 bits of
+/// SHA-256 over the actor, a separator and the id), so one actor's id never answers for
+/// another's request.
+pub fn scoped_request(actor: &str, id: RequestId) -> RequestId {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(actor.as_bytes());
+    h.update([0u8]);
+    h.update(id.0.to_be_bytes());
+    let d = h.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&d[..16]);
+    RequestId(u128::from_be_bytes(first))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -877,7 +895,9 @@ mod tests {
         let replayed = replay.finish();
         assert_eq!(replayed, live);
         assert!(replayed.check_invariants().is_empty());
-        assert_eq!(replayed.applied_request(RequestId(3)), None, "evicted");
-        assert_eq!(replayed.applied_request(RequestId(request)).map(|r| r.last), Some(events.len() as Revision));
+        assert_eq!(replayed.applied_request("test", RequestId(3)), None, "evicted");
+        let last = replayed.applied_request("test", RequestId(request)).map(|r| r.last);
+        assert_eq!(last, Some(events.len() as Revision));
+        assert_eq!(replayed.applied_request("someone-else", RequestId(request)), None, "scoped to the actor");
     }
 }

@@ -206,3 +206,25 @@ fn rejected_request_can_be_retried_after_the_cause_is_fixed() {
     w.ok(Command::RegisterHost(host_spec("h9", 4, 4096, "ia64")));
     assert!(!apply(&mut w.state, &p, 1).unwrap().0.duplicate);
 }
+
+#[test]
+fn a_request_id_is_scoped_to_its_actor() {
+    let mut w = World::standard();
+    let change = |vcpus| Command::ModifyGuest {
+        name: n("g1"),
+        patch: GuestPatch { vcpus: Some(vcpus), ..Default::default() },
+        expect_version: None,
+    };
+    let mut alice = w.proposal(change(6));
+    alice.actor = "alice".into();
+    let mut bob = w.proposal(change(7));
+    bob.actor = "bob".into();
+    bob.request_id = alice.request_id;
+    // Two clients that chose the same id: both writes apply.
+    assert!(!apply(&mut w.state, &alice, 1).unwrap().0.duplicate);
+    assert!(!apply(&mut w.state, &bob, 1).unwrap().0.duplicate);
+    assert_eq!(w.state.guest(&n("g1")).unwrap().spec.vcpus, 7);
+    // Each one's retry is its own duplicate.
+    assert!(apply(&mut w.state, &alice, 1).unwrap().0.duplicate);
+    assert!(apply(&mut w.state, &bob, 1).unwrap().0.duplicate);
+}

@@ -17,7 +17,8 @@ use crate::error::StoreError;
 /// that an older build could misread.
 /// 2: events carry the Raft term of their entry; phase records carry it too.
 /// 5: the state holds host members and failovers, packages their node lists and policies.
-pub const DISK_FORMAT_VERSION: u32 = 5;
+/// 6: the state remembers requests by (actor, request id) (`ClusterState::applied_request`).
+pub const DISK_FORMAT_VERSION: u32 = 6;
 
 /// Column families. Keys are big-endian integers or `name \0 big-endian integer`.
 pub mod cf {

@@ -412,3 +412,29 @@ fn secrets_in_readable_files_and_placeholder_secrets_are_refused_at_start() {
     let shown = format!("{config:?}");
     assert!(!shown.contains("cluster-secret-for-tests") && shown.contains("<redacted>"), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_per_token_limit_are_refused() {
+    let cluster = TestCluster::start(1, ClusterOpts { streams_per_token_max: 2, ..ClusterOpts::default() }).await;
+    let http = cluster.http();
+    let url = cluster.url(1, "/v1/events?follow=true&from=1&progress_ms=200");
+    let open = || async { http.get(&url).bearer_auth(OPERATOR_TOKEN).send().await.unwrap() };
+    let first = open().await;
+    let second = open().await;
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    let third = open().await;
+    assert_eq!(third.status(), 429);
+    let body: ErrorBody = third.json().await.unwrap();
+    assert_eq!(body.code, "too_many_streams", "{}", body.message);
+    assert!(body.message.contains("streams_per_token_max"), "{}", body.message);
+    // Another token has its own allowance.
+    assert_eq!(http.get(&url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(), 200);
+    // A closed stream frees its place.
+    drop(first);
+    eventually("a place to free up", Duration::from_secs(10), || async {
+        let r = open().await;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    drop(second);
+}

@@ -3,13 +3,13 @@
 //! `feed.rs`, which ends it when the subscriber leaves or the node stops.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use switchyard_protocol::api::{ErrorBody, EventParams, StreamItem};
 use switchyard_protocol::Name;
 use tokio::sync::mpsc;
 
-use super::{query, ApiError, Q, S};
+use super::{query, Api, ApiError, Caller, Q, S};
 use crate::feed::feed;
 use crate::stream::{frame, parse_kind, Filter, Format};
 
@@ -17,7 +17,11 @@ use crate::stream::{frame, parse_kind, Filter, Format};
 const QUEUE_ITEMS: usize = 256;
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventParams), responses((status = 200, description = "A stream of items: JSON lines (`application/x-ndjson`), or with `format=binary` big-endian u32-length-prefixed bincode frames", body = StreamItem, content_type = "application/x-ndjson"), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
-pub(super) async fn subscribe(State(s): S, q: Q<EventParams>) -> Result<Response, ApiError> {
+pub(super) async fn subscribe(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    q: Q<EventParams>,
+) -> Result<Response, ApiError> {
     let p = query(q)?;
     let name = |s: Option<String>| {
         s.map(|s| Name::new(&s).map_err(|e| ApiError::BadRequest(format!("invalid name {s:?}: {e}")))).transpose()
@@ -67,8 +71,10 @@ pub(super) async fn subscribe(State(s): S, q: Q<EventParams>) -> Result<Response
         let item = StreamItem::Compacted { first_retained, snapshot_revision };
         return Ok(([("content-type", ctype)], frame(format, &item)).into_response());
     }
+    let slot = StreamSlot::take(&s, &c)?;
     let (tx, rx) = mpsc::channel(QUEUE_ITEMS);
     tokio::spawn(async move {
+        let _slot = slot;
         // A stop ends every stream at once, even one blocked on a slow reader.
         tokio::select! {
             _ = feed(node.clone(), filter, from, p.follow, progress, format, tx) => {}
@@ -79,4 +85,40 @@ pub(super) async fn subscribe(State(s): S, q: Q<EventParams>) -> Result<Response
         rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
     });
     Ok(([("content-type", ctype)], Body::from_stream(body)).into_response())
+}
+
+/// One of a token's open subscriptions on this node, counted while it lives.
+struct StreamSlot {
+    streams: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], usize>>>,
+    token: [u8; 32],
+}
+
+impl StreamSlot {
+    /// Counts a new subscription of `c`'s token, or refuses it past the limit.
+    fn take(s: &Api, c: &Caller) -> Result<StreamSlot, ApiError> {
+        let max = s.node.config.api.streams_per_token_max;
+        let mut open = s.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(c.token).or_insert(0);
+        if *n >= max {
+            return Err(ApiError::TooManyStreams(format!(
+                "{} already holds {max} event subscriptions on this coordinator (api.streams_per_token_max); \
+                 close one, or subscribe through another coordinator",
+                c.actor
+            )));
+        }
+        *n += 1;
+        Ok(StreamSlot { streams: s.streams.clone(), token: c.token })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.token) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.token);
+            }
+        }
+    }
 }

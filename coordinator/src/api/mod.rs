@@ -62,6 +62,8 @@ pub struct Caller {
     pub role: Role,
     pub host: Option<Name>,
     pub actor: String,
+    /// The token's SHA-256: what per-token limits count by.
+    pub token: [u8; 32],
 }
 
 /// The accepted bearer tokens, by SHA-256: a presented token is hashed and looked up, so no
@@ -87,7 +89,7 @@ impl Tokens {
                     (Role::Agent, Some(h)) => format!("agent:{h}"),
                     (role, _) => format!("{role:?}").to_lowercase(),
                 });
-                Some((hash, Caller { role: t.role, host: t.host.clone(), actor }))
+                Some((hash, Caller { role: t.role, host: t.host.clone(), actor, token: hash }))
             })
             .collect()
     }
@@ -121,6 +123,8 @@ pub struct Api {
     scheme: &'static str,
     /// Whether clients' certificates are checked (TLS).
     tls: bool,
+    /// Open event subscriptions per token.
+    streams: Arc<std::sync::Mutex<HashMap<[u8; 32], usize>>>,
     spec: Arc<str>,
 }
 
@@ -130,7 +134,7 @@ impl Api {
         let builder = reqwest::Client::builder().timeout(Duration::from_millis(config.api.peer_timeout_ms));
         let (builder, scheme) = switchyard_tls::http(builder, tls.as_ref());
         let client = builder.build().expect("an HTTP client with a preconfigured TLS setup builds");
-        Arc::new(Api { node, tokens, client, scheme, tls: tls.is_some(), spec })
+        Arc::new(Api { node, tokens, client, scheme, tls: tls.is_some(), streams: Arc::default(), spec })
     }
 }
 

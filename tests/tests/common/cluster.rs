@@ -44,6 +44,8 @@ pub struct ClusterOpts {
     pub lease_ms: u64,
     /// `ha.start_timeout_ms`.
     pub start_timeout_ms: u64,
+    /// `api.streams_per_token_max`.
+    pub streams_per_token_max: usize,
 }
 
 impl Default for ClusterOpts {
@@ -60,6 +62,7 @@ impl Default for ClusterOpts {
             qemu_bandwidth_kib: None,
             lease_ms: HaConfig::default().lease_ms,
             start_timeout_ms: HaConfig::default().start_timeout_ms,
+            streams_per_token_max: ApiConfig::default().streams_per_token_max,
         }
     }
 }
@@ -80,6 +83,7 @@ impl ClusterOpts {
             api: ApiConfig {
                 join_timeout_ms: 5000,
                 host_report_timeout_ms: self.host_report_timeout_ms,
+                streams_per_token_max: self.streams_per_token_max,
                 ..ApiConfig::default()
             },
             history: HistoryConfig { retain_revisions: self.retain_revisions },
