@@ -22,6 +22,9 @@ trap 'rm -rf "$stage"' EXIT
 root=$stage/rootfs
 mkdir -p "$root/usr/local/bin" "$root/var/lib/switchyard" "$root/etc/switchyard" "$root/tmp"
 chmod 1777 "$root/tmp"
+# The processes run as uid/gid 10001 (no name: the image has no /etc/passwd); their data folder
+# belongs to them.
+chown 10001:10001 "$root/var/lib/switchyard" 2>/dev/null || true
 strip -o "$root/usr/local/bin/switchyard-coordinator" "$COORDINATOR_BIN"
 strip -o "$root/usr/local/bin/switchyard-agent" "$AGENT_BIN"
 strip -o "$root/usr/local/bin/switchyard" "$CLI_BIN"

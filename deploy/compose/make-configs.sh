@@ -99,4 +99,10 @@ key = "/etc/switchyard/tls/host-h$n.key"
 EOT
 done
 (umask 077; printf 'SWITCHYARD_TOKEN=%s\nSWITCHYARD_CA=%s\n' "$ADMIN" "$(cd "$dir/tls" && pwd)/ca.pem" > "$dir/cli.env")
+# The containers run as uid/gid 10001 (the image's user): it must read its configuration and
+# key and write its data. Without root, run compose with SWITCHYARD_UID/GID set to your ids.
+if [ "$(id -u)" = 0 ]; then
+  chown 10001:10001 "$dir"/coord[123].toml "$dir"/agent-h[123].toml "$dir"/tls/node-*.key "$dir"/tls/host-*.key
+  chown -R 10001:10001 "$dir"/coord[123] "$dir"/agent-h[123] "$dir"/sim
+fi
 echo "configs in $dir; certificates in $dir/tls; admin token and CA in $dir/cli.env"

@@ -161,6 +161,18 @@ async fn compose_cluster_survives_partition_kill_rolling_restart_and_agent_loss(
     })
     .await;
     leader(&p, &token, &[1, 2, 3]).await;
+    // The processes run as the image's user, not root, and the image's health check (the CLI
+    // asking /readyz over TLS with the mounted CA) finds every coordinator ready.
+    for n in 1..=3 {
+        let c = p.container(&format!("coord{n}"));
+        let user = run(Command::new("docker").args(["inspect", "--format", "{{.Config.User}}", &c]));
+        assert_eq!(user.trim(), "10001:10001", "coord{n} runs as");
+        eventually(&format!("coord{n} to be healthy"), Duration::from_secs(120), || async {
+            let status = run(Command::new("docker").args(["inspect", "--format", "{{.State.Health.Status}}", &c]));
+            (status.trim() == "healthy").then_some(())
+        })
+        .await;
+    }
     let all = p.client(&token, &[1, 2, 3]);
     for h in ["h1", "h2", "h3"] {
         write(
