@@ -548,10 +548,7 @@ impl Cluster {
     /// A raw HTTP client for requests the typed client cannot make (malformed ones, say),
     /// trusting the cluster's CA; use with [`Cluster::url`].
     pub fn http(&self) -> reqwest::Client {
-        switchyard_tls::http(reqwest::Client::builder(), self.client_tls.as_ref())
-            .0
-            .build()
-            .expect("an HTTP client with a preconfigured TLS setup builds")
+        self.http_for("")
     }
 
     /// [`Cluster::http`] presenting what a client with `token` presents (see

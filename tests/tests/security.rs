@@ -24,23 +24,7 @@ fn host(n: &str) -> Identity {
 /// A raw HTTP client presenting `client` (certificate and key, PEM; no check of ours, so an
 /// expired one is sent as is) and trusting `ca`.
 fn raw_client(ca: &Pair, client: Option<&Pair>) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca.cert.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(switchyard_tls::provider())
-        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match client {
-        Some(p) => {
-            let chain = CertificateDer::pem_slice_iter(p.cert.as_bytes()).map(|c| c.unwrap()).collect();
-            let key = PrivateKeyDer::from_pem_slice(p.key.as_bytes()).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    reqwest::Client::builder().use_preconfigured_tls(config).tls_info(true).build().unwrap()
+    reqwest::Client::builder().use_preconfigured_tls(raw_client_config(ca, client)).tls_info(true).build().unwrap()
 }
 
 /// The error of a request, with its causes.
@@ -244,16 +228,7 @@ async fn certificates_replaced_on_disk_are_used_without_a_restart() {
     issue::write(&cluster.tls_dir(), "node-1", &fresh).unwrap();
     let want = CertificateDer::from_pem_slice(fresh.cert.as_bytes()).unwrap().to_vec();
     eventually("node 1 to serve its new certificate", Duration::from_secs(20), || async {
-        let now = reqwest::Client::builder()
-            .use_preconfigured_tls(raw_client_config(&ca))
-            .tls_info(true)
-            .build()
-            .unwrap()
-            .get(&url)
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .ok()?;
+        let now = raw_client(&ca, None).get(&url).bearer_auth(ADMIN_TOKEN).send().await.ok()?;
         let der = now.extensions().get::<reqwest::tls::TlsInfo>()?.peer_certificate()?.to_vec();
         (der == want).then_some(())
     })
@@ -278,16 +253,23 @@ async fn certificates_replaced_on_disk_are_used_without_a_restart() {
     let _ = json!({});
 }
 
-fn raw_client_config(ca: &Pair) -> rustls::ClientConfig {
+fn raw_client_config(ca: &Pair, client: Option<&Pair>) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca.cert.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    rustls::ClientConfig::builder_with_provider(switchyard_tls::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(switchyard_tls::provider())
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth()
+        .with_root_certificates(roots);
+    match client {
+        Some(p) => {
+            let chain = CertificateDer::pem_slice_iter(p.cert.as_bytes()).map(|c| c.unwrap()).collect();
+            let key = PrivateKeyDer::from_pem_slice(p.key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
