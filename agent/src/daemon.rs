@@ -19,8 +19,10 @@ use switchyard_protocol::{EventKind, EventPayload, Guest, GuestSpec, Name, Revis
 use switchyard_tls::{Identity, Tls, TlsConfig};
 use tokio::sync::watch;
 
+use crate::driver::timed::Timed;
 use crate::driver::{DriverConfig, HypervisorDriver};
 use crate::lease::{Fence, Lease};
+use crate::metrics::{Metrics, MetricsConfig};
 use crate::migrations::{Input, Worker};
 use crate::reconcile::runtime::{Feed, Runtime};
 use crate::store::AgentStore;
@@ -62,6 +64,9 @@ pub struct AgentConfig {
     /// host NAME`), which the coordinators require with the agent's token; or `insecure = true`.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Where the agent serves its metrics (none without this section).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 fn default_report_ms() -> u64 {
@@ -148,6 +153,12 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Why the agent re-syncs from the coordinators' full state: a metric's label, and in words.
+struct Resync {
+    reason: &'static str,
+    why: String,
+}
+
 /// A configuration the agent cannot run with (exit status 2).
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -187,16 +198,28 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     let tls = Tls::from_config(&config.tls, Some(Identity::Host(config.host.clone())), "agent")
         .map_err(|e| ConfigError(format!("tls: {e}")))?;
-    let driver: Arc<dyn HypervisorDriver> =
-        Arc::from(config.driver.build(&config.host).map_err(|e| ConfigError(format!("driver: {e}")))?);
+    let metrics = Arc::new(Metrics::new());
+    let driver: Arc<dyn HypervisorDriver> = Arc::new(Timed::new(
+        config.driver.build(&config.host).map_err(|e| ConfigError(format!("driver: {e}")))?,
+        metrics.clone(),
+    ));
+    if let Some(m) = &config.metrics {
+        let listener = tokio::net::TcpListener::bind(m.listen)
+            .await
+            .with_context(|| format!("metrics.listen: cannot listen on {}", m.listen))?;
+        tracing::info!(listen = %m.listen, tls = tls.is_some(), "serving metrics");
+        tokio::spawn(crate::metrics::serve(listener, tls.clone(), metrics.clone()));
+    }
     let store = Arc::new(AgentStore::open(&config.data_dir)?);
     let loaded = store.load()?;
     let mut applied = loaded.config;
     let mut cursor = store.cursor()?;
     // Damaged guest files (a machine crash before a group commit, or a bad disk): the applied
     // state is incomplete, so start from the coordinators' full state.
-    let mut resync: Option<String> = (!loaded.damaged.is_empty())
-        .then(|| format!("{} guest file(s) were damaged and set aside", loaded.damaged.len()));
+    let mut resync: Option<Resync> = (!loaded.damaged.is_empty()).then(|| Resync {
+        reason: "damaged_files",
+        why: format!("{} guest file(s) were damaged and set aside", loaded.damaged.len()),
+    });
     // Each host starts at its own coordinator (a stable choice from its name).
     let spread = config.host.as_str().bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)));
     let client =
@@ -215,6 +238,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
         _ => {}
     }
+    metrics.applied(cursor);
     let (progress_tx, progress_rx) = watch::channel((cursor, applied.digest()));
     let (hypervisor_tx, hypervisor_rx) = watch::channel(None);
     let (lease_tx, lease_rx) = watch::channel(Lease::new(Instant::now()));
@@ -225,6 +249,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         hypervisor_rx,
         config.report_interval_ms,
         lease_tx,
+        metrics.clone(),
     ));
     // The watchdog (checked with the configuration) is armed while a packaged guest runs or is
     // to run here (see fence_loop).
@@ -241,14 +266,29 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             interval: Duration::from_millis(config.reconcile_interval_ms),
             lease: lease_rx.clone(),
             protects: protects_tx,
+            metrics: metrics.clone(),
         };
         tokio::spawn(runtime.run(rx, hypervisor_tx));
         let _ = tx.send(Feed::Reset { guests: applied.guests().cloned().collect() });
         tx
     });
-    tokio::spawn(fence_loop(config.host.clone(), lease_rx, protects_rx, reconciler.clone(), config.watchdog.clone()));
+    tokio::spawn(fence_loop(
+        config.host.clone(),
+        lease_rx,
+        protects_rx,
+        reconciler.clone(),
+        config.watchdog.clone(),
+        metrics.clone(),
+    ));
     let (to_worker, worker_rx) = tokio::sync::mpsc::unbounded_channel();
-    let worker = Worker::new(config.host.clone(), client.clone(), driver.clone(), store.clone(), reconciler.clone());
+    let worker = Worker::new(
+        config.host.clone(),
+        client.clone(),
+        driver.clone(),
+        store.clone(),
+        reconciler.clone(),
+        metrics.clone(),
+    );
     tokio::spawn(worker.run(worker_rx));
     let mut cluster = store.cluster()?;
     let mut synced_at = std::time::Instant::now();
@@ -257,7 +297,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // Set when events cannot be applied from the cursor: the history was compacted past it,
         // the coordinators belong to another cluster than the one the agent followed, or the
         // applied state on disk was damaged.
-        if let Some(why) = resync.take() {
+        if let Some(Resync { reason, why }) = resync.take() {
+            metrics.resync(reason);
             let state: Read<FullState> = loop {
                 match client.full_state().await {
                     Ok(s) => break s,
@@ -282,6 +323,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 let _ = r.send(Feed::Reset { guests: config.guests().cloned().collect() });
             }
             (applied, cursor) = (config, state.revision);
+            metrics.announced(cursor);
+            metrics.applied(cursor);
             let _ = progress_tx.send((cursor, applied.digest()));
             let _ = to_worker.send(if other { Input::Reset } else { Input::Reload });
             tracing::info!(revision = state.revision, cluster = ?now.as_ref().map(|c| c.to_string()), %why, "re-synced from full state");
@@ -298,6 +341,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // Events come in batches (one event at a time when keeping up, thousands when catching
         // up): every change of a batch is staged, each guest file is written once per batch,
         // and the applied revision is reported once the batch is on disk.
+        metrics.subscribed.set(1);
         let result = client
             .event_batches(&q, |batch| {
                 let mut step = || -> anyhow::Result<bool> {
@@ -305,10 +349,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                         match item {
                             StreamItem::Event(e) if e.revision <= cursor => {}
                             StreamItem::Event(e) => {
+                                metrics.announced(e.revision);
+                                metrics.events_applied.inc();
                                 if let EventPayload::ClusterCreated { cluster: id, .. } = &e.payload {
                                     match &cluster {
                                         Some(c) if c != id => {
-                                            resync = Some(format!("the history names cluster {id}, not {c}"));
+                                            resync = Some(Resync {
+                                                reason: "cluster_changed",
+                                                why: format!("the history names cluster {id}, not {c}"),
+                                            });
                                             return Ok(false);
                                         }
                                         Some(_) => {}
@@ -368,12 +417,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                                 }
                             }
                             StreamItem::Progress { revision } => {
+                                metrics.announced(*revision);
                                 cursor = cursor.max(*revision);
                                 store.commit(cursor)?;
                                 synced_at = std::time::Instant::now();
                             }
                             StreamItem::Compacted { .. } => {
-                                resync = Some("the history was compacted past the cursor".into());
+                                resync = Some(Resync {
+                                    reason: "compacted",
+                                    why: "the history was compacted past the cursor".into(),
+                                });
                                 return Ok(false);
                             }
                         }
@@ -395,6 +448,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                         return Ok(!adopted);
                     }
                     // Reported once on disk.
+                    metrics.applied(cursor);
                     let _ = progress_tx.send((cursor, applied.digest()));
                     Ok(!adopted)
                 };
@@ -404,13 +458,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 })
             })
             .await;
+        metrics.subscribed.set(0);
         store.commit(cursor)?;
+        metrics.applied(cursor);
         if let Some(e) = failure {
             return Err(e.context("apply an event"));
         }
         if let Err(e) = &result {
             if e.code() == Some("cluster_mismatch") {
-                resync = Some(e.to_string());
+                resync = Some(Resync { reason: "cluster_changed", why: e.to_string() });
             }
         }
         if resync.is_some() {
@@ -437,6 +493,7 @@ async fn report_loop(
     hypervisor: watch::Receiver<Option<HypervisorReport>>,
     interval_ms: u64,
     lease: watch::Sender<Lease>,
+    metrics: Arc<Metrics>,
 ) {
     let lease = Arc::new(lease);
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
@@ -450,10 +507,12 @@ async fn report_loop(
         };
         let (revision, digest) = *progress.borrow();
         let report = HostReport { applied_revision: revision, digest, hypervisor: hypervisor.borrow().clone() };
-        let (client, host, lease) = (client.clone(), host.clone(), lease.clone());
+        let (client, host, lease, metrics) = (client.clone(), host.clone(), lease.clone(), metrics.clone());
         tokio::spawn(async move {
             let sent = Instant::now();
-            match client.report_host(&host, &report).await {
+            let answer = client.report_host(&host, &report).await;
+            metrics.report(answer.is_ok());
+            match answer {
                 Ok(answer) => {
                     if let Some(grant) = answer.lease {
                         lease.send_modify(|l| l.renewed(sent, grant));
@@ -473,6 +532,7 @@ async fn fence_loop(
     mut protects: watch::Receiver<bool>,
     reconciler: Option<tokio::sync::mpsc::UnboundedSender<Feed>>,
     watchdog_config: Option<WatchdogConfig>,
+    metrics: Arc<Metrics>,
 ) {
     let mut watchdog: Option<Watchdog> = None;
     let mut fence = Fence::Unknown;
@@ -489,6 +549,7 @@ async fn fence_loop(
                 Fence::Unknown => {}
             }
             fence = f;
+            metrics.lease_held.set(i64::from(f == Fence::Held));
             if let Some(r) = &reconciler {
                 let _ = r.send(Feed::Fence(f));
             }
@@ -528,6 +589,7 @@ async fn fence_loop(
                 None => {}
             }
         }
+        metrics.watchdog_armed.set(i64::from(watchdog.is_some()));
         tokio::select! {
             _ = tokio::time::sleep(wake) => {}
             r = lease.changed() => if r.is_err() { return },

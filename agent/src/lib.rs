@@ -13,7 +13,8 @@
 //! - [`driver`]: the hypervisor drivers behind one trait (simulated, external commands), and
 //!   the `qemu` driver (real QEMU processes over QMP);
 //! - [`lease`]: this host's lease, renewed by every report, and the self-fencing it decides;
-//! - [`watchdog`]: the host watchdog that kills the guests of a hung agent.
+//! - [`watchdog`]: the host watchdog that kills the guests of a hung agent;
+//! - [`metrics`]: the agent's own metrics and the listener that serves them.
 //!
 //! What each event changes and the digest come from `switchyard_protocol::hostconfig`, the one
 //! home shared with the coordinators.
@@ -21,6 +22,7 @@
 pub mod daemon;
 pub mod driver;
 pub mod lease;
+pub mod metrics;
 pub mod migrations;
 pub mod reconcile;
 pub mod store;

@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::driver::{DriverError, HypervisorDriver, Moved, Transfer, VmState};
+use crate::metrics::Metrics;
 use crate::reconcile::runtime::Feed;
 use crate::store::{AgentStore, Journal, TransferState};
 
@@ -93,6 +94,7 @@ pub struct Worker {
     newest: HashMap<Name, MigrationId>,
     /// The reconciler, told which guests' run state the worker holds (drivers with a lifecycle).
     reconciler: Option<mpsc::UnboundedSender<Feed>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
@@ -102,8 +104,19 @@ impl Worker {
         driver: Arc<dyn HypervisorDriver>,
         store: Arc<AgentStore>,
         reconciler: Option<mpsc::UnboundedSender<Feed>>,
+        metrics: Arc<Metrics>,
     ) -> Worker {
-        Worker { host, client, driver, store, active: HashMap::new(), term: 0, newest: HashMap::new(), reconciler }
+        Worker {
+            host,
+            client,
+            driver,
+            store,
+            active: HashMap::new(),
+            term: 0,
+            newest: HashMap::new(),
+            reconciler,
+            metrics,
+        }
     }
 
     /// Tells the reconciler whether the worker holds a migration of `guest`.
@@ -634,6 +647,9 @@ impl Worker {
             Some(term) if term >= self.term => {
                 self.term = term;
                 if let Some(a) = self.active.get_mut(&m.id) {
+                    if a.reported.is_none_or(|(t, _)| t != token) {
+                        self.metrics.migration_report(body.outcome.kind());
+                    }
                     a.reported = Some((token, Instant::now()));
                     a.report_failures = 0;
                 }

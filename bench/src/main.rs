@@ -66,6 +66,10 @@ pub struct Args {
     /// Switchyard alone, even when etcd is installed.
     #[arg(long)]
     pub no_etcd: bool,
+    /// Switchyard's links over TLS, as it is deployed (throughput, fan-out, failover, restart,
+    /// catch-up; the harness trusts the cluster's CA). Off by default: etcd runs plaintext here.
+    #[arg(long)]
+    pub tls: bool,
     /// Switchyard's coordinators stop without handing leadership over (`raft.handover_timeout_ms
     /// = 0`): the rolling restart's figure as it would be without the handover.
     #[arg(long)]
@@ -243,6 +247,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut report = Report::default();
     eprintln!("machine: {}", machine());
     eprintln!("{}", timing_line(timing));
+    eprintln!("switchyard links: {}", if args.tls { "TLS (--tls)" } else { "plaintext" });
     match &etcd_program {
         Some(p) => eprintln!("etcd: {}", p.display()),
         None if args.no_etcd => eprintln!("etcd: skipped (--no-etcd)"),
@@ -260,8 +265,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // One system at a time, each stopped before the next starts.
         eprintln!("== switchyard");
         let mut sut = Sut::Switchyard(Box::new(
-            Switchyard::start(&dir.join("switchyard"), timing, args.batch_max, args.transfer_ms, args.no_handover)
-                .await?,
+            Switchyard::start(
+                &dir.join("switchyard"),
+                timing,
+                args.batch_max,
+                args.transfer_ms,
+                args.no_handover,
+                args.tls,
+            )
+            .await?,
         ));
         scenarios::run_all(&args, &mut sut, &mut report).await?;
         drop(sut);
@@ -284,7 +296,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let md = report.markdown();
     println!("Machine: {}", machine());
-    println!("{}\n", timing_line(timing));
+    println!("{}", timing_line(timing));
+    println!("Switchyard's links: {}.\n", if args.tls { "TLS" } else { "plaintext" });
     println!("{md}");
     let json = serde_json::json!({
         "machine": machine(),
@@ -293,6 +306,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                    "switchyard_election_timeout_ms": timing.switchyard_election(),
                    "switchyard_campaign_window_ms": timing.switchyard_window()},
         "etcd": etcd_program.map(|p| p.display().to_string()),
+        "switchyard_tls": args.tls,
         "rows": report.rows,
     });
     if let Some(p) = &args.json {

@@ -18,8 +18,9 @@ use crate::{Args, Report};
 /// Keys (guests) the write load spreads over: one per client.
 const KEYS: usize = 1000;
 
-fn http(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder().timeout(timeout).pool_max_idle_per_host(4096).build().expect("HTTP client")
+/// The harness's HTTP client to `sut` (TLS when it runs TLS).
+fn http(sut: &Sut, timeout: Duration) -> reqwest::Client {
+    sut.client(reqwest::Client::builder().timeout(timeout).pool_max_idle_per_host(4096))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -42,7 +43,7 @@ fn median_max(mut v: Vec<Duration>) -> (Duration, Duration) {
 
 pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow::Result<()> {
     let name = sut.name();
-    let setup = http(Duration::from_secs(30));
+    let setup = http(sut, Duration::from_secs(30));
     if let Sut::Switchyard(s) = &*sut {
         let (_, ep) = sut.leader().await?;
         s.create_guests(&setup, &ep, 0..KEYS, &["load".to_string()]).await.context("create the load's guests")?;
@@ -167,7 +168,7 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
 /// `clients` tasks, each changing its own key in a loop against the leader for `secs` seconds.
 async fn throughput(sut: &Sut, clients: usize, secs: u64) -> anyhow::Result<(f64, Duration, Duration, u64)> {
     let (_, ep) = sut.leader().await?;
-    let client = http(Duration::from_secs(10));
+    let client = http(sut, Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -203,8 +204,8 @@ async fn throughput(sut: &Sut, clients: usize, secs: u64) -> anyhow::Result<(f64
 /// subscriber received it.
 async fn fanout(sut: &Sut, n: usize, rate: u64) -> anyhow::Result<(Duration, Duration, usize)> {
     let count = (rate * 5).max(50) as usize;
-    let client = http(Duration::from_secs(10));
-    let streams = reqwest::Client::builder().pool_max_idle_per_host(4096).build()?;
+    let client = http(sut, Duration::from_secs(10));
+    let streams = sut.client(reqwest::Client::builder().pool_max_idle_per_host(4096));
     let from = sut.revision(&client).await? + 1;
     let until = Arc::new(AtomicU64::new(u64::MAX));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(n);
@@ -279,8 +280,8 @@ struct Failover {
 /// system elected a leader and committed (its own machinery). Then restart the member and let it
 /// catch up before the next repetition.
 async fn failover_writes(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Failover>> {
-    let client = http(Duration::from_secs(2));
-    let poll = http(Duration::from_millis(500));
+    let client = http(sut, Duration::from_secs(2));
+    let poll = http(sut, Duration::from_millis(500));
     let mut out = Vec::new();
     for rep in 0..reps {
         let (leader, _) = sut.leader().await?;
@@ -383,7 +384,7 @@ async fn failover_writes(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Failo
 /// and the longest time no write was acknowledged while it stopped (the write unavailability a
 /// client sees). Each member is back and caught up before the next one stops.
 async fn rolling_restart(sut: &mut Sut) -> anyhow::Result<Vec<(String, Duration)>> {
-    let client = http(Duration::from_secs(2));
+    let client = http(sut, Duration::from_secs(2));
     let mut out = Vec::new();
     for member in 1..=3u64 {
         let (leader, _) = sut.leader().await?;
@@ -448,8 +449,8 @@ fn now_ms() -> u64 {
 }
 
 /// GET `path` on `ep` as admin; `None` on any failure.
-async fn get_json(client: &reqwest::Client, token: &str, ep: &str, path: &str) -> Option<serde_json::Value> {
-    let r = client.get(format!("http://{ep}{path}")).bearer_auth(token).send().await.ok()?;
+async fn get_json(client: &reqwest::Client, token: &str, url: &str) -> Option<serde_json::Value> {
+    let r = client.get(url).bearer_auth(token).send().await.ok()?;
     if !r.status().is_success() {
         return None;
     }
@@ -460,18 +461,18 @@ async fn get_json(client: &reqwest::Client, token: &str, ep: &str, path: &str) -
 /// committed, and measures until the next phase commits (the commit's own timestamp, stamped by
 /// the new leader, against the wall clock at the kill).
 async fn failover_migration(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Duration>> {
-    let client = http(Duration::from_secs(2));
+    let client = http(sut, Duration::from_secs(2));
     let Sut::Switchyard(sw) = &*sut else { bail!("migrations are Switchyard's") };
-    let token = sw.token().to_string();
+    let (token, scheme) = (sw.token().to_string(), sw.scheme);
     let (_, ep) = sut.leader().await?;
     // The agents take part in every migration: let them apply what the earlier runs wrote first.
     settle(sut).await?;
     let body = json!({"name": "mg", "owner": "h1", "vcpus": 1, "memory_mib": 256});
-    let _ = client.post(format!("http://{ep}/v1/guests")).bearer_auth(&token).json(&body).send().await?;
+    let _ = client.post(format!("{scheme}://{ep}/v1/guests")).bearer_auth(&token).json(&body).send().await?;
     let mut out = Vec::new();
     for rep in 0..reps {
         let (leader, ep) = sut.leader().await?;
-        let mg = get_json(&client, &token, &ep, "/v1/guests/mg").await.context("read mg")?;
+        let mg = get_json(&client, &token, &format!("{scheme}://{ep}/v1/guests/mg")).await.context("read mg")?;
         let owner = mg["items"]["owner"].as_str().context("mg's owner")?.to_string();
         let to = if owner == "h1" { "h2" } else { "h1" };
         // Right after a member restart the request may be refused (a host not yet reported
@@ -480,7 +481,7 @@ async fn failover_migration(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Du
         let deadline = Instant::now() + Duration::from_secs(60);
         let id = loop {
             let answer = match client
-                .post(format!("http://{ep}/v1/migrations"))
+                .post(format!("{scheme}://{ep}/v1/migrations"))
                 .bearer_auth(&token)
                 .json(&json!({"guest": "mg", "target": to, "request_id": rid}))
                 .send()
@@ -500,7 +501,7 @@ async fn failover_migration(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Du
         let path = format!("/v1/migrations/{id}?stale=true");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let m = get_json(&client, &token, &ep, &path).await;
+            let m = get_json(&client, &token, &format!("{scheme}://{ep}{path}")).await;
             if m.as_ref().and_then(|m| m["items"]["phase"].as_str()) == Some("transferring") {
                 break;
             }
@@ -513,7 +514,8 @@ async fn failover_migration(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Du
         sut.kill(leader);
         let others: Vec<String> =
             sut.endpoints().into_iter().enumerate().filter(|(i, _)| *i as u64 + 1 != leader).map(|(_, e)| e).collect();
-        let measured = next_phase_after(&client, &token, &others, &path, kill_ms).await;
+        let urls: Vec<String> = others.iter().map(|ep| format!("{scheme}://{ep}{path}")).collect();
+        let measured = next_phase_after(&client, &token, &urls, kill_ms).await;
         // Bring the member back whatever happened, so later runs have three members.
         sut.restart(leader)?;
         let rev = sut.revision(&client).await?;
@@ -534,21 +536,21 @@ async fn failover_migration(sut: &mut Sut, reps: usize) -> anyhow::Result<Vec<Du
 /// next measurement starts, so their catching up does not count against the coordinators.
 async fn settle(sut: &Sut) -> anyhow::Result<()> {
     let Sut::Switchyard(sw) = sut else { return Ok(()) };
-    let client = http(Duration::from_secs(5));
+    let client = http(sut, Duration::from_secs(5));
     let (_, ep) = sut.leader().await?;
     let target = sut.revision(&client).await?;
     let t = Instant::now();
-    agents_applied(&client, sw.token(), &ep, target).await?;
+    agents_applied(&client, sw, &ep, target).await?;
     eprintln!("  switchyard: agents caught up to revision {target} in {:.1} s", t.elapsed().as_secs_f64());
     Ok(())
 }
 
 /// Waits until the agents of h1..h3 report (every second) that they applied `target`.
-async fn agents_applied(client: &reqwest::Client, token: &str, ep: &str, target: u64) -> anyhow::Result<()> {
+async fn agents_applied(client: &reqwest::Client, sw: &Switchyard, ep: &str, target: u64) -> anyhow::Result<()> {
     let t = Instant::now();
     for h in ["h1", "h2", "h3"] {
         loop {
-            let applied = get_json(client, token, ep, &format!("/v1/hosts/{h}"))
+            let applied = get_json(client, sw.token(), &sw.url(ep, &format!("/v1/hosts/{h}")))
                 .await
                 .and_then(|v| v["items"]["sync"]["applied_revision"].as_u64());
             if applied.is_some_and(|a| a >= target) {
@@ -563,20 +565,19 @@ async fn agents_applied(client: &reqwest::Client, token: &str, ep: &str, target:
     Ok(())
 }
 
-/// Waits for the migration at `path` to commit its next phase after `kill_ms` (answering how
+/// Waits for the migration (read at any of `urls`) to commit its next phase after `kill_ms` (answering how
 /// long after the kill that commit was stamped) and then to complete.
 async fn next_phase_after(
     client: &reqwest::Client,
     token: &str,
-    others: &[String],
-    path: &str,
+    urls: &[String],
     kill_ms: u64,
 ) -> anyhow::Result<Duration> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut next = None;
     loop {
-        for ep in others {
-            let Some(m) = get_json(client, token, ep, path).await else { continue };
+        for url in urls {
+            let Some(m) = get_json(client, token, url).await else { continue };
             let history = m["items"]["history"].as_array().cloned().unwrap_or_default();
             if next.is_none() {
                 next = history
@@ -601,7 +602,7 @@ async fn next_phase_after(
 /// subscriber starting `n` revisions behind (the catch-up rate).
 /// For Switchyard, also how long after the bulk write began every agent had applied it.
 async fn catch_up(sut: &Sut, n: u64) -> anyhow::Result<(f64, f64, Option<Duration>)> {
-    let client = http(Duration::from_secs(10));
+    let client = http(sut, Duration::from_secs(10));
     let (_, ep) = sut.leader().await?;
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -632,14 +633,14 @@ async fn catch_up(sut: &Sut, n: u64) -> anyhow::Result<(f64, f64, Option<Duratio
     sut.wait_all_at(&client, last).await?;
     let agents = match sut {
         Sut::Switchyard(sw) => {
-            agents_applied(&client, sw.token(), &ep, last).await?;
+            agents_applied(&client, sw, &ep, last).await?;
             Some(started.elapsed())
         }
         Sut::Etcd(_) => None,
     };
     let from = last + 1 - n;
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    let streams = reqwest::Client::new();
+    let streams = sut.client(reqwest::Client::builder());
     let started = Instant::now();
     let seen = sut.subscribe(&streams, &ep, from, Arc::new(AtomicU64::new(last)), tx).await?;
     let rate = seen.len() as f64 / started.elapsed().as_secs_f64();
@@ -757,7 +758,7 @@ pub async fn scale(args: &Args, dir: &Path, timing: Timing, report: &mut Report)
     }
     report.add(format!("scale: `log restore` of {shape}"), "events/s", true, "switchyard", n as f64 / ms(took) * 1e3);
     let mut sut = Sut::Switchyard(Box::new(sw));
-    let client = http(Duration::from_secs(600));
+    let client = http(&sut, Duration::from_secs(600));
     let rev = sut.revision(&client).await?;
     sut.wait_all_at(&client, rev).await?;
     report.add("scale: events in the history", "events", true, "switchyard", rev as f64);
@@ -784,7 +785,7 @@ pub async fn scale(args: &Args, dir: &Path, timing: Timing, report: &mut Report)
 
     let Sut::Switchyard(sw) = &sut else { unreachable!() };
     let t = Instant::now();
-    let r = client.post(format!("http://{ep}/v1/node/snapshot")).bearer_auth(sw.token()).send().await?;
+    let r = client.post(sw.url(&ep, "/v1/node/snapshot")).bearer_auth(sw.token()).send().await?;
     let answer: serde_json::Value = r.json().await?;
     let build_ms = answer["build_ms"].as_f64().with_context(|| format!("snapshot answer: {answer}"))?;
     eprintln!("  snapshot requested and built in {:.0} ms", ms(t.elapsed()));
@@ -808,7 +809,7 @@ pub async fn scale(args: &Args, dir: &Path, timing: Timing, report: &mut Report)
     let t = Instant::now();
     sut.restart(follower)?;
     let Sut::Switchyard(sw) = &sut else { unreachable!() };
-    let quick = http(Duration::from_millis(500));
+    let quick = http(&sut, Duration::from_millis(500));
     let mut answered = None;
     loop {
         match sw.status(&quick, &fep).await {

@@ -108,6 +108,15 @@ impl Sut {
         }
     }
 
+    /// An HTTP client from `builder` that speaks to this system (TLS to a Switchyard cluster
+    /// that runs it).
+    pub fn client(&self, builder: reqwest::ClientBuilder) -> reqwest::Client {
+        match self {
+            Sut::Switchyard(s) => s.client(builder),
+            Sut::Etcd(_) => builder.build().expect("an HTTP client builds"),
+        }
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         match self {
             Sut::Switchyard(s) => s.cluster.endpoints(),
@@ -287,6 +296,8 @@ async fn lines(mut resp: reqwest::Response, mut line: impl FnMut(&[u8]) -> bool)
 pub struct Switchyard {
     pub cluster: Cluster,
     token: String,
+    /// `https` when the cluster runs TLS (`--tls`), else `http`.
+    pub scheme: &'static str,
 }
 
 impl Switchyard {
@@ -298,16 +309,19 @@ impl Switchyard {
         batch_max: usize,
         transfer_ms: u64,
         no_handover: bool,
+        tls: bool,
     ) -> anyhow::Result<Switchyard> {
         let mut settings = settings(timing, batch_max, transfer_ms);
         if no_handover {
             settings.raft.handover_timeout_ms = 0;
         }
+        settings.tls = tls;
         let mut cluster = local::open(dir, 0, settings)?;
         local::start(&mut cluster).await?;
         cluster.start_agents()?;
         let token = cluster.secrets.admin_token.clone();
-        let s = Switchyard { cluster, token };
+        let scheme = if tls { "https" } else { "http" };
+        let s = Switchyard { cluster, token, scheme };
         // The host the load's guests live on.
         let host = RegisterHostRequest {
             name: Name::new("load").expect("a valid name"),
@@ -347,11 +361,16 @@ impl Switchyard {
         if !out.status.success() {
             bail!("log restore failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok((Switchyard { cluster, token }, t.elapsed()))
+        Ok((Switchyard { cluster, token, scheme: "http" }, t.elapsed()))
     }
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The URL of `path` on the coordinator at `ep`.
+    pub fn url(&self, ep: &str, path: &str) -> String {
+        format!("{}://{ep}{path}", self.scheme)
     }
 
     /// Creates guests g{from}..g{to-1} through `ep`, guest i on `hosts[i % hosts.len()]`, 64 at a
@@ -366,7 +385,7 @@ impl Switchyard {
         self.each(range, |i| {
             let body = json!({"name": format!("g{i}"), "owner": hosts[i % hosts.len()], "vcpus": 1, "memory_mib": 256,
                               "disks": [format!("avio_stor:/dev/vg01/g{i}")], "networks": ["avio_lan:vswitch0"]});
-            http.post(format!("http://{ep}/v1/guests")).bearer_auth(&self.token).json(&body).send()
+            http.post(self.url(ep, "/v1/guests")).bearer_auth(&self.token).json(&body).send()
         })
         .await
     }
@@ -417,7 +436,7 @@ impl Switchyard {
 
     async fn put(&self, http: &reqwest::Client, ep: &str, key: usize, seq: u64) -> anyhow::Result<u64> {
         let r = http
-            .patch(format!("http://{ep}/v1/guests/g{key}"))
+            .patch(self.url(ep, &format!("/v1/guests/g{key}")))
             .bearer_auth(&self.token)
             .json(&json!({"vcpus": 1 + seq % 8}))
             .send()
@@ -429,12 +448,21 @@ impl Switchyard {
     }
 
     pub async fn status(&self, http: &reqwest::Client, ep: &str) -> Option<NodeStatus> {
-        let r = http.get(format!("http://{ep}/v1/node/status")).bearer_auth(&self.token).send().await.ok()?;
+        let r = http.get(self.url(ep, "/v1/node/status")).bearer_auth(&self.token).send().await.ok()?;
         r.json().await.ok()
     }
 
+    /// An HTTP client from `builder` that trusts the cluster's CA when it runs TLS.
+    pub fn client(&self, builder: reqwest::ClientBuilder) -> reqwest::Client {
+        let builder = match &self.cluster.client_tls {
+            Some(tls) if self.scheme == "https" => builder.use_preconfigured_tls(tls.client_config()),
+            _ => builder,
+        };
+        builder.build().expect("an HTTP client builds")
+    }
+
     async fn leader(&self) -> Option<(u64, String)> {
-        let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().ok()?;
+        let http = self.client(reqwest::Client::builder().timeout(Duration::from_millis(500)));
         for (i, ep) in self.cluster.endpoints().iter().enumerate() {
             if let Some(st) = self.status(&http, ep).await {
                 if st.role == "leader" {
@@ -466,7 +494,7 @@ impl Switchyard {
             #[serde(other)]
             Other,
         }
-        let url = format!("http://{ep}/v1/events?from={from}&follow=true&kind=guest&progress_ms=100");
+        let url = self.url(ep, &format!("/v1/events?from={from}&follow=true&kind=guest&progress_ms=100"));
         let resp = http.get(url).bearer_auth(&self.token).send().await?;
         if !resp.status().is_success() {
             bail!("subscribe: {}", resp.status());
@@ -520,8 +548,8 @@ pub(crate) fn settings(timing: Timing, batch_max: usize, transfer_ms: u64) -> Se
         history: HistoryConfig { retain_revisions: 0 },
         api: ApiConfig { request_body_bytes_max: 65536, host_report_timeout_ms: 3_600_000, ..ApiConfig::default() },
         sim_transfer_ms: transfer_ms,
-        // Plaintext, as the etcd it is compared with runs here: the harness's HTTP clients
-        // speak plain HTTP to both.
+        // Plaintext, as the etcd it is compared with runs here, unless `--tls` (the cost of
+        // TLS is measured beside it).
         tls: false,
         ..Settings::default()
     }

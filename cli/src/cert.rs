@@ -37,12 +37,17 @@ pub enum Verb {
         #[arg(long, value_delimiter = ',')]
         names: Vec<String>,
     },
-    /// A VM host's agent certificate: it acts for that host only.
+    /// A VM host's agent certificate: it acts for that host only, and serves the agent's
+    /// metrics.
     Host {
         #[arg(value_parser = crate::name)]
         name: Name,
         #[command(flatten)]
         common: Common,
+        /// DNS names or IP addresses scrapers reach the agent's metrics by, comma separated
+        /// (localhost, 127.0.0.1 and ::1 are always in).
+        #[arg(long, value_delimiter = ',')]
+        names: Vec<String>,
     },
     /// A person's or tool's client certificate.
     Client {
@@ -88,7 +93,7 @@ pub fn run(json: bool, verb: Verb) -> Out {
             }
             make(json, &common, &Identity::Node(id), &names)
         }
-        Verb::Host { name, common } => make(json, &common, &Identity::Host(name), &[]),
+        Verb::Host { name, common, names } => make(json, &common, &Identity::Host(name), &names),
         Verb::Client { name, common } => make(json, &common, &Identity::Client(name), &[]),
         Verb::Show { file } => show(json, &file),
     }

@@ -97,6 +97,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "  switchyard cluster status    # from this directory, the CLI also finds {}/cli.toml",
             args.dir.display()
         );
+        let agents: Vec<String> =
+            dev.agents.iter().map(|a| format!("{} https://{}/metrics", a.host, a.metrics)).collect();
+        out!("  metrics: https://{}/metrics (operator token); agents: {}", dev.endpoints()[0], agents.join(", "));
         out!();
         out!(
             "Every link is TLS under the cluster's own CA ({}/tls). Operator (read-only) token: {}. \

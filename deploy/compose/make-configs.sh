@@ -10,11 +10,11 @@ net=${SWITCHYARD_NET:-172.29.7}
 command -v "$sy" >/dev/null || { echo "make-configs.sh: no switchyard CLI ($sy): build it or set SWITCHYARD_BIN" >&2; exit 2; }
 mkdir -p "$dir"/sim
 # TLS on every link: one CA for the cluster; coordinators' certificates name their host names
-# and fixed addresses, agents' their host.
+# and fixed addresses, agents' their host (and its host name, for scraping the agent's metrics).
 [ -f "$dir/tls/ca.pem" ] || "$sy" cert ca --dir "$dir/tls" >/dev/null
 for n in 1 2 3; do
   [ -f "$dir/tls/node-$n.pem" ] || "$sy" cert node "$n" --dir "$dir/tls" --names "coord$n,$net.1$n" >/dev/null
-  [ -f "$dir/tls/host-h$n.pem" ] || "$sy" cert host "h$n" --dir "$dir/tls" >/dev/null
+  [ -f "$dir/tls/host-h$n.pem" ] || "$sy" cert host "h$n" --dir "$dir/tls" --names "h$n" >/dev/null
 done
 rand() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 [ -f "$dir/secrets.env" ] || cat > "$dir/secrets.env" <<EOT
@@ -91,6 +91,9 @@ kind = "simulated"
 state_dir = "/var/lib/switchyard-sim"
 transfer_ms = 2000
 freeze_ms = 100
+
+[metrics]
+listen = "0.0.0.0:9464"
 
 [tls]
 ca = "/etc/switchyard/tls/ca.pem"

@@ -271,6 +271,9 @@ pub struct HostReport {
 /// Longest list of drifted or pending guests one report carries; the totals count them all.
 pub const HYPERVISOR_REPORT_GUESTS_MAX: usize = 1000;
 
+/// The content type of a `/metrics` answer (coordinators' and agents').
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// How a host's hypervisor differs from the log, as its agent read it last.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -617,6 +620,17 @@ pub enum ReportOutcome {
     TransferFailed { error: String },
     /// Target: the guest runs here.
     GuestRunning,
+}
+
+impl ReportOutcome {
+    /// The outcome's name, without its details (a metric's label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReportOutcome::TransferDone { .. } => "transfer_done",
+            ReportOutcome::TransferFailed { .. } => "transfer_failed",
+            ReportOutcome::GuestRunning => "guest_running",
+        }
+    }
 }
 
 /// The leader's answer to a report: its term lets the agent refuse answers from a deposed leader.

@@ -14,6 +14,7 @@ use anyhow::Context;
 use switchyard_agent::daemon::AgentConfig;
 use switchyard_agent::driver::qemu::QemuConfig;
 use switchyard_agent::driver::DriverConfig;
+use switchyard_agent::metrics::MetricsConfig;
 use switchyard_agent::watchdog::WatchdogConfig;
 use switchyard_client::Client;
 use switchyard_coordinator::config::{
@@ -204,6 +205,8 @@ pub struct AgentProc {
     /// Its folder: `agent.toml`, `agent.log`, `data/`.
     pub dir: PathBuf,
     pub proc: Proc,
+    /// Where it serves its metrics (TLS when the cluster has TLS).
+    pub metrics: SocketAddr,
 }
 
 /// A port nothing listens on, never the same twice in this process: tests of one binary run
@@ -766,7 +769,9 @@ impl AgentProc {
         let dir = cluster.dir.join(format!("agent-{host}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let host_name = Name::new(host).context("agent host name")?;
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = AgentConfig {
+            metrics: Some(MetricsConfig { listen: metrics }),
             tls: cluster.tls_config(Some(&Identity::Host(host_name.clone())))?,
             host: host_name,
             endpoints,
@@ -806,7 +811,7 @@ impl AgentProc {
         let args = vec!["--config".to_string(), path.display().to_string()];
         let proc =
             Proc::new(format!("agent {host}"), cluster.binaries.agent.clone(), args, dir.join("agent.log"), "info");
-        Ok(AgentProc { host: host.into(), dir, proc })
+        Ok(AgentProc { host: host.into(), dir, proc, metrics })
     }
 
     /// Writes the agent's config and starts it.

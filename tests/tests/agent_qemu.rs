@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::*;
+use common::metrics::*;
 use common::saga::*;
 use common::vms::*;
 use switchyard_agent::driver::VmState;
@@ -88,7 +89,7 @@ async fn guest_changes_reach_the_hypervisor_on_the_right_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_behind_an_agents_back_is_reported_and_repaired() {
-    let (cluster, _agents) = qemu_cluster(ClusterOpts::default()).await;
+    let (cluster, agents) = qemu_cluster(ClusterOpts::default()).await;
     let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
     create_vm(&admin, "g1", "h1", 32, None).await;
     wait_runs_only_on(&cluster, "g1", "h1").await;
@@ -153,6 +154,16 @@ async fn drift_behind_an_agents_back_is_reported_and_repaired() {
         VmState::Running,
         "a guest unknown to the log is never touched"
     );
+
+    // The agents' metrics tell the same: h1 repaired by starting g1 again, its starts and
+    // observations timed; h2 saw a guest that differs from the log.
+    let h1 = scrape_agent(&cluster, &agents[0]).await;
+    assert!(get(&h1, "switchyard_agent_repairs_total", &[]) >= 1.0);
+    assert!(get(&h1, "switchyard_agent_reconcile_actions_total", &[("action", "start"), ("outcome", "ok")]) >= 2.0);
+    assert!(get(&h1, "switchyard_agent_driver_call_seconds_count", &[("call", "start"), ("outcome", "ok")]) >= 2.0);
+    assert!(get(&h1, "switchyard_agent_driver_call_seconds_count", &[("call", "observe"), ("outcome", "ok")]) >= 1.0);
+    let h2 = scrape_agent(&cluster, &agents[1]).await;
+    assert!(get(&h2, "switchyard_agent_drift_guests", &[]) >= 1.0, "the stray guest");
     stray.stop(&n("stray"), true).unwrap();
 }
 

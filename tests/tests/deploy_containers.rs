@@ -6,7 +6,9 @@
 //! the whole history satisfies the SPEC §5 invariants at every revision and every agent's files
 //! equal the cluster's configuration.
 //!
-//! Needs a Docker engine and docker-compose; without them it says so and passes (skipped).
+//! Needs a Docker engine and Compose: `docker compose` (v2) where it is installed, else Debian's
+//! `docker-compose` (1.29, which reads the same Compose Specification file); without them it
+//! says so and passes (skipped).
 //! Traffic goes only to the test's own containers on their private network.
 mod common;
 
@@ -37,8 +39,16 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The Compose command on this machine: `docker compose` (v2) or `docker-compose` (v1).
+fn compose_tool() -> Option<Vec<&'static str>> {
+    [vec!["docker", "compose"], vec!["docker-compose"]]
+        .into_iter()
+        .find(|tool| ok(Command::new(tool[0]).args(&tool[1..]).arg("version")))
+}
+
 /// The compose project of one test run; `down` on drop.
 struct Project {
+    tool: Vec<&'static str>,
     name: String,
     dir: std::path::PathBuf,
     net: String,
@@ -47,8 +57,9 @@ struct Project {
 
 impl Project {
     fn compose(&self) -> Command {
-        let mut c = Command::new("docker-compose");
-        c.arg("-f")
+        let mut c = Command::new(self.tool[0]);
+        c.args(&self.tool[1..])
+            .arg("-f")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/compose.yaml"))
             .arg("-p")
             .arg(&self.name)
@@ -123,13 +134,18 @@ async fn write(c: &Client, path: &str, body: serde_json::Value) -> WriteResponse
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compose_cluster_survives_partition_kill_rolling_restart_and_agent_loss() {
-    if !ok(Command::new("docker").arg("info")) || !ok(Command::new("docker-compose").arg("version")) {
-        eprintln!("SKIPPED deploy_containers: no Docker engine or no docker-compose on this machine");
-        return;
-    }
+    let tool = match compose_tool() {
+        Some(tool) if ok(Command::new("docker").arg("info")) => tool,
+        _ => {
+            eprintln!("SKIPPED deploy_containers: no Docker engine or no Compose on this machine");
+            return;
+        }
+    };
+    eprintln!("compose: {}", tool.join(" "));
     let tmp = tempfile::tempdir().unwrap();
     let pid = std::process::id();
     let p = Project {
+        tool,
         name: format!("switchyardtest{pid}"),
         dir: tmp.path().to_path_buf(),
         net: format!("172.29.{}", 100 + pid % 100),

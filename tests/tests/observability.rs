@@ -1,43 +1,16 @@
 //! `/metrics` scraped as Prometheus scrapes it and read with a Prometheus text parser: every
 //! metric is there, and moves the right way through a migration and a leader kill. Health
-//! probes answer without a token.
+//! probes answer without a token. Each agent serves its own metrics, which follow the same
+//! migration.
 mod common;
 
 use std::time::Duration;
 
 use common::cluster::*;
+use common::metrics::*;
 use common::saga::*;
-use prometheus_parse::{Scrape, Value};
 use serde_json::json;
 use switchyard_protocol::Phase;
-
-/// Scrapes coordinator `id`.
-async fn scrape(cluster: &TestCluster, id: u64) -> Scrape {
-    let r = cluster.http().get(cluster.url(id, "/metrics")).bearer_auth(OPERATOR_TOKEN).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let ctype = r.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
-    let text = r.text().await.unwrap();
-    assert!(text.trim_end().ends_with("# EOF"), "an OpenMetrics exposition ends with # EOF");
-    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
-}
-
-/// The value of the sample `name` whose labels include `labels`; histograms: their count.
-fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    s.samples
-        .iter()
-        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
-        .map(|x| match &x.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-            Value::Histogram(b) => b.iter().map(|c| c.count).fold(0.0, f64::max),
-            Value::Summary(_) => f64::NAN,
-        })
-        .next()
-}
-
-fn get(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    value(s, name, labels).unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_scraped_and_move_through_a_migration_and_a_leader_kill() {
@@ -167,4 +140,49 @@ async fn metrics_are_scraped_and_move_through_a_migration_and_a_leader_kill() {
     let other = rest.into_iter().find(|n| *n != new).unwrap();
     assert_eq!(get(&scrape(&cluster, other).await, "switchyard_raft_is_leader", &[]), 0.0);
     drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_serve_their_own_metrics() {
+    let (cluster, agents) = cluster_with_agents(ClusterOpts { sim_transfer_ms: 200, ..ClusterOpts::default() }).await;
+    let admin = cluster.client(&[1, 2, 3]);
+    create_guest(&admin, "g1", "h1", None).await;
+    let id = migrate(&admin, "g1", "h2", "a1").await;
+    let m = wait_terminal(&cluster, id).await;
+    assert_eq!(m.phase, Phase::Completed, "{:?}", m.error);
+    let revision = cluster.client(&[1, 2, 3]).full_state().await.unwrap().revision as f64;
+
+    // Every agent has applied up to the migration's end, and says so.
+    for a in &agents {
+        let s = eventually(&format!("{} caught up by its metrics", a.host), Duration::from_secs(30), || async {
+            let s = scrape_agent(&cluster, a).await;
+            (value(&s, "switchyard_agent_applied_revision", &[]) >= Some(revision)).then_some(s)
+        })
+        .await;
+        assert_eq!(get(&s, "switchyard_agent_apply_lag_revisions", &[]), 0.0, "{}", a.host);
+        assert!(get(&s, "switchyard_agent_stream_revision", &[]) >= revision);
+        assert!(get(&s, "switchyard_agent_events_applied_total", &[]) > 0.0);
+        assert_eq!(get(&s, "switchyard_agent_subscribed", &[]), 1.0);
+        assert!(get(&s, "switchyard_agent_reports_total", &[("outcome", "ok")]) > 0.0);
+        for family in ["lease_held", "watchdog_armed", "drift_guests", "pending_guests", "repairs"] {
+            let name = format!("switchyard_agent_{family}");
+            assert!(s.docs.contains_key(&name), "{name} is not described");
+        }
+    }
+    // The source moved the guest through its driver (timed) and reported it; the target
+    // reported the guest running there.
+    let h1 = scrape_agent(&cluster, &agents[0]).await;
+    assert!(get(&h1, "switchyard_agent_driver_call_seconds_count", &[("call", "transfer"), ("outcome", "ok")]) >= 1.0);
+    assert_eq!(get(&h1, "switchyard_agent_migration_reports_total", &[("outcome", "transfer_done")]), 1.0);
+    let h2 = scrape_agent(&cluster, &agents[1]).await;
+    assert_eq!(get(&h2, "switchyard_agent_migration_reports_total", &[("outcome", "guest_running")]), 1.0);
+
+    // The listener answers health, and nothing else; plaintext is not spoken to it.
+    let http = cluster.http();
+    let health = http.get(format!("https://{}/healthz", agents[0].metrics)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let other = http.get(format!("https://{}/v1/state", agents[0].metrics)).send().await.unwrap();
+    assert_eq!(other.status(), 404);
+    let plain = reqwest::Client::new().get(format!("http://{}/metrics", agents[0].metrics)).send().await;
+    assert!(plain.map_or(true, |r| !r.status().is_success()), "plaintext must not get the metrics");
 }

@@ -67,8 +67,10 @@ pub fn new_ca(name: &str, validity: Validity) -> Result<Pair, TlsError> {
     Ok(Pair { cert: cert.pem(), key: key.serialize_pem() })
 }
 
-/// A certificate for `identity`, signed by the CA `ca`. Coordinators' certificates also name
-/// `names` (DNS names or IP addresses clients and peers reach them by) besides localhost.
+/// A certificate for `identity`, signed by the CA `ca`. Coordinators' and hosts' certificates
+/// are also server certificates (the coordinators' API and Raft, an agent's metrics) and name
+/// `names` (DNS names or IP addresses clients, peers and scrapers reach them by) besides
+/// localhost.
 pub fn issue(ca: &Pair, identity: &Identity, names: &[String], validity: Validity) -> Result<Pair, TlsError> {
     let ca_key = KeyPair::from_pem(&ca.key).map_err(e("read the CA key"))?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(e("read the CA certificate"))?;
@@ -78,7 +80,7 @@ pub fn issue(ca: &Pair, identity: &Identity, names: &[String], validity: Validit
     p.subject_alt_names.push(SanType::URI(uri));
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    if let Identity::Node(_) = identity {
+    if let Identity::Node(_) | Identity::Host(_) = identity {
         p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
         let mut all: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
         all.extend(names.iter().cloned());

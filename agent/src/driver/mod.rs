@@ -11,6 +11,9 @@
 //!   timeout, capturing their output: moves only, or a whole lifecycle and package switching.
 //! - [`qemu::Qemu`]: guests as QEMU processes the agent manages itself.
 //!
+//! The agent wraps whichever it runs in [`timed::Timed`], which times every call into its
+//! metrics.
+//!
 //! Drivers are synchronous (they block on a hypervisor) and are called from blocking threads. A
 //! transfer watches `cancel` and stops when it is set (the migration was aborted or failed).
 
@@ -25,6 +28,7 @@ use switchyard_protocol::{GuestSpec, MigrationId, MigrationKind, Name, Revision,
 pub mod command;
 pub mod qemu;
 pub mod qmp;
+pub mod timed;
 
 use command::{CommandConfig, CommandDriver};
 

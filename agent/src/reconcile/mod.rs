@@ -103,6 +103,24 @@ pub enum Action {
     SetSwitching { package: Name, node: Option<Name>, enabled: bool },
 }
 
+impl Action {
+    /// The action in a word (a repair's record, a metric's label); the guest, package and node
+    /// are said elsewhere.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Define { .. } => "define",
+            Action::Undefine => "undefine",
+            Action::Start { .. } => "start",
+            Action::Stop { hard: true } => "stop-hard",
+            Action::Stop { hard: false } => "stop",
+            Action::SetSwitching { node: None, enabled: true, .. } => "enable-switching",
+            Action::SetSwitching { node: None, enabled: false, .. } => "disable-switching",
+            Action::SetSwitching { node: Some(_), enabled: true, .. } => "enable-node-switching",
+            Action::SetSwitching { node: Some(_), enabled: false, .. } => "disable-node-switching",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Effect {
     pub guest: Name,

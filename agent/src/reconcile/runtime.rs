@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use super::{Action, Effect, Input, Reconciler};
 use crate::driver::HypervisorDriver;
 use crate::lease::{Fence, Lease};
+use crate::metrics::Metrics;
 use crate::store::AgentStore;
 
 /// What the daemon and the migration worker tell the runtime.
@@ -79,6 +80,7 @@ pub struct Runtime {
     pub lease: watch::Receiver<Lease>,
     /// Whether a packaged guest runs or is to run here (what the watchdog guards).
     pub protects: watch::Sender<bool>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Runtime {
@@ -170,6 +172,7 @@ impl Runtime {
                     give_up(&gave_up, &mut releasing, &guest, token, None)
                 }
                 Some(Outcome { effect, result, by_driver }) = done_rx.recv() => {
+                    self.metrics.action(effect.action.name(), result.is_ok());
                     match &result {
                         Ok(()) => tracing::info!(guest = %effect.guest, action = ?effect.action, reason = %effect.reason, "hypervisor updated"),
                         Err(e) => tracing::warn!(guest = %effect.guest, action = ?effect.action, %e, "hypervisor action failed; retried after the next observation"),
@@ -201,6 +204,7 @@ impl Runtime {
                     if repairing.get(&effect.guest) == Some(&effect.action) {
                         repairing.remove(&effect.guest);
                         if result.is_ok() {
+                            self.metrics.repairs.inc();
                             self.record_repair(&effect);
                         }
                     }
@@ -243,7 +247,10 @@ impl Runtime {
             if repair {
                 // The report is the last reading of the hypervisor (what differed then, before
                 // the repairs it triggers), so a drift is visible for one interval at least.
-                let _ = report.send(Some(hypervisor_report(&r, repairs + effects.len() as u64)));
+                let seen = hypervisor_report(&r, repairs + effects.len() as u64);
+                self.metrics.drift_guests.set(i64::try_from(seen.drift_total).unwrap_or(i64::MAX));
+                self.metrics.pending_guests.set(i64::try_from(seen.pending_total).unwrap_or(i64::MAX));
+                let _ = report.send(Some(seen));
             }
             for e in effects {
                 if repair || (matches!(e.action, Action::Start { .. }) && r.went_down(&e.guest)) {
@@ -271,22 +278,9 @@ impl Runtime {
     /// Retried with one request id while the cluster has no leader; a guest removed meanwhile
     /// (`unknown_guest`) is only logged.
     fn record_repair(&self, e: &Effect) {
-        let action = match &e.action {
-            Action::Define { .. } => "define".to_string(),
-            Action::Undefine => "undefine".to_string(),
-            Action::Start { .. } => "start".to_string(),
-            Action::Stop { hard: true } => "stop-hard".to_string(),
-            Action::Stop { hard: false } => "stop".to_string(),
-            // The package and node are in the reason.
-            Action::SetSwitching { node, enabled, .. } => format!(
-                "{}-{}switching",
-                if *enabled { "enable" } else { "disable" },
-                if node.is_some() { "node-" } else { "" }
-            ),
-        };
         let req = RepairRequest {
             guest: e.guest.clone(),
-            action,
+            action: e.action.name().to_string(),
             reason: e.reason.chars().take(200).collect(),
             request_id: Some(switchyard_client::new_request_id()),
         };

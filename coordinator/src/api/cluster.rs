@@ -42,7 +42,7 @@ pub(super) async fn readyz(State(s): S) -> impl IntoResponse {
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "OpenMetrics text", body = String), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn metrics(State(s): S) -> impl IntoResponse {
     let text = s.node.metrics_text();
-    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+    ([(axum::http::header::CONTENT_TYPE, switchyard_protocol::api::METRICS_CONTENT_TYPE)], text)
 }
 
 #[utoipa::path(get, path = "/v1/node/status", tag = "cluster", responses((status = 200, body = NodeStatus), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]

@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 pub mod cluster;
 pub mod ha;
+pub mod metrics;
 pub mod saga;
 pub mod vms;
