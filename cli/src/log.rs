@@ -261,7 +261,9 @@ fn verify(json: bool, source: &Path) -> Out {
             }
         }
     }
-    let digest = (r.first_revision.is_none_or(|f| f == 1)).then(|| FullState::of(&r.state).digest());
+    // A digest only of a whole, sound history: anything else folded a partial state.
+    let whole = r.first_revision.is_none_or(|f| f == 1);
+    let digest = (whole && r.problems.is_empty()).then(|| FullState::of(&r.state).digest());
     let text = if json {
         to_json(&serde_json::json!({
             "clean": r.problems.is_empty(), "events": r.events, "first_revision": r.first_revision,
@@ -275,8 +277,13 @@ fn verify(json: bool, source: &Path) -> Out {
             r.first_revision.map_or("-".into(), |f| f.to_string()),
             r.last_revision.map_or("-".into(), |l| l.to_string())
         );
-        if let Some(d) = &digest {
-            s.push_str(&format!("state digest {d}\n"));
+        match &digest {
+            Some(d) => s.push_str(&format!("state digest {d}\n")),
+            None if !r.problems.is_empty() => s.push_str(&format!(
+                "no state digest: the history has problems (events are folded only up to the first, revision {})\n",
+                r.state.revision()
+            )),
+            None => s.push_str("no state digest: the history does not start at revision 1\n"),
         }
         for p in &r.problems {
             s.push_str(&format!("PROBLEM at {}: {}\n", p.location, p.problem));

@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use switchyard_protocol::api::{MigrationReport, ReportOutcome};
 use switchyard_protocol::{
-    ClusterState, Command, FencingToken, HostState, Migration, MigrationId, Name, Phase, RequestId, Timestamp,
-    TransferStats,
+    ClusterState, Command, FencingToken, HostState, Migration, MigrationId, Name, Phase, RequestId, TransferStats,
 };
 use tokio::sync::Notify;
 
@@ -121,16 +120,18 @@ pub enum Step {
 }
 
 /// Decides the next step of an in-flight migration from its committed record, the cluster state,
-/// the agents' reports for its current phase, and the time. Pure, so it is tested directly.
+/// the agents' reports for its current phase, and `in_phase`: how long this leader has seen the
+/// migration in its current phase, on its own monotonic clock. (Not the phase's commit time
+/// against this node's wall clock: the commit may have been stamped by another coordinator,
+/// whose clock may differ, and a wall clock jumps.) Pure, so it is tested directly.
 pub fn next_step(
     m: &Migration,
     state: &ClusterState,
     reports: Option<&PhaseReports>,
-    now: Timestamp,
+    in_phase: Duration,
     config: &MigrationConfig,
 ) -> Step {
-    let entered = m.current().at.0;
-    let elapsed = now.0.saturating_sub(entered);
+    let elapsed = u64::try_from(in_phase.as_millis()).unwrap_or(u64::MAX);
     let next = m.phase.next(m.has_package());
     match m.phase {
         Phase::Requested | Phase::SwitchingDisabled => {
@@ -223,7 +224,7 @@ pub fn stats_command(m: &Migration, step: &Step, reports: Option<&PhaseReports>)
 
 #[cfg(test)]
 mod tests {
-    use switchyard_protocol::{Actor, MigrationKind, PhaseRecord};
+    use switchyard_protocol::{Actor, MigrationKind, PhaseRecord, Timestamp};
 
     use super::*;
 
@@ -254,7 +255,7 @@ mod tests {
     fn driver_steps_skip_switching_phases_without_a_package() {
         let st = ClusterState::default();
         // Hosts unknown to an empty state: a requested migration fails cleanly.
-        let s = next_step(&migration(Phase::Requested, 0, true), &st, None, Timestamp(0), &config());
+        let s = next_step(&migration(Phase::Requested, 0, true), &st, None, Duration::ZERO, &config());
         assert!(matches!(s, Step::Fail(e) if e.contains("no longer registered")));
         for (phase, package, want) in [
             (Phase::TargetRunning, true, Phase::OwnerSwitched),
@@ -262,7 +263,7 @@ mod tests {
             (Phase::OwnerSwitched, false, Phase::Completed),
             (Phase::SwitchingEnabled, true, Phase::Completed),
         ] {
-            let s = next_step(&migration(phase, 0, package), &st, None, Timestamp(0), &config());
+            let s = next_step(&migration(phase, 0, package), &st, None, Duration::ZERO, &config());
             assert_eq!(s, Step::Advance { to: want, freeze_time_ms: None }, "{phase}");
         }
     }
@@ -275,19 +276,19 @@ mod tests {
         let stats = TransferStats { total_time_ms: 900, transferred_bytes: 1 << 25 };
         let only_source =
             PhaseReports { token, transfer: Some(Ok(Some(120))), target_running: false, stats: Some(stats) };
-        assert!(matches!(next_step(&m, &st, Some(&only_source), Timestamp(2_000), &config()), Step::Wait(_)));
+        assert!(matches!(next_step(&m, &st, Some(&only_source), ms(1_000), &config()), Step::Wait(_)));
         let both = PhaseReports { target_running: true, ..only_source.clone() };
-        let step = next_step(&m, &st, Some(&both), Timestamp(2_000), &config());
+        let step = next_step(&m, &st, Some(&both), ms(1_000), &config());
         assert_eq!(step, Step::Advance { to: Phase::TargetRunning, freeze_time_ms: Some(120) });
         // The figures are recorded just before that step, and at no other.
         let (_, cmd) = stats_command(&m, &step, Some(&both)).expect("the figures are recorded");
         assert_eq!(cmd, Command::RecordTransferStats { id: m.id, stats });
         assert!(stats_command(&m, &step, Some(&PhaseReports { stats: None, ..both.clone() })).is_none());
-        let wait = next_step(&m, &st, Some(&only_source), Timestamp(2_000), &config());
+        let wait = next_step(&m, &st, Some(&only_source), ms(1_000), &config());
         assert!(stats_command(&m, &wait, Some(&only_source)).is_none());
         let failed =
             PhaseReports { token, transfer: Some(Err("disk busy".into())), target_running: false, stats: None };
-        assert!(matches!(next_step(&m, &st, Some(&failed), Timestamp(2_000), &config()),
+        assert!(matches!(next_step(&m, &st, Some(&failed), ms(1_000), &config()),
             Step::Fail(e) if e.contains("disk busy")));
     }
 
@@ -295,9 +296,25 @@ mod tests {
     fn a_silent_agent_fails_the_migration_after_the_timeout() {
         let st = ClusterState::default();
         let m = migration(Phase::Transferring, 1_000, true);
-        assert_eq!(next_step(&m, &st, None, Timestamp(5_999), &config()), Step::Wait(Duration::from_millis(1)));
-        let s = next_step(&m, &st, None, Timestamp(6_000), &config());
+        assert_eq!(next_step(&m, &st, None, ms(4_999), &config()), Step::Wait(Duration::from_millis(1)));
+        let s = next_step(&m, &st, None, ms(5_000), &config());
         assert!(matches!(s, Step::Fail(e) if e.contains("timed out") && e.contains("h1") && e.contains("h2")));
+    }
+
+    /// The phase's commit time plays no part: a phase committed long ago by the clock of the
+    /// coordinator that stamped it (or of a leader whose clock runs ahead) has not timed out
+    /// until this leader has itself waited the timeout.
+    #[test]
+    fn the_timeout_counts_on_the_leaders_own_clock_not_the_commit_time() {
+        let st = ClusterState::default();
+        let stamped_long_ago = migration(Phase::Transferring, 0, true);
+        assert_eq!(next_step(&stamped_long_ago, &st, None, ms(10), &config()), Step::Wait(ms(4_990)));
+        let stamped_in_the_future = migration(Phase::Transferring, u64::MAX / 2, true);
+        assert!(matches!(next_step(&stamped_in_the_future, &st, None, ms(5_000), &config()), Step::Fail(_)));
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
     #[test]
@@ -305,7 +322,7 @@ mod tests {
         let st = ClusterState::default();
         let c = MigrationConfig { step_delay_ms: 500, ..config() };
         let m = migration(Phase::TargetRunning, 1_000, true);
-        assert_eq!(next_step(&m, &st, None, Timestamp(1_200), &c), Step::Wait(Duration::from_millis(300)));
-        assert!(matches!(next_step(&m, &st, None, Timestamp(1_500), &c), Step::Advance { .. }));
+        assert_eq!(next_step(&m, &st, None, ms(200), &c), Step::Wait(Duration::from_millis(300)));
+        assert!(matches!(next_step(&m, &st, None, ms(500), &c), Step::Advance { .. }));
     }
 }

@@ -84,6 +84,12 @@ impl Replay {
         self.state.fold(event, false);
     }
 
+    /// Whether `event` can be folded next ([`ClusterState::foldable`]): what a tool checks
+    /// before folding an event it did not produce.
+    pub fn foldable(&self, event: &Event) -> Result<(), String> {
+        self.state.foldable(event)
+    }
+
     /// The state, with every index it keeps.
     pub fn finish(mut self) -> ClusterState {
         self.state.derived.requests = self.state.request_index();

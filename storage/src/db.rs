@@ -86,12 +86,41 @@ pub struct DataDir {
     pub(crate) node_id: u64,
     /// Told how long each durable write and snapshot build took (metrics), once set.
     pub(crate) observer: Arc<std::sync::OnceLock<Arc<dyn crate::Observer>>>,
+    /// Opened for inspection ([`DataDir::open_read_only`]): nothing may be written.
+    pub(crate) read_only: bool,
+    /// Where a read-only open keeps RocksDB's info log (outside the data directory); removed
+    /// when the last handle goes.
+    _scratch: Option<Arc<Scratch>>,
+}
+
+/// A folder of this process's own, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl std::fmt::Debug for DataDir {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataDir").field("path", &self.path).field("node_id", &self.node_id).finish()
     }
+}
+
+/// Whether another process holds the lock RocksDB takes on `lock` (a POSIX record lock on the
+/// whole file) while it has a database open for writing. Asked with `F_GETLK`, which changes
+/// nothing.
+fn locked(lock: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(lock) else { return false };
+    // SAFETY: a zeroed flock is a valid value of the plain C struct, filled in below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: fcntl(2) F_GETLK on an open descriptor with a valid flock to fill in.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    r == 0 && fl.l_type != libc::F_UNLCK as libc::c_short
 }
 
 /// Write-ahead log kept before RocksDB flushes the column families that hold its oldest file.
@@ -130,33 +159,85 @@ impl DataDir {
             path: path.to_path_buf(),
             node_id,
             observer: Arc::default(),
+            read_only: false,
+            _scratch: None,
         };
         dir.check_identity()?;
         Ok(dir)
     }
 
-    /// Opens an existing data directory offline (recovery tooling), as the node it belongs to.
-    /// Refuses a path that holds no Switchyard data, and one a running coordinator holds open.
-    pub fn open_existing(path: &Path) -> Result<DataDir, StoreError> {
+    /// Opens a stopped coordinator's data directory for inspection (recovery tooling), as the
+    /// node it belongs to, **read-only**: nothing in it is written, created, stamped, replayed
+    /// into new files or rotated (RocksDB's info log goes to a folder outside it). Refuses a
+    /// path that holds no Switchyard data, one a running coordinator holds open, a format this
+    /// build does not read, and a directory missing a column family or its node id.
+    pub fn open_read_only(path: &Path) -> Result<DataDir, StoreError> {
         if !crate::holds_data(path) {
             return Err(StoreError::Inconsistent(format!(
                 "{} is not a coordinator's data directory (no db/ inside)",
                 path.display()
             )));
         }
-        let probe = DataDir::open(path, 0).or_else(|e| match e {
-            // Opened as node 0 only to read the binding; the mismatch names the real node.
-            StoreError::NodeIdMismatch { found, .. } => DataDir::open(path, found),
-            other => Err(other),
-        });
-        probe.map_err(|e| match e {
-            StoreError::Rocks { context, source } if source.to_string().contains("lock") => {
-                StoreError::Inconsistent(format!(
-                    "{context}: {source} (is the coordinator still running? stop it, or export from the live cluster)"
-                ))
+        let db_path = path.join("db");
+        if locked(&db_path.join("LOCK")) {
+            return Err(StoreError::Inconsistent(format!(
+                "{} is open in a running coordinator (is the coordinator still running? stop it, or export from the \
+                 live cluster)",
+                path.display()
+            )));
+        }
+        let scratch = std::env::temp_dir().join(format!(
+            "switchyard-inspect-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| StoreError::io(format!("create scratch folder {}", scratch.display()), e))?;
+        let scratch = Arc::new(Scratch(scratch));
+        let mut opts = Options::default();
+        opts.set_paranoid_checks(true);
+        opts.set_db_log_dir(&scratch.0);
+        let present = DB::list_cf(&opts, &db_path)
+            .map_err(|e| StoreError::rocks(format!("list column families in {}", path.display()), e))?;
+        if let Some(missing) = cf::ALL.iter().find(|name| !present.iter().any(|p| p == *name)) {
+            return Err(StoreError::Inconsistent(format!(
+                "{} has no column family {missing}: not a whole data directory of this format",
+                path.display()
+            )));
+        }
+        let db = DB::open_cf_for_read_only(&opts, &db_path, cf::ALL, false)
+            .map_err(|e| StoreError::rocks(format!("open rocksdb read-only in {}", path.display()), e))?;
+        let mut dir = DataDir {
+            db: Arc::new(db),
+            opts: Arc::new(opts),
+            path: path.to_path_buf(),
+            node_id: 0,
+            observer: Arc::default(),
+            read_only: true,
+            _scratch: Some(scratch),
+        };
+        let version: Option<u32> =
+            dir.get(cf::META, key::FORMAT_VERSION, RecordKind::FormatVersion, "format_version")?;
+        match version {
+            Some(v) if v == DISK_FORMAT_VERSION => {}
+            Some(v) => {
+                return Err(StoreError::UnsupportedFormat {
+                    path: dir.path.clone(),
+                    found: v,
+                    supported: DISK_FORMAT_VERSION,
+                })
             }
-            other => other,
-        })
+            None => {
+                return Err(StoreError::Inconsistent(format!(
+                    "{} has no format version: a coordinator never finished creating it",
+                    path.display()
+                )))
+            }
+        }
+        dir.node_id = dir
+            .get(cf::META, key::NODE_ID, RecordKind::NodeId, "node_id")?
+            .ok_or_else(|| StoreError::Inconsistent(format!("{} names no node id", path.display())))?;
+        Ok(dir)
     }
 
     /// Refuses a directory written by another format version or another node; stamps a new one.

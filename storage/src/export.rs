@@ -231,8 +231,17 @@ impl Report {
         self.first_revision.get_or_insert(e.revision);
         self.last_revision = Some(e.revision);
         self.events += 1;
-        if until.includes(e) && e.revision == fold.revision() + 1 {
-            fold.evolve(e);
+        // Folded only while everything before was sound, and only what the state machine can
+        // take: a record altered and re-chained (the chain has no key) is reported, never
+        // folded into a state that cannot hold it.
+        if self.problems.is_empty() && until.includes(e) && e.revision == fold.revision() + 1 {
+            match fold.foldable(e) {
+                Ok(()) => fold.evolve(e),
+                Err(why) => self.problem(
+                    location.to_string(),
+                    format!("revision {} cannot follow the events before it: {why}", e.revision),
+                ),
+            }
         }
     }
 }
@@ -312,8 +321,9 @@ pub fn read_export_with(
                             r.problem(
                                 location.to_string(),
                                 format!(
-                                    "trailer says {count} events up to revision {last_revision}, the file holds {} up to {:?}",
-                                    r.events, r.last_revision
+                                    "trailer says {count} events up to revision {last_revision}, the file holds {} up to {}",
+                                    r.events,
+                                    revision_or_none(r.last_revision)
                                 ),
                             );
                         }
@@ -339,7 +349,10 @@ pub fn read_export_with(
     if !trailer_seen {
         r.problem(
             end.to_string(),
-            format!("truncated: the file ends after revision {:?} without a trailer", r.last_revision),
+            match r.last_revision {
+                Some(last) => format!("truncated: the file ends after revision {last} without a trailer"),
+                None => "truncated: the file ends before any event, without a trailer".to_string(),
+            },
         );
     }
     if let (Some(h), Some(first), Some(last)) = (r.header.clone(), r.first_revision, r.last_revision) {
@@ -647,6 +660,11 @@ fn parse_hex(s: &[u8]) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// A revision for an operator: its number, or "none".
+fn revision_or_none(r: Option<Revision>) -> String {
+    r.map_or_else(|| "none".to_string(), |r| r.to_string())
+}
+
 /// Reads until `buf` is full or the input ends; returns how many bytes were read.
 fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
@@ -668,7 +686,7 @@ pub fn read_data_dir(
     until: Until,
     mut progress: impl FnMut(u64),
 ) -> Result<(Report, Option<ClusterState>), StoreError> {
-    let dir = DataDir::open_existing(path)?;
+    let dir = DataDir::open_read_only(path)?;
     let mut r = Report::default();
     let mut fold = Replay::default();
     for item in dir.db.iterator_cf(dir.cf(cf::EVENTS), rocksdb::IteratorMode::Start) {
@@ -691,7 +709,10 @@ pub fn read_data_dir(
         let (k, v) = item.map_err(|e| StoreError::rocks("iterate migrations", e))?;
         if let Err(e) = codec::open::<switchyard_protocol::Migration>(RecordKind::Migration, &v) {
             r.problem(
-                format!("column family migrations, key {:?}", key::parse_u64(&k)),
+                match key::parse_u64(&k) {
+                    Some(id) => format!("column family migrations, key m{id}"),
+                    None => format!("column family migrations, a key of {} bytes (not a migration id)", k.len()),
+                },
                 format!("record damaged: {e}"),
             );
         }
@@ -718,7 +739,10 @@ impl std::fmt::Display for EventKey<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
             Some(r) => write!(f, "column family events, key revision {r}"),
-            None => write!(f, "column family events, key {:?}", self.1),
+            None => {
+                let hex: String = self.1.iter().take(32).map(|b| format!("{b:02x}")).collect();
+                write!(f, "column family events, a key of {} bytes (not a revision: {hex})", self.1.len())
+            }
         }
     }
 }
@@ -731,7 +755,7 @@ pub fn export_data_dir(
     exported_at: Timestamp,
     mut progress: impl FnMut(u64),
 ) -> Result<(ExportHeader, u64), StoreError> {
-    let dir = DataDir::open_existing(path)?;
+    let dir = DataDir::open_read_only(path)?;
     let history = crate::history::History::new(dir.clone());
     let (first, last) = history.bounds()?.unwrap_or((1, 0));
     let node_id = dir.node_id;
@@ -893,6 +917,24 @@ mod tests {
         let first = r.problems.first().expect("the changed chain value is found");
         assert_eq!(first.location, format!("byte {at}"));
         assert!(first.problem.contains(&format!("hash chain broken at revision {target}")), "{:?}", r.problems);
+    }
+
+    /// An export whose chain holds but whose events the state machine cannot take (edited,
+    /// then re-chained: the chain has no key) is reported, not folded (which panicked).
+    #[test]
+    fn events_the_state_cannot_take_are_reported_not_folded() {
+        let header = ExportHeader {
+            source: "test".into(),
+            cluster: None,
+            first_revision: 1,
+            last_revision: 3,
+            exported_at: Timestamp(0),
+        };
+        let r = read_export(&w_bytes(header)[..], Until::default(), |_| {}).unwrap();
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        let p = &r.problems[0];
+        assert!(p.problem.contains("revision 1 cannot follow") && p.problem.contains("unknown host h1"), "{p:?}");
+        assert_eq!((r.events, r.state.revision()), (3, 0), "read whole, nothing folded");
     }
 
     fn w_bytes(header: ExportHeader) -> Vec<u8> {

@@ -93,6 +93,8 @@ pub struct SnapshotReader {
     r: BufReader<File>,
     offset: u64,
     pub header: SnapshotHeader,
+    /// The file's size: no frame may claim more than what is left of it.
+    size: u64,
     migrations_read: u64,
     events_read: u64,
 }
@@ -105,6 +107,10 @@ impl SnapshotReader {
     }
 
     pub(crate) fn from_file(path: PathBuf, file: File) -> Result<SnapshotReader, StoreError> {
+        let size = file
+            .metadata()
+            .map_err(|e| StoreError::io(format!("read the size of snapshot {}", path.display()), e))?
+            .len();
         let mut r = BufReader::new(file);
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic).map_err(|e| StoreError::CorruptSnapshot {
@@ -126,7 +132,8 @@ impl SnapshotReader {
             event_count: 0,
             migration_count: 0,
         };
-        let mut s = SnapshotReader { path, r, offset: 8, header: placeholder, migrations_read: 0, events_read: 0 };
+        let mut s =
+            SnapshotReader { path, r, offset: 8, header: placeholder, size, migrations_read: 0, events_read: 0 };
         s.header = s.frame(RecordKind::SnapshotHeader)?;
         Ok(s)
     }
@@ -142,6 +149,13 @@ impl SnapshotReader {
         let len = u32::from_be_bytes(len) as usize;
         if len > DECODE_LIMIT_BYTES {
             return Err(self.corrupt(at, format!("frame length {len} exceeds the limit")));
+        }
+        // Checked before the buffer is allocated: a damaged length must not cost memory.
+        let left = self.size.saturating_sub(at + 4);
+        if len as u64 > left {
+            return Err(
+                self.corrupt(at, format!("frame length {len} runs past the end of the file ({left} bytes left)"))
+            );
         }
         let mut buf = vec![0u8; len];
         self.r.read_exact(&mut buf).map_err(|e| self.corrupt(at, format!("reading {len}-byte {kind:?} frame: {e}")))?;

@@ -91,9 +91,18 @@ impl StateMachineStore {
         let mut cluster = ClusterState::default();
         if let Some(p) = pointer {
             let path = dir.snapshot_dir().join(&p.file);
-            if p.meta.last_log_id > meta.last_applied {
-                // A crash interrupted an install after the file was kept: finish it.
-                let (c, m) = install_from_file(&dir, &path, &p.meta)?;
+            if p.meta.last_log_id > meta.last_applied && dir.read_only {
+                // An interrupted install, seen by a tool: the state it leads to, unwritten.
+                cluster = SnapshotReader::open(&path)?.state()?;
+                meta = AppliedMeta {
+                    last_applied: p.meta.last_log_id,
+                    membership: p.meta.last_membership.clone(),
+                    revision: cluster.revision(),
+                };
+            } else if p.meta.last_log_id > meta.last_applied {
+                // A directory whose install was interrupted after the pointer moved (as older
+                // builds wrote them; installs now move it with the applied state): finish it.
+                let (c, m) = install_from_file(&dir, &path, &p.meta, &p.file)?;
                 cluster = c;
                 meta = m;
             } else if let Some(newer) = checkpoint::newest(&dir, p.revision, meta.revision) {
@@ -257,18 +266,24 @@ impl StateMachineStore {
         let pointer = SnapshotPointer { meta: meta.clone(), file: file.to_string(), revision };
         b.put_cf(dir.cf(cf::SM), key::SNAPSHOT, codec::seal(RecordKind::SnapshotPointer, &pointer));
         dir.write(b, true, "record current snapshot")?;
+        self.remove_other_snapshots(file);
+        Ok(())
+    }
+
+    /// Removes every snapshot file but `file` (best effort: a leftover is only wasted space,
+    /// found again next time).
+    fn remove_other_snapshots(&self, file: &str) {
+        let dir = &self.inner.dir;
         if let Ok(entries) = std::fs::read_dir(dir.snapshot_dir()) {
             for e in entries.flatten() {
                 let name = e.file_name();
                 if name.to_str() != Some(file) {
-                    // Best effort: a leftover file is only wasted space, found again next time.
                     if let Err(err) = std::fs::remove_file(e.path()) {
                         tracing::warn!(path = %e.path().display(), %err, "could not remove old snapshot file");
                     }
                 }
             }
         }
-        Ok(())
     }
 
     fn current_pointer(&self) -> Result<Option<SnapshotPointer>, StoreError> {
@@ -307,10 +322,19 @@ fn fold_stored_events(dir: &DataDir, cluster: &mut Replay, up_to: Revision) -> R
 
 /// Installs a snapshot file into the database: its events and their index rows, then (synced)
 /// the applied meta. Returns the state it carries.
+///
+/// Atomic across a crash: the snapshot's migrations and events are written first (not yet
+/// visible: nothing reads history past the applied revision), then one synced batch moves the
+/// applied state and the snapshot pointer together and drops the stored events the snapshot's
+/// history does not continue (those before its first event, which the leader compacted, and
+/// any past its revision), so the history stays one contiguous range: a subscriber from before
+/// it is told `compacted`, never meets a hole. A crash before that batch leaves the previous
+/// state, pointer and history whole.
 fn install_from_file(
     dir: &DataDir,
     path: &std::path::Path,
     meta: &SnapshotMeta,
+    file: &str,
 ) -> Result<(ClusterState, AppliedMeta), StoreError> {
     let mut r = SnapshotReader::open(path)?;
     if r.header.meta.last_log_id != meta.last_log_id || r.header.meta.last_membership != meta.last_membership {
@@ -339,12 +363,15 @@ fn install_from_file(
             in_batch = 0;
         }
     }
-    let applied = AppliedMeta {
-        last_applied: meta.last_log_id,
-        membership: meta.last_membership.clone(),
-        revision: cluster.revision(),
-    };
+    let revision = cluster.revision();
+    let applied = AppliedMeta { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), revision };
+    let keep_from = if r.header.event_count > 0 { r.header.first_event } else { revision + 1 };
+    let events = dir.cf(cf::EVENTS);
+    batch.delete_range_cf(events, &key::u64(0)[..], &key::u64(keep_from)[..]);
+    batch.delete_range_cf(events, &key::u64(revision + 1)[..], &key::u64(u64::MAX)[..]);
     batch.put_cf(dir.cf(cf::SM), key::APPLIED, codec::seal(RecordKind::AppliedState, &applied));
+    let pointer = SnapshotPointer { meta: meta.clone(), file: file.to_string(), revision };
+    batch.put_cf(dir.cf(cf::SM), key::SNAPSHOT, codec::seal(RecordKind::SnapshotPointer, &pointer));
     dir.write(batch, true, "install snapshot")?;
     Ok((cluster, applied))
 }
@@ -451,10 +478,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         copy.await.map_err(|e| err(StoreError::io(format!("store received snapshot as {}", path.display()), e)))?;
         let dir = self.inner.dir.clone();
-        let (m, p) = (meta.clone(), path.clone());
+        let (m, p, file) = (meta.clone(), path.clone(), name.clone());
         let (cluster, applied) = tokio::task::spawn_blocking(move || {
             snapshot::sync_dir(&dir.snapshot_dir())?;
-            install_from_file(&dir, &p, &m)
+            install_from_file(&dir, &p, &m, &file)
         })
         .await
         .map_err(|e| err(StoreError::Inconsistent(format!("snapshot install task failed: {e}"))))?
@@ -464,7 +491,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut g = self.inner.applied.write().expect("state lock poisoned");
             *g = Applied { meta: applied, cluster };
         }
-        self.set_current(meta, &name, revision).map_err(err)?;
+        self.remove_other_snapshots(&name);
         self.based_at(revision);
         self.inner.revision_tx.send_replace(revision);
         tracing::info!(revision, last_log_id = ?meta.last_log_id, "installed snapshot");

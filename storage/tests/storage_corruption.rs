@@ -99,3 +99,24 @@ async fn corrupt_snapshot_file_names_file_and_offset() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_snapshot_frame_claiming_more_than_the_file_is_refused_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    filled(tmp.path()).await;
+    {
+        let (_, mut sm) = switchyard_storage::open(tmp.path(), 1).unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    }
+    let snap = std::fs::read_dir(tmp.path().join("snapshots")).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&snap).unwrap();
+    // The header frame's length (after the 8-byte magic) says almost 1 GiB: within the decode
+    // limit, far past the file.
+    bytes[8..12].copy_from_slice(&0x3fff_0000u32.to_be_bytes());
+    std::fs::write(&snap, bytes).unwrap();
+    let err = match switchyard_storage::open(tmp.path(), 1) {
+        Ok(_) => panic!("a corrupt snapshot must not be loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("runs past the end of the file") && err.contains("at byte 8"), "{err}");
+}

@@ -137,6 +137,36 @@ async fn compacted_history_still_restarts_and_installs_with_migration_history() 
     assert_eq!(follower.history().migrations_of_host(&n("h1"), 10).unwrap(), ids);
 }
 
+/// A follower that applied the start of the history installs a snapshot whose history the
+/// leader compacted: its own older events go, so its history is one range (a subscriber from
+/// before it is told `compacted`, not led into a hole), and it restarts.
+#[tokio::test]
+async fn a_snapshot_installed_over_older_history_leaves_no_hole() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let all = filled(leader_dir.path()).await;
+    let (want_state, want_events) = reference(&all);
+    let last = want_events.last().unwrap().revision;
+    let (_, mut leader) = switchyard_storage::open(leader_dir.path(), 1).unwrap();
+    leader.set_retention(3);
+    // The first build compacts the history; the second carries only what is left.
+    leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    {
+        let (mut log, mut follower) = switchyard_storage::open(follower_dir.path(), 2).unwrap();
+        use openraft::storage::RaftLogStorageExt;
+        log.blocking_append(all[..3].to_vec()).await.unwrap();
+        follower.apply(all[..3].to_vec()).await.unwrap();
+        assert_eq!(follower.history().bounds().unwrap().map(|(first, _)| first), Some(1));
+        transfer(snap, &mut follower).await;
+        assert_eq!(follower.history().bounds().unwrap(), Some((last - 2, last)));
+        assert_eq!(follower.history().events_from(1, usize::MAX).unwrap(), want_events[want_events.len() - 3..]);
+    }
+    let (_, follower) = switchyard_storage::open(follower_dir.path(), 2).unwrap();
+    assert_eq!(follower.read(codec::encode), codec::encode(&want_state));
+    assert_eq!(follower.history().bounds().unwrap(), Some((last - 2, last)));
+}
+
 /// Waits until the data directory holds `count` checkpoints; answers them, newest first.
 async fn checkpoints(path: &std::path::Path, count: usize) -> Vec<(u64, std::path::PathBuf)> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

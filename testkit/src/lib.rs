@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod local;
 pub mod proc;
+pub mod rng;
 
 use std::time::{Duration, Instant};
 

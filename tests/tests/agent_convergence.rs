@@ -12,14 +12,7 @@ use serde_json::json;
 use switchyard_client::{Client, EventQuery};
 use switchyard_protocol::api::{FullState, HostView, Read, StreamItem, SyncStatus, WriteResponse};
 use switchyard_protocol::hostconfig::HostConfig;
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % bound
-    }
-}
+use switchyard_testkit::rng::{seed, Lcg};
 
 /// Every file of an agent's guest directory, by name, as bytes.
 fn files(agent: &AgentProc) -> std::collections::BTreeMap<String, Vec<u8>> {
@@ -67,9 +60,7 @@ async fn random_change(c: &Client, rng: &mut Lcg, seq: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_agents_converge_after_kills_and_compaction() {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    println!("seed {seed}");
-    let mut rng = Lcg(seed);
+    let mut rng = Lcg(seed("five_agents_converge"));
     let opts = ClusterOpts {
         snapshot_logs_since_last: 20,
         max_in_snapshot_log_to_keep: 5,

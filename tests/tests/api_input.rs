@@ -112,12 +112,21 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "invalid_argument",
             "vcpus",
         ),
+        (
+            "a cursor past the largest id",
+            http.get(format!("{base}/v1/migrations?order=oldest&after={}", u64::MAX)),
+            400,
+            "bad_request",
+            "after must be below",
+        ),
         ("unknown endpoint", http.get(format!("{base}/v1/nothing")), 404, "not_found", "openapi"),
     ];
     for (what, req, status, code, needle) in cases {
         let resp = req.bearer_auth(ADMIN_TOKEN).send().await.unwrap();
         let got = resp.status().as_u16();
-        let body: ErrorBody = resp.json().await.unwrap_or_else(|e| panic!("{what}: error body is not JSON: {e}"));
+        let text = resp.text().await.unwrap();
+        let body: ErrorBody =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {got} {text:?} is not an error body: {e}"));
         assert_eq!((got, body.code.as_str()), (status, code), "{what}: {}", body.message);
         assert!(body.message.contains(needle), "{what}: message {:?} should mention {needle:?}", body.message);
     }

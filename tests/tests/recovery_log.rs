@@ -122,10 +122,17 @@ async fn export_verify_replay_a_100k_history_and_report_damage() {
         for w in want {
             assert!(out.contains(w), "{name}: report lacks {w:?}:\n{out}");
         }
+        // Written for people: no Rust debug formatting, and no digest of a partial state.
+        assert!(!out.contains("Some(") && !out.contains("None"), "{name}: debug formatting in\n{out}");
+        assert!(!out.contains("state digest ") && out.contains("no state digest"), "{name}: {out}");
     };
     // Truncated in the middle of a record.
     let cut = fr[fr.len() / 2].0 + 7;
-    damaged("truncated", &bytes[..cut], &["truncated", &format!("byte {}", fr[fr.len() / 2].0)]);
+    damaged(
+        "truncated",
+        &bytes[..cut],
+        &["truncated", &format!("byte {}", fr[fr.len() / 2].0), "without a trailer", "ends after revision "],
+    );
     // One flipped byte inside record 5000.
     let (at, _) = fr[5000];
     let mut flipped = bytes.clone();

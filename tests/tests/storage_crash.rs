@@ -14,19 +14,11 @@ use std::time::Duration;
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::EntryPayload;
 use switchyard_protocol::{codec, ClusterState};
+use switchyard_testkit::rng::{seed, Lcg};
 use switchyard_tests::fixtures::{workload_entry, workload_proposal};
 
 const LAST_INDEX: u64 = 3000;
 const ROUNDS: usize = 25;
-
-/// A small deterministic generator; the seed is printed so a failure can be replayed.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % bound
-    }
-}
 
 fn run_child_until_killed(dir: &std::path::Path, rng: &mut Lcg) -> u64 {
     let mut child = Command::new(env!("CARGO_BIN_EXE_log_append_child"))
@@ -79,9 +71,7 @@ fn run_child_until_killed(dir: &std::path::Path, rng: &mut Lcg) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_entries_survive_sigkill() {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    println!("seed {seed}");
-    let mut rng = Lcg(seed);
+    let mut rng = Lcg(seed("acknowledged_entries_survive_sigkill"));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node1");
     let mut acked_max = 0;

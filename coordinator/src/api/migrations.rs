@@ -193,7 +193,12 @@ pub(super) async fn list(State(s): S, q: Q<MigrationQuery>) -> Result<Json<Read<
             }
         }
         None if newest => history.scan_migrations_back(q.after.unwrap_or(u64::MAX), take)?,
-        None => history.scan_migrations(q.after.unwrap_or(0) + 1, take)?,
+        None => {
+            let from = q.after.unwrap_or(0).checked_add(1).ok_or_else(|| {
+                ApiError::BadRequest(format!("after must be below {} (the largest migration id)", u64::MAX))
+            })?;
+            history.scan_migrations(from, take)?
+        }
     }
     let next_after = more.then(|| migrations.last().map(|m| m.id)).flatten();
     Ok(Json(Read::new(revision, MigrationPage { migrations, next_after })))

@@ -1,11 +1,14 @@
 //! The migration driver's loop: on the leader, takes every in-flight migration's next step as
-//! [`crate::migration::next_step`] decides it, and proposes it.
+//! [`crate::migration::next_step`] decides it, and proposes it. Phase deadlines count on this
+//! leader's monotonic clock from when it first saw each migration in its current phase: a new
+//! leader gives a phase its whole timeout again (a timeout is about progress, never safety).
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::ServerState;
-use switchyard_protocol::Migration;
+use switchyard_protocol::{FencingToken, Migration, MigrationId};
 
 use crate::migration::{command_for, next_step, stats_command, Step};
 use crate::node::Node;
@@ -15,6 +18,9 @@ pub async fn run(s: Arc<Node>) {
     let mut revision = s.sm.watch_revision();
     let mut metrics = s.raft.metrics();
     let mut wait = Duration::from_millis(200);
+    // When this leader first saw each in-flight migration in its current phase (by the phase's
+    // fencing token).
+    let mut seen: HashMap<MigrationId, (FencingToken, Instant)> = HashMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -25,19 +31,29 @@ pub async fn run(s: Arc<Node>) {
         wait = Duration::from_millis(1000);
         if metrics.borrow().state != ServerState::Leader {
             s.sm.read(|st| s.reports.retain(|id| st.migration(id).is_some_and(|m| !m.phase.is_terminal())));
+            seen.clear();
             continue;
         }
         // While a restore imports history, every step would be refused: wait for its end.
         if s.sm.read(|st| st.importing().is_some()) {
             continue;
         }
-        let now = s.clock().now();
+        let now = Instant::now();
         let steps: Vec<(Migration, Step, Option<_>)> = s.sm.read(|st| {
             s.reports.retain(|id| st.migration(id).is_some_and(|m| !m.phase.is_terminal()));
+            seen.retain(|id, _| st.migration(*id).is_some_and(|m| !m.phase.is_terminal()));
             st.in_flight_migrations()
                 .map(|m| {
-                    let reports = s.reports.get(m.id, m.current().token());
-                    let step = next_step(m, st, reports.as_ref(), now, &s.config.migration);
+                    let token = m.current().token();
+                    let since = match seen.get(&m.id) {
+                        Some((t, at)) if *t == token => *at,
+                        _ => {
+                            seen.insert(m.id, (token, now));
+                            now
+                        }
+                    };
+                    let reports = s.reports.get(m.id, token);
+                    let step = next_step(m, st, reports.as_ref(), now - since, &s.config.migration);
                     let stats = stats_command(m, &step, reports.as_ref());
                     (m.clone(), step, stats)
                 })
