@@ -546,7 +546,14 @@ pub(crate) fn settings(timing: Timing, batch_max: usize, transfer_ms: u64) -> Se
             ..RaftConfig::default()
         },
         history: HistoryConfig { retain_revisions: 0 },
-        api: ApiConfig { request_body_bytes_max: 65536, host_report_timeout_ms: 3_600_000, ..ApiConfig::default() },
+        // The fan-out's subscribers all use the harness's one token (in production each agent
+        // has its own), so the per-token bound on streams is lifted to their count.
+        api: ApiConfig {
+            request_body_bytes_max: 65536,
+            host_report_timeout_ms: 3_600_000,
+            streams_per_token_max: 4096,
+            ..ApiConfig::default()
+        },
         sim_transfer_ms: transfer_ms,
         // Plaintext, as the etcd it is compared with runs here, unless `--tls` (the cost of
         // TLS is measured beside it).
