@@ -75,15 +75,19 @@ async fn corrupt_migration_record_is_named() {
     assert!(err.contains("column family `migrations` at migration m4"), "{err}");
 }
 
+/// A filled data directory with a snapshot built; answers the snapshot file.
+async fn with_snapshot(path: &std::path::Path) -> std::path::PathBuf {
+    filled(path).await;
+    let (_, mut sm) = switchyard_storage::open(path, 1).unwrap();
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    drop(sm);
+    std::fs::read_dir(path.join("snapshots")).unwrap().next().unwrap().unwrap().path()
+}
+
 #[tokio::test]
 async fn corrupt_snapshot_file_names_file_and_offset() {
     let tmp = tempfile::tempdir().unwrap();
-    filled(tmp.path()).await;
-    {
-        let (_, mut sm) = switchyard_storage::open(tmp.path(), 1).unwrap();
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    }
-    let snap = std::fs::read_dir(tmp.path().join("snapshots")).unwrap().next().unwrap().unwrap().path();
+    let snap = with_snapshot(tmp.path()).await;
     let mut bytes = std::fs::read(&snap).unwrap();
     let at = bytes.len() / 2;
     bytes[at] ^= 0x01;
@@ -103,12 +107,7 @@ async fn corrupt_snapshot_file_names_file_and_offset() {
 #[tokio::test]
 async fn a_snapshot_frame_claiming_more_than_the_file_is_refused_before_allocating() {
     let tmp = tempfile::tempdir().unwrap();
-    filled(tmp.path()).await;
-    {
-        let (_, mut sm) = switchyard_storage::open(tmp.path(), 1).unwrap();
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    }
-    let snap = std::fs::read_dir(tmp.path().join("snapshots")).unwrap().next().unwrap().unwrap().path();
+    let snap = with_snapshot(tmp.path()).await;
     let mut bytes = std::fs::read(&snap).unwrap();
     // The header frame's length (after the 8-byte magic) says almost 1 GiB: within the decode
     // limit, far past the file.
