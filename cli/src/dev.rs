@@ -179,7 +179,13 @@ async fn demo_scenario(dev: &mut Cluster, qemu: bool) -> anyhow::Result<()> {
         Err(e) => out!("refused: {e}"),
         Ok(w) => out!("unexpectedly accepted at revision {}", w.first_revision),
     }
-    let from = admin.guest(&n("web1")).await?.items.guest.owner;
+    // Reads are linearizable and need a leader: a moment without one (an election on a busy
+    // machine) is waited out rather than ending the demo.
+    let from = wait_for("web1's owner", Duration::from_secs(30), || {
+        let c = admin.clone();
+        async move { c.guest(&n("web1")).await.ok().map(|g| g.items.guest.owner) }
+    })
+    .await?;
     let to = if from.as_str() == "h1" { "h2" } else { "h1" };
     say(&format!("online migration of web1 from {from} to {to}"));
     let req = MigrateRequest {
@@ -204,7 +210,11 @@ async fn demo_scenario(dev: &mut Cluster, qemu: bool) -> anyhow::Result<()> {
         out!("migration {id}: {}", r.phase);
         seen = r.phase;
     }
-    let leader = admin.node_status().await?.leader.context("no leader")?;
+    let leader = wait_for("a leader", Duration::from_secs(30), || {
+        let c = admin.clone();
+        async move { c.node_status().await.ok().and_then(|s| s.leader) }
+    })
+    .await?;
     let now = read(stale.clone()).await.map_or(seen, |m| m.phase);
     say(&format!("killing the leader, coordinator {leader} (SIGKILL), with the migration in phase {now}"));
     dev.kill(leader);
@@ -235,7 +245,11 @@ async fn demo_scenario(dev: &mut Cluster, qemu: bool) -> anyhow::Result<()> {
             m.freeze_time_ms.map_or("?".into(), |f| f.to_string())
         );
     }
-    let packages = admin.packages(&PackageQuery::default()).await?;
+    let packages = wait_for("the packages", Duration::from_secs(30), || {
+        let c = admin.clone();
+        async move { c.packages(&PackageQuery::default()).await.ok() }
+    })
+    .await?;
     let web = packages.items.iter().find(|p| p.name.as_str() == "pkg-web1");
     out!(
         "package pkg-web1 switching: {}",

@@ -106,7 +106,9 @@ async fn dev_starts_a_cluster_and_resumes_it() {
 fn dev_demo_moves_a_guest_through_a_leader_kill() {
     let tmp = tempfile::tempdir().unwrap();
     let _vms = KillVms(tmp.path().to_path_buf());
-    let mut child = dev_command(tmp.path()).arg("--demo").spawn().unwrap();
+    let errors = tmp.path().join("demo.stderr");
+    let mut child =
+        dev_command(tmp.path()).arg("--demo").stderr(std::fs::File::create(&errors).unwrap()).spawn().unwrap();
     let mut out = String::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
@@ -126,6 +128,7 @@ fn dev_demo_moves_a_guest_through_a_leader_kill() {
         "enabled (protected again)",
         "freeze time",
     ] {
-        assert!(out.contains(want), "demo output lacks {want:?}:\n{out}");
+        let errors = std::fs::read_to_string(&errors).unwrap_or_default();
+        assert!(out.contains(want), "demo output lacks {want:?}:\n{out}\nits errors:\n{errors}");
     }
 }
