@@ -15,6 +15,7 @@ pub mod api;
 pub mod apply;
 pub mod codec;
 pub mod command;
+pub mod entry;
 pub mod event;
 pub mod ha;
 pub mod hostconfig;

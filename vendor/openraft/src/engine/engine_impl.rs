@@ -15,7 +15,6 @@ use crate::engine::handler::following_handler::FollowingHandler;
 use crate::engine::handler::leader_handler::LeaderHandler;
 use crate::engine::handler::log_handler::LogHandler;
 use crate::engine::handler::replication_handler::ReplicationHandler;
-use crate::engine::handler::replication_handler::SendNone;
 use crate::engine::handler::server_state_handler::ServerStateHandler;
 use crate::engine::handler::snapshot_handler::SnapshotHandler;
 use crate::engine::handler::vote_handler::VoteHandler;
@@ -175,18 +174,18 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Previously it is a leader. restore it as leader at once
+        // [switchyard patch] A restarted leader does not resume its term. Stock openraft restores
+        // it as leader at once. But a leader replicates its entries before its own flush
+        // completes (patch 1), so a leader that lost power may have lost an unflushed tail that
+        // followers hold; resuming the same term, it would append different entries under the
+        // same log ids, and the followers holding the old ones would keep them: two entries
+        // with one log id, and a committed entry could change (found by the deterministic
+        // simulation, `sim/`). Its vote is held as a candidate's instead (still for itself in
+        // that term, so it grants no other vote in it), and it campaigns in a new term like
+        // any other node when its election timer fires.
         if self.state.is_leader(&self.config.id) {
-            self.vote_handler().update_internal_server_state();
-
-            let mut rh = self.replication_handler();
-
-            // Restore the progress about the local log
-            rh.update_local_progress(rh.state.last_log_id().cloned());
-
-            rh.initiate_replication(SendNone::False);
-
-            return;
+            let term = self.state.vote_ref().leader_id().get_term();
+            self.state.vote.update(C::now(), Vote::new(term, self.config.id.clone()));
         }
 
         let server_state = if self.state.membership_state.effective().is_voter(&self.config.id) {
