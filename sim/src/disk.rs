@@ -30,8 +30,8 @@ use openraft::{
     StorageIOError,
 };
 use serde::{Deserialize, Serialize};
-use switchyard_protocol::{codec, ClusterState, Event};
 use switchyard_protocol::entry::Response;
+use switchyard_protocol::{codec, ClusterState, Event};
 
 use crate::Lock;
 use crate::StorageError;
@@ -78,7 +78,10 @@ enum Write {
     /// The applied state after a batch of entries, its events included (one batch).
     Apply(Arc<Applied>),
     /// A snapshot built or installed; `install` replaces the applied state with its content.
-    Snapshot { file: SnapshotFile, install: Option<Arc<Applied>> },
+    Snapshot {
+        file: SnapshotFile,
+        install: Option<Arc<Applied>>,
+    },
 }
 
 impl Image {
@@ -197,7 +200,9 @@ impl Store {
         Store { disk, epoch }
     }
 
-    /// Runs `f` on the disk if this incarnation still owns it.
+    /// Runs `f` on the disk if this incarnation still owns it. (The error is openraft's own
+    /// type, which every storage method returns.)
+    #[allow(clippy::result_large_err)]
     fn with<R>(
         &self,
         subject: ErrorSubject<u64>,
@@ -425,10 +430,10 @@ impl RaftStateMachine<SimConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SimConfig>>, StorageError> {
         self.store.with(ErrorSubject::Snapshot(None), ErrorVerb::Read, |d| {
-            d.live.snapshot.as_ref().map(|f| Snapshot {
-                meta: f.meta.clone(),
-                snapshot: Box::new(Cursor::new(f.data.to_vec())),
-            })
+            d.live
+                .snapshot
+                .as_ref()
+                .map(|f| Snapshot { meta: f.meta.clone(), snapshot: Box::new(Cursor::new(f.data.to_vec())) })
         })
     }
 }

@@ -108,7 +108,10 @@ fn finish(seed: u64, rec: &mut record::Recorder, history: &[switchyard_protocol:
     for (actor, id, rev) in std::mem::take(&mut rec.acked) {
         match by_rev.get(&rev) {
             Some((k, _)) if *k == (actor.clone(), id.0) => {}
-            _ => rec.violation(format!("{actor}'s acknowledged request {} (revision {rev}) is not in the final history", id.0)),
+            _ => rec.violation(format!(
+                "{actor}'s acknowledged request {} (revision {rev}) is not in the final history",
+                id.0
+            )),
         }
     }
     // A write whose answer was lost took effect if and only if the history holds its events.

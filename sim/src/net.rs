@@ -19,8 +19,8 @@ use serde::Serialize;
 use switchyard_protocol::codec;
 use switchyard_protocol::entry::NodeInfo;
 
-use crate::Lock;
 use crate::runtime::{as_node, with_rng};
+use crate::Lock;
 use crate::SimConfig;
 
 /// What the network does to messages now (the fault injector changes it as the run goes).

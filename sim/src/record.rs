@@ -80,7 +80,9 @@ impl Recorder {
     /// vote to a lesser candidate, and two leaders could then share a leader id.
     pub fn vote(&mut self, at_ms: u64, node: u64, vote: Vote) {
         if let Some(prev) = self.votes.get(&node) {
-            if !(vote.leader_id() >= prev.leader_id()) {
+            // Less, or not comparable (a partial order in openraft's standard leader-id mode).
+            let back = matches!(vote.leader_id().partial_cmp(prev.leader_id()), Some(std::cmp::Ordering::Less) | None);
+            if back {
                 let msg = format!("node {node}'s vote went back from {prev} to {vote}");
                 self.note(at_ms, msg.clone());
                 self.violation(msg);

@@ -10,7 +10,11 @@ use switchyard_sim::{run_many, Bug, Options};
 fn main() {
     // `RUST_LOG=openraft=debug switchyard-sim --seed S` shows what the nodes did (one seed).
     if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).without_time().with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .without_time()
+            .with_writer(std::io::stderr)
+            .init();
     }
     let mut args = std::env::args().skip(1);
     let (mut seeds, mut from, mut threads, mut seconds, mut one, mut trace) = (300u64, 1u64, 2usize, 6u64, None, false);
