@@ -119,10 +119,10 @@ impl Client {
                     Some(Err(_)) => Some(false),
                 };
                 let mut start = 0;
-                while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
-                    let item: StreamItem = serde_json::from_slice(&buf[start..start + pos])
-                        .map_err(|e| ClientError::Protocol { endpoint: ep.clone(), reason: e.to_string() })?;
-                    start += pos + 1;
+                while let Some(parsed) = next_item(&buf, start) {
+                    let (item, after) =
+                        parsed.map_err(|e| ClientError::Protocol { endpoint: ep.clone(), reason: e.to_string() })?;
+                    start = after;
                     match &item {
                         StreamItem::Event(e) => next = e.revision + 1,
                         StreamItem::Progress { revision } => next = next.max(revision + 1),
@@ -148,4 +148,11 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The next complete line of an event stream in `buf` from `start`: its item and where the
+/// next line starts, or why the line is not an item; `None` until a whole line has arrived.
+pub fn next_item(buf: &[u8], start: usize) -> Option<Result<(StreamItem, usize), serde_json::Error>> {
+    let pos = buf.get(start..)?.iter().position(|b| *b == b'\n')?;
+    Some(serde_json::from_slice(&buf[start..start + pos]).map(|item| (item, start + pos + 1)))
 }

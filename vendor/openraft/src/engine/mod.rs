@@ -47,6 +47,7 @@ mod tests {
     mod install_full_snapshot_test;
     mod log_id_list_test;
     mod startup_test;
+    mod switchyard_patches_test;
     mod trigger_purge_log_test;
 }
 #[cfg(test)]

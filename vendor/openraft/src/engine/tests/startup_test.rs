@@ -4,16 +4,11 @@ use maplit::btreeset;
 use pretty_assertions::assert_eq;
 
 use crate::engine::testing::UTConfig;
-use crate::engine::Command;
 use crate::engine::Engine;
 use crate::engine::LogIdList;
-use crate::entry::RaftEntry;
-use crate::progress::entry::ProgressEntry;
-use crate::progress::Inflight;
 use crate::testing::log_id;
 use crate::utime::UTime;
 use crate::EffectiveMembership;
-use crate::Entry;
 use crate::Membership;
 use crate::ServerState;
 use crate::TokioInstant;
@@ -40,7 +35,10 @@ fn eng() -> Engine<UTConfig> {
     eng
 }
 
-/// It is a Leader but not yet append any logs.
+/// [switchyard patch 8] A node whose saved vote is its own committed vote used to start as
+/// leader of that term at once (stock: `BecomeLeader`, a blank entry or the replication of its
+/// log under the same leader id). It now starts as a follower holding the vote as a candidate's
+/// (same term and node, not committed): no command, no entry under the old leader id.
 #[test]
 fn test_startup_as_leader_without_logs() -> anyhow::Result<()> {
     let mut eng = eng();
@@ -48,42 +46,25 @@ fn test_startup_as_leader_without_logs() -> anyhow::Result<()> {
     eng.state
         .membership_state
         .set_effective(Arc::new(EffectiveMembership::new(Some(log_id(2, 1, 3)), m23())));
-    // Committed vote makes it a leader at startup.
+    // Committed vote: stock openraft made it a leader at startup.
     eng.state.vote = UTime::new(TokioInstant::now(), Vote::new_committed(1, 2));
 
     eng.startup();
 
-    assert_eq!(ServerState::Leader, eng.state.server_state);
-    assert_eq!(
-        vec![
-            //
-            Command::BecomeLeader,
-            Command::RebuildReplicationStreams {
-                targets: vec![(3, ProgressEntry {
-                    matching: None,
-                    curr_inflight_id: 0,
-                    inflight: Inflight::None,
-                    searching_end: 0
-                })]
-            },
-            Command::AppendInputEntries {
-                vote: Vote::new_committed(1, 2),
-                entries: vec![Entry::<UTConfig>::new_blank(log_id(1, 2, 0))],
-            },
-            Command::Replicate {
-                target: 3,
-                req: Inflight::logs(None, Some(log_id(1, 2, 0))).with_id(1)
-            }
-        ],
-        eng.output.take_commands()
-    );
+    assert_eq!(ServerState::Follower, eng.state.server_state);
+    assert!(eng.leader.is_none());
+    assert_eq!(*eng.state.vote_ref(), Vote::new(1, 2));
+    assert_eq!(eng.output.take_commands(), vec![]);
 
     Ok(())
 }
 
+/// [switchyard patch 8] A leader that proposed logs and restarted (its unflushed tail may be
+/// gone) does not reuse its leader id for new entries: it starts as a follower, and its next
+/// campaign is in a greater term, so what it appends later has new log ids.
 #[test]
 fn test_startup_as_leader_with_proposed_logs() -> anyhow::Result<()> {
-    tracing::info!("--- a leader proposed logs and restarted, reuse noop_log_id");
+    tracing::info!("--- a leader proposed logs and restarted: it must not resume its term");
     let mut eng = eng();
     // self.id==2 is a voter:
     eng.state
@@ -91,33 +72,22 @@ fn test_startup_as_leader_with_proposed_logs() -> anyhow::Result<()> {
         .set_effective(Arc::new(EffectiveMembership::new(Some(log_id(2, 1, 3)), m23())));
     // Fake existing log ids
     eng.state.log_ids = LogIdList::new([log_id(1, 1, 2), log_id(1, 2, 4), log_id(1, 2, 6)]);
-    // Committed vote makes it a leader at startup.
+    // Committed vote: stock openraft made it a leader at startup.
     eng.state.vote = UTime::new(TokioInstant::now(), Vote::new_committed(1, 2));
 
     eng.startup();
 
-    assert_eq!(ServerState::Leader, eng.state.server_state);
-    assert_eq!(eng.leader.as_ref().unwrap().noop_log_id(), Some(&log_id(1, 2, 4)));
-    assert_eq!(eng.leader.as_ref().unwrap().last_log_id(), Some(&log_id(1, 2, 6)));
-    assert_eq!(
-        vec![
-            //
-            Command::BecomeLeader,
-            Command::RebuildReplicationStreams {
-                targets: vec![(3, ProgressEntry {
-                    matching: None,
-                    curr_inflight_id: 0,
-                    inflight: Inflight::None,
-                    searching_end: 7
-                })]
-            },
-            Command::Replicate {
-                target: 3,
-                req: Inflight::logs(None, Some(log_id(1, 2, 6))).with_id(1)
-            }
-        ],
-        eng.output.take_commands()
-    );
+    assert_eq!(ServerState::Follower, eng.state.server_state);
+    assert!(eng.leader.is_none());
+    assert_eq!(eng.output.take_commands(), vec![]);
+
+    // It grants no vote to another candidate of its own term...
+    let refused = eng.vote_handler().update_vote(&Vote::new(1, 1));
+    assert!(refused.is_err(), "a lesser candidate of the same term must be refused");
+
+    // ...and campaigns in a greater term.
+    eng.elect();
+    assert!(eng.state.vote_ref().leader_id().term > 1, "campaigned in {}", eng.state.vote_ref());
 
     Ok(())
 }
