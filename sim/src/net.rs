@@ -3,7 +3,7 @@
 //! incarnation, and its answer comes back the same way. A peer that cannot be reached answers
 //! `Unreachable`, as the coordinators' HTTP network does, so openraft backs off the same way.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,8 +26,9 @@ use crate::SimConfig;
 /// What the network does to messages now (the fault injector changes it as the run goes).
 #[derive(Clone, Debug, Default)]
 pub struct Weather {
-    /// Directed links that drop everything: (from, to).
-    pub cut: BTreeSet<(u64, u64)>,
+    /// Directed links that drop everything: (from, to), with how many partitions cut each (they
+    /// may overlap; a link heals when the last one ends).
+    pub cut: BTreeMap<(u64, u64), u32>,
     /// Per mille of messages lost.
     pub loss: u64,
     /// Per mille of requests delivered twice (the copy later, its answer discarded).
@@ -35,6 +36,9 @@ pub struct Weather {
     /// Per mille of messages held up by `spike` more.
     pub spike_chance: u64,
     pub spike: Duration,
+    /// How many times each kind of weather was set: a window ends its weather only if no later
+    /// window set it again.
+    pub set: BTreeMap<&'static str, u64>,
 }
 
 /// The running nodes and the network's state, shared by every simulated link.
@@ -83,7 +87,7 @@ fn leg(board: &SharedBoard, from: u64, epoch: Option<u64>, to: u64) -> Option<Du
     let w = b.weather.clone();
     let sender_gone = epoch.is_some_and(|e| b.nodes.get(&from).map(|n| n.0) != Some(e));
     let (lost, mut delay) = with_rng(|r| {
-        let lost = sender_gone || w.cut.contains(&(from, to)) || r.chance(w.loss);
+        let lost = sender_gone || w.cut.contains_key(&(from, to)) || r.chance(w.loss);
         let delay = Duration::from_micros(50 + r.below(700));
         (lost, if r.chance(w.spike_chance) { delay + w.spike } else { delay })
     });

@@ -562,20 +562,35 @@ impl World {
                         _ => (1..=5).filter(|&b| b != a).flat_map(|b| [(a, b), (b, a)]).collect(),
                     };
                     self.fault(kind, format!("{cut:?} for {} ms", window.as_millis()));
-                    self.board.locked().weather.cut.extend(cut.iter().copied());
+                    {
+                        let mut b = self.board.locked();
+                        for c in &cut {
+                            *b.weather.cut.entry(*c).or_default() += 1;
+                        }
+                    }
                     let w = self.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(window).await;
                         let mut b = w.board.locked();
                         for c in cut {
-                            b.weather.cut.remove(&c);
+                            if let Some(n) = b.weather.cut.get_mut(&c) {
+                                *n -= 1;
+                                if *n == 0 {
+                                    b.weather.cut.remove(&c);
+                                }
+                            }
                         }
                     });
                 }
                 "message_loss" | "duplication" | "delay_spike" => {
                     let level = with_rng(|r| 50 + r.below(250));
-                    {
+                    let generation = {
                         let mut b = self.board.locked();
+                        let generation = {
+                            let g = b.weather.set.entry(kind).or_default();
+                            *g += 1;
+                            *g
+                        };
                         match kind {
                             "message_loss" => b.weather.loss = level,
                             "duplication" => b.weather.duplicate = level,
@@ -584,12 +599,16 @@ impl World {
                                 b.weather.spike = with_rng(|r| r.millis(20, 400));
                             }
                         }
-                    }
+                        generation
+                    };
                     self.fault(kind, format!("{level}‰ for {} ms", window.as_millis()));
                     let w = self.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(window).await;
                         let mut b = w.board.locked();
+                        if b.weather.set.get(kind) != Some(&generation) {
+                            return; // a later window of this kind set it again
+                        }
                         match kind {
                             "message_loss" => b.weather.loss = 0,
                             "duplication" => b.weather.duplicate = 0,
