@@ -1,4 +1,4 @@
-//! [switchyard patches 3, 4 and 6] Engine-level tests of the election changes
+//! [switchyard patches 3, 4, 6 and 7] Engine-level tests of the election changes
 //! (`vendor/openraft/SWITCHYARD.md`). Each fails on stock 0.9.25.
 
 use std::sync::Arc;
@@ -83,4 +83,33 @@ fn test_accepting_a_leader_clears_a_stale_greater_log_flag() {
     let accepted = eng.handle_append_entries(&Vote::new_committed(3, 2), Some(log_id(2, 0, 5)), vec![], None);
     assert!(accepted);
     assert!(!eng.is_there_greater_log());
+}
+
+/// Patch 7: a follower refuses every candidate while its lease of the leader runs; told that
+/// this leader is handing over (`expire_leader_lease` with the leader's vote), it judges the
+/// next vote request as if the lease had run out. A notice naming another vote is ignored.
+#[test]
+fn test_a_handover_notice_ends_the_lease_of_that_leader_only() {
+    let fresh = || {
+        let mut eng = follower();
+        eng.state.vote = UTime::new(TokioInstant::now(), Vote::new_committed(2, 0));
+        eng
+    };
+    let request = VoteRequest { vote: Vote::new(3, 2), last_log_id: Some(log_id(2, 0, 5)) };
+
+    // Within the lease: refused.
+    let mut eng = fresh();
+    assert!(!eng.handle_vote_req(request.clone()).vote_granted);
+
+    // A notice for another leader's vote changes nothing.
+    let mut eng = fresh();
+    eng.expire_leader_lease(&Vote::new_committed(2, 2));
+    assert!(!eng.handle_vote_req(request.clone()).vote_granted);
+
+    // The notice of the leader it follows: the vote is granted.
+    let mut eng = fresh();
+    eng.expire_leader_lease(&Vote::new_committed(2, 0));
+    let resp = eng.handle_vote_req(request);
+    assert!(resp.vote_granted);
+    assert_eq!(*eng.state.vote_ref(), Vote::new(3, 2));
 }
