@@ -40,7 +40,6 @@ pub struct Recorder {
     pub ops: Vec<Op>,
     pub deliveries: Vec<Delivery>,
     pub faults: BTreeMap<&'static str, u64>,
-    pub applies: u64,
     /// Writes whose answer never came: (actor, request id, guest, call, invoked at ns).
     pub pending: Vec<(String, RequestId, u32, Call, u64)>,
     /// Writes acknowledged: (actor, request id, last revision they produced).
@@ -93,7 +92,6 @@ impl Recorder {
 
     /// Node `node` applied `entries`, reaching `sm` (`before`: its history's length before).
     pub fn applied(&mut self, node: u64, sm: &Applied, before: usize, entries: &[Entry]) {
-        self.applies += 1;
         for e in entries {
             let d = match &e.payload {
                 EntryPayload::Blank => 0,

@@ -791,6 +791,17 @@ mod tests {
 
     use super::*;
 
+    /// The header of a test export of revisions 1 to `last_revision`.
+    fn test_header(last_revision: Revision) -> ExportHeader {
+        ExportHeader {
+            source: "test".into(),
+            cluster: None,
+            first_revision: 1,
+            last_revision,
+            exported_at: Timestamp(0),
+        }
+    }
+
     fn event(revision: Revision, host: &str) -> Event {
         Event {
             revision,
@@ -826,13 +837,7 @@ mod tests {
 
     #[test]
     fn an_export_reads_back_clean_and_a_changed_byte_is_located() {
-        let header = ExportHeader {
-            source: "test".into(),
-            cluster: None,
-            first_revision: 1,
-            last_revision: 3,
-            exported_at: Timestamp(0),
-        };
+        let header = test_header(3);
         let bytes = w_bytes(header);
         // Read and checked, not folded (the events name a host no event registered).
         let until = Until { revision: Some(0), time: None };
@@ -857,13 +862,7 @@ mod tests {
     #[test]
     fn a_long_export_reads_the_same_in_both_formats_and_a_changed_chain_value_is_located() {
         let n: u64 = 2 * BATCH as u64 + 500;
-        let header = ExportHeader {
-            source: "test".into(),
-            cluster: None,
-            first_revision: 1,
-            last_revision: n,
-            exported_at: Timestamp(0),
-        };
+        let header = test_header(n);
         let write = |format| {
             let mut out = Vec::new();
             let mut w = ExportWriter::new(&mut out, format, &header).unwrap();
@@ -923,13 +922,7 @@ mod tests {
     /// then re-chained: the chain has no key) is reported, not folded (which panicked).
     #[test]
     fn events_the_state_cannot_take_are_reported_not_folded() {
-        let header = ExportHeader {
-            source: "test".into(),
-            cluster: None,
-            first_revision: 1,
-            last_revision: 3,
-            exported_at: Timestamp(0),
-        };
+        let header = test_header(3);
         let r = read_export(&w_bytes(header)[..], Until::default(), |_| {}).unwrap();
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
         let p = &r.problems[0];

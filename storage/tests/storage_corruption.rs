@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 
-use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::RaftLogReader;
 use switchyard_storage::{DataDir, LogStore, StateMachineStore};
 
@@ -73,15 +73,6 @@ async fn corrupt_migration_record_is_named() {
     let sm = StateMachineStore::open(DataDir::open(tmp.path(), 1).unwrap()).unwrap();
     let err = sm.history().migration(switchyard_protocol::MigrationId(4)).unwrap_err().to_string();
     assert!(err.contains("column family `migrations` at migration m4"), "{err}");
-}
-
-/// A filled data directory with a snapshot built; answers the snapshot file.
-async fn with_snapshot(path: &std::path::Path) -> std::path::PathBuf {
-    filled(path).await;
-    let (_, mut sm) = switchyard_storage::open(path, 1).unwrap();
-    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    drop(sm);
-    std::fs::read_dir(path.join("snapshots")).unwrap().next().unwrap().unwrap().path()
 }
 
 #[tokio::test]

@@ -8,7 +8,6 @@
 mod common;
 use common::*;
 
-use openraft::storage::{RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
 use switchyard_storage::export::{read_export, ExportHeader, ExportWriter, Format, Until};
 use switchyard_storage::snapshot::SnapshotReader;
 
@@ -90,13 +89,7 @@ fn never_panics(test: &str, valid: &[u8], rounds: u32, read: impl Fn(&[u8])) {
 #[tokio::test]
 async fn mutated_snapshot_files_are_refused_or_read_never_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut log, mut sm) = switchyard_storage::open(tmp.path(), 1).unwrap();
-    let all = entries(1, workload(6));
-    log.blocking_append(all.clone()).await.unwrap();
-    sm.apply(all).await.unwrap();
-    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    drop((log, sm));
-    let snap = std::fs::read_dir(tmp.path().join("snapshots")).unwrap().next().unwrap().unwrap().path();
+    let snap = with_snapshot(tmp.path()).await;
     let valid = std::fs::read(&snap).unwrap();
     let scratch = tmp.path().join("mutated.bin");
     let read_all = |bytes: &[u8]| {

@@ -19,6 +19,24 @@ async fn filled(path: &std::path::Path) -> Vec<switchyard_storage::Entry> {
     all
 }
 
+/// A leader's data directory, filled, keeping 3 revisions of history, compacted by a snapshot
+/// build; answers its entries, the state and events they make, and its open state machine.
+async fn compacted_leader(
+    path: &std::path::Path,
+) -> (
+    Vec<switchyard_storage::Entry>,
+    switchyard_protocol::ClusterState,
+    Vec<switchyard_protocol::Event>,
+    switchyard_storage::StateMachineStore,
+) {
+    let all = filled(path).await;
+    let (want_state, want_events) = reference(&all);
+    let (_, mut leader) = switchyard_storage::open(path, 1).unwrap();
+    leader.set_retention(3);
+    leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    (all, want_state, want_events, leader)
+}
+
 #[tokio::test]
 async fn restart_restores_state_from_snapshot_plus_history() {
     let tmp = tempfile::tempdir().unwrap();
@@ -112,15 +130,10 @@ fn unknown_format_version_is_refused() {
 async fn compacted_history_still_restarts_and_installs_with_migration_history() {
     let leader_dir = tempfile::tempdir().unwrap();
     let follower_dir = tempfile::tempdir().unwrap();
-    let all = filled(leader_dir.path()).await;
-    let (want_state, want_events) = reference(&all);
+    let (_, want_state, want_events, leader) = compacted_leader(leader_dir.path()).await;
     let last = want_events.last().unwrap().revision;
-    {
-        let (_, mut leader) = switchyard_storage::open(leader_dir.path(), 1).unwrap();
-        leader.set_retention(3);
-        leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        assert_eq!(leader.history().bounds().unwrap(), Some((last - 2, last)), "only the last 3 revisions kept");
-    }
+    assert_eq!(leader.history().bounds().unwrap(), Some((last - 2, last)), "only the last 3 revisions kept");
+    drop(leader);
     // Restart from snapshot + the retained tail.
     let (_, mut leader) = switchyard_storage::open(leader_dir.path(), 1).unwrap();
     assert_eq!(leader.read(codec::encode), codec::encode(&want_state));
@@ -144,13 +157,9 @@ async fn compacted_history_still_restarts_and_installs_with_migration_history() 
 async fn a_snapshot_installed_over_older_history_leaves_no_hole() {
     let leader_dir = tempfile::tempdir().unwrap();
     let follower_dir = tempfile::tempdir().unwrap();
-    let all = filled(leader_dir.path()).await;
-    let (want_state, want_events) = reference(&all);
+    let (all, want_state, want_events, mut leader) = compacted_leader(leader_dir.path()).await;
     let last = want_events.last().unwrap().revision;
-    let (_, mut leader) = switchyard_storage::open(leader_dir.path(), 1).unwrap();
-    leader.set_retention(3);
-    // The first build compacts the history; the second carries only what is left.
-    leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    // The first build compacted the history; the second carries only what is left.
     let snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
     {
         let (mut log, mut follower) = switchyard_storage::open(follower_dir.path(), 2).unwrap();

@@ -116,3 +116,16 @@ pub async fn transfer(
     tokio::io::copy(&mut *src, &mut *incoming).await.unwrap();
     follower.install_snapshot(&snap.meta, incoming).await.unwrap();
 }
+
+/// A data directory of node 1 at `path` with six guests' workload appended and applied and a
+/// snapshot built; answers the snapshot file.
+pub async fn with_snapshot(path: &std::path::Path) -> std::path::PathBuf {
+    use openraft::storage::{RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
+    let (mut log, mut sm) = switchyard_storage::open(path, 1).unwrap();
+    let all = entries(1, workload(6));
+    log.blocking_append(all.clone()).await.unwrap();
+    sm.apply(all).await.unwrap();
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    drop((log, sm));
+    std::fs::read_dir(path.join("snapshots")).unwrap().next().unwrap().unwrap().path()
+}
