@@ -15,7 +15,7 @@ use switchyard_client::{Client, ClientError, EventQuery, MAX_BATCH};
 use switchyard_protocol::api::{FullState, HostReport, HypervisorReport, Read, StreamItem};
 use switchyard_protocol::hostconfig::{ConfigChange, HostConfig};
 use switchyard_protocol::secret::Secret;
-use switchyard_protocol::{EventKind, EventPayload, Guest, GuestSpec, Name, Revision};
+use switchyard_protocol::{ClusterId, EventKind, EventPayload, Guest, GuestSpec, Name, Revision};
 use switchyard_tls::{Identity, Tls, TlsConfig};
 use tokio::sync::watch;
 
@@ -313,11 +313,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             };
             let now = state.items.cluster.as_ref().map(|c| c.id.clone());
             let config = HostConfig::from_guests(state.items.guests);
-            store.replace_all(&config)?;
-            store.commit(state.revision)?;
             let other = now.is_some() && now != cluster;
-            if let Some(id) = &now {
-                store.set_cluster(id)?;
+            let written =
+                store.replace_all(&config).and_then(|()| store.commit(state.revision)).and_then(|()| match &now {
+                    Some(id) => store.set_cluster(id),
+                    None => Ok(()),
+                });
+            if let Err(e) = written {
+                let durable = recover_store(&store, &anyhow::Error::new(e).context("re-sync"), &metrics).await?;
+                (applied, cursor, cluster) = (durable.config, durable.cursor, durable.cluster);
+                resync = Some(Resync { reason, why });
+                continue;
             }
             if let Some(r) = &reconciler {
                 let _ = r.send(Feed::Reset { guests: config.guests().cloned().collect() });
@@ -459,10 +465,29 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             })
             .await;
         metrics.subscribed.set(0);
-        store.commit(cursor)?;
-        metrics.applied(cursor);
+        if failure.is_none() {
+            match store.commit(cursor) {
+                Ok(()) => metrics.applied(cursor),
+                Err(e) => failure = Some(e.into()),
+            }
+        }
         if let Some(e) = failure {
-            return Err(e.context("apply an event"));
+            // The data directory refused a write: start again from what is on disk once it
+            // takes writes, re-applying the events after its cursor.
+            let durable = recover_store(&store, &e.context("apply an event"), &metrics).await?;
+            (applied, cursor, cluster) = (durable.config, durable.cursor, durable.cluster);
+            if !durable.damaged.is_empty() {
+                resync = Some(Resync {
+                    reason: "damaged_files",
+                    why: format!("{} guest file(s) were damaged and set aside", durable.damaged.len()),
+                });
+            }
+            if let Some(r) = &reconciler {
+                let _ = r.send(Feed::Reset { guests: applied.guests().cloned().collect() });
+            }
+            metrics.applied(cursor);
+            let _ = progress_tx.send((cursor, applied.digest()));
+            continue;
         }
         if let Err(e) = &result {
             if e.code() == Some("cluster_mismatch") {
@@ -480,6 +505,45 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// What is on disk after a failed write: the applied state, its cursor and cluster.
+struct Durable {
+    config: HostConfig,
+    cursor: Revision,
+    cluster: Option<ClusterId>,
+    damaged: Vec<std::path::PathBuf>,
+}
+
+/// How often an agent whose data directory refused a write tries it again.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// After a write to the data directory failed (a full disk, a read-only remount, a failing
+/// device): the agent keeps running — its lease, reports and the reconciler go on from what it
+/// applied before, and the coordinators see it lag — and waits until the directory takes writes
+/// again, then answers what is durable there, from which it applies again. An error here is one
+/// of reading the directory back, which the agent cannot run without.
+async fn recover_store(store: &AgentStore, error: &anyhow::Error, metrics: &Metrics) -> anyhow::Result<Durable> {
+    metrics.store_failed.set(1);
+    tracing::error!(
+        error = format!("{error:#}"),
+        "the data directory refused a write; applying waits until it takes writes again"
+    );
+    let mut said = Instant::now();
+    while let Err(e) = store.probe() {
+        if said.elapsed() >= Duration::from_secs(60) {
+            tracing::warn!(%e, "the data directory still refuses writes");
+            said = Instant::now();
+        }
+        tokio::time::sleep(STORE_PROBE_EVERY).await;
+    }
+    store.discard_staged();
+    let loaded = store.load()?;
+    let durable =
+        Durable { config: loaded.config, cursor: store.cursor()?, cluster: store.cluster()?, damaged: loaded.damaged };
+    metrics.store_failed.set(0);
+    tracing::info!(cursor = durable.cursor, "the data directory takes writes again; applying from its cursor");
+    Ok(durable)
 }
 
 /// Reports to the leader every `interval_ms`; each report renews this host's lease. Reports

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub driver_calls: Family<CallLabels, Histogram, fn() -> Histogram>,
     pub migration_reports: Family<OutcomeLabel, Counter>,
     pub watchdog_armed: Gauge,
+    /// 1 while the data directory refuses writes (full, read-only or failing).
+    pub store_failed: Gauge,
 }
 
 impl Default for Metrics {
@@ -115,6 +117,7 @@ impl Metrics {
             driver_calls: Family::new_with_constructor(call_time as fn() -> Histogram),
             migration_reports: Family::default(),
             watchdog_armed: Gauge::default(),
+            store_failed: Gauge::default(),
         };
         r.register(
             "applied_revision",
@@ -153,6 +156,11 @@ impl Metrics {
             m.migration_reports.clone(),
         );
         r.register("watchdog_armed", "1 while the host watchdog is armed", m.watchdog_armed.clone());
+        r.register(
+            "store_failed",
+            "1 while the agent's data directory refuses writes (full, read-only or failing); applying waits for it",
+            m.store_failed.clone(),
+        );
         for o in ["ok", "failed"] {
             let _ = m.reports.get_or_create(&OutcomeLabel { outcome: o.into() });
         }

@@ -217,6 +217,22 @@ impl AgentStore {
         Ok(())
     }
 
+    /// Whether the data directory takes writes again (after a full disk, say): a probe file
+    /// written, synced and removed.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let path = self.dir.join("write-probe");
+        let written = write_temporary(&path, &vec![0u8; PROBE_BYTES])
+            .and_then(|(tmp, f)| f.sync_all().map_err(io(format!("fsync {}", tmp.display()))));
+        let _ = fs::remove_file(path.with_extension("tmp"));
+        written
+    }
+
+    /// Forgets what is staged and not yet durable: after a failed write, the agent starts
+    /// again from what is on disk ([`AgentStore::load`], [`AgentStore::cursor`]).
+    pub fn discard_staged(&self) {
+        *self.staged.lock().expect("staged lock") = Staged::default();
+    }
+
     /// Reads back everything applied so far. A guest file that does not decode, or holds
     /// another guest than its name says, is renamed `*.damaged` and listed in
     /// [`Loaded::damaged`]: the applied state is then incomplete and must be re-synced.
@@ -340,9 +356,16 @@ pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> 
 fn write_temporary(path: &Path, bytes: &[u8]) -> Result<(PathBuf, File), StoreError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
-    f.write_all(bytes).map_err(io(format!("write {}", tmp.display())))?;
+    if let Err(e) = f.write_all(bytes) {
+        // A partial temporary (a full disk) only holds space the agent needs to recover.
+        let _ = fs::remove_file(&tmp);
+        return Err(io(format!("write {}", tmp.display()))(e));
+    }
     Ok((tmp, f))
 }
+
+/// Bytes [`AgentStore::probe`] writes: a few batches' worth of guest files.
+const PROBE_BYTES: usize = 256 << 10;
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,10 @@
 //! The `switchyard-coordinator` command line: read the configuration, start, stop gracefully on
-//! SIGINT or SIGTERM, reload tokens and certificates on SIGHUP.
+//! SIGINT or SIGTERM, reload tokens and certificates on SIGHUP, and start again in place once a
+//! data directory that failed takes writes again.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -131,23 +133,77 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config, load: impl Fn() -> Result<Config, crate::config::ConfigError>) -> anyhow::Result<()> {
+/// How often a coordinator whose storage failed checks whether its data directory takes writes.
+const RECOVERY_POLL: Duration = Duration::from_secs(1);
+/// Longest wait between attempts to start again after a storage failure.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+enum Wake {
+    Stop,
+    Reload,
+    Fault(String),
+}
+
+/// Runs the coordinator until SIGINT or SIGTERM. When its Raft stops on a storage error (a full
+/// or failing disk), the coordinator keeps serving reads from the state as it was and refuses
+/// writes naming the error, until the data directory takes writes again; then it stops and
+/// starts again in this process, which reopens RocksDB (it refuses every write after a failed
+/// one) and rejoins the cluster, catching up from the leader.
+async fn run(mut config: Config, load: impl Fn() -> Result<Config, crate::config::ConfigError>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let node = Coordinator::start(config).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut node = Coordinator::start(config.clone()).await?;
     loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = hup.recv() => match load() {
+        let wake = tokio::select! {
+            _ = tokio::signal::ctrl_c() => Wake::Stop,
+            _ = term.recv() => Wake::Stop,
+            _ = hup.recv() => Wake::Reload,
+            fault = node.node.faulted() => Wake::Fault(fault),
+        };
+        match wake {
+            Wake::Stop => break,
+            Wake::Reload => match load() {
                 Ok(new) => {
                     for note in node.reload(&new) {
                         tracing::info!("SIGHUP: {note}");
                     }
+                    config = new;
                 }
                 Err(e) => tracing::warn!("SIGHUP: the configuration was not reloaded: {e}"),
             },
+            Wake::Fault(fault) => {
+                let dir = config.data_dir.clone();
+                let writable = crate::server::wait_writable(
+                    &dir,
+                    RECOVERY_POLL,
+                    |e| tracing::warn!(data_dir = %dir.display(), %e, %fault, "the data directory does not take writes yet; serving stale reads"),
+                );
+                tokio::select! {
+                    _ = writable => {}
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                }
+                tracing::info!(data_dir = %dir.display(), "the data directory takes writes again; starting the coordinator again");
+                if let Err(e) = node.shutdown().await {
+                    tracing::warn!("stopping the failed coordinator: {e:#}");
+                }
+                let mut backoff = Duration::from_millis(200);
+                node = loop {
+                    match Coordinator::start(config.clone()).await {
+                        Ok(n) => break n,
+                        Err(e) => {
+                            tracing::error!("the coordinator did not start again: {e:#}; retrying in {backoff:?}")
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                        _ = term.recv() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                };
+            }
         }
     }
     tracing::info!("shutting down");

@@ -75,6 +75,7 @@ pub struct Metrics {
     // Set from the state when scraped.
     pub term: Gauge,
     pub is_leader: Gauge,
+    pub raft_fault: Gauge,
     pub last_log_index: Gauge,
     pub applied_index: Gauge,
     pub revision: Gauge,
@@ -113,6 +114,7 @@ impl Metrics {
             hosts_failed: Counter::default(),
             term: Gauge::default(),
             is_leader: Gauge::default(),
+            raft_fault: Gauge::default(),
             last_log_index: Gauge::default(),
             applied_index: Gauge::default(),
             revision: Gauge::default(),
@@ -130,6 +132,11 @@ impl Metrics {
         r.register("raft_leader_changes", "Leader changes this node saw", m.leader_changes.clone());
         r.register("raft_term", "Current Raft term", m.term.clone());
         r.register("raft_is_leader", "1 while this node leads", m.is_leader.clone());
+        r.register(
+            "raft_fault",
+            "1 while Raft is stopped on a storage error (a full or failing disk): writes are refused, stale reads served",
+            m.raft_fault.clone(),
+        );
         r.register("raft_last_log_index", "Index of the last entry in this node's log", m.last_log_index.clone());
         r.register("raft_applied_index", "Index of the last entry applied here", m.applied_index.clone());
         r.register("applied_revision", "Revision of the last event applied here", m.revision.clone());

@@ -69,6 +69,26 @@ impl From<switchyard_storage::StoreError> for NodeError {
     }
 }
 
+/// The leader this node last heard from over Raft RPC: the newest committed vote an append
+/// request carried. A node whose Raft stopped on a storage error learns no leader from Raft any
+/// more, but the leader keeps trying to replicate to it; from this it still forwards requests
+/// it cannot serve itself (writes, linearizable reads, agents' lease renewals) to the leader.
+#[derive(Default)]
+pub struct HeardLeader(std::sync::Mutex<Option<(u64, NodeId)>>);
+
+impl HeardLeader {
+    pub fn note(&self, term: u64, leader: NodeId) {
+        let mut heard = self.0.lock().expect("heard leader lock");
+        if heard.is_none_or(|(t, _)| term >= t) {
+            *heard = Some((term, leader));
+        }
+    }
+
+    pub fn get(&self) -> Option<NodeId> {
+        self.0.lock().expect("heard leader lock").map(|(_, id)| id)
+    }
+}
+
 /// One coordinator's shared context.
 pub struct Node {
     pub id: NodeId,
@@ -90,6 +110,13 @@ pub struct Node {
     /// them on the next leader), subscriptions end.
     stopping: AtomicBool,
     stop_signal: tokio::sync::watch::Sender<bool>,
+    /// Why Raft stopped on its own (its storage failed: a full or failing disk), once it did.
+    /// The node then refuses writes naming it and serves reads from the state as it was,
+    /// until the daemon starts the coordinator again on a data directory that takes writes
+    /// (`server::wait_writable`).
+    fault: tokio::sync::watch::Sender<Option<String>>,
+    /// Set by the Raft RPC server (see [`HeardLeader`]).
+    pub heard: Arc<HeardLeader>,
 }
 
 impl Node {
@@ -110,6 +137,8 @@ impl Node {
             metrics,
             stopping: AtomicBool::new(false),
             stop_signal: tokio::sync::watch::channel(false).0,
+            fault: tokio::sync::watch::channel(None).0,
+            heard: Arc::default(),
         })
     }
 
@@ -121,10 +150,14 @@ impl Node {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    /// The leader's API address, when a leader is known.
+    /// The leader's API address, when a leader is known: Raft's, or, once Raft stopped on a
+    /// storage error, the one this node last heard from.
     pub fn leader_api(&self) -> Option<String> {
         let m = self.raft.metrics().borrow().clone();
-        let leader = m.current_leader?;
+        let leader = match self.fault() {
+            None => m.current_leader?,
+            Some(_) => self.heard.get().filter(|l| *l != self.id)?,
+        };
         let addr = m.membership_config.nodes().find(|(id, _)| **id == leader).map(|(_, n)| n.api_addr.clone());
         addr
     }
@@ -154,6 +187,7 @@ impl Node {
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             revision: self.sm.applied_meta().revision,
+            fault: self.fault(),
         }
     }
 
@@ -167,6 +201,7 @@ impl Node {
         m.last_log_index.set(r.last_log_index.unwrap_or(0) as i64);
         m.applied_index.set(r.last_applied.map_or(0, |l| l.index) as i64);
         m.revision.set(self.sm.applied_meta().revision as i64);
+        m.raft_fault.set(i64::from(self.fault().is_some()));
         for f in [&m.host_applied_revision, &m.host_lag, &m.host_in_sync] {
             f.clear();
         }
@@ -223,16 +258,34 @@ impl Node {
         if self.is_stopping() {
             return Err(NodeError::Unavailable("this coordinator is stopping; retry on another".into()));
         }
+        if let Some(fault) = self.fault() {
+            return Err(self.faulted_error(&fault));
+        }
         let proposal = Proposal { request_id, actor, time: self.clock.now(), command };
         Ok(self.proposer.propose(proposal).await?)
     }
 
     /// Waits until this node may answer a linearizable read (at once for a stale one).
     pub async fn read_barrier(&self, stale: bool) -> Result<(), NodeError> {
-        if !stale {
-            self.raft.ensure_linearizable().await?;
+        if stale {
+            return Ok(());
         }
+        if let Some(fault) = self.fault() {
+            return Err(self.faulted_error(&fault));
+        }
+        self.raft.ensure_linearizable().await?;
         Ok(())
+    }
+
+    /// What a node whose Raft stopped answers a request only Raft can serve: the leader it
+    /// last heard from, for the API to forward the request to, or why it cannot.
+    fn faulted_error(&self, fault: &str) -> NodeError {
+        match self.leader_api() {
+            Some(leader) => NodeError::NotLeader { leader: Some(leader) },
+            None => NodeError::Unavailable(format!(
+                "this coordinator cannot write: {fault}; it serves stale reads (?stale=true) and recovers by itself once its data directory takes writes again; no leader has reached it since, so retry on another coordinator"
+            )),
+        }
     }
 
     /// Begins a graceful stop: no new writes, streams end.
@@ -243,6 +296,46 @@ impl Node {
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Why Raft stopped on its own, if it did (see [`Node::watch_raft`]).
+    pub fn fault(&self) -> Option<String> {
+        self.fault.borrow().clone()
+    }
+
+    /// Resolves with the fault once Raft stopped on its own.
+    pub async fn faulted(&self) -> String {
+        let mut rx = self.fault.subscribe();
+        let fault = rx.wait_for(|f| f.is_some()).await.map(|f| f.clone()).ok().flatten();
+        match fault {
+            Some(f) => f,
+            // The sender lives as long as the node.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Watches Raft until it stops. Stopping on an error (openraft stops its core when a
+    /// storage call fails: RocksDB refuses every write after a failed one, a full disk among
+    /// them) sets the node's fault; a stop asked for does not.
+    pub async fn watch_raft(self: Arc<Node>) {
+        let mut rx = self.raft.metrics();
+        let fatal = loop {
+            if let Err(f) = &rx.borrow_and_update().running_state {
+                break f.clone();
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        };
+        if matches!(fatal, openraft::error::Fatal::Stopped) || self.is_stopping() {
+            return;
+        }
+        let fault = match fatal {
+            openraft::error::Fatal::StorageError(e) => format!("its storage failed: {e}"),
+            other => format!("raft stopped: {other}"),
+        };
+        tracing::error!(node = self.id, %fault, "raft stopped; writes are refused and reads served from the state as it was until the data directory takes writes again");
+        self.fault.send_replace(Some(fault));
     }
 
     /// Resolves once a graceful stop began (for long-lived tasks such as subscriptions).

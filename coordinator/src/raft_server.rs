@@ -4,6 +4,8 @@
 //! name a coordinator (TLS), the cluster secret must match, and the request must be addressed
 //! to this node. A stranger's 64 MiB body is refused from its headers, unread.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
@@ -11,6 +13,8 @@ use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotResponse, VoteResponse};
 use openraft::Raft;
 use serde::de::DeserializeOwned;
 use switchyard_protocol::codec;
@@ -19,6 +23,7 @@ use switchyard_tls::Identity;
 
 use crate::listener::Peer;
 use crate::network::TARGET_HEADER;
+use crate::node::HeardLeader;
 
 /// Largest Raft RPC body: a batch of entries or one snapshot chunk.
 const RAFT_BODY_BYTES_MAX: usize = 64 << 20;
@@ -30,10 +35,12 @@ struct RaftState {
     /// Whether connections are TLS, whose client certificates must name a coordinator.
     tls: bool,
     raft: Raft<TypeConfig>,
+    /// Where the leader's appends are noted (the node's [`HeardLeader`]).
+    heard: Arc<HeardLeader>,
 }
 
-pub fn router(id: NodeId, secret: String, raft: Raft<TypeConfig>, tls: bool) -> Router {
-    let state = RaftState { id, secret, tls, raft };
+pub fn router(id: NodeId, secret: String, raft: Raft<TypeConfig>, tls: bool, heard: Arc<HeardLeader>) -> Router {
+    let state = RaftState { id, secret, tls, raft, heard };
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -74,24 +81,46 @@ fn admit<T: DeserializeOwned>(body: &[u8]) -> Result<T, (StatusCode, String)> {
 }
 
 async fn append(State(s): State<RaftState>, body: Bytes) -> Response {
-    match admit(&body) {
-        Ok(req) => codec::encode(&s.raft.append_entries(req).await).into_response(),
+    match admit::<AppendEntriesRequest<TypeConfig>>(&body) {
+        Ok(req) => {
+            if let (true, Some(leader)) = (req.vote.is_committed(), req.vote.leader_id().voted_for()) {
+                s.heard.note(req.vote.leader_id().get_term(), leader);
+            }
+            if let Some(f) = stopped(&s.raft) {
+                return codec::encode(&Err::<AppendEntriesResponse<NodeId>, RaftError<NodeId>>(f)).into_response();
+            }
+            codec::encode(&s.raft.append_entries(req).await).into_response()
+        }
         Err(r) => r.into_response(),
     }
 }
 
 async fn vote(State(s): State<RaftState>, body: Bytes) -> Response {
     match admit(&body) {
-        Ok(req) => codec::encode(&s.raft.vote(req).await).into_response(),
+        Ok(req) => match stopped(&s.raft) {
+            Some(f) => codec::encode(&Err::<VoteResponse<NodeId>, RaftError<NodeId>>(f)).into_response(),
+            None => codec::encode(&s.raft.vote(req).await).into_response(),
+        },
         Err(r) => r.into_response(),
     }
 }
 
 async fn snapshot(State(s): State<RaftState>, body: Bytes) -> Response {
+    type Answer = Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>;
     match admit(&body) {
-        Ok(req) => codec::encode(&s.raft.install_snapshot(req).await).into_response(),
+        Ok(req) => match stopped(&s.raft) {
+            Some(f) => codec::encode(&Answer::Err(f)).into_response(),
+            None => codec::encode(&s.raft.install_snapshot(req).await).into_response(),
+        },
         Err(r) => r.into_response(),
     }
+}
+
+/// Raft's fatal error once its core stopped (a storage failure, or a stop): answered as is,
+/// without calling into Raft, which would log an error for every heartbeat the leader keeps
+/// sending to a node whose disk is full.
+fn stopped<E>(raft: &Raft<TypeConfig>) -> Option<RaftError<NodeId, E>> {
+    raft.metrics().borrow().running_state.clone().err().map(RaftError::Fatal)
 }
 
 /// A stopping leader hands its leadership over (see `handover.rs`).

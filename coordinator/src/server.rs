@@ -77,9 +77,15 @@ impl Coordinator {
             tokio::spawn(leader::driver::run(node.clone())),
             tokio::spawn(leader::failover::run(node.clone())),
             tokio::spawn(crate::observe::run(node.clone())),
+            tokio::spawn(node.clone().watch_raft()),
         ];
-        let raft_app =
-            raft_server::router(config.node_id, config.cluster_secret.expose().to_string(), raft, tls.is_some());
+        let raft_app = raft_server::router(
+            config.node_id,
+            config.cluster_secret.expose().to_string(),
+            raft,
+            tls.is_some(),
+            node.heard.clone(),
+        );
         let tokens = api::Tokens::new(&config.tokens);
         let api_app = api::router(node.clone(), tls.clone(), tokens.clone());
         let raft_listener = incoming(
@@ -137,7 +143,11 @@ impl Coordinator {
         if tokio::time::timeout(DRAIN, self.api_server).await.is_err() {
             tracing::warn!("the API's open requests did not finish within {DRAIN:?}; closing them");
         }
-        let timeout = Duration::from_millis(node.config.raft.handover_timeout_ms);
+        // A node whose Raft stopped on a storage error leads no one any more.
+        let timeout = match node.fault() {
+            Some(_) => Duration::ZERO,
+            None => Duration::from_millis(node.config.raft.handover_timeout_ms),
+        };
         match handover::hand_over(&node.raft, &self.network, timeout).await {
             Ok(Some(to)) => tracing::info!(node = node.id, to, "leadership handed over"),
             Ok(None) => {}
@@ -145,15 +155,56 @@ impl Coordinator {
                 tracing::warn!(node = node.id, %e, "leadership not handed over; the others elect a leader when its lease runs out")
             }
         }
-        node.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+        // The Raft server stops even when Raft's did not stop cleanly, so the process can
+        // bind its address again (a restart after a storage failure).
+        let stopped = node.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"));
         let _ = self.raft_stop.send(true);
         let _ = tokio::time::timeout(DRAIN, self.raft_server).await;
         tracing::info!(node = node.id, "coordinator stopped");
-        Ok(())
+        stopped
     }
 }
 
 pub use switchyard_storage::holds_data;
+
+/// Space a data directory must take before a coordinator whose storage failed starts again:
+/// enough for RocksDB to replay its write-ahead log and write a memtable or two, so the restart
+/// does not fail at once on the same full disk.
+pub const RECOVERY_PROBE_BYTES: usize = 8 << 20;
+
+/// Waits until `dir` takes writes again: a probe file of [`RECOVERY_PROBE_BYTES`] written,
+/// synced and removed, tried every `every` (a full disk, a read-only remount after I/O errors
+/// and a failing device all fail it). Answers the last error while it still fails, through
+/// `still_failing`, once a minute.
+pub async fn wait_writable(dir: &std::path::Path, every: Duration, mut still_failing: impl FnMut(&std::io::Error)) {
+    let probe = dir.join("write-probe.tmp");
+    let mut last_said = None::<std::time::Instant>;
+    loop {
+        let path = probe.clone();
+        let tried = tokio::task::spawn_blocking(move || {
+            let r = (|| {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&path)?;
+                f.write_all(&vec![0u8; RECOVERY_PROBE_BYTES])?;
+                f.sync_all()
+            })();
+            let _ = std::fs::remove_file(&path);
+            r
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match tried {
+            Ok(()) => return,
+            Err(e) => {
+                if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    still_failing(&e);
+                    last_said = Some(std::time::Instant::now());
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
 
 /// Refuses an empty data directory unless the operator said what it is for: a coordinator that
 /// lost its disk (replaced, wiped, or a path whose volume is not mounted) would otherwise stamp

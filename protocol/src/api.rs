@@ -487,6 +487,10 @@ pub struct NodeStatus {
     #[serde(default)]
     pub purged_index: Option<u64>,
     pub revision: Revision,
+    /// Set while this node's Raft is stopped on an error (its storage failed: a full or
+    /// failing disk): it refuses writes and serves stale reads until it recovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
 }
 
 /// One member as `cluster status` shows it.

@@ -36,8 +36,10 @@ impl StoreError {
         StoreError::Rocks { context: context.into(), source }
     }
 
-    /// Wraps this error for openraft, naming the subject and the operation that failed.
+    /// Wraps this error for openraft, naming the subject and the operation that failed. The
+    /// message already holds its causes (`context: source`), so it is carried as text: wrapped
+    /// as an error it would name its Rust type and repeat its source.
     pub(crate) fn into_raft(self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> StorageError {
-        StorageIOError::new(subject, verb, AnyError::new(&self)).into()
+        StorageIOError::new(subject, verb, AnyError::error(&self)).into()
     }
 }

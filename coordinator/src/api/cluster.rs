@@ -24,11 +24,13 @@ pub(super) async fn healthz() -> &'static str {
 }
 
 /// Ready to serve: a member of a cluster that has a leader, and not stopping.
-#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "A member of a cluster with a leader", body = String), (status = 503, description = "No leader known, or stopping", body = String)))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "A member of a cluster with a leader", body = String), (status = 503, description = "No leader known, stopping, or Raft stopped on a storage error", body = String)))]
 pub(super) async fn readyz(State(s): S) -> impl IntoResponse {
     let st = s.node.status();
     if s.node.is_stopping() {
         (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_string())
+    } else if let Some(fault) = s.node.fault() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not writable, serving stale reads: {fault}\n"))
     } else if st.leader.is_none() {
         (StatusCode::SERVICE_UNAVAILABLE, "no leader known\n".to_string())
     } else {

@@ -75,10 +75,13 @@ pub(super) async fn subscribe(
     let (tx, rx) = mpsc::channel(QUEUE_ITEMS);
     tokio::spawn(async move {
         let _slot = slot;
-        // A stop ends every stream at once, even one blocked on a slow reader.
+        // A stop ends every stream at once, even one blocked on a slow reader; so does a
+        // storage failure, after which this node applies nothing new: the subscriber's client
+        // resumes on another coordinator from the last revision it got.
         tokio::select! {
             _ = feed(node.clone(), filter, from, p.follow, progress, format, tx) => {}
             _ = node.stopped() => {}
+            _ = node.faulted() => {}
         }
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
