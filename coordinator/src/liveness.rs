@@ -12,13 +12,8 @@ use std::time::{Duration, Instant};
 use switchyard_protocol::api::{HostReport, HostSync, HypervisorReport, SyncStatus};
 use switchyard_protocol::{ClusterState, Host, Name};
 
-/// A sighting of a host's agent.
-#[derive(Clone, Copy, Debug)]
-pub struct Seen {
-    pub at: Instant,
-    /// (applied revision, digest) of its report; `None` for the leader's own start.
-    pub report: Option<(u64, u64)>,
-}
+/// A sighting of a host's agent (`report: None` for the leader's own start).
+pub use switchyard_protocol::ha::Sighting as Seen;
 
 /// The leader's view of agent reports.
 #[derive(Default)]

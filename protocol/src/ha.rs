@@ -1,15 +1,109 @@
-//! Where a failed host's guests go: which nodes of a package could start its guest now, why each
-//! other node is excluded, and the choice the package's failover policy makes among them.
+//! The leader's high-availability decisions, pure like `apply`:
 //!
-//! Pure, like `apply`: the leader's failover driver chooses with it, `apply` checks the choice
-//! with it again when it is committed (the state may have changed in between), and `package
-//! show` and `ha status` explain with it.
+//! - **Host liveness** ([`liveness_commands`]): when a host joins failure detection, when it is
+//!   declared failed (its lease expired by the leader's monotonic clock, plus the grace), when a
+//!   failed host rejoins, and its reachability.
+//! - **Where a failed host's guests go** ([`candidates`], [`choose`]): which nodes of a
+//!   package could start its guest now, why each other node is excluded, and the choice the
+//!   package's failover policy makes among them. `apply` checks the choice again when it is
+//!   committed (the state may have changed in between); `package show` and `ha status`
+//!   explain with it.
+//! - **The failover saga's next steps** ([`plan_failovers`], [`failbacks`]).
+//!
+//! The leader's tasks (`coordinator/src/leader/`) call these with the time of their own
+//! monotonic clock, so the decisions are tested here with made-up instants, without waiting.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FailoverPolicy, Guest, Package, RunState};
+use crate::command::Command;
+use crate::limits::TEXT_LEN_MAX;
+use crate::model::{FailbackPolicy, FailoverPolicy, FencingToken, Guest, Host, MigrationKind, Package, RunState};
 use crate::name::Name;
 use crate::state::ClusterState;
+
+/// A sighting of a host's agent by the leader, on the leader's monotonic clock: a lease
+/// renewal with the (applied revision, digest) it reported, or the leader's own start of
+/// leadership (`report: None`), which a new leader counts as every host's last renewal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sighting {
+    pub at: Instant,
+    pub report: Option<(u64, u64)>,
+}
+
+/// The leader's liveness timings (the coordinators' `ha` and `api` settings).
+#[derive(Clone, Copy, Debug)]
+pub struct LivenessTimes {
+    /// How long a renewal holds (`ha.lease_ms`).
+    pub lease: Duration,
+    /// Added to the lease before a silent host is declared failed (`ha.grace_ms`).
+    pub grace: Duration,
+    /// Silence after which a host is logged unreachable (`api.host_report_timeout_ms`).
+    pub report_timeout: Duration,
+}
+
+/// What the leader `leader` commits about `host` at `now`, given when it last saw the host's
+/// agent (`last_seen`: its last renewal, or the leader's start of leadership if later) and the
+/// last renewal it received itself (`last_report`):
+///
+/// - a host joins failure detection (`AdmitHost`) with a renewal within the lease;
+/// - a member whose last sighting is older than lease + grace is declared failed, with that
+///   evidence;
+/// - a failed host rejoins once a fresh renewal says it applied the log past its failure (it
+///   has learned where its guests went);
+/// - reachability (unreachable after `report_timeout` of silence, reachable on a report) for
+///   hosts that are not failed.
+pub fn liveness_commands(
+    state: &ClusterState,
+    host: &Host,
+    last_seen: Option<Sighting>,
+    last_report: Option<Sighting>,
+    now: Instant,
+    times: &LivenessTimes,
+    leader: u64,
+) -> Vec<Command> {
+    let name = &host.spec.name;
+    let Some(seen) = last_seen else { return Vec::new() };
+    let age = |s: Sighting| now.saturating_duration_since(s.at);
+    let member = state.member(name).map(|m| (m.failure.is_some(), m.failure.as_ref().map_or(0, |f| f.revision)));
+    // A renewal this leader received within the lease: the agent is alive now.
+    let fresh = last_report.filter(|r| age(*r) < times.lease);
+    let liveness = match member {
+        None if fresh.is_some() => Some(Command::AdmitHost { host: name.clone() }),
+        Some((false, _)) if age(seen) > times.lease + times.grace => {
+            let what = if seen.report.is_some() { "its last lease renewal" } else { "this leader took office" };
+            Some(Command::DeclareHostFailed {
+                host: name.clone(),
+                evidence: format!(
+                    "no lease renewal for {} ms since {what} (lease {} ms + grace {} ms, by coordinator {leader}'s monotonic clock)",
+                    age(seen).as_millis(),
+                    times.lease.as_millis(),
+                    times.grace.as_millis(),
+                ),
+            })
+        }
+        Some((true, failed_at)) => match fresh.and_then(|r| r.report) {
+            Some((applied, _)) if applied >= failed_at => Some(Command::AdmitHost { host: name.clone() }),
+            _ => None,
+        },
+        _ => None,
+    };
+    let failed = matches!(member, Some((true, _))) || matches!(liveness, Some(Command::DeclareHostFailed { .. }));
+    let reachability = if failed {
+        None
+    } else {
+        let silent = age(seen) > times.report_timeout;
+        let reported = seen.report.is_some() && !silent;
+        match (host.reachable, silent, reported) {
+            (true, true, _) => Some(Command::SetHostReachable { host: name.clone(), reachable: false }),
+            (false, _, true) => Some(Command::SetHostReachable { host: name.clone(), reachable: true }),
+            _ => None,
+        }
+    };
+    liveness.into_iter().chain(reachability).collect()
+}
 
 /// One node of a package's node list and whether it could take the guest now.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -137,4 +231,127 @@ pub fn unprotected(state: &ClusterState, guest: &Guest) -> Option<String> {
         return Some(format!("package {} has switching disabled ({why})", p.name));
     }
     None
+}
+
+/// The next step of every failover the state calls for, at `now` on the leader's monotonic
+/// clock. `seen` holds when this leader first saw each attempt (the start timeout's origin);
+/// attempts no longer in flight are dropped from it.
+///
+/// - Attempts under way: one whose target failed, or that has not completed within
+///   `start_timeout`, is failed (`FailFailoverAttempt`); one that failed goes on to the next
+///   eligible node once it is released (or its target failed), or is abandoned when none is
+///   left.
+/// - Guests of failed hosts that no failover holds yet, running and protected:
+///   `StartFailover` to the node the package's policy picks. A `min_package_node` choice counts
+///   the packages each node runs, which this pass's own starts do not change yet: one such
+///   start per pass, the next decided once it has committed.
+pub fn plan_failovers(
+    st: &ClusterState,
+    seen: &mut HashMap<FencingToken, Instant>,
+    now: Instant,
+    start_timeout: Duration,
+) -> Vec<(Name, Command)> {
+    seen.retain(|token, _| st.failovers().any(|f| f.token == *token));
+    let mut out = Vec::new();
+    for f in st.failovers() {
+        let guest = f.guest.clone();
+        if f.attempt_failed.is_some() {
+            // The next node only once no copy can run on the last one: it confirmed, or failed.
+            if !f.released && st.host_failure(&f.target).is_none() {
+                continue;
+            }
+            let (Some(g), Some(p)) = (st.guest(&f.guest), st.package(&f.package)) else { continue };
+            let mut tried: Vec<Name> = f.tried.iter().map(|(h, _)| h.clone()).collect();
+            tried.push(f.target.clone());
+            out.push(match choose(st, g, p, &tried) {
+                Ok((to, _)) => (guest, Command::StartFailover { guest: f.guest.clone(), to }),
+                Err(why) => (guest, Command::AbandonFailover { guest: f.guest.clone(), reason: clip(why) }),
+            });
+            continue;
+        }
+        let since = *seen.entry(f.token).or_insert(now);
+        let reason = if let Some(failure) = st.host_failure(&f.target) {
+            Some(format!("target {} failed at revision {}", f.target, failure.revision))
+        } else if now.saturating_duration_since(since) > start_timeout {
+            Some(format!("target {} did not start the guest within {} ms", f.target, start_timeout.as_millis()))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            let command = Command::FailFailoverAttempt {
+                guest: f.guest.clone(),
+                host: f.target.clone(),
+                token: f.token,
+                reason,
+                released: false,
+            };
+            out.push((guest, command));
+        }
+    }
+    let mut counted_start = false;
+    for g in st.guests() {
+        if st.host_failure(&g.owner).is_none() || st.failover(&g.name).is_some() || st.in_flight(&g.name).is_some() {
+            continue;
+        }
+        if unprotected(st, g).is_some() {
+            continue;
+        }
+        let Some(p) = g.spec.package.as_ref().and_then(|p| st.package(p)) else { continue };
+        let counts = p.failover_policy == FailoverPolicy::MinPackageNode;
+        if counts && counted_start {
+            continue;
+        }
+        if let Ok((to, _)) = choose(st, g, p, &[]) {
+            counted_start |= counts;
+            out.push((g.name.clone(), Command::StartFailover { guest: g.name.clone(), to }));
+        }
+    }
+    out
+}
+
+/// Online moves home for the guests of automatic-failback packages whose primary node (the
+/// first of the node list) is eligible again.
+pub fn failbacks(st: &ClusterState) -> Vec<(Name, Command)> {
+    let mut out = Vec::new();
+    for p in st.packages() {
+        if p.failback_policy != FailbackPolicy::Automatic {
+            continue;
+        }
+        let (Some(primary), Some(g)) = (p.nodes.first(), st.guest(&p.guest)) else { continue };
+        if g.owner == *primary
+            || g.run_state != RunState::Running
+            || st.failover(&g.name).is_some()
+            || st.in_flight(&g.name).is_some()
+            || st.host_failure(&g.owner).is_some()
+        {
+            continue;
+        }
+        let home = candidates(st, g, p, &[]).into_iter().find(|c| c.host == *primary);
+        if home.is_some_and(|c| c.excluded.is_none()) {
+            out.push((
+                g.name.clone(),
+                Command::RequestMigration {
+                    guest: g.name.clone(),
+                    source: g.owner.clone(),
+                    target: primary.clone(),
+                    kind: MigrationKind::Online,
+                    reason: Some(format!("automatic failback of package {} to its primary node", p.name)),
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// A reason cut to what the log accepts.
+fn clip(mut s: String) -> String {
+    if s.len() > TEXT_LEN_MAX {
+        let mut end = TEXT_LEN_MAX - 3;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
 }

@@ -205,3 +205,95 @@ fn package_modify_checks_its_node_list() {
     w.ok(modify(vec!["h2", "h1"]));
     assert_eq!(w.package("p1").nodes, vec![n("h2"), n("h1")]);
 }
+
+const TIMES: ha::LivenessTimes = ha::LivenessTimes {
+    lease: std::time::Duration::from_millis(4000),
+    grace: std::time::Duration::from_millis(1000),
+    report_timeout: std::time::Duration::from_millis(10_000),
+};
+
+fn at(t0: std::time::Instant, ms: u64) -> std::time::Instant {
+    t0 + std::time::Duration::from_millis(ms)
+}
+
+fn kinds(commands: &[Command]) -> Vec<&'static str> {
+    commands.iter().map(|c| c.kind()).collect()
+}
+
+#[test]
+fn a_member_is_declared_failed_only_after_lease_and_grace_by_the_leaders_clock() {
+    let w = world();
+    let h1 = w.state.host(&n("h1")).unwrap().clone();
+    let t0 = std::time::Instant::now();
+    let renewal = ha::Sighting { at: t0, report: Some((5, 7)) };
+    let decide = |now: u64| ha::liveness_commands(&w.state, &h1, Some(renewal), Some(renewal), at(t0, now), &TIMES, 2);
+    assert!(decide(4999).is_empty(), "{:?}", decide(4999));
+    assert!(decide(5000).is_empty(), "not at the expiry itself");
+    let failed = decide(5001);
+    assert_eq!(kinds(&failed), ["declare_host_failed"]);
+    let Command::DeclareHostFailed { evidence, .. } = &failed[0] else { unreachable!() };
+    assert_eq!(
+        evidence,
+        "no lease renewal for 5001 ms since its last lease renewal (lease 4000 ms + grace 1000 ms, by coordinator 2's monotonic clock)"
+    );
+    // A new leader counts its own start as every host's last renewal: a full lease first.
+    let took_office = ha::Sighting { at: at(t0, 3000), report: Some((5, 7)) };
+    let decide =
+        |now: u64| ha::liveness_commands(&w.state, &h1, Some(took_office), Some(renewal), at(t0, now), &TIMES, 3);
+    assert!(decide(7999).is_empty());
+    assert_eq!(kinds(&decide(8001)), ["declare_host_failed"]);
+    // A failed host is not also marked unreachable, and is not declared failed twice.
+    let mut w = w;
+    fail(&mut w, "h1");
+    let h1 = w.state.host(&n("h1")).unwrap().clone();
+    let late = ha::liveness_commands(&w.state, &h1, Some(renewal), Some(renewal), at(t0, 60_000), &TIMES, 2);
+    assert!(late.is_empty(), "{late:?}");
+}
+
+#[test]
+fn hosts_join_on_a_fresh_renewal_and_a_failed_one_rejoins_only_past_its_failure() {
+    let mut w = World::standard();
+    let h1 = w.state.host(&n("h1")).unwrap().clone();
+    let t0 = std::time::Instant::now();
+    let renewal = |ms: u64, applied: u64| ha::Sighting { at: at(t0, ms), report: Some((applied, 0)) };
+    // Never reported: nothing. A renewal within the lease: it joins.
+    let leader_start = ha::Sighting { at: t0, report: None };
+    assert!(ha::liveness_commands(&w.state, &h1, Some(leader_start), None, at(t0, 100), &TIMES, 1).is_empty());
+    let joined = ha::liveness_commands(&w.state, &h1, Some(renewal(0, 1)), Some(renewal(0, 1)), at(t0, 100), &TIMES, 1);
+    assert_eq!(kinds(&joined), ["admit_host"]);
+    // A stale renewal (older than the lease) does not make it join.
+    let stale = ha::liveness_commands(&w.state, &h1, Some(renewal(0, 1)), Some(renewal(0, 1)), at(t0, 4000), &TIMES, 1);
+    assert!(!kinds(&stale).contains(&"admit_host"), "{stale:?}");
+
+    w.ok(Command::AdmitHost { host: n("h1") });
+    fail(&mut w, "h1");
+    let failed_at = w.state.host_failure(&n("h1")).unwrap().revision;
+    let h1 = w.state.host(&n("h1")).unwrap().clone();
+    let behind = renewal(10_000, failed_at - 1);
+    assert!(ha::liveness_commands(&w.state, &h1, Some(behind), Some(behind), at(t0, 10_100), &TIMES, 1).is_empty());
+    let caught_up = renewal(10_000, failed_at);
+    let back = ha::liveness_commands(&w.state, &h1, Some(caught_up), Some(caught_up), at(t0, 10_100), &TIMES, 1);
+    assert_eq!(kinds(&back), ["admit_host"]);
+}
+
+#[test]
+fn an_attempt_fails_after_the_start_timeout_from_when_this_leader_first_saw_it() {
+    let mut w = world();
+    fail(&mut w, "h1");
+    let t0 = std::time::Instant::now();
+    let timeout = std::time::Duration::from_millis(2000);
+    let mut seen = std::collections::HashMap::new();
+    let plan = ha::plan_failovers(&w.state, &mut seen, t0, timeout);
+    assert_eq!(plan.len(), 1, "{plan:?}");
+    let (guest, start) = plan.into_iter().next().unwrap();
+    assert_eq!((guest.as_str(), start.kind()), ("g1", "start_failover"));
+    w.ok(start);
+    // This leader first sees the attempt at t0 + 500: the timeout runs from there.
+    assert!(ha::plan_failovers(&w.state, &mut seen, at(t0, 500), timeout).is_empty());
+    assert!(ha::plan_failovers(&w.state, &mut seen, at(t0, 2500), timeout).is_empty());
+    let plan = ha::plan_failovers(&w.state, &mut seen, at(t0, 2501), timeout);
+    assert_eq!(plan.iter().map(|(_, c)| c.kind()).collect::<Vec<_>>(), ["fail_failover_attempt"]);
+    // A new leader (an empty `seen`) gives the attempt a full timeout again.
+    let mut other = std::collections::HashMap::new();
+    assert!(ha::plan_failovers(&w.state, &mut other, at(t0, 10_000), timeout).is_empty());
+}
