@@ -19,6 +19,7 @@ pub mod entry;
 pub mod event;
 pub mod ha;
 pub mod hostconfig;
+pub mod lease;
 pub mod limits;
 pub mod model;
 pub mod name;
