@@ -158,6 +158,11 @@ fn set_clock(node: u64, clock: NodeClock) {
     CLOCKS.with(|c| c.borrow_mut().1.insert(node, clock));
 }
 
+/// What node `node`'s monotonic clock shows now (time since the simulation began, on it).
+pub fn node_now(node: u64) -> Duration {
+    clock_of(node).at(sim_elapsed())
+}
+
 pub fn clock_of(node: u64) -> NodeClock {
     CLOCKS.with(|c| c.borrow().1.get(&node).copied().unwrap_or_default())
 }

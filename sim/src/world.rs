@@ -24,6 +24,8 @@ use crate::runtime::{as_node, leap, set_rate, sim_elapsed, with_rng};
 use crate::Lock;
 use crate::SimConfig;
 
+mod hosts;
+
 /// Guests the clients read and write (the linearizability checker's registers).
 pub const REGISTERS: u32 = 3;
 const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
@@ -59,6 +61,8 @@ pub(crate) struct World {
     /// The leader the run settled under (0 until then).
     settled: std::sync::atomic::AtomicU64,
     next_request: std::sync::atomic::AtomicU64,
+    /// The VM hosts' agents and the leaders' view of them (`hosts.rs`).
+    hosts: Mutex<hosts::Hosts>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -115,6 +119,7 @@ impl World {
             healing: false.into(),
             settled: 0.into(),
             next_request: 1.into(),
+            hosts: Mutex::new(hosts::Hosts::new()),
         })
     }
 
@@ -378,6 +383,9 @@ impl World {
                         }
                         Some(o)
                     }
+                    // The register's host was failed or unreachable: refused, nothing changed,
+                    // nothing learned of the register.
+                    Written::Answer(Err(Rejection::HostNotActive { .. })) => None,
                     Written::Answer(Err(Rejection::GuestExists { .. })) => Some(Outcome::Exists),
                     Written::Answer(Err(Rejection::UnknownGuest { .. })) => Some(Outcome::Missing),
                     Written::Answer(Err(Rejection::VersionConflict { actual, .. })) => {
@@ -493,7 +501,7 @@ impl World {
 }
 
 /// The faults a run draws from, with their weights.
-const FAULTS: [(&str, u64); 15] = [
+const FAULTS: [(&str, u64); 17] = [
     ("crash_short", 10),
     ("crash_long", 6),
     ("power_loss_one", 8),
@@ -509,6 +517,8 @@ const FAULTS: [(&str, u64); 15] = [
     ("wall_clock_jump", 3),
     ("snapshot", 6),
     ("membership_change", 6),
+    ("host_crash", 4),
+    ("host_cut", 4),
 ];
 
 impl World {
@@ -624,6 +634,7 @@ impl World {
                 "clock_leap" => {
                     let (id, by) = with_rng(|r| (1 + r.below(5), r.millis(100, 1500)));
                     leap(id, by);
+                    self.hosts.locked().leaped.insert(id, sim_elapsed());
                     self.fault(kind, format!("n{id} leaps {} ms", by.as_millis()));
                 }
                 "wall_clock_jump" => {
@@ -639,6 +650,28 @@ impl World {
                     let Some((_, raft)) = self.raft(id) else { continue };
                     let _ = raft.trigger().snapshot().await;
                     self.fault(kind, format!("n{id}"));
+                }
+                "host_crash" | "host_cut" => {
+                    let i = with_rng(|r| r.below(HOSTS.len() as u64)) as usize;
+                    {
+                        let mut hs = self.hosts.locked();
+                        let h = &mut hs.hosts[i];
+                        match kind {
+                            "host_crash" if !h.up => continue,
+                            "host_crash" => h.up = false,
+                            _ => h.cut += 1,
+                        }
+                    }
+                    self.fault(kind, format!("{} for {} ms", HOSTS[i], window.as_millis()));
+                    let w = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(window).await;
+                        let mut hs = w.hosts.locked();
+                        match kind {
+                            "host_crash" => hs.restart(i),
+                            _ => hs.hosts[i].cut -= 1,
+                        }
+                    });
                 }
                 "membership_change" => {
                     let w = self.clone();
@@ -752,6 +785,12 @@ impl World {
         }
         let w = self.clone();
         tasks.spawn(async move { w.migrations(until).await });
+        for i in 0..HOSTS.len() {
+            let w = self.clone();
+            tasks.spawn(async move { w.host(i, until).await });
+        }
+        let w = self.clone();
+        tasks.spawn(async move { w.detect_failures(until).await });
         let w = self.clone();
         tasks.spawn(async move { w.faults(until).await });
         while tasks.join_next().await.is_some() {}

@@ -68,8 +68,8 @@ pub(super) async fn report(
     // leads: a deposed leader that has not noticed yet must not extend a lease the new leader
     // does not know of (the timing argument in ARCHITECTURE.md, "Failover and fencing").
     s.node.read_barrier(false).await?;
-    s.node.liveness.record(&host, &r);
-    let failed = s.node.sm.read(|st| st.host_failure(&host).is_some());
+    let declaring = s.node.liveness.record(&host, &r);
+    let failed = declaring || s.node.sm.read(|st| st.host_failure(&host).is_some());
     let lease = LeaseGrant { fence_after_ms: s.node.config.ha.fence_after_ms(), failed };
     Ok(Json(ReportRecorded { recorded: host, lease: Some(lease) }))
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
-use switchyard_protocol::{ha, Host};
+use switchyard_protocol::{ha, Command, Host};
 
 use crate::node::Node;
 
@@ -41,12 +41,18 @@ pub async fn run(s: Arc<Node>) {
         if !leader || s.sm.read(|st| st.importing().is_some()) {
             continue;
         }
-        let hosts: Vec<Host> = s.sm.read(|st| st.hosts().cloned().collect());
+        let hosts: Vec<Host> = s.sm.read(|st| {
+            liveness.declared(|h| st.host_failure(h).is_some());
+            st.hosts().cloned().collect()
+        });
         for h in hosts {
             let name = &h.spec.name;
             let (seen, report) = (liveness.last_seen(name), liveness.last_report(name));
             let commands = s.sm.read(|st| ha::liveness_commands(st, &h, seen, report, Instant::now(), &times, s.id));
             for command in commands {
+                if matches!(command, Command::DeclareHostFailed { .. }) && !liveness.begin_declaring(name, report) {
+                    continue; // a renewal arrived since the decision
+                }
                 let kind = command.kind();
                 match s.propose(s.clock().request_id(), format!("leader:{}", s.id), command).await {
                     Ok(Ok(_)) => tracing::info!(host = %name, kind, "host liveness recorded"),
