@@ -2,7 +2,8 @@
 //!
 //! - **Host liveness** ([`liveness_commands`]): when a host joins failure detection, when it is
 //!   declared failed (its lease expired by the leader's monotonic clock, plus the grace), when a
-//!   failed host rejoins, and its reachability.
+//!   failed host rejoins, and its reachability; [`Leases`] is the leader's memory of renewals
+//!   that feeds it, and decides what a renewal is answered.
 //! - **Where a failed host's guests go** ([`candidates`], [`choose`]): which nodes of a
 //!   package could start its guest now, why each other node is excluded, and the choice the
 //!   package's failover policy makes among them. `apply` checks the choice again when it is
@@ -13,7 +14,7 @@
 //! The leader's tasks (`coordinator/src/leader/`) call these with the time of their own
 //! monotonic clock, so the decisions are tested here with made-up instants, without waiting.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,93 @@ pub struct LivenessTimes {
     pub grace: Duration,
     /// Silence after which a host is logged unreachable (`api.host_report_timeout_ms`).
     pub report_timeout: Duration,
+}
+
+/// The leader's memory of its hosts' lease renewals, on its monotonic clock (`now` in every
+/// call): the last renewal of each host, when this node took office, and the hosts whose
+/// failure it has decided and not yet seen applied. Only a leader holds it; it starts empty
+/// when a node takes office, so a leader change never marks a healthy host failed.
+///
+/// A renewal and a decision are ordered by whoever holds the value (the coordinator keeps it
+/// behind one lock): a renewal recorded before [`Leases::decide`] prevents the declaration; one
+/// after it, until the state shows the failure, is answered `failed`. Granting it would let
+/// the host keep its guests for a whole lease after the failure commits and a failover starts
+/// them elsewhere (found by the simulation's host leases, docs/simulation.md).
+#[derive(Clone, Debug, Default)]
+pub struct Leases {
+    leader_since: Option<Instant>,
+    renewals: BTreeMap<Name, Sighting>,
+    declaring: BTreeSet<Name>,
+}
+
+impl Leases {
+    /// Notes whether this node leads at `now`: taking office counts as every host's last
+    /// sighting; leaving office forgets the declarations in flight (a new leader decides
+    /// again).
+    pub fn set_leader(&mut self, leader: bool, now: Instant) {
+        match (leader, self.leader_since.is_some()) {
+            (true, false) => self.leader_since = Some(now),
+            (false, true) => {
+                self.leader_since = None;
+                self.declaring.clear();
+            }
+            _ => {}
+        }
+    }
+
+    /// Notes a renewal by `host`'s agent reporting `(applied revision, digest)`; answers
+    /// whether it must be answered `failed` because this leader is declaring the host failed.
+    pub fn renewed(&mut self, host: &Name, report: (u64, u64), now: Instant) -> bool {
+        self.renewals.insert(host.clone(), Sighting { at: now, report: Some(report) });
+        self.declaring.contains(host)
+    }
+
+    /// The last renewal `host`'s agent made to this node.
+    pub fn last_renewal(&self, host: &Name) -> Option<Sighting> {
+        self.renewals.get(host).copied()
+    }
+
+    /// When `host` was last seen: its last renewal, or this node's start of leadership if
+    /// later (with the renewal's report).
+    pub fn last_seen(&self, host: &Name) -> Option<Sighting> {
+        let since = self.leader_since.map(|at| Sighting { at, report: None });
+        match (self.last_renewal(host), since) {
+            (Some(r), Some(s)) if s.at > r.at => Some(Sighting { at: s.at, report: r.report }),
+            (Some(r), _) => Some(r),
+            (None, s) => s,
+        }
+    }
+
+    /// What this leader (`leader`, its id) commits about every host at `now`
+    /// ([`liveness_commands`]); the hosts it declares failed are answered `failed` from now on,
+    /// until the state shows the failure or [`Leases::refused`] says it will not. A declaration
+    /// not applied yet is decided again (its proposal may have been lost; a duplicate is
+    /// refused once the first applied). Nothing when this node does not lead.
+    pub fn decide(&mut self, state: &ClusterState, now: Instant, times: &LivenessTimes, leader: u64) -> Vec<Command> {
+        self.declaring.retain(|h| state.host_failure(h).is_none());
+        if self.leader_since.is_none() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for host in state.hosts() {
+            let name = &host.spec.name;
+            let commands =
+                liveness_commands(state, host, self.last_seen(name), self.last_renewal(name), now, times, leader);
+            for c in commands {
+                if matches!(c, Command::DeclareHostFailed { .. }) {
+                    self.declaring.insert(name.clone());
+                }
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// The state refused this leader's declaration of `host` (it committed without effect):
+    /// its renewals are answered again.
+    pub fn refused(&mut self, host: &Name) {
+        self.declaring.remove(host);
+    }
 }
 
 /// What the leader `leader` commits about `host` at `now`, given when it last saw the host's

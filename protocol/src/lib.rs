@@ -23,6 +23,7 @@ pub mod lease;
 pub mod limits;
 pub mod model;
 pub mod name;
+pub mod reconcile;
 pub mod rejection;
 pub mod secret;
 pub mod state;

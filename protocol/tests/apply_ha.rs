@@ -250,6 +250,52 @@ fn a_member_is_declared_failed_only_after_lease_and_grace_by_the_leaders_clock()
     assert!(late.is_empty(), "{late:?}");
 }
 
+/// The hosts `commands` declare failed.
+fn declared(commands: &[Command]) -> Vec<&str> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::DeclareHostFailed { host, .. } => Some(host.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_renewal_before_the_decision_prevents_it_and_one_after_it_is_answered_failed() {
+    let mut w = world();
+    let t0 = std::time::Instant::now();
+    let mut leases = ha::Leases::default();
+    assert!(leases.decide(&w.state, at(t0, 60_000), &TIMES, 1).is_empty(), "not leading: nothing");
+    leases.set_leader(true, t0);
+    for h in ["h1", "h2", "small"] {
+        assert!(!leases.renewed(&n(h), (1, 0), at(t0, 1000)));
+    }
+    assert!(declared(&leases.decide(&w.state, at(t0, 6000), &TIMES, 1)).is_empty(), "not past lease + grace");
+    // h2 renews just before the decision: only the other two are declared.
+    assert!(!leases.renewed(&n("h2"), (1, 0), at(t0, 6000)));
+    assert_eq!(declared(&leases.decide(&w.state, at(t0, 6001), &TIMES, 1)), ["h1", "small"]);
+    // Renewals after it are answered failed until the state shows the failure...
+    assert!(leases.renewed(&n("h1"), (1, 0), at(t0, 6002)));
+    assert!(!leases.renewed(&n("h2"), (1, 0), at(t0, 6002)));
+    fail(&mut w, "h1");
+    // A declaration not applied yet is decided again; an applied one is not.
+    assert_eq!(declared(&leases.decide(&w.state, at(t0, 6100), &TIMES, 1)), ["small"]);
+    assert!(!leases.renewed(&n("h1"), (1, 0), at(t0, 6101)), "the state answers it now");
+    // ...or the state refused the declaration, or this node stopped leading.
+    assert!(leases.renewed(&n("small"), (1, 0), at(t0, 6102)));
+    leases.refused(&n("small"));
+    assert!(!leases.renewed(&n("small"), (1, 0), at(t0, 6103)));
+    assert_eq!(declared(&leases.decide(&w.state, at(t0, 11_200), &TIMES, 1)), ["h2", "small"]);
+    leases.set_leader(false, at(t0, 11_300));
+    assert!(!leases.renewed(&n("h2"), (1, 0), at(t0, 11_301)));
+    assert!(leases.decide(&w.state, at(t0, 60_000), &TIMES, 1).is_empty());
+    // Taking office again counts as every host's last sighting: a full lease and grace first.
+    leases.set_leader(true, at(t0, 20_000));
+    assert!(declared(&leases.decide(&w.state, at(t0, 25_000), &TIMES, 1)).is_empty());
+    assert_eq!(declared(&leases.decide(&w.state, at(t0, 25_001), &TIMES, 1)), ["h2", "small"]);
+}
+
 #[test]
 fn hosts_join_on_a_fresh_renewal_and_a_failed_one_rejoins_only_past_its_failure() {
     let mut w = World::standard();

@@ -32,56 +32,7 @@ pub mod timed;
 
 use command::{CommandConfig, CommandDriver};
 
-/// What the hypervisor says about one guest on this host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VmState {
-    /// Defined, no process.
-    ShutOff,
-    Running,
-    /// Exists but does not run the guest (e.g. QEMU's `paused`, `shutdown`, `internal-error`).
-    Paused(String),
-    /// Waiting for an incoming migration: it never ran here yet.
-    Incoming,
-    /// Sent away by a completed live migration: paused for good.
-    Migrated,
-    /// Exists but its control channel does not answer.
-    Unresponsive(String),
-}
-
-impl std::fmt::Display for VmState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            VmState::ShutOff => f.write_str("shut off"),
-            VmState::Running => f.write_str("running"),
-            VmState::Paused(why) => write!(f, "paused ({why})"),
-            VmState::Incoming => f.write_str("waiting for an incoming migration"),
-            VmState::Migrated => f.write_str("migrated away (paused)"),
-            VmState::Unresponsive(why) => write!(f, "unresponsive ({why})"),
-        }
-    }
-}
-
-impl VmState {
-    /// Could a copy of the guest be executing here, or resume without an order? What "never two
-    /// running copies" counts.
-    pub fn is_live(&self) -> bool {
-        matches!(self, VmState::Running | VmState::Paused(_) | VmState::Unresponsive(_))
-    }
-}
-
-/// One guest as the hypervisor of this host holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observed {
-    pub name: Name,
-    /// The definition kept on this host, and the log's version it was written from (`None`
-    /// for a definition this agent did not write: a guest unknown to the log).
-    pub defined: Option<(GuestSpec, Option<Revision>)>,
-    pub state: VmState,
-    /// The spec the running process was started with; differs from `defined` while a change
-    /// is pending (applied at the next start).
-    pub running_spec: Option<GuestSpec>,
-}
+pub use switchyard_protocol::reconcile::{Observed, SwitchingState, VmState};
 
 /// One transfer the source host is asked to run.
 #[derive(Clone, Debug)]
@@ -153,15 +104,6 @@ pub trait HypervisorDriver: Send + Sync {
     fn switching(&self) -> Option<&dyn PackageSwitching> {
         None
     }
-}
-
-/// A package's switching as the cluster manager (Serviceguard) holds it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SwitchingState {
-    /// Global switching (Serviceguard's `autorun`): may the package fail over at all?
-    pub global: bool,
-    /// Per-node switching, for the nodes the package may run on.
-    pub nodes: BTreeMap<Name, bool>,
 }
 
 /// Package switching on a cluster manager. Setting a value it already has is harmless.

@@ -11,10 +11,10 @@
 //!   before, for hosts that are not failed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::ServerState;
-use switchyard_protocol::{ha, Command, Host};
+use switchyard_protocol::{ha, Command};
 
 use crate::node::Node;
 
@@ -41,24 +41,25 @@ pub async fn run(s: Arc<Node>) {
         if !leader || s.sm.read(|st| st.importing().is_some()) {
             continue;
         }
-        let hosts: Vec<Host> = s.sm.read(|st| {
-            liveness.declared(|h| st.host_failure(h).is_some());
-            st.hosts().cloned().collect()
-        });
-        for h in hosts {
-            let name = &h.spec.name;
-            let (seen, report) = (liveness.last_seen(name), liveness.last_report(name));
-            let commands = s.sm.read(|st| ha::liveness_commands(st, &h, seen, report, Instant::now(), &times, s.id));
-            for command in commands {
-                if matches!(command, Command::DeclareHostFailed { .. }) && !liveness.begin_declaring(name, report) {
-                    continue; // a renewal arrived since the decision
+        // Decided under the state's read lock and the leases' lock together: a renewal lands
+        // either before the decision or after it (and is then answered `failed`).
+        let commands = s.sm.read(|st| liveness.decide(st, &times, s.id));
+        for command in commands {
+            let (host, declares) = match &command {
+                Command::DeclareHostFailed { host, .. } => (host.clone(), true),
+                Command::AdmitHost { host } | Command::SetHostReachable { host, .. } => (host.clone(), false),
+                _ => continue, // `liveness_commands` decides nothing else
+            };
+            let kind = command.kind();
+            match s.propose(s.clock().request_id(), format!("leader:{}", s.id), command).await {
+                Ok(Ok(_)) => tracing::info!(%host, kind, "host liveness recorded"),
+                Ok(Err(r)) => {
+                    if declares {
+                        liveness.refused(&host);
+                    }
+                    tracing::debug!(%host, kind, %r, "host liveness change refused")
                 }
-                let kind = command.kind();
-                match s.propose(s.clock().request_id(), format!("leader:{}", s.id), command).await {
-                    Ok(Ok(_)) => tracing::info!(host = %name, kind, "host liveness recorded"),
-                    Ok(Err(r)) => tracing::debug!(host = %name, kind, %r, "host liveness change refused"),
-                    Err(e) => tracing::warn!(host = %name, kind, %e, "could not record host liveness"),
-                }
+                Err(e) => tracing::warn!(%host, kind, %e, "could not record host liveness"),
             }
         }
     }

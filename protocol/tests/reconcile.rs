@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use switchyard_agent::driver::{Observed, SwitchingState, VmState};
-use switchyard_agent::lease::Fence;
-use switchyard_agent::reconcile::{Action, Effect, Input, Reconciler};
 use switchyard_protocol::api::Drift;
+use switchyard_protocol::lease::Fence;
+use switchyard_protocol::reconcile::{Action, Effect, Input, Reconciler};
+use switchyard_protocol::reconcile::{Observed, SwitchingState, VmState};
 use switchyard_protocol::{FencingToken, Guest, GuestSpec, Name, Package, RunState, SwitchingChange};
 
 fn n(s: &str) -> Name {
