@@ -122,6 +122,11 @@ pub enum Bug {
     AckBeforeFlush,
     /// The vote is written without a sync: a power loss can take back a vote already given.
     VoteNotSynced,
+    /// A host's agent acts as if its lease always held: it neither fences its packaged guests
+    /// nor lets the watchdog fire.
+    NoFence,
+    /// A hung agent's host has no watchdog: its guests run on, unfenced.
+    NoWatchdog,
 }
 
 /// One node's disk, shared by the node's successive incarnations.

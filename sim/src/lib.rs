@@ -4,17 +4,20 @@
 //! (`vendor/openraft`) with the real state-machine step (`switchyard_protocol::apply`) and the
 //! real codec on every Raft message, over a simulated network ([`net`]) and a simulated disk
 //! ([`disk`]) that loses unsynced writes on power loss, on one paused-clock runtime
-//! ([`runtime`]). Faults are drawn from one seed; clients, subscribers and a migration driver
-//! work meanwhile; every run ends healed and settled, and checkers ([`check`], [`record`]) read
-//! what it recorded: Raft safety, linearizability of guest reads and writes (CAS included), the
-//! watch properties of the event history, and the domain invariants at every applied state.
+//! ([`runtime`]). Faults are drawn from one seed; clients, subscribers, a migration driver and
+//! three VM hosts (leases, the real reconciler over simulated hypervisors, failovers, the
+//! watchdog) work meanwhile; every run ends healed and settled, and checkers ([`check`],
+//! [`record`]) read what it recorded: Raft safety, linearizability of guest reads and writes
+//! (CAS included), the watch properties of the event history, the domain invariants at every
+//! applied state, and never two running copies of a guest.
 //!
 //! Everything in a run is a function of its seed: `SWITCHYARD_SIM_SEED=<seed> cargo test -p
 //! switchyard-sim --test sim` replays one exactly (the same trace, byte for byte), and
 //! `switchyard-sim --seeds N` runs many (docs/simulation.md).
 //!
-//! What is not simulated: the coordinators' HTTP edges and proposer, the agents, and RocksDB's
-//! own I/O (the real store keeps its conformance, crash and corruption tests).
+//! What is not simulated: the coordinators' HTTP edges and proposer, the agents' event streams
+//! and stores, live migration's transfer, and RocksDB's own I/O (the real store keeps its
+//! conformance, crash and corruption tests; the agent its process and QEMU tests).
 
 pub mod check;
 pub mod disk;
@@ -63,6 +66,9 @@ pub struct Report {
     /// Events in the final history.
     pub events: usize,
     pub deliveries: usize,
+    /// Guest starts checked for a second running copy.
+    pub starts: u64,
+    pub failovers: u64,
 }
 
 /// Runs one simulation.
@@ -144,6 +150,8 @@ fn finish(seed: u64, rec: &mut record::Recorder, history: &[switchyard_protocol:
         ops: rec.ops.len(),
         events: history.len(),
         deliveries: rec.deliveries.len(),
+        starts: rec.starts,
+        failovers: rec.failovers,
     }
 }
 pub type StorageError = openraft::StorageError<u64>;
@@ -156,6 +164,8 @@ pub struct Summary {
     pub ops: u64,
     pub events: u64,
     pub deliveries: u64,
+    pub starts: u64,
+    pub failovers: u64,
     /// The runs that found violations.
     pub failures: Vec<Report>,
     pub took: std::time::Duration,
@@ -184,13 +194,15 @@ impl std::fmt::Display for Summary {
         writeln!(f, "fault mix: {}", mix.join(", "))?;
         writeln!(
             f,
-            "{} seeds in {:.1} s: {} faults, {} client operations checked, {} events, {} deliveries checked",
+            "{} seeds in {:.1} s: {} faults, {} client operations checked, {} events, {} deliveries checked, {} guest starts checked ({} failovers completed)",
             self.runs,
             self.took.as_secs_f64(),
             self.faults.values().sum::<u64>(),
             self.ops,
             self.events,
-            self.deliveries
+            self.deliveries,
+            self.starts,
+            self.failovers
         )?;
         let violations: usize = self.failures.iter().map(|r| r.violations.len()).sum();
         write!(f, "{violations} violations")
@@ -221,6 +233,8 @@ pub fn run_many(runs: Vec<Options>, threads: usize) -> Summary {
         sum.ops += r.ops as u64;
         sum.events += r.events as u64;
         sum.deliveries += r.deliveries as u64;
+        sum.starts += r.starts;
+        sum.failovers += r.failovers;
         if !r.violations.is_empty() {
             sum.failures.push(r);
         }

@@ -44,6 +44,10 @@ pub struct Recorder {
     pub pending: Vec<(String, RequestId, u32, Call, u64)>,
     /// Writes acknowledged: (actor, request id, last revision they produced).
     pub acked: Vec<(String, RequestId, u64)>,
+    /// Guest starts on the simulated hypervisors, each checked against every other host.
+    pub starts: u64,
+    /// Failovers their target reported complete (acknowledged).
+    pub failovers: u64,
 }
 
 impl Recorder {

@@ -25,6 +25,7 @@ use crate::Lock;
 use crate::SimConfig;
 
 mod hosts;
+mod hypervisor;
 
 /// Guests the clients read and write (the linearizability checker's registers).
 pub const REGISTERS: u32 = 3;
@@ -311,6 +312,22 @@ impl World {
                 run_state: RunState::Running,
             });
         }
+        for (i, g) in hypervisor::HA.iter().enumerate() {
+            commands.push(Command::CreateGuest {
+                name: name(g),
+                spec: GuestSpec {
+                    vcpus: 1,
+                    memory_mib: 64,
+                    disks: vec![],
+                    networks: vec![],
+                    online_migration: true,
+                    cluster_node: false,
+                    package: Some(name(&format!("pkg-{g}"))),
+                },
+                owner: name(HOSTS[i]),
+                run_state: RunState::Running,
+            });
+        }
         for c in commands {
             let id = self.request_id();
             loop {
@@ -501,7 +518,7 @@ impl World {
 }
 
 /// The faults a run draws from, with their weights.
-const FAULTS: [(&str, u64); 17] = [
+const FAULTS: [(&str, u64); 18] = [
     ("crash_short", 10),
     ("crash_long", 6),
     ("power_loss_one", 8),
@@ -519,6 +536,7 @@ const FAULTS: [(&str, u64); 17] = [
     ("membership_change", 6),
     ("host_crash", 4),
     ("host_cut", 4),
+    ("host_hang", 4),
 ];
 
 impl World {
@@ -651,24 +669,36 @@ impl World {
                     let _ = raft.trigger().snapshot().await;
                     self.fault(kind, format!("n{id}"));
                 }
-                "host_crash" | "host_cut" => {
+                "host_crash" | "host_cut" | "host_hang" => {
                     let i = with_rng(|r| r.below(HOSTS.len() as u64)) as usize;
-                    {
+                    // A hang ends with the agent resuming, or killed and started again.
+                    let restarts = with_rng(|r| r.chance(500));
+                    let agent = {
                         let mut hs = self.hosts.locked();
-                        let h = &mut hs.hosts[i];
                         match kind {
-                            "host_crash" if !h.up => continue,
-                            "host_crash" => h.up = false,
-                            _ => h.cut += 1,
+                            "host_crash" | "host_hang" if !hs.hosts[i].up => continue,
+                            "host_crash" => hs.crash(i),
+                            "host_hang" => hs.hosts[i].machine.hung += 1,
+                            _ => hs.hosts[i].cut += 1,
                         }
-                    }
-                    self.fault(kind, format!("{} for {} ms", HOSTS[i], window.as_millis()));
+                        hs.hosts[i].machine.agent
+                    };
+                    let how = if kind == "host_hang" && restarts { ", then the agent restarts" } else { "" };
+                    self.fault(kind, format!("{} for {} ms{how}", HOSTS[i], window.as_millis()));
                     let w = self.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(window).await;
                         let mut hs = w.hosts.locked();
                         match kind {
                             "host_crash" => hs.restart(i),
+                            // Unless the watchdog reset the host meanwhile.
+                            "host_hang" if hs.hosts[i].machine.agent == agent => {
+                                hs.hosts[i].machine.hung -= 1;
+                                if restarts {
+                                    hs.restart_agent(i);
+                                }
+                            }
+                            "host_hang" => {}
                             _ => hs.hosts[i].cut -= 1,
                         }
                     });
@@ -788,6 +818,10 @@ impl World {
         for i in 0..HOSTS.len() {
             let w = self.clone();
             tasks.spawn(async move { w.host(i, until).await });
+            let w = self.clone();
+            tasks.spawn(async move { w.agent(i, until).await });
+            let w = self.clone();
+            tasks.spawn(async move { w.fence(i, until).await });
         }
         let w = self.clone();
         tasks.spawn(async move { w.detect_failures(until).await });

@@ -79,3 +79,15 @@ fn a_store_that_does_not_sync_the_vote_is_caught() {
     let v = caught(Bug::VoteNotSynced, 300);
     assert!(v.iter().any(|v| v.contains("vote went back") || v.contains("applied")), "{v:#?}");
 }
+
+#[test]
+fn an_agent_that_ignores_its_lease_is_caught() {
+    let v = caught(Bug::NoFence, 100);
+    assert!(v.iter().any(|v| v.contains("two running copies")), "{v:#?}");
+}
+
+#[test]
+fn a_hung_agent_without_a_watchdog_is_caught() {
+    let v = caught(Bug::NoWatchdog, 150);
+    assert!(v.iter().any(|v| v.contains("two running copies")), "{v:#?}");
+}

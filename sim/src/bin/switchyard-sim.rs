@@ -1,4 +1,4 @@
-//! `switchyard-sim [--seeds N] [--from SEED] [--threads T] [--seconds S] [--bug ack-before-flush|vote-not-synced]
+//! `switchyard-sim [--seeds N] [--from SEED] [--threads T] [--seconds S] [--bug ack-before-flush|vote-not-synced|no-fence|no-watchdog]
 //! [--seed SEED --trace]`:
 //! runs the deterministic simulation over many seeds (a soak run) and prints the fault mix, the
 //! totals and every violation with the seed that replays it.
@@ -35,7 +35,11 @@ fn main() {
                 bug = match args.next().as_deref() {
                     Some("ack-before-flush") => Bug::AckBeforeFlush,
                     Some("vote-not-synced") => Bug::VoteNotSynced,
-                    other => usage(&format!("--bug {other:?}: known: ack-before-flush, vote-not-synced")),
+                    Some("no-fence") => Bug::NoFence,
+                    Some("no-watchdog") => Bug::NoWatchdog,
+                    other => usage(&format!(
+                        "--bug {other:?}: known: ack-before-flush, vote-not-synced, no-fence, no-watchdog"
+                    )),
                 }
             }
             "-h" | "--help" => usage(""),
@@ -65,6 +69,6 @@ fn usage(why: &str) -> ! {
     if !why.is_empty() {
         eprintln!("switchyard-sim: {why}");
     }
-    eprintln!("usage: switchyard-sim [--seeds N] [--from SEED] [--threads T] [--seconds S] [--bug ack-before-flush|vote-not-synced]\n       switchyard-sim --seed SEED [--trace] [--seconds S] [--bug ack-before-flush|vote-not-synced]");
+    eprintln!("usage: switchyard-sim [--seeds N] [--from SEED] [--threads T] [--seconds S] [--bug ack-before-flush|vote-not-synced|no-fence|no-watchdog]\n       switchyard-sim --seed SEED [--trace] [--seconds S] [--bug ack-before-flush|vote-not-synced|no-fence|no-watchdog]");
     std::process::exit(2);
 }

@@ -5,14 +5,13 @@
 //! `ensure_linearizable` confirmed it still leads, and notes the renewal on its own monotonic
 //! clock, as the coordinator's API does. The host keeps the lease with the real
 //! `protocol::lease::Lease` on its own clock, from when it sent the renewal. Every coordinator
-//! that leads runs the real `ha::liveness_commands` on its clock (a new leader counting its
-//! start as every host's last renewal) and commits what it answers. Host faults: a crash (its
-//! agent starts again with a fresh lease) and a cut from the coordinators.
+//! keeps the real `ha::Leases` on its clock while it leads (a new leader counting its start as
+//! every host's last renewal), as the coordinator does, and commits what it decides. Host
+//! faults: a crash (its agent starts again with a fresh lease) and a cut from the coordinators.
 //!
-//! A leader answers a renewal `failed` while its own `HostFailed` of the host is in flight, as
-//! the coordinator does (`coordinator::liveness::Liveness::record`). Without that, a renewal
-//! granted between the decision and the commit kept the host's lease for a whole term after the
-//! failure (seeds 2, 32 and 56 of the first version of this check).
+//! `Leases` answers a renewal `failed` while its own `HostFailed` of the host is in flight.
+//! Without that, a renewal granted between the decision and the commit kept the host's lease
+//! for a whole term after the failure (seeds 2, 32 and 56 of the first version of this check).
 //!
 //! Checked: once a `HostFailed` a leader proposed is committed, the host's own lease no longer
 //! holds (or the host is down). Otherwise the failover that follows could start a second copy
@@ -20,16 +19,17 @@
 //! leap" fault) is outside the argument, which assumes clocks that never run ahead of real time
 //! by more than their drift: its declarations are noted, not checked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use switchyard_protocol::api::LeaseGrant;
 use switchyard_protocol::entry::Proposals;
-use switchyard_protocol::ha::{self, LivenessTimes, Sighting};
+use switchyard_protocol::ha::{self, LivenessTimes};
 use switchyard_protocol::lease::{Fence, Lease};
 use switchyard_protocol::model::Timestamp;
-use switchyard_protocol::{Command, Name, Proposal};
+use switchyard_protocol::{Command, FencingToken, Name, Proposal};
 
+use super::hypervisor::{Machine, HA};
 use super::{name, now_ms, World, HOSTS};
 use crate::runtime::{node_now, sim_elapsed, with_rng};
 use crate::Lock;
@@ -44,7 +44,9 @@ const TIMES: LivenessTimes = LivenessTimes {
     report_timeout: Duration::from_millis(1500),
 };
 /// `lease − margin`: how long a renewal holds on the host.
-const FENCE_AFTER_MS: u64 = 600;
+pub(super) const FENCE_AFTER_MS: u64 = 600;
+/// How long a failover's target has to start the guest (the default 60 s, scaled).
+const START_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// One host's agent as the simulation keeps it.
 pub(super) struct HostSim {
@@ -54,17 +56,18 @@ pub(super) struct HostSim {
     /// Counts the agent's starts: a renewal answered to an earlier one is not taken.
     pub incarnation: u64,
     pub lease: Lease,
+    /// Its hypervisor and agent (`hypervisor.rs`).
+    pub machine: Machine,
 }
 
-/// A coordinator's view of the hosts while it leads (reset when it restarts).
+/// A coordinator's memory of the hosts' renewals, as the coordinator keeps it (reset when it
+/// restarts: `epoch` is its incarnation).
 #[derive(Default)]
 struct NodeView {
     epoch: u64,
-    leader_since: Option<Instant>,
-    reports: BTreeMap<Name, Sighting>,
-    /// Hosts whose failure this leader proposed and has not seen applied: their renewals are
-    /// answered `failed` (as `coordinator::liveness::Liveness` does).
-    declaring: std::collections::BTreeSet<Name>,
+    leases: ha::Leases,
+    /// When this leader first saw each failover attempt (`ha::plan_failovers`).
+    attempts: HashMap<FencingToken, Instant>,
 }
 
 pub(super) struct Hosts {
@@ -74,33 +77,74 @@ pub(super) struct Hosts {
     views: BTreeMap<u64, NodeView>,
     /// When each coordinator's clock last leaped (simulated time).
     pub leaped: BTreeMap<u64, Duration>,
+    /// Hosts a leader whose clock had leaped decided to declare failed while their lease held:
+    /// until when (simulated time) their copies may still run. A second copy started meanwhile
+    /// is outside the model, like the declaration.
+    pub unfenced_until: BTreeMap<usize, Duration>,
 }
 
 /// The clock id of host `i` (coordinators are 1–5).
-fn clock(i: usize) -> u64 {
+pub(super) fn clock(i: usize) -> u64 {
     101 + i as u64
 }
 
 impl Hosts {
     pub(super) fn new() -> Hosts {
         let base = Instant::now();
-        let hosts =
-            HOSTS.iter().map(|_| HostSim { up: true, cut: 0, incarnation: 0, lease: Lease::new(base) }).collect();
-        Hosts { base, hosts, views: BTreeMap::new(), leaped: BTreeMap::new() }
+        let hosts = HOSTS
+            .iter()
+            .map(|h| HostSim {
+                up: true,
+                cut: 0,
+                incarnation: 0,
+                lease: Lease::new(base),
+                machine: Machine::new(&name(h)),
+            })
+            .collect();
+        Hosts { base, hosts, views: BTreeMap::new(), leaped: BTreeMap::new(), unfenced_until: BTreeMap::new() }
     }
 
     /// Clock `id` now, as an `Instant` for the real code.
-    fn instant(&self, id: u64) -> Instant {
+    pub(super) fn instant(&self, id: u64) -> Instant {
         self.base + node_now(id)
+    }
+
+    /// Whether coordinator `n`'s clock leaped recently enough to matter for a lease.
+    fn leaped(&self, n: u64) -> bool {
+        self.leaped.get(&n).is_some_and(|at| sim_elapsed().saturating_sub(*at) < TIMES.lease * 3)
+    }
+
+    /// Leader `n` decided to declare `host` failed: if its clock leaped and the host's lease
+    /// still holds, the host's copies may outlive the declaration.
+    fn deciding(&mut self, n: u64, host: &Name) {
+        let Some(i) = HOSTS.iter().position(|h| *h == host.as_str()) else { return };
+        let left = self.hosts[i].lease.remaining(self.instant(clock(i)));
+        if self.leaped(n) && !left.is_zero() {
+            let until = sim_elapsed() + left + TIMES.lease;
+            self.unfenced_until.insert(i, until);
+        }
+    }
+
+    /// Host `i` crashes: its guests die with it.
+    pub(super) fn crash(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        h.up = false;
+        h.machine.reset();
     }
 
     /// Host `i` starts again after a crash: a new agent, with no renewal acknowledged yet.
     pub(super) fn restart(&mut self, i: usize) {
+        self.restart_agent(i);
+        self.hosts[i].up = true;
+    }
+
+    /// Host `i`'s agent starts again (after a crash of the host or of the agent alone).
+    pub(super) fn restart_agent(&mut self, i: usize) {
         let now = self.instant(clock(i));
         let h = &mut self.hosts[i];
-        h.up = true;
         h.incarnation += 1;
         h.lease = Lease::new(now);
+        h.machine.start_agent(&name(HOSTS[i]));
     }
 }
 
@@ -112,7 +156,7 @@ impl World {
             tokio::time::sleep(RENEW).await;
             let (up, cut, incarnation) = {
                 let h = &self.hosts.locked().hosts[i];
-                (h.up, h.cut, h.incarnation)
+                (h.up && h.machine.hung == 0, h.cut, h.incarnation)
             };
             if !up || cut > 0 {
                 continue;
@@ -133,10 +177,7 @@ impl World {
                 let mut hs = self.hosts.locked();
                 let at = hs.instant(n);
                 let view = hs.views.entry(n).or_default();
-                if view.epoch == epoch {
-                    view.reports.insert(host.clone(), Sighting { at, report: Some((revision, 0)) });
-                }
-                view.declaring.contains(&host)
+                view.epoch == epoch && view.leases.renewed(&host, (revision, 0), at)
             };
             // The answer's way back.
             tokio::time::sleep(with_rng(|r| r.millis(0, 20))).await;
@@ -162,35 +203,22 @@ impl World {
                     if view.epoch != epoch {
                         *view = NodeView { epoch, ..Default::default() };
                     }
-                    match (leads, view.leader_since) {
-                        (true, None) => view.leader_since = Some(now),
-                        (false, Some(_)) => {
-                            view.leader_since = None;
-                            view.declaring.clear();
-                        }
-                        _ => {}
-                    }
+                    view.leases.set_leader(leads, now);
                     if !leads {
+                        view.attempts.clear();
                         continue;
                     }
-                    let since = view.leader_since.map(|at| Sighting { at, report: None });
                     let disk = self.disks[&n].locked();
                     let st = &disk.live().sm.cluster;
-                    view.declaring.retain(|h| st.host_failure(h).is_none());
-                    let mut commands = Vec::new();
-                    for host in st.hosts() {
-                        let report = view.reports.get(&host.spec.name).copied();
-                        // As `coordinator::liveness::Liveness::last_seen`: the later of the two.
-                        let seen = match (report, since) {
-                            (Some(r), Some(s)) if s.at > r.at => Some(Sighting { at: s.at, report: r.report }),
-                            (Some(r), _) => Some(r),
-                            (None, s) => s,
-                        };
-                        commands.extend(ha::liveness_commands(st, host, seen, report, now, &TIMES, n));
-                    }
+                    let mut commands = view.leases.decide(st, now, &TIMES, n);
+                    // Failovers of the guests the hosts run; the migrating guests' agents are not
+                    // simulated (their migrations are commits only), so their failovers would
+                    // only wait for a start that never comes.
+                    let plan = ha::plan_failovers(st, &mut view.attempts, now, START_TIMEOUT);
+                    commands.extend(plan.into_iter().filter(|(g, _)| HA.contains(&g.as_str())).map(|(_, c)| c));
                     for c in &commands {
                         if let Command::DeclareHostFailed { host, .. } = c {
-                            view.declaring.insert(host.clone());
+                            hs.deciding(n, host);
                         }
                     }
                     commands
@@ -209,9 +237,16 @@ impl World {
                     let answer =
                         tokio::time::timeout(Duration::from_millis(1500), raft.client_write(Proposals(vec![proposal])))
                             .await;
-                    let committed = matches!(&answer, Ok(Ok(r)) if r.data.results.first().is_some_and(|x| x.is_ok()));
-                    if let (Some(host), true) = (declared, committed) {
-                        self.check_fenced(n, &host);
+                    let Some(host) = declared else { continue };
+                    match answer {
+                        Ok(Ok(r)) if r.data.results.first().is_some_and(|x| x.is_ok()) => self.check_fenced(n, &host),
+                        Ok(Ok(_)) => {
+                            let mut hs = self.hosts.locked();
+                            if let Some(view) = hs.views.get_mut(&n).filter(|v| v.epoch == epoch) {
+                                view.leases.refused(&host);
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -225,7 +260,7 @@ impl World {
         let h = &hs.hosts[i];
         let now = hs.instant(clock(i));
         let held = h.up && h.lease.fence(now) == Fence::Held;
-        let leaped = hs.leaped.get(&n).is_some_and(|at| sim_elapsed().saturating_sub(*at) < TIMES.lease * 3);
+        let leaped = hs.leaped(n);
         let remaining = h.lease.remaining(now).as_millis();
         drop(hs);
         match (held, leaped) {
