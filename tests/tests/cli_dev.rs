@@ -86,7 +86,12 @@ async fn dev_starts_a_cluster_and_resumes_it() {
     })
     .await;
     assert_eq!(st.members.len(), 3);
-    let g: serde_json::Value = c.get("/v1/guests/vm1").await.unwrap();
+    // A just-resumed cluster may change leader once more: the linearizable read is retried.
+    let g: serde_json::Value =
+        common::cluster::eventually("the resumed cluster to answer a read", Duration::from_secs(30), || async {
+            c.get("/v1/guests/vm1").await.ok()
+        })
+        .await;
     assert!(g["revision"].as_u64().unwrap() >= w.first_revision);
     // The CLI finds the dev cluster without flags from the folder holding switchyard-dev/.
     let out = Command::new(env!("CARGO_BIN_EXE_cli_proc"))
