@@ -1,10 +1,10 @@
-//! `switchyard migrate` and `switchyard migration list|show|abort`.
+//! `switchyard migrate` and `switchyard migration list|show|resolve|abort`.
 
 use std::io::Write;
 
 use clap::{Args, Subcommand};
 use switchyard_client::EventQuery;
-use switchyard_protocol::api::{AbortRequest, MigrateRequest, MigrationQuery, Order, StreamItem};
+use switchyard_protocol::api::{AbortRequest, MigrateRequest, MigrationQuery, Order, ResolveRequest, StreamItem};
 use switchyard_protocol::{EventPayload, MigrationId, Name, Phase};
 
 use crate::render::{describe, migration_detail, migrations_table, now, to_json};
@@ -68,6 +68,24 @@ pub enum Verb {
     Show {
         #[arg(value_parser = migration_id)]
         id: u64,
+    },
+    /// End a migration stuck after its owner switch (it cannot roll back): the guest stays
+    /// with its new owner; say whether the move worked and why.
+    #[command(group(clap::ArgGroup::new("outcome").required(true).args(["completed", "failed"])))]
+    Resolve {
+        #[arg(value_parser = migration_id)]
+        id: u64,
+        /// The guest runs on the target: record the migration completed.
+        #[arg(long)]
+        completed: bool,
+        /// Record the migration failed.
+        #[arg(long)]
+        failed: bool,
+        /// Why (required; kept in the migration's history).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        write: WriteOpts,
     },
     /// Roll back a migration that has not switched owner yet.
     Abort {
@@ -182,6 +200,15 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
         Verb::Show { id } => {
             let r = c.migration(MigrationId(id)).await?;
             Ok(if json { to_json(&r) } else { migration_detail(&r.items) })
+        }
+        Verb::Resolve { id, completed, failed: _, reason, write } => {
+            let request_id = write.id()?;
+            let outcome = if completed { Phase::Completed } else { Phase::Failed };
+            let req = ResolveRequest { outcome, reason, request_id: Some(request_id.clone()) };
+            match c.resolve_migration(MigrationId(id), &req).await {
+                Ok(r) if !json => Ok(format!("migration {id} resolved as {outcome} (revision {})\n", r.last_revision)),
+                r => ctx.written(&request_id, r),
+            }
         }
         Verb::Abort { id, reason, write } => {
             let request_id = write.id()?;

@@ -278,6 +278,9 @@ pub fn migration_detail(d: &MigrationDetail) -> String {
     if let Some(f) = m.freeze_time_ms {
         s.push_str(&format!("freeze time {}\n", timefmt::duration(f)));
     }
+    if let Some(r) = &d.resolution {
+        s.push_str(&format!("resolved as {} by {} at {}: {}\n", r.outcome, r.by, timefmt::format(r.at), r.reason));
+    }
     if let Some(t) = &d.transfer {
         s.push_str(&format!(
             "transfer {} in total, {} sent\n",
@@ -378,6 +381,9 @@ pub fn describe(p: &EventPayload) -> String {
             "package {package}: nodes {}, failover {failover_policy}, failback {failback_policy}",
             node_list(nodes)
         ),
+        EventPayload::MigrationResolved { id, guest, outcome, reason } => {
+            format!("migration {id} of {guest} resolved by an operator as {outcome}: {reason}")
+        }
     }
 }
 

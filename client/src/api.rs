@@ -209,6 +209,11 @@ impl Client {
         self.post_write(&format!("/v1/migrations/{}/abort", id.0), req).await
     }
 
+    /// Ends a migration stuck after its owner switch as completed or failed, with why.
+    pub async fn resolve_migration(&self, id: MigrationId, req: &ResolveRequest) -> Result<WriteResponse, ClientError> {
+        self.post_write(&format!("/v1/migrations/{}/resolve", id.0), req).await
+    }
+
     /// An agent's report on a migration's current phase, sent to every coordinator at once (each
     /// keeps it; the one that leads next then already holds it). Answers in endpoint order.
     pub async fn report_migration(

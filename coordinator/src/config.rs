@@ -139,9 +139,13 @@ impl Default for ApiConfig {
 pub struct MigrationConfig {
     /// How long the `transferring` phase may last: the source agent's transfer plus the target
     /// agent's confirmation that the guest runs there. Past it, the driver fails the migration
-    /// (rolling back, switching restored). This is the one phase that waits on agents; the
-    /// other phases are commits the driver makes itself.
+    /// (rolling back, switching restored). This is the one phase that waits on agents.
     pub transferring_timeout_ms: u64,
+    /// How long each of the other phases may last. The driver commits their next step itself,
+    /// in milliseconds when the cluster is healthy; a phase that outlasts its timeout (its next
+    /// step refused or never committed) fails the migration while it can still roll back, and
+    /// after the owner switch is reported stuck for an operator to resolve.
+    pub phase_timeouts_ms: PhaseTimeouts,
     /// A pause before each step the driver takes itself (0, the default: none). For demos and
     /// fault drills that want to watch, or act at, a given phase.
     pub step_delay_ms: u64,
@@ -149,7 +153,52 @@ pub struct MigrationConfig {
 
 impl Default for MigrationConfig {
     fn default() -> Self {
-        MigrationConfig { transferring_timeout_ms: 600_000, step_delay_ms: 0 }
+        MigrationConfig {
+            transferring_timeout_ms: 600_000,
+            phase_timeouts_ms: PhaseTimeouts::default(),
+            step_delay_ms: 0,
+        }
+    }
+}
+
+/// `[migration.phase_timeouts_ms]`: the timeout of each phase the driver ends itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PhaseTimeouts {
+    pub requested: u64,
+    pub switching_disabled: u64,
+    pub target_running: u64,
+    pub owner_switched: u64,
+    pub switching_enabled: u64,
+}
+
+impl Default for PhaseTimeouts {
+    fn default() -> Self {
+        let t = 60_000;
+        PhaseTimeouts {
+            requested: t,
+            switching_disabled: t,
+            target_running: t,
+            owner_switched: t,
+            switching_enabled: t,
+        }
+    }
+}
+
+impl MigrationConfig {
+    /// The timeout of `phase` in milliseconds (`None` for the terminal phases).
+    pub fn timeout_ms(&self, phase: switchyard_protocol::Phase) -> Option<u64> {
+        use switchyard_protocol::Phase as P;
+        let t = &self.phase_timeouts_ms;
+        match phase {
+            P::Requested => Some(t.requested),
+            P::SwitchingDisabled => Some(t.switching_disabled),
+            P::Transferring => Some(self.transferring_timeout_ms),
+            P::TargetRunning => Some(t.target_running),
+            P::OwnerSwitched => Some(t.owner_switched),
+            P::SwitchingEnabled => Some(t.switching_enabled),
+            P::Completed | P::Failed | P::Aborted => None,
+        }
     }
 }
 
@@ -345,6 +394,15 @@ impl Config {
         if self.migration.transferring_timeout_ms < 100 {
             err("migration.transferring_timeout_ms must be at least 100".into());
         }
+        for phase in switchyard_protocol::Phase::ALL {
+            let Some(t) = self.migration.timeout_ms(phase) else { continue };
+            if phase != switchyard_protocol::Phase::Transferring && t <= self.migration.step_delay_ms.max(99) {
+                err(format!(
+                    "migration.phase_timeouts_ms.{phase} must be at least 100 and longer than migration.step_delay_ms ({})",
+                    self.migration.step_delay_ms
+                ));
+            }
+        }
         let ha = &self.ha;
         if !(1000..=60_000).contains(&ha.lease_ms) {
             err("ha.lease_ms must be within 1000..=60000".into());
@@ -449,6 +507,11 @@ mod tests {
             (Box::new(|c| c.raft.proposal_batch_max = 0), "proposal_batch_max"),
             (Box::new(|c| c.api.request_body_bytes_max = 10), "request_body_bytes_max"),
             (Box::new(|c| c.migration.transferring_timeout_ms = 5), "migration.transferring_timeout_ms"),
+            (
+                Box::new(|c| c.migration.phase_timeouts_ms.owner_switched = 50),
+                "migration.phase_timeouts_ms.owner_switched",
+            ),
+            (Box::new(|c| c.migration.step_delay_ms = 60_000), "migration.phase_timeouts_ms.requested"),
             (Box::new(|c| c.ha.lease_ms = 70_000), "ha.lease_ms"),
             (Box::new(|c| c.ha.fence_margin_ms = 3_900), "ha.fence_margin_ms"),
             (Box::new(|c| c.ha.start_timeout_ms = 10), "ha.start_timeout_ms"),

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub host_last_report_seconds: Family<HostLabel, FGauge>,
     pub host_state: Family<HostStateLabel, Gauge>,
     pub migrations_in_flight: Family<PhaseLabel, Gauge>,
+    /// Set by the leader's migration driver (0 elsewhere).
+    pub migrations_stuck: Gauge,
     pub packages_switching_disabled: Gauge,
     pub package_switching_disabled_seconds: Family<PackageLabel, FGauge>,
     pub failovers_in_flight: Gauge,
@@ -124,6 +126,7 @@ impl Metrics {
             host_last_report_seconds: Family::default(),
             host_state: Family::default(),
             migrations_in_flight: Family::default(),
+            migrations_stuck: Gauge::default(),
             packages_switching_disabled: Gauge::default(),
             package_switching_disabled_seconds: Family::default(),
             failovers_in_flight: Gauge::default(),
@@ -165,6 +168,11 @@ impl Metrics {
             m.migration_phase_seconds.clone(),
         );
         r.register("migrations_in_flight", "Migrations in flight, by phase", m.migrations_in_flight.clone());
+        r.register(
+            "migrations_stuck",
+            "Migrations past their phase's timeout after the owner switch, which cannot roll back (leader only)",
+            m.migrations_stuck.clone(),
+        );
         r.register(
             "failovers",
             "Failover events, by outcome (started, completed, attempt_failed, failed)",

@@ -151,7 +151,7 @@ pub fn next_step(
                     _ => {}
                 }
             }
-            paced(next, elapsed, config)
+            paced(m, next, elapsed, config)
         }
         Phase::Transferring => {
             // A failed end cannot finish the move: fail now (switching is restored in the same
@@ -184,17 +184,41 @@ pub fn next_step(
             }
             Step::Wait(Duration::from_millis(config.transferring_timeout_ms - elapsed))
         }
-        Phase::TargetRunning | Phase::OwnerSwitched | Phase::SwitchingEnabled => paced(next, elapsed, config),
+        Phase::TargetRunning | Phase::OwnerSwitched | Phase::SwitchingEnabled => paced(m, next, elapsed, config),
         Phase::Completed | Phase::Failed | Phase::Aborted => Step::Wait(Duration::from_secs(3600)),
     }
 }
 
-fn paced(next: Option<Phase>, elapsed: u64, config: &MigrationConfig) -> Step {
+/// The next step of a phase the driver ends itself: after the pause `step_delay_ms`, advance.
+/// Past the phase's timeout (its advance refused or never committed) a migration that can still
+/// roll back fails; one past the owner switch keeps advancing, and [`stuck`] reports it.
+fn paced(m: &Migration, next: Option<Phase>, elapsed: u64, config: &MigrationConfig) -> Step {
     let Some(to) = next else { return Step::Wait(Duration::from_secs(3600)) };
+    if let Some(timeout) = config.timeout_ms(m.phase).filter(|t| elapsed >= *t) {
+        if m.phase.can_roll_back() {
+            return Step::Fail(format!(
+                "timed out after {timeout} ms in phase {}: its step to {to} did not take effect",
+                m.phase
+            ));
+        }
+    }
     if elapsed < config.step_delay_ms {
         return Step::Wait(Duration::from_millis(config.step_delay_ms - elapsed));
     }
     Step::Advance { to, freeze_time_ms: None }
+}
+
+/// Why a migration past the owner switch is stuck (it has outlasted its phase's timeout, and
+/// cannot roll back), for the driver to report; `None` when it is not.
+pub fn stuck(m: &Migration, in_phase: Duration, config: &MigrationConfig) -> Option<String> {
+    let elapsed = u64::try_from(in_phase.as_millis()).unwrap_or(u64::MAX);
+    let timeout = config.timeout_ms(m.phase)?;
+    (!m.phase.can_roll_back() && elapsed >= timeout).then(|| {
+        format!(
+            "migration {} of {} has been in phase {} for {elapsed} ms (timeout {timeout} ms) and cannot roll back after the owner switch",
+            m.id, m.guest, m.phase
+        )
+    })
 }
 
 /// The command for a step, with a request id derived from (migration, target phase): the same
@@ -248,7 +272,7 @@ mod tests {
     }
 
     fn config() -> MigrationConfig {
-        MigrationConfig { transferring_timeout_ms: 5_000, step_delay_ms: 0 }
+        MigrationConfig { transferring_timeout_ms: 5_000, ..MigrationConfig::default() }
     }
 
     #[test]
@@ -315,6 +339,32 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn every_phase_times_out_failing_before_the_owner_switch_and_stuck_after_it() {
+        let st = ClusterState::default();
+        let mut c = config();
+        c.phase_timeouts_ms.target_running = 2_000;
+        c.phase_timeouts_ms.owner_switched = 3_000;
+        let running = migration(Phase::TargetRunning, 0, true);
+        assert!(matches!(next_step(&running, &st, None, ms(1_999), &c), Step::Advance { .. }));
+        let s = next_step(&running, &st, None, ms(2_000), &c);
+        assert_eq!(
+            s,
+            Step::Fail(
+                "timed out after 2000 ms in phase target_running: its step to owner_switched did not take effect"
+                    .into()
+            )
+        );
+        assert!(stuck(&running, ms(60_000), &c).is_none(), "it can still roll back");
+        // After the owner switch a migration cannot fail: it keeps advancing and is reported.
+        let switched = migration(Phase::OwnerSwitched, 0, true);
+        assert!(stuck(&switched, ms(2_999), &c).is_none());
+        assert!(matches!(next_step(&switched, &st, None, ms(5_000), &c), Step::Advance { .. }));
+        let why = stuck(&switched, ms(3_000), &c).expect("stuck");
+        assert!(why.contains("phase owner_switched") && why.contains("timeout 3000 ms"), "{why}");
+        assert!(stuck(&migration(Phase::Completed, 0, true), ms(u64::MAX), &c).is_none());
     }
 
     #[test]

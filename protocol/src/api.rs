@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 use crate::model::{
-    FailbackPolicy, Failover, FailoverPolicy, FencingToken, Guest, Host, HostFailure, HostState, Migration,
-    MigrationId, Package, Phase, Revision, RunState, TransferStats,
+    Actor, FailbackPolicy, Failover, FailoverPolicy, FencingToken, Guest, Host, HostFailure, HostState, Migration,
+    MigrationId, Package, Phase, Revision, RunState, Timestamp, TransferStats,
 };
 use crate::name::Name;
 use crate::rejection::Rejection;
@@ -596,6 +596,18 @@ pub struct AbortRequest {
     pub request_id: Option<String>,
 }
 
+/// `POST /v1/migrations/{id}/resolve`: an operator ends a migration stuck after its owner
+/// switch as `completed` or `failed` (the guest stays with its new owner either way), with why.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// `completed` or `failed`.
+    pub outcome: Phase,
+    pub reason: String,
+    pub request_id: Option<String>,
+}
+
 /// `POST /v1/migrations/{id}/report`: an agent tells the leader what it did for the phase whose
 /// commit carried `token`. Only the migration's source or target may report, each only its own
 /// part: the source reports the transfer's end, the target that the guest runs there.
@@ -664,4 +676,17 @@ pub struct MigrationDetail {
     pub migration: Migration,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferStats>,
+    /// How an operator resolved it, when it was stuck after its owner switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<MigrationResolution>,
+}
+
+/// An operator's resolution of a migration stuck after its owner switch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationResolution {
+    pub outcome: Phase,
+    pub reason: String,
+    pub by: Actor,
+    pub at: Timestamp,
 }

@@ -226,6 +226,7 @@ pub fn decide(state: &ClusterState, p: &Proposal) -> Result<Vec<EventPayload>, R
             let why = Some(reason.clone().unwrap_or_else(|| "aborted by operator".into()));
             apply_end_migration(state, *id, Phase::Aborted, why)
         }
+        Command::ResolveMigration { id, outcome, reason } => apply_resolve_migration(state, *id, *outcome, reason),
         Command::RecordRepair { host, guest, action, reason } => {
             check_token("action", action, PROFILE_FIELD_LEN_MAX)?;
             check_text("reason", reason, TEXT_LEN_MAX)?;
@@ -686,6 +687,51 @@ fn apply_end_migration(
         events.push(migration_switching(m, m.switching_before.unwrap_or(true), "restored by rollback of"));
     }
     events.push(EventPayload::MigrationPhaseChanged { id, guest: m.guest.clone(), phase, freeze_time_ms: None, error });
+    Ok(events)
+}
+
+/// An operator ends a migration stuck after its owner switch: the guest stays with its new
+/// owner either way (the move cannot be undone), the package's switching goes back to what it
+/// was before the migration, and the history says who resolved it, how and why.
+fn apply_resolve_migration(
+    state: &ClusterState,
+    id: MigrationId,
+    outcome: Phase,
+    reason: &str,
+) -> Result<Vec<EventPayload>, Rejection> {
+    if !matches!(outcome, Phase::Completed | Phase::Failed) {
+        return Err(Rejection::InvalidArgument {
+            field: "outcome".into(),
+            reason: format!("a migration is resolved as completed or failed, not {outcome}"),
+        });
+    }
+    check_text("reason", reason, TEXT_LEN_MAX)?;
+    if reason.trim().is_empty() {
+        return Err(Rejection::InvalidArgument { field: "reason".into(), reason: "say why it is resolved".into() });
+    }
+    let m = live_migration(state, id)?;
+    if m.phase.can_roll_back() {
+        return Err(Rejection::InvalidArgument {
+            field: "id".into(),
+            reason: format!(
+                "migration {id} is in phase {}, before the owner switch: abort it (`switchyard migration abort {id}`) or let its phase timeout fail it",
+                m.phase
+            ),
+        });
+    }
+    let mut events =
+        vec![EventPayload::MigrationResolved { id, guest: m.guest.clone(), outcome, reason: reason.to_string() }];
+    if m.phase < Phase::SwitchingEnabled && m.has_package() {
+        events.push(migration_switching(m, m.switching_before.unwrap_or(true), "restored by resolution of"));
+    }
+    let error = (outcome == Phase::Failed).then(|| format!("resolved as failed by an operator: {reason}"));
+    events.push(EventPayload::MigrationPhaseChanged {
+        id,
+        guest: m.guest.clone(),
+        phase: outcome,
+        freeze_time_ms: None,
+        error,
+    });
     Ok(events)
 }
 

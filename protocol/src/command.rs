@@ -166,6 +166,13 @@ pub enum Command {
         failover_policy: Option<FailoverPolicy>,
         failback_policy: Option<FailbackPolicy>,
     },
+    /// An operator ends a migration stuck after its owner switch (it cannot roll back):
+    /// `completed` or `failed`, with why.
+    ResolveMigration {
+        id: MigrationId,
+        outcome: Phase,
+        reason: String,
+    },
 }
 
 impl Command {
@@ -195,6 +202,7 @@ impl Command {
             Command::AbandonFailover { .. } => "abandon_failover",
             Command::ModifyPackage { .. } => "modify_package",
             Command::ReleaseFailoverAttempt { .. } => "release_failover_attempt",
+            Command::ResolveMigration { .. } => "resolve_migration",
         }
     }
 }

@@ -153,6 +153,14 @@ pub enum EventPayload {
         failover_policy: FailoverPolicy,
         failback_policy: FailbackPolicy,
     },
+    /// An operator resolved a migration stuck after its owner switch as `outcome`, with why;
+    /// the phase change to `outcome` follows in the same commit.
+    MigrationResolved {
+        id: MigrationId,
+        guest: Name,
+        outcome: Phase,
+        reason: String,
+    },
 }
 
 /// The kind of an event, for subscription filters.
@@ -180,9 +188,10 @@ impl EventPayload {
             | GuestOwnerChanged { .. }
             | GuestRepaired { .. } => EventKind::Guest,
             PackageSwitchingChanged { .. } => EventKind::Package,
-            MigrationRequested { .. } | MigrationPhaseChanged { .. } | MigrationTransferStats { .. } => {
-                EventKind::Migration
-            }
+            MigrationRequested { .. }
+            | MigrationPhaseChanged { .. }
+            | MigrationTransferStats { .. }
+            | MigrationResolved { .. } => EventKind::Migration,
             PackageModified { .. } => EventKind::Package,
             HostJoined { .. }
             | HostFailed { .. }
@@ -208,7 +217,7 @@ impl EventPayload {
             MigrationPhaseChanged { guest, .. } => Some(guest),
             GuestOwnerChanged { guest, .. } => Some(guest),
             GuestRepaired { guest, .. } => Some(guest),
-            MigrationTransferStats { guest, .. } => Some(guest),
+            MigrationTransferStats { guest, .. } | MigrationResolved { guest, .. } => Some(guest),
             HostJoined { .. } | HostFailed { .. } | HostRecovered { .. } => None,
             FailoverStarted { guest, .. }
             | FailoverCompleted { guest, .. }
@@ -229,7 +238,8 @@ impl EventPayload {
             ClusterCreated { .. }
             | GuestRemoved { .. }
             | MigrationPhaseChanged { .. }
-            | MigrationTransferStats { .. } => vec![],
+            | MigrationTransferStats { .. }
+            | MigrationResolved { .. } => vec![],
             PackageSwitchingChanged { node, .. } => node.iter().collect(),
             MigrationRequested { migration } => vec![&migration.source, &migration.target],
             GuestOwnerChanged { from, to, .. } => vec![from, to],
@@ -254,7 +264,9 @@ impl EventPayload {
         use EventPayload::*;
         match self {
             MigrationRequested { migration } => Some(migration.id),
-            MigrationPhaseChanged { id, .. } | MigrationTransferStats { id, .. } => Some(*id),
+            MigrationPhaseChanged { id, .. } | MigrationTransferStats { id, .. } | MigrationResolved { id, .. } => {
+                Some(*id)
+            }
             GuestOwnerChanged { migration, .. } => Some(*migration),
             PackageSwitchingChanged { migration, .. } => *migration,
             _ => None,

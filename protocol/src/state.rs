@@ -349,7 +349,9 @@ impl ClusterState {
                 sub(&mut self.derived.reserved, to, demand);
             }
             // Records of what an agent did or measured; the state is what it was.
-            EventPayload::GuestRepaired { .. } | EventPayload::MigrationTransferStats { .. } => {}
+            EventPayload::GuestRepaired { .. }
+            | EventPayload::MigrationTransferStats { .. }
+            | EventPayload::MigrationResolved { .. } => {}
             EventPayload::HostJoined { host } => {
                 self.members.insert(host.clone(), Member { joined: rev, failure: None });
             }
@@ -485,6 +487,14 @@ impl ClusterState {
                     Err(format!("gives transfer figures of migration {id} for guest {g}, but it moves {}", m.guest))
                 }
                 None => Err(format!("gives transfer figures of unknown migration {id}")),
+            },
+            EventPayload::MigrationResolved { id, guest: g, .. } => match self.migrations.get(id) {
+                Some(m) if m.phase.is_terminal() => {
+                    Err(format!("resolves migration {id}, which already finished as {}", m.phase))
+                }
+                Some(m) if &m.guest == g => Ok(()),
+                Some(m) => Err(format!("resolves migration {id} of guest {g}, but it moves {}", m.guest)),
+                None => Err(format!("resolves unknown migration {id}")),
             },
             EventPayload::HostJoined { host: h } => {
                 host(h)?;
@@ -636,7 +646,8 @@ impl ClusterState {
                     guests.insert(&migration.guest);
                 }
                 EventPayload::MigrationPhaseChanged { id, guest, .. }
-                | EventPayload::MigrationTransferStats { id, guest, .. } => {
+                | EventPayload::MigrationTransferStats { id, guest, .. }
+                | EventPayload::MigrationResolved { id, guest, .. } => {
                     guests.insert(guest);
                     migrations.insert(*id);
                 }

@@ -322,10 +322,12 @@ fn damage(e: &mut Event, x: usize) {
             0 => *guest = n(GUESTS[x / 2 % GUESTS.len()]),
             _ => *host = n(["h1", "h9"][x / 2 % 2]),
         },
-        EventPayload::MigrationTransferStats { id, guest, .. } => match x % 2 {
-            0 => *id = MigrationId(x as u64 / 2 % 40),
-            _ => *guest = n(GUESTS[x / 2 % GUESTS.len()]),
-        },
+        EventPayload::MigrationTransferStats { id, guest, .. } | EventPayload::MigrationResolved { id, guest, .. } => {
+            match x % 2 {
+                0 => *id = MigrationId(x as u64 / 2 % 40),
+                _ => *guest = n(GUESTS[x / 2 % GUESTS.len()]),
+            }
+        }
         EventPayload::HostJoined { host }
         | EventPayload::HostFailed { host, .. }
         | EventPayload::HostRecovered { host } => *host = n(["h1", "h9"][x % 2]),

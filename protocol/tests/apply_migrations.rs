@@ -265,6 +265,42 @@ fn no_rollback_after_owner_switch() {
 }
 
 #[test]
+fn a_migration_stuck_after_its_owner_switch_is_resolved_by_an_operator_with_a_reason() {
+    for (phase, outcome) in [
+        (Phase::OwnerSwitched, Phase::Completed),
+        (Phase::OwnerSwitched, Phase::Failed),
+        (Phase::SwitchingEnabled, Phase::Completed),
+        (Phase::SwitchingEnabled, Phase::Failed),
+    ] {
+        let mut w = World::standard();
+        let id = w.migrate("g1", "h2", MigrationKind::Online);
+        w.advance_to(id, phase);
+        let resolve = |outcome: Phase, reason: &str| Command::ResolveMigration { id, outcome, reason: reason.into() };
+        assert_eq!(w.reject(resolve(outcome, "  ")).code(), "invalid_argument", "a reason is required");
+        assert_eq!(w.reject(resolve(Phase::Aborted, "x")).code(), "invalid_argument");
+        let (_, events) = w.ok(resolve(outcome, "the target's agent was rebuilt; the guest runs there"));
+        assert!(
+            matches!(&events[0].payload, EventPayload::MigrationResolved { id: i, outcome: o, reason, .. }
+                if *i == id && *o == outcome && reason.starts_with("the target's agent")),
+            "{events:?}"
+        );
+        let m = w.state.migration(id).unwrap();
+        assert_eq!(m.phase, outcome, "{phase} resolved as {outcome}");
+        assert_eq!(m.error.is_some(), outcome == Phase::Failed);
+        assert_eq!(w.guest("g1").owner, n("h2"), "the owner switch stands");
+        assert!(w.package("p1").switching_enabled, "switching as before the migration");
+        assert!(w.state.in_flight(&n("g1")).is_none());
+        assert_eq!(w.reject(resolve(outcome, "again")).code(), "migration_finished");
+    }
+    // Before the owner switch it rolls back instead: abort, or the phase timeout.
+    let mut w = World::standard();
+    let id = w.migrate("g1", "h2", MigrationKind::Online);
+    w.advance_to(id, Phase::TargetRunning);
+    let r = w.reject(Command::ResolveMigration { id, outcome: Phase::Completed, reason: "x".into() });
+    assert!(r.to_string().contains("before the owner switch") && r.to_string().contains("migration abort"), "{r}");
+}
+
+#[test]
 fn finished_migrations_cannot_move() {
     let mut w = World::standard();
     let id = w.migrate("g2", "h2", MigrationKind::Online);

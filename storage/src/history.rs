@@ -6,6 +6,7 @@
 //! same revision always writes identical bytes (apply is deterministic).
 
 use rocksdb::{Direction, IteratorMode, WriteBatch};
+use switchyard_protocol::api::MigrationResolution;
 use switchyard_protocol::codec::{self, RecordKind};
 use switchyard_protocol::{Event, EventPayload, Migration, MigrationId, Name, Revision, TransferStats};
 
@@ -135,29 +136,35 @@ impl History {
         self.dir.get(cf::MIGRATIONS, &key::u64(id.0), RecordKind::Migration, format!("migration {id}"))
     }
 
-    /// What the hypervisor measured of a migration's transfer, from its `MigrationTransferStats`
-    /// event (`None` when none was recorded, or the history no longer holds it). Only the
-    /// guest's events between the migration's request and its last phase are read.
-    pub fn transfer_stats(&self, m: &Migration) -> Result<Option<TransferStats>, StoreError> {
+    /// What the history records about a migration beside its phases: the hypervisor's figures
+    /// of its transfer (its `MigrationTransferStats` event) and an operator's resolution (its
+    /// `MigrationResolved` event), each `None` when there is none or the history no longer holds
+    /// it. Only the guest's events between the migration's request and its last phase are read.
+    pub fn migration_records(
+        &self,
+        m: &Migration,
+    ) -> Result<(Option<TransferStats>, Option<MigrationResolution>), StoreError> {
         let (first, last) = (m.history[0].revision, m.current().revision);
+        let (mut transfer, mut resolution) = (None, None);
         let mut from = first;
         loop {
             let revisions = self.guest_revisions(&m.guest, from, 256)?;
             for r in &revisions {
                 if *r > last {
-                    return Ok(None);
+                    return Ok((transfer, resolution));
                 }
-                if let Some(Event { payload: EventPayload::MigrationTransferStats { id, stats, .. }, .. }) =
-                    self.event(*r)?
-                {
-                    if id == m.id {
-                        return Ok(Some(stats));
+                let Some(e) = self.event(*r)? else { continue };
+                match e.payload {
+                    EventPayload::MigrationTransferStats { id, stats, .. } if id == m.id => transfer = Some(stats),
+                    EventPayload::MigrationResolved { id, outcome, reason, .. } if id == m.id => {
+                        resolution = Some(MigrationResolution { outcome, reason, by: e.actor, at: e.time })
                     }
+                    _ => {}
                 }
             }
             match revisions.last() {
                 Some(r) if revisions.len() == 256 => from = r + 1,
-                _ => return Ok(None),
+                _ => return Ok((transfer, resolution)),
             }
         }
     }

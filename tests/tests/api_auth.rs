@@ -52,6 +52,13 @@ fn calls() -> Vec<Call> {
         c("config-write", Method::PATCH, "/v1/guests/g1", Some(json!({"vcpus": 2}))),
         c("config-write", Method::DELETE, "/v1/guests/g1", None),
         c("config-write", Method::POST, "/v1/packages/p1/switching", Some(json!({"enabled": false}))),
+        c("config-write", Method::POST, "/v1/migrations/999/abort", Some(json!({"reason": "x"}))),
+        c(
+            "config-write",
+            Method::POST,
+            "/v1/migrations/999/resolve",
+            Some(json!({"outcome": "completed", "reason": "x"})),
+        ),
     ]
 }
 

@@ -124,6 +124,7 @@ async fn metrics_are_scraped_and_move_through_a_migration_and_a_leader_kill() {
         "migrations_finished",
         "migration_phase_seconds",
         "migrations_in_flight",
+        "migrations_stuck",
         "failovers",
         "failovers_in_flight",
         "hosts_failed",
@@ -137,6 +138,7 @@ async fn metrics_are_scraped_and_move_through_a_migration_and_a_leader_kill() {
         let name = format!("switchyard_{family}");
         assert!(s.docs.contains_key(&name), "{name} is not described");
     }
+    assert_eq!(get(&s, "switchyard_migrations_stuck", &[]), 0.0);
     let other = rest.into_iter().find(|n| *n != new).unwrap();
     assert_eq!(get(&scrape(&cluster, other).await, "switchyard_raft_is_leader", &[]), 0.0);
     drop(agents);

@@ -51,6 +51,21 @@ pub(super) async fn abort(
     submit(&s, &c, rid.as_deref(), (id, r)).await
 }
 
+/// Ends a migration stuck after its owner switch (it cannot roll back) as `completed` or
+/// `failed`, with a reason kept in its history.
+#[utoipa::path(post, path = "/v1/migrations/{id}/resolve", tag = "migrations", params(("id" = u64, Path, description = "The migration id")), request_body = ResolveRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn resolve(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let id = migration_id(&id)?;
+    let r: ResolveRequest = body(&raw)?;
+    let rid = r.request_id.clone();
+    submit(&s, &c, rid.as_deref(), (id, r)).await
+}
+
 /// An agent reports its part of the current phase of a migration it takes part in. Held in
 /// memory for the driver by every coordinator that receives it and whose applied state has the
 /// migration at that phase; a follower then forwards it to the leader, whose answer (with its
@@ -110,8 +125,8 @@ pub(super) async fn show(
     let revision = s.node.sm.applied_meta().revision;
     let history = s.node.sm.history();
     let migration = history.migration(id)?.ok_or(unknown(id))?;
-    let transfer = history.transfer_stats(&migration)?;
-    Ok(Json(Read::new(revision, MigrationDetail { migration, transfer })))
+    let (transfer, resolution) = history.migration_records(&migration)?;
+    Ok(Json(Read::new(revision, MigrationDetail { migration, transfer, resolution })))
 }
 
 /// Which phases a list keeps.

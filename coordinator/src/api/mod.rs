@@ -170,6 +170,7 @@ fn routes() -> (Router<Arc<Api>>, Router<Arc<Api>>, utoipa::openapi::OpenApi) {
         .routes(routes!(migrations::list, migrations::request))
         .routes(routes!(migrations::show))
         .routes(routes!(migrations::abort))
+        .routes(routes!(migrations::resolve))
         .routes(routes!(migrations::report))
         .routes(routes!(events::subscribe))
         .split_for_parts();

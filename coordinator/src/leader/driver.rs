@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use switchyard_protocol::{FencingToken, Migration, MigrationId};
 
-use crate::migration::{command_for, next_step, stats_command, Step};
+use crate::migration::{command_for, next_step, stats_command, stuck, Step};
 use crate::node::Node;
 
 /// Runs until the process stops; acts only while this coordinator leads.
@@ -21,6 +21,8 @@ pub async fn run(s: Arc<Node>) {
     // When this leader first saw each in-flight migration in its current phase (by the phase's
     // fencing token).
     let mut seen: HashMap<MigrationId, (FencingToken, Instant)> = HashMap::new();
+    // Stuck migrations already reported, by their phase's token (reported once per phase).
+    let mut reported_stuck: HashMap<MigrationId, FencingToken> = HashMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -32,6 +34,8 @@ pub async fn run(s: Arc<Node>) {
         if metrics.borrow().state != ServerState::Leader {
             s.sm.read(|st| s.reports.retain(|id| st.migration(id).is_some_and(|m| !m.phase.is_terminal())));
             seen.clear();
+            reported_stuck.clear();
+            s.metrics.migrations_stuck.set(0);
             continue;
         }
         // While a restore imports history, every step would be refused: wait for its end.
@@ -39,6 +43,7 @@ pub async fn run(s: Arc<Node>) {
             continue;
         }
         let now = Instant::now();
+        let mut stuck_now = Vec::new();
         let steps: Vec<(Migration, Step, Option<_>)> = s.sm.read(|st| {
             s.reports.retain(|id| st.migration(id).is_some_and(|m| !m.phase.is_terminal()));
             seen.retain(|id, _| st.migration(*id).is_some_and(|m| !m.phase.is_terminal()));
@@ -53,12 +58,22 @@ pub async fn run(s: Arc<Node>) {
                         }
                     };
                     let reports = s.reports.get(m.id, token);
+                    if let Some(why) = stuck(m, now - since, &s.config.migration) {
+                        stuck_now.push((m.id, token, why));
+                    }
                     let step = next_step(m, st, reports.as_ref(), now - since, &s.config.migration);
                     let stats = stats_command(m, &step, reports.as_ref());
                     (m.clone(), step, stats)
                 })
                 .collect()
         });
+        s.metrics.migrations_stuck.set(stuck_now.len() as i64);
+        reported_stuck.retain(|id, _| stuck_now.iter().any(|(s, _, _)| s == id));
+        for (id, token, why) in stuck_now {
+            if reported_stuck.insert(id, token) != Some(token) {
+                tracing::warn!(migration = %id, "{why}: `switchyard migration show {id}` says where it stands");
+            }
+        }
         for (m, step, stats) in steps {
             if let Step::Wait(d) = step {
                 wait = wait.min(d.max(Duration::from_millis(10)));

@@ -46,6 +46,7 @@ write_request!(
     SwitchingRequest,
     MigrateRequest,
     AbortRequest,
+    ResolveRequest,
     IdentityRequest,
     ImportRequest,
 );
@@ -172,6 +173,12 @@ impl MigrateRequest {
 impl From<(MigrationId, AbortRequest)> for Command {
     fn from((id, r): (MigrationId, AbortRequest)) -> Command {
         Command::AbortMigration { id, reason: r.reason }
+    }
+}
+
+impl From<(MigrationId, ResolveRequest)> for Command {
+    fn from((id, r): (MigrationId, ResolveRequest)) -> Command {
+        Command::ResolveMigration { id, outcome: r.outcome, reason: r.reason }
     }
 }
 

@@ -90,6 +90,7 @@ impl ClusterOpts {
             migration: MigrationConfig {
                 transferring_timeout_ms: self.transferring_timeout_ms,
                 step_delay_ms: self.step_delay_ms,
+                ..MigrationConfig::default()
             },
             ha: HaConfig { lease_ms: self.lease_ms, start_timeout_ms: self.start_timeout_ms, ..HaConfig::default() },
             sim_transfer_ms: self.sim_transfer_ms,
