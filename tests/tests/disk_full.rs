@@ -195,7 +195,10 @@ async fn wait_recovered(cluster: &TestCluster, id: u64, revision: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_whose_disk_fills_refuses_writes_serves_reads_and_recovers() {
-    let mut cluster = TestCluster::empty(ClusterOpts::default());
+    // Hosts h1 and h2 have no agent here: without a long report timeout the leader marks them
+    // unreachable 5 s after it took office, and guests can no longer be placed on them.
+    let opts = ClusterOpts { host_report_timeout_ms: 600_000, ..ClusterOpts::default() };
+    let mut cluster = TestCluster::empty(opts);
     // Smaller than RocksDB's write-ahead log preallocation (1.1 × the 64 MiB write buffer), so
     // the log's appends take pages as they go and a full disk shows at the next write.
     let Some(fs) = Tmpfs::mount(&cluster.dir().join("node3").join("data"), 48) else { return };
