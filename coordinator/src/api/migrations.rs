@@ -7,7 +7,7 @@ use axum::{Extension, Json};
 use switchyard_protocol::api::*;
 use switchyard_protocol::{Migration, MigrationId, Phase, Rejection};
 
-use super::{body, body_or_default, query, submit, unknown_guest, ApiError, Caller, Q, S};
+use super::{body, body_or_default, query, submit, submit_body, unknown_guest, ApiError, Caller, Q, S};
 use crate::config::Role;
 
 fn migration_id(s: &str) -> Result<MigrationId, ApiError> {
@@ -61,9 +61,7 @@ pub(super) async fn resolve(
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
     let id = migration_id(&id)?;
-    let r: ResolveRequest = body(&raw)?;
-    let rid = r.request_id.clone();
-    submit(&s, &c, rid.as_deref(), (id, r)).await
+    submit_body(&s, &c, &raw, |r: ResolveRequest| (id, r)).await
 }
 
 /// An agent reports its part of the current phase of a migration it takes part in. Held in
