@@ -273,8 +273,23 @@ impl Node {
         if let Some(fault) = self.fault() {
             return Err(self.faulted_error(&fault));
         }
-        self.raft.ensure_linearizable().await?;
-        Ok(())
+        // openraft confirms leadership with one round of heartbeats, each allowed one heartbeat
+        // interval: on a loaded machine a round can miss its quorum while the leader is sound.
+        // A later round is as good a read point (it is taken after the request arrived), so a
+        // missed round is tried again for up to five election timeouts before the client hears 503.
+        let interval = std::time::Duration::from_millis(self.config.raft.heartbeat_interval_ms);
+        let budget = std::time::Duration::from_millis(self.config.raft.election_timeout_ms_max.max(1) * 5);
+        let started = std::time::Instant::now();
+        loop {
+            match self.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) if started.elapsed() < budget => {
+                    tracing::debug!(got = ?q.got, "a leadership confirmation round missed its quorum; trying again");
+                    tokio::time::sleep(interval).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// What a node whose Raft stopped answers a request only Raft can serve: the leader it

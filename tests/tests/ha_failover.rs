@@ -300,7 +300,10 @@ async fn a_host_lost_mid_migration_ends_it_failed_with_switching_restored_and_th
     crash(&cluster, &mut hosts[1]);
     let m = wait_terminal(&cluster, id).await;
     assert_eq!(m.phase, switchyard_protocol::Phase::Failed, "{m:?}");
-    assert!(m.error.as_deref().unwrap_or_default().contains("target host h2 failed"), "{m:?}");
+    // Two causes race, both right: the leader declares h2 failed once its lease runs out, or the
+    // source reports first that the transfer broke off with the target gone.
+    let error = m.error.as_deref().unwrap_or_default();
+    assert!(error.contains("target host h2 failed") || error.contains("transfer failed on h1"), "{m:?}");
     assert!(admin.package(&n("p1")).await.unwrap().items.package.switching_enabled, "switching restored");
     wait_vm(&cluster, "h1", "vm1", "still running on its source", running).await;
     hosts[1].agent.restart();

@@ -17,7 +17,7 @@ async fn an_operator_resolves_a_migration_past_its_owner_switch() {
     let (cluster, agents) = cluster_with_agents(opts).await;
     let admin = cluster.client(&[1, 2, 3]);
     create_guest(&admin, "vm1", "h1", Some("pkg1")).await;
-    let id = migrate(&admin, "vm1", "h2", "resolve-1").await;
+    let id = migrate(&admin, "vm1", "h2", "5e501e1").await;
     let resolve = |outcome: Phase| ResolveRequest {
         outcome,
         reason: "the guest runs on h2 (checked at its console)".into(),
