@@ -99,13 +99,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         let agents: Vec<String> =
             dev.agents.iter().map(|a| format!("{} https://{}/metrics", a.host, a.metrics)).collect();
-        out!("  metrics: https://{}/metrics (operator token); agents: {}", dev.endpoints()[0], agents.join(", "));
+        out!("  metrics: https://{}/metrics (read-only token); agents: {}", dev.endpoints()[0], agents.join(", "));
         out!();
         out!(
-            "Every link is TLS under the cluster's own CA ({}/tls). Operator (read-only) token: {}. \
-             Ctrl-C stops everything; run again to resume.",
+            "Every link is TLS under the cluster's own CA ({}/tls). Read-only token: {}; operations \
+             token (migrate, switching, maintenance): {}. Ctrl-C stops everything; run again to resume.",
             args.dir.display(),
-            dev.secrets.operator_token
+            dev.secrets.read_only_token,
+            dev.secrets.operations_token
         );
         if args.demo {
             demo_scenario(&mut dev, qemu).await?;

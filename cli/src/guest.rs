@@ -1,7 +1,7 @@
 //! `switchyard guest create|modify|show|list|remove`.
 
 use clap::Subcommand;
-use switchyard_protocol::api::{CreateGuestRequest, GuestQuery, ModifyGuestRequest, RemoveGuestParams};
+use switchyard_protocol::api::{CreateGuestRequest, GuestQuery, ModifyGuestRequest, RemoveParams};
 use switchyard_protocol::{Name, RunState};
 
 use crate::render::{guests_table, more, now, sync_text, to_json, unprotected};
@@ -237,7 +237,7 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
         }
         Verb::Remove { name, expect_version, write } => {
             let id = write.id()?;
-            let params = RemoveGuestParams { expect_version, request_id: Some(id.clone()) };
+            let params = RemoveParams { expect_version, request_id: Some(id.clone()) };
             ctx.written(&id, c.remove_guest(&name, &params).await)
         }
     }

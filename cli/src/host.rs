@@ -1,7 +1,7 @@
-//! `switchyard host register|list|show|maintenance`.
+//! `switchyard host register|list|show|modify|remove|maintenance`.
 
 use clap::Subcommand;
-use switchyard_protocol::api::{HostQuery, MaintenanceRequest, RegisterHostRequest};
+use switchyard_protocol::api::{HostQuery, MaintenanceRequest, ModifyHostRequest, RegisterHostRequest, RemoveParams};
 use switchyard_protocol::{HostState, Name};
 
 use crate::render::{host_detail, hosts_table, more, to_json};
@@ -49,7 +49,41 @@ pub enum Verb {
         #[arg(value_parser = name)]
         name: Name,
     },
+    /// Change a host's address, capacity or compatibility profile (after a hypervisor upgrade,
+    /// say). Refused below what its guests and incoming migrations hold, and a profile change
+    /// while a migration to or from it is in flight.
+    Modify {
+        #[arg(value_parser = name)]
+        name: Name,
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        vcpus: Option<u32>,
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        #[arg(long)]
+        hardware_family: Option<String>,
+        #[arg(long)]
+        hypervisor_version: Option<String>,
+        /// Refuse unless the host is still at this version (`host show` prints it).
+        #[arg(long)]
+        expect_version: Option<u64>,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+    /// Remove a decommissioned host. Refused while it owns guests, a package names it or a
+    /// migration to or from it is in flight; the refusal says what to do.
+    Remove {
+        #[arg(value_parser = name)]
+        name: Name,
+        /// Refuse unless the host is still at this version (`host show` prints it).
+        #[arg(long)]
+        expect_version: Option<u64>,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
     /// Put a host into maintenance (`on`: no new guests, no migration target) or take it out.
+    /// Refused while the host still owns guests (unless it has failed): move them first.
     Maintenance {
         #[arg(value_parser = name)]
         name: Name,
@@ -106,6 +140,33 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
                 }
             }
             Ok(out)
+        }
+        Verb::Modify {
+            name,
+            address,
+            vcpus,
+            memory_mib,
+            hardware_family,
+            hypervisor_version,
+            expect_version,
+            write,
+        } => {
+            let id = write.id()?;
+            let req = ModifyHostRequest {
+                address,
+                vcpus,
+                memory_mib,
+                hardware_family,
+                hypervisor_version,
+                expect_version,
+                request_id: Some(id.clone()),
+            };
+            ctx.written(&id, c.modify_host(&name, &req).await)
+        }
+        Verb::Remove { name, expect_version, write } => {
+            let id = write.id()?;
+            let params = RemoveParams { expect_version, request_id: Some(id.clone()) };
+            ctx.written(&id, c.remove_host(&name, &params).await)
         }
         Verb::Maintenance { name, state, write } => {
             let id = write.id()?;

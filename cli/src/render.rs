@@ -333,6 +333,11 @@ pub fn describe(p: &EventPayload) -> String {
             from.through_revision
         ),
         EventPayload::HostRegistered { host } => format!("host {} registered", host.spec.name),
+        EventPayload::HostModified { host } => format!(
+            "host {} modified: {} at {}, {} (version {})",
+            host.spec.name, host.spec.capacity, host.spec.address, host.spec.profile, host.version
+        ),
+        EventPayload::HostRemoved { host } => format!("host {host} removed"),
         EventPayload::HostMaintenanceChanged { host, maintenance } => {
             format!("host {host} maintenance {}", if *maintenance { "on" } else { "off" })
         }

@@ -17,7 +17,8 @@ use crate::{CliError, Out};
 pub enum Verb {
     /// Make a random token (or the cluster secret) and print it once, with its config entry.
     New {
-        /// The role of the entry printed: admin, operator or agent.
+        /// The role of the entry printed: admin, operations (migrate, abort, switching,
+        /// maintenance), read-only or agent.
         #[arg(long, value_enum, default_value = "admin")]
         role: RoleArg,
         /// The host of an agent token.
@@ -34,7 +35,10 @@ pub enum Verb {
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum RoleArg {
     Admin,
-    Operator,
+    Operations,
+    /// `operator`, its earlier name, is still accepted.
+    #[value(alias = "operator")]
+    ReadOnly,
     Agent,
 }
 
@@ -52,7 +56,13 @@ pub fn run(json: bool, verb: Verb) -> Out {
             }
             let token = random_token();
             let hash = secret::token_hash(&token);
-            let role = format!("{role:?}").to_lowercase();
+            // As the coordinator's configuration spells the role.
+            let role = match role {
+                RoleArg::Admin => "admin",
+                RoleArg::Operations => "operations",
+                RoleArg::ReadOnly => "read_only",
+                RoleArg::Agent => "agent",
+            };
             if json {
                 let v = serde_json::json!({"token": token, "sha256": hash, "role": role, "host": host, "name": name});
                 return Ok(format!("{v}\n"));

@@ -113,6 +113,15 @@ impl Client {
         self.post_write(&format!("/v1/hosts/{host}/maintenance"), req).await
     }
 
+    pub async fn modify_host(&self, host: &Name, req: &ModifyHostRequest) -> Result<WriteResponse, ClientError> {
+        self.write(Method::PATCH, &format!("/v1/hosts/{host}"), Some(&with_id(req))).await
+    }
+
+    pub async fn remove_host(&self, host: &Name, params: &RemoveParams) -> Result<WriteResponse, ClientError> {
+        let path = format!("/v1/hosts/{host}{}", query(&with_id(params))?);
+        self.write::<(), _>(Method::DELETE, &path, None).await
+    }
+
     /// An agent records a repair of its hypervisor in the log.
     pub async fn record_repair(&self, host: &Name, req: &RepairRequest) -> Result<WriteResponse, ClientError> {
         self.post_write(&format!("/v1/hosts/{host}/repairs"), req).await
@@ -142,7 +151,7 @@ impl Client {
         self.write(Method::PATCH, &format!("/v1/guests/{name}"), Some(&with_id(req))).await
     }
 
-    pub async fn remove_guest(&self, name: &Name, params: &RemoveGuestParams) -> Result<WriteResponse, ClientError> {
+    pub async fn remove_guest(&self, name: &Name, params: &RemoveParams) -> Result<WriteResponse, ClientError> {
         let path = format!("/v1/guests/{name}{}", query(&with_id(params))?);
         self.write::<(), _>(Method::DELETE, &path, None).await
     }

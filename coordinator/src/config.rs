@@ -15,8 +15,13 @@ use switchyard_protocol::Name;
 pub enum Role {
     /// Everything.
     Admin,
-    /// Read-only.
-    Operator,
+    /// An operations team: reads everything and moves guests (migrate, abort, resolve),
+    /// changes package switching and hosts' maintenance; never membership, tokens, snapshots,
+    /// hosts' registration or the guests' and packages' configuration.
+    Operations,
+    /// Reads everything, changes nothing. `operator`, its earlier name, is still accepted.
+    #[serde(alias = "operator")]
+    ReadOnly,
     /// A VM-host agent, bound to one host.
     Agent,
 }
@@ -351,7 +356,7 @@ impl Config {
                 (Role::Agent, None) => {
                     err(format!("tokens[{i}] has role agent but no host: set host = \"<host name>\""))
                 }
-                (Role::Admin | Role::Operator, Some(_)) => {
+                (Role::Admin | Role::Operations | Role::ReadOnly, Some(_)) => {
                     err(format!("tokens[{i}] sets host, which only agent tokens take"))
                 }
                 _ => {}

@@ -47,7 +47,7 @@ name = "admin"
 
 [[tokens]]
 sha256 = "$(hash "$OPERATOR")"
-role = "operator"
+role = "read_only"
 
 [[tokens]]
 sha256 = "$(hash "$AGENT_H1")"

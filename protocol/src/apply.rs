@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, GuestPatch, Proposal};
+use crate::command::{Command, GuestPatch, HostPatch, Proposal};
 use crate::event::{Event, EventPayload};
 use crate::ha::Candidate;
 use crate::limits::*;
@@ -227,6 +227,10 @@ pub fn decide(state: &ClusterState, p: &Proposal) -> Result<Vec<EventPayload>, R
             apply_end_migration(state, *id, Phase::Aborted, why)
         }
         Command::ResolveMigration { id, outcome, reason } => apply_resolve_migration(state, *id, *outcome, reason),
+        Command::ModifyHost { host, patch, expect_version } => {
+            apply_modify_host(state, host, patch, *expect_version, next)
+        }
+        Command::RemoveHost { host, expect_version } => apply_remove_host(state, host, *expect_version),
         Command::RecordRepair { host, guest, action, reason } => {
             check_token("action", action, PROFILE_FIELD_LEN_MAX)?;
             check_text("reason", reason, TEXT_LEN_MAX)?;
@@ -411,12 +415,16 @@ fn apply_start_failover(state: &ClusterState, guest_name: &Name, to: &Name) -> R
     }])
 }
 
-fn apply_register_host(state: &ClusterState, spec: &HostSpec, next: Revision) -> Result<Vec<EventPayload>, Rejection> {
+fn check_host_spec(spec: &HostSpec) -> Result<(), Rejection> {
     check_text("address", &spec.address, ADDRESS_LEN_MAX)?;
     check_token("profile.hardware_family", &spec.profile.hardware_family, PROFILE_FIELD_LEN_MAX)?;
     check_token("profile.hypervisor_version", &spec.profile.hypervisor_version, PROFILE_FIELD_LEN_MAX)?;
     check_range("capacity.vcpus", spec.capacity.vcpus as u64, 1, HOST_VCPUS_MAX as u64)?;
-    check_range("capacity.memory_mib", spec.capacity.memory_mib, 1, HOST_MEMORY_MIB_MAX)?;
+    check_range("capacity.memory_mib", spec.capacity.memory_mib, 1, HOST_MEMORY_MIB_MAX)
+}
+
+fn apply_register_host(state: &ClusterState, spec: &HostSpec, next: Revision) -> Result<Vec<EventPayload>, Rejection> {
+    check_host_spec(spec)?;
     if state.host(&spec.name).is_some() {
         return Err(Rejection::HostExists { host: spec.name.clone() });
     }
@@ -424,13 +432,119 @@ fn apply_register_host(state: &ClusterState, spec: &HostSpec, next: Revision) ->
     Ok(vec![EventPayload::HostRegistered { host }])
 }
 
+fn apply_modify_host(
+    state: &ClusterState,
+    name: &Name,
+    patch: &HostPatch,
+    expect_version: Option<Revision>,
+    next: Revision,
+) -> Result<Vec<EventPayload>, Rejection> {
+    if patch.is_empty() {
+        return Err(Rejection::invalid("patch", "nothing to change"));
+    }
+    let old = host_at_version(state, name, expect_version)?;
+    let spec = patch.applied_to(&old.spec);
+    check_host_spec(&spec)?;
+    let committed = state.committed_resources(name);
+    if !committed.fits_in(spec.capacity) {
+        return Err(Rejection::CapacityBelowCommitted { host: name.clone(), committed, requested: spec.capacity });
+    }
+    // A migration checked the two ends' profiles when it was requested: it must not end between
+    // hosts that no longer match.
+    if spec.profile != old.spec.profile {
+        if let Some(m) = migrations_naming(state, name).next() {
+            return Err(Rejection::HostInUse {
+                host: name.clone(),
+                why: format!("is an end of migration {} (of {}), checked against its current profile", m.id, m.guest),
+                fix: format!(
+                    "wait for it to end or abort it (switchyard migration abort {}), then change the profile",
+                    m.id
+                ),
+            });
+        }
+    }
+    let host = Host { spec, version: next, ..old.clone() };
+    Ok(vec![EventPayload::HostModified { host }])
+}
+
+fn apply_remove_host(
+    state: &ClusterState,
+    name: &Name,
+    expect_version: Option<Revision>,
+) -> Result<Vec<EventPayload>, Rejection> {
+    host_at_version(state, name, expect_version)?;
+    let in_use = |why: String, fix: String| Err(Rejection::HostInUse { host: name.clone(), why, fix });
+    let owned = guests_on(state, name);
+    if !owned.is_empty() {
+        return in_use(
+            format!("still owns {}", listed("guest", &owned)),
+            "move them to other hosts (switchyard migration request GUEST --to HOST) or remove them first".into(),
+        );
+    }
+    if let Some(m) = migrations_naming(state, name).next() {
+        return in_use(
+            format!("is an end of migration {} (of {})", m.id, m.guest),
+            format!("wait for it to end or abort it (switchyard migration abort {})", m.id),
+        );
+    }
+    let naming: Vec<&Name> = state
+        .packages()
+        .filter(|p| p.nodes.contains(name) || p.disabled_nodes.contains(name))
+        .map(|p| &p.name)
+        .collect();
+    if let Some(p) = naming.first() {
+        return in_use(
+            format!("is named by {}", listed("package", &naming)),
+            format!(
+                "take it out of their node lists first (switchyard package modify {p} --nodes ...; a per-node switch: switchyard package enable {p} --node {name})"
+            ),
+        );
+    }
+    Ok(vec![EventPayload::HostRemoved { host: name.clone() }])
+}
+
 fn apply_set_host_maintenance(
     state: &ClusterState,
     host: &Name,
     maintenance: bool,
 ) -> Result<Vec<EventPayload>, Rejection> {
-    known_host(state, host)?;
+    let h = known_host(state, host)?;
+    // Maintenance means the host can be worked on: nothing of the cluster's may still run there.
+    // A failed host is the exception: its guests cannot be moved online, and the operator may
+    // need it in maintenance to repair it.
+    if maintenance && !h.maintenance && state.host_failure(host).is_none() {
+        let owned = guests_on(state, host);
+        if !owned.is_empty() {
+            return Err(Rejection::HostInUse {
+                host: host.clone(),
+                why: format!("still owns {}", listed("guest", &owned)),
+                fix: "move them to other hosts first (switchyard migration request GUEST --to HOST), then put it in maintenance".into(),
+            });
+        }
+    }
     Ok(vec![EventPayload::HostMaintenanceChanged { host: host.clone(), maintenance }])
+}
+
+/// The guests `host` owns, in name order.
+fn guests_on<'a>(state: &'a ClusterState, host: &Name) -> Vec<&'a Name> {
+    state.guests().filter(|g| g.owner == *host).map(|g| &g.name).collect()
+}
+
+/// In-flight migrations from or to `host`.
+fn migrations_naming<'a>(state: &'a ClusterState, host: &'a Name) -> impl Iterator<Item = &'a Migration> + 'a {
+    state.in_flight_migrations().filter(move |m| m.source == *host || m.target == *host)
+}
+
+/// "guest vm1", "guests vm1, vm2, vm3 and 4 more": a list an operator can read in one line.
+fn listed(what: &str, names: &[&Name]) -> String {
+    const SHOWN: usize = 5;
+    let shown: Vec<&str> = names.iter().take(SHOWN).map(|n| n.as_str()).collect();
+    let more = names.len().saturating_sub(SHOWN);
+    let plural = if names.len() == 1 { "" } else { "s" };
+    match more {
+        0 => format!("{what}{plural} {}", shown.join(", ")),
+        _ => format!("{what}{plural} {} and {more} more", shown.join(", ")),
+    }
 }
 
 fn apply_set_host_reachable(
@@ -755,6 +869,16 @@ fn known_host<'a>(state: &'a ClusterState, name: &Name) -> Result<&'a Host, Reje
 
 fn known_guest<'a>(state: &'a ClusterState, name: &Name) -> Result<&'a Guest, Rejection> {
     state.guest(name).ok_or_else(|| Rejection::UnknownGuest { guest: name.clone() })
+}
+
+fn host_at_version<'a>(state: &'a ClusterState, name: &Name, expect: Option<Revision>) -> Result<&'a Host, Rejection> {
+    let h = known_host(state, name)?;
+    match expect {
+        Some(expected) if expected != h.version => {
+            Err(Rejection::HostVersionConflict { host: name.clone(), expected, actual: h.version })
+        }
+        _ => Ok(h),
+    }
 }
 
 fn guest_at_version<'a>(

@@ -173,6 +173,56 @@ pub enum Command {
         outcome: Phase,
         reason: String,
     },
+    /// `host modify`: a host's address, capacity or compatibility profile (after a hypervisor
+    /// upgrade, say), each `None` left as it is.
+    ModifyHost {
+        host: Name,
+        patch: HostPatch,
+        expect_version: Option<Revision>,
+    },
+    /// `host remove`: a decommissioned host leaves the cluster. Refused while it owns guests,
+    /// is named by a package or has migrations heading to or from it.
+    RemoveHost {
+        host: Name,
+        expect_version: Option<Revision>,
+    },
+}
+
+/// The fields of a host a `ModifyHost` may change; `None` leaves one as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPatch {
+    pub address: Option<String>,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub hardware_family: Option<String>,
+    pub hypervisor_version: Option<String>,
+}
+
+impl HostPatch {
+    pub fn is_empty(&self) -> bool {
+        *self == HostPatch::default()
+    }
+
+    /// The spec `spec` becomes under this patch.
+    pub fn applied_to(&self, spec: &HostSpec) -> HostSpec {
+        let mut s = spec.clone();
+        if let Some(a) = &self.address {
+            s.address = a.clone();
+        }
+        if let Some(v) = self.vcpus {
+            s.capacity.vcpus = v;
+        }
+        if let Some(m) = self.memory_mib {
+            s.capacity.memory_mib = m;
+        }
+        if let Some(f) = &self.hardware_family {
+            s.profile.hardware_family = f.clone();
+        }
+        if let Some(v) = &self.hypervisor_version {
+            s.profile.hypervisor_version = v.clone();
+        }
+        s
+    }
 }
 
 impl Command {
@@ -203,6 +253,8 @@ impl Command {
             Command::ModifyPackage { .. } => "modify_package",
             Command::ReleaseFailoverAttempt { .. } => "release_failover_attempt",
             Command::ResolveMigration { .. } => "resolve_migration",
+            Command::ModifyHost { .. } => "modify_host",
+            Command::RemoveHost { .. } => "remove_host",
         }
     }
 }

@@ -161,6 +161,14 @@ pub enum EventPayload {
         outcome: Phase,
         reason: String,
     },
+    /// A host's new address, capacity or profile (whole record).
+    HostModified {
+        host: Host,
+    },
+    /// A host left the cluster (it owned no guest and no package named it).
+    HostRemoved {
+        host: Name,
+    },
 }
 
 /// The kind of an event, for subscription filters.
@@ -181,7 +189,11 @@ impl EventPayload {
         use EventPayload::*;
         match self {
             ClusterCreated { .. } => EventKind::Cluster,
-            HostRegistered { .. } | HostMaintenanceChanged { .. } | HostReachabilityChanged { .. } => EventKind::Host,
+            HostRegistered { .. }
+            | HostMaintenanceChanged { .. }
+            | HostReachabilityChanged { .. }
+            | HostModified { .. }
+            | HostRemoved { .. } => EventKind::Host,
             GuestCreated { .. }
             | GuestModified { .. }
             | GuestRemoved { .. }
@@ -209,7 +221,11 @@ impl EventPayload {
         use EventPayload::*;
         match self {
             ClusterCreated { .. } => None,
-            HostRegistered { .. } | HostMaintenanceChanged { .. } | HostReachabilityChanged { .. } => None,
+            HostRegistered { .. }
+            | HostMaintenanceChanged { .. }
+            | HostReachabilityChanged { .. }
+            | HostModified { .. }
+            | HostRemoved { .. } => None,
             GuestCreated { guest } | GuestModified { guest } => Some(&guest.name),
             GuestRemoved { guest } => Some(guest),
             PackageSwitchingChanged { guest, .. } => Some(guest),
@@ -232,8 +248,10 @@ impl EventPayload {
     pub fn hosts(&self) -> Vec<&Name> {
         use EventPayload::*;
         match self {
-            HostRegistered { host } => vec![&host.spec.name],
-            HostMaintenanceChanged { host, .. } | HostReachabilityChanged { host, .. } => vec![host],
+            HostRegistered { host } | HostModified { host } => vec![&host.spec.name],
+            HostMaintenanceChanged { host, .. } | HostReachabilityChanged { host, .. } | HostRemoved { host } => {
+                vec![host]
+            }
             GuestCreated { guest } | GuestModified { guest } => vec![&guest.owner],
             ClusterCreated { .. }
             | GuestRemoved { .. }

@@ -23,6 +23,7 @@ pub mod lease;
 pub mod limits;
 pub mod model;
 pub mod name;
+pub mod placement;
 pub mod reconcile;
 pub mod rejection;
 pub mod secret;
@@ -31,7 +32,7 @@ pub mod state;
 mod testing;
 
 pub use apply::{apply, Applied, ApplyResult};
-pub use command::{Command, GuestPatch, Proposal};
+pub use command::{Command, GuestPatch, HostPatch, Proposal};
 pub use event::{Event, EventKind, EventPayload};
 pub use model::*;
 pub use name::{Name, NameError};

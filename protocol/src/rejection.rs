@@ -63,6 +63,13 @@ pub enum Rejection {
     GuestRunning { guest: Name, fix: String },
     #[error("failover of guest {guest} refused: {reason}")]
     FailoverRefused { guest: Name, reason: String },
+    #[error("host {host} is at version {actual}, not the expected {expected}; re-read it and retry")]
+    HostVersionConflict { host: Name, expected: Revision, actual: Revision },
+    /// A host change that would strand what the host holds: `why` says what, `fix` what to do.
+    #[error("host {host} {why}; {fix}")]
+    HostInUse { host: Name, why: String, fix: String },
+    #[error("host {host} has {committed} committed (its guests and the migrations heading there); a capacity of {requested} cannot hold it: move guests off first, or ask for at least {committed}")]
+    CapacityBelowCommitted { host: Name, committed: Resources, requested: Resources },
 }
 
 impl Rejection {
@@ -97,6 +104,9 @@ impl Rejection {
             RestoreInProgress { .. } => "restore_in_progress",
             ImportRefused { .. } => "import_refused",
             FailoverRefused { .. } => "failover_refused",
+            HostVersionConflict { .. } => "version_conflict",
+            HostInUse { .. } => "host_in_use",
+            CapacityBelowCommitted { .. } => "capacity_below_committed",
         }
     }
 

@@ -256,6 +256,14 @@ impl ClusterState {
             EventPayload::HostRegistered { host } => {
                 self.hosts.insert(host.spec.name.clone(), host.clone());
             }
+            EventPayload::HostModified { host } => {
+                let h = self.hosts.get_mut(&host.spec.name).expect("event names a registered host");
+                *h = host.clone();
+            }
+            EventPayload::HostRemoved { host } => {
+                self.hosts.remove(host).expect("event names a registered host");
+                self.members.remove(host);
+            }
             EventPayload::HostMaintenanceChanged { host, maintenance } => {
                 let h = self.hosts.get_mut(host).expect("event names a registered host");
                 h.maintenance = *maintenance;
@@ -433,6 +441,20 @@ impl ClusterState {
             EventPayload::HostRegistered { .. } => Ok(()),
             EventPayload::HostMaintenanceChanged { host: h, .. }
             | EventPayload::HostReachabilityChanged { host: h, .. } => host(h),
+            EventPayload::HostModified { host: h } => host(&h.spec.name),
+            EventPayload::HostRemoved { host: h } => {
+                host(h)?;
+                if let Some(g) = self.guests.values().find(|g| g.owner == *h) {
+                    return Err(format!("removes host {h}, which still owns guest {}", g.name));
+                }
+                if let Some(m) = self.in_flight_migrations().find(|m| m.source == *h || m.target == *h) {
+                    return Err(format!("removes host {h}, which migration {} still names", m.id));
+                }
+                match self.packages.values().find(|p| p.nodes.contains(h) || p.disabled_nodes.contains(h)) {
+                    Some(p) => Err(format!("removes host {h}, which package {} still names", p.name)),
+                    None => Ok(()),
+                }
+            }
             EventPayload::GuestCreated { guest: g } => {
                 if self.guests.contains_key(&g.name) {
                     return Err(format!("creates guest {} twice", g.name));
@@ -662,10 +684,22 @@ impl ClusterState {
                     packages.insert(package);
                     guests.insert(guest);
                 }
+                // Its check reads every guest the host owns and every package naming it (rare:
+                // the scan is paid only by a host's removal).
+                EventPayload::HostRemoved { host } => {
+                    guests.extend(self.guests.values().filter(|g| g.owner == *host).map(|g| &g.name));
+                    packages.extend(
+                        self.packages
+                            .values()
+                            .filter(|p| p.nodes.contains(host) || p.disabled_nodes.contains(host))
+                            .map(|p| &p.name),
+                    );
+                }
                 EventPayload::ClusterCreated { .. }
                 | EventPayload::HostRegistered { .. }
                 | EventPayload::HostMaintenanceChanged { .. }
                 | EventPayload::HostReachabilityChanged { .. }
+                | EventPayload::HostModified { .. }
                 | EventPayload::HostJoined { .. }
                 | EventPayload::HostFailed { .. }
                 | EventPayload::HostRecovered { .. } => {}

@@ -45,6 +45,9 @@ enum Op {
     EndAttempt(usize, usize, bool),
     /// A package's node list (hosts by index) and policy.
     ModifyPackage(usize, Option<Vec<usize>>, bool),
+    /// A host's capacity (vCPUs, memory) or profile, at an expected version or not.
+    ModifyHost(usize, Option<u32>, Option<u64>, bool, Option<u64>),
+    RemoveHost(usize, Option<u64>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -80,6 +83,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (g.clone(), 0usize..4, any::<bool>()).prop_map(|(a, b, c)| Op::EndAttempt(a, b, c)),
         1 => (0..PACKAGES.len(), proptest::option::of(proptest::collection::vec(h.clone(), 0..4)), any::<bool>())
             .prop_map(|(a, b, c)| Op::ModifyPackage(a, b, c)),
+        1 => (h.clone(), proptest::option::of(0u32..20), proptest::option::of(0u64..70000), any::<bool>(), proptest::option::of(0u64..30))
+            .prop_map(|(a, b, c, d, e)| Op::ModifyHost(a, b, c, d, e)),
+        1 => (h.clone(), proptest::option::of(0u64..30)).prop_map(|(a, b)| Op::RemoveHost(a, b)),
     ]
 }
 
@@ -112,6 +118,17 @@ fn resolve(op: &Op, state: &ClusterState) -> Command {
             expect_version: ver,
         },
         Op::Remove(g, ver) => Command::RemoveGuest { name: n(GUESTS[g]), expect_version: ver },
+        Op::ModifyHost(h, vcpus, memory_mib, other, ver) => Command::ModifyHost {
+            host: n(HOSTS[h]),
+            patch: HostPatch {
+                vcpus,
+                memory_mib,
+                hardware_family: other.then(|| "x86_64".into()),
+                ..Default::default()
+            },
+            expect_version: ver,
+        },
+        Op::RemoveHost(h, ver) => Command::RemoveHost { host: n(HOSTS[h]), expect_version: ver },
         Op::Admit(h) => Command::AdmitHost { host: n(HOSTS[h]) },
         Op::Fail(h) => Command::DeclareHostFailed { host: n(HOSTS[h]), evidence: "lease expired".into() },
         Op::Failover(g, h) => Command::StartFailover { guest: n(GUESTS[g]), to: n(HOSTS[h]) },
@@ -317,7 +334,10 @@ fn damage(e: &mut Event, x: usize) {
         EventPayload::HostMaintenanceChanged { host, .. } | EventPayload::HostReachabilityChanged { host, .. } => {
             *host = n(["h1", "h9"][x % 2])
         }
-        EventPayload::HostRegistered { host } => host.spec.name = n(HOSTS[x % HOSTS.len()]),
+        EventPayload::HostRegistered { host } | EventPayload::HostModified { host } => {
+            host.spec.name = n(["h1", "h9"][x % 2])
+        }
+        EventPayload::HostRemoved { host } => *host = n(HOSTS[x % HOSTS.len()]),
         EventPayload::GuestRepaired { guest, host, .. } => match x % 2 {
             0 => *guest = n(GUESTS[x / 2 % GUESTS.len()]),
             _ => *host = n(["h1", "h9"][x / 2 % 2]),

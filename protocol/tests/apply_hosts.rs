@@ -105,3 +105,147 @@ fn a_repair_is_recorded_in_the_guests_history_and_changes_nothing() {
         assert_eq!(w.reject(cmd).code(), code, "{what}");
     }
 }
+
+fn modify(host: &str, patch: HostPatch) -> Command {
+    Command::ModifyHost { host: n(host), patch, expect_version: None }
+}
+
+#[test]
+fn a_host_is_modified_within_what_it_holds() {
+    let mut w = World::standard();
+    // h1 holds g1 (4 vCPU, 8 GiB) and g2 (2 vCPU, 4 GiB).
+    let patch = HostPatch { address: Some("h1.example:7100".into()), vcpus: Some(6), ..Default::default() };
+    let (applied, events) = w.ok(modify("h1", patch));
+    let h = w.state.host(&n("h1")).unwrap();
+    assert_eq!((h.spec.capacity.vcpus, h.spec.capacity.memory_mib), (6, 65536));
+    assert_eq!(h.spec.address, "h1.example:7100");
+    assert_eq!(h.version, applied.revisions.first);
+    assert!(matches!(&events[0].payload, EventPayload::HostModified { host } if host == h));
+
+    let version = h.version;
+    let refusals: Vec<(&str, Command, &str, &str)> = vec![
+        ("nothing to change", modify("h1", HostPatch::default()), "invalid_argument", "nothing to change"),
+        ("unknown host", modify("nope", HostPatch { vcpus: Some(4), ..Default::default() }), "unknown_host", "nope"),
+        (
+            "stale version",
+            Command::ModifyHost {
+                host: n("h1"),
+                patch: HostPatch { vcpus: Some(8), ..Default::default() },
+                expect_version: Some(version - 1),
+            },
+            "version_conflict",
+            "re-read it",
+        ),
+        (
+            "below its guests",
+            modify("h1", HostPatch { vcpus: Some(5), ..Default::default() }),
+            "capacity_below_committed",
+            "move guests off first",
+        ),
+        (
+            "zero memory",
+            modify("h1", HostPatch { memory_mib: Some(0), ..Default::default() }),
+            "invalid_argument",
+            "memory_mib",
+        ),
+        (
+            "hostile address",
+            modify("h1", HostPatch { address: Some("a\nb".into()), ..Default::default() }),
+            "invalid_argument",
+            "address",
+        ),
+    ];
+    for (what, cmd, code, says) in refusals {
+        let before = w.state.clone();
+        let r = w.reject(cmd);
+        assert_eq!(r.code(), code, "{what}: {r}");
+        assert!(r.to_string().contains(says), "{what}: {r}");
+        assert_eq!(w.state, before, "{what} changed the state");
+    }
+    // At the expected version it goes through.
+    w.ok(Command::ModifyHost {
+        host: n("h1"),
+        patch: HostPatch { vcpus: Some(8), ..Default::default() },
+        expect_version: Some(version),
+    });
+
+    // A migration heading to h2 reserves its room there, and pins both ends' profiles.
+    w.migrate("g2", "h2", MigrationKind::Online);
+    let r = w.reject(modify("h2", HostPatch { vcpus: Some(1), ..Default::default() }));
+    assert_eq!(r.code(), "capacity_below_committed", "{r}");
+    let r = w.reject(modify("h2", HostPatch { hardware_family: Some("x86_64".into()), ..Default::default() }));
+    assert_eq!(r.code(), "host_in_use", "{r}");
+    assert!(r.to_string().contains("migration abort"), "{r}");
+    w.ok(modify("h2", HostPatch { memory_mib: Some(32768), ..Default::default() }));
+    // A host with no migration in flight takes its new profile after a hypervisor upgrade.
+    w.ok(modify("h3", HostPatch { hypervisor_version: Some("hpvm-6.2".into()), ..Default::default() }));
+    assert_eq!(w.state.host(&n("h3")).unwrap().spec.profile.hypervisor_version, "hpvm-6.2");
+}
+
+#[test]
+fn a_host_is_removed_only_once_nothing_needs_it() {
+    let mut w = World::standard();
+    let remove = |h: &str| Command::RemoveHost { host: n(h), expect_version: None };
+    let r = w.reject(remove("h1"));
+    assert_eq!(r.code(), "host_in_use");
+    assert!(r.to_string().contains("still owns guests g1, g2") && r.to_string().contains("migration request"), "{r}");
+
+    // Named by a package's node list, or its per-node switch.
+    w.ok(Command::ModifyPackage {
+        package: n("p1"),
+        nodes: Some(vec![n("h1"), n("h2")]),
+        failover_policy: None,
+        failback_policy: None,
+    });
+    let r = w.reject(remove("h2"));
+    assert_eq!(r.code(), "host_in_use");
+    assert!(r.to_string().contains("named by package p1") && r.to_string().contains("package modify p1"), "{r}");
+    w.ok(Command::ModifyPackage {
+        package: n("p1"),
+        nodes: Some(vec![]),
+        failover_policy: None,
+        failback_policy: None,
+    });
+    w.ok(Command::SetPackageSwitching { package: n("p1"), node: Some(n("h2")), enabled: false, reason: None });
+    assert_eq!(w.reject(remove("h2")).code(), "host_in_use");
+    w.ok(Command::SetPackageSwitching { package: n("p1"), node: Some(n("h2")), enabled: true, reason: None });
+
+    // An end of a migration in flight.
+    let id = w.migrate("g2", "h2", MigrationKind::Online);
+    let r = w.reject(remove("h2"));
+    assert!(r.to_string().contains(&format!("migration abort {id}")), "{r}");
+    w.ok(Command::AbortMigration { id, reason: None });
+
+    // A stale version, then the removal; the host is gone from every view.
+    let version = w.state.host(&n("h2")).unwrap().version;
+    assert_eq!(
+        w.reject(Command::RemoveHost { host: n("h2"), expect_version: Some(version + 1) }).code(),
+        "version_conflict"
+    );
+    w.ok(Command::AdmitHost { host: n("h2") });
+    assert!(w.state.member(&n("h2")).is_some());
+    let (_, events) = w.ok(Command::RemoveHost { host: n("h2"), expect_version: None });
+    assert!(matches!(&events[0].payload, EventPayload::HostRemoved { host } if host.as_str() == "h2"));
+    assert!(w.state.host(&n("h2")).is_none() && w.state.member(&n("h2")).is_none());
+    assert!(w.state.check_invariants().is_empty());
+    assert_eq!(w.reject(remove("h2")).code(), "unknown_host");
+    // Its name can be registered again (a rebuilt machine).
+    w.ok(Command::RegisterHost(host_spec("h2", 8, 8192, "ia64")));
+}
+
+#[test]
+fn maintenance_is_refused_while_the_host_still_owns_guests() {
+    let mut w = World::standard();
+    let on = |h: &str| Command::SetHostMaintenance { host: n(h), maintenance: true };
+    let r = w.reject(on("h1"));
+    assert_eq!(r.code(), "host_in_use");
+    assert!(r.to_string().contains("still owns guests g1, g2"), "{r}");
+    // An empty host goes into maintenance (twice is harmless) and out.
+    w.ok(on("h2"));
+    w.ok(on("h2"));
+    w.ok(Command::SetHostMaintenance { host: n("h2"), maintenance: false });
+    // A failed host may be put in maintenance to be repaired, guests or not.
+    w.ok(Command::AdmitHost { host: n("h1") });
+    w.ok(Command::DeclareHostFailed { host: n("h1"), evidence: "lease expired".into() });
+    w.ok(on("h1"));
+}

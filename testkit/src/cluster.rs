@@ -57,7 +57,12 @@ pub struct Secrets {
     /// The admin token's name: the actor recorded with every change it makes.
     #[serde(default = "dev_admin")]
     pub admin_name: String,
-    pub operator_token: String,
+    /// Read-only (`read_only` role).
+    #[serde(alias = "operator_token")]
+    pub read_only_token: String,
+    /// Day-to-day operations (`operations` role).
+    #[serde(default = "random_secret")]
+    pub operations_token: String,
     /// host name → agent token
     #[serde(default)]
     pub agent_tokens: BTreeMap<String, String>,
@@ -79,7 +84,8 @@ impl Secrets {
             cluster_secret: random_secret(),
             admin_token: random_secret(),
             admin_name: admin_name.into(),
-            operator_token: random_secret(),
+            read_only_token: random_secret(),
+            operations_token: random_secret(),
             agent_tokens: hosts.iter().map(|h| (h.to_string(), random_secret())).collect(),
         }
     }
@@ -95,11 +101,18 @@ impl Secrets {
                 name: Some(self.admin_name.clone()),
             },
             TokenConfig {
-                sha256: token_hash(&self.operator_token),
+                sha256: token_hash(&self.read_only_token),
                 token: None,
-                role: Role::Operator,
+                role: Role::ReadOnly,
                 host: None,
                 name: None,
+            },
+            TokenConfig {
+                sha256: token_hash(&self.operations_token),
+                token: None,
+                role: Role::Operations,
+                host: None,
+                name: Some("operations".into()),
             },
         ];
         for (h, token) in &self.agent_tokens {

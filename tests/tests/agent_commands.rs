@@ -20,7 +20,7 @@ use common::saga::*;
 use switchyard_agent::driver::command::CommandConfig;
 use switchyard_agent::driver::{DriverConfig, DriverError, HypervisorDriver, Transfer, VmState};
 use switchyard_protocol::api::{
-    CreateGuestRequest, MigrateRequest, ModifyGuestRequest, RegisterHostRequest, RemoveGuestParams, SwitchingRequest,
+    CreateGuestRequest, MigrateRequest, ModifyGuestRequest, RegisterHostRequest, RemoveParams, SwitchingRequest,
 };
 use switchyard_protocol::{EventPayload, GuestSpec, MigrationId, MigrationKind, Name, Phase, RunState};
 use switchyard_testkit::wait_for;
@@ -259,7 +259,7 @@ async fn integrity_vm_and_serviceguard_templates_run_guests_moves_and_switching(
     admin.modify_guest(&n("g1"), &stop).await.unwrap();
     fake.wait("g1 stopped", |p| p.hpvm_guest("h2", "g1").filter(|g| !g.on)).await;
     assert!(fake.call(0, &["h2 hpvmstop -P g1 -g -q"]).is_some());
-    admin.remove_guest(&n("g1"), &RemoveGuestParams::default()).await.unwrap();
+    admin.remove_guest(&n("g1"), &RemoveParams::default()).await.unwrap();
     fake.wait("g1 removed everywhere", |p| HOSTS.iter().all(|h| p.hpvm_guest(h, "g1").is_none()).then_some(())).await;
     fake.assert_no_two_copies();
 }
@@ -350,7 +350,7 @@ async fn libvirt_templates_run_guests_moves_and_repairs() {
     let start = fake.call(before, &["h3 virsh start d1"]).expect("started on h3");
     assert!(stop < moved && moved < start, "{:?}", &fake.platform.commands()[before..]);
 
-    admin.remove_guest(&n("d1"), &RemoveGuestParams::default()).await.unwrap();
+    admin.remove_guest(&n("d1"), &RemoveParams::default()).await.unwrap();
     fake.wait("d1 removed everywhere", |p| HOSTS.iter().all(|h| p.domain(h, "d1").is_none()).then_some(())).await;
     fake.assert_no_two_copies();
 }

@@ -14,7 +14,7 @@ use common::saga::*;
 use common::vms::*;
 use switchyard_agent::driver::VmState;
 use switchyard_protocol::api::{
-    CreateGuestRequest, Drift, HostView, MigrateRequest, ModifyGuestRequest, Read, RemoveGuestParams,
+    CreateGuestRequest, Drift, HostView, MigrateRequest, ModifyGuestRequest, Read, RemoveParams,
 };
 use switchyard_protocol::{EventPayload, MigrationId, MigrationKind, Name, Phase, RunState};
 
@@ -76,7 +76,7 @@ async fn guest_changes_reach_the_hypervisor_on_the_right_host() {
     .await;
 
     // Removed: stopped and undefined everywhere.
-    let params = RemoveGuestParams::default();
+    let params = RemoveParams::default();
     admin.remove_guest(&n("g1"), &params).await.unwrap();
     for h in HOSTS {
         eventually(&format!("g1 gone from {h}"), Duration::from_secs(60), || async {

@@ -49,8 +49,8 @@ async fn cluster_verbs() {
     }
 
     // The operator may look but not touch.
-    ok_as(&c, OPERATOR_TOKEN, &["cluster", "status"]);
-    fails(&c, &[1], OPERATOR_TOKEN, &["cluster", "remove-node", "2"], "forbidden");
+    ok_as(&c, READ_ONLY_TOKEN, &["cluster", "status"]);
+    fails(&c, &[1], READ_ONLY_TOKEN, &["cluster", "remove-node", "2"], "forbidden");
     assert!(ok(&c, &[1], &["cluster", "remove-node", "2"]).contains("node 2 removed"));
     let st = json(&ok(&c, &[1], &["cluster", "status", "-o", "json"]));
     assert_eq!(st["members"].as_array().unwrap().len(), 1);
@@ -195,7 +195,7 @@ async fn host_guest_and_package_verbs() {
     assert!(first.starts_with("ok") && again.contains("already applied"), "{first} / {again}");
     fails(&c, &all, ADMIN_TOKEN, &["guest", "show", "vm2"], "unknown_guest");
     // Reads with --stale, and an unreachable endpoint first in the list.
-    let (code, out, err) = c.cli(&all, OPERATOR_TOKEN, &["guest", "list", "--stale"]);
+    let (code, out, err) = c.cli(&all, READ_ONLY_TOKEN, &["guest", "list", "--stale"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("vm1"));
     let (code, _, err) = std::process::Command::new(env!("CARGO_BIN_EXE_cli_proc"))
@@ -203,7 +203,7 @@ async fn host_guest_and_package_verbs() {
             "--endpoints",
             &format!("127.0.0.1:1,{}", c.node(1).api_addr),
             "--token",
-            OPERATOR_TOKEN,
+            READ_ONLY_TOKEN,
             "--ca",
             c.tls_dir().join("ca.pem").to_str().unwrap(),
             "host",
@@ -263,4 +263,35 @@ async fn host_guest_and_package_verbs() {
     }
     follow.kill().unwrap();
     follow.wait().unwrap();
+
+    // Hosts' lifecycle: each refusal says why and what to do, and changes nothing.
+    ok(&c, &all, &["package", "disable", "pkg1", "--node", "h2"]);
+    let err = fails(&c, &all, ADMIN_TOKEN, &["host", "remove", "h2"], "host_in_use");
+    assert!(err.contains("named by package pkg1") && err.contains("package enable pkg1 --node h2"), "{err}");
+    let err = fails(&c, &all, ADMIN_TOKEN, &["host", "remove", "h1"], "host_in_use");
+    assert!(err.contains("still owns guest vm1") && err.contains("migration request"), "{err}");
+    let err = fails(&c, &all, ADMIN_TOKEN, &["host", "maintenance", "h1", "on"], "host_in_use");
+    assert!(err.contains("still owns guest vm1"), "{err}");
+    let err = fails(&c, &all, ADMIN_TOKEN, &["host", "modify", "h1", "--vcpus", "1"], "capacity_below_committed");
+    assert!(err.contains("has 4 vCPU / 4096 MiB committed"), "{err}");
+    fails(&c, &all, READ_ONLY_TOKEN, &["host", "modify", "h2", "--vcpus", "2"], "forbidden");
+    fails(&c, &all, OPERATIONS_TOKEN, &["host", "remove", "h2"], "forbidden");
+    let h2 = json(&ok(&c, &all, &["host", "show", "h2", "-o", "json"]));
+    let v = h2["items"]["version"].as_u64().unwrap().to_string();
+    ok(
+        &c,
+        &all,
+        &["host", "modify", "h2", "--hypervisor-version", "hpvm-6.2", "--vcpus", "16", "--expect-version", &v],
+    );
+    fails(&c, &all, ADMIN_TOKEN, &["host", "modify", "h2", "--vcpus", "8", "--expect-version", &v], "version_conflict");
+    let h2 = json(&ok(&c, &all, &["host", "show", "h2", "-o", "json"]));
+    assert_eq!(h2["items"]["spec"]["profile"]["hypervisor_version"], "hpvm-6.2");
+    assert_eq!(h2["items"]["spec"]["capacity"]["vcpus"], 16);
+    // The operations role may put an empty host into maintenance; then it is removed.
+    let (code, _, err) = c.cli(&all, OPERATIONS_TOKEN, &["host", "maintenance", "h2", "on"]);
+    assert_eq!(code, 0, "{err}");
+    ok(&c, &all, &["package", "enable", "pkg1", "--node", "h2"]);
+    ok(&c, &all, &["host", "remove", "h2"]);
+    fails(&c, &all, ADMIN_TOKEN, &["host", "show", "h2"], "unknown_host");
+    assert!(ok(&c, &all, &["events", "--from", "1", "--kind", "host"]).contains("host h2 removed"));
 }

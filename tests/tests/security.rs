@@ -323,14 +323,14 @@ async fn tokens_are_added_and_removed_without_a_restart() {
     // The configuration holds hashes only: no token in it.
     let (path, mut config) = read_config(&cluster, 1);
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(!text.contains(ADMIN_TOKEN) && !text.contains(OPERATOR_TOKEN), "a token in plaintext:\n{text}");
+    assert!(!text.contains(ADMIN_TOKEN) && !text.contains(READ_ONLY_TOKEN), "a token in plaintext:\n{text}");
     // Add a token and remove the operator's, then SIGHUP.
-    let operator = switchyard_protocol::secret::token_hash(OPERATOR_TOKEN);
+    let operator = switchyard_protocol::secret::token_hash(READ_ONLY_TOKEN);
     config.tokens.retain(|t| t.sha256 != operator);
     config.tokens.push(switchyard_coordinator::config::TokenConfig {
         sha256: switchyard_protocol::secret::token_hash(fresh),
         token: None,
-        role: switchyard_coordinator::config::Role::Operator,
+        role: switchyard_coordinator::config::Role::ReadOnly,
         host: None,
         name: Some("rotated".into()),
     });
@@ -341,7 +341,7 @@ async fn tokens_are_added_and_removed_without_a_restart() {
         with(fresh).node_status().await.ok()
     })
     .await;
-    let e = with(OPERATOR_TOKEN).node_status().await.unwrap_err();
+    let e = with(READ_ONLY_TOKEN).node_status().await.unwrap_err();
     assert_eq!(e.code(), Some("unauthenticated"), "the removed token still works");
     cluster.client(&[1]).node_status().await.unwrap();
     assert_eq!(cluster.node(1).proc.pid(), Some(pid), "no restart");
@@ -400,7 +400,7 @@ async fn streams_past_the_per_token_limit_are_refused() {
     let cluster = TestCluster::start(1, ClusterOpts { streams_per_token_max: 2, ..ClusterOpts::default() }).await;
     let http = cluster.http();
     let url = cluster.url(1, "/v1/events?follow=true&from=1&progress_ms=200");
-    let open = || async { http.get(&url).bearer_auth(OPERATOR_TOKEN).send().await.unwrap() };
+    let open = || async { http.get(&url).bearer_auth(READ_ONLY_TOKEN).send().await.unwrap() };
     let first = open().await;
     let second = open().await;
     assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));

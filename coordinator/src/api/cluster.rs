@@ -40,7 +40,7 @@ pub(super) async fn readyz(State(s): S) -> impl IntoResponse {
 
 /// This coordinator's metrics in the Prometheus text format (OpenMetrics): Raft, commits and
 /// fsyncs, subscribers, hosts (on the leader), migrations, packages' switching, failovers.
-/// Needs a token (admin or operator): it names every host and package.
+/// Needs a token (any role but agent): it names every host and package.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "OpenMetrics text", body = String), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn metrics(State(s): S) -> impl IntoResponse {
     let text = s.node.metrics_text();

@@ -93,12 +93,12 @@ pub(super) async fn modify(
     submit_body(&s, &c, &raw, |r: ModifyGuestRequest| (named, r)).await
 }
 
-#[utoipa::path(delete, path = "/v1/guests/{name}", tag = "guests", params(("name" = String, Path), RemoveGuestParams), responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/guests/{name}", tag = "guests", params(("name" = String, Path), RemoveParams), responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn remove(
     State(s): S,
     Extension(c): Extension<Caller>,
     Path(n): Path<String>,
-    q: Q<RemoveGuestParams>,
+    q: Q<RemoveParams>,
 ) -> Result<Json<WriteResponse>, ApiError> {
     let p = query(q)?;
     let rid = p.request_id.clone();

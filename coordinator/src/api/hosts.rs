@@ -1,5 +1,5 @@
-//! Hosts: register, list, show, maintenance, and agents' reports (held by the leader: only
-//! reachability transitions reach the log).
+//! Hosts: register, list, show, modify, remove, maintenance, and agents' reports (held by the
+//! leader: only reachability transitions reach the log).
 
 use std::time::Duration;
 
@@ -7,9 +7,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use switchyard_protocol::api::*;
-use switchyard_protocol::{ClusterState, Host, Name, Rejection};
+use switchyard_protocol::{ClusterState, Command, Host, Name, Rejection};
 
-use super::{body, name, page, query, read_page, read_simple, submit_body, Api, ApiError, Caller, Q, S};
+use super::{body, name, page, query, read_page, read_simple, submit, submit_body, Api, ApiError, Caller, Q, S};
 use crate::config::Role;
 
 /// Host views with their sync status (known on the leader only).
@@ -162,6 +162,29 @@ pub(super) async fn register(
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
     submit_body(&s, &c, &raw, |r: RegisterHostRequest| r).await
+}
+
+#[utoipa::path(patch, path = "/v1/hosts/{name}", tag = "hosts", params(("name" = String, Path)), request_body = ModifyHostRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn modify(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let named = name(&n)?;
+    submit_body(&s, &c, &raw, |r: ModifyHostRequest| (named, r)).await
+}
+
+#[utoipa::path(delete, path = "/v1/hosts/{name}", tag = "hosts", params(("name" = String, Path), RemoveParams), responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn remove(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    q: Q<RemoveParams>,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let p = query(q)?;
+    let command = Command::RemoveHost { host: name(&n)?, expect_version: p.expect_version };
+    submit(&s, &c, p.request_id.as_deref(), command).await
 }
 
 #[utoipa::path(post, path = "/v1/hosts/{name}/maintenance", tag = "hosts", params(("name" = String, Path)), request_body = MaintenanceRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]

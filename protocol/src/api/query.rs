@@ -118,12 +118,12 @@ pub struct MigrationQuery {
     pub limit: Option<usize>,
 }
 
-/// `DELETE /v1/guests/{name}`'s query.
+/// The query of `DELETE /v1/guests/{name}` and `DELETE /v1/hosts/{name}`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams), into_params(parameter_in = Query))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RemoveGuestParams {
-    /// Refuse unless the guest is still at this version.
+pub struct RemoveParams {
+    /// Refuse unless the guest (host) is still at this version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_version: Option<Revision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

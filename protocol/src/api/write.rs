@@ -6,7 +6,7 @@
 //! that needs the cluster's state is checked again by `apply` when the command commits.
 
 use super::*;
-use crate::command::{Command, GuestPatch};
+use crate::command::{Command, GuestPatch, HostPatch};
 use crate::model::{CompatProfile, GuestSpec, HostSpec, MigrationKind, RequestId, Resources};
 
 /// A request id as clients send it: 1 to 32 hex digits.
@@ -42,7 +42,8 @@ write_request!(
     ModifyPackageRequest,
     CreateGuestRequest,
     ModifyGuestRequest,
-    RemoveGuestParams,
+    ModifyHostRequest,
+    RemoveParams,
     SwitchingRequest,
     MigrateRequest,
     AbortRequest,
@@ -70,6 +71,19 @@ impl From<RegisterHostRequest> for Command {
 impl From<(Name, MaintenanceRequest)> for Command {
     fn from((host, r): (Name, MaintenanceRequest)) -> Command {
         Command::SetHostMaintenance { host, maintenance: r.maintenance }
+    }
+}
+
+impl From<(Name, ModifyHostRequest)> for Command {
+    fn from((host, r): (Name, ModifyHostRequest)) -> Command {
+        let patch = HostPatch {
+            address: r.address,
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            hardware_family: r.hardware_family,
+            hypervisor_version: r.hypervisor_version,
+        };
+        Command::ModifyHost { host, patch, expect_version: r.expect_version }
     }
 }
 
@@ -139,8 +153,8 @@ impl TryFrom<(Name, ModifyGuestRequest)> for Command {
     }
 }
 
-impl From<(Name, RemoveGuestParams)> for Command {
-    fn from((name, r): (Name, RemoveGuestParams)) -> Command {
+impl From<(Name, RemoveParams)> for Command {
+    fn from((name, r): (Name, RemoveParams)) -> Command {
         Command::RemoveGuest { name, expect_version: r.expect_version }
     }
 }

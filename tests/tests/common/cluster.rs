@@ -11,7 +11,8 @@ use switchyard_protocol::api::WriteResponse;
 pub use switchyard_testkit::{eventually, AgentProc, Binaries, Cluster, Hypervisor, Secrets, Settings};
 
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0001";
-pub const OPERATOR_TOKEN: &str = "operator-token-for-tests-01";
+pub const READ_ONLY_TOKEN: &str = "read-only-token-for-tests-1";
+pub const OPERATIONS_TOKEN: &str = "operations-token-for-tests1";
 pub const AGENT_TOKEN: &str = "agent-h1-token-for-tests-01";
 
 /// The agent token of host `hN` (N in 1..=5; h1's is [`AGENT_TOKEN`]).
@@ -120,7 +121,8 @@ fn secrets() -> Secrets {
         cluster_secret: SECRET.into(),
         admin_token: ADMIN_TOKEN.into(),
         admin_name: "test-admin".into(),
-        operator_token: OPERATOR_TOKEN.into(),
+        read_only_token: READ_ONLY_TOKEN.into(),
+        operations_token: OPERATIONS_TOKEN.into(),
         agent_tokens: (1..=5).map(|n| (format!("h{n}"), agent_token(n))).collect(),
     }
 }
@@ -170,6 +172,12 @@ pub async fn write_until_acked(c: &Client, path: &str, body: &serde_json::Value)
     loop {
         match c.post::<_, WriteResponse>(path, body).await {
             Ok(r) => return r,
+            // A request that can never succeed is a bug in the test: say so at once.
+            Err(e)
+                if matches!(e.code(), Some("bad_request" | "invalid_argument" | "forbidden" | "unauthenticated")) =>
+            {
+                panic!("{path} refused: {e}")
+            }
             Err(e) if Instant::now() < deadline => {
                 eprintln!("{path}: {e}; retrying with the same request");
                 tokio::time::sleep(Duration::from_millis(100)).await;

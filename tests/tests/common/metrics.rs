@@ -18,7 +18,7 @@ pub async fn parse(r: reqwest::Response) -> Scrape {
 
 /// Scrapes coordinator `id` with the operator's token.
 pub async fn scrape(cluster: &TestCluster, id: u64) -> Scrape {
-    parse(cluster.http().get(cluster.url(id, "/metrics")).bearer_auth(OPERATOR_TOKEN).send().await.unwrap()).await
+    parse(cluster.http().get(cluster.url(id, "/metrics")).bearer_auth(READ_ONLY_TOKEN).send().await.unwrap()).await
 }
 
 /// Scrapes an agent's own metrics (over TLS, checked against the cluster's CA).
