@@ -1,11 +1,18 @@
-//! `switchyard host register|list|show|modify|remove|maintenance`.
+//! `switchyard host register|list|show|modify|remove|maintenance|drain|undrain|activate`.
 
 use clap::Subcommand;
-use switchyard_protocol::api::{HostQuery, MaintenanceRequest, ModifyHostRequest, RegisterHostRequest, RemoveParams};
+use std::time::Duration;
+
+use switchyard_client::EventQuery;
+use switchyard_protocol::api::StreamItem;
+use switchyard_protocol::api::{
+    DrainRequest, HostQuery, MaintenanceRequest, ModifyHostRequest, RegisterHostRequest, RemoveParams, UndrainRequest,
+};
+use switchyard_protocol::{DrainOutcome, EventPayload};
 use switchyard_protocol::{HostState, Name};
 
 use crate::render::{host_detail, hosts_table, more, to_json};
-use crate::{name, Ctx, Out, WriteOpts};
+use crate::{name, CliError, Ctx, Out, WriteOpts};
 
 #[derive(Subcommand, Debug)]
 pub enum Verb {
@@ -35,7 +42,7 @@ pub enum Verb {
     /// Hosts in name order, with state and sync status (one page; --after for the next).
     List {
         /// Only hosts in this state.
-        #[arg(long, value_parser = ["active", "maintenance", "unreachable", "failed"])]
+        #[arg(long, value_parser = ["active", "maintenance", "unreachable", "failed", "draining"])]
         state: Option<String>,
         /// Start after this host name (the previous page's last).
         #[arg(long, value_parser = name)]
@@ -82,8 +89,46 @@ pub enum Verb {
         #[command(flatten)]
         write: WriteOpts,
     },
+    /// Empty a host for maintenance: the leader moves every guest to hosts the placement rules
+    /// allow (capacity, profile, package node lists and per-node switching), a few at a time,
+    /// then puts the host in maintenance. Survives the loss of any coordinator.
+    Drain {
+        #[arg(value_parser = name)]
+        name: Name,
+        /// Follow the drain until it ends; exit non-zero unless it completes.
+        #[arg(long)]
+        wait: bool,
+        /// Move guests that cannot move online offline (a running one is stopped on the source
+        /// and started on the target); without it the drain stops before them and says why.
+        #[arg(long)]
+        allow_offline: bool,
+        /// Migrations from the host at once (default: the coordinators' drain_max_parallel).
+        #[arg(long)]
+        max_parallel: Option<u32>,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+    /// End a drain under way: migrations in flight finish or roll back on their own, so every
+    /// guest is where it was or fully moved; the host stays active.
+    Undrain {
+        #[arg(value_parser = name)]
+        name: Name,
+        /// Why (kept in the host's history).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
+    /// Take a host out of maintenance (the same as `maintenance HOST off`).
+    Activate {
+        #[arg(value_parser = name)]
+        name: Name,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
     /// Put a host into maintenance (`on`: no new guests, no migration target) or take it out.
-    /// Refused while the host still owns guests (unless it has failed): move them first.
+    /// Refused while the host still owns guests (unless it has failed): `host drain` moves them
+    /// and then puts it in maintenance.
     Maintenance {
         #[arg(value_parser = name)]
         name: Name,
@@ -115,6 +160,7 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
                 "maintenance" => HostState::Maintenance,
                 "unreachable" => HostState::Unreachable,
                 "failed" => HostState::Failed,
+                "draining" => HostState::Draining,
                 _ => HostState::Active,
             });
             let r = c.hosts(&HostQuery { stale: false, state, after, limit: Some(limit) }).await?;
@@ -168,10 +214,77 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
             let params = RemoveParams { expect_version, request_id: Some(id.clone()) };
             ctx.written(&id, c.remove_host(&name, &params).await)
         }
+        Verb::Drain { name, wait, allow_offline, max_parallel, write } => {
+            let id = write.id()?;
+            let req = DrainRequest { allow_offline, max_parallel, request_id: Some(id.clone()) };
+            let r = c.drain_host(&name, &req).await;
+            if !wait || r.is_err() {
+                return ctx.written(&id, r);
+            }
+            let from = r.expect("checked").first_revision;
+            wait_drain(ctx, &name, from).await
+        }
+        Verb::Undrain { name, reason, write } => {
+            let id = write.id()?;
+            let req = UndrainRequest { reason, request_id: Some(id.clone()) };
+            ctx.written(&id, c.undrain_host(&name, &req).await)
+        }
+        Verb::Activate { name, write } => {
+            let id = write.id()?;
+            let req = MaintenanceRequest { maintenance: false, request_id: Some(id.clone()) };
+            ctx.written(&id, c.set_maintenance(&name, &req).await)
+        }
         Verb::Maintenance { name, state, write } => {
             let id = write.id()?;
             let req = MaintenanceRequest { maintenance: state == "on", request_id: Some(id.clone()) };
             ctx.written(&id, c.set_maintenance(&name, &req).await)
         }
+    }
+}
+
+/// Follows a drain started at revision `from`: its progress while it runs, then how it ended.
+async fn wait_drain(ctx: &Ctx, host: &Name, from: u64) -> Out {
+    let c = &ctx.client;
+    let mut last = None;
+    loop {
+        let view = c.host(host).await?.items;
+        match view.drain {
+            Some(d) if d.drain.started == from => {
+                let now = (d.guests_left, d.moving);
+                if last != Some(now) && !ctx.json {
+                    println!("{host}: {} guest(s) left, {} moving", d.guests_left, d.moving);
+                }
+                last = Some(now);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            _ => break,
+        }
+    }
+    // How it ended: the first DrainEnded of this host after it started.
+    let query = EventQuery { from, host: Some(host.to_string()), kind: Some("host".into()), ..Default::default() };
+    let mut ended = None;
+    c.events(&query, |item| {
+        if let StreamItem::Event(e) = item {
+            if let EventPayload::DrainEnded { outcome, reason, blocked, .. } = &e.payload {
+                ended = Some((*outcome, reason.clone(), blocked.clone()));
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+    match ended {
+        Some((DrainOutcome::Completed, _, _)) => Ok(format!("{host} drained and in maintenance\n")),
+        Some((outcome, reason, blocked)) => {
+            let list: Vec<String> = blocked.iter().map(|b| format!("  {}: {}", b.guest, b.why)).collect();
+            Err(CliError::Failed(
+                if list.is_empty() { String::new() } else { format!("{}\n", list.join("\n")) },
+                format!("drain of {host} {outcome}: {reason}"),
+            ))
+        }
+        None => Err(CliError::Failed(
+            String::new(),
+            format!("lost track of the drain of {host}; see: switchyard host show {host}"),
+        )),
     }
 }

@@ -22,6 +22,7 @@ pub mod host;
 pub mod log;
 pub mod migration;
 pub mod package;
+pub mod rebalance;
 pub mod render;
 pub mod timefmt;
 pub mod token;
@@ -102,6 +103,9 @@ enum Verb {
     /// Migration history, details and abort.
     #[command(subcommand)]
     Migration(migration::Verb),
+    /// Even out the hosts' static load (memory and vCPU against capacity): the plan, each move
+    /// explained, and with --apply the moves as ordinary online migrations.
+    Rebalance(rebalance::RebalanceArgs),
     /// Recovery: export, verify, replay and restore the event history (live, or offline from a
     /// stopped coordinator's data directory or an export file).
     #[command(subcommand)]
@@ -281,6 +285,7 @@ async fn run(cli: Cli) -> Out {
         Verb::Events(a) => events::run(&ctx, a).await,
         Verb::Migrate(a) => migration::migrate(&ctx, a).await,
         Verb::Migration(v) => migration::run(&ctx, v).await,
+        Verb::Rebalance(a) => rebalance::run(&ctx, a).await,
         Verb::Log(v) => log::run(&ctx, v).await,
         Verb::Health { live } => {
             let (status, text) = ctx.client.probe(if live { "/healthz" } else { "/readyz" }).await?;

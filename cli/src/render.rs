@@ -106,6 +106,17 @@ pub fn host_sync_text(s: &HostSync) -> String {
 /// `host show`: the host's row, then what its hypervisor holds against the log.
 pub fn host_detail(h: &HostView) -> String {
     let mut out = hosts_table(std::slice::from_ref(h));
+    if let Some(d) = &h.drain {
+        out.push_str(&format!(
+            "\ndrain: started at revision {} by {}, {} guest(s) left, {} moving, at most {} at a time{}",
+            d.drain.started,
+            d.drain.actor,
+            d.guests_left,
+            d.moving,
+            d.drain.max_parallel,
+            if d.drain.allow_offline { ", offline moves allowed" } else { "" }
+        ));
+    }
     let Some(hv) = h.sync.as_ref().and_then(|s| s.hypervisor.as_ref()) else { return out };
     if hv.drift.is_empty() && hv.pending.is_empty() {
         out.push_str("\nhypervisor: matches the log");
@@ -338,6 +349,18 @@ pub fn describe(p: &EventPayload) -> String {
             host.spec.name, host.spec.capacity, host.spec.address, host.spec.profile, host.version
         ),
         EventPayload::HostRemoved { host } => format!("host {host} removed"),
+        EventPayload::DrainStarted { drain } => format!(
+            "host {} drain started by {} ({} at a time{})",
+            drain.host,
+            drain.actor,
+            drain.max_parallel,
+            if drain.allow_offline { ", offline moves allowed" } else { "" }
+        ),
+        EventPayload::DrainEnded { host, outcome, reason, blocked } => {
+            let names: Vec<&str> = blocked.iter().map(|b| b.guest.as_str()).collect();
+            let left = if names.is_empty() { String::new() } else { format!("; not moved: {}", names.join(", ")) };
+            format!("host {host} drain {outcome}: {reason}{left}")
+        }
         EventPayload::HostMaintenanceChanged { host, maintenance } => {
             format!("host {host} maintenance {}", if *maintenance { "on" } else { "off" })
         }

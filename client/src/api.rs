@@ -122,6 +122,14 @@ impl Client {
         self.write::<(), _>(Method::DELETE, &path, None).await
     }
 
+    pub async fn drain_host(&self, host: &Name, req: &DrainRequest) -> Result<WriteResponse, ClientError> {
+        self.post_write(&format!("/v1/hosts/{host}/drain"), req).await
+    }
+
+    pub async fn undrain_host(&self, host: &Name, req: &UndrainRequest) -> Result<WriteResponse, ClientError> {
+        self.post_write(&format!("/v1/hosts/{host}/undrain"), req).await
+    }
+
     /// An agent records a repair of its hypervisor in the log.
     pub async fn record_repair(&self, host: &Name, req: &RepairRequest) -> Result<WriteResponse, ClientError> {
         self.post_write(&format!("/v1/hosts/{host}/repairs"), req).await
@@ -206,6 +214,15 @@ impl Client {
 
     pub async fn migration(&self, id: MigrationId) -> Result<Read<MigrationDetail>, ClientError> {
         self.read(&format!("/v1/migrations/{}", id.0)).await
+    }
+
+    /// The moves that would even out the active hosts' static load (nothing is changed).
+    pub async fn rebalance_plan(
+        &self,
+        q: &RebalanceQuery,
+    ) -> Result<Read<switchyard_protocol::placement::RebalancePlan>, ClientError> {
+        let q = RebalanceQuery { stale: q.stale || self.stale, ..q.clone() };
+        self.get(&format!("/v1/rebalance{}", query(&q)?)).await
     }
 
     /// One page of migration history (`items.next_after` names the next).

@@ -154,6 +154,13 @@ pub struct MigrationConfig {
     /// A pause before each step the driver takes itself (0, the default: none). For demos and
     /// fault drills that want to watch, or act at, a given phase.
     pub step_delay_ms: u64,
+    /// Moves the cluster starts itself (drains) wait while this many migrations head to their
+    /// target: a host's network and memory copy are not saturated by parallel transfers.
+    pub max_in_flight_per_target: u32,
+    /// ... and while this many migrations are in flight in the whole cluster.
+    pub max_in_flight: u32,
+    /// A drain's migrations from its host at once, when `host drain` does not say.
+    pub drain_max_parallel: u32,
 }
 
 impl Default for MigrationConfig {
@@ -162,6 +169,9 @@ impl Default for MigrationConfig {
             transferring_timeout_ms: 600_000,
             phase_timeouts_ms: PhaseTimeouts::default(),
             step_delay_ms: 0,
+            max_in_flight_per_target: 2,
+            max_in_flight: 8,
+            drain_max_parallel: 2,
         }
     }
 }
@@ -433,6 +443,16 @@ impl Config {
         for p in self.tls.problems(true) {
             err(p);
         }
+        let m = &self.migration;
+        for (field, v, max) in [
+            ("max_in_flight_per_target", m.max_in_flight_per_target, 64),
+            ("max_in_flight", m.max_in_flight, 1024),
+            ("drain_max_parallel", m.drain_max_parallel, switchyard_protocol::limits::DRAIN_PARALLEL_MAX),
+        ] {
+            if v == 0 || v > max {
+                err(format!("migration.{field} must be between 1 and {max}"));
+            }
+        }
         if self.migration.step_delay_ms > 3_600_000 {
             err("migration.step_delay_ms must be at most 3600000 (one hour)".into());
         }
@@ -512,6 +532,8 @@ mod tests {
             (Box::new(|c| c.raft.proposal_batch_max = 0), "proposal_batch_max"),
             (Box::new(|c| c.api.request_body_bytes_max = 10), "request_body_bytes_max"),
             (Box::new(|c| c.migration.transferring_timeout_ms = 5), "migration.transferring_timeout_ms"),
+            (Box::new(|c| c.migration.max_in_flight = 0), "migration.max_in_flight"),
+            (Box::new(|c| c.migration.drain_max_parallel = 99), "migration.drain_max_parallel"),
             (
                 Box::new(|c| c.migration.phase_timeouts_ms.owner_switched = 50),
                 "migration.phase_timeouts_ms.owner_switched",

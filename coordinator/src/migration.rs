@@ -148,6 +148,9 @@ pub fn next_step(
                     Some(HostState::Maintenance) if role == "target" => {
                         return Step::Fail(format!("target host {host} went into maintenance"))
                     }
+                    Some(HostState::Draining) if role == "target" => {
+                        return Step::Fail(format!("target host {host} is being drained"))
+                    }
                     _ => {}
                 }
             }

@@ -76,6 +76,7 @@ impl Coordinator {
             tokio::spawn(leader::liveness::run(node.clone())),
             tokio::spawn(leader::driver::run(node.clone())),
             tokio::spawn(leader::failover::run(node.clone())),
+            tokio::spawn(leader::drain::run(node.clone())),
             tokio::spawn(crate::observe::run(node.clone())),
             tokio::spawn(node.clone().watch_raft()),
         ];

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 use crate::model::{
-    Actor, FailbackPolicy, Failover, FailoverPolicy, FencingToken, Guest, Host, HostFailure, HostState, Migration,
-    MigrationId, Package, Phase, Revision, RunState, Timestamp, TransferStats,
+    Actor, Drain, FailbackPolicy, Failover, FailoverPolicy, FencingToken, Guest, Host, HostFailure, HostState,
+    Migration, MigrationId, Package, Phase, Revision, RunState, Timestamp, TransferStats,
 };
 use crate::name::Name;
 use crate::rejection::Rejection;
@@ -196,6 +196,47 @@ pub struct CreateGuestRequest {
     pub request_id: Option<String>,
 }
 
+/// A drain under way and how far it is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainView {
+    #[serde(flatten)]
+    pub drain: Drain,
+    /// Guests the host still owns (moving ones included).
+    pub guests_left: usize,
+    /// Migrations from (or to) the host in flight.
+    pub moving: usize,
+}
+
+/// `POST /v1/hosts/{name}/drain`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Move guests that cannot move online offline (a running one is stopped on the source and
+    /// started on the target); without it the drain stops before them and says why.
+    #[serde(default)]
+    pub allow_offline: bool,
+    /// Migrations from the host at once (the coordinators' `migration.drain_max_parallel`
+    /// when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `POST /v1/hosts/{name}/undrain`: end the drain under way; its migrations in flight finish or
+/// roll back on their own, so every guest is where it was or fully moved.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UndrainRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
 /// `PATCH /v1/hosts/{name}`: what changes (the rest stays).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +311,9 @@ pub struct HostView {
     #[serde(flatten)]
     pub host: Host,
     pub state: HostState,
+    /// The drain under way, with its progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainView>,
     /// How the host's applied configuration compares with the cluster's, from its agent's last
     /// report to the leader. `None` when this node is not the leader (reports live there).
     #[serde(default)]

@@ -12,6 +12,7 @@ use crate::command::{Command, GuestPatch, HostPatch, Proposal};
 use crate::event::{Event, EventPayload};
 use crate::ha::Candidate;
 use crate::limits::*;
+use crate::model::{BlockedGuest, Drain, DrainOutcome};
 use crate::model::{
     ClusterId, Failover, FencingToken, Guest, GuestSpec, Host, HostSpec, HostState, ImportProgress, Migration,
     MigrationId, MigrationKind, Phase, PhaseRecord, RestoredFrom, Revision, RunState,
@@ -231,6 +232,10 @@ pub fn decide(state: &ClusterState, p: &Proposal) -> Result<Vec<EventPayload>, R
             apply_modify_host(state, host, patch, *expect_version, next)
         }
         Command::RemoveHost { host, expect_version } => apply_remove_host(state, host, *expect_version),
+        Command::StartDrain { host, allow_offline, max_parallel } => {
+            apply_start_drain(state, p, host, *allow_offline, *max_parallel, next)
+        }
+        Command::EndDrain { host, outcome, reason, blocked } => apply_end_drain(state, host, *outcome, reason, blocked),
         Command::RecordRepair { host, guest, action, reason } => {
             check_token("action", action, PROFILE_FIELD_LEN_MAX)?;
             check_text("reason", reason, TEXT_LEN_MAX)?;
@@ -474,6 +479,9 @@ fn apply_remove_host(
 ) -> Result<Vec<EventPayload>, Rejection> {
     host_at_version(state, name, expect_version)?;
     let in_use = |why: String, fix: String| Err(Rejection::HostInUse { host: name.clone(), why, fix });
+    if state.drain(name).is_some() {
+        return in_use("is being drained".into(), format!("end the drain first (switchyard host undrain {name})"));
+    }
     let owned = guests_on(state, name);
     if !owned.is_empty() {
         return in_use(
@@ -518,11 +526,83 @@ fn apply_set_host_maintenance(
             return Err(Rejection::HostInUse {
                 host: host.clone(),
                 why: format!("still owns {}", listed("guest", &owned)),
-                fix: "move them to other hosts first (switchyard migration request GUEST --to HOST), then put it in maintenance".into(),
+                fix: format!(
+                    "drain it instead: switchyard host drain {host} (moves them, then puts it in maintenance)"
+                ),
             });
         }
     }
     Ok(vec![EventPayload::HostMaintenanceChanged { host: host.clone(), maintenance }])
+}
+
+fn apply_start_drain(
+    state: &ClusterState,
+    p: &Proposal,
+    host: &Name,
+    allow_offline: bool,
+    max_parallel: u32,
+    next: Revision,
+) -> Result<Vec<EventPayload>, Rejection> {
+    check_range("max_parallel", max_parallel as u64, 1, DRAIN_PARALLEL_MAX as u64)?;
+    let h = known_host(state, host)?;
+    let refuse = |why: &str| Err(Rejection::DrainRefused { host: host.clone(), why: why.into() });
+    match state.host_state(h) {
+        HostState::Draining => return refuse("a drain is under way (host show shows its progress)"),
+        HostState::Failed => {
+            return refuse("it has failed: its packaged guests fail over, the others wait for it (ha status)")
+        }
+        HostState::Unreachable => return refuse("its agent stopped reporting, so nothing can move from it online"),
+        HostState::Active | HostState::Maintenance => {}
+    }
+    let drain = Drain { host: host.clone(), started: next, actor: p.actor.clone(), allow_offline, max_parallel };
+    Ok(vec![EventPayload::DrainStarted { drain }])
+}
+
+fn apply_end_drain(
+    state: &ClusterState,
+    host: &Name,
+    outcome: DrainOutcome,
+    reason: &str,
+    blocked: &[BlockedGuest],
+) -> Result<Vec<EventPayload>, Rejection> {
+    check_text("reason", reason, TEXT_LEN_MAX)?;
+    if blocked.len() > BLOCKED_GUESTS_MAX {
+        return Err(Rejection::invalid("blocked", format!("{} entries; at most {BLOCKED_GUESTS_MAX}", blocked.len())));
+    }
+    for b in blocked {
+        check_text("blocked.why", &b.why, TEXT_LEN_MAX)?;
+    }
+    let h = known_host(state, host)?;
+    if state.drain(host).is_none() {
+        return Err(Rejection::DrainRefused { host: host.clone(), why: "no drain is under way".into() });
+    }
+    let ended =
+        EventPayload::DrainEnded { host: host.clone(), outcome, reason: reason.to_string(), blocked: blocked.to_vec() };
+    if outcome != DrainOutcome::Completed {
+        return Ok(vec![ended]);
+    }
+    // Completed: nothing of the cluster's is left there, and the host goes into maintenance in
+    // the same commit.
+    let owned = guests_on(state, host);
+    if !owned.is_empty() {
+        return Err(Rejection::HostInUse {
+            host: host.clone(),
+            why: format!("still owns {}", listed("guest", &owned)),
+            fix: "the drain completes once they have moved".into(),
+        });
+    }
+    if let Some(m) = migrations_naming(state, host).next() {
+        return Err(Rejection::HostInUse {
+            host: host.clone(),
+            why: format!("is an end of migration {} (of {})", m.id, m.guest),
+            fix: "the drain completes once it has ended".into(),
+        });
+    }
+    let mut events = vec![ended];
+    if !h.maintenance {
+        events.push(EventPayload::HostMaintenanceChanged { host: host.clone(), maintenance: true });
+    }
+    Ok(events)
 }
 
 /// The guests `host` owns, in name order.
@@ -569,8 +649,8 @@ fn apply_create_guest(
         return Err(Rejection::GuestExists { guest: name.clone() });
     }
     let host = known_host(state, owner)?;
-    if host.state() != HostState::Active {
-        return Err(Rejection::HostNotActive { host: owner.clone(), state: host.state() });
+    if host.state() != HostState::Active || state.drain(owner).is_some() {
+        return Err(Rejection::HostNotActive { host: owner.clone(), state: state.host_state(host) });
     }
     if let Some(p) = &spec.package {
         if let Some(existing) = state.package(p) {

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 use crate::model::{
-    Actor, ClusterId, FailbackPolicy, FailoverPolicy, FencingToken, GuestSpec, HostSpec, MigrationId, MigrationKind,
-    Phase, RequestId, RestoredFrom, Revision, RunState, Timestamp, TransferStats,
+    Actor, BlockedGuest, ClusterId, DrainOutcome, FailbackPolicy, FailoverPolicy, FencingToken, GuestSpec, HostSpec,
+    MigrationId, MigrationKind, Phase, RequestId, RestoredFrom, Revision, RunState, Timestamp, TransferStats,
 };
 use crate::name::Name;
 
@@ -186,6 +186,20 @@ pub enum Command {
         host: Name,
         expect_version: Option<Revision>,
     },
+    /// `host drain`: empty the host for maintenance (see [`crate::model::Drain`]).
+    StartDrain {
+        host: Name,
+        allow_offline: bool,
+        max_parallel: u32,
+    },
+    /// The leader ends a drain (`completed`: the host owns nothing and goes into maintenance;
+    /// `stopped`: the guests left cannot move), or an operator aborts it.
+    EndDrain {
+        host: Name,
+        outcome: DrainOutcome,
+        reason: String,
+        blocked: Vec<BlockedGuest>,
+    },
 }
 
 /// The fields of a host a `ModifyHost` may change; `None` leaves one as it is.
@@ -255,6 +269,8 @@ impl Command {
             Command::ResolveMigration { .. } => "resolve_migration",
             Command::ModifyHost { .. } => "modify_host",
             Command::RemoveHost { .. } => "remove_host",
+            Command::StartDrain { .. } => "start_drain",
+            Command::EndDrain { .. } => "end_drain",
         }
     }
 }

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Actor, ClusterId, FailbackPolicy, FailoverPolicy, FencingToken, Guest, Host, Migration, MigrationId, Phase,
-    RequestId, RestoredFrom, Revision, Timestamp, TransferStats,
+    Actor, BlockedGuest, ClusterId, Drain, DrainOutcome, FailbackPolicy, FailoverPolicy, FencingToken, Guest, Host,
+    Migration, MigrationId, Phase, RequestId, RestoredFrom, Revision, Timestamp, TransferStats,
 };
 use crate::name::Name;
 
@@ -169,6 +169,17 @@ pub enum EventPayload {
     HostRemoved {
         host: Name,
     },
+    DrainStarted {
+        drain: Drain,
+    },
+    /// A drain ended; `completed` comes with the host's `HostMaintenanceChanged` in the same
+    /// commit, `stopped` names the guests it could not move.
+    DrainEnded {
+        host: Name,
+        outcome: DrainOutcome,
+        reason: String,
+        blocked: Vec<BlockedGuest>,
+    },
 }
 
 /// The kind of an event, for subscription filters.
@@ -193,7 +204,9 @@ impl EventPayload {
             | HostMaintenanceChanged { .. }
             | HostReachabilityChanged { .. }
             | HostModified { .. }
-            | HostRemoved { .. } => EventKind::Host,
+            | HostRemoved { .. }
+            | DrainStarted { .. }
+            | DrainEnded { .. } => EventKind::Host,
             GuestCreated { .. }
             | GuestModified { .. }
             | GuestRemoved { .. }
@@ -225,7 +238,9 @@ impl EventPayload {
             | HostMaintenanceChanged { .. }
             | HostReachabilityChanged { .. }
             | HostModified { .. }
-            | HostRemoved { .. } => None,
+            | HostRemoved { .. }
+            | DrainStarted { .. }
+            | DrainEnded { .. } => None,
             GuestCreated { guest } | GuestModified { guest } => Some(&guest.name),
             GuestRemoved { guest } => Some(guest),
             PackageSwitchingChanged { guest, .. } => Some(guest),
@@ -249,9 +264,11 @@ impl EventPayload {
         use EventPayload::*;
         match self {
             HostRegistered { host } | HostModified { host } => vec![&host.spec.name],
-            HostMaintenanceChanged { host, .. } | HostReachabilityChanged { host, .. } | HostRemoved { host } => {
-                vec![host]
-            }
+            HostMaintenanceChanged { host, .. }
+            | HostReachabilityChanged { host, .. }
+            | HostRemoved { host }
+            | DrainEnded { host, .. } => vec![host],
+            DrainStarted { drain } => vec![&drain.host],
             GuestCreated { guest } | GuestModified { guest } => vec![&guest.owner],
             ClusterCreated { .. }
             | GuestRemoved { .. }

@@ -248,6 +248,9 @@ fn exclusion(
     if h.maintenance {
         return Some("in maintenance".into());
     }
+    if state.drain(host).is_some() {
+        return Some("being drained".into());
+    }
     if package.disabled_nodes.contains(host) {
         return Some(format!("switching of package {} is disabled on this node", package.name));
     }

@@ -34,3 +34,7 @@ pub const REQUEST_IDS_RETAINED: usize = 100_000;
 pub const FINISHED_MIGRATIONS_RETAINED: usize = 1024;
 /// Most events in one imported chunk (`log restore`).
 pub const IMPORT_EVENTS_MAX: usize = 5000;
+/// Migrations from one draining host in flight at once (`host drain --max-parallel`).
+pub const DRAIN_PARALLEL_MAX: u32 = 16;
+/// Guests a stopped drain names as blocked (more are summed up in its reason).
+pub const BLOCKED_GUESTS_MAX: usize = 1000;

@@ -176,6 +176,8 @@ pub enum HostState {
     /// Its lease expired and the leader declared it failed (`HostFailed`); it rejoins with
     /// `HostRecovered` once its agent reports again, caught up.
     Failed,
+    /// Being emptied for maintenance (`host drain`): no new guests, no migration target.
+    Draining,
 }
 
 impl fmt::Display for HostState {
@@ -185,8 +187,59 @@ impl fmt::Display for HostState {
             HostState::Maintenance => "maintenance",
             HostState::Unreachable => "unreachable",
             HostState::Failed => "failed",
+            HostState::Draining => "draining",
         })
     }
+}
+
+/// A host being emptied for maintenance (`host drain`): the leader moves its guests to hosts the
+/// placement rules allow (`placement::choose_target`), at most `max_parallel` at a time, then
+/// commits the host's maintenance with the drain's end.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    pub host: Name,
+    /// Revision of its `DrainStarted`.
+    pub started: Revision,
+    pub actor: Actor,
+    /// Move guests that cannot move online (stopped ones, `online_migration=disabled`,
+    /// cluster nodes) offline, stopping a running one on the source and starting it on the
+    /// target; without it the drain stops before them and says which and why.
+    pub allow_offline: bool,
+    /// Migrations from this host in flight at once.
+    pub max_parallel: u32,
+}
+
+/// How a drain ended.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainOutcome {
+    /// Every guest moved; the host went into maintenance in the same commit.
+    Completed,
+    /// Some guests could not move (each named with why); the host stays as it was.
+    Stopped,
+    /// An operator ended it (`host undrain`); migrations in flight finish or roll back on
+    /// their own, so every guest is where it was or fully moved.
+    Aborted,
+}
+
+impl fmt::Display for DrainOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DrainOutcome::Completed => "completed",
+            DrainOutcome::Stopped => "stopped",
+            DrainOutcome::Aborted => "aborted",
+        })
+    }
+}
+
+/// A guest a drain could not move, and why.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedGuest {
+    pub guest: Name,
+    pub why: String,
 }
 
 /// A VM host, a node of the cluster.

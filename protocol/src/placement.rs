@@ -22,7 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Guest, Host, HostState, Resources, RunState};
+use crate::command::Command;
+use crate::model::{BlockedGuest, DrainOutcome, Guest, Host, HostState, MigrationKind, Phase, Resources, RunState};
 use crate::name::Name;
 use crate::state::ClusterState;
 
@@ -65,6 +66,17 @@ pub fn refusal(
     target: &Host,
     planned: &BTreeMap<Name, Resources>,
 ) -> Option<String> {
+    refusal_of(state, guest, target, planned, MigrationKind::Online)
+}
+
+/// [`refusal`] for a move of `kind`: an offline move needs no common profile.
+fn refusal_of(
+    state: &ClusterState,
+    guest: &Guest,
+    target: &Host,
+    planned: &BTreeMap<Name, Resources>,
+    kind: MigrationKind,
+) -> Option<String> {
     let name = &target.spec.name;
     if *name == guest.owner {
         return Some("it is the guest's host".into());
@@ -76,7 +88,7 @@ pub fn refusal(
     let Some(source) = state.host(&guest.owner) else {
         return Some(format!("the guest's host {} is not registered", guest.owner));
     };
-    if source.spec.profile != target.spec.profile {
+    if kind == MigrationKind::Online && source.spec.profile != target.spec.profile {
         return Some(format!(
             "its profile {} differs from {}'s {} (an online move needs the same)",
             target.spec.profile, guest.owner, source.spec.profile
@@ -113,13 +125,22 @@ pub fn choose_target(
     guest: &Guest,
     planned: &BTreeMap<Name, Resources>,
 ) -> Result<Name, Vec<(Name, String)>> {
+    choose_target_for(state, guest, planned, MigrationKind::Online)
+}
+
+fn choose_target_for(
+    state: &ClusterState,
+    guest: &Guest,
+    planned: &BTreeMap<Name, Resources>,
+    kind: MigrationKind,
+) -> Result<Name, Vec<(Name, String)>> {
     let mut refused = Vec::new();
     let mut best: Option<(u64, &Name)> = None;
     for h in state.hosts() {
         if h.spec.name == guest.owner {
             continue;
         }
-        match refusal(state, guest, h, planned) {
+        match refusal_of(state, guest, h, planned, kind) {
             Some(why) => refused.push((h.spec.name.clone(), why)),
             None => {
                 let after = committed(state, &h.spec.name, planned).saturating_add(guest.spec.demand());
@@ -142,10 +163,18 @@ pub struct PlannedMove {
     pub to: Name,
     /// The two hosts' loads (millionths of capacity) before and after the move, as the plan
     /// stands when it is made.
-    pub from_load: (u64, u64),
-    pub to_load: (u64, u64),
+    pub from_load: LoadChange,
+    pub to_load: LoadChange,
     /// Why this move, in words.
     pub why: String,
+}
+
+/// A host's load before and after a move, in millionths of its capacity.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadChange {
+    pub before: u64,
+    pub after: u64,
 }
 
 /// A rebalance plan: the moves in order, and the spread (most minus least loaded active host,
@@ -164,50 +193,52 @@ pub struct RebalancePlan {
 
 /// Plans moves that even out the static load of the active hosts (see the module's doc):
 /// at most `max_moves`, none while the spread is within `threshold` (millionths).
+///
+/// Each round looks at the guests of the most loaded host that has an improving move, against
+/// every active host: O(guests of one host × hosts) per move, with the loads kept per host and
+/// the extremes found in the loads' order, so that a plan over 1 000 hosts stays interactive.
 pub fn plan_rebalance(state: &ClusterState, threshold: u64, max_moves: usize) -> RebalancePlan {
     let hosts: Vec<&Host> = state.hosts().filter(|h| state.host_state(h) == HostState::Active).collect();
+    let mut used: Vec<Resources> = hosts.iter().map(|h| state.committed_resources(&h.spec.name)).collect();
     let mut planned: BTreeMap<Name, Resources> = BTreeMap::new();
-    let mut away: BTreeMap<Name, Resources> = BTreeMap::new();
     let mut moved: BTreeSet<Name> = BTreeSet::new();
-    // Guests by owner, so each round looks only at the hosts it may move from.
     let mut by_owner: BTreeMap<&Name, Vec<&Guest>> = BTreeMap::new();
     for g in state.guests() {
         by_owner.entry(&g.owner).or_default().push(g);
     }
-    let load = |h: &Host, planned: &BTreeMap<Name, Resources>, away: &BTreeMap<Name, Resources>| {
-        let n = &h.spec.name;
-        let used = committed(state, n, planned).saturating_sub(away.get(n).copied().unwrap_or_default());
-        load_ppm(used, h.spec.capacity)
-    };
-    let loads = |planned: &BTreeMap<Name, Resources>, away: &BTreeMap<Name, Resources>| -> Vec<u64> {
-        hosts.iter().map(|h| load(h, planned, away)).collect()
-    };
+    let load_of = |i: usize, used: &[Resources]| load_ppm(used[i], hosts[i].spec.capacity);
     let spread = |l: &[u64]| l.iter().max().copied().unwrap_or(0) - l.iter().min().copied().unwrap_or(0);
-    let before = spread(&loads(&planned, &away));
+    let mut current: Vec<u64> = (0..hosts.len()).map(|i| load_of(i, &used)).collect();
+    let before = spread(&current);
     let mut plan = RebalancePlan { spread_before: before, spread_after: before, threshold, ..Default::default() };
     if hosts.len() < 2 {
         plan.outcome = "fewer than two active hosts: nothing to balance".into();
         return plan;
     }
     loop {
-        let current = loads(&planned, &away);
         let now = spread(&current);
         plan.spread_after = now;
         if now <= threshold {
-            plan.outcome = format!("balanced: the spread {} is within the threshold {threshold}", pct(now));
+            plan.outcome = format!("balanced: the spread {} is within the threshold {}", pct(now), pct(threshold));
             return plan;
         }
         if plan.moves.len() >= max_moves {
             plan.outcome = format!("stopped at {max_moves} moves (the spread is {})", pct(now));
             return plan;
         }
-        let squares = |l: &[u64]| l.iter().map(|x| (*x as u128) * (*x as u128)).sum::<u128>();
-        let base = squares(&current);
-        // The best move from the most loaded host that has one: the largest drop in the sum of
-        // squares (ties: guest, then target name order).
+        // Hosts from the most to the least loaded (ties: name order): the sources in turn, and
+        // the extremes of the loads outside a move's two hosts.
         let mut order: Vec<usize> = (0..hosts.len()).collect();
         order.sort_by(|a, b| current[*b].cmp(&current[*a]).then(hosts[*a].spec.name.cmp(&hosts[*b].spec.name)));
-        let mut best: Option<(u128, PlannedMove, Resources)> = None;
+        let outside = |pair: [usize; 2]| {
+            let max = order.iter().find(|i| !pair.contains(i)).map(|i| current[*i]);
+            let min = order.iter().rev().find(|i| !pair.contains(i)).map(|i| current[*i]);
+            (max, min)
+        };
+        let sq = |x: u64| (x as u128) * (x as u128);
+        // The best move from the most loaded host that has one: the largest drop in the sum of
+        // squared loads (ties: guest, then target name order), never widening the spread.
+        let mut best: Option<(u128, usize, usize, &Guest, u64, u64)> = None;
         for &si in &order {
             let source = hosts[si];
             for g in by_owner.get(&source.spec.name).into_iter().flatten() {
@@ -215,40 +246,24 @@ pub fn plan_rebalance(state: &ClusterState, threshold: u64, max_moves: usize) ->
                     continue;
                 }
                 let demand = g.spec.demand();
+                let from_after = load_ppm(used[si].saturating_sub(demand), source.spec.capacity);
                 for (ti, target) in hosts.iter().enumerate() {
                     if ti == si || refusal(state, g, target, &planned).is_some() {
                         continue;
                     }
-                    let mut next = current.clone();
-                    let mut away2 = away.clone();
-                    add(&mut away2, &source.spec.name, demand);
-                    let mut planned2 = planned.clone();
-                    add(&mut planned2, &target.spec.name, demand);
-                    next[si] = load(source, &planned2, &away2);
-                    next[ti] = load(target, &planned2, &away2);
-                    let sq = squares(&next);
-                    if sq >= base || spread(&next) > now {
+                    let to_after = load_ppm(used[ti].saturating_add(demand), target.spec.capacity);
+                    let (old, new) = (sq(current[si]) + sq(current[ti]), sq(from_after) + sq(to_after));
+                    if new >= old {
                         continue;
                     }
-                    let gain = base - sq;
-                    if best.as_ref().is_none_or(|(b, _, _)| gain > *b) {
-                        let m = PlannedMove {
-                            guest: g.name.clone(),
-                            from: source.spec.name.clone(),
-                            to: target.spec.name.clone(),
-                            from_load: (current[si], next[si]),
-                            to_load: (current[ti], next[ti]),
-                            why: format!(
-                                "{} is the most loaded host with a guest that can move ({} → {}); {} is at {} → {}",
-                                source.spec.name,
-                                pct(current[si]),
-                                pct(next[si]),
-                                target.spec.name,
-                                pct(current[ti]),
-                                pct(next[ti])
-                            ),
-                        };
-                        best = Some((gain, m, demand));
+                    let (max, min) = outside([si, ti]);
+                    let next_max = max.unwrap_or(0).max(from_after).max(to_after);
+                    let next_min = min.unwrap_or(u64::MAX).min(from_after).min(to_after);
+                    if next_max - next_min > now {
+                        continue;
+                    }
+                    if best.as_ref().is_none_or(|b| old - new > b.0) {
+                        best = Some((old - new, si, ti, g, from_after, to_after));
                     }
                 }
             }
@@ -256,15 +271,165 @@ pub fn plan_rebalance(state: &ClusterState, threshold: u64, max_moves: usize) ->
                 break;
             }
         }
-        let Some((_, m, demand)) = best else {
+        let Some((_, si, ti, g, from_after, to_after)) = best else {
             plan.outcome =
                 format!("no move lowers the imbalance within the placement rules (the spread stays {})", pct(now));
             return plan;
         };
-        add(&mut away, &m.from, demand);
-        add(&mut planned, &m.to, demand);
-        moved.insert(m.guest.clone());
-        plan.moves.push(m);
+        let (source, target) = (&hosts[si].spec.name, &hosts[ti].spec.name);
+        plan.moves.push(PlannedMove {
+            guest: g.name.clone(),
+            from: source.clone(),
+            to: target.clone(),
+            from_load: LoadChange { before: current[si], after: from_after },
+            to_load: LoadChange { before: current[ti], after: to_after },
+            why: format!(
+                "{source} is the most loaded host with a guest that can move ({} → {}); {target} goes {} → {}",
+                pct(current[si]),
+                pct(from_after),
+                pct(current[ti]),
+                pct(to_after)
+            ),
+        });
+        let demand = g.spec.demand();
+        used[si] = used[si].saturating_sub(demand);
+        used[ti] = used[ti].saturating_add(demand);
+        add(&mut planned, target, demand);
+        current[si] = from_after;
+        current[ti] = to_after;
+        moved.insert(g.name.clone());
+    }
+}
+
+/// How many migrations the cluster runs at once for its own moves (drains); a drain's own
+/// `max_parallel` bounds those from its host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoveLimits {
+    /// Migrations heading to one host.
+    pub per_target: u32,
+    /// Migrations in the whole cluster (operators' and failbacks' included).
+    pub cluster: u32,
+}
+
+/// A drain gives up on a guest whose migrations from the draining host failed this often
+/// since the drain started.
+pub const DRAIN_ATTEMPTS: usize = 3;
+
+/// The leader's next steps for every drain under way, pure like `apply` (the coordinator's
+/// drain task commits them; a leader killed between two steps leaves the next leader the same
+/// decision from the same state):
+///
+/// - each guest of the draining host that is not moving yet, in name order, gets a migration
+///   to the target [`choose_target`] picks (offline with `allow_offline` for a guest that cannot
+///   move online), while the drain's `max_parallel`, the target's and the cluster's limits
+///   allow, every limit counting the migrations already in flight;
+/// - a guest with no allowed target, that cannot move online (without `allow_offline`), or
+///   whose last [`DRAIN_ATTEMPTS`] migrations since the drain started failed, is blocked;
+/// - with nothing of the host's in flight: no guest left → `completed` (the host goes into
+///   maintenance in the same commit); only blocked guests left → `stopped`, naming each.
+pub fn drain_steps(state: &ClusterState, limits: MoveLimits) -> Vec<Command> {
+    let mut out = Vec::new();
+    let in_flight: Vec<_> = state.in_flight_migrations().collect();
+    let mut cluster = in_flight.len() as u32;
+    let mut to_target: BTreeMap<Name, u32> = BTreeMap::new();
+    for m in &in_flight {
+        *to_target.entry(m.target.clone()).or_default() += 1;
+    }
+    let mut planned: BTreeMap<Name, Resources> = BTreeMap::new();
+    for d in state.drains() {
+        let mut from_host = in_flight.iter().filter(|m| m.source == d.host || m.target == d.host).count() as u32;
+        let moving_before = from_host;
+        let mut blocked = Vec::new();
+        let mut waiting = 0;
+        for g in state.guests().filter(|g| g.owner == d.host) {
+            if state.in_flight(&g.name).is_some() {
+                continue;
+            }
+            if let Some(f) = state.failover(&g.name) {
+                blocked.push(BlockedGuest {
+                    guest: g.name.clone(),
+                    why: format!("it is being failed over to {}", f.target),
+                });
+                continue;
+            }
+            let failures: Vec<&str> = state
+                .migrations()
+                .filter(|m| m.guest == g.name && m.source == d.host && m.id.0 > d.started && m.phase == Phase::Failed)
+                .map(|m| m.error.as_deref().unwrap_or("no reason given"))
+                .collect();
+            if failures.len() >= DRAIN_ATTEMPTS {
+                let last = failures.last().copied().unwrap_or_default();
+                blocked.push(BlockedGuest {
+                    guest: g.name.clone(),
+                    why: format!("its last {} migrations failed (the last: {last})", failures.len()),
+                });
+                continue;
+            }
+            let kind = match (unmovable(state, g), d.allow_offline) {
+                (None, _) => MigrationKind::Online,
+                (Some(_), true) if g.run_state == RunState::Running => MigrationKind::OfflineStop,
+                (Some(_), true) => MigrationKind::Offline,
+                (Some(why), false) => {
+                    blocked.push(BlockedGuest {
+                        guest: g.name.clone(),
+                        why: format!("{why}; drain with --allow-offline to move it offline"),
+                    });
+                    continue;
+                }
+            };
+            let target = match choose_target_for(state, g, &planned, kind) {
+                Ok(t) => t,
+                Err(refused) => {
+                    let why = refused.iter().map(|(h, why)| format!("{h}: {why}")).collect::<Vec<_>>().join("; ");
+                    let why =
+                        if why.is_empty() { "no other host".into() } else { format!("no host may take it ({why})") };
+                    blocked.push(BlockedGuest { guest: g.name.clone(), why });
+                    continue;
+                }
+            };
+            let at_target = to_target.get(&target).copied().unwrap_or(0);
+            if from_host >= d.max_parallel || at_target >= limits.per_target || cluster >= limits.cluster {
+                waiting += 1;
+                continue;
+            }
+            add(&mut planned, &target, g.spec.demand());
+            *to_target.entry(target.clone()).or_default() += 1;
+            from_host += 1;
+            cluster += 1;
+            out.push(Command::RequestMigration {
+                guest: g.name.clone(),
+                source: d.host.clone(),
+                target,
+                kind,
+                reason: Some(format!("drain of {}", d.host)),
+            });
+        }
+        if moving_before > 0 || from_host > moving_before || waiting > 0 {
+            continue;
+        }
+        let (outcome, reason) = if blocked.is_empty() {
+            (DrainOutcome::Completed, "every guest moved".to_string())
+        } else {
+            (DrainOutcome::Stopped, format!("{} guest(s) cannot move", blocked.len()))
+        };
+        blocked.truncate(crate::limits::BLOCKED_GUESTS_MAX);
+        for b in &mut blocked {
+            clip(&mut b.why, crate::limits::TEXT_LEN_MAX);
+        }
+        out.push(Command::EndDrain { host: d.host.clone(), outcome, reason, blocked });
+    }
+    out
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
+fn clip(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max.saturating_sub(3);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
     }
 }
 

@@ -68,6 +68,8 @@ pub enum Rejection {
     /// A host change that would strand what the host holds: `why` says what, `fix` what to do.
     #[error("host {host} {why}; {fix}")]
     HostInUse { host: Name, why: String, fix: String },
+    #[error("cannot drain host {host}: {why}")]
+    DrainRefused { host: Name, why: String },
     #[error("host {host} has {committed} committed (its guests and the migrations heading there); a capacity of {requested} cannot hold it: move guests off first, or ask for at least {committed}")]
     CapacityBelowCommitted { host: Name, committed: Resources, requested: Resources },
 }
@@ -107,6 +109,7 @@ impl Rejection {
             HostVersionConflict { .. } => "version_conflict",
             HostInUse { .. } => "host_in_use",
             CapacityBelowCommitted { .. } => "capacity_below_committed",
+            DrainRefused { .. } => "drain_refused",
         }
     }
 

@@ -12,8 +12,8 @@ use crate::event::{Event, EventPayload};
 use crate::hostconfig::guest_digest;
 use crate::limits::{FINISHED_MIGRATIONS_RETAINED, REQUEST_IDS_RETAINED};
 use crate::model::{
-    ClusterIdentity, FailbackPolicy, Failover, FailoverPolicy, Guest, Host, HostFailure, HostState, ImportProgress,
-    Member, Migration, MigrationId, Package, RequestId, Resources, Revision, SwitchingChange,
+    ClusterIdentity, Drain, FailbackPolicy, Failover, FailoverPolicy, Guest, Host, HostFailure, HostState,
+    ImportProgress, Member, Migration, MigrationId, Package, RequestId, Resources, Revision, SwitchingChange,
 };
 use crate::name::Name;
 
@@ -50,6 +50,8 @@ pub struct ClusterState {
     members: BTreeMap<Name, Member>,
     /// In-flight failovers by guest.
     failovers: BTreeMap<Name, Failover>,
+    /// Drains under way, by host.
+    drains: BTreeMap<Name, Drain>,
     /// Indexes derived from the fields above; rebuilt after decoding, never serialised.
     #[serde(skip)]
     derived: Derived,
@@ -188,9 +190,18 @@ impl ClusterState {
     pub fn host_state(&self, host: &Host) -> HostState {
         if self.host_failure(&host.spec.name).is_some() {
             HostState::Failed
+        } else if host.reachable && self.drains.contains_key(&host.spec.name) {
+            HostState::Draining
         } else {
             host.state()
         }
+    }
+    /// The drain under way on `host`.
+    pub fn drain(&self, host: &Name) -> Option<&Drain> {
+        self.drains.get(host)
+    }
+    pub fn drains(&self) -> impl Iterator<Item = &Drain> {
+        self.drains.values()
     }
     /// The in-flight failover of a guest.
     pub fn failover(&self, guest: &Name) -> Option<&Failover> {
@@ -263,6 +274,12 @@ impl ClusterState {
             EventPayload::HostRemoved { host } => {
                 self.hosts.remove(host).expect("event names a registered host");
                 self.members.remove(host);
+            }
+            EventPayload::DrainStarted { drain } => {
+                self.drains.insert(drain.host.clone(), drain.clone());
+            }
+            EventPayload::DrainEnded { host, .. } => {
+                self.drains.remove(host).expect("event names a drain under way");
             }
             EventPayload::HostMaintenanceChanged { host, maintenance } => {
                 let h = self.hosts.get_mut(host).expect("event names a registered host");
@@ -442,8 +459,22 @@ impl ClusterState {
             EventPayload::HostMaintenanceChanged { host: h, .. }
             | EventPayload::HostReachabilityChanged { host: h, .. } => host(h),
             EventPayload::HostModified { host: h } => host(&h.spec.name),
+            EventPayload::DrainStarted { drain } => {
+                host(&drain.host)?;
+                match self.drains.contains_key(&drain.host) {
+                    true => Err(format!("starts a second drain of host {}", drain.host)),
+                    false => Ok(()),
+                }
+            }
+            EventPayload::DrainEnded { host: h, .. } => match self.drains.contains_key(h) {
+                true => Ok(()),
+                false => Err(format!("ends a drain of host {h} that is not under way")),
+            },
             EventPayload::HostRemoved { host: h } => {
                 host(h)?;
+                if self.drains.contains_key(h) {
+                    return Err(format!("removes host {h} while it is being drained"));
+                }
                 if let Some(g) = self.guests.values().find(|g| g.owner == *h) {
                     return Err(format!("removes host {h}, which still owns guest {}", g.name));
                 }
@@ -700,6 +731,8 @@ impl ClusterState {
                 | EventPayload::HostMaintenanceChanged { .. }
                 | EventPayload::HostReachabilityChanged { .. }
                 | EventPayload::HostModified { .. }
+                | EventPayload::DrainStarted { .. }
+                | EventPayload::DrainEnded { .. }
                 | EventPayload::HostJoined { .. }
                 | EventPayload::HostFailed { .. }
                 | EventPayload::HostRecovered { .. } => {}
@@ -735,6 +768,7 @@ impl ClusterState {
             last_term: self.last_term,
             members: self.members.clone(),
             failovers,
+            drains: self.drains.clone(),
             derived: Derived::default(),
         };
         copy.rebuild_indexes();
@@ -794,6 +828,11 @@ impl ClusterState {
                 Some(g) if g.owner == f.target => {}
                 Some(g) => bad.push(format!("failover of {} targets {}, but {} owns it", f.guest, f.target, g.owner)),
                 None => bad.push(format!("failover of unknown guest {}", f.guest)),
+            }
+        }
+        for d in self.drains.values() {
+            if !self.hosts.contains_key(&d.host) {
+                bad.push(format!("a drain of unknown host {}", d.host));
             }
         }
         // 4. at most one in-flight migration per guest.

@@ -48,6 +48,9 @@ enum Op {
     /// A host's capacity (vCPUs, memory) or profile, at an expected version or not.
     ModifyHost(usize, Option<u32>, Option<u64>, bool, Option<u64>),
     RemoveHost(usize, Option<u64>),
+    /// A drain of a host starts, or ends (completed, stopped or aborted).
+    StartDrain(usize, u32),
+    EndDrain(usize, usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -86,6 +89,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (h.clone(), proptest::option::of(0u32..20), proptest::option::of(0u64..70000), any::<bool>(), proptest::option::of(0u64..30))
             .prop_map(|(a, b, c, d, e)| Op::ModifyHost(a, b, c, d, e)),
         1 => (h.clone(), proptest::option::of(0u64..30)).prop_map(|(a, b)| Op::RemoveHost(a, b)),
+        1 => (h.clone(), 0u32..4).prop_map(|(a, b)| Op::StartDrain(a, b)),
+        1 => (h.clone(), 0usize..3).prop_map(|(a, b)| Op::EndDrain(a, b)),
     ]
 }
 
@@ -129,6 +134,15 @@ fn resolve(op: &Op, state: &ClusterState) -> Command {
             expect_version: ver,
         },
         Op::RemoveHost(h, ver) => Command::RemoveHost { host: n(HOSTS[h]), expect_version: ver },
+        Op::StartDrain(h, parallel) => {
+            Command::StartDrain { host: n(HOSTS[h]), allow_offline: false, max_parallel: parallel }
+        }
+        Op::EndDrain(h, how) => Command::EndDrain {
+            host: n(HOSTS[h]),
+            outcome: [DrainOutcome::Completed, DrainOutcome::Stopped, DrainOutcome::Aborted][how],
+            reason: "test".into(),
+            blocked: vec![BlockedGuest { guest: n(GUESTS[h % GUESTS.len()]), why: "no target".into() }],
+        },
         Op::Admit(h) => Command::AdmitHost { host: n(HOSTS[h]) },
         Op::Fail(h) => Command::DeclareHostFailed { host: n(HOSTS[h]), evidence: "lease expired".into() },
         Op::Failover(g, h) => Command::StartFailover { guest: n(GUESTS[g]), to: n(HOSTS[h]) },
@@ -337,7 +351,8 @@ fn damage(e: &mut Event, x: usize) {
         EventPayload::HostRegistered { host } | EventPayload::HostModified { host } => {
             host.spec.name = n(["h1", "h9"][x % 2])
         }
-        EventPayload::HostRemoved { host } => *host = n(HOSTS[x % HOSTS.len()]),
+        EventPayload::HostRemoved { host } | EventPayload::DrainEnded { host, .. } => *host = n(HOSTS[x % HOSTS.len()]),
+        EventPayload::DrainStarted { drain } => drain.host = n(["h1", "h9"][x % 2]),
         EventPayload::GuestRepaired { guest, host, .. } => match x % 2 {
             0 => *guest = n(GUESTS[x / 2 % GUESTS.len()]),
             _ => *host = n(["h1", "h9"][x / 2 % 2]),

@@ -249,3 +249,88 @@ fn maintenance_is_refused_while_the_host_still_owns_guests() {
     w.ok(Command::DeclareHostFailed { host: n("h1"), evidence: "lease expired".into() });
     w.ok(on("h1"));
 }
+
+#[test]
+fn a_drain_starts_keeps_guests_off_the_host_and_completes_into_maintenance() {
+    let mut w = World::standard();
+    let start = |h: &str, p: u32| Command::StartDrain { host: n(h), allow_offline: false, max_parallel: p };
+    let end = |h: &str, outcome: DrainOutcome| Command::EndDrain {
+        host: n(h),
+        outcome,
+        reason: "test".into(),
+        blocked: vec![],
+    };
+    assert_eq!(w.reject(start("h1", 0)).code(), "invalid_argument");
+    assert_eq!(w.reject(start("h1", 17)).code(), "invalid_argument");
+    assert_eq!(w.reject(start("nope", 2)).code(), "unknown_host");
+    let (_, events) = w.ok(start("h1", 2));
+    assert!(
+        matches!(&events[0].payload, EventPayload::DrainStarted { drain } if drain.max_parallel == 2 && drain.actor == "tester")
+    );
+    let h1 = w.state.host(&n("h1")).unwrap();
+    assert_eq!(w.state.host_state(h1), HostState::Draining);
+    let r = w.reject(start("h1", 2));
+    assert!(r.code() == "drain_refused" && r.to_string().contains("under way"), "{r}");
+    // No new guest, no migration target, no failover target, no removal while it drains.
+    let create = Command::CreateGuest {
+        name: n("g9"),
+        spec: guest_spec(1, 512, None),
+        owner: n("h1"),
+        run_state: RunState::Running,
+    };
+    assert_eq!(w.reject(create).code(), "host_not_active");
+    w.ok(start("h2", 1));
+    let r = w.reject(Command::RequestMigration {
+        guest: n("g1"),
+        source: n("h1"),
+        target: n("h2"),
+        kind: MigrationKind::Online,
+        reason: None,
+    });
+    assert_eq!(r.code(), "host_not_active", "{r}");
+    w.ok(end("h2", DrainOutcome::Aborted));
+    assert_eq!(w.reject(end("h2", DrainOutcome::Aborted)).code(), "drain_refused");
+    let r = w.reject(Command::RemoveHost { host: n("h1"), expect_version: None });
+    assert!(r.to_string().contains("host undrain h1"), "{r}");
+    // It cannot complete while it owns guests.
+    let r = w.reject(end("h1", DrainOutcome::Completed));
+    assert!(r.code() == "host_in_use" && r.to_string().contains("still owns guests g1, g2"), "{r}");
+    // Its guests move away (a migration from a draining host is allowed)...
+    for g in ["g1", "g2"] {
+        let id = w.migrate(g, "h2", MigrationKind::Online);
+        let r = w.reject(end("h1", DrainOutcome::Completed));
+        assert_eq!(r.code(), "host_in_use", "{r}");
+        w.advance_to(id, Phase::Completed);
+    }
+    // ... and the drain completes with the host in maintenance, in one commit.
+    let (applied, events) = w.ok(end("h1", DrainOutcome::Completed));
+    assert_eq!(applied.revisions.last - applied.revisions.first, 1);
+    assert!(matches!(&events[0].payload, EventPayload::DrainEnded { outcome: DrainOutcome::Completed, .. }));
+    assert!(matches!(&events[1].payload, EventPayload::HostMaintenanceChanged { maintenance: true, .. }));
+    let h1 = w.state.host(&n("h1")).unwrap();
+    assert_eq!(w.state.host_state(h1), HostState::Maintenance);
+    assert!(w.state.drain(&n("h1")).is_none());
+    assert!(w.state.check_invariants().is_empty());
+}
+
+#[test]
+fn a_drain_is_refused_for_a_failed_or_unreachable_host_and_a_stopped_one_names_what_stayed() {
+    let mut w = World::standard();
+    w.ok(Command::AdmitHost { host: n("h1") });
+    w.ok(Command::DeclareHostFailed { host: n("h1"), evidence: "lease expired".into() });
+    let r = w.reject(Command::StartDrain { host: n("h1"), allow_offline: false, max_parallel: 2 });
+    assert!(r.code() == "drain_refused" && r.to_string().contains("failed"), "{r}");
+    w.ok(Command::SetHostReachable { host: n("h3"), reachable: false });
+    let r = w.reject(Command::StartDrain { host: n("h3"), allow_offline: false, max_parallel: 2 });
+    assert!(r.to_string().contains("stopped reporting"), "{r}");
+    w.ok(Command::StartDrain { host: n("h2"), allow_offline: false, max_parallel: 2 });
+    let blocked = vec![BlockedGuest { guest: n("g2"), why: "online_migration is disabled".into() }];
+    let (_, events) = w.ok(Command::EndDrain {
+        host: n("h2"),
+        outcome: DrainOutcome::Stopped,
+        reason: "1 guest cannot move online".into(),
+        blocked,
+    });
+    assert!(matches!(&events[0].payload, EventPayload::DrainEnded { blocked, .. } if blocked.len() == 1));
+    assert_eq!(w.state.host_state(w.state.host(&n("h2")).unwrap()), HostState::Active);
+}

@@ -331,3 +331,125 @@ fn the_generator_makes_plans_with_moves() {
         "{with_moves} plans with moves, {long} of 3+, {packaged} moving a packaged guest"
     );
 }
+
+// ---- drains ----
+
+fn drain_world(guests: usize) -> World {
+    let mut w = World::empty();
+    w.ok(Command::RegisterHost(host_spec("src", 64, 262_144, "ia64")));
+    for h in ["t1", "t2", "t3"] {
+        w.ok(Command::RegisterHost(host_spec(h, 32, 131_072, "ia64")));
+    }
+    w.ok(Command::RegisterHost(host_spec("x86", 64, 262_144, "x86_64")));
+    for i in 0..guests {
+        w.ok(Command::CreateGuest {
+            name: n(&format!("g{i:02}")),
+            spec: guest_spec(1 + (i % 3) as u32, 2048, None),
+            owner: n("src"),
+            run_state: RunState::Running,
+        });
+    }
+    w
+}
+
+/// Commits the drain's steps as the leader would, checking every limit after each commit; the
+/// migrations it starts finish (one at a time, oldest first) through `finish`, which says
+/// whether each completes. Returns the drain's end.
+fn run_drain(w: &mut World, limits: MoveLimits, per_host: u32, mut finish: impl FnMut(&Migration) -> bool) -> Event {
+    for _ in 0..10_000 {
+        for c in drain_steps(&w.state, limits) {
+            let (_, events) = w.ok(c);
+            let in_flight: Vec<&Migration> = w.state.in_flight_migrations().collect();
+            assert!(in_flight.len() as u32 <= limits.cluster, "cluster limit");
+            assert!(in_flight.iter().filter(|m| m.source.as_str() == "src").count() as u32 <= per_host, "source limit");
+            for t in ["t1", "t2", "t3", "x86"] {
+                assert!(
+                    in_flight.iter().filter(|m| m.target.as_str() == t).count() as u32 <= limits.per_target,
+                    "target limit"
+                );
+            }
+            if let Some(e) = events.iter().find(|e| matches!(e.payload, EventPayload::DrainEnded { .. })) {
+                return e.clone();
+            }
+        }
+        let Some(m) = w.state.in_flight_migrations().next().cloned() else { continue };
+        if finish(&m) {
+            w.advance_to(m.id, Phase::Completed);
+        } else {
+            w.ok(Command::FailMigration { id: m.id, error: "transfer failed".into() });
+        }
+    }
+    panic!("the drain never ended");
+}
+
+#[test]
+fn a_drain_moves_every_guest_within_the_limits_and_ends_in_maintenance() {
+    let mut w = drain_world(30);
+    w.ok(Command::StartDrain { host: n("src"), allow_offline: false, max_parallel: 3 });
+    let limits = MoveLimits { per_target: 2, cluster: 4 };
+    // The first round starts three migrations (the drain's own limit), to different targets
+    // while one is free, never to the other family's host.
+    let first = drain_steps(&w.state, limits);
+    assert_eq!(first.len(), 3, "{first:?}");
+    let end = run_drain(&mut w, limits, 3, |_| true);
+    assert!(matches!(&end.payload, EventPayload::DrainEnded { outcome: DrainOutcome::Completed, .. }), "{end:?}");
+    let src = w.state.host(&n("src")).unwrap();
+    assert_eq!(w.state.host_state(src), HostState::Maintenance);
+    assert_eq!(w.state.guests().filter(|g| g.owner.as_str() == "src").count(), 0);
+    assert_eq!(w.state.guests().filter(|g| g.owner.as_str() == "x86").count(), 0, "another profile");
+    assert!(drain_steps(&w.state, limits).is_empty());
+}
+
+#[test]
+fn a_drain_stops_before_guests_that_cannot_move_and_says_why() {
+    let mut w = drain_world(4);
+    w.ok(Command::ModifyGuest {
+        name: n("g00"),
+        patch: GuestPatch { online_migration: Some(false), ..Default::default() },
+        expect_version: None,
+    });
+    w.ok(Command::StartDrain { host: n("src"), allow_offline: false, max_parallel: 2 });
+    // g01 always fails: after three attempts it is given up.
+    let end = run_drain(&mut w, MoveLimits { per_target: 1, cluster: 8 }, 2, |m| m.guest.as_str() != "g01");
+    let EventPayload::DrainEnded { outcome, blocked, .. } = &end.payload else { unreachable!() };
+    assert_eq!(*outcome, DrainOutcome::Stopped);
+    let why = |g: &str| blocked.iter().find(|b| b.guest.as_str() == g).map(|b| b.why.clone()).unwrap_or_default();
+    assert!(
+        why("g00").contains("online_migration is disabled") && why("g00").contains("--allow-offline"),
+        "{blocked:?}"
+    );
+    assert!(why("g01").contains("last 3 migrations failed"), "{blocked:?}");
+    assert_eq!(blocked.len(), 2, "{blocked:?}");
+    let src = w.state.host(&n("src")).unwrap();
+    assert_eq!(w.state.host_state(src), HostState::Active, "a stopped drain leaves the host as it was");
+
+    // With --allow-offline the guest that cannot move online moves offline, stopped on the way.
+    let mut w = drain_world(2);
+    w.ok(Command::ModifyGuest {
+        name: n("g00"),
+        patch: GuestPatch { cluster_node: Some(true), ..Default::default() },
+        expect_version: None,
+    });
+    w.ok(Command::StartDrain { host: n("src"), allow_offline: true, max_parallel: 2 });
+    let steps = drain_steps(&w.state, MoveLimits { per_target: 1, cluster: 8 });
+    assert!(steps.iter().any(|c| matches!(c, Command::RequestMigration { guest, kind: MigrationKind::OfflineStop, .. } if guest.as_str() == "g00")), "{steps:?}");
+}
+
+#[test]
+fn a_drain_with_no_room_anywhere_names_every_host_that_refused() {
+    let mut w = World::empty();
+    w.ok(Command::RegisterHost(host_spec("src", 64, 262_144, "ia64")));
+    w.ok(Command::RegisterHost(host_spec("tiny", 1, 1024, "ia64")));
+    w.ok(Command::CreateGuest {
+        name: n("big"),
+        spec: guest_spec(8, 8192, None),
+        owner: n("src"),
+        run_state: RunState::Running,
+    });
+    w.ok(Command::StartDrain { host: n("src"), allow_offline: false, max_parallel: 2 });
+    let steps = drain_steps(&w.state, MoveLimits { per_target: 1, cluster: 8 });
+    let [Command::EndDrain { outcome: DrainOutcome::Stopped, blocked, .. }] = steps.as_slice() else {
+        panic!("{steps:?}")
+    };
+    assert!(blocked[0].why.contains("tiny: it lacks room"), "{blocked:?}");
+}

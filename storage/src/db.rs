@@ -18,7 +18,8 @@ use crate::error::StoreError;
 /// 2: events carry the Raft term of their entry; phase records carry it too.
 /// 5: the state holds host members and failovers, packages their node lists and policies.
 /// 6: the state remembers requests by (actor, request id) (`ClusterState::applied_request`).
-pub const DISK_FORMAT_VERSION: u32 = 6;
+/// 7: the state holds the drains under way.
+pub const DISK_FORMAT_VERSION: u32 = 7;
 
 /// Column families. Keys are big-endian integers or `name \0 big-endian integer`.
 pub mod cf {

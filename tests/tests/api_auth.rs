@@ -65,6 +65,7 @@ fn calls() -> Vec<Call> {
         get("/v1/migrations", "/v1/migrations", ReadConfig),
         get("/v1/migrations/{id}", "/v1/migrations/999", ReadConfig),
         get("/v1/ha", "/v1/ha", ReadConfig),
+        get("/v1/rebalance", "/v1/rebalance", ReadCluster),
         // An agent's reports: empty bodies, refused by the body check when the role passes.
         c(Method::POST, "/v1/hosts/{name}/report", "/v1/hosts/h1/report", Report, Some(json!({}))),
         c(Method::POST, "/v1/hosts/{name}/repairs", "/v1/hosts/h1/repairs", Report, Some(json!({}))),
@@ -93,6 +94,8 @@ fn calls() -> Vec<Call> {
             Operate,
             Some(json!({"maintenance": false})),
         ),
+        c(Method::POST, "/v1/hosts/{name}/drain", "/v1/hosts/h2/drain", Operate, Some(json!({"max_parallel": 1}))),
+        c(Method::POST, "/v1/hosts/{name}/undrain", "/v1/hosts/h2/undrain", Operate, Some(json!({"reason": "x"}))),
         c(Method::POST, "/v1/hosts", "/v1/hosts", Admin, Some(host("h3"))),
         c(Method::PATCH, "/v1/hosts/{name}", "/v1/hosts/h3", Admin, Some(json!({"vcpus": 4}))),
         c(Method::DELETE, "/v1/hosts/{name}", "/v1/hosts/h3", Admin, None),

@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use switchyard_protocol::api::*;
-use switchyard_protocol::{ClusterState, Command, Host, Name, Rejection};
+use switchyard_protocol::{ClusterState, Command, DrainOutcome, Host, Name, Rejection};
 
 use super::{body, name, page, query, read_page, read_simple, submit, submit_body, Api, ApiError, Caller, Q, S};
 use crate::config::Role;
@@ -20,6 +20,11 @@ pub(super) fn host_views<'a>(s: &Api, st: &ClusterState, hosts: impl Iterator<It
         .map(|h| HostView {
             host: h.clone(),
             state: st.host_state(h),
+            drain: st.drain(&h.spec.name).map(|d| DrainView {
+                drain: d.clone(),
+                guests_left: st.guests().filter(|g| g.owner == d.host).count(),
+                moving: st.in_flight_migrations().filter(|m| m.source == d.host || m.target == d.host).count(),
+            }),
             sync: digest.map(|d| s.node.liveness.sync(h, st, d, timeout)),
         })
         .collect()
@@ -185,6 +190,34 @@ pub(super) async fn remove(
     let p = query(q)?;
     let command = Command::RemoveHost { host: name(&n)?, expect_version: p.expect_version };
     submit(&s, &c, p.request_id.as_deref(), command).await
+}
+
+#[utoipa::path(post, path = "/v1/hosts/{name}/drain", tag = "hosts", params(("name" = String, Path)), request_body = DrainRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn drain(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let host = name(&n)?;
+    let r: DrainRequest = body(&raw)?;
+    let max_parallel = r.max_parallel.unwrap_or(s.node.config.migration.drain_max_parallel);
+    let command = Command::StartDrain { host, allow_offline: r.allow_offline, max_parallel };
+    submit(&s, &c, r.request_id.as_deref(), command).await
+}
+
+#[utoipa::path(post, path = "/v1/hosts/{name}/undrain", tag = "hosts", params(("name" = String, Path)), request_body = UndrainRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn undrain(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(n): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let host = name(&n)?;
+    let r: UndrainRequest = body(&raw)?;
+    let reason = r.reason.unwrap_or_else(|| format!("ended by {}", c.actor));
+    let command = Command::EndDrain { host, outcome: DrainOutcome::Aborted, reason, blocked: Vec::new() };
+    submit(&s, &c, r.request_id.as_deref(), command).await
 }
 
 #[utoipa::path(post, path = "/v1/hosts/{name}/maintenance", tag = "hosts", params(("name" = String, Path)), request_body = MaintenanceRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]

@@ -1,13 +1,14 @@
-//! Migrations: request, abort, agents' reports on the current phase, show, and the history
-//! list (filtered, paged, newest first unless asked otherwise).
+//! Migrations: request, abort, agents' reports on the current phase, show, the history list
+//! (filtered, paged, newest first unless asked otherwise), and the rebalance plan.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use switchyard_protocol::api::*;
+use switchyard_protocol::placement::{plan_rebalance, RebalancePlan};
 use switchyard_protocol::{Migration, MigrationId, Phase, Rejection};
 
-use super::{body, body_or_default, query, submit, submit_body, unknown_guest, ApiError, Caller, Q, S};
+use super::{body, body_or_default, query, read_state, submit, submit_body, unknown_guest, ApiError, Caller, Q, S};
 use crate::config::Role;
 
 fn migration_id(s: &str) -> Result<MigrationId, ApiError> {
@@ -16,6 +17,24 @@ fn migration_id(s: &str) -> Result<MigrationId, ApiError> {
 
 fn unknown(id: MigrationId) -> ApiError {
     ApiError::Rejected(Rejection::UnknownMigration { id })
+}
+
+/// `rebalance --plan`: the moves that would even out the active hosts' static load, each
+/// explained, computed from the state read linearizably (unless `stale`). Planning changes
+/// nothing; the moves are requested as ordinary migrations.
+#[utoipa::path(get, path = "/v1/rebalance", tag = "migrations", params(RebalanceQuery), responses((status = 200, body = Read<RebalancePlan>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn rebalance(State(s): S, q: Q<RebalanceQuery>) -> Result<Json<Read<RebalancePlan>>, ApiError> {
+    let q = query(q)?;
+    let threshold_pct = q.threshold_pct.unwrap_or(RebalanceQuery::THRESHOLD_PCT_DEFAULT);
+    if threshold_pct > 100 {
+        return Err(ApiError::BadRequest(format!("threshold_pct {threshold_pct} is above 100")));
+    }
+    let max_moves = q.max_moves.unwrap_or(RebalanceQuery::MAX_MOVES_DEFAULT);
+    if max_moves > RebalanceQuery::MAX_MOVES_MAX {
+        return Err(ApiError::BadRequest(format!("max_moves {max_moves} is above {}", RebalanceQuery::MAX_MOVES_MAX)));
+    }
+    let threshold = u64::from(threshold_pct) * 10_000;
+    read_state(&s, q.stale, |st| Ok(plan_rebalance(st, threshold, max_moves))).await
 }
 
 /// `migrate GUEST --to HOST`: the source is where the guest runs now; the state machine checks

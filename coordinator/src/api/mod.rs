@@ -157,6 +157,8 @@ fn routes() -> (Router<Arc<Api>>, Router<Arc<Api>>, utoipa::openapi::OpenApi) {
         .routes(routes!(hosts::list, hosts::register))
         .routes(routes!(hosts::show, hosts::modify, hosts::remove))
         .routes(routes!(hosts::set_maintenance))
+        .routes(routes!(hosts::drain))
+        .routes(routes!(hosts::undrain))
         .routes(routes!(hosts::report))
         .routes(routes!(hosts::record_repair))
         .routes(routes!(hosts::report_failover))
@@ -169,6 +171,7 @@ fn routes() -> (Router<Arc<Api>>, Router<Arc<Api>>, utoipa::openapi::OpenApi) {
         .routes(routes!(packages::modify))
         .routes(routes!(migrations::list, migrations::request))
         .routes(routes!(migrations::show))
+        .routes(routes!(migrations::rebalance))
         .routes(routes!(migrations::abort))
         .routes(routes!(migrations::resolve))
         .routes(routes!(migrations::report))
@@ -233,7 +236,7 @@ fn access(method: &Method, path: &str) -> Access {
         ["v1", "migrations"]
         | ["v1", "migrations", _, "abort" | "resolve"]
         | ["v1", "packages", _, "switching"]
-        | ["v1", "hosts", _, "maintenance"] => Access::Operate,
+        | ["v1", "hosts", _, "maintenance" | "drain" | "undrain"] => Access::Operate,
         _ => Access::Admin,
     }
 }

@@ -21,6 +21,28 @@ pub struct ReadParams {
     pub stale: bool,
 }
 
+/// `GET /v1/rebalance`: a plan that evens out the active hosts' static load.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams), into_params(parameter_in = Query))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceQuery {
+    /// No moves while the most and the least loaded active host are at most this many
+    /// percentage points apart (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_pct: Option<u32>,
+    /// At most this many moves (default 100, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_moves: Option<usize>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+}
+
+impl RebalanceQuery {
+    pub const THRESHOLD_PCT_DEFAULT: u32 = 10;
+    pub const MAX_MOVES_DEFAULT: usize = 100;
+    pub const MAX_MOVES_MAX: usize = 1000;
+}
+
 /// `GET /v1/hosts`: hosts in name order, paged.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams), into_params(parameter_in = Query))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

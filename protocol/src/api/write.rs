@@ -43,6 +43,8 @@ write_request!(
     CreateGuestRequest,
     ModifyGuestRequest,
     ModifyHostRequest,
+    DrainRequest,
+    UndrainRequest,
     RemoveParams,
     SwitchingRequest,
     MigrateRequest,
