@@ -383,6 +383,7 @@ mod tests {
                 online_migration: true,
                 cluster_node: false,
                 package: None,
+                anti_affinity: None,
             },
             owner: Name::new("h1").unwrap(),
             run_state: RunState::Running,

@@ -22,6 +22,7 @@ fn spec(memory_mib: u64) -> GuestSpec {
         online_migration: true,
         cluster_node: false,
         package: None,
+        anti_affinity: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! cargo build --release --workspace --bins && ./target/release/switchyard-bench
 //! ```
 
+mod drain;
 mod scenarios;
 mod sut;
 mod vm;
@@ -59,8 +60,17 @@ pub struct Args {
     /// Host kills of the `host-loss` part (a real VM failed over each time).
     #[arg(long, default_value_t = 10)]
     pub host_loss_reps: usize,
+    /// Guests of the `drain` part, all on one host, drained to two others.
+    #[arg(long, default_value_t = 100)]
+    pub drain_guests: usize,
+    /// The drain's migrations at once (`host drain --max-parallel`).
+    #[arg(long, default_value_t = 4)]
+    pub drain_parallel: u32,
+    /// How long each simulated transfer of the `drain` part takes.
+    #[arg(long, default_value_t = 1000)]
+    pub drain_transfer_ms: u64,
     /// Run only these parts: throughput, fanout, failover, restart, catchup, replay, scale, vm,
-    /// host-loss.
+    /// host-loss, drain.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Switchyard alone, even when etcd is installed.
@@ -288,6 +298,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.wants("host-loss") {
         vm::host_loss(&args, &dir, timing, &mut report).await?;
+    }
+    if args.wants("drain") {
+        drain::drain(&args, &dir, timing, &mut report).await?;
     }
     if args.wants("scale") {
         eprintln!("== switchyard at scale");

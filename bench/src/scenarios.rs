@@ -694,6 +694,7 @@ fn synthetic_export(path: &Path, shape: Synthetic) -> anyhow::Result<()> {
         first_revision: 1,
         last_revision: n,
         exported_at: Timestamp(now_ms()),
+        format: switchyard_storage::export::EXPORT_FORMAT,
     };
     let mut w = ExportWriter::new(f, Format::Binary, &header)?;
     for i in 0..n {
@@ -703,6 +704,7 @@ fn synthetic_export(path: &Path, shape: Synthetic) -> anyhow::Result<()> {
                 address: format!("h{i}:7100"),
                 capacity: Resources { vcpus: 65536, memory_mib: 1 << 30 },
                 profile: CompatProfile { hardware_family: "ia64".into(), hypervisor_version: "hpvm-6.1".into() },
+                labels: Default::default(),
             })
         } else if i < hosts + guests {
             let g = i - hosts;
@@ -716,6 +718,7 @@ fn synthetic_export(path: &Path, shape: Synthetic) -> anyhow::Result<()> {
                     online_migration: true,
                     cluster_node: false,
                     package: None,
+                    anti_affinity: None,
                 },
                 owner: name(format!("h{}", g % hosts)),
                 run_state: RunState::Running,

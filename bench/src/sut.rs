@@ -331,6 +331,7 @@ impl Switchyard {
             hardware_family: "ia64".into(),
             hypervisor_version: "hpvm-6.1".into(),
             request_id: None,
+            labels: Default::default(),
         };
         s.cluster.register_hosts(&[host]).await.context("register the load host")?;
         Ok(s)

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use switchyard_agent::driver::qemu::{Qemu, QemuConfig};
 use switchyard_agent::driver::{Transfer, VmState};
-use switchyard_client::EventQuery;
+use switchyard_client::{Client, EventQuery};
 use switchyard_protocol::api::{CreateGuestRequest, MigrateRequest, StreamItem};
-use switchyard_protocol::{EventPayload, GuestSpec, MigrationId, MigrationKind, Name, Phase, RunState};
+use switchyard_protocol::{EventPayload, GuestSpec, MigrationId, MigrationKind, Name, Phase};
 use switchyard_testkit::{local, wait_for, Hypervisor};
 
 use crate::sut::Timing;
@@ -25,7 +25,7 @@ fn n(s: &str) -> Name {
     Name::new(s).expect("a valid name")
 }
 
-fn spec() -> GuestSpec {
+pub(crate) fn spec() -> GuestSpec {
     GuestSpec {
         vcpus: 1,
         memory_mib: 32,
@@ -34,25 +34,13 @@ fn spec() -> GuestSpec {
         online_migration: true,
         cluster_node: false,
         package: None,
+        anti_affinity: None,
     }
 }
 
 /// The guest `vm` of [`spec`], running on h1, in `package` if given.
 fn guest_on_h1(package: Option<&str>) -> CreateGuestRequest {
-    let s = spec();
-    CreateGuestRequest {
-        name: n("vm"),
-        owner: n("h1"),
-        vcpus: s.vcpus,
-        memory_mib: s.memory_mib,
-        disks: s.disks,
-        networks: s.networks,
-        online_migration: s.online_migration,
-        cluster_node: s.cluster_node,
-        package: package.map(n),
-        run_state: RunState::Running,
-        request_id: None,
-    }
+    CreateGuestRequest::new(n("vm"), n("h1"), GuestSpec { package: package.map(n), ..spec() })
 }
 
 fn median_max(mut v: Vec<Duration>) -> (f64, f64) {
@@ -135,38 +123,7 @@ pub async fn vm_migration(args: &Args, dir: &Path, timing: Timing, report: &mut 
         let mut through = Vec::new();
         for rep in 0..reps {
             let to = if rep % 2 == 0 { "h2" } else { "h1" };
-            let head = admin.guest(&g).await?.revision;
-            let started = Instant::now();
-            let req = MigrateRequest {
-                guest: g.clone(),
-                target: n(to),
-                offline: false,
-                allow_stop: false,
-                reason: None,
-                request_id: None,
-            };
-            let id = MigrationId(admin.migrate(&req).await.context("request the migration")?.first_revision);
-            // The committed end, as a subscriber sees it.
-            let q = EventQuery { from: head + 1, follow: true, guest: Some("vm".into()), ..Default::default() };
-            let mut end = None;
-            admin
-                .events(&q, |item| {
-                    if let StreamItem::Event(e) = item {
-                        if let EventPayload::MigrationPhaseChanged { id: m, phase, .. } = &e.payload {
-                            if *m == id && phase.is_terminal() {
-                                end = Some((*phase, started.elapsed()));
-                                return false;
-                            }
-                        }
-                    }
-                    true
-                })
-                .await?;
-            match end {
-                Some((Phase::Completed, took)) => through.push(took),
-                Some((phase, _)) => bail!("migration {id} ended {phase}"),
-                None => bail!("the event stream ended before migration {id} did"),
-            }
+            through.push(timed_migration(&admin, &g, to).await?);
             wait_for("the source's copy to stop", Duration::from_secs(60), runs_only_on(to)).await?;
         }
         anyhow::Ok(through)
@@ -283,4 +240,40 @@ pub async fn host_loss(args: &Args, dir: &Path, timing: Timing, report: &mut Rep
         ),
     );
     Ok(())
+}
+
+/// Moves `guest` online to `to` and answers the time from the request to `completed`, as a
+/// subscriber of its events sees it; a migration that ends otherwise is an error.
+pub(crate) async fn timed_migration(admin: &Client, guest: &Name, to: &str) -> anyhow::Result<Duration> {
+    let head = admin.guest(guest).await?.revision;
+    let started = Instant::now();
+    let req = MigrateRequest {
+        guest: guest.clone(),
+        target: n(to),
+        offline: false,
+        allow_stop: false,
+        reason: None,
+        request_id: None,
+    };
+    let id = MigrationId(admin.migrate(&req).await.context("request the migration")?.first_revision);
+    let q = EventQuery { from: head + 1, follow: true, guest: Some(guest.to_string()), ..Default::default() };
+    let mut end = None;
+    admin
+        .events(&q, |item| {
+            if let StreamItem::Event(e) = item {
+                if let EventPayload::MigrationPhaseChanged { id: m, phase, .. } = &e.payload {
+                    if *m == id && phase.is_terminal() {
+                        end = Some((*phase, started.elapsed()));
+                        return false;
+                    }
+                }
+            }
+            true
+        })
+        .await?;
+    match end {
+        Some((Phase::Completed, took)) => Ok(took),
+        Some((phase, _)) => bail!("migration {id} ended {phase}"),
+        None => bail!("the event stream ended before migration {id} did"),
+    }
 }

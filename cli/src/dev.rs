@@ -157,6 +157,7 @@ async fn demo_scenario(dev: &mut Cluster, qemu: bool) -> anyhow::Result<()> {
         package: None,
         run_state: RunState::Running,
         request_id: None,
+        anti_affinity: None,
     };
     let web = CreateGuestRequest { package: Some(n("pkg-web1")), ..guest("web1", "h1", 4, 8192, "vg01") };
     let sg = CreateGuestRequest { cluster_node: true, ..guest("sgnode1", "h2", 2, 4096, "vg02") };

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use switchyard_protocol::api::{CreateGuestRequest, GuestQuery, ModifyGuestRequest, RemoveParams};
-use switchyard_protocol::{Name, RunState};
+use switchyard_protocol::{AntiAffinity, Name, RunState};
 
 use crate::render::{guests_table, more, now, sync_text, to_json, unprotected};
 use crate::{name, timefmt, CliError, Ctx, Out, WriteOpts};
@@ -35,6 +35,13 @@ pub enum Verb {
         /// The guest runs cluster software itself: never moved online.
         #[arg(long)]
         cluster_node: bool,
+        /// Anti-affinity group: no two guests of a group on one host (or, with --spread-by,
+        /// on hosts sharing a value of that label).
+        #[arg(long, value_parser = name)]
+        anti_affinity: Option<Name>,
+        /// The host label the anti-affinity group spreads by (e.g. rack).
+        #[arg(long, requires = "anti_affinity", value_parser = name)]
+        spread_by: Option<Name>,
         /// Create the guest stopped.
         #[arg(long)]
         stopped: bool,
@@ -69,6 +76,16 @@ pub enum Verb {
         /// Whether the guest runs cluster software (then never moved online).
         #[arg(long)]
         cluster_node: Option<bool>,
+        /// Put the guest in this anti-affinity group (replacing any other); refused while
+        /// another guest of the group shares its host (or its --spread-by label's value).
+        #[arg(long, conflicts_with = "no_anti_affinity", value_parser = name)]
+        anti_affinity: Option<Name>,
+        /// The host label the anti-affinity group spreads by (e.g. rack).
+        #[arg(long, requires = "anti_affinity", value_parser = name)]
+        spread_by: Option<Name>,
+        /// Take the guest out of its anti-affinity group.
+        #[arg(long)]
+        no_anti_affinity: bool,
         /// Start or stop the guest.
         #[arg(long, value_parser = ["running", "stopped"])]
         run_state: Option<String>,
@@ -146,6 +163,8 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
             networks,
             package,
             cluster_node,
+            anti_affinity,
+            spread_by,
             stopped,
             attrs,
             write,
@@ -161,6 +180,7 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
                 online_migration: online_migration_attr(&attrs)?.unwrap_or(true),
                 cluster_node,
                 package,
+                anti_affinity: anti_affinity.map(|group| AntiAffinity { group, spread_by }),
                 run_state: if stopped { RunState::Stopped } else { RunState::Running },
                 request_id: Some(id.clone()),
             };
@@ -175,6 +195,9 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
             package,
             no_package,
             cluster_node,
+            anti_affinity,
+            spread_by,
+            no_anti_affinity,
             run_state,
             attrs,
             expect_version,
@@ -190,6 +213,8 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
                 cluster_node,
                 package,
                 remove_package: no_package,
+                anti_affinity: anti_affinity.map(|group| AntiAffinity { group, spread_by }),
+                remove_anti_affinity: no_anti_affinity,
                 run_state: run_state.map(|s| if s == "running" { RunState::Running } else { RunState::Stopped }),
                 expect_version,
                 request_id: Some(id.clone()),
@@ -203,6 +228,9 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
             }
             let g = &r.items;
             let mut out = guests_table(std::slice::from_ref(g));
+            if let Some(a) = &g.guest.spec.anti_affinity {
+                out.push_str(&format!("\nanti-affinity group {a}\n"));
+            }
             if let Some(p) = &g.package {
                 if let Some(line) = unprotected(p, now()) {
                     out.push_str(&format!("\npackage {}: {line}\n", p.name));

@@ -36,6 +36,10 @@ pub enum Verb {
         /// Hypervisor version (an online move needs the same on both ends), e.g. hpvm-6.1.
         #[arg(long)]
         hypervisor_version: String,
+        /// A label KEY=VALUE (e.g. rack=r12), what anti-affinity groups spread by; repeat for
+        /// several.
+        #[arg(long = "label", value_parser = label)]
+        labels: Vec<(Name, Name)>,
         #[command(flatten)]
         write: WriteOpts,
     },
@@ -72,6 +76,12 @@ pub enum Verb {
         hardware_family: Option<String>,
         #[arg(long)]
         hypervisor_version: Option<String>,
+        /// Set a label KEY=VALUE (others stay); repeat for several.
+        #[arg(long = "label", value_parser = label)]
+        labels: Vec<(Name, Name)>,
+        /// Remove the label KEY; repeat for several.
+        #[arg(long = "unlabel", value_parser = name)]
+        unlabel: Vec<Name>,
         /// Refuse unless the host is still at this version (`host show` prints it).
         #[arg(long)]
         expect_version: Option<u64>,
@@ -139,10 +149,16 @@ pub enum Verb {
     },
 }
 
+/// Parses `KEY=VALUE`, both names.
+fn label(s: &str) -> Result<(Name, Name), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("a label is KEY=VALUE (e.g. rack=r12), not {s:?}"))?;
+    Ok((name(k)?, name(v)?))
+}
+
 pub async fn run(ctx: &Ctx, v: Verb) -> Out {
     let (c, json) = (&ctx.client, ctx.json);
     match v {
-        Verb::Register { name, address, vcpus, memory_mib, hardware_family, hypervisor_version, write } => {
+        Verb::Register { name, address, vcpus, memory_mib, hardware_family, hypervisor_version, labels, write } => {
             let id = write.id()?;
             let req = RegisterHostRequest {
                 name,
@@ -151,6 +167,7 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
                 memory_mib,
                 hardware_family,
                 hypervisor_version,
+                labels: labels.into_iter().collect(),
                 request_id: Some(id.clone()),
             };
             ctx.written(&id, c.register_host(&req).await)
@@ -194,6 +211,8 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
             memory_mib,
             hardware_family,
             hypervisor_version,
+            labels,
+            unlabel,
             expect_version,
             write,
         } => {
@@ -204,6 +223,8 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
                 memory_mib,
                 hardware_family,
                 hypervisor_version,
+                labels: (!labels.is_empty()).then(|| labels.into_iter().collect()),
+                remove_labels: (!unlabel.is_empty()).then_some(unlabel),
                 expect_version,
                 request_id: Some(id.clone()),
             };

@@ -172,6 +172,7 @@ async fn export(c: &Client, json: bool, file: &Path, data_dir: Option<&Path>, js
                             first_revision: e.revision,
                             last_revision: at,
                             exported_at: now,
+                            format: switchyard_storage::export::EXPORT_FORMAT,
                         };
                         match ExportWriter::new(out.take().expect("one writer"), format, &header) {
                             Ok(w) => writer = Some(w),
@@ -201,6 +202,7 @@ async fn export(c: &Client, json: bool, file: &Path, data_dir: Option<&Path>, js
                 first_revision: first.map_or(1, |e| e.revision),
                 last_revision: at,
                 exported_at: now,
+                format: switchyard_storage::export::EXPORT_FORMAT,
             };
             let w = match writer {
                 Some(w) => w,

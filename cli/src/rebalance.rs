@@ -4,16 +4,18 @@
 //! The plan is the coordinator's (`GET /v1/rebalance`, `protocol::placement`); applying it is
 //! this command's loop: each move is a migration request with its own request id (a retry
 //! never moves a guest twice), checked again by the cluster when it commits, and at most
-//! `--max-parallel` are in flight. Every migration is a saga of its own in the log, so a
+//! `--max-parallel` are in flight, within the coordinators' limits on moves the cluster starts
+//! itself (`[migration] max_in_flight_per_target` and `max_in_flight`, sent with the plan and
+//! counted against every migration in flight). Every migration is a saga of its own in the log, so a
 //! stopped command leaves each guest where it was or fully moved; running it again plans
 //! afresh from where the cluster stands.
 
 use std::time::Duration;
 
 use clap::Args;
-use switchyard_protocol::api::{MigrateRequest, RebalanceQuery};
-use switchyard_protocol::placement::{pct, RebalancePlan};
-use switchyard_protocol::{MigrationId, Phase};
+use switchyard_protocol::api::{MigrateRequest, MigrationQuery, RebalanceQuery};
+use switchyard_protocol::placement::{pct, MoveBudget, RebalancePlan};
+use switchyard_protocol::{Migration, MigrationId, Phase};
 
 use crate::render::{table, to_json};
 use crate::{CliError, Ctx, Out};
@@ -80,12 +82,25 @@ pub async fn run(ctx: &Ctx, a: RebalanceArgs) -> Out {
     if !ctx.json {
         print!("{}", plan_text(&plan));
     }
-    let mut pending = plan.moves.iter();
+    let mut pending = plan.moves.iter().peekable();
     let mut in_flight: Vec<(MigrationId, String)> = Vec::new();
     let (mut done, mut failed) = (Vec::new(), Vec::new());
     loop {
+        // The cluster's limits on moves it starts itself, counting every migration in flight
+        // (operators', drains', failbacks'): a move waits while the cluster or its target is busy.
+        let mut busy = match (plan.limits, pending.peek()) {
+            (Some(limits), Some(_)) => Some(MoveBudget::from_migrations(&in_flight_migrations(c).await?, limits)),
+            _ => None,
+        };
         while in_flight.len() < a.max_parallel as usize {
-            let Some(m) = pending.next() else { break };
+            let Some(m) = pending.peek() else { break };
+            if let Some(b) = &mut busy {
+                if !b.allows(&m.to) {
+                    break;
+                }
+                b.take(&m.to);
+            }
+            let m = pending.next().expect("peeked");
             let req = MigrateRequest {
                 guest: m.guest.clone(),
                 target: m.to.clone(),
@@ -135,5 +150,20 @@ pub async fn run(ctx: &Ctx, a: RebalanceArgs) -> Out {
             format!("not moved:\n  {}\n", failed.join("\n  ")),
             format!("{summary}; run it again to plan from where the cluster stands"),
         ))
+    }
+}
+
+/// Every migration in flight in the cluster, page by page.
+async fn in_flight_migrations(c: &switchyard_client::Client) -> Result<Vec<Migration>, CliError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let q = MigrationQuery { phase: Some("in_flight".into()), after, limit: Some(1000), ..Default::default() };
+        let page = c.migrations(&q).await?.items;
+        out.extend(page.migrations);
+        match page.next_after {
+            Some(a) => after = Some(a.0),
+            None => return Ok(out),
+        }
     }
 }

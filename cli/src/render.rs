@@ -106,6 +106,10 @@ pub fn host_sync_text(s: &HostSync) -> String {
 /// `host show`: the host's row, then what its hypervisor holds against the log.
 pub fn host_detail(h: &HostView) -> String {
     let mut out = hosts_table(std::slice::from_ref(h));
+    if !h.host.spec.labels.is_empty() {
+        let labels: Vec<String> = h.host.spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("\nlabels: {}", labels.join(", ")));
+    }
     if let Some(d) = &h.drain {
         out.push_str(&format!(
             "\ndrain: started at revision {} by {}, {} guest(s) left, {} moving, at most {} at a time{}",

@@ -163,6 +163,16 @@ pub struct MigrationConfig {
     pub drain_max_parallel: u32,
 }
 
+impl MigrationConfig {
+    /// The limits of moves the cluster starts itself (drains, failbacks, `rebalance --apply`).
+    pub fn move_limits(&self) -> switchyard_protocol::placement::MoveLimits {
+        switchyard_protocol::placement::MoveLimits {
+            per_target: self.max_in_flight_per_target,
+            cluster: self.max_in_flight,
+        }
+    }
+}
+
 impl Default for MigrationConfig {
     fn default() -> Self {
         MigrationConfig {

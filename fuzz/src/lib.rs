@@ -45,6 +45,7 @@ pub fn sample_state() -> ClusterState {
                 address: format!("{h}.example"),
                 capacity: Resources { vcpus: 64, memory_mib: 65536 },
                 profile: CompatProfile { hardware_family: "x86_64-v3".into(), hypervisor_version: "qemu-8.2".into() },
+                labels: Default::default(),
             }),
         );
     }
@@ -60,6 +61,7 @@ pub fn sample_state() -> ClusterState {
                 online_migration: true,
                 cluster_node: false,
                 package: Some(name("p1")),
+                anti_affinity: None,
             },
             owner: name("h1"),
             run_state: RunState::Running,

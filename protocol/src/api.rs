@@ -2,12 +2,14 @@
 //! tools (clients). Requests refuse unknown fields, so a typo is an error instead of a silently
 //! ignored setting. Names are validated while decoding (see [`Name`]).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 use crate::model::{
-    Actor, Drain, FailbackPolicy, Failover, FailoverPolicy, FencingToken, Guest, Host, HostFailure, HostState,
-    Migration, MigrationId, Package, Phase, Revision, RunState, Timestamp, TransferStats,
+    Actor, AntiAffinity, Drain, FailbackPolicy, Failover, FailoverPolicy, FencingToken, Guest, Host, HostFailure,
+    HostState, Migration, MigrationId, Package, Phase, Revision, RunState, Timestamp, TransferStats,
 };
 use crate::name::Name;
 use crate::rejection::Rejection;
@@ -55,6 +57,9 @@ pub struct RegisterHostRequest {
     pub memory_mib: u64,
     pub hardware_family: String,
     pub hypervisor_version: String,
+    /// Where the host stands (`{"rack": "r12"}`): what anti-affinity groups spread by.
+    #[serde(default)]
+    pub labels: BTreeMap<Name, Name>,
     #[serde(default)]
     pub request_id: Option<String>,
 }
@@ -190,6 +195,9 @@ pub struct CreateGuestRequest {
     pub cluster_node: bool,
     #[serde(default)]
     pub package: Option<Name>,
+    /// The anti-affinity group the guest belongs to, and what it spreads by.
+    #[serde(default)]
+    pub anti_affinity: Option<AntiAffinity>,
     #[serde(default = "running")]
     pub run_state: RunState,
     #[serde(default)]
@@ -252,6 +260,12 @@ pub struct ModifyHostRequest {
     pub hardware_family: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypervisor_version: Option<String>,
+    /// Labels to set (added, or given a new value); the others stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<Name, Name>>,
+    /// Labels to remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_labels: Option<Vec<Name>>,
     /// Refuse the change unless the host is still at this version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_version: Option<Revision>,
@@ -281,6 +295,12 @@ pub struct ModifyGuestRequest {
     /// Remove the guest's package.
     #[serde(default)]
     pub remove_package: bool,
+    /// Put the guest in this anti-affinity group (replacing any other).
+    #[serde(default)]
+    pub anti_affinity: Option<AntiAffinity>,
+    /// Take the guest out of its anti-affinity group.
+    #[serde(default)]
+    pub remove_anti_affinity: bool,
     #[serde(default)]
     pub run_state: Option<RunState>,
     /// Refuse the change unless the guest is still at this version.

@@ -425,7 +425,14 @@ fn check_host_spec(spec: &HostSpec) -> Result<(), Rejection> {
     check_token("profile.hardware_family", &spec.profile.hardware_family, PROFILE_FIELD_LEN_MAX)?;
     check_token("profile.hypervisor_version", &spec.profile.hypervisor_version, PROFILE_FIELD_LEN_MAX)?;
     check_range("capacity.vcpus", spec.capacity.vcpus as u64, 1, HOST_VCPUS_MAX as u64)?;
-    check_range("capacity.memory_mib", spec.capacity.memory_mib, 1, HOST_MEMORY_MIB_MAX)
+    check_range("capacity.memory_mib", spec.capacity.memory_mib, 1, HOST_MEMORY_MIB_MAX)?;
+    if spec.labels.len() > HOST_LABELS_MAX {
+        return Err(Rejection::invalid(
+            "labels",
+            format!("{} labels; at most {HOST_LABELS_MAX} are allowed", spec.labels.len()),
+        ));
+    }
+    Ok(())
 }
 
 fn apply_register_host(state: &ClusterState, spec: &HostSpec, next: Revision) -> Result<Vec<EventPayload>, Rejection> {
@@ -658,6 +665,7 @@ fn apply_create_guest(
         }
     }
     check_capacity(state, host, spec.demand(), crate::model::Resources::default())?;
+    check_anti_affinity(state, name, spec, host)?;
     let guest = Guest { name: name.clone(), spec: spec.clone(), owner: owner.clone(), run_state, version: next };
     Ok(vec![EventPayload::GuestCreated { guest }])
 }
@@ -685,6 +693,9 @@ fn apply_modify_guest(
     }
     let host = known_host(state, &old.owner)?;
     check_capacity(state, host, spec.demand(), old.spec.demand())?;
+    if spec.anti_affinity != old.spec.anti_affinity {
+        check_anti_affinity(state, name, &spec, host)?;
+    }
     let guest = Guest {
         name: name.clone(),
         spec,
@@ -800,6 +811,7 @@ fn apply_request_migration(
         });
     }
     check_capacity(state, target_host, guest.spec.demand(), crate::model::Resources::default())?;
+    check_anti_affinity(state, guest_name, &guest.spec, target_host)?;
     let package = guest.spec.package.clone();
     let switching_before = package.as_ref().and_then(|p| state.package(p)).map(|p| p.switching_enabled);
     let migration = Migration {
@@ -1007,6 +1019,14 @@ fn check_capacity(
         need: new,
         free: host.spec.capacity.saturating_sub(committed),
     })
+}
+
+/// Would guest `name` on `host` share a failure domain with another guest of its group?
+fn check_anti_affinity(state: &ClusterState, name: &Name, spec: &GuestSpec, host: &Host) -> Result<(), Rejection> {
+    match crate::placement::anti_affinity_conflict(state, name, spec, host, &Default::default()) {
+        Some(why) => Err(Rejection::AntiAffinity { guest: name.clone(), host: host.spec.name.clone(), why }),
+        None => Ok(()),
+    }
 }
 
 fn check_guest_spec(spec: &GuestSpec) -> Result<(), Rejection> {

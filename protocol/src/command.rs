@@ -2,12 +2,15 @@
 //! carries everything apply must not read from its surroundings: the request id (idempotency),
 //! the actor, and the proposer's clock.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 use crate::model::{
-    Actor, BlockedGuest, ClusterId, DrainOutcome, FailbackPolicy, FailoverPolicy, FencingToken, GuestSpec, HostSpec,
-    MigrationId, MigrationKind, Phase, RequestId, RestoredFrom, Revision, RunState, Timestamp, TransferStats,
+    Actor, AntiAffinity, BlockedGuest, ClusterId, DrainOutcome, FailbackPolicy, FailoverPolicy, FencingToken,
+    GuestSpec, HostSpec, MigrationId, MigrationKind, Phase, RequestId, RestoredFrom, Revision, RunState, Timestamp,
+    TransferStats,
 };
 use crate::name::Name;
 
@@ -210,6 +213,10 @@ pub struct HostPatch {
     pub memory_mib: Option<u64>,
     pub hardware_family: Option<String>,
     pub hypervisor_version: Option<String>,
+    /// Labels set (added or given a new value).
+    pub set_labels: BTreeMap<Name, Name>,
+    /// Labels removed (after those set).
+    pub remove_labels: BTreeSet<Name>,
 }
 
 impl HostPatch {
@@ -235,6 +242,8 @@ impl HostPatch {
         if let Some(v) = &self.hypervisor_version {
             s.profile.hypervisor_version = v.clone();
         }
+        s.labels.extend(self.set_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        s.labels.retain(|k, _| !self.remove_labels.contains(k));
         s
     }
 }
@@ -287,6 +296,8 @@ pub struct GuestPatch {
     /// `Some(None)` removes the package, `Some(Some(p))` sets it.
     pub package: Option<Option<Name>>,
     pub run_state: Option<RunState>,
+    /// `Some(None)` takes the guest out of its anti-affinity group, `Some(Some(a))` sets it.
+    pub anti_affinity: Option<Option<AntiAffinity>>,
 }
 
 impl GuestPatch {
@@ -313,6 +324,9 @@ impl GuestPatch {
         }
         if let Some(v) = &self.package {
             s.package = v.clone();
+        }
+        if let Some(v) = &self.anti_affinity {
+            s.anti_affinity = v.clone();
         }
         s
     }

@@ -274,7 +274,7 @@ fn exclusion(
             demand.vcpus, demand.memory_mib, free.vcpus, free.memory_mib
         ));
     }
-    None
+    crate::placement::anti_affinity_conflict(state, &guest.name, &guest.spec, h, &Default::default())
 }
 
 /// The node the package's failover policy picks, with why; or why there is none.

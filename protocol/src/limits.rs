@@ -7,6 +7,8 @@ pub const ADDRESS_LEN_MAX: usize = 255;
 pub const ATTACHMENT_LEN_MAX: usize = 255;
 pub const DISKS_MAX: usize = 64;
 pub const NETWORKS_MAX: usize = 32;
+/// Labels on one host.
+pub const HOST_LABELS_MAX: usize = 32;
 /// Nodes in a package's node list.
 pub const PACKAGE_NODES_MAX: usize = 64;
 /// Longest compatibility-profile field.

@@ -1,7 +1,7 @@
 //! The domain: hosts, guests, packages and migrations (SPEC §4), and the small value types they
 //! are made of. Plain data, no behaviour beyond derived facts (`Phase::next`, `Host::state`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -163,6 +163,10 @@ pub struct HostSpec {
     pub address: String,
     pub capacity: Resources,
     pub profile: CompatProfile,
+    /// Where the host stands, as `key: value` pairs an operator chooses (`rack: r12`,
+    /// `zone: a`); what a guest's anti-affinity can spread its group by.
+    #[serde(default)]
+    pub labels: BTreeMap<Name, Name>,
 }
 
 /// A host's state as operators see it; derived from `maintenance` and `reachable`.
@@ -293,6 +297,33 @@ pub struct GuestSpec {
     pub cluster_node: bool,
     /// The failover package wrapping this guest, if any.
     pub package: Option<Name>,
+    /// Guests of the same anti-affinity group never share a host (or, with `spread_by`, a
+    /// value of that host label): no placement, migration, drain, rebalance or failover puts
+    /// two of them together.
+    #[serde(default)]
+    pub anti_affinity: Option<AntiAffinity>,
+}
+
+/// A guest's anti-affinity: the group it belongs to and the failure domain the group spreads
+/// over.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AntiAffinity {
+    pub group: Name,
+    /// A host label (e.g. `rack`): no two guests of the group on hosts with the same value of
+    /// it. Absent: no two on the same host.
+    #[serde(default)]
+    pub spread_by: Option<Name>,
+}
+
+impl fmt::Display for AntiAffinity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.spread_by {
+            Some(l) => write!(f, "{} (spread by {l})", self.group),
+            None => write!(f, "{} (spread by host)", self.group),
+        }
+    }
 }
 
 /// `clone_from` reuses the buffers of the record it overwrites: folding a guest change then
@@ -307,6 +338,7 @@ impl Clone for GuestSpec {
             online_migration: self.online_migration,
             cluster_node: self.cluster_node,
             package: self.package.clone(),
+            anti_affinity: self.anti_affinity.clone(),
         }
     }
     fn clone_from(&mut self, s: &Self) {
@@ -317,6 +349,7 @@ impl Clone for GuestSpec {
         self.online_migration = s.online_migration;
         self.cluster_node = s.cluster_node;
         self.package.clone_from(&s.package);
+        self.anti_affinity.clone_from(&s.anti_affinity);
     }
 }
 

@@ -10,7 +10,14 @@
 //!   reserve, and what moves planned before this one will add;
 //! - a packaged guest goes only to a node of its package's list (when the list is not empty)
 //!   on which the package's switching is not disabled, so a move never takes a guest where its
-//!   failover protection does not reach.
+//!   failover protection does not reach;
+//! - a guest of an anti-affinity group never joins another guest of its group in one failure
+//!   domain (a host, or the hosts sharing a value of the group's `spread_by` label), counting
+//!   where the others are, where migrations in flight take them and where planned moves will.
+//!
+//! The anti-affinity rule ([`anti_affinity_conflict`]) binds every placement: `apply` refuses
+//! an operator's creation, migration or group change that breaks it, and failover skips nodes
+//! that would.
 //!
 //! Load is measured in parts per million of a host's capacity, the larger of its vCPU and its
 //! memory share, in integers so that a plan is the same on every machine.
@@ -23,7 +30,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::command::Command;
-use crate::model::{BlockedGuest, DrainOutcome, Guest, Host, HostState, MigrationKind, Phase, Resources, RunState};
+use crate::model::{
+    BlockedGuest, DrainOutcome, Guest, GuestSpec, Host, HostState, Migration, MigrationKind, Phase, Resources, RunState,
+};
 use crate::name::Name;
 use crate::state::ClusterState;
 
@@ -35,6 +44,69 @@ pub const FULL: u64 = 1_000_000;
 pub fn load_ppm(used: Resources, capacity: Resources) -> u64 {
     let share = |u: u64, c: u64| if c == 0 { FULL } else { (u as u128 * FULL as u128 / c as u128) as u64 };
     share(used.vcpus as u64, capacity.vcpus as u64).max(share(used.memory_mib, capacity.memory_mib))
+}
+
+/// What the moves decided before the one being judged will do, which the state does not show
+/// yet (their migrations are not requested): what they add to each target, and where each
+/// moved guest goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Planned {
+    room: BTreeMap<Name, Resources>,
+    placed: BTreeMap<Name, Name>,
+}
+
+impl Planned {
+    /// Records a decided move of `guest` to `to`.
+    pub fn add(&mut self, guest: &Guest, to: &Name) {
+        add(&mut self.room, to, guest.spec.demand());
+        self.placed.insert(guest.name.clone(), to.clone());
+    }
+
+    /// What planned moves add to `host`.
+    pub fn adds_to(&self, host: &Name) -> Resources {
+        self.room.get(host).copied().unwrap_or_default()
+    }
+}
+
+/// Why placing guest `name` (of `spec`) on `target` would put it in one failure domain with
+/// another guest of its anti-affinity group, if it would. The other guests count where they
+/// run, where a migration in flight takes them and where a planned move will.
+pub fn anti_affinity_conflict(
+    state: &ClusterState,
+    name: &Name,
+    spec: &GuestSpec,
+    target: &Host,
+    planned: &Planned,
+) -> Option<String> {
+    let mine = spec.anti_affinity.as_ref()?;
+    for other in state.group_members(&mine.group) {
+        if other.name == *name {
+            continue;
+        }
+        let theirs = other.spec.anti_affinity.as_ref().and_then(|a| a.spread_by.as_ref());
+        let places = [
+            Some((&other.owner, "runs")),
+            state.in_flight(&other.name).map(|m| (&m.target, "is moving")),
+            planned.placed.get(&other.name).map(|h| (h, "is planned to move")),
+        ];
+        for (host, how) in places.into_iter().flatten() {
+            if *host == target.spec.name {
+                return Some(format!("guest {} of its anti-affinity group {} {how} there", other.name, mine.group));
+            }
+            let Some(h) = state.host(host) else { continue };
+            for label in [mine.spread_by.as_ref(), theirs].into_iter().flatten() {
+                if let (Some(a), Some(b)) = (target.spec.labels.get(label), h.spec.labels.get(label)) {
+                    if a == b {
+                        return Some(format!(
+                            "guest {} of its anti-affinity group {} {how} on {host}, in the same {label} ({a})",
+                            other.name, mine.group
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Why a guest cannot be moved online by the cluster at all, if it cannot.
@@ -60,12 +132,7 @@ pub fn unmovable(state: &ClusterState, guest: &Guest) -> Option<String> {
 /// Why `target` cannot take `guest` in an online move by the cluster, if it cannot; `planned`
 /// is what moves decided before this one add to each host (their reservations are not in the
 /// state yet).
-pub fn refusal(
-    state: &ClusterState,
-    guest: &Guest,
-    target: &Host,
-    planned: &BTreeMap<Name, Resources>,
-) -> Option<String> {
+pub fn refusal(state: &ClusterState, guest: &Guest, target: &Host, planned: &Planned) -> Option<String> {
     refusal_of(state, guest, target, planned, MigrationKind::Online)
 }
 
@@ -74,7 +141,7 @@ fn refusal_of(
     state: &ClusterState,
     guest: &Guest,
     target: &Host,
-    planned: &BTreeMap<Name, Resources>,
+    planned: &Planned,
     kind: MigrationKind,
 ) -> Option<String> {
     let name = &target.spec.name;
@@ -110,28 +177,24 @@ fn refusal_of(
             target.spec.capacity.saturating_sub(committed)
         ));
     }
-    None
+    anti_affinity_conflict(state, &guest.name, &guest.spec, target, planned)
 }
 
 /// What a host holds: its guests, migrations heading there, and the planned moves' additions.
-fn committed(state: &ClusterState, host: &Name, planned: &BTreeMap<Name, Resources>) -> Resources {
-    state.committed_resources(host).saturating_add(planned.get(host).copied().unwrap_or_default())
+fn committed(state: &ClusterState, host: &Name, planned: &Planned) -> Resources {
+    state.committed_resources(host).saturating_add(planned.adds_to(host))
 }
 
 /// The target the cluster would choose for `guest`: of the hosts that may take it, the one
 /// least loaded once it has (ties: name order); or why no host may, host by host.
-pub fn choose_target(
-    state: &ClusterState,
-    guest: &Guest,
-    planned: &BTreeMap<Name, Resources>,
-) -> Result<Name, Vec<(Name, String)>> {
+pub fn choose_target(state: &ClusterState, guest: &Guest, planned: &Planned) -> Result<Name, Vec<(Name, String)>> {
     choose_target_for(state, guest, planned, MigrationKind::Online)
 }
 
 fn choose_target_for(
     state: &ClusterState,
     guest: &Guest,
-    planned: &BTreeMap<Name, Resources>,
+    planned: &Planned,
     kind: MigrationKind,
 ) -> Result<Name, Vec<(Name, String)>> {
     let mut refused = Vec::new();
@@ -189,6 +252,10 @@ pub struct RebalancePlan {
     pub threshold: u64,
     /// Why the plan ends where it does.
     pub outcome: String,
+    /// The coordinators' limits on moves the cluster starts itself, which `rebalance --apply`
+    /// keeps too (absent from the planner alone: they are configuration, not state).
+    #[serde(default)]
+    pub limits: Option<MoveLimits>,
 }
 
 /// Plans moves that even out the static load of the active hosts (see the module's doc):
@@ -200,7 +267,7 @@ pub struct RebalancePlan {
 pub fn plan_rebalance(state: &ClusterState, threshold: u64, max_moves: usize) -> RebalancePlan {
     let hosts: Vec<&Host> = state.hosts().filter(|h| state.host_state(h) == HostState::Active).collect();
     let mut used: Vec<Resources> = hosts.iter().map(|h| state.committed_resources(&h.spec.name)).collect();
-    let mut planned: BTreeMap<Name, Resources> = BTreeMap::new();
+    let mut planned = Planned::default();
     let mut moved: BTreeSet<Name> = BTreeSet::new();
     let mut by_owner: BTreeMap<&Name, Vec<&Guest>> = BTreeMap::new();
     for g in state.guests() {
@@ -294,21 +361,62 @@ pub fn plan_rebalance(state: &ClusterState, threshold: u64, max_moves: usize) ->
         let demand = g.spec.demand();
         used[si] = used[si].saturating_sub(demand);
         used[ti] = used[ti].saturating_add(demand);
-        add(&mut planned, target, demand);
+        planned.add(g, target);
         current[si] = from_after;
         current[ti] = to_after;
         moved.insert(g.name.clone());
     }
 }
 
-/// How many migrations the cluster runs at once for its own moves (drains); a drain's own
-/// `max_parallel` bounds those from its host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How many migrations the cluster runs at once for its own moves (drains, failbacks,
+/// `rebalance --apply`); a drain's own `max_parallel` bounds those from its host.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoveLimits {
     /// Migrations heading to one host.
     pub per_target: u32,
     /// Migrations in the whole cluster (operators' and failbacks' included).
     pub cluster: u32,
+}
+
+/// The migrations in flight, counted against [`MoveLimits`], so that moves the cluster starts
+/// itself (drains, failbacks) wait while the cluster or their target is busy.
+#[derive(Clone, Debug)]
+pub struct MoveBudget {
+    limits: MoveLimits,
+    cluster: u32,
+    to_target: BTreeMap<Name, u32>,
+}
+
+impl MoveBudget {
+    /// The budget left by what is in flight in `state`.
+    pub fn new(state: &ClusterState, limits: MoveLimits) -> MoveBudget {
+        Self::counting(state.in_flight_migrations(), limits)
+    }
+
+    /// The budget left by `in_flight`, the migrations in flight as a client read them.
+    pub fn from_migrations(in_flight: &[Migration], limits: MoveLimits) -> MoveBudget {
+        Self::counting(in_flight.iter(), limits)
+    }
+
+    fn counting<'a>(in_flight: impl Iterator<Item = &'a Migration>, limits: MoveLimits) -> MoveBudget {
+        let mut b = MoveBudget { limits, cluster: 0, to_target: BTreeMap::new() };
+        for m in in_flight {
+            b.take(&m.target);
+        }
+        b
+    }
+
+    /// Whether one more migration to `target` stays within the limits.
+    pub fn allows(&self, target: &Name) -> bool {
+        self.cluster < self.limits.cluster && self.to_target.get(target).copied().unwrap_or(0) < self.limits.per_target
+    }
+
+    /// Counts one more migration to `target`.
+    pub fn take(&mut self, target: &Name) {
+        self.cluster += 1;
+        *self.to_target.entry(target.clone()).or_default() += 1;
+    }
 }
 
 /// A drain gives up on a guest whose migrations from the draining host failed this often
@@ -330,12 +438,8 @@ pub const DRAIN_ATTEMPTS: usize = 3;
 pub fn drain_steps(state: &ClusterState, limits: MoveLimits) -> Vec<Command> {
     let mut out = Vec::new();
     let in_flight: Vec<_> = state.in_flight_migrations().collect();
-    let mut cluster = in_flight.len() as u32;
-    let mut to_target: BTreeMap<Name, u32> = BTreeMap::new();
-    for m in &in_flight {
-        *to_target.entry(m.target.clone()).or_default() += 1;
-    }
-    let mut planned: BTreeMap<Name, Resources> = BTreeMap::new();
+    let mut budget = MoveBudget::new(state, limits);
+    let mut planned = Planned::default();
     for d in state.drains() {
         let mut from_host = in_flight.iter().filter(|m| m.source == d.host || m.target == d.host).count() as u32;
         let moving_before = from_host;
@@ -387,15 +491,13 @@ pub fn drain_steps(state: &ClusterState, limits: MoveLimits) -> Vec<Command> {
                     continue;
                 }
             };
-            let at_target = to_target.get(&target).copied().unwrap_or(0);
-            if from_host >= d.max_parallel || at_target >= limits.per_target || cluster >= limits.cluster {
+            if from_host >= d.max_parallel || !budget.allows(&target) {
                 waiting += 1;
                 continue;
             }
-            add(&mut planned, &target, g.spec.demand());
-            *to_target.entry(target.clone()).or_default() += 1;
+            planned.add(g, &target);
+            budget.take(&target);
             from_host += 1;
-            cluster += 1;
             out.push(Command::RequestMigration {
                 guest: g.name.clone(),
                 source: d.host.clone(),

@@ -72,6 +72,9 @@ pub enum Rejection {
     DrainRefused { host: Name, why: String },
     #[error("host {host} has {committed} committed (its guests and the migrations heading there); a capacity of {requested} cannot hold it: move guests off first, or ask for at least {committed}")]
     CapacityBelowCommitted { host: Name, committed: Resources, requested: Resources },
+    /// A placement that would put two guests of an anti-affinity group in one failure domain.
+    #[error("guest {guest} cannot be placed on {host}: {why}; pick another host, or move the other guest first")]
+    AntiAffinity { guest: Name, host: Name, why: String },
 }
 
 impl Rejection {
@@ -110,6 +113,7 @@ impl Rejection {
             HostInUse { .. } => "host_in_use",
             CapacityBelowCommitted { .. } => "capacity_below_committed",
             DrainRefused { .. } => "drain_refused",
+            AntiAffinity { .. } => "anti_affinity",
         }
     }
 

@@ -111,6 +111,8 @@ struct Derived {
     reserved: BTreeMap<Name, Resources>,
     /// The digest of the guest configuration every host holds ([`ClusterState::config_digest`]).
     config_digest: u64,
+    /// The guests of each anti-affinity group.
+    groups: BTreeMap<Name, BTreeSet<Name>>,
 }
 
 impl ClusterState {
@@ -230,6 +232,11 @@ impl ClusterState {
     pub fn applied_request(&self, actor: &str, id: RequestId) -> Option<RevisionRange> {
         self.derived.requests.get(&scoped_request(actor, id)).copied()
     }
+    /// The guests of an anti-affinity group, in name order.
+    pub fn group_members(&self, group: &Name) -> impl Iterator<Item = &Guest> {
+        self.derived.groups.get(group).into_iter().flatten().filter_map(|n| self.guests.get(n))
+    }
+
     /// Resources committed on a host: owned guests plus in-flight migrations heading there.
     pub fn committed_resources(&self, host: &Name) -> Resources {
         let used = self.derived.used.get(host).copied().unwrap_or_default();
@@ -302,6 +309,10 @@ impl ClusterState {
                 self.derived.config_digest = self.derived.config_digest.wrapping_sub(guest_digest(slot));
                 // A package that stays the same keeps its switching state; any other change
                 // drops the old package and creates the new one fresh.
+                if slot.spec.anti_affinity != guest.spec.anti_affinity {
+                    ungroup(&mut self.derived.groups, slot);
+                    group(&mut self.derived.groups, guest);
+                }
                 if slot.spec.package != guest.spec.package {
                     if let Some(old) = &slot.spec.package {
                         self.packages.remove(old);
@@ -594,6 +605,7 @@ impl ClusterState {
 
     fn add_guest(&mut self, guest: Guest, event: &Event) {
         add(&mut self.derived.used, &guest.owner, guest.spec.demand());
+        group(&mut self.derived.groups, &guest);
         if let Some(p) = &guest.spec.package {
             self.packages.insert(p.clone(), new_package(p, &guest.name, event));
         }
@@ -625,6 +637,7 @@ impl ClusterState {
     fn remove_guest(&mut self, name: &Name) -> Guest {
         let old = self.guests.remove(name).expect("event names an existing guest");
         sub(&mut self.derived.used, &old.owner, old.spec.demand());
+        ungroup(&mut self.derived.groups, &old);
         self.derived.config_digest = self.derived.config_digest.wrapping_sub(guest_digest(&old));
         old
     }
@@ -785,6 +798,7 @@ impl ClusterState {
         let mut d = Derived { requests: self.request_index(), ..Derived::default() };
         for g in self.guests.values() {
             add(&mut d.used, &g.owner, g.spec.demand());
+            group(&mut d.groups, g);
             d.config_digest = d.config_digest.wrapping_add(guest_digest(g));
         }
         for m in self.migrations.values() {
@@ -895,6 +909,24 @@ fn add(map: &mut BTreeMap<Name, Resources>, host: &Name, r: Resources) {
     }
 }
 
+/// Adds a guest to its anti-affinity group's index, if it has one.
+fn group(groups: &mut BTreeMap<Name, BTreeSet<Name>>, g: &Guest) {
+    if let Some(a) = &g.spec.anti_affinity {
+        groups.entry(a.group.clone()).or_default().insert(g.name.clone());
+    }
+}
+
+fn ungroup(groups: &mut BTreeMap<Name, BTreeSet<Name>>, g: &Guest) {
+    if let Some(a) = &g.spec.anti_affinity {
+        if let Some(members) = groups.get_mut(&a.group) {
+            members.remove(&g.name);
+            if members.is_empty() {
+                groups.remove(&a.group);
+            }
+        }
+    }
+}
+
 fn sub(map: &mut BTreeMap<Name, Resources>, host: &Name, r: Resources) {
     if let Some(e) = map.get_mut(host) {
         *e = e.saturating_sub(r);
@@ -953,6 +985,7 @@ mod tests {
                 address: "h1:7100".into(),
                 capacity: Resources { vcpus: 64, memory_mib: 1 << 20 },
                 profile: CompatProfile::default(),
+                labels: Default::default(),
             },
             maintenance: false,
             reachable: true,

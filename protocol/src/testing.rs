@@ -16,6 +16,7 @@ pub(crate) fn guest(name: &str, vcpus: u32) -> Guest {
             online_migration: true,
             cluster_node: false,
             package: None,
+            anti_affinity: None,
         },
         owner: Name::new("h1").unwrap(),
         run_state: RunState::Running,

@@ -51,6 +51,10 @@ enum Op {
     /// A drain of a host starts, or ends (completed, stopped or aborted).
     StartDrain(usize, u32),
     EndDrain(usize, usize),
+    /// A guest joins an anti-affinity group (spread by host or by rack) or leaves its group.
+    Group(usize, Option<(usize, bool)>),
+    /// A host's rack label is set or removed.
+    Rack(usize, Option<usize>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -91,6 +95,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (h.clone(), proptest::option::of(0u64..30)).prop_map(|(a, b)| Op::RemoveHost(a, b)),
         1 => (h.clone(), 0u32..4).prop_map(|(a, b)| Op::StartDrain(a, b)),
         1 => (h.clone(), 0usize..3).prop_map(|(a, b)| Op::EndDrain(a, b)),
+        1 => (g.clone(), proptest::option::of((0usize..2, any::<bool>()))).prop_map(|(a, b)| Op::Group(a, b)),
+        1 => (h.clone(), proptest::option::of(0usize..2)).prop_map(|(a, b)| Op::Rack(a, b)),
     ]
 }
 
@@ -134,6 +140,24 @@ fn resolve(op: &Op, state: &ClusterState) -> Command {
             expect_version: ver,
         },
         Op::RemoveHost(h, ver) => Command::RemoveHost { host: n(HOSTS[h]), expect_version: ver },
+        Op::Group(g, group) => Command::ModifyGuest {
+            name: n(GUESTS[g]),
+            patch: GuestPatch {
+                anti_affinity: Some(group.map(|(k, by_rack)| AntiAffinity {
+                    group: n(["web", "db"][k]),
+                    spread_by: by_rack.then(|| n("rack")),
+                })),
+                ..Default::default()
+            },
+            expect_version: None,
+        },
+        Op::Rack(h, rack) => {
+            let patch = match rack {
+                Some(r) => HostPatch { set_labels: [(n("rack"), n(["r1", "r2"][r]))].into(), ..Default::default() },
+                None => HostPatch { remove_labels: [n("rack")].into(), ..Default::default() },
+            };
+            Command::ModifyHost { host: n(HOSTS[h]), patch, expect_version: None }
+        }
         Op::StartDrain(h, parallel) => {
             Command::StartDrain { host: n(HOSTS[h]), allow_offline: false, max_parallel: parallel }
         }

@@ -56,6 +56,7 @@ fn check_plan(state: &ClusterState, plan: &RebalancePlan) -> Result<(), String> 
     let spread = |l: &[u64]| l.iter().max().copied().unwrap_or(0) - l.iter().min().copied().unwrap_or(0);
     let squares = |l: &[u64]| l.iter().map(|x| (*x as u128).pow(2)).sum::<u128>();
     let mut seen = std::collections::BTreeSet::new();
+    let mut rules = Planned::default();
     let mut last = loads(&planned, &away);
     if spread(&last) != plan.spread_before {
         return Err(format!("spread_before {} but the state's spread is {}", plan.spread_before, spread(&last)));
@@ -72,9 +73,10 @@ fn check_plan(state: &ClusterState, plan: &RebalancePlan) -> Result<(), String> 
             return Err(format!("{} cannot move: {why}", m.guest));
         }
         let target = state.host(&m.to).ok_or("unknown target")?;
-        if let Some(why) = refusal(state, g, target, &planned) {
+        if let Some(why) = refusal(state, g, target, &rules) {
             return Err(format!("{} to {} breaks a rule: {why}", m.guest, m.to));
         }
+        rules.add(g, &m.to);
         let e = planned.entry(m.to.clone()).or_default();
         *e = e.saturating_add(g.spec.demand());
         let e = away.entry(m.from.clone()).or_default();
@@ -90,6 +92,30 @@ fn check_plan(state: &ClusterState, plan: &RebalancePlan) -> Result<(), String> 
     }
     if spread(&last) != plan.spread_after {
         return Err(format!("spread_after {} but the moves end at {}", plan.spread_after, spread(&last)));
+    }
+    // Anti-affinity, checked apart from the planner's own rule: where every guest ends up, no
+    // two of a group share a host, or a value of a label either of them spreads by.
+    let mut at: BTreeMap<Name, Name> = state.guests().map(|g| (g.name.clone(), g.owner.clone())).collect();
+    for m in &plan.moves {
+        at.insert(m.guest.clone(), m.to.clone());
+    }
+    let grouped: Vec<&Guest> = state.guests().filter(|g| g.spec.anti_affinity.is_some()).collect();
+    for (i, a) in grouped.iter().enumerate() {
+        for b in &grouped[i + 1..] {
+            let (ra, rb) = (a.spec.anti_affinity.as_ref().unwrap(), b.spec.anti_affinity.as_ref().unwrap());
+            if ra.group != rb.group {
+                continue;
+            }
+            let (ha, hb) = (state.host(&at[&a.name]).unwrap(), state.host(&at[&b.name]).unwrap());
+            let shared = ha.spec.name == hb.spec.name
+                || [&ra.spread_by, &rb.spread_by]
+                    .into_iter()
+                    .flatten()
+                    .any(|k| ha.spec.labels.contains_key(k) && ha.spec.labels.get(k) == hb.spec.labels.get(k));
+            if shared {
+                return Err(format!("{} and {} of group {} end up together", a.name, b.name, ra.group));
+            }
+        }
     }
     Ok(())
 }
@@ -160,11 +186,11 @@ fn profiles_forbid_some_targets() {
     assert!(plan.moves.iter().all(|m| m.to.as_str() == "h2"), "x1 has another profile: {plan:?}");
     assert_eq!(plan.moves.len(), 1, "{plan:?}");
     let g = w.state.guest(&n("a")).unwrap();
-    let why = refusal(&w.state, g, w.state.host(&n("x1")).unwrap(), &BTreeMap::new()).unwrap();
+    let why = refusal(&w.state, g, w.state.host(&n("x1")).unwrap(), &Planned::default()).unwrap();
     assert!(why.contains("profile"), "{why}");
     // choose_target explains every host it turned down when none fits.
     let w2 = world(&[("h1", 16, 65536, "ia64"), ("x1", 16, 65536, "x86_64")], &[("a", "h1", 4, 4096, None)]);
-    let refused = choose_target(&w2.state, w2.state.guest(&n("a")).unwrap(), &BTreeMap::new()).unwrap_err();
+    let refused = choose_target(&w2.state, w2.state.guest(&n("a")).unwrap(), &Planned::default()).unwrap_err();
     assert_eq!(refused.len(), 1);
     assert!(refused[0].1.contains("profile"), "{refused:?}");
 }
@@ -183,7 +209,7 @@ fn a_package_s_node_list_and_per_node_switching_bound_its_guest() {
     });
     w.ok(Command::SetPackageSwitching { package: n("p1"), node: Some(n("h4")), enabled: false, reason: None });
     let pg = w.state.guest(&n("pg")).unwrap();
-    let none = BTreeMap::new();
+    let none = Planned::default();
     let host = |h: &str| w.state.host(&n(h)).unwrap();
     assert!(refusal(&w.state, pg, host("h2"), &none).unwrap().contains("not in package p1's node list"));
     assert!(refusal(&w.state, pg, host("h4"), &none).unwrap().contains("switching of package p1 is disabled"));
@@ -229,7 +255,7 @@ fn an_in_flight_migration_s_reservation_counts_on_its_target() {
     w.migrate("a", "h2", MigrationKind::Online);
     let b = w.state.guest(&n("b")).unwrap();
     // h2 already holds a's reservation: b goes to h3.
-    assert_eq!(choose_target(&w.state, b, &BTreeMap::new()).unwrap().as_str(), "h3");
+    assert_eq!(choose_target(&w.state, b, &Planned::default()).unwrap().as_str(), "h3");
     let plan = plan_rebalance(&w.state, 50_000, 100);
     check_plan(&w.state, &plan).unwrap();
     assert!(plan.moves.iter().all(|m| m.guest.as_str() != "a"), "a is in flight: {plan:?}");
@@ -248,8 +274,10 @@ prop_compose! {
         let mut w = World::empty();
         let names: Vec<String> = (0..hosts.len()).map(|i| format!("h{i}")).collect();
         for (i, (vcpus, mem, family, _)) in hosts.iter().enumerate() {
-            // One host in four (about) of another hardware family.
-            w.ok(Command::RegisterHost(host_spec(&names[i], *vcpus, *mem, FAMILIES[usize::from(*family == 3)])));
+            // One host in four (about) of another hardware family; racks of two hosts.
+            let mut spec = host_spec(&names[i], *vcpus, *mem, FAMILIES[usize::from(*family == 3)]);
+            spec.labels.insert(n("rack"), n(&format!("r{}", i / 2)));
+            w.ok(Command::RegisterHost(spec));
         }
         let mut packaged = false;
         for (i, (owner, vcpus, mem, kind)) in guests.iter().enumerate() {
@@ -261,7 +289,17 @@ prop_compose! {
                 time: Timestamp(1),
                 command: Command::CreateGuest {
                     name: n(&format!("g{i}")),
-                    spec: GuestSpec { online_migration: *kind != 1, cluster_node: *kind == 2, ..guest_spec(*vcpus, *mem, package) },
+                    spec: GuestSpec {
+                        online_migration: *kind != 1,
+                        cluster_node: *kind == 2,
+                        // Two anti-affinity groups: one spread by host, one by rack.
+                        anti_affinity: match kind {
+                            4 | 5 => Some(AntiAffinity { group: n("web"), spread_by: None }),
+                            6 => Some(AntiAffinity { group: n("db"), spread_by: Some(n("rack")) }),
+                            _ => None,
+                        },
+                        ..guest_spec(*vcpus, *mem, package)
+                    },
                     owner: n(owner),
                     run_state: if *kind == 3 { RunState::Stopped } else { RunState::Running },
                 },
@@ -318,17 +356,18 @@ proptest! {
 fn the_generator_makes_plans_with_moves() {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let (mut with_moves, mut long, mut packaged) = (0, 0, 0);
+    let (mut with_moves, mut long, mut packaged, mut grouped) = (0, 0, 0, 0);
     for _ in 0..300 {
         let state = cluster().new_tree(&mut runner).unwrap().current();
         let plan = plan_rebalance(&state, 50_000, 50);
         with_moves += usize::from(!plan.moves.is_empty());
         long += usize::from(plan.moves.len() >= 3);
         packaged += usize::from(plan.moves.iter().any(|m| state.guest(&m.guest).unwrap().spec.package.is_some()));
+        grouped += usize::from(plan.moves.iter().any(|m| state.guest(&m.guest).unwrap().spec.anti_affinity.is_some()));
     }
     assert!(
-        with_moves > 100 && long > 30 && packaged > 5,
-        "{with_moves} plans with moves, {long} of 3+, {packaged} moving a packaged guest"
+        with_moves > 100 && long > 30 && packaged > 5 && grouped > 30,
+        "{with_moves} plans with moves, {long} of 3+, {packaged} moving a packaged guest, {grouped} a grouped one"
     );
 }
 

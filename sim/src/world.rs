@@ -289,6 +289,7 @@ impl World {
                 address: format!("{h}.sim"),
                 capacity: Resources { vcpus: 1024, memory_mib: 1 << 30 },
                 profile: CompatProfile { hardware_family: "x86_64-v3".into(), hypervisor_version: "qemu-8.2".into() },
+                labels: Default::default(),
             })
         };
         let mut commands = vec![Command::CreateCluster {
@@ -308,6 +309,7 @@ impl World {
                     online_migration: true,
                     cluster_node: false,
                     package: Some(name(&format!("pkg-{g}"))),
+                    anti_affinity: None,
                 },
                 owner: name(HOSTS[i]),
                 run_state: RunState::Running,
@@ -360,6 +362,7 @@ impl World {
                             online_migration: true,
                             cluster_node: false,
                             package: None,
+                            anti_affinity: None,
                         },
                         owner: name(HOSTS[key as usize % HOSTS.len()]),
                         run_state: RunState::Stopped,

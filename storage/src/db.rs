@@ -19,7 +19,8 @@ use crate::error::StoreError;
 /// 5: the state holds host members and failovers, packages their node lists and policies.
 /// 6: the state remembers requests by (actor, request id) (`ClusterState::applied_request`).
 /// 7: the state holds the drains under way.
-pub const DISK_FORMAT_VERSION: u32 = 7;
+/// 8: hosts carry labels, guests an anti-affinity group (log entries, events, snapshots).
+pub const DISK_FORMAT_VERSION: u32 = 8;
 
 /// Column families. Keys are big-endian integers or `name \0 big-endian integer`.
 pub mod cf {

@@ -30,7 +30,11 @@ use switchyard_protocol::{ClusterId, ClusterState, Event, Replay, Revision, Time
 use crate::db::{cf, key, DataDir};
 use crate::error::StoreError;
 
-pub const MAGIC: &[u8; 8] = b"SWYLOG\0\x02";
+/// The layout of the records (the encoding of events inside them): in the binary magic's last
+/// byte and in the header, so that a JSON-lines export names it too.
+/// 3: hosts carry labels, guests an anti-affinity group.
+pub const EXPORT_FORMAT: u8 = 3;
+pub const MAGIC: &[u8; 8] = b"SWYLOG\0\x03";
 
 /// What an export says about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +47,9 @@ pub struct ExportHeader {
     /// The revision the export is consistent at.
     pub last_revision: Revision,
     pub exported_at: Timestamp,
+    /// [`EXPORT_FORMAT`] of the build that wrote it (absent, read as 0, before format 3).
+    #[serde(default)]
+    pub format: u8,
 }
 
 /// One record of an export.
@@ -447,6 +454,10 @@ impl ChainCheck {
     /// Checks a whole decoded record.
     fn item(&mut self, rec: ExportRecord) -> Item {
         match rec {
+            ExportRecord::Header(h) if h.format != EXPORT_FORMAT => Item::Damaged(format!(
+                "export format {} (before 3 when 0); this build reads format {EXPORT_FORMAT}: read it with the build that wrote it",
+                h.format
+            )),
             ExportRecord::Header(h) => {
                 self.header(&h);
                 Item::Header(h)
@@ -766,6 +777,7 @@ pub fn export_data_dir(
         first_revision: first,
         last_revision: last,
         exported_at,
+        format: EXPORT_FORMAT,
     };
     let io = |e: std::io::Error| StoreError::io("write the export", e);
     let mut w = ExportWriter::new(out, format, &header).map_err(io)?;
@@ -799,6 +811,7 @@ mod tests {
             first_revision: 1,
             last_revision,
             exported_at: Timestamp(0),
+            format: EXPORT_FORMAT,
         }
     }
 

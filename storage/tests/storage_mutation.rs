@@ -115,6 +115,7 @@ fn mutated_exports_are_reported_never_a_panic() {
             first_revision: 1,
             last_revision: events.len() as u64,
             exported_at: switchyard_protocol::model::Timestamp(1),
+            format: switchyard_storage::export::EXPORT_FORMAT,
         };
         let mut valid = Vec::new();
         let mut w = ExportWriter::new(&mut valid, format, &header).unwrap();

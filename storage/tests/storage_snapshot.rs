@@ -272,6 +272,7 @@ async fn replication_reads_are_capped_in_bytes() {
             online_migration: true,
             cluster_node: false,
             package: None,
+            anti_affinity: None,
         },
         owner: n("h1"),
         run_state: RunState::Running,

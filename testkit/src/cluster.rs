@@ -892,6 +892,7 @@ pub fn big_host(name: &str, address: &str) -> RegisterHostRequest {
         hardware_family: "ia64".into(),
         hypervisor_version: "hpvm-6.1".into(),
         request_id: None,
+        labels: Default::default(),
     }
 }
 

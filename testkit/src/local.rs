@@ -101,6 +101,7 @@ pub fn hosts() -> Vec<RegisterHostRequest> {
             hardware_family: "ia64".into(),
             hypervisor_version: "hpvm-6.1".into(),
             request_id: None,
+            labels: Default::default(),
         })
         .collect()
 }

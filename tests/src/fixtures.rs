@@ -34,6 +34,7 @@ pub fn workload_proposal(index: u64) -> Proposal {
                 online_migration: true,
                 cluster_node: false,
                 package: (i % 2 == 0).then(|| name(format!("pkg{i}"))),
+                anti_affinity: None,
             },
             owner: name("h1".into()),
             run_state: RunState::Running,
@@ -53,6 +54,7 @@ fn host(n: &str) -> HostSpec {
         address: format!("{n}:7100"),
         capacity: Resources { vcpus: 1 << 16, memory_mib: 1 << 30 },
         profile: CompatProfile { hardware_family: "ia64".into(), hypervisor_version: "hpvm-6.1".into() },
+        labels: Default::default(),
     }
 }
 

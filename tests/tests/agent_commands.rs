@@ -121,6 +121,7 @@ async fn command_cluster(fake: &Fake, file: &str) -> (TestCluster, Vec<AgentProc
             hardware_family: "ia64".into(),
             hypervisor_version: "fake".into(),
             request_id: None,
+            labels: Default::default(),
         };
         admin.register_host(&req).await.expect("register a host");
     }
@@ -147,6 +148,7 @@ fn guest_request(
         package: package.map(n),
         run_state: RunState::Running,
         request_id: None,
+        anti_affinity: None,
     }
 }
 
@@ -377,6 +379,7 @@ fn the_platforms_refusals_reach_the_driver() {
         online_migration: false,
         cluster_node: true,
         package: None,
+        anti_affinity: None,
     };
     let transfer = |kind| Transfer {
         migration: MigrationId(7),

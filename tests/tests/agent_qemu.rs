@@ -269,6 +269,7 @@ async fn an_offline_move_of_a_running_cluster_node_guest_stops_it_first() {
         package: None,
         run_state: RunState::Running,
         request_id: None,
+        anti_affinity: None,
     };
     admin.create_guest(&req).await.unwrap();
     wait_runs_only_on(&cluster, "sg1", "h1").await;

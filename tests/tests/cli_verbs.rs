@@ -287,6 +287,13 @@ async fn host_guest_and_package_verbs() {
     let h2 = json(&ok(&c, &all, &["host", "show", "h2", "-o", "json"]));
     assert_eq!(h2["items"]["spec"]["profile"]["hypervisor_version"], "hpvm-6.2");
     assert_eq!(h2["items"]["spec"]["capacity"]["vcpus"], 16);
+    // Labels: set and removed by name; a malformed one is a usage error.
+    ok(&c, &all, &["host", "modify", "h2", "--label", "rack=r2", "--label", "zone=a"]);
+    ok(&c, &all, &["host", "modify", "h2", "--unlabel", "zone"]);
+    let shown = ok(&c, &all, &["host", "show", "h2"]);
+    assert!(shown.contains("labels: rack=r2") && !shown.contains("zone"), "{shown}");
+    let (code, _, err) = c.cli(&all, ADMIN_TOKEN, &["host", "modify", "h2", "--label", "rack"]);
+    assert!(code != 0 && err.contains("KEY=VALUE"), "{err}");
     // The operations role may put an empty host into maintenance; then it is removed.
     let (code, _, err) = c.cli(&all, OPERATIONS_TOKEN, &["host", "maintenance", "h2", "on"]);
     assert_eq!(code, 0, "{err}");

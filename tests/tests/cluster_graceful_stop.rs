@@ -27,6 +27,7 @@ fn guest(name: &str, request_id: &str) -> CreateGuestRequest {
         package: None,
         run_state: RunState::Running,
         request_id: Some(request_id.into()),
+        anti_affinity: None,
     }
 }
 

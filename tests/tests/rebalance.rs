@@ -27,6 +27,8 @@ async fn a_plan_is_shown_then_applied_as_migrations_and_leaves_the_cluster_balan
     let targets: Vec<&str> = moves.iter().map(|m| m["to"].as_str().unwrap()).collect();
     assert_eq!(targets, ["h2", "h3"], "{plan}");
     assert!(moves[0]["why"].as_str().unwrap().contains("h1 is the most loaded host"), "{plan}");
+    // The coordinators' limits on the cluster's own moves travel with the plan; --apply keeps them.
+    assert_eq!(plan["limits"], serde_json::json!({"per_target": 2, "cluster": 8}), "{plan}");
 
     // A read-only token may plan but not apply: its first migration request is refused.
     let (code, out, err) = cluster.cli(&all, READ_ONLY_TOKEN, &["rebalance", "--threshold-pct", "0", "--apply"]);

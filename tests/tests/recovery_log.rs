@@ -154,6 +154,7 @@ async fn export_verify_replay_a_100k_history_and_report_damage() {
             first_revision: 1,
             last_revision: 1,
             exported_at: switchyard_protocol::Timestamp(1),
+            format: switchyard_storage::export::EXPORT_FORMAT,
         };
         let ExportRecord::Event { event, .. } = switchyard_protocol::codec::open::<ExportRecord>(
             switchyard_protocol::codec::RecordKind::Export,

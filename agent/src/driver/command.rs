@@ -608,6 +608,7 @@ impl Lifecycle for CommandLifecycle {
                             online_migration: true,
                             cluster_node: false,
                             package: None,
+                            anti_affinity: None,
                         },
                         None,
                     ),
@@ -868,6 +869,7 @@ mod tests {
             online_migration: false,
             cluster_node: false,
             package: None,
+            anti_affinity: None,
         };
         let env = spec_env(&n("g1"), &spec, 9).unwrap();
         let get = |k: &str| env.iter().find(|(key, _)| *key == k).unwrap().1.clone();

@@ -705,6 +705,7 @@ mod tests {
             online_migration: true,
             cluster_node: false,
             package: None,
+            anti_affinity: None,
         }
     }
 

@@ -34,7 +34,9 @@ pub(super) async fn rebalance(State(s): S, q: Q<RebalanceQuery>) -> Result<Json<
         return Err(ApiError::BadRequest(format!("max_moves {max_moves} is above {}", RebalanceQuery::MAX_MOVES_MAX)));
     }
     let threshold = u64::from(threshold_pct) * 10_000;
-    read_state(&s, q.stale, |st| Ok(plan_rebalance(st, threshold, max_moves))).await
+    let limits = s.node.config.migration.move_limits();
+    read_state(&s, q.stale, |st| Ok(RebalancePlan { limits: Some(limits), ..plan_rebalance(st, threshold, max_moves) }))
+        .await
 }
 
 /// `migrate GUEST --to HOST`: the source is where the guest runs now; the state machine checks

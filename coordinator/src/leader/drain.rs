@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
-use switchyard_protocol::placement::{drain_steps, MoveLimits};
+use switchyard_protocol::placement::drain_steps;
 
 use crate::node::Node;
 
@@ -19,10 +19,7 @@ use crate::node::Node;
 pub async fn run(s: Arc<Node>) {
     let mut revision = s.sm.watch_revision();
     let mut metrics = s.raft.metrics();
-    let limits = MoveLimits {
-        per_target: s.config.migration.max_in_flight_per_target,
-        cluster: s.config.migration.max_in_flight,
-    };
+    let limits = s.config.migration.move_limits();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}

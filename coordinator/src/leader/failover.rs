@@ -17,7 +17,9 @@
 //!   failed); when none is left, `AbandonFailover`.
 //! - Automatic failback (a package with `failback_policy = automatic` and a node list): while
 //!   its guest runs elsewhere than the list's first node and that node is eligible, the driver
-//!   requests an online migration back to it, with every check a migration has. A request
+//!   requests an online migration back to it, with every check a migration has, while the
+//!   limits of moves the cluster starts itself allow (`[migration] max_in_flight_per_target`,
+//!   `max_in_flight`, as for drains). A request
 //!   refused, or a move that ends without the guest home, is tried again after
 //!   [`FAILBACK_RETRY`].
 
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 use switchyard_protocol::ha;
+use switchyard_protocol::placement::MoveBudget;
 use switchyard_protocol::{Command, FencingToken, Name};
 
 use crate::node::Node;
@@ -43,6 +46,7 @@ pub async fn run(s: Arc<Node>) {
     // When this leader last requested each guest's failback.
     let mut failbacks: HashMap<Name, Instant> = HashMap::new();
     let timeout = Duration::from_millis(s.config.ha.start_timeout_ms);
+    let limits = s.config.migration.move_limits();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -59,11 +63,20 @@ pub async fn run(s: Arc<Node>) {
         let commands = s.sm.read(|st| {
             failbacks.retain(|_, at| at.elapsed() < FAILBACK_RETRY);
             let mut commands = ha::plan_failovers(st, &mut seen, Instant::now(), timeout);
+            // Failbacks are moves the cluster starts itself: held to the same limits as drains.
+            let mut budget = MoveBudget::new(st, limits);
             for (guest, command) in ha::failbacks(st) {
-                if !failbacks.contains_key(&guest) {
-                    failbacks.insert(guest.clone(), Instant::now());
-                    commands.push((guest, command));
+                if failbacks.contains_key(&guest) {
+                    continue;
                 }
+                if let Command::RequestMigration { target, .. } = &command {
+                    if !budget.allows(target) {
+                        continue;
+                    }
+                    budget.take(target);
+                }
+                failbacks.insert(guest.clone(), Instant::now());
+                commands.push((guest, command));
             }
             commands
         });

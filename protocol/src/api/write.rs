@@ -66,6 +66,7 @@ impl From<RegisterHostRequest> for Command {
             address: r.address,
             capacity: Resources { vcpus: r.vcpus, memory_mib: r.memory_mib },
             profile: CompatProfile { hardware_family: r.hardware_family, hypervisor_version: r.hypervisor_version },
+            labels: r.labels,
         })
     }
 }
@@ -84,6 +85,8 @@ impl From<(Name, ModifyHostRequest)> for Command {
             memory_mib: r.memory_mib,
             hardware_family: r.hardware_family,
             hypervisor_version: r.hypervisor_version,
+            set_labels: r.labels.unwrap_or_default(),
+            remove_labels: r.remove_labels.unwrap_or_default().into_iter().collect(),
         };
         Command::ModifyHost { host, patch, expect_version: r.expect_version }
     }
@@ -119,6 +122,26 @@ impl From<(Name, ModifyPackageRequest)> for Command {
     }
 }
 
+impl CreateGuestRequest {
+    /// A request to create `name` on `owner` with `spec`, running, without a request id.
+    pub fn new(name: Name, owner: Name, spec: GuestSpec) -> CreateGuestRequest {
+        CreateGuestRequest {
+            name,
+            owner,
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            disks: spec.disks,
+            networks: spec.networks,
+            online_migration: spec.online_migration,
+            cluster_node: spec.cluster_node,
+            package: spec.package,
+            anti_affinity: spec.anti_affinity,
+            run_state: RunState::Running,
+            request_id: None,
+        }
+    }
+}
+
 impl From<CreateGuestRequest> for Command {
     fn from(r: CreateGuestRequest) -> Command {
         let spec = GuestSpec {
@@ -129,6 +152,7 @@ impl From<CreateGuestRequest> for Command {
             online_migration: r.online_migration,
             cluster_node: r.cluster_node,
             package: r.package,
+            anti_affinity: r.anti_affinity,
         };
         Command::CreateGuest { name: r.name, spec, owner: r.owner, run_state: r.run_state }
     }
@@ -141,6 +165,9 @@ impl TryFrom<(Name, ModifyGuestRequest)> for Command {
         if r.remove_package && r.package.is_some() {
             return Err(InvalidRequest("package and remove_package exclude each other".into()));
         }
+        if r.remove_anti_affinity && r.anti_affinity.is_some() {
+            return Err(InvalidRequest("anti_affinity and remove_anti_affinity exclude each other".into()));
+        }
         let patch = GuestPatch {
             vcpus: r.vcpus,
             memory_mib: r.memory_mib,
@@ -150,6 +177,7 @@ impl TryFrom<(Name, ModifyGuestRequest)> for Command {
             cluster_node: r.cluster_node,
             package: if r.remove_package { Some(None) } else { r.package.map(Some) },
             run_state: r.run_state,
+            anti_affinity: if r.remove_anti_affinity { Some(None) } else { r.anti_affinity.map(Some) },
         };
         Ok(Command::ModifyGuest { name, patch, expect_version: r.expect_version })
     }

@@ -75,6 +75,14 @@ fn guest_into<D: Decoder<Context = ()>>(d: &mut D, g: &mut Guest) -> Result<(), 
         (1, Some(package)) => name_into(d, package)?,
         _ => return Err(NOT_IN_PLACE),
     }
+    match (u8::decode(d)?, &mut spec.anti_affinity) {
+        (0, a) => *a = None,
+        (1, Some(a)) => {
+            name_into(d, &mut a.group)?;
+            opt_name_into(d, &mut a.spread_by)?;
+        }
+        _ => return Err(NOT_IN_PLACE),
+    }
     name_into(d, &mut g.owner)?;
     g.run_state = match u32::decode(d)? {
         0 => RunState::Running,
@@ -110,6 +118,15 @@ fn name_into<D: Decoder<Context = ()>>(d: &mut D, n: &mut Name) -> Result<(), De
     str_bytes(d, |new| n.overwrite(new).is_ok())
 }
 
+fn opt_name_into<D: Decoder<Context = ()>>(d: &mut D, n: &mut Option<Name>) -> Result<(), DecodeError> {
+    match (u8::decode(d)?, n) {
+        (0, n) => *n = None,
+        (1, Some(n)) => name_into(d, n)?,
+        _ => return Err(NOT_IN_PLACE),
+    }
+    Ok(())
+}
+
 fn strings_into<D: Decoder<Context = ()>>(d: &mut D, v: &mut Vec<String>) -> Result<(), DecodeError> {
     let len = usize::decode(d)?;
     v.truncate(len);
@@ -130,7 +147,7 @@ mod tests {
 
     use super::*;
     use crate::codec::encode;
-    use crate::model::GuestSpec;
+    use crate::model::{AntiAffinity, GuestSpec};
 
     fn name() -> impl Strategy<Value = Name> {
         "[a-z0-9][a-z0-9._-]{0,20}".prop_map(|s| Name::new(s).expect("valid by construction"))
@@ -145,9 +162,11 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
             proptest::option::of(name()),
+            proptest::option::of((name(), proptest::option::of(name()))),
         )
-            .prop_map(|(vcpus, memory_mib, disks, networks, online_migration, cluster_node, package)| {
-                GuestSpec { vcpus, memory_mib, disks, networks, online_migration, cluster_node, package }
+            .prop_map(|(vcpus, memory_mib, disks, networks, online_migration, cluster_node, package, aa)| {
+                let anti_affinity = aa.map(|(group, spread_by)| AntiAffinity { group, spread_by });
+                GuestSpec { vcpus, memory_mib, disks, networks, online_migration, cluster_node, package, anti_affinity }
             });
         (name(), spec, name(), any::<bool>(), any::<u64>()).prop_map(|(name, spec, owner, stopped, version)| Guest {
             name,

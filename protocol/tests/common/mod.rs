@@ -16,6 +16,7 @@ pub fn host_spec(name: &str, vcpus: u32, memory_mib: u64, family: &str) -> HostS
         address: format!("{name}.example:7100"),
         capacity: Resources { vcpus, memory_mib },
         profile: CompatProfile { hardware_family: family.into(), hypervisor_version: "hpvm-6.1".into() },
+        labels: Default::default(),
     }
 }
 
@@ -28,6 +29,7 @@ pub fn guest_spec(vcpus: u32, memory_mib: u64, package: Option<&str>) -> GuestSp
         online_migration: true,
         cluster_node: false,
         package: package.map(n),
+        anti_affinity: None,
     }
 }
 

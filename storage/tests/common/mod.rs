@@ -16,6 +16,7 @@ fn host(name: &str) -> Command {
         address: format!("{name}:7100"),
         capacity: Resources { vcpus: 1024, memory_mib: 1 << 24 },
         profile: CompatProfile { hardware_family: "ia64".into(), hypervisor_version: "hpvm-6.1".into() },
+        labels: Default::default(),
     })
 }
 
@@ -33,6 +34,7 @@ pub fn workload(guests: usize) -> Vec<Command> {
                 online_migration: true,
                 cluster_node: false,
                 package: Some(n(&format!("p{g}"))),
+                anti_affinity: None,
             },
             owner: n("h1"),
             run_state: RunState::Running,

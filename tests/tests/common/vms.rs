@@ -38,6 +38,7 @@ pub async fn register_loopback_hosts(cluster: &TestCluster) {
             hardware_family: "x86_64".into(),
             hypervisor_version: "qemu".into(),
             request_id: None,
+            labels: Default::default(),
         };
         admin.register_host(&req).await.expect("register a host");
     }
@@ -57,6 +58,7 @@ pub async fn create_vm(c: &Client, name: &str, owner: &str, memory_mib: u64, pac
         package: package.map(|p| Name::new(p).unwrap()),
         run_state: RunState::Running,
         request_id: None,
+        anti_affinity: None,
     };
     c.create_guest(&req).await.expect("create a guest");
 }
