@@ -213,3 +213,33 @@ fn a_cancelled_or_refused_migration_leaves_the_guest_running_on_the_source() {
     assert!(h1.qemu.migrate_out(&offline, &AtomicBool::new(false)).is_err());
     assert_eq!(h1.get("g1").unwrap().state, VmState::Running);
 }
+
+/// A source that reaches another guest's incoming process (the port reused by a migration into
+/// the same host, or a listener left behind) fails: the stream's RAM block is named after its
+/// guest, which the other process does not have. Neither process runs the moved guest's memory.
+#[test]
+fn a_transfer_that_reaches_another_guest_s_incoming_process_fails_and_runs_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let h1 = Host::new(root.path(), "h1", (port, port));
+    let h2 = Host::new(root.path(), "h2", (port, port));
+    let (x, y) = (n("x"), n("y"));
+    h1.qemu.define(&x, &spec(32), 5).unwrap();
+    h1.qemu.start(&x).unwrap();
+    h2.qemu.define(&y, &spec(32), 5).unwrap();
+    let of = |guest: &Name, id: u64| Transfer {
+        migration: MigrationId(id),
+        guest: guest.clone(),
+        source: n("h1"),
+        target: n("h2"),
+        target_address: "127.0.0.1:7302".into(),
+        kind: MigrationKind::Online,
+    };
+    // y waits for its own migration on the port; x's migration is sent to the same port.
+    h2.qemu.prepare_incoming(&of(&y, 90)).unwrap();
+    assert_eq!(h2.get("y").unwrap().state, VmState::Incoming);
+    let e = h1.qemu.migrate_out(&of(&x, 91), &AtomicBool::new(false)).unwrap_err();
+    eprintln!("refused as it should be: {e}");
+    assert_eq!(h1.get("x").unwrap().state, VmState::Running, "x stays running on its source");
+    assert!(!h2.get("y").map(|o| o.state == VmState::Running).unwrap_or(false), "y's process must not run x's memory");
+}

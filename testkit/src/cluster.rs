@@ -222,17 +222,35 @@ pub struct AgentProc {
     pub metrics: SocketAddr,
 }
 
+/// How many ports a test cluster's agents take incoming live migrations on.
+pub const MIGRATION_PORTS: u16 = 16;
+
+/// The first of `n` consecutive ports that were free when asked and that no other caller in
+/// this process was given.
+pub fn free_ports(n: u16) -> u16 {
+    loop {
+        let first = free_port();
+        let Some(last) = first.checked_add(n - 1) else { continue };
+        let mut given = FREE_PORTS_GIVEN.lock().expect("port set lock");
+        if (first + 1..=last).all(|p| !given.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            given.extend(first + 1..=last);
+            return first;
+        }
+    }
+}
+
+static FREE_PORTS_GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 /// A port nothing listens on, never the same twice in this process: tests of one binary run
 /// in parallel, each starting clusters, and the kernel may hand a port just released to the
 /// next `bind(0)` — two clusters then shared a node's address, and one test initialized the
 /// other's cluster.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("addr").port();
-        if GIVEN.lock().expect("port set lock").insert(port) {
+        if FREE_PORTS_GIVEN.lock().expect("port set lock").insert(port) {
             return port;
         }
     }
@@ -289,7 +307,8 @@ pub struct Cluster {
     /// Agents the cluster itself runs (`switchyard dev`, the benchmark); tests may also hold
     /// their own [`AgentProc`]s.
     pub agents: Vec<AgentProc>,
-    /// The port incoming live migrations listen on ([`Hypervisor::Qemu`]).
+    /// The first of [`MIGRATION_PORTS`] ports incoming live migrations listen on
+    /// ([`Hypervisor::Qemu`]): several migrations into one host run at once, each on its own.
     pub migration_port: u16,
     /// What clients of the cluster (tests, the CLI) trust: its CA; `None` without TLS.
     pub client_tls: Option<Tls>,
@@ -338,7 +357,7 @@ impl Cluster {
             settings,
             nodes: Vec::new(),
             agents: Vec::new(),
-            migration_port: free_port(),
+            migration_port: free_ports(MIGRATION_PORTS),
             client_tls,
             _tmp: tmp,
         })
@@ -811,7 +830,7 @@ impl AgentProc {
                 },
                 Hypervisor::Qemu => {
                     let mut q = QemuConfig::new(dir.join("qemu"));
-                    q.migration_ports = (cluster.migration_port, cluster.migration_port);
+                    q.migration_ports = (cluster.migration_port, cluster.migration_port + MIGRATION_PORTS - 1);
                     q.powerdown_timeout_ms = 1000;
                     q.migrate_timeout_ms = 60_000;
                     q.migration_bandwidth_kib = cluster.settings.qemu_bandwidth_kib;

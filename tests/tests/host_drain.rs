@@ -199,12 +199,6 @@ async fn drain_ended(client: &switchyard_client::Client) -> (DrainOutcome, Strin
 /// The same drain with real QEMU VMs (32 MiB, no disk), moved by QEMU's own live migration at a
 /// limited bandwidth so that the leader dies while transfers run; a checker samples the three
 /// hypervisors all along and fails on any guest running on two hosts at once.
-///
-/// Ignored until incoming migrations get a port no other in-flight migration into the same host
-/// (or, on the tests' shared loopback, any host) can hold: with one port per cluster, a source
-/// connecting before its target listens reaches another guest's incoming QEMU, and this test's
-/// checker saw a guest run on two hosts at once (see issue 25's note).
-#[ignore = "incoming migration ports can collide; a guest was seen on two hosts"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_of_30_real_vms_survives_the_leader_s_loss_within_its_limits() {
     const VMS: usize = 30;

@@ -318,8 +318,14 @@ impl Qemu {
         let mut args: Vec<String> = vec![
             "-name".into(),
             guest.to_string(),
+            // The guest's memory is a RAM block named after the guest: a migration stream names
+            // its RAM blocks, and a process refuses one whose blocks it does not have, so a
+            // source that reaches another guest's incoming process (a port reused, a stale
+            // listener) fails instead of that process running this guest's memory.
+            "-object".into(),
+            format!("memory-backend-ram,id={},size={}M", ram_block(guest), def.spec.memory_mib),
             "-machine".into(),
-            format!("{},accel={}", self.cfg.machine, self.accel),
+            format!("{},accel={},memory-backend={}", self.cfg.machine, self.accel, ram_block(guest)),
             "-m".into(),
             def.spec.memory_mib.to_string(),
             "-smp".into(),
@@ -618,6 +624,11 @@ fn stats(r: &serde_json::Value) -> MigrationStats {
 }
 
 /// `host:port`, `[v6]:port` or a bare host → the host part, as QEMU's `tcp:` URI wants it.
+/// The id of the guest's RAM block (a QEMU id starts with a letter; a guest name may not).
+fn ram_block(guest: &Name) -> String {
+    format!("ram-{guest}")
+}
+
 fn host_part(address: &str) -> &str {
     if let Some(rest) = address.strip_prefix('[') {
         if let Some(end) = rest.find(']') {

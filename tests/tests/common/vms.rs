@@ -26,13 +26,14 @@ pub async fn qemu_cluster(opts: ClusterOpts) -> (TestCluster, Vec<AgentProc>) {
     (cluster, agents)
 }
 
-/// Registers hosts h1..h3 on loopback addresses (where incoming live migrations listen).
+/// Registers hosts h1..h3 on loopback addresses of their own, 127.0.0.11..13 (where incoming
+/// live migrations listen), as real hosts have addresses of their own.
 pub async fn register_loopback_hosts(cluster: &TestCluster) {
     let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
     for (i, h) in HOSTS.iter().enumerate() {
         let req = RegisterHostRequest {
             name: Name::new(*h).unwrap(),
-            address: format!("127.0.0.1:{}", 7101 + i),
+            address: format!("127.0.0.{}:{}", 11 + i, 7101 + i),
             vcpus: 64,
             memory_mib: 65536,
             hardware_family: "x86_64".into(),
