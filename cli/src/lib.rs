@@ -269,7 +269,10 @@ async fn run(cli: Cli) -> Out {
     // Wrong TLS settings fail the verbs that need the cluster (with the reason), not the
     // offline ones (`log verify FILE`).
     let client = match tls {
-        Ok(tls) => Client::new(endpoints, token, timeout, tls.as_ref()).stale(cli.stale).retrying_writes(timeout),
+        Ok(tls) => Client::new(endpoints, token, timeout, tls.as_ref())
+            .stale(cli.stale)
+            .retrying_writes(timeout)
+            .retrying_reads(timeout),
         Err(why) => Client::unusable(why),
     };
     let ctx = Ctx { client, json: cli.output == Output::Json };

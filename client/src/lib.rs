@@ -9,7 +9,8 @@
 //! - writes carry a request id (made here when the caller gives none) and, with
 //!   [`Client::retrying_writes`], are sent again with that id while the cluster has no leader or
 //!   a coordinator is unreachable: the state machine applies a request id once, so a retry never
-//!   applies a change twice;
+//!   applies a change twice; with [`Client::retrying_reads`] (the CLI), reads are asked again
+//!   the same way, so an election does not fail an operator's command;
 //! - [`events`]: subscriptions that resume on another coordinator, gap-free and duplicate-free.
 
 mod api;
@@ -74,6 +75,7 @@ pub struct Client {
     stale: bool,
     /// How long a write is sent again while [`ClientError::is_transient`]; zero: once.
     write_retry: Duration,
+    read_retry: Duration,
     /// Why this client cannot send anything (see [`Client::unusable`]).
     unusable: Option<String>,
 }
@@ -98,7 +100,17 @@ impl Client {
         let (builder, _) =
             switchyard_tls::http(reqwest::Client::builder().connect_timeout(Duration::from_secs(2)), tls);
         let streaming = builder.build().expect("an HTTP client with a preconfigured TLS setup builds");
-        Client { endpoints, scheme, token, http, streaming, stale: false, write_retry: Duration::ZERO, unusable: None }
+        Client {
+            endpoints,
+            scheme,
+            token,
+            http,
+            streaming,
+            stale: false,
+            write_retry: Duration::ZERO,
+            read_retry: Duration::ZERO,
+            unusable: None,
+        }
     }
 
     /// A client that answers every call with [`ClientError::Invalid`]`(why)`: for a tool whose
@@ -139,6 +151,16 @@ impl Client {
         self
     }
 
+    /// The same client, asking each read again for up to `within` while the cluster answers
+    /// `unavailable` or `not_leader` (an election under way) or no coordinator answers. For an
+    /// operator's tools: a read is safe to repeat, and a few hundred milliseconds without a
+    /// leader should not fail a command. Agents keep the default (no retry): their loops retry
+    /// on their own schedule and must not block in one read.
+    pub fn retrying_reads(mut self, within: Duration) -> Client {
+        self.read_retry = within;
+        self
+    }
+
     /// A GET of `path` that needs no token (`/healthz`, `/readyz`) on each endpoint in turn:
     /// the first answer's status and text.
     pub async fn probe(&self, path: &str) -> Result<(u16, String), ClientError> {
@@ -163,7 +185,7 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.send::<(), T>(Method::GET, path, None).await
+        self.retried::<(), T>(Method::GET, path, None, self.read_retry).await
     }
 
     /// A read answered as of `revision` or later, which needs no leader when any coordinator has
@@ -221,7 +243,19 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let deadline = Instant::now() + self.write_retry;
+        self.retried(method, path, body, self.write_retry).await
+    }
+
+    /// A request that is safe to send again (a read, or a write with its request id): sent
+    /// again while the answer is transient, for up to `within`.
+    async fn retried<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        within: Duration,
+    ) -> Result<T, ClientError> {
+        let deadline = Instant::now() + within;
         let mut pause = Duration::from_millis(20);
         loop {
             match self.send(method.clone(), path, body).await {
@@ -366,6 +400,52 @@ mod tests {
             assert!(!api(final_code).is_transient(), "{final_code}");
         }
         assert!(!ClientError::Protocol { endpoint: "e".into(), reason: "r".into() }.is_transient());
+    }
+
+    /// A coordinator that answers `not_leader` `leaderless` times, then the read: a client
+    /// retrying reads gets the answer, one that does not gets the refusal.
+    async fn leaderless_then_answering(leaderless: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => request.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let (status, body) = if i < leaderless {
+                    ("503 Service Unavailable", r#"{"code":"not_leader","message":"no leader is known yet"}"#)
+                } else {
+                    ("200 OK", r#"{"answer":42}"#)
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn reads_are_asked_again_during_an_election_only_when_asked_to() {
+        let client = |addr: String| Client::new(vec![addr], "t".into(), Duration::from_secs(5), None);
+        let once = client(leaderless_then_answering(2).await);
+        let e = once.get::<serde_json::Value>("/v1/hosts").await.unwrap_err();
+        assert_eq!(e.code(), Some("not_leader"), "{e}");
+        let retrying = client(leaderless_then_answering(2).await).retrying_reads(Duration::from_secs(5));
+        let v: serde_json::Value = retrying.get("/v1/hosts").await.unwrap();
+        assert_eq!(v["answer"], 42);
+        // Past its window, a retrying client returns the last transient answer.
+        let short = client(leaderless_then_answering(usize::MAX).await).retrying_reads(Duration::from_millis(200));
+        assert_eq!(short.get::<serde_json::Value>("/v1/hosts").await.unwrap_err().code(), Some("not_leader"));
     }
 
     #[test]
