@@ -26,7 +26,10 @@
 //! and polls `query-migrate` until `completed`; QEMU's `downtime` (the freeze time),
 //! `total-time` and bytes transferred are the transfer's figures. The source's process then sits
 //! in `postmigrate` (paused, unable to run again without an explicit `cont`) until the log says
-//! the target owns the guest; only then is it stopped.
+//! the target owns the guest; only then is it stopped. The port does not say which guest
+//! listens on it (two migrations into one host whose ids differ by the range's size, a listener
+//! left by an earlier attempt); the guest's RAM block, named after the guest, does: a process
+//! refuses a stream of another guest's memory.
 
 use std::fs;
 use std::path::{Path, PathBuf};
