@@ -243,3 +243,50 @@ fn a_transfer_that_reaches_another_guest_s_incoming_process_fails_and_runs_nothi
     assert_eq!(h1.get("x").unwrap().state, VmState::Running, "x stays running on its source");
     assert!(!h2.get("y").map(|o| o.state == VmState::Running).unwrap_or(false), "y's process must not run x's memory");
 }
+
+/// A migration into a host where the guest still waits for an earlier attempt's stream (that
+/// attempt failed before sending it; the process listens on the earlier migration's port)
+/// replaces that process with one listening for this migration, and the guest moves.
+#[test]
+fn a_process_left_waiting_for_an_earlier_migration_makes_way_for_the_next() {
+    let root = tempfile::tempdir().unwrap();
+    let ports = free_ports_in_a_row(2);
+    let h1 = Host::new(root.path(), "h1", ports);
+    let h2 = Host::new(root.path(), "h2", ports);
+    let g = n("g1");
+    for h in [&h1, &h2] {
+        h.qemu.define(&g, &spec(32), 5).unwrap();
+    }
+    h1.qemu.start(&g).unwrap();
+    let attempt = |id: u64| Transfer {
+        migration: MigrationId(id),
+        guest: g.clone(),
+        source: n("h1"),
+        target: n("h2"),
+        target_address: "127.0.0.1:7302".into(),
+        kind: MigrationKind::Online,
+    };
+    let (first, second) = (attempt(100), attempt(101));
+    assert_ne!(h2.qemu.incoming_address(&first), h2.qemu.incoming_address(&second));
+    h2.qemu.prepare_incoming(&first).unwrap();
+    assert_eq!(h2.get("g1").unwrap().state, VmState::Incoming);
+    h2.qemu.prepare_incoming(&second).unwrap();
+    assert_eq!(h2.get("g1").unwrap().state, VmState::Incoming);
+    let stats = h1.qemu.migrate_out(&second, &AtomicBool::new(false)).unwrap();
+    assert!(stats.bytes > 0, "{stats:?}");
+    assert_eq!(h2.get("g1").unwrap().state, VmState::Running);
+    assert_eq!(h1.get("g1").unwrap().state, VmState::Migrated);
+}
+
+/// `n` consecutive ports no one listens on now.
+fn free_ports_in_a_row(n: u16) -> (u16, u16) {
+    for _ in 0..1000 {
+        let lo = free_port();
+        let Some(hi) = lo.checked_add(n - 1) else { continue };
+        let held: Vec<TcpListener> = (lo..=hi).filter_map(|p| TcpListener::bind(("127.0.0.1", p)).ok()).collect();
+        if held.len() == usize::from(n) {
+            return (lo, hi);
+        }
+    }
+    panic!("no {n} free consecutive ports");
+}

@@ -237,13 +237,25 @@ impl Qemu {
     /// The pid of this guest's QEMU process, when one is alive: the pid file names it and its
     /// command line names this guest's socket.
     fn pid(&self, guest: &Name) -> Option<i32> {
+        self.process(guest).map(|(pid, _)| pid)
+    }
+
+    /// This guest's live QEMU process: its pid and command line.
+    fn process(&self, guest: &Name) -> Option<(i32, Vec<String>)> {
         let text = fs::read_to_string(self.dir(guest).join("qemu.pid")).ok()?;
         let pid: i32 = text.trim().parse().ok()?;
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let socket = format!("unix:{},server=on,wait=off", self.socket(guest).display());
-        let ours = cmdline.split(|b| *b == 0).any(|arg| arg == socket.as_bytes());
         // A zombie has an empty command line; it is not running anything.
-        ours.then_some(pid)
+        args.contains(&socket).then_some((pid, args))
+    }
+
+    /// Where this guest's process waits for a migration stream (its `-incoming` URI), if it was
+    /// started to receive one.
+    fn listens_on(&self, guest: &Name) -> Option<String> {
+        let (_, args) = self.process(guest)?;
+        args.iter().position(|a| a == "-incoming").and_then(|i| args.get(i + 1)).cloned()
     }
 
     fn qmp(&self, guest: &Name) -> Result<Qmp, QmpError> {
@@ -450,15 +462,26 @@ impl Qemu {
     pub fn prepare_incoming(&self, t: &Transfer) -> Result<(), DriverError> {
         let lock = self.lock(&t.guest);
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let address = self.incoming_address(t);
         match self.state(&t.guest) {
-            VmState::Incoming | VmState::Running => Ok(()),
-            VmState::ShutOff => self.launch(&t.guest, Some(&self.incoming_address(t))),
+            VmState::Running => Ok(()),
+            VmState::Incoming if self.listens_on(&t.guest) == Some(format!("tcp:{address}")) => Ok(()),
+            // Waiting for the stream of an earlier migration that ended without sending it (a
+            // failed or aborted attempt whose rollback watch has not removed it yet): that
+            // process listens on the earlier migration's port, where this source does not
+            // connect. It holds no guest yet, so it is replaced by one listening for this one.
+            VmState::Incoming => {
+                tracing::info!(guest = %t.guest, migration = %t.migration, listens_on = ?self.listens_on(&t.guest), "replacing a process waiting for an earlier migration");
+                self.stop_locked(&t.guest, true)?;
+                self.launch(&t.guest, Some(&address))
+            }
+            VmState::ShutOff => self.launch(&t.guest, Some(&address)),
             // The copy a completed migration left here, paused for good: the guest comes back
             // into a fresh process (a rollback that found the guest already moved, or a move
             // back before the reconciler removed the copy).
             VmState::Migrated => {
                 self.stop_locked(&t.guest, true)?;
-                self.launch(&t.guest, Some(&self.incoming_address(t)))
+                self.launch(&t.guest, Some(&address))
             }
             other => Err(failed(format!("guest {} cannot receive a migration here: it is {other:?}", t.guest))),
         }
