@@ -6,6 +6,7 @@
 //! cargo build --release --workspace --bins && ./target/release/switchyard-bench
 //! ```
 
+mod console;
 mod drain;
 mod scenarios;
 mod sut;
@@ -70,7 +71,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     pub drain_transfer_ms: u64,
     /// Run only these parts: throughput, fanout, failover, restart, catchup, replay, scale, vm,
-    /// host-loss, drain.
+    /// host-loss, drain, console.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Switchyard alone, even when etcd is installed.
@@ -301,6 +302,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.wants("drain") {
         drain::drain(&args, &dir, timing, &mut report).await?;
+    }
+    if args.wants("console") {
+        console::console(&args, &dir, timing, &mut report).await?;
     }
     if args.wants("scale") {
         eprintln!("== switchyard at scale");

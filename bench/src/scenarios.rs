@@ -674,15 +674,15 @@ pub fn replay(args: &Args, dir: &Path, report: &mut Report) -> anyhow::Result<()
 /// The shape of a synthetic history: `hosts` hosts (`h0`..), `guests` guests (`g0`.., spread
 /// over the hosts), then guest changes round-robin until it holds `events` events.
 #[derive(Clone, Copy)]
-struct Synthetic {
-    hosts: u64,
-    guests: u64,
-    events: u64,
+pub struct Synthetic {
+    pub hosts: u64,
+    pub guests: u64,
+    pub events: u64,
 }
 
 /// Writes a synthetic history as an export: each command goes through the real state machine
 /// (`apply`), so the events are exactly what a cluster would have committed.
-fn synthetic_export(path: &Path, shape: Synthetic) -> anyhow::Result<()> {
+pub fn synthetic_export(path: &Path, shape: Synthetic) -> anyhow::Result<()> {
     let t = Instant::now();
     let Synthetic { hosts, guests, events: n } = shape;
     let name = |s: String| Name::new(&s).expect("valid name");

@@ -92,7 +92,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         out!("  export SWITCHYARD_ENDPOINTS={}", dev.endpoints().join(","));
         out!("  export SWITCHYARD_TOKEN={}", dev.secrets.admin_token);
         let ca = switchyard_tls::issue::paths(&dev.tls_dir(), switchyard_tls::issue::CA_STEM).0;
-        out!("  export SWITCHYARD_CA={}", ca.canonicalize().unwrap_or(ca).display());
+        let ca = ca.canonicalize().unwrap_or(ca);
+        out!("  export SWITCHYARD_CA={}", ca.display());
         out!(
             "  switchyard cluster status    # from this directory, the CLI also finds {}/cli.toml",
             args.dir.display()
@@ -100,6 +101,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let agents: Vec<String> =
             dev.agents.iter().map(|a| format!("{} https://{}/metrics", a.host, a.metrics)).collect();
         out!("  metrics: https://{}/metrics (read-only token); agents: {}", dev.endpoints()[0], agents.join(", "));
+        out!(
+            "  console: https://{}/ui/ (any coordinator; sign in with a token; the browser must trust {})",
+            dev.endpoints()[0],
+            ca.display()
+        );
         out!();
         out!(
             "Every link is TLS under the cluster's own CA ({}/tls). Read-only token: {}; operations \

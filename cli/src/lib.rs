@@ -24,7 +24,7 @@ pub mod migration;
 pub mod package;
 pub mod rebalance;
 pub mod render;
-pub mod timefmt;
+pub use switchyard_protocol::timefmt;
 pub mod token;
 
 use std::process::ExitCode;

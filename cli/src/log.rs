@@ -357,8 +357,11 @@ async fn replay(c: &Client, json: bool, source: &Path, until: Until, digest_only
     if json {
         return Ok(to_json(&serde_json::json!({"revision": revision, "digest": digest, "state": state})));
     }
-    let hosts: Vec<HostView> =
-        state.hosts.iter().map(|h| HostView { host: h.clone(), state: h.state(), drain: None, sync: None }).collect();
+    let hosts: Vec<HostView> = state
+        .hosts
+        .iter()
+        .map(|h| HostView { host: h.clone(), state: h.state(), drain: None, sync: None, committed: Default::default() })
+        .collect();
     let guests: Vec<GuestView> = state
         .guests
         .iter()

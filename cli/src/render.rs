@@ -4,9 +4,10 @@
 
 use serde::Serialize;
 use switchyard_protocol::api::*;
-use switchyard_protocol::{EventPayload, Package, Timestamp};
+use switchyard_protocol::{Package, Timestamp};
 
 use crate::timefmt;
+pub use switchyard_protocol::text::{describe, node_list};
 
 /// Now, by this machine's clock (only for "disabled for 2h" style ages).
 pub fn now() -> Timestamp {
@@ -300,7 +301,7 @@ pub fn migration_detail(d: &MigrationDetail) -> String {
         s.push_str(&format!(
             "transfer {} in total, {} sent\n",
             timefmt::duration(t.total_time_ms),
-            bytes(t.transferred_bytes)
+            switchyard_protocol::text::bytes(t.transferred_bytes)
         ));
     }
     let rows = m
@@ -338,96 +339,6 @@ pub fn unprotected(p: &Package, now: Timestamp) -> Option<String> {
     ))
 }
 
-/// One line about an event, for the table output of `events`.
-pub fn describe(p: &EventPayload) -> String {
-    match p {
-        EventPayload::ClusterCreated { cluster, restored_from: None } => format!("cluster {cluster} created"),
-        EventPayload::ClusterCreated { cluster, restored_from: Some(from) } => format!(
-            "cluster {cluster} created from the export of cluster {} through revision {}",
-            from.cluster.as_ref().map_or("(no id)".into(), |c| c.to_string()),
-            from.through_revision
-        ),
-        EventPayload::HostRegistered { host } => format!("host {} registered", host.spec.name),
-        EventPayload::HostModified { host } => format!(
-            "host {} modified: {} at {}, {} (version {})",
-            host.spec.name, host.spec.capacity, host.spec.address, host.spec.profile, host.version
-        ),
-        EventPayload::HostRemoved { host } => format!("host {host} removed"),
-        EventPayload::DrainStarted { drain } => format!(
-            "host {} drain started by {} ({} at a time{})",
-            drain.host,
-            drain.actor,
-            drain.max_parallel,
-            if drain.allow_offline { ", offline moves allowed" } else { "" }
-        ),
-        EventPayload::DrainEnded { host, outcome, reason, blocked } => {
-            let names: Vec<&str> = blocked.iter().map(|b| b.guest.as_str()).collect();
-            let left = if names.is_empty() { String::new() } else { format!("; not moved: {}", names.join(", ")) };
-            format!("host {host} drain {outcome}: {reason}{left}")
-        }
-        EventPayload::HostMaintenanceChanged { host, maintenance } => {
-            format!("host {host} maintenance {}", if *maintenance { "on" } else { "off" })
-        }
-        EventPayload::HostReachabilityChanged { host, reachable } => {
-            format!("host {host} {}", if *reachable { "reachable" } else { "unreachable" })
-        }
-        EventPayload::GuestCreated { guest } => format!("guest {} created on {}", guest.name, guest.owner),
-        EventPayload::GuestModified { guest } => format!("guest {} modified (version {})", guest.name, guest.version),
-        EventPayload::GuestRemoved { guest } => format!("guest {guest} removed"),
-        EventPayload::PackageSwitchingChanged { package, node, enabled, .. } => format!(
-            "package {package} switching {}{}",
-            if *enabled { "enabled" } else { "disabled" },
-            node.as_ref().map(|n| format!(" on node {n}")).unwrap_or_default()
-        ),
-        EventPayload::MigrationRequested { migration: m } => {
-            format!("migration {} of {} requested: {} -> {} ({})", m.id, m.guest, m.source, m.target, m.kind)
-        }
-        EventPayload::MigrationPhaseChanged { id, guest, phase, .. } => format!("migration {id} of {guest}: {phase}"),
-        EventPayload::GuestOwnerChanged { guest, from, to, .. } => {
-            format!("guest {guest} now owned by {to} (was {from})")
-        }
-        EventPayload::GuestRepaired { guest, host, action, reason } => {
-            format!("guest {guest} repaired on {host}: {action} ({reason})")
-        }
-        EventPayload::MigrationTransferStats { id, guest, stats } => format!(
-            "migration {id} of {guest}: transferred {} in {}",
-            bytes(stats.transferred_bytes),
-            timefmt::duration(stats.total_time_ms)
-        ),
-        EventPayload::HostJoined { host } => format!("host {host} joined failure detection"),
-        EventPayload::HostFailed { host, evidence } => format!("host {host} FAILED: {evidence}"),
-        EventPayload::HostRecovered { host } => format!("host {host} recovered (eligible again)"),
-        EventPayload::FailoverStarted { guest, failed_host, from, to, reason, .. } => {
-            let after = if from == failed_host { String::new() } else { format!(" after {from}'s attempt") };
-            format!("failover of {guest} (host {failed_host} failed){after}: starting on {to}: {reason}")
-        }
-        EventPayload::FailoverCompleted { guest, host } => format!("failover of {guest}: runs on {host}"),
-        EventPayload::FailoverAttemptFailed { guest, host, reason, .. } => {
-            format!("failover of {guest}: attempt on {host} failed: {reason}")
-        }
-        EventPayload::FailoverAttemptReleased { guest, host } => {
-            format!("failover of {guest}: {host} confirmed no copy runs there")
-        }
-        EventPayload::FailoverFailed { guest, reason } => format!("failover of {guest} FAILED, left down: {reason}"),
-        EventPayload::PackageModified { package, nodes, failover_policy, failback_policy, .. } => format!(
-            "package {package}: nodes {}, failover {failover_policy}, failback {failback_policy}",
-            node_list(nodes)
-        ),
-        EventPayload::MigrationResolved { id, guest, outcome, reason } => {
-            format!("migration {id} of {guest} resolved by an operator as {outcome}: {reason}")
-        }
-    }
-}
-
-/// A package's node list as operators write it.
-pub fn node_list(nodes: &[switchyard_protocol::Name]) -> String {
-    if nodes.is_empty() {
-        "(every host, by name)".into()
-    } else {
-        nodes.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(",")
-    }
-}
-
 /// The footer of a page that has more: how to ask for the next one.
 pub fn more(next_after: Option<String>) -> String {
     next_after.map(|n| format!("(more: --after {n})\n")).unwrap_or_default()
@@ -439,20 +350,4 @@ pub const EVENTS_HEADER: &str = "REV  TIME  ACTOR  EVENT";
 /// One line of the `events` table.
 pub fn event_line(e: &switchyard_protocol::Event) -> String {
     format!("{}  {}  {}  {}", e.revision, timefmt::format(e.time), e.actor, describe(&e.payload))
-}
-
-/// A byte count in the largest binary unit that keeps it at least 1.
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }

@@ -122,6 +122,13 @@ pub struct ApiConfig {
     /// A subscriber that takes nothing for this long while events wait for it (a stalled or
     /// abandoned reader) has its stream ended; it resumes from its cursor when it reconnects.
     pub stream_stall_timeout_ms: u64,
+    /// A console session unused for this long ends (the browser signs in again).
+    pub console_session_idle_ms: u64,
+    /// A console session ends this long after sign-in, however much it is used.
+    pub console_session_max_ms: u64,
+    /// Most console sessions open at once on this coordinator; the least recently used one
+    /// ends to make room.
+    pub console_sessions_max: usize,
 }
 
 impl Default for ApiConfig {
@@ -134,6 +141,9 @@ impl Default for ApiConfig {
             connections_max: 4096,
             streams_per_token_max: 64,
             stream_stall_timeout_ms: 60_000,
+            console_session_idle_ms: 30 * 60 * 1000,
+            console_session_max_ms: 12 * 60 * 60 * 1000,
+            console_sessions_max: 1000,
         }
     }
 }

@@ -12,6 +12,7 @@
 //!    of leadership on a graceful stop; [`observe`] (what `/metrics` counts); the [`listener`]s both servers accept on (TLS, the
 //!    client certificate's identity, the connection bound);
 //! 5. [`api`]: the operator HTTP/JSON API, by noun; it maps the node's errors to HTTP;
+//!    [`ui`], the operator console, calls the API in-process and nothing below it;
 //! 6. [`server`] starts and stops all of it; [`daemon`] is the binary's command line.
 //!
 //! `tests/module_graph.rs` holds the modules to this: no import cycle, and nothing below the
@@ -39,3 +40,4 @@ pub mod proposer;
 pub mod raft_server;
 pub mod server;
 pub mod stream;
+pub mod ui;

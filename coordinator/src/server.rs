@@ -89,6 +89,7 @@ impl Coordinator {
         );
         let tokens = api::Tokens::new(&config.tokens);
         let api_app = api::router(node.clone(), tls.clone(), tokens.clone());
+        let api_app = api_app.clone().merge(crate::ui::router(node.clone(), api_app, tokens.clone(), tls.is_some()));
         let raft_listener = incoming(
             raft_listener,
             Admission { tls: tls.clone(), clients_required: true, connections_max: RAFT_CONNECTIONS_MAX, what: "raft" },

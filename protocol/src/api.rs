@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::Event;
 use crate::model::{
     Actor, AntiAffinity, Drain, FailbackPolicy, Failover, FailoverPolicy, FencingToken, Guest, Host, HostFailure,
-    HostState, Migration, MigrationId, Package, Phase, Revision, RunState, Timestamp, TransferStats,
+    HostState, Migration, MigrationId, Package, Phase, Resources, Revision, RunState, Timestamp, TransferStats,
 };
 use crate::name::Name;
 use crate::rejection::Rejection;
@@ -338,6 +338,9 @@ pub struct HostView {
     /// report to the leader. `None` when this node is not the leader (reports live there).
     #[serde(default)]
     pub sync: Option<HostSync>,
+    /// Resources committed on the host: its guests' and those of migrations heading there.
+    #[serde(default)]
+    pub committed: Resources,
 }
 
 /// An agent's report: what it has applied (`POST /v1/hosts/{name}/report`).

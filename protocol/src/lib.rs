@@ -30,6 +30,8 @@ pub mod secret;
 pub mod state;
 #[cfg(test)]
 mod testing;
+pub mod text;
+pub mod timefmt;
 
 pub use apply::{apply, Applied, ApplyResult};
 pub use command::{Command, GuestPatch, HostPatch, Proposal};

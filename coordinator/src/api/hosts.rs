@@ -26,6 +26,7 @@ pub(super) fn host_views<'a>(s: &Api, st: &ClusterState, hosts: impl Iterator<It
                 moving: st.in_flight_migrations().filter(|m| m.source == d.host || m.target == d.host).count(),
             }),
             sync: digest.map(|d| s.node.liveness.sync(h, st, d, timeout)),
+            committed: st.committed_resources(&h.spec.name),
         })
         .collect()
 }

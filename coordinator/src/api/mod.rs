@@ -106,7 +106,7 @@ impl Tokens {
     }
 
     /// The caller a presented token stands for.
-    fn get(&self, token: &str) -> Option<Caller> {
+    pub(crate) fn get(&self, token: &str) -> Option<Caller> {
         let digest = switchyard_protocol::secret::token_digest(token);
         self.0.read().unwrap_or_else(|p| p.into_inner()).get(&digest).cloned()
     }
@@ -244,7 +244,7 @@ fn access(method: &Method, path: &str) -> Access {
 /// Which roles may call a route: reads for everyone authenticated (agents only the desired
 /// configuration), reports for agents only (about their own host: the handlers check which),
 /// day-to-day operations for the operations role, the rest for admins.
-fn allowed(role: Role, method: &Method, path: &str) -> bool {
+pub(crate) fn allowed(role: Role, method: &Method, path: &str) -> bool {
     let access = access(method, path);
     match role {
         Role::Admin => access != Access::Report,

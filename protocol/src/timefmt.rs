@@ -1,8 +1,8 @@
 //! Times for people: event and phase times are milliseconds since the Unix epoch (the proposer's
-//! clock); the CLI prints them as RFC 3339 in UTC and accepts them as a date, an epoch, or
-//! "some time ago".
+//! clock); the CLI and the console show them as RFC 3339 in UTC, and the CLI accepts them as a
+//! date, an epoch, or "some time ago".
 
-use switchyard_protocol::Timestamp;
+use crate::Timestamp;
 
 /// Days since 1970-01-01 of a civil date (proleptic Gregorian), after H. Hinnant.
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {

@@ -1,0 +1,172 @@
+//! A real headless Chromium driven over WebDriver (W3C protocol, spoken with reqwest): what the
+//! console's tests click through. `chromedriver` and `chromium` come from Debian
+//! (`scripts/install-deps`). The test clusters' certificates come from a CA of their own, which
+//! this browser is told to accept (`--ignore-certificate-errors`); nothing else is relaxed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// One browser (a chromedriver process and its session).
+pub struct Browser {
+    driver: Child,
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium with a 1280×900 window.
+    pub async fn start() -> Browser {
+        let port = switchyard_testkit::cluster::free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs (scripts/install-deps installs chromium-driver)");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let root = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = http.get(format!("{root}/status")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "chromedriver did not answer within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "acceptInsecureCerts": true,
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1280,900", "--ignore-certificate-errors", "--lang=en-US"]
+            }
+        }}});
+        let r: Value = http.post(format!("{root}/session")).json(&caps).send().await.unwrap().json().await.unwrap();
+        let id = r["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {r}")).to_string();
+        Browser { driver, http, base: format!("{root}/session/{id}") }
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r: Value = req.send().await.unwrap().json().await.unwrap();
+        if let Some(e) = r["value"].get("error") {
+            panic!("WebDriver {path}: {e}: {}", r["value"]["message"]);
+        }
+        r["value"].clone()
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.cmd(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.cmd(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.post("/url", json!({ "url": url })).await;
+    }
+
+    pub async fn url(&self) -> String {
+        self.get("/url").await.as_str().unwrap_or_default().to_string()
+    }
+
+    /// The elements matching a CSS selector (ids).
+    pub async fn all(&self, css: &str) -> Vec<String> {
+        let v = self.post("/elements", json!({"using": "css selector", "value": css})).await;
+        v.as_array().into_iter().flatten().filter_map(|e| e[ELEMENT].as_str().map(str::to_string)).collect()
+    }
+
+    /// The first element matching `css`, waiting up to 20 s for it to appear.
+    pub async fn find(&self, css: &str) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(e) = self.all(css).await.into_iter().next() {
+                return e;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "no element {css:?} on {}", self.url().await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn text(&self, css: &str) -> String {
+        let e = self.find(css).await;
+        self.get(&format!("/element/{e}/text")).await.as_str().unwrap_or_default().to_string()
+    }
+
+    pub async fn click(&self, css: &str) {
+        let e = self.find(css).await;
+        self.post(&format!("/element/{e}/click"), json!({})).await;
+    }
+
+    pub async fn fill(&self, css: &str, text: &str) {
+        let e = self.find(css).await;
+        self.post(&format!("/element/{e}/clear"), json!({})).await;
+        self.post(&format!("/element/{e}/value"), json!({ "text": text })).await;
+    }
+
+    /// Runs `script` (a function body; `arguments` holds `args`) and answers its return value.
+    pub async fn run(&self, script: &str, args: Value) -> Value {
+        self.post("/execute/sync", json!({ "script": script, "args": args })).await
+    }
+
+    /// Runs an async script: the body calls `arguments[arguments.length - 1](result)`.
+    pub async fn run_async(&self, script: &str, args: Value) -> Value {
+        self.post("/execute/async", json!({ "script": script, "args": args })).await
+    }
+
+    /// The page's visible text.
+    pub async fn page_text(&self) -> String {
+        self.text("body").await
+    }
+
+    /// Waits until `f` holds of the page's text (polling, up to `within`).
+    pub async fn wait_text(&self, what: &str, within: Duration, f: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            let t = self.page_text().await;
+            if f(&t) {
+                return t;
+            }
+            assert!(started.elapsed() < within, "waited {within:?} for {what}; the page shows:\n{t}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Saves a PNG of the window.
+    pub async fn screenshot(&self, path: &Path) {
+        let b64 = self.get("/screenshot").await;
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.as_str().unwrap_or_default())
+                .expect("a screenshot is base64");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Where the console's screenshots go: `SWITCHYARD_SCREENSHOTS` (the docs' folder, when they
+/// are regenerated: `docs/console/`), else the target folder.
+pub fn screenshot_dir() -> PathBuf {
+    match std::env::var_os("SWITCHYARD_SCREENSHOTS") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::temp_dir().join("switchyard-console-screenshots"),
+    }
+}
