@@ -135,12 +135,14 @@ async fn drift_behind_an_agents_back_is_reported_and_repaired() {
     let stray = hypervisor(&cluster, "h2");
     let mut spec = observe(&cluster, "h1", "g1").unwrap().defined.unwrap().0;
     spec.memory_mib = 32;
-    stray.define(&n("stray"), &spec, 1).unwrap();
-    // Written without the agent's version mark: as an operator's own tool would leave it.
-    let path = cluster.qemu_dir("h2").join("stray/definition.json");
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    v.as_object_mut().unwrap().remove("version");
-    std::fs::write(&path, v.to_string()).unwrap();
+    // Written without the agent's version mark, as an operator's own tool would leave it, and
+    // in one rename: a definition the agent saw *with* a mark would be one it manages, which
+    // the log does not know, and it would remove it.
+    let dir = cluster.qemu_dir("h2").join("stray");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = cluster.qemu_dir("h2").join("stray-definition.tmp");
+    std::fs::write(&tmp, serde_json::json!({ "spec": spec }).to_string()).unwrap();
+    std::fs::rename(&tmp, dir.join("definition.json")).unwrap();
     stray.start(&n("stray")).unwrap();
     eventually("h2 to report the stray guest and h1 to have repaired", Duration::from_secs(30), || async {
         let h2 = host_view(&cluster, "h2").await?.sync?.hypervisor?;

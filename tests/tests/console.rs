@@ -80,6 +80,7 @@ async fn operators_sign_in_see_the_cluster_and_act_only_as_their_role_allows() {
         ("/ui/packages", "packages.png", "Every package's switching is enabled"),
         ("/ui/migrations", "migrations.png", "No migrations."),
         ("/ui/events", "events.png", "guest vm1 created"),
+        ("/ui/failovers", "failovers.png", "No host is failed."),
         ("/ui/hosts/h1", "host.png", "Guests owned"),
     ] {
         b.goto(&format!("{base}{path}")).await;

@@ -11,8 +11,8 @@
 //! Sent Events carrying the revisions this coordinator applies) and re-reads the page's main
 //! part when the log moves, so a migration's phases advance on screen without a reload.
 //!
-//! Sign-in, sessions and CSRF are in [`session`]; the pages in [`pages`]; the actions, each
-//! with a confirmation that states its consequence, in [`actions`].
+//! Sign-in, sessions and CSRF are in [`session`]; the pages in `pages`; the actions, each
+//! with a confirmation that states its consequence, in `actions`.
 
 mod actions;
 mod pages;
@@ -85,6 +85,7 @@ pub fn router(node: Arc<Node>, api: Router, tokens: Tokens, secure: bool) -> Rou
         .route("/ui/packages", get(pages::packages))
         .route("/ui/migrations", get(pages::migrations))
         .route("/ui/migrations/{id}", get(pages::migration))
+        .route("/ui/failovers", get(pages::failovers))
         .route("/ui/events", get(pages::events))
         .route("/ui/act/{action}", get(actions::confirm).post(actions::perform))
         .route("/ui/{*rest}", get(not_found))

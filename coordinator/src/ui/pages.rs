@@ -41,6 +41,7 @@ pub fn layout(ui: &Ui, s: &Session, title: &str, nav: &str, source: Option<Sourc
         ("guests", "Guests"),
         ("packages", "Packages"),
         ("migrations", "Migrations"),
+        ("failovers", "Failovers"),
         ("events", "Events"),
     ];
     html! {
@@ -834,6 +835,74 @@ pub async fn migration(State(ui): U, headers: HeaderMap, Path(id): Path<String>)
         }
     };
     layout(&ui, &s, &format!("Migration {id}"), "migrations", Some(d.source()), body).into_response()
+}
+
+// ---- failovers ----
+
+pub async fn failovers(State(ui): U, headers: HeaderMap) -> Response {
+    let s = match signed_in(&ui, &headers, "/ui/failovers") {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let ha = match ui.read::<Read<HaStatus>>(&s, "/v1/ha").await {
+        Ok(v) => v,
+        Err(r) => return failed(&ui, &s, "Failovers", "failovers", r),
+    };
+    let q = EventsQ { kind: Some("ha".into()), ..Default::default() };
+    let (events, _) = match tail(&ui, &s, &q).await {
+        Ok(v) => v,
+        Err(r) => return failed(&ui, &s, "Failovers", "failovers", r),
+    };
+    let st = &ha.value.items;
+    let body = html! {
+        h1 { "Failovers" }
+        section aria-labelledby="failed-h" {
+            h2 id="failed-h" { "Failed hosts" }
+            @if st.failed_hosts.is_empty() { p class="ok-text" { "No host is failed." } } @else {
+                table id="failed-hosts" {
+                    thead { tr { th scope="col" { "Host" } th scope="col" { "Since" } th scope="col" { "Evidence" } } }
+                    tbody { @for f in &st.failed_hosts { tr { th scope="row" { (f.host) } td { (time(f.failure.at)) } td { (f.failure.evidence) } } } }
+                }
+            }
+        }
+        section aria-labelledby="running-h" {
+            h2 id="running-h" { "Failovers under way" }
+            @if st.failovers.is_empty() { p { "None." } } @else {
+                table id="failovers" {
+                    thead { tr { th scope="col" { "Guest" } th scope="col" { "Package" } th scope="col" { "From" } th scope="col" { "Starting on" } th scope="col" { "Since" } th scope="col" { "Tried before" } } }
+                    tbody {
+                        @for f in &st.failovers {
+                            tr {
+                                th scope="row" { a href={ "/ui/guests/" (urlencode(f.guest.as_str())) } { (f.guest) } }
+                                td { (f.package) } td { (f.failed_host) } td { (f.target) @if let Some(e) = &f.attempt_failed { " " span class="badge bad" { "attempt failed: " (e) } } }
+                                td { (time(f.started_at)) }
+                                td { @if f.tried.is_empty() { "—" } @for (h, why) in &f.tried { div { (h) ": " (why) } } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="down-h" {
+            h2 id="down-h" { "Guests of failed hosts left down" }
+            @if st.down.is_empty() { p { "None." } } @else {
+                table id="down" {
+                    thead { tr { th scope="col" { "Guest" } th scope="col" { "Host" } th scope="col" { "Why it is not failed over" } } }
+                    tbody { @for d in &st.down { tr { th scope="row" { (d.guest) } td { (d.host) } td { (d.why) } } } }
+                }
+            }
+        }
+        section aria-labelledby="ha-events-h" {
+            h2 id="ha-events-h" { "Recent host-loss and failover events" }
+            @if events.is_empty() { p { "None in the last " (TAIL_WINDOW) " revisions." } } @else {
+                table {
+                    thead { tr { th scope="col" { "Revision" } th scope="col" { "Time" } th scope="col" { "Event" } } }
+                    tbody { @for e in events.iter().rev().take(ROWS) { tr { th scope="row" { (e.revision) } td { (time(e.time)) } td { (switchyard_protocol::text::describe(&e.payload)) } } } }
+                }
+            }
+        }
+    };
+    layout(&ui, &s, "Failovers", "failovers", Some(ha.source()), body).into_response()
 }
 
 // ---- events ----
