@@ -24,6 +24,11 @@ const PER_SOURCE: usize = 3;
 const PER_TARGET: usize = 2;
 const CLUSTER: usize = 8;
 
+/// The drain of 30 real VMs loads a 2-core machine enough (30 QEMU starts, live migrations) that
+/// a cluster started beside it misses its leases and forwarding deadlines; these tests take
+/// turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Whether `a` placed on `host` would share a failure domain with `b` where it stands (its
 /// host, or its migration's target): checked here from the definition, apart from the
 /// placement code.
@@ -95,6 +100,7 @@ fn check_drain(events: &[Event], guests: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_of_30_guests_survives_the_leader_s_loss_within_its_limits() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let opts = ClusterOpts { sim_transfer_ms: 400, ..Default::default() };
     let (mut cluster, agents) = cluster_with_agents(opts).await;
     let admin = cluster.admin(Duration::from_secs(60));
@@ -201,6 +207,7 @@ async fn drain_ended(client: &switchyard_client::Client) -> (DrainOutcome, Strin
 /// hypervisors all along and fails on any guest running on two hosts at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_of_30_real_vms_survives_the_leader_s_loss_within_its_limits() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     const VMS: usize = 30;
     // Starting 30 QEMU processes on h1 while another test's cluster runs beside this one can
     // starve h1's agent past the default 4 s lease, and a failed host takes no guests: this
@@ -239,6 +246,7 @@ async fn a_drain_of_30_real_vms_survives_the_leader_s_loss_within_its_limits() {
 /// leaves the host active; `--wait` exits non-zero with the list. `host undrain` ends a drain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_stops_before_guests_that_cannot_move_and_undrain_ends_one() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let (cluster, _agents) = cluster_with_agents(ClusterOpts::default()).await;
     let admin = cluster.admin(Duration::from_secs(60));
     create_guest(&admin, "vm1", "h1", None).await;
