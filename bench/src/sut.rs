@@ -354,7 +354,8 @@ impl Switchyard {
         let out = Command::new(cli_program()?)
             .arg("--endpoints")
             .arg(cluster.endpoints().join(","))
-            .args(["--token", &token, "--timeout", "600", "log", "restore"])
+            // The cluster runs plaintext (as etcd does here): the CLI is told so.
+            .args(["--insecure", "--token", &token, "--timeout", "600", "log", "restore"])
             .arg(export)
             .stdin(Stdio::null())
             .output()
