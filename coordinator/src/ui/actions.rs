@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 use serde_json::json;
-use switchyard_protocol::api::{ErrorBody, WriteResponse};
+use switchyard_protocol::api::WriteResponse;
 use switchyard_protocol::placement::{choose_target, Planned};
 use switchyard_protocol::Name;
 
@@ -37,10 +37,7 @@ struct Plan {
 }
 
 fn bad(message: impl Into<String>) -> Refusal {
-    Refusal {
-        status: StatusCode::BAD_REQUEST,
-        body: ErrorBody { code: "bad_request".into(), message: message.into(), leader: None },
-    }
+    Refusal::new(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
 fn name_of(form: &[(String, String)], key: &str) -> Result<Name, Refusal> {
@@ -254,14 +251,7 @@ fn plan(ui: &Ui, action: &str, form: &[(String, String)]) -> Result<Plan, Refusa
                 back: format!("/ui/guests/{}", urlencode(guest.as_str())),
             })
         }
-        other => Err(Refusal {
-            status: StatusCode::NOT_FOUND,
-            body: ErrorBody {
-                code: "not_found".into(),
-                message: format!("the console has no action {other:?}"),
-                leader: None,
-            },
-        }),
+        other => Err(Refusal::new(StatusCode::NOT_FOUND, "not_found", format!("the console has no action {other:?}"))),
     }
 }
 

@@ -108,6 +108,16 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// A refusal of the console's own, with a stable code like the API's.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Refusal {
+        Refusal { status, body: ErrorBody { code: code.into(), message: message.into(), leader: None } }
+    }
+
+    /// An API answer the console could not read.
+    pub fn unexpected(message: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::BAD_GATEWAY, "unexpected_answer", message)
+    }
+
     pub fn from_answer(status: StatusCode, bytes: &[u8]) -> Refusal {
         let body = serde_json::from_slice::<ErrorBody>(bytes).unwrap_or_else(|_| ErrorBody {
             code: "unexpected_answer".into(),
@@ -141,10 +151,9 @@ impl Ui {
     pub async fn read<T: DeserializeOwned>(&self, s: &Session, path: &str) -> Result<Fetched<T>, Refusal> {
         let (status, bytes) = self.call(s, Method::GET, path, None).await;
         let parse = |bytes: &[u8], stale| {
-            serde_json::from_slice::<T>(bytes).map(|value| Fetched { value, stale }).map_err(|e| Refusal {
-                status: StatusCode::BAD_GATEWAY,
-                body: ErrorBody { code: "unexpected_answer".into(), message: e.to_string(), leader: None },
-            })
+            serde_json::from_slice::<T>(bytes)
+                .map(|value| Fetched { value, stale })
+                .map_err(|e| Refusal::unexpected(e.to_string()))
         };
         if status.is_success() {
             return parse(&bytes, false);

@@ -423,14 +423,7 @@ pub async fn host(State(ui): U, headers: HeaderMap, Path(name): Path<String>) ->
 }
 
 fn bad_query(ui: &Ui, s: &Session, title: &str, nav: &str) -> Response {
-    let r = Refusal {
-        status: StatusCode::BAD_REQUEST,
-        body: ErrorBody {
-            code: "bad_request".into(),
-            message: "this page does not take those parameters".into(),
-            leader: None,
-        },
-    };
+    let r = Refusal::new(StatusCode::BAD_REQUEST, "bad_request", "this page does not take those parameters");
     failed(ui, s, title, nav, r)
 }
 
@@ -978,12 +971,7 @@ async fn tail(ui: &Ui, s: &Session, q: &EventsQ) -> Result<(Vec<Event>, Revision
             Ok(StreamItem::Event(e)) => out.push(*e),
             Ok(StreamItem::Compacted { .. }) => {}
             Ok(StreamItem::Progress { .. }) => {}
-            Err(e) => {
-                return Err(Refusal {
-                    status: StatusCode::BAD_GATEWAY,
-                    body: ErrorBody { code: "unexpected_answer".into(), message: e.to_string(), leader: None },
-                })
-            }
+            Err(e) => return Err(Refusal::unexpected(e.to_string())),
         }
     }
     Ok((out, rev))
