@@ -3,6 +3,7 @@
 //! (`scripts/install-deps`). The test clusters' certificates come from a CA of their own, which
 //! this browser is told to accept (`--ignore-certificate-errors`); nothing else is relaxed.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,7 +23,10 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium with a 1280×900 window.
     pub async fn start() -> Browser {
         let port = switchyard_testkit::cluster::free_port();
+        // Its own process group: the browser processes it starts die with it (a killed
+        // chromedriver alone would leave Chromium running).
         let driver = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -55,15 +59,34 @@ impl Browser {
     }
 
     async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.try_cmd(method, path, body).await.unwrap_or_else(|e| panic!("WebDriver {path}: {e}"))
+    }
+
+    /// A command, or WebDriver's error (`"stale element reference": …` and the like).
+    async fn try_cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = body {
             req = req.json(&b);
         }
         let r: Value = req.send().await.unwrap().json().await.unwrap();
         if let Some(e) = r["value"].get("error") {
-            panic!("WebDriver {path}: {e}: {}", r["value"]["message"]);
+            return Err(format!("{e}: {}", r["value"]["message"]));
         }
-        r["value"].clone()
+        Ok(r["value"].clone())
+    }
+
+    /// Runs WebDriver's element command `what` on the element matching `css`, finding it again when a live update replaced
+    /// it in between (a stale element), for up to 20 s.
+    async fn on_element(&self, css: &str, what: &str, body: Option<Value>, method: reqwest::Method) -> Value {
+        let started = Instant::now();
+        loop {
+            let e = self.find(css).await;
+            match self.try_cmd(method.clone(), &format!("/element/{e}/{what}"), body.clone()).await {
+                Ok(v) => return v,
+                Err(err) if err.contains("stale element") && started.elapsed() < Duration::from_secs(20) => {}
+                Err(err) => panic!("WebDriver {css} {what}: {err}"),
+            }
+        }
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
@@ -101,13 +124,12 @@ impl Browser {
     }
 
     pub async fn text(&self, css: &str) -> String {
-        let e = self.find(css).await;
-        self.get(&format!("/element/{e}/text")).await.as_str().unwrap_or_default().to_string()
+        let v = self.on_element(css, "text", None, reqwest::Method::GET).await;
+        v.as_str().unwrap_or_default().to_string()
     }
 
     pub async fn click(&self, css: &str) {
-        let e = self.find(css).await;
-        self.post(&format!("/element/{e}/click"), json!({})).await;
+        self.on_element(css, "click", Some(json!({})), reqwest::Method::POST).await;
     }
 
     pub async fn fill(&self, css: &str, text: &str) {
@@ -157,7 +179,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // SAFETY: kill(2) of the process group this browser's chromedriver leads.
+        unsafe {
+            libc::kill(-(self.driver.id() as i32), libc::SIGKILL);
+        }
         let _ = self.driver.wait();
     }
 }
