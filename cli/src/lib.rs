@@ -42,7 +42,9 @@ pub struct Cli {
     /// `./switchyard-dev/cli.toml` (written by `switchyard dev`), else 127.0.0.1:7201.
     #[arg(long, env = "SWITCHYARD_ENDPOINTS", value_delimiter = ',', global = true)]
     endpoints: Vec<String>,
-    /// Bearer token. Default: the one in `./switchyard-dev/cli.toml`.
+    /// Bearer token. Default: the one in `./switchyard-dev/cli.toml`, unless --cert is given
+    /// (then the certificate is the credential, when the coordinators list it in
+    /// `client_certificates`).
     #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// The cluster CA's certificate: coordinators must present a certificate it signed.
@@ -264,7 +266,11 @@ async fn run(cli: Cli) -> Out {
         (_, Some(d)) => d.endpoints.clone(),
         _ => vec!["127.0.0.1:7201".to_string()],
     };
-    let token = cli.token.clone().or(found.map(|d| d.token)).unwrap_or_default();
+    let token = match (&cli.token, &cli.cert) {
+        (Some(t), _) => t.clone(),
+        (None, Some(_)) => String::new(),
+        (None, None) => found.map(|d| d.token).unwrap_or_default(),
+    };
     let timeout = Duration::from_secs(cli.timeout);
     // Wrong TLS settings fail the verbs that need the cluster (with the reason), not the
     // offline ones (`log verify FILE`).

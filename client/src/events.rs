@@ -72,7 +72,7 @@ impl Client {
                 progress_ms: Some(1000),
                 cluster: q.cluster.clone(),
             };
-            let request = self.streaming.get(self.url(ep, "/v1/events")).query(&params).bearer_auth(&self.token);
+            let request = self.authorized(self.streaming.get(self.url(ep, "/v1/events")).query(&params));
             let resp = match request.send().await {
                 Ok(r) => r,
                 Err(e) => {

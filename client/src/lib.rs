@@ -89,7 +89,8 @@ impl Client {
     /// `endpoints` are `host:port` of coordinators' APIs (a scheme prefix is accepted and
     /// ignored: `tls` decides); `timeout` bounds each request. With `tls`, the coordinators'
     /// certificates must be signed by its CA, and its certificate (if any) is presented;
-    /// without, plaintext.
+    /// without, plaintext. An empty `token` sends none: the client's certificate is then its
+    /// credential (the coordinators' `client_certificates`).
     pub fn new(endpoints: Vec<String>, token: String, timeout: Duration, tls: Option<&Tls>) -> Client {
         let endpoints = endpoints.iter().map(|e| switchyard_tls::strip_scheme(e).to_string()).collect();
         let (builder, scheme) = switchyard_tls::http(
@@ -120,6 +121,15 @@ impl Client {
         let mut c = Client::new(Vec::new(), String::new(), Duration::from_secs(1), None);
         c.unusable = Some(why);
         c
+    }
+
+    /// A request with the bearer token, when there is one.
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if self.token.is_empty() {
+            req
+        } else {
+            req.bearer_auth(&self.token)
+        }
     }
 
     /// The URL of `path` on endpoint `ep`.
@@ -306,7 +316,7 @@ impl Client {
         if let Some(why) = &self.unusable {
             return Err(Failure::Answered(ClientError::Invalid(why.clone())));
         }
-        let mut req = self.http.request(method, self.url(ep, path)).bearer_auth(&self.token);
+        let mut req = self.authorized(self.http.request(method, self.url(ep, path)));
         if let Some(b) = body {
             req = req.json(b);
         }

@@ -26,6 +26,18 @@ pub enum Role {
     Agent,
 }
 
+impl Role {
+    /// The role's name for people (pages, messages).
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operations => "operations",
+            Role::ReadOnly => "read-only",
+            Role::Agent => "agent",
+        }
+    }
+}
+
 /// One accepted bearer token, by its hash: the configuration never holds a token itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +57,22 @@ pub struct TokenConfig {
     /// A name for logs and for the `actor` recorded with every change (defaults to the role).
     #[serde(default)]
     pub name: Option<String>,
+}
+
+/// A client certificate accepted as a credential of its own, without a token: a person's or
+/// tool's certificate of the cluster's CA (`switchyard cert client NAME`, identity
+/// `switchyard://client/NAME`). Such a caller signs in to the console with the certificate
+/// alone, and the CLI or a script may call the API without a token. A token sent along still
+/// decides who calls.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificateConfig {
+    /// The NAME of the certificate's identity (`switchyard://client/NAME`); also the `actor`
+    /// recorded with every change it makes.
+    pub name: Name,
+    /// Admin, operations or read-only (agents authenticate with their token and host
+    /// certificate together).
+    pub role: Role,
 }
 
 /// Raft timing and log-compaction settings.
@@ -259,6 +287,9 @@ pub struct Config {
     /// certificates). At least 24 characters, random (`switchyard token new`).
     pub cluster_secret: Secret,
     pub tokens: Vec<TokenConfig>,
+    /// Client certificates accepted without a token (TLS only), with their roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_certificates: Vec<ClientCertificateConfig>,
     #[serde(default)]
     pub raft: RaftConfig,
     #[serde(default)]
@@ -391,6 +422,21 @@ impl Config {
                 }
                 _ => {}
             }
+        }
+        let mut names = HashSet::new();
+        for (i, c) in self.client_certificates.iter().enumerate() {
+            if c.role == Role::Agent {
+                err(format!(
+                    "client_certificates[{i}] has role agent: an agent calls with its token and its host's \
+                     certificate together; give a client certificate role admin, operations or read_only"
+                ));
+            }
+            if !names.insert(c.name.clone()) {
+                err(format!("client_certificates[{i}] names {} twice; every name must be unique", c.name));
+            }
+        }
+        if !self.client_certificates.is_empty() && self.tls.insecure {
+            err("client_certificates needs TLS: with tls.insecure = true no client presents a certificate".into());
         }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 {
@@ -547,6 +593,31 @@ mod tests {
             (Box::new(|c| c.tokens[1].host = None), "no host"),
             (Box::new(|c| c.tokens[0].host = Some(Name::new("h1").unwrap())), "only agent tokens"),
             (Box::new(|c| c.tokens[1].sha256 = c.tokens[0].sha256.to_uppercase()), "listed twice"),
+            (
+                Box::new(|c| {
+                    c.client_certificates =
+                        vec![ClientCertificateConfig { name: Name::new("alice").unwrap(), role: Role::Operations }]
+                }),
+                "client_certificates needs TLS",
+            ),
+            (
+                Box::new(|c| {
+                    c.tls.insecure = false;
+                    c.tls.ca = Some("ca.pem".into());
+                    c.tls.cert = Some("n1.pem".into());
+                    c.tls.key = Some("n1.key".into());
+                    c.client_certificates =
+                        vec![ClientCertificateConfig { name: Name::new("h1").unwrap(), role: Role::Agent }]
+                }),
+                "client_certificates[0] has role agent",
+            ),
+            (
+                Box::new(|c| {
+                    let alice = ClientCertificateConfig { name: Name::new("alice").unwrap(), role: Role::ReadOnly };
+                    c.client_certificates = vec![alice.clone(), alice];
+                }),
+                "client_certificates[1] names alice twice",
+            ),
             (Box::new(|c| c.raft.election_timeout_ms_min = 100), "more than twice"),
             (Box::new(|c| c.raft.election_timeout_ms_max = 100), "election_timeout_ms_max"),
             (Box::new(|c| c.raft.proposal_batch_max = 0), "proposal_batch_max"),

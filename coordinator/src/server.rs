@@ -34,7 +34,7 @@ const RAFT_CONNECTIONS_MAX: usize = 64;
 /// A running coordinator.
 pub struct Coordinator {
     pub node: Arc<Node>,
-    tokens: api::Tokens,
+    credentials: api::Credentials,
     tls: Option<switchyard_tls::Tls>,
     network: Network,
     api_stop: watch::Sender<bool>,
@@ -87,9 +87,10 @@ impl Coordinator {
             tls.is_some(),
             node.heard.clone(),
         );
-        let tokens = api::Tokens::new(&config.tokens);
-        let api_app = api::router(node.clone(), tls.clone(), tokens.clone());
-        let api_app = api_app.clone().merge(crate::ui::router(node.clone(), api_app, tokens.clone(), tls.is_some()));
+        let credentials = api::Credentials::new(&config);
+        let api_app = api::router(node.clone(), tls.clone(), credentials.clone());
+        let api_app =
+            api_app.clone().merge(crate::ui::router(node.clone(), api_app, credentials.clone(), tls.is_some()));
         let raft_listener = incoming(
             raft_listener,
             Admission { tls: tls.clone(), clients_required: true, connections_max: RAFT_CONNECTIONS_MAX, what: "raft" },
@@ -107,16 +108,29 @@ impl Coordinator {
         let (raft_stop, raft_server) = serve(raft_listener, raft_app);
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(node = config.node_id, raft = %config.raft_listen, api = %config.api_listen, scheme, "coordinator started");
-        Ok(Coordinator { node, tokens, tls, network, api_stop, raft_stop, api_server, raft_server, tasks })
+        Ok(Coordinator { node, credentials, tls, network, api_stop, raft_stop, api_server, raft_server, tasks })
     }
 
     /// Takes what can change without a restart from a reloaded (validated) configuration: the
-    /// tokens, and the TLS files read again now. Answers what was done, and which other
+    /// tokens and client certificates, and the TLS files read again now. Answers what was done, and which other
     /// changes wait for a restart.
     pub fn reload(&self, new: &Config) -> Vec<String> {
         let mut notes = Vec::new();
-        let (added, removed) = self.tokens.replace(&new.tokens);
-        notes.push(format!("tokens reloaded: {} accepted ({added} added, {removed} removed)", new.tokens.len()));
+        let r = self.credentials.replace(new);
+        notes.push(format!(
+            "tokens reloaded: {} accepted ({} added, {} removed)",
+            new.tokens.len(),
+            r.tokens_added,
+            r.tokens_removed
+        ));
+        if r.certificates_added + r.certificates_removed > 0 || !new.client_certificates.is_empty() {
+            notes.push(format!(
+                "client certificates reloaded: {} accepted ({} added, {} removed)",
+                new.client_certificates.len(),
+                r.certificates_added,
+                r.certificates_removed
+            ));
+        }
         if let Some(tls) = &self.tls {
             match tls.reload() {
                 Ok(()) => notes.push("TLS certificates read again".into()),
@@ -126,6 +140,7 @@ impl Coordinator {
         let old = &self.node.config;
         let mut same = new.clone();
         same.tokens = old.tokens.clone();
+        same.client_certificates = old.client_certificates.clone();
         same.initial_state = old.initial_state;
         if &same != old.as_ref() {
             notes.push("other settings changed; they take effect at the next restart".into());

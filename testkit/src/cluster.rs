@@ -409,6 +409,7 @@ impl Cluster {
             api_advertise: None,
             cluster_secret: Secret(self.secrets.cluster_secret.clone()),
             tokens: self.secrets.tokens(),
+            client_certificates: Vec::new(),
             raft: self.settings.raft.clone(),
             api: self.settings.api.clone(),
             history: self.settings.history.clone(),

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::browser::{screenshot_dir, Browser};
+use common::browser::{screenshot_dir, Browser, ENTER, TAB};
 use common::cluster::*;
 use common::saga::*;
 use serde_json::json;
@@ -38,6 +38,26 @@ async fn post_form(b: &Browser, path: &str, body: &str) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("fetch failed: {v}"))
 }
 
+/// Checks the page in the browser with axe-core against WCAG 2.1 A/AA: no violation.
+async fn accessible(b: &Browser, what: &str) {
+    let v = b.accessibility_violations().await;
+    assert!(v.is_empty(), "{what} ({}) breaks accessibility rules:\n{}", b.url().await, v.join("\n"));
+}
+
+/// Presses Tab until the focused element's description contains `want` (at most 200 times);
+/// answers how many presses it took. Each stop must show where the focus is.
+async fn tab_to(b: &Browser, want: &str) -> usize {
+    for n in 1..=200 {
+        b.press(TAB).await;
+        let f = b.focused().await;
+        assert!(b.focus_visible().await, "the focus on {f:?} is not visible");
+        if f.contains(want) {
+            return n;
+        }
+    }
+    panic!("Tab never reached {want:?} on {}", b.url().await);
+}
+
 async fn maintenance(cluster: &TestCluster, host: &str) -> bool {
     let c = cluster.client(&cluster.alive_ids());
     let h: Read<HostView> = c.get(&format!("/v1/hosts/{host}")).await.unwrap();
@@ -62,6 +82,7 @@ async fn operators_sign_in_see_the_cluster_and_act_only_as_their_role_allows() {
     b.click("button[type=submit]").await;
     b.wait_text("the refusal", WAIT, |t| t.contains("unknown token")).await;
     b.screenshot(&shots.join("login.png")).await;
+    accessible(&b, "the sign-in page").await;
     b.fill("#token", &agent_token(1)).await;
     b.click("button[type=submit]").await;
     b.wait_text("the refusal", WAIT, |t| t.contains("an agent's token cannot open the console")).await;
@@ -87,6 +108,7 @@ async fn operators_sign_in_see_the_cluster_and_act_only_as_their_role_allows() {
         let t = b.wait_text(expect, WAIT, |t| t.contains(expect)).await;
         assert!(t.contains("Read at revision") || path == "/ui/cluster", "{path}: {t}");
         b.screenshot(&shots.join(shot)).await;
+        accessible(&b, path).await;
     }
     let t = b.page_text().await;
     assert!(t.contains("vm1") && t.contains("memory"), "h1's page lists its guest and its capacity: {t}");
@@ -96,12 +118,21 @@ async fn operators_sign_in_see_the_cluster_and_act_only_as_their_role_allows() {
     assert_eq!(post_form(&b, "/ui/act/maintenance", "host=h3&on=true&csrf=0000").await, 403);
     assert!(!maintenance(&cluster, "h3").await);
 
-    // Through the buttons: the confirmation states the consequence; confirming commits it.
+    // By keyboard alone: the first Tab reaches the skip link, which leads past the navigation;
+    // Tab reaches h3's maintenance button, Enter opens the confirmation (which states the
+    // consequence), Tab reaches its button and Enter commits; the focus is visible throughout.
     b.goto(&format!("{base}/ui/hosts")).await;
-    b.click("tr[data-host='h3'] a.button[href*='maintenance'][href*='on=true']").await;
+    b.find("tr[data-host='h3']").await;
+    assert_eq!(tab_to(&b, "Skip to").await, 1, "the skip link comes first");
+    b.press(ENTER).await;
+    let to_button = tab_to(&b, "host=h3&on=true").await;
+    eprintln!("h3's maintenance button: {to_button} Tab presses after the skip link");
+    b.press(ENTER).await;
     b.wait_text("the confirmation", WAIT, |t| t.contains("takes no new guests")).await;
     b.screenshot(&shots.join("confirm-maintenance.png")).await;
-    b.click("form.confirm button.primary").await;
+    accessible(&b, "the confirmation").await;
+    tab_to(&b, "Confirm: Maintenance for h3").await;
+    b.press(ENTER).await;
     b.wait_text("h3's page", WAIT, |t| t.contains("Host h3")).await;
     assert!(maintenance(&cluster, "h3").await, "committed through the API");
     // A refusal shows the API's reason: h1 owns a guest, so maintenance needs a drain first.

@@ -420,3 +420,115 @@ async fn streams_past_the_per_token_limit_are_refused() {
     .await;
     drop(second);
 }
+
+/// An HTTP client as a browser would be, presenting `client` (if any) and following no
+/// redirect, so that a sign-in's cookie and each redirect can be checked.
+fn browser_like(ca: &Pair, client: Option<&Pair>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(raw_client_config(ca, client))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Lists (or, with `None`, unlists) client `name`'s certificate in node 1's configuration and
+/// reloads it.
+fn list_certificate(cluster: &TestCluster, name: &str, role: Option<switchyard_coordinator::config::Role>) {
+    let (path, mut config) = read_config(cluster, 1);
+    let name = Name::new(name).unwrap();
+    config.client_certificates.retain(|c| c.name != name);
+    if let Some(role) = role {
+        config.client_certificates.push(switchyard_coordinator::config::ClientCertificateConfig { name, role });
+    }
+    switchyard_testkit::cluster::write_toml(&path, &config).unwrap();
+    let pid = cluster.node(1).proc.pid().unwrap();
+    // SAFETY: kill(2) of the coordinator this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_client_certificate_is_a_credential_for_the_api_and_the_console() {
+    use switchyard_coordinator::config::Role;
+    let cluster = TestCluster::start(1, ClusterOpts::default()).await;
+    let ca = cluster.ca();
+    let cert =
+        |name: &str| issue::issue(&ca, &Identity::Client(Name::new(name).unwrap()), &[], Validity::days(1)).unwrap();
+    let (alice, bob) = (cert("alice"), cert("bob"));
+    let (as_alice, as_bob, anonymous) =
+        (browser_like(&ca, Some(&alice)), browser_like(&ca, Some(&bob)), browser_like(&ca, None));
+    let admin = cluster.client(&[1]);
+    write_until_acked(&admin, "/v1/hosts", &big_host("h1")).await;
+    let url = |p: &str| cluster.url(1, p);
+    let status = url("/v1/node/status");
+
+    // Not listed: a certificate of the cluster's CA without a token is no credential.
+    let r = as_alice.get(&status).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: ErrorBody = r.json().await.unwrap();
+    assert!(body.message.contains("client_certificates"), "the refusal names the way in: {}", body.message);
+
+    // Listed with role operations (a reload, no restart).
+    list_certificate(&cluster, "alice", Some(Role::Operations));
+    eventually("alice's certificate to be accepted", Duration::from_secs(20), || async {
+        (as_alice.get(&status).send().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    for (who, c) in [("bob (not listed)", &as_bob), ("no certificate", &anonymous)] {
+        assert_eq!(c.get(&status).send().await.unwrap().status(), 401, "{who}");
+    }
+    // What the role allows, recorded with the certificate's name; what it does not, refused.
+    let maintenance = url("/v1/hosts/h1/maintenance");
+    let r = as_alice.post(&maintenance).json(&json!({"maintenance": true})).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let events = as_alice.get(url("/v1/events?kind=host")).send().await.unwrap().text().await.unwrap();
+    assert!(events.contains("\"actor\":\"alice\""), "the change is alice's: {events}");
+    let r = as_alice.post(url("/v1/hosts")).json(&big_host("h2")).send().await.unwrap();
+    assert_eq!(r.status(), 403, "operations may not register hosts");
+    // A token sent along decides who calls: the read-only token with alice's certificate.
+    let r = as_alice.post(&maintenance).bearer_auth(READ_ONLY_TOKEN).json(&json!({"maintenance": false})).send();
+    assert_eq!(r.await.unwrap().status(), 403);
+
+    // The console: the sign-in page offers the certificate; signing in needs no token.
+    let login = url("/ui/login");
+    let page = as_alice.get(&login).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Sign in as alice") && page.contains("role operations"), "{page}");
+    let page = as_bob.get(&login).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("client bob") && page.contains("does not list") && !page.contains("Sign in as"), "{page}");
+    let origin = url("");
+    let sign_in = |c: &reqwest::Client| {
+        c.post(&login)
+            .header("origin", origin.trim_end_matches('/'))
+            .form(&[("with", "certificate"), ("next", "/ui/hosts")])
+            .send()
+    };
+    let r = sign_in(&as_alice).await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/hosts");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("HttpOnly; SameSite=Strict; Secure"));
+    let hosts = |c: &reqwest::Client| c.get(url("/ui/hosts")).header("cookie", &cookie).send();
+    let r = hosts(&as_alice).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("alice (operations)") && page.contains("h1"), "{page}");
+    // The session is bound to the certificate: its cookie on another connection opens nothing.
+    for (who, c) in [("bob", &as_bob), ("no certificate", &anonymous)] {
+        let r = hosts(c).await.unwrap();
+        assert_eq!(r.status(), 303, "{who} with alice's cookie");
+        assert!(r.headers()["location"].to_str().unwrap().starts_with("/ui/login"), "{who}");
+    }
+    // An unlisted certificate cannot sign in, and the refusal says why.
+    let r = sign_in(&as_bob).await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["location"].to_str().unwrap().contains("error="), "sent back to the sign-in page");
+    assert!(r.headers().get("set-cookie").is_none(), "no session for bob");
+
+    // Unlisted again: the API refuses it and its console session ends.
+    list_certificate(&cluster, "alice", None);
+    eventually("alice's certificate to be refused", Duration::from_secs(20), || async {
+        (as_alice.get(&status).send().await.ok()?.status() == 401).then_some(())
+    })
+    .await;
+    let r = hosts(&as_alice).await.unwrap();
+    assert_eq!(r.status(), 303, "the session ended with its credential");
+}

@@ -17,7 +17,10 @@ pub enum ApiError {
     Rejected(Rejection),
     #[error("{0}")]
     BadRequest(String),
-    #[error("missing or unknown bearer token; send `Authorization: Bearer <token>`")]
+    #[error(
+        "missing or unknown bearer token; send `Authorization: Bearer <token>`, or present a client certificate \
+         listed in the coordinators' client_certificates"
+    )]
     Unauthenticated,
     #[error("{0}")]
     Forbidden(String),

@@ -66,23 +66,31 @@ pub struct Caller {
     pub token: [u8; 32],
 }
 
-/// The accepted bearer tokens, by SHA-256: a presented token is hashed and looked up, so no
-/// token is kept in memory or configuration, and the lookup's timing tells nothing about one.
-/// Shared with the server, which replaces the list when the configuration is reloaded
-/// (SIGHUP): tokens are added, removed and rotated without a restart.
+/// The accepted credentials: bearer tokens by SHA-256 (a presented token is hashed and looked
+/// up, so no token is kept in memory or configuration, and the lookup's timing tells nothing
+/// about one), and client certificates accepted without a token, by name. Shared with the
+/// server, which replaces both lists when the configuration is reloaded (SIGHUP): tokens and
+/// certificates are added, removed and rotated without a restart.
 #[derive(Clone)]
-pub struct Tokens(Arc<std::sync::RwLock<Arc<TokenTable>>>);
+pub struct Credentials(Arc<std::sync::RwLock<Arc<CredentialTables>>>);
 
-/// Callers by their token's SHA-256.
-type TokenTable = HashMap<[u8; 32], Caller>;
+#[derive(Default)]
+struct CredentialTables {
+    /// Callers by their token's SHA-256.
+    tokens: HashMap<[u8; 32], Caller>,
+    /// Callers by their client certificate's name.
+    certificates: HashMap<Name, Caller>,
+}
 
-impl Tokens {
-    pub fn new(list: &[crate::config::TokenConfig]) -> Tokens {
-        Tokens(Arc::new(std::sync::RwLock::new(Arc::new(Self::table(list)))))
+impl Credentials {
+    pub fn new(config: &crate::config::Config) -> Credentials {
+        Credentials(Arc::new(std::sync::RwLock::new(Arc::new(Self::tables(config)))))
     }
 
-    fn table(list: &[crate::config::TokenConfig]) -> TokenTable {
-        list.iter()
+    fn tables(config: &crate::config::Config) -> CredentialTables {
+        let tokens = config
+            .tokens
+            .iter()
             .filter_map(|t| {
                 let hash = switchyard_protocol::secret::parse_hash(&t.sha256)?;
                 let actor = t.name.clone().unwrap_or_else(|| match (&t.role, &t.host) {
@@ -91,32 +99,69 @@ impl Tokens {
                 });
                 Some((hash, Caller { role: t.role, host: t.host.clone(), actor, token: hash }))
             })
-            .collect()
+            .collect();
+        let certificates = config
+            .client_certificates
+            .iter()
+            .filter(|c| c.role != Role::Agent)
+            .map(|c| {
+                // What per-caller limits (open streams) count by: the digest of the identity.
+                let key = switchyard_protocol::secret::token_digest(&Identity::Client(c.name.clone()).uri());
+                (c.name.clone(), Caller { role: c.role, host: None, actor: c.name.to_string(), token: key })
+            })
+            .collect();
+        CredentialTables { tokens, certificates }
     }
 
-    /// Replaces the list (a validated configuration's); answers how many tokens were added and
-    /// removed.
-    pub fn replace(&self, list: &[crate::config::TokenConfig]) -> (usize, usize) {
-        let new = Self::table(list);
+    /// Replaces both lists (a validated configuration's); answers how many tokens and
+    /// certificates were added and removed.
+    pub fn replace(&self, config: &crate::config::Config) -> Replaced {
+        let new = Self::tables(config);
         let mut cur = self.0.write().unwrap_or_else(|p| p.into_inner());
-        let added = new.keys().filter(|k| !cur.contains_key(*k)).count();
-        let removed = cur.keys().filter(|k| !new.contains_key(*k)).count();
+        let r = Replaced {
+            tokens_added: new.tokens.keys().filter(|k| !cur.tokens.contains_key(*k)).count(),
+            tokens_removed: cur.tokens.keys().filter(|k| !new.tokens.contains_key(*k)).count(),
+            certificates_added: new.certificates.keys().filter(|k| !cur.certificates.contains_key(*k)).count(),
+            certificates_removed: cur.certificates.keys().filter(|k| !new.certificates.contains_key(*k)).count(),
+        };
         *cur = Arc::new(new);
-        (added, removed)
+        r
+    }
+
+    fn current(&self) -> Arc<CredentialTables> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The caller a presented token stands for.
-    pub(crate) fn get(&self, token: &str) -> Option<Caller> {
+    pub(crate) fn token(&self, token: &str) -> Option<Caller> {
         let digest = switchyard_protocol::secret::token_digest(token);
-        self.0.read().unwrap_or_else(|p| p.into_inner()).get(&digest).cloned()
+        self.current().tokens.get(&digest).cloned()
     }
+
+    /// The caller a client certificate stands for without a token: only a client's identity
+    /// listed in `client_certificates`.
+    pub(crate) fn certificate(&self, identity: &Identity) -> Option<Caller> {
+        match identity {
+            Identity::Client(name) => self.current().certificates.get(name).cloned(),
+            Identity::Node(_) | Identity::Host(_) => None,
+        }
+    }
+}
+
+/// What a reload changed in the accepted credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replaced {
+    pub tokens_added: usize,
+    pub tokens_removed: usize,
+    pub certificates_added: usize,
+    pub certificates_removed: usize,
 }
 
 /// The API's own state: the node, the accepted tokens, an HTTP client for forwarding, and the
 /// OpenAPI description it serves.
 pub struct Api {
     pub node: Arc<Node>,
-    tokens: Tokens,
+    credentials: Credentials,
     /// For calls to peers (forwarding, status): TLS with this coordinator's certificate.
     client: reqwest::Client,
     /// `https`, or `http` without TLS.
@@ -129,12 +174,12 @@ pub struct Api {
 }
 
 impl Api {
-    fn new(node: Arc<Node>, spec: Arc<str>, tls: Option<Tls>, tokens: Tokens) -> Arc<Api> {
+    fn new(node: Arc<Node>, spec: Arc<str>, tls: Option<Tls>, credentials: Credentials) -> Arc<Api> {
         let config = &node.config;
         let builder = reqwest::Client::builder().timeout(Duration::from_millis(config.api.peer_timeout_ms));
         let (builder, scheme) = switchyard_tls::http(builder, tls.as_ref());
         let client = builder.build().expect("an HTTP client with a preconfigured TLS setup builds");
-        Arc::new(Api { node, tokens, client, scheme, tls: tls.is_some(), streams: Arc::default(), spec })
+        Arc::new(Api { node, credentials, client, scheme, tls: tls.is_some(), streams: Arc::default(), spec })
     }
 }
 
@@ -193,11 +238,11 @@ pub fn description() -> utoipa::openapi::OpenApi {
 }
 
 /// The API of `node`, with TLS material to check clients' certificates and call peers, and
-/// the accepted tokens.
-pub fn router(node: Arc<Node>, tls: Option<Tls>, tokens: Tokens) -> Router {
+/// the accepted credentials.
+pub fn router(node: Arc<Node>, tls: Option<Tls>, credentials: Credentials) -> Router {
     let (authenticated, public, spec) = routes();
     let spec = spec.to_pretty_json().expect("the OpenAPI description serialises");
-    let api = Api::new(node, spec.into(), tls, tokens);
+    let api = Api::new(node, spec.into(), tls, credentials);
     let authenticated = authenticated
         .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
         .layer(from_fn_with_state(api.clone(), edge));
@@ -255,14 +300,20 @@ pub(crate) fn allowed(role: Role, method: &Method, path: &str) -> bool {
 }
 
 async fn edge(State(s): S, req: Request, next: Next) -> Response {
-    let token =
-        req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let Some(caller) = token.and_then(|t| s.tokens.get(t)) else {
-        return ApiError::Unauthenticated.into_response();
-    };
     let identity = match client_identity(&req) {
         Ok(i) => i,
         Err(e) => return e.into_response(),
+    };
+    let token =
+        req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // A token decides who calls; without one, a client certificate listed in the configuration.
+    let caller = match token {
+        Some(t) => s.credentials.token(t),
+        None if s.tls => identity.as_ref().and_then(|i| s.credentials.certificate(i)),
+        None => None,
+    };
+    let Some(caller) = caller else {
+        return ApiError::Unauthenticated.into_response();
     };
     if s.tls {
         if let Err(e) = certificate_fits(&caller, identity.as_ref()) {

@@ -2,8 +2,8 @@
 //! coordinator, with its stylesheet and script embedded in the binary (nothing to install).
 //!
 //! Why it is built on the API rather than next to it: every read and every action of the
-//! console is an in-process call of the API's own router with the signed-in session's token
-//! ([`Ui::call`]), so the role checks, the consistency rules (linearizable reads; a follower
+//! console is an in-process call of the API's own router with the signed-in session's
+//! credential — its token, or its client certificate's identity ([`Ui::call`]), so the role checks, the consistency rules (linearizable reads; a follower
 //! forwards to the leader), the refusals and their messages are exactly the API's. When no
 //! leader answers, a page is read from this coordinator's own copy (`stale=true`) and says so.
 //!
@@ -24,8 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -35,10 +36,13 @@ use serde::Deserialize;
 use switchyard_protocol::api::ErrorBody;
 use tower::ServiceExt;
 
-use crate::api::Tokens;
+use switchyard_tls::Identity;
+
+use crate::api::{Caller, Credentials};
 use crate::config::Role;
+use crate::listener::Peer;
 use crate::node::Node;
-use session::{Session, Sessions};
+use session::{Credential, Session, Sessions};
 
 /// Live-update streams open at once on this coordinator; more are refused (the page then
 /// works as a plain page, without live updates).
@@ -51,7 +55,7 @@ pub struct Ui {
     node: Arc<Node>,
     /// The API, called in-process.
     api: Router,
-    tokens: Tokens,
+    credentials: Credentials,
     sessions: Sessions,
     /// Served over TLS: cookies are `Secure`.
     secure: bool,
@@ -61,14 +65,14 @@ pub struct Ui {
 type U = State<Arc<Ui>>;
 
 /// The console's routes, next to `api` (the API's router, which the console calls).
-pub fn router(node: Arc<Node>, api: Router, tokens: Tokens, secure: bool) -> Router {
+pub fn router(node: Arc<Node>, api: Router, credentials: Credentials, secure: bool) -> Router {
     let c = &node.config.api;
     let sessions = Sessions::new(
         Duration::from_millis(c.console_session_idle_ms),
         Duration::from_millis(c.console_session_max_ms),
         c.console_sessions_max,
     );
-    let ui = Arc::new(Ui { node, api, tokens, sessions, secure, live: AtomicUsize::new(0) });
+    let ui = Arc::new(Ui { node, api, credentials, sessions, secure, live: AtomicUsize::new(0) });
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/", get(|| async { Redirect::to("/ui/cluster") }))
@@ -89,6 +93,7 @@ pub fn router(node: Arc<Node>, api: Router, tokens: Tokens, secure: bool) -> Rou
         .route("/ui/events", get(pages::events))
         .route("/ui/act/{action}", get(actions::confirm).post(actions::perform))
         .route("/ui/{*rest}", get(not_found))
+        .layer(from_fn_with_state(ui.clone(), certificate_binding))
         .with_state(ui)
 }
 
@@ -129,12 +134,19 @@ impl Refusal {
 }
 
 impl Ui {
-    /// Calls the API in-process as the session's caller.
+    /// Calls the API in-process as the session's caller: with its token, or as a connection
+    /// presenting its certificate.
     pub async fn call(&self, s: &Session, method: Method, path: &str, body: Option<Vec<u8>>) -> (StatusCode, Bytes) {
-        let mut req =
-            Request::builder().method(method).uri(path).header(header::AUTHORIZATION, format!("Bearer {}", s.token));
+        let mut req = Request::builder().method(method).uri(path);
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        match &s.credential {
+            Credential::Token(t) => req = req.header(header::AUTHORIZATION, format!("Bearer {t}")),
+            Credential::Certificate(i) => {
+                let peer = Peer { addr: self.node.config.api_listen, identity: Some(i.clone()), tls: self.secure };
+                req = req.extension(ConnectInfo(peer));
+            }
         }
         let req = req.body(body.map_or_else(Body::empty, Body::from)).expect("a request from checked parts");
         let resp = match self.api.clone().oneshot(req).await {
@@ -171,9 +183,32 @@ impl Ui {
         }
     }
 
-    /// The signed-in session of a request, if any.
+    /// The signed-in session of a request, if any, with its credential's role now: a session
+    /// whose token or certificate a reload no longer accepts ends here.
     fn session(&self, headers: &HeaderMap) -> Option<Session> {
-        session::cookie_of(headers).and_then(|id| self.sessions.get(&id))
+        let id = session::cookie_of(headers)?;
+        let mut s = self.sessions.get(&id)?;
+        match self.caller(&s.credential) {
+            Some(caller) => {
+                s.role = caller.role;
+                s.actor = caller.actor;
+                Some(s)
+            }
+            None => {
+                tracing::info!(actor = %s.actor, "console session ended: its credential is no longer accepted");
+                self.sessions.close(&id);
+                None
+            }
+        }
+    }
+
+    /// Who a credential stands for, if it is accepted and may open the console.
+    fn caller(&self, credential: &Credential) -> Option<Caller> {
+        match credential {
+            Credential::Token(t) => self.credentials.token(t),
+            Credential::Certificate(i) => self.credentials.certificate(i),
+        }
+        .filter(|c| c.role != Role::Agent)
     }
 
     /// Whether the session's role may call the API route (what decides which buttons a page
@@ -181,6 +216,24 @@ impl Ui {
     pub fn may(&self, s: &Session, method: &Method, path: &str) -> bool {
         crate::api::allowed(s.role, method, path)
     }
+}
+
+/// The client certificate the request's connection presented, if any.
+fn presented(req: &Request) -> Option<Identity> {
+    req.extensions().get::<ConnectInfo<Peer>>().and_then(|c| c.0.identity.clone())
+}
+
+/// A session opened with a client certificate is honoured only on a connection that presents
+/// that certificate: on any other, the request goes on as one not signed in.
+async fn certificate_binding(State(ui): U, mut req: Request, next: Next) -> Response {
+    if let Some(id) = session::cookie_of(req.headers()) {
+        if let Some(bound) = ui.sessions.get(&id).and_then(|s| s.credential.bound_to().cloned()) {
+            if presented(&req).as_ref() != Some(&bound) {
+                req.headers_mut().remove(header::COOKIE);
+            }
+        }
+    }
+    next.run(req).await
 }
 
 /// The session of a request, or the answer that sends the browser to sign in first.
@@ -259,9 +312,11 @@ struct NextQ {
     error: Option<String>,
 }
 
-async fn login_page(State(ui): U, Query(q): Query<NextQ>) -> Markup {
+async fn login_page(State(ui): U, Query(q): Query<NextQ>, req: Request) -> Markup {
     let node = ui.node.id;
     let next = q.next.filter(|n| safe_next(n)).unwrap_or_else(|| "/ui/cluster".into());
+    let certificate = presented(&req).filter(|i| matches!(i, Identity::Client(_)));
+    let certificate_caller = certificate.as_ref().and_then(|i| ui.caller(&Credential::Certificate(i.clone())));
     html! {
         (maud::DOCTYPE)
         html lang="en" {
@@ -274,12 +329,31 @@ async fn login_page(State(ui): U, Query(q): Query<NextQ>) -> Markup {
             body {
                 main id="main" class="login" {
                     h1 { "Switchyard console" }
-                    p { "Coordinator " (node) ". Sign in with an API token (admin, operations or read-only)." }
                     @if let Some(e) = q.error { p class="refusal" role="alert" { (e) } }
+                    @match (&certificate, &certificate_caller) {
+                        (Some(i), Some(c)) => {
+                            p { "Coordinator " (node) ". Your browser presents the certificate of " strong { (i) } ", accepted with role " (c.role.label()) "." }
+                            form method="post" action="/ui/login" {
+                                input type="hidden" name="next" value=(next);
+                                input type="hidden" name="with" value="certificate";
+                                button type="submit" { "Sign in as " (c.actor) }
+                            }
+                            p { "Or with an API token:" }
+                        }
+                        (Some(i), None) => {
+                            p { "Coordinator " (node) ". Your browser presents the certificate of " strong { (i) } ", which this coordinator's "
+                                code { "client_certificates" } " does not list. Sign in with an API token (admin, operations or read-only)." }
+                        }
+                        _ => {
+                            p { "Coordinator " (node) ". Sign in with an API token (admin, operations or read-only)"
+                                @if ui.secure { ", or with a client certificate listed in " code { "client_certificates" } }
+                                "." }
+                        }
+                    }
                     form method="post" action="/ui/login" {
                         input type="hidden" name="next" value=(next);
                         label for="token" { "Token" }
-                        input id="token" name="token" type="password" autocomplete="current-password" required autofocus;
+                        input id="token" name="token" type="password" autocomplete="current-password" required autofocus[certificate_caller.is_none()];
                         button type="submit" { "Sign in" }
                     }
                 }
@@ -289,6 +363,7 @@ async fn login_page(State(ui): U, Query(q): Query<NextQ>) -> Markup {
 }
 
 async fn login(State(ui): U, req: Request) -> Response {
+    let certificate = presented(&req);
     let form = match form_of(req, None).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -297,16 +372,34 @@ async fn login(State(ui): U, req: Request) -> Response {
     let again = |why: &str| {
         Redirect::to(&format!("/ui/login?next={}&error={}", urlencode(&next), urlencode(why))).into_response()
     };
-    let Some(token) = field(&form, "token") else { return again("enter a token") };
-    let Some(caller) = ui.tokens.get(token) else {
-        tracing::warn!("console sign-in with an unknown token");
-        return again("unknown token");
+    let credential = if field(&form, "with") == Some("certificate") {
+        // The certificate of this very connection, never one the form names.
+        let Some(identity) = certificate else {
+            return again("this connection presents no client certificate: sign in with a token");
+        };
+        Credential::Certificate(identity)
+    } else {
+        let Some(token) = field(&form, "token") else { return again("enter a token") };
+        Credential::Token(token.to_string())
     };
-    if caller.role == Role::Agent {
-        return again("an agent's token cannot open the console: use an admin, operations or read-only token");
-    }
-    let id = ui.sessions.open(&caller, token);
-    tracing::info!(actor = %caller.actor, role = ?caller.role, "console session opened");
+    let Some(caller) = ui.caller(&credential) else {
+        return match &credential {
+            Credential::Certificate(i) => {
+                tracing::warn!(certificate = %i, "console sign-in with a certificate not listed in client_certificates");
+                again(&format!("the certificate of {i} is not listed in client_certificates: sign in with a token"))
+            }
+            Credential::Token(t) if ui.credentials.token(t).is_some() => {
+                again("an agent's token cannot open the console: use an admin, operations or read-only token")
+            }
+            Credential::Token(_) => {
+                tracing::warn!("console sign-in with an unknown token");
+                again("unknown token")
+            }
+        };
+    };
+    let how = if credential.bound_to().is_some() { "certificate" } else { "token" };
+    let id = ui.sessions.open(&caller, credential);
+    tracing::info!(actor = %caller.actor, role = ?caller.role, with = how, "console session opened");
     let mut resp = Redirect::to(&next).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, session::set_cookie(&id, ui.secure).parse().expect("a valid header"));
     resp

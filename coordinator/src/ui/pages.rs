@@ -67,7 +67,7 @@ pub fn layout(ui: &Ui, s: &Session, title: &str, nav: &str, source: Option<Sourc
                     }
                     div class="who" {
                         span { "coordinator " (st.id) " (" (st.role) ", term " (st.term) ")" }
-                        span { " · " (s.actor) " (" (role_name(s)) ")" }
+                        span { " · " (s.actor) " (" (s.role.label()) ")" }
                         form method="post" action="/ui/logout" class="inline" {
                             input type="hidden" name="csrf" value=(s.csrf);
                             button type="submit" class="link" { "Sign out" }
@@ -90,15 +90,6 @@ pub fn layout(ui: &Ui, s: &Session, title: &str, nav: &str, source: Option<Sourc
                 }
             }
         }
-    }
-}
-
-fn role_name(s: &Session) -> &'static str {
-    match s.role {
-        crate::config::Role::Admin => "admin",
-        crate::config::Role::Operations => "operations",
-        crate::config::Role::ReadOnly => "read-only",
-        crate::config::Role::Agent => "agent",
     }
 }
 

@@ -1,12 +1,15 @@
-//! Console sessions: a browser signs in once with an API token and then holds only a session
-//! cookie (`HttpOnly`, `SameSite=Strict`, `Secure` over TLS) naming a random session id.
+//! Console sessions: a browser signs in once — with an API token, or with a client certificate
+//! listed in `client_certificates` — and then holds only a session cookie (`HttpOnly`,
+//! `SameSite=Strict`, `Secure` over TLS) naming a random session id.
 //!
 //! Why server-side sessions and not the token in a cookie: a cookie that leaks (a shared
 //! machine, a proxy log) then opens a session that ends on sign-out, after an idle period or at
-//! a fixed age, instead of handing over the token for good. The session keeps the token in this
-//! coordinator's memory only, because the console acts through the API with it (the API's role
-//! checks, forwarding to the leader and error messages stay the one source of truth); a restart
-//! of the coordinator ends every session on it.
+//! a fixed age, instead of handing over the token for good. The session keeps its credential in
+//! this coordinator's memory only, because the console acts through the API with it (the API's
+//! role checks, forwarding to the leader and error messages stay the one source of truth); a
+//! restart of the coordinator ends every session on it, and a session ends as soon as a reload
+//! no longer accepts its credential. A session opened with a certificate is honoured only on
+//! connections that present that certificate: its cookie alone opens nothing.
 //!
 //! Every session has its own CSRF token, which every form carries and every `POST` must return;
 //! together with `SameSite=Strict` and the same-origin check in `mod.rs` a page of another site
@@ -17,6 +20,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
+
+use switchyard_tls::Identity;
 
 use crate::api::Caller;
 use crate::config::Role;
@@ -30,12 +35,31 @@ pub struct Session {
     pub role: Role,
     /// Who acts (the token's name), as recorded with every change.
     pub actor: String,
-    /// The token it signed in with: the console's calls to the API carry it.
-    pub token: String,
+    /// What it signed in with: the console's calls to the API carry it.
+    pub credential: Credential,
     /// Returned by every form; compared in constant time.
     pub csrf: String,
     created: Instant,
     seen: Instant,
+}
+
+/// What a session acts with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// An API token (sent as the bearer token of every call).
+    Token(String),
+    /// A client certificate's identity (every call is made as a connection presenting it).
+    Certificate(Identity),
+}
+
+impl Credential {
+    /// The certificate a session's requests must come with, if it was opened with one.
+    pub fn bound_to(&self) -> Option<&Identity> {
+        match self {
+            Credential::Token(_) => None,
+            Credential::Certificate(i) => Some(i),
+        }
+    }
 }
 
 /// Open sessions of this coordinator.
@@ -51,15 +75,15 @@ impl Sessions {
         Sessions { open: Mutex::default(), idle, max_age, max }
     }
 
-    /// Opens a session for a caller whose token was just checked; answers its id. The oldest
-    /// session makes way when the table is full.
-    pub fn open(&self, caller: &Caller, token: &str) -> String {
+    /// Opens a session for a caller whose credential was just checked; answers its id. The
+    /// least recently used session makes way when the table is full.
+    pub fn open(&self, caller: &Caller, credential: Credential) -> String {
         let id = random_hex();
         let now = Instant::now();
         let s = Session {
             role: caller.role,
             actor: caller.actor.clone(),
-            token: token.to_string(),
+            credential,
             csrf: random_hex(),
             created: now,
             seen: now,
@@ -92,15 +116,6 @@ impl Sessions {
     /// Ends a session (sign-out).
     pub fn close(&self, id: &str) {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-    }
-
-    /// Ends every session opened with a token that is no longer accepted (a reload removed or
-    /// rotated it); answers how many ended.
-    pub fn close_unless(&self, accepted: impl Fn(&str) -> bool) -> usize {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let before = open.len();
-        open.retain(|_, s| accepted(&s.token));
-        before - open.len()
     }
 
     fn live(&self, s: &Session, now: Instant) -> bool {
@@ -150,6 +165,10 @@ pub fn clear_cookie(secure: bool) -> String {
 mod tests {
     use super::*;
 
+    fn token(t: &str) -> Credential {
+        Credential::Token(t.into())
+    }
+
     fn caller(role: Role) -> Caller {
         Caller { role, host: None, actor: "ops".into(), token: [0; 32] }
     }
@@ -157,40 +176,38 @@ mod tests {
     #[test]
     fn a_session_ends_when_idle_too_long_or_too_old_or_closed() {
         let s = Sessions::new(Duration::from_millis(50), Duration::from_secs(60), 10);
-        let id = s.open(&caller(Role::Operations), "tok");
+        let id = s.open(&caller(Role::Operations), token("tok"));
         assert_eq!(s.get(&id).map(|x| x.actor), Some("ops".into()));
         std::thread::sleep(Duration::from_millis(80));
         assert!(s.get(&id).is_none(), "idle past the limit");
 
         let s = Sessions::new(Duration::from_secs(60), Duration::from_millis(50), 10);
-        let id = s.open(&caller(Role::Operations), "tok");
+        let id = s.open(&caller(Role::Operations), token("tok"));
         std::thread::sleep(Duration::from_millis(80));
         assert!(s.get(&id).is_none(), "older than the maximum age, though used");
 
         let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(60), 10);
-        let id = s.open(&caller(Role::Operations), "tok");
+        let id = s.open(&caller(Role::Operations), token("tok"));
         s.close(&id);
         assert!(s.get(&id).is_none());
         assert!(s.get("not-a-session").is_none());
     }
 
     #[test]
-    fn a_full_table_drops_its_least_recently_used_session_and_a_reload_ends_removed_tokens() {
+    fn a_full_table_drops_its_least_recently_used_session() {
         let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(60), 2);
-        let a = s.open(&caller(Role::ReadOnly), "a");
-        let b = s.open(&caller(Role::ReadOnly), "b");
+        let a = s.open(&caller(Role::ReadOnly), token("a"));
+        let b = s.open(&caller(Role::ReadOnly), token("b"));
         std::thread::sleep(Duration::from_millis(2));
         assert!(s.get(&a).is_some()); // a used after b
-        let c = s.open(&caller(Role::ReadOnly), "c");
+        let c = s.open(&caller(Role::ReadOnly), token("c"));
         assert!(s.get(&b).is_none() && s.get(&a).is_some() && s.get(&c).is_some());
-        assert_eq!(s.close_unless(|t| t != "a"), 1);
-        assert!(s.get(&a).is_none() && s.get(&c).is_some());
     }
 
     #[test]
     fn csrf_tokens_and_cookies_are_checked_exactly() {
         let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(60), 2);
-        let id = s.open(&caller(Role::Admin), "t");
+        let id = s.open(&caller(Role::Admin), token("t"));
         let session = s.get(&id).unwrap();
         assert!(csrf_matches(&session, &session.csrf.clone()));
         assert!(!csrf_matches(&session, ""));

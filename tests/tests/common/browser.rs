@@ -166,6 +166,48 @@ impl Browser {
         }
     }
 
+    /// Presses and releases one key (a WebDriver key code, e.g. [`TAB`], [`ENTER`]), sent to
+    /// whatever has the focus, as a keyboard user would.
+    pub async fn press(&self, key: &str) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]});
+        self.post("/actions", actions).await;
+    }
+
+    /// A description of the focused element: its tag, text, and `href` or `name`.
+    pub async fn focused(&self) -> String {
+        let script = "const e = document.activeElement; if (!e) return '';
+            return e.tagName.toLowerCase() + ' ' + (e.getAttribute('href') || e.getAttribute('name') || '') + ' '
+                + (e.innerText || e.value || '').trim().slice(0, 60);";
+        self.run(script, json!([])).await.as_str().unwrap_or_default().to_string()
+    }
+
+    /// Whether the focused element is drawn with a visible focus indicator (an outline or a
+    /// box shadow), as keyboard users need to see where they are.
+    pub async fn focus_visible(&self) -> bool {
+        let script = "const s = getComputedStyle(document.activeElement);
+            return (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) || s.boxShadow !== 'none';";
+        self.run(script, json!([])).await == json!(true)
+    }
+
+    /// Checks the page with axe-core (Deque's accessibility engine, vendored in
+    /// `tests/vendor/axe-core`) against WCAG 2.1 A and AA; answers each violation as
+    /// `rule (impact): help — the offending elements`.
+    pub async fn accessibility_violations(&self) -> Vec<String> {
+        if self.run("return typeof window.axe === 'object'", json!([])).await != json!(true) {
+            self.run(&format!("{AXE}\n;return true;"), json!([])).await;
+        }
+        let script = "const done = arguments[arguments.length - 1];
+            axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})
+              .then(r => done({passes: r.passes.length, violations: r.violations.map(v => v.id + ' (' + v.impact
+                  + '): ' + v.help + ' — ' + v.nodes.slice(0, 5).map(n => n.target.join(' ')).join(', '))}))
+              .catch(e => done({error: String(e)}));";
+        let v = self.run_async(script, json!([])).await;
+        let passes = v["passes"].as_u64().unwrap_or_else(|| panic!("axe did not run: {v}"));
+        assert!(passes > 0, "axe checked no rule: {v}");
+        v["violations"].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect()
+    }
+
     /// Saves a PNG of the window.
     pub async fn screenshot(&self, path: &Path) {
         let b64 = self.get("/screenshot").await;
@@ -176,6 +218,12 @@ impl Browser {
         std::fs::write(path, bytes).unwrap();
     }
 }
+
+/// axe-core 4.12.1 (MPL-2.0), run in the page by [`Browser::accessibility_violations`].
+const AXE: &str = include_str!("../../vendor/axe-core/axe.min.js");
+/// WebDriver key codes.
+pub const TAB: &str = "\u{E004}";
+pub const ENTER: &str = "\u{E007}";
 
 impl Drop for Browser {
     fn drop(&mut self) {

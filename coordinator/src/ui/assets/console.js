@@ -1,7 +1,8 @@
 // Live updates for the Switchyard console. Every page works without this script; with it, a page
 // follows /ui/live (Server-Sent Events: the revisions this coordinator applies) and re-reads its
 // own main part when the log moves, so lists, drains and a migration's phases advance on screen.
-// Nothing is re-read while a form on the page has focus or changed input, so typing is never lost.
+// Nothing is re-read while a form on the page has focus or changed input, so typing is never lost;
+// a focused link or button keeps the focus across a re-read, so keyboard users do not lose their place.
 (function () {
   "use strict";
   var main = document.getElementById("main");
@@ -22,6 +23,26 @@
     return a && main.contains(a) && /^(INPUT|SELECT|TEXTAREA)$/.test(a.tagName);
   }
 
+  var FOCUSABLE = "a[href], button, input, select, textarea, [tabindex]";
+
+  // What identifies the focused element inside main across a re-read: its id, else its target
+  // and text, else its place among main's focusable elements.
+  function focusKey() {
+    var a = document.activeElement;
+    if (!a || a === main || !main.contains(a)) return null;
+    var all = Array.prototype.slice.call(main.querySelectorAll(FOCUSABLE));
+    return { id: a.id, href: a.getAttribute("href"), text: a.textContent, index: all.indexOf(a) };
+  }
+
+  function restoreFocus(k) {
+    if (!k) return;
+    var all = Array.prototype.slice.call(main.querySelectorAll(FOCUSABLE));
+    var el = (k.id && document.getElementById(k.id)) || all.filter(function (e) {
+      return e.getAttribute("href") === k.href && e.textContent === k.text;
+    })[0] || all[k.index] || main;
+    el.focus({ preventScroll: true });
+  }
+
   function refresh() {
     if (inflight) { pending = true; return; }
     if (editing()) { pending = true; return; }
@@ -36,7 +57,9 @@
         var doc = new DOMParser().parseFromString(text, "text/html");
         var fresh = doc.getElementById("main");
         if (fresh) {
+          var focused = focusKey();
           main.innerHTML = fresh.innerHTML;
+          restoreFocus(focused);
           // The header names this coordinator's role and term, which a leader change alters.
           var who = document.querySelector("header .who span"), freshWho = doc.querySelector("header .who span");
           if (who && freshWho) who.textContent = freshWho.textContent;
