@@ -1,7 +1,8 @@
 //! The two systems under test, behind one set of operations the load generator drives:
 //! Switchyard (its operator API: a guest config change is `PATCH /v1/guests/{g}`, a subscriber
-//! is `GET /v1/events?follow=true`) and etcd (its v3 JSON gateway: a config change is a put of a
-//! guest-sized value, a subscriber is a watch). Both are real 3-member clusters of processes on
+//! is `GET /v1/events?follow=true`) and etcd through its native gRPC API, as etcd's own clients
+//! speak it (the `etcd-client` crate: a config change is a put of a guest-sized value, a
+//! subscriber is a watch on its own connection). Both are real 3-member clusters of processes on
 //! loopback, with durable commits, started and killed by the harness.
 
 use std::path::{Path, PathBuf};
@@ -10,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 use switchyard_coordinator::config::{ApiConfig, HistoryConfig, RaftConfig};
@@ -104,7 +104,7 @@ impl Sut {
     pub async fn put(&self, http: &reqwest::Client, endpoint: &str, key: usize, seq: u64) -> anyhow::Result<u64> {
         match self {
             Sut::Switchyard(s) => s.put(http, endpoint, key, seq).await,
-            Sut::Etcd(e) => e.put(http, endpoint, key, seq).await,
+            Sut::Etcd(e) => e.put(endpoint, key, seq).await,
         }
     }
 
@@ -148,10 +148,7 @@ impl Sut {
         let ep = self.endpoints().get((member - 1) as usize)?.clone();
         match self {
             Sut::Switchyard(s) => s.status(http, &ep).await.map(|st| st.term),
-            Sut::Etcd(e) => {
-                let v = e.status(http, &ep).await.ok()?;
-                v["raftTerm"].as_str().and_then(|t| t.parse().ok())
-            }
+            Sut::Etcd(e) => e.status(&ep).await.ok().map(|st| st.raft_term()),
         }
     }
 
@@ -230,7 +227,7 @@ impl Sut {
         let (_, ep) = self.leader().await?;
         match self {
             Sut::Switchyard(s) => Ok(s.status(http, &ep).await.context("leader status")?.revision),
-            Sut::Etcd(e) => e.revision(http, &ep).await,
+            Sut::Etcd(e) => e.revision(&ep).await,
         }
     }
 
@@ -241,7 +238,7 @@ impl Sut {
             loop {
                 let at = match self {
                     Sut::Switchyard(s) => s.status(http, &ep).await.map(|st| st.revision),
-                    Sut::Etcd(e) => e.revision(http, &ep).await.ok(),
+                    Sut::Etcd(e) => e.revision(&ep).await.ok(),
                 };
                 if at.is_some_and(|r| r >= revision) {
                     break;
@@ -268,7 +265,7 @@ impl Sut {
     ) -> anyhow::Result<Arrivals> {
         match self {
             Sut::Switchyard(s) => s.subscribe(http, endpoint, from, until, ready).await,
-            Sut::Etcd(e) => e.subscribe(http, endpoint, from, until, ready).await,
+            Sut::Etcd(e) => e.subscribe(endpoint, from, until, ready).await,
         }
     }
 }
@@ -532,6 +529,28 @@ struct Member {
 pub struct Etcd {
     members: Vec<Member>,
     program: PathBuf,
+    /// Per member, gRPC connections for puts: client `c` uses connection `c % CONNECTIONS`, as
+    /// etcd's own benchmark tool spreads its clients over `--conns` connections. The first also
+    /// serves status reads. A connection outlives its member's restart (it reconnects).
+    conns: Vec<Vec<etcd_client::Client>>,
+}
+
+/// gRPC connections per etcd member for puts.
+const CONNECTIONS: usize = 100;
+/// How long one etcd request may take: a put to a member that died must fail fast in the
+/// failover parts, as the HTTP clients' timeouts make it for Switchyard.
+const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A gRPC connection to one etcd member (`ep` is `host:port`); `timeout` bounds each unary
+/// request (watches are left unbounded).
+async fn etcd_connect(ep: &str, timeout: Option<Duration>) -> anyhow::Result<etcd_client::Client> {
+    let mut options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
+    if let Some(t) = timeout {
+        options = options.with_timeout(t);
+    }
+    etcd_client::Client::connect([format!("http://{ep}")], Some(options))
+        .await
+        .with_context(|| format!("gRPC connection to etcd at {ep}"))
 }
 
 /// Every coordinator's configuration in a benchmark cluster: the run's Raft timing and batch
@@ -571,10 +590,6 @@ pub fn cli_program() -> anyhow::Result<PathBuf> {
         bail!("{} not found: build with `cargo build --release --workspace --bins`", cli.display());
     }
     Ok(cli)
-}
-
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -624,7 +639,7 @@ impl Etcd {
                 child: None,
             });
         }
-        let mut e = Etcd { members, program };
+        let mut e = Etcd { members, program, conns: Vec::new() };
         for m in 1..=3 {
             e.start(m)?;
         }
@@ -637,6 +652,13 @@ impl Etcd {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+        for m in &e.members {
+            let mut pool = Vec::with_capacity(CONNECTIONS);
+            for _ in 0..CONNECTIONS {
+                pool.push(etcd_connect(&m.client, Some(ETCD_REQUEST_TIMEOUT)).await?);
+            }
+            e.conns.push(pool);
         }
         Ok(e)
     }
@@ -659,91 +681,78 @@ impl Etcd {
         }
     }
 
-    async fn post(
-        &self,
-        http: &reqwest::Client,
-        ep: &str,
-        path: &str,
-        body: serde_json::Value,
-    ) -> anyhow::Result<serde_json::Value> {
-        let r = http.post(format!("http://{ep}{path}")).json(&body).send().await?;
-        let status = r.status();
-        let v: serde_json::Value = r.json().await?;
-        if !status.is_success() || v.get("error").is_some() {
-            bail!("{status}: {v}");
-        }
-        Ok(v)
+    /// The connections to the member at `ep`.
+    fn pool(&self, ep: &str) -> anyhow::Result<&[etcd_client::Client]> {
+        let i = self.members.iter().position(|m| m.client == ep).with_context(|| format!("no etcd member at {ep}"))?;
+        Ok(&self.conns[i])
     }
 
-    async fn put(&self, http: &reqwest::Client, ep: &str, key: usize, seq: u64) -> anyhow::Result<u64> {
-        let body = json!({"key": b64(&format!("/guests/g{key}")), "value": b64(&guest_value(key, seq))});
-        let v = self.post(http, ep, "/v3/kv/put", body).await?;
-        header_revision(&v)
+    async fn put(&self, ep: &str, key: usize, seq: u64) -> anyhow::Result<u64> {
+        let pool = self.pool(ep)?;
+        let mut kv = pool[key % pool.len()].kv_client();
+        let r = kv.put(format!("/guests/g{key}"), guest_value(key, seq), None).await?;
+        Ok(r.header().context("a put answer without a header")?.revision() as u64)
     }
 
-    /// A member's status (revision, leader, Raft term), through the gateway.
-    async fn status(&self, http: &reqwest::Client, ep: &str) -> anyhow::Result<serde_json::Value> {
-        self.post(http, ep, "/v3/maintenance/status", json!({})).await
+    /// A member's status (revision, leader, Raft term).
+    async fn status(&self, ep: &str) -> anyhow::Result<etcd_client::StatusResponse> {
+        Ok(self.pool(ep)?[0].maintenance_client().status().await?)
     }
 
-    async fn revision(&self, http: &reqwest::Client, ep: &str) -> anyhow::Result<u64> {
-        let v = self.status(http, ep).await?;
-        header_revision(&v)
+    async fn revision(&self, ep: &str) -> anyhow::Result<u64> {
+        let st = self.status(ep).await?;
+        Ok(st.header().context("a status answer without a header")?.revision() as u64)
     }
 
     async fn leader(&self) -> Option<(u64, String)> {
-        let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().ok()?;
         for (i, m) in self.members.iter().enumerate() {
             if m.child.is_none() {
                 continue;
             }
-            if let Ok(v) = self.status(&http, &m.client).await {
-                let me = v["header"]["member_id"].as_str().unwrap_or_default();
-                if !me.is_empty() && v["leader"].as_str() == Some(me) {
-                    return Some((i as u64 + 1, m.client.clone()));
-                }
+            let Ok(Ok(st)) = tokio::time::timeout(Duration::from_millis(500), self.status(&m.client)).await else {
+                continue;
+            };
+            let me = st.header().map_or(0, |h| h.member_id());
+            if me != 0 && st.leader() == me {
+                return Some((i as u64 + 1, m.client.clone()));
             }
         }
         None
     }
 
+    /// A watch of every guest key from `from`, on a connection of its own (as separate
+    /// subscribers would have).
     async fn subscribe(
         &self,
-        http: &reqwest::Client,
         ep: &str,
         from: u64,
         until: Arc<std::sync::atomic::AtomicU64>,
         ready: tokio::sync::mpsc::Sender<()>,
     ) -> anyhow::Result<Arrivals> {
-        let body = json!({"create_request": {"key": b64("/guests/"), "range_end": b64("/guests0"),
-                                              "start_revision": from.to_string()}});
-        let resp = http.post(format!("http://{ep}/v3/watch")).json(&body).send().await?;
-        if !resp.status().is_success() {
-            bail!("watch: {}", resp.status());
-        }
+        let client = etcd_connect(ep, None).await?;
+        let options = etcd_client::WatchOptions::new().with_prefix().with_start_revision(from as i64);
+        let mut stream = client.watch_client().watch("/guests/", Some(options)).await?;
         let mut out = Vec::new();
-        lines(resp, |l| {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(l) else { return true };
-            let result = &v["result"];
-            if result["created"].as_bool() == Some(true) {
+        while let Some(resp) = stream.message().await? {
+            if resp.created() {
                 let _ = ready.try_send(());
+            }
+            if resp.canceled() {
+                bail!("the watch was cancelled: {}", resp.cancel_reason());
             }
             let now = Instant::now();
             let mut last = 0;
-            for e in result["events"].as_array().into_iter().flatten() {
-                let rev = e["kv"]["mod_revision"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+            for e in resp.events() {
+                let rev = e.kv().map_or(0, |kv| kv.mod_revision()) as u64;
                 out.push((rev, now));
                 last = rev;
             }
-            last == 0 || last < until.load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .await?;
-        Ok(out)
+            if last != 0 && last >= until.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(out);
+            }
+        }
+        bail!("the watch stream ended")
     }
-}
-
-fn header_revision(v: &serde_json::Value) -> anyhow::Result<u64> {
-    v["header"]["revision"].as_str().and_then(|s| s.parse().ok()).with_context(|| format!("no header.revision in {v}"))
 }
 
 impl Drop for Etcd {
