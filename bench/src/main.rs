@@ -8,6 +8,7 @@
 
 mod console;
 mod drain;
+mod profile;
 mod scenarios;
 mod sut;
 mod vm;
@@ -70,7 +71,7 @@ pub struct Args {
     /// How long each simulated transfer of the `drain` part takes.
     #[arg(long, default_value_t = 1000)]
     pub drain_transfer_ms: u64,
-    /// Run only these parts: throughput, fanout, failover, restart, catchup, replay, scale, vm,
+    /// Run only these parts: throughput, profile, fanout, failover, restart, catchup, replay, scale, vm,
     /// host-loss, drain, console.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -136,6 +137,8 @@ pub struct Row {
 #[derive(Default)]
 pub struct Report {
     pub rows: Vec<Row>,
+    /// Tables printed after the main one (markdown), such as the one-client profile.
+    pub sections: Vec<String>,
 }
 
 impl Report {
@@ -161,6 +164,10 @@ impl Report {
             _ => row.switchyard = Some(v),
         }
         eprintln!("  {system:>10}  {:<58} {}", row.figure, fmt(v, unit));
+    }
+
+    pub fn section(&mut self, markdown: String) {
+        self.sections.push(markdown);
     }
 
     pub fn note(&mut self, figure: &str, note: impl Into<String>) {
@@ -272,7 +279,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.wants("replay") {
         scenarios::replay(&args, &dir, &mut report)?;
     }
-    if ["throughput", "fanout", "failover", "restart", "catchup"].iter().any(|p| args.wants(p)) {
+    if ["throughput", "profile", "fanout", "failover", "restart", "catchup"].iter().any(|p| args.wants(p)) {
         // One system at a time, each stopped before the next starts.
         eprintln!("== switchyard");
         let mut sut = Sut::Switchyard(Box::new(
@@ -316,6 +323,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("{}", timing_line(timing));
     println!("Switchyard's links: {}.\n", if args.tls { "TLS" } else { "plaintext" });
     println!("{md}");
+    for section in &report.sections {
+        println!("{section}");
+    }
     let json = serde_json::json!({
         "machine": machine(),
         "timing": {"heartbeat_ms": timing.heartbeat_ms, "etcd_election_timeout_ms": timing.election_ms,
@@ -325,6 +335,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "etcd": etcd_program.map(|p| p.display().to_string()),
         "switchyard_tls": args.tls,
         "rows": report.rows,
+        "sections": report.sections,
     });
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_string_pretty(&json)?)?;

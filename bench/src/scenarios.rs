@@ -19,7 +19,7 @@ use crate::{Args, Report};
 const KEYS: usize = 1000;
 
 /// The harness's HTTP client to `sut` (TLS when it runs TLS).
-fn http(sut: &Sut, timeout: Duration) -> reqwest::Client {
+pub(crate) fn http(sut: &Sut, timeout: Duration) -> reqwest::Client {
     sut.client(reqwest::Client::builder().timeout(timeout).pool_max_idle_per_host(4096))
 }
 
@@ -51,14 +51,18 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
     if args.wants("throughput") {
         sut.set_agents(false)?;
         for &n in &args.clients {
-            let (rate, p50, p99, errors) = throughput(sut, n, args.seconds).await?;
-            report.add(format!("commit throughput, {n} clients"), "ops/s", true, name, rate);
-            report.add(format!("commit latency p50, {n} clients"), "ms", false, name, ms(p50));
-            report.add(format!("commit latency p99, {n} clients"), "ms", false, name, ms(p99));
-            if errors > 0 {
-                eprintln!("  {name}: {errors} failed writes at {n} clients");
+            let run = throughput(sut, n, args.seconds).await?;
+            report.add(format!("commit throughput, {n} clients"), "ops/s", true, name, run.rate);
+            report.add(format!("commit latency p50, {n} clients"), "ms", false, name, ms(run.p50));
+            report.add(format!("commit latency p99, {n} clients"), "ms", false, name, ms(run.p99));
+            if run.errors > 0 {
+                eprintln!("  {name}: {} failed writes at {n} clients", run.errors);
             }
         }
+    }
+    if args.wants("profile") {
+        sut.set_agents(false)?;
+        crate::profile::one_client(sut, args.seconds, report).await?;
     }
     if args.wants("fanout") {
         sut.set_agents(false)?;
@@ -161,12 +165,30 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
             name,
             catchup,
         );
+        if let Sut::Switchyard(_) = sut {
+            let took = agents_return(sut, args.catchup_events).await?;
+            let line = format!("3 agents {} revisions behind start → all applied", args.catchup_events);
+            report.add(&line, "ms", false, name, ms(took));
+            report
+                .note(&line, format!("{name}: the changes modify {KEYS} guests; the agents jump to the current state"));
+        }
     }
     Ok(())
 }
 
+/// What a closed-loop write run measured.
+pub(crate) struct Run {
+    /// Acknowledged writes per second.
+    pub rate: f64,
+    pub writes: usize,
+    pub mean: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub errors: u64,
+}
+
 /// `clients` tasks, each changing its own key in a loop against the leader for `secs` seconds.
-async fn throughput(sut: &Sut, clients: usize, secs: u64) -> anyhow::Result<(f64, Duration, Duration, u64)> {
+pub(crate) async fn throughput(sut: &Sut, clients: usize, secs: u64) -> anyhow::Result<Run> {
     let (_, ep) = sut.leader().await?;
     let client = http(sut, Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -195,8 +217,15 @@ async fn throughput(sut: &Sut, clients: usize, secs: u64) -> anyhow::Result<(f64
     let elapsed = started.elapsed();
     let mut lat: Vec<Duration> = all.into_iter().flatten().collect();
     lat.sort();
-    let rate = lat.len() as f64 / elapsed.as_secs_f64();
-    Ok((rate, pct(&lat, 50.0), pct(&lat, 99.0), errors.load(Ordering::Relaxed)))
+    let writes = lat.len();
+    Ok(Run {
+        rate: writes as f64 / elapsed.as_secs_f64(),
+        writes,
+        mean: lat.iter().sum::<Duration>() / writes.max(1) as u32,
+        p50: pct(&lat, 50.0),
+        p99: pct(&lat, 99.0),
+        errors: errors.load(Ordering::Relaxed),
+    })
 }
 
 /// `n` subscribers spread over the members; one writer at `rate` changes/s for 5 s (at least
@@ -604,30 +633,8 @@ async fn next_phase_after(
 async fn catch_up(sut: &Sut, n: u64) -> anyhow::Result<(f64, f64, Option<Duration>)> {
     let client = http(sut, Duration::from_secs(10));
     let (_, ep) = sut.leader().await?;
-    let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let writers = (0..256).map(|c| {
-        let (client, ep, next) = (client.clone(), ep.clone(), next.clone());
-        async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return anyhow::Ok(());
-                }
-                let mut tries = 0;
-                while let Err(e) = sut.put(&client, &ep, c % KEYS, i).await {
-                    tries += 1;
-                    if tries > 20 {
-                        return Err(e);
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    });
-    for r in futures_util::future::join_all(writers).await {
-        r?;
-    }
+    bulk_write(sut, &client, &ep, n).await?;
     let load_rate = n as f64 / started.elapsed().as_secs_f64();
     let last = sut.revision(&client).await?;
     sut.wait_all_at(&client, last).await?;
@@ -648,6 +655,51 @@ async fn catch_up(sut: &Sut, n: u64) -> anyhow::Result<(f64, f64, Option<Duratio
         eprintln!("  {}: catch-up delivered {} of {n} events", sut.name(), seen.len());
     }
     Ok((load_rate, rate, agents))
+}
+
+/// Writes `n` changes of the load's keys with 256 closed-loop clients.
+async fn bulk_write(sut: &Sut, client: &reqwest::Client, ep: &str, n: u64) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let writers = (0..256).map(|c| {
+        let next = next.clone();
+        async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(());
+                }
+                let mut tries = 0;
+                while let Err(e) = sut.put(client, ep, c % KEYS, i).await {
+                    tries += 1;
+                    if tries > 20 {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    for r in futures_util::future::join_all(writers).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Agents back after an outage: with the agents stopped, `n` changes are written; then the
+/// agents start and this answers how long until all three applied them (each far behind, so
+/// each jumps to the current state unless `jump_after_revisions` is above `n`).
+async fn agents_return(sut: &mut Sut, n: u64) -> anyhow::Result<Duration> {
+    sut.set_agents(false)?;
+    let client = http(sut, Duration::from_secs(10));
+    let (_, ep) = sut.leader().await?;
+    bulk_write(sut, &client, &ep, n).await?;
+    let last = sut.revision(&client).await?;
+    sut.wait_all_at(&client, last).await?;
+    let started = Instant::now();
+    sut.set_agents(true)?;
+    let Sut::Switchyard(sw) = &*sut else { bail!("agents are Switchyard's") };
+    agents_applied(&client, sw, &ep, last).await?;
+    Ok(started.elapsed())
 }
 
 /// Offline `log replay --digest` of synthetic histories (real events from the real state
@@ -767,9 +819,9 @@ pub async fn scale(args: &Args, dir: &Path, timing: Timing, report: &mut Report)
     report.add("scale: events in the history", "events", true, "switchyard", rev as f64);
 
     // Commits on top of the big history (g0..g999 are the load's keys here too).
-    let (rate, _, p99, _) = throughput(&sut, 64, args.seconds).await?;
-    report.add("scale: commit throughput, 64 clients", "ops/s", true, "switchyard", rate);
-    report.add("scale: commit latency p99, 64 clients", "ms", false, "switchyard", ms(p99));
+    let run = throughput(&sut, 64, args.seconds).await?;
+    report.add("scale: commit throughput, 64 clients", "ops/s", true, "switchyard", run.rate);
+    report.add("scale: commit latency p99, 64 clients", "ms", false, "switchyard", ms(run.p99));
     let rev = sut.revision(&client).await?;
     sut.wait_all_at(&client, rev).await?;
     let (leader, ep) = sut.leader().await?;

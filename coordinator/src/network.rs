@@ -11,7 +11,8 @@
 //! leader before its own election timer fires (450 ms at the earliest by default), or it
 //! campaigns, and without pre-vote in openraft 0.9 it can depose a healthy leader.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -23,6 +24,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use switchyard_protocol::codec;
 use switchyard_storage::{NodeId, NodeInfo, TypeConfig};
+
+use crate::metrics::{stage, Metrics};
 
 /// `POST /raft/handover`: the leader of `vote` hands its leadership over before it stops (see
 /// `handover.rs`); `elect`: campaign now.
@@ -42,17 +45,24 @@ pub struct Network {
     scheme: &'static str,
     secret: String,
     retry: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Network {
     /// `heartbeat` is the Raft heartbeat interval: an unreachable peer is retried every two.
-    pub fn new(secret: String, heartbeat: Duration, tls: Option<&switchyard_tls::Tls>) -> Network {
+    /// Append-entries round trips that carry entries are timed into `metrics`.
+    pub fn new(
+        secret: String,
+        heartbeat: Duration,
+        tls: Option<&switchyard_tls::Tls>,
+        metrics: Arc<Metrics>,
+    ) -> Network {
         let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30));
         let (builder, scheme) = switchyard_tls::http(builder, tls);
         let client = builder.build().expect("an HTTP client with a preconfigured TLS setup builds");
-        Network { client, scheme, secret, retry: heartbeat * 2 }
+        Network { client, scheme, secret, retry: heartbeat * 2, metrics }
     }
 }
 
@@ -89,6 +99,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             scheme: self.scheme,
             secret: self.secret.clone(),
             retry: self.retry,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -101,6 +112,7 @@ pub struct Peer {
     scheme: &'static str,
     secret: String,
     retry: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Peer {
@@ -146,7 +158,13 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        self.call("append", &rpc, &option).await
+        let carries_entries = !rpc.entries.is_empty();
+        let started = Instant::now();
+        let answer = self.call("append", &rpc, &option).await;
+        if carries_entries && answer.is_ok() {
+            self.metrics.stage(stage::REPLICATE_RPC, started.elapsed());
+        }
+        answer
     }
 
     async fn install_snapshot(

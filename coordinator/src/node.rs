@@ -120,8 +120,14 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(raft: Raft<TypeConfig>, sm: StateMachineStore, config: Arc<Config>, clock: Arc<dyn Clock>) -> Arc<Node> {
-        let metrics = Arc::new(Metrics::new());
+    /// `metrics` is shared with the Raft network, which times replication into it.
+    pub fn new(
+        raft: Raft<TypeConfig>,
+        sm: StateMachineStore,
+        config: Arc<Config>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Node> {
         sm.set_observer(metrics.clone());
         let proposer = Proposer::start(raft.clone(), config.raft.proposal_batch_max, metrics.clone());
         Arc::new(Node {

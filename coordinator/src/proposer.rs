@@ -17,8 +17,9 @@
 //! graceful stop began.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::metrics::{stage, Metrics};
 use openraft::Raft;
 use switchyard_protocol::{ApplyResult, Proposal};
 use switchyard_storage::{Proposals, TypeConfig};
@@ -59,6 +60,7 @@ const IN_FLIGHT: usize = 2;
 struct Pending {
     proposal: Proposal,
     reply: oneshot::Sender<Result<ApplyResult, ProposeError>>,
+    queued: Instant,
 }
 
 #[derive(Clone)]
@@ -78,7 +80,7 @@ impl Proposer {
     pub async fn propose(&self, proposal: Proposal) -> Result<ApplyResult, ProposeError> {
         let stopping = || ProposeError::Unavailable("the coordinator is stopping".into());
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Pending { proposal, reply }).await.map_err(|_| stopping())?;
+        self.tx.send(Pending { proposal, reply, queued: Instant::now() }).await.map_err(|_| stopping())?;
         answer.await.map_err(|_| stopping())?
     }
 }
@@ -95,6 +97,9 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>, max_batch:
                 Err(_) => break,
             }
         }
+        for p in &batch {
+            metrics.stage(stage::PROPOSER_QUEUE, p.queued.elapsed());
+        }
         let raft = raft.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -102,7 +107,7 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>, max_batch:
                 batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
             let n = proposals.len();
             metrics.batch_size.observe(n as f64);
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let written = raft.client_write(Proposals(proposals)).await;
             if written.is_ok() {
                 metrics.commit_seconds.observe(started.elapsed().as_secs_f64());

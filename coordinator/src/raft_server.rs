@@ -5,6 +5,7 @@
 //! to this node. A stranger's 64 MiB body is refused from its headers, unread.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
@@ -22,6 +23,7 @@ use switchyard_storage::{NodeId, TypeConfig};
 use switchyard_tls::Identity;
 
 use crate::listener::Peer;
+use crate::metrics::{stage, Metrics};
 use crate::network::TARGET_HEADER;
 use crate::node::HeardLeader;
 
@@ -37,10 +39,19 @@ struct RaftState {
     raft: Raft<TypeConfig>,
     /// Where the leader's appends are noted (the node's [`HeardLeader`]).
     heard: Arc<HeardLeader>,
+    /// Where appends that carry entries are timed.
+    metrics: Arc<Metrics>,
 }
 
-pub fn router(id: NodeId, secret: String, raft: Raft<TypeConfig>, tls: bool, heard: Arc<HeardLeader>) -> Router {
-    let state = RaftState { id, secret, tls, raft, heard };
+pub fn router(
+    id: NodeId,
+    secret: String,
+    raft: Raft<TypeConfig>,
+    tls: bool,
+    heard: Arc<HeardLeader>,
+    metrics: Arc<Metrics>,
+) -> Router {
+    let state = RaftState { id, secret, tls, raft, heard, metrics };
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -89,7 +100,13 @@ async fn append(State(s): State<RaftState>, body: Bytes) -> Response {
             if let Some(f) = stopped(&s.raft) {
                 return codec::encode(&Err::<AppendEntriesResponse<NodeId>, RaftError<NodeId>>(f)).into_response();
             }
-            codec::encode(&s.raft.append_entries(req).await).into_response()
+            let carries_entries = !req.entries.is_empty();
+            let started = Instant::now();
+            let answer = s.raft.append_entries(req).await;
+            if carries_entries && answer.is_ok() {
+                s.metrics.stage(stage::FOLLOWER_APPEND, started.elapsed());
+            }
+            codec::encode(&answer).into_response()
         }
         Err(r) => r.into_response(),
     }

@@ -21,6 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::handover;
 use crate::leader;
 use crate::listener::{incoming, Admission, Incoming, Peer};
+use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::node::Node;
 use crate::raft_server;
@@ -61,7 +62,9 @@ impl Coordinator {
             .with_context(|| format!("open data directory {}", config.data_dir.display()))?;
         sm.set_retention(config.history.retain_revisions);
         let heartbeat = Duration::from_millis(config.raft.heartbeat_interval_ms);
-        let network = Network::new(config.cluster_secret.expose().to_string(), heartbeat, tls.as_ref());
+        let metrics = Arc::new(Metrics::new());
+        let network =
+            Network::new(config.cluster_secret.expose().to_string(), heartbeat, tls.as_ref(), metrics.clone());
         let raft: Raft<TypeConfig> =
             Raft::new(config.node_id, raft_config, network.clone(), log, sm.clone()).await.context("start raft")?;
 
@@ -71,7 +74,7 @@ impl Coordinator {
         let api_listener = tokio::net::TcpListener::bind(config.api_listen)
             .await
             .with_context(|| format!("bind api address {}", config.api_listen))?;
-        let node = Node::new(raft.clone(), sm, config.clone(), clock);
+        let node = Node::new(raft.clone(), sm, config.clone(), clock, metrics);
         let tasks = vec![
             tokio::spawn(leader::liveness::run(node.clone())),
             tokio::spawn(leader::driver::run(node.clone())),
@@ -86,6 +89,7 @@ impl Coordinator {
             raft,
             tls.is_some(),
             node.heard.clone(),
+            node.metrics.clone(),
         );
         let credentials = api::Credentials::new(&config);
         let api_app = api::router(node.clone(), tls.clone(), credentials.clone());

@@ -35,11 +35,17 @@ pub use state_machine::{AppliedMeta, StateMachineStore};
 pub use types::*;
 
 /// Opens a node's data directory and both halves of its Raft storage.
-/// What the store tells its owner's metrics: how long each durable (fsynced) write took, and
-/// each snapshot build.
+/// What the store tells its owner's metrics: how long each durable (fsynced) write took, each
+/// snapshot build, and the storage stages of a write (log append, until durable, apply).
 pub trait Observer: Send + Sync {
     fn synced(&self, took: std::time::Duration);
     fn snapshot_built(&self, took: std::time::Duration);
+    /// Appended entries were written to the log (not yet synced).
+    fn appended(&self, _took: std::time::Duration) {}
+    /// Appended entries became durable, `took` after they were written.
+    fn durable(&self, _took: std::time::Duration) {}
+    /// Committed entries were applied to the state machine.
+    fn applied(&self, _took: std::time::Duration) {}
 }
 
 /// Whether `path` holds a coordinator's data (it was opened, and stamped, before).

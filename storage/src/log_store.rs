@@ -14,6 +14,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{mpsc, Arc, Condvar, Mutex, Weak};
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId};
@@ -191,6 +192,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut b = WriteBatch::default();
         let log = self.dir.cf(cf::LOG);
         for e in entries {
@@ -206,6 +208,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         match written {
             Ok(()) => {
+                if let Some(obs) = self.dir.observer.get() {
+                    obs.appended(started.elapsed());
+                }
                 self.syncer.flush(callback);
                 Ok(())
             }
@@ -243,14 +248,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// after the node drops its stores.
 #[derive(Debug)]
 struct WalSyncer {
-    tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Each callback with the time its entries were written.
+    tx: mpsc::Sender<(LogFlushed<TypeConfig>, Instant)>,
     /// Set by [`LogStore::hold_flushes`] (tests): callbacks wait while it is true.
     held: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl WalSyncer {
     fn start(dir: &DataDir) -> WalSyncer {
-        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let (tx, rx) = mpsc::channel::<(LogFlushed<TypeConfig>, Instant)>();
         let held = Arc::new((Mutex::new(false), Condvar::new()));
         let db: Weak<DB> = Arc::downgrade(&dir.db);
         let observer = dir.observer.clone();
@@ -261,15 +267,19 @@ impl WalSyncer {
                 let (flag, released) = &*hold;
                 drop(released.wait_while(flag.lock().unwrap_or_else(|p| p.into_inner()), |held| *held));
                 let waiting: Vec<_> = std::iter::once(first).chain(rx.try_iter()).collect();
-                let started = std::time::Instant::now();
+                let started = Instant::now();
                 let synced = match db.upgrade() {
                     Some(db) => db.flush_wal(true).map_err(|e| format!("fsync the write-ahead log in {path}: {e}")),
                     None => Err(format!("the database in {path} was closed before the log was synced")),
                 };
-                if let (Ok(()), Some(obs)) = (&synced, observer.get()) {
+                let obs = observer.get().filter(|_| synced.is_ok());
+                if let Some(obs) = obs {
                     obs.synced(started.elapsed());
                 }
-                for callback in waiting {
+                for (callback, written) in waiting {
+                    if let Some(obs) = obs {
+                        obs.durable(written.elapsed());
+                    }
                     callback.log_io_completed(synced.clone().map_err(std::io::Error::other));
                 }
             }
@@ -283,7 +293,7 @@ impl WalSyncer {
 
     /// Completes `callback` once everything written so far is on disk.
     fn flush(&self, callback: LogFlushed<TypeConfig>) {
-        if let Err(mpsc::SendError(callback)) = self.tx.send(callback) {
+        if let Err(mpsc::SendError((callback, _))) = self.tx.send((callback, Instant::now())) {
             callback.log_io_completed(Err(std::io::Error::other("the WAL sync thread is not running")));
         }
     }

@@ -389,6 +389,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
+        let started = std::time::Instant::now();
         let dir = &self.inner.dir;
         let mut responses = Vec::new();
         let mut batch = WriteBatch::default();
@@ -436,6 +437,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             revision
         };
         self.inner.revision_tx.send_replace(revision);
+        if let Some(obs) = dir.observer.get() {
+            obs.applied(started.elapsed());
+        }
         Ok(responses)
     }
 

@@ -468,12 +468,15 @@ where
     T: TryInto<Command>,
     ApiError: From<T::Error>,
 {
+    let started = std::time::Instant::now();
     let command = request.try_into()?;
     let request_id = match request_id {
         None => s.node.clock().request_id(),
         Some(h) => parse_request_id(h).map_err(ApiError::BadRequest)?,
     };
-    match s.node.propose(request_id, caller.actor.clone(), command).await? {
+    let result = s.node.propose(request_id, caller.actor.clone(), command).await?;
+    s.node.metrics.stage(crate::metrics::stage::API, started.elapsed());
+    match result {
         Ok(a) => Ok(Json(WriteResponse {
             request_id: request_id.to_string(),
             first_revision: a.revisions.first,

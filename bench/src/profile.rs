@@ -1,0 +1,164 @@
+//! Where one client's write goes: a closed loop of a single client against the leader, and the
+//! mean time of each stage of the write on the leader and the followers, from the difference of
+//! the members' `/metrics` histograms (sum and count) before and after the loop. The coordinator
+//! times its stages itself (`switchyard_write_stage_seconds{stage}`, see the coordinator's
+//! `metrics::stage`), so the same figures are on a production cluster's dashboards.
+//!
+//! For etcd, the same loop and the stages etcd's own metrics time: the WAL fsync and the
+//! backend commit.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::scenarios::{http, throughput};
+use crate::sut::Sut;
+use crate::Report;
+
+/// A member's histograms: name with labels → (sum in seconds, count).
+type Scrape = BTreeMap<String, (f64, f64)>;
+
+/// What one row of the profile reads: a histogram, by name and labels as `/metrics` prints them.
+struct Stage {
+    what: &'static str,
+    metric: &'static str,
+}
+
+const SWITCHYARD: &[Stage] = &[
+    Stage {
+        what: "API write handler (parsed body → answer)", metric: "switchyard_write_stage_seconds{stage=\"api\"}"
+    },
+    Stage {
+        what: "waiting in the proposal batcher",
+        metric: "switchyard_write_stage_seconds{stage=\"proposer_queue\"}",
+    },
+    Stage { what: "Raft commit and apply (client_write)", metric: "switchyard_proposal_commit_seconds" },
+    Stage { what: "log append (written, not synced)", metric: "switchyard_write_stage_seconds{stage=\"log_append\"}" },
+    Stage {
+        what: "log append → durable (WAL fsync)", metric: "switchyard_write_stage_seconds{stage=\"log_durable\"}"
+    },
+    Stage { what: "WAL fsync itself", metric: "switchyard_log_fsync_seconds" },
+    Stage {
+        what: "append-entries RPC, sent → answered",
+        metric: "switchyard_write_stage_seconds{stage=\"replicate_rpc\"}",
+    },
+    Stage {
+        what: "append-entries handled by the follower",
+        metric: "switchyard_write_stage_seconds{stage=\"follower_append\"}",
+    },
+    Stage { what: "apply to the state machine", metric: "switchyard_write_stage_seconds{stage=\"apply\"}" },
+];
+
+const ETCD: &[Stage] = &[
+    Stage { what: "WAL fsync itself", metric: "etcd_disk_wal_fsync_duration_seconds" },
+    Stage { what: "backend commit", metric: "etcd_disk_backend_commit_duration_seconds" },
+];
+
+/// Runs the one-client loop for `secs` and adds the profile to `report`: the client's mean and
+/// p50, then each stage's mean (µs) on the leader and, averaged, on the followers.
+pub async fn one_client(sut: &Sut, secs: u64, report: &mut Report) -> anyhow::Result<()> {
+    let name = sut.name();
+    let (leader, _) = sut.leader().await?;
+    let client = http(sut, Duration::from_secs(10));
+    let before = scrape_all(sut, &client).await?;
+    let run = throughput(sut, 1, secs).await?;
+    let after = scrape_all(sut, &client).await?;
+    let stages = match sut {
+        Sut::Switchyard(_) => SWITCHYARD,
+        Sut::Etcd(_) => ETCD,
+    };
+    let mut rows: Vec<(String, Option<f64>, Option<f64>)> = Vec::new();
+    rows.push(("client round trip, mean".into(), Some(run.mean.as_secs_f64() * 1e6), None));
+    rows.push(("client round trip, p50".into(), Some(run.p50.as_secs_f64() * 1e6), None));
+    for s in stages {
+        let mean_of = |members: &mut dyn Iterator<Item = usize>| -> Option<f64> {
+            let (mut sum, mut count) = (0.0, 0.0);
+            for i in members {
+                let (s1, c1) = after[i].get(s.metric).copied().unwrap_or_default();
+                let (s0, c0) = before[i].get(s.metric).copied().unwrap_or_default();
+                sum += s1 - s0;
+                count += c1 - c0;
+            }
+            (count > 0.0).then(|| sum / count * 1e6)
+        };
+        let leader_i = (leader - 1) as usize;
+        let on_leader = mean_of(&mut std::iter::once(leader_i));
+        let on_followers = mean_of(&mut (0..after.len()).filter(|&i| i != leader_i));
+        rows.push((s.what.into(), on_leader, on_followers));
+    }
+    let mut md = format!(
+        "One client's write, stage by stage ({name}, {} writes in {secs} s; mean µs; a stage includes the ones it waits for)\n\n\
+         | stage | leader | followers |\n|---|---:|---:|\n",
+        run.writes
+    );
+    let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
+    for (what, l, f) in &rows {
+        md.push_str(&format!("| {what} | {} | {} |\n", cell(*l), cell(*f)));
+        eprintln!("  {name:>10}  profile: {what:<48} leader {:>6}  followers {:>6}", cell(*l), cell(*f));
+    }
+    report.section(md);
+    Ok(())
+}
+
+async fn scrape_all(sut: &Sut, client: &reqwest::Client) -> anyhow::Result<Vec<Scrape>> {
+    let mut out = Vec::new();
+    for ep in sut.endpoints() {
+        let url = match sut {
+            Sut::Switchyard(s) => s.url(&ep, "/metrics"),
+            Sut::Etcd(_) => format!("http://{ep}/metrics"),
+        };
+        let mut req = client.get(&url);
+        if let Sut::Switchyard(s) = sut {
+            req = req.bearer_auth(s.token());
+        }
+        let text = req.send().await?.error_for_status()?.text().await?;
+        out.push(histograms(&text));
+    }
+    Ok(out)
+}
+
+/// The `_sum` and `_count` lines of a Prometheus text page, by histogram name and labels
+/// (`le` aside: bucket lines are skipped).
+fn histograms(text: &str) -> Scrape {
+    let mut out = Scrape::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let (name, labels) = match series.find('{') {
+            Some(i) => (&series[..i], &series[i..]),
+            None => (series, ""),
+        };
+        let (base, is_sum) = if let Some(b) = name.strip_suffix("_sum") {
+            (b, true)
+        } else if let Some(b) = name.strip_suffix("_count") {
+            (b, false)
+        } else {
+            continue;
+        };
+        let e = out.entry(format!("{base}{labels}")).or_default();
+        if is_sum {
+            e.0 = value;
+        } else {
+            e.1 = value;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_sums_and_counts_by_name_and_labels() {
+        let page = "# HELP x y\n\
+            switchyard_write_stage_seconds_sum{stage=\"api\"} 0.5\n\
+            switchyard_write_stage_seconds_count{stage=\"api\"} 1000\n\
+            switchyard_write_stage_seconds_bucket{stage=\"api\",le=\"0.001\"} 1000\n\
+            etcd_disk_wal_fsync_duration_seconds_sum 1.5e-1\n\
+            etcd_disk_wal_fsync_duration_seconds_count 3\n";
+        let h = histograms(page);
+        assert_eq!(h["switchyard_write_stage_seconds{stage=\"api\"}"], (0.5, 1000.0));
+        assert_eq!(h["etcd_disk_wal_fsync_duration_seconds"], (0.15, 3.0));
+        assert_eq!(h.len(), 2);
+    }
+}
