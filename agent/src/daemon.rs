@@ -54,6 +54,11 @@ pub struct AgentConfig {
     /// that manage the guests' lifecycle: `qemu`).
     #[serde(default = "default_reconcile_ms")]
     pub reconcile_interval_ms: u64,
+    /// How many revisions behind the cluster the agent may be and still apply every event on
+    /// (re)connecting; further behind, it jumps: it takes the desired state at the current
+    /// revision (writing only the guests that differ) and follows from there. 0: never jump.
+    #[serde(default = "default_jump_after")]
+    pub jump_after_revisions: u64,
     /// The hypervisor driver (`kind = "qemu"`, `"command"` or `"simulated"`).
     pub driver: DriverConfig,
     /// The host watchdog (see [`crate::watchdog`]); without one, a hung agent cannot fence
@@ -74,6 +79,9 @@ fn default_report_ms() -> u64 {
 }
 fn default_reconcile_ms() -> u64 {
     2000
+}
+fn default_jump_after() -> u64 {
+    10_000
 }
 
 #[derive(Parser, Debug)]
@@ -315,9 +323,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             let config = HostConfig::from_guests(state.items.guests);
             let other = now.is_some() && now != cluster;
             let written =
-                store.replace_all(&config).and_then(|()| store.commit(state.revision)).and_then(|()| match &now {
-                    Some(id) => store.set_cluster(id),
-                    None => Ok(()),
+                store.replace_all(&config, &applied).and_then(|()| store.commit(state.revision)).and_then(|()| {
+                    match &now {
+                        Some(id) => store.set_cluster(id),
+                        None => Ok(()),
+                    }
                 });
             if let Err(e) = written {
                 let durable = recover_store(&store, &anyhow::Error::new(e).context("re-sync"), &metrics).await?;
@@ -335,6 +345,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             let _ = to_worker.send(if other { Input::Reset } else { Input::Reload });
             tracing::info!(revision = state.revision, cluster = ?now.as_ref().map(|c| c.to_string()), %why, "re-synced from full state");
             cluster = now;
+        }
+        // Far behind (a host back from a long outage, a new host in a large cluster): the
+        // reconciler needs only the final desired state, so take it instead of every event.
+        if config.jump_after_revisions > 0 {
+            if let Ok(head) = client.host(&config.host).await.map(|r| r.revision) {
+                if head.saturating_sub(cursor) > config.jump_after_revisions {
+                    resync = Some(Resync {
+                        reason: "far_behind",
+                        why: format!("{} revisions behind (at {cursor}, the cluster at {head})", head - cursor),
+                    });
+                    continue;
+                }
+            }
         }
         let mut failure: Option<anyhow::Error> = None;
         let mut adopted = false;

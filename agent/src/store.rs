@@ -136,6 +136,12 @@ impl AgentStore {
     pub fn commit(&self, revision: Revision) -> Result<(), StoreError> {
         self.flush()?;
         let staged = std::mem::take(&mut *self.staged.lock().expect("staged lock"));
+        if staged.files.len() > SYNCFS_AFTER {
+            // Thousands of files (a jump or a bulk change): one sync of the file system costs
+            // less than an fsync each, and covers the directory too.
+            return sync_fs(&self.guests_dir())
+                .and_then(|()| atomic_write(&self.dir.join("cursor"), format!("{revision}\n").as_bytes()));
+        }
         for path in &staged.files {
             match File::open(path) {
                 Ok(f) => f.sync_all().map_err(io(format!("fsync {}", path.display())))?,
@@ -259,11 +265,14 @@ impl AgentStore {
         Ok(Loaded { config: HostConfig::from_guests(guests), damaged: damaged.into_iter().map(|(p, _)| p).collect() })
     }
 
-    /// Stages `config` as the whole applied state (a re-sync): writes every guest and removes
-    /// files of guests that no longer exist. Durable at the next [`AgentStore::commit`].
-    pub fn replace_all(&self, config: &HostConfig) -> Result<(), StoreError> {
-        // Whatever was staged is superseded by the whole new state.
-        self.staged.lock().expect("staged lock").pending.clear();
+    /// Stages `config` as the whole applied state (a re-sync or a jump to a revision), given
+    /// `applied`, the state this store holds (on disk or staged): writes the guests that differ
+    /// from it and removes the files of guests that no longer exist. An agent far behind thus
+    /// writes what changed, not every guest again. Durable at the next [`AgentStore::commit`].
+    pub fn replace_all(&self, config: &HostConfig, applied: &HostConfig) -> Result<(), StoreError> {
+        // What is staged reaches the files first, so the files hold `applied` and only the
+        // differences need writing.
+        self.flush()?;
         let dir = self.guests_dir();
         let wanted: BTreeSet<PathBuf> = config.guests().map(|g| self.guest_path(&g.name)).collect();
         for path in json_files(&dir)? {
@@ -272,7 +281,7 @@ impl AgentStore {
                 self.staged.lock().expect("staged lock").dir = true;
             }
         }
-        for g in config.guests() {
+        for g in config.guests().filter(|g| applied.guest(&g.name) != Some(*g)) {
             self.stage(&ConfigChange::Put(g.clone()))?;
         }
         Ok(())
@@ -339,6 +348,21 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Write to a temporary, rename over `path`: atomic, not yet durable.
+/// How many written files a commit fsyncs one by one; above it, it syncs the file system.
+const SYNCFS_AFTER: usize = 256;
+
+/// Makes everything written to the file system holding `dir` durable (syncfs(2), which also
+/// reports a writeback error of any file written since the last sync).
+fn sync_fs(dir: &Path) -> Result<(), StoreError> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir).map_err(io(format!("open {}", dir.display())))?;
+    // SAFETY: syncfs takes a file descriptor, which `d` keeps open for the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(io(format!("syncfs {}", dir.display()))(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = write_temporary(path, bytes)?.0;
     fs::rename(&tmp, path).map_err(io(format!("rename {} over {}", tmp.display(), path.display())))
@@ -457,17 +481,24 @@ mod tests {
 
     #[test]
     fn replace_all_converges_to_the_given_config() {
+        use std::os::unix::fs::MetadataExt;
         let tmp = tempfile::tempdir().unwrap();
         let s = AgentStore::open(tmp.path()).unwrap();
-        s.stage(&ConfigChange::Put(guest("old", 1))).unwrap();
-        s.stage(&ConfigChange::Put(guest("kept", 1))).unwrap();
+        for g in [guest("old", 1), guest("kept", 1), guest("same", 1)] {
+            s.stage(&ConfigChange::Put(g)).unwrap();
+        }
         s.flush().unwrap();
-        // Staged but not flushed when the re-sync comes: superseded, never written.
+        // Staged but not flushed when the re-sync comes: reaches the file, then goes.
         s.stage(&ConfigChange::Put(guest("gone", 1))).unwrap();
-        let want = HostConfig::from_guests([guest("kept", 2), guest("new", 1)]);
-        s.replace_all(&want).unwrap();
+        let applied = HostConfig::from_guests([guest("old", 1), guest("kept", 1), guest("same", 1), guest("gone", 1)]);
+        let inode = |name: &str| fs::metadata(tmp.path().join(format!("guests/{name}.json"))).unwrap().ino();
+        let same = inode("same");
+        let want = HostConfig::from_guests([guest("kept", 2), guest("new", 1), guest("same", 1)]);
+        s.replace_all(&want, &applied).unwrap();
         s.commit(7).unwrap();
         assert_eq!(s.load().unwrap().config, want);
         assert_eq!(s.cursor().unwrap(), 7);
+        // A guest that did not change is not written again.
+        assert_eq!(inode("same"), same);
     }
 }

@@ -107,6 +107,11 @@ impl HostConfig {
         self.guests.values()
     }
 
+    /// The configuration of one guest.
+    pub fn guest(&self, name: &Name) -> Option<&Guest> {
+        self.guests.get(name)
+    }
+
     /// What `event` changes, without changing anything (the agent writes the file first, then
     /// records the change).
     pub fn change_for(&self, event: &Event) -> Option<ConfigChange> {

@@ -148,6 +148,9 @@ pub struct Settings {
     pub reconcile_interval_ms: u64,
     /// QEMU's live-migration bandwidth limit (KiB/s), to make transfers last.
     pub qemu_bandwidth_kib: Option<u64>,
+    /// How far behind an agent jumps to the current state instead of applying every event
+    /// (the agents' `jump_after_revisions`; 0: never).
+    pub jump_after_revisions: u64,
     /// `RUST_LOG` of every process (unless the environment sets one).
     pub rust_log: String,
     /// TLS on every link (the default), under a CA made in the cluster's folder (`tls/`);
@@ -183,6 +186,7 @@ impl Default for Settings {
             hypervisor: Hypervisor::Simulated,
             reconcile_interval_ms: 1000,
             qemu_bandwidth_kib: None,
+            jump_after_revisions: 10_000,
             rust_log: "info,openraft=warn".into(),
             tls: true,
         }
@@ -813,6 +817,7 @@ impl AgentProc {
             data_dir: dir.join("data"),
             report_interval_ms: cluster.settings.report_interval_ms,
             reconcile_interval_ms: cluster.settings.reconcile_interval_ms,
+            jump_after_revisions: cluster.settings.jump_after_revisions,
             driver: match &cluster.settings.hypervisor {
                 Hypervisor::Command(template) => {
                     let mut c = (**template).clone();

@@ -136,3 +136,73 @@ async fn five_agents_converge_after_kills_and_compaction() {
     let log = std::fs::read_to_string(agents[4].dir.join("agent.log")).unwrap();
     assert!(log.contains("re-synced from full state"), "the offline agent should have re-synced after compaction");
 }
+
+/// Invariant 5 for an agent far behind (SPEC §6): past `jump_after_revisions` it takes the
+/// desired state at the current revision instead of every event, writing only the guests that
+/// differ. SIGKILLed while it jumps and started again, it still ends byte-identical to the
+/// cluster, and one that is only a little behind applies events as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_far_behind_jumps_to_the_current_state_and_survives_a_kill_mid_jump() {
+    let mut rng = Lcg(seed("agent_far_behind_jumps"));
+    let opts = ClusterOpts { jump_after_revisions: 40, ..Default::default() };
+    let cluster = TestCluster::start(3, opts).await;
+    let c = cluster.client(&[1, 2, 3]);
+    for n in 1..=2 {
+        let _: WriteResponse = c.post("/v1/hosts", &big_host(&format!("h{n}"))).await.unwrap();
+    }
+    let mut agents: Vec<AgentProc> =
+        (1..=2).map(|n| AgentProc::start(&cluster, &format!("h{n}"), &agent_token(n), &[1, 2, 3])).collect();
+    let mut seq = 0;
+    for _ in 0..20 {
+        random_change(&c, &mut rng, seq).await;
+        seq += 1;
+    }
+    let converged = |agents: &[AgentProc]| {
+        let agents: Vec<_> = agents.iter().map(|a| (a.applied().0, files(a))).collect();
+        let probe = c.clone();
+        async move {
+            let state: Read<FullState> = probe.get("/v1/state").await.ok()?;
+            let want: std::collections::BTreeMap<String, Vec<u8>> =
+                state.items.guests.iter().map(|g| (format!("{}.json", g.name), HostConfig::render(g))).collect();
+            agents.iter().all(|(cursor, f)| *cursor == state.revision && *f == want).then_some(())
+        }
+    };
+    // A little behind (under the threshold): events, no jump.
+    agents[1].kill();
+    for _ in 0..20 {
+        random_change(&c, &mut rng, seq).await;
+        seq += 1;
+    }
+    agents[1].restart();
+    eventually("both agents to apply the events", Duration::from_secs(60), || converged(&agents)).await;
+    let log = |a: &AgentProc| std::fs::read_to_string(a.dir.join("agent.log")).unwrap_or_default();
+    assert!(!log(&agents[1]).contains("revisions behind"), "20 changes (at most 20 revisions) behind must not jump");
+    // Far behind: it jumps; killed as soon as the jump begins, then started again.
+    agents[1].kill();
+    let (cursor, _) = agents[1].applied();
+    while c.node_status().await.unwrap().revision < cursor + 100 {
+        random_change(&c, &mut rng, seq).await;
+        seq += 1;
+    }
+    let before = log(&agents[1]).len();
+    agents[1].restart();
+    eventually("the agent to start its jump", Duration::from_secs(30), || async {
+        log(&agents[1]).get(before..)?.contains("agent started").then_some(())
+    })
+    .await;
+    agents[1].kill();
+    agents[1].restart();
+    eventually("the agent that jumped to converge", Duration::from_secs(60), || converged(&agents)).await;
+    let jumped = log(&agents[1]);
+    let jumped = jumped.get(before..).unwrap_or_default();
+    assert!(
+        jumped.contains("revisions behind") && jumped.contains("re-synced from full state"),
+        "an agent 100 revisions behind with jump_after_revisions = 40 must jump:\n{jumped}"
+    );
+    // It follows the log again after the jump.
+    for _ in 0..5 {
+        random_change(&c, &mut rng, seq).await;
+        seq += 1;
+    }
+    eventually("both agents to follow after the jump", Duration::from_secs(60), || converged(&agents)).await;
+}

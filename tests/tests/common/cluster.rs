@@ -47,6 +47,8 @@ pub struct ClusterOpts {
     pub start_timeout_ms: u64,
     /// `api.streams_per_token_max`.
     pub streams_per_token_max: usize,
+    /// The agents' `jump_after_revisions`.
+    pub jump_after_revisions: u64,
 }
 
 impl Default for ClusterOpts {
@@ -64,6 +66,7 @@ impl Default for ClusterOpts {
             lease_ms: HaConfig::default().lease_ms,
             start_timeout_ms: HaConfig::default().start_timeout_ms,
             streams_per_token_max: ApiConfig::default().streams_per_token_max,
+            jump_after_revisions: 10_000,
         }
     }
 }
@@ -100,6 +103,7 @@ impl ClusterOpts {
             hypervisor: self.hypervisor.clone(),
             reconcile_interval_ms: 300,
             qemu_bandwidth_kib: self.qemu_bandwidth_kib,
+            jump_after_revisions: self.jump_after_revisions,
             rust_log: "info,openraft=warn".into(),
             // Every test runs the default: TLS on every link.
             tls: true,
