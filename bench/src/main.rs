@@ -104,6 +104,10 @@ pub struct Args {
     /// Switchyard's `raft.proposal_batch_max` (1 turns batching off, for a before/after).
     #[arg(long, default_value_t = 256)]
     pub batch_max: usize,
+    /// The agents' `jump_after_revisions` (0: never jump, for a before/after of the agents far
+    /// behind).
+    #[arg(long, default_value_t = 10_000)]
+    pub agent_jump_after: u64,
     /// Keep the synthetic exports of the replay runs in `--dir` (to profile `log replay` by
     /// hand: `perf record switchyard log replay --digest FILE`).
     #[arg(long)]
@@ -290,6 +294,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 args.transfer_ms,
                 args.no_handover,
                 args.tls,
+                args.agent_jump_after,
             )
             .await?,
         ));

@@ -68,13 +68,16 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
         sut.set_agents(false)?;
         for &n in &args.subscribers {
             for &rate in &args.rates {
-                let (p50, p99, missing) = fanout(sut, n, rate).await?;
+                let (p50, p99, missing, per_subscriber) = fanout(sut, n, rate).await?;
                 let f = format!("fan-out to {n} subscribers at {rate}/s, last subscriber p50");
                 report.add(&f, "ms", false, name, ms(p50));
                 let g = format!("fan-out to {n} subscribers at {rate}/s, last subscriber p99");
                 report.add(&g, "ms", false, name, ms(p99));
                 if missing > 0 {
                     report.note(&g, format!("{name}: {missing} deliveries missing"));
+                }
+                if let (Some(kib), true) = (per_subscriber, rate == args.rates[0]) {
+                    report.add(format!("memory per subscriber, {n} subscribers (3 members)"), "KiB", false, name, kib);
                 }
             }
         }
@@ -169,8 +172,12 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
             let took = agents_return(sut, args.catchup_events).await?;
             let line = format!("3 agents {} revisions behind start → all applied", args.catchup_events);
             report.add(&line, "ms", false, name, ms(took));
-            report
-                .note(&line, format!("{name}: the changes modify {KEYS} guests; the agents jump to the current state"));
+            let how = match args.agent_jump_after {
+                0 => "the agents apply every event (--agent-jump-after 0)".to_string(),
+                j if j < args.catchup_events => "the agents jump to the current state".to_string(),
+                j => format!("the agents apply every event (--agent-jump-after {j})"),
+            };
+            report.note(&line, format!("{name}: the changes modify {KEYS} guests; {how}"));
         }
     }
     Ok(())
@@ -231,11 +238,16 @@ pub(crate) async fn throughput(sut: &Sut, clients: usize, secs: u64) -> anyhow::
 /// `n` subscribers spread over the members; one writer at `rate` changes/s for 5 s (at least
 /// 50 changes). Latency of a change: from the moment the writer sent it to the moment the *last*
 /// subscriber received it.
-async fn fanout(sut: &Sut, n: usize, rate: u64) -> anyhow::Result<(Duration, Duration, usize)> {
+/// Also answers the members' added memory per subscriber (KiB, resident set of all members
+/// with the subscribers connected, less before they connected).
+async fn fanout(sut: &Sut, n: usize, rate: u64) -> anyhow::Result<(Duration, Duration, usize, Option<f64>)> {
     let count = (rate * 5).max(50) as usize;
     let client = http(sut, Duration::from_secs(10));
     let streams = sut.client(reqwest::Client::builder().pool_max_idle_per_host(4096));
     let from = sut.revision(&client).await? + 1;
+    let resident = || -> Option<u64> { (1..=3u64).map(|m| sut.pid(m).and_then(rss_kib)).sum() };
+    let idle = resident();
+    let mut connected = None;
     let until = Arc::new(AtomicU64::new(u64::MAX));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(n);
     let endpoints = sut.endpoints();
@@ -254,6 +266,7 @@ async fn fanout(sut: &Sut, n: usize, rate: u64) -> anyhow::Result<(Duration, Dur
                 bail!("{n} subscribers did not all connect within 60 s");
             }
         }
+        connected = resident();
         let (_, leader) = sut.leader().await?;
         let mut sent = Vec::with_capacity(count);
         let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
@@ -292,7 +305,8 @@ async fn fanout(sut: &Sut, n: usize, rate: u64) -> anyhow::Result<(Duration, Dur
         }
     }
     lat.sort();
-    Ok((pct(&lat, 50.0), pct(&lat, 99.0), missing))
+    let per_subscriber = idle.zip(connected).map(|(i, c)| (c as f64 - i as f64) / n as f64);
+    Ok((pct(&lat, 50.0), pct(&lat, 99.0), missing, per_subscriber))
 }
 
 /// One leader kill of the write failover figure.

@@ -307,12 +307,14 @@ impl Switchyard {
         transfer_ms: u64,
         no_handover: bool,
         tls: bool,
+        agent_jump_after: u64,
     ) -> anyhow::Result<Switchyard> {
         let mut settings = settings(timing, batch_max, transfer_ms);
         if no_handover {
             settings.raft.handover_timeout_ms = 0;
         }
         settings.tls = tls;
+        settings.jump_after_revisions = agent_jump_after;
         let mut cluster = local::open(dir, 0, settings)?;
         local::start(&mut cluster).await?;
         cluster.start_agents()?;
@@ -493,18 +495,17 @@ impl Switchyard {
             #[serde(other)]
             Other,
         }
-        let url = self.url(ep, &format!("/v1/events?from={from}&follow=true&kind=guest&progress_ms=100"));
+        // The server's default progress interval (5 s), as agents run: the subscription is
+        // established once the answer's headers arrive (it streams from `from` whatever comes
+        // later), so no early line is needed to know it.
+        let url = self.url(ep, &format!("/v1/events?from={from}&follow=true&kind=guest"));
         let resp = http.get(url).bearer_auth(&self.token).send().await?;
         if !resp.status().is_success() {
             bail!("subscribe: {}", resp.status());
         }
+        let _ = ready.try_send(());
         let mut out = Vec::new();
-        let mut announced = false;
         lines(resp, |l| {
-            if !announced {
-                announced = true;
-                let _ = ready.try_send(());
-            }
             if let Ok(Item::Event(r)) = serde_json::from_slice::<Item>(l) {
                 out.push((r.revision, Instant::now()));
                 return r.revision < until.load(std::sync::atomic::Ordering::Relaxed);
@@ -572,7 +573,7 @@ pub(crate) fn settings(timing: Timing, batch_max: usize, transfer_ms: u64) -> Se
         api: ApiConfig {
             request_body_bytes_max: 65536,
             host_report_timeout_ms: 3_600_000,
-            streams_per_token_max: 4096,
+            streams_per_token_max: 16_384,
             ..ApiConfig::default()
         },
         sim_transfer_ms: transfer_ms,

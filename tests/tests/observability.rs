@@ -72,6 +72,16 @@ async fn metrics_are_scraped_and_move_through_a_migration_and_a_leader_kill() {
     assert!(get(&after, "switchyard_proposal_commit_seconds_count", &[]) > commits0);
     assert!(get(&after, "switchyard_log_fsync_seconds_count", &[]) > fsyncs0);
     assert!(get(&after, "switchyard_applied_revision", &[]) > get(&before, "switchyard_applied_revision", &[]));
+    // Every stage of a write is timed: on the leader its own stages and the round trips to the
+    // followers, on a follower its handling of the appends.
+    for stage in ["api", "proposer_queue", "log_append", "log_durable", "apply", "replicate_rpc"] {
+        let n = get(&after, "switchyard_write_stage_seconds_count", &[("stage", stage)]);
+        assert!(n >= 1.0, "the leader timed no write at stage {stage}");
+    }
+    let follower = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
+    let f = scrape(&cluster, follower).await;
+    assert!(get(&f, "switchyard_write_stage_seconds_count", &[("stage", "follower_append")]) >= 1.0);
+    assert!(get(&f, "switchyard_write_stage_seconds_count", &[("stage", "log_durable")]) >= 1.0);
     // Agents follow the event stream: somewhere, subscribers are open and events were sent.
     let mut subscribers = 0.0;
     let mut streamed = 0.0;
@@ -117,6 +127,7 @@ async fn metrics_are_scraped_and_move_through_a_migration_and_a_leader_kill() {
         "proposal_commit_seconds",
         "proposal_batch_size",
         "log_fsync_seconds",
+        "write_stage_seconds",
         "snapshot_builds",
         "snapshot_build_seconds",
         "subscribers",
