@@ -273,12 +273,12 @@ impl Metrics {
         }
     }
 
-    /// The text a scrape gets.
     /// Notes `took` for a write's `stage` (one of [`stage`]).
     pub fn stage(&self, stage: &'static str, took: Duration) {
         self.write_stage_seconds.get_or_create(&StageLabel { stage }).observe(took.as_secs_f64());
     }
 
+    /// The text a scrape gets.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String never fails");

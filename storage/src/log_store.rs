@@ -192,7 +192,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut b = WriteBatch::default();
         let log = self.dir.cf(cf::LOG);
         for e in entries {
