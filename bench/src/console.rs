@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::scenarios::{synthetic_export, Synthetic};
-use crate::sut::{Sut, Switchyard, Timing};
+use crate::sut::{RestoreBy, Sut, Switchyard, Timing};
 use crate::{Args, Report};
 
 /// Timed reads of each page (after a few untimed ones).
@@ -23,7 +23,7 @@ pub async fn console(args: &Args, dir: &Path, timing: Timing, report: &mut Repor
     eprintln!("== console pages at {hosts} hosts, {guests} guests");
     let file = dir.join("console.swylog");
     synthetic_export(&file, Synthetic { hosts, guests, events: hosts + guests })?;
-    let (sw, _) = Switchyard::restored(&dir.join("console"), timing, args.batch_max, &file).await?;
+    let (sw, _) = Switchyard::restored(&dir.join("console"), timing, args.batch_max, &file, RestoreBy::Seed).await?;
     let _ = std::fs::remove_file(&file);
     let sut = Sut::Switchyard(Box::new(sw));
     let (leader, leader_ep) = sut.leader().await?;

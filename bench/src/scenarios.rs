@@ -821,11 +821,31 @@ pub async fn scale(args: &Args, dir: &Path, timing: Timing, report: &mut Report)
     let file = dir.join(format!("scale-{n}.swylog"));
     synthetic_export(&file, Synthetic { hosts, guests, events: n })?;
     let shape = format!("{hosts} hosts, {guests} guests, {n} events");
-    let (sw, took) = Switchyard::restored(&dir.join("scale"), timing, args.batch_max, &file).await?;
+    let how = args.scale_restore;
+    let (sw, restored) = Switchyard::restored(&dir.join("scale"), timing, args.batch_max, &file, how).await?;
     if !args.keep_exports {
         let _ = std::fs::remove_file(&file);
     }
-    report.add(format!("scale: `log restore` of {shape}"), "events/s", true, "switchyard", n as f64 / ms(took) * 1e3);
+    let rate = n as f64 / ms(restored.took) * 1e3;
+    match restored.seed {
+        None => report.add(format!("scale: `log restore` of {shape}"), "events/s", true, "switchyard", rate),
+        Some(seed) => {
+            report.add(
+                format!("scale: restore of {shape} (`log seed` on 3 members at once, start, `log restore`)"),
+                "events/s",
+                true,
+                "switchyard",
+                rate,
+            );
+            report.add(
+                "scale: the 3 members' `log seed` (at once, 2 cores)",
+                "s",
+                false,
+                "switchyard",
+                seed.as_secs_f64(),
+            );
+        }
+    }
     let mut sut = Sut::Switchyard(Box::new(sw));
     let client = http(&sut, Duration::from_secs(600));
     let rev = sut.revision(&client).await?;

@@ -297,6 +297,23 @@ pub struct Switchyard {
     pub scheme: &'static str,
 }
 
+/// How [`Switchyard::restored`] brings an export's history into a new cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RestoreBy {
+    /// `log seed` on every member's directory, start, then `log restore` commits the identity.
+    Seed,
+    /// `cluster init --for-restore`, then `log restore` pushes every event through Raft.
+    Import,
+}
+
+/// How long a restore took.
+pub struct Restored {
+    /// From the first command to the new identity committed.
+    pub took: Duration,
+    /// The members' seeds, all at once (the `Seed` way).
+    pub seed: Option<Duration>,
+}
+
 impl Switchyard {
     /// Three coordinators and three agents (simulated hypervisor) in `dir`, configured by
     /// [`settings`], with the host `load` the write load's guests live on.
@@ -336,33 +353,76 @@ impl Switchyard {
         Ok(s)
     }
 
-    /// Three coordinators (no agents) in `dir`, initialized `--for-restore` and seeded from
-    /// `export` by the real CLI (`switchyard log restore`, a child process); answers the cluster
-    /// and how long the restore took. The way to a history of millions of events in minutes.
+    /// Three coordinators (no agents) in `dir` holding the history of `export`, restored by the
+    /// real CLI (child processes) the way `how` says; answers the cluster and how long the
+    /// restore took, from the first command to the new identity committed. The way to a history
+    /// of millions of events in seconds.
     pub async fn restored(
         dir: &Path,
         timing: Timing,
         batch_max: usize,
         export: &Path,
-    ) -> anyhow::Result<(Switchyard, Duration)> {
+        how: RestoreBy,
+    ) -> anyhow::Result<(Switchyard, Restored)> {
         let mut cluster = local::open(dir, 0, settings(timing, batch_max, 0))?;
-        cluster.start_nodes()?;
-        cluster.bootstrap_for_restore().await?;
         let token = cluster.secrets.admin_token.clone();
-        let t = Instant::now();
-        let out = Command::new(cli_program()?)
-            .arg("--endpoints")
-            .arg(cluster.endpoints().join(","))
+        let endpoints = cluster.endpoints().join(",");
+        let cli = |args: &[&std::ffi::OsStr]| -> anyhow::Result<Command> {
+            let mut c = Command::new(cli_program()?);
+            c.arg("--endpoints").arg(&endpoints);
             // The cluster runs plaintext (as etcd does here): the CLI is told so.
-            .args(["--insecure", "--token", &token, "--timeout", "600", "log", "restore"])
-            .arg(export)
-            .stdin(Stdio::null())
+            c.args(["--insecure", "--token", &token, "--timeout", "600"]).args(args).stdin(Stdio::null());
+            Ok(c)
+        };
+        let t = Instant::now();
+        let mut seed = None;
+        match how {
+            RestoreBy::Import => {
+                cluster.start_nodes()?;
+                cluster.bootstrap_for_restore().await?;
+            }
+            RestoreBy::Seed => {
+                // Every member's directory at once, as on three machines (here they share two
+                // cores).
+                let members: Vec<String> = (1..=3)
+                    .map(|id| format!("{id}={},{}", cluster.node(id).raft_addr, cluster.node(id).api_addr))
+                    .collect();
+                let mut children = Vec::new();
+                for id in 1..=3u64 {
+                    let data = cluster.data_dir(id);
+                    let id = id.to_string();
+                    let os = std::ffi::OsStr::new;
+                    let mut args = vec![os("log"), os("seed"), export.as_os_str()];
+                    args.extend([os("--data-dir"), data.as_os_str(), os("--node-id"), os(&id)]);
+                    for m in &members {
+                        args.extend([os("--member"), os(m)]);
+                    }
+                    let child = cli(&args)?
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .context("run switchyard log seed")?;
+                    children.push(child);
+                }
+                for child in children {
+                    let out = child.wait_with_output()?;
+                    if !out.status.success() {
+                        bail!("log seed failed: {}", String::from_utf8_lossy(&out.stderr));
+                    }
+                }
+                seed = Some(t.elapsed());
+                cluster.start_nodes()?;
+                cluster.leader_among(&[1, 2, 3]).await?;
+            }
+        }
+        let out = cli(&[std::ffi::OsStr::new("log"), std::ffi::OsStr::new("restore"), export.as_os_str()])?
             .output()
             .context("run switchyard log restore")?;
         if !out.status.success() {
             bail!("log restore failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok((Switchyard { cluster, token, scheme: "http" }, t.elapsed()))
+        let restored = Restored { took: t.elapsed(), seed };
+        Ok((Switchyard { cluster, token, scheme: "http" }, restored))
     }
 
     pub fn token(&self) -> &str {

@@ -37,7 +37,7 @@ pub enum Verb {
     },
 }
 
-fn parse_member(s: &str) -> Result<MemberSpec, CliError> {
+pub(crate) fn parse_member(s: &str) -> Result<MemberSpec, CliError> {
     let bad = || CliError::Usage(format!("--member {s:?}: expected ID=RAFT_ADDR,API_ADDR"));
     let (id, addrs) = s.split_once('=').ok_or_else(bad)?;
     let (raft, api) = addrs.split_once(',').ok_or_else(bad)?;

@@ -108,7 +108,7 @@ enum Verb {
     /// Even out the hosts' static load (memory and vCPU against capacity): the plan, each move
     /// explained, and with --apply the moves as ordinary online migrations.
     Rebalance(rebalance::RebalanceArgs),
-    /// Recovery: export, verify, replay and restore the event history (live, or offline from a
+    /// Recovery: export, verify, replay, restore and seed the event history (live, or offline from a
     /// stopped coordinator's data directory or an export file).
     #[command(subcommand)]
     Log(log::Verb),

@@ -1,10 +1,11 @@
-//! `switchyard log export|verify|replay`: the recovery tooling (SPEC §7). It works when the
+//! `switchyard log export|verify|replay|restore|seed`: the recovery tooling (SPEC §7). It works when the
 //! cluster does not: on a stopped coordinator's data directory or on an export file, with the
 //! file format and checks in `switchyard_storage::export`. Export also works against the live
 //! cluster, consistent at the revision it states.
 //!
 //! Long runs print progress on standard error when it is a terminal.
 
+use std::collections::BTreeMap;
 use std::io::{BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,9 +15,11 @@ use switchyard_client::{Client, EventQuery};
 use switchyard_protocol::api::{
     FullState, GuestView, HostView, IdentityRequest, ImportRequest, MigrationPage, Read, StreamItem,
 };
+use switchyard_protocol::entry::NodeInfo;
 use switchyard_protocol::limits::IMPORT_EVENTS_MAX;
-use switchyard_protocol::{ClusterState, Event, RestoredFrom};
+use switchyard_protocol::{ClusterState, Event, ImportProgress, RestoredFrom};
 use switchyard_storage::export::{self, ExportHeader, ExportWriter, Format, Report, Until};
+use switchyard_storage::seed::SeedError;
 
 use crate::render::{guests_table, hosts_table, migrations_table, now, packages_table, to_json};
 use crate::{timefmt, CliError, Ctx, Out};
@@ -68,6 +71,25 @@ pub enum Verb {
     Restore {
         /// The export file.
         file: PathBuf,
+    },
+    /// Build a stopped member's data directory from an export, offline, at the speed of
+    /// replay: run it on every member's machine with the same --member list, start the
+    /// members (they elect a leader on their own: no `cluster init`), then `log restore FILE`
+    /// checks that they all hold this export and commits the new cluster id. A member left
+    /// unseeded, or added later, receives the seed from the leader as a snapshot.
+    Seed {
+        /// The export file.
+        file: PathBuf,
+        /// The member's data directory: absent or empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The member's node id (its config's `node_id`).
+        #[arg(long)]
+        node_id: u64,
+        /// ID=RAFT_ADDR,API_ADDR of a member of the new cluster; repeat for each (the same list
+        /// on every member).
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
     },
 }
 
@@ -121,6 +143,7 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
             replay(c, json, &source, Until { revision: until, time: until_time }, digest, diff).await
         }
         Verb::Restore { file } => restore(c, json, &file).await,
+        Verb::Seed { file, data_dir, node_id, members } => seed(json, &file, &data_dir, node_id, &members),
     }
 }
 
@@ -408,6 +431,58 @@ fn differences(replayed: &FullState, live: &FullState) -> Vec<String> {
     d
 }
 
+/// `log seed FILE --data-dir DIR --node-id N --member …`: builds a member's directory offline
+/// (`switchyard_storage::seed`).
+fn seed(json: bool, file: &Path, data_dir: &Path, node_id: u64, members: &[String]) -> Out {
+    let members = members
+        .iter()
+        .map(|m| {
+            crate::cluster::parse_member(m).map(|m| (m.id, NodeInfo { raft_addr: m.raft_addr, api_addr: m.api_addr }))
+        })
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    if file.is_dir() {
+        return Err(CliError::Usage(format!("{} is a directory: seed takes an export file", file.display())));
+    }
+    let f = std::fs::File::open(file).map_err(|e| failed(format!("open {}: {e}", file.display())))?;
+    let size = f.metadata().map_or(0, |m| m.len() >> 20);
+    let p = Progress::new("seed", "MiB", Some(size));
+    let started = std::time::Instant::now();
+    let seeded =
+        switchyard_storage::seed::seed(data_dir, node_id, members, BufReader::with_capacity(1 << 20, f), |b| {
+            p.tick(b >> 20)
+        });
+    p.done();
+    let seeded = match seeded {
+        Ok(s) => s,
+        Err(SeedError::Damaged(problems)) => {
+            let text: String = problems.iter().map(|p| format!("PROBLEM at {}: {}\n", p.location, p.problem)).collect();
+            return Err(CliError::Failed(text, format!("{} is damaged: nothing was seeded", file.display())));
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    let took = started.elapsed();
+    let digest = FullState::of(&seeded.state).digest();
+    Ok(if json {
+        to_json(&serde_json::json!({
+            "data_dir": data_dir, "node_id": node_id, "cluster": seeded.header.cluster,
+            "revision": seeded.revision, "chain": seeded.chain, "digest": digest, "ms": took.as_millis() as u64,
+        }))
+    } else {
+        format!(
+            "seeded node {node_id}'s data directory {} with revisions 1..={} of {} (cluster {}) in {:.1} s\n\
+             configuration digest {digest}, chain {}\n\
+             next: start every member, then `switchyard log restore {}` commits the new cluster id\n",
+            data_dir.display(),
+            seeded.revision,
+            file.display(),
+            seeded.header.cluster.as_ref().map_or("without id".into(), |c| c.to_string()),
+            took.as_secs_f64(),
+            seeded.chain,
+            file.display(),
+        )
+    })
+}
+
 /// Largest JSON body of one import chunk; the coordinators accept up to 4 MiB there.
 const IMPORT_CHUNK_BYTES: usize = 1 << 20;
 
@@ -425,6 +500,23 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Out {
             file.display(),
             file.display()
         )));
+    }
+    // Members that already hold the whole export (seeded, or an import that ended before the
+    // identity was committed) need only the identity: the file's two ends say so, unread.
+    let ends = export::read_ends(file).map_err(|e| failed(format!("read {}: {e}", file.display())))?;
+    if let Some(ends) = ends.filter(|e| e.header.first_revision == 1) {
+        let view = c.identity().await?;
+        if let Some(p) = view.items.importing.as_ref().filter(|p| p.through_revision == ends.last_revision) {
+            if p.cluster != ends.header.cluster || p.chain != ends.chain {
+                return Err(failed(format!(
+                    "the cluster holds another history through revision {} (chain {}): it was seeded or restored from another export than {}",
+                    p.through_revision,
+                    p.chain,
+                    file.display()
+                )));
+            }
+            return restore_held(c, json, file, &ends).await;
+        }
     }
     let (report, _) = read(file, Until::default())?;
     if !report.problems.is_empty() {
@@ -481,7 +573,7 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Out {
             BufReader::with_capacity(1 << 20, f),
             Until::default(),
             |_| {},
-            |e, chain| {
+            |e, chain, _| {
                 // Hex digits whenever the chain holds; a read with a broken chain imports nothing.
                 let chain = String::from_utf8_lossy(chain);
                 if let Some((at, want)) = &resume_chain {
@@ -574,6 +666,82 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Out {
     } else {
         Err(CliError::Failed(text, "the restored configuration differs from the export's".into()))
     }
+}
+
+/// The end of `log restore` when the cluster already holds the export's whole history (its
+/// import progress is at the file's last revision with the file's chain): every member must hold
+/// that same progress — a member seeded from another export, or not caught up yet, would apply
+/// the identity differently — then the new identity is committed.
+async fn restore_held(c: &Client, json: bool, file: &Path, ends: &export::Ends) -> Out {
+    let want = ImportProgress {
+        cluster: ends.header.cluster.clone(),
+        through_revision: ends.last_revision,
+        chain: ends.chain.clone(),
+    };
+    let Some(last_event) = ends.last_event.as_ref().filter(|e| e.revision == ends.last_revision) else {
+        return Err(failed(format!("{} has no readable last event before its trailer", file.display())));
+    };
+    // A member installing the seed from the leader gets there within moments.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = c.cluster_status().await?;
+        let behind: Vec<String> = status
+            .members
+            .iter()
+            .filter(|m| m.status.as_ref().and_then(|s| s.importing.as_ref()) != Some(&want))
+            .map(|m| match m.status.as_ref() {
+                None => format!("node {} does not answer", m.id),
+                Some(s) => match &s.importing {
+                    None => format!("node {} holds no restore (revision {})", m.id, s.revision),
+                    Some(p) => format!("node {} holds revision {} with chain {}", m.id, p.through_revision, p.chain),
+                },
+            })
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(failed(format!(
+                "not every member holds {} through revision {}: {}; seed every member from the same export",
+                file.display(),
+                ends.last_revision,
+                behind.join("; ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let restored_from = RestoredFrom {
+        cluster: ends.header.cluster.clone(),
+        through_revision: ends.last_revision,
+        chain: ends.chain.clone(),
+        term_base: last_event.term,
+    };
+    let req = IdentityRequest {
+        request_id: Some(switchyard_client::new_request_id()),
+        cluster: None,
+        restored_from: Some(restored_from),
+    };
+    let answer = c.commit_identity(&req).await?;
+    let live = c.full_state().await?;
+    let cluster = live.items.cluster.as_ref().map(|c| c.id.to_string()).unwrap_or_default();
+    let last = ends.last_revision;
+    Ok(if json {
+        to_json(&serde_json::json!({
+            "cluster": cluster, "restored_from": ends.header.cluster, "through_revision": last,
+            "imported": 0, "revision": live.revision, "identity": answer, "every_member_held_the_export": true,
+        }))
+    } else {
+        format!(
+            "every member holds revisions 1..={last} of {} (cluster {}, chain {}): committed the new cluster {cluster}\n\
+             the new cluster's own history starts at revision {}\n\
+             configuration digest {}\n",
+            file.display(),
+            ends.header.cluster.as_ref().map_or("without id".into(), |c| c.to_string()),
+            ends.chain,
+            last + 1,
+            live.items.digest()
+        )
+    })
 }
 
 /// Sends one chunk (`chain`: the export's chain after its last event). After a failure, the

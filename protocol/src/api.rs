@@ -576,6 +576,10 @@ pub struct NodeStatus {
     #[serde(default)]
     pub purged_index: Option<u64>,
     pub revision: Revision,
+    /// The restore this node holds in progress (`log restore` checks every member holds the
+    /// same one before committing the new identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub importing: Option<crate::model::ImportProgress>,
     /// Set while this node's Raft is stopped on an error (its storage failed: a full or
     /// failing disk): it refuses writes and serves stale reads until it recovers.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -40,6 +40,7 @@ pub enum RecordKind {
     SnapshotPointer = 10,
     FormatVersion = 11,
     Export = 12,
+    ImportProgress = 13,
 }
 
 impl RecordKind {
@@ -58,6 +59,7 @@ impl RecordKind {
             SnapshotPointer,
             FormatVersion,
             Export,
+            ImportProgress,
         ]
         .into_iter()
         .find(|k| *k as u8 == b)

@@ -92,6 +92,12 @@ impl Replay {
         self.state.foldable(event)
     }
 
+    /// The state so far, for reads that need no request index (a migration's record after the
+    /// event that changed it, as `log seed` stores it).
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
     /// The state, with every index it keeps.
     pub fn finish(mut self) -> ClusterState {
         self.state.derived.requests = self.state.request_index();
@@ -217,6 +223,14 @@ impl ClusterState {
         self.packages.values().filter(|p| self.guests.get(&p.guest).is_some_and(|g| g.owner == *host)).count()
     }
     pub(crate) fn set_importing(&mut self, progress: ImportProgress) {
+        self.importing = Some(progress);
+    }
+
+    /// Puts back the restore in progress that storage recorded beside the applied revision
+    /// (the progress is not part of the history, so a state rebuilt from a base and the events
+    /// after it lacks it or holds an older one), or that `log seed` found at the end of an
+    /// export.
+    pub fn resume_import(&mut self, progress: ImportProgress) {
         self.importing = Some(progress);
     }
 

@@ -53,6 +53,8 @@ pub(crate) mod key {
     pub const LAST_PURGED: &[u8] = b"last_purged";
     pub const APPLIED: &[u8] = b"applied";
     pub const SNAPSHOT: &[u8] = b"snapshot";
+    /// The restore in progress (`ImportProgress`), written with the applied state that set it.
+    pub const IMPORTING: &[u8] = b"importing";
 
     pub fn u64(i: u64) -> [u8; 8] {
         i.to_be_bytes()
@@ -315,6 +317,23 @@ impl DataDir {
             return Ok(None);
         };
         codec::open(kind, &bytes).map(Some).map_err(|source| StoreError::Corrupt { cf: family, key: what, source })
+    }
+
+    /// Writes a batch without the write-ahead log: for a directory being built offline
+    /// (`crate::seed`), made durable by [`DataDir::flush_all`] before anything points at it.
+    pub(crate) fn write_unlogged(&self, batch: WriteBatch, what: &str) -> Result<(), StoreError> {
+        let mut o = WriteOptions::default();
+        o.disable_wal(true);
+        self.db.write_opt(batch, &o).map_err(|e| StoreError::rocks(what.to_string(), e))
+    }
+
+    /// Flushes every column family's memtable to table files (fsynced by RocksDB), waiting
+    /// for it.
+    pub(crate) fn flush_all(&self) -> Result<(), StoreError> {
+        for name in cf::ALL {
+            self.db.flush_cf(self.cf(name)).map_err(|e| StoreError::rocks(format!("flush {name}"), e))?;
+        }
+        Ok(())
     }
 
     /// Writes a batch; `sync` makes it durable (fsync of the WAL) before returning.

@@ -256,12 +256,13 @@ impl Report {
 /// Reads and checks a whole export (binary or JSON lines, told apart by the magic), folding its
 /// events up to `until`. `progress` is called with the bytes read so far.
 pub fn read_export(input: impl BufRead + Send, until: Until, progress: impl FnMut(u64)) -> std::io::Result<Report> {
-    read_export_with(input, until, progress, |_, _| {})
+    read_export_with(input, until, progress, |_, _, _| {})
 }
 
 /// [`read_export`], handing every event record to `on_event` with its stated chain value (64
-/// lower-case hex digits when the chain holds), in file order (what `log restore` imports; it
-/// acts only if the whole read found no problem).
+/// lower-case hex digits when the chain holds) and the state folded so far (the event in it
+/// while no problem was found), in file order (what `log restore` imports and `log seed`
+/// stores; both act only if the whole read found no problem).
 ///
 /// Two threads share the work (the replay speed of SPEC §8 needs both cores): a reading thread
 /// frames, checksums and decodes the records and checks the hash chain (each record's check
@@ -276,7 +277,7 @@ pub fn read_export_with(
     input: impl BufRead + Send,
     until: Until,
     mut progress: impl FnMut(u64),
-    mut on_event: impl FnMut(&Event, &[u8; 64]),
+    mut on_event: impl FnMut(&Event, &[u8; 64], &ClusterState),
 ) -> std::io::Result<Report> {
     let mut r = Report::default();
     let mut fold = Replay::default();
@@ -319,8 +320,8 @@ pub fn read_export_with(
                             ),
                             Chain::Holds => {}
                         }
-                        on_event(event, stated);
                         r.event(&location, event, &until, &mut fold);
+                        on_event(event, stated, fold.state());
                     }
                     Item::Trailer { last_revision, count, chain } => {
                         trailer_seen = true;
@@ -374,6 +375,94 @@ pub fn read_export_with(
         }
     }
     Ok(r)
+}
+
+/// What an export says of itself at both ends, read without its events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ends {
+    pub header: ExportHeader,
+    pub last_revision: Revision,
+    pub count: u64,
+    /// The chain value the trailer states.
+    pub chain: String,
+    /// The record before the trailer: the last event.
+    pub last_event: Option<Event>,
+}
+
+/// The header and the trailer of the export file at `path`, found without decoding its events
+/// (a binary export's frames are skipped by their lengths; a JSON-lines export's first and last
+/// lines are read). Not a check of the file: the trailer only *states* the chain, so whoever
+/// relies on it compares it with a chain computed from the events, as a seeded cluster's is.
+/// `None` when either end is missing or unreadable.
+pub fn read_ends(path: &Path) -> std::io::Result<Option<Ends>> {
+    use std::io::{Seek, SeekFrom};
+    let mut input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let record = |bytes: &[u8]| -> Option<ExportRecord> {
+        codec::open_payload(RecordKind::Export, bytes).ok().and_then(|p| codec::decode::<ExportRecord>(p).ok())
+    };
+    let (first, previous, last) = if input.fill_buf()?.starts_with(&MAGIC[..6]) {
+        let mut magic = [0u8; 8];
+        input.read_exact(&mut magic)?;
+        if &magic != MAGIC {
+            return Ok(None);
+        }
+        let mut first: Option<Vec<u8>> = None;
+        let mut offset = 8u64;
+        // (start, length) of the last two frames' bodies.
+        let (mut before_last, mut last_frame) = ((0u64, 0usize), (0u64, 0usize));
+        loop {
+            let mut len = [0u8; 4];
+            if read_full(&mut input, &mut len)? < 4 {
+                break;
+            }
+            let n = u32::from_be_bytes(len) as usize;
+            if n > 64 << 20 {
+                return Ok(None);
+            }
+            if first.is_none() {
+                let mut bytes = vec![0u8; n];
+                input.read_exact(&mut bytes)?;
+                first = Some(bytes);
+            } else {
+                input.seek_relative(n as i64)?;
+            }
+            before_last = last_frame;
+            last_frame = (offset + 4, n);
+            offset += 4 + n as u64;
+        }
+        let Some(first) = first else { return Ok(None) };
+        let mut at = |(start, len): (u64, usize)| -> std::io::Result<Option<ExportRecord>> {
+            input.seek(SeekFrom::Start(start))?;
+            let mut bytes = vec![0u8; len];
+            input.read_exact(&mut bytes)?;
+            Ok(record(&bytes))
+        };
+        let previous = if before_last.0 > 8 + 4 { at(before_last)? } else { None };
+        (record(&first), previous, at(last_frame)?)
+    } else {
+        let (mut first, mut previous, mut last, mut line) =
+            (String::new(), String::new(), String::new(), String::new());
+        while input.read_line(&mut line)? > 0 {
+            if first.is_empty() {
+                first = line.clone();
+            }
+            std::mem::swap(&mut previous, &mut last);
+            std::mem::swap(&mut last, &mut line);
+            line.clear();
+        }
+        let json = |l: &str| serde_json::from_str::<ExportRecord>(l.trim_end()).ok();
+        (json(&first), json(&previous), json(&last))
+    };
+    Ok(match (first, last) {
+        (Some(ExportRecord::Header(header)), Some(ExportRecord::Trailer { last_revision, count, chain })) => {
+            let last_event = match previous {
+                Some(ExportRecord::Event { event, .. }) => Some(*event),
+                _ => None,
+            };
+            Some(Ends { header, last_revision, count, chain: chain.to_ascii_lowercase(), last_event })
+        }
+        _ => None,
+    })
 }
 
 /// One record as the reading thread hands it over.
@@ -892,7 +981,7 @@ mod tests {
                 bytes,
                 until,
                 |_| {},
-                |e, chain| seen.push((e.revision, String::from_utf8(chain.to_vec()).unwrap())),
+                |e, chain, _| seen.push((e.revision, String::from_utf8(chain.to_vec()).unwrap())),
             )
             .unwrap();
             (r, seen)

@@ -23,6 +23,7 @@ pub mod error;
 pub mod export;
 pub mod history;
 pub mod log_store;
+pub mod seed;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

@@ -18,7 +18,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use rocksdb::{IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 use switchyard_protocol::codec::{self, RecordKind};
-use switchyard_protocol::{ClusterState, Event, Replay, Revision};
+use switchyard_protocol::{ClusterState, Event, ImportProgress, Replay, Revision};
 use tokio::io::AsyncSeekExt;
 use tokio::sync::watch;
 
@@ -122,6 +122,9 @@ impl StateMachineStore {
         }
         let base = cluster.revision();
         replay_events(&dir, &mut cluster, meta.revision)?;
+        if let Some(p) = dir.get::<ImportProgress>(cf::SM, key::IMPORTING, RecordKind::ImportProgress, "importing")? {
+            cluster.resume_import(p);
+        }
         let (revision_tx, _) = watch::channel(meta.revision);
         tracing::info!(
             node = dir.node_id(),
@@ -291,6 +294,74 @@ impl StateMachineStore {
     }
 }
 
+/// Writes a snapshot file at `path` of `cluster` (at its revision) with every migration record
+/// as it was then and the stored events from `first_event` up to it.
+pub(crate) fn write_snapshot_file(
+    dir: &DataDir,
+    path: &std::path::Path,
+    meta: SnapshotMeta,
+    cluster: &ClusterState,
+    first_event: Revision,
+) -> Result<(), StoreError> {
+    let revision = cluster.revision();
+    let migrations = migrations_at(dir, revision)?;
+    let header = SnapshotHeader {
+        meta,
+        revision,
+        first_event,
+        event_count: revision + 1 - first_event,
+        migration_count: migrations.len() as u64,
+    };
+    let events = dir
+        .db
+        .iterator_cf(dir.cf(cf::EVENTS), IteratorMode::From(&key::u64(first_event), rocksdb::Direction::Forward))
+        .map(|item| -> Result<Event, StoreError> {
+            let (k, v) = item.map_err(|e| StoreError::rocks("read events for snapshot", e))?;
+            let rev = key::parse_u64(&k).unwrap_or(0);
+            codec::open(RecordKind::Event, &v).map_err(|source| StoreError::Corrupt {
+                cf: cf::EVENTS,
+                key: format!("revision {rev}"),
+                source,
+            })
+        })
+        .take_while(|e| e.as_ref().map_or(true, |e| e.revision <= revision));
+    snapshot::write_file(path, &header, cluster, &migrations, events)
+}
+
+/// Records a seeded data directory's base in one synced batch (`crate::seed`): the applied
+/// state at `meta`'s log id, the snapshot file `file` of `cluster` as current, the restore in
+/// progress, and the log purged up to that log id, so that a member without the seed is sent
+/// the snapshot instead of a log that does not hold it.
+pub(crate) fn commit_seed(
+    dir: &DataDir,
+    meta: &SnapshotMeta,
+    file: &str,
+    cluster: &ClusterState,
+) -> Result<(), StoreError> {
+    let revision = cluster.revision();
+    let applied = AppliedMeta { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), revision };
+    let mut batch = WriteBatch::default();
+    batch.put_cf(dir.cf(cf::SM), key::APPLIED, codec::seal(RecordKind::AppliedState, &applied));
+    record_import(dir, &mut batch, cluster);
+    let pointer = SnapshotPointer { meta: meta.clone(), file: file.to_string(), revision };
+    batch.put_cf(dir.cf(cf::SM), key::SNAPSHOT, codec::seal(RecordKind::SnapshotPointer, &pointer));
+    if let Some(log_id) = &meta.last_log_id {
+        batch.put_cf(dir.cf(cf::META), key::LAST_PURGED, codec::seal(RecordKind::LogId, log_id));
+        batch.put_cf(dir.cf(cf::META), key::COMMITTED, codec::seal(RecordKind::LogId, &meta.last_log_id));
+    }
+    dir.write(batch, true, "record the seeded base")
+}
+
+/// Adds to `batch` the restore in progress `cluster` holds (or its absence). It is not part of
+/// the history, so a restart, which rebuilds the state from a base and the events after it,
+/// takes it from here; written in the batch of the applied state it belongs to.
+pub(crate) fn record_import(dir: &DataDir, batch: &mut WriteBatch, cluster: &ClusterState) {
+    match cluster.importing() {
+        Some(p) => batch.put_cf(dir.cf(cf::SM), key::IMPORTING, codec::seal(RecordKind::ImportProgress, p)),
+        None => batch.delete_cf(dir.cf(cf::SM), key::IMPORTING),
+    }
+}
+
 /// Folds the stored events after `cluster.revision()` up to `up_to` into `cluster`.
 fn replay_events(dir: &DataDir, cluster: &mut ClusterState, up_to: Revision) -> Result<(), StoreError> {
     let mut fold = Replay::from(std::mem::take(cluster));
@@ -370,6 +441,7 @@ fn install_from_file(
     batch.delete_range_cf(events, &key::u64(0)[..], &key::u64(keep_from)[..]);
     batch.delete_range_cf(events, &key::u64(revision + 1)[..], &key::u64(u64::MAX)[..]);
     batch.put_cf(dir.cf(cf::SM), key::APPLIED, codec::seal(RecordKind::AppliedState, &applied));
+    record_import(dir, &mut batch, &cluster);
     let pointer = SnapshotPointer { meta: meta.clone(), file: file.to_string(), revision };
     batch.put_cf(dir.cf(cf::SM), key::SNAPSHOT, codec::seal(RecordKind::SnapshotPointer, &pointer));
     dir.write(batch, true, "install snapshot")?;
@@ -396,6 +468,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let revision = {
             let mut guard = self.inner.applied.write().expect("state lock poisoned");
             let applied = &mut *guard;
+            let importing = applied.cluster.importing().cloned();
             for entry in entries {
                 let mut results = Vec::new();
                 match &entry.payload {
@@ -427,6 +500,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 responses.push(Response { results });
             }
             applied.meta.revision = applied.cluster.revision();
+            if applied.cluster.importing() != importing.as_ref() {
+                record_import(dir, &mut batch, &applied.cluster);
+            }
             batch.put_cf(dir.cf(cf::SM), key::APPLIED, codec::seal(RecordKind::AppliedState, &applied.meta));
             dir.write(batch, false, "apply entries").map_err(|e| Self::sm_err(e, ErrorVerb::Write))?;
             let revision = applied.meta.revision;
@@ -556,36 +632,10 @@ impl SnapshotBuilder {
         let cluster = std::mem::take(&mut self.cluster);
         let p = path.clone();
         let header_meta = meta.clone();
-        tokio::task::spawn_blocking(move || {
-            let migrations = migrations_at(&dir, revision)?;
-            let header = SnapshotHeader {
-                meta: header_meta,
-                revision,
-                first_event,
-                event_count: revision + 1 - first_event,
-                migration_count: migrations.len() as u64,
-            };
-            let events = dir
-                .db
-                .iterator_cf(
-                    dir.cf(cf::EVENTS),
-                    IteratorMode::From(&key::u64(first_event), rocksdb::Direction::Forward),
-                )
-                .map(|item| -> Result<Event, StoreError> {
-                    let (k, v) = item.map_err(|e| StoreError::rocks("read events for snapshot", e))?;
-                    let rev = key::parse_u64(&k).unwrap_or(0);
-                    codec::open(RecordKind::Event, &v).map_err(|source| StoreError::Corrupt {
-                        cf: cf::EVENTS,
-                        key: format!("revision {rev}"),
-                        source,
-                    })
-                })
-                .take_while(|e| e.as_ref().map_or(true, |e| e.revision <= revision));
-            snapshot::write_file(&p, &header, &cluster, &migrations, events)
-        })
-        .await
-        .map_err(|e| err(StoreError::Inconsistent(format!("snapshot build task failed: {e}"))))?
-        .map_err(err)?;
+        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &p, header_meta, &cluster, first_event))
+            .await
+            .map_err(|e| err(StoreError::Inconsistent(format!("snapshot build task failed: {e}"))))?
+            .map_err(err)?;
         // Never move the pointer backwards: a newer snapshot may have been installed meanwhile.
         let current = self.sm.current_pointer().map_err(err)?;
         if current.as_ref().is_none_or(|c| c.meta.last_log_id <= meta.last_log_id) {

@@ -4,7 +4,8 @@
 //! ending with exactly the restored configuration; new work (config changes, a migration whose
 //! fencing tokens must exceed every imported one) then flows as before. On the way: a damaged
 //! export, a hostile chunk and a chunk out of order are refused and change nothing, writes are
-//! refused while the import runs, and an interrupted restore resumes.
+//! refused while the import runs, and an interrupted restore resumes. The same with members
+//! seeded offline (`log seed`), one of them left empty, where `log restore` pushes no event.
 mod common;
 
 use std::time::Duration;
@@ -195,4 +196,121 @@ async fn restore_seeds_a_new_cluster_and_old_agents_resync() {
         switchyard_protocol::EventPayload::ClusterCreated { cluster, .. } if *cluster == new.id
     ));
     let _ = ClusterId::parse(&new.id.0).expect("a well-formed id");
+}
+
+/// `log seed` on two of three lost coordinators' machines, the third left empty: the seeded
+/// members start initialized and elect a leader on their own, the empty one receives the seed
+/// as a snapshot, and `log restore` pushes no event — it checks every member holds the export
+/// and commits the new identity. A damaged export seeds nothing. The old cluster's agents
+/// re-sync, new work flows with fencing tokens above the imported ones, and a seeded member
+/// restarted later comes back with the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_members_restore_without_pushing_events_through_raft() {
+    let opts = ClusterOpts { sim_transfer_ms: 300, ..Default::default() };
+    let (mut cluster, agents) = cluster_with_agents(opts).await;
+    let admin = cluster.client(&[1, 2, 3]);
+    create_guest(&admin, "g1", "h1", Some("p1")).await;
+    create_guest(&admin, "g2", "h2", None).await;
+    create_guest(&admin, "g3", "h3", None).await;
+    let m = migrate(&admin, "g1", "h2", "a1").await;
+    assert_eq!(wait_terminal(&cluster, m).await.phase, Phase::Completed);
+    patch(&admin, "g2", json!({"vcpus": 3})).await;
+    let old = identity(&admin).await.items.identity.expect("init committed an identity");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.bin");
+    let (code, out, err) = cluster.cli(&[1, 2, 3], ADMIN_TOKEN, &["log", "export", "-f", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let at_export: Read<FullState> = admin.get("/v1/state").await.unwrap();
+    let through = at_export.revision;
+    let exported = history(&admin).await;
+    patch(&admin, "g2", json!({"vcpus": 5})).await;
+    wait_agents_converged(&cluster, &agents).await;
+
+    cluster.kill_all();
+    for id in [1, 2, 3] {
+        cluster.wipe(id);
+    }
+    let members: Vec<String> = [1, 2, 3]
+        .iter()
+        .map(|id| format!("{id}={},{}", cluster.node(*id).raft_addr, cluster.node(*id).api_addr))
+        .collect();
+    let seed = |id: u64, file: &std::path::Path| {
+        let data = cluster.data_dir(id);
+        let id = id.to_string();
+        let mut args =
+            vec!["log", "seed", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--node-id", id.as_str()];
+        for m in &members {
+            args.extend(["--member", m.as_str()]);
+        }
+        cluster.cli(&[1], ADMIN_TOKEN, &args)
+    };
+
+    // A damaged export seeds nothing.
+    let damaged = dir.path().join("damaged.bin");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&damaged, bytes).unwrap();
+    let (code, out, err) = seed(1, &damaged);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("nothing was seeded"), "{out}{err}");
+    assert!(!cluster.data_dir(1).exists(), "a refused seed leaves no directory");
+
+    for id in [1, 2] {
+        let (code, out, err) = seed(id, &file);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains(&format!("revisions 1..={through}")), "{out}");
+    }
+    for id in [1, 2, 3] {
+        cluster.restart(id);
+    }
+    // No `cluster init`: the seeded members elect a leader, which brings node 3 in.
+    cluster.wait_leader(&[1, 2, 3]).await;
+
+    let (code, out, err) = cluster.cli(&[1, 2, 3], ADMIN_TOKEN, &["log", "restore", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("every member holds"), "{out}");
+    let new = identity(&admin).await.items.identity.expect("restored identity");
+    assert_ne!(new.id, old.id);
+    assert_eq!(new.revision, through + 1);
+    let from = new.restored_from.clone().expect("restored_from");
+    assert_eq!((from.cluster, from.through_revision), (Some(old.id.clone()), through));
+    let restored: Read<FullState> = admin.get("/v1/state").await.unwrap();
+    let strip = |mut s: FullState| {
+        s.cluster = None;
+        s
+    };
+    assert_eq!(strip(restored.items.clone()), strip(at_export.items.clone()));
+    let events = history(&admin).await;
+    assert_eq!(&events[..through as usize], &exported[..], "the history is the export's, revision for revision");
+    for id in [1, 2, 3] {
+        let st = cluster.wait_revision(id, through + 1).await;
+        assert!(st.importing.is_none(), "node {id} still holds a restore in progress");
+    }
+
+    // The old cluster's agents follow the new cluster; new work flows above the imported terms.
+    wait_agents_converged(&cluster, &agents).await;
+    eventually("every agent to follow the new cluster", Duration::from_secs(30), || async {
+        agents.iter().all(|a| agent_cluster(a).as_deref() == Some(new.id.0.as_str())).then_some(())
+    })
+    .await;
+    let m2 = migrate(&admin, "g2", "h3", "b2").await;
+    assert_eq!(wait_terminal(&cluster, m2).await.phase, Phase::Completed);
+    let events = history(&admin).await;
+    check_history(&events, true);
+    let imported_max = events[..through as usize].iter().map(|e| e.term).max().unwrap();
+    assert!(events[through as usize].term > imported_max, "the restored cluster's terms start above the imported");
+
+    // A seeded member restarted comes back to the same state.
+    let revision = cluster.status(1).await.map(|s| s.revision).unwrap_or_default();
+    cluster.kill(1);
+    cluster.restart(1);
+    cluster.wait_revision(1, revision).await;
+    let one = cluster.client(&[1]);
+    eventually("the restarted member to hold the cluster's state", Duration::from_secs(30), || async {
+        let mine: Read<FullState> = one.get("/v1/state?stale=true").await.ok()?;
+        let all: Read<FullState> = admin.get("/v1/state").await.ok()?;
+        (mine.revision == all.revision && mine.items == all.items).then_some(())
+    })
+    .await;
 }
