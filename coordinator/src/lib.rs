@@ -9,7 +9,8 @@
 //! 3. [`node`]: the service context every part shares, with its own error type;
 //! 4. the node's work: [`feed`] (one subscription), [`leader`] (the liveness task and the
 //!    migration driver), and over the Raft RPC ([`network`], [`raft_server`]) the [`handover`]
-//!    of leadership on a graceful stop; [`observe`] (what `/metrics` counts); the [`listener`]s both servers accept on (TLS, the
+//!    of leadership on a graceful stop and the [`backfill`] of the history after a snapshot
+//!    install; [`observe`] (what `/metrics` counts); the [`listener`]s both servers accept on (TLS, the
 //!    client certificate's identity, the connection bound);
 //! 5. [`api`]: the operator HTTP/JSON API, by noun; it maps the node's errors to HTTP;
 //!    [`ui`], the operator console, calls the API in-process and nothing below it;
@@ -23,6 +24,7 @@
 //! the pure state machine.
 
 pub mod api;
+pub mod backfill;
 pub mod clock;
 pub mod config;
 pub mod daemon;

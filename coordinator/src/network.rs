@@ -1,5 +1,6 @@
 //! Raft RPC between coordinators: bincode over HTTP (`POST /raft/{append,vote,snapshot}` on the
-//! peer's Raft address, and `/raft/handover` when a leader stops gracefully).
+//! peer's Raft address, `/raft/handover` when a leader stops gracefully, and `/raft/history`
+//! for a node filling its history after a snapshot install).
 //!
 //! Over TLS (unless `tls.insecure`), each side presenting its node certificate: the receiver
 //! takes Raft RPC only from a certificate of the cluster's CA that names a coordinator.
@@ -34,6 +35,18 @@ pub struct Handover {
     pub vote: openraft::Vote<NodeId>,
     pub elect: bool,
 }
+
+/// `POST /raft/history`: up to `max` events of the peer's history right before `before` (a
+/// node filling its history after a snapshot install; see `backfill.rs`). Answered with the
+/// events, contiguous, as a bincode `Vec<Event>`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct HistoryRequest {
+    pub before: switchyard_protocol::Revision,
+    pub max: u32,
+}
+
+/// Most events one `/raft/history` answer holds (a few MiB at most).
+pub const HISTORY_EVENTS_MAX: u32 = 4096;
 
 /// Header naming the node id a Raft RPC is addressed to.
 pub const TARGET_HEADER: &str = "x-switchyard-target";
@@ -85,6 +98,35 @@ impl Network {
         }
         let status = resp.status();
         Err(format!("{url}: {status}: {}", resp.text().await.unwrap_or_default()))
+    }
+}
+
+impl Network {
+    /// Asks `node` for the events of its history right before `before` (`POST /raft/history`).
+    pub async fn history(
+        &self,
+        target: NodeId,
+        node: &NodeInfo,
+        before: switchyard_protocol::Revision,
+    ) -> Result<Vec<switchyard_protocol::Event>, String> {
+        let url = format!("{}://{}/raft/history", self.scheme, node.raft_addr);
+        let req = HistoryRequest { before, max: HISTORY_EVENTS_MAX };
+        let resp = self
+            .client
+            .post(&url)
+            .bearer_auth(&self.secret)
+            .header(TARGET_HEADER, target.to_string())
+            .timeout(Duration::from_secs(30))
+            .body(codec::encode(&req))
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{url}: {status}: {}", String::from_utf8_lossy(&bytes)));
+        }
+        codec::decode(&bytes).map_err(|e| format!("{url}: {e}"))
     }
 }
 

@@ -193,6 +193,7 @@ impl Node {
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             revision: self.sm.applied_meta().revision,
+            history_first: self.sm.history_first().unwrap_or_default(),
             importing: self.sm.read(|st| st.importing().cloned()),
             fault: self.fault(),
         }

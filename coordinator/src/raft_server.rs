@@ -19,12 +19,12 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapsho
 use openraft::Raft;
 use serde::de::DeserializeOwned;
 use switchyard_protocol::codec;
-use switchyard_storage::{NodeId, TypeConfig};
+use switchyard_storage::{NodeId, StateMachineStore, TypeConfig};
 use switchyard_tls::Identity;
 
 use crate::listener::Peer;
 use crate::metrics::{stage, Metrics};
-use crate::network::TARGET_HEADER;
+use crate::network::{HistoryRequest, HISTORY_EVENTS_MAX, TARGET_HEADER};
 use crate::node::HeardLeader;
 
 /// Largest Raft RPC body: a batch of entries or one snapshot chunk.
@@ -41,6 +41,8 @@ struct RaftState {
     heard: Arc<HeardLeader>,
     /// Where appends that carry entries are timed.
     metrics: Arc<Metrics>,
+    /// The history a peer's backfill reads (`/raft/history`).
+    sm: StateMachineStore,
 }
 
 pub fn router(
@@ -50,13 +52,15 @@ pub fn router(
     tls: bool,
     heard: Arc<HeardLeader>,
     metrics: Arc<Metrics>,
+    sm: StateMachineStore,
 ) -> Router {
-    let state = RaftState { id, secret, tls, raft, heard, metrics };
+    let state = RaftState { id, secret, tls, raft, heard, metrics, sm };
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/handover", post(handover))
+        .route("/raft/history", post(history))
         .layer(DefaultBodyLimit::max(RAFT_BODY_BYTES_MAX))
         .layer(from_fn_with_state(state.clone(), guard))
         .with_state(state)
@@ -148,5 +152,32 @@ async fn handover(State(s): State<RaftState>, body: Bytes) -> Response {
             Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
         },
         Err(r) => r.into_response(),
+    }
+}
+
+/// Events of this node's history for a peer that fills its own (see `backfill.rs`): the ones
+/// it holds right before `before`, at most `max`, never past what it has applied; the answer is
+/// contiguous and ends at `before - 1` unless this node lacks that revision (then it ends
+/// earlier, or is empty, and the peer asks elsewhere).
+async fn history(State(s): State<RaftState>, body: Bytes) -> Response {
+    let req = match admit::<HistoryRequest>(&body) {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
+    };
+    let end = req.before.saturating_sub(1).min(s.sm.applied_meta().revision);
+    let max = u64::from(req.max.clamp(1, HISTORY_EVENTS_MAX));
+    if end == 0 {
+        return codec::encode(&Vec::<switchyard_protocol::Event>::new()).into_response();
+    }
+    let start = end.saturating_sub(max - 1).max(1);
+    let history = s.sm.history();
+    let read = tokio::task::spawn_blocking(move || history.events_from(start, (end + 1 - start) as usize)).await;
+    match read {
+        Ok(Ok(mut events)) => {
+            events.retain(|e| e.revision <= end);
+            codec::encode(&events).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("read history: {e}")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("read history: {e}")).into_response(),
     }
 }

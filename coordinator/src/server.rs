@@ -82,6 +82,7 @@ impl Coordinator {
             tokio::spawn(leader::drain::run(node.clone())),
             tokio::spawn(crate::observe::run(node.clone())),
             tokio::spawn(node.clone().watch_raft()),
+            tokio::spawn(crate::backfill::run(node.clone(), network.clone())),
         ];
         let raft_app = raft_server::router(
             config.node_id,
@@ -90,6 +91,7 @@ impl Coordinator {
             tls.is_some(),
             node.heard.clone(),
             node.metrics.clone(),
+            node.sm.clone(),
         );
         let credentials = api::Credentials::new(&config);
         let api_app = api::router(node.clone(), tls.clone(), credentials.clone());

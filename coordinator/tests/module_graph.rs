@@ -93,7 +93,7 @@ fn coordinator_modules_have_no_import_cycle() {
 #[test]
 fn the_node_and_the_leaders_tasks_do_not_import_the_http_layer() {
     let g = graph();
-    for m in ["node", "proposer", "liveness", "migration", "stream", "handover", "clock", "config"] {
+    for m in ["node", "proposer", "liveness", "migration", "stream", "handover", "backfill", "clock", "config"] {
         assert!(!g[m].contains("api"), "{m} imports the API layer: {:?}", g[m]);
         assert!(!g[m].contains("server"), "{m} imports the server: {:?}", g[m]);
         assert!(!g[m].contains("ui"), "{m} imports the console: {:?}", g[m]);

@@ -576,6 +576,10 @@ pub struct NodeStatus {
     #[serde(default)]
     pub purged_index: Option<u64>,
     pub revision: Revision,
+    /// The first revision of this node's history: 1 (or the retention window's start) once it
+    /// is whole; higher while a node that installed a snapshot fetches the older part.
+    #[serde(default)]
+    pub history_first: Revision,
     /// The restore this node holds in progress (`log restore` checks every member holds the
     /// same one before committing the new identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,9 +4,9 @@
 //! Why: the state is rebuilt at start from a base plus the events after it. The only base used
 //! to be the Raft snapshot, which openraft takes every `snapshot_logs_since_last` *log entries*;
 //! an entry may carry thousands of events (a batch of proposals, an import chunk of `log
-//! restore`), and a snapshot also carries the whole retained history, so it is not something to
-//! take often. A checkpoint costs O(state), not O(history): with 100 000 guests it is ≈ 20 MiB
-//! written on a blocking thread, against a replay of ≈ 1 M events/s it saves.
+//! restore`), so snapshots may be far apart in events. A checkpoint costs O(state): with
+//! 100 000 guests it is ≈ 20 MiB written on a blocking thread, against a replay of ≈ 1 M
+//! events/s it saves.
 //!
 //! A checkpoint is a snapshot file ([`crate::snapshot`], sealed frames) that carries no
 //! migrations and no events, named after its revision in `<data_dir>/checkpoints/`. It is only a

@@ -7,7 +7,9 @@
 //!   keeps the cluster state in memory and the **event history** on disk;
 //! - [`History`]: read access to the retained events and the secondary indexes
 //!   (events by guest, migrations by id, guest and host);
-//! - [`snapshot`]: snapshot files, which carry the state *and* the history a follower lacks;
+//! - [`snapshot`]: snapshot files, which carry the state and the migration records (a node
+//!   that installs one fills in the older history from a peer's);
+//! - [`seed`]: a member's directory built offline from an export (`switchyard log seed`);
 //! - [`checkpoint`]: the state alone, written every so many events, so a restart replays a
 //!   bounded part of the history.
 //!

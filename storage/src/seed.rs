@@ -187,7 +187,9 @@ fn build(
     let file = format!("seed-{revision}.bin");
     let meta =
         SnapshotMeta { last_log_id: Some(first), last_membership: membership, snapshot_id: format!("seed-{revision}") };
-    write_snapshot_file(&dir, &dir.snapshot_dir().join(&file), meta.clone(), &state, 1)?;
+    // The state and the migration records: the history is in the tables, and a member that
+    // gets this as a snapshot fetches it from its peers.
+    write_snapshot_file(&dir, &dir.snapshot_dir().join(&file), meta.clone(), &state, revision + 1)?;
     commit_seed(&dir, &meta, &file, &state)?;
     drop(dir);
     Ok(Seeded { header, revision, chain, state })

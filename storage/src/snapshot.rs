@@ -1,8 +1,12 @@
 //! Snapshot files.
 //!
-//! A snapshot carries what a lagging follower needs to serve everything a leader serves: the
-//! cluster state at the snapshot's revision *and* the retained event history up to it, so
-//! installing a snapshot never leaves a hole in a follower's history.
+//! A snapshot carries the cluster state at its revision and every migration record as it was
+//! then; the ones this build writes carry no events (`event_count` 0), so their size and build
+//! time follow the state, not the length of the history. A node that installs one holds the
+//! history from the snapshot's revision on and fills in the older part from a peer's
+//! (`StateMachineStore::backfill`, the coordinator's `backfill` task); its history stays one
+//! range throughout (a subscriber from before it is told `compacted`, never led into a hole).
+//! Files with events (written by older builds) are still read and installed.
 //!
 //! Layout: the magic `SWYDSNAP`, then frames of `[u32 big-endian length][sealed record]`:
 //! a header, the state, exactly `header.migration_count` migration records (as they were at the

@@ -247,6 +247,50 @@ impl StateMachineStore {
         Ok(floor)
     }
 
+    /// The first revision this node's history is meant to hold: 1, or the start of the
+    /// retention window (compaction never deletes above it).
+    pub fn history_floor(&self) -> Revision {
+        match self.inner.retain_revisions.load(Ordering::Relaxed) {
+            0 => 1,
+            retain => self.applied_meta().revision.saturating_sub(retain) + 1,
+        }
+    }
+
+    /// The first revision of the history held: the first stored event, or the one after the
+    /// applied revision when none is (a snapshot was just installed).
+    pub fn history_first(&self) -> Result<Revision, StoreError> {
+        Ok(self.history().bounds()?.map_or(self.applied_meta().revision + 1, |(first, _)| first))
+    }
+
+    /// Stores history older than what this node holds — a node that installed a snapshot,
+    /// which carries the state and not the history, fills its history from a peer's. `events`
+    /// must be contiguous and end right before [`Self::history_first`]; answers the new first
+    /// revision. Serialised with snapshot installs (which move the history's start) and builds
+    /// (which compact it). Not synced: a batch lost in a crash is fetched again.
+    pub async fn backfill(&self, events: Vec<Event>) -> Result<Revision, StoreError> {
+        let _lock = self.inner.snapshot_lock.lock().await;
+        let first = self.history_first()?;
+        let Some(last) = events.last() else { return Ok(first) };
+        let contiguous = events.windows(2).all(|w| w[1].revision == w[0].revision + 1);
+        if !contiguous || last.revision + 1 != first || events[0].revision == 0 {
+            return Err(StoreError::Inconsistent(format!(
+                "history backfill of revisions {}..={} (contiguous: {contiguous}) does not end right before the first held revision {first}",
+                events[0].revision, last.revision
+            )));
+        }
+        let dir = self.inner.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut batch = WriteBatch::default();
+            for e in &events {
+                write_event(&dir, &mut batch, e, None);
+            }
+            dir.write(batch, false, "backfill event history")?;
+            Ok(events[0].revision)
+        })
+        .await
+        .map_err(|e| StoreError::Inconsistent(format!("history backfill task failed: {e}")))?
+    }
+
     /// Read access to the retained event history.
     pub fn history(&self) -> History {
         History::new(self.inner.dir.clone())
@@ -626,8 +670,10 @@ impl SnapshotBuilder {
         };
         let revision = self.meta.revision;
         let dir = self.sm.inner.dir.clone();
-        let first_event =
-            History::new(dir.clone()).bounds().map_err(err)?.map_or(1, |(first, _)| first).min(revision + 1);
+        // The state and the migration records, not the history: a node that installs it fills
+        // its history from a peer's (`History` backfill), so the snapshot's size and build time
+        // follow the state, not the length of the history.
+        let first_event = revision + 1;
         let path = dir.snapshot_dir().join(&name);
         let cluster = std::mem::take(&mut self.cluster);
         let p = path.clone();

@@ -92,12 +92,15 @@ async fn a_seeded_directory_holds_what_imports_would_have_written_and_hands_it_o
     let state = log.get_log_state().await.unwrap();
     assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(first), Some(first)));
 
-    // A member without the seed gets it as a snapshot: the same state and history.
+    // A member without the seed gets it as a snapshot (the same state), then the history from a
+    // peer.
     let snap = sm.get_current_snapshot().await.unwrap().expect("the seed is the current snapshot");
     assert_eq!(snap.meta.last_log_id, Some(first));
     let (_, mut other) = switchyard_storage::open(&tmp.path().join("n3"), 3).unwrap();
     transfer(snap, &mut other).await;
     assert_eq!(other.read(|s| s.clone()), sm.read(|s| s.clone()));
+    assert_eq!(other.history_first().unwrap(), last + 1, "the history comes from a peer, not the snapshot");
+    other.backfill(sm.history().events_from(1, usize::MAX).unwrap()).await.unwrap();
     assert_eq!(other.history().events_from(1, usize::MAX).unwrap(), events);
     assert_eq!(other.read(|s| s.importing().cloned()), Some(progress.clone()));
     drop(other);

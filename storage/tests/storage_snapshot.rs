@@ -72,21 +72,42 @@ async fn restart_restores_state_from_snapshot_plus_history() {
 }
 
 #[tokio::test]
-async fn installed_snapshot_gives_a_follower_state_and_history() {
+async fn installed_snapshot_gives_a_follower_state_then_the_history_is_backfilled() {
     let leader_dir = tempfile::tempdir().unwrap();
     let follower_dir = tempfile::tempdir().unwrap();
     let all = filled(leader_dir.path()).await;
     let (_, mut leader) = switchyard_storage::open(leader_dir.path(), 1).unwrap();
     let snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
     let meta = snap.meta.clone();
+    let (want_state, want_events) = reference(&all);
+    let last = want_events.last().unwrap().revision;
+
+    // The snapshot holds the state and the migration records, not the history.
+    let file = std::fs::read_dir(leader_dir.path().join("snapshots")).unwrap().next().unwrap().unwrap().path();
+    let mut r = switchyard_storage::snapshot::SnapshotReader::open(&file).unwrap();
+    assert_eq!((r.header.event_count, r.header.first_event, r.header.migration_count), (0, last + 1, 1));
+    r.state().unwrap();
+    assert!(r.next_migration().unwrap().is_some());
 
     let (_, mut follower) = switchyard_storage::open(follower_dir.path(), 2).unwrap();
     transfer(snap, &mut follower).await;
-
-    let (want_state, want_events) = reference(&all);
     assert_eq!(follower.read(codec::encode), codec::encode(&want_state));
-    assert_eq!(follower.history().events_from(1, usize::MAX).unwrap(), want_events);
     assert_eq!(follower.history().migrations_of_guest(&n("g0"), 10).unwrap().len(), 1);
+    assert_eq!(follower.history().bounds().unwrap(), None, "no history yet");
+    assert_eq!((follower.history_first().unwrap(), follower.history_floor()), (last + 1, 1));
+
+    // Backfilled from the leader's history, newest first: refused unless it ends right before
+    // the history held and is contiguous.
+    let leaders = leader.history().events_from(1, usize::MAX).unwrap();
+    assert!(follower.backfill(leaders[..leaders.len() - 1].to_vec()).await.is_err(), "a gap before the held history");
+    let mut holed = leaders[leaders.len() - 6..].to_vec();
+    holed.remove(2);
+    assert!(follower.backfill(holed).await.is_err(), "a hole inside");
+    let tail = leaders.len() - 5;
+    assert_eq!(follower.backfill(leaders[tail..].to_vec()).await.unwrap(), leaders[tail].revision);
+    assert_eq!(follower.backfill(leaders[..tail].to_vec()).await.unwrap(), 1);
+    assert_eq!(follower.history().events_from(1, usize::MAX).unwrap(), want_events);
+    assert_eq!(follower.history_first().unwrap(), 1);
     let current = follower.get_current_snapshot().await.unwrap().expect("kept");
     assert_eq!(current.meta, meta);
     drop(follower);
@@ -142,6 +163,8 @@ async fn compacted_history_still_restarts_and_installs_with_migration_history() 
     let (_, mut follower) = switchyard_storage::open(follower_dir.path(), 2).unwrap();
     transfer(snap, &mut follower).await;
     assert_eq!(follower.read(codec::encode), codec::encode(&want_state));
+    // What the leader retained is all a backfill finds.
+    follower.backfill(leader.history().events_from(1, usize::MAX).unwrap()).await.unwrap();
     assert_eq!(follower.history().events_from(1, usize::MAX).unwrap(), want_events[want_events.len() - 3..].to_vec());
     let ids = follower.history().migrations_of_guest(&n("g0"), 10).unwrap();
     assert_eq!(ids.len(), 1, "the migration requested before the retained history is still known");
@@ -150,9 +173,9 @@ async fn compacted_history_still_restarts_and_installs_with_migration_history() 
     assert_eq!(follower.history().migrations_of_host(&n("h1"), 10).unwrap(), ids);
 }
 
-/// A follower that applied the start of the history installs a snapshot whose history the
-/// leader compacted: its own older events go, so its history is one range (a subscriber from
-/// before it is told `compacted`, not led into a hole), and it restarts.
+/// A follower that applied the start of the history installs a snapshot: its own older events
+/// go, so its history is one range (a subscriber from before it is told `compacted`, not led
+/// into a hole) until the backfill extends it downwards, and it restarts.
 #[tokio::test]
 async fn a_snapshot_installed_over_older_history_leaves_no_hole() {
     let leader_dir = tempfile::tempdir().unwrap();
@@ -168,11 +191,13 @@ async fn a_snapshot_installed_over_older_history_leaves_no_hole() {
         follower.apply(all[..3].to_vec()).await.unwrap();
         assert_eq!(follower.history().bounds().unwrap().map(|(first, _)| first), Some(1));
         transfer(snap, &mut follower).await;
-        assert_eq!(follower.history().bounds().unwrap(), Some((last - 2, last)));
-        assert_eq!(follower.history().events_from(1, usize::MAX).unwrap(), want_events[want_events.len() - 3..]);
+        assert_eq!(follower.history().bounds().unwrap(), None, "its own older events went");
+        assert_eq!(follower.history_first().unwrap(), last + 1);
     }
     let (_, follower) = switchyard_storage::open(follower_dir.path(), 2).unwrap();
     assert_eq!(follower.read(codec::encode), codec::encode(&want_state));
+    assert_eq!(follower.history().bounds().unwrap(), None);
+    follower.backfill(want_events[want_events.len() - 3..].to_vec()).await.unwrap();
     assert_eq!(follower.history().bounds().unwrap(), Some((last - 2, last)));
 }
 

@@ -1,5 +1,5 @@
-//! A follower that was down while the leader compacted its log catches up through a snapshot,
-//! and ends with the full event history, not just the state.
+//! A follower that was down while the leader compacted its log catches up through a snapshot
+//! (the state), then fills its event history from its peers: it ends with the full history.
 mod common;
 
 use common::cluster::*;
@@ -39,6 +39,18 @@ async fn follower_catches_up_through_a_snapshot_after_log_purge() {
     let want: Read<Vec<GuestView>> = cluster.client(&[leader]).get("/v1/guests").await.unwrap();
     let got: Read<Vec<GuestView>> = cluster.client(&[lagging]).get("/v1/guests?stale=true").await.unwrap();
     assert_eq!(got.items, want.items);
+    // The snapshot carried the state; the older history comes from the peers. The leader, the
+    // first peer asked, is killed meanwhile (and the follower itself once): the history still
+    // ends whole, from the third node.
+    cluster.kill(lagging);
+    cluster.restart(lagging);
+    cluster.kill(leader);
+    eventually("the follower's history to be whole", std::time::Duration::from_secs(60), || async {
+        cluster.status(lagging).await.filter(|s| s.history_first == 1)
+    })
+    .await;
+    cluster.restart(leader);
+    cluster.wait_revision(leader, last).await;
 
     cluster.kill_all();
     let history = |id: u64| {

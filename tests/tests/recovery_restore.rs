@@ -287,6 +287,11 @@ async fn seeded_members_restore_without_pushing_events_through_raft() {
         let st = cluster.wait_revision(id, through + 1).await;
         assert!(st.importing.is_none(), "node {id} still holds a restore in progress");
     }
+    // Node 3 got the seed as a snapshot (the state) and fills in the history from its peers.
+    eventually("node 3's history to be whole", Duration::from_secs(60), || async {
+        cluster.status(3).await.filter(|s| s.history_first == 1)
+    })
+    .await;
 
     // The old cluster's agents follow the new cluster; new work flows above the imported terms.
     wait_agents_converged(&cluster, &agents).await;

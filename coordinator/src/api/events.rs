@@ -64,8 +64,9 @@ pub(super) async fn subscribe(
         }
     }
     let from = p.from.unwrap_or(1).max(1);
-    let history = node.sm.history();
-    let first_retained = history.bounds()?.map_or(1, |(first, _)| first);
+    // After a snapshot install the history may be empty up to the applied revision: its start is
+    // then the next revision, not 1 (the older part is being fetched, see `backfill`).
+    let first_retained = node.sm.history_first()?;
     if from < first_retained {
         let snapshot_revision = node.sm.applied_meta().revision;
         let item = StreamItem::Compacted { first_retained, snapshot_revision };
