@@ -45,7 +45,7 @@ pub struct HistoryRequest {
     pub max: u32,
 }
 
-/// Most events one `/raft/history` answer holds (a few MiB at most).
+/// Most events one `/raft/history` answer holds (and at most 8 MiB of them).
 pub const HISTORY_EVENTS_MAX: u32 = 4096;
 
 /// Header naming the node id a Raft RPC is addressed to.

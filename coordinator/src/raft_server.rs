@@ -155,8 +155,11 @@ async fn handover(State(s): State<RaftState>, body: Bytes) -> Response {
     }
 }
 
+/// Most bytes of events in one `/raft/history` answer.
+const HISTORY_BYTES_MAX: usize = 8 << 20;
+
 /// Events of this node's history for a peer that fills its own (see `backfill.rs`): the ones
-/// it holds right before `before`, at most `max`, never past what it has applied; the answer is
+/// it holds right before `before`, at most `max` and [`HISTORY_BYTES_MAX`], never past what it has applied; the answer is
 /// contiguous and ends at `before - 1` unless this node lacks that revision (then it ends
 /// earlier, or is empty, and the peer asks elsewhere).
 async fn history(State(s): State<RaftState>, body: Bytes) -> Response {
@@ -175,6 +178,18 @@ async fn history(State(s): State<RaftState>, body: Bytes) -> Response {
     match read {
         Ok(Ok(mut events)) => {
             events.retain(|e| e.revision <= end);
+            // The newest ones within the byte bound (events are up to tens of KiB each).
+            let mut bytes = 0;
+            let keep = events
+                .iter()
+                .rev()
+                .take_while(|e| {
+                    bytes += codec::encode(*e).len();
+                    bytes <= HISTORY_BYTES_MAX
+                })
+                .count()
+                .max(1);
+            let events = events.split_off(events.len().saturating_sub(keep));
             codec::encode(&events).into_response()
         }
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("read history: {e}")).into_response(),

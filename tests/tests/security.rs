@@ -160,15 +160,18 @@ async fn a_hosts_certificate_acts_for_that_host_only() {
         let r = h1.post(url("/v1/hosts/h2/report")).bearer_auth(&t1).json(&report).send().await.unwrap();
         assert_eq!(r.status(), 403);
     }
-    // A host's certificate does not open the Raft port.
-    let r = h1
-        .post(format!("https://{}/raft/vote", cluster.node(1).raft_addr))
-        .bearer_auth("cluster-secret-for-tests-0001")
-        .body(vec![0u8; 16])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    // A host's certificate does not open the Raft port: neither Raft itself nor the history
+    // peers fill theirs from.
+    for rpc in ["vote", "history"] {
+        let r = h1
+            .post(format!("https://{}/raft/{rpc}", cluster.node(1).raft_addr))
+            .bearer_auth("cluster-secret-for-tests-0001")
+            .body(vec![0u8; 16])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "/raft/{rpc}");
+    }
     let hosts: serde_json::Value = admin.get("/v1/hosts").await.unwrap();
     assert_eq!(hosts["items"].as_array().unwrap().len(), 2, "nothing refused was applied");
 }
