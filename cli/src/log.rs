@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use switchyard_client::{Client, EventQuery};
 use switchyard_protocol::api::{
-    FullState, GuestView, HostView, IdentityRequest, ImportRequest, MigrationPage, Read, StreamItem,
+    FullState, GuestView, HostView, IdentityRequest, IdentityResponse, ImportRequest, MigrationPage, Read, StreamItem,
 };
 use switchyard_protocol::entry::NodeInfo;
 use switchyard_protocol::limits::IMPORT_EVENTS_MAX;
@@ -623,19 +623,17 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Out {
             file.display()
         )));
     }
-    let restored_from = RestoredFrom {
-        cluster: header.cluster.clone(),
-        through_revision: last,
-        chain: last_chain,
-        // Terms only grow along a history, so the last event's is the largest.
-        term_base: report.state.last_term(),
-    };
-    let req = IdentityRequest {
-        request_id: Some(switchyard_client::new_request_id()),
-        cluster: None,
-        restored_from: Some(restored_from),
-    };
-    let answer = c.commit_identity(&req).await?;
+    let answer = commit_restored_identity(
+        c,
+        RestoredFrom {
+            cluster: header.cluster.clone(),
+            through_revision: last,
+            chain: last_chain,
+            // Terms only grow along a history, so the last event's is the largest.
+            term_base: report.state.last_term(),
+        },
+    )
+    .await?;
     // What the cluster now holds must be what the export holds (the identity aside).
     let live = c.full_state().await?;
     let mut want = FullState::of(&report.state);
@@ -710,18 +708,16 @@ async fn restore_held(c: &Client, json: bool, file: &Path, ends: &export::Ends) 
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let restored_from = RestoredFrom {
-        cluster: ends.header.cluster.clone(),
-        through_revision: ends.last_revision,
-        chain: ends.chain.clone(),
-        term_base: last_event.term,
-    };
-    let req = IdentityRequest {
-        request_id: Some(switchyard_client::new_request_id()),
-        cluster: None,
-        restored_from: Some(restored_from),
-    };
-    let answer = c.commit_identity(&req).await?;
+    let answer = commit_restored_identity(
+        c,
+        RestoredFrom {
+            cluster: ends.header.cluster.clone(),
+            through_revision: ends.last_revision,
+            chain: ends.chain.clone(),
+            term_base: last_event.term,
+        },
+    )
+    .await?;
     let live = c.full_state().await?;
     let cluster = live.items.cluster.as_ref().map(|c| c.id.to_string()).unwrap_or_default();
     let last = ends.last_revision;
@@ -742,6 +738,20 @@ async fn restore_held(c: &Client, json: bool, file: &Path, ends: &export::Ends) 
             live.items.digest()
         )
     })
+}
+
+/// Commits a restored cluster's new identity, stating the history it was restored from (the
+/// last step of both ways of `log restore`).
+async fn commit_restored_identity(
+    c: &Client,
+    restored_from: RestoredFrom,
+) -> Result<IdentityResponse, switchyard_client::ClientError> {
+    let req = IdentityRequest {
+        request_id: Some(switchyard_client::new_request_id()),
+        cluster: None,
+        restored_from: Some(restored_from),
+    };
+    c.commit_identity(&req).await
 }
 
 /// Sends one chunk (`chain`: the export's chain after its last event). After a failure, the

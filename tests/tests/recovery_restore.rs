@@ -37,6 +37,21 @@ async fn patch(c: &switchyard_client::Client, guest: &str, body: serde_json::Val
     c.patch::<_, WriteResponse>(&format!("/v1/guests/{guest}"), &body).await.expect("modify guest");
 }
 
+/// A history worth restoring: guests, a package, a completed migration, a change. Returns the
+/// cluster's identity.
+async fn write_restorable_history(
+    cluster: &TestCluster,
+    admin: &switchyard_client::Client,
+) -> switchyard_protocol::ClusterIdentity {
+    create_guest(admin, "g1", "h1", Some("p1")).await;
+    create_guest(admin, "g2", "h2", None).await;
+    create_guest(admin, "g3", "h3", None).await;
+    let m = migrate(admin, "g1", "h2", "a1").await;
+    assert_eq!(wait_terminal(cluster, m).await.phase, Phase::Completed);
+    patch(admin, "g2", json!({"vcpus": 3})).await;
+    identity(admin).await.items.identity.expect("init committed an identity")
+}
+
 fn agent_cluster(a: &AgentProc) -> Option<String> {
     std::fs::read_to_string(a.dir.join("data").join("cluster")).ok().map(|s| s.trim().to_string())
 }
@@ -47,14 +62,7 @@ async fn restore_seeds_a_new_cluster_and_old_agents_resync() {
     let (mut cluster, agents) = cluster_with_agents(opts).await;
     let admin = cluster.client(&[1, 2, 3]);
 
-    // A history worth restoring: guests, a package, a completed migration, a change.
-    create_guest(&admin, "g1", "h1", Some("p1")).await;
-    create_guest(&admin, "g2", "h2", None).await;
-    create_guest(&admin, "g3", "h3", None).await;
-    let m = migrate(&admin, "g1", "h2", "a1").await;
-    assert_eq!(wait_terminal(&cluster, m).await.phase, Phase::Completed);
-    patch(&admin, "g2", json!({"vcpus": 3})).await;
-    let old = identity(&admin).await.items.identity.expect("init committed an identity");
+    let old = write_restorable_history(&cluster, &admin).await;
     assert_eq!(old.revision, 1, "the identity is the cluster's first event");
 
     let dir = tempfile::tempdir().unwrap();
@@ -209,13 +217,7 @@ async fn seeded_members_restore_without_pushing_events_through_raft() {
     let opts = ClusterOpts { sim_transfer_ms: 300, ..Default::default() };
     let (mut cluster, agents) = cluster_with_agents(opts).await;
     let admin = cluster.client(&[1, 2, 3]);
-    create_guest(&admin, "g1", "h1", Some("p1")).await;
-    create_guest(&admin, "g2", "h2", None).await;
-    create_guest(&admin, "g3", "h3", None).await;
-    let m = migrate(&admin, "g1", "h2", "a1").await;
-    assert_eq!(wait_terminal(&cluster, m).await.phase, Phase::Completed);
-    patch(&admin, "g2", json!({"vcpus": 3})).await;
-    let old = identity(&admin).await.items.identity.expect("init committed an identity");
+    let old = write_restorable_history(&cluster, &admin).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("export.bin");
     let (code, out, err) = cluster.cli(&[1, 2, 3], ADMIN_TOKEN, &["log", "export", "-f", file.to_str().unwrap()]);
