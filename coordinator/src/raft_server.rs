@@ -159,9 +159,9 @@ async fn handover(State(s): State<RaftState>, body: Bytes) -> Response {
 const HISTORY_BYTES_MAX: usize = 8 << 20;
 
 /// Events of this node's history for a peer that fills its own (see `backfill.rs`): the ones
-/// it holds right before `before`, at most `max` and [`HISTORY_BYTES_MAX`], never past what it has applied; the answer is
-/// contiguous and ends at `before - 1` unless this node lacks that revision (then it ends
-/// earlier, or is empty, and the peer asks elsewhere).
+/// it holds right before `before`, at most `max` and [`HISTORY_BYTES_MAX`], never past what it
+/// has applied; the answer is contiguous and ends at `before - 1` unless this node lacks that
+/// revision (then it ends earlier, or is empty, and the peer asks elsewhere).
 async fn history(State(s): State<RaftState>, body: Bytes) -> Response {
     let req = match admit::<HistoryRequest>(&body) {
         Ok(r) => r,
