@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use switchyard_agent::driver::qemu::{Qemu, QemuConfig};
+use switchyard_agent::driver::qemu::{self, Qemu, QemuConfig};
 use switchyard_agent::driver::{DriverError, Observed, Transfer, VmState};
 use switchyard_protocol::{GuestSpec, MigrationId, MigrationKind, Name};
 
@@ -40,6 +40,7 @@ impl Host {
         cfg.powerdown_timeout_ms = 300;
         cfg.migrate_timeout_ms = 30_000;
         cfg.migration_ports = ports;
+        cfg.firmware = qemu::light_firmware();
         let qemu = Qemu::new(cfg).unwrap_or_else(|e| panic!("{e}: run scripts/install-deps"));
         Host { qemu, dir }
     }
@@ -242,6 +243,47 @@ fn a_transfer_that_reaches_another_guest_s_incoming_process_fails_and_runs_nothi
     eprintln!("refused as it should be: {e}");
     assert_eq!(h1.get("x").unwrap().state, VmState::Running, "x stays running on its source");
     assert!(!h2.get("y").map(|o| o.state == VmState::Running).unwrap_or(false), "y's process must not run x's memory");
+}
+
+/// The firmware is part of a guest's memory: a target whose `firmware` differs from the
+/// source's refuses the stream, and the guest stays running on its source. A firmware file
+/// that does not exist is refused when the driver is configured.
+#[test]
+fn a_target_with_other_firmware_refuses_the_guest_and_the_source_keeps_it() {
+    let Some(qboot) = qemu::light_firmware() else {
+        panic!("qboot is missing: QEMU's firmware files come with qemu-system-x86 (scripts/install-deps)")
+    };
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let h1 = Host::new(root.path(), "h1", (port, port));
+    let mut cfg = QemuConfig::new(root.path().join("h2"));
+    cfg.migration_ports = (port, port);
+    cfg.migrate_timeout_ms = 30_000;
+    cfg.firmware = None;
+    let h2 = Host { qemu: Qemu::new(cfg.clone()).unwrap(), dir: root.path().join("h2") };
+    assert_ne!(Some(qboot), cfg.firmware, "h1 boots qboot, h2 SeaBIOS");
+    let g = n("g1");
+    for h in [&h1, &h2] {
+        h.qemu.define(&g, &spec(32), 5).unwrap();
+    }
+    h1.qemu.start(&g).unwrap();
+    let t = Transfer {
+        migration: MigrationId(7),
+        guest: g.clone(),
+        source: n("h1"),
+        target: n("h2"),
+        target_address: "127.0.0.1:7302".into(),
+        kind: MigrationKind::Online,
+    };
+    h2.qemu.prepare_incoming(&t).unwrap();
+    let e = h1.qemu.migrate_out(&t, &AtomicBool::new(false)).unwrap_err();
+    eprintln!("refused as it should be: {e}");
+    assert_eq!(h1.get("g1").unwrap().state, VmState::Running, "the guest stays running on its source");
+    assert!(!h2.get("g1").is_some_and(|o| o.state == VmState::Running), "the target must not run it");
+
+    cfg.firmware = Some(root.path().join("no-such-firmware.rom"));
+    let e = Qemu::new(cfg).err().expect("a missing firmware file is refused");
+    assert!(e.contains("driver.firmware") && e.contains("no such file"), "{e}");
 }
 
 /// A migration into a host where the guest still waits for an earlier attempt's stream (that

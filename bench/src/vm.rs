@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use switchyard_agent::driver::qemu::{Qemu, QemuConfig};
+use switchyard_agent::driver::qemu::{self, Qemu, QemuConfig};
 use switchyard_agent::driver::{Transfer, VmState};
 use switchyard_client::{Client, EventQuery};
 use switchyard_protocol::api::{CreateGuestRequest, MigrateRequest, StreamItem};
@@ -66,6 +66,8 @@ pub async fn vm_migration(args: &Args, dir: &Path, timing: Timing, report: &mut 
     let hv = |h: &str| {
         let mut c = QemuConfig::new(dir.join("vm-direct").join(h));
         c.migration_ports = (port, port);
+        // As the cluster's agents run them (testkit): guests with no disk boot qboot.
+        c.firmware = qemu::light_firmware();
         Qemu::new(c).map_err(anyhow::Error::msg)
     };
     let (h1, h2) = (hv("h1")?, hv("h2")?);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use switchyard_agent::daemon::AgentConfig;
-use switchyard_agent::driver::qemu::QemuConfig;
+use switchyard_agent::driver::qemu::{self, QemuConfig};
 use switchyard_agent::driver::DriverConfig;
 use switchyard_agent::metrics::MetricsConfig;
 use switchyard_agent::watchdog::WatchdogConfig;
@@ -840,6 +840,8 @@ impl AgentProc {
                     q.powerdown_timeout_ms = 1000;
                     q.migrate_timeout_ms = 60_000;
                     q.migration_bandwidth_kib = cluster.settings.qemu_bandwidth_kib;
+                    // Test and local guests have no disk: a firmware that does not probe for one.
+                    q.firmware = qemu::light_firmware();
                     DriverConfig::Qemu(q)
                 }
             },

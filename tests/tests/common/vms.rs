@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_agent::driver::qemu::{Qemu, QemuConfig};
+use switchyard_agent::driver::qemu::{self, Qemu, QemuConfig};
 use switchyard_agent::driver::{Observed, VmState};
 use switchyard_client::Client;
 use switchyard_protocol::api::{CreateGuestRequest, RegisterHostRequest};
@@ -66,7 +66,9 @@ pub async fn create_vm(c: &Client, name: &str, owner: &str, memory_mib: u64, pac
 
 /// The hypervisor of `host`, read as its agent reads it.
 pub fn hypervisor(cluster: &Cluster, host: &str) -> Qemu {
-    Qemu::new(QemuConfig::new(cluster.qemu_dir(host))).expect("QEMU is installed (scripts/install-deps)")
+    let mut cfg = QemuConfig::new(cluster.qemu_dir(host));
+    cfg.firmware = qemu::light_firmware();
+    Qemu::new(cfg).expect("QEMU is installed (scripts/install-deps)")
 }
 
 pub fn observe(cluster: &Cluster, host: &str, guest: &str) -> Option<Observed> {
