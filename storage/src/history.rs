@@ -16,7 +16,19 @@ use crate::error::StoreError;
 /// Adds to `batch` the rows one event produces: the event and its guest index row, and, when
 /// the event concerns a migration, the migration's record after it (`migration`).
 pub(crate) fn write_event(dir: &DataDir, batch: &mut WriteBatch, event: &Event, migration: Option<&Migration>) {
-    batch.put_cf(dir.cf(cf::EVENTS), key::u64(event.revision), codec::seal(RecordKind::Event, event));
+    let (k, v) = event_row(event);
+    batch.put_cf(dir.cf(cf::EVENTS), k, v);
+    write_event_indexes(dir, batch, event, migration);
+}
+
+/// An event's own row in [`cf::EVENTS`]: its key and its sealed bytes.
+pub(crate) fn event_row(event: &Event) -> ([u8; 8], Vec<u8>) {
+    (key::u64(event.revision), codec::seal(RecordKind::Event, event))
+}
+
+/// The rows [`write_event`] adds besides the event's own ([`event_row`]): its guest index row,
+/// and the migration's record after it.
+pub(crate) fn write_event_indexes(dir: &DataDir, batch: &mut WriteBatch, event: &Event, migration: Option<&Migration>) {
     if let Some(g) = event.payload.guest() {
         batch.put_cf(dir.cf(cf::GUEST_EVENTS), key::named(g.as_str(), event.revision), []);
     }

@@ -66,6 +66,7 @@ async fn a_seeded_directory_holds_what_imports_would_have_written_and_hands_it_o
     assert_eq!((ends.last_revision, &ends.chain), (last, &seeded.chain), "the seed's chain is the file's");
     assert_eq!(ends.last_event.as_ref(), events.last());
     assert!(!tmp.path().join(".n1.seeding").exists(), "the building directory was moved into place");
+    assert!(!path.join("ingest").exists(), "the events' table files were moved into the database");
 
     let (mut log, mut sm) = switchyard_storage::open(&path, 1).unwrap();
     let progress = sm.read(|s| s.importing().cloned()).expect("the restore in progress");
