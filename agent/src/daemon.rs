@@ -307,6 +307,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // applied state on disk was damaged.
         if let Some(Resync { reason, why }) = resync.take() {
             metrics.resync(reason);
+            tracing::info!(%why, "re-syncing from full state");
             let state: Read<FullState> = loop {
                 match client.full_state().await {
                     Ok(s) => break s,
