@@ -35,12 +35,17 @@ struct Host {
 
 impl Host {
     fn new(root: &Path, name: &str, ports: (u16, u16)) -> Host {
+        Host::booting(root, name, ports, qemu::light_firmware())
+    }
+
+    /// A host whose guests boot `firmware` (QEMU's default when `None`).
+    fn booting(root: &Path, name: &str, ports: (u16, u16), firmware: Option<std::path::PathBuf>) -> Host {
         let dir = root.join(name);
         let mut cfg = QemuConfig::new(dir.clone());
         cfg.powerdown_timeout_ms = 300;
         cfg.migrate_timeout_ms = 30_000;
         cfg.migration_ports = ports;
-        cfg.firmware = qemu::light_firmware();
+        cfg.firmware = firmware;
         let qemu = Qemu::new(cfg).unwrap_or_else(|e| panic!("{e}: run scripts/install-deps"));
         Host { qemu, dir }
     }
@@ -62,6 +67,18 @@ impl Drop for Host {
 }
 
 /// A port no one listens on now (bound, then released).
+/// The online move of `guest` from h1 to h2 as migration `id` (h2 registered on loopback).
+fn h1_to_h2(guest: &Name, id: u64) -> Transfer {
+    Transfer {
+        migration: MigrationId(id),
+        guest: guest.clone(),
+        source: n("h1"),
+        target: n("h2"),
+        target_address: "127.0.0.1:7302".into(),
+        kind: MigrationKind::Online,
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -149,14 +166,7 @@ fn a_live_migration_moves_the_running_guest_and_reports_qemus_figures() {
         h.qemu.define(&g, &spec(32), 5).unwrap();
     }
     h1.qemu.start(&g).unwrap();
-    let t = Transfer {
-        migration: MigrationId(77),
-        guest: g.clone(),
-        source: n("h1"),
-        target: n("h2"),
-        target_address: "127.0.0.1:7302".into(),
-        kind: MigrationKind::Online,
-    };
+    let t = h1_to_h2(&g, 77);
     assert_eq!(h1.qemu.incoming_address(&t), format!("127.0.0.1:{port}"));
     // The source starts before the target listens: it retries until the target is ready.
     let stats = std::thread::scope(|s| {
@@ -198,14 +208,7 @@ fn a_cancelled_or_refused_migration_leaves_the_guest_running_on_the_source() {
     let g = n("g1");
     h1.qemu.define(&g, &spec(32), 5).unwrap();
     h1.qemu.start(&g).unwrap();
-    let t = Transfer {
-        migration: MigrationId(78),
-        guest: g.clone(),
-        source: n("h1"),
-        target: n("h2"),
-        target_address: "127.0.0.1:7302".into(),
-        kind: MigrationKind::Online,
-    };
+    let t = h1_to_h2(&g, 78);
     // No target ever listens; the cancel flag ends the retries.
     let e = h1.qemu.migrate_out(&t, &AtomicBool::new(true)).unwrap_err();
     assert_eq!(e, DriverError::Cancelled);
@@ -228,18 +231,10 @@ fn a_transfer_that_reaches_another_guest_s_incoming_process_fails_and_runs_nothi
     h1.qemu.define(&x, &spec(32), 5).unwrap();
     h1.qemu.start(&x).unwrap();
     h2.qemu.define(&y, &spec(32), 5).unwrap();
-    let of = |guest: &Name, id: u64| Transfer {
-        migration: MigrationId(id),
-        guest: guest.clone(),
-        source: n("h1"),
-        target: n("h2"),
-        target_address: "127.0.0.1:7302".into(),
-        kind: MigrationKind::Online,
-    };
     // y waits for its own migration on the port; x's migration is sent to the same port.
-    h2.qemu.prepare_incoming(&of(&y, 90)).unwrap();
+    h2.qemu.prepare_incoming(&h1_to_h2(&y, 90)).unwrap();
     assert_eq!(h2.get("y").unwrap().state, VmState::Incoming);
-    let e = h1.qemu.migrate_out(&of(&x, 91), &AtomicBool::new(false)).unwrap_err();
+    let e = h1.qemu.migrate_out(&h1_to_h2(&x, 91), &AtomicBool::new(false)).unwrap_err();
     eprintln!("refused as it should be: {e}");
     assert_eq!(h1.get("x").unwrap().state, VmState::Running, "x stays running on its source");
     assert!(!h2.get("y").map(|o| o.state == VmState::Running).unwrap_or(false), "y's process must not run x's memory");
@@ -250,37 +245,27 @@ fn a_transfer_that_reaches_another_guest_s_incoming_process_fails_and_runs_nothi
 /// that does not exist is refused when the driver is configured.
 #[test]
 fn a_target_with_other_firmware_refuses_the_guest_and_the_source_keeps_it() {
-    let Some(qboot) = qemu::light_firmware() else {
-        panic!("qboot is missing: QEMU's firmware files come with qemu-system-x86 (scripts/install-deps)")
-    };
+    assert!(
+        qemu::light_firmware().is_some(),
+        "qboot is missing: QEMU's firmware files come with qemu-system-x86 (scripts/install-deps)"
+    );
     let root = tempfile::tempdir().unwrap();
     let port = free_port();
     let h1 = Host::new(root.path(), "h1", (port, port));
-    let mut cfg = QemuConfig::new(root.path().join("h2"));
-    cfg.migration_ports = (port, port);
-    cfg.migrate_timeout_ms = 30_000;
-    cfg.firmware = None;
-    let h2 = Host { qemu: Qemu::new(cfg.clone()).unwrap(), dir: root.path().join("h2") };
-    assert_ne!(Some(qboot), cfg.firmware, "h1 boots qboot, h2 SeaBIOS");
+    let h2 = Host::booting(root.path(), "h2", (port, port), None);
     let g = n("g1");
     for h in [&h1, &h2] {
         h.qemu.define(&g, &spec(32), 5).unwrap();
     }
     h1.qemu.start(&g).unwrap();
-    let t = Transfer {
-        migration: MigrationId(7),
-        guest: g.clone(),
-        source: n("h1"),
-        target: n("h2"),
-        target_address: "127.0.0.1:7302".into(),
-        kind: MigrationKind::Online,
-    };
+    let t = h1_to_h2(&g, 7);
     h2.qemu.prepare_incoming(&t).unwrap();
     let e = h1.qemu.migrate_out(&t, &AtomicBool::new(false)).unwrap_err();
     eprintln!("refused as it should be: {e}");
     assert_eq!(h1.get("g1").unwrap().state, VmState::Running, "the guest stays running on its source");
     assert!(!h2.get("g1").is_some_and(|o| o.state == VmState::Running), "the target must not run it");
 
+    let mut cfg = QemuConfig::new(root.path().join("h3"));
     cfg.firmware = Some(root.path().join("no-such-firmware.rom"));
     let e = Qemu::new(cfg).err().expect("a missing firmware file is refused");
     assert!(e.contains("driver.firmware") && e.contains("no such file"), "{e}");
@@ -300,14 +285,7 @@ fn a_process_left_waiting_for_an_earlier_migration_makes_way_for_the_next() {
         h.qemu.define(&g, &spec(32), 5).unwrap();
     }
     h1.qemu.start(&g).unwrap();
-    let attempt = |id: u64| Transfer {
-        migration: MigrationId(id),
-        guest: g.clone(),
-        source: n("h1"),
-        target: n("h2"),
-        target_address: "127.0.0.1:7302".into(),
-        kind: MigrationKind::Online,
-    };
+    let attempt = |id: u64| h1_to_h2(&g, id);
     let (first, second) = (attempt(100), attempt(101));
     assert_ne!(h2.qemu.incoming_address(&first), h2.qemu.incoming_address(&second));
     h2.qemu.prepare_incoming(&first).unwrap();

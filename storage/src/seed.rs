@@ -219,23 +219,24 @@ struct EventTables<'a> {
     writer: Option<SstFileWriter<'a>>,
     per_table: u64,
     in_table: u64,
-    done: Vec<PathBuf>,
+    /// Every table file opened so far, the one being written last.
+    files: Vec<PathBuf>,
 }
 
 impl<'a> EventTables<'a> {
     fn new(opts: &'a Options, folder: PathBuf, per_table: u64) -> Result<EventTables<'a>, StoreError> {
         std::fs::create_dir_all(&folder).map_err(|e| StoreError::io(format!("create {}", folder.display()), e))?;
-        Ok(EventTables { opts, folder, writer: None, per_table, in_table: 0, done: Vec::new() })
+        Ok(EventTables { opts, folder, writer: None, per_table, in_table: 0, files: Vec::new() })
     }
 
     /// Adds the next row; keys must come in increasing order.
     fn put(&mut self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
         if self.writer.is_none() {
-            let path = self.folder.join(format!("events-{:05}.sst", self.done.len()));
+            let path = self.folder.join(format!("events-{:05}.sst", self.files.len()));
             let w = SstFileWriter::create(self.opts);
             w.open(&path).map_err(|e| StoreError::rocks(format!("create table file {}", path.display()), e))?;
             self.writer = Some(w);
-            self.done.push(path);
+            self.files.push(path);
         }
         let w = self.writer.as_mut().expect("opened above");
         w.put(k, v).map_err(|e| StoreError::rocks("write a seeded event to its table file", e))?;
@@ -257,7 +258,7 @@ impl<'a> EventTables<'a> {
     /// Finishes the last file and moves every file into `dir`'s events family.
     fn ingest_into(mut self, dir: &DataDir) -> Result<(), StoreError> {
         self.finish()?;
-        let files = std::mem::take(&mut self.done);
+        let files = std::mem::take(&mut self.files);
         if !files.is_empty() {
             dir.ingest(cf::EVENTS, files)?;
         }
@@ -283,7 +284,7 @@ mod tests {
         for i in 1..=10u64 {
             tables.put(&key::u64(i), format!("row {i}").as_bytes()).unwrap();
         }
-        assert_eq!(tables.done.len(), 4, "10 rows at 3 per file");
+        assert_eq!(tables.files.len(), 4, "10 rows at 3 per file");
         tables.ingest_into(&dir).unwrap();
         assert!(!folder.exists());
         let rows: Vec<(u64, String)> = dir
