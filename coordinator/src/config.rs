@@ -148,8 +148,9 @@ pub struct ApiConfig {
     /// Most event subscriptions one token may hold open on this coordinator at once; more are
     /// refused (`too_many_streams`). An agent holds one.
     pub streams_per_token_max: usize,
-    /// A subscriber that takes nothing for this long while events wait for it (a stalled or
-    /// abandoned reader) has its stream ended; it resumes from its cursor when it reconnects.
+    /// A client that takes nothing for this long while an answer waits for it (in practice a
+    /// stalled or abandoned event subscriber) has its connection ended; a subscriber resumes from
+    /// its cursor when it reconnects.
     pub stream_stall_timeout_ms: u64,
     /// A console session unused for this long ends (the browser signs in again).
     pub console_session_idle_ms: u64,

@@ -310,16 +310,16 @@ impl switchyard_storage::Observer for Metrics {
 }
 
 /// Keeps [`Metrics::subscribers`] counting one open subscription while it lives.
-pub struct Subscribed<'a>(&'a Gauge);
+pub struct Subscribed(Gauge);
 
-impl<'a> Subscribed<'a> {
-    pub fn new(g: &'a Gauge) -> Subscribed<'a> {
+impl Subscribed {
+    pub fn new(g: &Gauge) -> Subscribed {
         g.inc();
-        Subscribed(g)
+        Subscribed(g.clone())
     }
 }
 
-impl Drop for Subscribed<'_> {
+impl Drop for Subscribed {
     fn drop(&mut self) {
         self.0.dec();
     }

@@ -99,7 +99,13 @@ impl Coordinator {
             api_app.clone().merge(crate::ui::router(node.clone(), api_app, credentials.clone(), tls.is_some()));
         let raft_listener = incoming(
             raft_listener,
-            Admission { tls: tls.clone(), clients_required: true, connections_max: RAFT_CONNECTIONS_MAX, what: "raft" },
+            Admission {
+                tls: tls.clone(),
+                clients_required: true,
+                connections_max: RAFT_CONNECTIONS_MAX,
+                write_stall: None,
+                what: "raft",
+            },
         )?;
         let api_listener = incoming(
             api_listener,
@@ -107,6 +113,7 @@ impl Coordinator {
                 tls: tls.clone(),
                 clients_required: false,
                 connections_max: config.api.connections_max,
+                write_stall: Some(Duration::from_millis(config.api.stream_stall_timeout_ms)),
                 what: "api",
             },
         )?;

@@ -1,20 +1,16 @@
 //! `GET /v1/events`: checks a subscription's parameters and the cluster it names, answers
-//! `compacted` for a start older than the retained history, and hands the stream to
-//! `feed.rs`, which ends it when the subscriber leaves or the node stops.
+//! `compacted` for a start older than the retained history, and answers a body pulled from
+//! `feed.rs`, which ends when the subscriber leaves, the node stops or its storage fails.
 
 use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use switchyard_protocol::api::{ErrorBody, EventParams, StreamItem};
 use switchyard_protocol::Name;
-use tokio::sync::mpsc;
 
 use super::{query, Api, ApiError, Caller, Q, S};
-use crate::feed::feed;
+use crate::feed::{Feed, Subscription};
 use crate::stream::{frame, parse_kind, Filter, Format};
-
-/// Items buffered per subscriber before a slow reader holds the stream back.
-const QUEUE_ITEMS: usize = 256;
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventParams), responses((status = 200, description = "A stream of items: JSON lines (`application/x-ndjson`), or with `format=binary` big-endian u32-length-prefixed bincode frames", body = StreamItem, content_type = "application/x-ndjson"), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn subscribe(
@@ -73,20 +69,10 @@ pub(super) async fn subscribe(
         return Ok(([("content-type", ctype)], frame(format, &item)).into_response());
     }
     let slot = StreamSlot::take(&s, &c)?;
-    let (tx, rx) = mpsc::channel(QUEUE_ITEMS);
-    tokio::spawn(async move {
-        let _slot = slot;
-        // A stop ends every stream at once, even one blocked on a slow reader; so does a
-        // storage failure, after which this node applies nothing new: the subscriber's client
-        // resumes on another coordinator from the last revision it got.
-        tokio::select! {
-            _ = feed(node.clone(), filter, from, p.follow, progress, format, tx) => {}
-            _ = node.stopped() => {}
-            _ = node.faulted() => {}
-        }
-    });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    let sub = Subscription { filter, from, follow: p.follow, progress, format };
+    // The connection's task pulls the frames as it can write them: no task or queue of its own.
+    let body = futures_util::stream::unfold((Feed::new(node, sub), slot), |(mut feed, slot)| async move {
+        feed.next_frame().await.map(|b| (Ok::<_, std::convert::Infallible>(b), (feed, slot)))
     });
     Ok(([("content-type", ctype)], Body::from_stream(body)).into_response())
 }
