@@ -251,15 +251,24 @@ async fn fanout(sut: &Sut, n: usize, rate: u64) -> anyhow::Result<(Duration, Dur
     let until = Arc::new(AtomicU64::new(u64::MAX));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(n);
     let endpoints = sut.endpoints();
+    // Each subscriber a task of its own, as separate clients would be, so the harness works
+    // through the receipts on all its threads.
+    let subscriber = sut.subscriber();
     let subs: Vec<_> = (0..n)
         .map(|i| {
             let ep = endpoints[i % endpoints.len()].clone();
             let (streams, until, ready) = (streams.clone(), until.clone(), ready_tx.clone());
-            async move { sut.subscribe(&streams, &ep, from, until, ready).await }
+            tokio::spawn(subscriber.clone().subscribe(streams, ep, from, until, ready))
         })
         .collect();
     drop(ready_tx);
-    let subs = async { futures_util::future::join_all(subs).await };
+    let subs = async {
+        let mut arrivals = Vec::with_capacity(n);
+        for s in subs {
+            arrivals.push(s.await.context("a subscriber's task")?);
+        }
+        anyhow::Ok(arrivals)
+    };
     let writer = async {
         for _ in 0..n {
             if tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await.ok().flatten().is_none() {
@@ -284,7 +293,7 @@ async fn fanout(sut: &Sut, n: usize, rate: u64) -> anyhow::Result<(Duration, Dur
     };
     let (arrivals, sent) = tokio::join!(tokio::time::timeout(Duration::from_secs(300), subs), writer);
     let sent = sent?;
-    let arrivals = arrivals.context("subscribers did not finish within 300 s")?;
+    let arrivals = arrivals.context("subscribers did not finish within 300 s")??;
     let mut worst: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
     let mut seen: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
     for a in arrivals {
@@ -663,7 +672,7 @@ async fn catch_up(sut: &Sut, n: u64) -> anyhow::Result<(f64, f64, Option<Duratio
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
     let streams = sut.client(reqwest::Client::builder());
     let started = Instant::now();
-    let seen = sut.subscribe(&streams, &ep, from, Arc::new(AtomicU64::new(last)), tx).await?;
+    let seen = sut.subscriber().subscribe(streams, ep, from, Arc::new(AtomicU64::new(last)), tx).await?;
     let rate = seen.len() as f64 / started.elapsed().as_secs_f64();
     if seen.len() as u64 != n {
         eprintln!("  {}: catch-up delivered {} of {n} events", sut.name(), seen.len());

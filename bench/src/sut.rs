@@ -252,20 +252,41 @@ impl Sut {
         Ok(())
     }
 
+    /// What a subscriber of this system needs, apart from the system: each subscriber of the
+    /// fan-out runs as a task of its own, as separate clients would.
+    pub fn subscriber(&self) -> Subscriber {
+        match self {
+            Sut::Switchyard(s) => Subscriber::Switchyard { scheme: s.scheme, token: s.token.clone() },
+            Sut::Etcd(_) => Subscriber::Etcd,
+        }
+    }
+}
+
+/// A subscriber of either system (see [`Sut::subscriber`]).
+#[derive(Clone)]
+pub enum Subscriber {
+    Switchyard { scheme: &'static str, token: String },
+    Etcd,
+}
+
+impl Subscriber {
     /// Subscribes from revision `from` through `endpoint`; calls `ready` once the subscription is
-    /// established, records every event revision with its arrival time until `until` is seen
-    /// (or `stop` flips), and answers what it saw.
+    /// established, records every event revision with its arrival time until `until` is seen,
+    /// and answers what it saw.
     pub async fn subscribe(
-        &self,
-        http: &reqwest::Client,
-        endpoint: &str,
+        self,
+        http: reqwest::Client,
+        endpoint: String,
         from: u64,
         until: Arc<std::sync::atomic::AtomicU64>,
         ready: tokio::sync::mpsc::Sender<()>,
     ) -> anyhow::Result<Arrivals> {
         match self {
-            Sut::Switchyard(s) => s.subscribe(http, endpoint, from, until, ready).await,
-            Sut::Etcd(e) => e.subscribe(endpoint, from, until, ready).await,
+            Subscriber::Switchyard { scheme, token } => {
+                let url = format!("{scheme}://{endpoint}/v1/events?from={from}&follow=true&kind=guest");
+                Switchyard::subscribe(&http, &url, &token, until, ready).await
+            }
+            Subscriber::Etcd => Etcd::subscribe(&endpoint, from, until, ready).await,
         }
     }
 }
@@ -535,10 +556,9 @@ impl Switchyard {
     }
 
     async fn subscribe(
-        &self,
         http: &reqwest::Client,
-        ep: &str,
-        from: u64,
+        url: &str,
+        token: &str,
         until: Arc<std::sync::atomic::AtomicU64>,
         ready: tokio::sync::mpsc::Sender<()>,
     ) -> anyhow::Result<Arrivals> {
@@ -558,8 +578,7 @@ impl Switchyard {
         // The server's default progress interval (5 s), as agents run: the subscription is
         // established once the answer's headers arrive (it streams from `from` whatever comes
         // later), so no early line is needed to know it.
-        let url = self.url(ep, &format!("/v1/events?from={from}&follow=true&kind=guest"));
-        let resp = http.get(url).bearer_auth(&self.token).send().await?;
+        let resp = http.get(url).bearer_auth(token).send().await?;
         if !resp.status().is_success() {
             bail!("subscribe: {}", resp.status());
         }
@@ -784,7 +803,6 @@ impl Etcd {
     /// A watch of every guest key from `from`, on a connection of its own (as separate
     /// subscribers would have).
     async fn subscribe(
-        &self,
         ep: &str,
         from: u64,
         until: Arc<std::sync::atomic::AtomicU64>,
