@@ -231,16 +231,26 @@ pub const MIGRATION_PORTS: u16 = 16;
 
 /// The first of `n` consecutive ports that were free when asked and that no other caller in
 /// this process was given.
-pub fn free_ports(n: u16) -> u16 {
-    loop {
-        let first = free_port();
-        let Some(last) = first.checked_add(n - 1) else { continue };
+///
+/// The block is sought below Linux's default ephemeral range (32768–60999): the kernel hands
+/// ports of that range to outgoing connections, and after a run with thousands of connections
+/// (the benchmark's 10 000 subscribers) nearly every block there holds a port in TIME_WAIT,
+/// which a listener cannot bind. Gives up with an error after a bounded search.
+pub fn free_ports(n: u16) -> anyhow::Result<u16> {
+    const LOW: u16 = 10_000;
+    const HIGH: u16 = 32_768;
+    const ATTEMPTS: usize = 2_000;
+    anyhow::ensure!((1..=HIGH - LOW).contains(&n), "cannot look for {n} consecutive ports");
+    for _ in 0..ATTEMPTS {
+        let first = rand::Rng::gen_range(&mut rand::thread_rng(), LOW..=HIGH - n);
+        let block = first..first + n;
         let mut given = FREE_PORTS_GIVEN.lock().expect("port set lock");
-        if (first + 1..=last).all(|p| !given.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            given.extend(first + 1..=last);
-            return first;
+        if block.clone().all(|p| !given.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            given.extend(block);
+            return Ok(first);
         }
     }
+    anyhow::bail!("found no {n} consecutive free ports between {LOW} and {HIGH} in {ATTEMPTS} tries")
 }
 
 static FREE_PORTS_GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
@@ -361,7 +371,7 @@ impl Cluster {
             settings,
             nodes: Vec::new(),
             agents: Vec::new(),
-            migration_port: free_ports(MIGRATION_PORTS),
+            migration_port: free_ports(MIGRATION_PORTS)?,
             client_tls,
             _tmp: tmp,
         })
