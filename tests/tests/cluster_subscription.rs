@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::cluster::*;
+use common::metrics::{get, scrape};
 use serde_json::json;
 use switchyard_client::{Client, EventQuery};
 use switchyard_protocol::api::{StreamItem, WriteResponse};
@@ -219,4 +220,102 @@ async fn compacted_history_gets_a_distinct_answer_and_a_state_to_resume_from() {
     .await
     .unwrap();
     assert_eq!(revs, (state.revision + 1..=last).collect::<Vec<_>>());
+}
+
+/// A subscriber that stops reading loses its stream once the coordinator's writes to it have
+/// waited `api.stream_stall_timeout_ms`, and its slot is given back; a subscriber that reads
+/// receives every event meanwhile, gap-free. What the stalled one got is a gap-free prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_reads_nothing_is_cut_off_and_holds_back_no_one() {
+    let opts = ClusterOpts { stream_stall_timeout_ms: 1000, ..Default::default() };
+    let cluster = TestCluster::start(1, opts).await;
+    let c = cluster.client(&[1]);
+    let _: WriteResponse = c.post("/v1/hosts", &big_host("h1")).await.unwrap();
+    // Its answer is held and its body never read, so the coordinator's writes to it stall once
+    // the buffers between them (socket buffers of a few MiB, the client's read buffer) are full.
+    let stalled = cluster
+        .http_for(AGENT_TOKEN)
+        .get(cluster.url(1, "/v1/events?from=1&follow=true"))
+        .bearer_auth(AGENT_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    let target = Arc::new(AtomicU64::new(0));
+    let q = EventQuery { from: 1, follow: true, ..Default::default() };
+    let reader = tokio::spawn(subscriber(cluster.client(&[1]), q, target.clone()));
+    let open = || async { get(&scrape(&cluster, 1).await, "switchyard_subscribers", &[]) };
+    let wait = std::time::Duration::from_secs(30);
+    eventually("both subscriptions to be open", wait, || async { (open().await == 2.0).then_some(()) }).await;
+
+    // Large events (a guest with every disk and network it may have: ≈ 24 KiB of JSON each)
+    // until the stalled subscription is gone, at most 3 000 of them (≈ 70 MiB).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, stop, next) = (c.clone(), stop.clone(), next.clone());
+            tokio::spawn(async move {
+                let long = |what: &str, i: usize| format!("{what}{i}-{}", "x".repeat(240));
+                let mut last = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= 3000 {
+                        break;
+                    }
+                    let guest = json!({"name": format!("g{i}"), "owner": "h1", "vcpus": 1, "memory_mib": 64,
+                        "disks": (0..64).map(|d| long("disk", d)).collect::<Vec<_>>(),
+                        "networks": (0..32).map(|n| long("net", n)).collect::<Vec<_>>()});
+                    let r: WriteResponse = c.post("/v1/guests", &guest).await.unwrap();
+                    last = last.max(r.last_revision);
+                }
+                last
+            })
+        })
+        .collect();
+    eventually("the coordinator to end the stalled subscription", std::time::Duration::from_secs(180), || async {
+        (open().await == 1.0).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut last = 0;
+    for w in writers {
+        last = last.max(w.await.unwrap());
+    }
+    let log = std::fs::read_to_string(cluster.node(1).proc.log()).unwrap();
+    assert!(log.contains("took nothing for 1s"), "the coordinator logs why it ended the connection");
+
+    // The reader was not held back: it receives every revision, in order, once.
+    target.store(last, Ordering::SeqCst);
+    let got: Vec<u64> = tokio::time::timeout(wait, reader)
+        .await
+        .expect("the reader keeps up")
+        .unwrap()
+        .iter()
+        .map(|e| e.revision)
+        .collect();
+    assert_eq!(got, (1..=last).collect::<Vec<_>>());
+
+    // The stalled subscriber's stream ends (an error, its connection closed) after a gap-free
+    // prefix of the history.
+    let mut stalled = stalled;
+    let mut body = Vec::new();
+    let ended = tokio::time::timeout(wait, async {
+        while let Ok(Some(b)) = stalled.chunk().await {
+            body.extend_from_slice(&b);
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled subscription ended");
+    let complete = &body[..body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)];
+    let revisions: Vec<u64> = complete
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| match serde_json::from_slice::<StreamItem>(l).unwrap() {
+            StreamItem::Event(e) => Some(e.revision),
+            _ => None,
+        })
+        .collect();
+    assert!(!revisions.is_empty() && revisions.len() < last as usize, "got {} of {last}", revisions.len());
+    assert_eq!(revisions, (1..=revisions.len() as u64).collect::<Vec<_>>());
 }

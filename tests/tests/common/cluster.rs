@@ -47,6 +47,8 @@ pub struct ClusterOpts {
     pub start_timeout_ms: u64,
     /// `api.streams_per_token_max`.
     pub streams_per_token_max: usize,
+    /// `api.stream_stall_timeout_ms`.
+    pub stream_stall_timeout_ms: u64,
     /// The agents' `jump_after_revisions`.
     pub jump_after_revisions: u64,
 }
@@ -66,6 +68,7 @@ impl Default for ClusterOpts {
             lease_ms: HaConfig::default().lease_ms,
             start_timeout_ms: HaConfig::default().start_timeout_ms,
             streams_per_token_max: ApiConfig::default().streams_per_token_max,
+            stream_stall_timeout_ms: ApiConfig::default().stream_stall_timeout_ms,
             jump_after_revisions: 10_000,
         }
     }
@@ -88,6 +91,7 @@ impl ClusterOpts {
                 join_timeout_ms: 5000,
                 host_report_timeout_ms: self.host_report_timeout_ms,
                 streams_per_token_max: self.streams_per_token_max,
+                stream_stall_timeout_ms: self.stream_stall_timeout_ms,
                 ..ApiConfig::default()
             },
             history: HistoryConfig { retain_revisions: self.retain_revisions },
