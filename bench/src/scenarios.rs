@@ -262,6 +262,9 @@ async fn fanout(sut: &Sut, n: usize, rate: u64) -> anyhow::Result<(Duration, Dur
         })
         .collect();
     drop(ready_tx);
+    // However the figure ends (a failed write, the time limit), no subscriber is left holding
+    // its connection into the next part of the run.
+    let subs_end = AbortOnDrop(subs.iter().map(|s| s.abort_handle()).collect());
     let subs = async {
         let mut arrivals = Vec::with_capacity(n);
         for s in subs {
@@ -291,6 +294,14 @@ async fn fanout(sut: &Sut, n: usize, rate: u64) -> anyhow::Result<(Duration, Dur
         sut.put(&client, &leader, 0, 0).await?;
         anyhow::Ok(sent)
     };
+    // A failed writer ends the subscribers at once rather than after the time limit.
+    let writer = async {
+        let sent = writer.await;
+        if sent.is_err() {
+            subs_end.0.iter().for_each(tokio::task::AbortHandle::abort);
+        }
+        sent
+    };
     let (arrivals, sent) = tokio::join!(tokio::time::timeout(Duration::from_secs(300), subs), writer);
     let sent = sent?;
     let arrivals = arrivals.context("subscribers did not finish within 300 s")??;
@@ -316,6 +327,15 @@ async fn fanout(sut: &Sut, n: usize, rate: u64) -> anyhow::Result<(Duration, Dur
     lat.sort();
     let per_subscriber = idle.zip(connected).map(|(i, c)| (c as f64 - i as f64) / n as f64);
     Ok((pct(&lat, 50.0), pct(&lat, 99.0), missing, per_subscriber))
+}
+
+/// Aborts its tasks when dropped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::AbortHandle::abort);
+    }
 }
 
 /// One leader kill of the write failover figure.

@@ -283,7 +283,7 @@ impl Subscriber {
     ) -> anyhow::Result<Arrivals> {
         match self {
             Subscriber::Switchyard { scheme, token } => {
-                let url = format!("{scheme}://{endpoint}/v1/events?from={from}&follow=true&kind=guest");
+                let url = endpoint_url(scheme, &endpoint, &format!("/v1/events?from={from}&follow=true&kind=guest"));
                 Switchyard::subscribe(&http, &url, &token, until, ready).await
             }
             Subscriber::Etcd => Etcd::subscribe(&endpoint, from, until, ready).await,
@@ -310,6 +310,11 @@ async fn lines(mut resp: reqwest::Response, mut line: impl FnMut(&[u8]) -> bool)
 }
 
 // ---- Switchyard ----
+
+/// The URL of `path` on the coordinator at `ep`, reached over `scheme`.
+fn endpoint_url(scheme: &str, ep: &str, path: &str) -> String {
+    format!("{scheme}://{ep}{path}")
+}
 
 pub struct Switchyard {
     pub cluster: Cluster,
@@ -452,7 +457,7 @@ impl Switchyard {
 
     /// The URL of `path` on the coordinator at `ep`.
     pub fn url(&self, ep: &str, path: &str) -> String {
-        format!("{}://{ep}{path}", self.scheme)
+        endpoint_url(self.scheme, ep, path)
     }
 
     /// Creates guests g{from}..g{to-1} through `ep`, guest i on `hosts[i % hosts.len()]`, 64 at a
