@@ -174,24 +174,28 @@ async fn history(State(s): State<RaftState>, body: Bytes) -> Response {
     }
     let start = end.saturating_sub(max - 1).max(1);
     let history = s.sm.history();
-    let read = tokio::task::spawn_blocking(move || history.events_from(start, (end + 1 - start) as usize)).await;
+    // Read, trimmed and encoded off the async workers: up to 8 MiB of events.
+    let read = tokio::task::spawn_blocking(move || {
+        let events = history.events_from(start, (end + 1 - start) as usize)?;
+        // The newest ones within the byte bound (events are up to tens of KiB each), each
+        // encoded once: the answer is made of the same encodings.
+        let mut bytes = 0;
+        let mut newest: Vec<Vec<u8>> = events
+            .iter()
+            .rev()
+            .filter(|e| e.revision <= end)
+            .map(codec::encode)
+            .take_while(|e| {
+                bytes += e.len();
+                bytes <= HISTORY_BYTES_MAX || bytes == e.len()
+            })
+            .collect();
+        newest.reverse();
+        Ok::<_, switchyard_storage::StoreError>(codec::encode_seq_of_encoded(&newest))
+    })
+    .await;
     match read {
-        Ok(Ok(mut events)) => {
-            events.retain(|e| e.revision <= end);
-            // The newest ones within the byte bound (events are up to tens of KiB each).
-            let mut bytes = 0;
-            let keep = events
-                .iter()
-                .rev()
-                .take_while(|e| {
-                    bytes += codec::encode(*e).len();
-                    bytes <= HISTORY_BYTES_MAX
-                })
-                .count()
-                .max(1);
-            let events = events.split_off(events.len().saturating_sub(keep));
-            codec::encode(&events).into_response()
-        }
+        Ok(Ok(answer)) => answer.into_response(),
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("read history: {e}")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("read history: {e}")).into_response(),
     }

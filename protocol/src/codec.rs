@@ -90,6 +90,16 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, config()).expect("bincode encodes every protocol type")
 }
 
+/// Encodes a sequence from its items' encodings, exactly as [`encode`] encodes a `Vec` of the
+/// items (bincode writes a sequence as its length, then each item): for an answer trimmed by
+/// the size of its items, which then need encoding once, not twice.
+pub fn encode_seq_of_encoded(items: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = encode(&(items.len() as u64));
+    out.reserve(items.iter().map(Vec::len).sum());
+    items.iter().for_each(|i| out.extend_from_slice(i));
+    out
+}
+
 /// Decodes a value that must fill `bytes` exactly.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) =
@@ -139,6 +149,16 @@ pub fn open_payload(kind: RecordKind, bytes: &[u8]) -> Result<&[u8], CodecError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lengths on each side of the varint's width steps (one byte below 251, then 3 bytes).
+    #[test]
+    fn a_sequence_of_encoded_items_is_the_encoded_sequence() {
+        for n in [0usize, 1, 250, 251, 300, 70_000] {
+            let items: Vec<(u64, String)> = (0..n).map(|i| (i as u64 * 977, format!("item {i}"))).collect();
+            let encoded: Vec<Vec<u8>> = items.iter().map(encode).collect();
+            assert_eq!(encode_seq_of_encoded(&encoded), encode(&items), "{n} items");
+        }
+    }
 
     #[test]
     fn sealed_round_trip() {
