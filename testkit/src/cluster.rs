@@ -148,6 +148,12 @@ pub struct Settings {
     pub reconcile_interval_ms: u64,
     /// QEMU's live-migration bandwidth limit (KiB/s), to make transfers last.
     pub qemu_bandwidth_kib: Option<u64>,
+    /// MiB of random data loaded into every QEMU guest's memory when it starts (0: none). A
+    /// guest without an operating system leaves its memory zero, and QEMU sends a zero page as
+    /// a few bytes, so a 32 MiB guest moves in milliseconds whatever the bandwidth limit; with
+    /// data it moves at the limit's pace, as a guest whose OS uses its memory does, and a test
+    /// can act while the transfer is under way.
+    pub qemu_guest_data_mib: u32,
     /// How far behind an agent jumps to the current state instead of applying every event
     /// (the agents' `jump_after_revisions`; 0: never).
     pub jump_after_revisions: u64,
@@ -186,6 +192,7 @@ impl Default for Settings {
             hypervisor: Hypervisor::Simulated,
             reconcile_interval_ms: 1000,
             qemu_bandwidth_kib: None,
+            qemu_guest_data_mib: 0,
             jump_after_revisions: 10_000,
             rust_log: "info,openraft=warn".into(),
             tls: true,
@@ -717,6 +724,36 @@ impl Cluster {
     }
 
     /// The state directory shared by the agents' simulated hypervisors.
+    /// A program that runs `qemu` as it is asked, and when it starts a guest also loads
+    /// [`Settings::qemu_guest_data_mib`] MiB of random data at 16 MiB into the guest's memory
+    /// (QEMU's generic loader device). Made once in the cluster's folder; every host's guests
+    /// get the same data, so source and target of a move start alike.
+    fn qemu_with_guest_data(&self, qemu: &Path) -> anyhow::Result<PathBuf> {
+        const AT: u64 = 16 << 20;
+        let mib = self.settings.qemu_guest_data_mib;
+        let (data, program) = (self.dir.join("qemu-guest-data.bin"), self.dir.join("qemu-with-guest-data"));
+        if program.exists() {
+            return Ok(program);
+        }
+        let mut bytes = vec![0u8; mib as usize * (1 << 20)];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+        std::fs::write(&data, bytes).with_context(|| format!("write {}", data.display()))?;
+        let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+        let script = format!(
+            "#!/bin/sh\n\
+             # Starting a guest (-daemonize): also load the test data into its memory.\n\
+             case \" $* \" in *\" -daemonize \"*) exec {qemu} \"$@\" -device loader,file={data},addr={AT:#x},force-raw=on ;; esac\n\
+             exec {qemu} \"$@\"\n",
+            qemu = quote(qemu),
+            data = quote(&data),
+        );
+        std::fs::write(&program, script).with_context(|| format!("write {}", program.display()))?;
+        let mut perms = std::fs::metadata(&program)?.permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&program, perms).with_context(|| format!("make {} executable", program.display()))?;
+        Ok(program)
+    }
+
     pub fn sim_dir(&self) -> PathBuf {
         self.dir.join("simulated-hypervisor")
     }
@@ -852,6 +889,9 @@ impl AgentProc {
                     q.migration_bandwidth_kib = cluster.settings.qemu_bandwidth_kib;
                     // Test and local guests have no disk: a firmware that does not probe for one.
                     q.firmware = qemu::light_firmware();
+                    if cluster.settings.qemu_guest_data_mib > 0 {
+                        q.binary = cluster.qemu_with_guest_data(&q.binary)?;
+                    }
                     DriverConfig::Qemu(q)
                 }
             },

@@ -286,8 +286,9 @@ async fn a_leader_killed_at_any_failover_step_leaves_a_saga_the_next_leader_comp
 /// and the guest keeps running on its source, protected again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_lost_mid_migration_ends_it_failed_with_switching_restored_and_the_guest_protected() {
-    // 32 MiB at 2 MiB/s: the transfer lasts long enough to lose a host in the middle of it.
-    let opts = ClusterOpts { qemu_bandwidth_kib: Some(2048), ..ClusterOpts::default() };
+    // 8 MiB of guest data at 2 MiB/s: the transfer lasts long enough to lose a host in the
+    // middle of it.
+    let opts = ClusterOpts { qemu_bandwidth_kib: Some(2048), qemu_guest_data_mib: 8, ..ClusterOpts::default() };
     let (cluster, mut hosts) = ha_cluster_with(false, false, opts).await;
     let admin = cluster.admin(Duration::from_secs(60));
     create_vm(&admin, "vm1", "h1", 32, Some("p1")).await;

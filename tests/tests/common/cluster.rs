@@ -40,6 +40,10 @@ pub struct ClusterOpts {
     pub hypervisor: Hypervisor,
     /// QEMU's live-migration bandwidth limit (KiB/s).
     pub qemu_bandwidth_kib: Option<u64>,
+    /// MiB of data in every QEMU guest's memory, loaded at 16 MiB (guests need at least 16 +
+    /// this much memory): without it a diskless guest's memory is zero pages, which move in
+    /// milliseconds whatever the bandwidth limit.
+    pub qemu_guest_data_mib: u32,
     /// `ha.lease_ms` (the product's default unless a test leaves agents down for longer on
     /// purpose, and is not about host failure).
     pub lease_ms: u64,
@@ -65,6 +69,7 @@ impl Default for ClusterOpts {
             sim_transfer_ms: 500,
             hypervisor: Hypervisor::Simulated,
             qemu_bandwidth_kib: None,
+            qemu_guest_data_mib: 0,
             lease_ms: HaConfig::default().lease_ms,
             start_timeout_ms: HaConfig::default().start_timeout_ms,
             streams_per_token_max: ApiConfig::default().streams_per_token_max,
@@ -107,6 +112,7 @@ impl ClusterOpts {
             hypervisor: self.hypervisor.clone(),
             reconcile_interval_ms: 300,
             qemu_bandwidth_kib: self.qemu_bandwidth_kib,
+            qemu_guest_data_mib: self.qemu_guest_data_mib,
             jump_after_revisions: self.jump_after_revisions,
             rust_log: "info,openraft=warn".into(),
             // Every test runs the default: TLS on every link.
