@@ -400,7 +400,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                                         }
                                     }
                                 }
-                                if e.payload.kind() == EventKind::Migration {
+                                // Failover starts too: a target holding a guest whose source
+                                // failed keeps it until the failover gives it to this host.
+                                if e.payload.kind() == EventKind::Migration
+                                    || matches!(e.payload, EventPayload::FailoverStarted { .. })
+                                {
                                     let _ = to_worker.send(Input::Event(e.clone()));
                                 }
                                 if let (Some(r), EventPayload::PackageSwitchingChanged { package, .. }) =

@@ -2,7 +2,10 @@
 //! driver and reports its end and the freeze time; the target reports that the guest runs there.
 //! After a failed or aborted migration, a target that finds the guest running on itself (a
 //! transfer that ended after the rollback was committed) moves it back to the source, so the
-//! hypervisors agree with the log's single owner.
+//! hypervisors agree with the log's single owner. When a packaged guest's source or target
+//! failed instead (its fence stopped its copies), nothing can move back: the target holds a
+//! copy that arrived until the guest's failover gives it to that host, and a source whose guest
+//! left to a failed target starts it again.
 //!
 //! Orders are committed phase events only, never direct calls from a coordinator, so a deposed
 //! leader cannot give one. Each order carries a fencing token (Raft term, revision); the worker
@@ -28,7 +31,8 @@ use std::time::{Duration, Instant};
 use switchyard_client::{Client, ClientError};
 use switchyard_protocol::api::{HostView, MigrationPage, MigrationReport, Read, ReportOutcome};
 use switchyard_protocol::{
-    Event, EventPayload, FencingToken, Migration, MigrationId, MigrationKind, Name, Phase, PhaseRecord, Revision,
+    Event, EventPayload, FencingToken, HostState, Migration, MigrationId, MigrationKind, Name, Phase, PhaseRecord,
+    Revision,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -92,6 +96,9 @@ pub struct Worker {
     /// The newest migration of each guest this agent has heard of (whoever takes part): a
     /// rollback watch ends when a newer migration of the guest exists.
     newest: HashMap<Name, MigrationId>,
+    /// Each guest's newest failover start this agent has seen: the host it went to, and the
+    /// revision of that order.
+    failed_over: HashMap<Name, (Name, Revision)>,
     /// The reconciler, told which guests' run state the worker holds (drivers with a lifecycle).
     reconciler: Option<mpsc::UnboundedSender<Feed>>,
     metrics: Arc<Metrics>,
@@ -114,6 +121,7 @@ impl Worker {
             active: HashMap::new(),
             term: 0,
             newest: HashMap::new(),
+            failed_over: HashMap::new(),
             reconciler,
             metrics,
         }
@@ -162,6 +170,7 @@ impl Worker {
             }
         }
         self.newest.clear();
+        self.failed_over.clear();
         self.term = 0;
         match self.store.journals() {
             Ok(js) => {
@@ -288,6 +297,9 @@ impl Worker {
                         }
                     }
                 }
+            }
+            EventPayload::FailoverStarted { guest, to, .. } => {
+                self.failed_over.insert(guest.clone(), (to.clone(), e.revision));
             }
             _ => {}
         }
@@ -466,6 +478,18 @@ impl Worker {
         Ok(h.items.host.spec.address)
     }
 
+    /// Whether the log says `host` failed, as of `since` or later (false when it cannot be read:
+    /// the caller then keeps waiting, the safe side).
+    async fn host_failed(&self, host: &Name, since: Revision) -> bool {
+        match self.client.get_since::<HostView>(&format!("/v1/hosts/{host}"), since).await {
+            Ok(h) => h.items.state == HostState::Failed,
+            Err(e) => {
+                tracing::warn!(%host, %e, "cannot read the host's state; will retry");
+                false
+            }
+        }
+    }
+
     async fn start_transfer(&mut self, m: &Migration, token: FencingToken) {
         // The cluster manager must not fail the guest over while it moves (hpvmsg_move's
         // `cmmodpkg -d` before `hpvmmigrate -o`): the log disabled the package's switching
@@ -530,6 +554,13 @@ impl Worker {
             // Logged by `lifecycle_state`; asked again next tick.
             None => return false,
         }
+        // A packaged guest's target that failed has been fenced (its packaged guests stopped
+        // before the leader could declare it failed): nothing runs there and nothing will send
+        // the guest back. The reconciler starts it here, where the log says it runs.
+        if m.has_package() && self.host_failed(&m.target, m.current().revision).await {
+            tracing::warn!(migration = %id, guest = %m.guest, target = %m.target, "the guest left before the rollback and its target failed; starting it here again");
+            return true;
+        }
         let address = match self.host_address(&self.host, m.current().revision).await {
             Ok(a) => a,
             Err(e) => {
@@ -555,6 +586,25 @@ impl Worker {
         let m = a.m.clone();
         if self.newest.get(&m.guest).is_some_and(|n| *n > id) {
             // A newer migration of the guest decides where it runs now.
+            return true;
+        }
+        // A packaged guest's source that failed has been fenced (its packaged guests stopped
+        // before the leader could declare it failed): no transfer can still arrive, and nothing
+        // can go back there. The guest's failover comes here first (`ha::copy_left_by_move`):
+        // the reconciler keeps or starts the guest if the log makes this host its owner, and
+        // stops any copy here otherwise.
+        if m.has_package() && self.host_failed(&m.source, m.current().revision).await {
+            // A copy running here (the move finished just before the source was lost) stays
+            // held, so the reconciler leaves it alone, until the failover has given it to this
+            // host; it is stopped only if the log gives it elsewhere once the watch ends.
+            let given_here = self
+                .failed_over
+                .get(&m.guest)
+                .is_some_and(|(to, revision)| *to == self.host && *revision > m.current().revision);
+            if !given_here && Instant::now() <= until && self.runs_here(&m.guest, &m.source).await == Some(true) {
+                return false;
+            }
+            tracing::warn!(migration = %id, guest = %m.guest, source = %m.source, given_here, "the migration ended and its source failed; the log decides whether the guest runs here");
             return true;
         }
         if self.runs_here(&m.guest, &m.source).await == Some(true) {

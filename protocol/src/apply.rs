@@ -394,6 +394,12 @@ fn apply_start_failover(state: &ClusterState, guest_name: &Name, to: &Name) -> R
             if let Some(why) = crate::ha::unprotected(state, guest) {
                 return Err(refuse_failover(guest_name, why));
             }
+            if let Some(target) = crate::ha::copy_left_by_move(state, guest_name).filter(|t| *t != to) {
+                return Err(refuse_failover(
+                    guest_name,
+                    format!("it may run on {target}, where its migration from {} ended after that host failed: the failover goes there first", guest.owner),
+                ));
+            }
             (guest.owner.clone(), Vec::new())
         }
     };

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Command;
 use crate::limits::TEXT_LEN_MAX;
-use crate::model::{FailbackPolicy, FailoverPolicy, FencingToken, Guest, Host, MigrationKind, Package, RunState};
+use crate::model::{
+    FailbackPolicy, FailoverPolicy, FencingToken, Guest, Host, MigrationKind, Package, Phase, RunState,
+};
 use crate::name::Name;
 use crate::state::ClusterState;
 
@@ -392,12 +394,44 @@ pub fn plan_failovers(
         if counts && counted_start {
             continue;
         }
-        if let Ok((to, _)) = choose(st, g, p, &[]) {
-            counted_start |= counts;
-            out.push((g.name.clone(), Command::StartFailover { guest: g.name.clone(), to }));
-        }
+        let to = match copy_left_by_move(st, &g.name) {
+            // The guest may run there already: the first attempt goes there, or nowhere yet.
+            Some(target) => {
+                let eligible = candidates(st, g, p, &[]).iter().any(|c| c.host == *target && c.excluded.is_none());
+                if !eligible {
+                    continue;
+                }
+                target.clone()
+            }
+            None => match choose(st, g, p, &[]) {
+                Ok((to, _)) => to,
+                Err(_) => continue,
+            },
+        };
+        counted_start |= counts;
+        out.push((g.name.clone(), Command::StartFailover { guest: g.name.clone(), to }));
     }
     out
+}
+
+/// Where a guest whose host failed may run although the log does not say so: the target of
+/// its newest live migration, if that migration left the failed host, reached `transferring`,
+/// ended (failed or aborted) after the host failed, and its target has not failed too.
+///
+/// Why: the hypervisor can finish a move in the moment before its source is lost, before any
+/// agent reports it; the migration then fails for the lost source while the guest runs on the
+/// target. Starting the guest on another node would make a second copy, so its failover goes
+/// to that target first (where a guest already running counts as started), and nowhere while
+/// the target is not eligible (until it is, or it is lost too: then its fence has stopped any
+/// copy there).
+pub fn copy_left_by_move<'a>(st: &'a ClusterState, guest: &Name) -> Option<&'a Name> {
+    let owner = &st.guest(guest)?.owner;
+    let failure = st.host_failure(owner)?;
+    let m = st.migrations().filter(|m| m.guest == *guest).max_by_key(|m| m.id)?;
+    let reached = m.history.iter().any(|r| r.phase == Phase::Transferring);
+    let ended = matches!(m.phase, Phase::Failed | Phase::Aborted) && m.current().revision > failure.revision;
+    (m.source == *owner && !m.kind.is_offline() && reached && ended && st.host_failure(&m.target).is_none())
+        .then_some(&m.target)
 }
 
 /// Online moves home for the guests of automatic-failback packages whose primary node (the

@@ -343,3 +343,56 @@ fn an_attempt_fails_after_the_start_timeout_from_when_this_leader_first_saw_it()
     let mut other = std::collections::HashMap::new();
     assert!(ha::plan_failovers(&w.state, &mut other, at(t0, 10_000), timeout).is_empty());
 }
+
+/// A live migration whose source is lost once the transfer began may have finished on the
+/// hypervisor just before: the guest may run on the target although the migration failed.
+/// Its failover goes to that target (where a running guest counts as started), never first to
+/// another node, which would make a second copy; while the target is not eligible, nowhere.
+#[test]
+fn a_guest_whose_move_ended_with_its_source_lost_fails_over_to_the_move_s_target_first() {
+    let mut w = world();
+    w.ok(Command::ModifyPackage {
+        package: n("p1"),
+        nodes: Some(vec![n("h1"), n("h2"), n("small")]),
+        failover_policy: None,
+        failback_policy: None,
+    });
+    w.ok(Command::ModifyGuest {
+        name: n("g1"),
+        patch: GuestPatch { vcpus: Some(1), memory_mib: Some(512), ..Default::default() },
+        expect_version: None,
+    });
+    // A move that failed before the transfer began leaves no copy anywhere else.
+    let early = w.migrate("g1", "h2", MigrationKind::Online);
+    w.ok(Command::FailMigration { id: early, error: "refused".into() });
+    let id = w.migrate("g1", "small", MigrationKind::Online);
+    w.advance_to(id, Phase::Transferring);
+    fail(&mut w, "h1");
+    // In flight: no failover yet (the migration fails first).
+    assert_eq!(ha::copy_left_by_move(&w.state, &n("g1")), None);
+    w.ok(Command::FailMigration { id, error: "source host h1 failed".into() });
+    assert_eq!(ha::copy_left_by_move(&w.state, &n("g1")), Some(&n("small")));
+    // The package's policy alone would pick h2, the first eligible node in its list.
+    let (g1, p1) = (w.guest("g1").clone(), w.package("p1").clone());
+    assert_eq!(ha::choose(&w.state, &g1, &p1, &[]).unwrap().0, n("h2"));
+    let t0 = std::time::Instant::now();
+    let timeout = std::time::Duration::from_millis(2000);
+    let mut seen = std::collections::HashMap::new();
+
+    // The target in maintenance: not eligible, so no failover at all, and none is accepted
+    // elsewhere.
+    w.ok(Command::SetHostMaintenance { host: n("small"), maintenance: true });
+    assert!(ha::plan_failovers(&w.state, &mut seen, t0, timeout).is_empty());
+    let refused = w.reject(Command::StartFailover { guest: n("g1"), to: n("h2") });
+    assert_eq!(refused.code(), "failover_refused");
+    assert!(refused.to_string().contains("may run on small"), "{refused}");
+    w.ok(Command::SetHostMaintenance { host: n("small"), maintenance: false });
+
+    let plan = ha::plan_failovers(&w.state, &mut seen, t0, timeout);
+    let starts: Vec<_> = plan.iter().map(|(_, c)| c.clone()).collect();
+    assert_eq!(starts, [Command::StartFailover { guest: n("g1"), to: n("small") }]);
+    w.ok(starts[0].clone());
+    assert_eq!(w.guest("g1").owner, n("small"));
+    // Once the target is the owner, the rule has nothing more to say.
+    assert_eq!(ha::copy_left_by_move(&w.state, &n("g1")), None);
+}

@@ -336,6 +336,64 @@ async fn a_host_lost_mid_migration_ends_it_failed_with_switching_restored_and_th
     check_history(&history(&admin).await, true);
 }
 
+/// The same losses at the worst moment: a guest whose memory is all zero pages moves in a few
+/// milliseconds, so the host is lost after the hypervisor moved the guest and before any agent
+/// could report it. Whatever the migration's end, the guest ends running on exactly one live
+/// host, the one the log names, and never on two: with the target lost, the source starts its
+/// guest again once the target is declared failed (its fence stopped the copy there); with
+/// the source lost, the failover goes to the target, where the guest may already run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_lost_right_after_the_hypervisor_moved_the_guest_leaves_one_copy_where_the_log_says() {
+    let (cluster, mut hosts) = ha_cluster(false, false).await;
+    let admin = cluster.admin(Duration::from_secs(60));
+    create_vm(&admin, "vm1", "h1", 32, Some("p1")).await;
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+    let checker = TwoCopiesChecker::start(&cluster);
+
+    // The target is lost.
+    let id = migrate(&admin, "vm1", "h2", "b1").await;
+    wait_phase(&cluster, id, switchyard_protocol::Phase::Transferring).await;
+    crash(&cluster, &mut hosts[1]);
+    let m = wait_terminal(&cluster, id).await;
+    let owner = wait_settled(&cluster, "vm1", &["h1", "h3"]).await;
+    eprintln!("target lost: migration {id} ended {} ({:?}); vm1 runs on {owner}", m.phase, m.error);
+    // Declared failed and recovered, or (when the source saw the transfer break and ended the
+    // migration first) back before its lease ran out.
+    hosts[1].agent.restart();
+    eventually("h2 to be active again", Duration::from_secs(90), || async {
+        let h2 = admin.host(&n("h2")).await.ok()?.items;
+        (h2.state == switchyard_protocol::HostState::Active).then_some(())
+    })
+    .await;
+
+    // The source is lost.
+    let target = if owner == "h1" { "h3" } else { "h1" };
+    let source = HOSTS.iter().position(|h| *h == owner).expect("a known host");
+    let id = migrate(&admin, "vm1", target, "b2").await;
+    wait_phase(&cluster, id, switchyard_protocol::Phase::Transferring).await;
+    crash(&cluster, &mut hosts[source]);
+    let m = wait_terminal(&cluster, id).await;
+    let live: Vec<&str> = HOSTS.iter().copied().filter(|h| *h != owner).collect();
+    let now = wait_settled(&cluster, "vm1", &live).await;
+    eprintln!("source {owner} lost: migration {id} ended {} ({:?}); vm1 runs on {now}", m.phase, m.error);
+    checker.finish();
+    check_history(&history(&admin).await, true);
+}
+
+/// Waits until the log names one of `hosts` as `guest`'s owner, no failover of it is under
+/// way, and it runs there; answers that host.
+async fn wait_settled(cluster: &TestCluster, guest: &str, hosts: &[&str]) -> String {
+    eventually(&format!("{guest} to run on one of {hosts:?}, as the log says"), Duration::from_secs(90), || async {
+        let c = cluster.client(&cluster.alive_ids());
+        let owner = c.guest(&n(guest)).await.ok()?.items.guest.owner.to_string();
+        let settled = hosts.contains(&owner.as_str())
+            && ha_status(cluster).await.failovers.iter().all(|f| f.guest.as_str() != guest)
+            && observe(cluster, &owner, guest).is_some_and(|o| running(&o));
+        settled.then_some(owner)
+    })
+    .await
+}
+
 /// `failback_policy = automatic`: once its primary node is back, the guest moves home online,
 /// through a normal migration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
