@@ -171,9 +171,14 @@ async fn drift_behind_an_agents_back_is_reported_and_repaired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_migrations_of_a_real_vm_survive_leader_loss_at_every_phase() {
-    // Driver steps wait 1.2 s; QEMU sends at 256 KiB/s (a few seconds for a 32 MiB guest): long
-    // enough to kill the leader while the migration sits in each phase.
-    let opts = ClusterOpts { step_delay_ms: 1200, qemu_bandwidth_kib: Some(256), ..Default::default() };
+    // Driver steps wait 1.2 s; QEMU sends the guest's 1 MiB of data at 256 KiB/s (about 4 s):
+    // long enough to kill the leader while the migration sits in each phase.
+    let opts = ClusterOpts {
+        step_delay_ms: 1200,
+        qemu_bandwidth_kib: Some(256),
+        qemu_guest_data_mib: 1,
+        ..Default::default()
+    };
     let (mut cluster, agents) = qemu_cluster(opts).await;
     let checker = TwoCopiesChecker::start(&cluster);
     let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
@@ -233,7 +238,9 @@ async fn settled_history(cluster: &TestCluster) -> Vec<switchyard_protocol::Even
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_transfer_converges() {
-    let opts = ClusterOpts { qemu_bandwidth_kib: Some(256), ..Default::default() };
+    // The guest's 1 MiB of data at 256 KiB/s: the transfer lasts about 4 s, so the agent is
+    // killed while it runs.
+    let opts = ClusterOpts { qemu_bandwidth_kib: Some(256), qemu_guest_data_mib: 1, ..Default::default() };
     let (cluster, mut agents) = qemu_cluster(opts).await;
     let checker = TwoCopiesChecker::start(&cluster);
     let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
