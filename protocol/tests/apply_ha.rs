@@ -15,6 +15,24 @@ fn world() -> World {
     w
 }
 
+/// [`world`] with package p1 on the nodes h1, h2 and small (in that order), and g1 small
+/// enough for every one of them.
+fn world_with_three_nodes_for_g1() -> World {
+    let mut w = world();
+    w.ok(Command::ModifyPackage {
+        package: n("p1"),
+        nodes: Some(vec![n("h1"), n("h2"), n("small")]),
+        failover_policy: None,
+        failback_policy: None,
+    });
+    w.ok(Command::ModifyGuest {
+        name: n("g1"),
+        patch: GuestPatch { vcpus: Some(1), memory_mib: Some(512), ..Default::default() },
+        expect_version: None,
+    });
+    w
+}
+
 fn fail(w: &mut World, host: &str) {
     w.ok(Command::DeclareHostFailed { host: n(host), evidence: "lease expired 1200 ms ago".into() });
 }
@@ -85,19 +103,7 @@ fn a_failover_moves_the_owner_and_is_fenced_by_its_token() {
 
 #[test]
 fn a_failed_attempt_goes_to_the_next_node_and_an_exhausted_list_abandons() {
-    let mut w = world();
-    w.ok(Command::ModifyPackage {
-        package: n("p1"),
-        nodes: Some(vec![n("h1"), n("h2"), n("small")]),
-        failover_policy: None,
-        failback_policy: None,
-    });
-    // Small enough for every node.
-    w.ok(Command::ModifyGuest {
-        name: n("g1"),
-        patch: GuestPatch { vcpus: Some(1), memory_mib: Some(512), ..Default::default() },
-        expect_version: None,
-    });
+    let mut w = world_with_three_nodes_for_g1();
     fail(&mut w, "h1");
     let (_, events) = w.ok(Command::StartFailover { guest: n("g1"), to: n("h2") });
     let token = events[0].token();
@@ -350,18 +356,7 @@ fn an_attempt_fails_after_the_start_timeout_from_when_this_leader_first_saw_it()
 /// another node, which would make a second copy; while the target is not eligible, nowhere.
 #[test]
 fn a_guest_whose_move_ended_with_its_source_lost_fails_over_to_the_move_s_target_first() {
-    let mut w = world();
-    w.ok(Command::ModifyPackage {
-        package: n("p1"),
-        nodes: Some(vec![n("h1"), n("h2"), n("small")]),
-        failover_policy: None,
-        failback_policy: None,
-    });
-    w.ok(Command::ModifyGuest {
-        name: n("g1"),
-        patch: GuestPatch { vcpus: Some(1), memory_mib: Some(512), ..Default::default() },
-        expect_version: None,
-    });
+    let mut w = world_with_three_nodes_for_g1();
     // A move that failed before the transfer began leaves no copy anywhere else.
     let early = w.migrate("g1", "h2", MigrationKind::Online);
     w.ok(Command::FailMigration { id: early, error: "refused".into() });

@@ -296,10 +296,7 @@ async fn a_host_lost_mid_migration_ends_it_failed_with_switching_restored_and_th
     let checker = TwoCopiesChecker::start(&cluster);
 
     // The target is lost: the guest stays on its source.
-    let id = migrate(&admin, "vm1", "h2", "a1").await;
-    wait_phase(&cluster, id, switchyard_protocol::Phase::Transferring).await;
-    crash(&cluster, &mut hosts[1]);
-    let m = wait_terminal(&cluster, id).await;
+    let m = lose_host_mid_migration(&cluster, &admin, &mut hosts[1], "h2", "a1").await;
     assert_eq!(m.phase, switchyard_protocol::Phase::Failed, "{m:?}");
     // Two causes race, both right: the leader declares h2 failed once its lease runs out, or the
     // source reports first that the transfer broke off with the target gone.
@@ -317,10 +314,7 @@ async fn a_host_lost_mid_migration_ends_it_failed_with_switching_restored_and_th
     .await;
 
     // The source is lost: the migration fails and the guest fails over.
-    let id = migrate(&admin, "vm1", "h3", "a2").await;
-    wait_phase(&cluster, id, switchyard_protocol::Phase::Transferring).await;
-    crash(&cluster, &mut hosts[0]);
-    let m = wait_terminal(&cluster, id).await;
+    let m = lose_host_mid_migration(&cluster, &admin, &mut hosts[0], "h3", "a2").await;
     assert_eq!(m.phase, switchyard_protocol::Phase::Failed, "{m:?}");
     assert!(m.error.as_deref().unwrap_or_default().contains("source host h1 failed"), "{m:?}");
     let done = wait_event(
@@ -351,12 +345,9 @@ async fn a_host_lost_right_after_the_hypervisor_moved_the_guest_leaves_one_copy_
     let checker = TwoCopiesChecker::start(&cluster);
 
     // The target is lost.
-    let id = migrate(&admin, "vm1", "h2", "b1").await;
-    wait_phase(&cluster, id, switchyard_protocol::Phase::Transferring).await;
-    crash(&cluster, &mut hosts[1]);
-    let m = wait_terminal(&cluster, id).await;
+    let m = lose_host_mid_migration(&cluster, &admin, &mut hosts[1], "h2", "b1").await;
     let owner = wait_settled(&cluster, "vm1", &["h1", "h3"]).await;
-    eprintln!("target lost: migration {id} ended {} ({:?}); vm1 runs on {owner}", m.phase, m.error);
+    eprintln!("target lost: migration {} ended {} ({:?}); vm1 runs on {owner}", m.id, m.phase, m.error);
     // Declared failed and recovered, or (when the source saw the transfer break and ended the
     // migration first) back before its lease ran out.
     hosts[1].agent.restart();
@@ -369,15 +360,27 @@ async fn a_host_lost_right_after_the_hypervisor_moved_the_guest_leaves_one_copy_
     // The source is lost.
     let target = if owner == "h1" { "h3" } else { "h1" };
     let source = HOSTS.iter().position(|h| *h == owner).expect("a known host");
-    let id = migrate(&admin, "vm1", target, "b2").await;
-    wait_phase(&cluster, id, switchyard_protocol::Phase::Transferring).await;
-    crash(&cluster, &mut hosts[source]);
-    let m = wait_terminal(&cluster, id).await;
+    let m = lose_host_mid_migration(&cluster, &admin, &mut hosts[source], target, "b2").await;
     let live: Vec<&str> = HOSTS.iter().copied().filter(|h| *h != owner).collect();
     let now = wait_settled(&cluster, "vm1", &live).await;
-    eprintln!("source {owner} lost: migration {id} ended {} ({:?}); vm1 runs on {now}", m.phase, m.error);
+    eprintln!("source {owner} lost: migration {} ended {} ({:?}); vm1 runs on {now}", m.id, m.phase, m.error);
     checker.finish();
     check_history(&history(&admin).await, true);
+}
+
+/// Migrates vm1 to `target` and crashes `lost` (its source or its target) as soon as the
+/// migration is `transferring`; answers the migration once it has ended.
+async fn lose_host_mid_migration(
+    cluster: &TestCluster,
+    admin: &switchyard_client::Client,
+    lost: &mut HaHost,
+    target: &str,
+    request_id: &str,
+) -> switchyard_protocol::Migration {
+    let id = migrate(admin, "vm1", target, request_id).await;
+    wait_phase(cluster, id, switchyard_protocol::Phase::Transferring).await;
+    crash(cluster, lost);
+    wait_terminal(cluster, id).await
 }
 
 /// Waits until the log names one of `hosts` as `guest`'s owner, no failover of it is under
