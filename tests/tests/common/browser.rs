@@ -12,6 +12,13 @@ use serde_json::{json, Value};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// Whether WebDriver's error says the element found a moment ago is gone: a live update replaced
+/// it (`stale element reference`), or the page navigated and the element belongs to the old
+/// document (Chromium then answers an `unknown error` naming the node's document).
+fn is_stale(err: &str) -> bool {
+    err.contains("stale element") || err.contains("does not belong to the document")
+}
+
 /// One browser (a chromedriver process and its session).
 pub struct Browser {
     driver: Child,
@@ -83,7 +90,7 @@ impl Browser {
             let e = self.find(css).await;
             match self.try_cmd(method.clone(), &format!("/element/{e}/{what}"), body.clone()).await {
                 Ok(v) => return v,
-                Err(err) if err.contains("stale element") && started.elapsed() < Duration::from_secs(20) => {}
+                Err(err) if is_stale(&err) && started.elapsed() < Duration::from_secs(20) => {}
                 Err(err) => panic!("WebDriver {css} {what}: {err}"),
             }
         }
