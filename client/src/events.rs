@@ -33,7 +33,9 @@ impl Client {
     /// Subscribes to events, calling `on_item` for every item until it returns `false`, or (not
     /// following) until the stream ends. When following, a broken stream is resumed on the next
     /// endpoint from the last revision seen, so the items delivered stay gap-free and
-    /// duplicate-free across a coordinator loss. A `Compacted` answer is delivered and ends the
+    /// duplicate-free across a coordinator loss. A coordinator that answers `unavailable` (it is
+    /// stopping, or it lacks history it is still fetching after a snapshot install) is left for
+    /// the next endpoint the same way. A `Compacted` answer is delivered and ends the
     /// subscription: the caller must re-read full state.
     pub async fn events(
         &self,
@@ -73,22 +75,30 @@ impl Client {
                 cluster: q.cluster.clone(),
             };
             let request = self.authorized(self.streaming.get(self.url(ep, "/v1/events")).query(&params));
-            let resp = match request.send().await {
+            // A coordinator that does not answer, or answers `unavailable` (it is stopping, or
+            // still fetching history it lacks), is left for the next one: while following, for
+            // up to RECONNECT_GIVE_UP; otherwise once around the endpoints.
+            let failed = match request.send().await {
+                Ok(r) if r.status().is_success() => Ok(r),
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let bytes = r.bytes().await.unwrap_or_default();
+                    Err(error_answer(ep, status, &bytes))
+                }
+                Err(e) => Err(ClientError::Unreachable(format!("{ep}: {}", crate::chain(&e)))),
+            };
+            let resp = match failed {
                 Ok(r) => r,
-                Err(e) => {
+                Err(e) if e.is_transient() => {
                     let since = *down_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > RECONNECT_GIVE_UP || (!q.follow && attempt >= self.endpoints.len()) {
-                        return Err(ClientError::Unreachable(format!("{ep}: {}", crate::chain(&e))));
+                        return Err(e);
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
+                Err(e) => return Err(e),
             };
-            if !resp.status().is_success() {
-                let status = resp.status().as_u16();
-                let bytes = resp.bytes().await.unwrap_or_default();
-                return Err(error_answer(ep, status, &bytes));
-            }
             down_since = None;
             let mut resp = resp;
             let mut buf: Vec<u8> = Vec::new();

@@ -412,9 +412,9 @@ mod tests {
         assert!(!ClientError::Protocol { endpoint: "e".into(), reason: "r".into() }.is_transient());
     }
 
-    /// A coordinator that answers `not_leader` `leaderless` times, then the read: a client
-    /// retrying reads gets the answer, one that does not gets the refusal.
-    async fn leaderless_then_answering(leaderless: usize) -> String {
+    /// A coordinator on loopback that answers its `i`-th request (from 0) with `answer(i)`: a
+    /// status line, a content type and a body. Answers its address.
+    async fn answering(answer: impl Fn(usize) -> (&'static str, &'static str, String) + Send + 'static) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -429,19 +429,70 @@ mod tests {
                         Ok(k) => request.extend_from_slice(&buf[..k]),
                     }
                 }
-                let (status, body) = if i < leaderless {
-                    ("503 Service Unavailable", r#"{"code":"not_leader","message":"no leader is known yet"}"#)
-                } else {
-                    ("200 OK", r#"{"answer":42}"#)
-                };
+                let (status, content_type, body) = answer(i);
                 let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = conn.write_all(response.as_bytes()).await;
             }
         });
         addr
+    }
+
+    /// A coordinator that answers `not_leader` `leaderless` times, then the read.
+    async fn leaderless_then_answering(leaderless: usize) -> String {
+        answering(move |i| {
+            if i < leaderless {
+                (
+                    "503 Service Unavailable",
+                    "application/json",
+                    r#"{"code":"not_leader","message":"no leader is known yet"}"#.to_string(),
+                )
+            } else {
+                ("200 OK", "application/json", r#"{"answer":42}"#.to_string())
+            }
+        })
+        .await
+    }
+
+    /// A subscription is served by the next coordinator when one answers `unavailable` (it is
+    /// stopping, or lacks history it is still fetching), gap-free from the revision asked for;
+    /// with no other coordinator, the refusal is the answer.
+    #[tokio::test]
+    async fn a_subscription_passes_over_a_coordinator_that_answers_unavailable() {
+        let unavailable = || async {
+            answering(|_| {
+                let body = r#"{"code":"unavailable","message":"this coordinator is filling its event history"}"#;
+                ("503 Service Unavailable", "application/json", body.to_string())
+            })
+            .await
+        };
+        // Progress marks: the simplest items a stream carries.
+        let items: String = (1..=3u64)
+            .map(|revision| {
+                serde_json::to_string(&switchyard_protocol::api::StreamItem::Progress { revision }).unwrap() + "\n"
+            })
+            .collect();
+        let serving = answering(move |_| ("200 OK", "application/x-ndjson", items.clone())).await;
+        let client = |eps: Vec<String>| Client::new(eps, "t".into(), Duration::from_secs(5), None);
+        for follow in [false, true] {
+            let mut got = Vec::new();
+            let q = events::EventQuery { from: 1, follow, ..Default::default() };
+            client(vec![unavailable().await, serving.clone()])
+                .events(&q, |item| {
+                    if let switchyard_protocol::api::StreamItem::Progress { revision } = item {
+                        got.push(*revision);
+                    }
+                    got.len() < 3
+                })
+                .await
+                .unwrap();
+            assert_eq!(got, [1, 2, 3], "follow={follow}");
+        }
+        let q = events::EventQuery { from: 1, ..Default::default() };
+        let alone = client(vec![unavailable().await]).events(&q, |_| true).await.unwrap_err();
+        assert_eq!(alone.code(), Some("unavailable"), "{alone}");
     }
 
     #[tokio::test]

@@ -5,8 +5,10 @@
 //! leader's log, a new member, one left out of a seed — holds the history from the snapshot's
 //! revision on; this task fetches the older part from its peers (`/raft/history`), newest first,
 //! down to the node's history floor (revision 1, or the retention window's start). The history
-//! stays one contiguous range throughout, so a subscriber asking for revisions not yet fetched
-//! is told `compacted` (and re-reads full state), never led into a hole.
+//! stays one contiguous range throughout, so a subscriber is never led into a hole: one asking
+//! for revisions not yet fetched is answered `unavailable` and its client subscribes through
+//! another coordinator, unless every peer has let them go too (then `compacted`, and it
+//! re-reads the full state).
 //!
 //! Why the history is not lost when the snapshot carries none: every committed entry is in the
 //! log of a majority, and a node applies what its own log holds, so each event is in the history
@@ -83,11 +85,13 @@ async fn step(node: &Node, network: &Network) -> Step {
     };
     let mut peers: Vec<_> = members.into_iter().filter(|(id, _)| *id != node.id).collect();
     peers.sort_by_key(|(id, _)| Some(*id) != leader);
+    let mut all_answered = true;
     for (id, info) in peers {
         let events = match network.history(id, &info, first).await {
             Ok(events) => events,
             Err(e) => {
                 tracing::debug!(peer = id, %e, "history backfill");
+                all_answered = false;
                 continue;
             }
         };
@@ -102,6 +106,12 @@ async fn step(node: &Node, network: &Network) -> Step {
                 return Step::NoSource { first };
             }
         }
+    }
+    // Every peer answered (or there is none) and none holds it (retention let it go everywhere,
+    // say after the window was widened): subscribers asking for it are told `compacted`. A peer
+    // that did not answer may hold it, so then they are sent on meanwhile.
+    if all_answered {
+        node.set_history_held_nowhere_before(first);
     }
     Step::NoSource { first }
 }

@@ -6,13 +6,13 @@
 //! Its errors ([`NodeError`]) say what went wrong in Raft terms (not the leader, no quorum,
 //! stopping); the API maps them to HTTP answers.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 use openraft::{Raft, ServerState};
 use switchyard_protocol::api::NodeStatus;
-use switchyard_protocol::{ApplyResult, Command, Proposal, RequestId};
+use switchyard_protocol::{ApplyResult, Command, Proposal, RequestId, Revision};
 use switchyard_storage::{NodeId, NodeInfo, StateMachineStore, TypeConfig};
 
 use crate::clock::Clock;
@@ -117,6 +117,11 @@ pub struct Node {
     fault: tokio::sync::watch::Sender<Option<String>>,
     /// Set by the Raft RPC server (see [`HeardLeader`]).
     pub heard: Arc<HeardLeader>,
+    /// The history start before which every peer answered that it holds nothing either (see
+    /// `backfill.rs`); 0 while not known. Revisions this node lacks after a snapshot install
+    /// are missing only here, and subscribers asking for them are sent to another coordinator,
+    /// unless the whole cluster has let them go.
+    held_nowhere_before: AtomicU64,
 }
 
 impl Node {
@@ -145,7 +150,19 @@ impl Node {
             stop_signal: tokio::sync::watch::channel(false).0,
             fault: tokio::sync::watch::channel(None).0,
             heard: Arc::default(),
+            held_nowhere_before: AtomicU64::new(0),
         })
+    }
+
+    /// Whether the history this node lacks before `first` (its history's start) is known to be
+    /// held by no peer either: a subscriber asking for it is told `compacted`, not sent on.
+    pub fn history_held_nowhere_before(&self, first: Revision) -> bool {
+        self.held_nowhere_before.load(Ordering::Relaxed) == first
+    }
+
+    /// Records that every peer answered without the history before `first`.
+    pub fn set_history_held_nowhere_before(&self, first: Revision) {
+        self.held_nowhere_before.store(first, Ordering::Relaxed);
     }
 
     pub fn clock(&self) -> &dyn Clock {

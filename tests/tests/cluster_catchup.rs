@@ -1,10 +1,14 @@
 //! A follower that was down while the leader compacted its log catches up through a snapshot
-//! (the state), then fills its event history from its peers: it ends with the full history.
+//! (the state), then fills its event history from its peers: it ends with the full history, and
+//! until then it sends subscribers of the part it lacks to another coordinator.
 mod common;
+
+use std::time::{Duration, Instant};
 
 use common::cluster::*;
 use serde_json::json;
-use switchyard_protocol::api::{GuestView, Read, WriteResponse};
+use switchyard_client::events::EventQuery;
+use switchyard_protocol::api::{GuestView, Read, StreamItem, WriteResponse};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_catches_up_through_a_snapshot_after_log_purge() {
@@ -60,4 +64,91 @@ async fn follower_catches_up_through_a_snapshot_after_log_purge() {
     let full = history(leader);
     assert_eq!(full.len() as u64, last);
     assert_eq!(history(lagging), full, "the follower's history has a hole or differs");
+}
+
+/// Between its snapshot install and the end of its backfill, a follower lacks the history before
+/// the snapshot, which the cluster still holds: a subscription from revision 1 is answered
+/// `unavailable` there (not `compacted`, which would make an agent re-read the full state), and
+/// a client with other endpoints gets the whole history, gap-free, from one that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_still_filling_its_history_sends_subscribers_on_instead_of_calling_it_compacted() {
+    let opts = ClusterOpts { snapshot_logs_since_last: 20, max_in_snapshot_log_to_keep: 5, ..Default::default() };
+    let mut cluster = TestCluster::start(3, opts).await;
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let lagging = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != lagging).collect();
+    let c = cluster.client(&others);
+    let _: WriteResponse = c.post("/v1/hosts", &big_host("h1")).await.unwrap();
+    // The follower's backfill looks for missing history once a second: catch it in between, when
+    // it has installed the snapshot and not yet fetched what lies before it, and cut it off from
+    // its peers there (each try that misses the window lets it fill in, and goes again).
+    let mut last = 0;
+    let mut missing_before = None;
+    for attempt in 0..5 {
+        let behind_at = cluster.status(lagging).await.unwrap().last_log_index.unwrap_or(0);
+        cluster.kill(lagging);
+        for i in 0..40 {
+            let guest = json!({"name": format!("g{attempt}-{i}"), "owner": "h1", "vcpus": 1, "memory_mib": 64});
+            last = c.post::<_, WriteResponse>("/v1/guests", &guest).await.unwrap().last_revision;
+        }
+        let leader = cluster.wait_leader(&others).await;
+        eventually("the leader to purge its log", Duration::from_secs(30), || async {
+            cluster.status(leader).await.and_then(|s| s.purged_index).filter(|p| *p > behind_at)
+        })
+        .await;
+        cluster.restart(lagging);
+        let started = Instant::now();
+        let first = loop {
+            assert!(started.elapsed() < Duration::from_secs(60), "the follower did not catch up");
+            match cluster.status(lagging).await {
+                Some(st) if st.history_first > 1 => break Some(st.history_first),
+                Some(st) if st.revision >= last => break None,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        if let Some(first) = first {
+            for id in &others {
+                cluster.kill(*id);
+            }
+            missing_before = Some(first);
+            break;
+        }
+        eprintln!("try {attempt}: the follower filled its history before it could be cut off");
+        cluster.wait_revision(lagging, last).await;
+    }
+    let first = missing_before.expect("the follower was caught between its snapshot install and its backfill");
+    eprintln!("follower {lagging} holds its history from revision {first}; its peers are down");
+
+    // Alone, it refuses the part it lacks, and serves the part it holds.
+    let alone = cluster.client(&[lagging]);
+    let e = alone.events(&EventQuery { from: 1, ..Default::default() }, |_| true).await.unwrap_err();
+    assert_eq!(e.code(), Some("unavailable"), "{e}");
+    let mut held = Vec::new();
+    alone
+        .events(&EventQuery { from: first, ..Default::default() }, |i| {
+            if let StreamItem::Event(e) = i {
+                held.push(e.revision);
+            }
+            true
+        })
+        .await
+        .unwrap();
+    assert!(held.iter().copied().eq(first..first + held.len() as u64), "from {first}: {held:?}");
+
+    // With a peer back, a subscription through the follower first gets everything, in order.
+    cluster.restart(others[0]);
+    let mut got = Vec::new();
+    cluster
+        .client(&[lagging, others[0]])
+        .events(&EventQuery { from: 1, follow: true, ..Default::default() }, |i| {
+            match i {
+                StreamItem::Event(e) => got.push(e.revision),
+                StreamItem::Compacted { .. } => panic!("told compacted: {i:?}"),
+                StreamItem::Progress { .. } => {}
+            }
+            got.last() < Some(&last)
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, (1..=last).collect::<Vec<_>>());
 }

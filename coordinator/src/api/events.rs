@@ -1,5 +1,6 @@
 //! `GET /v1/events`: checks a subscription's parameters and the cluster it names, answers
-//! `compacted` for a start older than the retained history, and answers a body pulled from
+//! `compacted` for a start older than the retained history (`unavailable` while this node is
+//! still fetching retained history it lacks), and answers a body pulled from
 //! `feed.rs`, which ends when the subscriber leaves, the node stops or its storage fails.
 
 use axum::body::Body;
@@ -61,8 +62,17 @@ pub(super) async fn subscribe(
     }
     let from = p.from.unwrap_or(1).max(1);
     // After a snapshot install the history may be empty up to the applied revision: its start is
-    // then the next revision, not 1 (the older part is being fetched, see `backfill`).
+    // then the next revision, not 1, while the older part is fetched from peers (`backfill`).
+    // Revisions the retention window still keeps are not compacted, only missing here: another
+    // coordinator serves them, so the subscriber is sent there rather than told to re-read the
+    // full state (unless no peer holds them either).
     let first_retained = node.sm.history_first()?;
+    if from < first_retained && from >= node.sm.history_floor() && !node.history_held_nowhere_before(first_retained) {
+        return Err(ApiError::Unavailable(format!(
+            "this coordinator is filling its event history from its peers after a snapshot install \
+             (it holds revisions from {first_retained}); subscribe through another coordinator, or retry"
+        )));
+    }
     if from < first_retained {
         let snapshot_revision = node.sm.applied_meta().revision;
         let item = StreamItem::Compacted { first_retained, snapshot_revision };

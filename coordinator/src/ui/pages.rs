@@ -946,11 +946,13 @@ pub async fn events(
     layout(&ui, &s, "Events", "events", Some(Source { revision: rev, stale: false }), body).into_response()
 }
 
-/// The matching events of the last [`TAIL_WINDOW`] revisions this coordinator applied, oldest
-/// first, read through the API's event stream (without following).
+/// The matching events of the last [`TAIL_WINDOW`] revisions this coordinator applied and still
+/// holds (its history may start later: retention, or a snapshot install whose older history is
+/// still being fetched), oldest first, read through the API's event stream (without following).
 async fn tail(ui: &Ui, s: &Session, q: &EventsQ) -> Result<(Vec<Event>, Revision), Refusal> {
     let rev = ui.node.sm.applied_meta().revision;
-    let from = rev.saturating_sub(TAIL_WINDOW).max(1);
+    let held = ui.node.sm.history_first().unwrap_or(1);
+    let from = rev.saturating_sub(TAIL_WINDOW).max(held).max(1);
     let path = format!("/v1/events?from={from}&{}", query(q));
     let (status, bytes) = ui.call(s, Method::GET, &path, None).await;
     if !status.is_success() {
