@@ -10,13 +10,20 @@ use serde_json::json;
 use switchyard_client::events::EventQuery;
 use switchyard_protocol::api::{GuestView, Read, StreamItem, WriteResponse};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follower_catches_up_through_a_snapshot_after_log_purge() {
+/// Three nodes that purge their log after a few entries: a follower to leave behind, and the two
+/// others.
+async fn three_nodes_compacting_often() -> (TestCluster, u64, Vec<u64>) {
     let opts = ClusterOpts { snapshot_logs_since_last: 20, max_in_snapshot_log_to_keep: 5, ..Default::default() };
-    let mut cluster = TestCluster::start(3, opts).await;
+    let cluster = TestCluster::start(3, opts).await;
     let leader = cluster.wait_leader(&[1, 2, 3]).await;
     let lagging = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != lagging).collect();
+    (cluster, lagging, others)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_catches_up_through_a_snapshot_after_log_purge() {
+    let (mut cluster, lagging, others) = three_nodes_compacting_often().await;
     let behind_at = cluster.status(lagging).await.unwrap().last_log_index.unwrap_or(0);
     cluster.kill(lagging);
 
@@ -72,11 +79,7 @@ async fn follower_catches_up_through_a_snapshot_after_log_purge() {
 /// a client with other endpoints gets the whole history, gap-free, from one that holds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_still_filling_its_history_sends_subscribers_on_instead_of_calling_it_compacted() {
-    let opts = ClusterOpts { snapshot_logs_since_last: 20, max_in_snapshot_log_to_keep: 5, ..Default::default() };
-    let mut cluster = TestCluster::start(3, opts).await;
-    let leader = cluster.wait_leader(&[1, 2, 3]).await;
-    let lagging = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != lagging).collect();
+    let (mut cluster, lagging, others) = three_nodes_compacting_often().await;
     let c = cluster.client(&others);
     let _: WriteResponse = c.post("/v1/hosts", &big_host("h1")).await.unwrap();
     // The follower's backfill looks for missing history once a second: catch it in between, when
