@@ -40,12 +40,30 @@ impl Host {
 
     /// A host whose guests boot `firmware` (QEMU's default when `None`).
     fn booting(root: &Path, name: &str, ports: (u16, u16), firmware: Option<std::path::PathBuf>) -> Host {
+        Host::with(root, name, ports, |cfg| cfg.firmware = firmware)
+    }
+
+    /// A source whose streams a refusing target cuts off mid-way. A tiny diskless guest's
+    /// whole stream (≈ 170 KB, its memory being zero pages) fits in loopback's socket buffers:
+    /// at full speed the source can finish sending, and QEMU answer `completed`, before the
+    /// target has read far enough to refuse it (seen under load in about one run in three). At
+    /// 128 KiB/s the stream takes over a second, and the target's refusal, read from the
+    /// stream's first part within milliseconds, reaches the source while it still sends — as
+    /// it does for a real guest, whose stream is many times the buffers.
+    fn sending_slowly(root: &Path, name: &str, ports: (u16, u16)) -> Host {
+        Host::with(root, name, ports, |cfg| {
+            cfg.firmware = qemu::light_firmware();
+            cfg.migration_bandwidth_kib = Some(128);
+        })
+    }
+
+    fn with(root: &Path, name: &str, ports: (u16, u16), set: impl FnOnce(&mut QemuConfig)) -> Host {
         let dir = root.join(name);
         let mut cfg = QemuConfig::new(dir.clone());
         cfg.powerdown_timeout_ms = 300;
         cfg.migrate_timeout_ms = 30_000;
         cfg.migration_ports = ports;
-        cfg.firmware = firmware;
+        set(&mut cfg);
         let qemu = Qemu::new(cfg).unwrap_or_else(|e| panic!("{e}: run scripts/install-deps"));
         Host { qemu, dir }
     }
@@ -225,7 +243,7 @@ fn a_cancelled_or_refused_migration_leaves_the_guest_running_on_the_source() {
 fn a_transfer_that_reaches_another_guest_s_incoming_process_fails_and_runs_nothing() {
     let root = tempfile::tempdir().unwrap();
     let port = free_port();
-    let h1 = Host::new(root.path(), "h1", (port, port));
+    let h1 = Host::sending_slowly(root.path(), "h1", (port, port));
     let h2 = Host::new(root.path(), "h2", (port, port));
     let (x, y) = (n("x"), n("y"));
     h1.qemu.define(&x, &spec(32), 5).unwrap();
@@ -251,7 +269,7 @@ fn a_target_with_other_firmware_refuses_the_guest_and_the_source_keeps_it() {
     );
     let root = tempfile::tempdir().unwrap();
     let port = free_port();
-    let h1 = Host::new(root.path(), "h1", (port, port));
+    let h1 = Host::sending_slowly(root.path(), "h1", (port, port));
     let h2 = Host::booting(root.path(), "h2", (port, port), None);
     let g = n("g1");
     for h in [&h1, &h2] {

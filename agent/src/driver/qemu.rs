@@ -30,6 +30,14 @@
 //! listens on it (two migrations into one host whose ids differ by the range's size, a listener
 //! left by an earlier attempt); the guest's RAM block, named after the guest, does: a process
 //! refuses a stream of another guest's memory.
+//!
+//! A target refuses such a stream (or one booted from other firmware) as soon as it reads the
+//! stream's list of RAM blocks, and the source, still sending, fails with a reset connection.
+//! QEMU's source does not wait for the target to load the stream (that needs the `return-path`
+//! capability, which also makes a source whose final answer is lost resume its guest while the
+//! target runs it), so a stream small enough to fit whole in the socket buffers — a tiny guest
+//! of zero pages, ≈ 170 KB — can be answered `completed` before the target refused it: the
+//! source then reports the transfer done while the target runs no copy of the guest.
 
 use std::fs;
 use std::path::{Path, PathBuf};
