@@ -16,6 +16,7 @@ use serde_json::json;
 use switchyard_coordinator::config::{ApiConfig, HistoryConfig, RaftConfig};
 use switchyard_protocol::api::{NodeStatus, RegisterHostRequest, WriteResponse};
 use switchyard_protocol::Name;
+use switchyard_testkit::cluster::free_port;
 use switchyard_testkit::proc::die_with_parent;
 use switchyard_testkit::{local, Cluster, Settings};
 
@@ -677,10 +678,6 @@ pub fn cli_program() -> anyhow::Result<PathBuf> {
     Ok(cli)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Where etcd is, if installed (`$ETCD_BIN`, else `etcd` on the PATH).
 pub fn etcd_program() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ETCD_BIN") {
@@ -693,7 +690,7 @@ impl Etcd {
     /// Three members on loopback with data in `dir`; default durability (WAL fsync on every
     /// commit batch).
     pub async fn launch(program: PathBuf, dir: &Path, timing: Timing) -> anyhow::Result<Etcd> {
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> =
             ports.iter().enumerate().map(|(i, (_, peer))| format!("e{}=http://127.0.0.1:{peer}", i + 1)).collect();
         let mut members = Vec::new();
