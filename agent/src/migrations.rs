@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_client::{Client, ClientError};
-use switchyard_protocol::api::{HostView, MigrationPage, MigrationReport, Read, ReportOutcome};
+use switchyard_protocol::api::{
+    HostView, MigrationDetail, MigrationPage, MigrationReport, Read, ReportOutcome, TargetCheckRequest,
+};
 use switchyard_protocol::{
     Event, EventPayload, FencingToken, HostState, Migration, MigrationId, MigrationKind, Name, Phase, PhaseRecord,
     Revision,
@@ -71,6 +73,13 @@ struct Active {
     report_failures: u32,
     /// Target: when it last asked the driver whether the guest arrived.
     polled_at: Option<Instant>,
+    /// After a failed or aborted online migration: the target's first word on whether the guest
+    /// ran there (`MigrationTargetChecked`), as the log holds it.
+    target_runs: Option<bool>,
+    /// Target: the request id of its word, kept for retries (a retry commits nothing new).
+    check_request: Option<String>,
+    /// Source: it said once that it waits for the target's word.
+    waiting_told: bool,
 }
 
 /// What the daemon hands the worker.
@@ -214,12 +223,12 @@ impl Worker {
         };
         for m in page.items.migrations {
             let journal = journals.get(&m.id).cloned();
-            self.adopt(m, false, journal);
+            self.adopt(m, false, journal, None);
         }
         for (id, j) in journals {
             if !self.active.contains_key(&id) {
-                if let Some(m) = self.fetch(id, cursor).await {
-                    self.adopt(m, false, Some(j));
+                if let Some(d) = self.fetch(id, cursor).await {
+                    self.adopt(d.migration, false, Some(j), d.target_runs);
                 }
             }
         }
@@ -231,7 +240,7 @@ impl Worker {
         }
     }
 
-    fn adopt(&mut self, m: Migration, verified: bool, journal: Option<Journal>) {
+    fn adopt(&mut self, m: Migration, verified: bool, journal: Option<Journal>, target_runs: Option<bool>) {
         let newest = self.newest.entry(m.guest.clone()).or_insert(m.id);
         *newest = (*newest).max(m.id);
         if !m.involves(&self.host) {
@@ -248,13 +257,16 @@ impl Worker {
             reported: None,
             report_failures: 0,
             polled_at: None,
+            target_runs,
+            check_request: None,
+            waiting_told: false,
         });
         self.tell_reconciler(&guest);
     }
 
-    /// A migration as of `revision` or later.
-    async fn fetch(&self, id: MigrationId, revision: Revision) -> Option<Migration> {
-        match self.client.get_since::<Migration>(&format!("/v1/migrations/{}", id.0), revision).await {
+    /// A migration (with the target's word after a rollback) as of `revision` or later.
+    async fn fetch(&self, id: MigrationId, revision: Revision) -> Option<MigrationDetail> {
+        match self.client.get_since::<MigrationDetail>(&format!("/v1/migrations/{}", id.0), revision).await {
             Ok(r) => Some(r.items),
             Err(e) => {
                 tracing::warn!(migration = %id, %e, "cannot read migration");
@@ -269,7 +281,7 @@ impl Worker {
             EventPayload::MigrationRequested { migration } => {
                 let mut m = migration.clone();
                 m.history[0].term = e.term;
-                self.adopt(m, true, None);
+                self.adopt(m, true, None, None);
             }
             EventPayload::MigrationPhaseChanged { id, phase, freeze_time_ms, error, .. } => {
                 let token = e.token();
@@ -290,16 +302,22 @@ impl Worker {
                     }
                     None => {
                         // Requested before this agent's cursor (or before a re-sync).
-                        if let Some(m) = self.fetch(*id, e.revision).await {
+                        if let Some(d) = self.fetch(*id, e.revision).await {
                             let journal =
                                 self.store.journals().ok().and_then(|js| js.into_iter().find(|j| j.migration == *id));
-                            self.adopt(m, true, journal);
+                            self.adopt(d.migration, true, journal, d.target_runs);
                         }
                     }
                 }
             }
             EventPayload::FailoverStarted { guest, to, .. } => {
                 self.failed_over.insert(guest.clone(), (to.clone(), e.revision));
+            }
+            // Only the first word counts: a copy that ran on the target makes the source's stale.
+            EventPayload::MigrationTargetChecked { id, runs_there, .. } => {
+                if let Some(a) = self.active.get_mut(id) {
+                    a.target_runs.get_or_insert(*runs_there);
+                }
             }
             _ => {}
         }
@@ -535,31 +553,68 @@ impl Worker {
         }
     }
 
-    /// Source of a failed or aborted migration, on a hypervisor with a lifecycle: if the
-    /// transfer completed on the hypervisor before the rollback was committed, the guest runs
-    /// on the target and this host's copy was sent away. Starting it here would make two
-    /// copies; instead this host gets ready to receive it back (the target sends it,
-    /// [`Worker::step_rollback`]) and holds the guest until it is back. True when done.
+    /// Source of a failed or aborted migration, on a hypervisor with a lifecycle. If the
+    /// transfer completed on the hypervisor before the rollback was committed, this host's copy
+    /// sits paused (`Migrated`) and the target decides what happens to it, by its first word in
+    /// the log ([`Worker::step_rollback`]):
+    /// - the guest ran there: this copy is stale for good; this host gets ready to receive the
+    ///   guest back (the target sends it) and holds it until it is back;
+    /// - no copy is left there and none can arrive: this copy is the guest's latest state, and
+    ///   it resumes here (libvirt's Confirm after a failed Finish).
+    ///
+    /// Until the word comes, the copy stays paused: resuming it could make two copies, and
+    /// replacing it would lose the guest if nothing comes back. True when done.
     async fn step_source_rollback(&mut self, id: MigrationId) -> bool {
         if self.driver.lifecycle().is_none() {
             return true;
         }
-        let m = self.active[&id].m.clone();
+        let a = &self.active[&id];
+        let (m, word) = (a.m.clone(), a.target_runs);
         if self.newest.get(&m.guest).is_some_and(|n| *n > id) {
             return true;
         }
-        match self.lifecycle_state(&m.guest).await {
-            Some(VmState::Migrated | VmState::Incoming) => {}
+        let state = match self.lifecycle_state(&m.guest).await {
+            Some(s @ (VmState::Migrated | VmState::Incoming)) => s,
+            // A copy that came back and waits to be started.
+            Some(s @ VmState::Paused(_)) if word == Some(true) => s,
             Some(_) => return true,
             // Logged by `lifecycle_state`; asked again next tick.
             None => return false,
-        }
+        };
         // A packaged guest's target that failed has been fenced (its packaged guests stopped
         // before the leader could declare it failed): nothing runs there and nothing will send
         // the guest back. The reconciler starts it here, where the log says it runs.
         if m.has_package() && self.host_failed(&m.target, m.current().revision).await {
             tracing::warn!(migration = %id, guest = %m.guest, target = %m.target, "the guest left before the rollback and its target failed; starting it here again");
             return true;
+        }
+        match (word, &state) {
+            (Some(false), VmState::Migrated) => {
+                let (driver, guest) = (self.driver.clone(), m.guest.clone());
+                let r =
+                    tokio::task::spawn_blocking(move || driver.lifecycle().expect("checked").resume_migrated(&guest))
+                        .await;
+                match r {
+                    Ok(Ok(())) => {
+                        tracing::info!(migration = %id, guest = %m.guest, target = %m.target, "the target holds no copy of the guest; resumed the one the transfer left paused here")
+                    }
+                    other => tracing::warn!(migration = %id, ?other, "cannot resume the paused copy; will retry"),
+                }
+                return false;
+            }
+            (Some(false), _) => {
+                tracing::warn!(migration = %id, guest = %m.guest, %state, "the target holds no copy of the guest and this host's copy was replaced; the reconciler starts it afresh");
+                return true;
+            }
+            (None, VmState::Migrated) => {
+                let a = self.active.get_mut(&id).expect("known");
+                if !a.waiting_told {
+                    a.waiting_told = true;
+                    tracing::info!(migration = %id, guest = %m.guest, target = %m.target, "the guest left before the rollback; its copy here stays paused until the target says whether it ran there");
+                }
+                return false;
+            }
+            _ => {}
         }
         let address = match self.host_address(&self.host, m.current().revision).await {
             Ok(a) => a,
@@ -572,7 +627,7 @@ impl Worker {
         let driver = self.driver.clone();
         match tokio::task::spawn_blocking(move || driver.prepare_incoming(&back)).await {
             Ok(Ok(())) => {
-                tracing::info!(migration = %id, guest = %m.guest, "the guest left before the rollback; waiting to receive it back")
+                tracing::info!(migration = %id, guest = %m.guest, "the guest ran on the target; waiting to receive it back")
             }
             other => tracing::warn!(migration = %id, ?other, "cannot get ready to receive the guest back; will retry"),
         }
@@ -607,6 +662,19 @@ impl Worker {
             tracing::warn!(migration = %id, guest = %m.guest, source = %m.source, given_here, "the migration ended and its source failed; the log decides whether the guest runs here");
             return true;
         }
+        // A transfer may have completed on the source, which then holds its copy paused until
+        // this host says whether the guest ran here ([`Worker::step_source_rollback`]).
+        let transferred = m.history.iter().any(|r| r.phase == Phase::Transferring);
+        if self.driver.lifecycle().is_some() && m.kind == MigrationKind::Online && transferred {
+            match self.active[&id].target_runs {
+                None => {
+                    self.check_target(&m).await;
+                    return false;
+                }
+                Some(false) => return true,
+                Some(true) => {}
+            }
+        }
         if self.runs_here(&m.guest, &m.source).await == Some(true) {
             let source_address = match self.host_address(&m.source, m.current().revision).await {
                 Ok(address) => address,
@@ -626,6 +694,45 @@ impl Worker {
             return false;
         }
         Instant::now() > until
+    }
+
+    /// Target of a failed or aborted online migration: makes sure no copy that never ran here
+    /// is left (nor a process that could still receive one), then commits whether a copy that
+    /// ran here is left. Retried each tick, with one request id, until the log holds a word.
+    async fn check_target(&mut self, m: &Migration) {
+        let (driver, guest) = (self.driver.clone(), m.guest.clone());
+        let runs_there =
+            match tokio::task::spawn_blocking(move || driver.lifecycle().expect("checked").release_incoming(&guest))
+                .await
+            {
+                Ok(Ok(runs)) => runs,
+                other => {
+                    tracing::warn!(migration = %m.id, ?other, "cannot tell whether the guest ran here; will retry");
+                    return;
+                }
+            };
+        let a = self.active.get_mut(&m.id).expect("known");
+        let request_id = a.check_request.get_or_insert_with(switchyard_client::new_request_id).clone();
+        let req = TargetCheckRequest { token: m.current().token(), runs_there, request_id: Some(request_id) };
+        match self.client.check_migration_target(m.id, &req).await {
+            Ok(_) => {
+                tracing::info!(migration = %m.id, guest = %m.guest, runs_there, "told the log whether the guest ran here after its migration ended");
+                if let Some(a) = self.active.get_mut(&m.id) {
+                    a.target_runs.get_or_insert(runs_there);
+                }
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(migration = %m.id, %e, "cannot tell the log whether the guest ran here; will retry")
+            }
+            // Refused for good (the migration left the state's recent history, say): act on
+            // what this host found, which is all the log could have been told.
+            Err(e) => {
+                tracing::error!(migration = %m.id, %e, runs_there, "the log refused this host's word on whether the guest ran here");
+                if let Some(a) = self.active.get_mut(&m.id) {
+                    a.target_runs.get_or_insert(runs_there);
+                }
+            }
+        }
     }
 
     /// Records durably (then in memory) what this host did for the phase with `token`.

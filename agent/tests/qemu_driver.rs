@@ -4,6 +4,7 @@
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use switchyard_agent::driver::qemu::{self, Qemu, QemuConfig};
 use switchyard_agent::driver::{DriverError, Observed, Transfer, VmState};
@@ -197,6 +198,10 @@ fn a_live_migration_moves_the_running_guest_and_reports_qemus_figures() {
     assert!(stats.total_ms > 0 && stats.bytes > 0, "{stats:?}");
     eprintln!("QEMU live migration of a 32 MiB guest: {stats:?}");
     assert_eq!(h1.get("g1").unwrap().state, VmState::Migrated);
+    // The copy that arrived waits, paused, until the agent starts it.
+    let arrived = wait_state(&h2, "g1", |s| *s != VmState::Incoming);
+    assert_eq!(arrived, VmState::Paused("paused".into()));
+    h2.qemu.receive(&t, Duration::from_secs(10)).unwrap();
     assert_eq!(h2.get("g1").unwrap().state, VmState::Running);
     // Never two live copies: the source's copy is paused for good.
     assert!(!h1.get("g1").unwrap().state.is_live());
@@ -213,6 +218,7 @@ fn a_live_migration_moves_the_running_guest_and_reports_qemus_figures() {
         source.join().unwrap()
     })
     .unwrap();
+    h1.qemu.receive(&back, Duration::from_secs(10)).unwrap();
     assert!(stats.total_ms > 0 && stats.bytes > 0, "{stats:?}");
     assert_eq!(h1.get("g1").unwrap().state, VmState::Running);
     assert_eq!(h2.get("g1").unwrap().state, VmState::Migrated);
@@ -312,8 +318,75 @@ fn a_process_left_waiting_for_an_earlier_migration_makes_way_for_the_next() {
     assert_eq!(h2.get("g1").unwrap().state, VmState::Incoming);
     let stats = h1.qemu.migrate_out(&second, &AtomicBool::new(false)).unwrap();
     assert!(stats.bytes > 0, "{stats:?}");
+    h2.qemu.receive(&second, Duration::from_secs(10)).unwrap();
     assert_eq!(h2.get("g1").unwrap().state, VmState::Running);
     assert_eq!(h1.get("g1").unwrap().state, VmState::Migrated);
+}
+
+/// Waits (up to 10 s) until `guest`'s state on `h` is one `ok` accepts, and returns it.
+fn wait_state(h: &Host, guest: &str, ok: impl Fn(&VmState) -> bool) -> VmState {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = h.get(guest).map_or(VmState::ShutOff, |o| o.state);
+        if ok(&state) {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "{guest} stays {state}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// After a failed or aborted migration: a copy that arrived on the target but was never
+/// started is stopped there, and the source resumes the copy its transfer left paused, memory
+/// and all (libvirt's Confirm after a failed Finish); a copy the target started is left for the
+/// move back, and a process still waiting for the stream is stopped so that none can arrive.
+#[test]
+fn after_a_rollback_a_copy_that_never_ran_on_the_target_gives_way_to_the_paused_source() {
+    let root = tempfile::tempdir().unwrap();
+    let ports = free_ports_in_a_row(3);
+    let h1 = Host::new(root.path(), "h1", ports);
+    let h2 = Host::new(root.path(), "h2", ports);
+    let g = n("g1");
+    for h in [&h1, &h2] {
+        h.qemu.define(&g, &spec(32), 5).unwrap();
+    }
+    h1.qemu.start(&g).unwrap();
+    let e = h1.qemu.resume_migrated(&g).map(|()| h1.get("g1").unwrap().state);
+    assert_eq!(e, Ok(VmState::Running), "resuming a running guest changes nothing");
+    let pid = std::fs::read_to_string(h1.dir.join("g1/qemu.pid")).unwrap();
+
+    // Sent whole, arrived paused, never started: the target stops it and says no copy ran.
+    let first = h1_to_h2(&g, 200);
+    h2.qemu.prepare_incoming(&first).unwrap();
+    h1.qemu.migrate_out(&first, &AtomicBool::new(false)).unwrap();
+    wait_state(&h2, "g1", |s| *s != VmState::Incoming);
+    assert_eq!(h1.get("g1").unwrap().state, VmState::Migrated);
+    assert!(!h2.qemu.release_incoming(&g).unwrap(), "no copy ran on the target");
+    assert_eq!(h2.get("g1").unwrap().state, VmState::ShutOff);
+    assert!(!h2.qemu.release_incoming(&g).unwrap(), "asked again, the same answer");
+    h1.qemu.resume_migrated(&g).unwrap();
+    assert_eq!(h1.get("g1").unwrap().state, VmState::Running);
+    let again = std::fs::read_to_string(h1.dir.join("g1/qemu.pid")).unwrap();
+    assert_eq!(again, pid, "the paused process resumed: not a fresh start");
+
+    // A process still waiting for the stream is stopped: nothing can arrive any more.
+    let second = h1_to_h2(&g, 201);
+    h2.qemu.prepare_incoming(&second).unwrap();
+    assert_eq!(h2.get("g1").unwrap().state, VmState::Incoming);
+    assert!(!h2.qemu.release_incoming(&g).unwrap());
+    assert_eq!(h2.get("g1").unwrap().state, VmState::ShutOff);
+
+    // Started on the target, the copy ran there: it stays, to be sent back, and the source's
+    // paused copy cannot be resumed by mistake once it is gone.
+    let third = h1_to_h2(&g, 202);
+    h2.qemu.prepare_incoming(&third).unwrap();
+    h1.qemu.migrate_out(&third, &AtomicBool::new(false)).unwrap();
+    h2.qemu.receive(&third, Duration::from_secs(10)).unwrap();
+    assert!(h2.qemu.release_incoming(&g).unwrap(), "a copy that ran on the target is left");
+    assert_eq!(h2.get("g1").unwrap().state, VmState::Running);
+    h1.qemu.stop(&g, true).unwrap();
+    let e = h1.qemu.resume_migrated(&g).unwrap_err().to_string();
+    assert!(e.contains("no paused copy"), "{e}");
 }
 
 /// `n` consecutive ports no one listens on now.

@@ -96,6 +96,8 @@ pub async fn vm_migration(args: &Args, dir: &Path, timing: Timing, report: &mut 
         })?;
         direct.push(started.elapsed());
         downtime.push(Duration::from_millis(stats.freeze_ms));
+        // The target holds the guest paused until told (as an agent does, once it sees it).
+        dst.receive(&t, Duration::from_secs(10))?;
         src.stop(&g, true)?;
     }
     for h in [&h1, &h2] {

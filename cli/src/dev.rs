@@ -244,10 +244,11 @@ async fn demo_scenario(dev: &mut Cluster, qemu: bool) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     say(&format!("migration {id} ended {}; its history:", m.phase));
-    let detail = stale
-        .migration(id)
-        .await
-        .map_or(MigrationDetail { migration: m.clone(), transfer: None, resolution: None }, |r| r.items);
+    let detail =
+        stale.migration(id).await.map_or(
+            MigrationDetail { migration: m.clone(), transfer: None, resolution: None, target_runs: None },
+            |r| r.items,
+        );
     out!("{}", migration_detail(&detail).trim_end());
     if qemu {
         out!(

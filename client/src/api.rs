@@ -242,6 +242,16 @@ impl Client {
 
     /// An agent's report on a migration's current phase, sent to every coordinator at once (each
     /// keeps it; the one that leads next then already holds it). Answers in endpoint order.
+    /// The target's agent of a failed or aborted online migration says whether the guest runs
+    /// there.
+    pub async fn check_migration_target(
+        &self,
+        id: MigrationId,
+        req: &TargetCheckRequest,
+    ) -> Result<WriteResponse, ClientError> {
+        self.post_write(&format!("/v1/migrations/{}/target", id.0), req).await
+    }
+
     pub async fn report_migration(
         &self,
         id: MigrationId,

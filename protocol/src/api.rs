@@ -705,6 +705,21 @@ pub struct ResolveRequest {
     pub request_id: Option<String>,
 }
 
+/// `POST /v1/migrations/{id}/target`: the target's agent of a failed or aborted online
+/// migration says whether the guest runs there (committed as `MigrationTargetChecked`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetCheckRequest {
+    /// The token of the migration's terminal phase.
+    pub token: FencingToken,
+    /// True: the guest runs there and goes back to the source. False: no copy is left there
+    /// and none can arrive, so the source may resume the copy it holds paused.
+    pub runs_there: bool,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
 /// `POST /v1/migrations/{id}/report`: an agent tells the leader what it did for the phase whose
 /// commit carried `token`. Only the migration's source or target may report, each only its own
 /// part: the source reports the transfer's end, the target that the guest runs there.
@@ -776,6 +791,10 @@ pub struct MigrationDetail {
     /// How an operator resolved it, when it was stuck after its owner switch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<MigrationResolution>,
+    /// After it failed or was aborted: whether the guest ran on its target, by the target's
+    /// first word (`MigrationTargetChecked`), while the history holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_runs: Option<bool>,
 }
 
 /// An operator's resolution of a migration stuck after its owner switch.

@@ -258,6 +258,37 @@ pub fn decide(state: &ClusterState, p: &Proposal) -> Result<Vec<EventPayload>, R
             check_range("stats.total_time_ms", stats.total_time_ms, 0, TRANSFER_TIME_MS_MAX)?;
             Ok(vec![EventPayload::MigrationTransferStats { id: *id, guest: m.guest.clone(), stats: *stats }])
         }
+        Command::CheckMigrationTarget { id, host, token, runs_there } => {
+            let m = state.migration(*id).ok_or(Rejection::UnknownMigration { id: *id })?;
+            if !matches!(m.phase, Phase::Failed | Phase::Aborted) || m.kind != MigrationKind::Online {
+                return Err(Rejection::invalid(
+                    "id",
+                    format!(
+                        "migration {id} is {} {}: only a failed or aborted online migration's target is checked",
+                        m.kind, m.phase
+                    ),
+                ));
+            }
+            if m.target != *host {
+                return Err(Rejection::invalid("host", format!("host {host} is not the target of migration {id}")));
+            }
+            if *token != m.current().token() {
+                return Err(Rejection::invalid(
+                    "token",
+                    format!(
+                        "token {token} is not the one of migration {id}'s {} phase ({})",
+                        m.phase,
+                        m.current().token()
+                    ),
+                ));
+            }
+            Ok(vec![EventPayload::MigrationTargetChecked {
+                id: *id,
+                guest: m.guest.clone(),
+                host: host.clone(),
+                runs_there: *runs_there,
+            }])
+        }
         Command::AdmitHost { host } => {
             known_host(state, host)?;
             match state.member(host) {

@@ -203,6 +203,15 @@ pub enum Command {
         reason: String,
         blocked: Vec<BlockedGuest>,
     },
+    /// The target's agent of a failed or aborted online migration says whether the guest runs
+    /// there (`token` is the terminal phase's). Only its first word counts (see
+    /// [`crate::EventPayload::MigrationTargetChecked`]).
+    CheckMigrationTarget {
+        id: MigrationId,
+        host: Name,
+        token: FencingToken,
+        runs_there: bool,
+    },
 }
 
 /// The fields of a host a `ModifyHost` may change; `None` leaves one as it is.
@@ -280,6 +289,7 @@ impl Command {
             Command::RemoveHost { .. } => "remove_host",
             Command::StartDrain { .. } => "start_drain",
             Command::EndDrain { .. } => "end_drain",
+            Command::CheckMigrationTarget { .. } => "check_migration_target",
         }
     }
 }

@@ -180,6 +180,19 @@ pub enum EventPayload {
         reason: String,
         blocked: Vec<BlockedGuest>,
     },
+    /// After online migration `id` failed or was aborted, its target `host` said whether the
+    /// guest runs there. If it does, the target sends it back and the source gets ready to
+    /// receive it. If not, the target has made sure no copy is left there and none can arrive,
+    /// so the source may resume the copy a completed transfer left paused (libvirt's Confirm
+    /// after a failed Finish). Only the first such event of a migration counts: a copy that
+    /// ran on the target makes the source's paused one stale for good. Changes nothing in the
+    /// state.
+    MigrationTargetChecked {
+        id: MigrationId,
+        guest: Name,
+        host: Name,
+        runs_there: bool,
+    },
 }
 
 /// The kind of an event, for subscription filters.
@@ -216,7 +229,8 @@ impl EventPayload {
             MigrationRequested { .. }
             | MigrationPhaseChanged { .. }
             | MigrationTransferStats { .. }
-            | MigrationResolved { .. } => EventKind::Migration,
+            | MigrationResolved { .. }
+            | MigrationTargetChecked { .. } => EventKind::Migration,
             PackageModified { .. } => EventKind::Package,
             HostJoined { .. }
             | HostFailed { .. }
@@ -248,7 +262,9 @@ impl EventPayload {
             MigrationPhaseChanged { guest, .. } => Some(guest),
             GuestOwnerChanged { guest, .. } => Some(guest),
             GuestRepaired { guest, .. } => Some(guest),
-            MigrationTransferStats { guest, .. } | MigrationResolved { guest, .. } => Some(guest),
+            MigrationTransferStats { guest, .. }
+            | MigrationResolved { guest, .. }
+            | MigrationTargetChecked { guest, .. } => Some(guest),
             HostJoined { .. } | HostFailed { .. } | HostRecovered { .. } => None,
             FailoverStarted { guest, .. }
             | FailoverCompleted { guest, .. }
@@ -278,7 +294,7 @@ impl EventPayload {
             PackageSwitchingChanged { node, .. } => node.iter().collect(),
             MigrationRequested { migration } => vec![&migration.source, &migration.target],
             GuestOwnerChanged { from, to, .. } => vec![from, to],
-            GuestRepaired { host, .. } => vec![host],
+            GuestRepaired { host, .. } | MigrationTargetChecked { host, .. } => vec![host],
             HostJoined { host } | HostFailed { host, .. } | HostRecovered { host } => vec![host],
             FailoverStarted { failed_host, from, to, .. } => {
                 let mut hosts = vec![failed_host, from, to];
@@ -299,9 +315,10 @@ impl EventPayload {
         use EventPayload::*;
         match self {
             MigrationRequested { migration } => Some(migration.id),
-            MigrationPhaseChanged { id, .. } | MigrationTransferStats { id, .. } | MigrationResolved { id, .. } => {
-                Some(*id)
-            }
+            MigrationPhaseChanged { id, .. }
+            | MigrationTransferStats { id, .. }
+            | MigrationResolved { id, .. }
+            | MigrationTargetChecked { id, .. } => Some(*id),
             GuestOwnerChanged { migration, .. } => Some(*migration),
             PackageSwitchingChanged { migration, .. } => *migration,
             _ => None,

@@ -401,7 +401,8 @@ impl ClusterState {
             // Records of what an agent did or measured; the state is what it was.
             EventPayload::GuestRepaired { .. }
             | EventPayload::MigrationTransferStats { .. }
-            | EventPayload::MigrationResolved { .. } => {}
+            | EventPayload::MigrationResolved { .. }
+            | EventPayload::MigrationTargetChecked { .. } => {}
             EventPayload::HostJoined { host } => {
                 self.members.insert(host.clone(), Member { joined: rev, failure: None });
             }
@@ -566,6 +567,16 @@ impl ClusterState {
                 }
                 None => Err(format!("gives transfer figures of unknown migration {id}")),
             },
+            EventPayload::MigrationTargetChecked { id, guest: g, host: h, .. } => match self.migrations.get(id) {
+                Some(m) if !m.phase.is_terminal() => {
+                    Err(format!("checks the target of migration {id}, which is still {}", m.phase))
+                }
+                Some(m) if &m.guest != g || &m.target != h => {
+                    Err(format!("checks {h} for guest {g} in migration {id}, which moves {} to {}", m.guest, m.target))
+                }
+                Some(_) => Ok(()),
+                None => Err(format!("checks the target of unknown migration {id}")),
+            },
             EventPayload::MigrationResolved { id, guest: g, .. } => match self.migrations.get(id) {
                 Some(m) if m.phase.is_terminal() => {
                     Err(format!("resolves migration {id}, which already finished as {}", m.phase))
@@ -727,7 +738,8 @@ impl ClusterState {
                 }
                 EventPayload::MigrationPhaseChanged { id, guest, .. }
                 | EventPayload::MigrationTransferStats { id, guest, .. }
-                | EventPayload::MigrationResolved { id, guest, .. } => {
+                | EventPayload::MigrationResolved { id, guest, .. }
+                | EventPayload::MigrationTargetChecked { id, guest, .. } => {
                     guests.insert(guest);
                     migrations.insert(*id);
                 }

@@ -82,6 +82,12 @@ pub fn describe(p: &EventPayload) -> String {
         EventPayload::MigrationResolved { id, guest, outcome, reason } => {
             format!("migration {id} of {guest} resolved by an operator as {outcome}: {reason}")
         }
+        EventPayload::MigrationTargetChecked { id, guest, host, runs_there: true } => {
+            format!("migration {id} of {guest} ended with the guest running on its target {host}: it goes back")
+        }
+        EventPayload::MigrationTargetChecked { id, guest, host, runs_there: false } => {
+            format!("migration {id} of {guest} ended with no copy on its target {host}: the source may resume it")
+        }
     }
 }
 

@@ -55,6 +55,9 @@ enum Op {
     Group(usize, Option<(usize, bool)>),
     /// A host's rack label is set or removed.
     Rack(usize, Option<usize>),
+    /// A finished migration's target (or another host, with a stale token or not) says
+    /// whether the guest runs there.
+    CheckTarget(usize, bool, bool, bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -97,6 +100,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (h.clone(), 0usize..3).prop_map(|(a, b)| Op::EndDrain(a, b)),
         1 => (g.clone(), proptest::option::of((0usize..2, any::<bool>()))).prop_map(|(a, b)| Op::Group(a, b)),
         1 => (h.clone(), proptest::option::of(0usize..2)).prop_map(|(a, b)| Op::Rack(a, b)),
+        1 => (0usize..8, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(a, b, c, d)| Op::CheckTarget(a, b, c, d)),
     ]
 }
 
@@ -223,6 +227,30 @@ fn resolve(op: &Op, state: &ClusterState) -> Command {
             }
             None => Command::AbortMigration { id: MigrationId(1), reason: None },
         },
+        Op::CheckTarget(k, own_host, own_token, runs_there) => {
+            let finished: Vec<&Migration> = state.migrations().filter(|m| m.phase.is_terminal()).collect();
+            match (!finished.is_empty()).then(|| finished[k % finished.len()]) {
+                Some(m) => {
+                    let token = m.current().token();
+                    Command::CheckMigrationTarget {
+                        id: m.id,
+                        host: if own_host { m.target.clone() } else { m.source.clone() },
+                        token: if own_token {
+                            token
+                        } else {
+                            FencingToken { term: token.term, revision: token.revision + 1 }
+                        },
+                        runs_there,
+                    }
+                }
+                None => Command::CheckMigrationTarget {
+                    id: MigrationId(k as u64),
+                    host: n(HOSTS[0]),
+                    token: FencingToken::default(),
+                    runs_there,
+                },
+            }
+        }
         Op::Stats(k) => Command::RecordTransferStats {
             id: nth_in_flight(k).map(|m| m.id).unwrap_or(MigrationId(3)),
             stats: TransferStats { total_time_ms: k as u64 * 100, transferred_bytes: 1 << 20 },
@@ -387,6 +415,11 @@ fn damage(e: &mut Event, x: usize) {
                 _ => *guest = n(GUESTS[x / 2 % GUESTS.len()]),
             }
         }
+        EventPayload::MigrationTargetChecked { id, guest, host, .. } => match x % 3 {
+            0 => *id = MigrationId(x as u64 / 3 % 40),
+            1 => *guest = n(GUESTS[x / 3 % GUESTS.len()]),
+            _ => *host = n(HOSTS[x / 3 % HOSTS.len()]),
+        },
         EventPayload::HostJoined { host }
         | EventPayload::HostFailed { host, .. }
         | EventPayload::HostRecovered { host } => *host = n(["h1", "h9"][x % 2]),

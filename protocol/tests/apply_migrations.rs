@@ -405,3 +405,48 @@ fn transfer_figures_are_recorded_only_while_transferring_and_change_nothing() {
     w.advance(id);
     assert_eq!(w.reject(record(stats)).code(), "invalid_argument", "not after it");
 }
+
+#[test]
+fn only_the_target_of_a_failed_or_aborted_online_migration_says_whether_the_guest_runs_there() {
+    let mut w = World::standard();
+    let id = w.migrate("g1", "h2", MigrationKind::Online);
+    w.advance_to(id, Phase::Transferring);
+    let check = |host: &str, token: FencingToken, runs_there: bool| Command::CheckMigrationTarget {
+        id,
+        host: n(host),
+        token,
+        runs_there,
+    };
+    let token = w.state.migration(id).unwrap().current().token();
+    assert_eq!(w.reject(check("h2", token, false)).code(), "invalid_argument", "not while it is transferring");
+    w.ok(Command::FailMigration { id, error: "timed out".into() });
+    let token = w.state.migration(id).unwrap().current().token();
+    assert_eq!(w.reject(check("h1", token, false)).code(), "invalid_argument", "the source has no say");
+    let stale = FencingToken { term: token.term, revision: token.revision - 1 };
+    assert_eq!(w.reject(check("h2", stale, false)).code(), "invalid_argument", "the failure's token only");
+    assert_eq!(
+        w.reject(Command::CheckMigrationTarget { id: MigrationId(999_999), host: n("h2"), token, runs_there: false })
+            .code(),
+        "unknown_migration"
+    );
+    let before = w.state.clone();
+    let (_, events) = w.ok(check("h2", token, false));
+    assert_eq!(
+        events[0].payload,
+        EventPayload::MigrationTargetChecked { id, guest: n("g1"), host: n("h2"), runs_there: false }
+    );
+    assert_eq!((events[0].payload.migration(), events[0].payload.kind()), (Some(id), EventKind::Migration));
+    assert_eq!(events[0].payload.hosts(), vec![&n("h2")]);
+    assert_eq!(w.state.migration(id), before.migration(id), "the migration is as it was");
+    assert_eq!(w.state.config_digest(), before.config_digest());
+
+    // An offline move leaves no paused copy behind: nothing to check.
+    let mut w = World::standard();
+    let id = w.migrate("g1", "h2", MigrationKind::OfflineStop);
+    w.ok(Command::AbortMigration { id, reason: None });
+    let token = w.state.migration(id).unwrap().current().token();
+    assert_eq!(
+        w.reject(Command::CheckMigrationTarget { id, host: n("h2"), token, runs_there: false }).code(),
+        "invalid_argument"
+    );
+}

@@ -6,15 +6,20 @@
 //! same revision always writes identical bytes (apply is deterministic).
 
 use rocksdb::{Direction, IteratorMode, WriteBatch};
-use switchyard_protocol::api::MigrationResolution;
+use switchyard_protocol::api::{MigrationDetail, MigrationResolution};
 use switchyard_protocol::codec::{self, RecordKind};
-use switchyard_protocol::{Event, EventPayload, Migration, MigrationId, Name, Revision, TransferStats};
+use switchyard_protocol::{Event, EventPayload, Migration, MigrationId, Name, Phase, Revision};
 
 use crate::db::{cf, key, DataDir};
 use crate::error::StoreError;
 
 /// Adds to `batch` the rows one event produces: the event and its guest index row, and, when
 /// the event concerns a migration, the migration's record after it (`migration`).
+/// How many of a guest's events after a failed or aborted migration's last phase are searched
+/// for its target's word ([`History::migration_detail`]). The target gives it within seconds of
+/// the failure, while the guest is held by the migration on both hosts.
+pub const TARGET_CHECK_WINDOW: usize = 1024;
+
 pub(crate) fn write_event(dir: &DataDir, batch: &mut WriteBatch, event: &Event, migration: Option<&Migration>) {
     let (k, v) = event_row(event);
     batch.put_cf(dir.cf(cf::EVENTS), k, v);
@@ -148,35 +153,45 @@ impl History {
         self.dir.get(cf::MIGRATIONS, &key::u64(id.0), RecordKind::Migration, format!("migration {id}"))
     }
 
-    /// What the history records about a migration beside its phases: the hypervisor's figures
-    /// of its transfer (its `MigrationTransferStats` event) and an operator's resolution (its
-    /// `MigrationResolved` event), each `None` when there is none or the history no longer holds
-    /// it. Only the guest's events between the migration's request and its last phase are read.
-    pub fn migration_records(
-        &self,
-        m: &Migration,
-    ) -> Result<(Option<TransferStats>, Option<MigrationResolution>), StoreError> {
-        let (first, last) = (m.history[0].revision, m.current().revision);
-        let (mut transfer, mut resolution) = (None, None);
-        let mut from = first;
+    /// A migration's record with what the history holds about it beside its phases: the
+    /// hypervisor's figures of its transfer (its `MigrationTransferStats` event), an operator's
+    /// resolution (its `MigrationResolved` event) and, after it failed or was aborted, its
+    /// target's first word on whether the guest runs there (`MigrationTargetChecked`); each
+    /// `None` when there is none or the history no longer holds it. Only the guest's events from
+    /// the migration's request on are read: up to its last phase, then, for the target's word,
+    /// at most [`TARGET_CHECK_WINDOW`] more, and none past the guest's next migration.
+    pub fn migration_detail(&self, migration: Migration) -> Result<MigrationDetail, StoreError> {
+        let (first, last) = (migration.history[0].revision, migration.current().revision);
+        let checked = matches!(migration.phase, Phase::Failed | Phase::Aborted);
+        let mut d = MigrationDetail { migration, transfer: None, resolution: None, target_runs: None };
+        let id = d.migration.id;
+        let (mut from, mut after_last) = (first, 0);
         loop {
-            let revisions = self.guest_revisions(&m.guest, from, 256)?;
+            let revisions = self.guest_revisions(&d.migration.guest, from, 256)?;
             for r in &revisions {
                 if *r > last {
-                    return Ok((transfer, resolution));
+                    after_last += 1;
+                    if !checked || after_last > TARGET_CHECK_WINDOW {
+                        return Ok(d);
+                    }
                 }
                 let Some(e) = self.event(*r)? else { continue };
                 match e.payload {
-                    EventPayload::MigrationTransferStats { id, stats, .. } if id == m.id => transfer = Some(stats),
-                    EventPayload::MigrationResolved { id, outcome, reason, .. } if id == m.id => {
-                        resolution = Some(MigrationResolution { outcome, reason, by: e.actor, at: e.time })
+                    EventPayload::MigrationTransferStats { id: i, stats, .. } if i == id => d.transfer = Some(stats),
+                    EventPayload::MigrationResolved { id: i, outcome, reason, .. } if i == id => {
+                        d.resolution = Some(MigrationResolution { outcome, reason, by: e.actor, at: e.time })
                     }
+                    EventPayload::MigrationTargetChecked { id: i, runs_there, .. } if i == id => {
+                        d.target_runs = Some(runs_there);
+                        return Ok(d);
+                    }
+                    EventPayload::MigrationRequested { migration: next } if next.id != id => return Ok(d),
                     _ => {}
                 }
             }
             match revisions.last() {
                 Some(r) if revisions.len() == 256 => from = r + 1,
-                _ => return Ok((transfer, resolution)),
+                _ => return Ok(d),
             }
         }
     }

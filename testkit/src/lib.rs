@@ -20,7 +20,9 @@ pub mod rng;
 
 use std::time::{Duration, Instant};
 
-pub use cluster::{kill_vms_in, AgentProc, Binaries, Cluster, Hypervisor, NodeProc, Secrets, Settings};
+pub use cluster::{
+    kill_vms_in, AgentProc, Binaries, Cluster, Hypervisor, NodeProc, Secrets, Settings, MIGRATION_PORTS,
+};
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout` (for tests).
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, f: F) -> T

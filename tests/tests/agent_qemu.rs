@@ -305,3 +305,106 @@ async fn an_offline_move_of_a_running_cluster_node_guest_stops_it_first() {
     check_history(&history, true);
     eprintln!("checker sampled {} rounds", checker.finish());
 }
+
+/// Every migration port on `address`, held by something that takes a migration stream whole
+/// and drops it: the source's QEMU sends a tiny guest's stream and answers `completed`, as when
+/// the target refused the stream only after the source had sent it all, while the target's
+/// QEMU cannot listen there. Dropped, it frees the ports.
+struct StreamSink {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    taken: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl StreamSink {
+    fn hold(address: &str, first_port: u16) -> StreamSink {
+        use std::io::Read as _;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads = (0..switchyard_testkit::MIGRATION_PORTS)
+            .map(|i| {
+                let l = std::net::TcpListener::bind((address, first_port + i)).expect("hold a migration port");
+                l.set_nonblocking(true).unwrap();
+                let (stop, taken) = (stop.clone(), taken.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        match l.accept() {
+                            Ok((mut s, _)) => {
+                                s.set_nonblocking(false).unwrap();
+                                let mut sink = Vec::new();
+                                let _ = s.read_to_end(&mut sink);
+                                taken.fetch_add(sink.len(), Ordering::SeqCst);
+                            }
+                            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        StreamSink { stop, taken, threads }
+    }
+
+    fn bytes_taken(&self) -> usize {
+        self.taken.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for StreamSink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn qemu_pid(cluster: &TestCluster, host: &str, guest: &str) -> String {
+    let path = cluster.qemu_dir(host).join(guest).join("qemu.pid");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_its_target_never_received_leaves_the_guest_running_on_its_source() {
+    // The migration fails once it has waited 5 s for the target.
+    let opts = ClusterOpts { transferring_timeout_ms: 5000, ..Default::default() };
+    let (cluster, agents) = qemu_cluster(opts).await;
+    let checker = TwoCopiesChecker::start(&cluster);
+    let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
+    create_vm(&admin, "vm1", "h1", 32, None).await;
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+    let pid = qemu_pid(&cluster, "h1", "vm1");
+
+    // h2's address is 127.0.0.12 (`register_loopback_hosts`).
+    let sink = StreamSink::hold("127.0.0.12", cluster.migration_port);
+    let id = migrate(&admin, "vm1", "h2", "f0").await;
+    let m = wait_terminal(&cluster, id).await;
+    assert_eq!(m.phase, Phase::Failed, "{:?}", m.error);
+    let error = m.error.unwrap_or_default();
+    assert!(error.contains("waiting for target h2 to confirm"), "the source finished its transfer: {error}");
+    assert!(sink.bytes_taken() > 0, "the stream went to the sink");
+
+    // h2 says no copy is there (nothing ever ran there), and h1 resumes the copy its QEMU
+    // left paused: the same process, memory and all, not a fresh start.
+    eventually("h2 to say no copy of vm1 is there", Duration::from_secs(30), || async {
+        let d = cluster.client(&cluster.alive_ids()).migration(id).await.ok()?.items;
+        (d.target_runs == Some(false)).then_some(())
+    })
+    .await;
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+    assert_eq!(qemu_pid(&cluster, "h1", "vm1"), pid, "vm1 runs on in the QEMU process it ran in before the move");
+
+    // With the ports free again, the guest moves.
+    drop(sink);
+    let id = migrate(&admin, "vm1", "h2", "f1").await;
+    let m = wait_terminal(&cluster, id).await;
+    assert_eq!(m.phase, Phase::Completed, "{:?}", m.error);
+    wait_runs_only_on(&cluster, "vm1", "h2").await;
+    let history = settled_history(&cluster).await;
+    let checks: Vec<_> =
+        history.iter().filter(|e| matches!(e.payload, EventPayload::MigrationTargetChecked { .. })).collect();
+    assert_eq!(checks.len(), 1, "one word from the failed migration's target: {checks:?}");
+    check_history(&history, true);
+    wait_agents_converged(&cluster, &agents).await;
+    eprintln!("checker sampled {} rounds", checker.finish());
+}

@@ -71,6 +71,7 @@ fn calls() -> Vec<Call> {
         c(Method::POST, "/v1/hosts/{name}/repairs", "/v1/hosts/h1/repairs", Report, Some(json!({}))),
         c(Method::POST, "/v1/hosts/{name}/failovers", "/v1/hosts/h1/failovers", Report, Some(json!({}))),
         c(Method::POST, "/v1/migrations/{id}/report", "/v1/migrations/999/report", Report, Some(json!({}))),
+        c(Method::POST, "/v1/migrations/{id}/target", "/v1/migrations/999/target", Report, Some(json!({}))),
         c(Method::POST, "/v1/migrations", "/v1/migrations", Operate, Some(json!({"guest": "g1", "target": "h1"}))),
         c(Method::POST, "/v1/migrations/{id}/abort", "/v1/migrations/999/abort", Operate, Some(json!({"reason": "x"}))),
         c(

@@ -80,7 +80,8 @@ pub trait HypervisorDriver: Send + Sync {
     fn runs_here(&self, guest: &Name, owner: &Name) -> Result<bool, DriverError>;
 
     /// Target of a transfer: get ready to receive the guest (e.g. start it waiting for the
-    /// incoming migration). Idempotent; called until the guest runs here.
+    /// incoming migration), and start it once it arrived if the hypervisor holds it paused
+    /// until told (QEMU's `-S`). Idempotent; called until the guest runs here.
     fn prepare_incoming(&self, _t: &Transfer) -> Result<(), DriverError> {
         Ok(())
     }
@@ -132,6 +133,21 @@ pub trait Lifecycle: Send + Sync {
     /// Stops the guest only if its state here is still `seen` (any live state counts as any
     /// other), atomically with the driver's other actions on it; true if it stopped it.
     fn stop_if(&self, guest: &Name, hard: bool, seen: &VmState) -> Result<bool, DriverError>;
+
+    /// Source of a failed or aborted migration whose target holds no copy of the guest: resumes
+    /// the copy a completed transfer left paused here (`Migrated`). Refused in any other state.
+    fn resume_migrated(&self, guest: &Name) -> Result<(), DriverError> {
+        Err(DriverError::Failed(format!("this hypervisor cannot resume guest {guest} where a migration left it")))
+    }
+
+    /// Target of a failed or aborted migration: makes sure no copy of the guest that never ran
+    /// here is left, nor a process that could still receive one, atomically with the start of
+    /// an arrived copy ([`HypervisorDriver::prepare_incoming`]). True when a copy that ran here
+    /// is left (it goes back to the source). A hypervisor whose copies start on arrival can
+    /// only say whether one is live.
+    fn release_incoming(&self, guest: &Name) -> Result<bool, DriverError> {
+        Ok(self.state(guest)?.is_live())
+    }
 }
 
 /// The `[driver]` section of the agent configuration.

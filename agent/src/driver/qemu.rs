@@ -9,6 +9,7 @@
 //!                     qmp.sock          the QMP socket of the running process
 //!                     qemu.pid          its pid (written by QEMU)
 //!                     qemu.log          QEMU's own log (-D)
+//!                     started           the agent started the copy that arrived here
 //! ```
 //!
 //! Every host keeps the definition of every guest (the seed's "configuration file on every VM
@@ -30,6 +31,15 @@
 //! listens on it (two migrations into one host whose ids differ by the range's size, a listener
 //! left by an earlier attempt); the guest's RAM block, named after the guest, does: a process
 //! refuses a stream of another guest's memory.
+//!
+//! The target's process starts with `-S`: a guest that arrives stays paused until the agent
+//! starts it (`cont`, [`Qemu::prepare_incoming`], called by the migration worker while the log
+//! still has the migration transferring), and the agent marks it started (a `started` file)
+//! just before. So after a failed or aborted migration the target tells, under the guest's lock,
+//! a copy that never ran (stopped, and the source may resume its own paused copy: no guest
+//! state is lost) from one that ran (it goes back), with no window in which QEMU could have
+//! started it on its own ([`Qemu::release_incoming`]). Starting on the agent's word costs the
+//! guest one poll of the driver (5 ms) of extra downtime, as libvirt's Finish step does.
 //!
 //! A target refuses such a stream (or one booted from other firmware) as soon as it reads the
 //! stream's list of RAM blocks, and the source, still sending, fails with a reset connection.
@@ -164,6 +174,8 @@ pub struct Qemu {
 }
 
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// In a guest's folder: the agent started the copy that arrived here (see the module docs).
+const STARTED: &str = "started";
 
 fn failed(what: impl std::fmt::Display) -> DriverError {
     DriverError::Failed(what.to_string())
@@ -394,9 +406,12 @@ impl Qemu {
         }
         args.extend(qemu_devices(&def.spec)?);
         if let Some(addr) = incoming {
+            // Paused on arrival until the agent starts it (`cont`): see the module docs.
+            args.push("-S".into());
             args.push("-incoming".into());
             args.push(format!("tcp:{addr}"));
         }
+        let _ = fs::remove_file(dir.join(STARTED));
         // What the process will run with, before it runs: a crash between the two leaves a
         // record of a spec no process uses, which `observe` ignores for a stopped guest.
         write_atomically(&dir.join("running.json"), &serde_json::to_vec(&def.spec).expect("serializable"))?;
@@ -497,6 +512,7 @@ impl Qemu {
         match self.state(&t.guest) {
             VmState::Running => Ok(()),
             VmState::Incoming if self.listens_on(&t.guest) == Some(format!("tcp:{address}")) => Ok(()),
+            VmState::Paused(_) if self.arrived_unstarted(&t.guest) => self.start_arrived(&t.guest),
             // Waiting for the stream of an earlier migration that ended without sending it (a
             // failed or aborted attempt whose rollback watch has not removed it yet): that
             // process listens on the earlier migration's port, where this source does not
@@ -518,6 +534,85 @@ impl Qemu {
         }
     }
 
+    /// Target: receives the guest of `t` and starts it, waiting up to `within` for the stream
+    /// (what the migration worker does over its polls, in one call: for tools and tests).
+    pub fn receive(&self, t: &Transfer, within: Duration) -> Result<(), DriverError> {
+        let deadline = Instant::now() + within;
+        loop {
+            self.prepare_incoming(t)?;
+            if self.state(&t.guest) == VmState::Running {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(failed(format!("guest {} did not arrive within {within:?}", t.guest)));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// A copy that a completed incoming migration brought here and the agent has not started
+    /// yet: it holds the guest's memory but never ran here. Read under the guest's lock.
+    fn arrived_unstarted(&self, guest: &Name) -> bool {
+        if self.listens_on(guest).is_none() || self.dir(guest).join(STARTED).exists() {
+            return false;
+        }
+        let Ok(mut q) = self.qmp(guest) else { return false };
+        let paused = q.status().is_ok_and(|s| s == "paused");
+        let received = q
+            .execute("query-migrate", json!({}))
+            .is_ok_and(|r| r.get("status").and_then(|s| s.as_str()) == Some("completed"));
+        paused && received
+    }
+
+    /// Starts a copy that arrived, marking it started first: a crash between the two leaves it
+    /// counted as having run, the safe side.
+    fn start_arrived(&self, guest: &Name) -> Result<(), DriverError> {
+        write_atomically(&self.dir(guest).join(STARTED), b"")?;
+        self.qmp(guest)
+            .and_then(|mut q| q.execute("cont", json!({})))
+            .map_err(|e| failed(format!("start guest {guest} after its arrival: {e}")))?;
+        tracing::info!(%guest, "guest arrived and started");
+        Ok(())
+    }
+
+    /// Source of a failed or aborted migration: resumes the copy a completed transfer left
+    /// paused (`postmigrate`), once the target said it holds no copy.
+    pub fn resume_migrated(&self, guest: &Name) -> Result<(), DriverError> {
+        let lock = self.lock(guest);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        match self.state(guest) {
+            VmState::Migrated => {
+                self.qmp(guest)
+                    .and_then(|mut q| q.execute("cont", json!({})))
+                    .map_err(|e| failed(format!("resume guest {guest}: {e}")))?;
+                tracing::info!(%guest, "guest resumed where its migration left it paused");
+                Ok(())
+            }
+            VmState::Running => Ok(()),
+            other => Err(failed(format!("guest {guest} is {other} here: there is no paused copy to resume"))),
+        }
+    }
+
+    /// Target of a failed or aborted migration: stops a process still waiting for the guest
+    /// and a copy that arrived but was never started; true when a copy that ran here is left.
+    pub fn release_incoming(&self, guest: &Name) -> Result<bool, DriverError> {
+        let lock = self.lock(guest);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        match self.state(guest) {
+            VmState::ShutOff | VmState::Migrated => Ok(false),
+            VmState::Incoming => {
+                tracing::info!(%guest, "stopping the process waiting for the guest: its migration ended");
+                self.stop_locked(guest, true).map(|()| false)
+            }
+            VmState::Paused(_) if self.arrived_unstarted(guest) => {
+                tracing::info!(%guest, "stopping the copy that arrived after its migration ended; it never ran here");
+                self.stop_locked(guest, true).map(|()| false)
+            }
+            VmState::Running | VmState::Paused(_) => Ok(true),
+            VmState::Unresponsive(why) => Err(failed(format!("guest {guest} does not answer here: {why}"))),
+        }
+    }
+
     /// Source: moves the running guest to the target with QEMU's live migration. Retries the
     /// connection while the target is not listening yet, until the migration timeout.
     pub fn migrate_out(&self, t: &Transfer, cancel: &AtomicBool) -> Result<MigrationStats, DriverError> {
@@ -536,10 +631,16 @@ impl Qemu {
             // A completed migration of an earlier attempt (an agent restarted mid-transfer).
             // Only an outgoing one counts: a process that *received* the guest also answers
             // `completed`, without the outgoing figures.
+            // A guest resumed after its move was rolled back (`resume_migrated`) still answers
+            // that completed migration: only a paused copy's counts.
             let before = run("query-migrate", json!({})).map_err(lost)?;
             let outgoing = before.get("total-time").is_some();
             match before.get("status").and_then(|s| s.as_str()) {
-                Some("completed") if outgoing => return Ok(stats(&before)),
+                Some("completed")
+                    if outgoing && self.qmp(&t.guest).and_then(|mut q| q.status()).map_err(lost)? == "postmigrate" =>
+                {
+                    return Ok(stats(&before))
+                }
                 // Still under way (an agent restarted mid-transfer: QEMU migrates on its own):
                 // follow it instead of starting another.
                 Some("setup" | "active" | "pre-switchover" | "device" | "wait-unplug") => {}
@@ -621,6 +722,12 @@ impl Lifecycle for Qemu {
     }
     fn stop_if(&self, guest: &Name, hard: bool, seen: &VmState) -> Result<bool, DriverError> {
         Qemu::stop_if(self, guest, hard, seen)
+    }
+    fn resume_migrated(&self, guest: &Name) -> Result<(), DriverError> {
+        Qemu::resume_migrated(self, guest)
+    }
+    fn release_incoming(&self, guest: &Name) -> Result<bool, DriverError> {
+        Qemu::release_incoming(self, guest)
     }
 }
 

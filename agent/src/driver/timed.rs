@@ -102,6 +102,14 @@ impl Lifecycle for Timed {
     fn stop_if(&self, guest: &Name, hard: bool, seen: &VmState) -> Result<bool, DriverError> {
         self.time("stop", || self.l().stop_if(guest, hard, seen))
     }
+
+    fn resume_migrated(&self, guest: &Name) -> Result<(), DriverError> {
+        self.time("resume", || self.l().resume_migrated(guest))
+    }
+
+    fn release_incoming(&self, guest: &Name) -> Result<bool, DriverError> {
+        self.time("release_incoming", || self.l().release_incoming(guest))
+    }
 }
 
 impl PackageSwitching for Timed {

@@ -133,6 +133,23 @@ pub(super) async fn report(
     Ok(Json(ReportAck { migration: id, phase: m.phase, term }))
 }
 
+/// The target's agent of a failed or aborted online migration says whether the guest runs
+/// there: the source resumes the copy it holds paused, or gets ready to receive the guest back,
+/// on the first word committed. Only the migration's target may say it.
+#[utoipa::path(post, path = "/v1/migrations/{id}/target", tag = "migrations", params(("id" = u64, Path)), request_body = TargetCheckRequest, responses((status = 200, description = "Committed (or a duplicate of an earlier request id)", body = WriteResponse), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
+pub(super) async fn check_target(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let id = migration_id(&id)?;
+    let (Role::Agent, Some(host)) = (c.role, c.host.clone()) else {
+        return Err(ApiError::Forbidden("only an agent token bound to a host may check a migration's target".into()));
+    };
+    submit_body(&s, &c, &raw, |r: TargetCheckRequest| (id, host, r)).await
+}
+
 #[utoipa::path(get, path = "/v1/migrations/{id}", tag = "migrations", params(("id" = u64, Path), ReadParams), responses((status = 200, body = Read<MigrationDetail>), (status = "default", description = "An error: a stable `code` and a message", body = ErrorBody)))]
 pub(super) async fn show(
     State(s): S,
@@ -144,8 +161,7 @@ pub(super) async fn show(
     let revision = s.node.sm.applied_meta().revision;
     let history = s.node.sm.history();
     let migration = history.migration(id)?.ok_or(unknown(id))?;
-    let (transfer, resolution) = history.migration_records(&migration)?;
-    Ok(Json(Read::new(revision, MigrationDetail { migration, transfer, resolution })))
+    Ok(Json(Read::new(revision, history.migration_detail(migration)?)))
 }
 
 /// Which phases a list keeps.

@@ -220,6 +220,7 @@ fn routes() -> (Router<Arc<Api>>, Router<Arc<Api>>, utoipa::openapi::OpenApi) {
         .routes(routes!(migrations::abort))
         .routes(routes!(migrations::resolve))
         .routes(routes!(migrations::report))
+        .routes(routes!(migrations::check_target))
         .routes(routes!(events::subscribe))
         .split_for_parts();
     // What a load balancer, a probe or a newcomer may read without a token.
@@ -277,7 +278,9 @@ fn access(method: &Method, path: &str) -> Access {
         return Access::Admin;
     }
     match segments.as_slice() {
-        ["v1", "hosts" | "migrations", _, "report"] | ["v1", "hosts", _, "repairs" | "failovers"] => Access::Report,
+        ["v1", "hosts" | "migrations", _, "report"]
+        | ["v1", "migrations", _, "target"]
+        | ["v1", "hosts", _, "repairs" | "failovers"] => Access::Report,
         ["v1", "migrations"]
         | ["v1", "migrations", _, "abort" | "resolve"]
         | ["v1", "packages", _, "switching"]

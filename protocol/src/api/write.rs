@@ -50,6 +50,7 @@ write_request!(
     MigrateRequest,
     AbortRequest,
     ResolveRequest,
+    TargetCheckRequest,
     IdentityRequest,
     ImportRequest,
 );
@@ -108,6 +109,12 @@ impl From<(Name, FailoverReportRequest)> for Command {
             }
             FailoverOutcome::Released => Command::ReleaseFailoverAttempt { guest, host, token },
         }
+    }
+}
+
+impl From<(MigrationId, Name, TargetCheckRequest)> for Command {
+    fn from((id, host, r): (MigrationId, Name, TargetCheckRequest)) -> Command {
+        Command::CheckMigrationTarget { id, host, token: r.token, runs_there: r.runs_there }
     }
 }
 
