@@ -85,7 +85,18 @@ impl Drop for Host {
     }
 }
 
-/// A port no one listens on now (bound, then released).
+/// Hosts h1 and h2 on `ports`, both defining guest g1, which runs on h1.
+fn g1_running_on_h1(root: &Path, ports: (u16, u16)) -> (Host, Host, Name) {
+    let h1 = Host::new(root, "h1", ports);
+    let h2 = Host::new(root, "h2", ports);
+    let g = n("g1");
+    for h in [&h1, &h2] {
+        h.qemu.define(&g, &spec(32), 5).unwrap();
+    }
+    h1.qemu.start(&g).unwrap();
+    (h1, h2, g)
+}
+
 /// The online move of `guest` from h1 to h2 as migration `id` (h2 registered on loopback).
 fn h1_to_h2(guest: &Name, id: u64) -> Transfer {
     Transfer {
@@ -98,6 +109,7 @@ fn h1_to_h2(guest: &Name, id: u64) -> Transfer {
     }
 }
 
+/// A port no one listens on now (bound, then released).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -178,13 +190,7 @@ fn a_bad_definition_is_refused_before_it_is_written() {
 fn a_live_migration_moves_the_running_guest_and_reports_qemus_figures() {
     let root = tempfile::tempdir().unwrap();
     let port = free_port();
-    let h1 = Host::new(root.path(), "h1", (port, port));
-    let h2 = Host::new(root.path(), "h2", (port, port));
-    let g = n("g1");
-    for h in [&h1, &h2] {
-        h.qemu.define(&g, &spec(32), 5).unwrap();
-    }
-    h1.qemu.start(&g).unwrap();
+    let (h1, h2, g) = g1_running_on_h1(root.path(), (port, port));
     let t = h1_to_h2(&g, 77);
     assert_eq!(h1.qemu.incoming_address(&t), format!("127.0.0.1:{port}"));
     // The source starts before the target listens: it retries until the target is ready.
@@ -301,14 +307,7 @@ fn a_target_with_other_firmware_refuses_the_guest_and_the_source_keeps_it() {
 #[test]
 fn a_process_left_waiting_for_an_earlier_migration_makes_way_for_the_next() {
     let root = tempfile::tempdir().unwrap();
-    let ports = free_ports_in_a_row(2);
-    let h1 = Host::new(root.path(), "h1", ports);
-    let h2 = Host::new(root.path(), "h2", ports);
-    let g = n("g1");
-    for h in [&h1, &h2] {
-        h.qemu.define(&g, &spec(32), 5).unwrap();
-    }
-    h1.qemu.start(&g).unwrap();
+    let (h1, h2, g) = g1_running_on_h1(root.path(), free_ports_in_a_row(2));
     let attempt = |id: u64| h1_to_h2(&g, id);
     let (first, second) = (attempt(100), attempt(101));
     assert_ne!(h2.qemu.incoming_address(&first), h2.qemu.incoming_address(&second));
@@ -343,14 +342,7 @@ fn wait_state(h: &Host, guest: &str, ok: impl Fn(&VmState) -> bool) -> VmState {
 #[test]
 fn after_a_rollback_a_copy_that_never_ran_on_the_target_gives_way_to_the_paused_source() {
     let root = tempfile::tempdir().unwrap();
-    let ports = free_ports_in_a_row(3);
-    let h1 = Host::new(root.path(), "h1", ports);
-    let h2 = Host::new(root.path(), "h2", ports);
-    let g = n("g1");
-    for h in [&h1, &h2] {
-        h.qemu.define(&g, &spec(32), 5).unwrap();
-    }
-    h1.qemu.start(&g).unwrap();
+    let (h1, h2, g) = g1_running_on_h1(root.path(), free_ports_in_a_row(3));
     let e = h1.qemu.resume_migrated(&g).map(|()| h1.get("g1").unwrap().state);
     assert_eq!(e, Ok(VmState::Running), "resuming a running guest changes nothing");
     let pid = std::fs::read_to_string(h1.dir.join("g1/qemu.pid")).unwrap();

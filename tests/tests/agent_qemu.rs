@@ -1,8 +1,10 @@
 //! Agents on real QEMU guests (three hosts, three coordinators): the log's guest changes reach
 //! the hypervisor on the right host, drift made behind an agent's back is reported and
 //! repaired, live migrations move the real VM — with the leader coordinator SIGKILLed at each
-//! phase, and with an agent SIGKILLed mid-transfer — and an offline move of a running
-//! cluster-node guest stops it first. A checker samples every hypervisor all
+//! phase, and with an agent SIGKILLed mid-transfer — an offline move of a running
+//! cluster-node guest stops it first, and a move whose stream the target never received (the
+//! source's QEMU answered `completed`) fails with the guest resumed on its source, in the same
+//! process, both agents SIGKILLed on the failure. A checker samples every hypervisor all
 //! along and fails the test if a guest ever runs on two hosts at once.
 mod common;
 
@@ -368,7 +370,7 @@ fn qemu_pid(cluster: &TestCluster, host: &str, guest: &str) -> String {
 async fn a_transfer_its_target_never_received_leaves_the_guest_running_on_its_source() {
     // The migration fails once it has waited 5 s for the target.
     let opts = ClusterOpts { transferring_timeout_ms: 5000, ..Default::default() };
-    let (cluster, agents) = qemu_cluster(opts).await;
+    let (cluster, mut agents) = qemu_cluster(opts).await;
     let checker = TwoCopiesChecker::start(&cluster);
     let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
     create_vm(&admin, "vm1", "h1", 32, None).await;
@@ -383,6 +385,12 @@ async fn a_transfer_its_target_never_received_leaves_the_guest_running_on_its_so
     let error = m.error.unwrap_or_default();
     assert!(error.contains("waiting for target h2 to confirm"), "the source finished its transfer: {error}");
     assert!(sink.bytes_taken() > 0, "the stream went to the sink");
+    // Both agents are SIGKILLed as soon as the failure is seen and start again: whatever of
+    // the rollback they had done, they pick it up from the log and their journals.
+    for a in agents.iter_mut().take(2) {
+        a.kill();
+        a.restart();
+    }
 
     // h2 says no copy is there (nothing ever ran there), and h1 resumes the copy its QEMU
     // left paused: the same process, memory and all, not a fresh start.
