@@ -512,7 +512,7 @@ impl Qemu {
         match self.state(&t.guest) {
             VmState::Running => Ok(()),
             VmState::Incoming if self.listens_on(&t.guest) == Some(format!("tcp:{address}")) => Ok(()),
-            VmState::Paused(_) if self.arrived_unstarted(&t.guest) => self.start_arrived(&t.guest),
+            VmState::Paused(s) if s == "paused" && self.arrived_unstarted(&t.guest) => self.start_arrived(&t.guest),
             // Waiting for the stream of an earlier migration that ended without sending it (a
             // failed or aborted attempt whose rollback watch has not removed it yet): that
             // process listens on the earlier migration's port, where this source does not
@@ -550,18 +550,16 @@ impl Qemu {
         }
     }
 
-    /// A copy that a completed incoming migration brought here and the agent has not started
-    /// yet: it holds the guest's memory but never ran here. Read under the guest's lock.
+    /// Of a guest QEMU holds `paused`: a copy that a completed incoming migration brought here
+    /// and the agent has not started yet, which holds the guest's memory but never ran here.
+    /// Read under the guest's lock.
     fn arrived_unstarted(&self, guest: &Name) -> bool {
         if self.listens_on(guest).is_none() || self.dir(guest).join(STARTED).exists() {
             return false;
         }
-        let Ok(mut q) = self.qmp(guest) else { return false };
-        let paused = q.status().is_ok_and(|s| s == "paused");
-        let received = q
-            .execute("query-migrate", json!({}))
-            .is_ok_and(|r| r.get("status").and_then(|s| s.as_str()) == Some("completed"));
-        paused && received
+        self.qmp(guest)
+            .and_then(|mut q| q.execute("query-migrate", json!({})))
+            .is_ok_and(|r| r.get("status").and_then(|s| s.as_str()) == Some("completed"))
     }
 
     /// Starts a copy that arrived, marking it started first: a crash between the two leaves it
@@ -604,7 +602,7 @@ impl Qemu {
                 tracing::info!(%guest, "stopping the process waiting for the guest: its migration ended");
                 self.stop_locked(guest, true).map(|()| false)
             }
-            VmState::Paused(_) if self.arrived_unstarted(guest) => {
+            VmState::Paused(s) if s == "paused" && self.arrived_unstarted(guest) => {
                 tracing::info!(%guest, "stopping the copy that arrived after its migration ended; it never ran here");
                 self.stop_locked(guest, true).map(|()| false)
             }

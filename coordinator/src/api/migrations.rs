@@ -6,13 +6,21 @@ use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use switchyard_protocol::api::*;
 use switchyard_protocol::placement::{plan_rebalance, RebalancePlan};
-use switchyard_protocol::{Migration, MigrationId, Phase, Rejection};
+use switchyard_protocol::{Migration, MigrationId, Name, Phase, Rejection};
 
 use super::{body, body_or_default, query, read_state, submit, submit_body, unknown_guest, ApiError, Caller, Q, S};
 use crate::config::Role;
 
 fn migration_id(s: &str) -> Result<MigrationId, ApiError> {
     s.parse().map(MigrationId).map_err(|_| ApiError::BadRequest(format!("migration id {s:?} is not a number")))
+}
+
+/// The host of an agent's token: only an agent bound to a host may `what` (about its own part).
+fn agent_host(c: &Caller, what: &str) -> Result<Name, ApiError> {
+    match (c.role, &c.host) {
+        (Role::Agent, Some(host)) => Ok(host.clone()),
+        _ => Err(ApiError::Forbidden(format!("only an agent token bound to a host may {what}"))),
+    }
 }
 
 fn unknown(id: MigrationId) -> ApiError {
@@ -99,9 +107,7 @@ pub(super) async fn report(
 ) -> Result<Json<ReportAck>, ApiError> {
     let id = migration_id(&id)?;
     let r: MigrationReport = body(&raw)?;
-    let (Role::Agent, Some(host)) = (c.role, c.host.as_ref()) else {
-        return Err(ApiError::Forbidden("only an agent token bound to a host may report on a migration".into()));
-    };
+    let host = &agent_host(&c, "report on a migration")?;
     let node = &s.node;
     let leader = node.is_leader();
     let m = node.sm.read(|st| st.migration(id).cloned());
@@ -144,9 +150,7 @@ pub(super) async fn check_target(
     raw: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
     let id = migration_id(&id)?;
-    let (Role::Agent, Some(host)) = (c.role, c.host.clone()) else {
-        return Err(ApiError::Forbidden("only an agent token bound to a host may check a migration's target".into()));
-    };
+    let host = agent_host(&c, "check a migration's target")?;
     submit_body(&s, &c, &raw, |r: TargetCheckRequest| (id, host, r)).await
 }
 
