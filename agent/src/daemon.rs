@@ -264,6 +264,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (protects_tx, protects_rx) = watch::channel(false);
     // Drivers that manage the guests' lifecycle get a reconciler: the hypervisor is made to
     // hold what the log says, and read back every reconcile_interval.
+    let (fence_tx, fence_rx) = watch::channel(Fence::Unknown);
     let reconciler = driver.lifecycle().is_some().then(|| {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let runtime = Runtime {
@@ -274,6 +275,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             interval: Duration::from_millis(config.reconcile_interval_ms),
             lease: lease_rx.clone(),
             protects: protects_tx,
+            fence: fence_tx,
             metrics: metrics.clone(),
         };
         tokio::spawn(runtime.run(rx, hypervisor_tx));
@@ -294,7 +296,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         client.clone(),
         driver.clone(),
         store.clone(),
-        reconciler.clone(),
+        reconciler.clone().map(|feed| (feed, fence_rx)),
         metrics.clone(),
     );
     tokio::spawn(worker.run(worker_rx));

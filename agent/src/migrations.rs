@@ -36,10 +36,11 @@ use switchyard_protocol::{
     Event, EventPayload, FencingToken, HostState, Migration, MigrationId, MigrationKind, Name, Phase, PhaseRecord,
     Revision,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::driver::{DriverError, HypervisorDriver, Moved, Transfer, VmState};
+use crate::lease::Fence;
 use crate::metrics::Metrics;
 use crate::reconcile::runtime::Feed;
 use crate::store::{AgentStore, Journal, TransferState};
@@ -80,6 +81,8 @@ struct Active {
     check_request: Option<String>,
     /// Source: it said once that it waits for the target's word.
     waiting_told: bool,
+    /// It said once that it waits for this host's lease before receiving the guest.
+    lease_told: bool,
 }
 
 /// What the daemon hands the worker.
@@ -108,8 +111,9 @@ pub struct Worker {
     /// Each guest's newest failover start this agent has seen: the host it went to, and the
     /// revision of that order.
     failed_over: HashMap<Name, (Name, Revision)>,
-    /// The reconciler, told which guests' run state the worker holds (drivers with a lifecycle).
-    reconciler: Option<mpsc::UnboundedSender<Feed>>,
+    /// The reconciler (drivers with a lifecycle): told which guests' run state the worker holds,
+    /// and the fence it acts on.
+    reconciler: Option<(mpsc::UnboundedSender<Feed>, watch::Receiver<Fence>)>,
     metrics: Arc<Metrics>,
 }
 
@@ -119,7 +123,7 @@ impl Worker {
         client: Client,
         driver: Arc<dyn HypervisorDriver>,
         store: Arc<AgentStore>,
-        reconciler: Option<mpsc::UnboundedSender<Feed>>,
+        reconciler: Option<(mpsc::UnboundedSender<Feed>, watch::Receiver<Fence>)>,
         metrics: Arc<Metrics>,
     ) -> Worker {
         Worker {
@@ -138,7 +142,7 @@ impl Worker {
 
     /// Tells the reconciler whether the worker holds a migration of `guest`.
     fn tell_reconciler(&self, guest: &Name) {
-        if let Some(r) = &self.reconciler {
+        if let Some((r, _)) = &self.reconciler {
             let in_flight = self.active.values().any(|a| &a.m.guest == guest);
             let _ = r.send(Feed::Migrating { name: guest.clone(), in_flight });
         }
@@ -174,7 +178,7 @@ impl Worker {
             if let Some(t) = a.transfer {
                 t.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
             }
-            if let Some(r) = &self.reconciler {
+            if let Some((r, _)) = &self.reconciler {
                 let _ = r.send(Feed::Migrating { name: a.m.guest.clone(), in_flight: false });
             }
         }
@@ -235,7 +239,7 @@ impl Worker {
         // Until here the worker needed a leader (the list is a linearizable read); from now on
         // it follows migrations from the event stream.
         tracing::info!(host = %self.host, in_flight = self.active.len(), "migrations loaded");
-        if let Some(r) = &self.reconciler {
+        if let Some((r, _)) = &self.reconciler {
             let _ = r.send(Feed::MigrationsKnown);
         }
     }
@@ -260,6 +264,7 @@ impl Worker {
             target_runs,
             check_request: None,
             waiting_told: false,
+            lease_told: false,
         });
         self.tell_reconciler(&guest);
     }
@@ -357,7 +362,7 @@ impl Worker {
                 if self.recently_reported(id) || self.active[&id].polled_at.is_some_and(|t| t.elapsed() < poll) {
                     return false;
                 }
-                if self.driver.lifecycle().is_some() {
+                if self.driver.lifecycle().is_some() && self.may_receive(id) {
                     // A hypervisor that must be ready to receive (QEMU listens with -incoming).
                     match self.host_address(&self.host, m.current().revision).await {
                         Ok(address) => {
@@ -491,6 +496,26 @@ impl Worker {
     /// leader to serve a linearizable read. Both reads give an address at or after the commit;
     /// neither can rule out a change right after it, which the fencing token, not the address,
     /// guards against.
+    /// Whether this host may get ready to receive migration `id`'s guest now. A packaged guest
+    /// only while the reconciler holds this host's lease: with the lease lost it stops every
+    /// packaged copy here (self-fencing), the one arriving included, and with no renewal
+    /// acknowledged yet the guest may not start here. A host the leader has just readmitted
+    /// after a failure is in between until its next renewal is answered: the migration waits
+    /// for it (the source retries its connection while the target does not listen).
+    fn may_receive(&mut self, id: MigrationId) -> bool {
+        let fence = self.reconciler.as_ref().map_or(Fence::Held, |(_, f)| *f.borrow());
+        let a = self.active.get_mut(&id).expect("known");
+        if !a.m.has_package() || fence == Fence::Held {
+            a.lease_told = false;
+            return true;
+        }
+        if !a.lease_told {
+            a.lease_told = true;
+            tracing::info!(migration = %id, guest = %a.m.guest, ?fence, "waiting for this host's lease before receiving the packaged guest");
+        }
+        false
+    }
+
     async fn host_address(&self, host: &Name, since: Revision) -> Result<String, ClientError> {
         let h: Read<HostView> = self.client.get_since(&format!("/v1/hosts/{host}"), since).await?;
         Ok(h.items.host.spec.address)
@@ -623,6 +648,9 @@ impl Worker {
                 return false;
             }
         };
+        if !self.may_receive(id) {
+            return false;
+        }
         let back = transfer_back(&m, address);
         let driver = self.driver.clone();
         match tokio::task::spawn_blocking(move || driver.prepare_incoming(&back)).await {

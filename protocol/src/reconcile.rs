@@ -202,6 +202,10 @@ pub struct Reconciler {
     host: Name,
     desired: BTreeMap<Name, Desire>,
     migrating: BTreeSet<Name>,
+    /// Guests the migration worker handed back since the last observation: what it left here
+    /// (a copy that arrived and was just resumed, one it released) is read afresh before the
+    /// guest is started or stopped to make it run.
+    handed_back: BTreeSet<Name>,
     /// The hypervisor as last observed, updated by the effects that succeeded since. `None`
     /// until the first observation: nothing is decided blind.
     observed: Option<BTreeMap<Name, Observed>>,
@@ -239,6 +243,7 @@ impl Reconciler {
             host,
             desired: BTreeMap::new(),
             migrating: BTreeSet::new(),
+            handed_back: BTreeSet::new(),
             observed: None,
             log_known: false,
             migrations_known: false,
@@ -267,6 +272,11 @@ impl Reconciler {
     /// Whether the guest runs here, as last observed.
     pub fn runs(&self, name: &Name) -> bool {
         self.observed.as_ref().and_then(|o| o.get(name)).is_some_and(|o| o.state == VmState::Running)
+    }
+
+    /// The fence this reconciler acts on (the last [`Input::Fence`]).
+    pub fn fence(&self) -> Fence {
+        self.fence
     }
 
     /// Whether a packaged guest runs here or is to run here: what the host's watchdog guards.
@@ -380,8 +390,8 @@ impl Reconciler {
             Input::Migrating { name, in_flight } => {
                 if in_flight {
                     self.migrating.insert(name.clone());
-                } else {
-                    self.migrating.remove(&name);
+                } else if self.migrating.remove(&name) {
+                    self.handed_back.insert(name.clone());
                 }
                 vec![name]
             }
@@ -399,6 +409,7 @@ impl Reconciler {
                 }
                 self.went_down.retain(|name| now.get(name).is_none_or(|o| o.state != VmState::Running));
                 self.observed = Some(now);
+                self.handed_back.clear();
                 self.failed.clear();
                 self.all_names()
             }
@@ -575,7 +586,9 @@ impl Reconciler {
             };
             return Some((Action::Define { spec: g.spec.clone(), version: g.version }, why));
         }
-        if migrating || !here {
+        // The observation of a guest the worker just handed back is older than what the worker
+        // did (a copy that arrived paused may run by now): no start or restart decided from it.
+        if migrating || !here || self.handed_back.contains(name) {
             return None;
         }
         match (g.run_state, &state) {

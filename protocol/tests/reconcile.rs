@@ -235,8 +235,9 @@ fn a_guest_that_went_down_behind_the_agents_back_is_known_as_such_until_started_
     // Killed while the migration worker held it: nothing is decided, but it is remembered.
     assert!(r.step(Input::Observed(vec![obs("g1", Some((64, Some(3))), VmState::ShutOff)])).is_empty());
     assert!(r.went_down(&n("g1")));
-    // The migration ends: the start that follows is a repair.
-    let e = r.step(Input::Migrating { name: n("g1"), in_flight: false });
+    // The migration ends: once the hypervisor is read again, the start that follows is a repair.
+    assert!(r.step(Input::Migrating { name: n("g1"), in_flight: false }).is_empty());
+    let e = r.step(Input::Observed(vec![obs("g1", Some((64, Some(3))), VmState::ShutOff)]));
     assert_eq!(actions(&e), vec![("g1".into(), Action::Start { token: tok(1, 3) })]);
     assert!(r.went_down(&n("g1")));
     done(&mut r, &e[0]);
@@ -259,6 +260,30 @@ fn a_guest_that_went_down_behind_the_agents_back_is_known_as_such_until_started_
     assert!(matches!(e[0].action, Action::Define { version: 6, .. }), "{e:?}");
     r.step(Input::Observed(vec![obs("g1", Some((64, Some(5))), VmState::ShutOff)]));
     assert!(r.went_down(&n("g1")));
+}
+
+#[test]
+fn what_the_migration_worker_hands_back_is_read_again_before_it_is_restarted() {
+    // The target of a move: the guest arrived paused (QEMU's -S) while the worker held it, and
+    // the worker resumed it just before the migration completed. The last observation still
+    // says paused; restarting from it would throw away the guest's memory.
+    let (mut r, e) = fresh(
+        vec![guest("g1", "h2", RunState::Running, 32, 5)],
+        vec![obs("g1", Some((32, Some(5))), VmState::ShutOff)],
+    );
+    assert!(e.is_empty(), "{e:?}");
+    r.step(Input::Migrating { name: n("g1"), in_flight: true });
+    assert!(r.step(Input::Observed(vec![obs("g1", Some((32, Some(5))), VmState::Paused("paused".into()))])).is_empty());
+    let e = r.step(Input::Guest { guest: guest("g1", "h1", RunState::Running, 32, 6), token: tok(1, 6) });
+    assert_eq!(actions(&e), [("g1".into(), Action::Define { spec: spec(32), version: 6 })]);
+    assert!(done(&mut r, &e[0]).is_empty(), "the worker still holds it");
+    assert!(r.step(Input::Migrating { name: n("g1"), in_flight: false }).is_empty(), "decided on an older reading");
+    assert!(r.step(Input::Observed(vec![obs("g1", Some((32, Some(6))), VmState::Running)])).is_empty());
+    // Had it really been left paused, the next reading restarts it.
+    r.step(Input::Migrating { name: n("g1"), in_flight: true });
+    r.step(Input::Migrating { name: n("g1"), in_flight: false });
+    let e = r.step(Input::Observed(vec![obs("g1", Some((32, Some(6))), VmState::Paused("paused".into()))]));
+    assert_eq!(actions(&e), [("g1".into(), Action::Stop { hard: true })]);
 }
 
 #[test]

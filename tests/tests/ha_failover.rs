@@ -399,9 +399,16 @@ async fn wait_settled(cluster: &TestCluster, guest: &str, hosts: &[&str]) -> Str
 
 /// `failback_policy = automatic`: once its primary node is back, the guest moves home online,
 /// through a normal migration.
+///
+/// The agents renew their leases at the product's default interval (1 s): the leader readmits
+/// the returning host on a renewal it answers "failed", and requests the failback at once, so
+/// the host receives the guest during the second until its next renewal is answered, while
+/// its own reconciler still holds the lease lost. The move must wait for the lease, not have
+/// its arriving copy fenced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_failback_moves_the_guest_home_online_when_its_primary_node_returns() {
-    let (cluster, mut hosts) = ha_cluster(false, false).await;
+    let (cluster, mut hosts) =
+        ha_cluster_with(false, false, ClusterOpts { report_interval_ms: 1000, ..Default::default() }).await;
     let admin = cluster.admin(Duration::from_secs(60));
     create_vm(&admin, "vm1", "h1", 32, Some("p1")).await;
     let (code, _, err) = cluster.cli(
@@ -428,6 +435,10 @@ async fn automatic_failback_moves_the_guest_home_online_when_its_primary_node_re
     assert_eq!(m.phase, switchyard_protocol::Phase::Completed, "{m:?}");
     wait_runs_only_on(&cluster, "vm1", "h1").await;
     checker.finish();
+    assert!(
+        runs_in_received_process(&cluster, "h1", "vm1"),
+        "vm1 runs on h1 in the process the failback moved it into, not one started afresh after a fence"
+    );
     check_history(&history(&admin).await, true);
 }
 

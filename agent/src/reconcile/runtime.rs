@@ -80,6 +80,9 @@ pub struct Runtime {
     pub lease: watch::Receiver<Lease>,
     /// Whether a packaged guest runs or is to run here (what the watchdog guards).
     pub protects: watch::Sender<bool>,
+    /// The fence the reconciler acts on, published once it does: the migration worker receives
+    /// a packaged guest only while it is held, or the reconciler would fence the copy arriving.
+    pub fence: watch::Sender<Fence>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -244,6 +247,7 @@ impl Runtime {
             };
             let effects = r.step(input);
             self.protects.send_if_modified(|p| std::mem::replace(p, r.protects()) != *p);
+            self.fence.send_if_modified(|f| std::mem::replace(f, r.fence()) != *f);
             if repair {
                 // The report is the last reading of the hypervisor (what differed then, before
                 // the repairs it triggers), so a drift is visible for one interval at least.

@@ -55,6 +55,8 @@ pub struct ClusterOpts {
     pub stream_stall_timeout_ms: u64,
     /// The agents' `jump_after_revisions`.
     pub jump_after_revisions: u64,
+    /// The agents' `report_interval_ms` (each report renews the host's lease).
+    pub report_interval_ms: u64,
 }
 
 impl Default for ClusterOpts {
@@ -75,13 +77,14 @@ impl Default for ClusterOpts {
             streams_per_token_max: ApiConfig::default().streams_per_token_max,
             stream_stall_timeout_ms: ApiConfig::default().stream_stall_timeout_ms,
             jump_after_revisions: 10_000,
+            report_interval_ms: 200,
         }
     }
 }
 
 impl ClusterOpts {
     /// The test kit's settings: Raft timing slow enough for a loaded test machine (heartbeats
-    /// every 100 ms, elections after 0.5–1 s), agents reporting every 200 ms.
+    /// every 100 ms, elections after 0.5–1 s), agents reporting every 200 ms unless told.
     fn settings(&self) -> Settings {
         Settings {
             raft: RaftConfig {
@@ -108,7 +111,7 @@ impl ClusterOpts {
             ha: HaConfig { lease_ms: self.lease_ms, start_timeout_ms: self.start_timeout_ms, ..HaConfig::default() },
             sim_transfer_ms: self.sim_transfer_ms,
             sim_freeze_ms: 40,
-            report_interval_ms: 200,
+            report_interval_ms: self.report_interval_ms,
             hypervisor: self.hypervisor.clone(),
             reconcile_interval_ms: 300,
             qemu_bandwidth_kib: self.qemu_bandwidth_kib,

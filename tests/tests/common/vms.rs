@@ -75,6 +75,19 @@ pub fn observe(cluster: &Cluster, host: &str, guest: &str) -> Option<Observed> {
     hypervisor(cluster, host).observe().ok()?.into_iter().find(|o| o.name.as_str() == guest)
 }
 
+/// Whether `guest` runs on `host` in a QEMU process started to receive a live migration: the
+/// copy a move brought there, not one started afresh (which would have lost the guest's memory).
+pub fn runs_in_received_process(cluster: &Cluster, host: &str, guest: &str) -> bool {
+    let dir = cluster.qemu_dir(host).join(guest);
+    let Some(pid) = std::fs::read_to_string(dir.join("qemu.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    observe(cluster, host, guest).is_some_and(|o| o.state == VmState::Running)
+        && args.split(|b| *b == 0).any(|a| a == b"-incoming")
+}
+
 /// Waits until `host`'s hypervisor holds `guest` in a way `ok` accepts.
 pub async fn wait_vm(
     cluster: &Cluster,
