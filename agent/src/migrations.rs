@@ -489,13 +489,6 @@ impl Worker {
         false
     }
 
-    /// A host's address, as of `since` (the commit that ordered a transfer, or ended the
-    /// migration a guest goes back from) or later. Any coordinator that has applied that commit
-    /// can answer (a stale read checked against the revision), so a transfer ordered just before
-    /// the leader died starts while the cluster elects the next one, instead of waiting for a
-    /// leader to serve a linearizable read. Both reads give an address at or after the commit;
-    /// neither can rule out a change right after it, which the fencing token, not the address,
-    /// guards against.
     /// Whether this host may get ready to receive migration `id`'s guest now. A packaged guest
     /// only while the reconciler holds this host's lease: with the lease lost it stops every
     /// packaged copy here (self-fencing), the one arriving included, and with no renewal
@@ -516,6 +509,13 @@ impl Worker {
         false
     }
 
+    /// A host's address, as of `since` (the commit that ordered a transfer, or ended the
+    /// migration a guest goes back from) or later. Any coordinator that has applied that commit
+    /// can answer (a stale read checked against the revision), so a transfer ordered just before
+    /// the leader died starts while the cluster elects the next one, instead of waiting for a
+    /// leader to serve a linearizable read. Both reads give an address at or after the commit;
+    /// neither can rule out a change right after it, which the fencing token, not the address,
+    /// guards against.
     async fn host_address(&self, host: &Name, since: Revision) -> Result<String, ClientError> {
         let h: Read<HostView> = self.client.get_since(&format!("/v1/hosts/{host}"), since).await?;
         Ok(h.items.host.spec.address)
@@ -641,6 +641,9 @@ impl Worker {
             }
             _ => {}
         }
+        if !self.may_receive(id) {
+            return false;
+        }
         let address = match self.host_address(&self.host, m.current().revision).await {
             Ok(a) => a,
             Err(e) => {
@@ -648,9 +651,6 @@ impl Worker {
                 return false;
             }
         };
-        if !self.may_receive(id) {
-            return false;
-        }
         let back = transfer_back(&m, address);
         let driver = self.driver.clone();
         match tokio::task::spawn_blocking(move || driver.prepare_incoming(&back)).await {
