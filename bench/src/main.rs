@@ -56,8 +56,10 @@ pub struct Args {
     pub scale_hosts: usize,
     #[arg(long, default_value_t = 10_000_000)]
     pub scale_events: u64,
-    /// How the scale run's cluster gets its history: `seed` (`log seed` on every member, then
-    /// `log restore` commits the identity) or `import` (every event through Raft).
+    /// How the scale run's cluster gets its history: `seed` (one `log seed` for the three
+    /// members, which share this machine, then `log restore` commits the identity), `seed-each`
+    /// (a `log seed` per member at once, as on three machines) or `import` (every event through
+    /// Raft).
     #[arg(long, value_enum, default_value = "seed")]
     pub scale_restore: sut::RestoreBy,
     /// Moves of a real QEMU VM, through Switchyard and by QMP directly (the `vm` part).

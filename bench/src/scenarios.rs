@@ -12,7 +12,7 @@ use switchyard_protocol::{apply, ClusterState, Command, CompatProfile, GuestPatc
 use switchyard_protocol::{Proposal, RequestId, Resources, RunState, Timestamp};
 use switchyard_storage::export::{ExportHeader, ExportWriter, Format};
 
-use crate::sut::{cli_program, Sut, Switchyard, Timing};
+use crate::sut::{cli_program, RestoreBy, Sut, Switchyard, Timing};
 use crate::{Args, Report};
 
 /// Keys (guests) the write load spreads over: one per client.
@@ -859,20 +859,20 @@ pub async fn scale(args: &Args, dir: &Path, timing: Timing, report: &mut Report)
     match restored.seed {
         None => report.add(format!("scale: `log restore` of {shape}"), "events/s", true, "switchyard", rate),
         Some(seed) => {
+            let (how, seeds) = match how {
+                RestoreBy::SeedEach => {
+                    ("a `log seed` per member, at once", "the 3 members' `log seed` (at once, 2 cores)")
+                }
+                _ => ("one `log seed` for the 3 members", "the 3 members' `log seed` (one read, tables hard-linked)"),
+            };
             report.add(
-                format!("scale: restore of {shape} (`log seed` on 3 members at once, start, `log restore`)"),
+                format!("scale: restore of {shape} ({how}, start, `log restore`)"),
                 "events/s",
                 true,
                 "switchyard",
                 rate,
             );
-            report.add(
-                "scale: the 3 members' `log seed` (at once, 2 cores)",
-                "s",
-                false,
-                "switchyard",
-                seed.as_secs_f64(),
-            );
+            report.add(format!("scale: {seeds}"), "s", false, "switchyard", seed.as_secs_f64());
         }
     }
     let mut sut = Sut::Switchyard(Box::new(sw));

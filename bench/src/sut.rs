@@ -327,8 +327,12 @@ pub struct Switchyard {
 /// How [`Switchyard::restored`] brings an export's history into a new cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RestoreBy {
-    /// `log seed` on every member's directory, start, then `log restore` commits the identity.
+    /// One `log seed` for the three members' directories (they share this machine: one read
+    /// of the export, table files hard-linked), start, then `log restore` commits the identity.
     Seed,
+    /// A `log seed` per member, all at once, as on three machines (here they share the cores),
+    /// start, then `log restore`.
+    SeedEach,
     /// `cluster init --for-restore`, then `log restore` pushes every event through Raft.
     Import,
 }
@@ -408,22 +412,33 @@ impl Switchyard {
                 cluster.start_nodes()?;
                 cluster.bootstrap_for_restore().await?;
             }
-            RestoreBy::Seed => {
-                // Every member's directory at once, as on three machines (here they share two
-                // cores).
+            RestoreBy::Seed | RestoreBy::SeedEach => {
                 let members: Vec<String> = (1..=3)
                     .map(|id| format!("{id}={},{}", cluster.node(id).raft_addr, cluster.node(id).api_addr))
                     .collect();
-                let mut children = Vec::new();
-                for id in 1..=3u64 {
-                    let data = cluster.data_dir(id);
-                    let id = id.to_string();
-                    let os = std::ffi::OsStr::new;
-                    let mut args = vec![os("log"), os("seed"), export.as_os_str()];
-                    args.extend([os("--data-dir"), data.as_os_str(), os("--node-id"), os(&id)]);
+                let os = std::ffi::OsStr::new;
+                let seed_args = |id: u64, data: &Path, also: &[String]| {
+                    let mut args = vec![os("log").to_owned(), os("seed").to_owned(), export.as_os_str().to_owned()];
+                    args.extend([os("--data-dir").to_owned(), data.as_os_str().to_owned()]);
+                    args.extend([os("--node-id").to_owned(), id.to_string().into()]);
                     for m in &members {
-                        args.extend([os("--member"), os(m)]);
+                        args.extend([os("--member").to_owned(), m.into()]);
                     }
+                    for a in also {
+                        args.extend([os("--also").to_owned(), a.into()]);
+                    }
+                    args
+                };
+                let runs: Vec<Vec<std::ffi::OsString>> = if how == RestoreBy::Seed {
+                    let also: Vec<String> =
+                        [2u64, 3].iter().map(|id| format!("{id}={}", cluster.data_dir(*id).display())).collect();
+                    vec![seed_args(1, &cluster.data_dir(1), &also)]
+                } else {
+                    (1..=3u64).map(|id| seed_args(id, &cluster.data_dir(id), &[])).collect()
+                };
+                let mut children = Vec::new();
+                for args in &runs {
+                    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
                     let child = cli(&args)?
                         .stdout(Stdio::null())
                         .stderr(Stdio::piped())

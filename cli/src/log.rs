@@ -90,6 +90,10 @@ pub enum Verb {
         /// on every member).
         #[arg(long = "member", required = true)]
         members: Vec<String>,
+        /// ID=DIR: another member whose directory is on this machine, seeded from the same read
+        /// of the export (its table files hard links to the first directory's); repeat for each.
+        #[arg(long = "also", value_name = "ID=DIR")]
+        also: Vec<String>,
     },
 }
 
@@ -143,7 +147,7 @@ pub async fn run(ctx: &Ctx, v: Verb) -> Out {
             replay(c, json, &source, Until { revision: until, time: until_time }, digest, diff).await
         }
         Verb::Restore { file } => restore(c, json, &file).await,
-        Verb::Seed { file, data_dir, node_id, members } => seed(json, &file, &data_dir, node_id, &members),
+        Verb::Seed { file, data_dir, node_id, members, also } => seed(json, &file, &data_dir, node_id, &members, &also),
     }
 }
 
@@ -431,15 +435,27 @@ fn differences(replayed: &FullState, live: &FullState) -> Vec<String> {
     d
 }
 
-/// `log seed FILE --data-dir DIR --node-id N --member …`: builds a member's directory offline
-/// (`switchyard_storage::seed`).
-fn seed(json: bool, file: &Path, data_dir: &Path, node_id: u64, members: &[String]) -> Out {
+/// `log seed FILE --data-dir DIR --node-id N --member … [--also ID=DIR …]`: builds members'
+/// directories offline (`switchyard_storage::seed`).
+fn seed(json: bool, file: &Path, data_dir: &Path, node_id: u64, members: &[String], also: &[String]) -> Out {
     let members = members
         .iter()
         .map(|m| {
             crate::cluster::parse_member(m).map(|m| (m.id, NodeInfo { raft_addr: m.raft_addr, api_addr: m.api_addr }))
         })
         .collect::<Result<BTreeMap<_, _>, _>>()?;
+    let mut targets = vec![(node_id, data_dir.to_path_buf())];
+    for a in also {
+        let parsed = a.split_once('=').and_then(|(id, dir)| Some((id.trim().parse::<u64>().ok()?, dir)));
+        match parsed {
+            Some((id, dir)) if !dir.is_empty() => targets.push((id, PathBuf::from(dir))),
+            _ => {
+                return Err(CliError::Usage(format!(
+                    "--also {a:?}: expected ID=DIR, e.g. --also 2=/var/lib/switchyard-2"
+                )))
+            }
+        }
+    }
     if file.is_dir() {
         return Err(CliError::Usage(format!("{} is a directory: seed takes an export file", file.display())));
     }
@@ -448,9 +464,7 @@ fn seed(json: bool, file: &Path, data_dir: &Path, node_id: u64, members: &[Strin
     let p = Progress::new("seed", "MiB", Some(size));
     let started = std::time::Instant::now();
     let seeded =
-        switchyard_storage::seed::seed(data_dir, node_id, members, BufReader::with_capacity(1 << 20, f), |b| {
-            p.tick(b >> 20)
-        });
+        switchyard_storage::seed::seed(&targets, members, BufReader::with_capacity(1 << 20, f), |b| p.tick(b >> 20));
     p.done();
     let seeded = match seeded {
         Ok(s) => s,
@@ -463,16 +477,20 @@ fn seed(json: bool, file: &Path, data_dir: &Path, node_id: u64, members: &[Strin
     let took = started.elapsed();
     let digest = FullState::of(&seeded.state).digest();
     Ok(if json {
+        let seeded_dirs: Vec<_> =
+            targets.iter().map(|(id, dir)| serde_json::json!({"node_id": id, "data_dir": dir})).collect();
         to_json(&serde_json::json!({
-            "data_dir": data_dir, "node_id": node_id, "cluster": seeded.header.cluster,
+            "data_dir": data_dir, "node_id": node_id, "seeded": seeded_dirs, "cluster": seeded.header.cluster,
             "revision": seeded.revision, "chain": seeded.chain, "digest": digest, "ms": took.as_millis() as u64,
         }))
     } else {
+        let whose: Vec<String> =
+            targets.iter().map(|(id, dir)| format!("node {id}'s data directory {}", dir.display())).collect();
         format!(
-            "seeded node {node_id}'s data directory {} with revisions 1..={} of {} (cluster {}) in {:.1} s\n\
+            "seeded {} with revisions 1..={} of {} (cluster {}) in {:.1} s\n\
              configuration digest {digest}, chain {}\n\
              next: start every member, then `switchyard log restore {}` commits the new cluster id\n",
-            data_dir.display(),
+            whose.join(", "),
             seeded.revision,
             file.display(),
             seeded.header.cluster.as_ref().map_or("without id".into(), |c| c.to_string()),

@@ -318,6 +318,23 @@ impl DataDir {
         self.opts.get_ticker_count(rocksdb::statistics::Ticker::WalFileSynced)
     }
 
+    /// Writes a copy of this database into `target/db` as the directory of node `node_id`: a
+    /// RocksDB checkpoint (every memtable flushed first; table files hard-linked where the file
+    /// system allows, copied otherwise; the rest copied and synced), then stamped with its own
+    /// node id. Only the database: what else the directory holds is the caller's to copy.
+    pub(crate) fn checkpoint_as(&self, target: &Path, node_id: u64) -> Result<(), StoreError> {
+        std::fs::create_dir_all(target).map_err(|e| StoreError::io(format!("create {}", target.display()), e))?;
+        rocksdb::checkpoint::Checkpoint::new(&self.db).and_then(|c| c.create_checkpoint(target.join("db"))).map_err(
+            |e| {
+                StoreError::rocks(format!("write a checkpoint of {} into {}", self.path.display(), target.display()), e)
+            },
+        )?;
+        let copy = DataDir::open(target, self.node_id)?;
+        let mut b = WriteBatch::default();
+        b.put_cf(copy.cf(cf::META), key::NODE_ID, codec::seal(RecordKind::NodeId, &node_id));
+        copy.write(b, true, "stamp the copy's node id")
+    }
+
     pub(crate) fn snapshot_dir(&self) -> PathBuf {
         self.path.join("snapshots")
     }

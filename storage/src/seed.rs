@@ -68,48 +68,72 @@ pub struct Seeded {
     pub state: ClusterState,
 }
 
-/// Builds the data directory of member `node_id` at `data_dir` (absent or empty) from the export
-/// read from `input`, for a cluster of `members` (which must hold `node_id`). `progress` is
-/// called with the bytes read so far.
+/// Builds the data directory of every member in `targets` (node id, directory: absent or empty)
+/// from the export read from `input`, for a cluster of `members` (which must hold every target's
+/// node id). `progress` is called with the bytes read so far.
+///
+/// The export is read and folded once, into the first target; each further target (members
+/// that share one machine) is a RocksDB checkpoint of it, whose table files are hard links
+/// where the file system allows (copies otherwise), stamped with its own node id. Table files
+/// are never changed once written, so sharing them is safe, as between a checkpoint and its
+/// database: each member's compactions write new files and drop only its own links.
 pub fn seed(
-    data_dir: &Path,
-    node_id: NodeId,
+    targets: &[(NodeId, PathBuf)],
     members: BTreeMap<NodeId, NodeInfo>,
     input: impl BufRead + Send,
     progress: impl FnMut(u64),
 ) -> Result<Seeded, SeedError> {
-    if !members.contains_key(&node_id) {
-        return Err(SeedError::Refused(format!(
-            "node {node_id} is not among the members {:?}: every member's directory is seeded with the same member list",
-            members.keys().collect::<Vec<_>>()
-        )));
+    let Some(((first_id, _), _)) = targets.split_first() else {
+        return Err(SeedError::Refused("no member's directory to seed".into()));
+    };
+    let mut building = Vec::with_capacity(targets.len());
+    for (i, (node_id, data_dir)) in targets.iter().enumerate() {
+        if !members.contains_key(node_id) {
+            return Err(SeedError::Refused(format!(
+                "node {node_id} is not among the members {:?}: every member's directory is seeded with the same member list",
+                members.keys().collect::<Vec<_>>()
+            )));
+        }
+        if let Some((other, _)) = targets[..i].iter().find(|(id, dir)| id == node_id || dir == data_dir) {
+            return Err(SeedError::Refused(format!(
+                "node {node_id} at {} and node {other} name the same member or the same directory",
+                data_dir.display()
+            )));
+        }
+        if std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
+            return Err(SeedError::Refused(format!(
+                "{} is not empty: a seed builds a brand-new member's directory (move the old one away first)",
+                data_dir.display()
+            )));
+        }
+        let path = building_path(data_dir)?;
+        if path.exists() {
+            // What an interrupted seed left: never pointed at, so never used.
+            std::fs::remove_dir_all(&path)
+                .map_err(|e| StoreError::io(format!("remove the unfinished seed {}", path.display()), e))?;
+        }
+        building.push(path);
     }
-    if std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
-        return Err(SeedError::Refused(format!(
-            "{} is not empty: a seed builds a brand-new member's directory (move the old one away first)",
-            data_dir.display()
-        )));
-    }
-    let building = building_path(data_dir)?;
-    if building.exists() {
-        // What an interrupted seed left: never pointed at, so never used.
-        std::fs::remove_dir_all(&building)
-            .map_err(|e| StoreError::io(format!("remove the unfinished seed {}", building.display()), e))?;
-    }
-    let built = build(&building, node_id, members, input, progress);
+    let copies: Vec<(NodeId, &Path)> =
+        targets[1..].iter().map(|(id, _)| *id).zip(building[1..].iter().map(PathBuf::as_path)).collect();
+    let built = build(&building[0], *first_id, &copies, members, input, progress);
     let seeded = match built {
         Ok(s) => s,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&building);
+            for path in &building {
+                let _ = std::fs::remove_dir_all(path);
+            }
             return Err(e);
         }
     };
-    if data_dir.exists() {
-        std::fs::remove_dir(data_dir).map_err(|e| StoreError::io(format!("replace {}", data_dir.display()), e))?;
+    for ((_, data_dir), path) in targets.iter().zip(&building) {
+        if data_dir.exists() {
+            std::fs::remove_dir(data_dir).map_err(|e| StoreError::io(format!("replace {}", data_dir.display()), e))?;
+        }
+        std::fs::rename(path, data_dir)
+            .map_err(|e| StoreError::io(format!("move the seeded directory into {}", data_dir.display()), e))?;
+        snapshot::sync_dir(data_dir.parent().unwrap_or(Path::new(".")))?;
     }
-    std::fs::rename(&building, data_dir)
-        .map_err(|e| StoreError::io(format!("move the seeded directory into {}", data_dir.display()), e))?;
-    snapshot::sync_dir(data_dir.parent().unwrap_or(Path::new(".")))?;
     Ok(seeded)
 }
 
@@ -125,6 +149,7 @@ fn building_path(data_dir: &Path) -> Result<PathBuf, SeedError> {
 fn build(
     path: &Path,
     node_id: NodeId,
+    copies: &[(NodeId, &Path)],
     members: BTreeMap<NodeId, NodeInfo>,
     input: impl BufRead + Send,
     progress: impl FnMut(u64),
@@ -202,8 +227,30 @@ fn build(
     // gets this as a snapshot fetches it from its peers.
     write_snapshot_file(&dir, &dir.snapshot_dir().join(&file), meta.clone(), &state, revision + 1)?;
     commit_seed(&dir, &meta, &file, &state)?;
+    for (copy_id, copy) in copies {
+        copy_member(&dir, copy, *copy_id)?;
+    }
     drop(dir);
     Ok(Seeded { header, revision, chain, state })
+}
+
+/// Makes `target` the directory of member `node_id`, holding what `dir` holds: its database as
+/// a checkpoint and its snapshot files (the seed's), linked or copied.
+fn copy_member(dir: &DataDir, target: &Path, node_id: NodeId) -> Result<(), StoreError> {
+    dir.checkpoint_as(target, node_id)?;
+    let (from, to) = (dir.snapshot_dir(), target.join("snapshots"));
+    std::fs::create_dir_all(&to).map_err(|e| StoreError::io(format!("create {}", to.display()), e))?;
+    let entries = std::fs::read_dir(&from).map_err(|e| StoreError::io(format!("list {}", from.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(format!("list {}", from.display()), e))?;
+        let dest = to.join(entry.file_name());
+        if std::fs::hard_link(entry.path(), &dest).is_err() {
+            std::fs::copy(entry.path(), &dest)
+                .and_then(|_| std::fs::File::open(&dest)?.sync_all())
+                .map_err(|e| StoreError::io(format!("copy {} to {}", entry.path().display(), dest.display()), e))?;
+        }
+    }
+    snapshot::sync_dir(&to)
 }
 
 /// The events column family written as table files, outside the database, then ingested.

@@ -55,7 +55,7 @@ async fn a_seeded_directory_holds_what_imports_would_have_written_and_hands_it_o
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("n1");
     let file = export(&events, Format::Binary);
-    let seeded = seed(&path, 1, members(), &file[..], |_| {}).unwrap();
+    let seeded = seed(&[(1, path.clone())], members(), &file[..], |_| {}).unwrap();
     let last = events.len() as u64;
     assert_eq!(seeded.revision, last);
     let ends = {
@@ -110,7 +110,7 @@ async fn a_seeded_directory_holds_what_imports_would_have_written_and_hands_it_o
 
     // A JSON-lines export seeds the same directory.
     let json = tmp.path().join("n2");
-    let again = seed(&json, 2, members(), &export(&events, Format::JsonLines)[..], |_| {}).unwrap();
+    let again = seed(&[(2, json.clone())], members(), &export(&events, Format::JsonLines)[..], |_| {}).unwrap();
     assert_eq!(again.chain, seeded.chain);
 }
 
@@ -122,30 +122,99 @@ fn bad_input_seeds_nothing() {
     let mut file = export(&events, Format::Binary);
     let mid = file.len() / 2;
     file[mid] ^= 0x10;
-    let e = seed(&path, 1, members(), &file[..], |_| {}).unwrap_err();
+    let e = seed(&[(1, path.clone())], members(), &file[..], |_| {}).unwrap_err();
     assert!(matches!(&e, SeedError::Damaged(p) if !p.is_empty()), "{e}");
     assert!(!path.exists() && !tmp.path().join(".n1.seeding").exists(), "nothing is left behind");
 
     let cut = export(&events, Format::Binary);
-    let e = seed(&path, 1, members(), &cut[..cut.len() - 10], |_| {}).unwrap_err();
+    let e = seed(&[(1, path.clone())], members(), &cut[..cut.len() - 10], |_| {}).unwrap_err();
     assert!(matches!(&e, SeedError::Damaged(_)), "{e}");
     assert!(!path.exists());
 
     let good = export(&events, Format::Binary);
-    let e = seed(&path, 4, members(), &good[..], |_| {}).unwrap_err();
+    let e = seed(&[(4, path.clone())], members(), &good[..], |_| {}).unwrap_err();
     assert!(e.to_string().contains("not among the members"), "{e}");
     assert!(!path.exists());
 
     std::fs::create_dir_all(&path).unwrap();
     std::fs::write(path.join("keep"), b"operator's file").unwrap();
-    let e = seed(&path, 1, members(), &good[..], |_| {}).unwrap_err();
+    let e = seed(&[(1, path.clone())], members(), &good[..], |_| {}).unwrap_err();
     assert!(e.to_string().contains("is not empty"), "{e}");
     assert_eq!(std::fs::read(path.join("keep")).unwrap(), b"operator's file");
 
     // An empty directory is fine (a mount point, say).
     std::fs::remove_file(path.join("keep")).unwrap();
-    seed(&path, 1, members(), &good[..], |_| {}).unwrap();
+    seed(&[(1, path.clone())], members(), &good[..], |_| {}).unwrap();
     assert!(switchyard_storage::holds_data(&path));
+}
+
+/// Members on one machine: one read of the export seeds every directory given; each is its own
+/// member (its node id, its own database and snapshot files), they share the table files (hard
+/// links, never written again). A refused target seeds none.
+#[tokio::test]
+async fn members_on_one_machine_are_seeded_from_one_read_and_share_the_table_files() {
+    let (want, events) = history();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<(u64, std::path::PathBuf)> = (1..=3).map(|id| (id, tmp.path().join(format!("n{id}")))).collect();
+    let file = export(&events, Format::Binary);
+
+    // A refused target anywhere in the list: no directory is written.
+    std::fs::create_dir_all(&dirs[2].1).unwrap();
+    std::fs::write(dirs[2].1.join("keep"), b"x").unwrap();
+    let e = seed(&dirs, members(), &file[..], |_| {}).unwrap_err();
+    assert!(e.to_string().contains("is not empty"), "{e}");
+    assert!(!dirs[0].1.exists() && !dirs[1].1.exists());
+    std::fs::remove_dir_all(&dirs[2].1).unwrap();
+    let twice = [dirs[0].clone(), (2, dirs[0].1.clone())];
+    let e = seed(&twice, members(), &file[..], |_| {}).unwrap_err();
+    assert!(e.to_string().contains("the same member or the same directory"), "{e}");
+    let mut damaged = file.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x10;
+    let e = seed(&dirs, members(), &damaged[..], |_| {}).unwrap_err();
+    assert!(matches!(&e, SeedError::Damaged(_)), "{e}");
+    assert!(dirs.iter().all(|(_, d)| !d.exists()), "a damaged export seeds no directory");
+
+    let seeded = seed(&dirs, members(), &file[..], |_| {}).unwrap();
+    assert!(std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().ends_with(".seeding")));
+    let tables = |dir: &std::path::Path| -> BTreeMap<String, (u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(dir.join("db"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".sst"))
+            .map(|e| {
+                let m = e.metadata().unwrap();
+                (e.file_name().to_string_lossy().into_owned(), (m.ino(), m.nlink()))
+            })
+            .collect()
+    };
+    let first = tables(&dirs[0].1);
+    assert!(!first.is_empty());
+    for (_, dir) in &dirs[1..] {
+        let t = tables(dir);
+        assert_eq!(t.keys().collect::<Vec<_>>(), first.keys().collect::<Vec<_>>(), "the same table files");
+        assert!(t.iter().all(|(name, (ino, links))| first[name].0 == *ino && *links == 3), "hard links: {t:?}");
+    }
+    for (id, dir) in &dirs {
+        let wrong = if *id == 1 { 2 } else { 1 };
+        let e = switchyard_storage::open(dir, wrong).map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains(&format!("belongs to node {id}")), "{e}");
+        let (_, mut sm) = switchyard_storage::open(dir, *id).unwrap();
+        let progress = sm.read(|s| s.importing().cloned()).expect("the restore in progress");
+        assert_eq!((progress.through_revision, &progress.chain), (events.len() as u64, &seeded.chain));
+        let mut plain = sm.read(|s| s.clone());
+        let mut want = want.clone();
+        want.resume_import(progress.clone());
+        plain.resume_import(progress);
+        assert_eq!(plain, want, "node {id} holds the export's fold");
+        assert_eq!(sm.history().events_from(1, usize::MAX).unwrap(), events, "node {id}'s history");
+        let snap = sm.get_current_snapshot().await.unwrap().unwrap_or_else(|| panic!("node {id} holds no snapshot"));
+        assert_eq!(snap.meta.last_log_id, Some(LogId::new(CommittedLeaderId::default(), 0)));
+    }
 }
 
 /// Before the restore in progress was stored beside the applied state, a coordinator that
