@@ -832,7 +832,42 @@ impl Drop for Cluster {
         }
         self.kill_all();
         self.kill_vms();
+        // A failing test shows what its processes said last: the folder (with the whole logs)
+        // is removed right after, unless SWITCHYARD_KEEP_TEST_DIRS is set.
+        if std::thread::panicking() {
+            eprint!("{}", log_tails(&self.dir, LOG_TAIL_LINES));
+        }
     }
+}
+
+/// How many of each process's last log lines a failing test prints.
+const LOG_TAIL_LINES: usize = 30;
+
+/// The last `lines` lines of every process log in the cluster folder `dir` (each coordinator's
+/// and agent's folder, one level down), each under its file's name.
+pub fn log_tails(dir: &Path, lines: usize) -> String {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_dir(e.path()).ok())
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    let mut out = String::new();
+    for log in logs {
+        let text = std::fs::read(&log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("---- the last lines of {}\n", log.display()));
+        for line in &all[all.len().saturating_sub(lines)..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 impl AgentProc {
