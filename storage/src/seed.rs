@@ -22,7 +22,9 @@
 //! its state holds every invariant. The events, which the export holds in key order, are written
 //! as sorted table files and ingested whole into the bottom level ([`EventTables`]); the other
 //! rows skip RocksDB's write-ahead log (the directory is not in use) and are flushed to table
-//! files before the one synced batch that records the base.
+//! files before the one synced batch that records the base. Folding and writing overlap: the
+//! thread that folds the export encodes each event's rows into chunks, and a writing thread
+//! puts them into the table files and the database ([`write_chunks`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
@@ -30,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use openraft::{LogId, Membership};
 use rocksdb::{Options, SstFileWriter, WriteBatch};
-use switchyard_protocol::{ClusterState, ImportProgress, Revision};
+use switchyard_protocol::{ClusterState, Event, ImportProgress, Migration, Revision};
 
 use crate::db::{cf, cf_options, DataDir};
 use crate::error::StoreError;
@@ -40,8 +42,11 @@ use crate::snapshot;
 use crate::state_machine::{commit_seed, write_snapshot_file};
 use crate::types::{NodeId, NodeInfo, SnapshotMeta, StoredMembership};
 
-/// Events per unlogged write while seeding.
+/// Events per unlogged write while seeding (one chunk from the folding thread to the writing
+/// thread).
 const BATCH_EVENTS: u64 = 16_384;
+/// Chunks the folding thread may have ahead of the writing thread.
+const CHUNKS_IN_FLIGHT: usize = 4;
 /// Events per table file of the events column family (tens of MiB each).
 const EVENTS_PER_TABLE: u64 = 1 << 18;
 
@@ -132,9 +137,19 @@ pub fn seed(
         }
         std::fs::rename(path, data_dir)
             .map_err(|e| StoreError::io(format!("move the seeded directory into {}", data_dir.display()), e))?;
-        snapshot::sync_dir(data_dir.parent().unwrap_or(Path::new(".")))?;
+    }
+    // The renames are durable once each folder holding a target is synced (once, however many
+    // targets it holds).
+    let parents: BTreeSet<&Path> = targets.iter().map(|(_, d)| folder_of(d)).collect();
+    for parent in parents {
+        snapshot::sync_dir(parent)?;
     }
     Ok(seeded)
+}
+
+/// The folder that holds `path`: the current one for a bare name (whose `parent` is empty).
+fn folder_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// `.NAME.seeding` beside `data_dir`: on the same file system, so the final rename is atomic.
@@ -156,40 +171,42 @@ fn build(
 ) -> Result<Seeded, SeedError> {
     let dir = DataDir::open_for_bulk_load(path, node_id)?;
     let event_opts = cf_options(cf::EVENTS);
-    let mut tables = EventTables::new(&event_opts, path.join("ingest"), EVENTS_PER_TABLE)?;
-    let mut batch = WriteBatch::default();
-    let mut in_batch = 0u64;
-    let mut failed: Option<StoreError> = None;
-    let mut chain = [0u8; 64];
-    let report = export::read_export_with(input, Until::default(), progress, |event, stated, state| {
-        if failed.is_some() {
-            return;
-        }
-        let record = event.payload.migration().and_then(|id| state.migration(id));
-        let (k, v) = event_row(event);
-        if let Err(e) = tables.put(&k, &v) {
-            failed = Some(e);
-            return;
-        }
-        write_event_indexes(&dir, &mut batch, event, record);
-        chain = *stated;
-        in_batch += 1;
-        if in_batch == BATCH_EVENTS {
-            in_batch = 0;
-            if let Err(e) = dir.write_unlogged(std::mem::take(&mut batch), "write seeded events") {
-                failed = Some(e);
+    let tables = EventTables::new(&event_opts, path.join("ingest"), EVENTS_PER_TABLE)?;
+    // The folding thread encodes each event's rows into a chunk; a writing thread puts them
+    // into the table files and the database, and hands the emptied chunk back for reuse.
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Chunk>();
+    let (report, written) = std::thread::scope(|scope| {
+        let dir = &dir;
+        let writer = scope.spawn(move || write_chunks(dir, tables, full_rx, free_tx));
+        let mut chunk = Chunk::default();
+        let mut chain = [0u8; 64];
+        // Set once the writing thread stopped taking chunks (it failed: its error is joined).
+        let mut stopped = false;
+        let report = export::read_export_with(input, Until::default(), progress, |event, stated, state| {
+            if stopped {
+                return;
             }
+            let record = event.payload.migration().and_then(|id| state.migration(id));
+            chunk.push(dir, event, record);
+            chain = *stated;
+            if chunk.len() == BATCH_EVENTS {
+                let next = free_rx.try_recv().unwrap_or_default();
+                stopped = full_tx.send(std::mem::replace(&mut chunk, next)).is_err();
+            }
+        });
+        if !stopped && chunk.len() > 0 {
+            let _ = full_tx.send(chunk);
         }
-    })
-    .map_err(|e| StoreError::io("read the export", e))?;
+        drop(full_tx);
+        let written = writer.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (report.map(|r| (r, chain)), written)
+    });
+    let (report, chain) = report.map_err(|e| StoreError::io("read the export", e))?;
     if !report.problems.is_empty() {
         return Err(SeedError::Damaged(report.problems));
     }
-    if let Some(e) = failed {
-        return Err(e.into());
-    }
-    dir.write_unlogged(batch, "write seeded events")?;
-    tables.ingest_into(&dir)?;
+    written?.ingest_into(&dir)?;
     let header = report.header.clone().ok_or_else(|| SeedError::Refused("the export has no header".into()))?;
     if header.first_revision != 1 {
         return Err(SeedError::Refused(format!(
@@ -251,6 +268,56 @@ fn copy_member(dir: &DataDir, target: &Path, node_id: NodeId) -> Result<(), Stor
         }
     }
     snapshot::sync_dir(&to)
+}
+
+/// The rows of up to [`BATCH_EVENTS`] consecutive events: each event's own row (its key, its
+/// bytes end to end in `values`) and a write batch of its index rows.
+#[derive(Default)]
+struct Chunk {
+    keys: Vec<[u8; 8]>,
+    values: Vec<u8>,
+    /// Where each event's bytes end in `values`.
+    ends: Vec<usize>,
+    batch: WriteBatch,
+}
+
+impl Chunk {
+    fn push(&mut self, dir: &DataDir, event: &Event, migration: Option<&Migration>) {
+        let (k, v) = event_row(event);
+        self.keys.push(k);
+        self.values.extend_from_slice(&v);
+        self.ends.push(self.values.len());
+        write_event_indexes(dir, &mut self.batch, event, migration);
+    }
+
+    fn len(&self) -> u64 {
+        self.keys.len() as u64
+    }
+}
+
+/// The writing thread of a seed: puts every chunk's event rows into the table files and its
+/// index rows into the database, in the order the chunks come, and sends each chunk back
+/// emptied. Answers the table files to ingest once the chunks end; on an error it stops taking
+/// chunks, which the folding thread notices.
+fn write_chunks<'a>(
+    dir: &DataDir,
+    mut tables: EventTables<'a>,
+    full: std::sync::mpsc::Receiver<Chunk>,
+    free: std::sync::mpsc::Sender<Chunk>,
+) -> Result<EventTables<'a>, StoreError> {
+    for mut chunk in full {
+        let mut start = 0;
+        for (k, &end) in chunk.keys.iter().zip(&chunk.ends) {
+            tables.put(k, &chunk.values[start..end])?;
+            start = end;
+        }
+        dir.write_unlogged(std::mem::take(&mut chunk.batch), "write seeded events")?;
+        chunk.keys.clear();
+        chunk.values.clear();
+        chunk.ends.clear();
+        let _ = free.send(chunk);
+    }
+    Ok(tables)
 }
 
 /// The events column family written as table files, outside the database, then ingested.
@@ -318,6 +385,16 @@ impl<'a> EventTables<'a> {
 mod tests {
     use super::*;
     use crate::db::key;
+
+    /// A directory named relative to the current one (`--data-dir d1`) has its rename synced in
+    /// the current folder, not in the empty path.
+    #[test]
+    fn the_folder_of_a_bare_name_is_the_current_one() {
+        assert_eq!(folder_of(Path::new("d1")), Path::new("."));
+        assert_eq!(folder_of(Path::new("a/d1")), Path::new("a"));
+        assert_eq!(folder_of(Path::new("/srv/d1")), Path::new("/srv"));
+        assert_eq!(folder_of(Path::new("/")), Path::new("."));
+    }
 
     /// Rows written across several table files come back whole and in order once ingested,
     /// beside rows the family already held, and the files' folder is gone.
