@@ -270,28 +270,22 @@ fn copy_member(dir: &DataDir, target: &Path, node_id: NodeId) -> Result<(), Stor
     snapshot::sync_dir(&to)
 }
 
-/// The rows of up to [`BATCH_EVENTS`] consecutive events: each event's own row (its key, its
-/// bytes end to end in `values`) and a write batch of its index rows.
+/// The rows of up to [`BATCH_EVENTS`] consecutive events: each event's own row and a write
+/// batch of its index rows.
 #[derive(Default)]
 struct Chunk {
-    keys: Vec<[u8; 8]>,
-    values: Vec<u8>,
-    /// Where each event's bytes end in `values`.
-    ends: Vec<usize>,
+    rows: Vec<([u8; 8], Vec<u8>)>,
     batch: WriteBatch,
 }
 
 impl Chunk {
     fn push(&mut self, dir: &DataDir, event: &Event, migration: Option<&Migration>) {
-        let (k, v) = event_row(event);
-        self.keys.push(k);
-        self.values.extend_from_slice(&v);
-        self.ends.push(self.values.len());
+        self.rows.push(event_row(event));
         write_event_indexes(dir, &mut self.batch, event, migration);
     }
 
     fn len(&self) -> u64 {
-        self.keys.len() as u64
+        self.rows.len() as u64
     }
 }
 
@@ -306,15 +300,10 @@ fn write_chunks<'a>(
     free: std::sync::mpsc::Sender<Chunk>,
 ) -> Result<EventTables<'a>, StoreError> {
     for mut chunk in full {
-        let mut start = 0;
-        for (k, &end) in chunk.keys.iter().zip(&chunk.ends) {
-            tables.put(k, &chunk.values[start..end])?;
-            start = end;
+        for (k, v) in chunk.rows.drain(..) {
+            tables.put(&k, &v)?;
         }
         dir.write_unlogged(std::mem::take(&mut chunk.batch), "write seeded events")?;
-        chunk.keys.clear();
-        chunk.values.clear();
-        chunk.ends.clear();
         let _ = free.send(chunk);
     }
     Ok(tables)

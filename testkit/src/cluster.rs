@@ -845,7 +845,7 @@ const LOG_TAIL_LINES: usize = 30;
 
 /// The last `lines` lines of every process log in the cluster folder `dir` (each coordinator's
 /// and agent's folder, one level down), each under its file's name.
-pub fn log_tails(dir: &Path, lines: usize) -> String {
+fn log_tails(dir: &Path, lines: usize) -> String {
     let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
