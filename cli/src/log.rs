@@ -591,9 +591,10 @@ async fn restore(c: &Client, json: bool, file: &Path) -> Out {
             BufReader::with_capacity(1 << 20, f),
             Until::default(),
             |_| {},
-            |e, chain, _| {
+            |rec, _| {
+                let e = rec.event;
                 // Hex digits whenever the chain holds; a read with a broken chain imports nothing.
-                let chain = String::from_utf8_lossy(chain);
+                let chain = String::from_utf8_lossy(rec.chain);
                 if let Some((at, want)) = &resume_chain {
                     if e.revision == *at {
                         resumed_ok = chain.as_ref() == want.as_str();

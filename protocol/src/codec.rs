@@ -114,11 +114,19 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 pub fn seal<T: Serialize + ?Sized>(kind: RecordKind, value: &T) -> Vec<u8> {
     let payload = encode(value);
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    seal_encoded_into(&mut out, kind, &payload);
+    out
+}
+
+/// Appends to `out` the sealed record of `kind` whose payload is `encoded`: a value's
+/// [`encode`]d bytes, as another record held them (an export's event is stored as it was
+/// exported, without encoding it again). The bytes are taken as they are.
+pub fn seal_encoded_into(out: &mut Vec<u8>, kind: RecordKind, encoded: &[u8]) {
+    out.reserve(HEADER_LEN + encoded.len());
     out.push(FORMAT_VERSION);
     out.push(kind as u8);
-    out.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
-    out.extend_from_slice(&payload);
-    out
+    out.extend_from_slice(&crc32c::crc32c(encoded).to_be_bytes());
+    out.extend_from_slice(encoded);
 }
 
 /// Checks a sealed record's header and checksum and decodes its payload.
@@ -149,6 +157,18 @@ pub fn open_payload(kind: RecordKind, bytes: &[u8]) -> Result<&[u8], CodecError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record sealed from a value's encoded bytes is the record sealed from the value, and
+    /// appending leaves what the buffer held before.
+    #[test]
+    fn sealing_encoded_bytes_seals_the_value() {
+        let value = (42u64, "guest-7".to_string(), vec![1u8, 2, 3]);
+        let mut out = b"before".to_vec();
+        seal_encoded_into(&mut out, RecordKind::Event, &encode(&value));
+        assert_eq!(&out[..6], b"before");
+        assert_eq!(out[6..], seal(RecordKind::Event, &value));
+        assert_eq!(open::<(u64, String, Vec<u8>)>(RecordKind::Event, &out[6..]).unwrap(), value);
+    }
 
     /// Lengths on each side of the varint's width steps (one byte below 251, then 3 bytes).
     #[test]

@@ -67,10 +67,16 @@ pub(crate) mod key {
     /// `name \0 big-endian n`: names never contain NUL, so prefixes never collide.
     pub fn named(name: &str, n: u64) -> Vec<u8> {
         let mut k = Vec::with_capacity(name.len() + 9);
+        named_into(&mut k, name, n);
+        k
+    }
+
+    /// [`named`] written into `k` (cleared first), reusing its allocation.
+    pub fn named_into(k: &mut Vec<u8>, name: &str, n: u64) {
+        k.clear();
         k.extend_from_slice(name.as_bytes());
         k.push(0);
         k.extend_from_slice(&n.to_be_bytes());
-        k
     }
 
     pub fn name_prefix(name: &str) -> Vec<u8> {
@@ -148,9 +154,10 @@ impl DataDir {
 
     /// Opens a data directory that nothing else uses yet for one writer loading it in bulk (a
     /// seed): the memtables are plain vectors, sorted once when flushed, instead of skip lists
-    /// each row is inserted into in key order. The index rows arrive in no key order, and those
-    /// inserts were a third of a seed's time. Reads of unflushed rows are slow in this mode:
-    /// flush first. The next ordinary open uses the usual memtables.
+    /// each row is inserted into in key order. The migration records' index rows arrive in no
+    /// key order (the guest index, which once went this way too, is written as table files).
+    /// Reads of unflushed rows are slow in this mode: flush first. The next ordinary open uses
+    /// the usual memtables.
     pub(crate) fn open_for_bulk_load(path: &Path, node_id: u64) -> Result<DataDir, StoreError> {
         DataDir::open_with(path, node_id, true)
     }

@@ -256,12 +256,21 @@ impl Report {
 /// Reads and checks a whole export (binary or JSON lines, told apart by the magic), folding its
 /// events up to `until`. `progress` is called with the bytes read so far.
 pub fn read_export(input: impl BufRead + Send, until: Until, progress: impl FnMut(u64)) -> std::io::Result<Report> {
-    read_export_with(input, until, progress, |_, _, _| {})
+    read_export_with(input, until, progress, |_, _| {})
 }
 
-/// [`read_export`], handing every event record to `on_event` with its stated chain value (64
-/// lower-case hex digits when the chain holds) and the state folded so far (the event in it
-/// while no problem was found), in file order (what `log restore` imports and `log seed`
+/// One event record of an export as [`read_export_with`] hands it on.
+pub struct EventRecord<'a> {
+    pub event: &'a Event,
+    /// The event's encoded bytes (`codec::encode`): those the record holds in a binary export,
+    /// those the chain was checked over in either.
+    pub encoded: &'a [u8],
+    /// The chain value the record states: 64 lower-case hex digits when the chain holds.
+    pub chain: &'a [u8; 64],
+}
+
+/// [`read_export`], handing every event record to `on_event` ([`EventRecord`]) with the state
+/// folded so far (the event in it while no problem was found), in file order (what `log restore` imports and `log seed`
 /// stores; both act only if the whole read found no problem).
 ///
 /// Two threads share the work (the replay speed of SPEC §8 needs both cores): a reading thread
@@ -277,7 +286,7 @@ pub fn read_export_with(
     input: impl BufRead + Send,
     until: Until,
     mut progress: impl FnMut(u64),
-    mut on_event: impl FnMut(&Event, &[u8; 64], &ClusterState),
+    mut on_event: impl FnMut(EventRecord<'_>, &ClusterState),
 ) -> std::io::Result<Report> {
     let mut r = Report::default();
     let mut fold = Replay::default();
@@ -305,7 +314,7 @@ pub fn read_export_with(
                         }
                         r.header = Some(h.clone());
                     }
-                    Item::Event { event, stated, chain } => {
+                    Item::Event { event, encoded, stated, chain } => {
                         match chain {
                             Chain::NoHeader => {
                                 r.problem(location.to_string(), "event before any header");
@@ -321,7 +330,7 @@ pub fn read_export_with(
                             Chain::Holds => {}
                         }
                         r.event(&location, event, &until, &mut fold);
-                        on_event(event, stated, fold.state());
+                        on_event(EventRecord { event, encoded, chain: stated }, fold.state());
                     }
                     Item::Trailer { last_revision, count, chain } => {
                         trailer_seen = true;
@@ -481,6 +490,8 @@ enum Item {
     Header(ExportHeader),
     Event {
         event: Event,
+        /// The event's encoded bytes, as the chain covers them (a buffer reused like the event's).
+        encoded: Vec<u8>,
         /// The chain value the record states: 64 hex digits when well formed (a value of
         /// another length is cut or padded here, after the check found it broken).
         stated: [u8; 64],
@@ -515,14 +526,10 @@ impl ChainCheck {
         self.0 = Some(chain_start(h));
     }
 
-    /// `encoded`: the event's own bytes inside a binary record, when they could be found there
-    /// (otherwise the event is encoded again).
-    fn event(&mut self, event: &Event, encoded: Option<&[u8]>, stated: &[u8]) -> Chain {
+    /// `encoded`: the event's encoded bytes.
+    fn event(&mut self, encoded: &[u8], stated: &[u8]) -> Chain {
         let Some(prev) = self.0 else { return Chain::NoHeader };
-        let next = match encoded {
-            Some(bytes) => chain_next_encoded(&prev, bytes),
-            None => chain_next(&prev, event),
-        };
+        let next = chain_next_encoded(&prev, encoded);
         if stated == hex_digits(&next) {
             self.0 = Some(next);
             return Chain::Holds;
@@ -552,11 +559,12 @@ impl ChainCheck {
                 Item::Header(h)
             }
             ExportRecord::Event { event, chain: stated } => {
-                let chain = self.event(&event, None, stated.as_bytes());
+                let encoded = codec::encode(&*event);
+                let chain = self.event(&encoded, stated.as_bytes());
                 let mut fixed = [0u8; 64];
                 let n = stated.len().min(64);
                 fixed[..n].copy_from_slice(&stated.as_bytes()[..n]);
-                Item::Event { event: *event, stated: fixed, chain }
+                Item::Event { event: *event, encoded, stated: fixed, chain }
             }
             ExportRecord::Trailer { last_revision, count, chain: stated } => {
                 Item::Trailer { last_revision, count, chain: self.trailer(stated.as_bytes()) }
@@ -731,13 +739,15 @@ fn decode_frame(frame: &[u8], check: &mut ChainCheck, item: &mut Item) {
     let decoded = match item {
         Item::Event { event, .. } => codec::decode_event_into(encoded, event),
         _ => codec::decode::<Event>(encoded)
-            .map(|event| *item = Item::Event { event, stated: *stated, chain: Chain::NoHeader }),
+            .map(|event| *item = Item::Event { event, encoded: Vec::new(), stated: *stated, chain: Chain::NoHeader }),
     };
     if let Err(e) = decoded {
         *item = Item::Damaged(format!("record damaged: {e}"));
-    } else if let Item::Event { event, stated: s, chain } = item {
+    } else if let Item::Event { encoded: bytes, stated: s, chain, .. } = item {
+        bytes.clear();
+        bytes.extend_from_slice(encoded);
         *s = *stated;
-        *chain = check.event(event, Some(encoded), stated);
+        *chain = check.event(encoded, stated);
     }
 }
 
@@ -959,8 +969,8 @@ mod tests {
     }
 
     /// Longer than a few of the reader's batches (which go back and forth between its threads),
-    /// in both formats: every event reaches the caller in order with the chain value written
-    /// for it, and a changed chain value (under a valid checksum) is located.
+    /// in both formats: every event reaches the caller in order with its encoded bytes and the
+    /// chain value written for it, and a changed chain value (under a valid checksum) is located.
     #[test]
     fn a_long_export_reads_the_same_in_both_formats_and_a_changed_chain_value_is_located() {
         let n: u64 = 2 * BATCH as u64 + 500;
@@ -981,7 +991,10 @@ mod tests {
                 bytes,
                 until,
                 |_| {},
-                |e, chain, _| seen.push((e.revision, String::from_utf8(chain.to_vec()).unwrap())),
+                |rec, _| {
+                    assert_eq!(rec.encoded, codec::encode(rec.event), "the encoded bytes are the event's");
+                    seen.push((rec.event.revision, String::from_utf8(rec.chain.to_vec()).unwrap()))
+                },
             )
             .unwrap();
             (r, seen)

@@ -20,24 +20,27 @@
 //! Bad input changes nothing: the directory is built beside the target under a temporary name
 //! and renamed into place only when the whole export was read clean, started at revision 1 and
 //! its state holds every invariant. The events, which the export holds in key order, are written
-//! as sorted table files and ingested whole into the bottom level ([`EventTables`]); the other
-//! rows skip RocksDB's write-ahead log (the directory is not in use) and are flushed to table
-//! files before the one synced batch that records the base. Folding and writing overlap: the
-//! thread that folds the export encodes each event's rows into chunks, and a writing thread
-//! puts them into the table files and the database ([`write_chunks`]).
+//! as sorted table files and ingested whole into the bottom level ([`TableFiles`]), each event's
+//! row sealed from the very bytes the export holds (and its chain covers) rather than encoded
+//! again; the guest index is gathered per guest and written as sorted table files too
+//! ([`GuestIndex`]); the migration records skip RocksDB's write-ahead log (the directory is not
+//! in use) and are flushed to table files before the one synced batch that records the base.
+//! Folding and writing overlap: the thread that folds the export seals each event's rows into
+//! chunks, and a writing thread puts them into the table files and the database
+//! ([`write_chunks`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use openraft::{LogId, Membership};
 use rocksdb::{Options, SstFileWriter, WriteBatch};
-use switchyard_protocol::{ClusterState, Event, ImportProgress, Migration, Revision};
+use switchyard_protocol::{ClusterState, ImportProgress, Migration, Revision};
 
 use crate::db::{cf, cf_options, DataDir};
 use crate::error::StoreError;
-use crate::export::{self, ExportHeader, Problem, Until};
-use crate::history::{event_row, write_event_indexes};
+use crate::export::{self, EventRecord, ExportHeader, Problem, Until};
+use crate::history::{event_key, event_value_encoded_into, guest_event_key_into, write_migration};
 use crate::snapshot;
 use crate::state_machine::{commit_seed, write_snapshot_file};
 use crate::types::{NodeId, NodeInfo, SnapshotMeta, StoredMembership};
@@ -49,6 +52,9 @@ const BATCH_EVENTS: u64 = 16_384;
 const CHUNKS_IN_FLIGHT: usize = 4;
 /// Events per table file of the events column family (tens of MiB each).
 const EVENTS_PER_TABLE: u64 = 1 << 18;
+/// Guest index rows gathered before they are written as one table file ([`GuestIndex`]): about
+/// 32 MiB of revisions, and a table file per 4 M events at most.
+const GUEST_ROWS_PER_RUN: u64 = 1 << 22;
 
 /// Why a seed was refused; nothing was written at the target in any case.
 #[derive(Debug, thiserror::Error)]
@@ -170,10 +176,15 @@ fn build(
     progress: impl FnMut(u64),
 ) -> Result<Seeded, SeedError> {
     let dir = DataDir::open_for_bulk_load(path, node_id)?;
-    let event_opts = cf_options(cf::EVENTS);
-    let tables = EventTables::new(&event_opts, path.join("ingest"), EVENTS_PER_TABLE)?;
-    // The folding thread encodes each event's rows into a chunk; a writing thread puts them
-    // into the table files and the database, and hands the emptied chunk back for reuse.
+    let (event_opts, index_opts) = (cf_options(cf::EVENTS), cf_options(cf::GUEST_EVENTS));
+    let folder = path.join("ingest");
+    std::fs::create_dir_all(&folder).map_err(|e| StoreError::io(format!("create {}", folder.display()), e))?;
+    let tables = (
+        TableFiles::new(&event_opts, folder.clone(), cf::EVENTS, EVENTS_PER_TABLE),
+        GuestIndex::new(&index_opts, folder.clone(), GUEST_ROWS_PER_RUN),
+    );
+    // The folding thread seals each event's rows into a chunk; a writing thread puts them into
+    // the table files and the database, and hands the emptied chunk back for reuse.
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
     let (free_tx, free_rx) = std::sync::mpsc::channel::<Chunk>();
     let (report, written) = std::thread::scope(|scope| {
@@ -183,13 +194,13 @@ fn build(
         let mut chain = [0u8; 64];
         // Set once the writing thread stopped taking chunks (it failed: its error is joined).
         let mut stopped = false;
-        let report = export::read_export_with(input, Until::default(), progress, |event, stated, state| {
+        let report = export::read_export_with(input, Until::default(), progress, |record, state| {
             if stopped {
                 return;
             }
-            let record = event.payload.migration().and_then(|id| state.migration(id));
-            chunk.push(dir, event, record);
-            chain = *stated;
+            let migration = record.event.payload.migration().and_then(|id| state.migration(id));
+            chunk.push(dir, &record, migration);
+            chain = *record.chain;
             if chunk.len() == BATCH_EVENTS {
                 let next = free_rx.try_recv().unwrap_or_default();
                 stopped = full_tx.send(std::mem::replace(&mut chunk, next)).is_err();
@@ -206,7 +217,10 @@ fn build(
     if !report.problems.is_empty() {
         return Err(SeedError::Damaged(report.problems));
     }
-    written?.ingest_into(&dir)?;
+    let (events, index) = written?;
+    events.ingest_into(&dir, cf::EVENTS, false)?;
+    index.ingest_into(&dir)?;
+    std::fs::remove_dir_all(&folder).map_err(|e| StoreError::io(format!("remove {}", folder.display()), e))?;
     let header = report.header.clone().ok_or_else(|| SeedError::Refused("the export has no header".into()))?;
     if header.first_revision != 1 {
         return Err(SeedError::Refused(format!(
@@ -270,55 +284,91 @@ fn copy_member(dir: &DataDir, target: &Path, node_id: NodeId) -> Result<(), Stor
     snapshot::sync_dir(&to)
 }
 
-/// The rows of up to [`BATCH_EVENTS`] consecutive events: each event's own row and a write
-/// batch of its index rows.
+/// The rows of up to [`BATCH_EVENTS`] consecutive events: each event's own row, its guest
+/// index entry, and a write batch of the migration records the events changed.
 #[derive(Default)]
 struct Chunk {
-    rows: Vec<([u8; 8], Vec<u8>)>,
-    batch: WriteBatch,
+    /// Each event's revision and where its row's value ends in `values`.
+    events: Vec<(Revision, usize)>,
+    /// The events' sealed rows, one after the other.
+    values: Vec<u8>,
+    /// The guest of each event that concerns one, each name followed by a NUL (names never
+    /// hold one), and that event's revision in `guest_revisions`: one buffer, not a string per
+    /// event.
+    guests: String,
+    guest_revisions: Vec<Revision>,
+    migrations: WriteBatch,
 }
 
 impl Chunk {
-    fn push(&mut self, dir: &DataDir, event: &Event, migration: Option<&Migration>) {
-        self.rows.push(event_row(event));
-        write_event_indexes(dir, &mut self.batch, event, migration);
+    fn push(&mut self, dir: &DataDir, record: &EventRecord<'_>, migration: Option<&Migration>) {
+        let event = record.event;
+        event_value_encoded_into(&mut self.values, record.encoded);
+        self.events.push((event.revision, self.values.len()));
+        if let Some(g) = event.payload.guest() {
+            self.guests.push_str(g.as_str());
+            self.guests.push('\0');
+            self.guest_revisions.push(event.revision);
+        }
+        if let Some(m) = migration {
+            write_migration(dir, &mut self.migrations, m);
+        }
     }
 
     fn len(&self) -> u64 {
-        self.rows.len() as u64
+        self.events.len() as u64
+    }
+
+    /// Empties the chunk, keeping its buffers for the next events.
+    fn clear(&mut self) {
+        self.events.clear();
+        self.values.clear();
+        self.guests.clear();
+        self.guest_revisions.clear();
+        self.migrations.clear();
     }
 }
 
-/// The writing thread of a seed: puts every chunk's event rows into the table files and its
-/// index rows into the database, in the order the chunks come, and sends each chunk back
-/// emptied. Answers the table files to ingest once the chunks end; on an error it stops taking
-/// chunks, which the folding thread notices.
+/// The writing thread of a seed: puts every chunk's event rows into the events' table files,
+/// its guest index entries into the guest index, and its migration records into the database,
+/// in the order the chunks come, and sends each chunk back emptied. Answers the table files and
+/// the index once the chunks end; on an error it stops taking chunks, which the folding thread
+/// notices.
 fn write_chunks<'a>(
     dir: &DataDir,
-    mut tables: EventTables<'a>,
+    (mut events, mut index): (TableFiles<'a>, GuestIndex<'a>),
     full: std::sync::mpsc::Receiver<Chunk>,
     free: std::sync::mpsc::Sender<Chunk>,
-) -> Result<EventTables<'a>, StoreError> {
+) -> Result<(TableFiles<'a>, GuestIndex<'a>), StoreError> {
     for mut chunk in full {
-        for (k, v) in chunk.rows.drain(..) {
-            tables.put(&k, &v)?;
+        let mut start = 0;
+        for &(revision, end) in &chunk.events {
+            events.put(&event_key(revision), &chunk.values[start..end])?;
+            start = end;
         }
-        dir.write_unlogged(std::mem::take(&mut chunk.batch), "write seeded events")?;
+        for (guest, revision) in chunk.guests.split_terminator('\0').zip(&chunk.guest_revisions) {
+            index.add(guest, *revision)?;
+        }
+        if !chunk.migrations.is_empty() {
+            dir.write_unlogged(std::mem::take(&mut chunk.migrations), "write seeded migration records")?;
+        }
+        chunk.clear();
         let _ = free.send(chunk);
     }
-    Ok(tables)
+    Ok((events, index))
 }
 
-/// The events column family written as table files, outside the database, then ingested.
+/// Rows of one column family written as table files outside the database, then ingested.
 ///
-/// Why: the export's events come in revision order, which is the family's key order, so they
-/// can be written as finished, sorted table files and moved into the bottom level whole.
-/// Written through the memtable instead, each event was inserted, flushed, compressed and then
-/// compacted again (more than half of a seed's time at 10 M events). The index rows, which do
-/// not come in key order, still go through write batches.
-struct EventTables<'a> {
+/// Why: rows written through the memtable were each inserted, sorted at flush, compressed and
+/// compacted again (more than half of a seed's time at 10 M events went to the events' rows
+/// alone). A table file written in key order goes into the database whole, with no memtable,
+/// flush or compaction touching its rows.
+struct TableFiles<'a> {
     opts: &'a Options,
     folder: PathBuf,
+    /// The files' names begin with it (the family's name).
+    name: &'static str,
     writer: Option<SstFileWriter<'a>>,
     per_table: u64,
     in_table: u64,
@@ -326,23 +376,24 @@ struct EventTables<'a> {
     files: Vec<PathBuf>,
 }
 
-impl<'a> EventTables<'a> {
-    fn new(opts: &'a Options, folder: PathBuf, per_table: u64) -> Result<EventTables<'a>, StoreError> {
-        std::fs::create_dir_all(&folder).map_err(|e| StoreError::io(format!("create {}", folder.display()), e))?;
-        Ok(EventTables { opts, folder, writer: None, per_table, in_table: 0, files: Vec::new() })
+impl<'a> TableFiles<'a> {
+    /// Files in `folder` (which exists), `per_table` rows each at most.
+    fn new(opts: &'a Options, folder: PathBuf, name: &'static str, per_table: u64) -> TableFiles<'a> {
+        TableFiles { opts, folder, name, writer: None, per_table, in_table: 0, files: Vec::new() }
     }
 
-    /// Adds the next row; keys must come in increasing order.
+    /// Adds the next row; keys must come in increasing order within a file.
     fn put(&mut self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
         if self.writer.is_none() {
-            let path = self.folder.join(format!("events-{:05}.sst", self.files.len()));
+            let path = self.folder.join(format!("{}-{:05}.sst", self.name, self.files.len()));
             let w = SstFileWriter::create(self.opts);
             w.open(&path).map_err(|e| StoreError::rocks(format!("create table file {}", path.display()), e))?;
             self.writer = Some(w);
             self.files.push(path);
         }
         let w = self.writer.as_mut().expect("opened above");
-        w.put(k, v).map_err(|e| StoreError::rocks("write a seeded event to its table file", e))?;
+        w.put(k, v)
+            .map_err(|e| StoreError::rocks(format!("write a seeded row of {} to its table file", self.name), e))?;
         self.in_table += 1;
         if self.in_table == self.per_table {
             self.finish()?;
@@ -350,23 +401,95 @@ impl<'a> EventTables<'a> {
         Ok(())
     }
 
+    /// Finishes the file being written, if any: the next row begins a new one.
     fn finish(&mut self) -> Result<(), StoreError> {
         if let Some(mut w) = self.writer.take() {
-            w.finish().map_err(|e| StoreError::rocks("finish a table file of seeded events", e))?;
+            w.finish().map_err(|e| StoreError::rocks(format!("finish a table file of seeded {}", self.name), e))?;
         }
         self.in_table = 0;
         Ok(())
     }
 
-    /// Finishes the last file and moves every file into `dir`'s events family.
-    fn ingest_into(mut self, dir: &DataDir) -> Result<(), StoreError> {
+    /// Finishes the last file and moves every file into `dir`'s family `cf`: all at once when
+    /// their key ranges follow each other, one by one (each above the ones before) when they
+    /// `overlap`, which one ingestion refuses.
+    fn ingest_into(mut self, dir: &DataDir, cf: &'static str, overlap: bool) -> Result<(), StoreError> {
         self.finish()?;
         let files = std::mem::take(&mut self.files);
-        if !files.is_empty() {
-            dir.ingest(cf::EVENTS, files)?;
+        if files.is_empty() {
+            Ok(())
+        } else if overlap {
+            files.into_iter().try_for_each(|f| dir.ingest(cf, vec![f]))
+        } else {
+            dir.ingest(cf, files)
         }
-        std::fs::remove_dir_all(&self.folder)
-            .map_err(|e| StoreError::io(format!("remove {}", self.folder.display()), e))
+    }
+}
+
+/// The guest index ([`cf::GUEST_EVENTS`]) of a seed, written as table files ("runs").
+///
+/// Its rows are keyed by guest, then revision, while the events come in revision order: they
+/// cannot be written in key order as they come. Through the memtable, sorting them at each
+/// flush and compacting the flushed files took about a third of a seed's time. Instead each
+/// guest's revisions are gathered (they come in order), and every [`GUEST_ROWS_PER_RUN`] rows
+/// the guests are written out in name order as one table file. The runs' key ranges overlap
+/// (each holds most guests) but no key is in two runs, so each is ingested on its own, above
+/// the ones before; reads see one index.
+struct GuestIndex<'a> {
+    revisions: HashMap<Box<str>, Vec<Revision>>,
+    /// Rows gathered since the last run.
+    rows: u64,
+    per_run: u64,
+    runs: TableFiles<'a>,
+    key: Vec<u8>,
+}
+
+impl<'a> GuestIndex<'a> {
+    fn new(opts: &'a Options, folder: PathBuf, per_run: u64) -> GuestIndex<'a> {
+        let runs = TableFiles::new(opts, folder, cf::GUEST_EVENTS, u64::MAX);
+        GuestIndex { revisions: HashMap::new(), rows: 0, per_run, runs, key: Vec::new() }
+    }
+
+    /// Adds the row of `guest`'s event at `revision`; a guest's revisions must come in order.
+    fn add(&mut self, guest: &str, revision: Revision) -> Result<(), StoreError> {
+        match self.revisions.get_mut(guest) {
+            Some(revisions) => revisions.push(revision),
+            None => {
+                self.revisions.insert(guest.into(), vec![revision]);
+            }
+        }
+        self.rows += 1;
+        if self.rows == self.per_run {
+            self.write_run()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the rows gathered since the last run as the next table file.
+    fn write_run(&mut self) -> Result<(), StoreError> {
+        let GuestIndex { revisions, rows, runs, key, .. } = self;
+        if *rows == 0 {
+            return Ok(());
+        }
+        // Name order is key order: the NUL after each name sorts before any byte of a name.
+        let mut guests: Vec<(&str, &mut Vec<Revision>)> =
+            revisions.iter_mut().filter(|(_, r)| !r.is_empty()).map(|(g, r)| (&**g, r)).collect();
+        guests.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (guest, revisions) in guests {
+            for revision in revisions.drain(..) {
+                guest_event_key_into(key, guest, revision);
+                runs.put(key, &[])?;
+            }
+        }
+        runs.finish()?;
+        *rows = 0;
+        Ok(())
+    }
+
+    /// Writes the last run and moves every run into `dir`'s guest index.
+    fn ingest_into(mut self, dir: &DataDir) -> Result<(), StoreError> {
+        self.write_run()?;
+        self.runs.ingest_into(dir, cf::GUEST_EVENTS, true)
     }
 }
 
@@ -385,29 +508,74 @@ mod tests {
         assert_eq!(folder_of(Path::new("/")), Path::new("."));
     }
 
+    /// Every row of `family`, in key order.
+    fn rows(dir: &DataDir, family: &'static str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        dir.db
+            .iterator_cf(dir.cf(family), rocksdb::IteratorMode::Start)
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    }
+
     /// Rows written across several table files come back whole and in order once ingested,
-    /// beside rows the family already held, and the files' folder is gone.
+    /// beside rows the family already held.
     #[test]
-    fn event_tables_roll_over_and_ingest_whole() {
+    fn table_files_roll_over_and_ingest_whole() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(&tmp.path().join("d"), 1).unwrap();
+        dir.db.put_cf(dir.cf(cf::EVENTS), key::u64(100), b"row 100").unwrap();
         let opts = cf_options(cf::EVENTS);
-        let folder = tmp.path().join("d").join("ingest");
-        let mut tables = EventTables::new(&opts, folder.clone(), 3).unwrap();
+        let mut tables = TableFiles::new(&opts, tmp.path().to_path_buf(), cf::EVENTS, 3);
         for i in 1..=10u64 {
             tables.put(&key::u64(i), format!("row {i}").as_bytes()).unwrap();
         }
         assert_eq!(tables.files.len(), 4, "10 rows at 3 per file");
-        tables.ingest_into(&dir).unwrap();
-        assert!(!folder.exists());
-        let rows: Vec<(u64, String)> = dir
-            .db
-            .iterator_cf(dir.cf(cf::EVENTS), rocksdb::IteratorMode::Start)
-            .map(|r| {
-                let (k, v) = r.unwrap();
-                (key::parse_u64(&k).unwrap(), String::from_utf8(v.to_vec()).unwrap())
-            })
+        tables.ingest_into(&dir, cf::EVENTS, false).unwrap();
+        let rows: Vec<(u64, String)> = rows(&dir, cf::EVENTS)
+            .into_iter()
+            .map(|(k, v)| (key::parse_u64(&k).unwrap(), String::from_utf8(v).unwrap()))
             .collect();
-        assert_eq!(rows, (1..=10).map(|i| (i, format!("row {i}"))).collect::<Vec<_>>());
+        let want: Vec<(u64, String)> = (1..=10).chain([100]).map(|i| (i, format!("row {i}"))).collect();
+        assert_eq!(rows, want);
+    }
+
+    /// The guest index written in several runs, whose key ranges overlap (names that begin other
+    /// names among them), reads back as one index holding every row once, beside rows it
+    /// already held, through the reads the coordinators use.
+    #[test]
+    fn the_guest_index_is_written_in_runs_and_reads_back_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(&tmp.path().join("d"), 1).unwrap();
+        let mut k = Vec::new();
+        guest_event_key_into(&mut k, "zz", 1_000);
+        dir.db.put_cf(dir.cf(cf::GUEST_EVENTS), &k, []).unwrap();
+        let opts = cf_options(cf::GUEST_EVENTS);
+        let mut index = GuestIndex::new(&opts, tmp.path().to_path_buf(), 5);
+        let guests = ["web", "web-1", "db", "w", "web"];
+        let mut want: BTreeMap<&str, Vec<Revision>> = BTreeMap::from([("zz", vec![1_000])]);
+        for revision in 1..=23u64 {
+            let guest = guests[(revision as usize * 7) % guests.len()];
+            index.add(guest, revision).unwrap();
+            want.entry(guest).or_default().push(revision);
+        }
+        assert_eq!(index.runs.files.len(), 4, "23 rows at 5 per run, the last 3 still gathered");
+        index.ingest_into(&dir).unwrap();
+        let mut written: Vec<Vec<u8>> = Vec::new();
+        for (guest, revisions) in &want {
+            for r in revisions {
+                guest_event_key_into(&mut k, guest, *r);
+                written.push(k.clone());
+            }
+        }
+        written.sort();
+        let keys: Vec<Vec<u8>> = rows(&dir, cf::GUEST_EVENTS).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, written, "every row once, in key order");
+        let history = crate::history::History::new(dir.clone());
+        for (guest, revisions) in &want {
+            let name = switchyard_protocol::Name::new(*guest).unwrap();
+            assert_eq!(&history.guest_revisions(&name, 0, 100).unwrap(), revisions, "{guest}");
+        }
     }
 }

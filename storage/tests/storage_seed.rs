@@ -76,7 +76,7 @@ async fn a_seeded_directory_holds_what_imports_would_have_written_and_hands_it_o
     let mut want_importing = want.clone();
     want_importing.resume_import(progress.clone());
     assert_eq!(plain, want_importing, "the state is the export's fold");
-    assert_eq!(sm.history().events_from(1, usize::MAX).unwrap(), events);
+    assert_holds_history(&sm.history(), &events);
     let ids = sm.history().migrations_of_guest(&n("g0"), 10).unwrap();
     assert_eq!(ids.len(), 1);
     assert_eq!(
@@ -112,6 +112,23 @@ async fn a_seeded_directory_holds_what_imports_would_have_written_and_hands_it_o
     let json = tmp.path().join("n2");
     let again = seed(&[(2, json.clone())], members(), &export(&events, Format::JsonLines)[..], |_| {}).unwrap();
     assert_eq!(again.chain, seeded.chain);
+    let (_, from_json) = switchyard_storage::open(&json, 2).unwrap();
+    assert_holds_history(&from_json.history(), &events);
+}
+
+/// `history` holds `events` and, for each guest, the index of the events about it.
+fn assert_holds_history(history: &switchyard_storage::History, events: &[Event]) {
+    assert_eq!(history.events_from(1, usize::MAX).unwrap(), events);
+    let mut by_guest: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for e in events {
+        if let Some(g) = e.payload.guest() {
+            by_guest.entry(g.as_str().to_string()).or_default().push(e.revision);
+        }
+    }
+    assert!(by_guest.len() >= 5, "the history is about several guests");
+    for (guest, revisions) in &by_guest {
+        assert_eq!(&history.guest_revisions(&n(guest), 0, usize::MAX).unwrap(), revisions, "{guest}'s index");
+    }
 }
 
 #[test]
