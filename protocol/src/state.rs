@@ -319,7 +319,13 @@ impl ClusterState {
                 // Overwritten in place (one lookup, buffers reused): guest changes are most of
                 // a long history.
                 let slot = self.guests.get_mut(&guest.name).expect("event names an existing guest");
-                sub(&mut self.derived.used, &slot.owner, slot.spec.demand());
+                let (before, after) = (slot.spec.demand(), guest.spec.demand());
+                if slot.owner == guest.owner {
+                    replace(&mut self.derived.used, &slot.owner, before, after);
+                } else {
+                    sub(&mut self.derived.used, &slot.owner, before);
+                    add(&mut self.derived.used, &guest.owner, after);
+                }
                 self.derived.config_digest = self.derived.config_digest.wrapping_sub(guest_digest(slot));
                 // A package that stays the same keeps its switching state; any other change
                 // drops the old package and creates the new one fresh.
@@ -336,7 +342,6 @@ impl ClusterState {
                     }
                 }
                 slot.clone_from(guest);
-                add(&mut self.derived.used, &slot.owner, slot.spec.demand());
                 self.derived.config_digest = self.derived.config_digest.wrapping_add(guest_digest(slot));
             }
             EventPayload::GuestRemoved { guest } => {
@@ -468,8 +473,8 @@ impl ClusterState {
         if event.revision != self.revision + 1 {
             return Err(format!("revision {} does not follow revision {}", event.revision, self.revision));
         }
-        let host = |h: &Name| self.hosts.contains_key(h).then_some(()).ok_or(format!("names unknown host {h}"));
-        let guest = |g: &Name| self.guests.get(g).ok_or(format!("names unknown guest {g}"));
+        let host = |h: &Name| self.hosts.contains_key(h).then_some(()).ok_or_else(|| format!("names unknown host {h}"));
+        let guest = |g: &Name| self.guests.get(g).ok_or_else(|| format!("names unknown guest {g}"));
         let fresh_package = |g: &Guest, replacing: Option<&Guest>| match &g.spec.package {
             Some(p) if self.packages.get(p).is_some_and(|pk| Some(&pk.guest) != replacing.map(|r| &r.name)) => {
                 Err(format!("package {p} already wraps another guest"))
@@ -525,9 +530,11 @@ impl ClusterState {
                 fresh_package(g, Some(old))
             }
             EventPayload::GuestRemoved { guest: g } => guest(g).map(|_| ()),
-            EventPayload::PackageSwitchingChanged { package, .. } => {
-                self.packages.contains_key(package).then_some(()).ok_or(format!("names unknown package {package}"))
-            }
+            EventPayload::PackageSwitchingChanged { package, .. } => self
+                .packages
+                .contains_key(package)
+                .then_some(())
+                .ok_or_else(|| format!("names unknown package {package}")),
             EventPayload::MigrationRequested { migration: m } => {
                 guest(&m.guest)?;
                 host(&m.source)?;
@@ -616,9 +623,11 @@ impl ClusterState {
             EventPayload::FailoverCompleted { guest: g, .. }
             | EventPayload::FailoverAttemptFailed { guest: g, .. }
             | EventPayload::FailoverAttemptReleased { guest: g, .. }
-            | EventPayload::FailoverFailed { guest: g, .. } => {
-                self.failovers.contains_key(g).then_some(()).ok_or(format!("ends a failover of {g}, which has none"))
-            }
+            | EventPayload::FailoverFailed { guest: g, .. } => self
+                .failovers
+                .contains_key(g)
+                .then_some(())
+                .ok_or_else(|| format!("ends a failover of {g}, which has none")),
             EventPayload::PackageModified { package, nodes, .. } => {
                 if !self.packages.contains_key(package) {
                     return Err(format!("names unknown package {package}"));
@@ -949,6 +958,17 @@ fn ungroup(groups: &mut BTreeMap<Name, BTreeSet<Name>>, g: &Guest) {
             if members.is_empty() {
                 groups.remove(&a.group);
             }
+        }
+    }
+}
+
+/// [`sub`] of `before` then [`add`] of `after` for one host, in one lookup (a guest changed in
+/// place: most of a long history).
+fn replace(map: &mut BTreeMap<Name, Resources>, host: &Name, before: Resources, after: Resources) {
+    match map.get_mut(host) {
+        Some(e) => *e = e.saturating_sub(before).saturating_add(after),
+        None => {
+            map.insert(host.clone(), after);
         }
     }
 }
