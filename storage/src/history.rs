@@ -24,9 +24,7 @@ pub(crate) fn write_event(dir: &DataDir, batch: &mut WriteBatch, event: &Event, 
     let (k, v) = event_row(event);
     batch.put_cf(dir.cf(cf::EVENTS), k, v);
     if let Some(g) = event.payload.guest() {
-        let mut k = Vec::with_capacity(g.as_str().len() + 9);
-        guest_event_key_into(&mut k, g.as_str(), event.revision);
-        batch.put_cf(dir.cf(cf::GUEST_EVENTS), k, []);
+        batch.put_cf(dir.cf(cf::GUEST_EVENTS), key::named(g.as_str(), event.revision), []);
     }
     if let Some(m) = migration {
         write_migration(dir, batch, m);
@@ -35,25 +33,13 @@ pub(crate) fn write_event(dir: &DataDir, batch: &mut WriteBatch, event: &Event, 
 
 /// An event's own row in [`cf::EVENTS`]: its key and its sealed bytes.
 pub(crate) fn event_row(event: &Event) -> ([u8; 8], Vec<u8>) {
-    (event_key(event.revision), codec::seal(RecordKind::Event, event))
-}
-
-/// The key of the event at `revision` in [`cf::EVENTS`].
-pub(crate) fn event_key(revision: Revision) -> [u8; 8] {
-    key::u64(revision)
+    (key::u64(event.revision), codec::seal(RecordKind::Event, event))
 }
 
 /// Appends to `out` the value of an event's row ([`event_row`]) made from the event's encoded
 /// bytes (`codec::encode`), as an export holds them.
 pub(crate) fn event_value_encoded_into(out: &mut Vec<u8>, encoded: &[u8]) {
     codec::seal_encoded_into(out, RecordKind::Event, encoded)
-}
-
-/// The key of a guest's index row in [`cf::GUEST_EVENTS`] (its value is empty), written into `k`
-/// (cleared first, its allocation reused): names never hold NUL, so the rows sort by guest name,
-/// then by revision.
-pub(crate) fn guest_event_key_into(k: &mut Vec<u8>, guest: &str, revision: Revision) {
-    key::named_into(k, guest, revision)
 }
 
 /// Adds a migration record and its guest and host index rows to `batch`.

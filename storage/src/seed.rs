@@ -37,10 +37,10 @@ use openraft::{LogId, Membership};
 use rocksdb::{Options, SstFileWriter, WriteBatch};
 use switchyard_protocol::{ClusterState, ImportProgress, Migration, Revision};
 
-use crate::db::{cf, cf_options, DataDir};
+use crate::db::{cf, cf_options, key, DataDir};
 use crate::error::StoreError;
 use crate::export::{self, EventRecord, ExportHeader, Problem, Until};
-use crate::history::{event_key, event_value_encoded_into, guest_event_key_into, write_migration};
+use crate::history::{event_value_encoded_into, write_migration};
 use crate::snapshot;
 use crate::state_machine::{commit_seed, write_snapshot_file};
 use crate::types::{NodeId, NodeInfo, SnapshotMeta, StoredMembership};
@@ -343,7 +343,7 @@ fn write_chunks<'a>(
     for mut chunk in full {
         let mut start = 0;
         for &(revision, end) in &chunk.events {
-            events.put(&event_key(revision), &chunk.values[start..end])?;
+            events.put(&key::u64(revision), &chunk.values[start..end])?;
             start = end;
         }
         for (guest, revision) in chunk.guests.split_terminator('\0').zip(&chunk.guest_revisions) {
@@ -441,13 +441,14 @@ struct GuestIndex<'a> {
     rows: u64,
     per_run: u64,
     runs: TableFiles<'a>,
-    key: Vec<u8>,
+    /// The key being written (its allocation reused).
+    row: Vec<u8>,
 }
 
 impl<'a> GuestIndex<'a> {
     fn new(opts: &'a Options, folder: PathBuf, per_run: u64) -> GuestIndex<'a> {
         let runs = TableFiles::new(opts, folder, cf::GUEST_EVENTS, u64::MAX);
-        GuestIndex { revisions: HashMap::new(), rows: 0, per_run, runs, key: Vec::new() }
+        GuestIndex { revisions: HashMap::new(), rows: 0, per_run, runs, row: Vec::new() }
     }
 
     /// Adds the row of `guest`'s event at `revision`; a guest's revisions must come in order.
@@ -467,18 +468,19 @@ impl<'a> GuestIndex<'a> {
 
     /// Writes the rows gathered since the last run as the next table file.
     fn write_run(&mut self) -> Result<(), StoreError> {
-        let GuestIndex { revisions, rows, runs, key, .. } = self;
+        let GuestIndex { revisions, rows, runs, row, .. } = self;
         if *rows == 0 {
             return Ok(());
         }
-        // Name order is key order: the NUL after each name sorts before any byte of a name.
+        // Name order is key order (`key::named`): the NUL after each name sorts before any byte
+        // of a name.
         let mut guests: Vec<(&str, &mut Vec<Revision>)> =
             revisions.iter_mut().filter(|(_, r)| !r.is_empty()).map(|(g, r)| (&**g, r)).collect();
         guests.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (guest, revisions) in guests {
             for revision in revisions.drain(..) {
-                guest_event_key_into(key, guest, revision);
-                runs.put(key, &[])?;
+                key::named_into(row, guest, revision);
+                runs.put(row, &[])?;
             }
         }
         runs.finish()?;
@@ -496,7 +498,6 @@ impl<'a> GuestIndex<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::key;
 
     /// A directory named relative to the current one (`--data-dir d1`) has its rename synced in
     /// the current folder, not in the empty path.
@@ -549,7 +550,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(&tmp.path().join("d"), 1).unwrap();
         let mut k = Vec::new();
-        guest_event_key_into(&mut k, "zz", 1_000);
+        key::named_into(&mut k, "zz", 1_000);
         dir.db.put_cf(dir.cf(cf::GUEST_EVENTS), &k, []).unwrap();
         let opts = cf_options(cf::GUEST_EVENTS);
         let mut index = GuestIndex::new(&opts, tmp.path().to_path_buf(), 5);
@@ -565,7 +566,7 @@ mod tests {
         let mut written: Vec<Vec<u8>> = Vec::new();
         for (guest, revisions) in &want {
             for r in revisions {
-                guest_event_key_into(&mut k, guest, *r);
+                key::named_into(&mut k, guest, *r);
                 written.push(k.clone());
             }
         }
