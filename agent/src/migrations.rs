@@ -83,6 +83,8 @@ struct Active {
     waiting_told: bool,
     /// It said once that it waits for this host's lease before receiving the guest.
     lease_told: bool,
+    /// It said once that it waits for an older migration of the guest to finish here.
+    behind_told: bool,
 }
 
 /// What the daemon hands the worker.
@@ -265,6 +267,7 @@ impl Worker {
             check_request: None,
             waiting_told: false,
             lease_told: false,
+            behind_told: false,
         });
         self.tell_reconciler(&guest);
     }
@@ -344,10 +347,25 @@ impl Worker {
     }
 
     /// Does what the migration's committed phase asks of this host. True when finished with it.
+    ///
+    /// A host works on one migration of a guest at a time, oldest first: a newer one waits
+    /// while an older one still has work here (a rollback deciding what becomes of a paused
+    /// copy, a guest to send back). Each reads the guest's state on this hypervisor as its
+    /// own, so a newer migration acting first would take a copy an older one left paused for a
+    /// transfer of its own, and the older one would find the newer one's doings.
     async fn step(&mut self, id: MigrationId) -> bool {
         let a = self.active.get(&id).expect("stepping a known migration");
         let m = a.m.clone();
         let is_source = m.source == self.host;
+        if let Some(older) = self.active.values().filter(|o| o.m.guest == m.guest && o.m.id < id).map(|o| o.m.id).min()
+        {
+            let a = self.active.get_mut(&id).expect("known");
+            if !a.behind_told {
+                a.behind_told = true;
+                tracing::info!(migration = %id, guest = %m.guest, %older, "waiting for an older migration of the guest to finish on this host");
+            }
+            return false;
+        }
         match m.phase {
             Phase::Transferring if is_source => self.step_source(id).await,
             Phase::Transferring => {
@@ -434,9 +452,22 @@ impl Worker {
                     Some(true) => self.start_transfer(&m, token).await,
                     Some(false) => match self.lifecycle_state(&m.guest).await {
                         // A hypervisor that knows its guests tells "moved" from "not running".
-                        // Sent by a transfer this agent started before it restarted: the
-                        // transfer reports the figures of the one QEMU completed.
-                        Some(VmState::Migrated) => self.start_transfer(&m, token).await,
+                        // Sent by a transfer this agent started for this migration before it
+                        // restarted: the transfer reports the figures of the one QEMU completed.
+                        Some(VmState::Migrated) if state == Some(TransferState::Started) => {
+                            self.start_transfer(&m, token).await
+                        }
+                        // A copy paused by a transfer of another migration, which this host
+                        // never started for this one: it is not this migration's transfer, and
+                        // only the rollback of the migration that left it decides whether it
+                        // resumes. Moving it would send nothing the target could run.
+                        Some(VmState::Migrated) => {
+                            let a = self.active.get_mut(&id).expect("known");
+                            if !a.waiting_told {
+                                a.waiting_told = true;
+                                tracing::warn!(migration = %id, guest = %m.guest, "the guest's copy here was left paused by another migration's transfer; waiting for it to be resumed");
+                            }
+                        }
                         // Not started yet (the guest was created just before the move), or
                         // stopped behind the log's back: the log says it runs here, and an
                         // online move needs it running. Start it first; move it next tick.
@@ -595,9 +626,8 @@ impl Worker {
         }
         let a = &self.active[&id];
         let (m, word) = (a.m.clone(), a.target_runs);
-        if self.newest.get(&m.guest).is_some_and(|n| *n > id) {
-            return true;
-        }
+        // A newer migration of the guest does not end this: it waits for it on this host
+        // ([`Worker::step`]), so the state read here is still this migration's doing.
         let state = match self.lifecycle_state(&m.guest).await {
             Some(s @ (VmState::Migrated | VmState::Incoming)) => s,
             // A copy that came back and waits to be started.
@@ -667,7 +697,13 @@ impl Worker {
         let a = self.active.get_mut(&id).expect("known");
         let until = *a.watch_until.get_or_insert_with(|| Instant::now() + ROLLBACK_WATCH);
         let m = a.m.clone();
-        if self.newest.get(&m.guest).is_some_and(|n| *n > id) {
+        // A transfer may have completed on the source, which then holds its copy paused until
+        // this host says whether the guest ran here ([`Worker::step_source_rollback`]). That
+        // word, and the guest's way back when it ran here, are owed whatever comes next: a
+        // newer migration of the guest waits for them on both hosts.
+        let transferred = m.history.iter().any(|r| r.phase == Phase::Transferring);
+        let owes_word = self.driver.lifecycle().is_some() && m.kind == MigrationKind::Online && transferred;
+        if !owes_word && self.newest.get(&m.guest).is_some_and(|n| *n > id) {
             // A newer migration of the guest decides where it runs now.
             return true;
         }
@@ -690,10 +726,7 @@ impl Worker {
             tracing::warn!(migration = %id, guest = %m.guest, source = %m.source, given_here, "the migration ended and its source failed; the log decides whether the guest runs here");
             return true;
         }
-        // A transfer may have completed on the source, which then holds its copy paused until
-        // this host says whether the guest ran here ([`Worker::step_source_rollback`]).
-        let transferred = m.history.iter().any(|r| r.phase == Phase::Transferring);
-        if self.driver.lifecycle().is_some() && m.kind == MigrationKind::Online && transferred {
+        if owes_word {
             match self.active[&id].target_runs {
                 None => {
                     self.check_target(&m).await;
@@ -703,7 +736,8 @@ impl Worker {
                 Some(true) => {}
             }
         }
-        if self.runs_here(&m.guest, &m.source).await == Some(true) {
+        let runs_here = self.runs_here(&m.guest, &m.source).await;
+        if runs_here == Some(true) {
             let source_address = match self.host_address(&m.source, m.current().revision).await {
                 Ok(address) => address,
                 Err(e) => {
@@ -720,6 +754,14 @@ impl Worker {
                 other => tracing::error!(migration = %id, ?other, "moving the guest back failed; will retry"),
             }
             return false;
+        }
+        // With the word given nothing can arrive any more (`check_target` stopped any process
+        // still waiting for the guest): done once a copy that ran here has gone back.
+        if owes_word
+            && runs_here == Some(false)
+            && matches!(self.lifecycle_state(&m.guest).await, Some(VmState::Migrated | VmState::ShutOff))
+        {
+            return true;
         }
         Instant::now() > until
     }

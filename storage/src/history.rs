@@ -159,7 +159,8 @@ impl History {
     /// target's first word on whether the guest runs there (`MigrationTargetChecked`); each
     /// `None` when there is none or the history no longer holds it. Only the guest's events from
     /// the migration's request on are read: up to its last phase, then, for the target's word,
-    /// at most [`TARGET_CHECK_WINDOW`] more, and none past the guest's next migration.
+    /// at most [`TARGET_CHECK_WINDOW`] more. The guest's next migration may be requested before
+    /// the word comes (it waits for it on both hosts), so the search goes on past it.
     pub fn migration_detail(&self, migration: Migration) -> Result<MigrationDetail, StoreError> {
         let (first, last) = (migration.history[0].revision, migration.current().revision);
         let checked = matches!(migration.phase, Phase::Failed | Phase::Aborted);
@@ -185,7 +186,6 @@ impl History {
                         d.target_runs = Some(runs_there);
                         return Ok(d);
                     }
-                    EventPayload::MigrationRequested { migration: next } if next.id != id => return Ok(d),
                     _ => {}
                 }
             }

@@ -416,3 +416,50 @@ async fn a_transfer_its_target_never_received_leaves_the_guest_running_on_its_so
     wait_agents_converged(&cluster, &agents).await;
     eprintln!("checker sampled {} rounds", checker.finish());
 }
+
+/// A migration requested while the last one's rollback still waits for its target's word moves
+/// the guest once that rollback is done. The first move's stream goes to a sink and its target's
+/// agent is down, so nothing says whether the guest ran there and the source's copy stays
+/// paused when the second move is ordered. The source must not take that copy for a transfer of
+/// the second move (the new target would wait for a guest that never comes), and the first
+/// move's target, back up, still owes its word though a newer move of the guest exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_ordered_during_the_last_ones_rollback_waits_for_it() {
+    // Long leases: h2's agent is down for a while, and this test is not about host failure.
+    let opts = ClusterOpts { transferring_timeout_ms: 20_000, lease_ms: 60_000, ..Default::default() };
+    let (cluster, mut agents) = qemu_cluster(opts).await;
+    let checker = TwoCopiesChecker::start(&cluster);
+    let admin = cluster.client(&[1, 2, 3]).retrying_writes(Duration::from_secs(60));
+    create_vm(&admin, "vm1", "h1", 32, None).await;
+    wait_runs_only_on(&cluster, "vm1", "h1").await;
+    let pid = qemu_pid(&cluster, "h1", "vm1");
+
+    let sink = StreamSink::hold("127.0.0.12", cluster.migration_port);
+    let first = migrate(&admin, "vm1", "h2", "f0").await;
+    eventually("the first move's stream to end in the sink", Duration::from_secs(30), || async {
+        (sink.bytes_taken() > 0).then_some(())
+    })
+    .await;
+    agents[1].kill();
+    let m = wait_terminal(&cluster, first).await;
+    assert_eq!(m.phase, Phase::Failed, "{:?}", m.error);
+    assert!(m.error.unwrap_or_default().contains("waiting for target h2 to confirm"));
+    assert_eq!(observe(&cluster, "h1", "vm1").map(|o| o.state), Some(VmState::Migrated), "paused until h2's word");
+
+    let second = migrate(&admin, "vm1", "h3", "f1").await;
+    eventually("the second move to be transferring", Duration::from_secs(30), || async {
+        read_migration(&cluster, second).await.filter(|m| m.phase == Phase::Transferring)
+    })
+    .await;
+    agents[1].restart();
+    let m = wait_terminal(&cluster, second).await;
+    assert_eq!(m.phase, Phase::Completed, "{:?}", m.error);
+    let d = cluster.client(&cluster.alive_ids()).migration(first).await.unwrap().items;
+    assert_eq!(d.target_runs, Some(false), "h2 said no copy is there");
+    wait_runs_only_on(&cluster, "vm1", "h3").await;
+    assert_ne!(qemu_pid(&cluster, "h3", "vm1"), pid);
+    drop(sink);
+    check_history(&settled_history(&cluster).await, true);
+    wait_agents_converged(&cluster, &agents).await;
+    eprintln!("checker sampled {} rounds", checker.finish());
+}
