@@ -4,7 +4,8 @@
 //! phase, and with an agent SIGKILLed mid-transfer — an offline move of a running
 //! cluster-node guest stops it first, and a move whose stream the target never received (the
 //! source's QEMU answered `completed`) fails with the guest resumed on its source, in the same
-//! process, both agents SIGKILLed on the failure. A checker samples every hypervisor all
+//! process, both agents SIGKILLed on the failure; a move ordered while that rollback still
+//! waits for its target's word moves the guest once it is done. A checker samples every hypervisor all
 //! along and fails the test if a guest ever runs on two hosts at once.
 mod common;
 
