@@ -86,10 +86,11 @@ impl Replay {
         self.state.fold(event, false);
     }
 
-    /// Whether `event` can be folded next ([`ClusterState::foldable`]): what a tool checks
-    /// before folding an event it did not produce.
-    pub fn foldable(&self, event: &Event) -> Result<(), String> {
-        self.state.foldable(event)
+    /// Checks `event` as [`ClusterState::foldable`] does and folds it as [`Replay::evolve`] when
+    /// it passes; nothing changes when it does not. What a tool runs on events it did not
+    /// produce.
+    pub fn fold_checked(&mut self, event: &Event) -> Result<(), String> {
+        self.state.fold_checked(event)
     }
 
     /// The state so far, for reads that need no request index (a migration's record after the
@@ -268,9 +269,6 @@ impl ClusterState {
     /// (see [`Replay`]).
     fn fold(&mut self, event: &Event, index_requests: bool) {
         assert_eq!(event.revision, self.revision + 1, "event revisions must be folded in order without gaps");
-        self.revision = event.revision;
-        self.last_term = event.term;
-        self.remember_request(scoped_request(&event.actor, event.request_id), event.revision, index_requests);
         let rev = event.revision;
         match &event.payload {
             EventPayload::ClusterCreated { cluster, restored_from } => {
@@ -316,33 +314,8 @@ impl ClusterState {
                 self.add_guest(guest.clone(), event);
             }
             EventPayload::GuestModified { guest } => {
-                // Overwritten in place (one lookup, buffers reused): guest changes are most of
-                // a long history.
                 let slot = self.guests.get_mut(&guest.name).expect("event names an existing guest");
-                let (before, after) = (slot.spec.demand(), guest.spec.demand());
-                if slot.owner == guest.owner {
-                    replace(&mut self.derived.used, &slot.owner, before, after);
-                } else {
-                    sub(&mut self.derived.used, &slot.owner, before);
-                    add(&mut self.derived.used, &guest.owner, after);
-                }
-                self.derived.config_digest = self.derived.config_digest.wrapping_sub(guest_digest(slot));
-                // A package that stays the same keeps its switching state; any other change
-                // drops the old package and creates the new one fresh.
-                if slot.spec.anti_affinity != guest.spec.anti_affinity {
-                    ungroup(&mut self.derived.groups, slot);
-                    group(&mut self.derived.groups, guest);
-                }
-                if slot.spec.package != guest.spec.package {
-                    if let Some(old) = &slot.spec.package {
-                        self.packages.remove(old);
-                    }
-                    if let Some(p) = &guest.spec.package {
-                        self.packages.insert(p.clone(), new_package(p, &guest.name, event));
-                    }
-                }
-                slot.clone_from(guest);
-                self.derived.config_digest = self.derived.config_digest.wrapping_add(guest_digest(slot));
+                modify_guest(slot, &mut self.derived, &mut self.packages, guest, event);
             }
             EventPayload::GuestRemoved { guest } => {
                 self.failovers.remove(guest);
@@ -463,6 +436,39 @@ impl ClusterState {
                 p.failback_policy = *failback_policy;
             }
         }
+        self.folded(event, index_requests);
+    }
+
+    /// What folding any event ends with, once the event's own change is made: the revision, the
+    /// term, and the request the event answered.
+    fn folded(&mut self, event: &Event, index_requests: bool) {
+        self.revision = event.revision;
+        self.last_term = event.term;
+        self.remember_request(scoped_request(&event.actor, event.request_id), event.revision, index_requests);
+    }
+
+    /// Checks `event` as [`ClusterState::foldable`] does and, when it passes, folds it without
+    /// the request index (see [`Replay`]). A guest change, most of a long history, looks its
+    /// guest up once for both.
+    fn fold_checked(&mut self, event: &Event) -> Result<(), String> {
+        let EventPayload::GuestModified { guest } = &event.payload else {
+            self.foldable(event)?;
+            self.fold(event, false);
+            return Ok(());
+        };
+        self.follows(event)?;
+        let slot = self.guests.get_mut(&guest.name).ok_or_else(|| unknown_guest(&guest.name))?;
+        guest_change_foldable(&self.hosts, &self.packages, slot, guest)?;
+        modify_guest(slot, &mut self.derived, &mut self.packages, guest, event);
+        self.folded(event, false);
+        Ok(())
+    }
+
+    fn follows(&self, event: &Event) -> Result<(), String> {
+        match event.revision == self.revision + 1 {
+            true => Ok(()),
+            false => Err(format!("revision {} does not follow revision {}", event.revision, self.revision)),
+        }
     }
 
     /// Whether `event` can be folded onto this state: everything [`ClusterState::evolve`] takes
@@ -470,17 +476,10 @@ impl ClusterState {
     /// restore`) are checked with it first, so a damaged or hostile import is refused instead
     /// of corrupting the state.
     pub fn foldable(&self, event: &Event) -> Result<(), String> {
-        if event.revision != self.revision + 1 {
-            return Err(format!("revision {} does not follow revision {}", event.revision, self.revision));
-        }
-        let host = |h: &Name| self.hosts.contains_key(h).then_some(()).ok_or_else(|| format!("names unknown host {h}"));
-        let guest = |g: &Name| self.guests.get(g).ok_or_else(|| format!("names unknown guest {g}"));
-        let fresh_package = |g: &Guest, replacing: Option<&Guest>| match &g.spec.package {
-            Some(p) if self.packages.get(p).is_some_and(|pk| Some(&pk.guest) != replacing.map(|r| &r.name)) => {
-                Err(format!("package {p} already wraps another guest"))
-            }
-            _ => Ok(()),
-        };
+        self.follows(event)?;
+        let host = |h: &Name| known_host(&self.hosts, h);
+        let guest = |g: &Name| self.guests.get(g).ok_or_else(|| unknown_guest(g));
+        let fresh_package = |g: &Guest, replacing: Option<&Guest>| fresh_package(&self.packages, g, replacing);
         match &event.payload {
             EventPayload::ClusterCreated { .. } => Ok(()),
             EventPayload::HostRegistered { host: h } if self.hosts.contains_key(&h.spec.name) => {
@@ -525,9 +524,7 @@ impl ClusterState {
                 fresh_package(g, None)
             }
             EventPayload::GuestModified { guest: g } => {
-                let old = guest(&g.name)?;
-                host(&g.owner)?;
-                fresh_package(g, Some(old))
+                guest_change_foldable(&self.hosts, &self.packages, guest(&g.name)?, g)
             }
             EventPayload::GuestRemoved { guest: g } => guest(g).map(|_| ()),
             EventPayload::PackageSwitchingChanged { package, .. } => self
@@ -910,6 +907,73 @@ impl ClusterState {
 }
 
 /// The package a guest event creates: switching enabled, on no node disabled.
+/// Folds a guest's change into its record `slot`, overwritten in place (buffers reused), and
+/// into what is derived from it: the owner's resources, the configuration digest, the
+/// anti-affinity groups and the guest's package. Guest changes are most of a long history.
+fn modify_guest(
+    slot: &mut Guest,
+    derived: &mut Derived,
+    packages: &mut BTreeMap<Name, Package>,
+    guest: &Guest,
+    event: &Event,
+) {
+    let (before, after) = (slot.spec.demand(), guest.spec.demand());
+    if slot.owner == guest.owner {
+        replace(&mut derived.used, &slot.owner, before, after);
+    } else {
+        sub(&mut derived.used, &slot.owner, before);
+        add(&mut derived.used, &guest.owner, after);
+    }
+    derived.config_digest = derived.config_digest.wrapping_sub(guest_digest(slot));
+    if slot.spec.anti_affinity != guest.spec.anti_affinity {
+        ungroup(&mut derived.groups, slot);
+        group(&mut derived.groups, guest);
+    }
+    // A package that stays the same keeps its switching state; any other change drops the old
+    // package and creates the new one fresh.
+    if slot.spec.package != guest.spec.package {
+        if let Some(old) = &slot.spec.package {
+            packages.remove(old);
+        }
+        if let Some(p) = &guest.spec.package {
+            packages.insert(p.clone(), new_package(p, &guest.name, event));
+        }
+    }
+    slot.clone_from(guest);
+    derived.config_digest = derived.config_digest.wrapping_add(guest_digest(slot));
+}
+
+/// Whether guest `old` can change into `g`: its owner is a known host, and its package wraps
+/// no other guest.
+fn guest_change_foldable(
+    hosts: &BTreeMap<Name, Host>,
+    packages: &BTreeMap<Name, Package>,
+    old: &Guest,
+    g: &Guest,
+) -> Result<(), String> {
+    known_host(hosts, &g.owner)?;
+    fresh_package(packages, g, Some(old))
+}
+
+fn known_host(hosts: &BTreeMap<Name, Host>, h: &Name) -> Result<(), String> {
+    hosts.contains_key(h).then_some(()).ok_or_else(|| format!("names unknown host {h}"))
+}
+
+fn unknown_guest(g: &Name) -> String {
+    format!("names unknown guest {g}")
+}
+
+/// A guest's package is fresh unless another guest than `replacing` (the guest's record before
+/// a change) has it.
+fn fresh_package(packages: &BTreeMap<Name, Package>, g: &Guest, replacing: Option<&Guest>) -> Result<(), String> {
+    match &g.spec.package {
+        Some(p) if packages.get(p).is_some_and(|pk| Some(&pk.guest) != replacing.map(|r| &r.name)) => {
+            Err(format!("package {p} already wraps another guest"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn new_package(name: &Name, guest: &Name, event: &Event) -> Package {
     Package {
         name: name.clone(),

@@ -443,6 +443,30 @@ fn damage(e: &mut Event, x: usize) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
+    /// Checking and folding in one step (`Replay::fold_checked`, what `log restore`, `log seed`
+    /// and `log verify` run on an export) refuses exactly what a check before a fold refuses,
+    /// in the same words, changes nothing when it refuses, and folds as `evolve` does.
+    #[test]
+    fn a_checked_fold_is_a_check_then_a_fold(
+        ops in proptest::collection::vec(op(), 1..120),
+        damaged in proptest::collection::vec((0usize..200, 0usize..1000), 0..3),
+    ) {
+        let (_, _, mut events) = run(&ops);
+        for (at, x) in damaged {
+            let at = at % events.len();
+            damage(&mut events[at], x);
+        }
+        let (mut checked, mut stepwise) = (Replay::default(), ClusterState::default());
+        for e in &events {
+            let want = stepwise.foldable(e);
+            if want.is_ok() {
+                stepwise.evolve(e);
+            }
+            prop_assert_eq!(checked.fold_checked(e), want);
+        }
+        prop_assert_eq!(checked.finish(), stepwise);
+    }
+
     /// A history imported in chunks (`log restore`), possibly with one event damaged: chunks
     /// before the damage are accepted, the damaged chunk is refused or accepted exactly as a check
     /// on a whole copy of the state decides (debug builds assert that inside `apply`), a refusal

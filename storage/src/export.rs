@@ -242,12 +242,11 @@ impl Report {
         // take: a record altered and re-chained (the chain has no key) is reported, never
         // folded into a state that cannot hold it.
         if self.problems.is_empty() && until.includes(e) && e.revision == fold.revision() + 1 {
-            match fold.foldable(e) {
-                Ok(()) => fold.evolve(e),
-                Err(why) => self.problem(
+            if let Err(why) = fold.fold_checked(e) {
+                self.problem(
                     location.to_string(),
                     format!("revision {} cannot follow the events before it: {why}", e.revision),
-                ),
+                );
             }
         }
     }
