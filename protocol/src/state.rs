@@ -59,19 +59,22 @@ pub struct ClusterState {
 
 /// A state rebuilt from a long run of events (`log replay`, `log restore`, a data directory's
 /// check, a coordinator's restart): each event is folded as by [`ClusterState::evolve`], except
-/// the index of remembered request ids, which [`Replay::finish`] builds once from the remembered
-/// requests. Nothing reads that index while a history is replayed, and keeping it event by event
-/// (an insert and an eviction among 100 000 ids) was a fifth of the work of folding a guest
-/// change.
+/// for the requests the events answered, which [`Replay::finish`] turns into the state's
+/// remembered requests and their index once. Nothing reads either while a history is replayed:
+/// keeping the index event by event (an insert and an eviction among 100 000 ids) was a fifth of
+/// the work of folding a guest change, and scoping every event's request id (a SHA-256) cost as
+/// much again on a long history, of which only the last [`REQUEST_IDS_RETAINED`] requests are
+/// kept ([`Answered`]).
 #[derive(Debug, Default)]
 pub struct Replay {
     state: ClusterState,
+    answered: Answered,
 }
 
 /// Continues from a state (a coordinator's snapshot or checkpoint, when it restarts).
 impl From<ClusterState> for Replay {
     fn from(state: ClusterState) -> Replay {
-        Replay { state }
+        Replay { state, answered: Answered::default() }
     }
 }
 
@@ -83,26 +86,86 @@ impl Replay {
 
     /// Folds one event, as [`ClusterState::evolve`] does.
     pub fn evolve(&mut self, event: &Event) {
-        self.state.fold(event, false);
+        self.state.fold(event);
+        self.answered.push(event);
     }
 
     /// Checks `event` as [`ClusterState::foldable`] does and folds it as [`Replay::evolve`] when
     /// it passes; nothing changes when it does not. What a tool runs on events it did not
     /// produce.
     pub fn fold_checked(&mut self, event: &Event) -> Result<(), String> {
-        self.state.fold_checked(event)
+        self.state.fold_checked(event)?;
+        self.answered.push(event);
+        Ok(())
     }
 
-    /// The state so far, for reads that need no request index (a migration's record after the
-    /// event that changed it, as `log seed` stores it).
+    /// The state so far, for reads that need none of the requests the events answered (a
+    /// migration's record after the event that changed it, as `log seed` stores it).
     pub fn state(&self) -> &ClusterState {
         &self.state
     }
 
-    /// The state, with every index it keeps.
+    /// The state, with the requests it remembers and every index it keeps.
     pub fn finish(mut self) -> ClusterState {
+        self.answered.remember_in(&mut self.state);
         self.state.derived.requests = self.state.request_index();
         self.state
+    }
+}
+
+/// The requests a replay's events answered, in order, as their actor and id: scoped
+/// ([`scoped_request`]) only at the end, and only the last [`REQUEST_IDS_RETAINED`] of them,
+/// which are all the state remembers. Consecutive events of one request (same actor, same id)
+/// make one entry, as [`ClusterState::evolve`] makes one remembered request of them.
+#[derive(Debug, Default)]
+struct Answered {
+    /// Each actor once (a cluster has few: its hosts' agents, its tokens).
+    actors: Vec<Box<str>>,
+    actor_index: std::collections::HashMap<Box<str>, u32>,
+    /// The requests, the last [`REQUEST_IDS_RETAINED`] of them: actor (in `actors`), id, the
+    /// revisions it produced.
+    requests: VecDeque<(u32, RequestId, RevisionRange)>,
+    /// Requests were dropped from the front: the state's own remembered requests (from before
+    /// the replay) are then all older than the last [`REQUEST_IDS_RETAINED`].
+    dropped: bool,
+}
+
+impl Answered {
+    fn push(&mut self, event: &Event) {
+        let rev = event.revision;
+        if let Some((actor, id, range)) = self.requests.back_mut() {
+            if *id == event.request_id && *self.actors[*actor as usize] == *event.actor {
+                range.last = rev;
+                return;
+            }
+        }
+        let actor = self.actor(&event.actor);
+        self.requests.push_back((actor, event.request_id, RevisionRange { first: rev, last: rev }));
+        if self.requests.len() > REQUEST_IDS_RETAINED {
+            self.requests.pop_front();
+            self.dropped = true;
+        }
+    }
+
+    fn actor(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.actor_index.get(name) {
+            return i;
+        }
+        let i = u32::try_from(self.actors.len()).expect("fewer than 2^32 actors");
+        self.actors.push(name.into());
+        self.actor_index.insert(name.into(), i);
+        i
+    }
+
+    /// Adds the requests to those `state` remembers, as folding their events one by one with
+    /// [`ClusterState::evolve`] would have.
+    fn remember_in(self, state: &mut ClusterState) {
+        if self.dropped {
+            state.requests.clear();
+        }
+        for (actor, id, range) in self.requests {
+            state.remember_request(scoped_request(&self.actors[actor as usize], id), range, false);
+        }
     }
 }
 
@@ -262,12 +325,18 @@ impl ClusterState {
     /// Folds one event into the state. Events must come in revision order without gaps; that is
     /// an internal invariant of the log, so a violation is a bug and panics.
     pub fn evolve(&mut self, event: &Event) {
-        self.fold(event, true);
+        self.fold(event);
+        let rev = event.revision;
+        self.remember_request(
+            scoped_request(&event.actor, event.request_id),
+            RevisionRange { first: rev, last: rev },
+            true,
+        );
     }
 
-    /// [`ClusterState::evolve`]; `index_requests: false` leaves the request-id index behind
-    /// (see [`Replay`]).
-    fn fold(&mut self, event: &Event, index_requests: bool) {
+    /// [`ClusterState::evolve`] without remembering the request the event answered (see
+    /// [`Replay`]).
+    fn fold(&mut self, event: &Event) {
         assert_eq!(event.revision, self.revision + 1, "event revisions must be folded in order without gaps");
         let rev = event.revision;
         match &event.payload {
@@ -436,31 +505,30 @@ impl ClusterState {
                 p.failback_policy = *failback_policy;
             }
         }
-        self.folded(event, index_requests);
+        self.folded(event);
     }
 
-    /// What folding any event ends with, once the event's own change is made: the revision, the
-    /// term, and the request the event answered.
-    fn folded(&mut self, event: &Event, index_requests: bool) {
+    /// What folding any event ends with, once the event's own change is made: the revision and
+    /// the term.
+    fn folded(&mut self, event: &Event) {
         self.revision = event.revision;
         self.last_term = event.term;
-        self.remember_request(scoped_request(&event.actor, event.request_id), event.revision, index_requests);
     }
 
     /// Checks `event` as [`ClusterState::foldable`] does and, when it passes, folds it without
-    /// the request index (see [`Replay`]). A guest change, most of a long history, looks its
+    /// remembering its request (see [`Replay`]). A guest change, most of a long history, looks its
     /// guest up once for both.
     fn fold_checked(&mut self, event: &Event) -> Result<(), String> {
         let EventPayload::GuestModified { guest } = &event.payload else {
             self.foldable(event)?;
-            self.fold(event, false);
+            self.fold(event);
             return Ok(());
         };
         self.follows(event)?;
         let slot = self.guests.get_mut(&guest.name).ok_or_else(|| unknown_guest(&guest.name))?;
         guest_change_foldable(&self.hosts, &self.packages, slot, guest)?;
         modify_guest(slot, &mut self.derived, &mut self.packages, guest, event);
-        self.folded(event, false);
+        self.folded(event);
         Ok(())
     }
 
@@ -673,25 +741,28 @@ impl ClusterState {
         old
     }
 
-    /// `id` is the request's scoped id ([`scoped_request`]).
-    fn remember_request(&mut self, id: RequestId, rev: Revision, index: bool) {
+    /// Remembers that the request `id` (scoped: [`scoped_request`]) produced the revisions
+    /// `produced`, right after those remembered so far: a request that goes on from the last
+    /// one remembered extends it. `index` keeps the request-id index up to date too.
+    fn remember_request(&mut self, id: RequestId, produced: RevisionRange, index: bool) {
         if let Some((last_id, range)) = self.requests.back_mut() {
             if *last_id == id {
-                range.last = rev;
+                range.last = produced.last;
                 if index {
                     self.derived.requests.insert(id, *range);
                 }
                 return;
             }
         }
-        let range = RevisionRange { first: rev, last: rev };
-        self.requests.push_back((id, range));
+        self.requests.push_back((id, produced));
         if index {
-            self.derived.requests.insert(id, range);
+            self.derived.requests.insert(id, produced);
         }
         while self.requests.len() > REQUEST_IDS_RETAINED {
-            let (old, _) = self.requests.pop_front().expect("non-empty");
-            if index {
+            let (old, range) = self.requests.pop_front().expect("non-empty");
+            // Only its own entry: an id used again later (an imported history's) indexes the
+            // later request, as the index rebuilt from the remembered requests does.
+            if index && self.derived.requests.get(&old) == Some(&range) {
                 self.derived.requests.remove(&old);
             }
         }
@@ -1084,10 +1155,10 @@ mod tests {
         }
     }
 
-    /// Past the window of remembered requests, with requests of one and of two events: the
-    /// index a replay builds at the end is the one `evolve` keeps event by event.
-    #[test]
-    fn a_replay_ends_with_the_state_evolve_keeps() {
+    /// A history of `length` events past its first two: guest changes, where the event at every
+    /// seventh revision belongs to the request before it (a request of two events), and the
+    /// requests' actors take turns among `actors` (a request's id is its actor's own).
+    fn guest_changes(length: u128, actors: u128) -> Vec<Event> {
         let name = |s: &str| Name::new(s).unwrap();
         let host = Host {
             spec: HostSpec {
@@ -1108,16 +1179,28 @@ mod tests {
             event(2, 2, EventPayload::GuestCreated { guest: guest.clone() }),
         ];
         let mut request = 2;
-        while request < REQUEST_IDS_RETAINED as u128 + 5_000 {
+        while request < length {
             let revision = events.len() as Revision + 1;
-            // The event at every seventh revision belongs to the request before it: two events.
             if !revision.is_multiple_of(7) {
                 request += 1;
             }
             guest.spec.vcpus = 1 + (revision % 8) as u32;
             guest.version = revision;
-            events.push(event(revision, request, EventPayload::GuestModified { guest: guest.clone() }));
+            let mut e = event(revision, request / actors, EventPayload::GuestModified { guest: guest.clone() });
+            if actors > 1 {
+                e.actor = format!("agent-{}", request % actors);
+            }
+            events.push(e);
         }
+        events
+    }
+
+    /// Past the window of remembered requests, with requests of one and of two events: the
+    /// index a replay builds at the end is the one `evolve` keeps event by event.
+    #[test]
+    fn a_replay_ends_with_the_state_evolve_keeps() {
+        let events = guest_changes(REQUEST_IDS_RETAINED as u128 + 5_000, 1);
+        let request = events.last().unwrap().request_id.0;
         let mut live = ClusterState::default();
         let mut replay = Replay::default();
         for e in &events {
@@ -1132,5 +1215,90 @@ mod tests {
         let last = replayed.applied_request("test", RequestId(request)).map(|r| r.last);
         assert_eq!(last, Some(events.len() as Revision));
         assert_eq!(replayed.applied_request("someone-else", RequestId(request)), None, "scoped to the actor");
+    }
+
+    /// A replay that goes on from a state (a coordinator's restart from its snapshot) ends with
+    /// the requests `evolve` remembers: a request begun before the state's revision and ended
+    /// after it is one request, of both parts' revisions; the state's own requests go once the
+    /// replay answered more than the window holds; requests of several actors with the same ids
+    /// stay apart.
+    #[test]
+    fn a_replay_from_a_state_ends_with_the_requests_evolve_keeps() {
+        for length in [3_000, REQUEST_IDS_RETAINED as u128 + 3_000] {
+            let events = guest_changes(length, 3);
+            let mut live = ClusterState::default();
+            for e in &events {
+                live.evolve(e);
+            }
+            // Cut within a request of two events (revisions 13 and 14), after one (at 15), and
+            // where the replay answers the window's worth of requests or one more.
+            let mut cuts = vec![13, 15];
+            let mut answered = 0;
+            for cut in (1..events.len()).rev() {
+                let next = events.get(cut + 1).map(|n| (&n.actor, n.request_id));
+                if next != Some((&events[cut].actor, events[cut].request_id)) {
+                    answered += 1;
+                }
+                if answered == REQUEST_IDS_RETAINED || answered == REQUEST_IDS_RETAINED + 1 {
+                    cuts.push(cut);
+                }
+            }
+            cuts.sort_unstable();
+            let mut base = ClusterState::default();
+            let mut folded = 0;
+            for cut in cuts {
+                for e in &events[folded..cut] {
+                    base.evolve(e);
+                }
+                folded = cut;
+                let mut replay = Replay::from(base.clone());
+                for e in &events[cut..] {
+                    replay.evolve(e);
+                }
+                assert_eq!(replay.finish(), live, "{length} requests, cut after {cut} events");
+            }
+        }
+    }
+
+    /// A replay that answered more requests than the window holds keeps none of the state's:
+    /// not even when the oldest it keeps has the id of the state's last (a client that used an
+    /// id again), which is another request, not the same one going on.
+    #[test]
+    fn a_replay_past_the_window_keeps_none_of_the_states_requests() {
+        let mut events = guest_changes(REQUEST_IDS_RETAINED as u128 + 100, 1);
+        // The first event of a request, where the events after it answer one request more than
+        // the window holds.
+        let (mut answered, mut cut) = (0, 0);
+        for i in (1..events.len()).rev() {
+            if events.get(i + 1).map(|n| n.request_id) != Some(events[i].request_id) {
+                answered += 1;
+            }
+            if answered == REQUEST_IDS_RETAINED + 1 && events[i - 1].request_id != events[i].request_id {
+                cut = i;
+                break;
+            }
+        }
+        let reused = events[cut - 1].request_id;
+        let second = events[cut..].iter().position(|e| e.request_id != events[cut].request_id).unwrap() + cut;
+        let id = events[second].request_id;
+        for e in events[second..].iter_mut().take_while(|e| e.request_id == id) {
+            e.request_id = reused;
+        }
+        let mut live = ClusterState::default();
+        for e in &events {
+            live.evolve(e);
+        }
+        let mut base = ClusterState::default();
+        for e in &events[..cut] {
+            base.evolve(e);
+        }
+        let mut replay = Replay::from(base);
+        for e in &events[cut..] {
+            replay.evolve(e);
+        }
+        let replayed = replay.finish();
+        assert_eq!(replayed, live);
+        let range = replayed.applied_request("test", reused).unwrap();
+        assert_eq!(range.first, events[second].revision, "the id used again is its own request");
     }
 }
