@@ -1,6 +1,21 @@
-//! Raft RPC between coordinators: bincode over HTTP (`POST /raft/{append,vote,snapshot}` on the
-//! peer's Raft address, `/raft/handover` when a leader stops gracefully, and `/raft/history`
-//! for a node filling its history after a snapshot install).
+//! Raft RPC between coordinators: bincode over HTTP on the peer's Raft address.
+//!
+//! Appends, votes and snapshot chunks travel on long-lived streams: `POST /raft/stream`,
+//! upgraded (HTTP/1.1 `Upgrade: switchyard-raft`) to a connection that carries [`frame`]s, one
+//! request and then its answer at a time. A stream saves what a plain request costs on every
+//! heartbeat and every append (headers written and parsed, the checks of [`raft_server`]'s
+//! guard, a connection taken from and given back to a pool), which is a good part of a
+//! one-client write's round trip. Idle streams are kept per peer, shared by every client
+//! openraft makes for it, and dropped after [`STREAM_IDLE`]. A peer that offers no stream (an
+//! older coordinator answers 404) gets plain requests (`POST /raft/{append,vote,snapshot}`, the
+//! same bodies) for [`PLAIN_RETRY`] before it is asked again.
+//!
+//! `/raft/handover` (a leader stopping gracefully) and `/raft/history` (a node filling its
+//! history after a snapshot install) stay plain requests: they are rare.
+//!
+//! A stream delivers what was written to it even when the caller has stopped waiting: an
+//! append sent to a paused peer is applied when it wakes, as a late plain request can be.
+//! Raft takes such late messages (an entry of an old term is checked like any other).
 //!
 //! Over TLS (unless `tls.insecure`), each side presenting its node certificate: the receiver
 //! takes Raft RPC only from a certificate of the cluster's CA that names a coordinator.
@@ -12,7 +27,8 @@
 //! leader before its own election timer fires (450 ms at the earliest by default), or it
 //! campaigns, and without pre-vote in openraft 0.9 it can depose a healthy leader.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -51,6 +67,17 @@ pub const HISTORY_EVENTS_MAX: u32 = 4096;
 /// Header naming the node id a Raft RPC is addressed to.
 pub const TARGET_HEADER: &str = "x-switchyard-target";
 
+/// The protocol name a Raft stream's upgrade asks for.
+pub const STREAM_PROTOCOL: &str = "switchyard-raft";
+
+/// How long a stream may sit idle in the pool before it is dropped rather than reused: well
+/// under the server's [`frame::SERVER_IDLE`], so a stream taken from the pool is not one the
+/// peer is closing at that moment.
+pub const STREAM_IDLE: Duration = Duration::from_secs(30);
+
+/// How long a peer that offers no stream gets plain requests before it is asked again.
+pub const PLAIN_RETRY: Duration = Duration::from_secs(60);
+
 /// Creates one [`Peer`] per remote node.
 #[derive(Clone)]
 pub struct Network {
@@ -59,6 +86,54 @@ pub struct Network {
     secret: String,
     retry: Duration,
     metrics: Arc<Metrics>,
+    streams: Arc<Streams>,
+}
+
+/// The streams of every peer: the idle ones, and the peers that offer none.
+#[derive(Default)]
+struct Streams {
+    idle: Mutex<HashMap<NodeId, Vec<Idle>>>,
+    /// Peers that answered 404 to a stream, and until when they get plain requests.
+    plain_until: Mutex<HashMap<NodeId, Instant>>,
+}
+
+struct Idle {
+    io: reqwest::Upgraded,
+    since: Instant,
+}
+
+impl Streams {
+    /// The most recently used idle stream to `target` that is not too old to reuse.
+    fn take(&self, target: NodeId) -> Option<reqwest::Upgraded> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&target)?;
+        list.retain(|s| s.since.elapsed() < STREAM_IDLE);
+        list.pop().map(|s| s.io)
+    }
+
+    fn put(&self, target: NodeId, io: reqwest::Upgraded) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.entry(target).or_default().push(Idle { io, since: Instant::now() });
+    }
+
+    fn plain(&self, target: NodeId) -> bool {
+        let plain = self.plain_until.lock().unwrap_or_else(|p| p.into_inner());
+        plain.get(&target).is_some_and(|until| Instant::now() < *until)
+    }
+
+    fn set_plain(&self, target: NodeId) {
+        let mut plain = self.plain_until.lock().unwrap_or_else(|p| p.into_inner());
+        plain.insert(target, Instant::now() + PLAIN_RETRY);
+    }
+}
+
+/// Why an RPC did not go over a stream.
+#[derive(Debug)]
+enum StreamFailure {
+    /// The peer offers no stream (404): send a plain request.
+    NotOffered,
+    /// The peer could not be reached, refused the request, or did not answer in time.
+    Unreachable(std::io::Error),
 }
 
 impl Network {
@@ -75,7 +150,7 @@ impl Network {
             .pool_idle_timeout(Duration::from_secs(30));
         let (builder, scheme) = switchyard_tls::http(builder, tls);
         let client = builder.build().expect("an HTTP client with a preconfigured TLS setup builds");
-        Network { client, scheme, secret, retry: heartbeat * 2, metrics }
+        Network { client, scheme, secret, retry: heartbeat * 2, metrics, streams: Arc::default() }
     }
 }
 
@@ -142,6 +217,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             secret: self.secret.clone(),
             retry: self.retry,
             metrics: self.metrics.clone(),
+            streams: self.streams.clone(),
         }
     }
 }
@@ -155,11 +231,15 @@ pub struct Peer {
     secret: String,
     retry: Duration,
     metrics: Arc<Metrics>,
+    streams: Arc<Streams>,
 }
 
 impl Peer {
+    /// Sends one Raft RPC of `kind` (a [`frame`] request kind; `path` names its plain request)
+    /// and decodes the answer.
     async fn call<Req, Resp, E>(
         &self,
+        kind: u8,
         path: &str,
         req: &Req,
         option: &RPCOption,
@@ -169,14 +249,114 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let body = codec::encode(req);
+        let ttl = option.hard_ttl();
+        let streamed = if self.streams.plain(self.target) {
+            Err(StreamFailure::NotOffered)
+        } else {
+            tokio::time::timeout(ttl, self.over_stream(kind, &body)).await.unwrap_or_else(|elapsed| {
+                Err(StreamFailure::Unreachable(std::io::Error::new(std::io::ErrorKind::TimedOut, elapsed)))
+            })
+        };
+        let bytes = match streamed {
+            Ok(bytes) => bytes,
+            Err(StreamFailure::NotOffered) => self.post(path, body, ttl).await?,
+            Err(StreamFailure::Unreachable(e)) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
+        };
+        let answer: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+    }
+
+    /// Sends a request on a stream (an idle one, else a new one) and answers the answer's body.
+    /// A reused stream that fails before it answers (the peer restarted, or closed it idle) is
+    /// replaced by a new one once: a Raft RPC may be delivered twice, as a retry would.
+    async fn over_stream(&self, kind: u8, body: &[u8]) -> Result<Vec<u8>, StreamFailure> {
+        if let Some(mut io) = self.streams.take(self.target) {
+            if let Ok(answer) = self.exchange(&mut io, kind, body).await {
+                self.streams.put(self.target, io);
+                return Ok(answer);
+            }
+        }
+        let mut io = self.open_stream().await?;
+        let answer = self.exchange(&mut io, kind, body).await?;
+        self.streams.put(self.target, io);
+        Ok(answer)
+    }
+
+    /// One request and its answer on `io`. A stream goes back to the pool only after a whole
+    /// exchange: one dropped midway (a timeout, an error) is closed.
+    async fn exchange(&self, io: &mut reqwest::Upgraded, kind: u8, body: &[u8]) -> Result<Vec<u8>, StreamFailure> {
+        frame::write(io, kind, body).await.map_err(StreamFailure::Unreachable)?;
+        let (answer_kind, answer) = frame::read(io, frame::BODY_MAX)
+            .await
+            .and_then(|f| f.ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into()))
+            .map_err(StreamFailure::Unreachable)?;
+        match answer_kind {
+            frame::ANSWER => Ok(answer),
+            frame::REFUSED => Err(StreamFailure::Unreachable(std::io::Error::other(format!(
+                "{}: raft stream: refused: {}",
+                self.node.raft_addr,
+                String::from_utf8_lossy(&answer)
+            )))),
+            other => Err(StreamFailure::Unreachable(std::io::Error::other(format!(
+                "{}: raft stream: an answer of unknown kind {other}",
+                self.node.raft_addr
+            )))),
+        }
+    }
+
+    /// Opens a stream: `POST /raft/stream`, upgraded.
+    async fn open_stream(&self) -> Result<reqwest::Upgraded, StreamFailure> {
+        let url = format!("{}://{}/raft/stream", self.scheme, self.node.raft_addr);
+        let resp = self
+            .client
+            .post(&url)
+            .bearer_auth(&self.secret)
+            .header(TARGET_HEADER, self.target.to_string())
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, STREAM_PROTOCOL)
+            .send()
+            .await
+            .map_err(|e| StreamFailure::Unreachable(std::io::Error::other(e)))?;
+        match resp.status() {
+            reqwest::StatusCode::SWITCHING_PROTOCOLS => {
+                resp.upgrade().await.map_err(|e| StreamFailure::Unreachable(std::io::Error::other(e)))
+            }
+            reqwest::StatusCode::NOT_FOUND => {
+                tracing::info!(
+                    peer = self.target,
+                    "the peer offers no raft stream; plain requests for {PLAIN_RETRY:?}"
+                );
+                self.streams.set_plain(self.target);
+                Err(StreamFailure::NotOffered)
+            }
+            status => {
+                let text = resp.text().await.unwrap_or_default();
+                // A refusal (wrong node id, wrong secret) means this address is not the peer we want.
+                Err(StreamFailure::Unreachable(std::io::Error::other(format!("{url}: {status}: {text}"))))
+            }
+        }
+    }
+
+    /// A plain request: `POST /raft/{path}`, answered with the answer's body.
+    async fn post<E>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Vec<u8>, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error,
+    {
         let url = format!("{}://{}/raft/{path}", self.scheme, self.node.raft_addr);
         let resp = self
             .client
             .post(&url)
             .bearer_auth(&self.secret)
             .header(TARGET_HEADER, self.target.to_string())
-            .timeout(option.hard_ttl())
-            .body(codec::encode(req))
+            .timeout(ttl)
+            .body(body)
             .send()
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
@@ -188,9 +368,7 @@ impl Peer {
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
         let bytes = resp.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let answer: Result<Resp, RaftError<NodeId, E>> =
-            codec::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        answer.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+        Ok(bytes.to_vec())
     }
 }
 
@@ -202,7 +380,7 @@ impl RaftNetwork<TypeConfig> for Peer {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
         let carries_entries = !rpc.entries.is_empty();
         let started = Instant::now();
-        let answer = self.call("append", &rpc, &option).await;
+        let answer = self.call(frame::APPEND, "append", &rpc, &option).await;
         if carries_entries && answer.is_ok() {
             self.metrics.stage(stage::REPLICATE_RPC, started.elapsed());
         }
@@ -215,7 +393,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>>
     {
-        self.call("snapshot", &rpc, &option).await
+        self.call(frame::SNAPSHOT, "snapshot", &rpc, &option).await
     }
 
     async fn vote(
@@ -223,10 +401,238 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        self.call("vote", &rpc, &option).await
+        self.call(frame::VOTE, "vote", &rpc, &option).await
     }
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(self.retry))
+    }
+}
+
+/// The frames of a Raft stream: a little-endian `u32` length, then that many bytes: a kind
+/// byte and a bincode body (the same bodies as the plain requests and their answers).
+///
+/// The client sends a request frame and reads one answer frame before it sends the next.
+/// The server answers [`REFUSED`] (with a message) to a frame it cannot take (an unknown kind,
+/// a body that does not decode, a length past [`BODY_MAX`]) and closes the stream.
+pub mod frame {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    /// An `AppendEntriesRequest`.
+    pub const APPEND: u8 = 1;
+    /// A `VoteRequest`.
+    pub const VOTE: u8 = 2;
+    /// An `InstallSnapshotRequest` (one chunk).
+    pub const SNAPSHOT: u8 = 3;
+    /// The answer to a request: the encoded `Result` Raft answered.
+    pub const ANSWER: u8 = 0x80;
+    /// The request was not taken; the body says why, and the stream ends.
+    pub const REFUSED: u8 = 0x81;
+
+    /// Largest body of a frame: a batch of entries or one snapshot chunk, as for plain requests.
+    pub const BODY_MAX: usize = 64 << 20;
+
+    /// How long the server keeps a stream on which nothing arrives.
+    pub const SERVER_IDLE: Duration = Duration::from_secs(60);
+
+    /// Writes one frame.
+    pub async fn write<W: AsyncWrite + Unpin>(io: &mut W, kind: u8, body: &[u8]) -> std::io::Result<()> {
+        let len = u32::try_from(body.len() + 1)
+            .ok()
+            .filter(|_| body.len() <= BODY_MAX)
+            .ok_or_else(|| std::io::Error::other(format!("a frame body of {} bytes is too large", body.len())))?;
+        let mut buf = Vec::with_capacity(5 + body.len());
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.push(kind);
+        buf.extend_from_slice(body);
+        io.write_all(&buf).await?;
+        io.flush().await
+    }
+
+    /// Reads one frame: its kind and body, or `None` when the stream ended cleanly before a
+    /// frame began. A frame longer than `max` bytes of body is an `InvalidData` error, read no
+    /// further.
+    pub async fn read<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+        let mut len = [0u8; 4];
+        let mut got = 0;
+        while got < len.len() {
+            match io.read(&mut len[got..]).await? {
+                0 if got == 0 => return Ok(None),
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => got += n,
+            }
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len == 0 || len - 1 > max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a frame of {len} bytes (the most is {} and at least 1)", max + 1),
+            ));
+        }
+        let mut kind = [0u8; 1];
+        io.read_exact(&mut kind).await?;
+        let mut body = vec![0u8; len - 1];
+        io.read_exact(&mut body).await?;
+        Ok(Some((kind[0], body)))
+    }
+
+    /// The answer that accepts a stream: `101 Switching Protocols` to
+    /// [`super::STREAM_PROTOCOL`].
+    pub fn accepted() -> axum::response::Response {
+        axum::response::Response::builder()
+            .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)
+            .header(axum::http::header::CONNECTION, "upgrade")
+            .header(axum::http::header::UPGRADE, super::STREAM_PROTOCOL)
+            .body(axum::body::Body::empty())
+            .expect("a 101 answer with static headers builds")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::extract::{Request, State};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::post;
+    use axum::Router;
+    use openraft::Vote;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_frame_reads_back_as_written_and_a_clean_end_is_told_from_a_cut() {
+        let mut buf = Vec::new();
+        frame::write(&mut buf, frame::VOTE, b"body").await.unwrap();
+        frame::write(&mut buf, frame::ANSWER, b"").await.unwrap();
+        let mut r = &buf[..];
+        assert_eq!(frame::read(&mut r, 16).await.unwrap(), Some((frame::VOTE, b"body".to_vec())));
+        assert_eq!(frame::read(&mut r, 16).await.unwrap(), Some((frame::ANSWER, Vec::new())));
+        assert_eq!(frame::read(&mut r, 16).await.unwrap(), None, "a clean end between frames");
+        for cut in 1..buf.len() - 5 {
+            let mut r = &buf[..cut];
+            let e = frame::read(&mut r, 16).await.unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "cut at {cut}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_past_the_limit_or_of_no_length_is_refused_unread() {
+        let mut buf = Vec::new();
+        frame::write(&mut buf, frame::APPEND, &[7; 17]).await.unwrap();
+        let e = frame::read(&mut &buf[..], 16).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        // A length that claims 4 GiB is refused from the length alone, nothing allocated.
+        let e = frame::read(&mut &[0xff, 0xff, 0xff, 0xff][..], frame::BODY_MAX).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        let e = frame::read(&mut &[0, 0, 0, 0, 1][..], frame::BODY_MAX).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    }
+
+    /// A peer's Raft server, as far as these tests need one: it grants every vote, on a
+    /// stream unless `streams` is off (then `/raft/stream` is not found, as on a coordinator
+    /// without streams), and ends each stream after `answers_per_stream` answers.
+    #[derive(Clone)]
+    struct FakePeer {
+        streams: bool,
+        answers_per_stream: usize,
+        opened: Arc<AtomicUsize>,
+        plain: Arc<AtomicUsize>,
+    }
+
+    fn granted() -> Vec<u8> {
+        codec::encode(&Ok::<_, RaftError<NodeId>>(VoteResponse::new(Vote::new(3, 1), None, true)))
+    }
+
+    async fn fake_stream(State(f): State<FakePeer>, mut req: Request) -> Response {
+        if !f.streams {
+            return axum::http::StatusCode::NOT_FOUND.into_response();
+        }
+        f.opened.fetch_add(1, Ordering::SeqCst);
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = hyper_util::rt::TokioIo::new(upgrade.await.unwrap());
+            for _ in 0..f.answers_per_stream {
+                let Ok(Some((kind, body))) = frame::read(&mut io, frame::BODY_MAX).await else { return };
+                assert_eq!(kind, frame::VOTE);
+                let _: VoteRequest<NodeId> = codec::decode(&body).unwrap();
+                frame::write(&mut io, frame::ANSWER, &granted()).await.unwrap();
+            }
+        });
+        frame::accepted()
+    }
+
+    async fn fake_vote(State(f): State<FakePeer>, body: axum::body::Bytes) -> Vec<u8> {
+        let _: VoteRequest<NodeId> = codec::decode(&body).unwrap();
+        f.plain.fetch_add(1, Ordering::SeqCst);
+        granted()
+    }
+
+    /// Serves `f` on a loopback port; answers its address.
+    async fn serve_fake(f: &FakePeer) -> NodeInfo {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/raft/stream", post(fake_stream))
+            .route("/raft/vote", post(fake_vote))
+            .with_state(f.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        NodeInfo { raft_addr: addr.to_string(), api_addr: String::new() }
+    }
+
+    fn network() -> Network {
+        Network::new("s".into(), Duration::from_millis(50), None, Arc::new(Metrics::new()))
+    }
+
+    async fn peer_of(f: &FakePeer) -> Peer {
+        network().new_client(1, &serve_fake(f).await).await
+    }
+
+    fn fake(streams: bool, answers_per_stream: usize) -> FakePeer {
+        FakePeer { streams, answers_per_stream, opened: Arc::default(), plain: Arc::default() }
+    }
+
+    async fn vote(peer: &mut Peer) -> VoteResponse<NodeId> {
+        let req = VoteRequest::new(Vote::new(3, 1), None);
+        peer.vote(req, RPCOption::new(Duration::from_secs(5))).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_rpc_to_a_peer_shares_one_stream() {
+        let f = fake(true, usize::MAX);
+        let node = serve_fake(&f).await;
+        let mut net = network();
+        // openraft makes a client per use (replication, elections): they share the streams.
+        let mut replication = net.new_client(1, &node).await;
+        let mut election = net.new_client(1, &node).await;
+        for _ in 0..5 {
+            assert!(vote(&mut replication).await.vote_granted);
+            assert!(vote(&mut election).await.vote_granted);
+        }
+        assert_eq!(f.opened.load(Ordering::SeqCst), 1);
+        assert_eq!(f.plain.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_peer_ended_is_replaced_without_failing_the_rpc() {
+        let f = fake(true, 1);
+        let mut peer = peer_of(&f).await;
+        for _ in 0..3 {
+            assert!(vote(&mut peer).await.vote_granted);
+        }
+        assert_eq!(f.opened.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_offers_no_stream_gets_plain_requests_and_is_not_asked_again_at_once() {
+        let f = fake(false, 0);
+        let mut peer = peer_of(&f).await;
+        for _ in 0..3 {
+            assert!(vote(&mut peer).await.vote_granted);
+        }
+        assert_eq!(f.plain.load(Ordering::SeqCst), 3);
+        assert!(peer.streams.plain(1));
     }
 }

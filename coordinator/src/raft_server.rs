@@ -1,6 +1,6 @@
 //! The receiving side of Raft RPC (see `network.rs` for the wire format and the identity check).
 //!
-//! Every request passes [`guard`] before its body is read: the connection's certificate must
+//! Every request, a stream's opening request included, passes [`guard`] before its body is read: the connection's certificate must
 //! name a coordinator (TLS), the cluster secret must match, and the request must be addressed
 //! to this node. A stranger's 64 MiB body is refused from its headers, unread.
 
@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::header::UPGRADE;
 use axum::http::StatusCode;
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,14 +22,16 @@ use serde::de::DeserializeOwned;
 use switchyard_protocol::codec;
 use switchyard_storage::{NodeId, StateMachineStore, TypeConfig};
 use switchyard_tls::Identity;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 
 use crate::listener::Peer;
 use crate::metrics::{stage, Metrics};
-use crate::network::{HistoryRequest, HISTORY_EVENTS_MAX, TARGET_HEADER};
-use crate::node::HeardLeader;
+use crate::network::{frame, HistoryRequest, HISTORY_EVENTS_MAX, STREAM_PROTOCOL, TARGET_HEADER};
+use crate::node::{HeardLeader, Node};
 
 /// Largest Raft RPC body: a batch of entries or one snapshot chunk.
-const RAFT_BODY_BYTES_MAX: usize = 64 << 20;
+const RAFT_BODY_BYTES_MAX: usize = frame::BODY_MAX;
 
 #[derive(Clone)]
 struct RaftState {
@@ -43,22 +46,29 @@ struct RaftState {
     metrics: Arc<Metrics>,
     /// The history a peer's backfill reads (`/raft/history`).
     sm: StateMachineStore,
+    /// Says when the server stops: streams, which outlive the HTTP server's graceful stop
+    /// once upgraded, end then too.
+    stop: watch::Receiver<bool>,
 }
 
-pub fn router(
-    id: NodeId,
-    secret: String,
-    raft: Raft<TypeConfig>,
-    tls: bool,
-    heard: Arc<HeardLeader>,
-    metrics: Arc<Metrics>,
-    sm: StateMachineStore,
-) -> Router {
-    let state = RaftState { id, secret, tls, raft, heard, metrics, sm };
+/// The Raft server of `node`; `tls` says whether its connections are TLS, `stop` when the
+/// server stops.
+pub fn router(node: &Node, tls: bool, stop: watch::Receiver<bool>) -> Router {
+    let state = RaftState {
+        id: node.id,
+        secret: node.config.cluster_secret.expose().to_string(),
+        tls,
+        raft: node.raft.clone(),
+        heard: node.heard.clone(),
+        metrics: node.metrics.clone(),
+        sm: node.sm.clone(),
+        stop,
+    };
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
+        .route("/raft/stream", post(stream))
         .route("/raft/handover", post(handover))
         .route("/raft/history", post(history))
         .layer(DefaultBodyLimit::max(RAFT_BODY_BYTES_MAX))
@@ -95,14 +105,19 @@ fn admit<T: DeserializeOwned>(body: &[u8]) -> Result<T, (StatusCode, String)> {
     codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("raft rpc: {e}")))
 }
 
-async fn append(State(s): State<RaftState>, body: Bytes) -> Response {
-    match admit::<AppendEntriesRequest<TypeConfig>>(&body) {
-        Ok(req) => {
+/// Answers one Raft RPC of `kind` (a [`frame`] request kind) from its encoded body, with the
+/// encoded `Result` Raft answered; `Err` when the body does not decode or the kind is unknown.
+/// The plain requests and the streams both come here.
+async fn rpc(s: &RaftState, kind: u8, body: &[u8]) -> Result<Vec<u8>, String> {
+    let bad = |e: switchyard_protocol::codec::CodecError| format!("raft rpc: {e}");
+    match kind {
+        frame::APPEND => {
+            let req: AppendEntriesRequest<TypeConfig> = codec::decode(body).map_err(bad)?;
             if let (true, Some(leader)) = (req.vote.is_committed(), req.vote.leader_id().voted_for()) {
                 s.heard.note(req.vote.leader_id().get_term(), leader);
             }
             if let Some(f) = stopped(&s.raft) {
-                return codec::encode(&Err::<AppendEntriesResponse<NodeId>, RaftError<NodeId>>(f)).into_response();
+                return Ok(codec::encode(&Err::<AppendEntriesResponse<NodeId>, RaftError<NodeId>>(f)));
             }
             let carries_entries = !req.entries.is_empty();
             let started = Instant::now();
@@ -110,30 +125,96 @@ async fn append(State(s): State<RaftState>, body: Bytes) -> Response {
             if carries_entries && answer.is_ok() {
                 s.metrics.stage(stage::FOLLOWER_APPEND, started.elapsed());
             }
-            codec::encode(&answer).into_response()
+            Ok(codec::encode(&answer))
         }
-        Err(r) => r.into_response(),
+        frame::VOTE => {
+            let req = codec::decode(body).map_err(bad)?;
+            Ok(match stopped(&s.raft) {
+                Some(f) => codec::encode(&Err::<VoteResponse<NodeId>, RaftError<NodeId>>(f)),
+                None => codec::encode(&s.raft.vote(req).await),
+            })
+        }
+        frame::SNAPSHOT => {
+            type Answer = Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>;
+            let req = codec::decode(body).map_err(bad)?;
+            Ok(match stopped(&s.raft) {
+                Some(f) => codec::encode(&Answer::Err(f)),
+                None => codec::encode(&s.raft.install_snapshot(req).await),
+            })
+        }
+        other => Err(format!("raft rpc: unknown request kind {other}")),
     }
+}
+
+/// A plain request's answer: [`rpc`]'s, or 400 when it was not taken.
+async fn plain(s: &RaftState, kind: u8, body: &[u8]) -> Response {
+    match rpc(s, kind, body).await {
+        Ok(answer) => answer.into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+async fn append(State(s): State<RaftState>, body: Bytes) -> Response {
+    plain(&s, frame::APPEND, &body).await
 }
 
 async fn vote(State(s): State<RaftState>, body: Bytes) -> Response {
-    match admit(&body) {
-        Ok(req) => match stopped(&s.raft) {
-            Some(f) => codec::encode(&Err::<VoteResponse<NodeId>, RaftError<NodeId>>(f)).into_response(),
-            None => codec::encode(&s.raft.vote(req).await).into_response(),
-        },
-        Err(r) => r.into_response(),
-    }
+    plain(&s, frame::VOTE, &body).await
 }
 
 async fn snapshot(State(s): State<RaftState>, body: Bytes) -> Response {
-    type Answer = Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>;
-    match admit(&body) {
-        Ok(req) => match stopped(&s.raft) {
-            Some(f) => codec::encode(&Answer::Err(f)).into_response(),
-            None => codec::encode(&s.raft.install_snapshot(req).await).into_response(),
-        },
-        Err(r) => r.into_response(),
+    plain(&s, frame::SNAPSHOT, &body).await
+}
+
+/// `POST /raft/stream`: an admitted peer's request for a stream (see `network.rs`). Answered
+/// with `101 Switching Protocols`; the stream is then served in its own task until the peer
+/// closes it, it sits idle for [`frame::SERVER_IDLE`], a frame is refused, or the server stops.
+async fn stream(State(s): State<RaftState>, mut req: Request) -> Response {
+    let asks = req.headers().get(UPGRADE).and_then(|v| v.to_str().ok());
+    if !asks.is_some_and(|p| p.eq_ignore_ascii_case(STREAM_PROTOCOL)) {
+        let msg = format!("raft stream: ask for it with `Connection: upgrade` and `Upgrade: {STREAM_PROTOCOL}`");
+        return (StatusCode::UPGRADE_REQUIRED, [(UPGRADE, STREAM_PROTOCOL)], msg).into_response();
+    }
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(io) => serve_stream(s, hyper_util::rt::TokioIo::new(io)).await,
+            Err(e) => tracing::debug!(%e, "raft stream: the upgrade did not complete"),
+        }
+    });
+    frame::accepted()
+}
+
+/// Serves one stream's frames, one request and then its answer at a time.
+async fn serve_stream<IO: AsyncRead + AsyncWrite + Unpin>(s: RaftState, mut io: IO) {
+    let mut stop = s.stop.clone();
+    loop {
+        let read = tokio::select! {
+            read = tokio::time::timeout(frame::SERVER_IDLE, frame::read(&mut io, frame::BODY_MAX)) => read,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        let (kind, body) = match read {
+            Ok(Ok(Some(f))) => f,
+            // Closed by the peer, or idle for too long.
+            Ok(Ok(None)) | Err(_) => return,
+            Ok(Err(e)) => {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    let _ = frame::write(&mut io, frame::REFUSED, format!("raft stream: {e}").as_bytes()).await;
+                }
+                tracing::debug!(%e, "raft stream: ended");
+                return;
+            }
+        };
+        let written = match rpc(&s, kind, &body).await {
+            Ok(answer) => frame::write(&mut io, frame::ANSWER, &answer).await,
+            Err(e) => {
+                let _ = frame::write(&mut io, frame::REFUSED, e.as_bytes()).await;
+                return;
+            }
+        };
+        if written.is_err() {
+            return;
+        }
     }
 }
 

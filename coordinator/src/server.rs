@@ -84,15 +84,8 @@ impl Coordinator {
             tokio::spawn(node.clone().watch_raft()),
             tokio::spawn(crate::backfill::run(node.clone(), network.clone())),
         ];
-        let raft_app = raft_server::router(
-            config.node_id,
-            config.cluster_secret.expose().to_string(),
-            raft,
-            tls.is_some(),
-            node.heard.clone(),
-            node.metrics.clone(),
-            node.sm.clone(),
-        );
+        let (raft_stop, raft_stopped) = watch::channel(false);
+        let raft_app = raft_server::router(&node, tls.is_some(), raft_stopped.clone());
         let credentials = api::Credentials::new(&config);
         let api_app = api::router(node.clone(), tls.clone(), credentials.clone());
         let api_app =
@@ -117,8 +110,9 @@ impl Coordinator {
                 what: "api",
             },
         )?;
-        let (api_stop, api_server) = serve(api_listener, api_app);
-        let (raft_stop, raft_server) = serve(raft_listener, raft_app);
+        let (api_stop, api_stopped) = watch::channel(false);
+        let api_server = serve(api_listener, api_app, api_stopped);
+        let raft_server = serve(raft_listener, raft_app, raft_stopped);
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(node = config.node_id, raft = %config.raft_listen, api = %config.api_listen, scheme, "coordinator started");
         Ok(Coordinator { node, credentials, tls, network, api_stop, raft_stop, api_server, raft_server, tasks })
@@ -271,13 +265,12 @@ pub fn load_tls(config: &Config) -> Result<Option<switchyard_tls::Tls>, ConfigEr
         .map_err(|e| ConfigError(format!("tls: {e}")))
 }
 
-/// Serves `app` on `listener` until the returned sender says stop; handlers see the
-/// connection's [`Peer`].
-fn serve(listener: Incoming, app: axum::Router) -> (watch::Sender<bool>, JoinHandle<std::io::Result<()>>) {
-    let (stop, mut stopped) = watch::channel(false);
+/// Serves `app` on `listener` until `stopped` says stop; handlers see the connection's
+/// [`Peer`].
+fn serve(listener: Incoming, app: axum::Router, mut stopped: watch::Receiver<bool>) -> JoinHandle<std::io::Result<()>> {
     let server =
         axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).with_graceful_shutdown(async move {
             let _ = stopped.wait_for(|s| *s).await;
         });
-    (stop, tokio::spawn(server.into_future()))
+    tokio::spawn(server.into_future())
 }

@@ -225,17 +225,19 @@ async fn a_coordinator_whose_disk_fills_refuses_writes_serves_reads_and_recovers
     wait_recovered(&cluster, 3, acked.last().unwrap().1).await;
     check_nothing_lost(&cluster, &acked).await;
 
-    // 2. The leader's disk fills. Node 3 is made the leader: the other follower is paused and
-    // misses an entry, so the leader's graceful stop hands over to node 3.
+    // 2. The leader's disk fills. Node 3 is made the leader: the other follower is stopped and
+    // misses an entry, so the leader's graceful stop hands over to node 3. (Stopped, not
+    // paused: a paused process still receives what the leader sends it, and takes the entry
+    // when it wakes.)
     let leader = cluster.wait_leader(&[1, 2, 3]).await;
     if leader != 3 {
         let other = 6 - 3 - leader;
-        cluster.node(other).proc.pause();
-        let name = "while-paused".to_string();
+        cluster.kill(other);
+        let name = "while-stopped".to_string();
         acked.push((name.clone(), write_until_acked(&c, "/v1/guests", &fat_guest(&name)).await.last_revision));
         cluster.wait_revision(3, acked.last().unwrap().1).await;
         assert!(cluster.terminate(leader).success());
-        cluster.node(other).proc.resume();
+        cluster.restart(other);
         // Only node 3 holds the last entry among the two that run: it wins.
         eventually("node 3 to lead", Duration::from_secs(30), || async {
             (status(&cluster, 3).await?.role == "leader").then_some(())

@@ -1,6 +1,6 @@
 //! Secure by default, and what it refuses: plaintext, strangers' certificates, a host's
 //! certificate used for another host, expired certificates, strangers on the Raft port (before
-//! their body is read), an empty data directory, secrets in files others can read, placeholder
+//! their body is read), hostile frames on a Raft stream, an empty data directory, secrets in files others can read, placeholder
 //! secrets; certificates and tokens replaced without a restart.
 mod common;
 
@@ -162,7 +162,7 @@ async fn a_hosts_certificate_acts_for_that_host_only() {
     }
     // A host's certificate does not open the Raft port: neither Raft itself nor the history
     // peers fill theirs from.
-    for rpc in ["vote", "history"] {
+    for rpc in ["vote", "history", "stream"] {
         let r = h1
             .post(format!("https://{}/raft/{rpc}", cluster.node(1).raft_addr))
             .bearer_auth("cluster-secret-for-tests-0001")
@@ -211,6 +211,68 @@ async fn a_strangers_large_body_is_refused_unread() {
     eprintln!("coordinator RSS {before} KiB before, {after} KiB after 6 refused 64 MiB bodies");
     assert!(after < before + 32 * 1024, "the bodies were buffered: RSS {before} -> {after} KiB");
     cluster.client(&[1]).node_status().await.unwrap();
+}
+
+/// One frame of a Raft stream: length, kind, body.
+fn raft_frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = ((body.len() + 1) as u32).to_le_bytes().to_vec();
+    f.push(kind);
+    f.extend_from_slice(body);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_on_a_raft_stream_are_refused_and_change_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = TestCluster::start(1, ClusterOpts::default()).await;
+    let ca = cluster.ca();
+    // A coordinator's certificate, the cluster secret and the right node id: admitted, so the
+    // frames themselves are what is checked.
+    let node9 = issue::issue(&ca, &Identity::Node(9), &[], Validity::days(1)).unwrap();
+    let client = raw_client(&ca, Some(&node9));
+    let url = format!("https://{}/raft/stream", cluster.node(1).raft_addr);
+    let ask = || client.post(&url).bearer_auth("cluster-secret-for-tests-0001").header("x-switchyard-target", "1");
+    let before = cluster.client(&[1]).node_status().await.unwrap();
+
+    // Without the upgrade headers: told how to ask.
+    let r = ask().send().await.unwrap();
+    assert_eq!(r.status(), 426);
+
+    let hostile: [(&str, Vec<u8>); 6] = [
+        ("a frame of an unknown kind", raft_frame(9, b"x")),
+        ("an answer sent as a request", raft_frame(0x80, b"")),
+        ("an append that does not decode", raft_frame(1, &[0xff; 40])),
+        ("a vote with an empty body", raft_frame(2, b"")),
+        ("a length of 4 GiB", u32::MAX.to_le_bytes().to_vec()),
+        ("a frame of no length", 0u32.to_le_bytes().to_vec()),
+    ];
+    for (what, bytes) in hostile {
+        let r = ask().header("connection", "upgrade").header("upgrade", "switchyard-raft").send().await.unwrap();
+        assert_eq!(r.status(), 101, "{what}");
+        let mut io = r.upgrade().await.unwrap();
+        io.write_all(&bytes).await.unwrap();
+        // Refused, with a reason...
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await.unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+        let mut answer = vec![0u8; u32::from_le_bytes(len) as usize];
+        io.read_exact(&mut answer).await.unwrap();
+        let reason = String::from_utf8_lossy(&answer[1..]).to_string();
+        assert_eq!(answer[0], 0x81, "{what}: {reason}");
+        assert!(reason.starts_with("raft "), "{what}: {reason}");
+        eprintln!("{what}: refused: {reason}");
+        // ...and the stream ends.
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut rest)).await;
+        assert!(matches!(ended, Ok(Ok(0)) | Ok(Err(_))), "{what}: the stream went on: {ended:?}");
+    }
+
+    // Nothing changed: the same term, log and state, and the node takes writes.
+    let after = cluster.client(&[1]).node_status().await.unwrap();
+    assert_eq!(
+        (after.role.as_str(), after.term, after.last_log_index, after.revision),
+        (before.role.as_str(), before.term, before.last_log_index, before.revision)
+    );
+    write_until_acked(&cluster.client(&[1]), "/v1/hosts", &big_host("h1")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
