@@ -78,6 +78,12 @@ pub const STREAM_IDLE: Duration = Duration::from_secs(30);
 /// How long a peer that offers no stream gets plain requests before it is asked again.
 pub const PLAIN_RETRY: Duration = Duration::from_secs(60);
 
+/// A request to `target`'s Raft server at `url`, with the cluster secret and the node id it is
+/// meant for: every request one coordinator makes of another starts here.
+fn to_peer(client: &reqwest::Client, secret: &str, url: &str, target: NodeId) -> reqwest::RequestBuilder {
+    client.post(url).bearer_auth(secret).header(TARGET_HEADER, target.to_string())
+}
+
 /// Creates one [`Peer`] per remote node.
 #[derive(Clone)]
 pub struct Network {
@@ -158,11 +164,7 @@ impl Network {
     /// Delivers a leader's handover notice (`POST /raft/handover`) to `node`.
     pub async fn handover(&self, target: NodeId, node: &NodeInfo, msg: &Handover) -> Result<(), String> {
         let url = format!("{}://{}/raft/handover", self.scheme, node.raft_addr);
-        let resp = self
-            .client
-            .post(&url)
-            .bearer_auth(&self.secret)
-            .header(TARGET_HEADER, target.to_string())
+        let resp = to_peer(&self.client, &self.secret, &url, target)
             .timeout(Duration::from_secs(1))
             .body(codec::encode(msg))
             .send()
@@ -186,11 +188,7 @@ impl Network {
     ) -> Result<Vec<switchyard_protocol::Event>, String> {
         let url = format!("{}://{}/raft/history", self.scheme, node.raft_addr);
         let req = HistoryRequest { before, max: HISTORY_EVENTS_MAX };
-        let resp = self
-            .client
-            .post(&url)
-            .bearer_auth(&self.secret)
-            .header(TARGET_HEADER, target.to_string())
+        let resp = to_peer(&self.client, &self.secret, &url, target)
             .timeout(Duration::from_secs(30))
             .body(codec::encode(&req))
             .send()
@@ -309,11 +307,7 @@ impl Peer {
     /// Opens a stream: `POST /raft/stream`, upgraded.
     async fn open_stream(&self) -> Result<reqwest::Upgraded, StreamFailure> {
         let url = format!("{}://{}/raft/stream", self.scheme, self.node.raft_addr);
-        let resp = self
-            .client
-            .post(&url)
-            .bearer_auth(&self.secret)
-            .header(TARGET_HEADER, self.target.to_string())
+        let resp = to_peer(&self.client, &self.secret, &url, self.target)
             .header(reqwest::header::CONNECTION, "upgrade")
             .header(reqwest::header::UPGRADE, STREAM_PROTOCOL)
             .send()
@@ -350,11 +344,7 @@ impl Peer {
         E: std::error::Error,
     {
         let url = format!("{}://{}/raft/{path}", self.scheme, self.node.raft_addr);
-        let resp = self
-            .client
-            .post(&url)
-            .bearer_auth(&self.secret)
-            .header(TARGET_HEADER, self.target.to_string())
+        let resp = to_peer(&self.client, &self.secret, &url, self.target)
             .timeout(ttl)
             .body(body)
             .send()

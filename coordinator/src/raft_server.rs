@@ -30,9 +30,6 @@ use crate::metrics::{stage, Metrics};
 use crate::network::{frame, HistoryRequest, HISTORY_EVENTS_MAX, STREAM_PROTOCOL, TARGET_HEADER};
 use crate::node::{HeardLeader, Node};
 
-/// Largest Raft RPC body: a batch of entries or one snapshot chunk.
-const RAFT_BODY_BYTES_MAX: usize = frame::BODY_MAX;
-
 #[derive(Clone)]
 struct RaftState {
     id: NodeId,
@@ -71,7 +68,7 @@ pub fn router(node: &Node, tls: bool, stop: watch::Receiver<bool>) -> Router {
         .route("/raft/stream", post(stream))
         .route("/raft/handover", post(handover))
         .route("/raft/history", post(history))
-        .layer(DefaultBodyLimit::max(RAFT_BODY_BYTES_MAX))
+        .layer(DefaultBodyLimit::max(frame::BODY_MAX))
         .layer(from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
@@ -101,18 +98,22 @@ async fn guard(State(s): State<RaftState>, req: Request, next: Next) -> Response
 }
 
 /// Decodes an admitted request's body.
+fn decoded<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    codec::decode(body).map_err(|e| format!("raft rpc: {e}"))
+}
+
+/// Decodes an admitted plain request's body; 400 when it does not decode.
 fn admit<T: DeserializeOwned>(body: &[u8]) -> Result<T, (StatusCode, String)> {
-    codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("raft rpc: {e}")))
+    decoded(body).map_err(|e| (StatusCode::BAD_REQUEST, e))
 }
 
 /// Answers one Raft RPC of `kind` (a [`frame`] request kind) from its encoded body, with the
 /// encoded `Result` Raft answered; `Err` when the body does not decode or the kind is unknown.
 /// The plain requests and the streams both come here.
 async fn rpc(s: &RaftState, kind: u8, body: &[u8]) -> Result<Vec<u8>, String> {
-    let bad = |e: switchyard_protocol::codec::CodecError| format!("raft rpc: {e}");
     match kind {
         frame::APPEND => {
-            let req: AppendEntriesRequest<TypeConfig> = codec::decode(body).map_err(bad)?;
+            let req: AppendEntriesRequest<TypeConfig> = decoded(body)?;
             if let (true, Some(leader)) = (req.vote.is_committed(), req.vote.leader_id().voted_for()) {
                 s.heard.note(req.vote.leader_id().get_term(), leader);
             }
@@ -128,7 +129,7 @@ async fn rpc(s: &RaftState, kind: u8, body: &[u8]) -> Result<Vec<u8>, String> {
             Ok(codec::encode(&answer))
         }
         frame::VOTE => {
-            let req = codec::decode(body).map_err(bad)?;
+            let req = decoded(body)?;
             Ok(match stopped(&s.raft) {
                 Some(f) => codec::encode(&Err::<VoteResponse<NodeId>, RaftError<NodeId>>(f)),
                 None => codec::encode(&s.raft.vote(req).await),
@@ -136,7 +137,7 @@ async fn rpc(s: &RaftState, kind: u8, body: &[u8]) -> Result<Vec<u8>, String> {
         }
         frame::SNAPSHOT => {
             type Answer = Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>;
-            let req = codec::decode(body).map_err(bad)?;
+            let req = decoded(body)?;
             Ok(match stopped(&s.raft) {
                 Some(f) => codec::encode(&Answer::Err(f)),
                 None => codec::encode(&s.raft.install_snapshot(req).await),
