@@ -358,15 +358,12 @@ impl Node {
     /// storage call fails: RocksDB refuses every write after a failed one, a full disk among
     /// them) sets the node's fault; a stop asked for does not.
     pub async fn watch_raft(self: Arc<Node>) {
-        let mut rx = self.raft.metrics();
-        let fatal = loop {
-            if let Err(f) = &rx.borrow_and_update().running_state {
-                break f.clone();
-            }
-            if rx.changed().await.is_err() {
-                return;
-            }
-        };
+        // Raft's core holds the server metrics' sender until it has stopped and set its
+        // running state; waiting for that end, rather than for every change of the full metrics
+        // (several per write), costs the writes nothing.
+        let mut server = self.raft.server_metrics();
+        while server.changed().await.is_ok() {}
+        let Err(fatal) = self.raft.metrics().borrow().running_state.clone() else { return };
         if matches!(fatal, openraft::error::Fatal::Stopped) || self.is_stopping() {
             return;
         }

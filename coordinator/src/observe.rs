@@ -18,7 +18,8 @@ const PAGE_EVENTS: usize = 512;
 /// Runs until the node stops.
 pub async fn run(node: Arc<Node>) {
     let m = node.metrics.clone();
-    let mut raft = node.raft.metrics();
+    // Leadership only: the full metrics change at every write.
+    let mut raft = node.raft.server_metrics();
     let mut leader = raft.borrow().current_leader;
     if leader.is_some() {
         m.leader_changes.inc();

@@ -9,6 +9,11 @@
 //! batch to fill). At most [`IN_FLIGHT`] entries are in flight, so a commit is always under way
 //! while the next batch gathers.
 //!
+//! A write that finds the batcher idle (nothing queued, a slot free) does not queue: its caller
+//! proposes it as an entry of its own at once, which spares a lone client's write the hops to
+//! the batcher's task and back (two task wake-ups of its commit's critical path). As soon as
+//! writes overlap, they queue and are batched as above.
+//!
 //! Semantics are unchanged: proposals are applied in order, each with its own request id and
 //! result; a failed `client_write` (not the leader, shutting down) fails every proposal of the
 //! batch with the same error, and clients retry with their request id as before.
@@ -17,7 +22,7 @@
 //! graceful stop began.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::metrics::{stage, Metrics};
 use openraft::Raft;
@@ -59,34 +64,95 @@ const IN_FLIGHT: usize = 2;
 
 struct Pending {
     proposal: Proposal,
-    reply: oneshot::Sender<Result<ApplyResult, ProposeError>>,
+    reply: Reply,
     queued: Instant,
 }
+
+/// Queued proposals at most; past it, proposers wait for room.
+const QUEUE: usize = 8192;
 
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
+    raft: Raft<TypeConfig>,
+    /// Entries being committed (shared with the batcher).
+    in_flight: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Proposer {
     /// Starts the batcher; `max_batch` proposals at most per entry (1: no batching).
     pub fn start(raft: Raft<TypeConfig>, max_batch: usize, metrics: Arc<Metrics>) -> Proposer {
-        let (tx, rx) = mpsc::channel(8192);
-        tokio::spawn(run(raft, rx, max_batch.max(1), metrics));
-        Proposer { tx }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+        tokio::spawn(run(raft.clone(), rx, max_batch.max(1), in_flight.clone(), metrics.clone()));
+        Proposer { tx, raft, in_flight, metrics }
     }
 
     /// Proposes one write and waits until it is committed and applied (or refused).
     pub async fn propose(&self, proposal: Proposal) -> Result<ApplyResult, ProposeError> {
         let stopping = || ProposeError::Unavailable("the coordinator is stopping".into());
+        // The batcher idle: this write is an entry of its own, proposed from here. (A proposal
+        // the batcher holds while it waits for a slot is not in the queue; taking the slot
+        // first delays it by at most one commit.)
+        if self.tx.capacity() == QUEUE {
+            if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
+                self.metrics.stage(stage::PROPOSER_QUEUE, Duration::ZERO);
+                let (reply, answer) = oneshot::channel();
+                commit(&self.raft, &self.metrics, vec![(proposal, reply)]).await;
+                drop(permit);
+                return answer.await.map_err(|_| stopping())?;
+            }
+        }
         let (reply, answer) = oneshot::channel();
         self.tx.send(Pending { proposal, reply, queued: Instant::now() }).await.map_err(|_| stopping())?;
         answer.await.map_err(|_| stopping())?
     }
 }
 
-async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>, max_batch: usize, metrics: Arc<Metrics>) {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+type Reply = oneshot::Sender<Result<ApplyResult, ProposeError>>;
+
+/// Commits `batch` as one entry and answers each proposal's reply.
+async fn commit(raft: &Raft<TypeConfig>, metrics: &Metrics, batch: Vec<(Proposal, Reply)>) {
+    let (proposals, replies): (Vec<Proposal>, Vec<Reply>) = batch.into_iter().unzip();
+    let n = proposals.len();
+    metrics.batch_size.observe(n as f64);
+    let started = Instant::now();
+    let written = raft.client_write(Proposals(proposals)).await;
+    if written.is_ok() {
+        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+    }
+    match written {
+        Ok(resp) if resp.data.results.len() == n => {
+            for (reply, result) in replies.into_iter().zip(resp.data.results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Ok(resp) => {
+            let e = ProposeError::Internal(format!(
+                "the state machine gave {} results for {n} proposals",
+                resp.data.results.len()
+            ));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            let e = ProposeError::from(e);
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+async fn run(
+    raft: Raft<TypeConfig>,
+    mut rx: mpsc::Receiver<Pending>,
+    max_batch: usize,
+    in_flight: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+) {
     while let Some(first) = rx.recv().await {
         // Wait for a free slot first: whatever queues meanwhile joins this batch.
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
@@ -103,37 +169,8 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>, max_batch:
         let raft = raft.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let (proposals, replies): (Vec<Proposal>, Vec<_>) =
-                batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
-            let n = proposals.len();
-            metrics.batch_size.observe(n as f64);
-            let started = Instant::now();
-            let written = raft.client_write(Proposals(proposals)).await;
-            if written.is_ok() {
-                metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-            }
-            match written {
-                Ok(resp) if resp.data.results.len() == n => {
-                    for (reply, result) in replies.into_iter().zip(resp.data.results) {
-                        let _ = reply.send(Ok(result));
-                    }
-                }
-                Ok(resp) => {
-                    let e = ProposeError::Internal(format!(
-                        "the state machine gave {} results for {n} proposals",
-                        resp.data.results.len()
-                    ));
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-                Err(e) => {
-                    let e = ProposeError::from(e);
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
+            let batch = batch.into_iter().map(|p| (p.proposal, p.reply)).collect();
+            commit(&raft, &metrics, batch).await;
             drop(permit);
         });
     }

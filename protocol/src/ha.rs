@@ -381,9 +381,15 @@ pub fn plan_failovers(
             out.push((guest, command));
         }
     }
+    // Runs at every revision the leader applies: with no host failed (the usual case) it reads
+    // no guest at all, and otherwise only compares each guest's owner with the few failed hosts.
+    let failed: Vec<&Name> = st.failed_hosts().collect();
+    if failed.is_empty() {
+        return out;
+    }
     let mut counted_start = false;
     for g in st.guests() {
-        if st.host_failure(&g.owner).is_none() || st.failover(&g.name).is_some() || st.in_flight(&g.name).is_some() {
+        if !failed.contains(&&g.owner) || st.failover(&g.name).is_some() || st.in_flight(&g.name).is_some() {
             continue;
         }
         if unprotected(st, g).is_some() {

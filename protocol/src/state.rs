@@ -258,6 +258,10 @@ impl ClusterState {
     pub fn host_failure(&self, host: &Name) -> Option<&HostFailure> {
         self.members.get(host).and_then(|m| m.failure.as_ref())
     }
+    /// The member hosts declared failed (and not recovered), by name.
+    pub fn failed_hosts(&self) -> impl Iterator<Item = &Name> {
+        self.members.iter().filter(|(_, m)| m.failure.is_some()).map(|(h, _)| h)
+    }
     /// A host's state with its failure: a failed host is `failed` whatever else holds.
     pub fn host_state(&self, host: &Host) -> HostState {
         if self.host_failure(&host.spec.name).is_some() {

@@ -11,23 +11,6 @@ use common::*;
 use switchyard_storage::export::{read_export, ExportHeader, ExportWriter, Format, Until};
 use switchyard_storage::snapshot::SnapshotReader;
 
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n.max(1)
-    }
-}
-
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("SWITCHYARD_SEED").ok().and_then(|s| s.trim().parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
-    println!("{test}: SWITCHYARD_SEED={seed}");
-    seed
-}
-
 /// One random mutation of `bytes`, and what it was.
 fn mutate(bytes: &[u8], r: &mut Lcg) -> (Vec<u8>, String) {
     let mut b = bytes.to_vec();

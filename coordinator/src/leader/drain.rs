@@ -18,7 +18,7 @@ use crate::node::Node;
 /// Runs on every coordinator; acts only while it is the leader.
 pub async fn run(s: Arc<Node>) {
     let mut revision = s.sm.watch_revision();
-    let mut metrics = s.raft.metrics();
+    let mut metrics = s.raft.server_metrics();
     let limits = s.config.migration.move_limits();
     loop {
         tokio::select! {

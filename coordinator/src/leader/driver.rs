@@ -16,7 +16,7 @@ use crate::node::Node;
 /// Runs until the process stops; acts only while this coordinator leads.
 pub async fn run(s: Arc<Node>) {
     let mut revision = s.sm.watch_revision();
-    let mut metrics = s.raft.metrics();
+    let mut metrics = s.raft.server_metrics();
     let mut wait = Duration::from_millis(200);
     // When this leader first saw each in-flight migration in its current phase (by the phase's
     // fencing token).

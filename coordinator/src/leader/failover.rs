@@ -40,7 +40,7 @@ pub const FAILBACK_RETRY: Duration = Duration::from_secs(60);
 /// Runs on every coordinator; acts only while it is the leader.
 pub async fn run(s: Arc<Node>) {
     let mut revision = s.sm.watch_revision();
-    let mut metrics = s.raft.metrics();
+    let mut metrics = s.raft.server_metrics();
     // When this leader first saw each attempt (the start timeout's origin).
     let mut seen: HashMap<FencingToken, Instant> = HashMap::new();
     // When this leader last requested each guest's failback.

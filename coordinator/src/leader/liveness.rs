@@ -30,7 +30,7 @@ pub async fn run(s: Arc<Node>) {
     // Failure is detected within a quarter of a second of the expiry.
     let mut tick = tokio::time::interval(Duration::from_millis(250).min(timeout / 4));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut metrics = s.raft.metrics();
+    let mut metrics = s.raft.server_metrics();
     loop {
         tokio::select! {
             _ = tick.tick() => {}

@@ -131,3 +131,24 @@ pub async fn with_snapshot(path: &std::path::Path) -> std::path::PathBuf {
     drop((log, sm));
     std::fs::read_dir(path.join("snapshots")).unwrap().next().unwrap().unwrap().path()
 }
+
+/// A small deterministic generator for the randomized tests.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
+
+/// The seed of a randomized test: `SWITCHYARD_SEED`, or the clock; printed, so a failure can be
+/// replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("SWITCHYARD_SEED").ok().and_then(|s| s.trim().parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    println!("{test}: SWITCHYARD_SEED={seed}");
+    seed
+}
