@@ -96,12 +96,10 @@ impl Proposer {
         // the batcher holds while it waits for a slot is not in the queue; taking the slot
         // first delays it by at most one commit.)
         if self.tx.capacity() == QUEUE {
-            if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
+            if let Ok(_permit) = self.in_flight.clone().try_acquire_owned() {
                 self.metrics.stage(stage::PROPOSER_QUEUE, Duration::ZERO);
-                let (reply, answer) = oneshot::channel();
-                commit(&self.raft, &self.metrics, vec![(proposal, reply)]).await;
-                drop(permit);
-                return answer.await.map_err(|_| stopping())?;
+                let mut results = commit(&self.raft, &self.metrics, vec![proposal]).await;
+                return results.pop().unwrap_or_else(|| Err(stopping()));
             }
         }
         let (reply, answer) = oneshot::channel();
@@ -112,9 +110,12 @@ impl Proposer {
 
 type Reply = oneshot::Sender<Result<ApplyResult, ProposeError>>;
 
-/// Commits `batch` as one entry and answers each proposal's reply.
-async fn commit(raft: &Raft<TypeConfig>, metrics: &Metrics, batch: Vec<(Proposal, Reply)>) {
-    let (proposals, replies): (Vec<Proposal>, Vec<Reply>) = batch.into_iter().unzip();
+/// Commits `proposals` as one entry; answers each proposal's result, in order.
+async fn commit(
+    raft: &Raft<TypeConfig>,
+    metrics: &Metrics,
+    proposals: Vec<Proposal>,
+) -> Vec<Result<ApplyResult, ProposeError>> {
     let n = proposals.len();
     metrics.batch_size.observe(n as f64);
     let started = Instant::now();
@@ -122,27 +123,14 @@ async fn commit(raft: &Raft<TypeConfig>, metrics: &Metrics, batch: Vec<(Proposal
     if written.is_ok() {
         metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
     }
+    let failed = |e: ProposeError| vec![Err(e); n];
     match written {
-        Ok(resp) if resp.data.results.len() == n => {
-            for (reply, result) in replies.into_iter().zip(resp.data.results) {
-                let _ = reply.send(Ok(result));
-            }
-        }
-        Ok(resp) => {
-            let e = ProposeError::Internal(format!(
-                "the state machine gave {} results for {n} proposals",
-                resp.data.results.len()
-            ));
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
-        Err(e) => {
-            let e = ProposeError::from(e);
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
+        Ok(resp) if resp.data.results.len() == n => resp.data.results.into_iter().map(Ok).collect(),
+        Ok(resp) => failed(ProposeError::Internal(format!(
+            "the state machine gave {} results for {n} proposals",
+            resp.data.results.len()
+        ))),
+        Err(e) => failed(ProposeError::from(e)),
     }
 }
 
@@ -169,8 +157,12 @@ async fn run(
         let raft = raft.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let batch = batch.into_iter().map(|p| (p.proposal, p.reply)).collect();
-            commit(&raft, &metrics, batch).await;
+            let (proposals, replies): (Vec<Proposal>, Vec<Reply>) =
+                batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
+            let results = commit(&raft, &metrics, proposals).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
             drop(permit);
         });
     }
