@@ -651,7 +651,7 @@ fn apply_end_drain(
 
 /// The guests `host` owns, in name order.
 fn guests_on<'a>(state: &'a ClusterState, host: &Name) -> Vec<&'a Name> {
-    state.guests().filter(|g| g.owner == *host).map(|g| &g.name).collect()
+    state.guests_on(host).map(|g| &g.name).collect()
 }
 
 /// In-flight migrations from or to `host`.

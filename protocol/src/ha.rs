@@ -381,15 +381,12 @@ pub fn plan_failovers(
             out.push((guest, command));
         }
     }
-    // Runs at every revision the leader applies: with no host failed (the usual case) it reads
-    // no guest at all, and otherwise only compares each guest's owner with the few failed hosts.
-    let failed: Vec<&Name> = st.failed_hosts().collect();
-    if failed.is_empty() {
-        return out;
-    }
+    // The leader's failover driver runs this as revisions come: it reads the guests of failed
+    // hosts only (none in the usual case), found from the owner index, host by host in name
+    // order and each host's in name order.
     let mut counted_start = false;
-    for g in st.guests() {
-        if !failed.contains(&&g.owner) || st.failover(&g.name).is_some() || st.in_flight(&g.name).is_some() {
+    for g in st.failed_hosts().flat_map(|h| st.guests_on(h)) {
+        if st.failover(&g.name).is_some() || st.in_flight(&g.name).is_some() {
             continue;
         }
         if unprotected(st, g).is_some() {

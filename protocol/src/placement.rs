@@ -445,7 +445,7 @@ pub fn drain_steps(state: &ClusterState, limits: MoveLimits) -> Vec<Command> {
         let moving_before = from_host;
         let mut blocked = Vec::new();
         let mut waiting = 0;
-        for g in state.guests().filter(|g| g.owner == d.host) {
+        for g in state.guests_on(&d.host) {
             if state.in_flight(&g.name).is_some() {
                 continue;
             }

@@ -177,6 +177,9 @@ struct Derived {
     finished: BTreeSet<(Revision, MigrationId)>,
     /// Resources of the guests each host owns.
     used: BTreeMap<Name, Resources>,
+    /// The guests each host owns, by name: what a failed or draining host's guests are found
+    /// from at every revision the leader applies, without a scan of every guest.
+    owned: BTreeMap<Name, BTreeSet<Name>>,
     /// Resources promised to in-flight migrations' targets.
     reserved: BTreeMap<Name, Resources>,
     /// The digest of the guest configuration every host holds ([`ClusterState::config_digest`]).
@@ -286,9 +289,16 @@ impl ClusterState {
     pub fn failovers(&self) -> impl Iterator<Item = &Failover> {
         self.failovers.values()
     }
+    /// The guests `host` owns, in name order.
+    pub fn guests_on<'a>(&'a self, host: &Name) -> impl Iterator<Item = &'a Guest> + 'a {
+        let names = self.derived.owned.get(host).into_iter().flatten();
+        names.map(|n| self.guests.get(n).expect("the owner index names existing guests"))
+    }
     /// Packaged guests `host` owns (what `min_package_node` counts).
     pub fn packages_on(&self, host: &Name) -> usize {
-        self.packages.values().filter(|p| self.guests.get(&p.guest).is_some_and(|g| g.owner == *host)).count()
+        let packaged =
+            |g: &&Guest| g.spec.package.as_ref().and_then(|p| self.packages.get(p)).is_some_and(|p| p.guest == g.name);
+        self.guests_on(host).filter(packaged).count()
     }
     pub(crate) fn set_importing(&mut self, progress: ImportProgress) {
         self.importing = Some(progress);
@@ -708,6 +718,7 @@ impl ClusterState {
 
     fn add_guest(&mut self, guest: Guest, event: &Event) {
         add(&mut self.derived.used, &guest.owner, guest.spec.demand());
+        own(&mut self.derived.owned, &guest.owner, &guest.name);
         group(&mut self.derived.groups, &guest);
         if let Some(p) = &guest.spec.package {
             self.packages.insert(p.clone(), new_package(p, &guest.name, event));
@@ -734,12 +745,15 @@ impl ClusterState {
         self.derived.config_digest = self.derived.config_digest.wrapping_sub(before).wrapping_add(guest_digest(g));
         sub(&mut self.derived.used, from, demand);
         add(&mut self.derived.used, to, demand);
+        disown(&mut self.derived.owned, from, guest);
+        own(&mut self.derived.owned, to, guest);
         demand
     }
 
     fn remove_guest(&mut self, name: &Name) -> Guest {
         let old = self.guests.remove(name).expect("event names an existing guest");
         sub(&mut self.derived.used, &old.owner, old.spec.demand());
+        disown(&mut self.derived.owned, &old.owner, &old.name);
         ungroup(&mut self.derived.groups, &old);
         self.derived.config_digest = self.derived.config_digest.wrapping_sub(guest_digest(&old));
         old
@@ -836,9 +850,9 @@ impl ClusterState {
                     guests.insert(guest);
                 }
                 // Its check reads every guest the host owns and every package naming it (rare:
-                // the scan is paid only by a host's removal).
+                // the packages' scan is paid only by a host's removal).
                 EventPayload::HostRemoved { host } => {
-                    guests.extend(self.guests.values().filter(|g| g.owner == *host).map(|g| &g.name));
+                    guests.extend(self.guests_on(host).map(|g| &g.name));
                     packages.extend(
                         self.packages
                             .values()
@@ -905,6 +919,7 @@ impl ClusterState {
         let mut d = Derived { requests: self.request_index(), ..Derived::default() };
         for g in self.guests.values() {
             add(&mut d.used, &g.owner, g.spec.demand());
+            own(&mut d.owned, &g.owner, &g.name);
             group(&mut d.groups, g);
             d.config_digest = d.config_digest.wrapping_add(guest_digest(g));
         }
@@ -998,6 +1013,8 @@ fn modify_guest(
     } else {
         sub(&mut derived.used, &slot.owner, before);
         add(&mut derived.used, &guest.owner, after);
+        disown(&mut derived.owned, &slot.owner, &slot.name);
+        own(&mut derived.owned, &guest.owner, &guest.name);
     }
     derived.config_digest = derived.config_digest.wrapping_sub(guest_digest(slot));
     if slot.spec.anti_affinity != guest.spec.anti_affinity {
@@ -1079,6 +1096,28 @@ fn add(map: &mut BTreeMap<Name, Resources>, host: &Name, r: Resources) {
         Some(e) => *e = e.saturating_add(r),
         None => {
             map.insert(host.clone(), r);
+        }
+    }
+}
+
+/// Notes in the owner index that `host` owns `guest`.
+fn own(owned: &mut BTreeMap<Name, BTreeSet<Name>>, host: &Name, guest: &Name) {
+    match owned.get_mut(host) {
+        Some(guests) => {
+            guests.insert(guest.clone());
+        }
+        None => {
+            owned.insert(host.clone(), BTreeSet::from([guest.clone()]));
+        }
+    }
+}
+
+/// Notes in the owner index that `host` no longer owns `guest`.
+fn disown(owned: &mut BTreeMap<Name, BTreeSet<Name>>, host: &Name, guest: &Name) {
+    if let Some(guests) = owned.get_mut(host) {
+        guests.remove(guest);
+        if guests.is_empty() {
+            owned.remove(host);
         }
     }
 }

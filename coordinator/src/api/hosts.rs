@@ -22,7 +22,7 @@ pub(super) fn host_views<'a>(s: &Api, st: &ClusterState, hosts: impl Iterator<It
             state: st.host_state(h),
             drain: st.drain(&h.spec.name).map(|d| DrainView {
                 drain: d.clone(),
-                guests_left: st.guests().filter(|g| g.owner == d.host).count(),
+                guests_left: st.guests_on(&d.host).count(),
                 moving: st.in_flight_migrations().filter(|m| m.source == d.host || m.target == d.host).count(),
             }),
             sync: digest.map(|d| s.node.liveness.sync(h, st, d, timeout)),

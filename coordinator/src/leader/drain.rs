@@ -13,6 +13,7 @@ use std::time::Duration;
 use openraft::ServerState;
 use switchyard_protocol::placement::drain_steps;
 
+use super::Pace;
 use crate::node::Node;
 
 /// Runs on every coordinator; acts only while it is the leader.
@@ -20,6 +21,7 @@ pub async fn run(s: Arc<Node>) {
     let mut revision = s.sm.watch_revision();
     let mut metrics = s.raft.server_metrics();
     let limits = s.config.migration.move_limits();
+    let mut pace = Pace::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -33,6 +35,7 @@ pub async fn run(s: Arc<Node>) {
         if s.sm.read(|st| st.drains().next().is_none()) {
             continue;
         }
+        pace.wait(&mut revision).await;
         // Decide only from a state that holds everything committed so far (a new leader may not
         // have applied its predecessor's last steps yet): the limits count them.
         if s.read_barrier(false).await.is_err() {

@@ -32,6 +32,7 @@ use switchyard_protocol::ha;
 use switchyard_protocol::placement::MoveBudget;
 use switchyard_protocol::{Command, FencingToken, Name};
 
+use super::Pace;
 use crate::node::Node;
 
 /// How long after a failback attempt the driver tries again for the same guest.
@@ -47,6 +48,7 @@ pub async fn run(s: Arc<Node>) {
     let mut failbacks: HashMap<Name, Instant> = HashMap::new();
     let timeout = Duration::from_millis(s.config.ha.start_timeout_ms);
     let limits = s.config.migration.move_limits();
+    let mut pace = Pace::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -57,6 +59,7 @@ pub async fn run(s: Arc<Node>) {
             seen.clear();
             continue;
         }
+        pace.wait(&mut revision).await;
         if s.sm.read(|st| st.importing().is_some()) {
             continue;
         }

@@ -137,8 +137,7 @@ fn plan(ui: &Ui, action: &str, form: &[(String, String)]) -> Result<Plan, Refusa
         }
         "drain" | "undrain" | "maintenance" => {
             let host = name_of(form, "host")?;
-            let (owned, exists) =
-                ui.node.sm.read(|st| (st.guests().filter(|g| g.owner == host).count(), st.host(&host).is_some()));
+            let (owned, exists) = ui.node.sm.read(|st| (st.guests_on(&host).count(), st.host(&host).is_some()));
             if !exists {
                 return Err(bad(format!("there is no host {host}")));
             }
