@@ -286,29 +286,6 @@ impl Metrics {
     }
 }
 
-impl switchyard_storage::Observer for Metrics {
-    fn synced(&self, took: Duration) {
-        self.fsync_seconds.observe(took.as_secs_f64());
-    }
-
-    fn snapshot_built(&self, took: Duration) {
-        self.snapshot_builds.inc();
-        self.snapshot_build_seconds.observe(took.as_secs_f64());
-    }
-
-    fn appended(&self, took: Duration) {
-        self.stage(stage::LOG_APPEND, took);
-    }
-
-    fn durable(&self, took: Duration) {
-        self.stage(stage::LOG_DURABLE, took);
-    }
-
-    fn applied(&self, took: Duration) {
-        self.stage(stage::APPLY, took);
-    }
-}
-
 /// Keeps [`Metrics::subscribers`] counting one open subscription while it lives.
 pub struct Subscribed(Gauge);
 

@@ -399,44 +399,22 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-/// The frames of a Raft stream: a little-endian `u32` length, then that many bytes: a kind
-/// byte and a bincode body (the same bodies as the plain requests and their answers).
-///
-/// The client sends a request frame and reads one answer frame before it sends the next.
-/// The server answers [`REFUSED`] (with a message) to a frame it cannot take (an unknown kind,
-/// a body that does not decode, a length past [`BODY_MAX`]) and closes the stream.
+/// The frames of a Raft stream ([`switchyard_protocol::frame`] holds their format) read from and
+/// written to a connection.
 pub mod frame {
     use std::time::Duration;
 
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-    /// An `AppendEntriesRequest`.
-    pub const APPEND: u8 = 1;
-    /// A `VoteRequest`.
-    pub const VOTE: u8 = 2;
-    /// An `InstallSnapshotRequest` (one chunk).
-    pub const SNAPSHOT: u8 = 3;
-    /// The answer to a request: the encoded `Result` Raft answered.
-    pub const ANSWER: u8 = 0x80;
-    /// The request was not taken; the body says why, and the stream ends.
-    pub const REFUSED: u8 = 0x81;
-
-    /// Largest body of a frame: a batch of entries or one snapshot chunk, as for plain requests.
-    pub const BODY_MAX: usize = 64 << 20;
+    use switchyard_protocol::frame::{body_len, encode, HEADER};
+    pub use switchyard_protocol::frame::{ANSWER, APPEND, BODY_MAX, REFUSED, SNAPSHOT, VOTE};
 
     /// How long the server keeps a stream on which nothing arrives.
     pub const SERVER_IDLE: Duration = Duration::from_secs(60);
 
     /// Writes one frame.
     pub async fn write<W: AsyncWrite + Unpin>(io: &mut W, kind: u8, body: &[u8]) -> std::io::Result<()> {
-        let len = u32::try_from(body.len() + 1)
-            .ok()
-            .filter(|_| body.len() <= BODY_MAX)
-            .ok_or_else(|| std::io::Error::other(format!("a frame body of {} bytes is too large", body.len())))?;
-        let mut buf = Vec::with_capacity(5 + body.len());
-        buf.extend_from_slice(&len.to_le_bytes());
-        buf.push(kind);
-        buf.extend_from_slice(body);
+        let buf = encode(kind, body).map_err(std::io::Error::other)?;
         io.write_all(&buf).await?;
         io.flush().await
     }
@@ -445,25 +423,19 @@ pub mod frame {
     /// frame began. A frame longer than `max` bytes of body is an `InvalidData` error, read no
     /// further.
     pub async fn read<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> std::io::Result<Option<(u8, Vec<u8>)>> {
-        let mut len = [0u8; 4];
+        let mut header = [0u8; HEADER];
         let mut got = 0;
-        while got < len.len() {
-            match io.read(&mut len[got..]).await? {
+        while got < header.len() {
+            match io.read(&mut header[got..]).await? {
                 0 if got == 0 => return Ok(None),
                 0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
                 n => got += n,
             }
         }
-        let len = u32::from_le_bytes(len) as usize;
-        if len == 0 || len - 1 > max {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("a frame of {len} bytes (the most is {} and at least 1)", max + 1),
-            ));
-        }
+        let len = body_len(header, max).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let mut kind = [0u8; 1];
         io.read_exact(&mut kind).await?;
-        let mut body = vec![0u8; len - 1];
+        let mut body = vec![0u8; len];
         io.read_exact(&mut body).await?;
         Ok(Some((kind[0], body)))
     }

@@ -1,21 +1,23 @@
 //! Counts, for `/metrics`, what this node sees happen: leader changes (from Raft's metrics),
-//! and — from the events it applies, read back from its own history — migrations finishing
-//! and the time each spent in each phase, failovers, and host failures. Every node counts
-//! the same events, so any coordinator's `/metrics` tells the cluster's story; the counts
-//! start at zero when the process starts, as Prometheus counters do.
+//! and — from the events it applies, as the store applies them ([`Observed`]) — migrations
+//! finishing and the time each spent in each phase, failovers, and host failures. Every node
+//! counts the same events, so any coordinator's `/metrics` tells the cluster's story; the
+//! counts start at zero when the process starts, as Prometheus counters do.
+//!
+//! The events are counted as the store hands them over after writing them, not read back from
+//! the history: a read at every applied revision cost each node a history iterator and a decode
+//! per write.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use switchyard_protocol::{Event, EventPayload, MigrationId, Phase, Timestamp};
 
-use crate::metrics::{Metrics, OutcomeLabel, PhaseLabel};
+use crate::metrics::{stage, Metrics, OutcomeLabel, PhaseLabel};
 use crate::node::Node;
 
-/// Events read from the history per step.
-const PAGE_EVENTS: usize = 512;
-
-/// Runs until the node stops.
+/// Counts leader changes until the node stops.
 pub async fn run(node: Arc<Node>) {
     let m = node.metrics.clone();
     // Leadership only: the full metrics change at every write.
@@ -24,43 +26,54 @@ pub async fn run(node: Arc<Node>) {
     if leader.is_some() {
         m.leader_changes.inc();
     }
-    let history = node.sm.history();
-    let mut applied_rx = node.sm.watch_revision();
-    let mut next = node.sm.applied_meta().revision + 1;
-    // Where each migration this node saw start is, and since when (commit time).
-    let mut phases: BTreeMap<MigrationId, (Phase, Timestamp)> = BTreeMap::new();
-    loop {
-        tokio::select! {
-            changed = raft.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let now = raft.borrow_and_update().current_leader;
-                if now.is_some() && now != leader {
-                    m.leader_changes.inc();
-                }
-                if now.is_some() {
-                    leader = now;
-                }
-            }
-            changed = applied_rx.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let applied = *applied_rx.borrow_and_update();
-                while next <= applied {
-                    match history.events_from(next, PAGE_EVENTS) {
-                        Ok(page) if !page.is_empty() => {
-                            for e in &page {
-                                count(&m, &mut phases, e);
-                                next = e.revision + 1;
-                            }
-                        }
-                        // Compacted away (or a read error): those events are not counted.
-                        _ => next = applied + 1,
-                    }
-                }
-            }
+    while raft.changed().await.is_ok() {
+        let now = raft.borrow_and_update().current_leader;
+        if now.is_some() && now != leader {
+            m.leader_changes.inc();
+        }
+        if now.is_some() {
+            leader = now;
+        }
+    }
+}
+
+/// What the store tells this node's metrics ([`switchyard_storage::Observer`]): the storage
+/// stages of a write, fsyncs, snapshot builds, and the events applied.
+pub struct Observed {
+    metrics: Arc<Metrics>,
+    /// Where each migration this node saw start is, and since when (commit time).
+    phases: Mutex<BTreeMap<MigrationId, (Phase, Timestamp)>>,
+}
+
+impl Observed {
+    pub fn new(metrics: Arc<Metrics>) -> Observed {
+        Observed { metrics, phases: Mutex::default() }
+    }
+}
+
+impl switchyard_storage::Observer for Observed {
+    fn synced(&self, took: Duration) {
+        self.metrics.fsync_seconds.observe(took.as_secs_f64());
+    }
+
+    fn snapshot_built(&self, took: Duration) {
+        self.metrics.snapshot_builds.inc();
+        self.metrics.snapshot_build_seconds.observe(took.as_secs_f64());
+    }
+
+    fn appended(&self, took: Duration) {
+        self.metrics.stage(stage::LOG_APPEND, took);
+    }
+
+    fn durable(&self, took: Duration) {
+        self.metrics.stage(stage::LOG_DURABLE, took);
+    }
+
+    fn applied(&self, took: Duration, events: &[Event]) {
+        self.metrics.stage(stage::APPLY, took);
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        for e in events {
+            count(&self.metrics, &mut phases, e);
         }
     }
 }

@@ -6,7 +6,8 @@
 //! - [`command`] and [`event`]: what clients ask for and what the log records;
 //! - [`apply()`]: the pure, deterministic state-machine step, and [`state`]: the state it folds;
 //! - [`rejection`]: why a command was refused, with stable codes;
-//! - [`codec`]: the one home of binary encoding and of sealed (versioned, checksummed) records.
+//! - [`codec`]: the one home of binary encoding and of sealed (versioned, checksummed) records;
+//! - [`frame`]: the frames of the Raft streams between coordinators.
 //!
 //! Architecture invariant: this crate never reads a clock, a random source, a file or a socket.
 //! Replicas stay identical because `apply` is a function of (state, proposal) alone.
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod command;
 pub mod entry;
 pub mod event;
+pub mod frame;
 pub mod ha;
 pub mod hostconfig;
 pub mod lease;

@@ -39,7 +39,8 @@ pub use types::*;
 
 /// Opens a node's data directory and both halves of its Raft storage.
 /// What the store tells its owner's metrics: how long each durable (fsynced) write took, each
-/// snapshot build, and the storage stages of a write (log append, until durable, apply).
+/// snapshot build, the storage stages of a write (log append, until durable, apply), and the
+/// events each apply produced.
 pub trait Observer: Send + Sync {
     fn synced(&self, took: std::time::Duration);
     fn snapshot_built(&self, took: std::time::Duration);
@@ -47,8 +48,10 @@ pub trait Observer: Send + Sync {
     fn appended(&self, _took: std::time::Duration) {}
     /// Appended entries became durable, `took` after they were written.
     fn durable(&self, _took: std::time::Duration) {}
-    /// Committed entries were applied to the state machine.
-    fn applied(&self, _took: std::time::Duration) {}
+    /// Committed entries were applied to the state machine, producing `events` (in revision
+    /// order, written to the history; told before the applied revision is published). Called
+    /// from the state machine's one applying task, so calls come in revision order.
+    fn applied(&self, _took: std::time::Duration, _events: &[switchyard_protocol::Event]) {}
 }
 
 /// Whether `path` holds a coordinator's data (it was opened, and stamped, before).

@@ -509,6 +509,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let dir = &self.inner.dir;
         let mut responses = Vec::new();
         let mut batch = WriteBatch::default();
+        let mut applied_events = Vec::new();
         let revision = {
             let mut guard = self.inner.applied.write().expect("state lock poisoned");
             let applied = &mut *guard;
@@ -532,6 +533,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                     let record = event.payload.migration().and_then(|id| applied.cluster.migration(id));
                                     write_event(dir, &mut batch, event, record);
                                 }
+                                applied_events.extend(events);
                                 answer
                             }));
                         }
@@ -556,10 +558,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             revision
         };
-        self.inner.revision_tx.send_replace(revision);
         if let Some(obs) = dir.observer.get() {
-            obs.applied(started.elapsed());
+            obs.applied(started.elapsed(), &applied_events);
         }
+        self.inner.revision_tx.send_replace(revision);
         Ok(responses)
     }
 
