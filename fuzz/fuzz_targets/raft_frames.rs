@@ -12,15 +12,15 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     // A small limit as well as the real one: the fuzzer reaches the refusal of a long frame.
     let max = if data.first().is_some_and(|b| b & 1 == 1) { 64 } else { frame::BODY_MAX };
-    while let Ok(Some((kind, body, took))) = frame::split(rest, max) {
-        assert!(body.len() <= max);
-        assert_eq!(frame::encode(kind, body).unwrap(), &rest[..took]);
-        match kind {
-            frame::APPEND => drop(codec::decode::<openraft::raft::AppendEntriesRequest<FuzzConfig>>(body)),
-            frame::VOTE => drop(codec::decode::<VoteRequest<u64>>(body)),
-            frame::SNAPSHOT => drop(codec::decode::<InstallSnapshotRequest<FuzzConfig>>(body)),
+    while let Ok(Some(f)) = frame::split(rest, max) {
+        assert!(f.body.len() <= max);
+        assert_eq!(frame::encode(f.kind, f.body).unwrap(), &rest[..f.len]);
+        match f.kind {
+            frame::APPEND => drop(codec::decode::<openraft::raft::AppendEntriesRequest<FuzzConfig>>(f.body)),
+            frame::VOTE => drop(codec::decode::<VoteRequest<u64>>(f.body)),
+            frame::SNAPSHOT => drop(codec::decode::<InstallSnapshotRequest<FuzzConfig>>(f.body)),
             _ => {}
         }
-        rest = &rest[took..];
+        rest = &rest[f.len..];
     }
 });

@@ -61,17 +61,25 @@ pub fn body_len(header: [u8; HEADER], max: usize) -> Result<usize, FrameError> {
     Ok(len - 1)
 }
 
-/// Takes the first frame off `buf`: its kind, its body and the bytes it took, or `None` while
-/// `buf` holds no whole frame yet. A header that [`body_len`] refuses is an error however
-/// little follows it.
-pub fn split(buf: &[u8], max: usize) -> Result<Option<(u8, &[u8], usize)>, FrameError> {
+/// A frame taken off a buffer ([`split`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub kind: u8,
+    pub body: &'a [u8],
+    /// Bytes of the buffer it took: header, kind and body.
+    pub len: usize,
+}
+
+/// Takes the first frame off `buf`, or `None` while `buf` holds no whole frame yet. A header
+/// that [`body_len`] refuses is an error however little follows it.
+pub fn split(buf: &[u8], max: usize) -> Result<Option<Frame<'_>>, FrameError> {
     let Some(header) = buf.first_chunk::<HEADER>() else { return Ok(None) };
     let body = body_len(*header, max)?;
-    let end = HEADER + 1 + body;
-    if buf.len() < end {
+    let len = HEADER + 1 + body;
+    if buf.len() < len {
         return Ok(None);
     }
-    Ok(Some((buf[HEADER], &buf[HEADER + 1..end], end)))
+    Ok(Some(Frame { kind: buf[HEADER], body: &buf[HEADER + 1..len], len }))
 }
 
 #[cfg(test)]
@@ -82,11 +90,11 @@ mod tests {
     fn frames_split_as_they_were_encoded_and_a_part_is_not_yet_a_frame() {
         let mut buf = encode(VOTE, b"body").unwrap();
         buf.extend(encode(ANSWER, b"").unwrap());
-        let (kind, body, took) = split(&buf, 16).unwrap().unwrap();
-        assert_eq!((kind, body), (VOTE, &b"body"[..]));
-        let (kind, body, rest) = split(&buf[took..], 16).unwrap().unwrap();
-        assert_eq!((kind, body, took + rest), (ANSWER, &b""[..], buf.len()));
-        for cut in 0..took {
+        let first = split(&buf, 16).unwrap().unwrap();
+        assert_eq!((first.kind, first.body), (VOTE, &b"body"[..]));
+        let second = split(&buf[first.len..], 16).unwrap().unwrap();
+        assert_eq!((second.kind, second.body, first.len + second.len), (ANSWER, &b""[..], buf.len()));
+        for cut in 0..first.len {
             assert_eq!(split(&buf[..cut], 16).unwrap(), None, "cut at {cut}");
         }
     }
@@ -95,7 +103,7 @@ mod tests {
     fn a_length_of_nothing_or_past_the_limit_is_refused_from_the_header() {
         let buf = encode(APPEND, &[7; 17]).unwrap();
         assert_eq!(split(&buf[..HEADER], 16), Err(FrameError::Length { len: 18, max: 16 }));
-        assert_eq!(split(&buf, 17).unwrap().map(|(_, b, _)| b.len()), Some(17));
+        assert_eq!(split(&buf, 17).unwrap().map(|f| f.body.len()), Some(17));
         assert!(matches!(body_len([0xff; 4], BODY_MAX), Err(FrameError::Length { .. })));
         assert!(matches!(body_len([0; 4], BODY_MAX), Err(FrameError::Length { len: 0, .. })));
         assert_eq!(body_len([1, 0, 0, 0], BODY_MAX), Ok(0));
