@@ -8,6 +8,7 @@
 
 mod console;
 mod drain;
+mod plans;
 mod profile;
 mod scenarios;
 mod sut;
@@ -49,7 +50,7 @@ pub struct Args {
     #[arg(long, default_value = "1000000", value_delimiter = ',')]
     pub replay_events: Vec<u64>,
     /// Guests, hosts and history length of the scale run (a cluster of its own, seeded with
-    /// `log restore`).
+    /// `log restore`); the guests and hosts of the `plans` part too.
     #[arg(long, default_value_t = 100_000)]
     pub scale_guests: usize,
     #[arg(long, default_value_t = 1000)]
@@ -77,8 +78,8 @@ pub struct Args {
     /// How long each simulated transfer of the `drain` part takes.
     #[arg(long, default_value_t = 1000)]
     pub drain_transfer_ms: u64,
-    /// Run only these parts: throughput, profile, fanout, failover, restart, catchup, replay, scale, vm,
-    /// host-loss, drain, console.
+    /// Run only these parts: throughput, profile, fanout, failover, restart, catchup, replay, plans,
+    /// scale, vm, host-loss, drain, console.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Switchyard alone, even when etcd is installed.
@@ -288,6 +289,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // 1 M-event replay measured 0.5–0.66 M events/s instead of 1.3 M.
     if args.wants("replay") {
         scenarios::replay(&args, &dir, &mut report)?;
+    }
+    if args.wants("plans") {
+        eprintln!("== the leader's plans at scale");
+        plans::plans(&args, &mut report)?;
     }
     if ["throughput", "profile", "fanout", "failover", "restart", "catchup"].iter().any(|p| args.wants(p)) {
         // One system at a time, each stopped before the next starts.
