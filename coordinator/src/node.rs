@@ -133,7 +133,6 @@ impl Node {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Arc<Node> {
-        sm.set_observer(Arc::new(crate::observe::Observed::new(metrics.clone())));
         let proposer = Proposer::start(raft.clone(), config.raft.proposal_batch_max, metrics.clone());
         Arc::new(Node {
             id: config.node_id,

@@ -63,6 +63,8 @@ impl Coordinator {
         sm.set_retention(config.history.retain_revisions);
         let heartbeat = Duration::from_millis(config.raft.heartbeat_interval_ms);
         let metrics = Arc::new(Metrics::new());
+        // The store tells the metrics its stages' times and the events it applies.
+        sm.set_observer(Arc::new(crate::observe::Observed::new(metrics.clone())));
         let network =
             Network::new(config.cluster_secret.expose().to_string(), heartbeat, tls.as_ref(), metrics.clone());
         let raft: Raft<TypeConfig> =
