@@ -13,6 +13,7 @@ mod profile;
 mod scenarios;
 mod sut;
 mod vm;
+mod wal;
 
 use anyhow::Context;
 use clap::Parser;
@@ -79,7 +80,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     pub drain_transfer_ms: u64,
     /// Run only these parts: throughput, profile, fanout, failover, restart, catchup, replay, plans,
-    /// scale, vm, host-loss, drain, console.
+    /// wal, scale, vm, host-loss, drain, console.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Switchyard alone, even when etcd is installed.
@@ -293,6 +294,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.wants("plans") {
         eprintln!("== the leader's plans at scale");
         plans::plans(&args, &mut report)?;
+    }
+    if args.wants("wal") {
+        eprintln!("== a log append made durable, in a fresh and in a recycled WAL file");
+        wal::wal(&dir, &mut report).await?;
     }
     if ["throughput", "profile", "fanout", "failover", "restart", "catchup"].iter().any(|p| args.wants(p)) {
         // One system at a time, each stopped before the next starts.

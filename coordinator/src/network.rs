@@ -103,21 +103,25 @@ struct Streams {
     plain_until: Mutex<HashMap<NodeId, Instant>>,
 }
 
+/// A stream's connection, read through a buffer: a frame's length, kind and body (and, on a
+/// plaintext link, the next frame's start) come in one read instead of three.
+type StreamIo = tokio::io::BufReader<reqwest::Upgraded>;
+
 struct Idle {
-    io: reqwest::Upgraded,
+    io: StreamIo,
     since: Instant,
 }
 
 impl Streams {
     /// The most recently used idle stream to `target` that is not too old to reuse.
-    fn take(&self, target: NodeId) -> Option<reqwest::Upgraded> {
+    fn take(&self, target: NodeId) -> Option<StreamIo> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&target)?;
         list.retain(|s| s.since.elapsed() < STREAM_IDLE);
         list.pop().map(|s| s.io)
     }
 
-    fn put(&self, target: NodeId, io: reqwest::Upgraded) {
+    fn put(&self, target: NodeId, io: StreamIo) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.entry(target).or_default().push(Idle { io, since: Instant::now() });
     }
@@ -284,7 +288,7 @@ impl Peer {
 
     /// One request and its answer on `io`. A stream goes back to the pool only after a whole
     /// exchange: one dropped midway (a timeout, an error) is closed.
-    async fn exchange(&self, io: &mut reqwest::Upgraded, kind: u8, body: &[u8]) -> Result<Vec<u8>, StreamFailure> {
+    async fn exchange(&self, io: &mut StreamIo, kind: u8, body: &[u8]) -> Result<Vec<u8>, StreamFailure> {
         frame::write(io, kind, body).await.map_err(StreamFailure::Unreachable)?;
         let (answer_kind, answer) = frame::read(io, frame::BODY_MAX)
             .await
@@ -305,7 +309,7 @@ impl Peer {
     }
 
     /// Opens a stream: `POST /raft/stream`, upgraded.
-    async fn open_stream(&self) -> Result<reqwest::Upgraded, StreamFailure> {
+    async fn open_stream(&self) -> Result<StreamIo, StreamFailure> {
         let url = format!("{}://{}/raft/stream", self.scheme, self.node.raft_addr);
         let resp = to_peer(&self.client, &self.secret, &url, self.target)
             .header(reqwest::header::CONNECTION, "upgrade")
@@ -315,7 +319,8 @@ impl Peer {
             .map_err(|e| StreamFailure::Unreachable(std::io::Error::other(e)))?;
         match resp.status() {
             reqwest::StatusCode::SWITCHING_PROTOCOLS => {
-                resp.upgrade().await.map_err(|e| StreamFailure::Unreachable(std::io::Error::other(e)))
+                let io = resp.upgrade().await.map_err(|e| StreamFailure::Unreachable(std::io::Error::other(e)))?;
+                Ok(tokio::io::BufReader::new(io))
             }
             reqwest::StatusCode::NOT_FOUND => {
                 tracing::info!(

@@ -179,7 +179,8 @@ async fn stream(State(s): State<RaftState>, mut req: Request) -> Response {
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(io) => serve_stream(s, hyper_util::rt::TokioIo::new(io)).await,
+            // Read through a buffer, as the other end does (`network::StreamIo`).
+            Ok(io) => serve_stream(s, tokio::io::BufReader::new(hyper_util::rt::TokioIo::new(io))).await,
             Err(e) => tracing::debug!(%e, "raft stream: the upgrade did not complete"),
         }
     });

@@ -5,6 +5,11 @@
 //! every entry whose append was acknowledged is present and intact, the log has no hole, and the
 //! state machine reopens to a consistent revision. At the end the recovered state and history are
 //! compared byte for byte with a pure in-memory run of the same workload.
+//!
+//! The child flushes its memtables every few entries, so its write-ahead log moves on to new
+//! files and then to recycled ones (`storage/src/db.rs`, `WAL_RECYCLED`): kills land in WAL
+//! files that still hold an earlier file's records past the new ones, and recovery must stop
+//! where the new records end. The test checks from RocksDB's own log that files were recycled.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -120,4 +125,19 @@ async fn acknowledged_entries_survive_sigkill() {
     let history = sm.history().events_from(1, usize::MAX).unwrap();
     assert_eq!(history, reference_events, "recovered history differs from a fault-free run");
     assert!(!reference_events.is_empty());
+    let reused = recycled_wal_files(&dir.join("db"));
+    println!("WAL files written over a recycled file: {reused}");
+    assert!(reused > 0, "no WAL file was recycled: the kills cannot have landed in one");
+}
+
+/// How many times RocksDB's info logs (the current one and those of earlier opens) say a WAL
+/// file was made from a recycled one.
+fn recycled_wal_files(db: &std::path::Path) -> usize {
+    std::fs::read_dir(db)
+        .expect("the database directory")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("LOG"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .map(|text| text.matches("from recycle list").count())
+        .sum()
 }

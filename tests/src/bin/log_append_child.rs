@@ -1,12 +1,18 @@
 //! Child process for the storage crash test: opens a data directory, catches the state machine up
 //! with the log (as openraft does after a restart), then appends and applies workload entries up
 //! to a limit, printing `appended N` once entry N is durable and `applied N` once applied.
+//! Every [`FLUSH_EVERY`] entries it flushes the memtables, which moves the write-ahead log on
+//! to another file: from the second move on RocksDB writes over a file it recycled, so kills
+//! also land in WAL files that still hold older records past the new ones.
 //! The parent kills it with SIGKILL at random moments.
 
 use std::io::Write;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use switchyard_tests::fixtures::workload_entry;
+
+/// Entries between two memtable flushes (WAL switches).
+const FLUSH_EVERY: u64 = 8;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -30,6 +36,9 @@ async fn main() -> anyhow::Result<()> {
         sm.apply(batch).await?;
         writeln!(out, "applied {}", next + size - 1)?;
         out.flush()?;
+        if next / FLUSH_EVERY != (next + size) / FLUSH_EVERY {
+            log.data_dir().flush_all()?;
+        }
         next += size;
     }
     Ok(())
