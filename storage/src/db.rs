@@ -157,6 +157,9 @@ const WAL_BYTES_MAX: u64 = 128 << 20;
 /// Its records carry their file's number, so point-in-time recovery (the default, which this
 /// store relies on: `storage/OVERVIEW.md`) stops where the new records end and the old ones
 /// begin. Costs up to this many obsolete WAL files on disk (at most a memtable's worth each).
+/// A directory opened for a bulk load does not recycle: RocksDB refuses writes without the WAL
+/// ([`DataDir::write_unlogged`], the seed's path) while recycling is on, and a seed commits
+/// nothing through the WAL anyway.
 const WAL_RECYCLED: usize = 2;
 
 impl DataDir {
@@ -191,10 +194,11 @@ impl DataDir {
         // writes accumulated, and a coordinator killed at 10 M events took 5–7 s to open. Past
         // this size the families holding the oldest WAL file are flushed.
         opts.set_max_total_wal_size(WAL_BYTES_MAX);
-        opts.set_recycle_log_file_num(WAL_RECYCLED);
         if bulk {
             // A vector memtable takes one writer at a time.
             opts.set_allow_concurrent_memtable_write(false);
+        } else {
+            opts.set_recycle_log_file_num(WAL_RECYCLED);
         }
         let cfs = cf::ALL.iter().map(|name| {
             let mut o = cf_options(name);
