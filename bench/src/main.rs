@@ -44,6 +44,11 @@ pub struct Args {
     /// kills bounds it from above).
     #[arg(long, default_value_t = 20)]
     pub migration_reps: usize,
+    /// Writes the `steady` part makes (256 clients) before it times one and 16 clients again:
+    /// enough for Switchyard's members to switch WAL files and write over recycled ones, as a
+    /// node that has run a while does.
+    #[arg(long, default_value_t = 300_000)]
+    pub steady_writes: u64,
     /// How far behind the catch-up subscriber starts.
     #[arg(long, default_value_t = 100_000)]
     pub catchup_events: u64,
@@ -79,8 +84,8 @@ pub struct Args {
     /// How long each simulated transfer of the `drain` part takes.
     #[arg(long, default_value_t = 1000)]
     pub drain_transfer_ms: u64,
-    /// Run only these parts: throughput, profile, fanout, failover, restart, catchup, replay, plans,
-    /// wal, scale, vm, host-loss, drain, console.
+    /// Run only these parts: throughput, steady, profile, fanout, failover, restart, catchup,
+    /// replay, plans, wal, scale, vm, host-loss, drain, console.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Switchyard alone, even when etcd is installed.
@@ -299,7 +304,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("== a log append made durable, in a fresh and in a recycled WAL file");
         wal::wal(&dir, &mut report).await?;
     }
-    if ["throughput", "profile", "fanout", "failover", "restart", "catchup"].iter().any(|p| args.wants(p)) {
+    if ["throughput", "steady", "profile", "fanout", "failover", "restart", "catchup"].iter().any(|p| args.wants(p)) {
         // One system at a time, each stopped before the next starts.
         eprintln!("== switchyard");
         let mut sut = Sut::Switchyard(Box::new(

@@ -60,6 +60,10 @@ pub async fn run_all(args: &Args, sut: &mut Sut, report: &mut Report) -> anyhow:
             }
         }
     }
+    if args.wants("steady") {
+        sut.set_agents(false)?;
+        steady(sut, args, report).await?;
+    }
     if args.wants("profile") {
         sut.set_agents(false)?;
         crate::profile::one_client(sut, args.seconds, report).await?;
@@ -233,6 +237,76 @@ pub(crate) async fn throughput(sut: &Sut, clients: usize, secs: u64) -> anyhow::
         p99: pct(&lat, 99.0),
         errors: errors.load(Ordering::Relaxed),
     })
+}
+
+/// Client counts the `steady` part times after its writes.
+const STEADY_CLIENTS: [usize; 2] = [1, 16];
+
+/// One and 16 clients again after `args.steady_writes` writes, on the same cluster: the figures
+/// of a system that has run a while rather than of one just started. Switchyard's members then
+/// write their WAL over recycled files (`storage/src/db.rs`, `WAL_RECYCLED`), where a commit's
+/// fsync writes no inode; a fresh cluster's first ≈ 128 MiB of WAL go to new files. etcd gets
+/// the same writes (its WAL segments are preallocated new files, never reused). For Switchyard
+/// the report notes how many WAL files each member had recycled, from RocksDB's info log.
+async fn steady(sut: &Sut, args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    let name = sut.name();
+    let client = http(sut, Duration::from_secs(30));
+    let (_, ep) = sut.leader().await?;
+    bulk_write(sut, &client, &ep, args.steady_writes).await?;
+    let last = sut.revision(&client).await?;
+    sut.wait_all_at(&client, last).await?;
+    let recycled = match sut {
+        Sut::Switchyard(sw) => Some(
+            (1..=3u64)
+                .map(|id| recycled_wal_files(&sw.cluster.data_dir(id).join("db")).map(|n| n.to_string()))
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .join(" / "),
+        ),
+        Sut::Etcd(_) => None,
+    };
+    if let Some(r) = &recycled {
+        eprintln!("  {name}: WAL files recycled by members 1 / 2 / 3 after {} writes: {r}", args.steady_writes);
+    }
+    for n in STEADY_CLIENTS {
+        let run = throughput(sut, n, args.seconds).await?;
+        let f = format!("commit throughput, {n} clients, after {} writes", args.steady_writes);
+        report.add(&f, "ops/s", true, name, run.rate);
+        report.add(
+            format!("commit latency p50, {n} clients, after {} writes", args.steady_writes),
+            "ms",
+            false,
+            name,
+            ms(run.p50),
+        );
+        report.add(
+            format!("commit latency p99, {n} clients, after {} writes", args.steady_writes),
+            "ms",
+            false,
+            name,
+            ms(run.p99),
+        );
+        if let Some(r) = &recycled {
+            report.note(&f, format!("{name}: WAL files recycled by the members: {r}"));
+        }
+        if run.errors > 0 {
+            eprintln!("  {name}: {} failed writes at {n} clients", run.errors);
+        }
+    }
+    Ok(())
+}
+
+/// How many times RocksDB took a WAL file from its recycle list in database directory `db`, by
+/// its info logs (`LOG` and the rolled `LOG.old.*`).
+fn recycled_wal_files(db: &Path) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for e in std::fs::read_dir(db).with_context(|| format!("read {}", db.display()))? {
+        let path = e?.path();
+        if path.file_name().and_then(|f| f.to_str()).is_some_and(|f| f.starts_with("LOG")) {
+            let text = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+            n += String::from_utf8_lossy(&text).matches("from recycle list").count();
+        }
+    }
+    Ok(n)
 }
 
 /// `n` subscribers spread over the members; one writer at `rate` changes/s for 5 s (at least
