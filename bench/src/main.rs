@@ -44,10 +44,10 @@ pub struct Args {
     /// kills bounds it from above).
     #[arg(long, default_value_t = 20)]
     pub migration_reps: usize,
-    /// Writes the `steady` part makes (256 clients) before it times one and 16 clients again:
-    /// enough for Switchyard's members to switch WAL files and write over recycled ones, as a
-    /// node that has run a while does.
-    #[arg(long, default_value_t = 300_000)]
+    /// Writes the `steady` part makes (256 clients) before it times one and 16 clients again.
+    /// 0: as many as Switchyard's members need to write their WAL over recycled files, as a
+    /// node that has run a while does (100 000 at a time, at most 3 M), and as many for etcd.
+    #[arg(long, default_value_t = 0)]
     pub steady_writes: u64,
     /// How far behind the catch-up subscriber starts.
     #[arg(long, default_value_t = 100_000)]

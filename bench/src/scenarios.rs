@@ -241,52 +241,67 @@ pub(crate) async fn throughput(sut: &Sut, clients: usize, secs: u64) -> anyhow::
 
 /// Client counts the `steady` part times after its writes.
 const STEADY_CLIENTS: [usize; 2] = [1, 16];
+/// The `steady` part's writes between two looks at Switchyard's WAL files, and its limit.
+const STEADY_CHUNK: u64 = 100_000;
+const STEADY_MAX: u64 = 3_000_000;
+/// The report's row of how many writes the `steady` part made before its runs.
+const STEADY_WRITES_ROW: &str = "writes made before the runs after a while";
 
-/// One and 16 clients again after `args.steady_writes` writes, on the same cluster: the figures
-/// of a system that has run a while rather than of one just started. Switchyard's members then
-/// write their WAL over recycled files (`storage/src/db.rs`, `WAL_RECYCLED`), where a commit's
-/// fsync writes no inode; a fresh cluster's first ≈ 128 MiB of WAL go to new files. etcd gets
-/// the same writes (its WAL segments are preallocated new files, never reused). For Switchyard
-/// the report notes how many WAL files each member had recycled, from RocksDB's info log.
+/// One and 16 clients again on the same cluster after many more writes: the figures of a system
+/// that has run a while rather than of one just started. Switchyard's members then write their
+/// WAL over recycled files (`storage/src/db.rs`, `WAL_RECYCLED`), where a commit's fsync writes
+/// no inode; a fresh cluster's first WAL files (≈ 300 MiB here) are new. Unless
+/// `--steady-writes` says how many, Switchyard is written to until every member has recycled a
+/// WAL file (RocksDB's info log says so), and etcd, which runs after it, gets as many writes.
+/// etcd's WAL segments are new preallocated files whatever its age; after the writes it is
+/// compacted to its latest revision, as a long-running etcd is (auto-compaction, or its users).
 async fn steady(sut: &Sut, args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let name = sut.name();
     let client = http(sut, Duration::from_secs(30));
     let (_, ep) = sut.leader().await?;
-    bulk_write(sut, &client, &ep, args.steady_writes).await?;
+    let fixed = match (args.steady_writes, sut) {
+        (0, Sut::Etcd(_)) => {
+            Some(report.rows.iter().find(|r| r.figure == STEADY_WRITES_ROW).and_then(|r| r.switchyard).unwrap_or(1e6)
+                as u64)
+        }
+        (0, Sut::Switchyard(_)) => None,
+        (n, _) => Some(n),
+    };
+    let mut written = 0;
+    let mut recycled = None;
+    loop {
+        let chunk = fixed.map_or(STEADY_CHUNK, |n| n - written);
+        bulk_write(sut, &client, &ep, chunk).await?;
+        written += chunk;
+        if let Sut::Switchyard(sw) = sut {
+            let each = (1..=3u64)
+                .map(|id| recycled_wal_files(&sw.cluster.data_dir(id).join("db")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            eprintln!("  {name}: after {written} writes, WAL files recycled by members 1 / 2 / 3: {each:?}");
+            let done = each.iter().all(|&n| n > 0);
+            recycled = Some(each);
+            if fixed.is_none() && !done && written < STEADY_MAX {
+                continue;
+            }
+        }
+        if fixed.is_none_or(|n| written >= n) {
+            break;
+        }
+    }
     let last = sut.revision(&client).await?;
     sut.wait_all_at(&client, last).await?;
-    let recycled = match sut {
-        Sut::Switchyard(sw) => Some(
-            (1..=3u64)
-                .map(|id| recycled_wal_files(&sw.cluster.data_dir(id).join("db")).map(|n| n.to_string()))
-                .collect::<anyhow::Result<Vec<_>>>()?
-                .join(" / "),
-        ),
-        Sut::Etcd(_) => None,
-    };
-    if let Some(r) = &recycled {
-        eprintln!("  {name}: WAL files recycled by members 1 / 2 / 3 after {} writes: {r}", args.steady_writes);
+    if let Sut::Etcd(etcd) = sut {
+        etcd.compact(&ep, last).await?;
     }
+    report.add(STEADY_WRITES_ROW, "writes", false, name, written as f64);
     for n in STEADY_CLIENTS {
         let run = throughput(sut, n, args.seconds).await?;
-        let f = format!("commit throughput, {n} clients, after {} writes", args.steady_writes);
+        let f = format!("commit throughput, {n} clients, after {written} writes");
         report.add(&f, "ops/s", true, name, run.rate);
-        report.add(
-            format!("commit latency p50, {n} clients, after {} writes", args.steady_writes),
-            "ms",
-            false,
-            name,
-            ms(run.p50),
-        );
-        report.add(
-            format!("commit latency p99, {n} clients, after {} writes", args.steady_writes),
-            "ms",
-            false,
-            name,
-            ms(run.p99),
-        );
+        report.add(format!("commit latency p50, {n} clients, after {written} writes"), "ms", false, name, ms(run.p50));
+        report.add(format!("commit latency p99, {n} clients, after {written} writes"), "ms", false, name, ms(run.p99));
         if let Some(r) = &recycled {
-            report.note(&f, format!("{name}: WAL files recycled by the members: {r}"));
+            report.note(&f, format!("{name}: WAL files recycled by members 1 / 2 / 3: {r:?}"));
         }
         if run.errors > 0 {
             eprintln!("  {name}: {} failed writes at {n} clients", run.errors);

@@ -792,6 +792,13 @@ impl Etcd {
         Ok(r.header().context("a put answer without a header")?.revision() as u64)
     }
 
+    /// Compacts the key space at `revision` through the member at `ep`: older revisions go.
+    pub async fn compact(&self, ep: &str, revision: u64) -> anyhow::Result<()> {
+        let mut kv = self.pool(ep)?[0].kv_client();
+        kv.compact(revision as i64, None).await.context("compact etcd")?;
+        Ok(())
+    }
+
     /// A member's status (revision, leader, Raft term).
     async fn status(&self, ep: &str) -> anyhow::Result<etcd_client::StatusResponse> {
         Ok(self.pool(ep)?[0].maintenance_client().status().await?)
