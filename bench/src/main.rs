@@ -198,7 +198,8 @@ impl Report {
             String::from("| figure | Switchyard | etcd | Switchyard vs etcd | note |\n|---|---:|---:|---:|---|\n");
         for r in &self.rows {
             let ratio = match (r.switchyard, r.etcd) {
-                (Some(a), Some(b)) if a > 0.0 && b > 0.0 => {
+                // A count of work given to both ("writes") is a setting, not a figure to compare.
+                (Some(a), Some(b)) if a > 0.0 && b > 0.0 && r.unit != "writes" => {
                     let x = if r.higher_is_better { a / b } else { b / a };
                     format!("{x:.2}× {}", if x >= 1.0 { "better" } else { "worse" })
                 }
