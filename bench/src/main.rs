@@ -156,6 +156,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Tables printed after the main one (markdown), such as the one-client profile.
     pub sections: Vec<String>,
+    /// How many writes the `steady` part made on the first system it ran on, for the next.
+    pub steady_writes: Option<u64>,
 }
 
 impl Report {
@@ -198,8 +200,7 @@ impl Report {
             String::from("| figure | Switchyard | etcd | Switchyard vs etcd | note |\n|---|---:|---:|---:|---|\n");
         for r in &self.rows {
             let ratio = match (r.switchyard, r.etcd) {
-                // A count of work given to both ("writes") is a setting, not a figure to compare.
-                (Some(a), Some(b)) if a > 0.0 && b > 0.0 && r.unit != "writes" => {
+                (Some(a), Some(b)) if a > 0.0 && b > 0.0 => {
                     let x = if r.higher_is_better { a / b } else { b / a };
                     format!("{x:.2}× {}", if x >= 1.0 { "better" } else { "worse" })
                 }

@@ -241,11 +241,10 @@ pub(crate) async fn throughput(sut: &Sut, clients: usize, secs: u64) -> anyhow::
 
 /// Client counts the `steady` part times after its writes.
 const STEADY_CLIENTS: [usize; 2] = [1, 16];
-/// The `steady` part's writes between two looks at Switchyard's WAL files, and its limit.
+/// The `steady` part's writes between two looks at Switchyard's WAL files.
 const STEADY_CHUNK: u64 = 100_000;
+/// The most writes the `steady` part makes while it waits for recycled WAL files.
 const STEADY_MAX: u64 = 3_000_000;
-/// The report's row of how many writes the `steady` part made before its runs.
-const STEADY_WRITES_ROW: &str = "writes made before the runs after a while";
 
 /// One and 16 clients again on the same cluster after many more writes: the figures of a system
 /// that has run a while rather than of one just started. Switchyard's members then write their
@@ -260,31 +259,28 @@ async fn steady(sut: &Sut, args: &Args, report: &mut Report) -> anyhow::Result<(
     let client = http(sut, Duration::from_secs(30));
     let (_, ep) = sut.leader().await?;
     let fixed = match (args.steady_writes, sut) {
-        (0, Sut::Etcd(_)) => {
-            Some(report.rows.iter().find(|r| r.figure == STEADY_WRITES_ROW).and_then(|r| r.switchyard).unwrap_or(1e6)
-                as u64)
-        }
+        (0, Sut::Etcd(_)) => Some(report.steady_writes.unwrap_or(1_000_000)),
         (0, Sut::Switchyard(_)) => None,
         (n, _) => Some(n),
     };
     let mut written = 0;
-    let mut recycled = None;
+    let mut recycled: Option<Vec<usize>> = None;
     loop {
         let chunk = fixed.map_or(STEADY_CHUNK, |n| n - written);
         bulk_write(sut, &client, &ep, chunk).await?;
         written += chunk;
         if let Sut::Switchyard(sw) = sut {
             let each = (1..=3u64)
-                .map(|id| recycled_wal_files(&sw.cluster.data_dir(id).join("db")))
+                .map(|id| crate::wal::recycled_wal_files(&sw.cluster.data_dir(id).join("db")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             eprintln!("  {name}: after {written} writes, WAL files recycled by members 1 / 2 / 3: {each:?}");
-            let done = each.iter().all(|&n| n > 0);
             recycled = Some(each);
-            if fixed.is_none() && !done && written < STEADY_MAX {
-                continue;
-            }
         }
-        if fixed.is_none_or(|n| written >= n) {
+        let enough = match fixed {
+            Some(n) => written >= n,
+            None => written >= STEADY_MAX || recycled.as_ref().is_some_and(|each| each.iter().all(|&n| n > 0)),
+        };
+        if enough {
             break;
         }
     }
@@ -293,7 +289,7 @@ async fn steady(sut: &Sut, args: &Args, report: &mut Report) -> anyhow::Result<(
     if let Sut::Etcd(etcd) = sut {
         etcd.compact(&ep, last).await?;
     }
-    report.add(STEADY_WRITES_ROW, "writes", false, name, written as f64);
+    report.steady_writes.get_or_insert(written);
     for n in STEADY_CLIENTS {
         let run = throughput(sut, n, args.seconds).await?;
         let f = format!("commit throughput, {n} clients, after {written} writes");
@@ -308,20 +304,6 @@ async fn steady(sut: &Sut, args: &Args, report: &mut Report) -> anyhow::Result<(
         }
     }
     Ok(())
-}
-
-/// How many times RocksDB took a WAL file from its recycle list in database directory `db`, by
-/// its info logs (`LOG` and the rolled `LOG.old.*`).
-fn recycled_wal_files(db: &Path) -> anyhow::Result<usize> {
-    let mut n = 0;
-    for e in std::fs::read_dir(db).with_context(|| format!("read {}", db.display()))? {
-        let path = e?.path();
-        if path.file_name().and_then(|f| f.to_str()).is_some_and(|f| f.starts_with("LOG")) {
-            let text = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-            n += String::from_utf8_lossy(&text).matches("from recycle list").count();
-        }
-    }
-    Ok(n)
 }
 
 /// `n` subscribers spread over the members; one writer at `rate` changes/s for 5 s (at least

@@ -48,6 +48,21 @@ pub async fn wal(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<(
     Ok(())
 }
 
+/// How many times RocksDB took a WAL file from its recycle list in database directory `db`, by
+/// its info logs (`LOG` and the rolled `LOG.old.*`).
+pub(crate) fn recycled_wal_files(db: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    let mut n = 0;
+    for e in std::fs::read_dir(db).with_context(|| format!("read {}", db.display()))? {
+        let path = e?.path();
+        if path.file_name().and_then(|f| f.to_str()).is_some_and(|f| f.starts_with("LOG")) {
+            let text = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+            n += String::from_utf8_lossy(&text).matches("from recycle list").count();
+        }
+    }
+    Ok(n)
+}
+
 /// The numbers of the WAL files in database directory `db`.
 fn wal_files(db: &std::path::Path) -> anyhow::Result<Vec<u64>> {
     let mut numbers = Vec::new();
