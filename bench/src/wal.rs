@@ -3,8 +3,8 @@
 //! fresh WAL files and recycles from its first WAL switch on, so the short throughput runs of a
 //! fresh cluster see only the first case and a long-lived node mostly the second. Measured in
 //! process through the real log store: entries of a proposal's size appended one at a time, each
-//! waited for until the WAL sync thread reports it durable, as a follower waits before it
-//! answers; then the memtables are flushed twice (the second switch takes a recycled file) and
+//! waited for until it is durable, as a follower's is before it answers (one synced write; see
+//! `LogFlushed::is_awaited`); then the memtables are flushed twice (the second switch takes a recycled file) and
 //! the same appends are timed again. No cluster runs.
 
 use std::time::{Duration, Instant};

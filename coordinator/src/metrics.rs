@@ -58,9 +58,11 @@ pub mod stage {
     /// Follower: an append-entries request that carries entries, received → answer ready
     /// (includes its log write and fsync).
     pub const FOLLOWER_APPEND: &str = "follower_append";
-    /// Any node: writing appended entries to the log store (not synced).
+    /// Leader: writing appended entries to the log store (not synced; a follower writes and
+    /// syncs in one call, timed as `log_durable`).
     pub const LOG_APPEND: &str = "log_append";
-    /// Any node: appended entries written → on disk (waiting for and doing the WAL fsync).
+    /// Any node: appended entries written → on disk (waiting for and doing the WAL fsync); on a
+    /// follower, the one synced write of its append.
     pub const LOG_DURABLE: &str = "log_durable";
     /// Any node: applying committed entries to the state machine.
     pub const APPLY: &str = "apply";

@@ -44,9 +44,11 @@ pub use types::*;
 pub trait Observer: Send + Sync {
     fn synced(&self, took: std::time::Duration);
     fn snapshot_built(&self, took: std::time::Duration);
-    /// Appended entries were written to the log (not yet synced).
+    /// Appended entries were written to the log (not yet synced): a leader's appends, whose
+    /// flush the WAL sync thread does.
     fn appended(&self, _took: std::time::Duration) {}
-    /// Appended entries became durable, `took` after they were written.
+    /// Appended entries became durable, `took` after they were written; for an append synced
+    /// in the call (a follower's), `took` after the call began.
     fn durable(&self, _took: std::time::Duration) {}
     /// Committed entries were applied to the state machine, producing `events` (in revision
     /// order, written to the history; told before the applied revision is published). Called

@@ -1,15 +1,17 @@
 //! The Raft log on RocksDB (openraft `RaftLogStorage`, storage v2).
 //!
 //! Durability points (RAFT_STORAGE_RULES.md): `save_vote`, `truncate` and `purge` each write one
-//! batch with `sync = true`, so they are on disk before they return. `append` writes its batch
-//! *without* syncing, so the entries are readable at once, and hands the flush callback to the
-//! [`WalSyncer`] thread, which fsyncs the WAL and only then reports the entries flushed (§2).
-//! Why: the (patched, see `vendor/openraft/SWITCHYARD.md`) openraft core lets a leader replicate
-//! entries while its own disk syncs, which takes the leader's fsync off a commit's critical path;
-//! and appends that queue up during one fsync share the next (group commit). The last purged log
-//! id is written in the same batch as the purge. openraft awaits each call before making the
-//! next, and RocksDB has one WAL, so writes land in the order they were issued and a crash loses
-//! at most a suffix of unsynced appends, never a middle part (§3, §4).
+//! batch with `sync = true`, so they are on disk before they return. A leader's `append` writes
+//! its batch *without* syncing, so the entries are readable at once, and hands the flush
+//! callback to the [`WalSyncer`] thread, which fsyncs the WAL and only then reports the entries
+//! flushed (§2). Why: the (patched, see `vendor/openraft/SWITCHYARD.md`) openraft core lets a
+//! leader replicate entries while its own disk syncs, which takes the leader's fsync off a
+//! commit's critical path; and appends that queue up during one fsync share the next (group
+//! commit). A follower's `append`, whose flush openraft's core waits for before it answers the
+//! leader (`LogFlushed::is_awaited`, patch 9), is one synced write completed in the call. The
+//! last purged log id is written in the same batch as the purge. openraft awaits each call
+//! before making the next, and RocksDB has one WAL, so writes land in the order they were
+//! issued and a crash loses at most a suffix of unsynced appends, never a middle part (§3, §4).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -301,22 +303,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             b.put_cf(log, key::u64(e.get_log_id().index), &sealed);
             written_entries.push((e, sealed.len()));
         }
-        // Unsynced: readable now, durable when the syncer's fsync covers it (the callback says so).
+        // A flush the caller waits for before anything else (a follower's append: openraft's
+        // core must not answer the leader before its copy is durable) is made here, in one
+        // synced write: handing it to the syncer and back would add two thread wake-ups to the
+        // commit's critical path, and the core would wait through them anyway. A leader's own
+        // append is not waited for (patch 1 in vendor/openraft/SWITCHYARD.md): it is written
+        // unsynced, readable now, durable when the syncer's fsync covers it. Held flushes
+        // (tests) always go to the syncer.
+        let sync = callback.is_awaited() && !self.syncer.is_held();
         // A large batch (import chunks, big proposal batches) is written on the blocking pool so
         // that copying it does not hold up an async worker; a small one costs less than the hop.
         let written = if b.size_in_bytes() >= BLOCKING_WRITE_BYTES {
-            self.write_on_pool(b, false, "append raft log entries").await
+            self.write_on_pool(b, sync, "append raft log entries").await
         } else {
-            self.dir.write(b, false, "append raft log entries")
+            self.dir.write(b, sync, "append raft log entries")
         };
         match written {
             Ok(()) => {
                 // Readable from the tail once readable from RocksDB, before openraft asks.
                 self.tail().push(written_entries);
-                if let Some(obs) = self.dir.observer.get() {
-                    obs.appended(started.elapsed());
+                let obs = self.dir.observer.get();
+                if sync {
+                    if let Some(obs) = obs {
+                        obs.durable(started.elapsed());
+                    }
+                    callback.log_io_completed(Ok(()));
+                } else {
+                    if let Some(obs) = obs {
+                        obs.appended(started.elapsed());
+                    }
+                    self.syncer.flush(callback);
                 }
-                self.syncer.flush(callback);
                 Ok(())
             }
             Err(e) => {
@@ -396,6 +413,11 @@ impl WalSyncer {
             tracing::error!("cannot start the WAL sync thread for {}: {e}", dir.path().display());
         }
         WalSyncer { tx, held }
+    }
+
+    /// Whether a test holds flushes back ([`LogStore::hold_flushes`]).
+    fn is_held(&self) -> bool {
+        *self.held.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Completes `callback` once everything written so far is on disk.

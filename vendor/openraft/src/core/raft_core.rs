@@ -721,7 +721,8 @@ where
         let (tx, rx) = C::AsyncRuntime::oneshot();
         let log_io_id = LogIOId::new(vote, Some(last_log_id));
 
-        let callback = LogFlushed::new(log_io_id, tx);
+        // [switchyard patch] This core waits for the flush: the store may complete it in `append()`.
+        let callback = LogFlushed::new_awaited(log_io_id, tx);
 
         self.log_store.append(entries, callback).await?;
         rx.await

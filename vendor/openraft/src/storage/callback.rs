@@ -17,6 +17,8 @@ where C: RaftTypeConfig
 {
     log_io_id: LogIOId<C::NodeId>,
     tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+    /// [switchyard patch] See [`LogFlushed::is_awaited`].
+    awaited: bool,
 }
 
 impl<C> LogFlushed<C>
@@ -26,7 +28,33 @@ where C: RaftTypeConfig
         log_io_id: LogIOId<C::NodeId>,
         tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
     ) -> Self {
-        Self { log_io_id, tx }
+        Self {
+            log_io_id,
+            tx,
+            awaited: false,
+        }
+    }
+
+    /// [switchyard patch] A callback whose caller waits for it before it does anything else.
+    pub(crate) fn new_awaited(
+        log_io_id: LogIOId<C::NodeId>,
+        tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+    ) -> Self {
+        Self {
+            log_io_id,
+            tx,
+            awaited: true,
+        }
+    }
+
+    /// [switchyard patch] Whether the caller of `append()` waits for this callback before it
+    /// does anything else: the core does for a follower's append (it must not answer the leader
+    /// before its copy is durable), and `blocking_append` does. A store may then make the entries
+    /// durable within `append()` and complete the callback there, instead of handing the flush
+    /// to another thread and back. `false` for a leader's own append, whose flush runs while
+    /// the core replicates the entries (patch 1): that one must not hold up `append()`.
+    pub fn is_awaited(&self) -> bool {
+        self.awaited
     }
 
     /// Report log io completion event.

@@ -31,7 +31,8 @@ where C: RaftTypeConfig
         // dummy log_io_id
         let log_io_id = LogIOId::<C::NodeId>::new(Vote::<C::NodeId>::default(), None);
 
-        let callback = LogFlushed::<C>::new(log_io_id, tx);
+        // [switchyard patch] Awaited below: the store may complete it in `append()`.
+        let callback = LogFlushed::<C>::new_awaited(log_io_id, tx);
         self.append(entries, callback).await?;
         rx.await
             .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?
