@@ -6,6 +6,10 @@
 //!
 //! For etcd, the same loop and the stages etcd's own metrics time: the WAL fsync and the
 //! backend commit.
+//!
+//! For both, the p50 of a read from the leader's own copy (no Raft: Switchyard `?stale=true`,
+//! etcd serializable) through the same client: what a request's round trip costs by itself,
+//! which a write pays on top of its commit.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -57,7 +61,7 @@ const ETCD: &[Stage] = &[
 /// p50, then each stage's mean (µs) on the leader and, averaged, on the followers.
 pub async fn one_client(sut: &Sut, secs: u64, report: &mut Report) -> anyhow::Result<()> {
     let name = sut.name();
-    let (leader, _) = sut.leader().await?;
+    let (leader, ep) = sut.leader().await?;
     let client = http(sut, Duration::from_secs(10));
     let before = scrape_all(sut, &client).await?;
     let run = throughput(sut, 1, secs).await?;
@@ -66,9 +70,11 @@ pub async fn one_client(sut: &Sut, secs: u64, report: &mut Report) -> anyhow::Re
         Sut::Switchyard(_) => SWITCHYARD,
         Sut::Etcd(_) => ETCD,
     };
+    let reads = local_reads(sut, &client, &ep).await?;
     let mut rows: Vec<(String, Option<f64>, Option<f64>)> = Vec::new();
     rows.push(("client round trip, mean".into(), Some(run.mean.as_secs_f64() * 1e6), None));
     rows.push(("client round trip, p50".into(), Some(run.p50.as_secs_f64() * 1e6), None));
+    rows.push(("read from the leader's own copy, no Raft, p50".into(), Some(reads), None));
     for s in stages {
         let mean_of = |members: &mut dyn Iterator<Item = usize>| -> Option<f64> {
             let (mut sum, mut count) = (0.0, 0.0);
@@ -98,6 +104,23 @@ pub async fn one_client(sut: &Sut, secs: u64, report: &mut Report) -> anyhow::Re
     report.section(md);
     Ok(())
 }
+
+/// Reads the write loop's key from the leader's own copy [`LOCAL_READS`] times, one after
+/// another, and answers their p50 in µs: what a request costs through the client, the loopback
+/// and the server without Raft, the part of a write's round trip that no commit path shortens.
+async fn local_reads(sut: &Sut, client: &reqwest::Client, ep: &str) -> anyhow::Result<f64> {
+    let mut took = Vec::with_capacity(LOCAL_READS);
+    for _ in 0..LOCAL_READS {
+        let t = std::time::Instant::now();
+        sut.local_read(client, ep, 0).await?;
+        took.push(t.elapsed());
+    }
+    took.sort();
+    Ok(took[took.len() / 2].as_secs_f64() * 1e6)
+}
+
+/// Reads timed by [`local_reads`].
+const LOCAL_READS: usize = 2000;
 
 async fn scrape_all(sut: &Sut, client: &reqwest::Client) -> anyhow::Result<Vec<Scrape>> {
     let mut out = Vec::new();

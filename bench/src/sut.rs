@@ -109,6 +109,15 @@ impl Sut {
         }
     }
 
+    /// A read of key `key` from `endpoint`'s own copy, without Raft (Switchyard `?stale=true`,
+    /// etcd serializable): a request's round trip through the client and the server alone.
+    pub async fn local_read(&self, http: &reqwest::Client, endpoint: &str, key: usize) -> anyhow::Result<()> {
+        match self {
+            Sut::Switchyard(s) => s.local_read(http, endpoint, key).await,
+            Sut::Etcd(e) => e.local_read(endpoint, key).await,
+        }
+    }
+
     /// An HTTP client from `builder` that speaks to this system (TLS to a Switchyard cluster
     /// that runs it).
     pub fn client(&self, builder: reqwest::ClientBuilder) -> reqwest::Client {
@@ -551,6 +560,12 @@ impl Switchyard {
         Ok(r.json::<WriteResponse>().await?.first_revision)
     }
 
+    async fn local_read(&self, http: &reqwest::Client, ep: &str, key: usize) -> anyhow::Result<()> {
+        let url = self.url(ep, &format!("/v1/guests/g{key}?stale=true"));
+        http.get(url).bearer_auth(&self.token).send().await?.error_for_status()?.bytes().await?;
+        Ok(())
+    }
+
     pub async fn status(&self, http: &reqwest::Client, ep: &str) -> Option<NodeStatus> {
         let r = http.get(self.url(ep, "/v1/node/status")).bearer_auth(&self.token).send().await.ok()?;
         r.json().await.ok()
@@ -790,6 +805,14 @@ impl Etcd {
         let mut kv = pool[key % pool.len()].kv_client();
         let r = kv.put(format!("/guests/g{key}"), guest_value(key, seq), None).await?;
         Ok(r.header().context("a put answer without a header")?.revision() as u64)
+    }
+
+    async fn local_read(&self, ep: &str, key: usize) -> anyhow::Result<()> {
+        let pool = self.pool(ep)?;
+        let mut kv = pool[key % pool.len()].kv_client();
+        let options = etcd_client::GetOptions::new().with_serializable();
+        kv.get(format!("/guests/g{key}"), Some(options)).await?;
+        Ok(())
     }
 
     /// Compacts the key space at `revision` through the member at `ep`: older revisions go.
