@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::scenarios::{http, throughput};
+use crate::scenarios::{http, pct, throughput};
 use crate::sut::Sut;
 use crate::Report;
 
@@ -116,7 +116,7 @@ async fn local_reads(sut: &Sut, client: &reqwest::Client, ep: &str) -> anyhow::R
         took.push(t.elapsed());
     }
     took.sort();
-    Ok(took[took.len() / 2].as_secs_f64() * 1e6)
+    Ok(pct(&took, 50.0).as_secs_f64() * 1e6)
 }
 
 /// Reads timed by [`local_reads`].

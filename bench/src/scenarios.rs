@@ -28,7 +28,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The `p`-th percentile (0..=100) of sorted values.
-fn pct(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

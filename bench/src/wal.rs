@@ -4,8 +4,8 @@
 //! fresh cluster see only the first case and a long-lived node mostly the second. Measured in
 //! process through the real log store: entries of a proposal's size appended one at a time, each
 //! waited for until it is durable, as a follower's is before it answers (one synced write; see
-//! `LogFlushed::is_awaited`); then the memtables are flushed twice (the second switch takes a recycled file) and
-//! the same appends are timed again. No cluster runs.
+//! `LogFlushed::is_awaited`); then the memtables are flushed twice (the second switch takes a
+//! recycled file) and the same appends are timed again. No cluster runs.
 
 use std::time::{Duration, Instant};
 

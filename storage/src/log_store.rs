@@ -322,16 +322,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(()) => {
                 // Readable from the tail once readable from RocksDB, before openraft asks.
                 self.tail().push(written_entries);
-                let obs = self.dir.observer.get();
-                if sync {
-                    if let Some(obs) = obs {
+                if let Some(obs) = self.dir.observer.get() {
+                    if sync {
                         obs.durable(started.elapsed());
-                    }
-                    callback.log_io_completed(Ok(()));
-                } else {
-                    if let Some(obs) = obs {
+                    } else {
                         obs.appended(started.elapsed());
                     }
+                }
+                if sync {
+                    callback.log_io_completed(Ok(()));
+                } else {
                     self.syncer.flush(callback);
                 }
                 Ok(())

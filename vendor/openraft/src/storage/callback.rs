@@ -41,9 +41,8 @@ where C: RaftTypeConfig
         tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
     ) -> Self {
         Self {
-            log_io_id,
-            tx,
             awaited: true,
+            ..Self::new(log_io_id, tx)
         }
     }
 
