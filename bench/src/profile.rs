@@ -118,10 +118,11 @@ pub async fn one_client(sut: &Sut, secs: u64, report: &mut Report) -> anyhow::Re
         eprintln!("  {name:>10}  profile: {what:<48} leader {:>6}  followers {:>6}", cell(*l), cell(*f));
     }
     if let (Some(client), Some((busy, steal))) = (used.client, used.machine) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let line = format!(
             "The bench's own process (the client) used {client:.0} µs of CPU per write; the machine's {} cores \
              were {busy:.0} % busy (stolen by the hypervisor: {steal:.1} %).",
-            cpu_after.cores
+            cores
         );
         eprintln!("  {name:>10}  profile: {line}");
         md.push_str(&format!("\n{line}\n"));
@@ -153,7 +154,6 @@ struct Cpu {
     members: Vec<Option<u64>>,
     client: Option<u64>,
     machine: Option<Machine>,
-    cores: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -175,8 +175,7 @@ impl Cpu {
     fn read(sut: &Sut) -> Cpu {
         let members = (1..=sut.endpoints().len() as u64).map(|m| sut.pid(m).and_then(process_ticks)).collect();
         let machine = std::fs::read_to_string("/proc/stat").ok().as_deref().and_then(machine_ticks);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Cpu { members, client: process_ticks(std::process::id()), machine, cores }
+        Cpu { members, client: process_ticks(std::process::id()), machine }
     }
 
     fn since(&self, before: &Cpu, writes: usize) -> Used {
